@@ -1,0 +1,74 @@
+"""Mask agreement scores: IoU, Dice, precision and recall of two boolean masks.
+
+Empty-mask conventions (documented and tested):
+
+* both masks empty: every score is 1.0 (perfect agreement on "nothing there");
+* prediction empty, ground truth not: IoU = Dice = recall = 0.0, precision = 1.0
+  (no false positives were predicted);
+* ground truth empty, prediction not: IoU = Dice = precision = 0.0, recall = 1.0
+  (there was nothing to miss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from segstyle_core.errors import InputError
+
+
+@dataclass(frozen=True)
+class MaskScores:
+    """Scores of a predicted mask against a reference mask, plus both areas in pixels."""
+
+    iou: float
+    dice: float
+    precision: float
+    recall: float
+    pred_area: int
+    gt_area: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The scores as a plain dict (for records and Parquet rows)."""
+        return asdict(self)
+
+
+def _counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
+    if pred.shape != gt.shape:
+        raise InputError(
+            f"mask shapes differ: prediction {pred.shape} vs ground truth {gt.shape}; "
+            "resize the prediction to the ground truth's size first"
+        )
+    pred_b = pred.astype(bool, copy=False)
+    gt_b = gt.astype(bool, copy=False)
+    tp = int(np.count_nonzero(pred_b & gt_b))
+    return tp, int(np.count_nonzero(pred_b)), int(np.count_nonzero(gt_b))
+
+
+def score_masks(pred: np.ndarray, gt: np.ndarray) -> MaskScores:
+    """Score ``pred`` (``H×W bool``) against ``gt`` (``H×W bool``).
+
+    Raises:
+        InputError: the shapes differ.
+    """
+    tp, pred_area, gt_area = _counts(pred, gt)
+    union = pred_area + gt_area - tp
+    return MaskScores(
+        iou=tp / union if union else 1.0,
+        dice=2 * tp / (pred_area + gt_area) if pred_area + gt_area else 1.0,
+        precision=tp / pred_area if pred_area else 1.0,
+        recall=tp / gt_area if gt_area else 1.0,
+        pred_area=pred_area,
+        gt_area=gt_area,
+    )
+
+
+def iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Intersection over union of two ``H×W bool`` masks (1.0 when both are empty)."""
+    return score_masks(pred, gt).iou
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice coefficient ``2|A∩B| / (|A|+|B|)`` of two ``H×W bool`` masks (1.0 when both empty)."""
+    return score_masks(pred, gt).dice

@@ -1,0 +1,78 @@
+"""The segmenter protocol shared by every backend (SAM, GrabCut, ...).
+
+A backend takes one image and all of its prompts at once, so that model backends can run the
+image encoder a single time and decode every prompt in one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt in original-image pixel coordinates.
+
+    Attributes:
+        box: ``(x0, y0, x1, y1)`` XYXY box, or ``None``.
+        points: ``((x, y), ...)`` point coordinates.
+        point_labels: one label per point: 1 = foreground, 0 = background.
+        instance_id: Cityscapes instance id (``class_id*1000+n``) the prompt came from, if any.
+        class_name: class the prompt is meant to select (``"car"``), if known.
+    """
+
+    box: tuple[float, float, float, float] | None = None
+    points: tuple[tuple[float, float], ...] = ()
+    point_labels: tuple[int, ...] = ()
+    instance_id: int | None = None
+    class_name: str | None = None
+
+    def kind(self) -> str:
+        """``"box"``, ``"points"`` or ``"box+points"``."""
+        if self.box is not None and self.points:
+            return "box+points"
+        return "box" if self.box is not None else "points"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (for records and Parquet rows)."""
+        return {
+            "kind": self.kind(),
+            "box": list(self.box) if self.box is not None else None,
+            "points": [list(p) for p in self.points],
+            "point_labels": list(self.point_labels),
+            "instance_id": self.instance_id,
+            "class_name": self.class_name,
+        }
+
+
+@dataclass(frozen=True)
+class MaskPrediction:
+    """A predicted mask: ``mask`` is ``H×W bool`` at the original image size."""
+
+    mask: np.ndarray
+    score: float
+    notes: tuple[str, ...] = field(default=())
+
+
+class Segmenter(Protocol):
+    """A segmentation backend. ``name``/``variant``/``weights_sha256`` go into every result row."""
+
+    name: str
+    variant: str
+    weights_sha256: str | None
+
+    def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
+        """One mask per prompt for ``image`` (``H×W×3 uint8 RGB``), in prompt order."""
+        ...
+
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Automatic masks for ``image``, in SamAutomaticMaskGenerator's record format.
+
+        Each record has ``segmentation`` (``H×W bool``), ``area`` (int), ``bbox``
+        (``[x, y, w, h]`` XYWH), ``predicted_iou``, ``stability_score`` (floats),
+        ``point_coords`` (``[[x, y]]``) and ``crop_box`` (``[x, y, w, h]``).
+        """
+        ...
