@@ -40,5 +40,22 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Local Prefect server bound to 127.0.0.1 only; the UI is on http://127.0.0.1:4200
+PREFECT_LOCAL_API := http://127.0.0.1:4200/api
+
+server: $(STAMP)
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+deploy: $(STAMP)
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect work-pool create segstyle-process --type process --overwrite
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) SEGSTYLE_HOME=$(CURDIR) $(VENV)/bin/prefect --no-prompt deploy --all
+
+worker: $(STAMP)
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) SEGSTYLE_HOME=$(CURDIR) $(VENV)/bin/prefect worker start --pool segstyle-process
+
+# Debian's Chromium, for the report's headless-browser check.
+chromium:
+	apt-get update && apt-get install -y chromium
+
 clean:
 	rm -rf artifacts/cache artifacts/runs artifacts/metrics artifacts/prefect-home

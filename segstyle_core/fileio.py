@@ -19,6 +19,16 @@ from typing import IO, Any
 _CHUNK = 1 << 20
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of files we write: what ``open()`` would give (mkstemp's temporary files are 0600).
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Return the hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -53,6 +63,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _FILE_MODE)
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -72,9 +83,17 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], Non
     os.close(fd)
     try:
         writer(Path(tmp_name))
+        os.chmod(tmp_name, _FILE_MODE)
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
     return target
+
+
+def write_json_atomic(path: str | os.PathLike[str], value: Any) -> Path:
+    """Write ``value`` as indented JSON to ``path`` atomically; return the path."""
+    with atomic_write(path, "w") as handle:
+        json.dump(value, handle, indent=1, default=str)
+    return Path(path)

@@ -107,3 +107,9 @@ def check_same_size(a: np.ndarray, b: np.ndarray, what: str, path: str | os.Path
             f"{path}: {what} is {b.shape[1]}x{b.shape[0]} but the image is "
             f"{a.shape[1]}x{a.shape[0]}; use the file that belongs to this image"
         )
+
+
+def read_mask(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
+    """Read a mask image (0 = outside, anything else = inside; colour masks by luminance)."""
+    image = _open_checked(Path(path), max_pixels)
+    return np.asarray(image.convert("L")) > 127 if image.mode != "1" else np.asarray(image)

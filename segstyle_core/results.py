@@ -57,6 +57,8 @@ SCHEMA = pa.schema(
         ("recall", pa.float64()),
         ("iou_instance", pa.float64()),
         ("dice_instance", pa.float64()),
+        ("precision_instance", pa.float64()),
+        ("recall_instance", pa.float64()),
         ("pred_area", pa.int64()),
         ("gt_area", pa.int64()),
         ("instance_area", pa.int64()),

