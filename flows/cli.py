@@ -280,7 +280,8 @@ def _cmd_weights(args: argparse.Namespace) -> int:
         print(f"{entry['name']:<10} {entry['filename']:<24} {state}{check}")
     if missing:
         print(
-            f"fetch with: segstyle weights download NAME (into {weights.weights_dir(args.weights_dir)})"
+            "fetch with: segstyle weights download NAME "
+            f"(into {weights.weights_dir(args.weights_dir)})"
         )
     return 1 if verify and missing else 0
 

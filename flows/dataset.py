@@ -21,10 +21,9 @@ from flows.artifacts import publish_artifacts
 from flows.rows import frame_rows
 from segstyle_core import cityscapes, results
 from segstyle_core.errors import SegstyleError
-from segstyle_core.fileio import sha256_json
+from segstyle_core.fileio import file_sha256, sha256_json
 from segstyle_core.images import read_rgb
 from segstyle_core.segment import segmenter_identity, segmenter_spec
-from segstyle_core.stagecache import file_digest
 from segstyle_core.stylize import stylizer_identity, stylizer_spec
 from tasks.composite import composite
 from tasks.gt import binarize_gt
@@ -129,7 +128,7 @@ def run_dataset(
             stylizer_variant=style_identity["variant"],
             stylizer_weights_sha256=style_identity["weights_sha256"],
             style_name=Path(style).stem if style else None,
-            style_sha256=file_digest(style) if style else None,
+            style_sha256=file_sha256(style) if style else None,
         )
 
     sample = sample_city(dataset, split, city, seed, limit)
@@ -187,7 +186,8 @@ def run_dataset(
     logger.info("wrote %d rows for %d images to %s", len(rows), len(frames), parquet)
     if failed:
         raise RunFailed(
-            f"{len(failed)} of {len(frames)} images failed (first: {failed[0][0]}: {failed[0][1]}); "
+            f"{len(failed)} of {len(frames)} images failed "
+            f"(first: {failed[0][0]}: {failed[0][1]}); "
             f"rows with their errors are in {parquet}; fix the inputs and retry this flow run"
         )
     return str(parquet)

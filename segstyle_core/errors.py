@@ -18,4 +18,4 @@ class ConfigError(SegstyleError):
 
 
 class ResourceError(SegstyleError):
-    """The machine ran out of a resource (memory) for this input; the message says what to shrink."""
+    """The machine ran out of memory for this input; the message says what to shrink."""

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -36,6 +37,28 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_memo_lock = threading.Lock()
+_memo: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file, computed once per ``(path, size, mtime_ns)`` in this process.
+
+    Cache keys and model registries hash the same inputs and checkpoints again and again;
+    the memo makes every repeat free while any rewrite of the file changes the key.
+    """
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    with _memo_lock:
+        cached = _memo.get(key)
+    if cached is None:
+        cached = sha256_file(resolved)
+        with _memo_lock:
+            _memo[key] = cached
+    return cached
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -79,7 +102,9 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], Non
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent
+    )
     os.close(fd)
     try:
         writer(Path(tmp_name))

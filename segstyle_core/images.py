@@ -48,7 +48,11 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
             image.load()
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise InputError(f"{path}: not a readable image ({exc}); replace the file") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: corrupt or truncated image ({exc}); replace the file") from exc

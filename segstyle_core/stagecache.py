@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from segstyle_core import __version__
-from segstyle_core.fileio import sha256_file, sha256_json, write_json_atomic
+from segstyle_core.fileio import file_sha256, sha256_json, write_json_atomic
 
 #: Bump when a stage's output format or algorithm changes, so old cache entries are not reused.
 STAGE_VERSIONS: dict[str, int] = {
@@ -31,22 +30,6 @@ STAGE_VERSIONS: dict[str, int] = {
 
 RECORD = "record.json"
 
-_digest_lock = threading.Lock()
-_digests: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file, memoised on (path, size, mtime) so repeated keys cost nothing."""
-    stat = os.stat(path)
-    memo_key = (os.fspath(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-    with _digest_lock:
-        if memo_key in _digests:
-            return _digests[memo_key]
-    digest = sha256_file(path)
-    with _digest_lock:
-        _digests[memo_key] = digest
-    return digest
-
 
 def stage_key(stage: str, files: Mapping[str, str | os.PathLike[str]], config: Any) -> str:
     """The cache key of one stage run: code version + input file contents + configuration."""
@@ -55,7 +38,7 @@ def stage_key(stage: str, files: Mapping[str, str | os.PathLike[str]], config: A
             "stage": stage,
             "stage_version": STAGE_VERSIONS[stage],
             "code_version": __version__,
-            "files": {name: file_digest(path) for name, path in sorted(files.items())},
+            "files": {name: file_sha256(path) for name, path in sorted(files.items())},
             "config": config,
         }
     )

@@ -2,8 +2,9 @@
 
 Prefect's cache key for a stage task is the stage's content key: the SHA-256 of the input
 files' bytes, the stage configuration (with the weights' SHA-256 for model stages) and the
-code version. When the outputs behind that key have been deleted, the policy returns a fresh
-one-off key, so Prefect runs the task again instead of handing back paths that are gone.
+code version. When Prefect holds a result for that key but the files behind it have been
+deleted, the policy returns a fresh one-off key, so Prefect runs the task again instead of
+handing back paths that are gone.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class StageCachePolicy(CachePolicy):
         except (OSError, ValueError):
             # An input file is missing or unreadable: let the task run and report it.
             return None
-        return (
-            f"{self.stage}-{key}" if present else f"{self.stage}-{key}-rebuild-{uuid.uuid4().hex}"
-        )
+        cache_key = f"{self.stage}-{key}"
+        if present:
+            return cache_key
+        store = getattr(task_ctx, "result_store", None)
+        if store is not None and store.exists(cache_key):
+            # Prefect remembers this result but its files are gone: compute it again.
+            return f"{cache_key}-rebuild-{uuid.uuid4().hex}"
+        return cache_key

@@ -39,7 +39,12 @@ def test_empty_mask_conventions() -> None:
     missed = score_masks(empty, full)
     assert (missed.iou, missed.dice, missed.precision, missed.recall) == (0.0, 0.0, 1.0, 0.0)
     spurious = score_masks(full, empty)
-    assert (spurious.iou, spurious.dice, spurious.precision, spurious.recall) == (0.0, 0.0, 0.0, 1.0)
+    assert (spurious.iou, spurious.dice, spurious.precision, spurious.recall) == (
+        0.0,
+        0.0,
+        0.0,
+        1.0,
+    )
 
 
 def test_shape_mismatch_is_a_clear_error() -> None:

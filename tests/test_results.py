@@ -26,7 +26,9 @@ def _row(image_id: str, iou: float | None, status: str = "ok") -> dict:
 
 
 def test_runs_write_one_file_each_and_pandas_reads_all(tmp_path: Path) -> None:
-    first = results.write_run([_row("a", 0.5), _row("b", 0.7)], tmp_path, "segment_and_stylize", "r1")
+    first = results.write_run(
+        [_row("a", 0.5), _row("b", 0.7)], tmp_path, "segment_and_stylize", "r1"
+    )
     second = results.write_run([_row("c", None, "failed")], tmp_path, "segment_and_stylize", "r2")
     assert first != second and first.exists() and second.exists()
     frame = pd.read_parquet(tmp_path)
@@ -50,7 +52,9 @@ def test_unknown_columns_are_refused(tmp_path: Path) -> None:
 
 
 def test_summary_counts_failures_and_means(tmp_path: Path) -> None:
-    results.write_run([_row("a", 0.5), _row("b", 0.7), _row("c", None, "failed")], tmp_path, "f", "r")
+    results.write_run(
+        [_row("a", 0.5), _row("b", 0.7), _row("c", None, "failed")], tmp_path, "f", "r"
+    )
     summary = results.summarize(results.read_metrics(tmp_path))
     assert summary.loc[0, "rows"] == 3 and summary.loc[0, "failed"] == 1
     assert summary.loc[0, "mean_iou"] == pytest.approx(0.6)

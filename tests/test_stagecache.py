@@ -34,8 +34,12 @@ def test_second_call_is_a_hit_and_content_changes_miss(tmp_path: Path) -> None:
 def test_same_bytes_elsewhere_share_the_key(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(b"pixels")
     (tmp_path / "b.png").write_bytes(b"pixels")
-    assert stage_key("gt", {"x": tmp_path / "a.png"}, {}) == stage_key("gt", {"x": tmp_path / "b.png"}, {})
-    assert stage_key("gt", {"x": tmp_path / "a.png"}, {}) != stage_key("segment", {"x": tmp_path / "a.png"}, {})
+    assert stage_key("gt", {"x": tmp_path / "a.png"}, {}) == stage_key(
+        "gt", {"x": tmp_path / "b.png"}, {}
+    )
+    assert stage_key("gt", {"x": tmp_path / "a.png"}, {}) != stage_key(
+        "segment", {"x": tmp_path / "a.png"}, {}
+    )
 
 
 def test_deleted_output_is_recomputed(tmp_path: Path) -> None:

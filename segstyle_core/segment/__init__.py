@@ -19,6 +19,7 @@ from typing import Any
 from segstyle_core import weights
 from segstyle_core.devices import MODELS, resolve_device
 from segstyle_core.errors import ConfigError
+from segstyle_core.fileio import file_sha256
 from segstyle_core.segment.base import MaskPrediction, Prompt, Segmenter
 
 SEGMENTERS = ("sam", "grabcut")
@@ -64,7 +65,7 @@ def _sam_checkpoint(spec: Mapping[str, Any]) -> tuple[Path, str]:
     name = f"sam_{spec['variant']}"
     if spec.get("checkpoint"):
         path = Path(spec["checkpoint"])
-        return path, weights.file_sha256(path)
+        return path, file_sha256(path)
     path = weights.find_checkpoint(name, spec.get("weights_dir"))
     return path, weights.verify_checkpoint(path, name)
 

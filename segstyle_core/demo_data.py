@@ -1,0 +1,325 @@
+"""The demo dataset: procedurally drawn street scenes written in the Cityscapes layout.
+
+Each frame starts as a list of :class:`~segstyle_core.demo_scene.SceneObject` s. Each object's
+silhouette becomes one Cityscapes polygon, and everything else is derived from those polygons,
+rasterised exactly as ``cityscapesscripts.preparation.json2labelImg`` does it (Pillow's
+``ImageDraw.polygon`` in file order, later polygons over earlier ones):
+
+* an object-index map (which polygon owns each pixel), from which come
+* ``labelIds`` (uint8), ``instanceIds`` (uint16: the label id for stuff, ``id*1000+n`` for
+  cars and persons numbered in file order like ``json2instanceImg``), the colour PNG (RGB of the
+  label table), and the painted image itself (each object painted only where it is visible).
+
+So ``json2labelImg(polygons.json)`` reproduces the labelIds PNG pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from cityscapesscripts.helpers.labels import name2label
+from PIL import Image, ImageDraw
+
+from segstyle_core.cityscapes import GT_SUFFIXES, IMAGE_SUFFIX, INSTANCE_OFFSET
+from segstyle_core.demo_scene import GROUND, SceneObject, Surface, build_scene
+from segstyle_core.errors import ConfigError
+from segstyle_core.fileio import atomic_write
+from segstyle_core.images import write_png
+
+_SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point precision: 1/16 pixel
+_CITY_NAME = re.compile(r"[a-z][a-z0-9]*")
+
+
+@dataclass(frozen=True)
+class RenderedFrame:
+    """One frame and its fine annotations.
+
+    Attributes:
+        image: ``H×W×3 uint8 RGB``.
+        label_ids: ``H×W uint8`` Cityscapes label ids.
+        instance_ids: ``H×W uint16``: label id, or ``id*1000+n`` for car and person instances.
+        color: ``H×W×3 uint8 RGB`` label colours.
+        polygons: the Cityscapes polygons JSON document (``imgHeight``, ``imgWidth``,
+            ``objects``: ``[{"label", "polygon"}]`` in drawing order).
+    """
+
+    image: np.ndarray
+    label_ids: np.ndarray
+    instance_ids: np.ndarray
+    color: np.ndarray
+    polygons: dict[str, Any]
+
+
+def _fixed(points: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
+    """Image points (``K×2`` float) to cv2 fixed-point coordinates relative to ``origin``."""
+    return np.round((points - origin) * (1 << _SUBPIXEL_BITS)).astype(np.int32)
+
+
+def _window(points: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The pixel box ``(x0, y0, x1, y1)`` (exclusive end) of ``points`` inside the image."""
+    x0, y0 = np.maximum(np.floor(points.min(axis=0)).astype(int), 0)
+    x1 = min(int(np.ceil(points[:, 0].max())) + 1, width)
+    y1 = min(int(np.ceil(points[:, 1].max())) + 1, height)
+    return (int(x0), int(y0), x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def _fill(polygons: Iterable[np.ndarray], box: tuple[int, int, int, int]) -> np.ndarray:
+    """``h×w bool`` union of image polygons (``K×2``) inside ``box``, at 1/16-pixel precision."""
+    x0, y0, x1, y1 = box
+    mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+    for polygon in polygons:  # one call each: a single fillPoly call XORs overlapping polygons
+        fixed = _fixed(polygon, (x0, y0))
+        cv2.fillPoly(mask, [fixed], 1, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
+    return mask.astype(bool)
+
+
+def _outline(obj: SceneObject, width: int, height: int) -> list[list[int]] | None:
+    """The object's visible-in-frame silhouette as one integer polygon, or None if degenerate.
+
+    The union of the pieces is drawn, its largest outer contour traced (``cv2.findContours``)
+    and simplified to within 0.7 px (``cv2.approxPolyDP``), so the polygon hugs the image border
+    where the object leaves the frame, as Cityscapes polygons do.
+    """
+    box = _window(np.concatenate([p.polygon for p in obj.pieces]), width, height)
+    if box is None:
+        return None
+    mask = _fill([p.polygon for p in obj.pieces], box).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    contour = max(contours, key=cv2.contourArea)
+    simple = cv2.approxPolyDP(contour, 0.7, closed=True)
+    polygon = simple if len(simple) >= 3 else contour
+    if len(polygon) < 3:
+        return None
+    return (polygon[:, 0, :] + (box[0], box[1])).tolist()
+
+
+def _rasterize(polygons: Sequence[list[list[int]]], width: int, height: int) -> np.ndarray:
+    """``H×W int32`` map of the 1-based index of the polygon owning each pixel (0: none).
+
+    The same ``ImageDraw.polygon`` calls, in the same order, as ``json2labelImg``.
+    """
+    canvas = Image.new("I", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for k, polygon in enumerate(polygons, start=1):
+        draw.polygon([tuple(p) for p in polygon], fill=k)
+    return np.asarray(canvas, dtype=np.int32)
+
+
+class _Noise:
+    """Full-frame noise drawn once per frame and sliced by every piece (``H×W float32``).
+
+    ``white``: unit per-pixel noise; ``smooth(px)``: unit noise with features of about ``px``
+    pixels (the nearest of a few octaves), upsampled bicubically from a coarse grid.
+    """
+
+    OCTAVES = (4, 8, 16, 32, 64, 128, 256)
+
+    def __init__(self, height: int, width: int, rng: np.random.Generator) -> None:
+        self.white = rng.standard_normal((height, width), dtype=np.float32)
+        self._smooth = {
+            px: cv2.resize(
+                rng.standard_normal((height // px + 2, width // px + 2), dtype=np.float32),
+                (width, height),
+                interpolation=cv2.INTER_CUBIC,
+            )
+            for px in self.OCTAVES
+        }
+
+    def smooth(self, px: float) -> np.ndarray:
+        """The smooth field whose octave is nearest to ``px`` (on a log scale)."""
+        return self._smooth[min(self.OCTAVES, key=lambda o: abs(np.log(o / max(px, 1.0))))]
+
+
+def _texture(
+    surface: Surface,
+    box: tuple[int, int, int, int],
+    extent: tuple[float, float, float, float],
+    noise: _Noise,
+) -> np.ndarray:
+    """``h×w×3 float32`` paint of ``surface`` over ``box``; gradients span the piece's ``extent``.
+
+    ``extent`` is the piece's full (unclipped) ``(x0, y0, x1, y1)`` in image pixels.
+    """
+    x0, y0, x1, y1 = box
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+    xs = np.arange(x0, x1, dtype=np.float32)[None, :]
+    ty = np.clip((ys - extent[1]) / max(extent[3] - extent[1], 1.0), 0.0, 1.0)
+    tx = np.clip((xs - extent[0]) / max(extent[2] - extent[0], 1.0), 0.0, 1.0)
+    light = surface.shade[0] + (surface.shade[1] - surface.shade[0]) * ty
+    light = light * (1.0 - surface.round * (2.0 * tx - 1.0) ** 2)
+    offset = surface.noise * noise.white[y0:y1, x0:x1]
+    if surface.grain:
+        offset = offset + surface.grain * noise.smooth(surface.grain_px)[y0:y1, x0:x1]
+    if surface.stripe_px:
+        coordinate = ys if surface.stripe_axis == 0 else xs
+        offset = offset + surface.stripes * np.cos(2.0 * np.pi * coordinate / surface.stripe_px)
+    color = np.asarray(surface.color, dtype=np.float32)
+    return color * light[..., None] + offset[..., None]
+
+
+def _paint(objects: Sequence[SceneObject], index: np.ndarray, noise: _Noise) -> np.ndarray:
+    """Paint each object's pieces where that object is visible in ``index``: ``H×W×3 float32``."""
+    height, width = index.shape
+    canvas = np.repeat(60.0 + 6.0 * noise.white[..., None], 3, axis=2)
+    for k, obj in enumerate(objects, start=1):
+        for piece in obj.pieces:
+            box = _window(piece.polygon, width, height)
+            if box is None:
+                continue
+            x0, y0, x1, y1 = box
+            here = (index[y0:y1, x0:x1] == k) & _fill([piece.polygon], box)
+            if here.any():
+                extent = (*piece.polygon.min(axis=0), *piece.polygon.max(axis=0))
+                canvas[y0:y1, x0:x1][here] = _texture(piece.surface, box, extent, noise)[here]
+    return canvas
+
+
+def _cast_shadows(canvas: np.ndarray, objects: Sequence[SceneObject], index: np.ndarray) -> None:
+    """Darken the street surface (ground-layer objects) under objects that cast a shadow."""
+    ground = np.zeros(len(objects) + 1, dtype=bool)
+    ground[1:] = [obj.layer == GROUND for obj in objects]
+    height, width = index.shape
+    covered = np.zeros((height, width), dtype=bool)
+    for shadow in (obj.shadow for obj in objects if obj.shadow is not None):
+        box = _window(shadow, width, height)
+        if box is not None:
+            x0, y0, x1, y1 = box
+            covered[y0:y1, x0:x1] |= _fill([shadow], box)
+    shade = cv2.GaussianBlur(covered.astype(np.float32), (0, 0), sigmaX=max(1.0, width / 400))
+    canvas *= (1.0 - 0.45 * shade * ground[index])[..., None]
+
+
+def _label_tables(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per polygon index (0 = none): label id, instance id (as json2instanceImg), RGB colour."""
+    unlabeled = name2label["unlabeled"]
+    ids = [unlabeled.id]
+    instances = [unlabeled.id]
+    colors = [unlabeled.color]
+    counts: dict[str, int] = {}
+    for name in labels:
+        label = name2label[name]
+        ids.append(label.id)
+        colors.append(label.color)
+        if label.hasInstances:
+            counts[name] = counts.get(name, -1) + 1
+            instances.append(label.id * INSTANCE_OFFSET + counts[name])
+        else:
+            instances.append(label.id)
+    return (
+        np.array(ids, dtype=np.uint8),
+        np.array(instances, dtype=np.uint16),
+        np.array(colors, dtype=np.uint8),
+    )
+
+
+def render_scene(
+    scene: Sequence[SceneObject], width: int, height: int, rng: np.random.Generator
+) -> RenderedFrame:
+    """Rasterise a scene into an image and its consistent Cityscapes annotations.
+
+    Objects whose silhouette is degenerate or that end up with fewer than
+    ``max(3, width*height // 40000)`` visible pixels are left out of the annotations and the
+    image alike.
+    """
+    outlined = [(obj, _outline(obj, width, height)) for obj in scene]
+    kept = [(obj, poly) for obj, poly in outlined if poly is not None]
+    index = _rasterize([poly for _, poly in kept], width, height)
+    visible = np.bincount(index.ravel(), minlength=len(kept) + 1)[1:]
+    min_pixels = max(3, width * height // 40_000)
+    if (visible < min_pixels).any():
+        kept = [item for item, count in zip(kept, visible, strict=True) if count >= min_pixels]
+        index = _rasterize([poly for _, poly in kept], width, height)
+    objects = [obj for obj, _ in kept]
+    label_lut, instance_lut, color_lut = _label_tables([obj.label for obj in objects])
+    canvas = _paint(objects, index, _Noise(height, width, rng))
+    _cast_shadows(canvas, objects, index)
+    canvas = cv2.GaussianBlur(canvas, (0, 0), sigmaX=0.6)
+    canvas += rng.normal(0.0, 1.5, canvas.shape).astype(np.float32)
+    polygons = {
+        "imgHeight": height,
+        "imgWidth": width,
+        "objects": [{"label": obj.label, "polygon": poly} for obj, poly in kept],
+    }
+    return RenderedFrame(
+        image=np.clip(canvas, 0, 255).astype(np.uint8),
+        label_ids=label_lut[index],
+        instance_ids=instance_lut[index],
+        color=color_lut[index],
+        polygons=polygons,
+    )
+
+
+def _check_options(
+    size: tuple[int, int], frames_per_city: int, cities: Sequence[str], split: str, seed: int
+) -> None:
+    width, height = size
+    if width < 32 or height < 32:
+        raise ConfigError(f"size={size}: width and height must be at least 32 pixels")
+    if frames_per_city < 1:
+        raise ConfigError(f"frames_per_city={frames_per_city}: must be at least 1")
+    if not cities or any(not _CITY_NAME.fullmatch(city) for city in cities):
+        raise ConfigError(
+            f"cities={list(cities)}: give one or more lower-case names of letters and digits "
+            "(no '_', which separates the parts of a Cityscapes file name)"
+        )
+    if not split or os.sep in split or split.startswith("."):
+        raise ConfigError(f"split={split!r}: give a plain folder name such as 'train'")
+    if seed < 0:
+        raise ConfigError(f"seed={seed}: must be 0 or greater")
+
+
+def _write_frame(frame: RenderedFrame, image_dir: Path, gt_dir: Path | None, image_id: str) -> None:
+    write_png(image_dir / f"{image_id}{IMAGE_SUFFIX}", frame.image)
+    if gt_dir is None:
+        return
+    write_png(gt_dir / f"{image_id}{GT_SUFFIXES['labelIds']}", frame.label_ids)
+    write_png(gt_dir / f"{image_id}{GT_SUFFIXES['instanceIds']}", frame.instance_ids)
+    write_png(gt_dir / f"{image_id}{GT_SUFFIXES['color']}", frame.color)
+    with atomic_write(gt_dir / f"{image_id}{GT_SUFFIXES['polygons']}", "w") as handle:
+        json.dump(frame.polygons, handle)
+
+
+def generate_demo_dataset(
+    out: str | os.PathLike[str],
+    size: tuple[int, int] = (1024, 512),
+    frames_per_city: int = 6,
+    cities: Sequence[str] = ("zurich", "aachen"),
+    split: str = "train",
+    seed: int = 0,
+) -> Path:
+    """Write a small Cityscapes-layout dataset of drawn street scenes under ``out``; return it.
+
+    Per city: ``frames_per_city`` frames ``{city}_{nnnnnn}_000019`` with all four gtFine files
+    (labelIds, instanceIds, colour PNG, polygons JSON), plus ONE more ``leftImg8bit`` image with
+    no gtFine at all (so that "keep only fine-annotated frames" has something to skip).
+    Images are ``size`` = (width, height). The same arguments give the same files: each
+    frame's generator is seeded from ``(seed, crc32(city), frame number)``.
+
+    Raises:
+        ConfigError: a size below 32 px, ``frames_per_city < 1``, a city name that is not
+            lower-case letters and digits, a split that is not a plain folder name, a negative
+            seed.
+    """
+    _check_options(size, frames_per_city, cities, split, seed)
+    width, height = size
+    root = Path(out)
+    for city in cities:
+        image_dir = root / "leftImg8bit" / split / city
+        gt_dir = root / "gtFine" / split / city
+        for number in range(frames_per_city + 1):
+            rng = np.random.default_rng([seed, zlib.crc32(city.encode()), number])
+            frame = render_scene(build_scene(width, height, rng), width, height, rng)
+            annotated = gt_dir if number < frames_per_city else None
+            _write_frame(frame, image_dir, annotated, f"{city}_{number:06d}_000019")
+    return root

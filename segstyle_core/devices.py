@@ -1,0 +1,95 @@
+"""Compute devices and the process-wide model registry.
+
+Models are loaded once per process and reused across images: every backend asks
+:data:`MODELS` for its model under a key such as ``("sam", "vit_l", "cuda:0", weights_sha256)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+import torch
+
+from segstyle_core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a usable :class:`torch.device`.
+
+    ``"auto"`` picks CUDA when present, else the CPU. A CUDA device always comes back with its
+    index (``cuda`` -> ``cuda:<current>``) so that equal devices give equal registry keys.
+
+    Raises:
+        ConfigError: unknown device string, or CUDA requested on a machine without it.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(
+            f"unknown device {device!r}: use --device auto, cpu, cuda or cuda:N"
+        ) from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type != "cuda":
+        raise ConfigError(f"unsupported device {device!r}: use --device auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} requested but CUDA is not available: use --device cpu"
+        )
+    index = torch.cuda.current_device() if resolved.index is None else resolved.index
+    if index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices): "
+            "use --device cuda:0 or --device auto"
+        )
+    return torch.device("cuda", index)
+
+
+class ModelCache:
+    """A thread-safe process-wide registry: each key's factory runs at most once.
+
+    Two threads asking for the same key wait for one load; different keys load in parallel.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+        self._items: dict[Hashable, Any] = {}
+
+    def get_or_create(self, key: Hashable, factory: Callable[[], T]) -> T:
+        """Return the object stored under ``key``, calling ``factory()`` to create it if absent.
+
+        Args:
+            key: hashable identity, e.g. ``(backend, variant, str(device), weights_sha256)``.
+            factory: builds the object; an exception propagates and nothing is stored.
+        """
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+            value = factory()
+            with self._lock:
+                self._items[key] = value
+            return value
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def clear(self) -> None:
+        """Drop every stored object (frees their memory once no caller holds them)."""
+        with self._lock:
+            self._items.clear()
+            self._key_locks.clear()
+
+
+MODELS = ModelCache()
+"""The one registry every backend shares."""

@@ -1,0 +1,273 @@
+"""The paper's pictures as arrays: prompts drawn on masks, automatic-mask overlays, panels.
+
+Every function takes and returns ``H×W×3 uint8 RGB`` arrays (masks are ``H×W bool``, boxes
+XYXY in original-image pixels) and draws with Pillow only. :func:`image_panel` puts the seed
+paper's figures 4–7 of one image into a single picture: original, colour ground truth,
+binarized ground truth, predicted mask with its prompts, stylized image, composite and, in
+automatic mode, the automatic masks (figure 5).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from cityscapesscripts.helpers.labels import labels
+from PIL import Image, ImageDraw, ImageFont
+
+from segstyle_core.composite import resize_to
+from segstyle_core.errors import InputError
+from segstyle_core.images import check_same_size
+from segstyle_core.segment.base import Prompt
+
+RGB = tuple[int, int, int]
+
+BOX_COLOR: RGB = (30, 144, 255)
+FOREGROUND_COLOR: RGB = (0, 200, 0)
+BACKGROUND_COLOR: RGB = (230, 0, 0)
+_OUTLINE: RGB = (255, 255, 255)
+_PAPER: RGB = (255, 255, 255)
+_INK: RGB = (20, 20, 20)
+
+#: Caption labels of the score keys :func:`image_panel` knows; other keys are shown as named.
+SCORE_LABELS = {
+    "iou": "IoU",
+    "dice": "Dice",
+    "iou_instance": "instance IoU",
+    "dice_instance": "instance Dice",
+}
+
+# Label id -> table colour; ids not in the table (and license plate, id -1) stay black (void).
+_LABEL_COLORS = np.zeros((256, 3), dtype=np.uint8)
+for _label in labels:
+    if _label.id >= 0:
+        _LABEL_COLORS[_label.id] = _label.color
+
+
+def mask_to_rgb(mask: np.ndarray, color: RGB = (255, 255, 255)) -> np.ndarray:
+    """``H×W bool`` mask -> ``H×W×3 uint8``: ``color`` inside, black outside."""
+    out = np.zeros((*mask.shape, 3), dtype=np.uint8)
+    out[mask.astype(bool)] = color
+    return out
+
+
+def label_ids_to_rgb(label_ids: np.ndarray) -> np.ndarray:
+    """``H×W`` Cityscapes labelIds map -> ``H×W×3 uint8`` in the label table's colours.
+
+    This is what a ``*_gtFine_color.png`` shows, for datasets that ship only labelIds.
+    Ids that are not in the table are drawn black, like the void classes.
+
+    Raises:
+        InputError: the map is not 2-D integer or holds values outside 0..255.
+    """
+    if label_ids.ndim != 2 or not np.issubdtype(label_ids.dtype, np.integer):
+        raise InputError(
+            f"label map of shape {label_ids.shape} and dtype {label_ids.dtype} is not H×W "
+            "integer; pass the array of a *_gtFine_labelIds.png"
+        )
+    if label_ids.size and (label_ids.min() < 0 or label_ids.max() > 255):
+        raise InputError(
+            f"label map holds values {int(label_ids.min())}..{int(label_ids.max())}, outside the "
+            "label ids 0..255; pass a *_gtFine_labelIds.png, not an instanceIds map"
+        )
+    return _LABEL_COLORS[label_ids]
+
+
+def _stroke(image: np.ndarray) -> int:
+    """Line width that stays visible after a panel scales the image down to ~256 px."""
+    return max(1, round(min(image.shape[:2]) / 150))
+
+
+def draw_prompts(image: np.ndarray, prompts: Sequence[Prompt]) -> np.ndarray:
+    """Draw prompts on a copy of ``image`` (``H×W×3 uint8``); return the copy.
+
+    Boxes (XYXY, original pixels) become blue rectangles; points become dots with a white rim,
+    green for foreground (label 1) and red for background (label 0).
+    """
+    canvas = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    width = _stroke(image)
+    radius = 2 * width + 1
+    for prompt in prompts:
+        if prompt.box is not None:
+            draw.rectangle(prompt.box, outline=BOX_COLOR, width=width)
+        for (x, y), label in zip(prompt.points, prompt.point_labels, strict=True):
+            fill = FOREGROUND_COLOR if label == 1 else BACKGROUND_COLOR
+            draw.ellipse(
+                (x - radius, y - radius, x + radius, y + radius),
+                fill=fill,
+                outline=_OUTLINE,
+                width=max(1, width // 2),
+            )
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def distinct_colors(count: int, seed: int = 0) -> list[RGB]:
+    """``count`` saturated colours whose hues are spread by the golden ratio from a seeded start."""
+    start = float(np.random.default_rng(seed).random())
+    golden = (math.sqrt(5) - 1) / 2
+    result: list[RGB] = []
+    for index in range(count):
+        r, g, b = colorsys.hsv_to_rgb((start + index * golden) % 1.0, 0.8, 0.95)
+        result.append((round(r * 255), round(g * 255), round(b * 255)))
+    return result
+
+
+def overlay_masks(
+    image: np.ndarray, masks: Sequence[np.ndarray], alpha: float = 0.5, seed: int = 0
+) -> np.ndarray:
+    """Automatic masks over ``image`` (``H×W×3 uint8``), each in its own colour (figure 5).
+
+    Mask ``i`` (``H×W bool``) gets ``distinct_colors(len(masks), seed)[i]``. Larger masks are
+    painted first, so a small mask lying on a large one stays visible (as SAM's notebooks do);
+    covered pixels become ``(1 - alpha) * image + alpha * colour``, the rest keep ``image``.
+
+    Raises:
+        InputError: a mask's size differs from the image's, or ``alpha`` is outside [0, 1].
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha={alpha}: must be in [0, 1]; 0.5 shows image and colour equally")
+    layer = np.zeros(image.shape, dtype=np.float32)
+    covered = np.zeros(image.shape[:2], dtype=bool)
+    colors = distinct_colors(len(masks), seed)
+    for index in sorted(range(len(masks)), key=lambda i: -int(np.count_nonzero(masks[i]))):
+        mask = masks[index].astype(bool)
+        check_same_size(image, mask, f"automatic mask {index}", "overlay_masks")
+        layer[mask] = colors[index]
+        covered |= mask
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * layer
+    out = image.copy()
+    out[covered] = np.rint(blended[covered]).astype(np.uint8)
+    return out
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> list[str]:
+    """Greedy word wrap of ``text`` to lines no wider than ``width`` pixels (when words allow)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
+    """``image`` (``h×w×3``) scaled to ``height`` rows, keeping its aspect ratio."""
+    width = max(1, round(image.shape[1] * height / image.shape[0]))
+    return resize_to(image, (height, width))
+
+
+def panel(
+    tiles: Sequence[tuple[str, np.ndarray]],
+    caption: str,
+    columns: int = 3,
+    tile_height: int = 256,
+) -> np.ndarray:
+    """A grid of titled tiles with a caption underneath, as one ``H×W×3 uint8`` image.
+
+    Each tile (``h×w×3 uint8``) is scaled to ``tile_height`` rows keeping its aspect ratio and
+    centred in a cell as wide as the widest scaled tile; its title is written above it. Tiles
+    fill ``columns`` cells per row, left to right. The caption is wrapped to the panel's width.
+
+    Raises:
+        InputError: no tiles, a tile that is not ``h×w×3 uint8``, or ``columns``/``tile_height``
+            below 1.
+    """
+    if not tiles or columns < 1 or tile_height < 1:
+        raise InputError(
+            f"panel of {len(tiles)} tiles, columns={columns}, tile_height={tile_height}: "
+            "pass at least one tile and positive sizes"
+        )
+    for title, tile in tiles:
+        if tile.ndim != 3 or tile.shape[2] != 3 or tile.dtype != np.uint8 or 0 in tile.shape:
+            raise InputError(
+                f"panel tile {title!r} is {tile.dtype} {tile.shape}; pass H×W×3 uint8 RGB "
+                "(render masks with mask_to_rgb)"
+            )
+    scaled = [(title, _fit_height(tile, tile_height)) for title, tile in tiles]
+    font = ImageFont.load_default(size=max(10, tile_height // 16))
+    line = round(font.size * 1.4) if isinstance(font, ImageFont.FreeTypeFont) else 14
+    gap = max(4, tile_height // 32)
+    cell_w = max(tile.shape[1] for _, tile in scaled)
+    cell_h = line + tile_height
+    cols = min(columns, len(scaled))
+    rows = math.ceil(len(scaled) / cols)
+    width = cols * cell_w + (cols + 1) * gap
+    caption_lines = _wrap(caption, font, width - 2 * gap) if caption else []
+    height = rows * (cell_h + gap) + gap + len(caption_lines) * line + (gap if caption else 0)
+    canvas = Image.new("RGB", (width, height), _PAPER)
+    draw = ImageDraw.Draw(canvas)
+    for index, (title, tile) in enumerate(scaled):
+        row, col = divmod(index, cols)
+        x = gap + col * (cell_w + gap)
+        y = gap + row * (cell_h + gap)
+        draw.text((x + cell_w / 2, y + line / 2), title, fill=_INK, font=font, anchor="mm")
+        canvas.paste(Image.fromarray(tile), (x + (cell_w - tile.shape[1]) // 2, y + line))
+    top = gap + rows * (cell_h + gap)
+    for number, text in enumerate(caption_lines):
+        draw.text((gap, top + number * line), text, fill=_INK, font=font)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def format_scores(scores: Mapping[str, float | None]) -> str:
+    """``{"iou": 0.8351, "dice": 0.91}`` -> ``"IoU 0.835 · Dice 0.910"``; missing/NaN -> ``n/a``."""
+    parts = []
+    for key, value in scores.items():
+        shown = "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+        parts.append(f"{SCORE_LABELS.get(key, key)} {shown}")
+    return " · ".join(parts)
+
+
+def image_panel(
+    original: np.ndarray,
+    gt_color: np.ndarray | None,
+    gt_binary: np.ndarray | None,
+    pred_mask: np.ndarray,
+    prompts: Sequence[Prompt],
+    stylized: np.ndarray | None,
+    composite: np.ndarray | None,
+    scores: Mapping[str, float | None] | None,
+    auto_masks: Sequence[np.ndarray] | None = None,
+    title: str = "",
+    columns: int = 3,
+    tile_height: int = 256,
+) -> np.ndarray:
+    """One image's figures in one ``uint8`` RGB picture.
+
+    Args:
+        original: ``H×W×3 uint8`` image.
+        gt_color: colour ground truth, ``H×W×3 uint8`` (a ``*_gtFine_color.png``) or an ``H×W``
+            integer labelIds map, rendered in the label table's colours; ``None`` to leave out.
+        gt_binary: ``H×W bool`` binarized ground truth, or ``None``.
+        pred_mask: ``H×W bool`` predicted mask; ``prompts`` (XYXY boxes, points) are drawn on it.
+        stylized: the stylized full image (any size, e.g. the stylizer's working resolution).
+        composite: the composite, ``H×W×3 uint8``.
+        scores: e.g. ``{"iou": 0.835, "dice": 0.910}`` for the caption (see :data:`SCORE_LABELS`).
+        auto_masks: automatic masks (``H×W bool`` each, e.g. the ``segmentation`` of
+            SamAutomaticMaskGenerator records); adds an "automatic masks" tile.
+        title: text put before the scores in the caption (the image id, class, prompt kind).
+
+    Raises:
+        InputError: a ground truth or mask whose size differs from ``original``'s.
+    """
+    tiles: list[tuple[str, np.ndarray]] = [("original", original)]
+    if gt_color is not None:
+        check_same_size(original, gt_color, "colour ground truth", "image_panel")
+        shown = label_ids_to_rgb(gt_color) if gt_color.ndim == 2 else gt_color
+        tiles.append(("ground truth", shown))
+    if gt_binary is not None:
+        check_same_size(original, gt_binary, "binarized ground truth", "image_panel")
+        tiles.append(("binarized ground truth", mask_to_rgb(gt_binary)))
+    check_same_size(original, pred_mask, "predicted mask", "image_panel")
+    tiles.append(("predicted mask + prompt", draw_prompts(mask_to_rgb(pred_mask), prompts)))
+    if auto_masks is not None:
+        tiles.append(("automatic masks", overlay_masks(original, auto_masks)))
+    if stylized is not None:
+        tiles.append(("stylized", stylized))
+    if composite is not None:
+        tiles.append(("composite", composite))
+    caption = " · ".join(part for part in (title, format_scores(scores or {})) if part)
+    return panel(tiles, caption, columns=columns, tile_height=tile_height)

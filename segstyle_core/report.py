@@ -1,0 +1,348 @@
+"""The static HTML report of one dataset run: ``<run_dir>/report.html``.
+
+The page needs no server and no network: CSS is inline, the IoU histograms are inline SVG, and
+per-image panels are referenced by paths relative to the report (``<image_id>/panel.png``), so
+the run folder can be opened, zipped or moved as a whole. Everything taken from the results
+rows or the configuration is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+
+from segstyle_core.errors import ConfigError
+from segstyle_core.fileio import atomic_write
+from segstyle_core.results import COLUMNS
+
+#: Number of IoU histogram bins over [0, 1].
+HISTOGRAM_BINS = 10
+
+#: Score columns the report can rank and plot by: column -> (label, matching Dice column).
+#: ``iou`` compares each prompt's mask with the whole class; ``iou_instance`` with the
+#: prompt's own ground-truth instance (the fairer per-prompt score for instance prompts).
+METRICS = {"iou": ("IoU", "dice"), "iou_instance": ("instance IoU", "dice_instance")}
+
+_CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1280px;
+       padding: 0 16px; color: #1b1b1b; }
+h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 8px 0; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f4f4f4; }
+.stats { display: flex; gap: 12px; flex-wrap: wrap; }
+.stat { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 110px; }
+.stat b { display: block; font-size: 20px; }
+.hists { display: flex; gap: 16px; flex-wrap: wrap; }
+figure { margin: 12px 0; } figcaption { font-weight: 600; margin-bottom: 4px; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+.missing { color: #888; font-style: italic; }
+pre { background: #f6f6f6; padding: 12px; overflow-x: auto; }
+td.error { font-family: ui-monospace, monospace; white-space: pre-wrap; color: #a00; }
+svg text { font: 11px system-ui, sans-serif; fill: #333; }
+"""
+
+
+def _missing(value: Any) -> bool:
+    """True for None, NaN, NA and NaT (a list value is never missing)."""
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+def _e(value: Any) -> str:
+    """HTML-escaped text of a cell; missing values show as an em dash."""
+    return "—" if _missing(value) else html.escape(str(value))
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; NaN/None -> an em dash."""
+    return "—" if _missing(value) or not math.isfinite(float(value)) else f"{value:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[tuple[str, str]]]) -> str:
+    """An HTML table; each cell is ``(already-escaped html, css class or "")``."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="{css}">{cell}</td>' if css else f"<td>{cell}</td>" for cell, css in row
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def class_of(rows: pd.DataFrame) -> pd.Series:
+    """The class each row scores: the prompt's instance class, else the requested classes."""
+    return rows["instance_class"].fillna(rows["classes"]).fillna("(none)").astype(str)
+
+
+def _summary(rows: pd.DataFrame) -> str:
+    failed = rows["status"].eq("failed")
+    stats = [
+        ("images", str(rows["image_id"].nunique())),
+        ("rows", str(len(rows))),
+        ("failed rows", str(int(failed.sum()))),
+        ("failed images", str(rows.loc[failed, "image_id"].nunique())),
+        ("mean IoU", _num(rows["iou"].mean())),
+        ("mean Dice", _num(rows["dice"].mean())),
+    ]
+    cards = "".join(f'<div class="stat">{html.escape(k)}<b>{v}</b></div>' for k, v in stats)
+    grouped = rows.assign(_failed=failed, segmenter=rows["segmenter"].fillna("(none)")).groupby(
+        ["_class", "segmenter"], sort=True
+    )
+    lines = [
+        [
+            (_e(cls), ""),
+            (_e(segmenter), ""),
+            (str(len(group)), "num"),
+            (str(int(group["_failed"].sum())), "num"),
+            (_num(group["iou"].mean()), "num"),
+            (_num(group["dice"].mean()), "num"),
+            (_num(group["iou_instance"].mean()), "num"),
+            (_num(group["dice_instance"].mean()), "num"),
+        ]
+        for (cls, segmenter), group in grouped
+    ]
+    header = ["class", "segmenter", "rows", "failed", "mean IoU", "mean Dice"]
+    header += ["mean instance IoU", "mean instance Dice"]
+    return f'<div class="stats">{cards}</div>\n{_table(header, lines)}'
+
+
+def _timing(rows: pd.DataFrame) -> str:
+    """Seconds per stage, counted once per image (an image's prompt rows repeat its times)."""
+    stages = [c for c in rows.columns if c.startswith("seconds_")]
+    per_image = rows.groupby("image_id")[stages].first()
+    lines = [
+        [
+            (_e(column.removeprefix("seconds_")), ""),
+            (str(int(per_image[column].notna().sum())), "num"),
+            (_num(per_image[column].sum(min_count=1), 1), "num"),
+            (_num(per_image[column].mean(), 2), "num"),
+        ]
+        for column in stages
+    ]
+    table = _table(["stage", "images timed", "total s", "mean s per image"], lines)
+    started, finished = rows["started_at"].min(), rows["finished_at"].max()
+    if _missing(started) or _missing(finished):
+        return table
+    wall = (pd.Timestamp(finished) - pd.Timestamp(started)).total_seconds()
+    return f"<p>Wall time from first start to last finish: {wall:.1f} s.</p>\n{table}"
+
+
+def iou_histogram_svg(
+    values: Sequence[float], title: str, label: str = "IoU", width: int = 320
+) -> str:
+    """An inline SVG bar chart of scores in [0, 1] in :data:`HISTOGRAM_BINS` bins.
+
+    NaN values are left out and counted in the caption; each bar carries its count, and its
+    tooltip says ``"<label> 0.8–0.9: <count>"``.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    finite = array[np.isfinite(array)]
+    counts, edges = np.histogram(finite, bins=HISTOGRAM_BINS, range=(0.0, 1.0))
+    height, left, bottom, top = 150, 28, 22, 16
+    plot_w, plot_h = width - left - 8, height - bottom - top
+    peak = max(int(counts.max()), 1)
+    bar_w = plot_w / HISTOGRAM_BINS
+    parts = []
+    for index, (count, lo, hi) in enumerate(zip(counts, edges[:-1], edges[1:], strict=True)):
+        bar_h = plot_h * count / peak
+        x = left + index * bar_w
+        y = top + plot_h - bar_h
+        parts.append(
+            f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{bar_w - 2:.1f}" height="{bar_h:.1f}" '
+            f'fill="#4a7bd0"><title>{html.escape(label)} {lo:.1f}–{hi:.1f}: {count}</title></rect>'
+        )
+        if count:
+            parts.append(
+                f'<text x="{x + bar_w / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle">{count}</text>'
+            )
+    axis_y = top + plot_h
+    for tick in (0.0, 0.5, 1.0):
+        parts.append(
+            f'<text x="{left + tick * plot_w:.1f}" y="{axis_y + 14}" '
+            f'text-anchor="middle">{tick:.1f}</text>'
+        )
+    parts.append(
+        f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="#333"/>'
+    )
+    dropped = len(array) - len(finite)
+    caption = f"{title}: {len(finite)} scored" + (f", {dropped} without {label}" if dropped else "")
+    return (
+        f"<figure><figcaption>{html.escape(caption)}</figcaption>"
+        f'<svg width="{width}" height="{height}" '
+        f'role="img" aria-label="{html.escape(caption)}">{"".join(parts)}</svg></figure>'
+    )
+
+
+def _histograms(rows: pd.DataFrame, metric: str) -> str:
+    """One histogram per class over the ``ok`` rows (failed rows have no score to show)."""
+    label = METRICS[metric][0]
+    by_class = rows[rows["status"].eq("ok")].groupby("_class", sort=True)[metric]
+    charts = "".join(
+        iou_histogram_svg(v.tolist(), f"{label} of {cls}", label) for cls, v in by_class
+    )
+    return f'<div class="hists">{charts}</div>'
+
+
+def panel_src(panel_path: Any, run_dir: Path) -> str | None:
+    """The ``src`` of a row's panel, relative to ``run_dir``; ``None`` when there is none.
+
+    A relative ``panel_path`` is taken from the current directory, as the flow wrote it.
+    """
+    if _missing(panel_path) or not str(panel_path):
+        return None
+    path = Path(str(panel_path)).resolve()
+    if not path.is_file():
+        return None
+    return quote(Path(os.path.relpath(path, run_dir.resolve())).as_posix())
+
+
+def rank_images(rows: pd.DataFrame, metric: str = "iou") -> pd.DataFrame:
+    """One line per image with a score, sorted by its mean ``metric`` (then image id), worst first.
+
+    Only ``ok`` rows with a ``metric`` value count. Columns: ``image_id``, ``classes`` (the
+    scored classes, comma-joined), ``prompts``, ``score`` (mean ``metric``), ``dice`` (mean of
+    the matching Dice column) and ``panel_path`` (the first row's).
+    """
+    dice = METRICS[metric][1]
+    scored = rows[rows["status"].eq("ok") & rows[metric].notna()]
+    grouped = scored.assign(_class=class_of(scored)).groupby("image_id", sort=True)
+    ranked = grouped.agg(
+        classes=("_class", lambda v: ", ".join(sorted(set(v)))),
+        prompts=("image_id", "size"),
+        score=(metric, "mean"),
+        dice=(dice, "mean"),
+        panel_path=("panel_path", "first"),
+    ).reset_index()
+    return ranked.sort_values(["score", "image_id"], kind="stable").reset_index(drop=True)
+
+
+def _examples(images: pd.DataFrame, run_dir: Path, metric: str, empty: str) -> str:
+    label, _ = METRICS[metric]
+    if images.empty:
+        return f'<p class="missing">{html.escape(empty)}</p>'
+    figures = []
+    for row in images.to_dict(orient="records"):
+        heading = (
+            f"{_e(row['image_id'])} · {_e(row['classes'])} · {row['prompts']} prompt(s) · "
+            f"mean {label} {_num(row['score'])} · mean Dice {_num(row['dice'])}"
+        )
+        src = panel_src(row["panel_path"], run_dir)
+        body = (
+            f'<img src="{html.escape(src)}" alt="panel of {_e(row["image_id"])}">'
+            if src
+            else '<p class="missing">no panel image for this image</p>'
+        )
+        figures.append(f"<figure><figcaption>{heading}</figcaption>{body}</figure>")
+    return "\n".join(figures)
+
+
+def _failures(rows: pd.DataFrame) -> str:
+    failed = rows[rows["status"].eq("failed")]
+    if failed.empty:
+        return "<p>No failures.</p>"
+    lines = [
+        [
+            (_e(r["image_id"]), ""),
+            ("—" if _missing(r["prompt_index"]) else str(int(r["prompt_index"])), "num"),
+            (_e(r["error"]), "error"),
+        ]
+        for r in failed.to_dict(orient="records")
+    ]
+    return _table(["image", "prompt", "error"], lines)
+
+
+def render_report(
+    run_dir: Path,
+    rows: pd.DataFrame,
+    config: Mapping[str, Any],
+    title: str,
+    examples: int = 6,
+    metric: str = "iou",
+) -> str:
+    """The report's HTML text (see :func:`write_report`).
+
+    Raises:
+        ConfigError: ``metric`` is not a key of :data:`METRICS`, or ``examples`` is below 0.
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"metric={metric!r}: choose one of {', '.join(METRICS)}")
+    if examples < 0:
+        raise ConfigError(f"examples={examples}: must be 0 or more")
+    rows = rows.reindex(columns=list(dict.fromkeys([*rows.columns, *COLUMNS])))
+    rows = rows.assign(_class=class_of(rows)).reset_index(drop=True)
+    label = METRICS[metric][0]
+    ranked = rank_images(rows, metric)
+    worst = ranked.head(examples)
+    best = ranked.drop(worst.index).iloc[::-1].head(examples)
+    config_json = json.dumps(config, indent=2, sort_keys=True, default=str)
+    sections = [
+        ("Summary", _summary(rows)),
+        ("Run time per stage", _timing(rows)),
+        (f"{label} distribution per class", _histograms(rows, metric)),
+        (
+            f"Worst images by mean {label}",
+            _examples(worst, run_dir, metric, "No scored images."),
+        ),
+        (
+            f"Best images by mean {label}",
+            _examples(best, run_dir, metric, "No more scored images: all are shown above."),
+        ),
+        ("Failures", _failures(rows)),
+        ("Configuration", f"<pre>{html.escape(config_json)}</pre>"),
+    ]
+    body = "\n".join(f"<h2>{html.escape(name)}</h2>\n{content}" for name, content in sections)
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
+
+
+def write_report(
+    run_dir: Path,
+    rows: pd.DataFrame,
+    config: Mapping[str, Any],
+    title: str,
+    examples: int = 6,
+    metric: str = "iou",
+) -> Path:
+    """Write ``run_dir/report.html`` atomically and return its path.
+
+    Args:
+        run_dir: the run folder (``artifacts/runs/<run_name>``); panels are linked relative to it.
+        rows: the run's results, columns of :data:`segstyle_core.results.SCHEMA` (missing ones
+            count as empty); NaN scores and rows without a panel file are allowed.
+        config: the run's configuration, shown as JSON.
+        title: page title and heading.
+        examples: how many worst and how many best images to show with their panels; each
+            image appears once (a run of few images has a short "best" list).
+        metric: score column the histograms and the ranking use (see :data:`METRICS`).
+
+    Contents: summary counts and mean IoU/Dice per class and segmenter, seconds per stage,
+    ``metric`` histograms per class (inline SVG), the worst and best images with their panels,
+    the failures with their errors, and the configuration.
+
+    Raises:
+        ConfigError: unknown ``metric`` or negative ``examples``.
+    """
+    run_dir = Path(run_dir)
+    target = run_dir / "report.html"
+    text = render_report(run_dir, rows, config, title, examples, metric)
+    with atomic_write(target, "wb") as handle:
+        handle.write(text.encode("utf-8"))
+    return target

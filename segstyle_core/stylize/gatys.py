@@ -1,0 +1,533 @@
+"""Gatys et al. neural style transfer on VGG19, optimising the image's pixels.
+
+The defaults reproduce the NST base script the seed paper builds on (Gordić's
+``pytorch-neural-style-transfer``, via Nafis): content layer ``conv4_2`` (before its ReLU),
+style layers ``relu1_1 .. relu5_1`` (the rectified responses that Gatys et al. call
+``conv1_1 .. conv5_1``: Caffe's ReLUs run in place), content/style/TV weights 1e5 / 3e4 / 1,
+L-BFGS for up to 1000 objective evaluations, target height 400, initialised from the content
+image, VGG input as 0..255 pixels minus the ImageNet mean (``normalization="imagenet255"``;
+the weights are calibrated to that scale). The seed paper's own runs used content weight 5000
+and a lower style weight to keep the street's geometry.
+
+Loss terms (``F`` features of the image being optimised, ``P`` of the content image, ``G``/``A``
+Gram matrices of the image / the style image, see :func:`gram_matrix`):
+
+* content: ``mean((F - P)**2)`` per content layer, summed over content layers;
+* style: ``sum_l w_l * sum((G_l - A_l)**2)`` (sum, not mean, of squared differences);
+  ``w_l = 1 / len(style_layers)`` unless ``style_layer_weights`` is given;
+* TV: ``sum |x[i, j+1] - x[i, j]| + sum |x[i+1, j] - x[i, j]|`` over channels, in 8-bit pixel
+  units (anisotropic, absolute differences);
+* total: ``content_weight * content + style_weight * style + tv_weight * TV``.
+
+Images are ``H×W×3 uint8 RGB`` numpy arrays at the boundary; inside, ``1×3×h×w`` float tensors
+in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from segstyle_core import devices, weights
+from segstyle_core.composite import check_rgb, resize_to
+from segstyle_core.errors import ConfigError, InputError
+from segstyle_core.fileio import sha256_bytes
+from segstyle_core.stylize.base import Progress, ProgressCallback
+from segstyle_core.stylize.vgg import (
+    IMAGENET_MEAN,
+    Normalization,
+    Pooling,
+    VGGFeatures,
+    check_layers,
+    load_vgg19_features,
+)
+
+#: VGG19 pools four times before ``conv5_1``; below this a side has no room left.
+MIN_SIDE = 32
+#: Standard deviation of the ``init="noise"`` image, in ``[0, 1]`` units (90 of 255, as the
+#: base script); the noise is centred on the ImageNet mean colour.
+NOISE_STD = 90 / 255
+_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class GatysConfig:
+    """Settings of one Gatys optimisation (defaults: the NST base script, see module doc).
+
+    Attributes:
+        content_layers / style_layers: VGG19 layer names (``conv4_2``, ``relu1_1``, ...).
+        style_layer_weights: one weight per style layer; ``None`` = ``1 / len(style_layers)``.
+        content_weight / style_weight / tv_weight: loss weights (the seed paper: content 5000).
+        height: working height in pixels. The content image is resized to this height (width
+            ``round(W * height / H)``, aspect kept); the style image is resized to the same
+            height, keeping its own aspect. The output has the content's working size.
+        optimizer: ``"lbfgs"`` (torch L-BFGS, strong-Wolfe line search) or ``"adam"``.
+        iterations: budget of objective evaluations (one VGG forward + backward each), for
+            both optimizers, never exceeded; L-BFGS line-search evaluations count, and L-BFGS
+            needs at least 2 to move (so ``iterations=1`` leaves the initial image).
+        learning_rate: Adam step size in ``[0, 1]`` pixel units (10 of 255, as the base
+            script); L-BFGS uses its own line search.
+        init: start from the ``"content"`` image, ``"noise"`` or the ``"style"`` image
+            resized to the content's working size.
+        seed: seed of the ``"noise"`` initialisation.
+        pooling: VGG pooling, ``"max"`` (torchvision) or ``"avg"`` (Gatys et al.'s suggestion).
+        normalization: VGG input scaling, see :data:`segstyle_core.stylize.vgg.NORMALIZATION_STD`.
+        plateau_tol / plateau_patience: stop early once the best total loss improved by less
+            than ``plateau_tol`` (relative) over the last ``plateau_patience`` evaluations;
+            ``plateau_tol=0`` disables it. Checked after every Adam step and after every
+            L-BFGS ``step()`` call, which then runs ``plateau_patience`` iterations at a time.
+        autocast: run VGG under ``torch.autocast`` in ``"bfloat16"`` or ``"float16"``;
+            ``None`` = float32. Gram matrices and losses are always float32.
+        channels_last: use the channels-last memory format for VGG and the image.
+    """
+
+    content_layers: tuple[str, ...] = ("conv4_2",)
+    style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    style_layer_weights: tuple[float, ...] | None = None
+    content_weight: float = 1e5
+    style_weight: float = 3e4
+    tv_weight: float = 1.0
+    height: int = 400
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    iterations: int = 1000
+    learning_rate: float = 10 / 255
+    init: Literal["content", "noise", "style"] = "content"
+    seed: int = 0
+    pooling: Pooling = "max"
+    normalization: Normalization = "imagenet255"
+    plateau_tol: float = 0.0
+    plateau_patience: int = 50
+    autocast: Literal["bfloat16", "float16"] | None = None
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("content_layers", "style_layers", "style_layer_weights"):
+            value = getattr(self, name)  # JSON specs give lists: store tuples (hashable)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+        if not self.content_layers or not self.style_layers:
+            raise ConfigError("Gatys needs at least one content layer and one style layer")
+        check_layers(self.content_layers + self.style_layers)
+        if self.style_layer_weights is not None and len(self.style_layer_weights) != len(
+            self.style_layers
+        ):
+            raise ConfigError(
+                f"style_layer_weights has {len(self.style_layer_weights)} entries for "
+                f"{len(self.style_layers)} style layers: give one weight per layer or None"
+            )
+        for name in ("content_weight", "style_weight", "tv_weight", "plateau_tol"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} is negative: use a value >= 0")
+        for name, low in (("height", MIN_SIDE), ("iterations", 1), ("plateau_patience", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name}={getattr(self, name)} is too small: use >= {low}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate={self.learning_rate} must be > 0")
+        choices = {
+            "optimizer": ("lbfgs", "adam"),
+            "init": ("content", "noise", "style"),
+            "autocast": (None, *_AUTOCAST_DTYPES),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is unknown: use one of {allowed}"
+                )
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Content and style layers, without repeats, in a stable order."""
+        return tuple(dict.fromkeys(self.content_layers + self.style_layers))
+
+    def layer_weights(self) -> dict[str, float]:
+        """``{style layer: weight}`` with the ``1 / len(style_layers)`` default filled in."""
+        given = self.style_layer_weights
+        equal = (1.0 / len(self.style_layers),) * len(self.style_layers)
+        return dict(zip(self.style_layers, given or equal, strict=True))
+
+
+# --- losses (pure functions on tensors) -------------------------------------------------------
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrices ``B×C×C`` of ``B×C×H×W`` features, divided by ``C*H*W``."""
+    b, c, h, w = features.shape
+    flat = features.reshape(b, c, h * w)
+    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+
+
+def content_loss(
+    features: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """Sum over the layers in ``targets`` of the mean squared feature difference."""
+    return torch.stack(
+        [torch.mean((features[name] - target) ** 2) for name, target in targets.items()]
+    ).sum()
+
+
+def style_loss(
+    features: Mapping[str, torch.Tensor],
+    target_grams: Mapping[str, torch.Tensor],
+    layer_weights: Mapping[str, float],
+) -> torch.Tensor:
+    """``sum_l w_l * sum((gram(F_l) - A_l)**2)`` over the layers in ``layer_weights``."""
+    return torch.stack(
+        [
+            weight * torch.sum((gram_matrix(features[name]) - target_grams[name]) ** 2)
+            for name, weight in layer_weights.items()
+        ]
+    ).sum()
+
+
+def tv_loss(image: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation of ``B×3×H×W`` in ``[0, 1]``, in 8-bit units (×255)."""
+    dx = torch.sum(torch.abs(image[:, :, :, 1:] - image[:, :, :, :-1]))
+    dy = torch.sum(torch.abs(image[:, :, 1:, :] - image[:, :, :-1, :]))
+    return 255.0 * (dx + dy)
+
+
+def total_loss(
+    features: Mapping[str, torch.Tensor],
+    image: torch.Tensor,
+    content_targets: Mapping[str, torch.Tensor],
+    style_grams: Mapping[str, torch.Tensor],
+    config: GatysConfig,
+) -> dict[str, torch.Tensor]:
+    """Weighted loss terms ``{"content", "style", "tv", "total"}``; ``total`` is their sum.
+
+    Args:
+        features: VGG features of ``image`` (float32), at least the config's layers.
+        image: ``1×3×h×w`` in ``[0, 1]`` (for the TV term).
+        content_targets: content-image features of the content layers.
+        style_grams: :func:`gram_matrix` of the style image's features per style layer.
+    """
+    terms = {
+        "content": config.content_weight * content_loss(features, content_targets),
+        "style": config.style_weight * style_loss(features, style_grams, config.layer_weights()),
+        "tv": config.tv_weight * tv_loss(image),
+    }
+    terms["total"] = terms["content"] + terms["style"] + terms["tv"]
+    return terms
+
+
+# --- image <-> tensor helpers -------------------------------------------------------------------
+
+
+def working_size(shape: tuple[int, ...], height: int) -> tuple[int, int]:
+    """``(height, round(W * height / H))`` for an image of shape ``H×W(×3)``: aspect kept."""
+    return height, max(1, round(shape[1] * height / shape[0]))
+
+
+def _check_side(size: tuple[int, ...], what: str, fix: str) -> None:
+    if min(size[:2]) < MIN_SIDE:
+        raise InputError(
+            f"{what} is {size[1]}x{size[0]} px, under VGG19's minimum of {MIN_SIDE} px a side; "
+            f"{fix}"
+        )
+
+
+def _to_tensor(image: np.ndarray, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """``H×W×3 uint8`` -> ``1×3×h×w`` float in ``[0, 1]`` at ``size = (h, w)`` on ``device``."""
+    resized = resize_to(image, size)
+    chw = torch.tensor(resized, device=device).permute(2, 0, 1).unsqueeze(0)
+    return chw.float().contiguous() / 255.0
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    """``1×3×h×w`` float -> ``h×w×3 uint8``, clamped to ``[0, 1]`` and rounded."""
+    pixels = image.detach()[0].clamp(0, 1).mul(255).round().to(torch.uint8)
+    return np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
+
+
+def _autocast(device: torch.device, config: GatysConfig) -> contextlib.AbstractContextManager:
+    if config.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[config.autocast])
+
+
+def _features(
+    extractor: VGGFeatures, image: torch.Tensor, config: GatysConfig
+) -> dict[str, torch.Tensor]:
+    """Float32 features of ``image`` (autocast and memory format as configured)."""
+    if config.channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    with _autocast(image.device, config):
+        return {name: value.float() for name, value in extractor(image).items()}
+
+
+def _grams(
+    features: Mapping[str, torch.Tensor], layers: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    return {name: gram_matrix(features[name]) for name in layers}
+
+
+def _prepare_style(style: np.ndarray, config: GatysConfig, device: torch.device) -> torch.Tensor:
+    check_rgb(style, "style image")
+    fix = "use a larger style image"
+    _check_side(style.shape, "style image", fix)
+    size = working_size(style.shape, config.height)
+    _check_side(size, f"style image at working height {config.height}", fix)
+    return _to_tensor(style, size, device)
+
+
+def _prepare_content(
+    content: np.ndarray, config: GatysConfig, device: torch.device
+) -> torch.Tensor:
+    check_rgb(content, "content image")
+    size = working_size(content.shape, config.height)
+    _check_side(size, f"content image at working height {config.height}", "use a less narrow image")
+    return _to_tensor(content, size, device)
+
+
+def gatys_objective(
+    image: np.ndarray,
+    content: np.ndarray,
+    style: np.ndarray,
+    extractor: VGGFeatures,
+    config: GatysConfig,
+) -> dict[str, float]:
+    """Evaluate the Gatys loss terms of ``image`` (e.g. a composite) without optimising.
+
+    ``content`` and ``style`` are prepared as in :meth:`GatysStylizer.stylize`; ``image``
+    (``H×W×3 uint8``) is resized to the content's working size first.
+
+    Returns:
+        ``{"content", "style", "tv", "total"}`` weighted terms as floats (see module doc).
+    """
+    device = extractor.device
+    check_rgb(image, "image")
+    with torch.no_grad():
+        content_t = _prepare_content(content, config, device)
+        style_grams = _grams(
+            _features(extractor, _prepare_style(style, config, device), config),
+            config.style_layers,
+        )
+        content_feats = _features(extractor, content_t, config)
+        image_t = _to_tensor(image, (content_t.shape[2], content_t.shape[3]), device)
+        terms = total_loss(
+            _features(extractor, image_t, config),
+            image_t,
+            {name: content_feats[name] for name in config.content_layers},
+            style_grams,
+            config,
+        )
+    return {name: float(value) for name, value in terms.items()}
+
+
+# --- the stylizer ---------------------------------------------------------------------------
+
+
+class GatysStylizer:
+    """Gatys style transfer on VGG19 (the :class:`~segstyle_core.stylize.base.Stylizer` protocol).
+
+    VGG19 is found with :func:`segstyle_core.weights.find_checkpoint` (a missing file raises
+    its :class:`~segstyle_core.errors.WeightsError` naming ``segstyle weights download vgg19``),
+    checked against the published hash, and shared process-wide through
+    :data:`segstyle_core.devices.MODELS`. Style targets (Gram matrices) are computed once per
+    style image and kept in a small LRU cache of this instance.
+    """
+
+    name = "gatys"
+    variant = "vgg19"
+
+    def __init__(
+        self,
+        config: GatysConfig | None = None,
+        *,
+        device: str = "auto",
+        checkpoint: str | os.PathLike[str] | None = None,
+        weights_dir: str | os.PathLike[str] | None = None,
+        style_cache_size: int = 8,
+        extractor: VGGFeatures | None = None,
+    ) -> None:
+        """Load VGG19 (or use ``extractor``, from :func:`load_vgg19_features`, e.g. in tests).
+
+        Args:
+            config: optimisation settings; ``None`` = :class:`GatysConfig` defaults.
+            device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            checkpoint: the ``vgg19-dcbb9e9d.pth`` file; ``None`` = find it with
+                :func:`segstyle_core.weights.find_checkpoint`. Verified either way.
+            weights_dir: where to look first when ``checkpoint`` is ``None`` (see
+                :func:`segstyle_core.weights.weights_dir`); torch hub's cache is searched too.
+            style_cache_size: how many styles' Gram matrices to keep.
+            extractor: a loaded feature extractor to use instead of the checkpoint search;
+                ``weights_sha256`` is then ``None``. It must provide the config's layers.
+        """
+        self.config = config or GatysConfig()
+        self.device = devices.resolve_device(device)
+        self.weights_sha256: str | None = None
+        if extractor is None:
+            path = checkpoint or weights.find_checkpoint("vgg19", weights_dir)
+            extractor, self.weights_sha256 = self._load_extractor(path)
+        else:
+            missing = set(self.config.layers) - set(extractor.layers)
+            if missing:
+                raise ConfigError(
+                    f"extractor lacks layers {sorted(missing)}: load it with the config's layers"
+                )
+            extractor = self._place(extractor)
+        self.extractor = extractor
+        self._style_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self._style_cache_size = style_cache_size
+        self._lock = threading.Lock()
+
+    def _load_extractor(self, path: str | os.PathLike[str]) -> tuple[VGGFeatures, str]:
+        """Verify the VGG19 checkpoint; return the process-wide extractor and its SHA-256."""
+        sha256 = weights.verify_checkpoint(path, "vgg19")
+        cfg = self.config
+        key = (
+            "gatys",
+            self.variant,
+            str(self.device),
+            sha256,
+            tuple(sorted(cfg.layers)),
+            cfg.pooling,
+            cfg.normalization,
+            cfg.channels_last,
+        )
+        extractor = devices.MODELS.get_or_create(
+            key,
+            lambda: self._place(
+                load_vgg19_features(path, cfg.layers, cfg.pooling, cfg.normalization)
+            ),
+        )
+        return extractor, sha256
+
+    def _place(self, extractor: VGGFeatures) -> VGGFeatures:
+        """Move ``extractor`` (in place) to the device and memory format of this stylizer."""
+        memory_format = torch.channels_last if self.config.channels_last else None
+        return extractor.to(self.device, memory_format=memory_format)
+
+    def style_targets(self, style: np.ndarray) -> dict[str, torch.Tensor]:
+        """Gram matrices ``{style layer: 1×C×C}`` of ``style`` (``h×w×3 uint8``), cached.
+
+        The cache key is the style's SHA-256 and shape, its working size, the style layers and
+        the device; the least recently used entry is dropped beyond ``style_cache_size``.
+        """
+        size = working_size(style.shape, self.config.height)
+        key = (
+            sha256_bytes(np.ascontiguousarray(style).tobytes()),
+            style.shape,
+            size,
+            self.config.style_layers,
+            str(self.device),
+        )
+        with self._lock:
+            if key in self._style_cache:
+                self._style_cache.move_to_end(key)
+                return self._style_cache[key]
+        with torch.no_grad():
+            features = _features(
+                self.extractor, _prepare_style(style, self.config, self.device), self.config
+            )
+            grams = _grams(features, self.config.style_layers)
+        with self._lock:
+            self._style_cache[key] = grams
+            while len(self._style_cache) > self._style_cache_size:
+                self._style_cache.popitem(last=False)
+        return grams
+
+    def stylize(
+        self,
+        content: np.ndarray,
+        style: np.ndarray,
+        progress: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """Paint ``content`` (``H×W×3 uint8``) like ``style`` (``h×w×3 uint8``).
+
+        Returns ``height × round(W * height / H) × 3 uint8`` (the config's working height).
+        ``progress`` gets a :class:`Progress` after every objective evaluation, with the
+        weighted ``content``/``style``/``tv``/``total`` terms.
+
+        Raises:
+            InputError: not ``H×W×3 uint8``; style image under 32 px on a side.
+        """
+        cfg = self.config
+        content_t = _prepare_content(content, cfg, self.device)
+        style_grams = self.style_targets(style)
+        with torch.no_grad():
+            content_feats = _features(self.extractor, content_t, cfg)
+        content_targets = {name: content_feats[name] for name in cfg.content_layers}
+        image = self._initial_image(content_t, style).requires_grad_(True)
+        run = _Run(cfg, progress)
+
+        def objective() -> float:
+            optimizer.zero_grad()
+            terms = total_loss(
+                _features(self.extractor, image, cfg), image, content_targets, style_grams, cfg
+            )
+            terms["total"].backward()
+            return run.record(terms)
+
+        with torch.enable_grad():
+            if cfg.optimizer == "adam":
+                optimizer: torch.optim.Optimizer = torch.optim.Adam([image], lr=cfg.learning_rate)
+                while not run.done():
+                    optimizer.step(objective)
+            else:
+                optimizer = torch.optim.LBFGS(
+                    [image],
+                    max_iter=cfg.plateau_patience if cfg.plateau_tol > 0 else cfg.iterations,
+                    line_search_fn="strong_wolfe",
+                )
+                # A step() call evaluates once at its start and at least once in its line
+                # search; max_eval = budget - 1 keeps the whole call within the budget.
+                while not run.done() and cfg.iterations - run.step >= 2:
+                    optimizer.param_groups[0]["max_eval"] = cfg.iterations - run.step - 1
+                    before = run.step
+                    optimizer.step(objective)
+                    if run.step - before <= 1:  # converged: the gradient vanished
+                        break
+        return _to_uint8(image)
+
+    def _initial_image(self, content_t: torch.Tensor, style: np.ndarray) -> torch.Tensor:
+        """The starting ``1×3×h×w`` image for ``config.init`` (a fresh tensor, no grad)."""
+        cfg = self.config
+        if cfg.init == "content":
+            image = content_t.clone()
+        elif cfg.init == "style":
+            image = _to_tensor(style, (content_t.shape[2], content_t.shape[3]), self.device)
+        else:
+            generator = torch.Generator().manual_seed(cfg.seed)
+            noise = torch.randn(content_t.shape, generator=generator) * NOISE_STD
+            image = (noise + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).to(self.device)
+        if cfg.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return image
+
+
+class _Run:
+    """Evaluation counter, progress reports and the plateau test of one optimisation."""
+
+    def __init__(self, config: GatysConfig, progress: ProgressCallback | None) -> None:
+        self.config = config
+        self.progress = progress
+        self.step = 0
+        self.best: list[float] = []
+
+    def record(self, terms: Mapping[str, torch.Tensor]) -> float:
+        """Count one evaluation, track the best total, report progress; return the total."""
+        self.step += 1
+        losses = {name: value.item() for name, value in terms.items()}
+        self.best.append(min(losses["total"], self.best[-1]) if self.best else losses["total"])
+        if self.progress is not None:
+            self.progress(Progress(self.step, self.config.iterations, losses))
+        return losses["total"]
+
+    def done(self) -> bool:
+        """Budget spent, or the best loss improved by under ``plateau_tol`` over the window."""
+        cfg = self.config
+        if self.step >= cfg.iterations:
+            return True
+        if cfg.plateau_tol <= 0 or len(self.best) <= cfg.plateau_patience:
+            return False
+        old = self.best[-1 - cfg.plateau_patience]
+        return old - self.best[-1] <= cfg.plateau_tol * abs(old)

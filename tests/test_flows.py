@@ -1,0 +1,174 @@
+"""The Prefect flows end to end on the generated dataset with the offline backends.
+
+Checks failure isolation, caching across runs, the retry of a failed flow run that recomputes
+only the failed image, the Parquet contract, and the Dask task runner.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+
+STAGES = ("binarize-gt", "segment", "stylize", "composite")
+
+
+def _run(root: Path, out: Path, **overrides: Any) -> Any:
+    from flows.dataset import segment_and_stylize
+
+    params = {
+        "dataset": str(root),
+        "city": "zurich",
+        "classes": ["car"],
+        "prompts": "gt-instances",
+        "segmenter": "grabcut",
+        "stylizer": "feedforward",
+        "feather": 1.0,
+        "out": str(out),
+        **overrides,
+    }
+    return segment_and_stylize(**params, return_state=True)
+
+
+def _task_runs(flow_run_id: UUID) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+
+
+def _stage_runs(task_runs: list[Any]) -> list[Any]:
+    return [
+        t for t in task_runs if t.name.split("-")[0] in ("gt", "segment", "stylize", "composite")
+    ]
+
+
+@pytest.fixture()
+def dataset(demo_root: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo dataset (tests corrupt files in it)."""
+    return Path(shutil.copytree(demo_root, tmp_path / "cityscapes"))
+
+
+def test_run_writes_rows_and_a_second_run_is_all_cached(dataset: Path, tmp_path: Path) -> None:
+    first = _run(dataset, tmp_path / "out")
+    assert first.is_completed(), first.message
+    parquet = Path(first.result())
+    frame = pd.read_parquet(parquet)
+    assert set(frame["status"]) == {"ok"}
+    assert frame["image_id"].nunique() == 3
+    assert set(frame["segmenter"]) == {"grabcut"} and set(frame["stylizer"]) == {"feedforward"}
+    assert frame["stylizer_weights_sha256"].str.len().eq(64).all()
+    assert frame["iou_instance"].between(0, 1).all() and frame["iou"].between(0, 1).all()
+    assert frame["instance_id"].ge(26000).all()  # prompts come from car instances
+    for path in frame["composite_path"].unique():
+        assert Path(path).is_file() and str(tmp_path / "out" / "runs") in path
+
+    second = _run(dataset, tmp_path / "out")
+    assert second.is_completed()
+    stage_runs = _stage_runs(_task_runs(second.state_details.flow_run_id))
+    assert len(stage_runs) == 4 * 3
+    assert {t.state.name for t in stage_runs} == {"Cached"}
+    again = pd.read_parquet(second.result())
+    assert again["iou"].tolist() == frame["iou"].tolist()
+    assert len(pd.read_parquet(tmp_path / "out" / "metrics")) == 2 * len(frame)
+
+
+def test_bad_image_fails_alone_and_a_retry_recomputes_only_it(
+    dataset: Path, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.states import Scheduled
+
+    from flows.dataset import segment_and_stylize
+    from segstyle_core import results
+
+    images = sorted((dataset / "leftImg8bit" / "train" / "zurich").glob("*.png"))
+    victim = images[1]
+    good_bytes = victim.read_bytes()
+    victim.write_bytes(good_bytes[: len(good_bytes) // 3])  # truncated PNG
+
+    state = _run(dataset, tmp_path / "out")
+    assert state.is_failed()
+    flow_run_id = state.state_details.flow_run_id
+    parquet = results.run_file(
+        tmp_path / "out" / "metrics", "segment_and_stylize", str(flow_run_id)
+    )
+    frame = pd.read_parquet(parquet)
+    failed = frame[frame["status"] == "failed"]
+    assert failed["image_id"].unique().tolist() == [victim.name.removesuffix("_leftImg8bit.png")]
+    assert victim.name in failed["error"].iloc[0]
+    assert (frame[frame["status"] == "ok"]["image_id"].nunique()) == 2
+
+    victim.write_bytes(good_bytes)
+    before = {t.id for t in _task_runs(flow_run_id)}
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Scheduled(message="retry"), force=True)
+        flow_run = client.read_flow_run(flow_run_id)
+    retried = run_flow(
+        segment_and_stylize, flow_run=flow_run, parameters=flow_run.parameters, return_type="state"
+    )
+    assert retried.is_completed(), retried.message
+    new_runs = [t for t in _stage_runs(_task_runs(flow_run_id)) if t.id not in before]
+    recomputed = sorted(t.name for t in new_runs if t.state.name != "Cached")
+    victim_id = victim.name.removesuffix("_leftImg8bit.png")
+    assert recomputed == sorted(
+        f"{s}-{victim_id}" for s in ("gt", "segment", "stylize", "composite")
+    )
+    assert sum(t.state.name == "Cached" for t in new_runs) == 2 * 4
+
+    after = pd.read_parquet(parquet)
+    assert set(after["status"]) == {"ok"} and after["image_id"].nunique() == 3
+    assert not after.duplicated(["image_id", "prompt_index"]).any()
+    assert [p.name for p in parquet.parent.iterdir()] == [parquet.name]
+
+
+def test_evaluate_flow_scores_without_styling(dataset: Path, tmp_path: Path) -> None:
+    from flows.dataset import evaluate_segmentation
+
+    state = evaluate_segmentation(
+        dataset=str(dataset),
+        city="aachen",
+        classes=["car", "person"],
+        prompts="largest",
+        segmenter="grabcut",
+        out=str(tmp_path / "out"),
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    frame = pd.read_parquet(state.result())
+    assert frame["stylizer"].isna().all() and frame["composite_path"].isna().all()
+    assert frame.groupby("image_id").size().eq(1).all()  # largest: one prompt per image
+    assert frame["classes"].eq("car,person").all()
+
+
+def test_dask_task_runner_runs_the_flow(dataset: Path, tmp_path: Path) -> None:
+    from prefect_dask import DaskTaskRunner
+
+    from flows.dataset import segment_and_stylize
+
+    flow = segment_and_stylize.with_options(
+        task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "processes": False})
+    )
+    state = flow(
+        dataset=str(dataset),
+        city="zurich",
+        classes=["car"],
+        prompts="largest",
+        segmenter="grabcut",
+        stylizer="feedforward",
+        limit=1,
+        out=str(tmp_path / "out"),
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    assert pd.read_parquet(state.result())["status"].eq("ok").all()

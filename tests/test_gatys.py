@@ -1,0 +1,297 @@
+"""Gatys style transfer on a VGG19 with random weights, saved and loaded through the real loader.
+
+Images are 64 px high and runs take a few objective evaluations, so the file runs in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.models.vgg import cfgs, make_layers
+
+from segstyle_core.composite import resize_to
+from segstyle_core.errors import ConfigError, InputError, WeightsError
+from segstyle_core.images import read_rgb
+from segstyle_core.stylize.base import Progress
+from segstyle_core.stylize.gatys import (
+    GatysConfig,
+    GatysStylizer,
+    content_loss,
+    gatys_objective,
+    gram_matrix,
+    style_loss,
+    total_loss,
+    tv_loss,
+)
+from segstyle_core.stylize.vgg import VGGFeatures, load_vgg19_features
+
+HEIGHT = 64
+
+
+@pytest.fixture(scope="module")
+def vgg_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A torchvision-format VGG19 ``features`` state dict with random (seeded) weights."""
+    torch.manual_seed(0)
+    features = make_layers(cfgs["E"])
+    path = tmp_path_factory.mktemp("weights") / "vgg19-random.pth"
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    return path
+
+
+def _config(**overrides: object) -> GatysConfig:
+    """A small run; shallow layers keep VGG cheap for the tests of the mechanics."""
+    shallow = {"content_layers": ("relu2_1",), "style_layers": ("relu1_1", "relu2_1")}
+    return GatysConfig(**{"height": HEIGHT, "iterations": 4, **shallow, **overrides})
+
+
+def _stylizer(vgg_path: Path, config: GatysConfig, **kwargs: object) -> GatysStylizer:
+    extractor = load_vgg19_features(vgg_path, config.layers, config.pooling, config.normalization)
+    return GatysStylizer(config, device="cpu", extractor=extractor, **kwargs)
+
+
+def _content(height: int = 48, width: int = 72, phase: float = 0.0) -> np.ndarray:
+    """A smooth synthetic street-like picture: gradients and a block."""
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    image = np.stack([np.sin(6 * x + phase), np.cos(5 * y - phase), np.sin(4 * (x + y))], axis=-1)
+    image = (image + 1) * 127.5
+    image[height // 3 : 2 * height // 3, width // 4 : width // 2] = (200, 30, 30)
+    return image.astype(np.uint8)
+
+
+def _style(size: int = 80, seed: int = 1) -> np.ndarray:
+    """Stripes with noise: a texture with strong oriented statistics."""
+    rng = np.random.default_rng(seed)
+    stripes = ((np.arange(size)[None, :] // 4) % 2) * 255
+    image = np.repeat(np.broadcast_to(stripes, (size, size))[:, :, None], 3, axis=2)
+    noise = rng.integers(-40, 40, (size, size, 3))
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+# --- losses against direct numpy computations -------------------------------------------------
+
+
+def _numpy_gram(f: np.ndarray) -> np.ndarray:
+    c, h, w = f.shape
+    gram = np.zeros((c, c))
+    for i in range(c):
+        for j in range(c):
+            gram[i, j] = sum(f[i, y, x] * f[j, y, x] for y in range(h) for x in range(w))
+    return gram / (c * h * w)
+
+
+def test_gram_and_losses_match_a_direct_computation() -> None:
+    rng = np.random.default_rng(0)
+    shapes = {"relu1_1": (3, 5, 6), "relu2_1": (4, 3, 4)}
+    feats = {k: rng.normal(size=s) for k, s in shapes.items()}
+    style_feats = {k: rng.normal(size=s) for k, s in shapes.items()}
+    content_feats = {"relu2_1": rng.normal(size=shapes["relu2_1"])}
+    image = rng.uniform(size=(3, 7, 9))
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a[None])
+
+    for f in feats.values():
+        np.testing.assert_allclose(gram_matrix(t(f))[0].numpy(), _numpy_gram(f), rtol=1e-10)
+
+    expected_content = np.mean((feats["relu2_1"] - content_feats["relu2_1"]) ** 2)
+    weights = {"relu1_1": 0.25, "relu2_1": 2.0}
+    expected_style = sum(
+        w * np.sum((_numpy_gram(feats[k]) - _numpy_gram(style_feats[k])) ** 2)
+        for k, w in weights.items()
+    )
+    c, h, w = image.shape
+    expected_tv = 255 * sum(
+        abs(image[k, y, x + 1] - image[k, y, x])
+        for k in range(c)
+        for y in range(h)
+        for x in range(w - 1)
+    ) + 255 * sum(
+        abs(image[k, y + 1, x] - image[k, y, x])
+        for k in range(c)
+        for y in range(h - 1)
+        for x in range(w)
+    )
+    tfeats = {k: t(v) for k, v in feats.items()}
+    tcontent = {k: t(v) for k, v in content_feats.items()}
+    tgrams = {k: gram_matrix(t(v)) for k, v in style_feats.items()}
+    assert float(content_loss(tfeats, tcontent)) == pytest.approx(expected_content, rel=1e-10)
+    assert float(style_loss(tfeats, tgrams, weights)) == pytest.approx(expected_style, rel=1e-10)
+    assert float(tv_loss(t(image))) == pytest.approx(expected_tv, rel=1e-10)
+
+    config = GatysConfig(
+        content_layers=("relu2_1",),
+        style_layers=tuple(weights),
+        style_layer_weights=tuple(weights.values()),
+        content_weight=3.0,
+        style_weight=5.0,
+        tv_weight=0.5,
+    )
+    terms = {k: float(v) for k, v in total_loss(tfeats, t(image), tcontent, tgrams, config).items()}
+    assert terms["content"] == pytest.approx(3.0 * expected_content, rel=1e-10)
+    assert terms["style"] == pytest.approx(5.0 * expected_style, rel=1e-10)
+    assert terms["tv"] == pytest.approx(0.5 * expected_tv, rel=1e-10)
+    assert terms["total"] == pytest.approx(terms["content"] + terms["style"] + terms["tv"])
+
+
+def test_default_style_layer_weights_are_equal() -> None:
+    config = GatysConfig()
+    assert config.layer_weights() == {name: 0.2 for name in config.style_layers}
+
+
+# --- the VGG feature extractor ----------------------------------------------------------------
+
+
+def test_layer_names_map_to_torchvision_indices(vgg_path: Path) -> None:
+    extractor = load_vgg19_features(vgg_path, ["relu1_1", "conv4_2"], normalization="imagenet")
+    torch.manual_seed(0)
+    reference = make_layers(cfgs["E"])  # same seed as the saved file: same weights
+    image = torch.rand(1, 3, 40, 48)
+    normalized = (image - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
+    with torch.no_grad():
+        features = extractor(image)
+        # torchvision's VGG19 features: index 1 is relu1_1, index 21 is conv4_2.
+        expected_relu = reference[:2](normalized)
+        expected_conv = reference[:22](normalized)
+    assert set(features) == {"relu1_1", "conv4_2"}
+    torch.testing.assert_close(features["relu1_1"], expected_relu)
+    torch.testing.assert_close(features["conv4_2"], expected_conv)
+    assert features["conv4_2"].min() < 0  # the conv output, not overwritten by an in-place ReLU
+    assert len(extractor.features) == 22  # truncated after the deepest requested layer
+    assert not any(p.requires_grad for p in extractor.parameters())
+
+
+def test_avg_pooling_option_replaces_max_pooling(vgg_path: Path) -> None:
+    extractor = load_vgg19_features(vgg_path, ["relu3_1"], pooling="avg")
+    kinds = {type(m) for m in extractor.features}
+    assert torch.nn.AvgPool2d in kinds and torch.nn.MaxPool2d not in kinds
+
+
+def test_file_without_vgg_weights_is_a_weights_error(tmp_path: Path) -> None:
+    path = tmp_path / "other.pth"
+    torch.save({"features.0.weight": torch.zeros(2, 3, 3, 3)}, path)
+    with pytest.raises(WeightsError, match="segstyle weights download vgg19"):
+        load_vgg19_features(path, ["conv1_1"])
+
+
+# --- stylization -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_optimisation_lowers_the_total_loss(vgg_path: Path, optimizer: str) -> None:
+    config = _config(optimizer=optimizer, iterations=6, learning_rate=0.05)
+    stylizer = _stylizer(vgg_path, config)
+    content, style = _content(), _style()
+    reports: list[Progress] = []
+    out = stylizer.stylize(content, style, progress=reports.append)
+
+    assert [r.step for r in reports] == list(range(1, len(reports) + 1))
+    # the budget is never exceeded; L-BFGS may leave one evaluation unused
+    assert config.iterations - 1 <= len(reports) <= config.iterations
+    assert all(r.total == config.iterations for r in reports)
+    assert set(reports[0].losses) == {"content", "style", "tv", "total"}
+    before = gatys_objective(content, content, style, stylizer.extractor, config)
+    after = gatys_objective(out, content, style, stylizer.extractor, config)
+    assert before["total"] == pytest.approx(reports[0].losses["total"], rel=1e-4)
+    assert min(r.losses["total"] for r in reports) < reports[0].losses["total"]
+    assert after["total"] < before["total"]  # also after clamping and rounding to uint8
+    assert after["style"] < before["style"]
+
+
+def test_output_keeps_the_aspect_at_the_target_height(vgg_path: Path) -> None:
+    content = _content(50, 75)
+    out = _stylizer(vgg_path, _config(optimizer="adam", iterations=3)).stylize(content, _style())
+    assert out.shape == (HEIGHT, 96, 3) and out.dtype == np.uint8  # 75 * 64 / 50 = 96
+    assert np.abs(out.astype(int) - resize_to(content, (HEIGHT, 96)).astype(int)).mean() > 1
+
+
+def test_style_targets_are_computed_once_per_style(vgg_path: Path) -> None:
+    stylizer = _stylizer(vgg_path, _config(iterations=2), style_cache_size=1)
+    widths: list[int] = []
+    stylizer.extractor.register_forward_pre_hook(lambda _m, args: widths.append(args[0].shape[3]))
+    style_a, style_b = _style(80, seed=1), _style(80, seed=2)  # working size 64×64
+    for phase in (0.0, 1.0, 2.0):
+        stylizer.stylize(_content(48, 72, phase), style_a)  # working width 96
+    assert widths.count(HEIGHT) == 1
+    assert widths.count(96) == 9  # each content: its target pass and two evaluations
+    stylizer.stylize(_content(), style_b)
+    stylizer.stylize(_content(), style_a)  # evicted by style_b (cache size 1): recomputed
+    assert widths.count(HEIGHT) == 3
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_style_files_in_other_modes_are_converted(
+    vgg_path: Path, tmp_path: Path, mode: str
+) -> None:
+    rgb = _style(48)
+    if mode == "I;16":
+        picture = Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257)
+    else:
+        picture = Image.fromarray(rgb).convert(mode)
+    path = tmp_path / "style.png"
+    picture.save(path)
+    assert Image.open(path).mode == mode
+    style = read_rgb(path)
+    out = _stylizer(vgg_path, _config(iterations=2)).stylize(_content(), style)
+    assert out.shape == (HEIGHT, 96, 3)
+
+
+def test_tiny_style_image_is_an_input_error(vgg_path: Path) -> None:
+    with pytest.raises(InputError, match="larger style image"):
+        _stylizer(vgg_path, _config()).stylize(_content(), _style(20))
+
+
+def test_plateau_stops_early(vgg_path: Path) -> None:
+    config = _config(optimizer="adam", iterations=20, plateau_tol=1.0, plateau_patience=2)
+    reports: list[Progress] = []
+    _stylizer(vgg_path, config).stylize(_content(), _style(), progress=reports.append)
+    assert len(reports) == 3  # the window is full after 3 evaluations; no 100 % gain in it
+
+
+def test_missing_vgg_weights_name_the_download_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEGSTYLE_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(WeightsError, match="segstyle weights download vgg19"):
+        GatysStylizer(device="cpu")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"style_layers": ("conv9_1",)}, {"optimizer": "sgd"}, {"style_layer_weights": (1.0,)}],
+)
+def test_bad_config_is_a_config_error(overrides: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        GatysConfig(**overrides)
+
+
+def test_extractor_without_the_config_layers_is_refused(vgg_path: Path) -> None:
+    extractor: VGGFeatures = load_vgg19_features(vgg_path, ["conv1_1"])
+    with pytest.raises(ConfigError, match="lacks layers"):
+        GatysStylizer(_config(), device="cpu", extractor=extractor)
+
+
+def test_config_from_json_lists_is_hashable() -> None:
+    config = GatysConfig(content_layers=["conv4_2"], style_layers=["relu1_1", "relu2_1"])  # type: ignore[arg-type]
+    assert config.style_layers == ("relu1_1", "relu2_1")
+    assert hash(config) == hash(GatysConfig(style_layers=("relu1_1", "relu2_1")))
+
+
+def test_random_weights_are_refused_outside_tests(vgg_path: Path) -> None:
+    with pytest.raises(WeightsError, match="SHA-256"):
+        GatysStylizer(_config(), device="cpu", checkpoint=vgg_path)
+
+
+@pytest.mark.parametrize("overrides", [{"channels_last": True}, {"autocast": "bfloat16"}])
+def test_performance_options_keep_the_result(vgg_path: Path, overrides: dict[str, object]) -> None:
+    content, style = _content(), _style()
+    plain = _stylizer(vgg_path, _config(optimizer="adam", iterations=2)).stylize(content, style)
+    config = _config(optimizer="adam", iterations=2, **overrides)
+    fast = _stylizer(vgg_path, config).stylize(content, style)
+    assert np.abs(fast.astype(int) - plain.astype(int)).mean() < 1.0

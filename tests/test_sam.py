@@ -1,0 +1,271 @@
+"""SAM backend on a tiny random-weight SAM saved to disk and loaded through the real loader.
+
+The reference for every mask is segment_anything's own ``SamPredictor.predict``, one call per
+prompt, keeping the best-scoring mask.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+
+from segstyle_core.devices import ModelCache, resolve_device
+from segstyle_core.errors import ConfigError, InputError, WeightsError
+from segstyle_core.fileio import sha256_file
+from segstyle_core.segment import sam as sam_module
+from segstyle_core.segment.base import Prompt
+from segstyle_core.segment.sam import AutomaticMaskOptions, SamSegmenter, build_sam_tiny, load_sam
+
+SEED = 1  # differs from build_sam_tiny's default, so un-loaded weights would show.
+
+PROMPTS = [
+    Prompt(box=(20, 10, 40, 30)),
+    Prompt(box=(0, 0, 64, 48)),
+    Prompt(box=(5.5, 5, 30, 40.25)),
+    Prompt(points=((30, 20), (5, 5)), point_labels=(1, 0)),
+    Prompt(points=((10, 40),), point_labels=(1,)),
+    Prompt(points=((50, 10), (3, 3)), point_labels=(1, 1)),
+    Prompt(box=(10, 10, 50, 40), points=((30, 20),), point_labels=(1,)),
+]
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    """48×64×3 uint8 RGB: noise with a bright rectangle."""
+    array = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    array[10:30, 20:40] = 220
+    return array
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny SAM's state dict on disk, its builder registered as variant ``tiny``."""
+    monkeypatch.setitem(sam_module.SAM_BUILDERS, "tiny", build_sam_tiny)
+    monkeypatch.setattr(sam_module, "MODELS", ModelCache())
+    path = tmp_path / "tiny_sam.pth"
+    torch.save(build_sam_tiny(seed=SEED).state_dict(), path)
+    return path
+
+
+def count_encoder_calls(model: Sam, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    forward = model.image_encoder.forward
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return forward(x)
+
+    monkeypatch.setattr(model.image_encoder, "forward", counting)
+    return calls
+
+
+def reference_mask(predictor: SamPredictor, prompt: Prompt, multimask: bool) -> np.ndarray:
+    """segment_anything's own answer for one prompt: best-scoring mask of ``predict``."""
+    masks, scores, _ = predictor.predict(
+        point_coords=np.array(prompt.points) if prompt.points else None,
+        point_labels=np.array(prompt.point_labels) if prompt.points else None,
+        box=np.array(prompt.box) if prompt.box is not None else None,
+        multimask_output=multimask,
+    )
+    return masks[scores.argmax()]
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_masks_equal_sam_predictor(
+    tiny_checkpoint: Path, image: np.ndarray, multimask: bool
+) -> None:
+    segmenter = SamSegmenter("tiny", tiny_checkpoint, device="cpu", multimask=multimask)
+    assert segmenter.weights_sha256 == sha256_file(tiny_checkpoint)
+    assert (segmenter.name, segmenter.variant, segmenter.device) == (
+        "sam",
+        "tiny",
+        torch.device("cpu"),
+    )
+    predictions = segmenter.segment(image, PROMPTS)
+
+    predictor = SamPredictor(build_sam_tiny(seed=SEED))
+    predictor.set_image(image)
+    assert len(predictions) == len(PROMPTS)
+    for prompt, prediction in zip(PROMPTS, predictions, strict=True):
+        assert prediction.mask.shape == (48, 64) and prediction.mask.dtype == bool
+        np.testing.assert_array_equal(prediction.mask, reference_mask(predictor, prompt, multimask))
+    # Not a vacuous comparison: masks are mixed and differ between prompts.
+    assert all(0 < p.mask.mean() < 1 for p in predictions)
+    assert len({p.mask.tobytes() for p in predictions}) == len(PROMPTS)
+
+
+def test_large_groups_are_decoded_in_chunks_with_same_masks(
+    tiny_checkpoint: Path, image: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    segmenter = SamSegmenter("tiny", tiny_checkpoint, device="cpu")
+    whole = segmenter.segment(image, PROMPTS)
+    monkeypatch.setattr(sam_module, "DECODE_BATCH", 2)
+    chunked = segmenter.segment(image, PROMPTS)
+    for got, want in zip(chunked, whole, strict=True):
+        np.testing.assert_array_equal(got.mask, want.mask)
+        assert got.score == pytest.approx(want.score, abs=1e-5)
+
+
+def test_segmenters_share_one_loaded_model(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[Path] = []
+    monkeypatch.setattr(
+        sam_module, "load_sam", lambda v, p, d: loads.append(p) or load_sam(v, p, d)
+    )
+    SamSegmenter("tiny", tiny_checkpoint, device="cpu")
+    SamSegmenter("tiny", tiny_checkpoint, device="cpu")
+    assert loads == [tiny_checkpoint]
+
+
+def test_embedding_cache_skips_encoder_across_calls_and_instances(
+    tiny_checkpoint: Path, image: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "embeddings"
+    sha = sha256_file(tiny_checkpoint)
+    model_a = load_sam("tiny", tiny_checkpoint, torch.device("cpu"))
+    model_b = load_sam("tiny", tiny_checkpoint, torch.device("cpu"))
+    calls_a = count_encoder_calls(model_a, monkeypatch)
+    calls_b = count_encoder_calls(model_b, monkeypatch)
+    first = SamSegmenter.from_model(model_a, "tiny", sha, embedding_cache_dir=cache)
+    second = SamSegmenter.from_model(model_b, "tiny", sha, embedding_cache_dir=cache)
+    uncached = SamSegmenter.from_model(build_sam_tiny(seed=SEED), "tiny", sha)
+
+    boxes = first.segment(image, PROMPTS[:3])
+    points = first.segment(image, PROMPTS[3:])
+    assert len(calls_a) == 1 and len(list(cache.iterdir())) == 1
+    again = second.segment(image, PROMPTS)
+    assert calls_b == []
+    expected = uncached.segment(image, PROMPTS)
+    for got, want in zip(boxes + points, expected, strict=True):
+        np.testing.assert_array_equal(got.mask, want.mask)
+    for got, want in zip(again, expected, strict=True):
+        np.testing.assert_array_equal(got.mask, want.mask)
+
+    first.segment(image[::-1].copy(), PROMPTS[:1])  # another image: a miss
+    assert len(calls_a) == 2
+    other_weights = SamSegmenter.from_model(model_b, "tiny", "0" * 64, embedding_cache_dir=cache)
+    other_weights.segment(image, PROMPTS[:1])  # same image, other weights: a miss
+    assert len(calls_b) == 1
+
+
+def test_generate_returns_documented_records(tiny_checkpoint: Path, image: np.ndarray) -> None:
+    options = AutomaticMaskOptions(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
+    segmenter = SamSegmenter("tiny", tiny_checkpoint, device="cpu", amg_options=options)
+    records = segmenter.generate(image)
+    assert records
+    keys = {"segmentation", "area", "bbox", "predicted_iou", "stability_score", "point_coords"}
+    for record in records:
+        assert keys | {"crop_box"} == set(record)
+        mask = record["segmentation"]
+        assert mask.shape == (48, 64) and mask.dtype == bool
+        assert record["area"] == int(mask.sum())
+        x, y, w, h = record["bbox"]
+        ys, xs = np.nonzero(mask)
+        assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max(), ys.max())
+
+
+def test_generate_reuses_cached_embedding(
+    tiny_checkpoint: Path, image: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = load_sam("tiny", tiny_checkpoint, torch.device("cpu"))
+    calls = count_encoder_calls(model, monkeypatch)
+    options = AutomaticMaskOptions(points_per_side=2, pred_iou_thresh=0, stability_score_thresh=0)
+    segmenter = SamSegmenter.from_model(
+        model, "tiny", "x" * 64, embedding_cache_dir=tmp_path, amg_options=options
+    )
+    segmenter.segment(image, PROMPTS[:1])
+    segmenter.generate(image)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        (Prompt(box=(10, 10, 70, 30)), "outside the image"),
+        (Prompt(box=(-1, 10, 30, 30)), "outside the image"),
+        (Prompt(box=(30, 10, 20, 30)), "inverted"),
+        (Prompt(box=(10, 30, 20, 30)), "inverted"),
+        (Prompt(points=((10, 49),), point_labels=(1,)), "point outside"),
+        (Prompt(points=((10, 10),), point_labels=()), "one label per point"),
+        (Prompt(points=((10, 10),), point_labels=(2,)), "label other than 0/1"),
+        (Prompt(), "neither a box nor points"),
+    ],
+)
+def test_bad_prompts_raise_input_error(
+    tiny_checkpoint: Path, image: np.ndarray, prompt: Prompt, message: str
+) -> None:
+    segmenter = SamSegmenter("tiny", tiny_checkpoint, device="cpu")
+    with pytest.raises(InputError, match=message) as info:
+        segmenter.segment(image, [PROMPTS[0], prompt])
+    assert "prompt #1" in str(info.value) and "64×48" in str(info.value)
+
+
+def test_bad_image_raises_input_error(tiny_checkpoint: Path, image: np.ndarray) -> None:
+    segmenter = SamSegmenter("tiny", tiny_checkpoint, device="cpu")
+    with pytest.raises(InputError, match="H×W×3 uint8"):
+        segmenter.segment(image[..., 0], PROMPTS[:1])
+    assert segmenter.segment(image, []) == []
+
+
+def test_missing_official_checkpoint_says_how_to_download(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError) as info:
+        SamSegmenter("vit_b", weights_dir=tmp_path, device="cpu")
+    message = str(info.value)
+    assert "sam_vit_b_01ec64.pth" in message and str(tmp_path) in message
+    assert "segstyle weights download sam_vit_b" in message
+
+
+def test_checkpoint_errors(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="vit_b, vit_l, vit_h"):
+        SamSegmenter("vit_x", tiny_checkpoint)
+    with pytest.raises(WeightsError, match="does not exist"):
+        SamSegmenter("tiny", tmp_path / "absent.pth", device="cpu")
+    with pytest.raises(ConfigError, match="no official checkpoint"):
+        SamSegmenter("tiny", device="cpu")
+    wider = tmp_path / "wider.pth"
+    torch.save(build_sam_tiny(img_size=128).state_dict(), wider)
+    with pytest.raises(WeightsError, match="does not fit SAM tiny"):
+        SamSegmenter("tiny", wider, device="cpu")
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="unknown device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="use --device cpu"):
+            resolve_device("cuda:0")
+
+
+def test_model_cache_runs_factory_once_under_threads() -> None:
+    cache = ModelCache()
+    made: list[int] = []
+    gate = threading.Barrier(4)
+
+    def factory() -> object:
+        made.append(1)
+        time.sleep(0.05)  # let the other threads arrive while this one loads
+        return object()
+
+    results: list[object] = []
+
+    def worker() -> None:
+        gate.wait()
+        results.append(cache.get_or_create(("m", 1), factory))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 1 and len({id(r) for r in results}) == 1
+    assert ("m", 1) in cache and cache.get_or_create(("m", 2), factory) is not results[0]

@@ -1,0 +1,266 @@
+"""Checkpoint lookup, download (resume, checksum), verification and safe loading.
+
+Downloads go to a local HTTP server on 127.0.0.1 that serves a file the test makes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segstyle_core import weights
+from segstyle_core.errors import ConfigError, WeightsError
+from segstyle_core.weights import Checkpoint
+
+PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+@dataclass
+class FileServer:
+    """What the test server serves and what it saw."""
+
+    honour_range: bool = True
+    truncate_at: int | None = None  # drop the connection after this many body bytes
+    ranges: list[str | None] = field(default_factory=list)
+    bytes_sent: list[int] = field(default_factory=list)
+    url: str = ""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        state: FileServer = self.server.state  # type: ignore[attr-defined]
+        requested = self.headers.get("Range")
+        state.ranges.append(requested)
+        start = 0
+        if requested and state.honour_range:
+            start = int(requested.removeprefix("bytes=").split("-")[0])
+            if start >= len(PAYLOAD):
+                self.send_response(416)
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+        else:
+            self.send_response(200)
+        body = PAYLOAD[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        body = body[: state.truncate_at]
+        self.wfile.write(body)
+        state.bytes_sent.append(len(body))
+
+    def log_message(self, *args: object) -> None:
+        """Keep pytest output quiet."""
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    state = FileServer(url=f"http://127.0.0.1:{httpd.server_address[1]}/test_ckpt.pth")
+    httpd.state = state  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def checkpoint(server: FileServer) -> Checkpoint:
+    return Checkpoint(
+        name="test_ckpt",
+        filename="test_ckpt.pth",
+        url=server.url,
+        sha256_prefix=PAYLOAD_SHA[:8],
+        size_hint=len(PAYLOAD),
+        description="test payload",
+    )
+
+
+def test_download_verifies_and_renames(tmp_path: Path, checkpoint: Checkpoint, server: FileServer):
+    path = weights.download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert path == tmp_path / "test_ckpt.pth"
+    assert path.read_bytes() == PAYLOAD
+    assert not (tmp_path / "test_ckpt.pth.part").exists()
+    assert weights.verify_checkpoint(path, checkpoint) == PAYLOAD_SHA
+    assert server.ranges == [None]
+    # Already present and valid: no second request.
+    assert weights.download(checkpoint, dest_dir=tmp_path, progress=False) == path
+    assert len(server.ranges) == 1
+
+
+def test_download_resumes_partial_file(tmp_path: Path, checkpoint: Checkpoint, server: FileServer):
+    (tmp_path / "test_ckpt.pth.part").write_bytes(PAYLOAD[:100_000])
+    path = weights.download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert path.read_bytes() == PAYLOAD
+    assert server.ranges == ["bytes=100000-"]
+    assert server.bytes_sent == [len(PAYLOAD) - 100_000]
+
+
+def test_interrupted_download_keeps_part_then_resumes(
+    tmp_path: Path, checkpoint: Checkpoint, server: FileServer, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(weights, "_CHUNK", 16_384)
+    server.truncate_at = 200_000
+    with pytest.raises(WeightsError, match="partial data kept"):
+        weights.download(checkpoint, dest_dir=tmp_path, progress=False)
+    kept = (tmp_path / "test_ckpt.pth.part").read_bytes()
+    assert 0 < len(kept) <= 200_000 and PAYLOAD.startswith(kept)
+    server.truncate_at = None
+    path = weights.download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert path.read_bytes() == PAYLOAD
+    assert server.ranges == [None, f"bytes={len(kept)}-"]
+    assert server.bytes_sent[1] == len(PAYLOAD) - len(kept)
+
+
+def test_download_restarts_when_server_ignores_range(
+    tmp_path: Path, checkpoint: Checkpoint, server: FileServer
+):
+    server.honour_range = False
+    (tmp_path / "test_ckpt.pth.part").write_bytes(PAYLOAD[:100_000])
+    path = weights.download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert path.read_bytes() == PAYLOAD
+    assert server.ranges == ["bytes=100000-"]
+    assert server.bytes_sent == [len(PAYLOAD)]
+
+
+def test_download_restarts_when_part_is_too_long(
+    tmp_path: Path, checkpoint: Checkpoint, server: FileServer
+):
+    (tmp_path / "test_ckpt.pth.part").write_bytes(b"x" * (len(PAYLOAD) + 5))
+    path = weights.download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert path.read_bytes() == PAYLOAD
+    assert server.ranges == [f"bytes={len(PAYLOAD) + 5}-", None]
+
+
+def test_download_checksum_mismatch_leaves_nothing(
+    tmp_path: Path, checkpoint: Checkpoint, server: FileServer
+):
+    wrong = replace(checkpoint, sha256_prefix="00000000")
+    with pytest.raises(WeightsError, match="expected a hash starting with 00000000"):
+        weights.download(wrong, dest_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_network_failure_keeps_part(tmp_path: Path, checkpoint: Checkpoint):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}/test_ckpt.pth"
+    (tmp_path / "test_ckpt.pth.part").write_bytes(PAYLOAD[:10])
+    with pytest.raises(WeightsError, match="segstyle weights download test_ckpt` to resume"):
+        weights.download(checkpoint, dest_dir=tmp_path, url=dead_url, progress=False)
+    assert (tmp_path / "test_ckpt.pth.part").read_bytes() == PAYLOAD[:10]
+
+
+def test_verify_rejects_wrong_file_and_caches_hash(
+    tmp_path: Path, checkpoint: Checkpoint, monkeypatch: pytest.MonkeyPatch
+):
+    path = tmp_path / "test_ckpt.pth"
+    path.write_bytes(PAYLOAD)
+    calls = []
+    real = weights.sha256_file
+    monkeypatch.setattr(weights, "sha256_file", lambda p: calls.append(p) or real(p))
+    assert weights.verify_checkpoint(path, checkpoint) == PAYLOAD_SHA
+    assert weights.verify_checkpoint(path, checkpoint) == PAYLOAD_SHA
+    assert len(calls) == 1
+    path.write_bytes(PAYLOAD + b"?")
+    with pytest.raises(WeightsError) as info:
+        weights.verify_checkpoint(path, checkpoint)
+    message = str(info.value)
+    assert str(path) in message and PAYLOAD_SHA[:8] in message
+    assert "segstyle weights download test_ckpt" in message and "\n" not in message
+    assert len(calls) == 2
+
+
+def test_missing_checkpoint_names_file_dirs_and_command(tmp_path: Path, checkpoint: Checkpoint):
+    with pytest.raises(WeightsError) as info:
+        weights.find_checkpoint(checkpoint, tmp_path / "nowhere")
+    message = str(info.value)
+    assert "test_ckpt.pth" in message and str(tmp_path / "nowhere") in message
+    assert "segstyle weights download test_ckpt" in message and "--weights-dir" in message
+    assert "\n" not in message
+
+
+def test_unknown_checkpoint_name_lists_names():
+    with pytest.raises(ConfigError, match="sam_vit_l"):
+        weights.find_checkpoint("sam_vit_z")
+
+
+def test_weights_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(weights.ENV_WEIGHTS_DIR, raising=False)
+    assert weights.weights_dir().parts[-2:] == ("segstyle", "weights")
+    monkeypatch.setenv(weights.ENV_WEIGHTS_DIR, str(tmp_path / "env"))
+    assert weights.weights_dir() == tmp_path / "env"
+    assert weights.weights_dir(tmp_path / "flag") == tmp_path / "flag"
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "sam_vit_b_01ec64.pth").write_bytes(b"")
+    assert weights.find_checkpoint("sam_vit_b") == tmp_path / "env" / "sam_vit_b_01ec64.pth"
+
+
+def test_vgg19_found_in_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "vgg19-dcbb9e9d.pth").write_bytes(b"")
+    (hub / "sam_vit_b_01ec64.pth").write_bytes(b"")
+    assert weights.find_checkpoint("vgg19", tmp_path / "empty") == hub / "vgg19-dcbb9e9d.pth"
+    with pytest.raises(WeightsError):
+        weights.find_checkpoint("sam_vit_b", tmp_path / "empty")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (builtins.print, ("PICKLE PAYLOAD RAN",))
+
+
+def test_pickled_code_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    path = tmp_path / "evil.pth"
+    torch.save({"weight": torch.zeros(2), "payload": _RunsCode()}, path)
+    with pytest.raises(WeightsError, match="refusing to load .*pickled code"):
+        weights.load_state_dict(path)
+    assert "PICKLE PAYLOAD RAN" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrapper", [None, "state_dict", "model"])
+def test_load_state_dict_plain_and_wrapped(tmp_path: Path, wrapper: str | None):
+    state = {"layer.weight": torch.arange(6.0).reshape(2, 3)}
+    path = tmp_path / "ok.pth"
+    torch.save(state if wrapper is None else {wrapper: state}, path)
+    loaded = weights.load_state_dict(path)
+    assert list(loaded) == ["layer.weight"]
+    assert torch.equal(loaded["layer.weight"], state["layer.weight"])
+
+
+def test_load_state_dict_rejects_corrupt_and_non_tensor(tmp_path: Path):
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.zeros(3)}, good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(WeightsError, match="truncated.pth"):
+        weights.load_state_dict(truncated)
+    numbers = tmp_path / "numbers.pth"
+    torch.save({"epoch": 3}, numbers)
+    with pytest.raises(WeightsError, match="not a state dict of tensors"):
+        weights.load_state_dict(numbers)
+
+
+def test_status_reports_presence_and_verification(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "sam_vit_b_01ec64.pth").write_bytes(b"not the real file")
+    records = {r["name"]: r for r in weights.status(tmp_path, verify=True)}
+    assert set(records) == set(weights.CHECKPOINTS)
+    assert records["sam_vit_b"]["path"] == str(tmp_path / "sam_vit_b_01ec64.pth")
+    assert records["sam_vit_b"]["verified"] is False
+    assert records["sam_vit_l"]["path"] is None and records["sam_vit_l"]["verified"] is None
+    assert weights.status(tmp_path)[0]["verified"] is None
