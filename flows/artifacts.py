@@ -6,7 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 
 _TABLE_COLUMNS = [
     "image_id",
@@ -45,7 +49,9 @@ def summary_markdown(frame: pd.DataFrame, parquet_path: str, title: str) -> str:
     return "\n".join(lines)
 
 
-def publish_artifacts(rows: list[dict[str, Any]], parquet_path: str, run_name: str) -> None:
+def publish_artifacts(
+    rows: list[dict[str, Any]], parquet_path: str, run_name: str, report: Path
+) -> None:
     """Create the table, markdown and link artifacts of a run (inside a flow run)."""
     frame = pd.DataFrame(rows)
     key = _key(f"segstyle-{run_name}")
@@ -59,6 +65,12 @@ def publish_artifacts(rows: list[dict[str, Any]], parquet_path: str, run_name: s
         summary_markdown(frame, parquet_path, f"segstyle run {run_name}"),
         key=f"{key}-summary",
         description="Run summary",
+    )
+    create_link_artifact(
+        link=report.resolve().as_uri(),
+        link_text=f"report of {run_name}",
+        key=f"{key}-report",
+        description="Static HTML report: summary, IoU histograms, best/worst panels, failures",
     )
     create_markdown_artifact(
         outputs_markdown(frame),

@@ -210,6 +210,34 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_video(args: argparse.Namespace) -> int:
+    from flows.video import stylize_video
+
+    args.flow_name = "stylize_video"
+    return _run_flow(
+        args,
+        lambda: stylize_video(
+            video=args.video,
+            output=args.output,
+            box=args.box,
+            style=args.style,
+            start_frame=args.start_frame,
+            segmenter=args.segmenter,
+            sam2_variant=args.sam2_variant,
+            mode=args.mode,
+            blend=args.blend,
+            feather=args.feather,
+            strength=args.strength,
+            height=args.height,
+            chunk_size=args.chunk_size,
+            device=args.device,
+            weights_dir=args.weights_dir,
+            out=args.out,
+            return_state=True,
+        ),
+    )
+
+
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from segstyle_core.demo_data import generate_demo_dataset
 
@@ -352,6 +380,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segmenter_options(stylize)
     _add_style_options(stylize)
     add_run_output(stylize)
+
+    video = command("video", _cmd_video, "stylize one tracked object through a video")
+    video.add_argument("video", help="video file (MP4, ...) or folder of PNG frames")
+    video.add_argument("--box", required=True, help="x0,y0,x1,y1 around the object")
+    video.add_argument("--start-frame", type=int, default=0, help="frame the box is drawn on")
+    video.add_argument("-o", "--output", required=True, help="result video (.mp4) or folder")
+    video.add_argument(
+        "--segmenter", choices=("grabcut", "sam2"), default="grabcut", help="mask tracker"
+    )
+    video.add_argument(
+        "--sam2-variant",
+        choices=("hiera_tiny", "hiera_small", "hiera_base_plus", "hiera_large"),
+        default="hiera_tiny",
+    )
+    video.add_argument(
+        "--style", default=None, help="style image (default: the generated geometric abstraction)"
+    )
+    video.add_argument("--mode", choices=("object", "background"), default="object")
+    video.add_argument(
+        "--blend", type=float, default=0.6, help="weight of the previous frame's painting"
+    )
+    video.add_argument("--feather", type=float, default=0.0, help="soft edge in pixels")
+    video.add_argument("--strength", type=float, default=1.0, help="feed-forward style blend")
+    video.add_argument("--height", type=int, default=512, help="stylizer working height (px)")
+    video.add_argument("--chunk-size", type=int, default=8, help="frames per cached task")
+    video.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    video.add_argument(
+        "--weights-dir", default=None, help="checkpoints folder (default: $SEGSTYLE_WEIGHTS_DIR)"
+    )
+    add_run_output(video)
 
     demo_data = command(
         "demo-data", _cmd_demo_data, "write a procedurally drawn Cityscapes-layout dataset"

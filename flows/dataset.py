@@ -12,10 +12,12 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm import tqdm
 
 from flows.artifacts import publish_artifacts
 from flows.rows import frame_rows
@@ -23,9 +25,11 @@ from segstyle_core import cityscapes, results
 from segstyle_core.errors import SegstyleError
 from segstyle_core.fileio import file_sha256, sha256_json
 from segstyle_core.images import read_rgb
+from segstyle_core.report import write_report
 from segstyle_core.segment import segmenter_identity, segmenter_spec
 from segstyle_core.stylize import stylizer_identity, stylizer_spec
 from tasks.composite import composite
+from tasks.figures import figures
 from tasks.gt import binarize_gt
 from tasks.metrics import score_frame
 from tasks.publish import publish
@@ -161,11 +165,20 @@ def run_dataset(
                     image_id, image_path, sty, seg, mode, feather_px, preserve_color, cache_dir
                 )
             futures["metrics"] = score_frame.submit(frame, classes, gt_future, seg, automatic)
+            futures["figures"] = figures.submit(
+                frame,
+                gt_future,
+                seg,
+                automatic,
+                cache_dir,
+                stylize_record=futures.get("stylize"),
+                composite_record=futures.get("composite"),
+            )
         per_frame.append((frame, futures))
 
     rows: list[dict[str, Any]] = []
     failed = []
-    for frame, futures in per_frame:
+    for frame, futures in tqdm(per_frame, desc="images", unit="img", disable=None):
         error = _first_error(futures)
         records = {
             name: f.result()
@@ -182,7 +195,14 @@ def run_dataset(
 
     flow_name = flow_run.get_flow_name() or "segment_and_stylize"
     parquet = results.write_run(rows, Path(out) / "metrics", flow_name, common["flow_run_id"])
-    publish_artifacts(rows, str(parquet), run_name)
+    report = write_report(
+        Path(run_dir),
+        pd.DataFrame(rows),
+        config,
+        f"segstyle {flow_name} · {run_name}",
+        metric="iou" if automatic else "iou_instance",
+    )
+    publish_artifacts(rows, str(parquet), run_name, report)
     logger.info("wrote %d rows for %d images to %s", len(rows), len(frames), parquet)
     if failed:
         raise RunFailed(

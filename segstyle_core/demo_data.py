@@ -279,7 +279,8 @@ def _check_options(
         raise ConfigError(f"seed={seed}: must be 0 or greater")
 
 
-def _write_frame(frame: RenderedFrame, image_dir: Path, gt_dir: Path | None, image_id: str) -> None:
+def write_frame(frame: RenderedFrame, image_dir: Path, gt_dir: Path | None, image_id: str) -> None:
+    """Write the frame's image and, unless ``gt_dir`` is None, its four gtFine files."""
     write_png(image_dir / f"{image_id}{IMAGE_SUFFIX}", frame.image)
     if gt_dir is None:
         return
@@ -321,5 +322,5 @@ def generate_demo_dataset(
             rng = np.random.default_rng([seed, zlib.crc32(city.encode()), number])
             frame = render_scene(build_scene(width, height, rng), width, height, rng)
             annotated = gt_dir if number < frames_per_city else None
-            _write_frame(frame, image_dir, annotated, f"{city}_{number:06d}_000019")
+            write_frame(frame, image_dir, annotated, f"{city}_{number:06d}_000019")
     return root

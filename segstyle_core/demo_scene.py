@@ -510,13 +510,28 @@ def _ego_vehicle(width: int, height: int) -> SceneObject:
     return SceneObject("ego vehicle", (Piece(hood, paint),), EGO)
 
 
-def build_scene(width: int, height: int, rng: np.random.Generator) -> list[SceneObject]:
-    """A random street scene for a ``width``×``height`` image, in drawing order (back to front)."""
-    cam = Camera(
+def street_camera(width: int, height: int, rng: np.random.Generator) -> Camera:
+    """The camera of a random ``width``×``height`` street scene (about 50° wide, level)."""
+    return Camera(
         focal=1.1 * width * rng.uniform(0.95, 1.05),
         cx=width * rng.uniform(0.46, 0.54),
         horizon=height * rng.uniform(0.40, 0.47),
     )
+
+
+def drawing_order(objects: list[SceneObject]) -> list[SceneObject]:
+    """``objects`` sorted back to front: by layer, then far to near inside a layer."""
+    return sorted(objects, key=lambda o: (o.layer, -o.depth))
+
+
+def build_scene(
+    width: int, height: int, rng: np.random.Generator, cam: Camera | None = None
+) -> list[SceneObject]:
+    """A random street scene for a ``width``×``height`` image, in drawing order (back to front).
+
+    ``cam``: the camera to use; by default :func:`street_camera` draws one from ``rng``.
+    """
+    cam = cam if cam is not None else street_camera(width, height, rng)
     z_far = rng.uniform(90.0, 140.0)
     sky = Surface((104, 152, 208), noise=2.0, grain=16.0, grain_px=width / 6, shade=(0.8, 1.25))
     horizon_band = rect(0, 0, width, cam.horizon + 2)
@@ -538,4 +553,4 @@ def build_scene(width: int, height: int, rng: np.random.Generator) -> list[Scene
     for _ in range(int(rng.integers(0, 3))):  # pedestrians crossing the street
         objects.append(person(cam, rng.uniform(-3.0, 3.0), rng.uniform(9.0, 30.0), rng, STREET))
     objects.append(_ego_vehicle(width, height))
-    return sorted(objects, key=lambda o: (o.layer, -o.depth))
+    return drawing_order(objects)

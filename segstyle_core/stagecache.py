@@ -26,6 +26,10 @@ STAGE_VERSIONS: dict[str, int] = {
     "stylize": 1,
     "composite": 1,
     "figures": 1,
+    "video_frames": 1,
+    "video_chunk": 1,
+    "video_encode": 1,
+    "video_score": 1,
 }
 
 RECORD = "record.json"

@@ -7,6 +7,7 @@ only the failed image, the Parquet contract, and the Dask task runner.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -16,7 +17,8 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
-STAGES = ("binarize-gt", "segment", "stylize", "composite")
+STAGES = ("gt", "segment", "stylize", "composite", "figures")
+MODEL_STAGES = ("gt", "segment", "stylize", "composite")
 
 
 def _run(root: Path, out: Path, **overrides: Any) -> Any:
@@ -36,14 +38,27 @@ def _run(root: Path, out: Path, **overrides: Any) -> Any:
     return segment_and_stylize(**params, return_state=True)
 
 
-def _task_runs(flow_run_id: UUID) -> list[Any]:
+def _task_runs(flow_run_id: UUID, stage_runs: int = 0) -> list[Any]:
+    """The flow run's task runs, polled until ``stage_runs`` stage task runs are final.
+
+    Prefect reports task runs to its server through events, so they arrive shortly after the
+    flow returns.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.events.worker import EventsWorker
 
-    with get_client(sync_client=True) as client:
-        return client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
+    EventsWorker.drain_all()  # send every pending task-run event to the server
+    deadline = time.monotonic() + 60
+    while True:
+        time.sleep(1)  # reads between the server's writes (SQLite)
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        final = [t for t in _stage_runs(runs) if t.state and t.state.is_final()]
+        if len(final) >= stage_runs or time.monotonic() > deadline:
+            return runs
 
 
 def _stage_runs(task_runs: list[Any]) -> list[Any]:
@@ -69,13 +84,17 @@ def test_run_writes_rows_and_a_second_run_is_all_cached(dataset: Path, tmp_path:
     assert frame["stylizer_weights_sha256"].str.len().eq(64).all()
     assert frame["iou_instance"].between(0, 1).all() and frame["iou"].between(0, 1).all()
     assert frame["instance_id"].ge(26000).all()  # prompts come from car instances
-    for path in frame["composite_path"].unique():
-        assert Path(path).is_file() and str(tmp_path / "out" / "runs") in path
+    for column in ("composite_path", "panel_path", "mask_path", "stylized_path"):
+        for path in frame[column].unique():
+            assert Path(path).is_file() and str(tmp_path / "out" / "runs") in path
+    report = Path(frame["panel_path"].iloc[0]).parents[1] / "report.html"
+    assert report.is_file() and frame["image_id"].iloc[0] in report.read_text()
 
     second = _run(dataset, tmp_path / "out")
     assert second.is_completed()
-    stage_runs = _stage_runs(_task_runs(second.state_details.flow_run_id))
-    assert len(stage_runs) == 4 * 3
+    runs = _task_runs(second.state_details.flow_run_id, len(MODEL_STAGES) * 3)
+    stage_runs = [t for t in _stage_runs(runs) if t.name.split("-")[0] in MODEL_STAGES]
+    assert len(stage_runs) == len(MODEL_STAGES) * 3
     assert {t.state.name for t in stage_runs} == {"Cached"}
     again = pd.read_parquet(second.result())
     assert again["iou"].tolist() == frame["iou"].tolist()
@@ -110,7 +129,7 @@ def test_bad_image_fails_alone_and_a_retry_recomputes_only_it(
     assert (frame[frame["status"] == "ok"]["image_id"].nunique()) == 2
 
     victim.write_bytes(good_bytes)
-    before = {t.id for t in _task_runs(flow_run_id)}
+    before = {t.id for t in _task_runs(flow_run_id, len(STAGES) * 2 + 1)}
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(flow_run_id, Scheduled(message="retry"), force=True)
         flow_run = client.read_flow_run(flow_run_id)
@@ -118,7 +137,8 @@ def test_bad_image_fails_alone_and_a_retry_recomputes_only_it(
         segment_and_stylize, flow_run=flow_run, parameters=flow_run.parameters, return_type="state"
     )
     assert retried.is_completed(), retried.message
-    new_runs = [t for t in _stage_runs(_task_runs(flow_run_id)) if t.id not in before]
+    everything = _task_runs(flow_run_id, len(STAGES) * 2 + 1 + len(STAGES) * 3)
+    new_runs = [t for t in _stage_runs(everything) if t.id not in before]
     recomputed = sorted(t.name for t in new_runs if t.state.name != "Cached")
     victim_id = victim.name.removesuffix("_leftImg8bit.png")
     assert recomputed == sorted(

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from segstyle_core import weights
+from segstyle_core import fileio, weights
 from segstyle_core.errors import ConfigError, WeightsError
 from segstyle_core.weights import Checkpoint
 
@@ -169,8 +169,8 @@ def test_verify_rejects_wrong_file_and_caches_hash(
     path = tmp_path / "test_ckpt.pth"
     path.write_bytes(PAYLOAD)
     calls = []
-    real = weights.sha256_file
-    monkeypatch.setattr(weights, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = fileio.sha256_file
+    monkeypatch.setattr(fileio, "sha256_file", lambda p: calls.append(p) or real(p))
     assert weights.verify_checkpoint(path, checkpoint) == PAYLOAD_SHA
     assert weights.verify_checkpoint(path, checkpoint) == PAYLOAD_SHA
     assert len(calls) == 1

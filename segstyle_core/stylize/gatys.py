@@ -9,6 +9,12 @@ image, VGG input as 0..255 pixels minus the ImageNet mean (``normalization="imag
 the weights are calibrated to that scale). The seed paper's own runs used content weight 5000
 and a lower style weight to keep the street's geometry.
 
+The performance options (:class:`GatysConfig` ``autocast``, ``channels_last``,
+``plateau_tol``, ``coarse_iterations``, ``content_scale``) default to what
+``benchmarks/bench_pipeline.py`` measured (see ``benchmarks/README.md``): bfloat16 autocast
+where the device computes it natively and the channels-last layout are on, because they keep
+the objective and halve the step time on a CPU with AVX512-BF16; the others are off.
+
 Loss terms (``F`` features of the image being optimised, ``P`` of the content image, ``G``/``A``
 Gram matrices of the image / the style image, see :func:`gram_matrix`):
 
@@ -26,6 +32,7 @@ in ``[0, 1]``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections import OrderedDict
@@ -35,6 +42,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from segstyle_core import devices, weights
 from segstyle_core.composite import check_rgb, resize_to
@@ -56,6 +64,7 @@ MIN_SIDE = 32
 #: base script); the noise is centred on the ImageNet mean colour.
 NOISE_STD = 90 / 255
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+Autocast = Literal["auto", "bfloat16", "float16"]
 
 
 @dataclass(frozen=True)
@@ -85,8 +94,17 @@ class GatysConfig:
             ``plateau_tol=0`` disables it. Checked after every Adam step and after every
             L-BFGS ``step()`` call, which then runs ``plateau_patience`` iterations at a time.
         autocast: run VGG under ``torch.autocast`` in ``"bfloat16"`` or ``"float16"``;
-            ``None`` = float32. Gram matrices and losses are always float32.
+            ``"auto"`` = bfloat16 where the device computes it natively (see
+            :func:`native_bfloat16`), else float32; ``None`` = float32. Gram matrices and
+            losses are always float32.
         channels_last: use the channels-last memory format for VGG and the image.
+        content_scale: resize the content by this factor instead of to ``height`` (the style
+            is still resized to ``height``). With ``height / frame height`` an ROI crop is
+            painted at the whole frame's scale, strokes as large as in a whole-frame run.
+            A side under 32 px is enlarged to 32 px (aspect kept).
+        coarse_iterations: coarse-to-fine: first this many evaluations at half the working
+            size (content and style both halved), whose result, upsampled, starts the
+            full-size run of ``iterations``; 0 = off. Skipped when half size is under 32 px.
     """
 
     content_layers: tuple[str, ...] = ("conv4_2",)
@@ -105,8 +123,10 @@ class GatysConfig:
     normalization: Normalization = "imagenet255"
     plateau_tol: float = 0.0
     plateau_patience: int = 50
-    autocast: Literal["bfloat16", "float16"] | None = None
-    channels_last: bool = False
+    autocast: Autocast | None = "auto"
+    channels_last: bool = True
+    content_scale: float | None = None
+    coarse_iterations: int = 0
 
     def __post_init__(self) -> None:
         for name in ("content_layers", "style_layers", "style_layer_weights"):
@@ -126,15 +146,23 @@ class GatysConfig:
         for name in ("content_weight", "style_weight", "tv_weight", "plateau_tol"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} is negative: use a value >= 0")
-        for name, low in (("height", MIN_SIDE), ("iterations", 1), ("plateau_patience", 1)):
+        minimums = (
+            ("height", MIN_SIDE),
+            ("iterations", 1),
+            ("plateau_patience", 1),
+            ("coarse_iterations", 0),
+        )
+        for name, low in minimums:
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}={getattr(self, name)} is too small: use >= {low}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate={self.learning_rate} must be > 0")
+        for name in ("learning_rate", "content_scale"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name}={value} must be > 0")
         choices = {
             "optimizer": ("lbfgs", "adam"),
             "init": ("content", "noise", "style"),
-            "autocast": (None, *_AUTOCAST_DTYPES),
+            "autocast": (None, "auto", *_AUTOCAST_DTYPES),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -157,11 +185,42 @@ class GatysConfig:
 # --- losses (pure functions on tensors) -------------------------------------------------------
 
 
+class _Gram(torch.autograd.Function):
+    """``F Fᵀ / (C*H*W)`` with a one-product backward, ``(dG + dGᵀ) F / (C*H*W)``.
+
+    Autograd's own backward of ``bmm(F, Fᵀ)`` does two products and adds them. Channels-last
+    features are multiplied as their ``B×HW×C`` view, so no layout copy is made either way.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, features: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = features.shape
+        nhwc = features.is_contiguous(memory_format=torch.channels_last)
+        ctx.nhwc = nhwc and not features.is_contiguous()
+        ctx.shape = (b, c, h, w)
+        if ctx.nhwc:
+            flat = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
+            gram = torch.bmm(flat.transpose(1, 2), flat)
+        else:
+            flat = features.reshape(b, c, h * w)
+            gram = torch.bmm(flat, flat.transpose(1, 2))
+        ctx.save_for_backward(flat)
+        return gram / (c * h * w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (flat,) = ctx.saved_tensors
+        b, c, h, w = ctx.shape
+        sym = (grad + grad.transpose(1, 2)) / (c * h * w)
+        if ctx.nhwc:
+            return torch.bmm(flat, sym).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        return torch.bmm(sym, flat).reshape(b, c, h, w)
+
+
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """Gram matrices ``B×C×C`` of ``B×C×H×W`` features, divided by ``C*H*W``."""
-    b, c, h, w = features.shape
-    flat = features.reshape(b, c, h * w)
-    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+    return _Gram.apply(features)
 
 
 def content_loss(
@@ -226,6 +285,25 @@ def working_size(shape: tuple[int, ...], height: int) -> tuple[int, int]:
     return height, max(1, round(shape[1] * height / shape[0]))
 
 
+def content_working_size(shape: tuple[int, ...], config: GatysConfig) -> tuple[int, int]:
+    """The content's working size ``(h, w)`` for an image of shape ``H×W(×3)``.
+
+    ``config.height`` high with the aspect kept, or ``config.content_scale`` times ``H×W``
+    with the shorter side enlarged to :data:`MIN_SIDE` if it falls below.
+
+    Raises:
+        InputError: at ``config.height``, the width falls under :data:`MIN_SIDE`.
+    """
+    if config.content_scale is None:
+        size = working_size(shape, config.height)
+        where = f"content image at working height {config.height}"
+        _check_side(size, where, "use a less narrow image")
+        return size
+    height, width = shape[:2]
+    scale = max(config.content_scale, MIN_SIDE / min(height, width))
+    return max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale))
+
+
 def _check_side(size: tuple[int, ...], what: str, fix: str) -> None:
     if min(size[:2]) < MIN_SIDE:
         raise InputError(
@@ -247,10 +325,28 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
 
 
+@functools.cache
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU with native bfloat16
+    (compute capability 8.0+), or a CPU with AVX512-BF16 or AMX (oneDNN uses them)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def autocast_dtype(config: GatysConfig, device: torch.device) -> torch.dtype | None:
+    """The dtype VGG runs in under ``config.autocast`` on ``device``; ``None`` = float32."""
+    if config.autocast == "auto":
+        return torch.bfloat16 if native_bfloat16(device) else None
+    return None if config.autocast is None else _AUTOCAST_DTYPES[config.autocast]
+
+
 def _autocast(device: torch.device, config: GatysConfig) -> contextlib.AbstractContextManager:
-    if config.autocast is None:
+    dtype = autocast_dtype(config, device)
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[config.autocast])
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _features(
@@ -269,22 +365,13 @@ def _grams(
     return {name: gram_matrix(features[name]) for name in layers}
 
 
-def _prepare_style(style: np.ndarray, config: GatysConfig, device: torch.device) -> torch.Tensor:
+def _prepare_style(style: np.ndarray, height: int, device: torch.device) -> torch.Tensor:
     check_rgb(style, "style image")
     fix = "use a larger style image"
     _check_side(style.shape, "style image", fix)
-    size = working_size(style.shape, config.height)
-    _check_side(size, f"style image at working height {config.height}", fix)
+    size = working_size(style.shape, height)
+    _check_side(size, f"style image at working height {height}", fix)
     return _to_tensor(style, size, device)
-
-
-def _prepare_content(
-    content: np.ndarray, config: GatysConfig, device: torch.device
-) -> torch.Tensor:
-    check_rgb(content, "content image")
-    size = working_size(content.shape, config.height)
-    _check_side(size, f"content image at working height {config.height}", "use a less narrow image")
-    return _to_tensor(content, size, device)
 
 
 def gatys_objective(
@@ -296,22 +383,26 @@ def gatys_objective(
 ) -> dict[str, float]:
     """Evaluate the Gatys loss terms of ``image`` (e.g. a composite) without optimising.
 
-    ``content`` and ``style`` are prepared as in :meth:`GatysStylizer.stylize`; ``image``
-    (``H×W×3 uint8``) is resized to the content's working size first.
+    ``content`` and ``style`` are prepared as in :meth:`GatysStylizer.stylize` (content at
+    :func:`content_working_size`, style at ``config.height``); ``image`` (``H×W×3 uint8``) is
+    resized to the content's working size first. Autocast and memory format apply as
+    configured: pass ``autocast=None`` for a float32 measurement.
 
     Returns:
         ``{"content", "style", "tv", "total"}`` weighted terms as floats (see module doc).
     """
     device = extractor.device
+    check_rgb(content, "content image")
     check_rgb(image, "image")
+    size = content_working_size(content.shape, config)
     with torch.no_grad():
-        content_t = _prepare_content(content, config, device)
+        content_t = _to_tensor(content, size, device)
         style_grams = _grams(
-            _features(extractor, _prepare_style(style, config, device), config),
+            _features(extractor, _prepare_style(style, config.height, device), config),
             config.style_layers,
         )
         content_feats = _features(extractor, content_t, config)
-        image_t = _to_tensor(image, (content_t.shape[2], content_t.shape[3]), device)
+        image_t = _to_tensor(image, size, device)
         terms = total_loss(
             _features(extractor, image_t, config),
             image_t,
@@ -406,17 +497,20 @@ class GatysStylizer:
         memory_format = torch.channels_last if self.config.channels_last else None
         return extractor.to(self.device, memory_format=memory_format)
 
-    def style_targets(self, style: np.ndarray) -> dict[str, torch.Tensor]:
+    def style_targets(
+        self, style: np.ndarray, height: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """Gram matrices ``{style layer: 1×C×C}`` of ``style`` (``h×w×3 uint8``), cached.
 
-        The cache key is the style's SHA-256 and shape, its working size, the style layers and
-        the device; the least recently used entry is dropped beyond ``style_cache_size``.
+        ``style`` is resized to ``height`` (``None`` = the config's) with its aspect kept. The
+        cache key is the style's SHA-256 and shape, its working size, the style layers and the
+        device; the least recently used entry is dropped beyond ``style_cache_size``.
         """
-        size = working_size(style.shape, self.config.height)
+        height = height or self.config.height
         key = (
             sha256_bytes(np.ascontiguousarray(style).tobytes()),
             style.shape,
-            size,
+            working_size(style.shape, height),
             self.config.style_layers,
             str(self.device),
         )
@@ -426,7 +520,7 @@ class GatysStylizer:
                 return self._style_cache[key]
         with torch.no_grad():
             features = _features(
-                self.extractor, _prepare_style(style, self.config, self.device), self.config
+                self.extractor, _prepare_style(style, height, self.device), self.config
             )
             grams = _grams(features, self.config.style_layers)
         with self._lock:
@@ -443,21 +537,57 @@ class GatysStylizer:
     ) -> np.ndarray:
         """Paint ``content`` (``H×W×3 uint8``) like ``style`` (``h×w×3 uint8``).
 
-        Returns ``height × round(W * height / H) × 3 uint8`` (the config's working height).
-        ``progress`` gets a :class:`Progress` after every objective evaluation, with the
-        weighted ``content``/``style``/``tv``/``total`` terms.
+        Returns ``h×w×3 uint8`` at :func:`content_working_size` (by default the config's
+        working height, ``round(W * height / H)`` wide). ``progress`` gets a :class:`Progress`
+        after every objective evaluation (coarse stage first, if any), with the weighted
+        ``content``/``style``/``tv``/``total`` terms of that stage's size.
 
         Raises:
             InputError: not ``H×W×3 uint8``; style image under 32 px on a side.
         """
         cfg = self.config
-        content_t = _prepare_content(content, cfg, self.device)
-        style_grams = self.style_targets(style)
+        check_rgb(content, "content image")
+        size = content_working_size(content.shape, cfg)
+        stages = [(size, cfg.height, cfg.iterations)]
+        coarse = (size[0] // 2, size[1] // 2)
+        if cfg.coarse_iterations and min(*coarse, cfg.height // 2) >= MIN_SIDE:
+            stages.insert(0, (coarse, cfg.height // 2, cfg.coarse_iterations))
+        total = sum(budget for _, _, budget in stages)
+        image: torch.Tensor | None = None
+        done = 0
+        for stage_size, style_height, budget in stages:
+            if image is not None:  # coarse result, upsampled, starts the full-size stage
+                image = F.interpolate(image, size=stage_size, mode="bilinear", align_corners=False)
+            run = _Run(cfg, budget, progress, first_step=done, total=total)
+            image = self._optimise(content, style, stage_size, style_height, image, run)
+            done += run.step
+        assert image is not None
+        return _to_uint8(image)
+
+    def _optimise(
+        self,
+        content: np.ndarray,
+        style: np.ndarray,
+        size: tuple[int, int],
+        style_height: int,
+        init: torch.Tensor | None,
+        run: _Run,
+    ) -> torch.Tensor:
+        """Optimise a ``1×3×h×w`` image at ``size = (h, w)`` within ``run``'s budget.
+
+        ``init`` starts it (``None`` = the config's ``init``); the style is taken at
+        ``style_height``. Returns the optimised image, detached.
+        """
+        cfg = self.config
+        content_t = _to_tensor(content, size, self.device)
+        style_grams = self.style_targets(style, style_height)
         with torch.no_grad():
             content_feats = _features(self.extractor, content_t, cfg)
         content_targets = {name: content_feats[name] for name in cfg.content_layers}
-        image = self._initial_image(content_t, style).requires_grad_(True)
-        run = _Run(cfg, progress)
+        start = self._initial_image(content_t, style) if init is None else init
+        # The pixels stay contiguous (L-BFGS flattens their gradient with view(-1));
+        # _features hands VGG a channels-last copy when configured.
+        image = start.contiguous().requires_grad_(True)
 
         def objective() -> float:
             optimizer.zero_grad()
@@ -475,41 +605,51 @@ class GatysStylizer:
             else:
                 optimizer = torch.optim.LBFGS(
                     [image],
-                    max_iter=cfg.plateau_patience if cfg.plateau_tol > 0 else cfg.iterations,
+                    max_iter=cfg.plateau_patience if cfg.plateau_tol > 0 else run.budget,
                     line_search_fn="strong_wolfe",
                 )
                 # A step() call evaluates once at its start and at least once in its line
                 # search; max_eval = budget - 1 keeps the whole call within the budget.
-                while not run.done() and cfg.iterations - run.step >= 2:
-                    optimizer.param_groups[0]["max_eval"] = cfg.iterations - run.step - 1
+                while not run.done() and run.budget - run.step >= 2:
+                    optimizer.param_groups[0]["max_eval"] = run.budget - run.step - 1
                     before = run.step
                     optimizer.step(objective)
                     if run.step - before <= 1:  # converged: the gradient vanished
                         break
-        return _to_uint8(image)
+        return image.detach()
 
     def _initial_image(self, content_t: torch.Tensor, style: np.ndarray) -> torch.Tensor:
         """The starting ``1×3×h×w`` image for ``config.init`` (a fresh tensor, no grad)."""
         cfg = self.config
         if cfg.init == "content":
-            image = content_t.clone()
-        elif cfg.init == "style":
-            image = _to_tensor(style, (content_t.shape[2], content_t.shape[3]), self.device)
-        else:
-            generator = torch.Generator().manual_seed(cfg.seed)
-            noise = torch.randn(content_t.shape, generator=generator) * NOISE_STD
-            image = (noise + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).to(self.device)
-        if cfg.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        return image
+            return content_t.clone()
+        if cfg.init == "style":
+            return _to_tensor(style, (content_t.shape[2], content_t.shape[3]), self.device)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        noise = torch.randn(content_t.shape, generator=generator) * NOISE_STD
+        return (noise + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).to(self.device)
 
 
 class _Run:
-    """Evaluation counter, progress reports and the plateau test of one optimisation."""
+    """Evaluation counter, progress reports and the plateau test of one optimisation stage.
 
-    def __init__(self, config: GatysConfig, progress: ProgressCallback | None) -> None:
+    ``budget`` evaluations at most; progress steps count on from ``first_step`` up to
+    ``total`` (the budget of every stage together).
+    """
+
+    def __init__(
+        self,
+        config: GatysConfig,
+        budget: int,
+        progress: ProgressCallback | None,
+        first_step: int = 0,
+        total: int | None = None,
+    ) -> None:
         self.config = config
+        self.budget = budget
         self.progress = progress
+        self.first_step = first_step
+        self.total = budget if total is None else total
         self.step = 0
         self.best: list[float] = []
 
@@ -519,13 +659,13 @@ class _Run:
         losses = {name: value.item() for name, value in terms.items()}
         self.best.append(min(losses["total"], self.best[-1]) if self.best else losses["total"])
         if self.progress is not None:
-            self.progress(Progress(self.step, self.config.iterations, losses))
+            self.progress(Progress(self.first_step + self.step, self.total, losses))
         return losses["total"]
 
     def done(self) -> bool:
         """Budget spent, or the best loss improved by under ``plateau_tol`` over the window."""
         cfg = self.config
-        if self.step >= cfg.iterations:
+        if self.step >= self.budget:
             return True
         if cfg.plateau_tol <= 0 or len(self.best) <= cfg.plateau_patience:
             return False

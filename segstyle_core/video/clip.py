@@ -1,0 +1,176 @@
+"""A generated test clip: a car changing lanes in a drawn street, with per-frame Cityscapes GT.
+
+The street is one :func:`~segstyle_core.demo_scene.build_scene` scene that stays still (a
+parked camera); one more car, in front of every other car on the road, drives sideways across
+it at a constant image speed. Each frame is rasterised with
+:func:`~segstyle_core.demo_data.render_scene` and written by
+:func:`~segstyle_core.demo_data.write_frame` in the Cityscapes sequence layout::
+
+    <root>/leftImg8bit/<split>/<city>/<city>_000000_<frame:06d>_leftImg8bit.png
+    <root>/gtFine/<split>/<city>/<city>_000000_<frame:06d>_gtFine_{labelIds,instanceIds,...}
+
+Every frame is drawn with the same texture noise, so the background is still from frame to
+frame except for fresh sensor noise (``noise``), as from a real camera. The image folder also
+gets a ``video.json`` with the frame rate, so it reads as a video
+(:mod:`segstyle_core.video.io`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from cityscapesscripts.helpers.labels import name2label
+
+from segstyle_core.cityscapes import IMAGE_SUFFIX, INSTANCE_OFFSET
+from segstyle_core.demo_data import RenderedFrame, render_scene, write_frame
+from segstyle_core.demo_scene import (
+    STREET,
+    Camera,
+    SceneObject,
+    build_scene,
+    car,
+    drawing_order,
+    street_camera,
+)
+from segstyle_core.errors import ConfigError
+from segstyle_core.fileio import write_json_atomic
+from segstyle_core.video.io import DEFAULT_FPS, SIDECAR
+
+#: Depth of the moving car's rear (metres): nearer than every other car on the road.
+CAR_DEPTH = 8.0
+#: Where the moving car's centre starts, in metres left of the camera's axis.
+CAR_START_X = -2.4
+_CAR_ID = name2label["car"].id
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A generated clip.
+
+    Attributes:
+        root: the Cityscapes-layout root.
+        frames_dir: the folder of its image frames (readable as a video).
+        image_paths: the frames' ``leftImg8bit`` PNGs, in order.
+        boxes: the moving car's ground-truth box in each frame, ``(x0, y0, x1, y1)`` XYXY pixels
+            with an exclusive end (``boxes[k]`` prompts a track that starts on frame ``k``).
+        instance_ids: the moving car's id in each frame's instanceIds map (``26000 + n``).
+        fps: frame rate.
+    """
+
+    root: Path
+    frames_dir: Path
+    image_paths: tuple[Path, ...]
+    boxes: tuple[tuple[int, int, int, int], ...]
+    instance_ids: tuple[int, ...]
+    fps: float
+
+
+def _moving_car_instance(frame: RenderedFrame, silhouette: np.ndarray) -> int:
+    """The instance id the moving car got in ``frame``: the car id covering most of its
+    ``silhouette`` (``H×W bool``, the car drawn by itself)."""
+    ids = frame.instance_ids[silhouette]
+    cars = ids[ids // INSTANCE_OFFSET == _CAR_ID]
+    values, counts = np.unique(cars, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def _shifted(image: np.ndarray, shift: float, interpolation: int) -> np.ndarray:
+    """``image`` moved ``shift`` pixels to the right (uncovered pixels are 0)."""
+    height, width = image.shape[:2]
+    matrix = np.array([[1.0, 0.0, shift], [0.0, 1.0, 0.0]])
+    return cv2.warpAffine(image, matrix, (width, height), flags=interpolation)
+
+
+def _moving_car(
+    cam: Camera, index: int, speed_px: float, size: tuple[int, int], seed: int
+) -> tuple[SceneObject, np.ndarray, np.ndarray]:
+    """The moving car on frame ``index``: its scene object, and its paint (``H×W×3 uint8``) and
+    silhouette (``H×W bool``) drawn with a texture that moves with it.
+
+    The car is drawn by a camera panned along with it, so that it sits where it was on frame 0,
+    with frame 0's texture noise; moving that picture back by the pan gives exactly the
+    car's projection in the real camera, its texture carried along.
+    """
+    shift = index * speed_px
+    x = CAR_START_X + shift * CAR_DEPTH / cam.focal
+    moving = car(cam, x, CAR_DEPTH, np.random.default_rng([seed, 1]), STREET)
+    panned = dataclasses.replace(cam, cx=cam.cx - shift)
+    held = car(panned, x, CAR_DEPTH, np.random.default_rng([seed, 1]), STREET)
+    alone = render_scene([held], *size, np.random.default_rng([seed, 2]))
+    paint = _shifted(alone.image, shift, cv2.INTER_LINEAR)
+    silhouette = _shifted((alone.label_ids == _CAR_ID).astype(np.uint8), shift, cv2.INTER_NEAREST)
+    return moving, paint, silhouette.astype(bool)
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """XYXY box (exclusive end) of the True pixels of an ``H×W bool`` mask."""
+    rows, cols = np.nonzero(mask)
+    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+
+
+def generate_clip(
+    out: str | os.PathLike[str],
+    frames: int = 24,
+    size: tuple[int, int] = (256, 128),
+    speed_px: float = 4.0,
+    noise: float = 2.0,
+    fps: float = DEFAULT_FPS,
+    seed: int = 0,
+    city: str = "clip",
+    split: str = "train",
+) -> Clip:
+    """Write the clip under ``out`` (see the module docstring) and describe it.
+
+    Args:
+        frames: number of frames.
+        size: ``(width, height)`` in pixels.
+        speed_px: how far the car moves to the right per frame, in pixels at its rear.
+        noise: standard deviation of the per-frame sensor noise, in grey levels.
+        fps: frame rate written to ``video.json``.
+        seed: fixes the street, the car and the noise.
+
+    Raises:
+        ConfigError: fewer than 2 frames, a side under 64 px, negative noise or a
+            non-positive fps.
+    """
+    width, height = size
+    if frames < 2 or min(width, height) < 64 or noise < 0 or fps <= 0:
+        raise ConfigError(
+            f"frames={frames}, size={size}, noise={noise}, fps={fps}: use at least 2 frames, "
+            "sides of 64 px or more, noise >= 0 and fps > 0"
+        )
+    root = Path(out)
+    image_dir = root / "leftImg8bit" / split / city
+    gt_dir = root / "gtFine" / split / city
+    scene_rng = np.random.default_rng([seed, 0])
+    cam = street_camera(width, height, scene_rng)
+    street = build_scene(width, height, scene_rng, cam)
+    paths: list[Path] = []
+    instance_ids: list[int] = []
+    boxes: list[tuple[int, int, int, int]] = []
+    for index in range(frames):
+        moving, paint, silhouette = _moving_car(cam, index, speed_px, size, seed)
+        # The same texture noise on every frame: the street stands still.
+        frame = render_scene(
+            drawing_order([*street, moving]), width, height, np.random.default_rng([seed, 2])
+        )
+        instance_ids.append(_moving_car_instance(frame, silhouette))
+        visible = frame.instance_ids == instance_ids[-1]
+        image = np.where(visible[..., None], paint, frame.image).astype(np.float64)
+        image += np.random.default_rng([seed, 3, index]).normal(0.0, noise, image.shape)
+        image_id = f"{city}_000000_{index:06d}"
+        write_frame(
+            dataclasses.replace(frame, image=np.clip(np.rint(image), 0, 255).astype(np.uint8)),
+            image_dir,
+            gt_dir,
+            image_id,
+        )
+        paths.append(image_dir / f"{image_id}{IMAGE_SUFFIX}")
+        boxes.append(_box(visible))
+    write_json_atomic(image_dir / SIDECAR, {"fps": float(fps)})
+    return Clip(root, image_dir, tuple(paths), tuple(boxes), tuple(instance_ids), float(fps))

@@ -1,0 +1,83 @@
+"""Scoring a tracked mask against per-frame Cityscapes ground truth.
+
+Cityscapes instance ids are numbered per frame (``json2instanceImg`` counts the instances of a
+class in file order), so one object's id can change between frames. :func:`gt_track` follows
+the object through the ground truth alone: on the first frame it is the instance whose box
+overlaps the prompt box most; on every next frame, the instance that overlaps the previous
+frame's ground-truth mask most. The predicted masks play no part in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from cityscapesscripts.helpers.labels import labels
+
+from segstyle_core import cityscapes
+from segstyle_core.images import read_rgb
+from segstyle_core.metrics import iou, score_masks
+
+#: Every Cityscapes class with instances (``car``, ``person``, ...).
+INSTANCE_CLASSES = tuple(label.name for label in labels if label.hasInstances and label.id >= 0)
+
+
+def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """IoU of two XYXY boxes (exclusive ends)."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def gt_track(
+    frames: Sequence[cityscapes.Frame],
+    box: tuple[float, float, float, float],
+    classes: Iterable[str] = INSTANCE_CLASSES,
+) -> list[np.ndarray]:
+    """The ground-truth ``H×W bool`` mask of the boxed object on every frame (module docstring).
+
+    An object that leaves the frame or is hidden gets an empty mask from then on.
+
+    Args:
+        frames: the sequence's frames, each with an instanceIds PNG.
+        box: XYXY box around the object on ``frames[0]``.
+        classes: classes the object may belong to.
+
+    Raises:
+        InputError: a missing or unreadable instanceIds PNG (the message names it).
+    """
+    classes = tuple(classes)
+    masks: list[np.ndarray] = []
+    for frame in frames:
+        instances = cityscapes.load_instances(frame, classes)
+        if not masks:
+            overlap = [_box_iou(inst.box, box) for inst in instances]
+        elif masks[-1].any():
+            overlap = [iou(inst.mask, masks[-1]) for inst in instances]
+        else:
+            overlap = []
+        if overlap and max(overlap) > 0:
+            masks.append(instances[int(np.argmax(overlap))].mask)
+        else:
+            shape = masks[-1].shape if masks else read_rgb(frame.image_path).shape[:2]
+            masks.append(np.zeros(shape, dtype=bool))
+    return masks
+
+
+def track_scores(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Per-frame and mean IoU/Dice of predicted ``H×W bool`` masks against ground truth.
+
+    Returns ``{"iou": [...], "dice": [...], "mean_iou": float, "mean_dice": float}``.
+    """
+    scores = [score_masks(p, t) for p, t in zip(predicted, truth, strict=True)]
+    ious = [s.iou for s in scores]
+    dices = [s.dice for s in scores]
+    return {
+        "iou": ious,
+        "dice": dices,
+        "mean_iou": float(np.mean(ious)),
+        "mean_dice": float(np.mean(dices)),
+    }

@@ -1,0 +1,237 @@
+"""Reading and writing video: container files (MP4, ...) with PyAV, and folders of PNG frames.
+
+Frames are ``H×W×3 uint8 RGB`` arrays and are streamed: :func:`iter_frames` decodes one frame
+at a time and :func:`write_video` encodes each frame as it arrives, so a long clip never
+has to sit in memory.
+
+A **frame folder** is a directory of PNG files, in the order of their sorted names (a
+Cityscapes ``leftImg8bit/{split}/{city}`` folder of one sequence is one). A folder has no frame
+rate of its own: :class:`VideoWriter` stores it in a ``video.json`` sidecar (``{"fps": 17.0}``)
+that :func:`probe` reads back; without one, :data:`DEFAULT_FPS` (the Cityscapes camera's rate)
+is assumed. Any other path is a container file, recognised by its suffix
+(:data:`CONTAINER_SUFFIXES`).
+
+MP4 output is H.264 (``libx264``, constant quality ``crf``) in ``yuv420p``, which every player
+reads; a frame size with an odd side cannot be 4:2:0-subsampled and is written as ``yuv444p``
+so that the size is kept exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from segstyle_core.composite import check_rgb
+from segstyle_core.errors import ConfigError, InputError
+from segstyle_core.fileio import atomic_write_with, write_json_atomic
+from segstyle_core.images import read_rgb, write_png
+
+#: Frame rate of a frame folder without a ``video.json``: the Cityscapes camera's 17 Hz.
+DEFAULT_FPS = 17.0
+#: Name of a frame folder's sidecar holding its frame rate.
+SIDECAR = "video.json"
+#: Suffixes read and written as container files; everything else is a frame folder.
+CONTAINER_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
+#: Codec and quality of written container files (``crf``: 0 lossless .. 51 worst; 18 ~ visually
+#: lossless).
+CODEC = "libx264"
+DEFAULT_CRF = 18
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video holds: ``fps`` (frames per second), frame ``width``/``height`` in pixels, and
+    ``frame_count`` (``None`` when the container does not say and decoding would be needed)."""
+
+    fps: float
+    width: int
+    height: int
+    frame_count: int | None
+
+
+def is_container(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` names a video file (by suffix), False for a frame folder."""
+    return Path(path).suffix.lower() in CONTAINER_SUFFIXES
+
+
+def frame_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The PNG frames of a frame folder, sorted by name.
+
+    Raises:
+        InputError: ``folder`` is not a directory or holds no PNG file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(
+            f"{folder}: no such video file or frame folder; pass an MP4 or a folder of PNG frames"
+        )
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    if not files:
+        raise InputError(f"{folder}: the folder holds no PNG frames; put frame PNGs in it")
+    return files
+
+
+def folder_fps(folder: str | os.PathLike[str]) -> float:
+    """The frame rate in a frame folder's ``video.json``, else :data:`DEFAULT_FPS`.
+
+    Raises:
+        InputError: the sidecar exists but holds no positive ``fps`` number.
+    """
+    sidecar = Path(folder) / SIDECAR
+    if not sidecar.is_file():
+        return DEFAULT_FPS
+    try:
+        fps = json.loads(sidecar.read_text())["fps"]
+        if not isinstance(fps, int | float) or fps <= 0:
+            raise ValueError(f"fps={fps!r}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f'{sidecar}: unreadable ({exc}); write {{"fps": 17.0}} into it or delete it'
+        ) from None
+    return float(fps)
+
+
+def _open_input(path: Path) -> Any:
+    """Open a container for reading, as an :class:`InputError` naming the file if it fails."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such video file; check the path")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise InputError(f"{path}: not a readable video ({exc}); re-export it as MP4") from None
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{path}: the file has no video stream; pass a video file")
+    return container
+
+
+def probe(path: str | os.PathLike[str]) -> VideoInfo:
+    """Frame rate, size and frame count of a video file or frame folder, without decoding it all.
+
+    The size of a frame folder is that of its first frame.
+
+    Raises:
+        InputError: missing or unreadable file or folder.
+    """
+    path = Path(path)
+    if not is_container(path):
+        files = frame_files(path)
+        height, width = read_rgb(files[0]).shape[:2]
+        return VideoInfo(folder_fps(path), width, height, len(files))
+    container = _open_input(path)
+    with container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        return VideoInfo(
+            fps=float(rate) if rate else DEFAULT_FPS,
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            frame_count=stream.frames or None,
+        )
+
+
+def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
+    """Yield the frames of a video file or frame folder in order, each ``H×W×3 uint8 RGB``.
+
+    Raises:
+        InputError: missing, unreadable or corrupt input (the message names the file).
+    """
+    path = Path(path)
+    if not is_container(path):
+        for file in frame_files(path):
+            yield read_rgb(file)
+        return
+    container = _open_input(path)
+    with container:
+        try:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{path}: corrupt video data ({exc}); re-export the file") from None
+
+
+def _encode(target: Path, frames: Iterable[np.ndarray], fps: float, crf: int, name: Path) -> None:
+    """Encode ``frames`` into ``target``, a temporary stand-in for the file ``name``."""
+    size: tuple[int, int] | None = None
+    with av.open(str(target), mode="w") as container:
+        stream = container.add_stream(CODEC, rate=Fraction(fps).limit_denominator(1001))
+        stream.options = {"crf": str(crf)}
+        for index, frame in enumerate(frames):
+            check_rgb(frame, f"frame {index} for {name}")
+            if size is None:
+                size = frame.shape[:2]
+                stream.height, stream.width = size
+                stream.pix_fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
+            elif frame.shape[:2] != size:
+                raise InputError(_size_error(name, index, frame, size))
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            container.mux(stream.encode(picture))
+        if size is None:
+            raise InputError(f"{name}: no frames to write; the input video is empty")
+        container.mux(stream.encode())
+
+
+def _size_error(name: Path, index: int, frame: np.ndarray, size: tuple[int, int]) -> str:
+    return (
+        f"{name}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the video is "
+        f"{size[1]}x{size[0]}; resize the frames to one size first"
+    )
+
+
+def _write_folder(folder: Path, frames: Iterable[np.ndarray], fps: float) -> None:
+    """Write ``frame_000000.png``, ... and ``video.json``; drop older frames past the new last."""
+    size: tuple[int, int] | None = None
+    count = 0
+    for count, frame in enumerate(frames, start=1):
+        check_rgb(frame, f"frame {count - 1} for {folder}")
+        if size is not None and frame.shape[:2] != size:
+            raise InputError(_size_error(folder, count - 1, frame, size))
+        size = frame.shape[:2]
+        write_png(folder / f"frame_{count - 1:06d}.png", frame)
+    if count == 0:
+        raise InputError(f"{folder}: no frames to write; the input video is empty")
+    for stale in folder.glob("frame_*.png"):
+        if stale.stem[len("frame_") :].isdigit() and int(stale.stem[len("frame_") :]) >= count:
+            stale.unlink()
+    write_json_atomic(folder / SIDECAR, {"fps": float(fps)})
+
+
+def write_video(
+    path: str | os.PathLike[str],
+    frames: Iterable[np.ndarray],
+    fps: float,
+    crf: int = DEFAULT_CRF,
+) -> Path:
+    """Write ``frames`` (each ``H×W×3 uint8 RGB``, all one size) as a video; return ``path``.
+
+    ``frames`` is consumed one frame at a time (pass a generator to stream). A container file
+    is encoded into a temporary sibling and renamed over ``path`` when complete, so a reader
+    never sees a half-written video and a failure leaves no file. A frame folder gets
+    ``frame_000000.png``, ... (each written atomically) and its ``video.json``.
+
+    Args:
+        path: ``.mp4`` (or another :data:`CONTAINER_SUFFIXES` file) or a folder.
+        fps: frames per second.
+        crf: H.264 constant quality of container files (0 lossless .. 51 worst).
+
+    Raises:
+        ConfigError: ``fps`` not positive or ``crf`` outside 0..51.
+        InputError: no frames, a frame that is not RGB, or frames of different sizes.
+    """
+    if fps <= 0:
+        raise ConfigError(f"fps={fps}: must be > 0")
+    if not 0 <= crf <= 51:
+        raise ConfigError(f"crf={crf}: must be between 0 (lossless) and 51")
+    target = Path(path)
+    if not is_container(target):
+        _write_folder(target, frames, fps)
+        return target
+    return atomic_write_with(target, lambda tmp: _encode(tmp, frames, fps, crf, target))
