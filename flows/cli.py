@@ -103,7 +103,6 @@ def _quiet_prefect(verbose: bool) -> None:
 
 def _run_flow(args: argparse.Namespace, call: Callable[[], Any]) -> int:
     """Run a flow against a quiet local API; print the Parquet path last; map failures."""
-    _quiet_prefect(args.verbose)
     from flows.server import local_api
     from segstyle_core import results
 
@@ -123,9 +122,22 @@ def _run_flow(args: argparse.Namespace, call: Callable[[], Any]) -> int:
     return EXIT_ERROR
 
 
+def _preflight(args: argparse.Namespace, stylizer: str | None) -> None:
+    """Check inputs and checkpoints before the Prefect server starts (fail in a second)."""
+    from flows.params import backend_specs, style_or_default
+    from segstyle_core.pipeline import check_run_inputs
+
+    seg_spec, sty_spec = backend_specs(
+        args.segmenter, args.sam_variant, stylizer, None, 1.0, args.device, args.weights_dir
+    )
+    style = style_or_default(args.style) if stylizer else None
+    check_run_inputs(args.dataset, args.classes, args.prompts, seg_spec, sty_spec, style)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from flows.dataset import segment_and_stylize
 
+    _preflight(args, args.stylizer)
     args.flow_name = "segment_and_stylize"
     return _run_flow(
         args,
@@ -159,6 +171,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.dataset import evaluate_segmentation
 
+    _preflight(args, None)
     args.flow_name = "evaluate_segmentation"
     return _run_flow(
         args,
@@ -182,8 +195,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_stylize(args: argparse.Namespace) -> int:
-    from flows.single import stylize_image
+    from flows.params import backend_specs, style_or_default
+    from flows.single import cli_prompts, stylize_image
+    from segstyle_core.images import read_rgb
+    from segstyle_core.segment import segmenter_identity
+    from segstyle_core.stylize import stylizer_identity
 
+    seg_spec, sty_spec = backend_specs(
+        args.segmenter, args.sam_variant, args.stylizer, None, 1.0, args.device, args.weights_dir
+    )
+    cli_prompts(args.image, args.box or [], args.point or [])
+    segmenter_identity(seg_spec)
+    stylizer_identity(sty_spec)
+    read_rgb(style_or_default(args.style))
     args.flow_name = "stylize_image"
     return _run_flow(
         args,
@@ -442,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segstyle`` console script."""
     args = build_parser().parse_args(argv)
+    _quiet_prefect(getattr(args, "verbose", False))  # before anything imports Prefect
     try:
         return int(args.handler(args))
     except SegstyleError as exc:

@@ -20,14 +20,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from flows.artifacts import publish_artifacts
+from flows.params import backend_specs, style_or_default
 from flows.rows import frame_rows
-from segstyle_core import cityscapes, results
+from segstyle_core import results
 from segstyle_core.errors import SegstyleError
 from segstyle_core.fileio import file_sha256, sha256_json
-from segstyle_core.images import read_rgb
+from segstyle_core.pipeline import check_run_inputs
 from segstyle_core.report import write_report
-from segstyle_core.segment import segmenter_identity, segmenter_spec
-from segstyle_core.stylize import stylizer_identity, stylizer_spec
 from tasks.composite import composite
 from tasks.figures import figures
 from tasks.gt import binarize_gt
@@ -88,11 +87,9 @@ def run_dataset(
     """Run every image of the sample through the stages; write the Parquet; return its path."""
     logger = get_run_logger()
     started = dt.datetime.now(dt.UTC)
-    cityscapes.class_ids(classes)  # unknown class names fail the run before any image
-    seg_identity = segmenter_identity(segmenter)  # a missing checkpoint fails fast too
-    style_identity = stylizer_identity(stylizer) if stylizer else None
-    if style is not None:
-        read_rgb(style)  # an unreadable style image fails fast
+    seg_identity, style_identity = check_run_inputs(
+        dataset, classes, prompts, segmenter, stylizer, style
+    )
     cache_dir = str(Path(out) / "cache")
     run_name = flow_run.get_name() or "local"
     run_dir = str(Path(out) / "runs" / run_name)
@@ -243,18 +240,18 @@ def segment_and_stylize(
     (:class:`~segstyle_core.stylize.gatys.GatysConfig` fields); ``strength`` is the
     feed-forward stylizer's blend. ``style`` defaults to the project's generated painting.
     """
-    from segstyle_core.styles import default_style_path
-
-    options = dict(nst or {}) if stylizer == "gatys" else {"strength": strength}
+    seg_spec, sty_spec = backend_specs(
+        segmenter, sam_variant, stylizer, nst, strength, device, weights_dir
+    )
     return run_dataset(
         dataset=dataset,
         city=city,
         split=split,
         classes=classes,
         prompts=prompts,
-        segmenter=segmenter_spec(segmenter, sam_variant, weights_dir=weights_dir, device=device),
-        stylizer=stylizer_spec(stylizer, device=device, weights_dir=weights_dir, options=options),
-        style=style or str(default_style_path()),
+        segmenter=seg_spec,
+        stylizer=sty_spec,
+        style=style_or_default(style),
         mode=mode,
         feather_px=feather,
         preserve_color=preserve_color,
@@ -289,7 +286,7 @@ def evaluate_segmentation(
         split=split,
         classes=classes,
         prompts=prompts,
-        segmenter=segmenter_spec(segmenter, sam_variant, weights_dir=weights_dir, device=device),
+        segmenter=backend_specs(segmenter, sam_variant, None, None, 0.0, device, weights_dir)[0],
         stylizer=None,
         style=None,
         mode="object",

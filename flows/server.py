@@ -55,5 +55,16 @@ def local_api(log_path: Path) -> Iterator[str | None]:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
+        _drain_to_api()
         with _fds_redirected(log_path):
             server.stop()
+
+
+def _drain_to_api() -> None:
+    """Send buffered logs and events before the server goes away (else: connection errors)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(RuntimeError):
+        APILogWorker.drain_all()
+    EventsWorker.drain_all()

@@ -7,13 +7,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.params import backend_specs, style_or_default
 from segstyle_core.errors import InputError
 from segstyle_core.fileio import atomic_write_with
 from segstyle_core.images import read_rgb
 from segstyle_core.prompts import parse_box, parse_point, validate_prompt
-from segstyle_core.segment import segmenter_spec
 from segstyle_core.segment.base import Prompt
-from segstyle_core.stylize import stylizer_spec
 from tasks.composite import composite
 from tasks.segment import segment
 from tasks.stylize import stylize
@@ -62,21 +61,19 @@ def stylize_image(
     out: str = "artifacts",
 ) -> str:
     """Segment the prompted object(s) of ``image``, stylize, composite; write ``output`` (PNG)."""
-    from segstyle_core.styles import default_style_path
-
     prompts = cli_prompts(image, boxes or [], points or [])
     cache_dir = str(Path(out) / "cache")
     image_id = Path(image).stem
-    seg_spec = segmenter_spec(segmenter, sam_variant, weights_dir=weights_dir, device=device)
-    options = dict(nst or {}) if stylizer == "gatys" else {"strength": strength}
-    sty_spec = stylizer_spec(stylizer, device=device, weights_dir=weights_dir, options=options)
+    seg_spec, sty_spec = backend_specs(
+        segmenter, sam_variant, stylizer, nst, strength, device, weights_dir
+    )
     seg = segment.submit(
         image_id, image, [p.as_dict() for p in prompts], False, seg_spec, cache_dir
     )
     sty = stylize.submit(
         image_id,
         image,
-        style or str(default_style_path()),
+        style_or_default(style),
         sty_spec,
         cache_dir,
         segment_record=seg if roi_margin is not None else None,

@@ -48,9 +48,13 @@ def _input_frames(video: str, name: str, cache_dir: str) -> tuple[list[str], flo
 
 def _publish(encoded: str, output: str, fps: float) -> Path:
     """Put the encoded result at ``output``: a file is copied atomically, a folder rewritten."""
-    if is_container(output):
-        return atomic_write_with(output, lambda tmp: shutil.copyfile(encoded, tmp))
-    return write_video(output, iter_frames(encoded), fps)
+    if not is_container(output):
+        return write_video(output, iter_frames(encoded), fps)
+
+    def copy(tmp: Path) -> None:
+        shutil.copyfile(encoded, tmp)
+
+    return atomic_write_with(output, copy)
 
 
 def _metrics(

@@ -160,3 +160,36 @@ def prompt_scores(
             }
         )
     return rows
+
+
+def check_run_inputs(
+    dataset: str | None,
+    classes: list[str],
+    prompts: str,
+    segmenter: dict[str, Any],
+    stylizer: dict[str, Any] | None,
+    style: str | None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Fail fast, before any image, on what would fail every image; return backend identities.
+
+    Checks the dataset root, the class names, the prompts file, the checkpoints (present and
+    matching their checksums) and the style image. Returns the segmenter's and stylizer's
+    ``name``/``variant``/``weights_sha256``.
+
+    Raises:
+        SegstyleError: the first problem found, as one line naming the file and the fix.
+    """
+    from segstyle_core.images import read_rgb
+    from segstyle_core.prompts import load_prompts_file
+    from segstyle_core.segment import segmenter_identity
+    from segstyle_core.stylize import stylizer_identity
+
+    cityscapes.resolve_root(dataset)
+    cityscapes.class_ids(classes)
+    if prompts not in PROMPT_SOURCES:
+        load_prompts_file(prompts)
+    seg_identity = segmenter_identity(segmenter)
+    style_identity = stylizer_identity(stylizer) if stylizer else None
+    if style is not None:
+        read_rgb(style)
+    return seg_identity, style_identity
