@@ -96,6 +96,7 @@ def _summary(rows: pd.DataFrame) -> str:
         ("failed images", str(rows.loc[failed, "image_id"].nunique())),
         ("mean IoU", _num(rows["iou"].mean())),
         ("mean Dice", _num(rows["dice"].mean())),
+        ("mean image IoU", _num(rows.groupby("image_id")["image_iou"].first().mean())),
     ]
     cards = "".join(f'<div class="stat">{html.escape(k)}<b>{v}</b></div>' for k, v in stats)
     grouped = rows.assign(_failed=failed, segmenter=rows["segmenter"].fillna("(none)")).groupby(
@@ -111,11 +112,12 @@ def _summary(rows: pd.DataFrame) -> str:
             (_num(group["dice"].mean()), "num"),
             (_num(group["iou_instance"].mean()), "num"),
             (_num(group["dice_instance"].mean()), "num"),
+            (_num(group.groupby("image_id")["image_iou"].first().mean()), "num"),
         ]
         for (cls, segmenter), group in grouped
     ]
     header = ["class", "segmenter", "rows", "failed", "mean IoU", "mean Dice"]
-    header += ["mean instance IoU", "mean instance Dice"]
+    header += ["mean instance IoU", "mean instance Dice", "mean image IoU"]
     return f'<div class="stats">{cards}</div>\n{_table(header, lines)}'
 
 

@@ -59,6 +59,8 @@ SCHEMA = pa.schema(
         ("dice_instance", pa.float64()),
         ("precision_instance", pa.float64()),
         ("recall_instance", pa.float64()),
+        ("image_iou", pa.float64()),  # union of the image's masks vs the class GT
+        ("image_dice", pa.float64()),
         ("pred_area", pa.int64()),
         ("gt_area", pa.int64()),
         ("instance_area", pa.int64()),

@@ -8,12 +8,14 @@ from prefect import task
 
 from segstyle_core import cityscapes
 from segstyle_core.images import read_mask
+from segstyle_core.metrics import score_masks
 from segstyle_core.pipeline import (
     frame_from_dict,
     load_masks,
     match_auto_masks,
     prompt_from_dict,
     prompt_scores,
+    union_mask,
 )
 from segstyle_core.segment.base import Prompt
 
@@ -28,8 +30,9 @@ def score_frame(
 ) -> list[dict[str, Any]]:
     """One score dict per prompt (per GT instance in automatic mode, best-matching mask).
 
-    Each dict carries the prompt (``prompt`` as :meth:`Prompt.as_dict`) and the IoU, Dice,
-    precision and recall against the whole class and against the prompt's own instance.
+    Each dict carries the prompt (``prompt`` as :meth:`Prompt.as_dict`), the IoU, Dice,
+    precision and recall against the whole class and against the prompt's own instance, and
+    ``image_iou``/``image_dice``: the union of all the image's masks against the class.
     """
     class_mask = read_mask(gt_record["outputs"]["gt_mask"])
     instances = cityscapes.load_instances(frame_from_dict(frame), classes)
@@ -41,4 +44,8 @@ def score_frame(
     else:
         prompts = [prompt_from_dict(p) for p in gt_record["prompts"]]
     scores = prompt_scores(predictions, prompts, class_mask, instances)
-    return [{"prompt": p.as_dict(), **s} for p, s in zip(prompts, scores, strict=True)]
+    image = score_masks(union_mask(predictions, class_mask.shape), class_mask)
+    return [
+        {"prompt": p.as_dict(), **s, "image_iou": image.iou, "image_dice": image.dice}
+        for p, s in zip(prompts, scores, strict=True)
+    ]

@@ -15,11 +15,13 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from segstyle_core.cityscapes import frame_from_image_path
+from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.images import read_mask, read_rgb
 from segstyle_core.pipeline import prompt_from_dict
+from segstyle_core.segment.base import Prompt
 from segstyle_core.stagecache import run_stage
 from segstyle_core.stylize import build_stylizer, stylizer_identity
-from segstyle_core.video.chunks import carry_of, stylize_chunk
+from segstyle_core.video.chunks import Carry, carry_of, stylize_chunk
 from segstyle_core.video.evaluate import gt_track, track_scores
 from segstyle_core.video.io import iter_frames, probe, write_video
 from segstyle_core.video.temporal import TemporalOptions
@@ -95,12 +97,18 @@ def stylize_video_chunk(
     timing: dict[str, Any] = {}
 
     def compute(out: Path) -> dict[str, Any]:
-        start = prompt_from_dict(prompt) if previous is None else carry_of(previous)
+        start: Prompt | Carry
+        if previous is not None:
+            start = carry_of(previous)
+        elif prompt is not None:
+            start = prompt_from_dict(prompt)
+        else:
+            raise ConfigError(f"chunk {first_index}: give the box prompt or the previous chunk")
         with device_slot(stylizer["device"]):
             record = stylize_chunk(
                 frame_paths,
                 first_index,
-                start,  # type: ignore[arg-type]
+                start,
                 build_tracker(tracker),
                 build_stylizer(stylizer),
                 read_rgb(style_path),
@@ -149,7 +157,7 @@ def has_instance_gt(image_paths: list[str]) -> bool:
     """True when every frame is a Cityscapes ``leftImg8bit`` image with an instanceIds PNG."""
     try:
         return all(frame_from_image_path(p).instance_ids_path is not None for p in image_paths)
-    except Exception:  # noqa: BLE001 - any frame outside the layout means: no ground truth
+    except InputError:  # a frame outside the Cityscapes layout: no ground truth
         return False
 
 

@@ -83,6 +83,8 @@ def test_run_writes_rows_and_a_second_run_is_all_cached(dataset: Path, tmp_path:
     assert set(frame["segmenter"]) == {"grabcut"} and set(frame["stylizer"]) == {"feedforward"}
     assert frame["stylizer_weights_sha256"].str.len().eq(64).all()
     assert frame["iou_instance"].between(0, 1).all() and frame["iou"].between(0, 1).all()
+    # the union of an image's instance masks covers more of the class than any one of them
+    assert (frame["image_iou"] >= frame["iou"] - 1e-9).all() and frame["image_iou"].gt(0.3).all()
     assert frame["instance_id"].ge(26000).all()  # prompts come from car instances
     for column in ("composite_path", "panel_path", "mask_path", "stylized_path"):
         for path in frame[column].unique():

@@ -138,6 +138,7 @@ def test_report_summary_numbers_match_the_rows(run: tuple[Path, pd.DataFrame]) -
             f"{np.mean(dices[cls]):.3f}",
             f"{np.mean([1.0 - v for v in values]):.3f}",  # instance IoU is 1 - IoU here
             "—",  # no row has an instance Dice
+            "—",  # nor an image IoU
         ]
         assert expected in page.rows, cls
     overall = np.mean([v for vs in ious.values() for v in vs])

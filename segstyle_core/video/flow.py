@@ -41,9 +41,10 @@ def optical_flow(source: np.ndarray, target: np.ndarray, preset: str = "medium")
         )
     if preset not in PRESETS:
         raise ConfigError(f"flow preset {preset!r}: use one of {', '.join(PRESETS)}")
-    dis = cv2.DISOpticalFlow_create(PRESETS[preset])
+    dis = cv2.DISOpticalFlow.create(PRESETS[preset])
     grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in (source, target)]
-    return dis.calc(grey[0], grey[1], None)
+    flow = np.zeros((*grey[0].shape, 2), dtype=np.float32)
+    return dis.calc(grey[0], grey[1], flow)
 
 
 def _sample_grid(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ has to sit in memory.
 
 A **frame folder** is a directory of PNG files, in the order of their sorted names (a
 Cityscapes ``leftImg8bit/{split}/{city}`` folder of one sequence is one). A folder has no frame
-rate of its own: :class:`VideoWriter` stores it in a ``video.json`` sidecar (``{"fps": 17.0}``)
+rate of its own: :func:`write_video` stores it in a ``video.json`` sidecar (``{"fps": 17.0}``)
 that :func:`probe` reads back; without one, :data:`DEFAULT_FPS` (the Cityscapes camera's rate)
 is assumed. Any other path is a container file, recognised by its suffix
 (:data:`CONTAINER_SUFFIXES`).
@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import av
 import numpy as np
@@ -42,8 +43,9 @@ SIDECAR = "video.json"
 CONTAINER_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 #: Codec and quality of written container files (``crf``: 0 lossless .. 51 worst; 18 ~ visually
 #: lossless).
-CODEC = "libx264"
+CODEC: Final = "libx264"
 DEFAULT_CRF = 18
+_FRAME_NAME = re.compile(r"frame_(\d+)")
 
 
 @dataclass(frozen=True)
@@ -158,48 +160,49 @@ def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
             raise InputError(f"{path}: corrupt video data ({exc}); re-export the file") from None
 
 
+def _checked(frames: Iterable[np.ndarray], name: Path) -> Iterator[np.ndarray]:
+    """``frames``, each checked to be ``H×W×3 uint8`` of the first frame's size.
+
+    Raises:
+        InputError: a frame that is not RGB or of another size, or no frame at all.
+    """
+    size: tuple[int, ...] | None = None
+    for index, frame in enumerate(frames):
+        check_rgb(frame, f"frame {index} for {name}")
+        if size is not None and frame.shape[:2] != size:
+            raise InputError(
+                f"{name}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the video is "
+                f"{size[1]}x{size[0]}; resize the frames to one size first"
+            )
+        size = frame.shape[:2]
+        yield frame
+    if size is None:
+        raise InputError(f"{name}: no frames to write; the input video is empty")
+
+
 def _encode(target: Path, frames: Iterable[np.ndarray], fps: float, crf: int, name: Path) -> None:
     """Encode ``frames`` into ``target``, a temporary stand-in for the file ``name``."""
-    size: tuple[int, int] | None = None
     with av.open(str(target), mode="w") as container:
-        stream = container.add_stream(CODEC, rate=Fraction(fps).limit_denominator(1001))
-        stream.options = {"crf": str(crf)}
-        for index, frame in enumerate(frames):
-            check_rgb(frame, f"frame {index} for {name}")
-            if size is None:
-                size = frame.shape[:2]
-                stream.height, stream.width = size
-                stream.pix_fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
-            elif frame.shape[:2] != size:
-                raise InputError(_size_error(name, index, frame, size))
+        rate = Fraction(fps).limit_denominator(1001)
+        stream = container.add_stream(CODEC, rate=rate, options={"crf": str(crf)})
+        for index, frame in enumerate(_checked(frames, name)):
+            if index == 0:
+                height, width = frame.shape[:2]
+                stream.height, stream.width = height, width
+                stream.pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
             picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             container.mux(stream.encode(picture))
-        if size is None:
-            raise InputError(f"{name}: no frames to write; the input video is empty")
         container.mux(stream.encode())
-
-
-def _size_error(name: Path, index: int, frame: np.ndarray, size: tuple[int, int]) -> str:
-    return (
-        f"{name}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the video is "
-        f"{size[1]}x{size[0]}; resize the frames to one size first"
-    )
 
 
 def _write_folder(folder: Path, frames: Iterable[np.ndarray], fps: float) -> None:
     """Write ``frame_000000.png``, ... and ``video.json``; drop older frames past the new last."""
-    size: tuple[int, int] | None = None
     count = 0
-    for count, frame in enumerate(frames, start=1):
-        check_rgb(frame, f"frame {count - 1} for {folder}")
-        if size is not None and frame.shape[:2] != size:
-            raise InputError(_size_error(folder, count - 1, frame, size))
-        size = frame.shape[:2]
+    for count, frame in enumerate(_checked(frames, folder), start=1):
         write_png(folder / f"frame_{count - 1:06d}.png", frame)
-    if count == 0:
-        raise InputError(f"{folder}: no frames to write; the input video is empty")
     for stale in folder.glob("frame_*.png"):
-        if stale.stem[len("frame_") :].isdigit() and int(stale.stem[len("frame_") :]) >= count:
+        number = _FRAME_NAME.fullmatch(stale.stem)
+        if number is not None and int(number.group(1)) >= count:
             stale.unlink()
     write_json_atomic(folder / SIDECAR, {"fps": float(fps)})
 

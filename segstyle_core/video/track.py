@@ -88,6 +88,11 @@ def _interior_points(mask: np.ndarray, count: int, depth: float) -> tuple[tuple[
     return tuple((float(xs[i]), float(ys[i])) for i in picks)
 
 
+def _check_model(model: str) -> None:
+    if model not in MOTION_MODELS:
+        raise ConfigError(f"motion model {model!r}: use one of {', '.join(MOTION_MODELS)}")
+
+
 def carry_mask(
     mask: np.ndarray,
     previous: np.ndarray,
@@ -108,8 +113,7 @@ def carry_mask(
     Raises:
         ConfigError: unknown ``model``.
     """
-    if model not in MOTION_MODELS:
-        raise ConfigError(f"motion model {model!r}: use one of {', '.join(MOTION_MODELS)}")
+    _check_model(model)
     if model == "similarity" and mask.any():
         ys, xs = np.nonzero(mask)
         picks = np.linspace(0, xs.size - 1, min(_FIT_POINTS, xs.size)).round().astype(int)
@@ -159,7 +163,6 @@ class FlowTracker:
     """
 
     name = "flow"
-    weights_sha256: str | None = None
 
     def __init__(
         self,
@@ -172,10 +175,7 @@ class FlowTracker:
         min_agreement: float = 0.75,
         flow_preset: str = "medium",
     ) -> None:
-        if motion_model not in MOTION_MODELS:
-            raise ConfigError(
-                f"motion model {motion_model!r}: use one of {', '.join(MOTION_MODELS)}"
-            )
+        _check_model(motion_model)
         if margin_px < 0 or points < 0 or not 0 <= core_depth <= 1 or not 0 <= min_agreement <= 1:
             raise ConfigError(
                 f"margin_px={margin_px}, points={points}, core_depth={core_depth}, "
@@ -192,7 +192,7 @@ class FlowTracker:
         self.flow_preset = flow_preset
         refiner = segmenter.name if refine else "none"
         self.variant = f"{motion_model}-{flow_preset}-{refiner}"
-        self.weights_sha256 = segmenter.weights_sha256
+        self.weights_sha256: str | None = segmenter.weights_sha256
 
     def first_mask(self, frame: np.ndarray, start: Start) -> np.ndarray:
         """The ``H×W bool`` mask of the run's first frame: ``start`` itself, or segmented."""
