@@ -6,13 +6,14 @@ Models are loaded once per process and reused across images: every backend asks
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
 import torch
 
-from segstyle_core.errors import ConfigError
+from segstyle_core.errors import ConfigError, ResourceError
 
 T = TypeVar("T")
 
@@ -93,3 +94,30 @@ class ModelCache:
 
 MODELS = ModelCache()
 """The one registry every backend shares."""
+
+
+_OOM_MARKERS = ("out of memory", "failed to allocate", "bad allocation", "cannot allocate")
+
+
+@contextlib.contextmanager
+def memory_guard(what: str) -> Iterator[None]:
+    """Turn running out of memory inside the block into one clear :class:`ResourceError`.
+
+    ``what`` names the input and the work (``"img.png: stylizing 2048x1024"``). Covers Python's
+    ``MemoryError``, CUDA's ``OutOfMemoryError`` and allocation failures that torch or
+    onnxruntime report as ``RuntimeError``; other errors pass through unchanged.
+    """
+    try:
+        yield
+    except Exception as exc:
+        oom = isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError) or (
+            isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
+        )
+        if not oom:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise ResourceError(
+            f"{what}: out of memory; use a smaller --height (target size), fewer prompts per "
+            "image, or --device cpu"
+        ) from exc

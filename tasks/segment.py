@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import task
 
+from segstyle_core.devices import memory_guard
 from segstyle_core.images import read_rgb, write_png
 from segstyle_core.pipeline import prompt_from_dict, save_masks, union_mask
 from segstyle_core.segment import build_segmenter, segmenter_identity
@@ -52,7 +53,10 @@ def segment(
     def compute(out: Path) -> dict[str, Any]:
         image = read_rgb(image_path)
         segmenter = build_segmenter(spec, embedding_cache_dir=str(Path(cache_dir) / "embeddings"))
-        with device_slot(spec["device"]):
+        what = (
+            f"{image_path}: segmenting {image.shape[1]}x{image.shape[0]} ({len(prompts)} prompts)"
+        )
+        with device_slot(spec["device"]), memory_guard(what):
             if automatic:
                 predictions = [
                     MaskPrediction(mask=r["segmentation"], score=float(r["predicted_iou"]))

@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from segstyle_core.devices import memory_guard
 from segstyle_core.images import read_mask, read_rgb, write_png
 from segstyle_core.roi import stylize_roi
 from segstyle_core.stagecache import run_stage
@@ -62,7 +63,8 @@ def stylize(
         content = read_rgb(image_path)
         style = read_rgb(style_path)
         stylizer = build_stylizer(spec)
-        with device_slot(spec["device"]):
+        what = f"{image_path}: stylizing {content.shape[1]}x{content.shape[0]}"
+        with device_slot(spec["device"]), memory_guard(what):
             if roi_margin_px is None:
                 result = stylizer.stylize(content, style, progress=report)
             else:
