@@ -343,16 +343,19 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
     from segstyle_core import results
 
-    frame = results.read_metrics(args.metrics)
+    everything = results.read_metrics(args.metrics)
+    runs = everything.sort_values("started_at")["run_id"].drop_duplicates()
     if args.run:
-        frame = frame[(frame["run_id"] == args.run) | (frame["flow_run_id"] == args.run)]
+        frame = everything[
+            (everything["run_id"] == args.run) | (everything["flow_run_id"] == args.run)
+        ]
         if frame.empty:
+            latest = runs.tail(5)
             raise SegstyleError(
-                f"{args.metrics}: no run named {args.run!r}; `segstyle results` lists runs"
+                f"{args.metrics}: no run named {args.run!r}; latest runs: {', '.join(latest)}"
             )
     else:
-        latest = frame.sort_values("started_at")["run_id"].iloc[-1]
-        frame = frame[frame["run_id"] == latest]
+        frame = everything[everything["run_id"] == runs.iloc[-1]]
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(f"run {frame['run_id'].iloc[0]} ({frame['flow_run_id'].iloc[0]})")
         print(results.summarize(frame).to_string(index=False))

@@ -15,12 +15,14 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from segstyle_core.errors import InputError
 from segstyle_core.fileio import atomic_write_with
 
-SCHEMA_VERSION = 1
+#: 2: added ``image_iou``/``image_dice``. Older files read with those columns empty.
+SCHEMA_VERSION = 2
 
 _STAGES = ("gt", "segment", "stylize", "composite", "figures")
 
@@ -111,27 +113,44 @@ def write_run(
 def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read one run file or a whole metrics directory into a DataFrame.
 
+    Files of every schema version are read against the current :data:`SCHEMA` (columns a file
+    lacks come back empty), plus the hive partition column ``flow``. Plain
+    ``pandas.read_parquet(dir)`` works too but takes its columns from the first file it finds.
+
     Raises:
         InputError: nothing there yet.
     """
     path = Path(path)
     if not path.exists() or (path.is_dir() and not any(path.rglob("*.parquet"))):
         raise InputError(f"{path}: no Parquet results here yet; run `segstyle run` first")
-    return pd.read_parquet(path)
+    schema = SCHEMA.append(pa.field("flow", pa.string()))
+    dataset = ds.dataset(path, schema=schema, format="parquet", partitioning="hive")
+    return dataset.to_table().to_pandas()
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per segmenter/stylizer/class summary: rows, failures, mean IoU and Dice, mean seconds."""
-    grouped = frame.assign(failed=frame["status"].eq("failed")).groupby(
-        ["segmenter", "stylizer", "classes"], dropna=False
-    )
-    return grouped.agg(
+    """Per segmenter/stylizer/class summary: rows, images, failures, mean scores, seconds.
+
+    Scores are means over prompt rows (``image_iou`` over images); seconds are means over
+    images, since every prompt row of an image repeats that image's stage times.
+    """
+    keys = ["segmenter", "stylizer", "classes"]
+    rows = frame.assign(failed=frame["status"].eq("failed"))
+    scores = rows.groupby(keys, dropna=False).agg(
         rows=("image_id", "size"),
         images=("image_id", "nunique"),
         failed=("failed", "sum"),
         mean_iou=("iou", "mean"),
         mean_dice=("dice", "mean"),
         mean_iou_instance=("iou_instance", "mean"),
-        seconds_segment=("seconds_segment", "mean"),
-        seconds_stylize=("seconds_stylize", "mean"),
-    ).reset_index()
+    )
+    per_image = (
+        rows.drop_duplicates(["flow_run_id", "image_id"])
+        .groupby(keys, dropna=False)
+        .agg(
+            mean_image_iou=("image_iou", "mean"),
+            seconds_segment=("seconds_segment", "mean"),
+            seconds_stylize=("seconds_stylize", "mean"),
+        )
+    )
+    return scores.join(per_image).reset_index()

@@ -4,6 +4,7 @@ import datetime as dt
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from segstyle_core import results
@@ -63,3 +64,19 @@ def test_summary_counts_failures_and_means(tmp_path: Path) -> None:
 def test_missing_metrics_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(results.InputError, match="run `segstyle run` first"):
         results.read_metrics(tmp_path / "nothing")
+
+
+def test_files_of_an_older_schema_read_with_empty_new_columns(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    old = results.run_file(tmp_path, "f", "old")
+    old.parent.mkdir(parents=True)
+    legacy = pa.table(
+        {"image_id": ["a"], "iou": [0.4], "schema_version": pa.array([1], pa.int16())}
+    )
+    pq.write_table(legacy, old)
+    results.write_run([{**_row("b", 0.8), "image_iou": 0.9}], tmp_path, "f", "new")
+    frame = results.read_metrics(tmp_path).set_index("image_id")
+    assert frame.loc["a", "iou"] == 0.4 and pd.isna(frame.loc["a", "image_iou"])
+    assert frame.loc["b", "image_iou"] == 0.9
+    assert sorted(frame["schema_version"]) == [1, results.SCHEMA_VERSION]
