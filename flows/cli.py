@@ -134,6 +134,21 @@ def _preflight(args: argparse.Namespace, stylizer: str | None) -> None:
     check_run_inputs(args.dataset, args.classes, args.prompts, seg_spec, sty_spec, style)
 
 
+#: CLI options passed to the flows under the same names, by option group.
+_DATASET_PARAMS = ("dataset", "split", "classes", "prompts", "min_area", "limit", "seed")
+_SEGMENTER_PARAMS = ("segmenter", "sam_variant", "device", "weights_dir", "out")
+_STYLE_PARAMS = ("stylizer", "style", "mode", "strength", "feather", "preserve_color", "roi_margin")
+
+
+def _params(args: argparse.Namespace, *groups: tuple[str, ...]) -> dict[str, Any]:
+    """Flow keyword arguments from the parsed options of the given groups."""
+    return {name: getattr(args, name) for group in groups for name in group}
+
+
+def _city(args: argparse.Namespace) -> str | None:
+    return None if args.city == "random" else args.city
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from flows.dataset import segment_and_stylize
 
@@ -142,27 +157,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _run_flow(
         args,
         lambda: segment_and_stylize(
-            dataset=args.dataset,
-            city=None if args.city == "random" else args.city,
-            split=args.split,
-            classes=args.classes,
-            prompts=args.prompts,
-            segmenter=args.segmenter,
-            sam_variant=args.sam_variant,
-            stylizer=args.stylizer,
-            style=args.style,
-            mode=args.mode,
+            **_params(args, _DATASET_PARAMS, _SEGMENTER_PARAMS, _STYLE_PARAMS),
+            city=_city(args),
             nst=_nst_options(args),
-            strength=args.strength,
-            feather=args.feather,
-            preserve_color=args.preserve_color,
-            roi_margin=args.roi_margin,
-            min_area=args.min_area,
-            limit=args.limit,
-            seed=args.seed,
-            device=args.device,
-            weights_dir=args.weights_dir,
-            out=args.out,
             return_state=True,
         ),
     )
@@ -176,20 +173,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return _run_flow(
         args,
         lambda: evaluate_segmentation(
-            dataset=args.dataset,
-            city=None if args.city == "random" else args.city,
-            split=args.split,
-            classes=args.classes,
-            prompts=args.prompts,
-            segmenter=args.segmenter,
-            sam_variant=args.sam_variant,
-            min_area=args.min_area,
-            limit=args.limit,
-            seed=args.seed,
-            device=args.device,
-            weights_dir=args.weights_dir,
-            out=args.out,
-            return_state=True,
+            **_params(args, _DATASET_PARAMS, _SEGMENTER_PARAMS), city=_city(args), return_state=True
         ),
     )
 
@@ -212,23 +196,12 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     return _run_flow(
         args,
         lambda: stylize_image(
+            **_params(args, _SEGMENTER_PARAMS, _STYLE_PARAMS),
             image=args.image,
             boxes=args.box or [],
             points=args.point or [],
-            style=args.style,
-            segmenter=args.segmenter,
-            sam_variant=args.sam_variant,
-            stylizer=args.stylizer,
-            mode=args.mode,
             nst=_nst_options(args),
-            strength=args.strength,
-            feather=args.feather,
-            preserve_color=args.preserve_color,
-            roi_margin=args.roi_margin,
-            device=args.device,
-            weights_dir=args.weights_dir,
             output=args.output,
-            out=args.out,
             return_state=True,
         ),
     )

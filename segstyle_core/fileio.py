@@ -73,25 +73,37 @@ def sha256_json(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
+def _temporary_sibling(target: Path) -> Iterator[Path]:
+    """A temporary file beside ``target`` (same suffix), renamed over it if the block succeeds.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``target`` is left as it was.
     """
-    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent
+    )
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(tmp_name)
         os.chmod(tmp_name, _FILE_MODE)
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
+
+    The data is flushed to disk before the rename. On any exception the temporary file is
+    removed and ``path`` is left as it was.
+    """
+    with _temporary_sibling(Path(path)) as tmp, open(tmp, mode) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:
@@ -101,19 +113,8 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], Non
     temporary path keeps the target's suffix so format detection by extension works.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent
-    )
-    os.close(fd)
-    try:
-        writer(Path(tmp_name))
-        os.chmod(tmp_name, _FILE_MODE)
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with _temporary_sibling(target) as tmp:
+        writer(tmp)
     return target
 
 
