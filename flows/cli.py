@@ -245,6 +245,19 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo_clip(args: argparse.Namespace) -> int:
+    from segstyle_core.video.clip import generate_clip
+
+    clip = generate_clip(Path(args.out), frames=args.frames, size=args.size, seed=args.seed)
+    box = ",".join(str(int(v)) for v in clip.boxes[0])
+    print(
+        f"stylize it with: segstyle video {clip.frames_dir} --box {box} -o clip.mp4",
+        file=sys.stderr,
+    )
+    print(clip.frames_dir)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from segstyle_core.demo_data import generate_demo_dataset
 
@@ -410,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights-dir", default=None, help="checkpoints folder (default: $SEGSTYLE_WEIGHTS_DIR)"
     )
     add_run_output(video)
+
+    demo_clip = command(
+        "demo-clip", _cmd_demo_clip, "write a generated clip (a car crossing a street) with GT"
+    )
+    demo_clip.add_argument("out")
+    demo_clip.add_argument("--size", type=_size, default=(256, 128), help="WIDTHxHEIGHT")
+    demo_clip.add_argument("--frames", type=int, default=24)
+    demo_clip.add_argument("--seed", type=int, default=0)
 
     demo_data = command(
         "demo-data", _cmd_demo_data, "write a procedurally drawn Cityscapes-layout dataset"
