@@ -12,6 +12,8 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
+from segstyle_core.results import COLUMNS
+
 _TABLE_COLUMNS = [
     "image_id",
     "prompt_index",
@@ -53,7 +55,7 @@ def publish_artifacts(
     rows: list[dict[str, Any]], parquet_path: str, run_name: str, report: Path
 ) -> None:
     """Create the table, markdown and link artifacts of a run (inside a flow run)."""
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
     key = _key(f"segstyle-{run_name}")
     table = frame.reindex(columns=_TABLE_COLUMNS).astype(object)
     create_table_artifact(

@@ -50,9 +50,11 @@ def _error_of(future: PrefectFuture[Any]) -> str | None:
     state = future.state
     if state.is_completed():
         return None
-    exc = state.result(raise_on_failure=False)
-    if isinstance(exc, BaseException):
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    if state.is_failed() or state.is_crashed():
+        exc = state.result(raise_on_failure=False)
+        if isinstance(exc, BaseException):
+            return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    # e.g. NotReady: an upstream task failed (that task's error is reported first)
     return f"{state.name}: {state.message}".splitlines()[0]
 
 

@@ -17,7 +17,7 @@ from segstyle_core import cityscapes
 from segstyle_core.errors import InputError
 from segstyle_core.fileio import atomic_write_with
 from segstyle_core.metrics import score_masks
-from segstyle_core.prompts import prompts_from_instances, score_instance_aware
+from segstyle_core.prompts import prompts_from_instances, score_instance_aware, validate_prompt
 from segstyle_core.segment.base import MaskPrediction, Prompt
 
 #: Prompt sources a dataset run accepts besides a prompts-file path.
@@ -56,6 +56,7 @@ def frame_prompts(
     frame: cityscapes.Frame,
     instances: list[cityscapes.Instance],
     source: str,
+    size: tuple[int, int],
     file_prompts: dict[str, list[Prompt]] | None = None,
     min_area: int = 0,
 ) -> list[Prompt]:
@@ -65,6 +66,11 @@ def frame_prompts(
         source: ``gt-instances`` (every instance box above ``min_area``), ``largest`` (the
             seed's main object), ``auto`` (no prompts: automatic masks) or a prompts-file path,
             whose parsed content is ``file_prompts``.
+        size: the frame's ``(height, width)``; prompts from a file are validated against it
+            (boxes sticking out are clipped; see :func:`segstyle_core.prompts.validate_prompt`).
+
+    Raises:
+        InputError: a file prompt does not fit the image (names the file, image and entry).
     """
     if source == "auto":
         return []
@@ -73,7 +79,11 @@ def frame_prompts(
         return prompts_from_instances(instances, mode=mode, min_area=min_area)
     if file_prompts is None:
         raise InputError(f"{source}: prompt source is neither {PROMPT_SOURCES} nor a prompts file")
-    return file_prompts.get(frame.image_id, [])
+    height, width = size
+    return [
+        validate_prompt(prompt, width, height, f"{source}: {frame.image_id} prompt {index}")
+        for index, prompt in enumerate(file_prompts.get(frame.image_id, []))
+    ]
 
 
 def save_masks(path: str | os.PathLike[str], predictions: list[MaskPrediction]) -> Path:
@@ -182,7 +192,7 @@ def check_run_inputs(
     from segstyle_core.images import read_rgb
     from segstyle_core.prompts import load_prompts_file
     from segstyle_core.segment import segmenter_identity
-    from segstyle_core.stylize import stylizer_identity
+    from segstyle_core.stylize import min_style_side, stylizer_identity
 
     cityscapes.resolve_root(dataset)
     cityscapes.class_ids(classes)
@@ -190,6 +200,11 @@ def check_run_inputs(
         load_prompts_file(prompts)
     seg_identity = segmenter_identity(segmenter)
     style_identity = stylizer_identity(stylizer) if stylizer else None
-    if style is not None:
-        read_rgb(style)
+    if style is not None and stylizer is not None:
+        height, width = read_rgb(style).shape[:2]
+        if min(height, width) < min_style_side(stylizer):
+            raise InputError(
+                f"{style}: style image is {width}x{height} px, under the {stylizer['backend']} "
+                f"stylizer's minimum of {min_style_side(stylizer)} px a side; use a larger image"
+            )
     return seg_identity, style_identity

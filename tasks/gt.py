@@ -56,7 +56,9 @@ def binarize_gt(
         class_mask = cityscapes.load_binary_gt(parsed, classes)
         instances = cityscapes.load_instances(parsed, classes)
         file_prompts = load_prompts_file(files["prompts_file"]) if "prompts_file" in files else None
-        prompts = frame_prompts(parsed, instances, prompt_source, file_prompts, min_area)
+        prompts = frame_prompts(
+            parsed, instances, prompt_source, class_mask.shape, file_prompts, min_area
+        )
         table = [
             {
                 "instance_id": i.instance_id,

@@ -27,6 +27,7 @@ __all__ = [
     "ProgressCallback",
     "Stylizer",
     "build_stylizer",
+    "min_style_side",
     "stylizer_identity",
     "stylizer_spec",
 ]
@@ -62,6 +63,15 @@ def stylizer_identity(spec: Mapping[str, Any]) -> dict[str, Any]:
     from segstyle_core.stylize.feedforward import MODEL_VARIANT, model_sha256
 
     return {"name": "feedforward", "variant": MODEL_VARIANT, "weights_sha256": model_sha256()}
+
+
+def min_style_side(spec: Mapping[str, Any]) -> int:
+    """The smallest style-image side, in pixels, the spec's backend accepts."""
+    if spec["backend"] == "gatys":
+        from segstyle_core.stylize.gatys import MIN_SIDE
+    else:
+        from segstyle_core.stylize.feedforward import MIN_SIDE
+    return MIN_SIDE
 
 
 def build_stylizer(spec: Mapping[str, Any]) -> Stylizer:
