@@ -149,6 +149,8 @@ def run_dataset(
                 image_id, image_path, gt_future.result()["prompts"], automatic, segmenter, cache_dir
             )
             futures["segment"] = seg
+            met = score_frame.submit(frame, classes, gt_future, seg, automatic, cache_dir)
+            futures["metrics"] = met
             if stylizer is not None and style is not None:
                 sty = stylize.submit(
                     image_id,
@@ -161,13 +163,13 @@ def run_dataset(
                 )
                 futures["stylize"] = sty
                 futures["composite"] = composite.submit(
-                    image_id, image_path, sty, seg, mode, feather_px, preserve_color, cache_dir
+                    image_id, image_path, sty, met, mode, feather_px, preserve_color, cache_dir
                 )
-            futures["metrics"] = score_frame.submit(frame, classes, gt_future, seg, automatic)
             futures["figures"] = figures.submit(
                 frame,
                 gt_future,
                 seg,
+                met,
                 automatic,
                 cache_dir,
                 stylize_record=futures.get("stylize"),
@@ -182,9 +184,9 @@ def run_dataset(
         records = {
             name: f.result()
             for name, f in futures.items()
-            if name != "metrics" and f is not None and _error_of(f) is None
+            if f is not None and _error_of(f) is None
         }
-        scores = futures["metrics"].result() if error is None and futures.get("metrics") else None
+        scores = records["metrics"]["scores"] if error is None and "metrics" in records else None
         published = publish(frame["image_id"], run_dir, records) if records else None
         if error:
             failed.append((frame["image_id"], error))

@@ -40,12 +40,12 @@ def frame_rows(
     Args:
         common: run-wide columns (run ids, backends, style, mode, config hash, timestamps).
         records: stage name -> task record (``None`` for stages that did not run).
-        scores: :func:`tasks.metrics.score_frame` output, or ``None``.
+        scores: the ``scores`` of :func:`tasks.metrics.score_frame`'s record, or ``None``.
         error: the first failing stage's error, which makes the rows ``failed``.
         published: output name -> path in the run directory (overrides cache paths).
     """
     paths = {
-        "mask_path": _output(records.get("segment"), "mask"),
+        "mask_path": _output(records.get("metrics"), "mask"),
         "stylized_path": _output(records.get("stylize"), "stylized"),
         "composite_path": _output(records.get("composite"), "composite"),
         "panel_path": _output(records.get("figures"), "panel"),

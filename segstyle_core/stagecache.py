@@ -25,6 +25,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "segment": 1,
     "stylize": 1,
     "composite": 1,
+    "metrics": 1,
     "figures": 1,
     "video_frames": 1,
     "video_chunk": 1,

@@ -18,7 +18,7 @@ def _key_inputs(inputs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     files = {
         "image": inputs["image_path"],
         "stylized": inputs["stylize_record"]["outputs"]["stylized"],
-        "mask": inputs["segment_record"]["outputs"]["mask"],
+        "mask": inputs["mask_record"]["outputs"]["mask"],
     }
     config = {k: inputs[k] for k in ("mode", "feather_px", "preserve_color")}
     return files, config
@@ -34,7 +34,7 @@ def composite(
     image_id: str,
     image_path: str,
     stylize_record: dict[str, Any],
-    segment_record: dict[str, Any],
+    mask_record: dict[str, Any],
     mode: str,
     feather_px: float,
     preserve_color: str | None,
@@ -42,8 +42,9 @@ def composite(
 ) -> dict[str, Any]:
     """Write ``composite.png``: the stylized image resized back and kept inside/outside the mask.
 
-    ``stylize_record`` and ``segment_record`` are the records of the stylize and segment tasks
-    (their ``outputs`` name ``stylized.png`` and the union ``mask.png``).
+    ``stylize_record`` is the stylize task's record (``outputs["stylized"]``); ``mask_record``
+    names the mask to use in ``outputs["mask"]`` (the segment task's union of prompt masks,
+    or the metrics task's selection in automatic mode).
     """
     files, config = _key_inputs(locals())
     timing: dict[str, Any] = {}

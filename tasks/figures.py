@@ -23,6 +23,7 @@ def _key_inputs(inputs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         "image": frame["image_path"],
         "gt_mask": gt["outputs"]["gt_mask"],
         "masks": seg["outputs"]["masks"],
+        "mask": inputs["metrics_record"]["outputs"]["mask"],
         "gt_color": frame.get("color_path") or frame["label_ids_path"],
     }
     for name in ("stylize_record", "composite_record"):
@@ -42,6 +43,7 @@ def figures(
     frame: dict[str, Any],
     gt_record: dict[str, Any],
     segment_record: dict[str, Any],
+    metrics_record: dict[str, Any],
     automatic: bool,
     cache_dir: str,
     stylize_record: dict[str, Any] | None = None,
@@ -49,7 +51,8 @@ def figures(
 ) -> dict[str, Any]:
     """Write ``panel.png``: original, GT, binarized GT, mask with prompts, stylized, composite.
 
-    The caption scores the union of the predicted masks against the class ground truth.
+    The "predicted mask" tile and the caption's scores are for the mask the run uses (the
+    metrics record's), against the class ground truth; automatic mode adds every automatic mask.
     """
     files, config = _key_inputs(locals())
     timing: dict[str, Any] = {}
@@ -58,7 +61,7 @@ def figures(
         original = read_rgb(files["image"])
         class_mask = read_mask(files["gt_mask"])
         predictions = load_masks(files["masks"])
-        union = read_mask(segment_record["outputs"]["mask"])
+        union = read_mask(files["mask"])
         scores = score_masks(union, class_mask)
         gt_color = (
             read_rgb(files["gt_color"])
@@ -75,7 +78,7 @@ def figures(
             read_rgb(files["composite_record"]) if "composite_record" in files else None,
             {"iou": scores.iou, "dice": scores.dice},
             auto_masks=[p.mask for p in predictions] if automatic else None,
-            title=f"{frame['image_id']} · all masks vs class GT",
+            title=f"{frame['image_id']} · used mask vs class GT",
         )
         return {"outputs": {"panel": str(write_png(out / "panel.png", panel))}}
 

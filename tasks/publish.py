@@ -35,7 +35,7 @@ def publish(
     ``composite_path``, ``panel_path`` (those that exist).
     """
     wanted = {
-        "mask_path": ("segment", "mask"),
+        "mask_path": ("metrics", "mask"),
         "stylized_path": ("stylize", "stylized"),
         "composite_path": ("composite", "composite"),
         "panel_path": ("figures", "panel"),
