@@ -33,8 +33,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Timing scripts, not tests: each prints measured ratios on its last line.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sam_prompts.py
+	$(PY) benchmarks/bench_pipeline.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -5,6 +5,7 @@ Images are 64 px high and runs take a few objective evaluations, so the file run
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,15 @@ from torchvision.models.vgg import cfgs, make_layers
 from segstyle_core.composite import resize_to
 from segstyle_core.errors import ConfigError, InputError, WeightsError
 from segstyle_core.images import read_rgb
+from segstyle_core.stylize import gatys
 from segstyle_core.stylize.base import Progress
 from segstyle_core.stylize.gatys import (
+    MIN_SIDE,
     GatysConfig,
     GatysStylizer,
+    autocast_dtype,
     content_loss,
+    content_working_size,
     gatys_objective,
     gram_matrix,
     style_loss,
@@ -43,9 +48,13 @@ def vgg_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(**overrides: object) -> GatysConfig:
-    """A small run; shallow layers keep VGG cheap for the tests of the mechanics."""
+    """A small run; shallow layers keep VGG cheap for the tests of the mechanics, which run
+    without coarse-to-fine and plateau stopping unless a test turns them on."""
     shallow = {"content_layers": ("relu2_1",), "style_layers": ("relu1_1", "relu2_1")}
-    return GatysConfig(**{"height": HEIGHT, "iterations": 4, **shallow, **overrides})
+    single_stage = {"coarse_fraction": 0.0, "plateau_tol": 0.0}
+    return GatysConfig(
+        **{"height": HEIGHT, "iterations": 4, **shallow, **single_stage, **overrides}
+    )
 
 
 def _stylizer(vgg_path: Path, config: GatysConfig, **kwargs: object) -> GatysStylizer:
@@ -247,10 +256,27 @@ def test_tiny_style_image_is_an_input_error(vgg_path: Path) -> None:
 
 
 def test_plateau_stops_early(vgg_path: Path) -> None:
-    config = _config(optimizer="adam", iterations=20, plateau_tol=1.0, plateau_patience=2)
+    config = _config(
+        optimizer="adam", iterations=20, plateau_tol=1.0, plateau_patience=2, autocast=None
+    )
     reports: list[Progress] = []
     _stylizer(vgg_path, config).stylize(_content(), _style(), progress=reports.append)
     assert len(reports) == 3  # the window is full after 3 evaluations; no 100 % gain in it
+
+
+def test_plateau_under_autocast_switches_to_float32_first(vgg_path: Path) -> None:
+    config = _config(
+        optimizer="adam", iterations=20, plateau_tol=1.0, plateau_patience=2, autocast="bfloat16"
+    )
+    stylizer = _stylizer(vgg_path, config)
+    dtypes: list[torch.dtype] = []
+    stylizer.extractor.register_forward_hook(
+        lambda _m, _a, out: dtypes.append(out["relu2_1"].dtype)
+    )
+    reports: list[Progress] = []
+    stylizer.stylize(_content(), _style(), progress=reports.append)
+    assert len(reports) == 6  # 3 evaluations to the first plateau, 3 more in float32
+    assert dtypes[-6:] == [torch.bfloat16] * 3 + [torch.float32] * 3
 
 
 def test_missing_vgg_weights_name_the_download_command(
@@ -264,7 +290,14 @@ def test_missing_vgg_weights_name_the_download_command(
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"style_layers": ("conv9_1",)}, {"optimizer": "sgd"}, {"style_layer_weights": (1.0,)}],
+    [
+        {"style_layers": ("conv9_1",)},
+        {"optimizer": "sgd"},
+        {"style_layer_weights": (1.0,)},
+        {"autocast": "float8"},
+        {"content_scale": 0.0},
+        {"coarse_fraction": 1.0},
+    ],
 )
 def test_bad_config_is_a_config_error(overrides: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
@@ -288,10 +321,120 @@ def test_random_weights_are_refused_outside_tests(vgg_path: Path) -> None:
         GatysStylizer(_config(), device="cpu", checkpoint=vgg_path)
 
 
-@pytest.mark.parametrize("overrides", [{"channels_last": True}, {"autocast": "bfloat16"}])
-def test_performance_options_keep_the_result(vgg_path: Path, overrides: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    ("optimizer", "iterations", "option"),
+    [("adam", 3, "channels_last"), ("adam", 3, "autocast"), ("lbfgs", 8, "channels_last")],
+)
+def test_performance_options_keep_the_result(
+    vgg_path: Path, optimizer: str, iterations: int, option: str
+) -> None:
+    """Same pixels with and without the option. (bfloat16 changes L-BFGS's line-search path,
+    so its effect on a whole run is measured on the objective by benchmarks/bench_pipeline.py.)
+    """
     content, style = _content(), _style()
-    plain = _stylizer(vgg_path, _config(optimizer="adam", iterations=2)).stylize(content, style)
-    config = _config(optimizer="adam", iterations=2, **overrides)
-    fast = _stylizer(vgg_path, config).stylize(content, style)
-    assert np.abs(fast.astype(int) - plain.astype(int)).mean() < 1.0
+    plain = _config(optimizer=optimizer, iterations=iterations, autocast=None, channels_last=False)
+    fast = dataclasses.replace(plain, **{option: {"autocast": "bfloat16"}.get(option, True)})
+    expected = _stylizer(vgg_path, plain).stylize(content, style)
+    out = _stylizer(vgg_path, fast).stylize(content, style)
+    assert np.abs(out.astype(int) - expected.astype(int)).mean() < 1.0
+    assert np.abs(out.astype(int) - resize_to(content, out.shape[:2]).astype(int)).mean() > 1
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gram_gradient_is_exact_in_both_layouts(layout: torch.memory_format) -> None:
+    features = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=layout)
+    features.requires_grad_(True)
+    assert torch.autograd.gradcheck(gram_matrix, (features,))
+    weights = torch.randn(2, 3, 3, dtype=torch.float64)
+    (gram_matrix(features) * weights).sum().backward()
+    flat = features.detach().reshape(2, 3, 20).requires_grad_(True)
+    (torch.bmm(flat, flat.transpose(1, 2)) / 60 * weights).sum().backward()
+    torch.testing.assert_close(features.grad.reshape(2, 3, 20), flat.grad)
+    assert features.grad.is_contiguous(memory_format=layout)  # no layout change on the way back
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_autocast_follows_native_bfloat16(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    monkeypatch.setattr(gatys, "native_bfloat16", lambda device: native)
+    expected = torch.bfloat16 if native else None
+    assert autocast_dtype(GatysConfig(autocast="auto"), torch.device("cpu")) == expected
+    assert autocast_dtype(GatysConfig(), torch.device("cpu")) is None  # the seed's float32
+    assert autocast_dtype(GatysConfig(autocast="float16"), torch.device("cpu")) == torch.float16
+
+
+def test_content_scale_paints_at_the_given_scale_with_the_style_at_height(vgg_path: Path) -> None:
+    config = _config(content_scale=0.5, iterations=2)
+    stylizer = _stylizer(vgg_path, config)
+    shapes: list[tuple[int, int]] = []
+    stylizer.extractor.register_forward_pre_hook(
+        lambda _m, args: shapes.append(tuple(args[0].shape[2:]))
+    )
+    out = stylizer.stylize(_content(90, 150), _style(80))
+    assert out.shape == (45, 75, 3)
+    assert shapes[0] == (HEIGHT, HEIGHT)  # the 80×80 style, at the config's height
+    assert set(shapes[1:]) == {(45, 75)}
+    assert content_working_size((40, 300), config) == (MIN_SIDE, 240)  # 20 px enlarged to 32
+    assert content_working_size((40, 300), _config()) == (HEIGHT, 480)
+
+
+def test_coarse_to_fine_starts_the_full_size_run_from_the_coarse_result(vgg_path: Path) -> None:
+    config = _config(optimizer="adam", iterations=7, coarse_fraction=0.55, learning_rate=0.05)
+    stylizer = _stylizer(vgg_path, config)
+    shapes: list[tuple[int, int]] = []
+    stylizer.extractor.register_forward_pre_hook(
+        lambda _m, args: shapes.append(tuple(args[0].shape[2:]))
+    )
+    content, style = _content(), _style()
+    reports: list[Progress] = []
+    out = stylizer.stylize(content, style, progress=reports.append)
+
+    assert out.shape == (HEIGHT, 96, 3)
+    assert [r.step for r in reports] == list(range(1, 8))
+    assert {r.total for r in reports} == {7}
+    evaluated = [s for s in shapes if s not in ((HEIGHT // 2, HEIGHT // 2), (HEIGHT, HEIGHT))]
+    assert evaluated == [(32, 48)] * 5 + [(HEIGHT, 96)] * 4  # content targets + evaluations
+    assert reports[0].losses["content"] == 0  # the coarse stage starts from the content
+    assert reports[4].losses["content"] > 0  # the fine stage from the coarse result
+
+
+def test_a_diverging_objective_stops_the_run_with_the_best_image(
+    vgg_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(optimizer="adam", iterations=10, learning_rate=0.05)
+    stylizer = _stylizer(vgg_path, config)
+    evaluated: list[torch.Tensor] = []
+    stylizer.extractor.register_forward_pre_hook(
+        lambda _m, args: evaluated.append(args[0].detach().clone())
+    )
+    real_total_loss = gatys.total_loss
+    calls: list[int] = []
+
+    def nan_on_the_fourth_call(*args: object) -> dict[str, torch.Tensor]:
+        terms = real_total_loss(*args)
+        calls.append(1)
+        if len(calls) == 4:
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(gatys, "total_loss", nan_on_the_fourth_call)
+    reports: list[Progress] = []
+    out = stylizer.stylize(_content(), _style(), progress=reports.append)
+
+    assert len(calls) == 4 and len(reports) == 3  # stopped at the NaN, which is not reported
+    best = min(range(3), key=lambda i: reports[i].losses["total"])
+    images = evaluated[-4:]  # after the style and content target passes
+    np.testing.assert_array_equal(out, gatys._to_uint8(images[best]))
+
+
+def test_first_convolution_stays_float32_under_autocast(vgg_path: Path) -> None:
+    extractor = load_vgg19_features(vgg_path, ["conv1_1", "relu2_1"])
+    image = torch.rand(1, 3, 32, 40)
+    with torch.no_grad():
+        reference = extractor(image)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = extractor(image)
+    assert mixed["conv1_1"].dtype == torch.float32
+    torch.testing.assert_close(mixed["conv1_1"], reference["conv1_1"])
+    assert mixed["relu2_1"].dtype == torch.bfloat16

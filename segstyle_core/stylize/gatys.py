@@ -9,11 +9,11 @@ image, VGG input as 0..255 pixels minus the ImageNet mean (``normalization="imag
 the weights are calibrated to that scale). The seed paper's own runs used content weight 5000
 and a lower style weight to keep the street's geometry.
 
-The performance options (:class:`GatysConfig` ``autocast``, ``channels_last``,
-``plateau_tol``, ``coarse_iterations``, ``content_scale``) default to what
-``benchmarks/bench_pipeline.py`` measured (see ``benchmarks/README.md``): bfloat16 autocast
-where the device computes it natively and the channels-last layout are on, because they keep
-the objective and halve the step time on a CPU with AVX512-BF16; the others are off.
+The performance options of :class:`GatysConfig` (bfloat16 autocast where the device computes
+it natively, switching to float32 at a loss plateau; the channels-last layout; coarse-to-fine;
+stopping at a float32 plateau; ``content_scale`` for ROI stylization) are off by default, so the
+defaults reproduce the seed's method. ``benchmarks/bench_pipeline.py`` turns them on for its
+optimised path and measures time and objective against the seed's settings.
 
 Loss terms (``F`` features of the image being optimised, ``P`` of the content image, ``G``/``A``
 Gram matrices of the image / the style image, see :func:`gram_matrix`):
@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -89,10 +90,13 @@ class GatysConfig:
         seed: seed of the ``"noise"`` initialisation.
         pooling: VGG pooling, ``"max"`` (torchvision) or ``"avg"`` (Gatys et al.'s suggestion).
         normalization: VGG input scaling, see :data:`segstyle_core.stylize.vgg.NORMALIZATION_STD`.
-        plateau_tol / plateau_patience: stop early once the best total loss improved by less
+        plateau_tol / plateau_patience: a plateau is a best total loss that improved by less
             than ``plateau_tol`` (relative) over the last ``plateau_patience`` evaluations;
-            ``plateau_tol=0`` disables it. Checked after every Adam step and after every
-            L-BFGS ``step()`` call, which then runs ``plateau_patience`` iterations at a time.
+            ``plateau_tol=0`` disables the test. Under autocast, a plateau switches the rest
+            of the stage to float32 (bfloat16's rounding stalls the optimisation near its
+            optimum); in float32 it ends the stage (its unused budget goes to the next).
+            Checked after every Adam step and after every L-BFGS ``step()`` call, which then
+            runs ``plateau_patience`` iterations at a time.
         autocast: run VGG under ``torch.autocast`` in ``"bfloat16"`` or ``"float16"``;
             ``"auto"`` = bfloat16 where the device computes it natively (see
             :func:`native_bfloat16`), else float32; ``None`` = float32. Gram matrices and
@@ -102,9 +106,10 @@ class GatysConfig:
             is still resized to ``height``). With ``height / frame height`` an ROI crop is
             painted at the whole frame's scale, strokes as large as in a whole-frame run.
             A side under 32 px is enlarged to 32 px (aspect kept).
-        coarse_iterations: coarse-to-fine: first this many evaluations at half the working
-            size (content and style both halved), whose result, upsampled, starts the
-            full-size run of ``iterations``; 0 = off. Skipped when half size is under 32 px.
+        coarse_fraction: coarse-to-fine: ``round(iterations * coarse_fraction)`` of the
+            evaluations run first at half the working size (content and style both halved,
+            a quarter of the cost each); their result, upsampled, starts the full-size run of
+            the rest. 0 = off; no coarse stage where half size is under 32 px.
     """
 
     content_layers: tuple[str, ...] = ("conv4_2",)
@@ -122,11 +127,11 @@ class GatysConfig:
     pooling: Pooling = "max"
     normalization: Normalization = "imagenet255"
     plateau_tol: float = 0.0
-    plateau_patience: int = 50
-    autocast: Autocast | None = "auto"
-    channels_last: bool = True
+    plateau_patience: int = 20
+    autocast: Autocast | None = None
+    channels_last: bool = False
     content_scale: float | None = None
-    coarse_iterations: int = 0
+    coarse_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("content_layers", "style_layers", "style_layer_weights"):
@@ -150,7 +155,6 @@ class GatysConfig:
             ("height", MIN_SIDE),
             ("iterations", 1),
             ("plateau_patience", 1),
-            ("coarse_iterations", 0),
         )
         for name, low in minimums:
             if getattr(self, name) < low:
@@ -159,6 +163,8 @@ class GatysConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name}={value} must be > 0")
+        if not 0 <= self.coarse_fraction < 1:
+            raise ConfigError(f"coarse_fraction={self.coarse_fraction}: use 0 (off) up to < 1")
         choices = {
             "optimizer": ("lbfgs", "adam"),
             "init": ("content", "noise", "style"),
@@ -548,17 +554,19 @@ class GatysStylizer:
         cfg = self.config
         check_rgb(content, "content image")
         size = content_working_size(content.shape, cfg)
-        stages = [(size, cfg.height, cfg.iterations)]
-        coarse = (size[0] // 2, size[1] // 2)
-        if cfg.coarse_iterations and min(*coarse, cfg.height // 2) >= MIN_SIDE:
-            stages.insert(0, (coarse, cfg.height // 2, cfg.coarse_iterations))
-        total = sum(budget for _, _, budget in stages)
+        # (working size, style height, budget); None = what the stages before left over
+        stages: list[tuple[tuple[int, int], int, int | None]] = [(size, cfg.height, None)]
+        half = (size[0] // 2, size[1] // 2)
+        coarse = round(cfg.iterations * cfg.coarse_fraction)
+        if coarse and min(*half, cfg.height // 2) >= MIN_SIDE:
+            stages.insert(0, (half, cfg.height // 2, coarse))
         image: torch.Tensor | None = None
         done = 0
         for stage_size, style_height, budget in stages:
             if image is not None:  # coarse result, upsampled, starts the full-size stage
                 image = F.interpolate(image, size=stage_size, mode="bilinear", align_corners=False)
-            run = _Run(cfg, budget, progress, first_step=done, total=total)
+            budget = cfg.iterations - done if budget is None else budget
+            run = _Run(cfg, self.device, budget, progress, first_step=done, total=cfg.iterations)
             image = self._optimise(content, style, stage_size, style_height, image, run)
             done += run.step
         assert image is not None
@@ -576,7 +584,9 @@ class GatysStylizer:
         """Optimise a ``1×3×h×w`` image at ``size = (h, w)`` within ``run``'s budget.
 
         ``init`` starts it (``None`` = the config's ``init``); the style is taken at
-        ``style_height``. Returns the optimised image, detached.
+        ``style_height``. Returns the optimised image, detached; if the objective becomes NaN
+        or infinite (a diverging line search), the run stops and returns the best image it
+        evaluated.
         """
         cfg = self.config
         content_t = _to_tensor(content, size, self.device)
@@ -591,13 +601,12 @@ class GatysStylizer:
 
         def objective() -> float:
             optimizer.zero_grad()
-            terms = total_loss(
-                _features(self.extractor, image, cfg), image, content_targets, style_grams, cfg
-            )
+            features = _features(self.extractor, image, run.config)  # run.config may switch
+            terms = total_loss(features, image, content_targets, style_grams, cfg)
             terms["total"].backward()
-            return run.record(terms)
+            return run.record(terms, image)
 
-        with torch.enable_grad():
+        with torch.enable_grad(), contextlib.suppress(_Diverged):
             if cfg.optimizer == "adam":
                 optimizer: torch.optim.Optimizer = torch.optim.Adam([image], lr=cfg.learning_rate)
                 while not run.done():
@@ -616,6 +625,8 @@ class GatysStylizer:
                     optimizer.step(objective)
                     if run.step - before <= 1:  # converged: the gradient vanished
                         break
+        if run.diverged:
+            return start if run.best_image is None else run.best_image
         return image.detach()
 
     def _initial_image(self, content_t: torch.Tensor, style: np.ndarray) -> torch.Tensor:
@@ -630,43 +641,72 @@ class GatysStylizer:
         return (noise + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).to(self.device)
 
 
+class _Diverged(Exception):
+    """The objective became NaN or infinite: the optimisation stops."""
+
+
 class _Run:
-    """Evaluation counter, progress reports and the plateau test of one optimisation stage.
+    """Evaluation counter, progress reports, best image and plateau test of one stage.
 
     ``budget`` evaluations at most; progress steps count on from ``first_step`` up to
-    ``total`` (the budget of every stage together).
+    ``total`` (the budget of every stage together). :attr:`config` is the stage's config,
+    with ``autocast=None`` once a plateau under autocast switched it to float32.
     """
 
     def __init__(
         self,
         config: GatysConfig,
+        device: torch.device,
         budget: int,
         progress: ProgressCallback | None,
         first_step: int = 0,
         total: int | None = None,
     ) -> None:
         self.config = config
+        self.device = device
         self.budget = budget
         self.progress = progress
         self.first_step = first_step
         self.total = budget if total is None else total
         self.step = 0
         self.best: list[float] = []
+        self.best_image: torch.Tensor | None = None
+        self.diverged = False
 
-    def record(self, terms: Mapping[str, torch.Tensor]) -> float:
-        """Count one evaluation, track the best total, report progress; return the total."""
-        self.step += 1
+    def record(self, terms: Mapping[str, torch.Tensor], image: torch.Tensor) -> float:
+        """Count one evaluation of ``image``, keep the best, report progress; return the total.
+
+        Raises:
+            _Diverged: the total is NaN or infinite (not counted, not reported).
+        """
         losses = {name: value.item() for name, value in terms.items()}
+        if not math.isfinite(losses["total"]):
+            self.diverged = True
+            raise _Diverged
+        self.step += 1
+        if not self.best or losses["total"] < self.best[-1]:
+            self.best_image = image.detach().clone()
         self.best.append(min(losses["total"], self.best[-1]) if self.best else losses["total"])
         if self.progress is not None:
             self.progress(Progress(self.first_step + self.step, self.total, losses))
         return losses["total"]
 
     def done(self) -> bool:
-        """Budget spent, or the best loss improved by under ``plateau_tol`` over the window."""
-        cfg = self.config
+        """Budget spent, or a plateau in float32; a plateau under autocast switches to float32
+        (and restarts the plateau window) instead."""
         if self.step >= self.budget:
             return True
+        if not self._plateau():
+            return False
+        if autocast_dtype(self.config, self.device) is None:
+            return True
+        self.config = replace(self.config, autocast=None)
+        self.best = []
+        return False
+
+    def _plateau(self) -> bool:
+        """The best loss improved by under ``plateau_tol`` over the last ``plateau_patience``."""
+        cfg = self.config
         if cfg.plateau_tol <= 0 or len(self.best) <= cfg.plateau_patience:
             return False
         old = self.best[-1 - cfg.plateau_patience]

@@ -120,11 +120,22 @@ class VGGFeatures(nn.Module):
         return self.mean.device
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Map ``B×3×H×W`` RGB in ``[0, 1]`` to ``{layer: B×C×h×w}`` for :attr:`layers`."""
+        """Map ``B×3×H×W`` RGB in ``[0, 1]`` to ``{layer: B×C×h×w}`` for :attr:`layers`.
+
+        ``conv1_1`` always runs in float32, also under ``torch.autocast``: bfloat16 keeps 8
+        significant bits, so the normalised pixels (about ±128) would be rounded to steps of
+        up to half a grey level. That hides the small steps of L-BFGS's line search, which
+        then stalls or diverges (measured by ``benchmarks/bench_pipeline.py``); ``conv1_1``
+        is 0.5 % of the network's FLOPs.
+        """
         x = (image - self.mean) / self.std
         out: dict[str, torch.Tensor] = {}
-        for name, module in zip(self._names, self.features, strict=True):
-            x = module(x)
+        for index, (name, module) in enumerate(zip(self._names, self.features, strict=True)):
+            if index == 0:
+                with torch.autocast(x.device.type, enabled=False):
+                    x = module(x.float())
+            else:
+                x = module(x)
             if name in self._wanted:
                 out[name] = x
         return out

@@ -1,0 +1,700 @@
+"""Naive seed method vs segstyle's optimised path: time, peak memory and Gatys objective.
+
+Modes (all in one process, on the same generated demo frames and the project's default style):
+
+* default: the naive method (SAM and VGG19 reloaded for every image, whole-frame Gatys at
+  the seed's settings in float32, no caching), then segstyle's optimised path (models loaded
+  once, SAM embedding cache, style targets cached, ROI stylization at the frame's scale,
+  the :class:`~segstyle_core.stylize.gatys.GatysConfig` performance defaults). Last line:
+  ``speedup=<naive_time/optimised_time> objective_ratio=<optimised_objective/naive_objective>``.
+* ``--ablation``: the optimised path again with one optimisation changed at a time.
+* ``--rss 4,16``: the optimised path over 16 images; after 4 and after 16: the run's peak RSS,
+  the peak since the first image (processing only) and the current RSS.
+* ``--step``: one VGG19 forward+backward of the Gatys objective at 400×800 in float32 and
+  bfloat16 autocast, against the floor set by this machine's GEMM rate.
+
+Quality = the Gatys objective (content + style + TV, the seed's layers and weights, float32,
+one VGG) of the final composite, cropped to the mask's bounding box and taken at the
+whole-frame run's scale (``height / frame height``; style at ``height``), with the original
+crop as content. The same measurement, extractor and mask serve both paths.
+
+Without checkpoints (``--vgg``/``--sam``, or the files ``segstyle weights download`` puts in
+place) VGG19 and SAM get RANDOM weights: timings are real, SAM's masks are meaningless (the
+composite then uses the ground-truth instance mask of the prompt), and the objective compares
+both paths under the same random VGG, a like-for-like check but not a perceptual one.
+
+    python benchmarks/bench_pipeline.py                     # small settings, a few minutes
+    python benchmarks/bench_pipeline.py --ablation
+    python benchmarks/bench_pipeline.py --rss 4,16
+    python benchmarks/bench_pipeline.py --step
+    python benchmarks/bench_pipeline.py --seed-settings     # 2048×1024, 400 px, 1000 its, ViT-L
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import gc
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models import vgg19
+
+from segstyle_core import cityscapes, weights
+from segstyle_core.composite import composite
+from segstyle_core.demo_data import generate_demo_dataset
+from segstyle_core.devices import resolve_device
+from segstyle_core.errors import WeightsError
+from segstyle_core.images import read_rgb
+from segstyle_core.metrics import iou
+from segstyle_core.prompts import prompts_from_instances
+from segstyle_core.roi import roi_box, stylize_roi
+from segstyle_core.segment.base import Prompt
+from segstyle_core.segment.sam import SAM_BUILDERS, SamSegmenter, build_sam_tiny, load_sam
+from segstyle_core.styles import style_path
+from segstyle_core.stylize import Progress, gatys
+from segstyle_core.stylize.gatys import GatysConfig, GatysStylizer, gatys_objective
+from segstyle_core.stylize.vgg import VGGFeatures, load_vgg19_features
+
+RANDOM = "random-weights"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Problem size: demo frame ``(width, height)``, Gatys working height and budget, SAM."""
+
+    frame_size: tuple[int, int]
+    height: int
+    iterations: int
+    sam_variant: str
+
+
+SMALL = Settings(frame_size=(1024, 512), height=200, iterations=100, sam_variant="tiny")
+SEED = Settings(frame_size=(2048, 1024), height=400, iterations=1000, sam_variant="vit_l")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One demo frame: ``H×W×3 uint8`` image, the box prompt of its largest car and that
+    car's ground-truth ``H×W bool`` mask."""
+
+    image_id: str
+    image: np.ndarray
+    prompt: Prompt
+    gt_mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Weight files for both models; ``*_sha256 == RANDOM`` marks generated random weights."""
+
+    vgg: Path
+    vgg_sha256: str
+    sam_variant: str
+    sam: Path
+    sam_sha256: str
+
+    @property
+    def random(self) -> bool:
+        return RANDOM in (self.vgg_sha256, self.sam_sha256)
+
+
+@dataclass(frozen=True)
+class PathOptions:
+    """How one path runs: Gatys settings, ROI or whole frame, models reused or reloaded."""
+
+    config: GatysConfig
+    roi: bool = True
+    reload: bool = False  # load SAM and VGG for every image (so no style-target cache either)
+    embedding_cache: bool = True
+
+
+@dataclass
+class PathResult:
+    """Per-image composites and masks, stage seconds, peak memory of one path."""
+
+    composites: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    evaluations: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    start_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0
+    peak_cuda_mb: float | None = None
+
+    def count(self, _progress: Progress) -> None:
+        """Progress callback: count Gatys objective evaluations."""
+        self.evaluations += 1
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] += time.perf_counter() - start
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+
+def reset_peak_rss() -> float:
+    """Give freed heap back to the OS, reset this process's peak-RSS mark (Linux
+    ``clear_refs`` code 5) and return the resident set size now, in MiB."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed memory otherwise
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size since the last :func:`reset_peak_rss` (``VmHWM``), in MiB."""
+    return _status_mb("VmHWM")
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status: memory figures need Linux")
+
+
+# --- inputs and models ----------------------------------------------------------------------
+
+
+def make_frames(settings: Settings, count: int, out: Path) -> list[Frame]:
+    """``count`` generated demo frames with the box of their largest car as the prompt."""
+    root = generate_demo_dataset(
+        out, size=settings.frame_size, frames_per_city=count, cities=["zurich"]
+    )
+    frames = []
+    for frame in cityscapes.sample_city(root, "train", "zurich").frames:
+        image = read_rgb(frame.image_path)
+        instances = cityscapes.load_instances(frame, ["car"], image)
+        (prompt,) = prompts_from_instances(instances, mode="largest")
+        mask = next(i.mask for i in instances if i.instance_id == prompt.instance_id)
+        frames.append(Frame(frame.image_id, image, prompt, mask))
+    return frames
+
+
+def _official(given: Path | None, name: str) -> tuple[Path, str] | None:
+    """``(path, sha256)`` of a given or downloaded official checkpoint; ``None`` if absent."""
+    if given is not None:
+        return given, weights.verify_checkpoint(given, name)
+    try:
+        path = weights.find_checkpoint(name)
+    except WeightsError:
+        return None
+    return path, weights.verify_checkpoint(path, name)
+
+
+def vgg_checkpoint(args: argparse.Namespace, out: Path) -> tuple[Path, str]:
+    """``--vgg`` or the downloaded VGG19; else torchvision's full ``vgg19()`` (classifier
+    included, as the official file, so reloading costs the same) with random weights."""
+    found = _official(args.vgg, "vgg19")
+    if found is not None:
+        return found
+    torch.manual_seed(0)
+    path = out / "vgg19-random.pth"
+    torch.save(vgg19().state_dict(), path)
+    return path, RANDOM
+
+
+def prepare_checkpoints(args: argparse.Namespace, variant: str, out: Path) -> Checkpoints:
+    """Real checkpoints where given or downloaded; else random weights saved under ``out``."""
+    vgg, vgg_sha256 = vgg_checkpoint(args, out)
+    official = f"sam_{variant}" in weights.CHECKPOINTS
+    sam = _official(args.sam, f"sam_{variant}") if official else None
+    if sam is None:
+        SAM_BUILDERS.setdefault("tiny", build_sam_tiny)  # the registry's test entry
+        torch.manual_seed(0)
+        sam = out / f"sam-{variant}-random.pth", RANDOM
+        torch.save(SAM_BUILDERS[variant]().state_dict(), sam[0])
+    return Checkpoints(vgg, vgg_sha256, variant, *sam)
+
+
+def load_extractor(ckpt: Checkpoints, config: GatysConfig) -> VGGFeatures:
+    return load_vgg19_features(ckpt.vgg, config.layers, config.pooling, config.normalization)
+
+
+def seed_config(settings: Settings) -> GatysConfig:
+    """The seed's Gatys settings, every performance option off (float32, no early stop)."""
+    return GatysConfig(
+        height=settings.height,
+        iterations=settings.iterations,
+        autocast=None,
+        channels_last=False,
+        plateau_tol=0.0,
+        coarse_fraction=0.0,
+    )
+
+
+#: The performance options the optimised path turns on (GatysConfig keeps the seed's
+#: behaviour by default until the benchmark shows a win at the seed's settings).
+PERFORMANCE_OPTIONS: dict[str, object] = {
+    "autocast": "auto",
+    "channels_last": True,
+    "plateau_tol": 1e-3,
+    "plateau_patience": 20,
+    "coarse_fraction": 0.5,
+}
+
+
+def optimised_config(settings: Settings, iterations: int, **overrides: object) -> GatysConfig:
+    """The performance options, the crop painted at the whole frame's scale."""
+    scale = settings.height / settings.frame_size[1]
+    options = {**PERFORMANCE_OPTIONS, **overrides}
+    return GatysConfig(
+        height=settings.height, iterations=iterations, content_scale=scale, **options
+    )
+
+
+def measure_config(settings: Settings) -> GatysConfig:
+    """The quality measurement: seed weights, float32, at the whole-frame run's scale."""
+    scale = settings.height / settings.frame_size[1]
+    return dataclasses.replace(seed_config(settings), content_scale=scale)
+
+
+# --- the two paths --------------------------------------------------------------------------
+
+
+def run_path(
+    frames: list[Frame],
+    style: np.ndarray,
+    ckpt: Checkpoints,
+    options: PathOptions,
+    device: torch.device,
+    cache_dir: Path,
+    keep: bool = True,
+    after_image: Callable[[int], None] | None = None,
+) -> PathResult:
+    """Segment, stylize and composite every frame; time every stage, track peak memory.
+
+    ``options.reload`` loads both models inside every image's timing (the naive method);
+    otherwise they load once, and that time is part of the path's total. ``keep`` keeps
+    composites and masks in the result; ``after_image(n)`` runs after the n-th image.
+    """
+    result = PathResult(start_rss_mb=reset_peak_rss())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+
+    def load() -> tuple[SamSegmenter, GatysStylizer]:
+        with result.stage("load"):
+            sam = load_sam(ckpt.sam_variant, ckpt.sam, device)
+            cache = cache_dir if options.embedding_cache else None
+            segmenter = SamSegmenter.from_model(sam, ckpt.sam_variant, ckpt.sam_sha256, cache)
+            extractor = load_extractor(ckpt, options.config)
+            return segmenter, GatysStylizer(options.config, device=device, extractor=extractor)
+
+    models = None if options.reload else load()
+    for index, frame in enumerate(frames, start=1):
+        segmenter, stylizer = load() if models is None else models
+        with result.stage("segment"):
+            (prediction,) = segmenter.segment(frame.image, [frame.prompt])
+        mask = frame.gt_mask if ckpt.sam_sha256 == RANDOM else prediction.mask
+        with result.stage("stylize"):
+            if options.roi:
+                stylized = stylize_roi(stylizer, frame.image, style, mask, progress=result.count)
+            else:
+                stylized = stylizer.stylize(frame.image, style, progress=result.count)
+        with result.stage("composite"):
+            final = composite(frame.image, stylized, mask)
+        if keep:
+            result.composites.append(final)
+            result.masks.append(mask)
+        if after_image is not None:
+            after_image(index)
+    result.seconds = time.perf_counter() - start
+    result.cpu_seconds = time.process_time() - cpu_start
+    result.peak_rss_mb = peak_rss_mb()
+    if device.type == "cuda":
+        result.peak_cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+def objectives(
+    frames: list[Frame],
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    style: np.ndarray,
+    extractor: VGGFeatures,
+    config: GatysConfig,
+) -> list[float]:
+    """Total Gatys objective of each image on its mask's bounding box (see the module doc)."""
+    totals = []
+    for frame, image, mask in zip(frames, images, masks, strict=True):
+        x0, y0, x1, y1 = roi_box(mask, margin_pct=0.0)
+        crop = (slice(y0, y1), slice(x0, x1))
+        terms = gatys_objective(image[crop], frame.image[crop], style, extractor, config)
+        totals.append(terms["total"])
+    return totals
+
+
+HEADER = (
+    f"{'path':<26}{'s/image':>9}{'cpu s/img':>10}{'evals/img':>10}{'peak RSS MiB':>14}"
+    f"{'(start)':>9}{'objective':>12}{'speedup':>9}{'cpu x':>7}{'obj ratio':>10}{'worst':>8}"
+)
+
+
+def row(
+    name: str,
+    result: PathResult,
+    naive: PathResult,
+    totals: list[float],
+    naive_totals: list[float],
+) -> tuple[str, float, float]:
+    """One table line; also returns the speedup and the objective ratio (of the means)."""
+    count = len(totals)
+    speedup = naive.seconds / result.seconds
+    ratio = statistics.mean(totals) / statistics.mean(naive_totals)
+    cpu_speedup = naive.cpu_seconds / result.cpu_seconds
+    worst = max(t / n for t, n in zip(totals, naive_totals, strict=True))
+    line = (
+        f"{name:<26}{result.seconds / count:9.2f}{result.cpu_seconds / count:10.2f}"
+        f"{result.evaluations / count:10.1f}{result.peak_rss_mb:14.0f}{result.start_rss_mb:9.0f}"
+        f"{statistics.mean(totals):12.4g}{speedup:9.2f}{cpu_speedup:7.2f}{ratio:10.4f}{worst:8.4f}"
+    )
+    if result.peak_cuda_mb is not None:
+        line += f"  peak CUDA {result.peak_cuda_mb:.0f} MiB"
+    return line, speedup, ratio
+
+
+def stages(name: str, result: PathResult, count: int) -> str:
+    parts = " ".join(f"{k}={v / count:.2f}" for k, v in result.stages.items())
+    return f"  {name}: seconds per image: {parts}"
+
+
+def banner(ckpt: Checkpoints) -> None:
+    if ckpt.random:
+        kinds = [
+            n for n, s in (("VGG19", ckpt.vgg_sha256), ("SAM", ckpt.sam_sha256)) if s == RANDOM
+        ]
+        print("!" * 100)
+        print(
+            f"!!! RANDOM WEIGHTS for {' and '.join(kinds)}: timings are real; SAM masks are "
+            "meaningless (composites use the GT instance mask);"
+        )
+        print(
+            "!!! objectives compare both paths under the same random VGG19: like for like, "
+            "not a perceptual quality measure."
+        )
+        print("!" * 100)
+
+
+# --- modes ------------------------------------------------------------------------------------
+
+
+def compare(args: argparse.Namespace, settings: Settings, device: torch.device, tmp: Path) -> None:
+    """Naive path, then the optimised path (and ablation variants); the table and last line."""
+    frames = make_frames(settings, args.frames, tmp / "demo")
+    style = read_rgb(style_path())
+    ckpt = prepare_checkpoints(args, settings.sam_variant, tmp)
+    banner(ckpt)
+    print(
+        f"device={device} threads={torch.get_num_threads()} frames={len(frames)} "
+        f"frame={settings.frame_size[0]}x{settings.frame_size[1]} height={settings.height} "
+        f"iterations={settings.iterations} sam={settings.sam_variant}"
+    )
+    iterations = args.opt_iterations or settings.iterations
+    naive_options = PathOptions(
+        seed_config(settings), roi=False, reload=True, embedding_cache=False
+    )
+    variants = {"optimised": PathOptions(optimised_config(settings, iterations))}
+    if args.ablation:
+        variants.update(ablation_variants(optimised_config(settings, iterations)))
+    measure = measure_config(settings)
+    extractor = load_extractor(ckpt, measure).to(device)
+    naive = run_path(frames, style, ckpt, naive_options, device, tmp / "cache-naive")
+    masks = naive.masks  # the measurement region of both paths
+
+    def measured(result: PathResult) -> list[float]:
+        return objectives(frames, result.composites, masks, style, extractor, measure)
+
+    naive_totals = measured(naive)
+    unstylized = objectives(frames, [f.image for f in frames], masks, style, extractor, measure)
+    print(HEADER)
+    print(row("naive (seed method)", naive, naive, naive_totals, naive_totals)[0], flush=True)
+    details = [stages("naive", naive, len(frames))]
+    summary = ""
+    for name, options in variants.items():
+        result = run_path(frames, style, ckpt, options, device, tmp / f"cache-{name}")
+        line, speedup, ratio = row(name, result, naive, measured(result), naive_totals)
+        print(line, flush=True)
+        details.append(stages(name, result, len(frames)))
+        if min(iou(a, b) for a, b in zip(result.masks, masks, strict=True)) < 1:
+            details.append(f"  {name}: its SAM masks differ from the naive path's")
+        summary = summary or f"speedup={speedup:.3f} objective_ratio={ratio:.4f}"
+    print("\n".join(details))
+    print(
+        f"objective of the unstylized crops (the start of both paths): "
+        f"{statistics.mean(unstylized):.4g}"
+    )
+    banner(ckpt)
+    print(summary)
+
+
+def ablation_variants(base: GatysConfig) -> dict[str, PathOptions]:
+    """The optimised path with one thing changed each, relative to ``base`` (its defaults)."""
+
+    def flip(name: str, on: object, off: object) -> tuple[str, PathOptions]:
+        enabled = getattr(base, name) != off
+        label = f"{name} {'off' if enabled else on}"
+        return label, PathOptions(dataclasses.replace(base, **{name: off if enabled else on}))
+
+    whole = dataclasses.replace(base, content_scale=None)
+    return dict(
+        [
+            ("ROI off (whole frame)", PathOptions(whole, roi=False)),
+            ("models reloaded", PathOptions(base, reload=True)),
+            flip("autocast", "bfloat16", None),
+            flip("channels_last", True, False),
+            flip("coarse_fraction", 0.5, 0.0),
+            flip("plateau_tol", 1e-3, 0.0),
+            (
+                "half budget",
+                PathOptions(dataclasses.replace(base, iterations=base.iterations // 2)),
+            ),
+        ]
+    )
+
+
+def rss(args: argparse.Namespace, settings: Settings, device: torch.device, tmp: Path) -> None:
+    """The optimised path over the most images asked for (counts above 1). After each count:
+    the peak RSS of the whole run (loading the models included), the peak since the first
+    image was done (processing only) and the current RSS (what stays)."""
+    counts = sorted(int(n) for n in args.rss.split(","))
+    frames = make_frames(settings, counts[-1], tmp / "demo")
+    style = read_rgb(style_path())
+    ckpt = prepare_checkpoints(args, settings.sam_variant, tmp)
+    banner(ckpt)
+    options = PathOptions(optimised_config(settings, args.opt_iterations or settings.iterations))
+    first_image_peak = 0.0
+    marks: dict[int, tuple[float, float, float]] = {}
+
+    def record(done: int) -> None:
+        nonlocal first_image_peak
+        if done == 1:
+            first_image_peak = peak_rss_mb()
+            reset_peak_rss()
+        if done in counts:
+            processing = peak_rss_mb()
+            marks[done] = max(first_image_peak, processing), processing, _status_mb("VmRSS")
+            print(
+                f"after {done:3d} images: peak_rss={marks[done][0]:.0f}MiB "
+                f"processing_peak_rss={processing:.0f}MiB rss={marks[done][2]:.0f}MiB",
+                flush=True,
+            )
+
+    result = run_path(
+        frames, style, ckpt, options, device, tmp / "cache", keep=False, after_image=record
+    )
+    print(f"rss before loading the models: {result.start_rss_mb:.0f}MiB")
+    first, last = counts[0], counts[-1]
+    ratios = [b / a for a, b in zip(marks[first], marks[last], strict=True)]
+    print(
+        f"rss_ratio_{last}_vs_{first}: peak={ratios[0]:.4f} processing_peak={ratios[1]:.4f} "
+        f"current={ratios[2]:.4f}"
+    )
+
+
+@contextlib.contextmanager
+def autograd_gram() -> Iterator[None]:
+    """Swap in the seed's Gram matrix (``bmm(F, Fᵀ)`` with autograd's two-product backward)."""
+
+    def plain(features: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = features.shape
+        flat = features.reshape(b, c, h * w)
+        return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+
+    original = gatys.gram_matrix
+    gatys.gram_matrix = plain
+    try:
+        yield
+    finally:
+        gatys.gram_matrix = original
+
+
+def gemm_rate(dtype: torch.dtype, device: torch.device, n: int = 4096) -> float:
+    """Best GFLOP/s of an ``n×n`` matrix product in ``dtype``: the rate this machine reaches."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    rates = []
+    for _ in range(4):
+        start = time.perf_counter()
+        torch.mm(a, a)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return max(rates[1:])  # the first run warms up
+
+
+def step_variants(compile_: bool) -> dict[str, tuple[GatysConfig, bool, bool]]:
+    """``{name: (config, seed Gram, torch.compile)}`` for :func:`step`."""
+    variants = {
+        "float32 autograd Gram (seed)": (
+            GatysConfig(autocast=None, channels_last=False),
+            True,
+            False,
+        )
+    }
+    for dtype in (None, "bfloat16"):
+        for layout in (False, True):
+            name = f"{dtype or 'float32'}{' channels_last' if layout else ''}"
+            variants[name] = (GatysConfig(autocast=dtype, channels_last=layout), False, False)
+    if compile_:
+        for name in ("float32", "bfloat16 channels_last"):
+            variants[f"{name} compiled"] = (variants[name][0], False, True)
+    return variants
+
+
+def make_evaluation(
+    extractor: VGGFeatures,
+    config: GatysConfig,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    seed_gram: bool,
+    compiled: bool,
+) -> Callable[[], tuple[float, torch.Tensor]]:
+    """One objective evaluation (forward + backward to the pixels) of ``content * 0.8 + 0.1``
+    against ``content``'s and ``style``'s targets; returns the total and the gradient."""
+    device = content.device
+    if config.channels_last:
+        extractor = extractor.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        grams = gatys._grams(gatys._features(extractor, style, config), config.style_layers)
+        features = gatys._features(extractor, content, config)
+    targets = {name: features[name] for name in config.content_layers}
+    network = torch.compile(extractor) if compiled else extractor
+    image = (content * 0.8 + 0.1).requires_grad_(True)
+
+    def evaluate() -> tuple[float, torch.Tensor]:
+        image.grad = None
+        with autograd_gram() if seed_gram else contextlib.nullcontext():
+            terms = gatys.total_loss(
+                gatys._features(network, image, config), image, targets, grams, config
+            )
+            terms["total"].backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return terms["total"].item(), image.grad.clone()
+
+    return evaluate
+
+
+def step(args: argparse.Namespace, device: torch.device, tmp: Path) -> None:
+    """Time one objective evaluation per variant (interleaved repeats) against the floor."""
+    height, width = (int(v) for v in args.step_size.split("x"))
+    vgg, sha256 = vgg_checkpoint(args, tmp)
+    if sha256 == RANDOM:
+        print("!!! RANDOM WEIGHTS for VGG19: timings are real; objectives are under random VGG19")
+    generator = torch.Generator().manual_seed(0)
+    content = torch.rand(1, 3, height, width, generator=generator).to(device)
+    style = torch.rand(1, 3, height, height, generator=generator).to(device)
+    runs = {}
+    for name, (config, seed_gram, compiled) in step_variants(args.compile).items():
+        extractor = load_vgg19_features(vgg, config.layers, config.pooling, config.normalization)
+        runs[name] = make_evaluation(
+            extractor.to(device), config, content, style, seed_gram, compiled
+        )
+        start = time.perf_counter()
+        runs[name]()  # warm-up: oneDNN primitives, compilation
+        print(f"{name:<34} first call {time.perf_counter() - start:.2f}s", flush=True)
+    with FlopCounterMode(display=False) as counter:
+        runs["float32"]()
+    gflop = counter.get_total_flops() / 1e9
+    times: dict[str, list[float]] = defaultdict(list)
+    last: dict[str, tuple[float, torch.Tensor]] = {}
+    for _ in range(args.repeats):  # interleaved: a load change hits every variant alike
+        for name, evaluate in runs.items():
+            start = time.perf_counter()
+            last[name] = evaluate()
+            times[name].append(time.perf_counter() - start)
+    rates = {dtype: gemm_rate(dtype, device) for dtype in (torch.float32, torch.bfloat16)}
+    print(
+        f"device={device} threads={torch.get_num_threads()} image={height}x{width} "
+        f"evaluation={gflop:.1f} GFLOP (FlopCounterMode: conv forward, conv backward to the "
+        "input, Gram products)"
+    )
+    for dtype, rate in rates.items():
+        print(f"{str(dtype):<15} GEMM {rate:6.0f} GFLOP/s -> floor {gflop / rate:.3f} s")
+    ref_total, ref_grad = last["float32"]
+    reference = min(times["float32"])
+    for name, seconds in times.items():
+        total, grad = last[name]
+        cosine = torch.nn.functional.cosine_similarity(grad.flatten(), ref_grad.flatten(), dim=0)
+        print(
+            f"{name:<34} min={min(seconds):.3f}s median={statistics.median(seconds):.3f}s "
+            f"ratio_vs_float32={min(seconds) / reference:.3f} "
+            f"GFLOP/s={gflop / min(seconds):.0f} objective_rel_diff={total / ref_total - 1:+.2e} "
+            f"grad_cosine={cosine:.5f}"
+        )
+    best = min(
+        seconds for name, seconds in ((n, min(t)) for n, t in times.items()) if "bfloat16" in name
+    )
+    print(
+        f"step_float32={reference:.3f}s step_bfloat16_best={best:.3f}s "
+        f"float32_floor={gflop / rates[torch.float32]:.3f}s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--seed-settings", action="store_true", help="2048x1024, 400 px, 1000 its, SAM ViT-L"
+    )
+    parser.add_argument("--frames", type=int, default=2, help="demo frames to process")
+    parser.add_argument("--height", type=int, help="Gatys working height of the whole frame")
+    parser.add_argument("--iterations", type=int, help="naive L-BFGS evaluation budget")
+    parser.add_argument("--opt-iterations", type=int, help="optimised budget (default: the same)")
+    parser.add_argument("--frame-size", help="demo frame WxH, e.g. 1024x512")
+    parser.add_argument("--sam-variant", help="tiny, vit_b, vit_l or vit_h")
+    parser.add_argument("--vgg", type=Path, help="VGG19 checkpoint (default: downloaded or random)")
+    parser.add_argument("--sam", type=Path, help="SAM checkpoint (default: downloaded or random)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--ablation", action="store_true", help="also run one-change variants")
+    mode.add_argument(
+        "--rss", metavar="N,M", help="peak RSS of the optimised path after N, M images"
+    )
+    mode.add_argument("--step", action="store_true", help="time one VGG19 forward+backward")
+    parser.add_argument("--step-size", default="400x800", help="HxW of --step")
+    parser.add_argument("--repeats", type=int, default=5, help="--step repeats")
+    parser.add_argument("--compile", action="store_true", help="--step: also torch.compile")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = SEED if args.seed_settings else SMALL
+    settings = Settings(
+        frame_size=tuple(int(v) for v in args.frame_size.split("x"))
+        if args.frame_size
+        else base.frame_size,
+        height=args.height or base.height,
+        iterations=args.iterations or base.iterations,
+        sam_variant=args.sam_variant or base.sam_variant,
+    )
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory(prefix="segstyle-bench-") as tmp:
+        if args.step:
+            step(args, device, Path(tmp))
+        elif args.rss:
+            rss(args, settings, device, Path(tmp))
+        else:
+            compare(args, settings, device, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
