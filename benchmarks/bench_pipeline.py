@@ -5,7 +5,8 @@ Modes (all in one process, on the same generated demo frames and the project's d
 * default: the naive method (SAM and VGG19 reloaded for every image, whole-frame Gatys at
   the seed's settings in float32, no caching), then segstyle's optimised path (models loaded
   once, SAM embedding cache, style targets cached, ROI stylization at the frame's scale,
-  the :class:`~segstyle_core.stylize.gatys.GatysConfig` performance defaults). Last line:
+  the :class:`~segstyle_core.stylize.gatys.GatysConfig` performance options in
+  :data:`PERFORMANCE_OPTIONS`). Last line:
   ``speedup=<naive_time/optimised_time> objective_ratio=<optimised_objective/naive_objective>``.
 * ``--ablation``: the optimised path again with one optimisation changed at a time.
 * ``--rss 4,16``: the optimised path over 16 images; after 4 and after 16: the run's peak RSS,
@@ -242,8 +243,8 @@ def seed_config(settings: Settings) -> GatysConfig:
     )
 
 
-#: The performance options the optimised path turns on (GatysConfig keeps the seed's
-#: behaviour by default until the benchmark shows a win at the seed's settings).
+#: The performance options of the optimised path (GatysConfig's defaults, spelled out so the
+#: comparison stays fixed if a default changes).
 PERFORMANCE_OPTIONS: dict[str, object] = {
     "autocast": "auto",
     "channels_last": True,

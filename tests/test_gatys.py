@@ -359,8 +359,8 @@ def test_auto_autocast_follows_native_bfloat16(
 ) -> None:
     monkeypatch.setattr(gatys, "native_bfloat16", lambda device: native)
     expected = torch.bfloat16 if native else None
-    assert autocast_dtype(GatysConfig(autocast="auto"), torch.device("cpu")) == expected
-    assert autocast_dtype(GatysConfig(), torch.device("cpu")) is None  # the seed's float32
+    assert autocast_dtype(GatysConfig(), torch.device("cpu")) == expected  # default "auto"
+    assert autocast_dtype(GatysConfig(autocast=None), torch.device("cpu")) is None
     assert autocast_dtype(GatysConfig(autocast="float16"), torch.device("cpu")) == torch.float16
 
 
