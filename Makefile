@@ -13,51 +13,69 @@ export DO_NOT_TRACK := 1
 
 .PHONY: venv demo test test-fast bench lint server deploy worker chromium clean
 
-venv: $(STAMP)
-
 # torch 2.14.1 / torchvision 0.29.1 are the builds this machine's pip finds on disk;
 # they are installed first so the resolver never reaches for another build.
+# The install is editable in setuptools' strict mode: a tree of links under build/ maps
+# `segstyle.tasks` -> tasks/ and `segstyle.flows` -> flows/ (see pyproject.toml), so only the
+# project's namespaced packages are importable. A link per module file: the tree is rebuilt
+# whenever a module is added or removed (LINKED's name is a hash of the file list).
+MODULES := $(shell find segstyle_core tasks flows -name '*.py' | sort | sha1sum | cut -c1-12)
+LINKED := $(VENV)/.linked-$(MODULES)
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev]" --config-settings editable_mode=strict
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(LINKED): $(STAMP)
+	rm -f $(VENV)/.linked-*
+	$(PY) -m pip install --quiet --no-deps -e . --config-settings editable_mode=strict
+	touch $(LINKED)
+
+venv: $(LINKED)
+
+demo: $(LINKED)
 	$(VENV)/bin/segstyle demo
 
-test: $(STAMP)
+test: $(LINKED)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(LINKED)
 	$(PY) -m pytest -q -m "not slow"
 
 # Timing scripts, not tests: each prints measured ratios on its last line.
-bench: $(STAMP)
+bench: $(LINKED)
 	$(PY) benchmarks/bench_sam_prompts.py
 	$(PY) benchmarks/bench_pipeline.py
 
-lint: $(STAMP)
+lint: $(LINKED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# Local Prefect server bound to 127.0.0.1 only; the UI is on http://127.0.0.1:4200
-PREFECT_LOCAL_API := http://127.0.0.1:4200/api
+# Local Prefect server bound to 127.0.0.1 only; the UI is on http://127.0.0.1:$(SERVER_PORT).
+# `make deploy` and `make worker` talk to it (run each in its own terminal, same SERVER_PORT).
+SERVER_PORT ?= 4200
+PREFECT_LOCAL_API := http://127.0.0.1:$(SERVER_PORT)/api
+POOL := segstyle-process
 
-server: $(STAMP)
-	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+server: $(LINKED)
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(SERVER_PORT)
 
-deploy: $(STAMP)
-	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect work-pool create segstyle-process --type process --overwrite
+# Creates the process work pool once (an existing one keeps its settings), then deploys every
+# deployment of prefect.yaml; the demo-offline-nightly schedule is active at once.
+deploy: $(LINKED)
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect work-pool inspect $(POOL) >/dev/null 2>&1 \
+		|| PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect work-pool create $(POOL) --type process
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) SEGSTYLE_HOME=$(CURDIR) $(VENV)/bin/prefect --no-prompt deploy --all
 
-worker: $(STAMP)
-	PREFECT_API_URL=$(PREFECT_LOCAL_API) SEGSTYLE_HOME=$(CURDIR) $(VENV)/bin/prefect worker start --pool segstyle-process
+worker: $(LINKED)
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) SEGSTYLE_HOME=$(CURDIR) $(VENV)/bin/prefect worker start --pool $(POOL)
 
-# Debian's Chromium, for the report's headless-browser check.
+# Debian's Chromium, for the report's headless-browser check (as root; once).
 chromium:
-	apt-get update && apt-get install -y chromium
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 
 clean:
 	rm -rf artifacts/cache artifacts/runs artifacts/metrics artifacts/prefect-home

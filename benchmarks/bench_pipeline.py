@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import dataclasses
 import gc
 import statistics
 import tempfile
@@ -53,19 +52,20 @@ from torchvision.models import vgg19
 
 from segstyle_core import cityscapes, weights
 from segstyle_core.composite import composite
-from segstyle_core.demo_data import generate_demo_dataset
+from segstyle_core.demo.dataset import generate_demo_dataset
 from segstyle_core.devices import resolve_device
 from segstyle_core.errors import WeightsError
 from segstyle_core.images import read_rgb
 from segstyle_core.metrics import iou
-from segstyle_core.prompts import prompts_from_instances
+from segstyle_core.prompts.from_gt import prompts_from_instances
 from segstyle_core.roi import roi_box, stylize_roi
 from segstyle_core.segment.base import Prompt
-from segstyle_core.segment.sam import SAM_BUILDERS, SamSegmenter, build_sam_tiny, load_sam
+from segstyle_core.segment.sam import SAM_BUILDERS, SamSegmenter, load_sam
 from segstyle_core.styles import style_path
 from segstyle_core.stylize import Progress, gatys
 from segstyle_core.stylize.gatys import GatysConfig, GatysStylizer, gatys_objective
 from segstyle_core.stylize.vgg import VGGFeatures, load_vgg19_features
+from segstyle_core.testing import build_sam_tiny
 
 RANDOM = "random-weights"
 
@@ -266,7 +266,7 @@ def optimised_config(settings: Settings, iterations: int, **overrides: object) -
 def measure_config(settings: Settings) -> GatysConfig:
     """The quality measurement: seed weights, float32, at the whole-frame run's scale."""
     scale = settings.height / settings.frame_size[1]
-    return dataclasses.replace(seed_config(settings), content_scale=scale)
+    return seed_config(settings).changed(content_scale=scale)
 
 
 # --- the two paths --------------------------------------------------------------------------
@@ -454,9 +454,9 @@ def ablation_variants(base: GatysConfig) -> dict[str, PathOptions]:
     def flip(name: str, on: object, off: object) -> tuple[str, PathOptions]:
         enabled = getattr(base, name) != off
         label = f"{name} {'off' if enabled else on}"
-        return label, PathOptions(dataclasses.replace(base, **{name: off if enabled else on}))
+        return label, PathOptions(base.changed(**{name: off if enabled else on}))
 
-    whole = dataclasses.replace(base, content_scale=None)
+    whole = base.changed(content_scale=None)
     return dict(
         [
             ("ROI off (whole frame)", PathOptions(whole, roi=False)),
@@ -467,7 +467,7 @@ def ablation_variants(base: GatysConfig) -> dict[str, PathOptions]:
             flip("plateau_tol", 1e-3, 0.0),
             (
                 "half budget",
-                PathOptions(dataclasses.replace(base, iterations=base.iterations // 2)),
+                PathOptions(base.changed(iterations=base.iterations // 2)),
             ),
         ]
     )

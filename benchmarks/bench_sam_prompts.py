@@ -24,7 +24,8 @@ from segment_anything import sam_model_registry
 
 from segstyle_core.devices import resolve_device
 from segstyle_core.segment.base import Prompt
-from segstyle_core.segment.sam import SamSegmenter, build_sam_tiny
+from segstyle_core.segment.sam import SamSegmenter
+from segstyle_core.testing import build_sam_tiny
 
 
 def make_segmenters(args: argparse.Namespace, cache_dir: Path) -> tuple[SamSegmenter, SamSegmenter]:

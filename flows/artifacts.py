@@ -1,100 +1,433 @@
-"""Prefect artifacts of a dataset run: metrics table, markdown summary, links to outputs."""
+"""Prefect artifacts of a dataset run: metrics table, markdown summary, report and output links.
+
+Links point at ``segstyle serve`` when ``SEGSTYLE_OUTPUTS_URL`` is set (see
+:mod:`segstyle_core.outputs`); otherwise they are shown as plain file paths, since the UI's
+browser refuses ``file://`` links. Only then does the summary show the worst images as
+thumbnails.
+
+One set per flow run: the keys are built from the run name and the flow run id, and a second
+:func:`publish_artifacts` in the same flow run (a retry) updates those artifacts in place
+(``PATCH /artifacts/{id}``) instead of creating new versions. A flow run's Artifacts tab lists
+*every* artifact of the run, all versions of a key included, so plain keyed creation would show
+each artifact once per attempt.
+"""
 
 from __future__ import annotations
 
+import html
+import json
+import logging
+import math
+import re
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pandas as pd
-from prefect.artifacts import (
-    create_link_artifact,
-    create_markdown_artifact,
-    create_table_artifact,
-)
 
+from segstyle_core.errors import ConfigError
+from segstyle_core.outputs import OUTPUTS_URL_ENV, is_url, output_link, outputs_url
+from segstyle_core.report import METRICS, rank_images
 from segstyle_core.results import COLUMNS
 
-_TABLE_COLUMNS = [
-    "image_id",
-    "prompt_index",
-    "instance_class",
-    "iou",
-    "dice",
-    "iou_instance",
-    "status",
-    "error",
-]
+#: Table artifact columns: artifact column -> results column. Image, status and error first,
+#: so they stay on screen; the headline scores next, the per-prompt class score last.
+TABLE_COLUMNS = {
+    "image_id": "image_id",
+    "status": "status",
+    "error": "error",
+    "prompt": "prompt_index",
+    "class": "instance_class",
+    "instance_iou": "iou_instance",
+    "instance_dice": "dice_instance",
+    "image_iou": "image_iou",
+    "iou_vs_class_gt": "iou",
+}
+
+#: Decimals of the table's scores.
+DIGITS = 3
+
+#: Longest error text in a table cell (the summary and the Parquet file keep the whole line).
+ERROR_CHARS = 160
+
+#: Worst images the summary shows as thumbnails.
+THUMBNAILS = 4
+
+#: Headline labels, each with what it compares.
+LABELS = {
+    "image_iou": ("image IoU", "union of an image's masks vs all GT of its classes"),
+    "iou_instance": ("instance IoU", "each prompt's mask vs its own GT instance"),
+    "iou": (
+        METRICS["iou"][0] + " (per prompt)",
+        "each prompt's mask vs every GT pixel of its class",
+    ),
+}
+
+_log = logging.getLogger(__name__)
 
 
-def _key(text: str) -> str:
-    """Artifact keys allow lower-case letters, digits and dashes only."""
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60]
+def artifact_key(run_name: str, flow_run_id: str | None, kind: str) -> str:
+    """``segstyle-<run name>-<first 8 of the flow run id>-<kind>``: stable across retries.
+
+    Keys allow lower-case letters, digits and dashes; other characters become dashes.
+    """
+    parts = ["segstyle", run_name, (flow_run_id or "")[:8], kind]
+    text = "-".join(p for p in parts if p).lower()
+    return re.sub(r"-+", "-", "".join(c if c.isalnum() and c.isascii() else "-" for c in text))[
+        :100
+    ].strip("-")
 
 
-def summary_markdown(frame: pd.DataFrame, parquet_path: str, title: str) -> str:
-    """The run summary: counts, mean IoU and Dice, failures with their errors."""
+def _md(value: Any) -> str:
+    """Text for a markdown cell or line: no HTML, no table breaks, no link syntax."""
+    text = " ".join(str(value).split())
+    text = html.escape(text, quote=False)
+    return re.sub(r"([\\`*_\[\]|#])", r"\\\1", text)
+
+
+def _code(text: str) -> str:
+    """An inline code span that survives backticks in ``text``."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _link(label: str, target: str) -> str:
+    """``[label](url)`` for an http(s) link; the file path as code otherwise (no file://)."""
+    return f"[{_md(label)}]({target})" if is_url(target) else _code(target)
+
+
+def _num(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "—"
+    return f"{number:.{DIGITS}f}" if math.isfinite(number) else "—"
+
+
+def _mean_per_image(frame: pd.DataFrame, column: str) -> float:
+    return float(frame.drop_duplicates("image_id")[column].astype(float).mean())
+
+
+def headline_metric(frame: pd.DataFrame) -> str:
+    """The score images are ranked by: instance IoU when any prompt has one (instance
+    prompts), else image IoU, else the per-prompt class IoU."""
+    ok = frame[frame["status"].eq("ok")]
+    for column in ("iou_instance", "image_iou", "iou"):
+        if ok[column].notna().any():
+            return column
+    return "iou_instance"
+
+
+def table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The table artifact's rows: :data:`TABLE_COLUMNS`, scores rounded to :data:`DIGITS`,
+    missing values ``None``; failed rows first, then by image and prompt."""
+    frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *COLUMNS])))
+    order = frame.assign(_ok=frame["status"].eq("ok")).sort_values(
+        ["_ok", "image_id", "prompt_index"], kind="stable", na_position="first"
+    )
+    records = []
+    for row in order.to_dict(orient="records"):
+        record: dict[str, Any] = {}
+        for name, column in TABLE_COLUMNS.items():
+            value = row[column]
+            if value is None or (isinstance(value, float) and not math.isfinite(value)):
+                record[name] = None
+            elif column == "prompt_index":
+                record[name] = None if pd.isna(value) else int(value)
+            elif isinstance(value, float):
+                record[name] = round(value, DIGITS)
+            elif pd.isna(value):
+                record[name] = None
+            elif column == "error":
+                text = " ".join(str(value).split())
+                record[name] = text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+            else:
+                record[name] = str(value)
+        records.append(record)
+    return records
+
+
+def _base_url() -> str | None:
+    """``SEGSTYLE_OUTPUTS_URL``, or ``None`` with a warning when it is malformed (the run's
+    work is done by now; its artifacts fall back to file paths rather than failing it)."""
+    try:
+        return outputs_url()
+    except ConfigError as exc:
+        from prefect.exceptions import MissingContextError
+        from prefect.logging import get_run_logger
+
+        try:
+            logger = get_run_logger()
+        except MissingContextError:
+            logger = _log
+        logger.warning("%s; the artifacts show file paths instead of links", exc)
+        return None
+
+
+def _target(path: str | Path, out_root: Path | None, base_url: str | None) -> str:
+    """The served URL of ``path`` when ``base_url`` is given and ``path`` is served; else
+    its absolute file path."""
+    if base_url and out_root is not None:
+        return output_link(path, out_root, base_url)
+    return str(Path(path).resolve())
+
+
+def _thumbnail(image_id: str, row: pd.Series, out_root: Path | None, base_url: str | None) -> str:
+    """A clickable markdown image of the image's panel (else composite), or its file path."""
+    for column in ("panel_path", "composite_path"):
+        path = row.get(column)
+        if isinstance(path, str) and path:
+            target = _target(path, out_root, base_url)
+            if is_url(target):
+                alt = f"{column.removesuffix('_path')} of {image_id}"
+                return f"[![{_md(alt)}]({target})]({target})"
+            return _code(target)
+    return "—"
+
+
+def summary_markdown(
+    frame: pd.DataFrame,
+    parquet_path: str,
+    title: str,
+    *,
+    out_root: str | Path | None = None,
+    report: str | Path | None = None,
+    base_url: str | None = None,
+    thumbnails: int = THUMBNAILS,
+) -> str:
+    """The run summary: headline scores, counts, links, worst images, failures.
+
+    Headlines are the image IoU (mean over images) and the instance IoU (mean over prompts);
+    the per-prompt IoU against all GT of the class is listed under its own label. The worst
+    ``thumbnails`` images by :func:`headline_metric` are shown as clickable markdown images
+    when ``base_url`` is given and the files lie under ``out_root``'s served folders; as file
+    paths otherwise.
+    """
+    frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *COLUMNS])))
     images = frame["image_id"].nunique()
-    failed = frame.loc[frame["status"] == "failed", ["image_id", "error"]].drop_duplicates()
+    ok = frame[frame["status"].eq("ok")]
+    failed = frame.loc[frame["status"].eq("failed"), ["image_id", "error"]].drop_duplicates(
+        "image_id"
+    )
+    image_label, image_means = LABELS["image_iou"]
+    instance_label, instance_means = LABELS["iou_instance"]
+    class_label, class_means = LABELS["iou"]
+    root = Path(out_root) if out_root is not None else None
+
+    def link(label: str, path: str | Path) -> str:
+        return _link(label, _target(path, root, base_url))
+
     lines = [
-        f"# {title}",
+        f"# {_md(title)}",
         "",
-        f"- images: **{images}**, rows: {len(frame)}, failed images: **{len(failed)}**",
-        f"- mean IoU: **{frame['iou'].mean():.3f}**, mean Dice: **{frame['dice'].mean():.3f}**",
-        f"- mean instance IoU: {frame['iou_instance'].mean():.3f}",
-        f"- Parquet: `{parquet_path}`",
+        f"**{image_label} {_num(_mean_per_image(ok, 'image_iou'))}** "
+        f"({image_means}, mean of {ok['image_id'].nunique()} images) · "
+        f"**{instance_label} {_num(ok['iou_instance'].astype(float).mean())}** "
+        f"({instance_means}, mean of {int(ok['iou_instance'].notna().sum())} prompts)",
+        "",
+        f"- images: {images}, prompts: {int(frame['prompt_index'].notna().sum())}, "
+        f"failed images: **{len(failed)}**",
+        f"- {class_label}: {_num(ok['iou'].astype(float).mean())} ({class_means}: low whenever "
+        "an image holds several instances, since each prompt covers one of them)",
     ]
+    if report is not None:
+        lines.append(f"- report: {link('report.html', report)}")
+    lines.append(f"- results: {link(Path(parquet_path).name, parquet_path)}")
+    if not base_url:
+        lines.append(
+            f"- pictures: run `segstyle serve --out DIR` and set `{OUTPUTS_URL_ENV}` "
+            "to see them here"
+        )
+
+    metric = headline_metric(frame)
+    ranked = rank_images(frame, metric) if metric in METRICS else pd.DataFrame()
+    if thumbnails and not ranked.empty:
+        label = LABELS[metric][0]
+        worst = ranked.head(thumbnails)
+        per_image = ok.drop_duplicates("image_id").set_index("image_id")
+        lines += [
+            "",
+            f"## Worst {len(worst)} images by {label}",
+            "",
+            f"| image | {instance_label} | {image_label} | panel |",
+            "|---|---|---|---|",
+        ]
+        for entry in worst.itertuples():
+            first = per_image.loc[entry.image_id]
+            instance = ok.loc[ok["image_id"].eq(entry.image_id), "iou_instance"].astype(float)
+            cells = [
+                _md(entry.image_id),
+                _num(instance.mean()),
+                _num(first["image_iou"]),
+                _thumbnail(entry.image_id, first, root, base_url),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     if len(failed):
         lines += ["", "## Failures", "", "| image | error |", "|---|---|"]
-        lines += [
-            f"| {r.image_id} | {str(r.error).replace('|', '/')} |" for r in failed.itertuples()
-        ]
+        lines += [f"| {_md(r.image_id)} | {_md(r.error)} |" for r in failed.itertuples()]
     return "\n".join(lines)
+
+
+def outputs_markdown(frame: pd.DataFrame, out_root: str | Path, base_url: str | None) -> str:
+    """One line per image: links to its composite, stylized image, mask and panel, or (without
+    a served URL) the image's folder as a path and the names of its files."""
+    columns = [
+        c
+        for c in ("composite_path", "stylized_path", "mask_path", "panel_path")
+        if c in frame and frame[c].notna().any()
+    ]
+    names = [c.removesuffix("_path") for c in columns]
+    linked = bool(base_url)
+    header = ["image", *names] if linked else ["image", "folder", "files"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for image_id, group in frame.groupby("image_id", sort=True):
+        first = group.iloc[0]
+        paths = {n: first[c] for n, c in zip(names, columns, strict=True)}
+        present = {n: p for n, p in paths.items() if isinstance(p, str) and p}
+        if linked:
+            cells = [
+                _link(n, _target(present[n], Path(out_root), base_url)) if n in present else "—"
+                for n in names
+            ]
+        else:
+            folders = {str(Path(p).resolve().parent) for p in present.values()}
+            cells = [
+                " ".join(_code(f + "/") for f in sorted(folders)) or "—",
+                ", ".join(f"{n}.png" for n in present) or "—",
+            ]
+        lines.append(f"| {_md(image_id)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _report_markdown(report: Path, out_root: Path, run_name: str, base_url: str | None) -> str:
+    target = _target(report, out_root, base_url)
+    if is_url(target):
+        return f"[report of {_md(run_name)}]({target})"
+    return (
+        f"report of {_md(run_name)}: {_code(target)} (open it from disk, or run "
+        f"`segstyle serve` and set `{OUTPUTS_URL_ENV}` for a link here)"
+    )
+
+
+def _upsert(
+    client: Any,
+    flow_run_id: str | None,
+    key: str,
+    kind: str,
+    data: str,
+    description: str,
+) -> str:
+    """Update this flow run's artifact ``key`` in place, or create it; return its id.
+
+    Older duplicates of the key in the same flow run (from before this function) are deleted,
+    so the run shows one artifact per key.
+    """
+    from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    run_id = UUID(flow_run_id) if flow_run_id is not None else None
+    existing = []
+    if run_id is not None:
+        existing = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    if existing:
+        newest, *older = existing
+        client.update_artifact(newest.id, ArtifactUpdate(data=data, description=description))
+        for artifact in older:
+            client.delete_artifact(artifact.id)
+        return str(newest.id)
+    created = client.create_artifact(
+        ArtifactCreate(key=key, type=kind, data=data, description=description, flow_run_id=run_id)
+    )
+    return str(created.id)
 
 
 def publish_artifacts(
-    rows: list[dict[str, Any]], parquet_path: str, run_name: str, report: Path
-) -> None:
-    """Create the table, markdown and link artifacts of a run (inside a flow run)."""
+    rows: list[dict[str, Any]],
+    parquet_path: str,
+    run_name: str,
+    report: Path,
+    out_root: str | Path | None = None,
+    *,
+    flow_run_id: str | None = None,
+) -> dict[str, str]:
+    """Create or update the run's four artifacts (inside a flow run); return key -> artifact id.
+
+    Args:
+        rows: the run's result rows (columns of :data:`segstyle_core.results.SCHEMA`).
+        parquet_path: the run's Parquet file.
+        run_name: the flow run's name.
+        report: the run's ``report.html``.
+        out_root: the flows' ``out`` folder, which ``segstyle serve --out`` serves; default:
+            the folder holding ``runs/`` above ``report``.
+        flow_run_id: default: the current flow run's id.
+
+    Artifacts: ``...-metrics`` (table), ``...-summary`` (markdown), ``...-report`` (link to
+    report.html), ``...-outputs`` (markdown table of each image's files).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    report = Path(report)
+    root = Path(out_root) if out_root is not None else _default_root(report)
+    if flow_run_id is None:
+        current = flow_run.get_id()
+        flow_run_id = str(current) if current else None
+    base_url = _base_url()
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    key = _key(f"segstyle-{run_name}")
-    table = frame.reindex(columns=_TABLE_COLUMNS).astype(object)
-    create_table_artifact(
-        table=table.where(table.notna(), None).to_dict(orient="records"),
-        key=f"{key}-metrics",
-        description="Per-image, per-prompt mask scores",
-    )
-    create_markdown_artifact(
-        summary_markdown(frame, parquet_path, f"segstyle run {run_name}"),
-        key=f"{key}-summary",
-        description="Run summary",
-    )
-    create_link_artifact(
-        link=report.resolve().as_uri(),
-        link_text=f"report of {run_name}",
-        key=f"{key}-report",
-        description="Static HTML report: summary, IoU histograms, best/worst panels, failures",
-    )
-    create_markdown_artifact(
-        outputs_markdown(frame),
-        key=f"{key}-outputs",
-        description="Links to each image's outputs",
-    )
-
-
-def outputs_markdown(frame: pd.DataFrame) -> str:
-    """A table with one line per image and links to its composite, stylized image and mask."""
-    columns = [
-        c for c in ("composite_path", "stylized_path", "mask_path", "panel_path") if c in frame
+    artifacts = [
+        (
+            "metrics",
+            "table",
+            json.dumps(table_records(frame)),
+            "Per-image, per-prompt mask scores (failed images first)",
+        ),
+        (
+            "summary",
+            "markdown",
+            summary_markdown(
+                frame,
+                parquet_path,
+                f"segstyle run {run_name}",
+                out_root=root,
+                report=report,
+                base_url=base_url,
+            ),
+            "Run summary: headline IoU, worst images, failures",
+        ),
+        (
+            "report",
+            "markdown",
+            _report_markdown(report, root, run_name, base_url),
+            "Static HTML report: summary, IoU histograms, best/worst panels, failures",
+        ),
+        (
+            "outputs",
+            "markdown",
+            outputs_markdown(frame, root, base_url),
+            "Links to each image's outputs",
+        ),
     ]
-    lines = ["| image | " + " | ".join(c.removesuffix("_path") for c in columns) + " |"]
-    lines.append("|---" * (len(columns) + 1) + "|")
-    for image_id, group in frame.groupby("image_id", sort=True):
-        first = group.iloc[0]
-        cells = [
-            f"[{c.removesuffix('_path')}]({Path(first[c]).resolve().as_uri()})"
-            if isinstance(first[c], str)
-            else "-"
-            for c in columns
-        ]
-        lines.append(f"| {image_id} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    ids = {}
+    with get_client(sync_client=True) as client:
+        for kind, artifact_type, data, description in artifacts:
+            key = artifact_key(run_name, flow_run_id, kind)
+            ids[key] = _upsert(client, flow_run_id, key, artifact_type, data, description)
+    return ids
+
+
+def _default_root(report: Path) -> Path:
+    """``<out>`` of ``<out>/runs/<run name>/report.html``; else the report's folder."""
+    run_dir = report.resolve().parent
+    return run_dir.parent.parent if run_dir.parent.name == "runs" else run_dir

@@ -1,14 +1,15 @@
 """The dataset-wide flows: ``segment_and_stylize`` and ``evaluate_segmentation``.
 
 Per image: binarize GT and derive prompts -> segment -> (stylize -> composite) -> metrics ->
-publish. One image's failure never stops the others: its row is written with status
-``failed`` and its error, and the flow run ends Failed so the Prefect UI offers Retry. A retry
-recomputes only what failed; every finished stage comes back from the content cache.
+figures -> publish. One image's failure never stops the others: its row is written with
+status ``failed`` and its error, and the flow run ends Failed so the Prefect UI offers Retry. A
+retry recomputes only what failed; every finished stage comes back from the run's cache.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +20,33 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from flows.artifacts import publish_artifacts
-from flows.params import backend_specs, style_or_default
-from flows.rows import frame_rows
+from segstyle.flows.artifacts import publish_artifacts
+from segstyle.flows.demo_dataset import ensure_demo_dataset
+from segstyle.flows.rows import frame_rows, run_columns
+from segstyle.tasks.publish import publish
+from segstyle.tasks.sample import sample_city
+from segstyle.tasks.stages import (
+    binarize_gt,
+    composite,
+    figures,
+    score_frame,
+    segment,
+    stylize,
+)
 from segstyle_core import results
+from segstyle_core.cityscapes import Frame
+from segstyle_core.config import (
+    CompositeConfig,
+    DatasetSelection,
+    OutputConfig,
+    PromptConfig,
+    SegmenterConfig,
+    StylizerConfig,
+)
 from segstyle_core.errors import SegstyleError
-from segstyle_core.fileio import file_sha256, sha256_json
-from segstyle_core.pipeline import check_run_inputs
+from segstyle_core.preflight import check_run_inputs
 from segstyle_core.report import write_report
-from tasks.composite import composite
-from tasks.figures import figures
-from tasks.gt import binarize_gt
-from tasks.metrics import score_frame
-from tasks.publish import publish
-from tasks.sample import sample_city
-from tasks.segment import segment
-from tasks.stylize import stylize
+from segstyle_core.stagecache import StageRecord
 
 #: Threads for the task runner: heavy stages still run one at a time per device (device slot).
 DEFAULT_WORKERS = 4
@@ -42,6 +54,26 @@ DEFAULT_WORKERS = 4
 
 class RunFailed(SegstyleError):
     """Some images failed; their rows are in the Parquet file with their errors."""
+
+
+@dataclass
+class FrameFutures:
+    """One frame's stage futures, in pipeline order (absent: the stage did not run)."""
+
+    frame: Frame
+    stages: dict[str, PrefectFuture[Any]] = field(default_factory=dict)
+
+    def first_error(self) -> str | None:
+        """``"<stage>: <one-line error>"`` of the first stage that did not complete."""
+        for name, future in self.stages.items():
+            error = _error_of(future)
+            if error is not None:
+                return f"{name}: {error}"
+        return None
+
+    def records(self) -> dict[str, StageRecord]:
+        """The records of the stages that completed."""
+        return {n: f.result() for n, f in self.stages.items() if _error_of(f) is None}
 
 
 def _error_of(future: PrefectFuture[Any]) -> str | None:
@@ -58,144 +90,105 @@ def _error_of(future: PrefectFuture[Any]) -> str | None:
     return f"{state.name}: {state.message}".splitlines()[0]
 
 
-def _first_error(futures: dict[str, PrefectFuture[Any] | None]) -> str | None:
-    for name, future in futures.items():
-        if future is not None:
-            error = _error_of(future)
-            if error is not None:
-                return f"{name}: {error}"
-    return None
+def _submit_frame(
+    futures: FrameFutures,
+    dataset: DatasetSelection,
+    automatic: bool,
+    segmenter: SegmenterConfig,
+    stylizer: StylizerConfig | None,
+    settings: CompositeConfig,
+    cache_dir: str,
+) -> None:
+    """Submit one frame's stages after its ``gt`` stage; each later stage takes the futures of
+    the stages it needs (a failed one makes it NotReady)."""
+    frame, gt = futures.frame, futures.stages["gt"]
+    if _error_of(gt) is not None or not (automatic or gt.result().prompts):
+        return
+    image_id, image_path = frame.image_id, str(frame.image_path)
+    masks = segment.submit(
+        image_id, image_path, gt.result().prompts, automatic, segmenter, cache_dir
+    )
+    scores = score_frame.submit(frame, dataset.classes, gt, masks, automatic, cache_dir)
+    futures.stages.update(segment=masks, metrics=scores)
+    stylized = painted = None
+    if stylizer is not None:
+        stylized = stylize.submit(
+            image_id,
+            image_path,
+            stylizer.style_path(),
+            stylizer,
+            cache_dir,
+            roi=masks if settings.roi_margin_px is not None else None,
+            roi_margin_px=settings.roi_margin_px,
+        )
+        painted = composite.submit(image_id, image_path, stylized, scores, settings, cache_dir)
+        futures.stages.update(stylize=stylized, composite=painted)
+    futures.stages["figures"] = figures.submit(
+        frame, gt, masks, scores, automatic, cache_dir, stylized=stylized, painted=painted
+    )
 
 
 def run_dataset(
-    *,
-    dataset: str | None,
-    city: str | None,
-    split: str,
-    classes: list[str],
-    prompts: str,
-    segmenter: dict[str, Any],
-    stylizer: dict[str, Any] | None,
-    style: str | None,
-    mode: str,
-    feather_px: float,
-    preserve_color: str | None,
-    roi_margin_px: int | None,
-    min_area: int,
-    limit: int | None,
-    seed: int,
-    out: str,
+    dataset: DatasetSelection,
+    prompts: PromptConfig,
+    segmenter: SegmenterConfig,
+    stylizer: StylizerConfig | None,
+    settings: CompositeConfig,
+    output: OutputConfig,
 ) -> str:
     """Run every image of the sample through the stages; write the Parquet; return its path."""
     logger = get_run_logger()
     started = dt.datetime.now(dt.UTC)
-    seg_identity, style_identity = check_run_inputs(
-        dataset, classes, prompts, segmenter, stylizer, style
-    )
-    cache_dir = str(Path(out) / "cache")
+    if dataset.generate_demo and dataset.root:
+        ensure_demo_dataset(dataset.root)
+    seg_identity, style_identity = check_run_inputs(dataset, prompts, segmenter, stylizer)
+    out = Path(output.out)
+    cache_dir = str(out / "cache")
     run_name = flow_run.get_name() or "local"
-    run_dir = str(Path(out) / "runs" / run_name)
-    automatic = prompts == "auto"
+    run_dir = str(out / "runs" / run_name)
     config = {
-        "dataset": dataset,
-        "city": city,
-        "split": split,
-        "classes": classes,
-        "prompts": prompts,
-        "segmenter": segmenter,
-        "stylizer": stylizer,
-        "style": style,
-        "mode": mode,
-        "feather_px": feather_px,
-        "preserve_color": preserve_color,
-        "roi_margin_px": roi_margin_px,
-        "min_area": min_area,
-        "limit": limit,
-        "seed": seed,
+        "dataset": dataset.model_dump(mode="json"),
+        "prompts": prompts.model_dump(mode="json"),
+        "segmenter": segmenter.model_dump(mode="json"),
+        "stylizer": stylizer.model_dump(mode="json") if stylizer else None,
+        "composite": settings.model_dump(mode="json"),
     }
-    common = {
-        "run_id": run_name,
-        "flow_run_id": str(flow_run.get_id() or run_name),
-        "split": split,
-        "classes": ",".join(sorted(c.lower() for c in classes)),
-        "segmenter": seg_identity["name"],
-        "segmenter_variant": seg_identity["variant"],
-        "segmenter_weights_sha256": seg_identity["weights_sha256"],
-        "mode": mode if stylizer else None,
-        "config_sha256": sha256_json(config),
-        "started_at": started,
-    }
-    if stylizer and style_identity:
-        common.update(
-            stylizer=style_identity["name"],
-            stylizer_variant=style_identity["variant"],
-            stylizer_weights_sha256=style_identity["weights_sha256"],
-            style_name=Path(style).stem if style else None,
-            style_sha256=file_sha256(style) if style else None,
-        )
+    common = run_columns(
+        run_name=run_name,
+        flow_run_id=str(flow_run.get_id() or run_name),
+        dataset=dataset,
+        config=config,
+        segmenter=seg_identity,
+        stylizer=(stylizer, style_identity) if stylizer and style_identity else None,
+        mode=settings.mode,
+        started=started,
+    )
 
-    sample = sample_city(dataset, split, city, seed, limit)
-    common["city"] = sample["city"]
-    frames = sample["frames"]
-    gt_futures = [
-        binarize_gt.submit(frame, classes, prompts, min_area, cache_dir) for frame in frames
+    sample = sample_city(dataset)
+    common["city"] = sample.city
+    per_frame = [
+        FrameFutures(frame, {"gt": binarize_gt.submit(frame, dataset.classes, prompts, cache_dir)})
+        for frame in sample.frames
     ]
-    per_frame = []
-    for frame, gt_future in zip(frames, gt_futures, strict=True):
-        futures: dict[str, PrefectFuture[Any] | None] = {"gt": gt_future}
-        if _error_of(gt_future) is None and (automatic or gt_future.result()["prompts"]):
-            image_id, image_path = frame["image_id"], frame["image_path"]
-            seg = segment.submit(
-                image_id, image_path, gt_future.result()["prompts"], automatic, segmenter, cache_dir
-            )
-            futures["segment"] = seg
-            met = score_frame.submit(frame, classes, gt_future, seg, automatic, cache_dir)
-            futures["metrics"] = met
-            if stylizer is not None and style is not None:
-                sty = stylize.submit(
-                    image_id,
-                    image_path,
-                    style,
-                    stylizer,
-                    cache_dir,
-                    segment_record=seg if roi_margin_px is not None else None,
-                    roi_margin_px=roi_margin_px,
-                )
-                futures["stylize"] = sty
-                futures["composite"] = composite.submit(
-                    image_id, image_path, sty, met, mode, feather_px, preserve_color, cache_dir
-                )
-            futures["figures"] = figures.submit(
-                frame,
-                gt_future,
-                seg,
-                met,
-                automatic,
-                cache_dir,
-                stylize_record=futures.get("stylize"),
-                composite_record=futures.get("composite"),
-            )
-        per_frame.append((frame, futures))
+    automatic = prompts.source == "auto"
+    for futures in per_frame:
+        _submit_frame(futures, dataset, automatic, segmenter, stylizer, settings, cache_dir)
 
     rows: list[dict[str, Any]] = []
     failed = []
-    for frame, futures in tqdm(per_frame, desc="images", unit="img", disable=None):
-        error = _first_error(futures)
-        records = {
-            name: f.result()
-            for name, f in futures.items()
-            if f is not None and _error_of(f) is None
-        }
-        scores = records["metrics"]["scores"] if error is None and "metrics" in records else None
-        published = publish(frame["image_id"], run_dir, records) if records else None
+    for futures in tqdm(per_frame, desc="images", unit="img", disable=None):
+        image_id = futures.frame.image_id
+        error = futures.first_error()
+        records = futures.records()
+        published = publish(image_id, run_dir, records) if records else None
         if error:
-            failed.append((frame["image_id"], error))
-            logger.error("%s failed: %s", frame["image_id"], error)
+            failed.append((image_id, error))
+            logger.error("%s failed: %s", image_id, error)
         finished = {**common, "finished_at": dt.datetime.now(dt.UTC)}
-        rows.extend(frame_rows(finished, frame, records, scores, error, published))
+        rows.extend(frame_rows(finished, futures.frame, records, error, published))
 
     flow_name = flow_run.get_flow_name() or "segment_and_stylize"
-    parquet = results.write_run(rows, Path(out) / "metrics", flow_name, common["flow_run_id"])
+    parquet = results.write_run(rows, out / "metrics", flow_name, common["flow_run_id"])
     report = write_report(
         Path(run_dir),
         pd.DataFrame(rows),
@@ -203,11 +196,11 @@ def run_dataset(
         f"segstyle {flow_name} · {run_name}",
         metric="iou" if automatic else "iou_instance",
     )
-    publish_artifacts(rows, str(parquet), run_name, report)
-    logger.info("wrote %d rows for %d images to %s", len(rows), len(frames), parquet)
+    publish_artifacts(rows, str(parquet), run_name, report, out)
+    logger.info("wrote %d rows for %d images to %s", len(rows), len(sample.frames), parquet)
     if failed:
         raise RunFailed(
-            f"{len(failed)} of {len(frames)} images failed "
+            f"{len(failed)} of {len(sample.frames)} images failed "
             f"(first: {failed[0][0]}: {failed[0][1]}); "
             f"rows with their errors are in {parquet}; fix the inputs and retry this flow run"
         )
@@ -216,89 +209,27 @@ def run_dataset(
 
 @flow(name="segment_and_stylize", task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS))
 def segment_and_stylize(
-    dataset: str | None = None,
-    city: str | None = "zurich",
-    split: str = "train",
-    classes: list[str] = ["car"],  # noqa: B006 - Prefect parameters are copied per run
-    prompts: str = "largest",
-    segmenter: str = "sam",
-    sam_variant: str = "vit_l",
-    stylizer: str = "gatys",
-    style: str | None = None,
-    mode: str = "object",
-    nst: dict[str, Any] | None = None,
-    strength: float = 1.0,
-    feather: float = 0.0,
-    preserve_color: str | None = None,
-    roi_margin: int | None = None,
-    min_area: int = 100,
-    limit: int | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    weights_dir: str | None = None,
-    out: str = "artifacts",
+    dataset: DatasetSelection = DatasetSelection(),
+    prompts: PromptConfig = PromptConfig(),
+    segmenter: SegmenterConfig = SegmenterConfig(),
+    stylizer: StylizerConfig = StylizerConfig(),
+    composite: CompositeConfig = CompositeConfig(),
+    outputs: OutputConfig = OutputConfig(),
 ) -> str:
     """Segment, stylize and composite every fine-annotated frame of a city; score every mask.
 
-    Returns the Parquet file of the run. ``nst`` holds Gatys settings
-    (:class:`~segstyle_core.stylize.gatys.GatysConfig` fields); ``strength`` is the
-    feed-forward stylizer's blend. ``style`` defaults to the project's generated painting.
+    Returns the run's Parquet file. Every setting's default and description is in its model
+    (:mod:`segstyle_core.config`).
     """
-    seg_spec, sty_spec = backend_specs(
-        segmenter, sam_variant, stylizer, nst, strength, device, weights_dir
-    )
-    return run_dataset(
-        dataset=dataset,
-        city=city,
-        split=split,
-        classes=classes,
-        prompts=prompts,
-        segmenter=seg_spec,
-        stylizer=sty_spec,
-        style=style_or_default(style),
-        mode=mode,
-        feather_px=feather,
-        preserve_color=preserve_color,
-        roi_margin_px=roi_margin,
-        min_area=min_area,
-        limit=limit,
-        seed=seed,
-        out=out,
-    )
+    return run_dataset(dataset, prompts, segmenter, stylizer, composite, outputs)
 
 
 @flow(name="evaluate_segmentation", task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS))
 def evaluate_segmentation(
-    dataset: str | None = None,
-    city: str | None = "zurich",
-    split: str = "train",
-    classes: list[str] = ["car"],  # noqa: B006 - Prefect parameters are copied per run
-    prompts: str = "largest",
-    segmenter: str = "sam",
-    sam_variant: str = "vit_l",
-    min_area: int = 100,
-    limit: int | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    weights_dir: str | None = None,
-    out: str = "artifacts",
+    dataset: DatasetSelection = DatasetSelection(),
+    prompts: PromptConfig = PromptConfig(),
+    segmenter: SegmenterConfig = SegmenterConfig(),
+    outputs: OutputConfig = OutputConfig(),
 ) -> str:
-    """Masks and metrics only, no styling. Returns the Parquet file of the run."""
-    return run_dataset(
-        dataset=dataset,
-        city=city,
-        split=split,
-        classes=classes,
-        prompts=prompts,
-        segmenter=backend_specs(segmenter, sam_variant, None, None, 0.0, device, weights_dir)[0],
-        stylizer=None,
-        style=None,
-        mode="object",
-        feather_px=0.0,
-        preserve_color=None,
-        roi_margin_px=None,
-        min_area=min_area,
-        limit=limit,
-        seed=seed,
-        out=out,
-    )
+    """Masks and metrics only, no styling. Returns the run's Parquet file."""
+    return run_dataset(dataset, prompts, segmenter, None, CompositeConfig(), outputs)

@@ -16,15 +16,15 @@ import os
 import random
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from cityscapesscripts.helpers.labels import id2label, labels
 
 from segstyle_core.errors import ConfigError, InputError
-from segstyle_core.images import check_same_size, read_label_map, read_rgb
+from segstyle_core.images import check_rgb, check_same_size, read_label_map, read_rgb
 
 #: Environment variable that names the dataset root (the cityscapesScripts convention).
 ROOT_ENV = "CITYSCAPES_DATASET"
@@ -179,6 +179,22 @@ def frame_from_image_path(path: str | os.PathLike[str]) -> Frame:
     return _frame(parents[3], parents[1].name, parents[0].name, image_path)
 
 
+def frame_to_dict(frame: Frame) -> dict[str, Any]:
+    """A JSON-able dict of a frame (paths as strings)."""
+    return {
+        key: (str(value) if isinstance(value, Path) else value)
+        for key, value in asdict(frame).items()
+    }
+
+
+def frame_from_dict(data: dict[str, Any]) -> Frame:
+    """Inverse of :func:`frame_to_dict`."""
+    path_fields = {f.name for f in fields(Frame) if f.name.endswith("_path")}
+    return Frame(
+        **{k: (Path(v) if k in path_fields and v is not None else v) for k, v in data.items()}
+    )
+
+
 def _scan_city(root: Path, split: str, city: str) -> tuple[list[Frame], list[tuple[str, str]]]:
     """Every image of a city as a sorted frame list, plus ``(path, reason)`` for odd files."""
     pattern = re.compile(rf"{re.escape(city)}_\d+_\d+")
@@ -306,11 +322,7 @@ def binarize_label_ids(
 
 def _check_colors(color: np.ndarray, where: str) -> np.ndarray:
     """Check ``color`` is ``H×W×3 uint8`` with table colours only; return it packed (``H×W``)."""
-    if color.ndim != 3 or color.shape[2] != 3 or color.dtype != np.uint8:
-        raise InputError(
-            f"{where}: expected H×W×3 uint8 RGB, got {color.dtype} {color.shape}; "
-            "use a *_gtFine_color.png"
-        )
+    check_rgb(color, where, "use a *_gtFine_color.png")
     packed = _pack_rgb(color)
     off_table = ~np.isin(packed, _TABLE_COLORS)
     if off_table.any():

@@ -22,36 +22,14 @@ import numpy as np
 from PIL import Image
 from skimage.exposure import match_histograms
 
-from segstyle_core.errors import ConfigError, InputError
+from segstyle_core.errors import ConfigError
+from segstyle_core.images import check_mask, check_rgb
 
 Mode = Literal["object", "background"]
 ColorPreservation = Literal["luminance", "histogram"]
 
 MODES: tuple[str, ...] = ("object", "background")
 COLOR_PRESERVATIONS: tuple[str, ...] = ("luminance", "histogram")
-
-
-def check_rgb(image: np.ndarray, what: str) -> None:
-    """Raise :class:`InputError` unless ``image`` is ``H×W×3 uint8`` (``what`` names it)."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise InputError(
-            f"{what}: expected an H×W×3 uint8 RGB array, got shape {image.shape} dtype "
-            f"{image.dtype}; read it with segstyle_core.images.read_rgb"
-        )
-
-
-def check_mask(mask: np.ndarray, size: tuple[int, int], what: str = "mask") -> None:
-    """Raise :class:`InputError` unless ``mask`` is ``H×W bool`` with ``(H, W) == size``."""
-    if mask.dtype != bool or mask.ndim != 2:
-        raise InputError(
-            f"{what}: expected an H×W bool array, got shape {mask.shape} dtype {mask.dtype}; "
-            "pass e.g. `labels > 0` or MaskPrediction.mask"
-        )
-    if mask.shape != size:
-        raise InputError(
-            f"{what}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but the image is "
-            f"{size[1]}x{size[0]}; pass the mask predicted for this image at its original size"
-        )
 
 
 def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,4 +1,13 @@
-"""One exception family. Every message is a single line that names the file and the fix."""
+"""One exception family. Every message is a single line that names the file and the fix.
+
+:func:`os_error_message` words an :class:`OSError` the same way
+(``"<path>: no space left on device; free space and rerun"``).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
 
 
 class SegstyleError(Exception):
@@ -19,3 +28,84 @@ class ConfigError(SegstyleError):
 
 class ResourceError(SegstyleError):
     """The machine ran out of memory for this input; the message says what to shrink."""
+
+
+class StorageError(SegstyleError, OSError):
+    """Reading or writing a file failed for a lasting reason (disk full, permission denied,
+    read-only file system, ...); the message names the path and what to do.
+
+    Also an :class:`OSError` (with the original ``errno`` and ``filename``), so code that
+    handles ``OSError`` keeps working; retrying does not help, which is why it is a
+    :class:`SegstyleError` too.
+    """
+
+    def __init__(self, message: str, errno_: int | None = None, filename: str | None = None):
+        super().__init__(message)
+        self.errno = errno_
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+#: errno -> what happened and what to do (after ``"<path>: "``). Errors listed here do not go
+#: away on a retry; see :func:`is_transient_os_error`.
+_OS_ERROR_FIXES: dict[int, str] = {
+    _errno.ENOSPC: "no space left on device; free space and rerun",
+    _errno.EDQUOT: "disk quota exceeded; free space or raise the quota and rerun",
+    _errno.EFBIG: "file too large for this file system; write to another one and rerun",
+    _errno.EACCES: "permission denied; fix the permissions or choose another path",
+    _errno.EPERM: "operation not permitted; fix the permissions or choose another path",
+    _errno.EROFS: "read-only file system; choose a writable location and rerun",
+    _errno.ENOENT: "no such file or directory; check the path",
+    _errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
+    _errno.EISDIR: "is a directory; give a file name",
+    _errno.ENAMETOOLONG: "file name too long; choose a shorter path",
+    _errno.ELOOP: "too many levels of symbolic links; check the path",
+    _errno.EMFILE: "too many open files; raise the limit (ulimit -n) and rerun",
+    _errno.ENFILE: "too many open files on this system; close some programs and rerun",
+}
+
+
+def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
+    """One line for an :class:`OSError`: ``"<path>: <what happened>; <what to do>"``.
+
+    ``path`` defaults to the path the OS reported (``exc.filename``); e.g. ENOSPC on
+    ``out.png`` gives ``"out.png: no space left on device; free space and rerun"``. Errors
+    without a known fix give the system's description and ``check the path and rerun``.
+    """
+    where = path if path is not None else exc.filename
+    if isinstance(exc, StorageError):
+        return str(exc)
+    fix = _OS_ERROR_FIXES.get(exc.errno) if exc.errno is not None else None
+    if fix is None:
+        what = (exc.strerror or str(exc) or type(exc).__name__).splitlines()[0]
+        fix = f"{what.rstrip('.').lower()}; check the path and rerun"
+    return f"{os.fsdecode(where)}: {fix}" if where is not None else fix
+
+
+def is_transient_os_error(exc: OSError) -> bool:
+    """Whether retrying the failed call may help: ``False`` for the lasting errors this module
+    words (full disk, missing permission, read-only file system, bad path), ``True`` for the
+    rest (timeouts, connection resets, EIO, EAGAIN, an OSError without errno)."""
+    if isinstance(exc, StorageError):
+        return False
+    return exc.errno not in _OS_ERROR_FIXES
+
+
+def storage_error(exc: OSError, path: str | os.PathLike[str] | None = None) -> StorageError:
+    """:class:`StorageError` with :func:`os_error_message`'s line; ``raise ... from exc``."""
+    where = path if path is not None else exc.filename
+    return StorageError(
+        os_error_message(exc, path),
+        exc.errno,
+        os.fsdecode(where) if where is not None else None,
+    )
+
+
+def error_line(exc: BaseException) -> str:
+    """One line describing any exception for users and the ``error`` result column:
+    ``"<Type>: <message>"``, with OSErrors as :func:`os_error_message` words them."""
+    text = os_error_message(exc) if isinstance(exc, OSError) else str(exc)
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

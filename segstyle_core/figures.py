@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from segstyle_core.composite import resize_to
 from segstyle_core.errors import InputError
-from segstyle_core.images import check_same_size
+from segstyle_core.images import check_rgb, check_same_size
 from segstyle_core.segment.base import Prompt
 
 RGB = tuple[int, int, int]
@@ -182,11 +182,7 @@ def panel(
             "pass at least one tile and positive sizes"
         )
     for title, tile in tiles:
-        if tile.ndim != 3 or tile.shape[2] != 3 or tile.dtype != np.uint8 or 0 in tile.shape:
-            raise InputError(
-                f"panel tile {title!r} is {tile.dtype} {tile.shape}; pass H×W×3 uint8 RGB "
-                "(render masks with mask_to_rgb)"
-            )
+        check_rgb(tile, f"panel tile {title!r}", "render masks with mask_to_rgb")
     scaled = [(title, _fit_height(tile, tile_height)) for title, tile in tiles]
     font = ImageFont.load_default(size=max(10, tile_height // 16))
     line = round(font.size * 1.4) if isinstance(font, ImageFont.FreeTypeFont) else 14

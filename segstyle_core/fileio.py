@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from segstyle_core.errors import StorageError, is_transient_os_error, storage_error
+
 _CHUNK = 1 << 20
 
 
@@ -72,24 +74,44 @@ def sha256_json(value: Any) -> str:
     return sha256_bytes(text.encode())
 
 
+def named_os_error(exc: OSError, target: str | os.PathLike[str], temporary: str = "") -> OSError:
+    """``exc`` as a :class:`~segstyle_core.errors.StorageError` that names ``target`` (the file
+    the user asked for, not ``temporary``, the hidden file it was being written through) and
+    says what to do, when it is a lasting error (full disk, permissions, read-only); transient
+    errors are returned unchanged so that retries still see a plain :class:`OSError`."""
+    if isinstance(exc, StorageError) or is_transient_os_error(exc):
+        return exc
+    reported = os.fsdecode(exc.filename) if exc.filename is not None else None
+    named = target if reported in (None, temporary) else reported
+    return storage_error(exc, named)
+
+
 @contextlib.contextmanager
 def _temporary_sibling(target: Path) -> Iterator[Path]:
     """A temporary file beside ``target`` (same suffix), renamed over it if the block succeeds.
 
-    On any exception the temporary file is removed and ``target`` is left as it was.
+    On any exception the temporary file is removed and ``target`` is left as it was. Lasting
+    OS errors (disk full, permission denied, read-only) become a
+    :class:`~segstyle_core.errors.StorageError` naming ``target`` (see :func:`named_os_error`).
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent
-    )
-    os.close(fd)
+    tmp_name = ""
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent
+        )
+        os.close(fd)
         yield Path(tmp_name)
         os.chmod(tmp_name, _FILE_MODE)
         os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+    except BaseException as exc:
+        if tmp_name:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+        if isinstance(exc, OSError):
+            named = named_os_error(exc, target, tmp_name)
+            if named is not exc:
+                raise named from exc
         raise
 
 

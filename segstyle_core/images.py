@@ -4,18 +4,24 @@ Images are ``H×W×3 uint8 RGB`` arrays; label maps are ``H×W`` integer arrays;
 ``H×W bool``. Every reader converts what it sensibly can (grayscale, RGBA, palette, 16-bit)
 and turns everything else into an :class:`~segstyle_core.errors.InputError` that names the
 file and says what to do.
+
+Readers apply the EXIF ``Orientation`` tag (a phone photo taken upright but stored sideways
+reads upright), so boxes, points and outputs are all in the orientation a viewer displays.
+Outputs are written by :func:`write_image` in the format their suffix names (PNG, JPEG,
+WebP); :func:`check_output_path` refuses a bad output path before any work is done.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from segstyle_core.errors import InputError
+from segstyle_core.errors import ConfigError, InputError, storage_error
 from segstyle_core.fileio import atomic_write_with
 
 #: Images above this many pixels are refused before decoding (decompression-bomb guard).
@@ -28,6 +34,59 @@ def max_pixels_default() -> int:
     return int(os.environ.get("SEGSTYLE_MAX_PIXELS", DEFAULT_MAX_PIXELS))
 
 
+def check_rgb(
+    array: np.ndarray, what: str, fix: str = "read it with segstyle_core.images.read_rgb"
+) -> np.ndarray:
+    """Return ``array`` if it is an ``H×W×3 uint8 RGB`` image with ``H, W >= 1``.
+
+    The one check of an image array: every function that takes an image calls it.
+
+    Args:
+        array: the array to check, ``H×W×3 uint8``.
+        what: names the array in the message (``"content image"``, a file path, ...).
+        fix: what the message tells the user to do.
+
+    Raises:
+        InputError: not a numpy array, not three channels, not ``uint8``, or empty; one line
+            ``"{what}: expected an H×W×3 uint8 RGB array, got ...; {fix}"``.
+    """
+    if not (
+        isinstance(array, np.ndarray)
+        and array.ndim == 3
+        and array.shape[2] == 3
+        and array.dtype == np.uint8
+        and array.size > 0
+    ):
+        got = (
+            f"shape {array.shape} dtype {array.dtype}"
+            if isinstance(array, np.ndarray)
+            else f"a {type(array).__name__}"
+        )
+        raise InputError(f"{what}: expected an H×W×3 uint8 RGB array, got {got}; {fix}")
+    return array
+
+
+def check_mask(mask: np.ndarray, size: tuple[int, int], what: str = "mask") -> np.ndarray:
+    """Return ``mask`` if it is an ``H×W bool`` array with ``(H, W) == size``.
+
+    The one check of a mask array: every function that takes a mask calls it.
+
+    Raises:
+        InputError: not 2-D ``bool``, or another size than ``size`` (the message names ``what``).
+    """
+    if mask.dtype != bool or mask.ndim != 2:
+        raise InputError(
+            f"{what}: expected an H×W bool array, got shape {mask.shape} dtype {mask.dtype}; "
+            "pass e.g. `labels > 0` or MaskPrediction.mask"
+        )
+    if mask.shape != size:
+        raise InputError(
+            f"{what}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but the image is "
+            f"{size[1]}x{size[0]}; pass the mask predicted for this image at its original size"
+        )
+    return mask
+
+
 def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
     """Open ``path`` lazily, check its size against the limit, then decode it fully."""
     limit = max_pixels_default() if max_pixels is None else max_pixels
@@ -38,7 +97,7 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image: Image.Image = Image.open(path)
             width, height = image.size
             if width * height > limit:
                 raise InputError(
@@ -46,6 +105,7 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
                     f"{limit}; downscale the image or raise SEGSTYLE_MAX_PIXELS"
                 )
             image.load()
+            image = _exif_upright(image)
     except InputError:
         raise
     except (
@@ -55,8 +115,21 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
     ) as exc:
         raise InputError(f"{path}: not a readable image ({exc}); replace the file") from exc
     except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:  # the OS's error, not Pillow's
+            raise storage_error(exc, path) from exc
         raise InputError(f"{path}: corrupt or truncated image ({exc}); replace the file") from exc
     return image
+
+
+def _exif_upright(image: Image.Image) -> Image.Image:
+    """``image`` rotated/flipped as its EXIF ``Orientation`` tag says (unchanged without one).
+
+    A damaged EXIF block is ignored rather than making a readable image unreadable.
+    """
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # Pillow's EXIF parser raises many kinds on malformed tags
+        return image
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -117,3 +190,114 @@ def read_mask(path: str | os.PathLike[str], max_pixels: int | None = None) -> np
     """Read a mask image (0 = outside, anything else = inside; colour masks by luminance)."""
     image = _open_checked(Path(path), max_pixels)
     return np.asarray(image.convert("L")) > 127 if image.mode != "1" else np.asarray(image)
+
+
+#: Output suffix (lower case) -> Pillow format name.
+OUTPUT_FORMATS: dict[str, str] = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+#: JPEG/WebP quality used when none is given (1..100).
+DEFAULT_QUALITY = 95
+
+
+def output_format(path: str | os.PathLike[str]) -> str:
+    """The Pillow format (``"PNG"``, ``"JPEG"``, ``"WEBP"``) that ``path``'s suffix names.
+
+    Raises:
+        ConfigError: any other suffix; the message names the file and the accepted suffixes.
+    """
+    suffix = Path(path).suffix.lower()
+    try:
+        return OUTPUT_FORMATS[suffix]
+    except KeyError:
+        what = f"suffix {suffix!r}" if suffix else "no suffix"
+        raise ConfigError(
+            f"{path}: output has {what}; name it with one of {', '.join(OUTPUT_FORMATS)}"
+        ) from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same resolved path, or the same inode."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_output_path(
+    output: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str] | None] = ()
+) -> Path:
+    """Check, before any work, that an image can be written to ``output``; return its path.
+
+    Refuses (with one line naming the file and the fix) an unknown suffix (see
+    :data:`OUTPUT_FORMATS`), an existing directory, ``output`` being any of ``inputs`` (same
+    resolved path, or a hard link to the same inode), a parent that is a file, and a
+    parent folder this user cannot write into. A parent that does not exist yet is fine when
+    its nearest existing ancestor is writable (:func:`write_image` creates it).
+
+    Raises:
+        ConfigError: any refusal (it is the ``--output`` option that has to change).
+    """
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give an image file name such as out.png")
+    output_format(path)
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source).expanduser()):
+            raise ConfigError(
+                f"{path}: is also an input ({source}); writing it would destroy the input, "
+                "choose another output name"
+            )
+    parent = path.absolute().parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{path}: {existing} is a file, not a folder; choose another output path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{path}: folder {existing} is not writable; choose another output folder or "
+            "fix its permissions"
+        )
+    return path
+
+
+def _as_image(array: np.ndarray, image_format: str, path: str | os.PathLike[str]) -> Image.Image:
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    colour = array.ndim == 3 and array.shape[2] == 3
+    if not (array.ndim == 2 or colour) or array.dtype not in (np.uint8, np.uint16):
+        raise InputError(
+            f"{path}: cannot write an array of shape {array.shape} and dtype {array.dtype}; "
+            "pass H×W×3 uint8 RGB (or an H×W mask)"
+        )
+    if array.dtype == np.uint16 and (colour or image_format != "PNG"):
+        raise InputError(f"{path}: 16-bit images can only be written as single-channel PNG")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def write_image(
+    path: str | os.PathLike[str], rgb: np.ndarray, quality: int = DEFAULT_QUALITY
+) -> Path:
+    """Write an image atomically in the format its suffix names: PNG, JPEG or WebP.
+
+    ``rgb`` is ``H×W×3 uint8`` (``H×W uint8``/``bool`` masks work too; ``bool`` is written as
+    0/255). ``quality`` (1..100) applies to JPEG and WebP: JPEG at 90 and above keeps full
+    colour resolution (4:4:4, no chroma subsampling, so stylized edges do not bleed); WebP at
+    100 is lossless. No EXIF is written: pixels are already upright.
+
+    Raises:
+        ConfigError: unknown suffix, or ``quality`` outside 1..100.
+        InputError: an array that is not an image.
+    """
+    image_format = output_format(path)
+    if not 1 <= quality <= 100:
+        raise ConfigError(f"quality={quality}: must be between 1 and 100")
+    image = _as_image(rgb, image_format, path)
+    options: dict[str, object] = {}
+    if image_format == "JPEG":
+        options = {"quality": quality, "subsampling": 0 if quality >= 90 else 2}
+    elif image_format == "WEBP":
+        options = {"quality": quality, "lossless": quality == 100}
+    return atomic_write_with(path, lambda tmp: image.save(tmp, format=image_format, **options))

@@ -2,8 +2,9 @@
 
 The page needs no server and no network: CSS is inline, the IoU histograms are inline SVG, and
 per-image panels are referenced by paths relative to the report (``<image_id>/panel.png``), so
-the run folder can be opened, zipped or moved as a whole. Everything taken from the results
-rows or the configuration is HTML-escaped.
+the run folder can be opened from disk, served by ``segstyle serve`` (at
+``$SEGSTYLE_OUTPUTS_URL/runs/<run_name>/report.html``), zipped or moved as a whole. Everything
+taken from the results rows or the configuration is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -28,9 +29,18 @@ from segstyle_core.results import COLUMNS
 HISTOGRAM_BINS = 10
 
 #: Score columns the report can rank and plot by: column -> (label, matching Dice column).
-#: ``iou`` compares each prompt's mask with the whole class; ``iou_instance`` with the
-#: prompt's own ground-truth instance (the fairer per-prompt score for instance prompts).
-METRICS = {"iou": ("IoU", "dice"), "iou_instance": ("instance IoU", "dice_instance")}
+#: ``image_iou`` compares the union of an image's masks with all GT of its classes;
+#: ``iou_instance`` each prompt's mask with the prompt's own ground-truth instance (the fair
+#: per-prompt score for instance prompts); ``iou`` each prompt's mask with *every* GT pixel of
+#: its class, which is low by construction when an image holds several instances.
+METRICS = {
+    "image_iou": ("image IoU", "image_dice"),
+    "iou_instance": ("instance IoU", "dice_instance"),
+    "iou": ("IoU vs all GT of the class", "dice"),
+}
+
+#: Label of the per-prompt class score in the summary, where it sits next to the headlines.
+CLASS_IOU_LABEL = "IoU vs all GT of the class (per prompt)"
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1280px;
@@ -43,6 +53,8 @@ th { background: #f4f4f4; }
 .stats { display: flex; gap: 12px; flex-wrap: wrap; }
 .stat { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 110px; }
 .stat b { display: block; font-size: 20px; }
+.stat.headline { border-color: #4a7bd0; } .stat.headline b { font-size: 24px; }
+.note { color: #555; max-width: 900px; }
 .hists { display: flex; gap: 16px; flex-wrap: wrap; }
 figure { margin: 12px 0; } figcaption { font-weight: 600; margin-bottom: 4px; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
@@ -87,18 +99,36 @@ def class_of(rows: pd.DataFrame) -> pd.Series:
     return rows["instance_class"].fillna(rows["classes"]).fillna("(none)").astype(str)
 
 
+def _image_mean(rows: pd.DataFrame, column: str) -> float:
+    """Mean of a per-image column (every prompt row of an image repeats it)."""
+    return float(rows.groupby("image_id")[column].first().astype(float).mean())
+
+
+_SUMMARY_NOTE = (
+    "<b>image IoU</b>: the union of an image's masks against all ground truth of its classes, "
+    "averaged over images. <b>instance IoU</b>: each prompt's mask against its own ground-truth "
+    f"instance, averaged over prompts. <b>{CLASS_IOU_LABEL}</b>: each prompt's mask against "
+    "every ground-truth pixel of its class, so it stays low whenever an image holds several "
+    "instances; it is not a measure of mask quality."
+)
+
+
 def _summary(rows: pd.DataFrame) -> str:
     failed = rows["status"].eq("failed")
+    headlines = [
+        ("image IoU", _num(_image_mean(rows, "image_iou"))),
+        ("instance IoU", _num(rows["iou_instance"].mean())),
+    ]
     stats = [
         ("images", str(rows["image_id"].nunique())),
         ("rows", str(len(rows))),
         ("failed rows", str(int(failed.sum()))),
         ("failed images", str(rows.loc[failed, "image_id"].nunique())),
-        ("mean IoU", _num(rows["iou"].mean())),
-        ("mean Dice", _num(rows["dice"].mean())),
-        ("mean image IoU", _num(rows.groupby("image_id")["image_iou"].first().mean())),
+        (CLASS_IOU_LABEL, _num(rows["iou"].mean())),
     ]
-    cards = "".join(f'<div class="stat">{html.escape(k)}<b>{v}</b></div>' for k, v in stats)
+    cards = "".join(
+        f'<div class="stat headline">{html.escape(k)}<b>{v}</b></div>' for k, v in headlines
+    ) + "".join(f'<div class="stat">{html.escape(k)}<b>{v}</b></div>' for k, v in stats)
     grouped = rows.assign(_failed=failed, segmenter=rows["segmenter"].fillna("(none)")).groupby(
         ["_class", "segmenter"], sort=True
     )
@@ -108,17 +138,20 @@ def _summary(rows: pd.DataFrame) -> str:
             (_e(segmenter), ""),
             (str(len(group)), "num"),
             (str(int(group["_failed"].sum())), "num"),
-            (_num(group["iou"].mean()), "num"),
-            (_num(group["dice"].mean()), "num"),
+            (_num(_image_mean(group, "image_iou")), "num"),
             (_num(group["iou_instance"].mean()), "num"),
             (_num(group["dice_instance"].mean()), "num"),
-            (_num(group.groupby("image_id")["image_iou"].first().mean()), "num"),
+            (_num(group["iou"].mean()), "num"),
+            (_num(group["dice"].mean()), "num"),
         ]
         for (cls, segmenter), group in grouped
     ]
-    header = ["class", "segmenter", "rows", "failed", "mean IoU", "mean Dice"]
-    header += ["mean instance IoU", "mean instance Dice", "mean image IoU"]
-    return f'<div class="stats">{cards}</div>\n{_table(header, lines)}'
+    header = ["class", "segmenter", "rows", "failed", "image IoU", "instance IoU"]
+    header += ["instance Dice", "IoU vs all GT of the class", "Dice vs all GT of the class"]
+    return (
+        f'<div class="stats">{cards}</div>\n<p class="note">{_SUMMARY_NOTE}</p>\n'
+        f"{_table(header, lines)}"
+    )
 
 
 def _timing(rows: pd.DataFrame) -> str:
@@ -192,9 +225,7 @@ def _histograms(rows: pd.DataFrame, metric: str) -> str:
     """One histogram per class over the ``ok`` rows (failed rows have no score to show)."""
     label = METRICS[metric][0]
     by_class = rows[rows["status"].eq("ok")].groupby("_class", sort=True)[metric]
-    charts = "".join(
-        iou_histogram_svg(v.tolist(), f"{label} of {cls}", label) for cls, v in by_class
-    )
+    charts = "".join(iou_histogram_svg(v.tolist(), str(cls), label) for cls, v in by_class)
     return f'<div class="hists">{charts}</div>'
 
 
@@ -239,11 +270,13 @@ def _examples(images: pd.DataFrame, run_dir: Path, metric: str, empty: str) -> s
     for row in images.to_dict(orient="records"):
         heading = (
             f"{_e(row['image_id'])} · {_e(row['classes'])} · {row['prompts']} prompt(s) · "
-            f"mean {label} {_num(row['score'])} · mean Dice {_num(row['dice'])}"
+            f"mean {label} {_num(row['score'])} · "
+            f"mean {label.replace('IoU', 'Dice')} {_num(row['dice'])}"
         )
         src = panel_src(row["panel_path"], run_dir)
         body = (
-            f'<img src="{html.escape(src)}" alt="panel of {_e(row["image_id"])}">'
+            f'<a href="{html.escape(src)}"><img src="{html.escape(src)}" '
+            f'alt="panel of {_e(row["image_id"])}"></a>'
             if src
             else '<p class="missing">no panel image for this image</p>'
         )
@@ -335,9 +368,11 @@ def write_report(
             image appears once (a run of few images has a short "best" list).
         metric: score column the histograms and the ranking use (see :data:`METRICS`).
 
-    Contents: summary counts and mean IoU/Dice per class and segmenter, seconds per stage,
-    ``metric`` histograms per class (inline SVG), the worst and best images with their panels,
-    the failures with their errors, and the configuration.
+    Contents: the headline image IoU and instance IoU, summary counts and scores per class
+    and segmenter (the per-prompt IoU against all GT of the class labelled as such), seconds
+    per stage, ``metric`` histograms per class (inline SVG), the worst and best images with
+    their panels (each a link to the full-size file), the failures with their errors, and the
+    configuration.
 
     Raises:
         ConfigError: unknown ``metric`` or negative ``examples``.

@@ -21,8 +21,10 @@ import pyarrow.parquet as pq
 from segstyle_core.errors import InputError
 from segstyle_core.fileio import atomic_write_with
 
-#: 2: added ``image_iou``/``image_dice``. Older files read with those columns empty.
-SCHEMA_VERSION = 2
+#: 2: added ``image_iou``/``image_dice``. 3: added ``mask_rle`` and
+#: ``cached_<stage>``. Files of older versions read
+#: with the columns they lack empty (see :func:`read_metrics`).
+SCHEMA_VERSION = 3
 
 _STAGES = ("gt", "segment", "stylize", "composite", "figures")
 
@@ -66,11 +68,17 @@ SCHEMA = pa.schema(
         ("pred_area", pa.int64()),
         ("gt_area", pa.int64()),
         ("instance_area", pa.int64()),
+        # seconds spent on each stage in this run (a cache hit: the lookup) and whether the
+        # stage's result came from the run folder's cache
         *[(f"seconds_{stage}", pa.float64()) for stage in _STAGES],
+        *[(f"cached_{stage}", pa.bool_()) for stage in _STAGES],
         ("status", pa.string()),  # ok | failed
         ("error", pa.string()),
         ("image_path", pa.string()),
         ("mask_path", pa.string()),
+        # the prompt's own mask as COCO RLE JSON ({"size": [H, W], "counts": str}; SAM's
+        # coco_rle format): segstyle_core.rle.decode_mask or pycocotools.mask.decode reads it
+        ("mask_rle", pa.string()),
         ("stylized_path", pa.string()),
         ("composite_path", pa.string()),
         ("panel_path", pa.string()),

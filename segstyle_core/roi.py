@@ -18,8 +18,9 @@ import math
 
 import numpy as np
 
-from segstyle_core.composite import check_mask, check_rgb, resize_to
+from segstyle_core.composite import resize_to
 from segstyle_core.errors import ConfigError, InputError
+from segstyle_core.images import check_mask, check_rgb
 from segstyle_core.stylize.base import ProgressCallback, Stylizer
 
 #: Default context margin: each side of the mask's box grows by 10 % of the box's size.

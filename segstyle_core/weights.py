@@ -2,8 +2,10 @@
 
 Checkpoints live in :func:`weights_dir` (``--weights-dir`` > ``$SEGSTYLE_WEIGHTS_DIR`` > the user
 cache directory). The official file names carry the start of the file's SHA-256 (``01ec64`` in
-``sam_vit_b_01ec64.pth``); that prefix is what :func:`verify_checkpoint` checks. Network access
-happens only in :func:`download`. Loading never runs pickled code (``weights_only=True``).
+``sam_vit_b_01ec64.pth``); :func:`verify_checkpoint` checks that prefix and, when present, the
+full SHA-256 that :func:`download` records beside the file in ``<file>.sha256`` (``sha256sum``'s
+format, so ``sha256sum -c sam_vit_b_01ec64.pth.sha256`` checks it too). Network access happens
+only in :func:`download`. Loading never runs pickled code (``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import http.client
 import os
 import pickle
+import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -22,11 +26,14 @@ import torch
 from tqdm import tqdm
 
 from segstyle_core.errors import ConfigError, WeightsError
-from segstyle_core.fileio import file_sha256, sha256_file
+from segstyle_core.fileio import atomic_write, file_sha256, sha256_file
 
 ENV_WEIGHTS_DIR = "SEGSTYLE_WEIGHTS_DIR"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
+#: Suffix of the full-hash sidecar written beside every downloaded checkpoint.
+SIDECAR_SUFFIX = ".sha256"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,10 @@ def weights_dir(override: str | os.PathLike[str] | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("segstyle")) / "weights"
 
 
+#: :func:`weights_dir` under a name the functions whose parameter is ``weights_dir`` can call.
+_weights_dir = weights_dir
+
+
 def search_dirs(
     checkpoint: str | Checkpoint, override: str | os.PathLike[str] | None = None
 ) -> list[Path]:
@@ -160,19 +171,74 @@ def find_checkpoint(
     )
 
 
-def verify_checkpoint(path: str | os.PathLike[str], checkpoint: str | Checkpoint) -> str:
-    """Check ``path`` against ``checkpoint``'s published SHA-256 prefix; return the full hash.
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """``<file>.sha256``: where :func:`download` records a checkpoint's full SHA-256."""
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> str | None:
+    """The full SHA-256 recorded for checkpoint ``path``, or ``None`` when it has no sidecar.
 
     Raises:
-        WeightsError: the hash does not start with the published prefix.
+        WeightsError: the sidecar exists but holds no SHA-256 (the message says to delete it).
     """
-    entry = get_checkpoint(checkpoint)
-    digest = file_sha256(path)
-    if not digest.startswith(entry.sha256_prefix):
+    sidecar = sidecar_path(path)
+    try:
+        text = sidecar.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise WeightsError(f"{sidecar}: cannot read ({exc.strerror}); delete it") from None
+    digest = text.split()[0].lower() if text.split() else ""
+    if not _HEX64.fullmatch(digest):
         raise WeightsError(
+            f"{sidecar}: not a SHA-256 record; delete it (verification then uses the "
+            "published hash prefix alone)"
+        )
+    return digest
+
+
+def write_sidecar(path: str | os.PathLike[str], digest: str) -> Path:
+    """Record ``digest`` as checkpoint ``path``'s full SHA-256 (``sha256sum`` format)."""
+    sidecar = sidecar_path(path)
+    with atomic_write(sidecar, "w") as handle:
+        handle.write(f"{digest}  {Path(path).name}\n")
+    return sidecar
+
+
+def _mismatch(path: str | os.PathLike[str], entry: Checkpoint, digest: str) -> str | None:
+    """Why ``digest`` (of ``path``) fails ``entry``'s checks, or ``None`` when it passes."""
+    if not digest.startswith(entry.sha256_prefix):
+        return (
             f"checkpoint {path} is corrupt: SHA-256 should start with {entry.sha256_prefix} but "
             f"is {digest}; delete it and run `segstyle weights download {entry.name}`"
         )
+    recorded = read_sidecar(path)
+    if recorded is not None and recorded != digest:
+        return (
+            f"checkpoint {path} is corrupt: SHA-256 is {digest} but {sidecar_path(path).name} "
+            f"recorded {recorded} at download; delete both and run "
+            f"`segstyle weights download {entry.name}`"
+        )
+    return None
+
+
+def verify_checkpoint(path: str | os.PathLike[str], checkpoint: str | Checkpoint) -> str:
+    """Check ``path`` against ``checkpoint``'s published SHA-256 prefix and, when the file has a
+    ``<file>.sha256`` sidecar, against the full hash recorded there; return the full hash.
+
+    Hashes are memoised per file version (:func:`~segstyle_core.fileio.file_sha256`).
+
+    Raises:
+        WeightsError: a check fails, or the sidecar is unreadable (one line naming the file
+            and the fix).
+    """
+    entry = get_checkpoint(checkpoint)
+    digest = file_sha256(path)
+    problem = _mismatch(path, entry, digest)
+    if problem is not None:
+        raise WeightsError(problem)
     return digest
 
 
@@ -186,8 +252,10 @@ def download(
 
     Data streams to ``<file>.part``; an interrupted download resumes from there with an HTTP
     ``Range`` request (a server that ignores ``Range`` and answers 200 restarts it). The file is
-    renamed into place only once its SHA-256 prefix matches; a file that already exists and
-    verifies is returned without any network access.
+    renamed into place only once its SHA-256 prefix matches, and its full SHA-256 is recorded
+    in ``<file>.sha256`` (:func:`sidecar_path`) for later verification. A file that already
+    exists and verifies is returned without any network access (and gains a sidecar if it had
+    none).
 
     Args:
         url: mirror address instead of ``checkpoint.url``.
@@ -200,7 +268,9 @@ def download(
     entry = get_checkpoint(checkpoint)
     target = weights_dir(dest_dir) / entry.filename
     if target.is_file():
-        verify_checkpoint(target, entry)
+        digest = verify_checkpoint(target, entry)
+        if read_sidecar(target) is None:
+            write_sidecar(target, digest)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
@@ -221,6 +291,7 @@ def download(
             f"{entry.sha256_prefix}; the file was deleted: check the URL or mirror and rerun "
             f"`segstyle weights download {entry.name}`"
         )
+    write_sidecar(target, digest)
     os.replace(part, target)
     return target
 
@@ -312,34 +383,119 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def status(
-    weights_dir: str | os.PathLike[str] | None = None, verify: bool = False
-) -> list[dict[str, Any]]:
-    """One record per registered checkpoint, for ``segstyle weights status``.
+@dataclass(frozen=True)
+class CheckpointStatus:
+    """What :func:`status` found for one registered checkpoint.
 
-    Each record: ``name``, ``filename``, ``description``, ``size_hint`` (bytes), ``path``
-    (``str`` of the copy found, or ``None``), ``size`` (bytes on disk or ``None``) and
-    ``verified`` (``True``/``False`` when ``verify`` is set and the file exists, else ``None``;
-    hashing large files takes seconds, hence opt-in).
+    Attributes:
+        checkpoint: the registry entry.
+        path: the copy found (see :func:`find_checkpoint`), or ``None``.
+        size: its size in bytes, or ``None``.
+        verified: ``True``/``False`` once checked, ``None`` when missing or not checked.
+        sha256: the file's full SHA-256 when it was checked.
+        full_hash_checked: a ``<file>.sha256`` sidecar was compared too (not just the prefix).
+        problem: why verification failed (one line naming the file and the fix), else ``None``.
     """
-    records = []
-    for entry in CHECKPOINTS.values():
-        try:
-            path: Path | None = find_checkpoint(entry, weights_dir)
-        except WeightsError:
-            path = None
-        verified = None
-        if verify and path is not None:
-            verified = file_sha256(path).startswith(entry.sha256_prefix)
-        records.append(
-            {
-                "name": entry.name,
-                "filename": entry.filename,
-                "description": entry.description,
-                "size_hint": entry.size_hint,
-                "path": str(path) if path is not None else None,
-                "size": path.stat().st_size if path is not None else None,
-                "verified": verified,
-            }
+
+    checkpoint: Checkpoint
+    path: Path | None = None
+    size: int | None = None
+    verified: bool | None = None
+    sha256: str | None = None
+    full_hash_checked: bool = False
+    problem: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name
+
+    @property
+    def filename(self) -> str:
+        return self.checkpoint.filename
+
+    @property
+    def ok(self) -> bool:
+        """Present and not failing verification."""
+        return self.path is not None and self.verified is not False
+
+    def line(self) -> str:
+        """One line for ``segstyle weights status|verify``.
+
+        ``NAME  FILENAME  PATH`` then, when checked, ``sha256 ok (HASH12..., full hash)``
+        (or ``prefix only`` without a sidecar) or ``FAILED: <problem>``; ``missing`` when
+        absent.
+        """
+        head = f"{self.name:<10} {self.filename:<24} {self.path or 'missing'}"
+        if self.verified is True:
+            how = "full hash" if self.full_hash_checked else "prefix only"
+            return f"{head} sha256 ok ({(self.sha256 or '')[:12]}..., {how})"
+        if self.verified is False:
+            return f"{head} FAILED: {self.problem}"
+        return head
+
+
+def check_status(
+    checkpoint: str | Checkpoint,
+    weights_dir: str | os.PathLike[str] | None = None,
+    verify: bool = False,
+) -> CheckpointStatus:
+    """Find ``checkpoint`` and, with ``verify``, hash and check it (seconds for large files).
+
+    Raises:
+        ConfigError: unknown checkpoint name.
+    """
+    entry = get_checkpoint(checkpoint)
+    try:
+        path = find_checkpoint(entry, weights_dir)
+    except WeightsError:
+        return CheckpointStatus(entry)
+    found = CheckpointStatus(entry, path=path, size=path.stat().st_size)
+    if not verify:
+        return found
+    digest = file_sha256(path)
+    try:
+        problem = _mismatch(path, entry, digest)
+        full = read_sidecar(path) is not None
+    except WeightsError as exc:  # an unreadable sidecar
+        problem, full = str(exc), False
+    return CheckpointStatus(
+        entry,
+        path=path,
+        size=found.size,
+        verified=problem is None,
+        sha256=digest,
+        full_hash_checked=full and problem is None,
+        problem=problem,
+    )
+
+
+def status(
+    weights_dir: str | os.PathLike[str] | None = None,
+    verify: bool = False,
+    names: Sequence[str] | None = None,
+) -> list[CheckpointStatus]:
+    """One :class:`CheckpointStatus` per registered checkpoint (or per name in ``names``), for
+    ``segstyle weights status`` and ``segstyle weights verify``.
+
+    Hashing large files takes seconds, hence ``verify`` is opt-in.
+
+    Raises:
+        ConfigError: an unknown name in ``names`` (the message lists the known ones).
+    """
+    entries = [get_checkpoint(n) for n in names] if names else list(CHECKPOINTS.values())
+    return [check_status(entry, weights_dir, verify) for entry in entries]
+
+
+def status_report(
+    records: Iterable[CheckpointStatus], weights_dir: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """The lines ``segstyle weights status|verify`` prints: :meth:`CheckpointStatus.line` per
+    record, then how to fetch what is missing (into :func:`weights_dir`)."""
+    records = list(records)
+    lines = [record.line() for record in records]
+    missing = [record.name for record in records if record.path is None]
+    if missing:
+        lines.append(
+            f"fetch with: segstyle weights download NAME (into {_weights_dir(weights_dir)})"
         )
-    return records
+    return lines

@@ -10,6 +10,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,10 +34,23 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real ``prefect server start`` subprocess per test module (scheduler every 2 s).
+
+    Yields a :class:`tests.prefect_service.PrefectService` (``api_url``, ``ui_url``, ``home``,
+    ``log_path``, ``env()``, ``run()``, ``client()``). Teardown fails on a traceback in its log.
+    """
+    from tests.prefect_service import prefect_service
+
+    with prefect_service(tmp_path_factory.mktemp("prefect-server")) as service:
+        yield service
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated Cityscapes-layout dataset (256×128, 3 annotated frames per city)."""
-    from segstyle_core.demo_data import generate_demo_dataset
+    from segstyle_core.demo.dataset import generate_demo_dataset
 
     return generate_demo_dataset(
         tmp_path_factory.mktemp("demo") / "cityscapes", size=(256, 128), frames_per_city=3

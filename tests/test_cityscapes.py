@@ -12,7 +12,7 @@ from cityscapesscripts.helpers.labels import name2label
 from PIL import Image
 
 from segstyle_core import cityscapes
-from segstyle_core.demo_data import generate_demo_dataset
+from segstyle_core.demo.dataset import generate_demo_dataset
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.images import read_label_map, read_rgb, write_png
 

@@ -13,7 +13,7 @@ from cityscapesscripts.preparation.json2labelImg import createLabelImage, json2l
 from PIL import Image, ImageDraw
 
 from segstyle_core import cityscapes
-from segstyle_core.demo_data import generate_demo_dataset
+from segstyle_core.demo.dataset import generate_demo_dataset
 from segstyle_core.errors import ConfigError
 from segstyle_core.images import read_label_map, read_rgb
 

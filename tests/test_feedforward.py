@@ -148,3 +148,58 @@ def test_styles_command_writes_every_style(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f"{n}.png" for n in sorted(styles.GENERATORS)
     ]
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((16, 400), (16, 400)),  # used to run at 512×12800 (2.4 GB): never upscaled now
+        ((90, 130), (90, 130)),  # smaller than the caps: native size
+        ((1024, 2048), (512, 1024)),  # Cityscapes, as with the old 512 px working height
+        ((4032, 3024), (836, 627)),  # a portrait phone photo
+        ((600, 60000), (72, 7240)),  # extreme aspect: the pixel cap, aspect kept
+        ((40000, 600), (5912, 88)),  # tall too
+    ],
+)
+def test_working_size_is_bounded_by_pixels(
+    shape: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    height, width = FeedForwardStylizer().working_size(*shape)
+    assert (height, width) == expected
+    assert height * width <= 512 * 1024 and height <= shape[0] and width <= shape[1]
+    assert abs(width / height - shape[1] / shape[0]) / (shape[1] / shape[0]) < 0.02
+
+
+def test_bounded_size_options() -> None:
+    from segstyle_core.stylize.feedforward import bounded_size
+
+    assert bounded_size(1000, 3000, None, None) == (1000, 3000)
+    assert bounded_size(1000, 3000, None, 30_000) == (100, 300)
+    assert bounded_size(100, 300, 2000, None) == (100, 300)  # never upscaled
+    assert bounded_size(900, 1300, 64, None) == (64, round(1300 * 64 / 900))
+    with pytest.raises(InputError, match="crop it"):
+        bounded_size(16, 40_000, None, 512 * 1024)
+    with pytest.raises(InputError, match="crop it"):
+        bounded_size(40_000, 600, 512, None)  # a height cap that leaves 8 px of width
+    with pytest.raises(ConfigError, match="max_pixels"):
+        FeedForwardStylizer(max_pixels=10)
+
+
+def test_strip_image_runs_at_its_own_size(
+    style: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segstyle_core.stylize import feedforward
+
+    shapes: list[tuple[int, ...]] = []
+    real_run = feedforward._run
+
+    def recording(session: object, *inputs: np.ndarray) -> np.ndarray:
+        shapes.append(inputs[0].shape)
+        return real_run(session, *inputs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(feedforward, "_run", recording)
+    strip = np.tile(np.linspace(0, 255, 400, dtype=np.uint8)[None, :, None], (16, 1, 3))
+    out = FeedForwardStylizer(style_size=64, threads=1).stylize(strip, style)
+    assert out.shape == (16, 400, 3) and out.dtype == np.uint8
+    transformer_input = shapes[-1]
+    assert transformer_input == (1, 16, 400, 3)  # padded to a multiple of 4, not 512 high

@@ -21,21 +21,31 @@ STAGES = ("gt", "segment", "stylize", "composite", "figures")
 MODEL_STAGES = ("gt", "segment", "stylize", "composite")
 
 
-def _run(root: Path, out: Path, **overrides: Any) -> Any:
-    from flows.dataset import segment_and_stylize
+def _offline(root: Path, out: Path, **dataset: Any) -> dict[str, Any]:
+    """The flow parameters of an offline run over ``root`` (GrabCut, feed-forward)."""
+    from segstyle_core.config import (
+        CompositeConfig,
+        DatasetSelection,
+        OutputConfig,
+        PromptConfig,
+        SegmenterConfig,
+        StylizerConfig,
+    )
 
-    params = {
-        "dataset": str(root),
-        "city": "zurich",
-        "classes": ["car"],
-        "prompts": "gt-instances",
-        "segmenter": "grabcut",
-        "stylizer": "feedforward",
-        "feather": 1.0,
-        "out": str(out),
-        **overrides,
+    return {
+        "dataset": DatasetSelection(root=str(root), **{"city": "zurich", **dataset}),
+        "prompts": PromptConfig(source="gt-instances"),
+        "segmenter": SegmenterConfig(backend="grabcut"),
+        "stylizer": StylizerConfig(backend="feedforward"),
+        "composite": CompositeConfig(feather_px=1.0),
+        "outputs": OutputConfig(out=str(out)),
     }
-    return segment_and_stylize(**params, return_state=True)
+
+
+def _run(root: Path, out: Path) -> Any:
+    from segstyle.flows.dataset import segment_and_stylize
+
+    return segment_and_stylize(**_offline(root, out), return_state=True)
 
 
 def _task_runs(flow_run_id: UUID, stage_runs: int = 0) -> list[Any]:
@@ -110,7 +120,7 @@ def test_bad_image_fails_alone_and_a_retry_recomputes_only_it(
     from prefect.flow_engine import run_flow
     from prefect.states import Scheduled
 
-    from flows.dataset import segment_and_stylize
+    from segstyle.flows.dataset import segment_and_stylize
     from segstyle_core import results
 
     images = sorted((dataset / "leftImg8bit" / "train" / "zurich").glob("*.png"))
@@ -155,15 +165,15 @@ def test_bad_image_fails_alone_and_a_retry_recomputes_only_it(
 
 
 def test_evaluate_flow_scores_without_styling(dataset: Path, tmp_path: Path) -> None:
-    from flows.dataset import evaluate_segmentation
+    from segstyle.flows.dataset import evaluate_segmentation
+    from segstyle_core.config import PromptConfig
 
+    params = _offline(dataset, tmp_path / "out", city="aachen", classes=("car", "person"))
     state = evaluate_segmentation(
-        dataset=str(dataset),
-        city="aachen",
-        classes=["car", "person"],
-        prompts="largest",
-        segmenter="grabcut",
-        out=str(tmp_path / "out"),
+        dataset=params["dataset"],
+        prompts=PromptConfig(source="largest"),
+        segmenter=params["segmenter"],
+        outputs=params["outputs"],
         return_state=True,
     )
     assert state.is_completed(), state.message
@@ -176,21 +186,14 @@ def test_evaluate_flow_scores_without_styling(dataset: Path, tmp_path: Path) -> 
 def test_dask_task_runner_runs_the_flow(dataset: Path, tmp_path: Path) -> None:
     from prefect_dask import DaskTaskRunner
 
-    from flows.dataset import segment_and_stylize
+    from segstyle.flows.dataset import segment_and_stylize
 
     flow = segment_and_stylize.with_options(
         task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "processes": False})
     )
-    state = flow(
-        dataset=str(dataset),
-        city="zurich",
-        classes=["car"],
-        prompts="largest",
-        segmenter="grabcut",
-        stylizer="feedforward",
-        limit=1,
-        out=str(tmp_path / "out"),
-        return_state=True,
-    )
+    from segstyle_core.config import PromptConfig
+
+    params = _offline(dataset, tmp_path / "out", limit=1)
+    state = flow(**{**params, "prompts": PromptConfig(source="largest")}, return_state=True)
     assert state.is_completed(), state.message
     assert pd.read_parquet(state.result())["status"].eq("ok").all()

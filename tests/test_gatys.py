@@ -5,7 +5,6 @@ Images are 64 px high and runs take a few objective evaluations, so the file run
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -333,7 +332,7 @@ def test_performance_options_keep_the_result(
     """
     content, style = _content(), _style()
     plain = _config(optimizer=optimizer, iterations=iterations, autocast=None, channels_last=False)
-    fast = dataclasses.replace(plain, **{option: {"autocast": "bfloat16"}.get(option, True)})
+    fast = plain.changed(**{option: {"autocast": "bfloat16"}.get(option, True)})
     expected = _stylizer(vgg_path, plain).stylize(content, style)
     out = _stylizer(vgg_path, fast).stylize(content, style)
     assert np.abs(out.astype(int) - expected.astype(int)).mean() < 1.0

@@ -13,7 +13,7 @@ from segstyle_core.cityscapes import Instance, instances_from_ids, list_cities, 
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.images import read_label_map, read_rgb
 from segstyle_core.metrics import iou
-from segstyle_core.prompts import prompts_from_instances
+from segstyle_core.prompts.from_gt import prompts_from_instances
 from segstyle_core.segment.base import Prompt
 from segstyle_core.segment.grabcut import GrabCutSegmenter, OversegmentOptions
 

@@ -1,13 +1,21 @@
 """Image reading converts what it can and names the file in every error."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from segstyle_core.errors import InputError
-from segstyle_core.images import read_label_map, read_mask, read_rgb, write_png
+from segstyle_core.errors import ConfigError, InputError
+from segstyle_core.images import (
+    check_output_path,
+    read_label_map,
+    read_mask,
+    read_rgb,
+    write_image,
+    write_png,
+)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "LA", "CMYK"])
@@ -62,3 +70,137 @@ def test_png_round_trips(tmp_path: Path) -> None:
     assert np.array_equal(read_mask(write_png(tmp_path / "m.png", mask)), mask)
     labels = np.array([[0, 26000, 26001], [7, 8, 24000]], dtype=np.uint16)
     assert np.array_equal(read_label_map(write_png(tmp_path / "ids.png", labels)), labels)
+
+
+# --- EXIF orientation ------------------------------------------------------------------------
+
+
+def _phone_jpeg(path: Path) -> np.ndarray:
+    """Write a 60 wide x 30 tall JPEG stored sideways with EXIF Orientation=6 (rotate 90° CW
+    to display), as phones do; return the stored pixels."""
+    stored = np.zeros((30, 60, 3), np.uint8)
+    stored[:10, :10] = (255, 0, 0)  # red block at the stored top-left
+    stored[-10:, -10:] = (0, 0, 255)  # blue block at the stored bottom-right
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    return stored
+
+
+def test_exif_orientation_is_applied_on_read(tmp_path: Path) -> None:
+    path = tmp_path / "phone.jpg"
+    _phone_jpeg(path)
+    assert Image.open(path).size == (60, 30)  # stored sideways
+    image = read_rgb(path)
+    assert image.shape == (60, 30, 3)  # displayed: 30 wide, 60 tall
+    # Rotating 90° clockwise moves the stored top-left to the displayed top-right.
+    top_right = image[:10, -10:].reshape(-1, 3).mean(axis=0)
+    bottom_left = image[-10:, :10].reshape(-1, 3).mean(axis=0)
+    assert top_right[0] > 200 and top_right[2] < 60
+    assert bottom_left[2] > 200 and bottom_left[0] < 60
+    # Masks read from such files line up with the image, too.
+    assert read_mask(path).shape == (60, 30)
+
+
+def test_damaged_exif_does_not_make_the_image_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import ImageOps
+
+    path = tmp_path / "phone.jpg"
+    stored = _phone_jpeg(path)
+
+    def broken(image: Image.Image) -> Image.Image:
+        raise SyntaxError("bad EXIF")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    assert read_rgb(path).shape == stored.shape
+
+
+# --- output format and path checks -------------------------------------------------------------
+
+
+def _picture() -> np.ndarray:
+    y, x = np.mgrid[0:40, 0:56]
+    return np.stack([x * 4, y * 6, (x + y) * 2], axis=2).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "tolerance"),
+    [("out.png", "PNG", 0), ("out.JPG", "JPEG", 6), ("out.jpeg", "JPEG", 6), ("o.webp", "WEBP", 8)],
+)
+def test_write_image_format_follows_suffix(
+    tmp_path: Path, name: str, fmt: str, tolerance: float
+) -> None:
+    rgb = _picture()
+    path = write_image(tmp_path / "sub" / name, rgb)
+    assert path == tmp_path / "sub" / name
+    assert Image.open(path).format == fmt
+    back = read_rgb(path)
+    assert back.shape == rgb.shape
+    assert np.abs(back.astype(int) - rgb.astype(int)).mean() <= tolerance
+    assert [p.name for p in path.parent.iterdir()] == [name]  # no temporary file left
+
+
+def test_write_image_quality_changes_jpeg_size(tmp_path: Path) -> None:
+    noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    low = write_image(tmp_path / "low.jpg", noisy, quality=20).stat().st_size
+    high = write_image(tmp_path / "high.jpg", noisy, quality=95).stat().st_size
+    assert low < high / 2
+    lossless = write_image(tmp_path / "exact.webp", noisy, quality=100)
+    assert np.array_equal(read_rgb(lossless), noisy)
+    with pytest.raises(ConfigError, match="quality=0"):
+        write_image(tmp_path / "bad.jpg", noisy, quality=0)
+
+
+def test_unknown_suffix_is_one_line_naming_file_and_formats(tmp_path: Path) -> None:
+    for name in ("out.tif", "out"):
+        with pytest.raises(ConfigError) as info:
+            write_image(tmp_path / name, _picture())
+        message = str(info.value)
+        assert str(tmp_path / name) in message and "\n" not in message
+        assert all(s in message for s in (".png", ".jpg", ".jpeg", ".webp"))
+    with pytest.raises(ConfigError, match=r"out\.gif.*\.png"):
+        check_output_path(tmp_path / "out.gif", [])
+    assert not list(tmp_path.iterdir())
+
+
+def test_check_output_path_refuses_inputs(tmp_path: Path) -> None:
+    image = tmp_path / "photo.png"
+    write_png(image, _picture())
+    style = tmp_path / "style.jpg"
+    write_image(style, _picture())
+    for same in (image, tmp_path / "." / "photo.png", tmp_path / "x" / ".." / "photo.png"):
+        with pytest.raises(ConfigError, match="is also an input"):
+            check_output_path(same, [image, style])
+    hard_link = tmp_path / "link.png"
+    hard_link.hardlink_to(image)
+    with pytest.raises(ConfigError, match="is also an input"):
+        check_output_path(hard_link, [image])
+    sym_link = tmp_path / "sym.jpg"
+    sym_link.symlink_to(style)
+    with pytest.raises(ConfigError, match="is also an input"):
+        check_output_path(sym_link, [None, style])
+    assert check_output_path(tmp_path / "new" / "out.png", [image, style]) == (
+        tmp_path / "new" / "out.png"
+    )
+
+
+def test_check_output_path_refuses_directories_and_bad_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ConfigError, match="is a directory"):
+        check_output_path(tmp_path / "folder.png", [])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        check_output_path(tmp_path / "file" / "deeper" / "out.png", [])
+    # Root passes permission bits, so the permission check is simulated.
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: Path(p) != tmp_path / "locked" and real_access(p, mode)
+    )
+    (tmp_path / "locked").mkdir()
+    with pytest.raises(ConfigError, match="locked is not writable") as info:
+        check_output_path(tmp_path / "locked" / "out.webp", [])
+    assert "\n" not in str(info.value)

@@ -9,16 +9,15 @@ import pytest
 
 from segstyle_core.cityscapes import instances_from_ids
 from segstyle_core.errors import ConfigError, InputError
-from segstyle_core.prompts import (
-    jitter_boxes,
-    load_prompts_file,
+from segstyle_core.prompts.files import load_prompts_file
+from segstyle_core.prompts.from_gt import jitter_boxes, prompts_from_instances
+from segstyle_core.prompts.validation import (
     parse_box,
     parse_point,
-    prompts_from_instances,
-    score_instance_aware,
     validate_against_sizes,
     validate_prompt,
 )
+from segstyle_core.scoring import score_instance_aware
 from segstyle_core.segment.base import Prompt
 
 CAR = 26  # Cityscapes label id of "car"

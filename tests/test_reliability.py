@@ -29,10 +29,10 @@ import pytest
 from PIL import Image
 
 from segstyle_core import cityscapes, results
-from segstyle_core.demo_data import generate_demo_dataset
+from segstyle_core.demo.dataset import generate_demo_dataset
 from segstyle_core.errors import InputError
 from segstyle_core.images import read_label_map, read_rgb
-from segstyle_core.prompts import prompts_from_instances
+from segstyle_core.prompts.from_gt import prompts_from_instances
 
 REPO = Path(__file__).resolve().parents[1]
 CITY = "zurich"
@@ -59,7 +59,7 @@ def _prompt_count(frame: cityscapes.Frame) -> int:
 
 def _flow(root: Path, out: Path, **overrides: Any) -> Any:
     """Run ``segment_and_stylize`` in this process; return its final state."""
-    from flows.dataset import segment_and_stylize
+    from segstyle.flows.dataset import segment_and_stylize
 
     params = {
         "dataset": str(root),
@@ -99,7 +99,7 @@ class CliRuns:
             open(self.logs / f"{name}.err", "wb") as stderr,
         ):
             self.started[name] = subprocess.Popen(
-                [sys.executable, "-m", "flows.cli", "run", "--dataset", str(root), *RUN_OPTIONS]
+                [sys.executable, "-m", "segstyle.flows.cli", "run", "--dataset", str(root), *RUN_OPTIONS]
                 + ["--out", str(out), *extra],
                 cwd=REPO,
                 env=env,
@@ -305,7 +305,11 @@ def test_bad_input_corpus_fails_only_the_broken_images(
 
 
 def test_cli_boxes_outside_the_image_are_refused_and_overhangs_clipped(streets: Path) -> None:
-    from flows.single import cli_prompts
+    from segstyle_core.config import PhotoPrompts
+    from segstyle_core.photo import photo_prompts
+
+    def cli_prompts(image: str, boxes: list[str], points: list[str]) -> list:
+        return photo_prompts(image, PhotoPrompts(boxes=tuple(boxes), points=tuple(points)))
 
     image = str(_frames(streets)[0].image_path)  # 128×64
     for box in ("-40,-30,-1,-1", "130,10,200,40", "10,70,40,90"):
@@ -329,7 +333,7 @@ def test_cli_boxes_outside_the_image_are_refused_and_overhangs_clipped(streets: 
 def test_run_refuses_a_prompts_file_with_wrong_types_before_it_starts(
     streets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, text: str
 ) -> None:
-    from flows.cli import EXIT_ERROR, main
+    from segstyle.flows.cli import EXIT_ERROR, main
 
     prompts = tmp_path / "my prompts ü" / name
     prompts.parent.mkdir()
@@ -346,7 +350,7 @@ def test_run_refuses_a_prompts_file_with_wrong_types_before_it_starts(
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_api")
 def test_prompts_file_boxes_are_checked_against_each_image(streets: Path, tmp_path: Path) -> None:
-    from flows.dataset import evaluate_segmentation
+    from segstyle.flows.dataset import evaluate_segmentation
 
     inside, outside = (f.image_id for f in _frames(streets)[:2])
     prompts = tmp_path / "prompts.json"
@@ -378,7 +382,7 @@ def test_prompts_file_boxes_are_checked_against_each_image(streets: Path, tmp_pa
 def test_tiny_style_works_or_fails_fast_with_one_line(
     streets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], side: int
 ) -> None:
-    from flows.cli import EXIT_ERROR, main
+    from segstyle.flows.cli import EXIT_ERROR, main
 
     style = tmp_path / f"tiny style {side}.png"
     pattern = (np.indices((side, side)).sum(axis=0) % 2 * 255).astype(np.uint8)

@@ -134,15 +134,15 @@ def test_report_summary_numbers_match_the_rows(run: tuple[Path, pd.DataFrame]) -
             "grabcut",
             str(rows_per_class[cls]),
             "0",
-            f"{np.mean(values):.3f}",
-            f"{np.mean(dices[cls]):.3f}",
+            "—",  # no row has an image IoU
             f"{np.mean([1.0 - v for v in values]):.3f}",  # instance IoU is 1 - IoU here
             "—",  # no row has an instance Dice
-            "—",  # nor an image IoU
+            f"{np.mean(values):.3f}",
+            f"{np.mean(dices[cls]):.3f}",
         ]
         assert expected in page.rows, cls
     overall = np.mean([v for vs in ious.values() for v in vs])
-    assert re.search(rf">mean IoU<b>{overall:.3f}</b>", text)
+    assert re.search(rf">IoU vs all GT of the class \(per prompt\)<b>{overall:.3f}</b>", text)
     # Stage times count once per image: four images timed the figures stage at 0.5 s each
     # (000000 has two rows), all five the segmenter.
     assert ["figures", "4", "2.0", "0.50"] in page.rows
@@ -150,7 +150,7 @@ def test_report_summary_numbers_match_the_rows(run: tuple[Path, pd.DataFrame]) -
     assert "100.0 s" in text  # 10:00:00 to 10:01:40
     # Histograms: one per class of the ok rows; the NaN row is counted apart.
     assert text.count("<svg") == 2
-    assert "IoU of car: 2 scored, 1 without IoU" in text
+    assert "car: 2 scored, 1 without IoU vs all GT of the class" in text
     assert "zurich_000004_000019" in cells
 
 
@@ -246,3 +246,32 @@ def test_report_renders_in_headless_chromium(
     assert len(sizes) == 2  # three scored images, one of which has lost its panel
     assert all(width > 0 and complete for width, complete in sizes)
     assert (tmp_path / "report.png").stat().st_size > 0
+
+
+def test_report_headlines_are_image_and_instance_iou(tmp_path: Path) -> None:
+    """Image IoU and instance IoU lead the summary; the per-prompt class IoU says what it is."""
+    rows = []
+    for image_id, image_iou, instance_ious in [("a", 0.9, [0.8, 0.6]), ("b", 0.5, [0.4])]:
+        for index, instance_iou in enumerate(instance_ious):
+            rows.append(
+                _row(
+                    image_id=image_id,
+                    prompt_index=index,
+                    instance_class="car",
+                    iou=0.085,
+                    dice=0.16,
+                    iou_instance=instance_iou,
+                    image_iou=image_iou,
+                )
+            )
+    text = write_report(tmp_path, pd.DataFrame(rows), {}, "run").read_text("utf-8")
+    cards = re.findall(r'<div class="stat( headline)?">([^<]+)<b>([^<]+)</b>', text)
+    # image IoU is a mean over images (0.9, 0.5), not over prompt rows (0.9, 0.9, 0.5).
+    assert cards[:2] == [
+        (" headline", "image IoU", "0.700"),
+        (" headline", "instance IoU", "0.600"),
+    ]
+    assert ("", "IoU vs all GT of the class (per prompt)", "0.085") in cards
+    assert "not a measure of mask quality" in text
+    ranked = rank_images(pd.DataFrame(rows), metric="image_iou")
+    assert ranked["image_id"].tolist() == ["b", "a"]

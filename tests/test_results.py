@@ -80,3 +80,30 @@ def test_files_of_an_older_schema_read_with_empty_new_columns(tmp_path: Path) ->
     assert frame.loc["a", "iou"] == 0.4 and pd.isna(frame.loc["a", "image_iou"])
     assert frame.loc["b", "image_iou"] == 0.9
     assert sorted(frame["schema_version"]) == [1, results.SCHEMA_VERSION]
+
+
+def test_rows_carry_their_mask_and_version_two_files_still_read(tmp_path: Path) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from segstyle_core.rle import decode_mask, encode_mask
+
+    # A file as schema version 2 wrote it: every v2 column, none that version 3 added.
+    added_in_v3 = {"mask_rle"} | {c for c in results.COLUMNS if c.startswith("cached_")}
+    v2_schema = pa.schema([f for f in results.SCHEMA if f.name not in added_in_v3])
+    v2_row = {**results.normalise_row(_row("old", 0.3)), "schema_version": 2}
+    v2_row = {k: v for k, v in v2_row.items() if k not in added_in_v3}
+    old = results.run_file(tmp_path, "f", "v2")
+    old.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([v2_row], schema=v2_schema), old)
+
+    mask = np.zeros((40, 60), bool)
+    mask[10:30, 5:50] = True
+    results.write_run([{**_row("new", 0.8), "mask_rle": encode_mask(mask)}], tmp_path, "f", "v3")
+
+    frame = results.read_metrics(tmp_path).set_index("image_id")
+    assert results.SCHEMA_VERSION == 3
+    assert frame.loc["old", "schema_version"] == 2 and pd.isna(frame.loc["old", "mask_rle"])
+    assert frame.loc["old", "iou"] == 0.3
+    assert frame.loc["new", "schema_version"] == 3
+    assert np.array_equal(decode_mask(frame.loc["new", "mask_rle"]), mask)

@@ -21,7 +21,8 @@ from segstyle_core.errors import ConfigError, InputError, WeightsError
 from segstyle_core.fileio import sha256_file
 from segstyle_core.segment import sam as sam_module
 from segstyle_core.segment.base import Prompt
-from segstyle_core.segment.sam import AutomaticMaskOptions, SamSegmenter, build_sam_tiny, load_sam
+from segstyle_core.segment.sam import AutomaticMaskOptions, SamSegmenter, load_sam
+from segstyle_core.testing import build_sam_tiny
 
 SEED = 1  # differs from build_sam_tiny's default, so un-loaded weights would show.
 

@@ -1,6 +1,6 @@
 """Video: I/O round trips, mask tracking, temporally stable stylization, the flow and the CLI.
 
-Most checks run on the generated clip (:mod:`segstyle_core.video.clip`): a car changing lanes
+Most checks run on the generated clip (:mod:`segstyle_core.demo.clip`): a car changing lanes
 in a still street, 256×128, 24 frames, 4 px per frame, with per-frame Cityscapes GT.
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from segstyle_core.cityscapes import frame_from_image_path
+from segstyle_core.demo.clip import Clip, generate_clip
 from segstyle_core.errors import ConfigError, InputError, WeightsError
 from segstyle_core.images import read_label_map, read_rgb
 from segstyle_core.metrics import iou
@@ -24,13 +25,12 @@ from segstyle_core.segment.base import Prompt
 from segstyle_core.segment.grabcut import GrabCutSegmenter
 from segstyle_core.styles import default_style_path
 from segstyle_core.stylize.feedforward import FeedForwardStylizer
-from segstyle_core.video.chunks import carry_of, record_paths, stylize_chunk
-from segstyle_core.video.clip import Clip, generate_clip
+from segstyle_core.video.chunks import stylize_chunk
 from segstyle_core.video.evaluate import gt_track, track_scores
 from segstyle_core.video.flow import motion, warp_mask
 from segstyle_core.video.io import iter_frames, probe, write_video
 from segstyle_core.video.temporal import Previous, TemporalOptions, stylize_frame
-from segstyle_core.video.track import FlowTracker, build_tracker, carry_mask, tracker_spec
+from segstyle_core.video.track import FlowTracker, TrackerConfig, carry_mask
 
 
 @pytest.fixture(scope="module")
@@ -227,13 +227,13 @@ def test_chunks_chained_by_their_carry_equal_one_pass(
     whole = stylize_chunk(paths, 0, start, tracker, stylizer, style, options, tmp_path / "a")
     head = stylize_chunk(paths[:2], 0, start, tracker, stylizer, style, options, tmp_path / "b")
     tail = stylize_chunk(
-        paths[2:], 2, carry_of(head), tracker, stylizer, style, options, tmp_path / "c"
+        paths[2:], 2, head.carry(), tracker, stylizer, style, options, tmp_path / "c"
     )
-    assert [row["index"] for row in tail["frames"]] == [2, 3, 4]
-    assert whole["frames"] == head["frames"] + tail["frames"]
+    assert [row["index"] for row in tail.frames] == [2, 3, 4]
+    assert whole.frames == head.frames + tail.frames
     for kind in ("output", "mask"):
-        joined = record_paths(head, kind) + record_paths(tail, kind)
-        for a, b in zip(record_paths(whole, kind), joined, strict=True):
+        joined = head.paths(kind) + tail.paths(kind)
+        for a, b in zip(whole.paths(kind), joined, strict=True):
             assert np.array_equal(read_rgb(a), read_rgb(b))
 
 
@@ -241,13 +241,11 @@ def test_chunks_chained_by_their_carry_equal_one_pass(
 
 
 def test_sam2_without_checkpoint_says_where_to_get_it(tmp_path: Path) -> None:
-    from segstyle_core.video.track import tracker_identity
-
-    spec = tracker_spec("sam2", variant="hiera_small", weights_dir=str(tmp_path))
+    tracker = TrackerConfig(backend="sam2", sam2_variant="hiera_small", weights_dir=str(tmp_path))
     with pytest.raises(WeightsError, match=r"sam2\.1_hiera_small\.pt not found in .*https://"):
-        tracker_identity(spec)
+        tracker.identity()
     with pytest.raises(ConfigError, match="hiera_tiny"):
-        tracker_spec("sam2", variant="vit_l")
+        TrackerConfig(backend="sam2", sam2_variant="vit_l")
 
 
 def test_sam2_without_the_package_says_how_to_install_it(
@@ -255,9 +253,9 @@ def test_sam2_without_the_package_says_how_to_install_it(
 ) -> None:
     monkeypatch.setitem(sys.modules, "sam2", None)  # makes `import sam2...` fail
     (tmp_path / "sam2.1_hiera_tiny.pt").write_bytes(b"placeholder")
-    spec = tracker_spec("sam2", weights_dir=str(tmp_path), device="cpu")
+    tracker = TrackerConfig(backend="sam2", weights_dir=str(tmp_path), device="cpu")
     with pytest.raises(ConfigError, match="pip install sam2"):
-        build_tracker(spec)
+        tracker.build()
 
 
 @pytest.mark.slow
@@ -269,7 +267,7 @@ def test_sam2_tracker_runs_with_random_weights(tmp_path: Path, frames: list[np.n
 
     model = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
     torch.save({"model": model.state_dict()}, tmp_path / "sam2.1_hiera_tiny.pt")
-    tracker = build_tracker(tracker_spec("sam2", weights_dir=str(tmp_path), device="cpu"))
+    tracker = TrackerConfig(backend="sam2", weights_dir=str(tmp_path), device="cpu").build()
     start = np.zeros(frames[0].shape[:2], dtype=bool)
     start[60:100, 10:80] = True
     masks = tracker.track(frames[:2], start)
@@ -281,7 +279,7 @@ def test_sam2_tracker_runs_with_random_weights(tmp_path: Path, frames: list[np.n
 
 
 def test_cli_video_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.cli import main
+    from segstyle.flows.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["video", "--help"])
@@ -294,16 +292,16 @@ def test_cli_video_help_lists_its_options(capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_api")
 def test_flow_stylizes_the_clip_and_a_second_run_is_all_cached(tmp_path: Path, clip: Clip) -> None:
-    from flows.video import stylize_video
+    from segstyle.flows.video import stylize_video
+    from segstyle_core.config import OutputConfig
+    from segstyle_core.video.config import VideoOptions
 
     params = {
         "video": str(clip.frames_dir),
         "output": str(tmp_path / "styled"),
         "box": ",".join(str(v) for v in clip.boxes[2]),
-        "start_frame": 2,
-        "height": None,
-        "chunk_size": 8,
-        "out": str(tmp_path / "artifacts"),
+        "video_options": VideoOptions(start_frame=2, height=None, chunk_size=8),
+        "outputs": OutputConfig(out=str(tmp_path / "artifacts")),
     }
     first = stylize_video(**params, return_state=True)
     assert first.is_completed(), first.message
@@ -356,16 +354,17 @@ def _final_task_runs(flow_run_id: Any, count: int) -> list[Any]:
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_api")
 def test_flow_reads_and_writes_mp4(tmp_path: Path, clip: Clip) -> None:
-    from flows.video import stylize_video
+    from segstyle.flows.video import stylize_video
+    from segstyle_core.config import OutputConfig
+    from segstyle_core.video.config import VideoOptions
 
     source = write_video(tmp_path / "street.mp4", (read_rgb(p) for p in clip.image_paths[:8]), 10)
     state = stylize_video(
         video=str(source),
         output=str(tmp_path / "styled.mp4"),
         box=",".join(str(v) for v in clip.boxes[0]),
-        height=None,
-        chunk_size=5,
-        out=str(tmp_path / "artifacts"),
+        video_options=VideoOptions(height=None, chunk_size=5),
+        outputs=OutputConfig(out=str(tmp_path / "artifacts")),
         return_state=True,
     )
     assert state.is_completed(), state.message

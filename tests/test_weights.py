@@ -258,9 +258,99 @@ def test_load_state_dict_rejects_corrupt_and_non_tensor(tmp_path: Path):
 def test_status_reports_presence_and_verification(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     (tmp_path / "sam_vit_b_01ec64.pth").write_bytes(b"not the real file")
-    records = {r["name"]: r for r in weights.status(tmp_path, verify=True)}
+    records = {r.name: r for r in weights.status(tmp_path, verify=True)}
     assert set(records) == set(weights.CHECKPOINTS)
-    assert records["sam_vit_b"]["path"] == str(tmp_path / "sam_vit_b_01ec64.pth")
-    assert records["sam_vit_b"]["verified"] is False
-    assert records["sam_vit_l"]["path"] is None and records["sam_vit_l"]["verified"] is None
-    assert weights.status(tmp_path)[0]["verified"] is None
+    assert records["sam_vit_b"].path == tmp_path / "sam_vit_b_01ec64.pth"
+    assert records["sam_vit_b"].size == len(b"not the real file")
+    assert records["sam_vit_b"].verified is False and not records["sam_vit_b"].ok
+    assert "should start with 01ec64" in (records["sam_vit_b"].problem or "")
+    assert records["sam_vit_l"].path is None and records["sam_vit_l"].verified is None
+    assert weights.status(tmp_path)[0].verified is None
+    with pytest.raises(ConfigError, match="sam_vit_l"):
+        weights.status(tmp_path, names=["sam_vit_z"])
+
+
+# --- verify with the full-hash sidecar --------------------------------------------------------
+
+TINY = b"a tiny fake checkpoint"
+TINY_SHA = hashlib.sha256(TINY).hexdigest()
+
+
+@pytest.fixture
+def tiny_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp weights dir and an official table whose ``sam_vit_b`` is a tiny file."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    fake = Checkpoint(
+        "sam_vit_b", "sam_vit_b_tiny.pth", "http://127.0.0.1:9/none", TINY_SHA[:6], 22, "tiny"
+    )
+    monkeypatch.setitem(weights.CHECKPOINTS, "sam_vit_b", fake)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "sam_vit_b_tiny.pth").write_bytes(TINY)
+    return folder
+
+
+def test_verify_command_records_do_not_crash_and_check_prefix(tiny_registry: Path):
+    """The old `segstyle weights verify` died with KeyError: 'sha256' once a file was there."""
+    records = weights.status(tiny_registry, verify=True, names=["sam_vit_b", "sam_vit_l"])
+    tiny, large = records
+    assert tiny.verified is True and tiny.sha256 == TINY_SHA and tiny.ok
+    assert not tiny.full_hash_checked  # no sidecar: the published prefix alone
+    assert tiny.line().endswith(f"sha256 ok ({TINY_SHA[:12]}..., prefix only)")
+    assert large.path is None and large.line().endswith("missing") and not large.ok
+    lines = weights.status_report(records, tiny_registry)
+    assert len(lines) == 3 and lines[-1].startswith("fetch with: segstyle weights download")
+    assert str(tiny_registry) in lines[-1]
+    assert weights.status_report(records[:1], tiny_registry) == [tiny.line()]
+
+
+def test_verify_checks_the_full_hash_sidecar(tiny_registry: Path):
+    path = tiny_registry / "sam_vit_b_tiny.pth"
+    sidecar = weights.write_sidecar(path, TINY_SHA)
+    assert sidecar == tiny_registry / "sam_vit_b_tiny.pth.sha256"
+    assert sidecar.read_text() == f"{TINY_SHA}  sam_vit_b_tiny.pth\n"  # sha256sum -c format
+    (record,) = weights.status(tiny_registry, verify=True, names=["sam_vit_b"])
+    assert record.verified and record.full_hash_checked
+    assert record.line().endswith("full hash)")
+    # Same prefix, different file: only the sidecar can tell.
+    sidecar.write_text(f"{TINY_SHA[:6]}{'0' * 58}  sam_vit_b_tiny.pth\n")
+    (record,) = weights.status(tiny_registry, verify=True, names=["sam_vit_b"])
+    assert record.verified is False and "recorded" in (record.problem or "")
+    assert "FAILED" in record.line() and "\n" not in record.line()
+    with pytest.raises(WeightsError, match="sam_vit_b_tiny.pth.sha256 recorded"):
+        weights.verify_checkpoint(path, "sam_vit_b")
+    sidecar.write_text("garbage\n")
+    (record,) = weights.status(tiny_registry, verify=True, names=["sam_vit_b"])
+    assert record.verified is False and "not a SHA-256 record; delete it" in (record.problem or "")
+
+
+def test_verify_catches_a_changed_file_with_the_right_prefix(
+    tiny_registry: Path, monkeypatch: pytest.MonkeyPatch
+):
+    path = tiny_registry / "sam_vit_b_tiny.pth"
+    weights.write_sidecar(path, TINY_SHA)
+    # Another file whose hash happens to share the (monkeypatched) published prefix.
+    other = b"a different tiny file"
+    prefix = hashlib.sha256(other).hexdigest()[:6]
+    monkeypatch.setitem(
+        weights.CHECKPOINTS,
+        "sam_vit_b",
+        replace(weights.CHECKPOINTS["sam_vit_b"], sha256_prefix=prefix),
+    )
+    path.write_bytes(other)
+    (record,) = weights.status(tiny_registry, verify=True, names=["sam_vit_b"])
+    assert record.verified is False and not record.ok
+
+
+def test_download_writes_the_sidecar(tmp_path: Path, checkpoint: Checkpoint, server: FileServer):
+    path = weights.download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert weights.read_sidecar(path) == PAYLOAD_SHA
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test_ckpt.pth", "test_ckpt.pth.sha256"]
+    # A file already there without a sidecar (an older download) gains one, offline.
+    weights.sidecar_path(path).unlink()
+    assert weights.download(checkpoint, dest_dir=tmp_path, progress=False) == path
+    assert weights.read_sidecar(path) == PAYLOAD_SHA and len(server.ranges) == 1
+    # A damaged download is refused by the sidecar even though its prefix is the published one.
+    weights.write_sidecar(path, "f" * 64)
+    with pytest.raises(WeightsError, match="recorded f{64}"):
+        weights.download(checkpoint, dest_dir=tmp_path, progress=False)

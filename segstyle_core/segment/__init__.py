@@ -1,24 +1,20 @@
-"""Segmentation backends and their registry.
+"""Segmentation backends and their configuration.
 
-A backend is described by a JSON-able spec, so that it can be hashed into cache keys and
-passed between Prefect tasks::
-
-    {"backend": "sam", "variant": "vit_l", "checkpoint": None, "weights_dir": None,
-     "device": "auto", "options": {}}
-
-:func:`build_segmenter` loads each distinct backend once per process (see
-:data:`segstyle_core.devices.MODELS`).
+A backend is described by a frozen :class:`SegmenterConfig` (hashed into cache keys, passed
+between Prefect tasks, rendered as a form in the Prefect UI). Its :meth:`~SegmenterConfig.identity`
+names the results without loading the model; :meth:`~SegmenterConfig.build` loads each distinct
+backend once per process (see :func:`segstyle_core.backends.load_once`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Literal
+
+from pydantic import Field
 
 from segstyle_core import weights
-from segstyle_core.devices import MODELS, resolve_device
-from segstyle_core.errors import ConfigError
+from segstyle_core.backends import BackendConfig, BackendIdentity
 from segstyle_core.fileio import file_sha256
 from segstyle_core.segment.base import MaskPrediction, Prompt, Segmenter
 
@@ -26,92 +22,71 @@ SEGMENTERS = ("sam", "grabcut")
 SAM_VARIANTS = ("vit_b", "vit_l", "vit_h")
 
 __all__ = [
-    "SEGMENTERS",
     "SAM_VARIANTS",
+    "SEGMENTERS",
     "MaskPrediction",
     "Prompt",
     "Segmenter",
-    "build_segmenter",
-    "segmenter_identity",
-    "segmenter_spec",
+    "SegmenterConfig",
 ]
 
 
-def segmenter_spec(
-    backend: str = "sam",
-    variant: str = "vit_l",
-    checkpoint: str | None = None,
-    weights_dir: str | None = None,
-    device: str = "auto",
-    options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A validated segmenter spec (see the module docstring)."""
-    if backend not in SEGMENTERS:
-        raise ConfigError(f"unknown segmenter {backend!r}: use one of {', '.join(SEGMENTERS)}")
-    if backend == "sam" and variant not in SAM_VARIANTS:
-        raise ConfigError(f"unknown SAM variant {variant!r}: use one of {', '.join(SAM_VARIANTS)}")
-    return {
-        "backend": backend,
-        "variant": variant if backend == "sam" else "opencv",
-        "checkpoint": checkpoint,
-        "weights_dir": weights_dir,
-        "device": device,
-        "options": dict(options or {}),
-    }
+class SegmenterConfig(BackendConfig):
+    """The segmentation backend of a run: SAM (needs weights) or GrabCut (offline)."""
 
+    backend: Literal["sam", "grabcut"] = "sam"
+    """sam: Segment Anything (needs its checkpoint); grabcut: OpenCV GrabCut, no weights."""
+    sam_variant: Literal["vit_b", "vit_l", "vit_h"] = "vit_l"
+    """SAM's image encoder (the seed used ViT-L)."""
+    checkpoint: str | None = None
+    """A SAM checkpoint file of your own; none: the official file of the variant."""
+    multimask: bool = True
+    """SAM: predict three masks per prompt and keep the best-scored one."""
+    grabcut_iterations: int = Field(default=5, ge=1)
+    """GrabCut: iterations of its energy minimisation."""
 
-def _sam_checkpoint(spec: Mapping[str, Any]) -> tuple[Path, str]:
-    """The SAM checkpoint file of a spec and its verified SHA-256."""
-    name = f"sam_{spec['variant']}"
-    if spec.get("checkpoint"):
-        path = Path(spec["checkpoint"])
-        return path, file_sha256(path)
-    path = weights.find_checkpoint(name, spec.get("weights_dir"))
-    return path, weights.verify_checkpoint(path, name)
+    def _sam_checkpoint(self) -> tuple[Path, str]:
+        """The SAM checkpoint file and its SHA-256 (official files: verified prefix)."""
+        if self.checkpoint:
+            path = Path(self.checkpoint)
+            return path, file_sha256(path)
+        name = f"sam_{self.sam_variant}"
+        path = weights.find_checkpoint(name, self.weights_dir)
+        return path, weights.verify_checkpoint(path, name)
 
+    def identity(self) -> BackendIdentity:
+        """Name, variant and weights SHA-256, without loading the model.
 
-def segmenter_identity(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """``name``, ``variant`` and ``weights_sha256`` of a spec, without loading the model.
+        Raises:
+            WeightsError: a SAM checkpoint is missing or fails its checksum.
+        """
+        if self.backend == "sam":
+            return BackendIdentity("sam", self.sam_variant, self._sam_checkpoint()[1])
+        from segstyle_core.segment.grabcut import grabcut_variant
 
-    Raises:
-        WeightsError: a SAM checkpoint is missing or fails its checksum.
-    """
-    if spec["backend"] == "sam":
-        _, digest = _sam_checkpoint(spec)
-        return {"name": "sam", "variant": spec["variant"], "weights_sha256": digest}
-    return {"name": "grabcut", "variant": spec["variant"], "weights_sha256": None}
+        return BackendIdentity("grabcut", grabcut_variant(self.grabcut_iterations), None)
 
+    def build(self, embedding_cache_dir: str | None = None) -> Segmenter:
+        """The segmenter, loaded once per process and reused.
 
-def build_segmenter(spec: Mapping[str, Any], embedding_cache_dir: str | None = None) -> Segmenter:
-    """The segmenter of a spec, loaded once per process and reused."""
-    device = str(resolve_device(spec.get("device", "auto")))
-    identity = segmenter_identity(spec)
-    options = spec.get("options", {})
-    key = (
-        identity["name"],
-        identity["variant"],
-        device,
-        identity["weights_sha256"],
-        repr(sorted(options.items())),
-        embedding_cache_dir,
-    )
+        Args:
+            embedding_cache_dir: SAM's on-disk image-embedding cache (none: no cache).
+        """
 
-    def factory() -> Segmenter:
-        if spec["backend"] == "sam":
-            from segstyle_core.segment.sam import AutomaticMaskOptions, SamSegmenter
+        def factory() -> Segmenter:
+            if self.backend == "sam":
+                from segstyle_core.segment.sam import SamSegmenter
 
-            path, _ = _sam_checkpoint(spec)
-            amg = options.get("automatic")
-            return SamSegmenter(
-                variant=spec["variant"],
-                checkpoint=path,
-                device=device,
-                embedding_cache_dir=Path(embedding_cache_dir) if embedding_cache_dir else None,
-                multimask=options.get("multimask", True),
-                amg_options=AutomaticMaskOptions(**amg) if amg else None,
-            )
-        from segstyle_core.segment.grabcut import GrabCutSegmenter
+                path, _ = self._sam_checkpoint()
+                return SamSegmenter(
+                    variant=self.sam_variant,
+                    checkpoint=path,
+                    device=self.device,
+                    embedding_cache_dir=Path(embedding_cache_dir) if embedding_cache_dir else None,
+                    multimask=self.multimask,
+                )
+            from segstyle_core.segment.grabcut import GrabCutSegmenter
 
-        return GrabCutSegmenter(**options)
+            return GrabCutSegmenter(iterations=self.grabcut_iterations)
 
-    return MODELS.get_or_create(key, factory)
+        return self.load_once(factory, embedding_cache_dir)

@@ -47,6 +47,18 @@ class Prompt:
             "class_name": self.class_name,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Prompt:
+        """Rebuild a prompt from :meth:`as_dict` output (``kind`` is ignored)."""
+        box = data.get("box")
+        return cls(
+            box=tuple(box) if box is not None else None,  # type: ignore[arg-type]
+            points=tuple(tuple(p) for p in data.get("points", ())),  # type: ignore[misc]
+            point_labels=tuple(data.get("point_labels", ())),
+            instance_id=data.get("instance_id"),
+            class_name=data.get("class_name"),
+        )
+
 
 @dataclass(frozen=True)
 class MaskPrediction:

@@ -41,7 +41,8 @@ from scipy import ndimage
 from skimage.segmentation import felzenszwalb, slic
 
 from segstyle_core.errors import ConfigError, InputError
-from segstyle_core.prompts import validate_prompt
+from segstyle_core.images import check_rgb
+from segstyle_core.prompts.validation import validate_prompt
 from segstyle_core.segment.base import MaskPrediction, Prompt
 
 #: Boxes narrower or shorter than this (pixels) skip GrabCut and use the box fallback: GrabCut's
@@ -85,14 +86,6 @@ class OversegmentOptions:
             raise ConfigError(
                 f"max_masks={self.max_masks}, n_segments={self.n_segments}: use values >= 1"
             )
-
-
-def _check_image(image: np.ndarray) -> None:
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
-        raise InputError(
-            f"image array has shape {image.shape} and dtype {image.dtype}; pass an H×W×3 uint8 "
-            "RGB array (segstyle_core.images.read_rgb)"
-        )
 
 
 def _pixel_box(box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
@@ -156,6 +149,11 @@ def _segment_point(mask: np.ndarray) -> list[int]:
     return [int(x) - 1, int(y) - 1]
 
 
+def grabcut_variant(iterations: int) -> str:
+    """The variant name GrabCut's rows and cache keys carry (``opencv-iter5``)."""
+    return f"opencv-iter{iterations}"
+
+
 class GrabCutSegmenter:
     """The ``grabcut`` backend: :class:`~segstyle_core.segment.base.Segmenter` without weights.
 
@@ -217,7 +215,7 @@ class GrabCutSegmenter:
         self.point_context = point_context
         self.seed = seed
         self.auto_options = auto_options or OversegmentOptions()
-        self.variant = f"opencv-iter{iterations}"
+        self.variant = grabcut_variant(iterations)
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
         """One mask per prompt for ``image`` (``H×W×3 uint8 RGB``), in prompt order.
@@ -228,10 +226,10 @@ class GrabCutSegmenter:
 
         Raises:
             InputError: bad image array, a prompt that does not fit the image (see
-                :func:`~segstyle_core.prompts.validate_prompt`), or a points-only prompt
+                :func:`~segstyle_core.prompts.validation.validate_prompt`), or a points-only prompt
                 without a foreground point.
         """
-        _check_image(image)
+        check_rgb(image, "image for GrabCut")
         height, width = image.shape[:2]
         return [
             self._segment_one(image, validate_prompt(prompt, width, height, f"prompt {index}"))
@@ -368,7 +366,7 @@ class GrabCutSegmenter:
         Raises:
             InputError: bad image array.
         """
-        _check_image(image)
+        check_rgb(image, "image for GrabCut")
         height, width = image.shape[:2]
         labels = self._oversegment(image)
         areas = np.bincount(labels.ravel())

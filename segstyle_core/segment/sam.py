@@ -12,25 +12,19 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
-from segment_anything.modeling import (
-    ImageEncoderViT,
-    MaskDecoder,
-    PromptEncoder,
-    Sam,
-    TwoWayTransformer,
-)
+from segment_anything.modeling import Sam
 
 from segstyle_core import weights
 from segstyle_core.devices import MODELS, resolve_device
 from segstyle_core.errors import ConfigError, InputError, WeightsError
 from segstyle_core.fileio import atomic_write, file_sha256, sha256_bytes, sha256_json
+from segstyle_core.images import check_rgb
 from segstyle_core.segment.base import MaskPrediction, Prompt
 
 SAM_BUILDERS: dict[str, Callable[[], Sam]] = {
@@ -38,7 +32,8 @@ SAM_BUILDERS: dict[str, Callable[[], Sam]] = {
 }
 """Variant -> builder of the architecture with untrained weights. Official variants take their
 checkpoint from :data:`segstyle_core.weights.CHECKPOINTS` (``sam_<variant>``); other entries
-(tests register ``build_sam_tiny``) need an explicit checkpoint path."""
+(tests register :func:`segstyle_core.testing.build_sam_tiny` as ``tiny``) need an explicit
+checkpoint path."""
 
 DECODE_BATCH = 32
 """Most prompts decoded together: each holds an ``H×W`` float mask while it is upscaled."""
@@ -64,49 +59,6 @@ class AutomaticMaskOptions:
                 f"invalid automatic-mask options {self}: points_per_side and points_per_batch "
                 "must be >= 1 and crop_n_layers >= 0"
             )
-
-
-def build_sam_tiny(img_size: int = 64, seed: int = 0) -> Sam:
-    """A ~60k-parameter SAM with random weights, for tests and benchmarks only.
-
-    Same modules as the official models (ViT encoder with one global block, prompt encoder,
-    two-way transformer decoder), just narrow and shallow; its masks mean nothing. Weights
-    are drawn from ``seed`` without touching the global RNG.
-    """
-    patch = 8
-    dim = 32
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=img_size,
-                patch_size=patch,
-                embed_dim=dim,
-                depth=1,
-                num_heads=1,
-                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                qkv_bias=True,
-                use_rel_pos=True,
-                global_attn_indexes=(0,),
-                out_chans=dim,
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=dim,
-                image_embedding_size=(img_size // patch, img_size // patch),
-                input_image_size=(img_size, img_size),
-                mask_in_chans=4,
-            ),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(
-                    depth=1, embedding_dim=dim, mlp_dim=2 * dim, num_heads=2
-                ),
-                transformer_dim=dim,
-                iou_head_depth=2,
-                iou_head_hidden_dim=dim,
-            ),
-        )
-    return sam.eval()
 
 
 def load_sam(variant: str, checkpoint: Path, device: torch.device) -> Sam:
@@ -310,7 +262,7 @@ class SamSegmenter:
             InputError: bad image array, or a prompt that is empty, inverted or outside the
                 image.
         """
-        _check_image(image)
+        check_rgb(image, "image for SAM")
         height, width = image.shape[:2]
         for index, prompt in enumerate(prompts):
             _check_prompt(index, prompt, width, height)
@@ -376,30 +328,11 @@ class SamSegmenter:
         ``bbox`` (XYWH), ``predicted_iou``, ``stability_score``, ``point_coords``, ``crop_box``.
         The generator uses this segmenter's predictor, so the embedding cache applies.
         """
-        _check_image(image)
+        check_rgb(image, "image for SAM")
         generator = SamAutomaticMaskGenerator(self._model, **asdict(self.amg_options))
         generator.predictor = self._predictor
         with self._lock, torch.inference_mode():
             return generator.generate(image)
-
-
-def _check_image(image: np.ndarray) -> None:
-    if not (
-        isinstance(image, np.ndarray)
-        and image.dtype == np.uint8
-        and image.ndim == 3
-        and image.shape[2] == 3
-        and min(image.shape[:2]) > 0
-    ):
-        described = (
-            f"{image.dtype} array of shape {image.shape}"
-            if isinstance(image, np.ndarray)
-            else type(image).__name__
-        )
-        raise InputError(
-            f"SAM needs an H×W×3 uint8 RGB image, got a {described}: read it with "
-            "segstyle_core.images.read_rgb"
-        )
 
 
 def _check_prompt(index: int, prompt: Prompt, width: int, height: int) -> None:

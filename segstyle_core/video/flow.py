@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from segstyle_core.composite import check_rgb
 from segstyle_core.errors import ConfigError, InputError
+from segstyle_core.images import check_rgb
 
 #: DIS presets by name: speed against accuracy.
 PRESETS = {

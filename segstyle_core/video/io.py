@@ -30,10 +30,9 @@ from typing import Any, Final
 import av
 import numpy as np
 
-from segstyle_core.composite import check_rgb
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.fileio import atomic_write_with, write_json_atomic
-from segstyle_core.images import read_rgb, write_png
+from segstyle_core.images import check_rgb, read_rgb, write_png
 
 #: Frame rate of a frame folder without a ``video.json``: the Cityscapes camera's 17 Hz.
 DEFAULT_FPS = 17.0

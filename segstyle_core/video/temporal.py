@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segstyle_core.composite import MODES, Mode, alpha_from_mask, check_mask, composite, resize_to
+from segstyle_core.composite import MODES, Mode, alpha_from_mask, composite, resize_to
 from segstyle_core.errors import ConfigError
+from segstyle_core.images import check_mask
 from segstyle_core.stylize.base import Stylizer
 from segstyle_core.video.flow import Motion, motion, warp
 

@@ -14,26 +14,27 @@ Backends:
   points;
 * ``sam2``: SAM 2's video predictor (:mod:`segstyle_core.segment.sam2`).
 
-A tracker is described by a JSON-able spec (hashed into cache keys)::
-
-    {"backend": "flow", "segmenter": <segmenter spec>, "options": {...}}
-    {"backend": "sam2", "variant": "hiera_tiny", "checkpoint": None, "weights_dir": None,
-     "device": "auto"}
+A tracker is described by a frozen :class:`TrackerConfig` (hashed into cache keys, passed
+between Prefect tasks, rendered as a form in the Prefect UI): its
+:meth:`~TrackerConfig.identity` names the masks without loading a model, its
+:meth:`~TrackerConfig.build` makes the tracker (SAM 2 loaded once per process).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
+from pydantic import Field
 
-from segstyle_core.devices import MODELS, resolve_device
+from segstyle_core.backends import BackendConfig, BackendIdentity
+from segstyle_core.devices import resolve_device
 from segstyle_core.errors import ConfigError
 from segstyle_core.metrics import iou
-from segstyle_core.segment import build_segmenter, segmenter_identity, segmenter_spec
+from segstyle_core.segment import SegmenterConfig
 from segstyle_core.segment.base import Prompt, Segmenter
 from segstyle_core.video.flow import motion, optical_flow, warp_mask
 
@@ -141,7 +142,7 @@ class FlowTracker:
     otherwise, and when the segmenter falls back (score 0), the carried mask is kept, so one bad
     segmentation cannot make the track jump to another object.
 
-    On the generated clip (:mod:`segstyle_core.video.clip`, seeds 0-3) GrabCut's first mask
+    On the generated clip (:mod:`segstyle_core.demo.clip`, seeds 0-3) GrabCut's first mask
     scores IoU 0.64-0.81; carried by the similarity model alone the track keeps a mean IoU of
     0.68-0.81, and refining with 30 core points at ``min_agreement=0.75`` lifts the mean over
     the seeds from 0.73 to 0.76 (a box alone, or a looser agreement, lets GrabCut's shadow and
@@ -222,67 +223,94 @@ class FlowTracker:
         return masks
 
 
-def tracker_spec(
-    backend: str = "flow",
-    segmenter: Mapping[str, Any] | None = None,
-    options: Mapping[str, Any] | None = None,
-    variant: str = "hiera_tiny",
-    checkpoint: str | None = None,
-    weights_dir: str | None = None,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """A validated tracker spec (see the module docstring).
-
-    ``segmenter`` and ``options`` (:class:`FlowTracker` arguments) belong to the ``flow``
-    backend (default segmenter: GrabCut); ``variant``, ``checkpoint``, ``weights_dir`` and
-    ``device`` to ``sam2``.
-    """
-    if backend not in TRACKERS:
-        raise ConfigError(f"unknown tracker {backend!r}: use one of {', '.join(TRACKERS)}")
-    if backend == "flow":
-        return {
-            "backend": "flow",
-            "segmenter": dict(segmenter or segmenter_spec("grabcut")),
-            "options": dict(options or {}),
-        }
-    from segstyle_core.segment.sam2 import check_variant
-
-    return {
-        "backend": "sam2",
-        "variant": check_variant(variant),
-        "checkpoint": checkpoint,
-        "weights_dir": weights_dir,
-        "device": device,
-    }
+#: The options of :class:`FlowTracker`, fields of :class:`TrackerConfig` of the same names.
+FLOW_OPTIONS = (
+    "refine",
+    "motion_model",
+    "margin_px",
+    "points",
+    "core_depth",
+    "min_agreement",
+    "flow_preset",
+)
 
 
-def tracker_identity(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """What identifies a tracker's results (for cache keys and records), without loading it.
-
-    Raises:
-        WeightsError: a checkpoint is missing or fails its checksum.
-    """
-    if spec["backend"] == "sam2":
-        from segstyle_core.segment.sam2 import sam2_identity
-
-        return sam2_identity(spec)
-    return {
-        "name": "flow",
-        "segmenter": segmenter_identity(spec["segmenter"]),
-        "segmenter_options": spec["segmenter"].get("options", {}),
-        "options": spec.get("options", {}),
-    }
+def _grabcut() -> SegmenterConfig:
+    return SegmenterConfig(backend="grabcut")
 
 
-def build_tracker(spec: Mapping[str, Any]) -> MaskTracker:
-    """The tracker of a spec; model-backed ones are loaded once per process."""
-    if spec["backend"] == "sam2":
-        from segstyle_core.segment.sam2 import Sam2VideoTracker, sam2_checkpoint
+class TrackerConfig(BackendConfig):
+    """How one object's mask follows it through a video: optical flow refined by an image
+    segmenter (offline), or SAM 2's video predictor (needs its checkpoint)."""
 
-        device = str(resolve_device(spec.get("device", "auto")))
-        path, digest = sam2_checkpoint(spec)
-        key = ("sam2", spec["variant"], device, digest)
-        return MODELS.get_or_create(
-            key, lambda: Sam2VideoTracker(spec["variant"], path, device, digest)
+    backend: Literal["flow", "sam2"] = "flow"
+    """flow: optical-flow propagation refined by the segmenter below; sam2: SAM 2's video
+    predictor (needs the sam2 package and a checkpoint)."""
+    sam2_variant: Literal["hiera_tiny", "hiera_small", "hiera_base_plus", "hiera_large"] = (
+        "hiera_tiny"
+    )
+    """SAM 2: the SAM 2.1 Hiera image encoder."""
+    checkpoint: str | None = None
+    """SAM 2: a checkpoint file of your own; none: the variant's official file in the weights
+    folder."""
+    refine: bool = True
+    """Flow: re-segment the carried mask on every frame (off: the mask is only carried)."""
+    motion_model: Literal["similarity", "dense"] = "similarity"
+    """Flow: carry the mask as a whole (rotation, scale, shift; rigid objects) or pixel by
+    pixel (objects that change shape)."""
+    margin_px: int = Field(default=4, ge=0)
+    """Flow: growth, in pixels, of the carried mask's box before it prompts the segmenter."""
+    points: int = Field(default=30, ge=0)
+    """Flow: foreground points from the carried mask's core that prompt the segmenter (0: the
+    box only)."""
+    core_depth: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Flow: how deep inside the carried mask those points lie, as a fraction of its greatest
+    inner distance to the edge."""
+    min_agreement: float = Field(default=0.75, ge=0.0, le=1.0)
+    """Flow: smallest IoU between refined and carried mask for the refined one to be kept."""
+    flow_preset: Literal["ultrafast", "fast", "medium"] = "medium"
+    """Flow: DIS optical flow preset, speed against accuracy."""
+    segmenter: SegmenterConfig = Field(default_factory=_grabcut)
+    """Flow: the image segmenter of the first frame and of the refinement (its own device and
+    weights folder)."""
+
+    def identity(self) -> BackendIdentity:
+        """Name, variant and weights SHA-256, without loading a model (``flow``: the variant
+        names the motion model, the flow preset and the refining segmenter; the weights are the
+        segmenter's).
+
+        Raises:
+            WeightsError: a checkpoint is missing or fails its checksum.
+        """
+        if self.backend == "sam2":
+            from segstyle_core.segment.sam2 import sam2_identity
+
+            return sam2_identity(self.sam2_variant, self.checkpoint, self.weights_dir)
+        segmenter = self.segmenter.identity()
+        refiner = segmenter.name if self.refine else "none"
+        variant = f"{self.motion_model}-{self.flow_preset}-{refiner}"
+        return BackendIdentity("flow", variant, segmenter.weights_sha256)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that change this backend's masks (its cache-key part beside
+        :meth:`identity`; not where it runs or where its weights live)."""
+        if self.backend == "sam2":
+            return {"sam2_variant": self.sam2_variant}
+        segmenter = self.segmenter.model_dump(
+            mode="json", exclude={"device", "weights_dir", "checkpoint"}
         )
-    return FlowTracker(build_segmenter(spec["segmenter"]), **spec.get("options", {}))
+        return {**self.model_dump(mode="json", include=set(FLOW_OPTIONS)), "segmenter": segmenter}
+
+    def build(self) -> MaskTracker:
+        """The tracker; SAM 2 (and the flow tracker's segmenter) loaded once per process."""
+        if self.backend == "sam2":
+            from segstyle_core.segment.sam2 import Sam2VideoTracker, sam2_checkpoint
+
+            def factory() -> MaskTracker:
+                path, digest = sam2_checkpoint(self.sam2_variant, self.checkpoint, self.weights_dir)
+                device = str(resolve_device(self.device))
+                return Sam2VideoTracker(self.sam2_variant, path, device, digest)
+
+            return self.load_once(factory)
+        options = {name: getattr(self, name) for name in FLOW_OPTIONS}
+        return FlowTracker(self.segmenter.build(), **options)

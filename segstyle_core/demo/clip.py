@@ -1,10 +1,10 @@
 """A generated test clip: a car changing lanes in a drawn street, with per-frame Cityscapes GT.
 
-The street is one :func:`~segstyle_core.demo_scene.build_scene` scene that stays still (a
+The street is one :func:`~segstyle_core.demo.scene.build_scene` scene that stays still (a
 parked camera); one more car, in front of every other car on the road, drives sideways across
 it at a constant image speed. Each frame is rasterised with
-:func:`~segstyle_core.demo_data.render_scene` and written by
-:func:`~segstyle_core.demo_data.write_frame` in the Cityscapes sequence layout::
+:func:`~segstyle_core.demo.dataset.render_scene` and written by
+:func:`~segstyle_core.demo.dataset.write_frame` in the Cityscapes sequence layout::
 
     <root>/leftImg8bit/<split>/<city>/<city>_000000_<frame:06d>_leftImg8bit.png
     <root>/gtFine/<split>/<city>/<city>_000000_<frame:06d>_gtFine_{labelIds,instanceIds,...}
@@ -27,8 +27,8 @@ import numpy as np
 from cityscapesscripts.helpers.labels import name2label
 
 from segstyle_core.cityscapes import IMAGE_SUFFIX, INSTANCE_OFFSET
-from segstyle_core.demo_data import RenderedFrame, render_scene, write_frame
-from segstyle_core.demo_scene import (
+from segstyle_core.demo.dataset import RenderedFrame, render_scene, write_frame
+from segstyle_core.demo.scene import (
     STREET,
     Camera,
     SceneObject,

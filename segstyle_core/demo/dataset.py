@@ -1,6 +1,6 @@
 """The demo dataset: procedurally drawn street scenes written in the Cityscapes layout.
 
-Each frame starts as a list of :class:`~segstyle_core.demo_scene.SceneObject` s. Each object's
+Each frame starts as a list of :class:`~segstyle_core.demo.scene.SceneObject` s. Each object's
 silhouette becomes one Cityscapes polygon, and everything else is derived from those polygons,
 rasterised exactly as ``cityscapesscripts.preparation.json2labelImg`` does it (Pillow's
 ``ImageDraw.polygon`` in file order, later polygons over earlier ones):
@@ -30,7 +30,7 @@ from cityscapesscripts.helpers.labels import name2label
 from PIL import Image, ImageDraw
 
 from segstyle_core.cityscapes import GT_SUFFIXES, IMAGE_SUFFIX, INSTANCE_OFFSET
-from segstyle_core.demo_scene import GROUND, SceneObject, Surface, build_scene
+from segstyle_core.demo.scene import GROUND, SceneObject, Surface, build_scene
 from segstyle_core.errors import ConfigError
 from segstyle_core.fileio import atomic_write
 from segstyle_core.images import write_png

@@ -1,0 +1,87 @@
+"""What every model backend's configuration shares: a frozen identity and a load-once build.
+
+A backend configuration (:class:`~segstyle_core.segment.SegmenterConfig`,
+:class:`~segstyle_core.stylize.StylizerConfig`, :class:`~segstyle_core.video.track.TrackerConfig`)
+is a frozen pydantic model. Its ``identity()`` names what made a result (it goes into every
+Parquet row and every cache key) without loading the model; its ``build()`` loads the model once
+per process through :meth:`BackendConfig.load_once`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from segstyle_core.devices import MODELS, resolve_device
+from segstyle_core.errors import ConfigError
+
+T = TypeVar("T")
+
+#: Every configuration model: frozen (hashable, safe to share between tasks), its field
+#: docstrings as descriptions (Prefect's forms and the CLI's help show them), unknown fields
+#: refused (a typo in prefect.yaml fails at once, naming the field).
+MODEL_CONFIG = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
+
+
+def config_error(model: str, error: ValidationError) -> ConfigError:
+    """One line naming each invalid field of ``model``, what it must be and what it got."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc']) or 'settings'}: {e['msg']} "
+        f"(got {e.get('input')!r})"
+        for e in error.errors()
+    )
+    return ConfigError(f"{model}: {problems}")
+
+
+class ConfigModel(BaseModel):
+    """A configuration model: frozen, described field by field; building one with invalid
+    values raises one :class:`ConfigError` line (Prefect validates flow parameters itself)."""
+
+    model_config = MODEL_CONFIG
+
+    def __init__(self, **data: object) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise config_error(type(self).__name__, error) from None
+
+    def changed(self, **changes: object) -> Self:
+        """A validated copy with some fields changed."""
+        return type(self)(**{**self.model_dump(), **changes})
+
+
+@dataclass(frozen=True)
+class BackendIdentity:
+    """What identifies a backend's results: its name, variant and the weights' SHA-256."""
+
+    name: str
+    variant: str
+    weights_sha256: str | None
+
+
+class BackendConfig(ConfigModel):
+    """Settings every model backend has: where it runs and where its checkpoints live."""
+
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    weights_dir: str | None = None
+    """Checkpoints folder (default: $SEGSTYLE_WEIGHTS_DIR, else the user cache)."""
+
+    def identity(self) -> BackendIdentity:
+        """Name, variant and weights SHA-256, without loading the model."""
+        raise NotImplementedError
+
+    def load_once(self, factory: Callable[[], T], *extra: Hashable) -> T:
+        """The model of this configuration, built by ``factory`` at most once per process.
+
+        The registry key is the configuration's type and JSON with its device resolved (so
+        ``auto`` and ``cpu`` share one model where they mean the same), its identity and
+        ``extra``.
+        """
+        device = str(resolve_device(self.device))
+        settings = self.model_dump_json(exclude={"device"})
+        key = (type(self).__name__, settings, device, self.identity(), *extra)
+        return MODELS.get_or_create(key, factory)

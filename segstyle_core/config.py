@@ -1,0 +1,97 @@
+"""The typed configuration of a run: what the flows take, what the CLI builds, one default each.
+
+Each model is a group of settings a user thinks of together; the flows take a handful of them
+and Prefect renders each as a form (the field docstrings are the form's descriptions). The
+CLI derives its options, defaults and help lines from the same fields
+(:mod:`segstyle.flows.options`), so every default is written once, here or in the backend's
+own model (:class:`~segstyle_core.segment.SegmenterConfig`,
+:class:`~segstyle_core.stylize.StylizerConfig`,
+:class:`~segstyle_core.stylize.gatys.GatysConfig`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator
+
+from segstyle_core.backends import ConfigModel
+from segstyle_core.segment import SegmenterConfig
+from segstyle_core.stylize import StylizerConfig
+from segstyle_core.stylize.gatys import GatysConfig
+
+__all__ = [
+    "CompositeConfig",
+    "DatasetSelection",
+    "GatysConfig",
+    "OutputConfig",
+    "PhotoPrompts",
+    "PromptConfig",
+    "SegmenterConfig",
+    "StylizerConfig",
+]
+
+
+class DatasetSelection(ConfigModel):
+    """Which frames of a Cityscapes-layout dataset a run covers."""
+
+    root: str | None = None
+    """Dataset root holding leftImg8bit/ and gtFine/ (default: $CITYSCAPES_DATASET)."""
+    city: str | None = "zurich"
+    """City to sample; none (or 'random' on the CLI) picks one with the seed."""
+    split: str = "train"
+    """Split: train, val or test."""
+    classes: tuple[str, ...] = ("car",)
+    """Cityscapes class names whose ground truth is binarized and prompted."""
+    limit: int | None = None
+    """At most this many frames (a deterministic sample); none: every annotated frame."""
+    seed: int = 0
+    """Seed of the city and frame sampling."""
+    generate_demo: bool = False
+    """Write the generated demo dataset at the root first when the root does not exist."""
+
+    @field_validator("city")
+    @classmethod
+    def _random_city(cls, city: str | None) -> str | None:
+        """``random`` means no city: one is drawn with the seed."""
+        return None if city == "random" else city
+
+
+class PromptConfig(ConfigModel):
+    """Where the prompts of each frame come from."""
+
+    source: str = "largest"
+    """gt-instances (every GT instance's box), largest (the largest one), auto (automatic
+    masks) or the path of a JSON/CSV prompts file."""
+    min_area: int = 100
+    """Smallest GT instance, in pixels, that gets a prompt."""
+
+
+class PhotoPrompts(ConfigModel):
+    """Where the object is on one photo, in displayed pixel coordinates."""
+
+    boxes: tuple[str, ...] = ()
+    """Boxes as x0,y0,x1,y1; each box is one region."""
+    points: tuple[str, ...] = ()
+    """Points as x,y or x,y,label (1 object, 0 background); with one box they refine it,
+    otherwise they form one more region."""
+
+
+class CompositeConfig(ConfigModel):
+    """How the painting is kept: inside or outside the mask, and its edge."""
+
+    mode: Literal["object", "background"] = "object"
+    """object: paint inside the mask; background: paint everything outside it."""
+    feather_px: float = 0.0
+    """Soft edge of the mask, in pixels."""
+    preserve_color: Literal["luminance", "histogram"] | None = None
+    """Keep the photo's colours: luminance transfer or histogram matching; none: off."""
+    roi_margin_px: int | None = None
+    """Stylize only the mask's box plus this margin (pixels); none: the whole frame."""
+
+
+class OutputConfig(ConfigModel):
+    """Where a run writes: its cache, per-run pictures and Parquet metrics."""
+
+    out: str = "artifacts"
+    """Output folder: cache/, runs/<run>/ and metrics/ (Parquet) live under it."""

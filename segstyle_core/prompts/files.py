@@ -1,0 +1,228 @@
+"""Prompt files: the JSON and CSV formats a user writes prompts in, and their reader.
+
+:func:`load_prompts_file` reads either format into ``{image_id: [Prompt, ...]}``, checking
+types and structure only; check the prompts against image sizes with
+:func:`~segstyle_core.prompts.validation.validate_against_sizes`. Boxes are
+``(x0, y0, x1, y1)`` XYXY pixels with an exclusive maximum; points are ``(x, y)`` pixels with
+label 1 (foreground) or 0 (background).
+
+Prompt files
+------------
+JSON: an object keyed by image id, each value a non-empty list of prompts::
+
+    {"aachen_000000_000019": [
+        {"box": [10, 20, 200, 120]},
+        {"points": [[50, 60], [80, 90]], "labels": [1, 0]},
+        {"box": [300, 40, 380, 100], "points": [[340, 70]]}
+    ]}
+
+``labels`` defaults to all 1; no other keys are allowed.
+
+CSV: a header row, then one row per box and/or point. Columns: ``image_id`` (required), the
+box columns ``x0,y0,x1,y1`` and/or the point columns ``px,py`` with optional ``label``
+(0 or 1, default 1), and optionally ``prompt``. A row fills the box columns, the point
+columns or both, and leaves the others empty. Rows of one image that share a non-empty
+``prompt`` value form one prompt (at most one box, any number of points); every other row is
+a prompt of its own::
+
+    image_id,prompt,x0,y0,x1,y1,px,py,label
+    aachen_000000_000019,car,10,20,200,120,,,
+    aachen_000000_000019,car,,,,,120,70,1
+    aachen_000000_000019,car,,,,,30,25,0
+    aachen_000000_000019,,300,40,380,100,,,
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segstyle_core.errors import InputError
+from segstyle_core.prompts.validation import Box, as_box, check_structure
+from segstyle_core.segment.base import Prompt
+
+_JSON_KEYS = ("box", "points", "labels")
+_BOX_COLUMNS = ("x0", "y0", "x1", "y1")
+_POINT_COLUMNS = ("px", "py")
+_CSV_COLUMNS = ("image_id", "prompt", *_BOX_COLUMNS, *_POINT_COLUMNS, "label")
+
+
+def load_prompts_file(path: str | os.PathLike[str]) -> dict[str, list[Prompt]]:
+    """Read a ``.json`` or ``.csv`` prompts file (formats in this module's docstring).
+
+    Only types and structure are checked here; check the prompts against the image sizes
+    with :func:`~segstyle_core.prompts.validation.validate_against_sizes`.
+
+    Returns:
+        ``{image_id: [Prompt, ...]}`` in file order.
+
+    Raises:
+        InputError: missing, empty or unreadable file, unknown extension, wrong types or
+            missing keys (the message names the file, the entry and the fix).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such prompts file; check the path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc}); save the file as UTF-8") from exc
+    if not text.strip():
+        raise InputError(f"{path}: prompts file is empty; add prompts (JSON or CSV format)")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        prompts = _parse_json(text, path)
+    elif suffix == ".csv":
+        prompts = _parse_csv(text, path)
+    else:
+        raise InputError(f"{path}: unknown prompts file type {suffix!r}; use a .json or .csv file")
+    if not prompts:
+        raise InputError(f"{path}: no prompts found; add at least one image with prompts")
+    return prompts
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _json_numbers(value: Any, count: int, where: str, what: str) -> tuple[float, ...]:
+    if not isinstance(value, list) or len(value) != count or not all(map(_is_number, value)):
+        raise InputError(f"{where}: {what} must be a list of {count} numbers, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _json_prompt(entry: Any, where: str) -> Prompt:
+    if not isinstance(entry, dict):
+        raise InputError(
+            f'{where}: a prompt must be an object like {{"box": [x0, y0, x1, y1]}}, got {entry!r}'
+        )
+    unknown = sorted(set(entry) - set(_JSON_KEYS))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; allowed keys are box, points, labels")
+    box = as_box(_json_numbers(entry["box"], 4, where, "box")) if "box" in entry else None
+    raw_points = entry.get("points", [])
+    if not isinstance(raw_points, list):
+        raise InputError(f"{where}: points must be a list of [x, y] pairs, got {raw_points!r}")
+    points = tuple(
+        (pair[0], pair[1])
+        for pair in (_json_numbers(point, 2, where, "each point") for point in raw_points)
+    )
+    labels = entry.get("labels", [1] * len(points))
+    if not isinstance(labels, list) or not all(
+        isinstance(label, int) and not isinstance(label, bool) for label in labels
+    ):
+        raise InputError(f"{where}: labels must be a list of 0/1 integers, got {labels!r}")
+    prompt = Prompt(box=box, points=points, point_labels=tuple(labels))
+    check_structure(prompt, where)
+    return prompt
+
+
+def _parse_json(text: str, path: Path) -> dict[str, list[Prompt]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: invalid JSON ({exc}); fix the syntax") from exc
+    if not isinstance(data, dict):
+        raise InputError(
+            f"{path}: expected an object keyed by image id, got a JSON {type(data).__name__}; "
+            'write {"image_id": [{"box": [x0, y0, x1, y1]}, ...]}'
+        )
+    prompts = {}
+    for image_id, entries in data.items():
+        where = f"{path}: {image_id!r}"
+        if not isinstance(entries, list) or not entries:
+            raise InputError(
+                f"{where}: expected a non-empty list of prompts, got {entries!r}; "
+                "list the prompts or remove the image"
+            )
+        prompts[image_id] = [
+            _json_prompt(entry, f"{where}[{index}]") for index, entry in enumerate(entries)
+        ]
+    return prompts
+
+
+@dataclass
+class _CsvPrompt:
+    """A prompt being assembled from one or more CSV rows."""
+
+    where: str
+    box: Box | None = None
+    points: list[tuple[float, float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+
+def _csv_values(
+    row: dict[str, str], columns: Sequence[str], where: str
+) -> tuple[float, ...] | None:
+    """The row's numbers in ``columns``, or ``None`` when all of them are empty."""
+    raw = [(row.get(column) or "").strip() for column in columns]
+    if not any(raw):
+        return None
+    if not all(raw):
+        raise InputError(f"{where}: fill all of {','.join(columns)} or leave all of them empty")
+    try:
+        return tuple(float(value) for value in raw)
+    except ValueError as exc:
+        raise InputError(
+            f"{where}: {','.join(raw)} are not all numbers ({exc}); fix the row"
+        ) from exc
+
+
+def _csv_row(row: dict[str, str], draft: _CsvPrompt, where: str) -> None:
+    """Add one CSV row's box and/or point to ``draft``."""
+    box = _csv_values(row, _BOX_COLUMNS, where)
+    point = _csv_values(row, _POINT_COLUMNS, where)
+    label_text = (row.get("label") or "").strip()
+    if box is None and point is None:
+        raise InputError(f"{where}: row has neither a box (x0,y0,x1,y1) nor a point (px,py)")
+    if box is not None:
+        if draft.box is not None:
+            raise InputError(
+                f"{where}: second box for prompt {draft.where}; give each box its own prompt"
+            )
+        draft.box = as_box(box)
+    if point is not None:
+        if label_text not in ("", "0", "1"):
+            raise InputError(
+                f"{where}: label {label_text!r} must be 1 (foreground) or 0 (background)"
+            )
+        draft.points.append((point[0], point[1]))
+        draft.labels.append(int(label_text or 1))
+    elif label_text:
+        raise InputError(f"{where}: label without a point; fill px,py or clear the label")
+
+
+def _parse_csv(text: str, path: Path) -> dict[str, list[Prompt]]:
+    reader = csv.DictReader(io.StringIO(text))
+    columns = [column.strip() for column in reader.fieldnames or []]
+    reader.fieldnames = columns
+    has_box = all(column in columns for column in _BOX_COLUMNS)
+    has_point = all(column in columns for column in _POINT_COLUMNS)
+    if "image_id" not in columns or set(columns) - set(_CSV_COLUMNS) or not (has_box or has_point):
+        raise InputError(
+            f"{path}: CSV header is {','.join(columns)!r}; it needs image_id plus x0,y0,x1,y1 "
+            "and/or px,py (optional: label, prompt)"
+        )
+    drafts: dict[tuple[str, str], _CsvPrompt] = {}
+    for row in reader:
+        where = f"{path}: line {reader.line_num}"
+        if None in row:
+            raise InputError(f"{where}: more values than header columns; fix the row")
+        image_id = (row["image_id"] or "").strip()
+        if not image_id:
+            raise InputError(f"{where}: image_id is empty; fill it in")
+        group = (row.get("prompt") or "").strip()
+        key = (image_id, f"prompt:{group}" if group else f"line:{reader.line_num}")
+        _csv_row(row, drafts.setdefault(key, _CsvPrompt(where=where)), where)
+    prompts: dict[str, list[Prompt]] = {}
+    for (image_id, _), draft in drafts.items():
+        prompt = Prompt(box=draft.box, points=tuple(draft.points), point_labels=tuple(draft.labels))
+        check_structure(prompt, draft.where)
+        prompts.setdefault(image_id, []).append(prompt)
+    return prompts

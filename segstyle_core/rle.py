@@ -1,0 +1,128 @@
+"""Masks as COCO run-length encoding (RLE) text, so a result row carries its own mask.
+
+The format is the one SAM's automatic mask generator emits (``output_mode="coco_rle"``) and
+COCO's annotation files use: a JSON object ``{"size": [H, W], "counts": "<compressed RLE>"}``
+with ``counts`` as a string, column-major, produced by :func:`pycocotools.mask.encode`. Any
+COCO tool reads it back, e.g.::
+
+    from pycocotools import mask as mask_utils
+    mask = mask_utils.decode(json.loads(text)).astype(bool)
+
+A 2048×1024 Cityscapes car mask takes a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from segstyle_core.errors import InputError
+
+
+def encode_mask(mask: np.ndarray) -> str:
+    """Encode an ``H×W`` boolean mask as COCO RLE JSON text ``{"size": [H, W], "counts": ...}``.
+
+    Non-bool arrays are accepted when they are 2-D (non-zero = inside).
+
+    Raises:
+        InputError: ``mask`` is not 2-D.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise InputError(
+            f"mask of shape {mask.shape} cannot be RLE-encoded; pass one H×W bool mask"
+        )
+    rle = mask_utils.encode(np.asfortranarray(mask != 0, dtype=np.uint8))
+    height, width = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    text = counts.decode("ascii") if isinstance(counts, bytes) else str(counts)
+    return json.dumps({"size": [height, width], "counts": text}, separators=(",", ":"))
+
+
+def _parse(value: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        rle = dict(value)
+    else:
+        try:
+            rle = json.loads(value)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"mask RLE is not JSON ({exc}); expected a COCO RLE object") from None
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        raise InputError(
+            'mask RLE needs "size" and "counts" keys (COCO RLE); got ' + repr(rle)[:80]
+        )
+    size = rle["size"]
+    if (
+        not isinstance(size, list | tuple)
+        or len(size) != 2
+        or not all(isinstance(v, int) and v >= 0 for v in size)
+    ):
+        raise InputError(f"mask RLE size {size!r} must be [height, width]")
+    return rle
+
+
+def _runs(counts: bytes) -> list[int]:
+    """The run lengths of COCO's compressed ``counts`` (pycocotools' ``rleFrString``, in Python).
+
+    pycocotools decodes damaged strings into garbage without complaint, so the runs are
+    checked here first.
+    """
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts):
+                raise InputError("mask RLE counts end in the middle of a run length")
+            char = counts[position] - 48
+            if not 0 <= char < 64:
+                raise InputError(f"mask RLE counts contain {chr(counts[position])!r}")
+            value |= (char & 0x1F) << (5 * shift)
+            more = bool(char & 0x20)
+            position += 1
+            shift += 1
+            if not more and char & 0x10:
+                value |= -1 << (5 * shift)
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def decode_mask(text: str | bytes | Mapping[str, Any]) -> np.ndarray:
+    """Decode COCO RLE (JSON text as written by :func:`encode_mask`, or the parsed object) to an
+    ``H×W bool`` mask. Uncompressed RLE (``counts`` as a list of run lengths) is accepted too.
+
+    Raises:
+        InputError: not COCO RLE, or its runs do not add up to ``H×W`` pixels.
+    """
+    rle = _parse(text)
+    height, width = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        if not all(isinstance(v, int) for v in counts):
+            raise InputError("mask RLE counts list must hold integers")
+        runs = counts
+    elif isinstance(counts, str | bytes):
+        raw = counts.encode("ascii", "replace") if isinstance(counts, str) else counts
+        runs = _runs(raw)
+    else:
+        raise InputError(f"mask RLE counts must be a string or a list, not {type(counts).__name__}")
+    if any(run < 0 for run in runs) or sum(runs) != height * width:
+        raise InputError(
+            f"mask RLE runs cover {sum(runs)} pixels but its size {height}x{width} has "
+            f"{height * width}; the mask text is damaged"
+        )
+    if height * width == 0:
+        return np.zeros((height, width), bool)
+    if isinstance(counts, list):
+        compressed = mask_utils.frPyObjects(
+            {"size": [height, width], "counts": runs}, height, width
+        )
+    else:
+        compressed = {"size": [height, width], "counts": raw}
+    return mask_utils.decode(compressed).astype(bool)

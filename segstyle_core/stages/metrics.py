@@ -1,0 +1,97 @@
+"""Stage ``metrics``: score one image's masks against its ground truth; write the used mask.
+
+With prompts, the used mask is the union of the prompt masks. In automatic mode each GT
+instance is scored against its best-matching automatic mask, and the used mask is the union of
+those matches: compositing every automatic mask would paint the whole frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segstyle_core import cityscapes
+from segstyle_core.images import read_mask, write_png
+from segstyle_core.masks import load_masks, union_mask
+from segstyle_core.metrics import score_masks
+from segstyle_core.rle import encode_mask
+from segstyle_core.scoring import match_auto_masks, prompt_scores
+from segstyle_core.segment.base import Prompt
+from segstyle_core.stagecache import StageKey, StageRecord, stage
+from segstyle_core.stages.gt import GtRecord
+from segstyle_core.stages.segment import SegmentRecord
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsRecord(StageRecord):
+    """Output ``mask``: the used mask (PNG); ``scores``: one dict per prompt.
+
+    Each score holds the prompt (``prompt``, as :meth:`Prompt.as_dict`), IoU, Dice, precision
+    and recall against the whole class and against the prompt's own instance,
+    ``image_iou``/``image_dice`` of the used mask against the class, and the prompt's own mask
+    as COCO RLE (``mask_rle``, :func:`segstyle_core.rle.encode_mask`).
+    """
+
+    scores: list[dict[str, Any]]
+
+
+def _key(
+    frame: cityscapes.Frame,
+    classes: tuple[str, ...],
+    gt: GtRecord,
+    masks: SegmentRecord,
+    automatic: bool,
+    cache_dir: str,
+) -> StageKey:
+    files = {"gt_mask": gt.path("gt_mask"), "masks": masks.path("masks")}
+    if frame.instance_ids_path is not None:
+        files["instance_ids"] = str(frame.instance_ids_path)
+    config = {
+        "classes": sorted(c.lower() for c in classes),
+        "prompts": gt.prompts,
+        "automatic": automatic,
+    }
+    return StageKey(files, config)
+
+
+@stage(
+    "metrics",
+    key=_key,
+    code=("segstyle_core.scoring", "segstyle_core.metrics", "segstyle_core.rle"),
+)
+def score_frame(
+    out: Path,
+    frame: cityscapes.Frame,
+    classes: tuple[str, ...],
+    gt: GtRecord,
+    masks: SegmentRecord,
+    automatic: bool,
+    cache_dir: str,
+) -> MetricsRecord:
+    """Score every prompt's mask (every GT instance's best automatic mask) against the GT."""
+    class_mask = read_mask(gt.path("gt_mask"))
+    instances = cityscapes.load_instances(frame, list(classes))
+    predictions = load_masks(masks.path("masks"))
+    if automatic:
+        pairs = match_auto_masks(predictions, instances)
+        prompts = [Prompt(instance_id=i.instance_id, class_name=i.class_name) for i, _ in pairs]
+        predictions = [p for _, p in pairs]
+    else:
+        prompts = gt.prompt_list()
+    used = union_mask(predictions, class_mask.shape)
+    image = score_masks(used, class_mask)
+    scores = prompt_scores(predictions, prompts, class_mask, instances)
+    return MetricsRecord(
+        outputs={"mask": str(write_png(out / "mask.png", used))},
+        scores=[
+            {
+                "prompt": p.as_dict(),
+                **s,
+                "image_iou": image.iou,
+                "image_dice": image.dice,
+                "mask_rle": encode_mask(prediction.mask),
+            }
+            for p, s, prediction in zip(prompts, scores, predictions, strict=True)
+        ],
+    )

@@ -1,0 +1,69 @@
+"""Tiny random-weight models for tests and benchmarks; never used by a real run.
+
+Each builder here makes an official architecture, narrow and shallow, with weights drawn from a
+seed, so tests exercise the real loading and inference code in seconds without downloading a
+checkpoint. Their outputs mean nothing. To use one through a backend's registry, register it
+under a test variant name, e.g. ``SAM_BUILDERS["tiny"] = build_sam_tiny`` (tests do this with
+``monkeypatch.setitem`` so the registry is restored afterwards).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+
+
+def build_sam_tiny(img_size: int = 64, seed: int = 0) -> Sam:
+    """A ~60k-parameter SAM with random weights, for tests and benchmarks only.
+
+    Same modules as the official models (ViT encoder with one global block, prompt encoder,
+    two-way transformer decoder), just narrow and shallow; its masks mean nothing. Weights
+    are drawn from ``seed`` without touching the global RNG.
+
+    Args:
+        img_size: side of the square ``img_size×img_size`` input the encoder takes, in pixels
+            (a multiple of 8, the patch size); images are resized to it like the official 1024.
+        seed: seed of the random weights.
+    """
+    patch = 8
+    dim = 32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                img_size=img_size,
+                patch_size=patch,
+                embed_dim=dim,
+                depth=1,
+                num_heads=1,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                qkv_bias=True,
+                use_rel_pos=True,
+                global_attn_indexes=(0,),
+                out_chans=dim,
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=dim,
+                image_embedding_size=(img_size // patch, img_size // patch),
+                input_image_size=(img_size, img_size),
+                mask_in_chans=4,
+            ),
+            mask_decoder=MaskDecoder(
+                num_multimask_outputs=3,
+                transformer=TwoWayTransformer(
+                    depth=1, embedding_dim=dim, mlp_dim=2 * dim, num_heads=2
+                ),
+                transformer_dim=dim,
+                iou_head_depth=2,
+                iou_head_hidden_dim=dim,
+            ),
+        )
+    return sam.eval()

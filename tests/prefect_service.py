@@ -1,0 +1,256 @@
+"""A real Prefect server in a subprocess, for tests that need what a user's server does.
+
+``prefect_test_harness`` (the ``prefect_api`` fixture) runs the API without its background
+services, so nothing there ever schedules a run. :func:`prefect_service` starts the same
+command a user runs (``prefect server start``, scheduler and all) on a free port of 127.0.0.1,
+with its own ``PREFECT_HOME`` and its output in a log file, and stops it afterwards. Its
+teardown fails when the server's log holds a Python traceback: the server logs errors of its
+background services (e.g. the scheduler's) only there, and a request never sees them.
+
+Use the ``prefect_server`` fixture (``tests/conftest.py``, one server per test module), or the
+context manager directly::
+
+    with prefect_service(tmp_path / "prefect") as server:
+        subprocess.run(["prefect", "deployment", "ls"], env=server.env(), check=True)
+        with server.client() as client:
+            client.read_deployments()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+#: The project's root (the ``prefect.yaml`` and ``Makefile`` folder).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Environment variables a subprocess must not inherit from the test process: they would point
+#: it at another server or profile.
+_INHERITED_PREFECT = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_UI_URL")
+
+
+def prefect_executable() -> str:
+    """The ``prefect`` command of the interpreter running the tests (the project's venv)."""
+    beside = Path(sys.executable).with_name("prefect")
+    return str(beside) if beside.exists() else "prefect"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process_group(process: subprocess.Popen[Any], grace_s: float = 20.0) -> None:
+    """SIGTERM the process's group (it must lead one: ``start_new_session=True``), then SIGKILL."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    # children that outlived the leader (e.g. a worker's flow-run subprocess)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def tracebacks(log_text: str, context_lines: int = 25) -> list[str]:
+    """Each ``Traceback`` in a log with the lines that follow it (the exception is at the end)."""
+    lines = log_text.splitlines()
+    return [
+        "\n".join(lines[i : i + context_lines])
+        for i, line in enumerate(lines)
+        if "Traceback" in line
+    ]
+
+
+@dataclass
+class PrefectService:
+    """A running ``prefect server start`` subprocess.
+
+    Attributes:
+        api_url: ``http://127.0.0.1:<port>/api`` (what ``PREFECT_API_URL`` takes).
+        ui_url: ``http://127.0.0.1:<port>``, the UI's address.
+        port: the TCP port on 127.0.0.1.
+        home: the server's ``PREFECT_HOME`` (its SQLite database, the UI build).
+        log_path: the server's stdout and stderr.
+        process: the server process; it leads its own process group.
+    """
+
+    api_url: str
+    ui_url: str
+    port: int
+    home: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """An environment for subprocesses (CLI, workers) that talk to this server.
+
+        The test process's environment, without any other server's or profile's settings,
+        with ``PREFECT_HOME`` and ``PREFECT_API_URL`` set to this server's, analytics off, plus
+        ``extra`` (e.g. ``SEGSTYLE_HOME=...``).
+        """
+        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_PREFECT}
+        env.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_URL=self.api_url,
+            PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(self.home / "storage"),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            DO_NOT_TRACK="1",
+            PYTHONUNBUFFERED="1",
+            # the test process turns Prefect's console down to ERROR; a subprocess's log is a file
+            PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO",
+        )
+        env.update(extra)
+        return env
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float = 180,
+        cwd: str | os.PathLike[str] = REPO_ROOT,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``prefect *args`` against this server; fail with its output when it exits non-zero.
+
+        ``env`` defaults to :meth:`env`; output is captured (``.stdout``, ``.stderr``).
+        """
+        command = [prefect_executable(), *args]
+        done = subprocess.run(
+            command,
+            cwd=cwd,
+            env=dict(env) if env is not None else self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(command)} exited {done.returncode}\n"
+                f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+            )
+        return done
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[Any]:
+        """A synchronous Prefect client for this server (``prefect.client.orchestration``)."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.api_url}):
+            with get_client(sync_client=True) as client:
+                yield client
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def assert_log_clean(self) -> None:
+        """Fail when the server's log holds a traceback (shown, up to three of them)."""
+        found = tracebacks(self.log_text())
+        assert not found, (
+            f"the Prefect server's log {self.log_path} holds {len(found)} traceback(s):\n\n"
+            + "\n\n".join(found[:3])
+        )
+
+
+def _get(url: str, timeout: float = 2.0) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - local URL
+            return response.read() if response.status == 200 else None
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+@contextlib.contextmanager
+def prefect_service(
+    base_dir: str | os.PathLike[str],
+    *,
+    scheduler_loop_s: float = 2,
+    startup_timeout_s: float = 120,
+    extra_env: Mapping[str, str] | None = None,
+    check_log: bool = True,
+) -> Iterator[PrefectService]:
+    """Start ``prefect server start --host 127.0.0.1 --port <free>``; yield it; stop it.
+
+    ``base_dir`` gets ``home/`` (the server's ``PREFECT_HOME``) and ``server.log``. The
+    scheduler runs every ``scheduler_loop_s`` seconds (Prefect's default: 60), so scheduled
+    runs appear within seconds of a deploy. ``extra_env`` adds server settings. The block ends
+    with the server's process group stopped (SIGTERM, then SIGKILL) and, with ``check_log``,
+    :meth:`PrefectService.assert_log_clean`.
+
+    Raises:
+        RuntimeError: the server exited, or answered no health check within
+            ``startup_timeout_s`` (the message ends with its log).
+    """
+    base = Path(base_dir)
+    home = base / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = base / "server.log"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in _INHERITED_PREFECT}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS=str(scheduler_loop_s),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PYTHONUNBUFFERED="1",
+        PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO",
+        **(extra_env or {}),
+    )
+    command = [prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    log: IO[bytes]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=base,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: teardown stops it and its children
+        )
+    service = PrefectService(
+        api_url=f"http://127.0.0.1:{port}/api",
+        ui_url=f"http://127.0.0.1:{port}",
+        port=port,
+        home=home,
+        log_path=log_path,
+        process=process,
+    )
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while _get(f"{service.api_url}/health") != b"true":
+            if process.poll() is not None or time.monotonic() > deadline:
+                state = (
+                    f"exited {process.returncode}"
+                    if process.poll() is not None
+                    else f"answered no health check in {startup_timeout_s:.0f} s"
+                )
+                raise RuntimeError(
+                    f"{' '.join(command)} {state}; its log {log_path}:\n{service.log_text()}"
+                )
+            time.sleep(0.5)
+        yield service
+    finally:
+        stop_process_group(process)
+    if check_log:
+        service.assert_log_clean()

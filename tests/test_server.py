@@ -1,0 +1,179 @@
+"""Which Prefect API a command-line run uses (``segstyle.flows.server.local_api``).
+
+``PREFECT_API_URL`` when set; else the local server when it answers (nothing is started);
+else a temporary server that stops with the block and dies with its process, SIGKILL included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.prefect_service import REPO_ROOT, free_port, stop_process_group
+
+#: Enters ``local_api``, prints what it got as one JSON line, then sleeps until killed.
+_ENTER = """
+import json, os, sys, time
+from pathlib import Path
+from segstyle.flows.server import local_api
+start = time.perf_counter()
+with local_api(Path(sys.argv[1])) as url:
+    print(json.dumps({
+        "url": url,
+        "seconds": time.perf_counter() - start,
+        "slots": os.environ.get("SEGSTYLE_DEVICE_SLOTS"),
+    }), flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _processes_with(*words: str) -> list[int]:
+    """PIDs whose command line holds every one of ``words`` as an argument."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(word.encode() in argv for word in words):
+            found.append(int(entry.name))
+    return found
+
+
+def _no_popen(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("local_api started a server")
+
+
+def test_local_server_address_is_prefect_server_settings() -> None:
+    from prefect.settings import (
+        PREFECT_SERVER_API_HOST,
+        PREFECT_SERVER_API_PORT,
+        temporary_settings,
+    )
+
+    from segstyle.flows.server import local_server_api_url
+
+    with temporary_settings(restore_defaults={PREFECT_SERVER_API_HOST, PREFECT_SERVER_API_PORT}):
+        assert local_server_api_url() == "http://127.0.0.1:4200/api"  # `make server`'s
+    with temporary_settings({PREFECT_SERVER_API_HOST: "0.0.0.0", PREFECT_SERVER_API_PORT: 4321}):
+        assert local_server_api_url() == "http://127.0.0.1:4321/api"
+
+
+def test_probe_of_a_closed_port_is_quick() -> None:
+    from segstyle.flows.server import api_is_up
+
+    start = time.perf_counter()
+    assert not api_is_up(f"http://127.0.0.1:{free_port()}/api")
+    assert time.perf_counter() - start < 0.5
+
+
+def test_configured_api_url_is_used_as_is(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from segstyle.flows import server
+
+    monkeypatch.setattr(server, "_popen_server", _no_popen)
+    monkeypatch.setattr(server, "api_is_up", lambda *a, **k: pytest.fail("probed"))
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        with server.local_api(tmp_path / "server.log") as url:
+            assert url is None
+            assert PREFECT_API_URL.value() == "http://127.0.0.1:9/api"
+
+
+@pytest.mark.slow
+def test_running_local_server_is_used_and_nothing_started(
+    prefect_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_API_PORT, temporary_settings
+
+    from segstyle.flows import server
+
+    @flow(name="segstyle-local-api-probe")
+    def probe() -> str:
+        return "ok"
+
+    monkeypatch.setattr(server, "_popen_server", _no_popen)
+    monkeypatch.delenv("SEGSTYLE_DEVICE_SLOTS", raising=False)
+    lines: list[str] = []
+    with temporary_settings(
+        {PREFECT_SERVER_API_PORT: prefect_server.port}, restore_defaults={PREFECT_API_URL}
+    ):
+        start = time.perf_counter()
+        with server.local_api(tmp_path / "server.log", announce=lines.append) as url:
+            entered = time.perf_counter() - start
+            assert url == prefect_server.api_url
+            assert PREFECT_API_URL.value() == prefect_server.api_url
+            assert "SEGSTYLE_DEVICE_SLOTS" not in os.environ  # slots are the server's limits
+            state = probe(return_state=True)
+        assert PREFECT_API_URL.value() is None
+    assert entered < 1.0, entered
+    assert lines == [
+        f"segstyle: runs go to the Prefect server at {prefect_server.api_url} "
+        f"(UI: {prefect_server.ui_url})"
+    ]
+    assert not (tmp_path / "server.log").exists()
+    with prefect_server.client() as client:  # the run is in the server's database (its UI)
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert run.state.is_completed()
+
+
+@pytest.mark.slow
+def test_temporary_server_dies_with_a_sigkilled_cli(tmp_path: Path) -> None:
+    """No server answers at the configured address: a temporary one starts, and stops
+    listening within seconds of its process being SIGKILLed (it never gets to clean up)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env.pop("SEGSTYLE_DEVICE_SLOTS", None)
+    env.update(
+        PREFECT_HOME=str(tmp_path / "home"),
+        PREFECT_SERVER_API_PORT=str(free_port()),  # nothing listens there
+        PYTHONUNBUFFERED="1",
+    )
+    log = tmp_path / "logs" / "prefect-server.log"
+    cli = subprocess.Popen(
+        [sys.executable, "-c", _ENTER, str(log), "600"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        line = cli.stdout.readline() if cli.stdout else b""  # blocks until entered (or exit)
+        assert line, cli.stderr.read().decode() if cli.stderr else ""
+        entered = json.loads(line)
+        port = int(entered["url"].rsplit(":", 1)[1].split("/")[0])
+        assert entered["url"] == f"http://127.0.0.1:{port}/api"
+        assert entered["slots"] == "host"
+        assert _listening(port)
+        servers = _processes_with("--port", str(port))
+        assert len(servers) == 1 and servers != [cli.pid]
+        assert log.exists()  # the server's output goes to the log file
+
+        cli.kill()
+        assert cli.wait(timeout=10) == -9
+        killed = time.monotonic()
+        while _listening(port) or _processes_with("--port", str(port)):
+            assert time.monotonic() - killed < 10, "the temporary server outlived its CLI"
+            time.sleep(0.1)
+        print(f"temporary server gone {time.monotonic() - killed:.2f} s after SIGKILL")
+    finally:
+        stop_process_group(cli, grace_s=5)
+        for pid in _processes_with("--port", str(locals().get("port", 0))):
+            os.kill(pid, 9)
