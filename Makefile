@@ -53,6 +53,7 @@ bench: $(LINKED)
 lint: $(LINKED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy -p segstyle_core -p segstyle.tasks -p segstyle.flows
 
 # Local Prefect server bound to 127.0.0.1 only; the UI is on http://127.0.0.1:$(SERVER_PORT).
 # `make deploy` and `make worker` talk to it (run each in its own terminal, same SERVER_PORT).
@@ -60,8 +61,10 @@ SERVER_PORT ?= 4200
 PREFECT_LOCAL_API := http://127.0.0.1:$(SERVER_PORT)/api
 POOL := segstyle-process
 
+# PREFECT_UI_API_URL: the UI's API address; Prefect 3.8.8 derives it from its default port
+# (4200), not from --port.
 server: $(LINKED)
-	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(SERVER_PORT)
+	PREFECT_UI_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(SERVER_PORT)
 
 # Creates the process work pool once (an existing one keeps its settings), then deploys every
 # deployment of prefect.yaml; the demo-offline-nightly schedule is active at once.

@@ -32,6 +32,7 @@ from segstyle.flows.options import (
     build_video_stylizer,
     build_video_tracker,
 )
+from segstyle.flows.serve import add_serve_command
 from segstyle_core.errors import SegstyleError
 
 EXIT_FAILED_IMAGES = 1
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve_command(commands, formatter_class=_Formatter)
 
     def command(
         name: str, handler: Callable[[argparse.Namespace], int], help_text: str

@@ -17,12 +17,13 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from segstyle.flows.artifacts import publish_artifacts
 from segstyle.flows.demo_dataset import ensure_demo_dataset
 from segstyle.flows.rows import frame_rows, run_columns
+from segstyle.tasks.device_slots import dask_annotations
 from segstyle.tasks.publish import publish
 from segstyle.tasks.sample import sample_city
 from segstyle.tasks.stages import (
@@ -50,6 +51,8 @@ from segstyle_core.stagecache import StageRecord
 
 #: Threads for the task runner: heavy stages still run one at a time per device (device slot).
 DEFAULT_WORKERS = 4
+#: The flows' task runner (Prefect gives each flow run its own copy).
+TASK_RUNNER: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS)
 
 
 class RunFailed(SegstyleError):
@@ -105,22 +108,24 @@ def _submit_frame(
     if _error_of(gt) is not None or not (automatic or gt.result().prompts):
         return
     image_id, image_path = frame.image_id, str(frame.image_path)
-    masks = segment.submit(
-        image_id, image_path, gt.result().prompts, automatic, segmenter, cache_dir
-    )
+    with dask_annotations(segmenter.device):
+        masks = segment.submit(
+            image_id, image_path, gt.result().prompts, automatic, segmenter, cache_dir
+        )
     scores = score_frame.submit(frame, dataset.classes, gt, masks, automatic, cache_dir)
     futures.stages.update(segment=masks, metrics=scores)
     stylized = painted = None
     if stylizer is not None:
-        stylized = stylize.submit(
-            image_id,
-            image_path,
-            stylizer.style_path(),
-            stylizer,
-            cache_dir,
-            roi=masks if settings.roi_margin_px is not None else None,
-            roi_margin_px=settings.roi_margin_px,
-        )
+        with dask_annotations(stylizer.device):
+            stylized = stylize.submit(
+                image_id,
+                image_path,
+                stylizer.style_path(),
+                stylizer,
+                cache_dir,
+                roi=masks if settings.roi_margin_px is not None else None,
+                roi_margin_px=settings.roi_margin_px,
+            )
         painted = composite.submit(image_id, image_path, stylized, scores, settings, cache_dir)
         futures.stages.update(stylize=stylized, composite=painted)
     futures.stages["figures"] = figures.submit(
@@ -207,7 +212,7 @@ def run_dataset(
     return str(parquet)
 
 
-@flow(name="segment_and_stylize", task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS))
+@flow(name="segment_and_stylize", task_runner=TASK_RUNNER)
 def segment_and_stylize(
     dataset: DatasetSelection = DatasetSelection(),
     prompts: PromptConfig = PromptConfig(),
@@ -224,7 +229,7 @@ def segment_and_stylize(
     return run_dataset(dataset, prompts, segmenter, stylizer, composite, outputs)
 
 
-@flow(name="evaluate_segmentation", task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS))
+@flow(name="evaluate_segmentation", task_runner=TASK_RUNNER)
 def evaluate_segmentation(
     dataset: DatasetSelection = DatasetSelection(),
     prompts: PromptConfig = PromptConfig(),

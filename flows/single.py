@@ -6,7 +6,6 @@ For deployments and the Prefect UI; ``segstyle stylize`` runs the same stages wi
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -19,7 +18,7 @@ from segstyle_core.config import (
     SegmenterConfig,
     StylizerConfig,
 )
-from segstyle_core.fileio import atomic_write_with
+from segstyle_core.images import check_output_path, read_rgb, write_image
 from segstyle_core.photo import photo_prompts
 
 
@@ -33,8 +32,10 @@ def stylize_image(
     composite: CompositeConfig = CompositeConfig(),
     outputs: OutputConfig = OutputConfig(),
 ) -> str:
-    """Segment the prompted object(s) of ``image``, stylize, composite; write ``output`` (PNG)."""
+    """Segment the prompted object(s) of ``image``, stylize, composite; write ``output`` (its
+    format follows its suffix: .png, .jpg, .webp)."""
     prompt_list = photo_prompts(image, prompts)
+    check_output_path(output, [image, stylizer.style_path()])
     cache_dir = str(Path(outputs.out) / "cache")
     image_id = Path(image).stem
     masks = stages.segment.submit(
@@ -49,7 +50,7 @@ def stylize_image(
         roi=masks if composite.roi_margin_px is not None else None,
         roi_margin_px=composite.roi_margin_px,
     )
-    record = stages.composite(image_id, image, painted, masks, composite, cache_dir)
-    target = atomic_write_with(output, lambda tmp: shutil.copyfile(record.path("composite"), tmp))
+    record = stages.composite.submit(image_id, image, painted, masks, composite, cache_dir).result()
+    target = write_image(output, read_rgb(record.path("composite")))
     get_run_logger().info("wrote %s", target)
     return str(target)

@@ -16,9 +16,9 @@ import os
 import random
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from cityscapesscripts.helpers.labels import id2label, labels
@@ -177,22 +177,6 @@ def frame_from_image_path(path: str | os.PathLike[str]) -> Frame:
             "<root>/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png"
         )
     return _frame(parents[3], parents[1].name, parents[0].name, image_path)
-
-
-def frame_to_dict(frame: Frame) -> dict[str, Any]:
-    """A JSON-able dict of a frame (paths as strings)."""
-    return {
-        key: (str(value) if isinstance(value, Path) else value)
-        for key, value in asdict(frame).items()
-    }
-
-
-def frame_from_dict(data: dict[str, Any]) -> Frame:
-    """Inverse of :func:`frame_to_dict`."""
-    path_fields = {f.name for f in fields(Frame) if f.name.endswith("_path")}
-    return Frame(
-        **{k: (Path(v) if k in path_fields and v is not None else v) for k, v in data.items()}
-    )
 
 
 def _scan_city(root: Path, split: str, city: str) -> tuple[list[Frame], list[tuple[str, str]]]:

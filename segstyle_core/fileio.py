@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -138,6 +139,15 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], Non
     with _temporary_sibling(target) as tmp:
         writer(tmp)
     return target
+
+
+def copy_atomic(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Copy ``source`` to ``target`` atomically (a reader never sees half a file)."""
+
+    def copy(tmp: Path) -> None:
+        shutil.copyfile(source, tmp)
+
+    return atomic_write_with(target, copy)
 
 
 def write_json_atomic(path: str | os.PathLike[str], value: Any) -> Path:

@@ -109,7 +109,7 @@ class StageKey:
 @functools.cache
 def code_sha256(modules: tuple[str, ...]) -> str:
     """SHA-256 of the source of ``modules`` (a package counts with every ``.py`` file in it)."""
-    digests = []
+    digests: list[str] = []
     for name in sorted(modules):
         module = importlib.import_module(name)
         origin = Path(inspect.getfile(module))

@@ -83,8 +83,9 @@ MODE_ENV = "SEGSTYLE_DEVICE_SLOTS"  # "prefect" | "host"; unset: prefect when an
 HOST_ENV = "SEGSTYLE_DEVICE_SLOT_HOST"  # the machine's name in slot names
 DIR_ENV = "SEGSTYLE_DEVICE_SLOT_DIR"  # holder files and host-mode lock files
 
-#: Lease of a held slot; renewed every third of it (Prefect's minimum is 60 s).
+#: Lease of a held slot (Prefect's minimum is 60 s), and how often a holder renews it.
 LEASE_SECONDS = 60.0
+RENEW_EVERY_SECONDS = LEASE_SECONDS / 3
 #: Longest pause between two attempts of a waiting stage (the server may suggest up to 39 s).
 POLL_SECONDS = 0.5
 #: How often a waiting stage looks for holders that died.
@@ -212,7 +213,11 @@ def _prefect_slot(name: str) -> Iterator[None]:
     with get_client(sync_client=True) as client:
         ensure_limit(client, name)
         lease_id = _acquire(client, name, holders)
-    holder = _HolderFile(holders, lease_id, api_url)
+        try:
+            holder = _HolderFile(holders, lease_id, api_url)
+        except BaseException:
+            client.release_concurrency_slots_with_lease(lease_id)
+            raise
     renewal = _Renewal(lease_id)
     try:
         yield
@@ -234,16 +239,16 @@ def ensure_limit(client: Any, name: str, slots: int = SLOTS_PER_DEVICE) -> None:
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     key = (str(client.api_url), name)
-    if key in _created:
-        return
-    try:
-        client.read_global_concurrency_limit_by_name(name)
-    except ObjectNotFound:
-        with contextlib.suppress(ObjectAlreadyExists):  # another process was first
-            client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=name, limit=slots)
-            )
-    with _created_lock:
+    with _created_lock:  # one check-and-create per process: the flow's threads race here
+        if key in _created:
+            return
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another process was first
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=slots)
+                )
         _created.add(key)
 
 
@@ -396,7 +401,7 @@ def release_dead_holders(client: Any, directory: Path) -> int:
 
 
 class _Renewal:
-    """Renews a lease every third of :data:`LEASE_SECONDS` until stopped (a daemon thread)."""
+    """Renews a lease every :data:`RENEW_EVERY_SECONDS` until stopped (a daemon thread)."""
 
     def __init__(self, lease_id: UUID) -> None:
         import contextvars
@@ -412,7 +417,7 @@ class _Renewal:
     def _run(self) -> None:
         from prefect.client.orchestration import get_client
 
-        while not self._stop.wait(LEASE_SECONDS / 3):
+        while not self._stop.wait(RENEW_EVERY_SECONDS):
             try:
                 with get_client(sync_client=True) as client:
                     client.renew_concurrency_lease(self.lease_id, LEASE_SECONDS)

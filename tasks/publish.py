@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 from prefect import task
 
-from segstyle_core.fileio import atomic_write_with
+from segstyle_core.fileio import copy_atomic
 from segstyle_core.stagecache import StageRecord
 
 #: Parquet path column -> (stage, output) it publishes.
@@ -39,9 +38,5 @@ def publish(image_id: str, run_dir: str, records: Mapping[str, StageRecord]) -> 
     for column, (stage, output) in PUBLISHED.items():
         record = records.get(stage)
         if record is not None and output in record.outputs:
-            source = record.path(output)
-            target = atomic_write_with(
-                folder / f"{output}.png", lambda tmp, src=source: shutil.copyfile(src, tmp)
-            )
-            placed[column] = str(target)
+            placed[column] = str(copy_atomic(record.path(output), folder / f"{output}.png"))
     return placed

@@ -17,7 +17,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
-from segstyle.tasks.common import device_slot
+from segstyle.tasks.device_slots import device_slot
 from segstyle_core.errors import SegstyleError
 from segstyle_core.stagecache import Stage, StageRecord
 
@@ -50,8 +50,11 @@ def _forward_core_logs() -> None:
 _forward_core_logs()
 
 
-def stage_task(stage: Stage[P, R], run_name: str) -> Task[P, R]:
-    """The Prefect task of ``stage``, named ``run_name`` (formatted with its parameters)."""
+def stage_task(stage: Stage[P, R], run_name: str) -> Task[..., R]:
+    """The Prefect task of ``stage``, named ``run_name`` (formatted with its parameters).
+
+    Typed ``Task[..., R]``: its arguments may be the stage's own or futures of them.
+    """
 
     def run(*args: P.args, **kwargs: P.kwargs) -> R | State[R]:
         record = stage.run_in(device_slot, *args, **kwargs)
@@ -62,8 +65,7 @@ def stage_task(stage: Stage[P, R], run_name: str) -> Task[P, R]:
     run.__signature__ = stage.signature  # type: ignore[attr-defined]
     run.__name__ = run.__qualname__ = stage.compute.__name__
     run.__doc__ = stage.compute.__doc__
-    return task(
-        run,
+    decorate = task(
         name=stage.name,
         task_run_name=run_name,
         cache_policy=NO_CACHE,
@@ -72,3 +74,4 @@ def stage_task(stage: Stage[P, R], run_name: str) -> Task[P, R]:
         retry_delay_seconds=[1, 4],
         retry_condition_fn=retry_transient,
     )
+    return decorate(run)  # type: ignore[arg-type]

@@ -70,14 +70,24 @@ def stop_process_group(process: subprocess.Popen[Any], grace_s: float = 20.0) ->
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def tracebacks(log_text: str, context_lines: int = 25) -> list[str]:
-    """Each ``Traceback`` in a log with the lines that follow it (the exception is at the end)."""
+def tracebacks(log_text: str, frames: int = 3) -> list[str]:
+    """Each Python traceback in a log, shortened: the log line before it (what logged it), its
+    last ``frames`` frames and its exception line."""
     lines = log_text.splitlines()
-    return [
-        "\n".join(lines[i : i + context_lines])
-        for i, line in enumerate(lines)
-        if "Traceback" in line
-    ]
+    found = []
+    for i, line in enumerate(lines):
+        if "Traceback" not in line:  # also "  + Exception Group Traceback ..."
+            continue
+        end = i + 1
+        while end < len(lines) and lines[end][:1] in (" ", "\t"):
+            end += 1
+        body = lines[i + 1 : end]
+        frame_starts = [n for n, text in enumerate(body) if text.lstrip().startswith("File ")]
+        tail = body[frame_starts[-frames] :] if len(frame_starts) >= frames else body
+        before = [lines[i - 1]] if i > 0 and lines[i - 1].strip() else []
+        exception = lines[end : end + 1]
+        found.append("\n".join([*before, line, *tail, *exception]))
+    return found
 
 
 @dataclass
@@ -209,6 +219,8 @@ def prefect_service(
     env = {k: v for k, v in os.environ.items() if k not in _INHERITED_PREFECT}
     env.update(
         PREFECT_HOME=str(home),
+        # the UI's API address; Prefect 3.8.8 derives it from port 4200, not from --port
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS=str(scheduler_loop_s),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",

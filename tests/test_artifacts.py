@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+
 from segstyle.flows.artifacts import (
     ERROR_CHARS,
     TABLE_COLUMNS,
@@ -19,7 +20,6 @@ from segstyle.flows.artifacts import (
     summary_markdown,
     table_records,
 )
-
 from segstyle_core.figures import panel
 from segstyle_core.images import write_png
 from segstyle_core.outputs import OUTPUTS_URL_ENV
@@ -204,6 +204,7 @@ def test_a_retried_flow_run_keeps_one_set_of_artifacts(
         ArtifactFilterType,
     )
     from prefect.runtime import flow_run
+
     from segstyle.flows.artifacts import publish_artifacts
 
     monkeypatch.setenv(OUTPUTS_URL_ENV, BASE)

@@ -222,6 +222,30 @@ def test_a_sigkilled_holders_slot_is_free_within_seconds(on_server: Any) -> None
         assert client.read_global_concurrency_limit_by_name(slot_name("cpu")).active_slots == 0
 
 
+@pytest.mark.slow
+def test_a_held_slot_is_renewed(
+    on_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from segstyle.tasks import device_slots
+
+    renewed: list[Any] = []
+    renew = SyncPrefectClient.renew_concurrency_lease
+
+    def counting(self: Any, lease_id: Any, lease_duration: float) -> Any:
+        response = renew(self, lease_id, lease_duration)
+        renewed.append(response.status_code)
+        return response
+
+    monkeypatch.setattr(SyncPrefectClient, "renew_concurrency_lease", counting)
+    monkeypatch.setattr(device_slots, "RENEW_EVERY_SECONDS", 0.2)
+    with device_slots.device_slot("cpu"):
+        time.sleep(1.5)
+    assert len(renewed) >= 3 and set(renewed) == {204}
+    assert "not renewed" not in caplog.text
+
+
 def _slot_vars() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("SEGSTYLE_DEVICE_SLOT")}
 

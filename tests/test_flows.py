@@ -15,37 +15,18 @@ from uuid import UUID
 import pandas as pd
 import pytest
 
+from tests.flow_params import offline_params
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 STAGES = ("gt", "segment", "stylize", "composite", "figures")
 MODEL_STAGES = ("gt", "segment", "stylize", "composite")
 
 
-def _offline(root: Path, out: Path, **dataset: Any) -> dict[str, Any]:
-    """The flow parameters of an offline run over ``root`` (GrabCut, feed-forward)."""
-    from segstyle_core.config import (
-        CompositeConfig,
-        DatasetSelection,
-        OutputConfig,
-        PromptConfig,
-        SegmenterConfig,
-        StylizerConfig,
-    )
-
-    return {
-        "dataset": DatasetSelection(root=str(root), **{"city": "zurich", **dataset}),
-        "prompts": PromptConfig(source="gt-instances"),
-        "segmenter": SegmenterConfig(backend="grabcut"),
-        "stylizer": StylizerConfig(backend="feedforward"),
-        "composite": CompositeConfig(feather_px=1.0),
-        "outputs": OutputConfig(out=str(out)),
-    }
-
-
 def _run(root: Path, out: Path) -> Any:
     from segstyle.flows.dataset import segment_and_stylize
 
-    return segment_and_stylize(**_offline(root, out), return_state=True)
+    return segment_and_stylize(**offline_params(root, out), return_state=True)
 
 
 def _task_runs(flow_run_id: UUID, stage_runs: int = 0) -> list[Any]:
@@ -168,7 +149,7 @@ def test_evaluate_flow_scores_without_styling(dataset: Path, tmp_path: Path) -> 
     from segstyle.flows.dataset import evaluate_segmentation
     from segstyle_core.config import PromptConfig
 
-    params = _offline(dataset, tmp_path / "out", city="aachen", classes=("car", "person"))
+    params = offline_params(dataset, tmp_path / "out", city="aachen", classes=("car", "person"))
     state = evaluate_segmentation(
         dataset=params["dataset"],
         prompts=PromptConfig(source="largest"),
@@ -193,7 +174,7 @@ def test_dask_task_runner_runs_the_flow(dataset: Path, tmp_path: Path) -> None:
     )
     from segstyle_core.config import PromptConfig
 
-    params = _offline(dataset, tmp_path / "out", limit=1)
+    params = offline_params(dataset, tmp_path / "out", limit=1)
     state = flow(**{**params, "prompts": PromptConfig(source="largest")}, return_state=True)
     assert state.is_completed(), state.message
     assert pd.read_parquet(state.result())["status"].eq("ok").all()

@@ -33,6 +33,7 @@ from segstyle_core.demo.dataset import generate_demo_dataset
 from segstyle_core.errors import InputError
 from segstyle_core.images import read_label_map, read_rgb
 from segstyle_core.prompts.from_gt import prompts_from_instances
+from tests.flow_params import offline_params
 
 REPO = Path(__file__).resolve().parents[1]
 CITY = "zurich"
@@ -60,18 +61,10 @@ def _prompt_count(frame: cityscapes.Frame) -> int:
 def _flow(root: Path, out: Path, **overrides: Any) -> Any:
     """Run ``segment_and_stylize`` in this process; return its final state."""
     from segstyle.flows.dataset import segment_and_stylize
+    from segstyle_core.config import CompositeConfig
 
-    params = {
-        "dataset": str(root),
-        "city": CITY,
-        "classes": ["car"],
-        "prompts": "gt-instances",
-        "segmenter": "grabcut",
-        "stylizer": "feedforward",
-        "out": str(out),
-        **overrides,
-    }
-    return segment_and_stylize(**params, return_state=True)
+    params = offline_params(root, out, city=CITY, classes=("car",), **overrides)
+    return segment_and_stylize(**{**params, "composite": CompositeConfig()}, return_state=True)
 
 
 def _rows(state: Any, out: Path, flow: str = FLOW) -> pd.DataFrame:
@@ -99,7 +92,15 @@ class CliRuns:
             open(self.logs / f"{name}.err", "wb") as stderr,
         ):
             self.started[name] = subprocess.Popen(
-                [sys.executable, "-m", "segstyle.flows.cli", "run", "--dataset", str(root), *RUN_OPTIONS]
+                [
+                    sys.executable,
+                    "-m",
+                    "segstyle.flows.cli",
+                    "run",
+                    "--dataset",
+                    str(root),
+                    *RUN_OPTIONS,
+                ]
                 + ["--out", str(out), *extra],
                 cwd=REPO,
                 env=env,
@@ -358,12 +359,14 @@ def test_prompts_file_boxes_are_checked_against_each_image(streets: Path, tmp_pa
         json.dumps({inside: [{"box": [-20, -10, 60, 50]}], outside: [{"box": [300, 5, 340, 40]}]})
     )
     out = tmp_path / "out"
+    from segstyle_core.config import PromptConfig
+
+    params = offline_params(streets, out, city=CITY)
     state = evaluate_segmentation(
-        dataset=str(streets),
-        city=CITY,
-        prompts=str(prompts),
-        segmenter="grabcut",
-        out=str(out),
+        dataset=params["dataset"],
+        prompts=PromptConfig(source=str(prompts)),
+        segmenter=params["segmenter"],
+        outputs=params["outputs"],
         return_state=True,
     )
     assert state.is_failed()
@@ -423,7 +426,7 @@ def test_run_killed_mid_way_resumes_and_reuses_finished_stages(
     # A stage killed between writing its image and its record: half a PNG, a temp file, no
     # record. The rerun must recompute it rather than read the half-written files.
     record = next(p for p in before if p.parts[-4] == "stylize")
-    stylized = Path(json.loads(record.read_text())["outputs"]["stylized"])
+    stylized = out / "cache" / json.loads(record.read_text())["outputs"]["stylized"]
     data = stylized.read_bytes()
     stylized.write_bytes(data[: len(data) // 2])
     (stylized.parent / f".{stylized.stem}.half.png").write_bytes(data[: len(data) // 3])
@@ -472,10 +475,10 @@ def test_concurrent_runs_on_overlapping_images_share_the_cache_safely(
         assert all(np.array_equal(p, pictures[0]) for p in pictures), image_id
     for record in (out / "cache").rglob("record.json"):
         for path in json.loads(record.read_text())["outputs"].values():
-            assert Path(path).is_file(), record
+            assert (out / "cache" / path).is_file(), record  # paths relative to the cache
     assert [p for p in out.rglob(".*") if p.is_file()] == []  # no temporary files left behind
 
-    # Prefect's result store and the stage cache are intact: a third run reads them back.
+    # The stage cache is intact: a third run reads it back.
     third = _flow(streets, out)
     assert third.is_completed(), third.message
     assert _rows(third, out)["iou"].tolist() == tables["all"]["iou"].tolist()

@@ -17,8 +17,8 @@ from urllib.parse import urljoin, urlsplit
 import numpy as np
 import pandas as pd
 import pytest
-from segstyle.flows.serve import add_serve_command, check_loopback, make_app
 
+from segstyle.flows.serve import add_serve_command, check_loopback, make_app
 from segstyle_core.errors import ConfigError
 from segstyle_core.figures import panel
 from segstyle_core.images import write_png

@@ -175,7 +175,11 @@ def _small_offline_params(deployment: Any, dataset: Path, out: Path) -> dict[str
 
 @pytest.fixture
 def worker(prefect_server: PrefectService, tmp_path: Path) -> Iterator[Path]:
-    """``prefect worker start --pool segstyle-process`` (polling every 2 s); yields its log."""
+    """``prefect worker start --pool segstyle-process`` (polling every 2 s); yields its log.
+
+    It would also start a nightly run that falls due while it runs (02:30 Europe/Zurich): a
+    test run at that minute leaves one more run behind, in the checkout's artifacts/.
+    """
     log_path = tmp_path / "worker.log"
     env = prefect_server.env(SEGSTYLE_HOME=str(REPO_ROOT), PREFECT_WORKER_QUERY_SECONDS="2")
     with open(log_path, "ab") as log:

@@ -108,7 +108,9 @@ def test_records_are_json_with_paths_relative_to_the_cache(tmp_path: Path) -> No
     source = tmp_path / "input.bin"
     source.write_bytes(b"x")
     record = _stage("gt", []).run(str(source), 1, str(tmp_path / "cache"))
-    stored = json.loads((stage_dir(tmp_path / "cache", "gt", record.cache_key) / RECORD).read_text())
+    stored = json.loads(
+        (stage_dir(tmp_path / "cache", "gt", record.cache_key) / RECORD).read_text()
+    )
     assert not Path(stored["outputs"]["result"]).is_absolute()
     assert stored["sha256"]["result"] == stagecache.file_sha256(record.path("result"))
     assert "seconds" not in stored and "cached" not in stored  # facts of one run, not stored

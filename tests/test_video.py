@@ -289,6 +289,42 @@ def test_cli_video_help_lists_its_options(capsys: pytest.CaptureFixture[str]) ->
         assert option in text
 
 
+def test_cli_video_builds_the_flow_models_from_its_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segstyle.flows import cli, video
+    from segstyle_core.config import CompositeConfig, OutputConfig
+    from segstyle_core.video.config import VIDEO_STYLIZER, VideoOptions
+
+    calls: dict[str, Any] = {}
+
+    def run_flow(out: str, flow_name: str, call: Any) -> int:
+        calls.update(out=out, flow_name=flow_name)
+        call()
+        return 0
+
+    def fake_flow(*args: Any, **kwargs: Any) -> None:
+        calls.update(args=args, kwargs=kwargs)
+
+    monkeypatch.setattr(cli, "_run_flow", run_flow)
+    monkeypatch.setattr(video, "stylize_video", fake_flow)
+    argv = ["video", "in.mp4", "--box", "1,2,30,40", "-o", "out.mp4", "--device", "cpu"]
+    argv += ["--start-frame", "3", "--height", "none", "--feather", "2", "--mode", "background"]
+    argv += ["--strength", "0.5", "--chunk-size", "4", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert (calls["out"], calls["flow_name"]) == (str(tmp_path), "stylize_video")
+    tracker, stylizer, composite, options, outputs = calls["args"][3:]
+    assert calls["args"][:3] == ("in.mp4", "out.mp4", "1,2,30,40")
+    assert calls["kwargs"] == {"return_state": True}
+    assert tracker == TrackerConfig(
+        device="cpu", segmenter=TrackerConfig().segmenter.changed(device="cpu")
+    )
+    assert stylizer == VIDEO_STYLIZER.changed(device="cpu", strength=0.5)
+    assert composite == CompositeConfig(mode="background", feather_px=2.0)
+    assert options == VideoOptions(start_frame=3, height=None, chunk_size=4)
+    assert outputs == OutputConfig(out=str(tmp_path))
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_api")
 def test_flow_stylizes_the_clip_and_a_second_run_is_all_cached(tmp_path: Path, clip: Clip) -> None:

@@ -41,7 +41,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -195,7 +195,7 @@ class _Gram(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, features: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, features: torch.Tensor) -> torch.Tensor:
         b, c, h, w = features.shape
         nhwc = features.is_contiguous(memory_format=torch.channels_last)
         ctx.nhwc = nhwc and not features.is_contiguous()
@@ -211,7 +211,7 @@ class _Gram(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (flat,) = ctx.saved_tensors
         b, c, h, w = ctx.shape
         sym = (grad + grad.transpose(1, 2)) / (c * h * w)
@@ -496,8 +496,8 @@ class GatysStylizer:
 
     def _place(self, extractor: VGGFeatures) -> VGGFeatures:
         """Move ``extractor`` (in place) to the device and memory format of this stylizer."""
-        memory_format = torch.channels_last if self.config.channels_last else None
-        return extractor.to(self.device, memory_format=memory_format)
+        placed = extractor.to(self.device)
+        return placed.to(memory_format=torch.channels_last) if self.config.channels_last else placed
 
     def style_targets(
         self, style: np.ndarray, height: int | None = None
