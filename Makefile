@@ -62,8 +62,13 @@ PREFECT_LOCAL_API := http://127.0.0.1:$(SERVER_PORT)/api
 POOL := segstyle-process
 
 # PREFECT_UI_API_URL: the UI's API address; Prefect 3.8.8 derives it from its default port
-# (4200), not from --port.
+# (4200), not from --port. Beside it, `segstyle serve` serves artifacts/runs and
+# artifacts/metrics on 127.0.0.1:$(OUTPUTS_PORT), so the UI's artifact links open: runs that
+# write to artifacts/ link there (see segstyle_core/outputs.py). Both stop together.
+OUTPUTS_PORT ?= 4201
 server: $(LINKED)
+	$(VENV)/bin/segstyle serve --out artifacts --port $(OUTPUTS_PORT) & outputs=$$!; \
+	trap 'kill $$outputs 2>/dev/null' EXIT INT TERM; \
 	PREFECT_UI_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(SERVER_PORT)
 
 # Creates the process work pool once (an existing one keeps its settings), then deploys every

@@ -26,7 +26,13 @@ from uuid import UUID
 import pandas as pd
 
 from segstyle_core.errors import ConfigError
-from segstyle_core.outputs import OUTPUTS_URL_ENV, is_url, output_link, outputs_url
+from segstyle_core.outputs import (
+    OUTPUTS_URL_ENV,
+    is_url,
+    local_server_url,
+    output_link,
+    outputs_url,
+)
 from segstyle_core.report import METRICS, rank_images
 from segstyle_core.results import COLUMNS
 
@@ -148,11 +154,12 @@ def table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return records
 
 
-def _base_url() -> str | None:
-    """``SEGSTYLE_OUTPUTS_URL``, or ``None`` with a warning when it is malformed (the run's
-    work is done by now; its artifacts fall back to file paths rather than failing it)."""
+def _base_url(out_root: Path) -> str | None:
+    """``SEGSTYLE_OUTPUTS_URL``; else a ``segstyle serve`` on 127.0.0.1 serving ``out_root``;
+    else ``None``. A malformed setting gives a warning and ``None`` (the run's work is done by
+    now; its artifacts fall back to file paths rather than failing it)."""
     try:
-        return outputs_url()
+        return outputs_url() or local_server_url(out_root)
     except ConfigError as exc:
         from prefect.exceptions import MissingContextError
         from prefect.logging import get_run_logger
@@ -384,7 +391,7 @@ def publish_artifacts(
     if flow_run_id is None:
         current = flow_run.get_id()
         flow_run_id = str(current) if current else None
-    base_url = _base_url()
+    base_url = _base_url(root)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     artifacts = [
         (

@@ -85,7 +85,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     segmenter = build(SEGMENTER, args)
     stylizer = build_stylizer(args, segmenter)
     composite = build(COMPOSITE, args)
-    check_run_inputs(dataset, prompts, segmenter, stylizer)  # before any server starts
+    check_run_inputs(dataset, prompts, segmenter, stylizer, outputs)  # before any server starts
     return _run_flow(
         outputs.out,
         "segment_and_stylize",
@@ -102,7 +102,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     dataset, prompts, segmenter, outputs = (
         build(g, args) for g in (DATASET, PROMPTS, SEGMENTER, OUTPUT)
     )
-    check_run_inputs(dataset, prompts, segmenter, None)
+    check_run_inputs(dataset, prompts, segmenter, None, outputs)
     return _run_flow(
         outputs.out,
         "evaluate_segmentation",
@@ -249,25 +249,46 @@ def _cmd_results(args: argparse.Namespace) -> int:
     from segstyle_core import results
 
     everything = results.read_metrics(args.metrics)
-    runs = everything.sort_values("started_at")["run_id"].drop_duplicates()
+    if everything.empty:
+        raise SegstyleError(f"{args.metrics}: the results hold no rows; run `segstyle run` first")
+    # a run is its flow run id (files of old versions may only have the run's name)
+    everything = everything.assign(
+        _run=everything["flow_run_id"].fillna(everything["run_id"]).fillna("(unnamed)")
+    )
+    order = list(
+        everything.sort_values("started_at", na_position="first", kind="stable")["_run"]
+        .drop_duplicates(keep="last")
+        .astype(str)
+    )
+    frame = everything
     if args.run:
-        frame = everything[
-            (everything["run_id"] == args.run) | (everything["flow_run_id"] == args.run)
-        ]
+        frame = everything[(everything["run_id"] == args.run) | (everything["_run"] == args.run)]
         if frame.empty:
-            latest = runs.tail(5)
+            names = everything.drop_duplicates("_run").set_index("_run")["run_id"]
+            latest = [f"{names[key]} ({key})" for key in order[-5:]]
             raise SegstyleError(
                 f"{args.metrics}: no run named {args.run!r}; latest runs: {', '.join(latest)}"
             )
-    else:
-        frame = everything[everything["run_id"] == runs.iloc[-1]]
+    chosen = next(key for key in reversed(order) if key in set(frame["_run"]))
+    frame = frame[frame["_run"] == chosen].drop(columns="_run")
+    partial = {run.flow_run_id: run for run in results.partial_runs(args.metrics)}
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(f"run {frame['run_id'].iloc[0]} ({frame['flow_run_id'].iloc[0]})")
+        print(f"run {frame['run_id'].iloc[0]} ({chosen})")
+        if chosen in partial:
+            run = partial[chosen]
+            how = (
+                "still running"
+                if run.writing
+                else "interrupted before it finished; rerun the same command to resume it"
+            )
+            print(f"partial: {run.images} images so far ({run.parts}), {how}")
         print(results.summarize(frame).to_string(index=False))
         failed = frame[frame["status"] == "failed"][["image_id", "error"]].drop_duplicates()
         if len(failed):
             print("\nfailed images:")
             print(failed.to_string(index=False))
+        if not frame["status"].eq("ok").any():
+            print(f"\nno image of this run succeeded ({len(failed)} failed); fix the errors above")
     return 0
 
 

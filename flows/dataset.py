@@ -146,7 +146,7 @@ def run_dataset(
     started = dt.datetime.now(dt.UTC)
     if dataset.generate_demo and dataset.root:
         ensure_demo_dataset(dataset.root)
-    seg_identity, style_identity = check_run_inputs(dataset, prompts, segmenter, stylizer)
+    seg_identity, style_identity = check_run_inputs(dataset, prompts, segmenter, stylizer, output)
     out = Path(output.out)
     cache_dir = str(out / "cache")
     run_name = flow_run.get_name() or "local"
@@ -181,19 +181,27 @@ def run_dataset(
 
     rows: list[dict[str, Any]] = []
     failed = []
-    for futures in tqdm(per_frame, desc="images", unit="img", disable=None):
-        image_id = futures.frame.image_id
-        error = futures.first_error()
-        records = futures.records()
-        published = publish(image_id, run_dir, records) if records else None
-        if error:
-            failed.append((image_id, error))
-            logger.error("%s failed: %s", image_id, error)
-        finished = {**common, "finished_at": dt.datetime.now(dt.UTC)}
-        rows.extend(frame_rows(finished, futures.frame, records, error, published))
-
     flow_name = flow_run.get_flow_name() or "segment_and_stylize"
-    parquet = results.write_run(rows, out / "metrics", flow_name, common["flow_run_id"])
+    # Each image's rows are on disk as soon as it finishes (a part); the end compacts them
+    # into the run's one file. A kill or a full disk loses only the images still in flight.
+    with results.RunRows(
+        out / "metrics", flow_name, common["flow_run_id"], resume_key=common["config_sha256"]
+    ) as durable:
+        if durable.resumed:
+            logger.info("took over the rows of killed run(s) %s", ", ".join(durable.resumed))
+        for futures in tqdm(per_frame, desc="images", unit="img", disable=None):
+            image_id = futures.frame.image_id
+            error = futures.first_error()
+            records = futures.records()
+            published = publish(image_id, run_dir, records) if records else None
+            if error:
+                failed.append((image_id, error))
+                logger.error("%s failed: %s", image_id, error)
+            finished = {**common, "finished_at": dt.datetime.now(dt.UTC)}
+            image_rows = frame_rows(finished, futures.frame, records, error, published)
+            durable.write_image(image_id, image_rows)
+            rows.extend(image_rows)
+        parquet = durable.compact()
     report = write_report(
         Path(run_dir),
         pd.DataFrame(rows),
@@ -225,6 +233,14 @@ def segment_and_stylize(
 
     Returns the run's Parquet file. Every setting's default and description is in its model
     (:mod:`segstyle_core.config`).
+
+    Args:
+        dataset: which frames: the dataset root, city, split, classes, sample size and seed.
+        prompts: where each frame's prompts come from (GT boxes, automatic, a file).
+        segmenter: the segmentation backend (SAM needs its weights; GrabCut is offline).
+        stylizer: the style-transfer backend, its settings and the style image.
+        composite: object or background mode, soft edge, colour preservation, ROI.
+        outputs: the output folder: cache, per-run pictures and report, Parquet metrics.
     """
     return run_dataset(dataset, prompts, segmenter, stylizer, composite, outputs)
 
@@ -236,5 +252,12 @@ def evaluate_segmentation(
     segmenter: SegmenterConfig = SegmenterConfig(),
     outputs: OutputConfig = OutputConfig(),
 ) -> str:
-    """Masks and metrics only, no styling. Returns the run's Parquet file."""
+    """Masks and metrics only, no styling. Returns the run's Parquet file.
+
+    Args:
+        dataset: which frames: the dataset root, city, split, classes, sample size and seed.
+        prompts: where each frame's prompts come from (GT boxes, automatic, a file).
+        segmenter: the segmentation backend (SAM needs its weights; GrabCut is offline).
+        outputs: the output folder: cache, per-run pictures and report, Parquet metrics.
+    """
     return run_dataset(dataset, prompts, segmenter, None, CompositeConfig(), outputs)

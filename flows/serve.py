@@ -20,12 +20,12 @@ from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from segstyle_core.errors import ConfigError
-from segstyle_core.outputs import DEFAULT_PORT, OUTPUTS_URL_ENV, SERVED_FOLDERS
+from segstyle_core.outputs import DEFAULT_PORT, OUTPUTS_URL_ENV, ROOT_PATH, SERVED_FOLDERS
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -58,6 +58,16 @@ def check_loopback(host: str) -> str:
             "reach it from another machine through an SSH tunnel (ssh -L 4201:127.0.0.1:4201)"
         )
     return host
+
+
+def _served_root(root: Path):  # type: ignore[no-untyped-def]
+    """``{"root": <served folder>}``: lets a flow find out that this server serves its ``out``
+    (:func:`segstyle_core.outputs.local_server_url`)."""
+
+    async def served_root(request: Request) -> JSONResponse:
+        return JSONResponse({"root": str(root)}, headers={"Cache-Control": "no-cache"})
+
+    return served_root
 
 
 def _index(root: Path):  # type: ignore[no-untyped-def]
@@ -96,7 +106,10 @@ def make_app(root: Path) -> Starlette:
     Creates those folders when missing, so the server can start before the first run.
     """
     root = Path(root).resolve()
-    routes: list[Route | Mount] = [Route("/", _index(root), methods=["GET", "HEAD"])]
+    routes: list[Route | Mount] = [
+        Route("/", _index(root), methods=["GET", "HEAD"]),
+        Route(ROOT_PATH, _served_root(root), methods=["GET"]),
+    ]
     for name in SERVED_FOLDERS:
         (root / name).mkdir(parents=True, exist_ok=True)
         routes.append(Mount(f"/{name}", app=_OutputFiles(directory=root / name), name=name))

@@ -32,8 +32,17 @@ def stylize_image(
     composite: CompositeConfig = CompositeConfig(),
     outputs: OutputConfig = OutputConfig(),
 ) -> str:
-    """Segment the prompted object(s) of ``image``, stylize, composite; write ``output`` (its
-    format follows its suffix: .png, .jpg, .webp)."""
+    """Segment the prompted object(s) of ``image``, stylize, composite; write ``output``.
+
+    Args:
+        image: the photo (PNG, JPEG, ...; its EXIF orientation is applied).
+        output: the result; its format follows its suffix (.png, .jpg, .jpeg, .webp).
+        prompts: boxes and points on the photo, in displayed pixel coordinates.
+        segmenter: the segmentation backend (SAM needs its weights; GrabCut is offline).
+        stylizer: the style-transfer backend and the style image.
+        composite: object or background mode, soft edge, colour preservation, ROI.
+        outputs: the output folder holding the cache.
+    """
     prompt_list = photo_prompts(image, prompts)
     check_output_path(output, [image, stylizer.style_path()])
     cache_dir = str(Path(outputs.out) / "cache")

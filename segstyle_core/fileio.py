@@ -141,6 +141,30 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], Non
     return target
 
 
+def check_writable_folder(folder: str | os.PathLike[str], what: str) -> Path:
+    """Check, before any work, that ``folder`` is (or can be created as) a writable folder.
+
+    ``what`` names the option's value in the message (the output file or folder).
+
+    Raises:
+        ConfigError: a part of the path is a file, or the nearest existing folder is not
+            writable (one line naming it and the fix).
+    """
+    from segstyle_core.errors import ConfigError
+
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what}: {existing} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{what}: folder {existing} is not writable; choose another folder or fix its "
+            "permissions"
+        )
+    return Path(folder)
+
+
 def copy_atomic(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
     """Copy ``source`` to ``target`` atomically (a reader never sees half a file)."""
 

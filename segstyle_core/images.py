@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from segstyle_core.errors import ConfigError, InputError, storage_error
-from segstyle_core.fileio import atomic_write_with
+from segstyle_core.fileio import atomic_write_with, check_writable_folder
 
 #: Images above this many pixels are refused before decoding (decompression-bomb guard).
 #: Override per call, or with the ``SEGSTYLE_MAX_PIXELS`` environment variable.
@@ -248,17 +248,7 @@ def check_output_path(
                 f"{path}: is also an input ({source}); writing it would destroy the input, "
                 "choose another output name"
             )
-    parent = path.absolute().parent
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{path}: {existing} is a file, not a folder; choose another output path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"{path}: folder {existing} is not writable; choose another output folder or "
-            "fix its permissions"
-        )
+    check_writable_folder(path.absolute().parent, str(path))
     return path
 
 

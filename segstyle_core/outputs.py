@@ -17,8 +17,10 @@ setting plus its path relative to ``out`` (``$URL`` = ``SEGSTYLE_OUTPUTS_URL``):
 The cache (``<out>/cache``) and logs are not served. The flow process and the server must see
 the same folder: the flow's ``out`` and the server's ``--out`` name one directory.
 
-Without the setting, :func:`output_link` gives the plain absolute file path (never a
-``file://`` URL) for the reader to open by hand. Pure: no Prefect, no server here.
+Without the setting, a ``segstyle serve`` already running on 127.0.0.1 at
+:data:`DEFAULT_PORT` (as ``make server`` starts it) is used when it serves the same folder
+(:func:`local_server_url`). Otherwise :func:`output_link` gives the plain absolute file
+path (never a ``file://`` URL) for the reader to open by hand. No Prefect here.
 """
 
 from __future__ import annotations
@@ -56,6 +58,28 @@ def outputs_url(environ: Mapping[str, str] | None = None) -> str | None:
             f"e.g. http://127.0.0.1:{DEFAULT_PORT}"
         )
     return value.rstrip("/")
+
+
+#: Path at which ``segstyle serve`` tells which folder it serves (JSON ``{"root": ...}``).
+ROOT_PATH = "/segstyle-root"
+
+
+def local_server_url(
+    out_root: str | os.PathLike[str], port: int = DEFAULT_PORT, timeout: float = 0.3
+) -> str | None:
+    """``http://127.0.0.1:<port>`` when a ``segstyle serve`` there serves ``out_root``, else
+    ``None`` (nothing listening, another folder, or no answer within ``timeout`` seconds)."""
+    import json
+    import urllib.request
+
+    base = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+    try:
+        with opener.open(base + ROOT_PATH, timeout=timeout) as response:
+            served = json.loads(response.read())["root"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return base if Path(served).resolve() == Path(out_root).resolve() else None
 
 
 def is_url(link: str) -> bool:

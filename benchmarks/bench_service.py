@@ -1,0 +1,204 @@
+"""The command line's own cost (issue #13): ``segstyle stylize`` and a cached ``segstyle run``.
+
+Two measurements, each of whole ``segstyle`` commands run as subprocesses (wall clock, from
+start to exit, interpreter start and imports included), with the offline backends (GrabCut,
+the feed-forward stylizer, the default style):
+
+(a) ``segstyle stylize`` on one generated photo-like frame (the demo street renderer at
+    751×563, an odd size on purpose; a box prompt around its largest car), against the same
+    core steps called in-process: :func:`segstyle_core.photo.stylize_photo` timed after its
+    imports, in a fresh interpreter each time (so the feed-forward network is loaded cold,
+    as the command loads it). Every call gets a fresh cache folder. Median of ``--repeats``
+    interleaved pairs. Target: ``stylize_ratio = command / in-process <= 1.5``.
+
+(b) ``segstyle run`` over the demo dataset (``segstyle demo-data``'s default: 1024×512, 6
+    annotated frames of zurich; ``--size``/``--frames`` change it), cars, a prompt per GT
+    instance, against a running Prefect server (``prefect server start`` on a free port with
+    its own ``PREFECT_HOME``, as ``tests/prefect_service.py`` starts it; the command gets
+    ``PREFECT_API_URL``). The same command twice into the same ``--out``: the second finds
+    every stage in the cache. Target: ``rerun_speedup = first / second >= 10``.
+
+Device slots use a holder-file folder of this benchmark's own (``SEGSTYLE_DEVICE_SLOT_DIR``),
+so other runs on the machine do not share them. Last line:
+``stylize_ratio=<command/in-process> rerun_speedup=<first/second>``.
+
+    python benchmarks/bench_service.py                  # about 3 minutes on 2 cores
+    python benchmarks/bench_service.py --repeats 5 --size 512x256
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SEGSTYLE = str(Path(sys.executable).with_name("segstyle"))
+OFFLINE = ["--segmenter", "grabcut", "--stylizer", "feedforward"]
+
+#: The in-process side of (a): imports first, then the timed core steps; prints the seconds.
+IN_PROCESS = """
+import sys, time
+from segstyle_core.config import CompositeConfig, PhotoPrompts, SegmenterConfig, StylizerConfig
+from segstyle_core.photo import photo_prompts, stylize_photo
+image, box, cache = sys.argv[1:4]
+segmenter = SegmenterConfig(backend="grabcut")
+stylizer = StylizerConfig(backend="feedforward")
+start = time.perf_counter()
+prompts = photo_prompts(image, PhotoPrompts(boxes=(box,)))
+stylize_photo(image, prompts, segmenter, stylizer, CompositeConfig(), cache)
+print(time.perf_counter() - start)
+"""
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, height = (int(v) for v in text.lower().split("x"))
+    return width, height
+
+
+def _environment(work: Path, **extra: str) -> dict[str, str]:
+    """The environment of every subprocess: no outside Prefect server or profile, a Prefect
+    home and device-slot folder of this benchmark's own, Prefect's console at its CLI default."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE")
+        and k != "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+    }
+    env.update(
+        PREFECT_HOME=str(work / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        SEGSTYLE_DEVICE_SLOT_DIR=str(work / "device-slots"),
+    )
+    env.update(extra)
+    return env
+
+
+def _timed(command: list[str], env: dict[str, str], log: Path) -> tuple[float, str]:
+    """Run ``command``; return (wall seconds, stdout). Fail with its output on a non-zero exit."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800, check=False
+    )
+    seconds = time.perf_counter() - start
+    with open(log, "a") as handle:
+        handle.write(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}\n")
+    if done.returncode != 0:
+        raise SystemExit(
+            f"{' '.join(command)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+        )
+    return seconds, done.stdout
+
+
+def photo(work: Path, size: tuple[int, int]) -> tuple[Path, str]:
+    """A generated street frame of ``size`` and a box around its largest car (``x0,y0,x1,y1``)."""
+    from segstyle_core.cityscapes import instances_from_ids
+    from segstyle_core.demo.dataset import render_scene
+    from segstyle_core.demo.scene import build_scene
+    from segstyle_core.images import write_png
+
+    width, height = size
+    rng = np.random.default_rng(0)
+    frame = render_scene(build_scene(width, height, rng), width, height, rng)
+    largest = max(instances_from_ids(frame.instance_ids, ["car"]), key=lambda i: i.area)
+    return write_png(work / "street.png", frame.image), ",".join(str(v) for v in largest.box)
+
+
+def bench_stylize(work: Path, size: tuple[int, int], repeats: int) -> float:
+    """(a): median command seconds / median in-process seconds."""
+    image, box = photo(work, size)
+    env = _environment(work)
+    log = work / "stylize.log"
+    bare, _ = _timed([sys.executable, "-c", "pass"], env, log)
+    imports, _ = _timed([sys.executable, "-c", "import segstyle.flows.cli"], env, log)
+    command_s, inside_s = [], []
+    for i in range(repeats):
+        command = [SEGSTYLE, "stylize", str(image), "--box", box, *OFFLINE]
+        command += ["-o", str(work / f"cli-{i}" / "out.png"), "--out", str(work / f"cli-{i}")]
+        command_s.append(_timed(command, env, log)[0])
+        cache = str(work / f"inproc-{i}" / "cache")
+        _, stdout = _timed([sys.executable, "-c", IN_PROCESS, str(image), box, cache], env, log)
+        inside_s.append(float(stdout.strip().splitlines()[-1]))
+    command_med, inside_med = statistics.median(command_s), statistics.median(inside_s)
+    print(f"(a) segstyle stylize, {size[0]}x{size[1]} photo, box {box}, {repeats} repeats")
+    print(f"    command wall s:          {' '.join(f'{s:.2f}' for s in command_s)}")
+    print(f"    stylize_photo() s:       {' '.join(f'{s:.2f}' for s in inside_s)}")
+    print(f"    python -c pass: {bare:.2f} s; python -c 'import segstyle.flows.cli': {imports:.2f} s")
+    ratio = command_med / inside_med
+    print(f"    median {command_med:.2f} s / {inside_med:.2f} s = {ratio:.2f} (target <= 1.5)")
+    return ratio
+
+
+def bench_rerun(work: Path, size: tuple[int, int], frames: int) -> float:
+    """(b): first / second wall seconds of one ``segstyle run`` against a running server."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from segstyle_core.demo.dataset import generate_demo_dataset
+    from tests.prefect_service import prefect_service, tracebacks
+
+    dataset = generate_demo_dataset(work / "demo", size=size, frames_per_city=frames)
+    out = work / "run-out"
+    command = [SEGSTYLE, "run", "--dataset", str(dataset), "--city", "zurich", "--classes", "car"]
+    command += ["--prompts", "gt-instances", *OFFLINE, "--feather", "2", "--out", str(out)]
+    log = work / "run.log"
+    server_start = time.perf_counter()
+    with prefect_service(work / "server", check_log=False) as server:
+        started_in = time.perf_counter() - server_start
+        env = _environment(work, PREFECT_HOME=str(server.home), PREFECT_API_URL=server.api_url)
+        first, first_out = _timed(command, env, log)
+        second, second_out = _timed(command, env, log)
+        problems = tracebacks(server.log_text())
+    runs = [pd.read_parquet(text.strip().splitlines()[-1]) for text in (first_out, second_out)]
+    stages = ("gt", "segment", "stylize", "composite", "figures")
+    print(
+        f"(b) segstyle run, demo data {size[0]}x{size[1]}, {frames} frames of zurich, "
+        f"{len(runs[0])} prompt rows; server {server.api_url} (up in {started_in:.1f} s)"
+    )
+    for name, seconds, frame in zip(("first", "second"), (first, second), runs, strict=True):
+        flow_s = (frame["finished_at"].max() - frame["started_at"].min()).total_seconds()
+        per_image = frame.drop_duplicates("image_id")
+        cached = [s for s in stages if per_image[f"cached_{s}"].all()]
+        stage_s = sum(per_image[f"seconds_{s}"].sum() for s in stages)
+        print(
+            f"    {name}: {seconds:.2f} s wall; flow body {flow_s:.2f} s; stage seconds "
+            f"{stage_s:.2f}; status {sorted(set(frame['status']))}; all cached: {cached}"
+        )
+    if problems:
+        print(f"    the server's log holds {len(problems)} traceback(s), first:\n{problems[0]}")
+    speedup = first / second
+    print(f"    {first:.2f} s / {second:.2f} s = {speedup:.2f} (target >= 10)")
+    return speedup
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="(a): command/in-process pairs")
+    parser.add_argument("--photo-size", type=_size, default=(751, 563), help="(a): WIDTHxHEIGHT")
+    parser.add_argument("--size", type=_size, default=(1024, 512), help="(b): demo WIDTHxHEIGHT")
+    parser.add_argument("--frames", type=int, default=6, help="(b): annotated demo frames")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="segstyle-bench-service-"))
+    try:
+        stylize_ratio = bench_stylize(work, args.photo_size, args.repeats)
+        rerun_speedup = bench_rerun(work, args.size, args.frames)
+    finally:
+        if args.keep:
+            print(f"work folder: {work}")
+        else:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"stylize_ratio={stylize_ratio:.2f} rerun_speedup={rerun_speedup:.2f}")
+
+
+if __name__ == "__main__":
+    main()
