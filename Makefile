@@ -14,7 +14,9 @@ export DO_NOT_TRACK := 1
 .PHONY: venv demo test test-fast bench lint server deploy worker chromium clean
 
 # torch 2.14.1 / torchvision 0.29.1 are the builds this machine's pip finds on disk;
-# they are installed first so the resolver never reaches for another build.
+# they are installed first so the resolver never reaches for another build. sam2 is an sdist
+# whose build needs torch: built against that torch (no build isolation, which would download
+# another torch), without its optional CUDA extension.
 # The install is editable in setuptools' strict mode: a tree of links under build/ maps
 # `segstyle.tasks` -> tasks/ and `segstyle.flows` -> flows/ (see pyproject.toml), so only the
 # project's namespaced packages are importable. A link per module file: the tree is rebuilt
@@ -26,6 +28,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install --quiet --no-build-isolation "sam2==1.1.0"
 	$(PY) -m pip install --quiet -e ".[dev]" --config-settings editable_mode=strict
 	touch $(STAMP)
 

@@ -69,12 +69,27 @@ def _run_flow(out: str, flow_name: str, call: Callable[[], Any]) -> int:
         print(state.result())
         return 0
     error = state.result(raise_on_failure=False)
-    print(f"segstyle: {error}", file=sys.stderr)
     parquet = results.run_file(Path(out) / "metrics", flow_name, flow_run_id)
-    if parquet.exists():
+    if parquet.exists():  # the run ended: some images failed, their rows say why
+        print(f"segstyle: {error}", file=sys.stderr)
         print(parquet)
         return EXIT_FAILED_IMAGES
+    # an error raised inside the flow before it wrote its file: one line, as in main()
+    print(f"segstyle: error: {_error_text(error, state.message)}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _error_text(error: object, fallback: str | None) -> str:
+    """One line for what a failed flow run returned (its exception, or its state message)."""
+    from segstyle_core.errors import error_line
+
+    if isinstance(error, SegstyleError):
+        text = str(error)
+    elif isinstance(error, BaseException):
+        text = error_line(error)
+    else:
+        text = str(fallback or error)
+    return (text.splitlines() or [type(error).__name__])[0]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

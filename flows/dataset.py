@@ -125,6 +125,7 @@ def _submit_frame(
                 cache_dir,
                 roi=masks if settings.roi_margin_px is not None else None,
                 roi_margin_px=settings.roi_margin_px,
+                roi_mode=settings.mode,
             )
         painted = composite.submit(image_id, image_path, stylized, scores, settings, cache_dir)
         futures.stages.update(stylize=stylized, composite=painted)
@@ -169,10 +170,12 @@ def run_dataset(
         started=started,
     )
 
-    sample = sample_city(dataset)
-    common["city"] = sample.city
+    sample = sample_city(dataset)  # each row's city is its frame's (frame_rows)
     per_frame = [
-        FrameFutures(frame, {"gt": binarize_gt.submit(frame, dataset.classes, prompts, cache_dir)})
+        FrameFutures(
+            frame,
+            {"gt": binarize_gt.submit(frame, dataset.classes, prompts, cache_dir, dataset.gt)},
+        )
         for frame in sample.frames
     ]
     automatic = prompts.source == "auto"
@@ -229,13 +232,15 @@ def segment_and_stylize(
     composite: CompositeConfig = CompositeConfig(),
     outputs: OutputConfig = OutputConfig(),
 ) -> str:
-    """Segment, stylize and composite every fine-annotated frame of a city; score every mask.
+    """Segment, stylize and composite every fine-annotated frame of the selected cities (one,
+    several or a whole split); score every mask.
 
     Returns the run's Parquet file. Every setting's default and description is in its model
     (:mod:`segstyle_core.config`).
 
     Args:
-        dataset: which frames: the dataset root, city, split, classes, sample size and seed.
+        dataset: which frames: the dataset root, cities, split, classes, ground truth source,
+            sample size and seed.
         prompts: where each frame's prompts come from (GT boxes, automatic, a file).
         segmenter: the segmentation backend (SAM needs its weights; GrabCut is offline).
         stylizer: the style-transfer backend, its settings and the style image.
@@ -255,7 +260,8 @@ def evaluate_segmentation(
     """Masks and metrics only, no styling. Returns the run's Parquet file.
 
     Args:
-        dataset: which frames: the dataset root, city, split, classes, sample size and seed.
+        dataset: which frames: the dataset root, cities, split, classes, ground truth source,
+            sample size and seed.
         prompts: where each frame's prompts come from (GT boxes, automatic, a file).
         segmenter: the segmentation backend (SAM needs its weights; GrabCut is offline).
         outputs: the output folder: cache, per-run pictures and report, Parquet metrics.

@@ -177,6 +177,10 @@ def _argument(info: FieldInfo, metavar: str) -> dict[str, Any]:
         if default is not None:
             options["default"] = tuple(default)
         options["help"] += " (comma-separated)"
+    elif typing.get_origin(kind) in (typing.Union, types.UnionType) and str in typing.get_args(
+        kind
+    ):
+        options["type"] = _scalar(str, optional)  # e.g. a name or a list: the model parses it
     else:
         options["type"] = _scalar(kind, optional)
     if optional and default is not None:

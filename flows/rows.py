@@ -82,7 +82,8 @@ def frame_rows(
     """Rows of one image: one per scored prompt, or a single row when there is none.
 
     Args:
-        common: run-wide columns (:func:`run_columns`, plus city and timestamps).
+        common: run-wide columns (:func:`run_columns`, plus timestamps); the city is the
+            frame's own (a run may cover several cities).
         records: stage name -> record of each stage that completed.
         error: the first failing stage's error, which makes the rows ``failed``.
         published: :func:`segstyle.tasks.publish.publish` output: path columns -> files in the
@@ -90,6 +91,7 @@ def frame_rows(
     """
     base = {
         **common,
+        "city": frame.city,
         "image_id": frame.image_id,
         "image_path": str(frame.image_path),
         **(published or {}),

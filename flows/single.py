@@ -58,6 +58,7 @@ def stylize_image(
         cache_dir,
         roi=masks if composite.roi_margin_px is not None else None,
         roi_margin_px=composite.roi_margin_px,
+        roi_mode=composite.mode,
     )
     record = stages.composite.submit(image_id, image, painted, masks, composite, cache_dir).result()
     target = write_image(output, read_rgb(record.path("composite")))

@@ -8,6 +8,12 @@ The label table (names, ids, colours, which classes have instances) is
 ``cityscapesscripts.helpers.labels``; nothing here re-types it. Label maps are ``H×W`` integer
 arrays, colour ground truth is ``H×W×3 uint8 RGB``, masks are ``H×W bool`` and boxes are XYXY
 pixel coordinates with an exclusive end (``x1 = xmax + 1``).
+
+Regions: what ``largest``/``gt-instances``/``auto`` prompt and score. Classes with instances
+(``hasInstances`` in the table: car, person, ...) come from the instanceIds PNG when the frame
+has one; stuff classes (road, sky, building, vegetation, ...), and classes with instances on a
+frame without an instanceIds PNG, come as the 8-connected components of the class's binarized
+ground truth (:func:`load_regions`).
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import numpy as np
 from cityscapesscripts.helpers.labels import id2label, labels
 
@@ -41,6 +48,10 @@ GT_SUFFIXES = {
 INSTANCE_OFFSET = 1000
 
 GtSource = Literal["auto", "labelIds", "color"]
+#: The ground truth sources :func:`read_gt` and :func:`sample_city` accept.
+GT_SOURCES: tuple[str, ...] = ("auto", "labelIds", "color")
+#: ``city`` value that selects every city of a split.
+ALL_CITIES = "all"
 
 # Labels that can appear in ground truth images (``license plate`` has id -1 and never does).
 _DRAWN = {label.name: label for label in labels if label.id >= 0}
@@ -78,18 +89,30 @@ class Frame:
         """True when the frame has a fine label map (labelIds or colour PNG)."""
         return self.label_ids_path is not None or self.color_path is not None
 
+    def has_gt(self, source: GtSource = "auto") -> bool:
+        """True when the frame has the ``source`` ground truth (``auto``: :attr:`has_fine`)."""
+        if source == "labelIds":
+            return self.label_ids_path is not None
+        if source == "color":
+            return self.color_path is not None
+        return self.has_fine
+
 
 @dataclass
 class Sample:
-    """The frames of one city and split that have fine annotations, in sorted order.
+    """The frames of one or more cities of a split that have fine annotations, sorted by city
+    then image id.
 
-    ``skipped`` lists ``(path, reason)`` for every file the scan left out.
+    ``city`` names the selection in messages: the city, ``all``, or the cities joined by
+    commas; ``cities`` lists the cities covered (sorted); each frame has its own
+    :attr:`Frame.city`. ``skipped`` lists ``(path, reason)`` for every file the scan left out.
     """
 
     city: str
     split: str
     frames: list[Frame]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    cities: tuple[str, ...] = ()
 
 
 def resolve_root(root: str | os.PathLike[str] | None) -> Path:
@@ -194,46 +217,78 @@ def _scan_city(root: Path, split: str, city: str) -> tuple[list[Frame], list[tup
     return frames, skipped
 
 
+def _choose_cities(
+    city: str | Sequence[str] | None, cities: list[str], split: str, seed: int
+) -> tuple[str, list[str]]:
+    """``(label, chosen cities)`` of a ``city`` selection among the split's sorted ``cities``."""
+    if city is None or city == "random":
+        chosen = random.Random(seed).choice(cities)
+        return chosen, [chosen]
+    if city == ALL_CITIES:
+        return ALL_CITIES, list(cities)
+    names = [city] if isinstance(city, str) else list(dict.fromkeys(city))
+    unknown = [name for name in names if name not in cities]
+    if unknown or not names:
+        what = f"no city {unknown[0]!r}" if unknown else "no city named"
+        raise ConfigError(
+            f"{what} in split {split!r}; choose one of {', '.join(cities)} "
+            f"(or {ALL_CITIES!r} for every city)"
+        )
+    chosen_list = sorted(names)
+    return ",".join(chosen_list), chosen_list
+
+
 def sample_city(
     root: str | os.PathLike[str] | None,
     split: str = "train",
-    city: str | None = None,
+    city: str | Sequence[str] | None = None,
     seed: int = 0,
     limit: int | None = None,
+    source: GtSource = "auto",
 ) -> Sample:
-    """The fine-annotated frames of one city, sorted by image id.
+    """The fine-annotated frames of one city, several cities or the whole split.
 
-    ``city=None`` picks a city with ``random.Random(seed).choice`` over the sorted city list.
-    Frames without a labelIds or colour PNG go to ``skipped`` with a reason, never an error.
-    With ``limit`` below the number of annotated frames, a subset of ``limit`` frames is drawn
-    with ``random.Random(seed).sample`` (its own generator, so the subset does not depend on
+    ``city``: a city name; several names (a list or tuple); ``"all"`` for every city of the
+    split; ``None`` (or ``"random"``) picks one with ``random.Random(seed).choice`` over the
+    sorted city list. Frames are sorted by city, then image id. Frames without the ``source``
+    ground truth (``auto``: a labelIds or colour PNG) go to ``skipped`` with a reason, never
+    an error. With ``limit`` below the number of annotated frames, a subset of ``limit``
+    frames is drawn over all the selected cities' frames together with
+    ``random.Random(seed).sample`` (its own generator, so the subset does not depend on
     whether the city was named or drawn) and returned in sorted order. Files are not decoded
     here; :func:`validate_frames` does that.
 
     Raises:
-        ConfigError: unknown split or city (the message lists the valid ones), limit below 1.
+        ConfigError: unknown split or city (the message lists the valid ones), limit below 1,
+            unknown ``source``.
         InputError: the root is not a Cityscapes root.
     """
     base = resolve_root(root)
     cities = list_cities(base, split)
     if not cities:
         raise InputError(f"{base / 'leftImg8bit' / split}: no city folders; check the dataset")
-    if city is None:
-        city = random.Random(seed).choice(cities)
-    elif city not in cities:
-        raise ConfigError(f"no city {city!r} in split {split!r}; choose one of {', '.join(cities)}")
+    if source not in GT_SOURCES:
+        raise ConfigError(f"gt={source!r}: unknown; choose one of {', '.join(GT_SOURCES)}")
+    label, chosen = _choose_cities(city, cities, split, seed)
     if limit is not None and limit < 1:
         raise ConfigError(f"limit={limit}: must be at least 1, or None for every frame")
-    frames, skipped = _scan_city(base, split, city)
-    fine = [f for f in frames if f.has_fine]
-    skipped += [
-        (str(f.image_path), "no gtFine labelIds or color PNG beside it")
-        for f in frames
-        if not f.has_fine
-    ]
+    frames: list[Frame] = []
+    skipped: list[tuple[str, str]] = []
+    for name in chosen:
+        city_frames, city_skipped = _scan_city(base, split, name)
+        frames += city_frames
+        skipped += city_skipped
+    fine = [f for f in frames if f.has_gt(source)]
+    missing = (
+        "no gtFine labelIds or color PNG beside it"
+        if source == "auto"
+        else f"no gtFine {source} PNG beside it (gt={source})"
+    )
+    skipped += [(str(f.image_path), missing) for f in frames if not f.has_gt(source)]
     if limit is not None and limit < len(fine):
-        fine = sorted(random.Random(seed).sample(fine, limit), key=lambda f: f.image_id)
-    return Sample(city=city, split=split, frames=fine, skipped=skipped)
+        drawn = random.Random(seed).sample(fine, limit)
+        fine = sorted(drawn, key=lambda f: (f.city, f.image_id))
+    return Sample(city=label, split=split, frames=fine, skipped=skipped, cities=tuple(chosen))
 
 
 # ----------------------------------------------------------------------------- label table
@@ -375,17 +430,54 @@ def _read_checked(
     return gt, path
 
 
-def _read_gt(
-    frame: Frame, source: GtSource, image: np.ndarray | None
-) -> tuple[Literal["labelIds", "color"], np.ndarray, Path]:
-    """Read ``frame``'s ``source`` ground truth (``auto``: labelIds if present, else colour)."""
+def resolve_gt_source(frame: Frame, source: GtSource) -> Literal["labelIds", "color"]:
+    """The ground truth ``source`` means for ``frame``: ``auto`` is labelIds if the frame has a
+    labelIds PNG, else the colour PNG.
+
+    Raises:
+        ConfigError: an unknown ``source``.
+    """
     if source == "auto":
-        source = "labelIds" if frame.label_ids_path is not None else "color"
-    if source == "labelIds":
-        return source, *_read_checked(frame, source, frame.label_ids_path, image)
-    if source == "color":
-        return source, *_read_checked(frame, source, frame.color_path, image)
+        return "labelIds" if frame.label_ids_path is not None else "color"
+    if source in ("labelIds", "color"):
+        return source
     raise ConfigError(f"source={source!r}: choose 'auto', 'labelIds' or 'color'")
+
+
+def gt_path(frame: Frame, source: GtSource) -> Path | None:
+    """The file ``source`` reads for ``frame`` (see :func:`resolve_gt_source`), or ``None``."""
+    kind = resolve_gt_source(frame, source)
+    return frame.label_ids_path if kind == "labelIds" else frame.color_path
+
+
+def read_gt(
+    frame: Frame, source: GtSource = "auto", image: np.ndarray | None = None
+) -> tuple[Literal["labelIds", "color"], np.ndarray, Path]:
+    """Read ``frame``'s ``source`` ground truth: ``(kind, array, path)``.
+
+    ``kind`` is ``labelIds`` (``H×W`` int label map) or ``color`` (``H×W×3 uint8``); ``auto``
+    reads labelIds if present, else the colour PNG. The values are not checked here (the
+    binarization does that).
+
+    Raises:
+        InputError: a missing, unreadable or wrongly sized file (names it).
+        ConfigError: an unknown ``source``.
+    """
+    kind = resolve_gt_source(frame, source)
+    path = frame.label_ids_path if kind == "labelIds" else frame.color_path
+    return kind, *_read_checked(frame, kind, path, image)
+
+
+def binarize_gt_map(
+    kind: Literal["labelIds", "color"],
+    gt: np.ndarray,
+    classes: Iterable[str],
+    path: str | os.PathLike[str] | None = None,
+) -> np.ndarray:
+    """:func:`binarize_label_ids` or :func:`binarize_color`, by ``kind`` (see :func:`read_gt`)."""
+    if kind == "labelIds":
+        return binarize_label_ids(gt, classes, path)
+    return binarize_color(gt, classes, path)
 
 
 def load_binary_gt(
@@ -408,10 +500,8 @@ def load_binary_gt(
             table (each message names the file).
         ConfigError: unknown class names, or classes a colour PNG cannot tell apart.
     """
-    kind, gt, path = _read_gt(frame, source, image)
-    if kind == "labelIds":
-        return binarize_label_ids(gt, classes, path)
-    return binarize_color(gt, classes, path)
+    kind, gt, path = read_gt(frame, source, image)
+    return binarize_gt_map(kind, gt, classes, path)
 
 
 def validate_frames(
@@ -429,7 +519,7 @@ def validate_frames(
     for frame in frames:
         try:
             image = read_rgb(frame.image_path)
-            kind, gt, path = _read_gt(frame, source, image)
+            kind, gt, path = read_gt(frame, source, image)
             if kind == "labelIds":
                 _check_label_ids(gt, str(path))
             else:
@@ -457,6 +547,9 @@ class Instance:
         mask: ``H×W bool``.
         box: ``(xmin, ymin, xmax + 1, ymax + 1)``, XYXY with an exclusive end.
         area: number of pixels in ``mask``.
+        kind: ``instance`` (from an instanceIds map) or ``component`` (a connected component
+            of a class's binarized ground truth, see :func:`load_regions`; its id is
+            ``class_id * 1000 + n``, ``n`` counting the class's components by decreasing area).
     """
 
     instance_id: int
@@ -464,6 +557,7 @@ class Instance:
     mask: np.ndarray
     box: tuple[int, int, int, int]
     area: int
+    kind: Literal["instance", "component"] = "instance"
 
 
 def _decode_instance_ids(instance_ids: np.ndarray, where: str) -> np.ndarray:
@@ -543,3 +637,146 @@ def load_instances(
     """
     instance_ids, path = _read_checked(frame, "instanceIds", frame.instance_ids_path, image)
     return instances_from_ids(instance_ids, classes, path)
+
+
+# ----------------------------------------------------------------------------- regions
+
+
+def has_instances(name: str) -> bool:
+    """Whether class ``name`` (case-insensitive) has instances in Cityscapes' label table."""
+    (canonical,) = _label_names([name])
+    return bool(_DRAWN[canonical].hasInstances)
+
+
+def _class_map(
+    kind: Literal["labelIds", "color"], gt: np.ndarray, names: list[str]
+) -> np.ndarray:
+    """``H×W int32``: the label id of the requested class at each pixel, -1 elsewhere.
+
+    Requested classes that share a colour in a colour PNG (``pole`` and ``polegroup``) cannot
+    be told apart there: their pixels get the lowest of their ids.
+    """
+    if kind == "labelIds":
+        ids = [_DRAWN[name].id for name in names]
+        return np.where(np.isin(gt, ids), gt, -1).astype(np.int32)
+    packed = _pack_rgb(gt)
+    result = np.full(packed.shape, -1, dtype=np.int32)
+    for name in sorted(names, key=lambda n: _DRAWN[n].id, reverse=True):  # lowest id wins
+        colour = _pack_rgb(np.array(_DRAWN[name].color, dtype=np.uint8))
+        result[packed == colour] = _DRAWN[name].id
+    return result
+
+
+def connected_regions(mask: np.ndarray, class_name: str, min_area: int = 0) -> list[Instance]:
+    """The 8-connected components of ``mask`` (``H×W bool``) of at least ``min_area`` pixels.
+
+    Each becomes an :class:`Instance` of kind ``component`` with id ``class_id * 1000 + n``,
+    ``n`` counting by decreasing area (ties: the component met first in raster order). At
+    most 1000 components (the largest) are kept, so ids never reach the next class's.
+    """
+    (name,) = _label_names([class_name])
+    class_id = _DRAWN[name].id
+    count, labels_map, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8
+    )
+    areas = stats[:, cv2.CC_STAT_AREA]
+    order = sorted(range(1, count), key=lambda k: (-int(areas[k]), k))
+    kept = [k for k in order if areas[k] >= max(min_area, 1)][:INSTANCE_OFFSET]
+    regions = []
+    for n, k in enumerate(kept):
+        x, y, w, h = (int(v) for v in stats[k, :4])
+        regions.append(
+            Instance(
+                class_id * INSTANCE_OFFSET + n,
+                name,
+                labels_map == k,
+                (x, y, x + w, y + h),
+                int(areas[k]),
+                "component",
+            )
+        )
+    return regions
+
+
+@dataclass(frozen=True, eq=False)
+class GroundTruth:
+    """One frame's ground truth, read once: its kind, file, binarized mask and regions.
+
+    Attributes:
+        kind: ``labelIds`` or ``color``: the file the mask came from.
+        path: that file.
+        mask: ``H×W bool`` binarized ground truth of the requested classes.
+        regions: the frame's regions (see :func:`load_regions`), sorted by id; empty unless
+            they were asked for.
+    """
+
+    kind: Literal["labelIds", "color"]
+    path: Path
+    mask: np.ndarray
+    regions: list[Instance] = field(default_factory=list)
+
+
+def load_gt(
+    frame: Frame,
+    classes: Iterable[str],
+    source: GtSource = "auto",
+    image: np.ndarray | None = None,
+    regions: bool = False,
+    min_area: int = 0,
+) -> GroundTruth:
+    """Read a frame's ground truth once: the binarized mask and, with ``regions``, its regions.
+
+    Regions (what GT prompts and automatic-mode scores refer to): for each requested class
+    with instances, the instances of the instanceIds PNG when the frame has one (this is the
+    only case that reads it); for stuff classes (``hasInstances`` False: road, sky, building,
+    vegetation, ...), and for classes with instances on a frame without an instanceIds PNG,
+    the 8-connected components of that class's binarized ground truth with at least
+    ``min_area`` pixels (:func:`connected_regions`; touching objects of one class merge).
+
+    Args:
+        frame: the frame.
+        classes: class names, case-insensitive.
+        source: ``labelIds``, ``color`` or ``auto`` (see :func:`read_gt`).
+        image: the frame's ``H×W×3`` image if already read (for the size checks).
+        regions: also derive the regions.
+        min_area: smallest connected component kept as a region.
+
+    Raises:
+        InputError: missing, unreadable or wrongly sized files, values outside the table.
+        ConfigError: unknown class names, or classes a colour PNG cannot tell apart.
+    """
+    names = _label_names(classes)
+    if image is None:
+        image = read_rgb(frame.image_path)
+    kind, gt, path = read_gt(frame, source, image)
+    mask = binarize_gt_map(kind, gt, names, path)
+    if not regions:
+        return GroundTruth(kind, path, mask)
+    things = [n for n in names if _DRAWN[n].hasInstances]
+    found: list[Instance] = []
+    if things and frame.instance_ids_path is not None:
+        ids, ids_path = _read_checked(frame, "instanceIds", frame.instance_ids_path, image)
+        found += instances_from_ids(ids, things, ids_path)
+        components = [n for n in names if n not in things]
+    else:
+        components = names
+    if components:
+        class_map = _class_map(kind, gt, components)
+        for name in components:
+            found += connected_regions(class_map == _DRAWN[name].id, name, min_area)
+    return GroundTruth(kind, path, mask, sorted(found, key=lambda r: r.instance_id))
+
+
+def load_regions(
+    frame: Frame,
+    classes: Iterable[str],
+    source: GtSource = "auto",
+    image: np.ndarray | None = None,
+    min_area: int = 0,
+) -> list[Instance]:
+    """The regions of ``classes`` in a frame, sorted by id (see :func:`load_gt`).
+
+    Works for every class: instances of classes with instances (from the instanceIds PNG when
+    present), connected components otherwise.
+    """
+    return load_gt(frame, classes, source, image, regions=True, min_area=min_area).regions

@@ -9,7 +9,10 @@ Guarantees (tested):
 * hard edge (``feather_px=0``): object mode leaves every pixel outside the mask bit-identical
   to the original, background mode every pixel inside it;
 * feathered edge: only pixels closer than ``feather_px`` to the mask's edge are blended, every
-  other pixel is exactly original or exactly stylized (see :func:`alpha_from_mask`).
+  other pixel is exactly original or exactly stylized (see :func:`alpha_from_mask`);
+* colour preservation looks only at the painted region (alpha above 0: inside the mask in
+  object mode, outside it in background mode, plus the feathered band), so what lies on the
+  other side never changes the painted colours.
 """
 
 from __future__ import annotations
@@ -65,28 +68,43 @@ def alpha_from_mask(mask: np.ndarray, feather_px: float = 0.0) -> np.ndarray:
 
 
 def preserve_colors(
-    stylized: np.ndarray, original: np.ndarray, method: ColorPreservation
+    stylized: np.ndarray,
+    original: np.ndarray,
+    method: ColorPreservation,
+    region: np.ndarray | None = None,
 ) -> np.ndarray:
     """Give ``stylized`` the original's colours; both ``H×W×3 uint8``, returns ``H×W×3 uint8``.
 
     ``"luminance"``: luma (Y of YCrCb) from ``stylized``, chroma (Cr, Cb) from ``original``,
     so only the painting's light and texture are transferred. Chroma survives exactly up to
-    rounding and to clipping of colours that fall outside RGB.
+    rounding and to clipping of colours that fall outside RGB. Per pixel: no statistic of any
+    other pixel enters.
     ``"histogram"``: ``skimage.exposure.match_histograms`` of each stylized channel to the
-    original's (the whole image's histograms).
+    original's, both taken over ``region`` only.
+
+    Args:
+        region: ``H×W bool``, the pixels that will be painted; ``None``: the whole image.
+            Pixels outside it are returned as ``stylized`` has them.
     """
-    if method == "histogram":
-        matched = match_histograms(stylized, original, channel_axis=-1)
-        return np.clip(np.rint(matched), 0, 255).astype(np.uint8)
-    if method != "luminance":
+    if method not in COLOR_PRESERVATIONS:
         raise ConfigError(
             f"preserve_color={method!r}: unknown; use one of {COLOR_PRESERVATIONS} or None"
         )
+    if region is None:
+        region = np.ones(stylized.shape[:2], dtype=bool)
+    result = stylized.copy()
+    if not region.any():
+        return result
+    if method == "histogram":
+        matched = match_histograms(stylized[region], original[region], channel_axis=-1)
+        result[region] = np.clip(np.rint(matched), 0, 255).astype(np.uint8)
+        return result
     luma = cv2.cvtColor(stylized.astype(np.float32) / 255.0, cv2.COLOR_RGB2YCrCb)
     chroma = cv2.cvtColor(original.astype(np.float32) / 255.0, cv2.COLOR_RGB2YCrCb)
     chroma[:, :, 0] = luma[:, :, 0]
     rgb = cv2.cvtColor(chroma, cv2.COLOR_YCrCb2RGB)
-    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+    result[region] = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)[region]
+    return result
 
 
 @dataclass(frozen=True)
@@ -124,11 +142,11 @@ def composite_regions(original: np.ndarray, layers: list[Layer]) -> np.ndarray:
         if layer.mode not in MODES:
             raise ConfigError(f"mode={layer.mode!r}: unknown; use one of {MODES}")
         stylized = resize_to(layer.stylized, size)
-        if layer.preserve_color is not None:
-            stylized = preserve_colors(stylized, original, layer.preserve_color)
         alpha = alpha_from_mask(layer.mask, layer.feather_px)
         if layer.mode == "background":
             alpha = 1.0 - alpha
+        if layer.preserve_color is not None:  # over the painted region only
+            stylized = preserve_colors(stylized, original, layer.preserve_color, alpha > 0)
         alpha = alpha[:, :, None]
         result = result * (1.0 - alpha) + stylized.astype(np.float32) * alpha
     return np.rint(result).astype(np.uint8)

@@ -11,7 +11,7 @@ own model (:class:`~segstyle_core.segment.SegmenterConfig`,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import field_validator
 
@@ -37,24 +37,51 @@ class DatasetSelection(ConfigModel):
 
     root: str | None = None
     """Dataset root holding leftImg8bit/ and gtFine/ (default: $CITYSCAPES_DATASET)."""
-    city: str | None = "zurich"
-    """City to sample; none (or 'random' on the CLI) picks one with the seed."""
+    city: str | tuple[str, ...] | None = "zurich"
+    """City to sample: a name, several (comma-separated; a list in the flows), 'all' (every
+    city of the split, sorted) or 'random' (one drawn with the seed). None is 'random'; several
+    names are kept sorted and without repeats; one name stays a plain string."""
     split: str = "train"
     """Split: train, val or test."""
     classes: tuple[str, ...] = ("car",)
     """Cityscapes class names whose ground truth is binarized and prompted."""
+    gt: Literal["auto", "labelIds", "color"] = "auto"
+    """Ground truth to binarize: labelIds, color (the colour PNG) or auto (labelIds where a
+    frame has them, else its colour PNG). Frames without it are skipped."""
     limit: int | None = None
-    """At most this many frames (a deterministic sample); none: every annotated frame."""
+    """At most this many frames over all selected cities (a deterministic sample with the
+    seed); none: every annotated frame."""
     seed: int = 0
     """Seed of the city and frame sampling."""
     generate_demo: bool = False
     """Write the generated demo dataset at the root first when the root does not exist."""
 
-    @field_validator("city")
+    @field_validator("city", mode="before")
     @classmethod
-    def _random_city(cls, city: str | None) -> str | None:
-        """``random`` means no city: one is drawn with the seed."""
-        return None if city == "random" else city
+    def _cities(cls, city: Any) -> Any:
+        """``random`` means no city (one is drawn with the seed); ``a,b`` or a list is several
+        cities (sorted, without repeats); a single name stays a string."""
+        if isinstance(city, str):
+            names = [name.strip() for name in city.split(",")]
+        elif isinstance(city, list | tuple):
+            names = [str(name).strip() for name in city]
+        else:
+            return city  # None, or a type pydantic refuses
+        names = sorted({name for name in names if name})
+        if not names:
+            raise ValueError("give a city name, several, 'all' or 'random'")
+        if len(names) == 1:
+            return None if names[0] == "random" else names[0]
+        if {"all", "random"} & set(names):
+            raise ValueError(f"{names}: 'all' and 'random' stand alone, not in a list of cities")
+        return tuple(names)
+
+    def city_label(self) -> str:
+        """The city selection in words for messages: ``zurich``, ``aachen,zurich``, ``all``, or
+        ``a random city``."""
+        if self.city is None:
+            return "a random city"
+        return self.city if isinstance(self.city, str) else ",".join(self.city)
 
 
 class PromptConfig(ConfigModel):

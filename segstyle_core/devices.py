@@ -7,6 +7,7 @@ Models are loaded once per process and reused across images: every backend asks
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, TypeVar
@@ -50,6 +51,18 @@ def resolve_device(device: str = "auto") -> torch.device:
             "use --device cuda:0 or --device auto"
         )
     return torch.device("cuda", index)
+
+
+@functools.cache
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU with native bfloat16
+    (compute capability 8.0+), or a CPU with AVX512-BF16 or AMX (oneDNN uses them).
+
+    The rule of every ``"auto"`` precision setting (Gatys' autocast, SAM's encoder)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 class ModelCache:

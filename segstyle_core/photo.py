@@ -68,5 +68,6 @@ def stylize_photo(
         cache_dir,
         roi=masks if settings.roi_margin_px is not None else None,
         roi_margin_px=settings.roi_margin_px,
+        roi_mode=settings.mode,
     )
     return composite.run(image_id, image_path, painted, masks, settings, cache_dir)

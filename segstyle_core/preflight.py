@@ -62,7 +62,7 @@ def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
             ones).
         InputError: no frame with fine annotations (names the folder and the fix).
     """
-    place = f"{dataset.split}/{dataset.city or 'a random city'}"
+    place = f"{dataset.split}/{dataset.city_label()}"
     if dataset.limit is not None and dataset.limit < 1:
         raise ConfigError(
             f"limit={dataset.limit} selects no frame of {place}; use a limit of at least 1, "
@@ -74,7 +74,22 @@ def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
         city=dataset.city,
         seed=dataset.seed,
         limit=dataset.limit,
+        source=dataset.gt,
     )
+    if not sample.frames and len(sample.cities) > 1:
+        root = cityscapes.resolve_root(dataset.root)
+        where = f"cities {', '.join(sample.cities)} of split {sample.split!r}"
+        if not sample.skipped:
+            raise InputError(
+                f"{root / 'leftImg8bit' / sample.split}: no *_leftImg8bit.png images in {where}, "
+                "so the run has no frame; choose other cities or another split"
+            )
+        path, reason = sample.skipped[0]
+        raise InputError(
+            f"{root / 'gtFine' / sample.split}: none of the {len(sample.skipped)} images of "
+            f"{where} has fine annotations (e.g. {path}: {reason}), so the run has no frame; "
+            "choose other cities or another split, or add the gtFine labelIds or color PNGs"
+        )
     if not sample.frames:
         root = cityscapes.resolve_root(dataset.root)
         images = root / "leftImg8bit" / sample.split / sample.city

@@ -1,15 +1,17 @@
-"""Region-of-interest stylization: stylize only a crop around the mask, not the whole frame.
+"""Region-of-interest stylization: stylize only a crop around the painted region.
 
 Whole-frame stylization (the seed method) stays the default; the caller chooses ROI mode. The
 result has the same format as whole-frame stylization, a full-size ``H×W×3 uint8`` image
 (stylized inside the box, the original outside it), so
-:func:`segstyle_core.composite.composite` works on it unchanged. ROI mode suits object mode:
-in background mode only the box around the object would be painted. Keep the margin at least
-as wide as the composite's ``feather_px`` so the soft edge blends into stylized pixels.
+:func:`segstyle_core.composite.composite` works on it unchanged. The box is that of the region
+the composite paints: the mask in object mode, everything outside the mask in background mode
+(so background mode stylizes, in practice, the whole frame: an ROI saves time only in object
+mode, but it never leaves part of the background unpainted). Keep the margin at least as wide
+as the composite's ``feather_px`` so the soft edge blends into stylized pixels.
 
-An empty mask has no box: :func:`roi_box` and :func:`stylize_roi` raise
+An empty region has no box: :func:`roi_box` and :func:`stylize_roi` raise
 :class:`~segstyle_core.errors.InputError` rather than return an unstylized image that a
-background-mode composite would silently use.
+composite would silently use.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 
 import numpy as np
 
-from segstyle_core.composite import resize_to
+from segstyle_core.composite import MODES, Mode, resize_to
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.images import check_mask, check_rgb
 from segstyle_core.stylize.base import ProgressCallback, Stylizer
@@ -33,24 +35,32 @@ def _ceil_px(length: float) -> int:
 
 
 def roi_box(
-    mask: np.ndarray, margin_px: int = 0, margin_pct: float = DEFAULT_MARGIN_PCT
+    mask: np.ndarray,
+    margin_px: int = 0,
+    margin_pct: float = DEFAULT_MARGIN_PCT,
+    mode: Mode = "object",
 ) -> tuple[int, int, int, int]:
-    """Bounding box of ``mask`` (``H×W bool``) grown by a context margin, clipped to the image.
+    """Bounding box of the painted region grown by a context margin, clipped to the image.
 
-    Each side grows by ``margin_px + margin_pct * (box width or height)`` pixels (rounded up).
-    Returns ``(x0, y0, x1, y1)`` XYXY in image pixels, ``x1``/``y1`` exclusive, so
-    ``image[y0:y1, x0:x1]`` is the crop.
+    The painted region is ``mask`` (``H×W bool``) in ``object`` mode and ``~mask`` in
+    ``background`` mode. Each side grows by ``margin_px + margin_pct * (box width or height)``
+    pixels (rounded up). Returns ``(x0, y0, x1, y1)`` XYXY in image pixels, ``x1``/``y1``
+    exclusive, so ``image[y0:y1, x0:x1]`` is the crop.
     """
     if margin_px < 0 or margin_pct < 0:
         raise ConfigError(f"margin_px={margin_px}, margin_pct={margin_pct}: must be >= 0")
+    if mode not in MODES:
+        raise ConfigError(f"mode={mode!r}: unknown; use one of {MODES}")
     check_mask(mask, mask.shape[:2])
-    if not mask.any():
+    region = mask if mode == "object" else ~mask
+    if not region.any():
+        inside = "selects no pixel" if mode == "object" else "covers the whole image"
         raise InputError(
-            f"mask of {mask.shape[1]}x{mask.shape[0]} selects no pixel; there is no region to "
-            "crop, use whole-frame stylization or check the segmentation"
+            f"mask of {mask.shape[1]}x{mask.shape[0]} {inside}; there is no region to "
+            f"crop in {mode} mode, use whole-frame stylization or check the segmentation"
         )
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
+    rows = np.flatnonzero(region.any(axis=1))
+    cols = np.flatnonzero(region.any(axis=0))
     y0, y1 = int(rows[0]), int(rows[-1]) + 1
     x0, x1 = int(cols[0]), int(cols[-1]) + 1
     grow_x = margin_px + _ceil_px(margin_pct * (x1 - x0))
@@ -72,6 +82,7 @@ def stylize_roi(
     margin_px: int = 0,
     margin_pct: float = DEFAULT_MARGIN_PCT,
     progress: ProgressCallback | None = None,
+    mode: Mode = "object",
 ) -> np.ndarray:
     """Stylize the crop :func:`roi_box` gives and paste it into a copy of ``content``.
 
@@ -79,9 +90,12 @@ def stylize_roi(
         stylizer: any :class:`~segstyle_core.stylize.base.Stylizer`; it sees only the crop.
         content: ``H×W×3 uint8 RGB``.
         style: ``h×w×3 uint8 RGB``.
-        mask: ``H×W bool`` (non-empty).
-        margin_px, margin_pct: context margin around the mask's box (see :func:`roi_box`).
+        mask: ``H×W bool``; the painted region (``mask``, or ``~mask`` in background mode)
+            must be non-empty.
+        margin_px, margin_pct: context margin around the region's box (see :func:`roi_box`).
         progress: passed to ``stylizer.stylize``.
+        mode: the composite's mode: ``object`` crops around the mask, ``background`` around
+            everything outside it.
 
     Returns:
         ``H×W×3 uint8 RGB``: the stylized crop (resized back to the crop's size) inside the
@@ -89,7 +103,7 @@ def stylize_roi(
     """
     check_rgb(content, "content image")
     check_mask(mask, content.shape[:2])
-    x0, y0, x1, y1 = roi_box(mask, margin_px, margin_pct)
+    x0, y0, x1, y1 = roi_box(mask, margin_px, margin_pct, mode)
     crop = content[y0:y1, x0:x1]
     stylized = stylizer.stylize(crop, style, progress)
     result = content.copy()

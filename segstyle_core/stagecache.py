@@ -276,6 +276,9 @@ def stage(
     """
 
     def declare(compute: Callable[Concatenate[Path, P], R]) -> Stage[P, R]:
+        parameters = list(inspect.signature(compute).parameters)
+        if parameters[1:] != list(inspect.signature(key).parameters):
+            raise TypeError(f"stage {name}: its key function must take {parameters[1:]}")
         record_type = get_type_hints(compute)["return"]  # resolved here, once, by name
         return Stage(name, key, compute, code, record_type, heavy)
 

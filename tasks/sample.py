@@ -1,4 +1,4 @@
-"""Task: sample the frames of a city that have fine annotations."""
+"""Task: sample the frames of a city (or several, or a whole split) that have fine annotations."""
 
 from __future__ import annotations
 
@@ -16,12 +16,23 @@ from segstyle_core.config import DatasetSelection
     persist_result=False,
 )
 def sample_city(dataset: DatasetSelection) -> cityscapes.Sample:
-    """Sample a city (named, or random with the seed); log its frames and skipped files."""
+    """Sample the selected cities (named, all, or one drawn with the seed); log their frames and
+    skipped files."""
     sample = cityscapes.sample_city(
-        dataset.root, split=dataset.split, city=dataset.city, seed=dataset.seed, limit=dataset.limit
+        dataset.root,
+        split=dataset.split,
+        city=dataset.city,
+        seed=dataset.seed,
+        limit=dataset.limit,
+        source=dataset.gt,
     )
     logger = get_run_logger()
-    logger.info("city %s: %d frames with fine annotations", sample.city, len(sample.frames))
+    logger.info(
+        "%s %s: %d frames with fine annotations",
+        "city" if len(sample.cities) == 1 else "cities",
+        ", ".join(sample.cities),
+        len(sample.frames),
+    )
     for path, reason in sample.skipped:
         logger.warning("skipped %s: %s", path, reason)
     return sample

@@ -146,3 +146,47 @@ def test_histogram_preservation_matches_the_original_colour_statistics() -> None
     # The stylized image's structure (its rank order) survives the matching.
     order = np.corrcoef(out[:, :, 0].ravel(), stylized[:, :, 0].ravel())[0, 1]
     assert order > 0.9
+
+
+# --- issue #15.9: colour preservation looks only at the painted region ---------------------
+
+
+def _two_tone(mask: np.ndarray) -> np.ndarray:
+    """An original that is reddish inside ``mask`` and bluish outside it (with noise)."""
+    rng = np.random.default_rng(6)
+    red = rng.normal((200, 60, 50), 12, (H, W, 3))
+    blue = rng.normal((40, 70, 210), 12, (H, W, 3))
+    return np.where(mask[:, :, None], red, blue).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["object", "background"])
+@pytest.mark.parametrize("method", ["histogram", "luminance"])
+@pytest.mark.parametrize("feather", [0.0, 3.0])
+def test_colour_preservation_ignores_the_side_that_is_not_painted(
+    stylized: np.ndarray, mask: np.ndarray, mode: Mode, method: str, feather: float
+) -> None:
+    original = _two_tone(mask)
+    out = composite(original, stylized, mask, mode, feather, method)  # type: ignore[arg-type]
+    # the kept side changes arbitrarily (beyond the feathered band): the painting does not
+    alpha = alpha_from_mask(mask, feather)
+    kept = (alpha if mode == "background" else 1.0 - alpha) == 1.0
+    changed = original.copy()
+    changed[kept] = 255 - changed[kept]
+    again = composite(changed, stylized, mask, mode, feather, method)  # type: ignore[arg-type]
+    assert np.array_equal(again[~kept], out[~kept])
+    assert np.array_equal(again[kept], changed[kept])
+
+
+@pytest.mark.parametrize("mode", ["object", "background"])
+def test_histogram_preservation_matches_the_painted_region_only(
+    mask: np.ndarray, mode: Mode
+) -> None:
+    original = _two_tone(mask)
+    grey = np.random.default_rng(7).normal(128, 30, (H, W, 3)).clip(0, 255).astype(np.uint8)
+    out = composite(original, grey, mask, mode=mode, preserve_color="histogram")
+    painted = mask if mode == "object" else ~mask
+    for channel in range(3):
+        matched = np.percentile(out[:, :, channel][painted], [10, 50, 90])
+        target = np.percentile(original[:, :, channel][painted], [10, 50, 90])
+        assert np.abs(matched - target).max() <= 3  # the region's colours, not the frame's
+    assert np.array_equal(out[~painted], original[~painted])

@@ -153,9 +153,13 @@ def test_without_api_threads_take_turns() -> None:
 
 
 @pytest.mark.usefixtures("no_api")
-def test_without_api_a_killed_holders_slot_is_free_at_once() -> None:
-    from segstyle.tasks.device_slots import device_slot
+def test_without_api_a_killed_holders_slot_is_free_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from segstyle.tasks.device_slots import MODE_ENV, device_slot
 
+    # no API on either side (an earlier test of this process may have set one)
+    monkeypatch.setenv(MODE_ENV, "host")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
     holder = _hold_in_subprocess("cpu", env)
     try:

@@ -118,12 +118,10 @@ def test_output_folders_are_independent_and_a_damaged_cache_is_recomputed(
     images = second_y.drop_duplicates("image_id").set_index("image_id")
     truncated_id, repainted_id = images.index[0], images.index[1]
     cache = out_y / "cache"
-    truncated = _cache_file(
-        cache, "composite", "composite.png", _sha256(Path(images.at[truncated_id, "composite_path"]))
-    )
-    repainted = _cache_file(
-        cache, "stylize", "stylized.png", _sha256(Path(images.at[repainted_id, "stylized_path"]))
-    )
+    published_composite = Path(images.at[truncated_id, "composite_path"])
+    published_stylized = Path(images.at[repainted_id, "stylized_path"])
+    truncated = _cache_file(cache, "composite", "composite.png", _sha256(published_composite))
+    repainted = _cache_file(cache, "stylize", "stylized.png", _sha256(published_stylized))
     originals = {truncated: _sha256(truncated), repainted: _sha256(repainted)}
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     write_png(repainted, 255 - read_rgb(repainted))

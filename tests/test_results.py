@@ -107,3 +107,83 @@ def test_rows_carry_their_mask_and_version_two_files_still_read(tmp_path: Path) 
     assert frame.loc["old", "iou"] == 0.3
     assert frame.loc["new", "schema_version"] == 3
     assert np.array_equal(decode_mask(frame.loc["new", "mask_rle"]), mask)
+
+
+# --- `segstyle results` on empty, partial and all-failed runs (issue #14, item 5) ----------
+
+
+def _results_cli(capsys: pytest.CaptureFixture[str], metrics: Path, *run: str) -> tuple:
+    from segstyle.flows.cli import main
+
+    status = main(["results", *run, "--metrics", str(metrics)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_results_of_an_empty_metrics_folder_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segstyle.flows.cli import EXIT_ERROR
+
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    status, out, err = _results_cli(capsys, metrics)
+    assert status == EXIT_ERROR and out == ""
+    assert err.strip() == (
+        f"segstyle: error: {metrics}: no Parquet results here yet; run `segstyle run` first"
+    )
+    # only what a killed writer leaves hidden, and a run folder without parts yet
+    (metrics / "flow=f").mkdir()
+    (metrics / "flow=f" / ".r.compacted-x.parquet").write_bytes(b"PAR1")
+    results.RunRows(metrics, "f", "r").open().close()
+    assert _results_cli(capsys, metrics)[:2] == (EXIT_ERROR, "")
+    # a run file without rows
+    results.write_run([], metrics, "f", "empty")
+    status, out, err = _results_cli(capsys, metrics)
+    assert status == EXIT_ERROR and err.strip().endswith(
+        "the results hold no rows; run `segstyle run` first"
+    )
+
+
+def test_results_of_a_partial_run_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results.write_run([_row("old", 0.9)], tmp_path, "f", "older")
+    live = results.RunRows(tmp_path, "f", "now").open()
+    started = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+    for image_id, iou in (("a", 0.5), ("b", 0.7)):
+        row = {**_row(image_id, iou), "run_id": "calm-lynx", "flow_run_id": "now"}
+        live.write_image(image_id, [{**row, "started_at": started}])
+    status, out, err = _results_cli(capsys, tmp_path)
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "run calm-lynx (now)"
+    assert lines[1].startswith("partial: 2 images so far (") and lines[1].endswith("still running")
+    assert "0.6" in out  # the mean IoU of the two finished images
+    live.close()  # as a SIGKILL would: the lock is gone, the parts stay
+    status, out, _ = _results_cli(capsys, tmp_path, "calm-lynx")
+    assert status == 0 and "interrupted before it finished; rerun the same command" in out
+
+
+def test_results_of_a_run_whose_every_image_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    failed = [{**_row(image_id, None, "failed"), "flow_run_id": "bad"} for image_id in "abc"]
+    results.write_run(failed, tmp_path, "f", "bad")
+    status, out, err = _results_cli(capsys, tmp_path)
+    assert status == 0, err
+    assert out.splitlines()[0] == "run brave-otter (bad)"
+    assert "failed images:" in out and "InputError: bad" in out
+    assert out.rstrip().endswith("no image of this run succeeded (3 failed); fix the errors above")
+
+
+def test_results_names_the_latest_runs_when_the_asked_one_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segstyle.flows.cli import EXIT_ERROR
+
+    results.write_run([{**_row("a", 0.5), "flow_run_id": "id-1"}], tmp_path, "f", "id-1")
+    results.write_run([_row("b", 0.5)], tmp_path, "f", "no-id")  # an old row without an id
+    status, _, err = _results_cli(capsys, tmp_path, "nope")
+    assert status == EXIT_ERROR
+    assert "no run named 'nope'; latest runs:" in err and "brave-otter (id-1)" in err

@@ -96,3 +96,31 @@ def test_roi_with_the_feedforward_stylizer_composites_like_a_whole_frame(
 def test_mask_of_wrong_size_is_an_input_error(content: np.ndarray) -> None:
     with pytest.raises(InputError, match="mask is 10x10"):
         stylize_roi(HalfSizeInverter(), content, content, np.ones((10, 10), bool))
+
+
+# --- issue #15.9: an ROI in background mode paints everything outside the mask -------------
+
+
+def test_background_roi_box_is_the_box_of_everything_outside_the_mask(mask: np.ndarray) -> None:
+    assert roi_box(mask, margin_pct=0.0, mode="background") == (0, 0, W, H)
+    left = np.zeros((H, W), bool)
+    left[:, :30] = True  # the object fills the left columns: the background is the rest
+    assert roi_box(left, margin_pct=0.0, mode="background") == (30, 0, W, H)
+    assert roi_box(left, margin_px=2, margin_pct=0.0, mode="background") == (28, 0, W, H)
+    with pytest.raises(InputError, match="covers the whole image"):
+        roi_box(np.ones((H, W), bool), mode="background")
+
+
+def test_background_mode_with_an_roi_paints_every_pixel_outside_the_mask(
+    content: np.ndarray, mask: np.ndarray
+) -> None:
+    stylizer = HalfSizeInverter()
+    out = stylize_roi(stylizer, content, content, mask, margin_px=4, mode="background")
+    final = composite(content, out, mask, mode="background")
+    assert np.array_equal(final[mask], content[mask])
+    whole = resize_to(HalfSizeInverter().stylize(content, content), (H, W))
+    assert np.array_equal(final[~mask], whole[~mask])  # no unpainted rectangle edge
+    # object mode, as before: only the mask's box is stylized
+    boxed = stylize_roi(HalfSizeInverter(), content, content, mask, margin_px=4, margin_pct=0.0)
+    x0, y0, x1, y1 = roi_box(mask, margin_px=4, margin_pct=0.0)
+    assert np.array_equal(boxed[:y0], content[:y0]) and (x0, y0, x1, y1) != (0, 0, W, H)

@@ -261,7 +261,6 @@ def test_sam2_without_the_package_says_how_to_install_it(
 @pytest.mark.slow
 def test_sam2_tracker_runs_with_random_weights(tmp_path: Path, frames: list[np.ndarray]) -> None:
     """The real SAM 2 code path, on a randomly initialised Hiera-T (masks are meaningless)."""
-    pytest.importorskip("sam2")
     import torch
     from sam2.build_sam import build_sam2_video_predictor
 

@@ -20,12 +20,16 @@ from segstyle_core.segment.base import MaskPrediction, Prompt, Segmenter
 
 SEGMENTERS = ("sam", "grabcut")
 SAM_VARIANTS = ("vit_b", "vit_l", "vit_h")
+SamPrecision = Literal["auto", "float32", "bfloat16"]
+SAM_PRECISIONS: tuple[SamPrecision, ...] = ("auto", "float32", "bfloat16")
 
 __all__ = [
+    "SAM_PRECISIONS",
     "SAM_VARIANTS",
     "SEGMENTERS",
     "MaskPrediction",
     "Prompt",
+    "SamPrecision",
     "Segmenter",
     "SegmenterConfig",
 ]
@@ -42,6 +46,11 @@ class SegmenterConfig(BackendConfig):
     """A SAM checkpoint file of your own; none: the official file of the variant."""
     multimask: bool = True
     """SAM: predict three masks per prompt and keep the best-scored one."""
+    precision: SamPrecision = "auto"
+    """SAM's image encoder: auto = bfloat16 autocast where the device computes bfloat16
+    natively (GPUs of compute capability 8.0+, CPUs with AVX512-BF16 or AMX), else float32;
+    float32; bfloat16 (forced, slow where emulated). The embedding goes back to float32 before
+    the mask decoder."""
     grabcut_iterations: int = Field(default=5, ge=1)
     """GrabCut: iterations of its energy minimisation."""
 
@@ -84,6 +93,7 @@ class SegmenterConfig(BackendConfig):
                     device=self.device,
                     embedding_cache_dir=Path(embedding_cache_dir) if embedding_cache_dir else None,
                     multimask=self.multimask,
+                    precision=self.precision,
                 )
             from segstyle_core.segment.grabcut import GrabCutSegmenter
 

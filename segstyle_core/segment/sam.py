@@ -3,6 +3,12 @@
 The image encoder (the expensive part) runs once per image; every prompt for that image is
 decoded in a batch against the same embedding. With an ``embedding_cache_dir`` the embedding is
 also kept on disk, keyed by the image's bytes and the weights, so a rerun skips the encoder.
+
+The encoder runs under bfloat16 autocast where the device computes bfloat16 natively
+(``precision="auto"``, the rule of :func:`segstyle_core.devices.native_bfloat16`); its output,
+the embedding, goes back to float32 before the prompt encoder and mask decoder, which always
+run in float32. ``benchmarks/bench_encoders.py`` measures the time and the agreement with
+float32.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_
 from segment_anything.modeling import Sam
 
 from segstyle_core import weights
-from segstyle_core.devices import MODELS, resolve_device
+from segstyle_core.devices import MODELS, native_bfloat16, resolve_device
 from segstyle_core.errors import ConfigError, InputError, WeightsError
 from segstyle_core.fileio import atomic_write, file_sha256, sha256_bytes, sha256_json
 from segstyle_core.images import check_rgb
+from segstyle_core.segment import SAM_PRECISIONS, SamPrecision
 from segstyle_core.segment.base import MaskPrediction, Prompt
 
 SAM_BUILDERS: dict[str, Callable[[], Sam]] = {
@@ -39,6 +46,22 @@ DECODE_BATCH = 32
 """Most prompts decoded together: each holds an ``H×W`` float mask while it is upscaled."""
 
 _EMBEDDING_FORMAT = 1
+
+
+def encoder_dtype(precision: SamPrecision, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of SAM's image encoder on ``device``; ``None`` = float32.
+
+    ``"auto"``: bfloat16 where :func:`~segstyle_core.devices.native_bfloat16` says the device
+    computes it in hardware, else float32.
+
+    Raises:
+        ConfigError: unknown precision.
+    """
+    if precision not in SAM_PRECISIONS:
+        raise ConfigError(f"SAM precision {precision!r} is unknown: use one of {SAM_PRECISIONS}")
+    if precision == "auto":
+        return torch.bfloat16 if native_bfloat16(device) else None
+    return torch.bfloat16 if precision == "bfloat16" else None
 
 
 @dataclass(frozen=True)
@@ -93,15 +116,41 @@ def _builder(variant: str) -> Callable[[], Sam]:
 class _CachingPredictor(SamPredictor):
     """A ``SamPredictor`` whose ``set_image`` reuses image embeddings saved on disk.
 
-    Entries are ``<cache_dir>/<key>.pt`` with the encoder features (``1×C×h×w`` float) and the
-    original/input sizes; the key hashes the image bytes, its shape, the colour format, the
-    variant and the weights' SHA-256.
+    Entries are ``<cache_dir>/<key>.pt`` with the encoder features (``1×C×h×w`` float32) and
+    the original/input sizes; the key hashes the image bytes, its shape, the colour format, the
+    variant, the weights' SHA-256 and the dtype the encoder ran in (``dtype``: its autocast
+    dtype, ``None`` = float32).
     """
 
-    def __init__(self, model: Sam, variant: str, weights_sha256: str, cache_dir: Path | None):
+    def __init__(
+        self,
+        model: Sam,
+        variant: str,
+        weights_sha256: str,
+        cache_dir: Path | None,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__(model)
-        self._salt = {"variant": variant, "weights": weights_sha256, "format": _EMBEDDING_FORMAT}
+        self.encoder_dtype = dtype
+        self._salt = {
+            "variant": variant,
+            "weights": weights_sha256,
+            "format": _EMBEDDING_FORMAT,
+            "encoder_dtype": str(dtype or torch.float32).removeprefix("torch."),
+        }
         self._cache_dir = cache_dir
+
+    def set_torch_image(
+        self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]
+    ) -> None:
+        """``SamPredictor``'s, with the encoder under autocast in :attr:`encoder_dtype`; the
+        embedding comes back as float32 (what the decoder runs in)."""
+        if self.encoder_dtype is None:
+            super().set_torch_image(transformed_image, original_image_size)
+            return
+        with torch.autocast(self.device.type, dtype=self.encoder_dtype):
+            super().set_torch_image(transformed_image, original_image_size)
+        self.features = self.features.float()
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         if self._cache_dir is None:
@@ -159,6 +208,8 @@ class SamSegmenter:
         device: the torch device the model runs on.
         multimask: decode three candidate masks per prompt and keep the best-scoring one
             (SAM's authors suggest ``False`` for unambiguous prompts such as boxes).
+        precision: the image encoder's precision setting (``"auto"``, ``"float32"``,
+            ``"bfloat16"``); ``encoder_dtype`` is what it resolved to (``None`` = float32).
 
     Instances are thread-safe: calls on one instance run one at a time; instances built from
     the same checkpoint and device share one model (:data:`segstyle_core.devices.MODELS`).
@@ -175,17 +226,21 @@ class SamSegmenter:
         embedding_cache_dir: str | Path | None = None,
         multimask: bool = True,
         amg_options: AutomaticMaskOptions | None = None,
+        precision: SamPrecision = "auto",
     ) -> None:
         """Load ``variant`` from ``checkpoint``, or from the official checkpoint found in
         ``weights_dir`` (see :func:`segstyle_core.weights.find_checkpoint`), which is checked
-        against its published SHA-256 prefix.
+        against its published SHA-256 prefix. ``precision``: the image encoder's (see
+        :func:`encoder_dtype`); the loaded model is shared whatever the precision.
 
         Raises:
-            ConfigError: unknown variant or device; a non-official variant without checkpoint.
+            ConfigError: unknown variant, device or precision; a non-official variant without
+                checkpoint.
             WeightsError: checkpoint missing (the message says how to download it), corrupt,
                 unsafe, or made for another variant.
         """
         _builder(variant)
+        encoder_dtype(precision, torch.device("cpu"))  # an unknown precision fails before loading
         if checkpoint is not None:
             path = Path(checkpoint)
             if not path.is_file():
@@ -205,7 +260,7 @@ class SamSegmenter:
         model = MODELS.get_or_create(
             ("sam", variant, str(resolved), sha), lambda: load_sam(variant, path, resolved)
         )
-        self._setup(model, variant, sha, embedding_cache_dir, multimask, amg_options)
+        self._setup(model, variant, sha, embedding_cache_dir, multimask, amg_options, precision)
 
     @classmethod
     def from_model(
@@ -216,12 +271,19 @@ class SamSegmenter:
         embedding_cache_dir: str | Path | None = None,
         multimask: bool = True,
         amg_options: AutomaticMaskOptions | None = None,
+        precision: SamPrecision = "auto",
     ) -> SamSegmenter:
         """Wrap an already built ``Sam`` (on its current device); ``weights_sha256`` identifies
         its weights in cache keys and result rows."""
         segmenter = cls.__new__(cls)
         segmenter._setup(
-            model.eval(), variant, weights_sha256, embedding_cache_dir, multimask, amg_options
+            model.eval(),
+            variant,
+            weights_sha256,
+            embedding_cache_dir,
+            multimask,
+            amg_options,
+            precision,
         )
         return segmenter
 
@@ -233,15 +295,20 @@ class SamSegmenter:
         embedding_cache_dir: str | Path | None,
         multimask: bool,
         amg_options: AutomaticMaskOptions | None,
+        precision: SamPrecision,
     ) -> None:
         self.variant = variant
         self.weights_sha256: str | None = weights_sha256
         self.device = model.device
         self.multimask = multimask
         self.amg_options = amg_options or AutomaticMaskOptions()
+        self.precision = precision
+        self.encoder_dtype = encoder_dtype(precision, self.device)
         self._model = model
         cache_dir = Path(embedding_cache_dir) if embedding_cache_dir is not None else None
-        self._predictor = _CachingPredictor(model, variant, weights_sha256, cache_dir)
+        self._predictor = _CachingPredictor(
+            model, variant, weights_sha256, cache_dir, self.encoder_dtype
+        )
         self._lock = threading.Lock()
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:

@@ -1,15 +1,26 @@
-"""Stage ``gt``: binarize one frame's ground truth by class and derive its prompts."""
+"""Stage ``gt``: binarize one frame's ground truth by class and derive its prompts.
+
+The stage reads the run's ground truth source (``labelIds``, ``color`` or ``auto``) once. When
+the prompt source refers to ground-truth regions (``largest``, ``gt-instances``, ``auto``), it
+also writes the frame's regions (:func:`segstyle_core.cityscapes.load_gt`: instances, or
+connected components for stuff classes) as an index map and a table, which the metrics stage
+reads back; a prompts file needs no regions, so then no instanceIds PNG is read.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from segstyle_core import cityscapes
+from segstyle_core.cityscapes import GtSource, Instance
 from segstyle_core.config import PromptConfig
 from segstyle_core.fileio import write_json_atomic
-from segstyle_core.images import write_png
+from segstyle_core.images import read_label_map, read_rgb, write_png
 from segstyle_core.prompts.files import load_prompts_file
 from segstyle_core.prompts.from_gt import PROMPT_SOURCES, frame_prompts
 from segstyle_core.segment.base import Prompt
@@ -18,43 +29,74 @@ from segstyle_core.stagecache import StageKey, StageRecord, stage
 
 @dataclass(frozen=True, kw_only=True)
 class GtRecord(StageRecord):
-    """Outputs ``gt_mask`` (binarized GT PNG) and ``instances`` (JSON table); the prompts.
+    """Outputs ``gt_mask`` (binarized GT PNG), ``instances`` (JSON table of the regions) and,
+    when the prompt source needs them, ``regions`` (``H×W uint16`` PNG: 0 outside every
+    region, ``k + 1`` on the table's ``k``-th region); the prompts.
 
     Attributes:
         prompts: the frame's prompts, each as :meth:`Prompt.as_dict`.
         height / width: the frame's size in pixels.
         gt_area: pixels of the binarized ground truth.
+        gt_source: the ground truth file kind used: ``labelIds`` or ``color``.
     """
 
     prompts: list[dict[str, Any]]
     height: int
     width: int
     gt_area: int
+    gt_source: str
 
     def prompt_list(self) -> list[Prompt]:
         """The prompts as :class:`Prompt` objects."""
         return [Prompt.from_dict(p) for p in self.prompts]
 
+    def regions(self) -> list[Instance]:
+        """The frame's GT regions (instances or components), in table order; ``[]`` when the
+        stage wrote none (a prompts file)."""
+        if "regions" not in self.outputs:
+            return []
+        table = json.loads(Path(self.path("instances")).read_text())
+        index = read_label_map(self.path("regions"))
+        return [
+            Instance(
+                int(row["instance_id"]),
+                str(row["class"]),
+                index == position + 1,
+                (int(row["box"][0]), int(row["box"][1]), int(row["box"][2]), int(row["box"][3])),
+                int(row["area"]),
+                row.get("kind", "instance"),
+            )
+            for position, row in enumerate(table)
+        ]
+
+
+def _needs_regions(prompts: PromptConfig) -> bool:
+    """GT prompts and automatic-mode scores refer to GT regions; a prompts file does not."""
+    return prompts.source in PROMPT_SOURCES
+
 
 def _key(
-    frame: cityscapes.Frame, classes: tuple[str, ...], prompts: PromptConfig, cache_dir: str
+    frame: cityscapes.Frame,
+    classes: tuple[str, ...],
+    prompts: PromptConfig,
+    cache_dir: str,
+    gt_source: GtSource = "auto",
 ) -> StageKey:
-    files = {
-        name: str(path)
-        for name, path in (
-            ("image_path", frame.image_path),
-            ("label_ids_path", frame.label_ids_path),
-            ("instance_ids_path", frame.instance_ids_path),
-        )
-        if path is not None
-    }
-    from_file = prompts.source not in PROMPT_SOURCES
+    files: dict[str, str] = {"image_path": str(frame.image_path)}
+    gt_file = cityscapes.gt_path(frame, gt_source)
+    if gt_file is not None:
+        kind = cityscapes.resolve_gt_source(frame, gt_source)
+        files["label_ids_path" if kind == "labelIds" else "color_path"] = str(gt_file)
+    if _needs_regions(prompts) and frame.instance_ids_path is not None:
+        files["instance_ids_path"] = str(frame.instance_ids_path)
+    from_file = not _needs_regions(prompts)
     if from_file:
         files["prompts_file"] = prompts.source
     config = {
         "classes": sorted(c.lower() for c in classes),
         "prompt_source": "file" if from_file else prompts.source,
         "min_area": prompts.min_area,
+        "gt_source": gt_source,
     }
     return StageKey(files, config)
 
@@ -66,26 +108,44 @@ def binarize_gt(
     classes: tuple[str, ...],
     prompts: PromptConfig,
     cache_dir: str,
+    gt_source: GtSource = "auto",
 ) -> GtRecord:
-    """Write the binarized GT mask (``H×W`` PNG) and instance table; derive the prompts."""
-    class_mask = cityscapes.load_binary_gt(frame, list(classes))
-    instances = cityscapes.load_instances(frame, list(classes))
-    from_file = prompts.source not in PROMPT_SOURCES
-    file_prompts = load_prompts_file(prompts.source) if from_file else None
+    """Write the binarized GT mask (``H×W`` PNG) and the region table (and map); derive the
+    prompts. ``gt_source``: ``labelIds``, ``color`` or ``auto`` (labelIds when present)."""
+    regions = _needs_regions(prompts)
+    image = read_rgb(frame.image_path)
+    truth = cityscapes.load_gt(
+        frame, list(classes), gt_source, image, regions=regions, min_area=prompts.min_area
+    )
+    class_mask = truth.mask
+    file_prompts = None if regions else load_prompts_file(prompts.source)
     frame_prompt_list = frame_prompts(
-        frame, instances, prompts.source, class_mask.shape, file_prompts, prompts.min_area
+        frame, truth.regions, prompts.source, class_mask.shape, file_prompts, prompts.min_area
     )
     table = [
-        {"instance_id": i.instance_id, "class": i.class_name, "box": list(i.box), "area": i.area}
-        for i in instances
+        {
+            "instance_id": i.instance_id,
+            "class": i.class_name,
+            "box": list(i.box),
+            "area": i.area,
+            "kind": i.kind,
+        }
+        for i in truth.regions
     ]
+    outputs = {
+        "gt_mask": str(write_png(out / "gt_mask.png", class_mask)),
+        "instances": str(write_json_atomic(out / "instances.json", table)),
+    }
+    if regions:
+        index = np.zeros(class_mask.shape, dtype=np.uint16)
+        for position, region in enumerate(truth.regions):
+            index[region.mask] = position + 1
+        outputs["regions"] = str(write_png(out / "regions.png", index))
     return GtRecord(
-        outputs={
-            "gt_mask": str(write_png(out / "gt_mask.png", class_mask)),
-            "instances": str(write_json_atomic(out / "instances.json", table)),
-        },
+        outputs=outputs,
         prompts=[p.as_dict() for p in frame_prompt_list],
         height=int(class_mask.shape[0]),
         width=int(class_mask.shape[1]),
         gt_area=int(class_mask.sum()),
+        gt_source=truth.kind,
     )

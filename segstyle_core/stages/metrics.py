@@ -3,6 +3,9 @@
 With prompts, the used mask is the union of the prompt masks. In automatic mode each GT
 instance is scored against its best-matching automatic mask, and the used mask is the union of
 those matches: compositing every automatic mask would paint the whole frame.
+
+The GT regions (instances, or connected components of stuff classes) come from the ``gt``
+stage's outputs, so this stage reads no dataset file and scores exactly what was prompted.
 """
 
 from __future__ import annotations
@@ -45,12 +48,14 @@ def _key(
     cache_dir: str,
 ) -> StageKey:
     files = {"gt_mask": gt.path("gt_mask"), "masks": masks.path("masks")}
-    if frame.instance_ids_path is not None:
-        files["instance_ids"] = str(frame.instance_ids_path)
+    if "regions" in gt.outputs:
+        files["regions"] = gt.path("regions")
+        files["region_table"] = gt.path("instances")
     config = {
         "classes": sorted(c.lower() for c in classes),
         "prompts": gt.prompts,
         "automatic": automatic,
+        "gt_source": gt.gt_source,
     }
     return StageKey(files, config)
 
@@ -71,7 +76,7 @@ def score_frame(
 ) -> MetricsRecord:
     """Score every prompt's mask (every GT instance's best automatic mask) against the GT."""
     class_mask = read_mask(gt.path("gt_mask"))
-    instances = cityscapes.load_instances(frame, list(classes))
+    instances = gt.regions()
     predictions = load_masks(masks.path("masks"))
     if automatic:
         pairs = match_auto_masks(predictions, instances)

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from segstyle_core.composite import Mode
 from segstyle_core.devices import memory_guard
 from segstyle_core.images import read_mask, read_rgb, write_png
 from segstyle_core.roi import stylize_roi
@@ -30,6 +31,7 @@ def _key(
     cache_dir: str,
     roi: StageRecord | None = None,
     roi_margin_px: int | None = None,
+    roi_mode: Mode = "object",
 ) -> StageKey:
     files = {"image": image_path, "style": style_path}
     if roi is not None and roi_margin_px is not None:
@@ -39,6 +41,8 @@ def _key(
         "settings": stylizer.settings(),
         "roi_margin_px": roi_margin_px if "roi_mask" in files else None,
     }
+    if "roi_mask" in files and roi_mode != "object":  # object mode keeps its earlier keys
+        config["roi_mode"] = roi_mode
     return StageKey(files, config)
 
 
@@ -52,12 +56,14 @@ def stylize(
     cache_dir: str,
     roi: StageRecord | None = None,
     roi_margin_px: int | None = None,
+    roi_mode: Mode = "object",
 ) -> StylizeRecord:
     """Paint ``image_path`` in the style of ``style_path``; write ``stylized.png``.
 
     Whole frame by default (the seed's method). With ``roi`` (a record whose ``mask`` output is
-    an ``H×W`` mask PNG) and ``roi_margin_px``, only the mask's bounding box plus that margin
-    is stylized and the result is full size (see :mod:`segstyle_core.roi`).
+    an ``H×W`` mask PNG) and ``roi_margin_px``, only the bounding box of the region the
+    composite paints (the mask in ``roi_mode`` object, everything outside it in background)
+    plus that margin is stylized, and the result is full size (see :mod:`segstyle_core.roi`).
     """
 
     def report(progress: Progress) -> None:
@@ -80,5 +86,6 @@ def stylize(
                 margin_px=roi_margin_px,
                 margin_pct=0.0,
                 progress=report,
+                mode=roi_mode,
             )
     return StylizeRecord(outputs={"stylized": str(write_png(out / "stylized.png", result))})

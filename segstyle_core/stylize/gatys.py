@@ -35,7 +35,6 @@ in ``[0, 1]``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import threading
@@ -51,6 +50,7 @@ from pydantic import model_validator
 from segstyle_core import devices, weights
 from segstyle_core.backends import ConfigModel
 from segstyle_core.composite import resize_to
+from segstyle_core.devices import native_bfloat16
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.fileio import sha256_bytes
 from segstyle_core.images import check_rgb
@@ -325,16 +325,6 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     """``1×3×h×w`` float -> ``h×w×3 uint8``, clamped to ``[0, 1]`` and rounded."""
     pixels = image.detach()[0].clamp(0, 1).mul(255).round().to(torch.uint8)
     return np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
-
-
-@functools.cache
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU with native bfloat16
-    (compute capability 8.0+), or a CPU with AVX512-BF16 or AMX (oneDNN uses them)."""
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def autocast_dtype(config: GatysConfig, device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,206 @@
+"""SAM's image encoder in float32 vs bfloat16 autocast: time, embedding and mask agreement.
+
+For each SAM variant (default ViT-B), on one generated demo frame (1024×1024, the encoder's
+own input size) and box and point prompts on its objects, through
+:class:`~segstyle_core.segment.sam.SamSegmenter` (``precision="float32"`` vs
+``precision="bfloat16"``, the same model object):
+
+* the encoder's time (``set_image``, the embedding cache off) and a whole ``segment`` call's
+  (encoder + decoding every prompt), minimum over interleaved repeats, wall and process CPU;
+* the cosine between the float32 and the bfloat16 embedding (flattened), and its largest
+  difference relative to the float32 embedding's largest magnitude;
+* the IoU between the float32 and the bfloat16 mask of every prompt (mean and worst), and the
+  largest difference of SAM's predicted-IoU scores.
+
+Without ``--sam`` the model has RANDOM weights (``segment_anything``'s registry builder,
+seeded): timings are real; the masks mean nothing, but whether bfloat16 changes them is still
+measured (a trained model's activations may be less kind to bfloat16 than random ones: rerun
+with ``--sam`` where the checkpoint exists). SAM 2's image encoder is measured only where the
+``sam2`` package is importable; otherwise the script says so.
+
+Last line: ``encoder=<variant> time_ratio=<bf16/f32 encoder wall> cosine=<..> mask_iou=<mean>``
+(of the last variant given).
+
+    python benchmarks/bench_encoders.py                        # ViT-B, ~2 min on 2 CPU cores
+    python benchmarks/bench_encoders.py --variants vit_l,vit_b
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from segment_anything import sam_model_registry
+from segment_anything.modeling import Sam
+
+from segstyle_core import cityscapes
+from segstyle_core.demo.dataset import generate_demo_dataset
+from segstyle_core.devices import native_bfloat16, resolve_device
+from segstyle_core.errors import ConfigError
+from segstyle_core.images import read_rgb
+from segstyle_core.metrics import iou
+from segstyle_core.segment.base import Prompt
+from segstyle_core.segment.sam import SamSegmenter, load_sam
+
+CLASSES = ("car", "person", "bicycle", "truck", "bus", "rider")
+
+
+def make_inputs(size: tuple[int, int], out: Path, count: int) -> tuple[np.ndarray, list[Prompt]]:
+    """One demo frame and prompts on its ``count`` largest objects: for each, its box, and one
+    foreground point at its innermost pixel (ties: the first)."""
+    root = generate_demo_dataset(out, size=size, frames_per_city=1, cities=["zurich"])
+    frame = cityscapes.sample_city(root, "train", "zurich").frames[0]
+    image = read_rgb(frame.image_path)
+    instances = []
+    for name in CLASSES:
+        try:
+            instances += cityscapes.load_instances(frame, [name], image)
+        except ConfigError:  # no instance of that class in this frame
+            continue
+    instances = sorted(instances, key=lambda i: -i.area)[:count]
+    prompts = []
+    for instance in instances:
+        prompts.append(Prompt(box=instance.box))
+        depth = cv2.distanceTransform(instance.mask.astype(np.uint8), cv2.DIST_L2, 3)
+        y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        prompts.append(Prompt(points=((float(x), float(y)),), point_labels=(1,)))
+    return image, prompts
+
+
+def build(variant: str, checkpoint: Path | None, device: torch.device) -> tuple[Sam, str]:
+    """The model (checkpoint, or random weights seeded with 0) and its weights' label."""
+    if checkpoint is not None:
+        return load_sam(variant, checkpoint, device), checkpoint.name
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = sam_model_registry[variant]()
+    return model.eval().to(device), "random-weights"
+
+
+def best_of(repeats: int, calls: dict[str, Callable[[], object]]) -> dict[str, tuple[float, float]]:
+    """``{name: (min wall s, min CPU s)}`` over ``repeats`` interleaved rounds (a load change on
+    a shared machine hits every call alike)."""
+    wall: dict[str, list[float]] = {name: [] for name in calls}
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start, cpu_start = time.perf_counter(), time.process_time()
+            call()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - cpu_start)
+    return {name: (min(wall[name]), min(cpu[name])) for name in calls}
+
+
+def measure(
+    variant: str,
+    image: np.ndarray,
+    prompts: list[Prompt],
+    checkpoint: Path | None,
+    device: torch.device,
+    repeats: int,
+) -> str:
+    """Print one variant's figures; return its summary line."""
+    model, label = build(variant, checkpoint, device)
+    segmenters = {
+        precision: SamSegmenter.from_model(model, variant, label, precision=precision)
+        for precision in ("float32", "bfloat16")
+    }
+    for segmenter in segmenters.values():  # warm-up: oneDNN primitives for both dtypes
+        segmenter.segment(image, prompts[:1])
+
+    def encoder(segmenter: SamSegmenter) -> Callable[[], object]:
+        def run() -> None:
+            with torch.inference_mode():
+                segmenter._predictor.set_image(image)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        return run
+
+    calls: dict[str, Callable[[], object]] = {}
+    for precision, segmenter in segmenters.items():
+        calls[f"encoder {precision}"] = encoder(segmenter)
+        calls[f"segment {precision}"] = lambda s=segmenter: s.segment(image, prompts)
+    times = best_of(repeats, calls)
+
+    masks = {p: s.segment(image, prompts) for p, s in segmenters.items()}
+    features = {p: s._predictor.features.detach().float().flatten() for p, s in segmenters.items()}
+    reference, low = features["float32"], features["bfloat16"]
+    cosine = float(torch.nn.functional.cosine_similarity(reference, low, dim=0))
+    max_rel = float((reference - low).abs().max() / reference.abs().max())
+    ious = [iou(a.mask, b.mask) for a, b in zip(masks["float32"], masks["bfloat16"], strict=True)]
+    scores = max(
+        abs(a.score - b.score) for a, b in zip(masks["float32"], masks["bfloat16"], strict=True)
+    )
+    areas = [int(m.mask.sum()) for m in masks["float32"]]
+
+    print(
+        f"--- SAM {variant} ({label}), {len(prompts)} prompts, image {image.shape[1]}x"
+        f"{image.shape[0]}"
+    )
+    for name, (wall, cpu) in times.items():
+        print(f"  {name:<18} wall {wall:7.3f} s   CPU {cpu:7.3f} s")
+    ratio = times["encoder bfloat16"][0] / times["encoder float32"][0]
+    cpu_ratio = times["encoder bfloat16"][1] / times["encoder float32"][1]
+    call_ratio = times["segment bfloat16"][0] / times["segment float32"][0]
+    print(
+        f"  encoder bf16/f32: wall {ratio:.3f} CPU {cpu_ratio:.3f}; whole segment call "
+        f"{call_ratio:.3f}"
+    )
+    print(f"  embedding: cosine {cosine:.6f}, max |diff| / max |f32| {max_rel:.4f}")
+    print(
+        f"  masks: IoU mean {statistics.mean(ious):.4f} worst {min(ious):.4f} "
+        f"({sum(i == 1.0 for i in ious)} of {len(ious)} identical); "
+        f"max |score diff| {scores:.4f}; f32 mask areas {min(areas)}..{max(areas)} px"
+    )
+    return (
+        f"encoder={variant} time_ratio={ratio:.3f} cosine={cosine:.5f} "
+        f"mask_iou={statistics.mean(ious):.4f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="vit_b", help="comma-separated SAM variants")
+    parser.add_argument("--sam", type=Path, help="checkpoint of the (single) variant")
+    parser.add_argument("--frame-size", default="1024x1024", help="demo frame WxH")
+    parser.add_argument("--objects", type=int, default=8, help="objects prompted (box + point)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = args.variants.split(",")
+    if args.sam is not None and len(variants) != 1:
+        parser.error("--sam needs exactly one variant")
+    device = resolve_device(args.device)
+    size = tuple(int(v) for v in args.frame_size.split("x"))
+    print(
+        f"device={device} threads={torch.get_num_threads()} "
+        f"native_bfloat16={native_bfloat16(device)} torch={torch.__version__}"
+    )
+    if args.sam is None:
+        print("!!! RANDOM WEIGHTS: timings are real; masks are arbitrary (their agreement is not)")
+    with tempfile.TemporaryDirectory(prefix="segstyle-bench-") as tmp:
+        image, prompts = make_inputs((size[0], size[1]), Path(tmp), args.objects)
+    if importlib.util.find_spec("sam2") is None:
+        print("sam2: the package is not importable here; SAM 2's image encoder is not measured")
+    else:
+        print("sam2: importable, but its encoder comparison is not implemented in this script")
+    summary = ""
+    for variant in variants:
+        summary = measure(variant, image, prompts, args.sam, device, args.repeats)
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Honest exits (issue #14, item 5): a run that would cover no frame, or whose prompts file
+names no frame of the run, is an error before any work: exit 2 and one line naming the dataset
+(or file) and the fix, and no Parquet."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from segstyle_core import cityscapes
+from segstyle_core.config import DatasetSelection
+from segstyle_core.demo.dataset import generate_demo_dataset
+from segstyle_core.errors import ConfigError, InputError
+from segstyle_core.preflight import check_prompt_ids, check_sample
+from tests.flow_params import offline_params
+from tests.test_reliability import RUN_OPTIONS
+
+CITY = "zurich"
+
+
+@pytest.fixture(scope="module")
+def streets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only dataset of 3 annotated 128×64 frames of zurich, under an odd path."""
+    base = tmp_path_factory.mktemp("exits") / "data sets" / "städte ü"
+    return generate_demo_dataset(base, size=(128, 64), frames_per_city=3, cities=(CITY,))
+
+
+@pytest.fixture()
+def scratch(streets: Path, tmp_path: Path) -> Path:
+    """A private copy of ``streets`` that a test may damage."""
+    return Path(shutil.copytree(streets, tmp_path / "copy ü"))
+
+
+def _refused(capsys: pytest.CaptureFixture[str], root: Path, out: Path, *extra: str) -> str:
+    """Run ``segstyle run`` expecting exit 2; return its one stderr line (checked: one line,
+    nothing written under ``out``)."""
+    from segstyle.flows.cli import EXIT_ERROR, main
+
+    status = main(["run", "--dataset", str(root), *RUN_OPTIONS, "--out", str(out), *extra])
+    captured = capsys.readouterr()
+    assert status == EXIT_ERROR, captured.err
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("segstyle: error: ")
+    assert not out.exists()  # refused before any server, stage or Parquet
+    assert captured.out == ""
+    return line
+
+
+# --- no frame to run ----------------------------------------------------------------------
+
+
+def test_limit_zero_is_refused(
+    streets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _refused(capsys, streets, tmp_path / "out", "--limit", "0")
+    assert "limit=0 selects no frame of train/zurich" in line
+    assert "use a limit of at least 1" in line
+
+
+def test_a_city_without_annotated_frames_is_refused(
+    scratch: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gt = scratch / "gtFine" / "train" / CITY
+    shutil.rmtree(gt)
+    images = len(list((scratch / "leftImg8bit" / "train" / CITY).glob("*.png")))
+    line = _refused(capsys, scratch, tmp_path / "out")
+    assert line.startswith(f"segstyle: error: {gt}: none of the {images} images of city 'zurich'")
+    assert "has fine annotations" in line and "choose another city or split" in line
+
+
+def test_a_city_without_images_is_refused(
+    scratch: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = scratch / "leftImg8bit" / "train" / "bern"
+    empty.mkdir()
+    line = _refused(capsys, scratch, tmp_path / "out", "--city", "bern")
+    assert line.startswith(f"segstyle: error: {empty}: no *_leftImg8bit.png images")
+    assert "choose another city or split" in line
+
+
+def test_an_empty_split_is_refused(
+    scratch: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (scratch / "leftImg8bit" / "val").mkdir()
+    line = _refused(capsys, scratch, tmp_path / "out", "--split", "val")
+    assert str(scratch / "leftImg8bit" / "val") in line and "no city folders" in line
+
+
+def test_check_sample_returns_the_frames_the_flow_runs(streets: Path) -> None:
+    selection = DatasetSelection(root=str(streets), city=CITY, limit=2)
+    sample = check_sample(selection)
+    assert sample == cityscapes.sample_city(streets, city=CITY, limit=2)
+    assert len(sample.frames) == 2
+    with pytest.raises(ConfigError, match="limit=-1 selects no frame"):
+        check_sample(selection.model_copy(update={"limit": -1}))
+
+
+# --- prompts files that name no frame of the run -------------------------------------------
+
+
+def test_a_prompts_file_naming_no_frame_is_refused_with_the_unknown_ids(
+    streets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typos = [f"zurich_00000{i}_00019" for i in range(7)]  # one digit short
+    prompts = tmp_path / "my prompts.json"
+    prompts.write_text(json.dumps({image_id: [{"box": [1, 2, 30, 40]}] for image_id in typos}))
+    line = _refused(capsys, streets, tmp_path / "out", "--prompts", str(prompts))
+    assert line.startswith(f"segstyle: error: {prompts}: none of its image ids is a frame")
+    assert f"unknown ids: {', '.join(typos[:5])} and 2 more" in line
+    assert "fix the ids" in line
+
+
+def test_prompt_ids_matching_some_frames_pass_and_the_limit_is_named(streets: Path) -> None:
+    sample = cityscapes.sample_city(streets, city=CITY)
+    real = sample.frames[0].image_id
+    check_prompt_ids("p.json", [real, "zurich_9_9"], sample)  # some match: the run has work
+    check_prompt_ids("p.json", [], sample)  # an empty file is load_prompts_file's error
+    one = cityscapes.sample_city(streets, city=CITY, limit=1)
+    other = next(f.image_id for f in sample.frames if f.image_id != one.frames[0].image_id)
+    with pytest.raises(InputError) as info:
+        check_prompt_ids("p.json", [other, "x", "y"], one, limit=1)
+    message = str(info.value)
+    assert message.startswith("p.json: none of its image ids is a frame of this run (1 frames")
+    assert "drawn with limit=1" in message and f"unknown ids: {other}, x, y;" in message
+    assert message.endswith("without the limit") and "\n" not in message
+
+
+# --- the same checks when the flow is started without the CLI (deployments, the UI) ---------
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_the_flow_itself_refuses_an_empty_sample_before_any_work(
+    streets: Path, tmp_path: Path
+) -> None:
+    from segstyle.flows.dataset import segment_and_stylize
+
+    out = tmp_path / "out"
+    params = offline_params(streets, out, limit=0)
+    state = segment_and_stylize(**params, return_state=True)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ConfigError) and "limit=0 selects no frame" in str(error)
+    assert "\n" not in str(error)
+    assert not (out / "metrics").exists() and not (out / "cache").exists()
