@@ -1,28 +1,30 @@
 """SAM's image encoder in float32 vs bfloat16 autocast: time, embedding and mask agreement.
 
-For each SAM variant (default ViT-B), on one generated demo frame (1024×1024, the encoder's
-own input size) and box and point prompts on its objects, through
-:class:`~segstyle_core.segment.sam.SamSegmenter` (``precision="float32"`` vs
+For each SAM variant (default ViT-B) and, where the ``sam2`` package is importable, each SAM 2
+variant (default Hiera-B+), on one generated demo frame (1024×1024, the encoders' own input
+size) and box and point prompts on its objects, through
+:class:`~segstyle_core.segment.sam.SamSegmenter` /
+:class:`~segstyle_core.segment.sam2_image.Sam2ImageSegmenter` (``precision="float32"`` vs
 ``precision="bfloat16"``, the same model object):
 
 * the encoder's time (``set_image``, the embedding cache off) and a whole ``segment`` call's
   (encoder + decoding every prompt), minimum over interleaved repeats, wall and process CPU;
 * the cosine between the float32 and the bfloat16 embedding (flattened), and its largest
-  difference relative to the float32 embedding's largest magnitude;
+  difference relative to the float32 embedding's largest magnitude (SAM 2: its image
+  embedding; the worst cosine of its two high-resolution feature maps is printed too);
 * the IoU between the float32 and the bfloat16 mask of every prompt (mean and worst), and the
   largest difference of SAM's predicted-IoU scores.
 
 Without ``--sam`` the model has RANDOM weights (``segment_anything``'s registry builder,
 seeded): timings are real; the masks mean nothing, but whether bfloat16 changes them is still
 measured (a trained model's activations may be less kind to bfloat16 than random ones: rerun
-with ``--sam`` where the checkpoint exists). SAM 2's image encoder is measured only where the
-``sam2`` package is importable; otherwise the script says so.
+with ``--sam`` where the checkpoint exists). SAM 2 always has random weights here.
 
 Last line: ``encoder=<variant> time_ratio=<bf16/f32 encoder wall> cosine=<..> mask_iou=<mean>``
-(of the last variant given).
+of the last SAM variant given (SAM 2's lines come before).
 
-    python benchmarks/bench_encoders.py                        # ViT-B, ~2 min on 2 CPU cores
-    python benchmarks/bench_encoders.py --variants vit_l,vit_b
+    python benchmarks/bench_encoders.py                        # Hiera-B+, then ViT-B
+    python benchmarks/bench_encoders.py --variants vit_l,vit_b --sam2-variants none
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ from segstyle_core.devices import native_bfloat16, resolve_device
 from segstyle_core.errors import ConfigError
 from segstyle_core.images import read_rgb
 from segstyle_core.metrics import iou
-from segstyle_core.segment.base import Prompt
+from segstyle_core.segment.base import Prompt, Segmenter
 from segstyle_core.segment.sam import SamSegmenter, load_sam
 
 CLASSES = ("car", "person", "bicycle", "truck", "bus", "rider")
+PRECISIONS = ("float32", "bfloat16")
 
 
 def make_inputs(size: tuple[int, int], out: Path, count: int) -> tuple[np.ndarray, list[Prompt]]:
@@ -85,6 +88,44 @@ def build(variant: str, checkpoint: Path | None, device: torch.device) -> tuple[
     return model.eval().to(device), "random-weights"
 
 
+def sam_segmenters(
+    variant: str, checkpoint: Path | None, device: torch.device
+) -> tuple[dict[str, Segmenter], str]:
+    """``{precision: SamSegmenter}`` on one model, and the weights' label."""
+    model, label = build(variant, checkpoint, device)
+    segmenters: dict[str, Segmenter] = {
+        p: SamSegmenter.from_model(model, variant, label, precision=p) for p in PRECISIONS
+    }
+    return segmenters, label
+
+
+def sam2_segmenters(variant: str, device: torch.device) -> tuple[dict[str, Segmenter], str]:
+    """``{precision: Sam2ImageSegmenter}`` on one SAM 2 model with random weights (seed 0)."""
+    from segstyle_core.segment.sam2 import VARIANTS, sam2_builder
+    from segstyle_core.segment.sam2_image import Sam2ImageSegmenter
+
+    build_sam2 = sam2_builder("build_sam2")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_sam2(VARIANTS[variant][0], None, device="cpu").eval().to(device)
+    segmenters: dict[str, Segmenter] = {
+        p: Sam2ImageSegmenter.from_model(model, variant, "random-weights", precision=p)
+        for p in PRECISIONS
+    }
+    return segmenters, "random-weights"
+
+
+def embeddings(segmenter: Segmenter) -> list[torch.Tensor]:
+    """The image embedding the segmenter's predictor holds (SAM 2: then its two
+    high-resolution feature maps), each flattened to float32."""
+    predictor = segmenter._predictor  # type: ignore[attr-defined]
+    if hasattr(predictor, "features"):  # SAM
+        maps = [predictor.features]
+    else:  # SAM 2
+        maps = [predictor._features["image_embed"], *predictor._features["high_res_feats"]]
+    return [m.detach().float().flatten() for m in maps]
+
+
 def best_of(repeats: int, calls: dict[str, Callable[[], object]]) -> dict[str, tuple[float, float]]:
     """``{name: (min wall s, min CPU s)}`` over ``repeats`` interleaved rounds (a load change on
     a shared machine hits every call alike)."""
@@ -100,26 +141,23 @@ def best_of(repeats: int, calls: dict[str, Callable[[], object]]) -> dict[str, t
 
 
 def measure(
+    family: str,
     variant: str,
+    segmenters: dict[str, Segmenter],
+    label: str,
     image: np.ndarray,
     prompts: list[Prompt],
-    checkpoint: Path | None,
     device: torch.device,
     repeats: int,
 ) -> str:
     """Print one variant's figures; return its summary line."""
-    model, label = build(variant, checkpoint, device)
-    segmenters = {
-        precision: SamSegmenter.from_model(model, variant, label, precision=precision)
-        for precision in ("float32", "bfloat16")
-    }
     for segmenter in segmenters.values():  # warm-up: oneDNN primitives for both dtypes
         segmenter.segment(image, prompts[:1])
 
-    def encoder(segmenter: SamSegmenter) -> Callable[[], object]:
+    def encoder(segmenter: Segmenter) -> Callable[[], object]:
         def run() -> None:
             with torch.inference_mode():
-                segmenter._predictor.set_image(image)
+                segmenter._predictor.set_image(image)  # type: ignore[attr-defined]
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 
@@ -132,18 +170,25 @@ def measure(
     times = best_of(repeats, calls)
 
     masks = {p: s.segment(image, prompts) for p, s in segmenters.items()}
-    features = {p: s._predictor.features.detach().float().flatten() for p, s in segmenters.items()}
-    reference, low = features["float32"], features["bfloat16"]
-    cosine = float(torch.nn.functional.cosine_similarity(reference, low, dim=0))
-    max_rel = float((reference - low).abs().max() / reference.abs().max())
+    cosines, max_rels = [], []
+    for reference, low in zip(
+        embeddings(segmenters["float32"]), embeddings(segmenters["bfloat16"]), strict=True
+    ):
+        cosines.append(float(torch.nn.functional.cosine_similarity(reference, low, dim=0)))
+        max_rels.append(float((reference - low).abs().max() / reference.abs().max()))
+    cosine, max_rel = cosines[0], max_rels[0]
     ious = [iou(a.mask, b.mask) for a, b in zip(masks["float32"], masks["bfloat16"], strict=True)]
     scores = max(
         abs(a.score - b.score) for a, b in zip(masks["float32"], masks["bfloat16"], strict=True)
     )
     areas = [int(m.mask.sum()) for m in masks["float32"]]
+    differing = [
+        int((a.mask != b.mask).sum())
+        for a, b in zip(masks["float32"], masks["bfloat16"], strict=True)
+    ]
 
     print(
-        f"--- SAM {variant} ({label}), {len(prompts)} prompts, image {image.shape[1]}x"
+        f"--- {family} {variant} ({label}), {len(prompts)} prompts, image {image.shape[1]}x"
         f"{image.shape[0]}"
     )
     for name, (wall, cpu) in times.items():
@@ -156,10 +201,16 @@ def measure(
         f"{call_ratio:.3f}"
     )
     print(f"  embedding: cosine {cosine:.6f}, max |diff| / max |f32| {max_rel:.4f}")
+    if len(cosines) > 1:
+        print(
+            f"  high-resolution features: worst cosine {min(cosines[1:]):.6f}, worst max |diff| "
+            f"/ max |f32| {max(max_rels[1:]):.4f}"
+        )
     print(
         f"  masks: IoU mean {statistics.mean(ious):.4f} worst {min(ious):.4f} "
         f"({sum(i == 1.0 for i in ious)} of {len(ious)} identical); "
-        f"max |score diff| {scores:.4f}; f32 mask areas {min(areas)}..{max(areas)} px"
+        f"max |score diff| {scores:.4f}; f32 mask areas {min(areas)}..{max(areas)} px, "
+        f"pixels differing {min(differing)}..{max(differing)}"
     )
     return (
         f"encoder={variant} time_ratio={ratio:.3f} cosine={cosine:.5f} "
@@ -170,6 +221,11 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="vit_b", help="comma-separated SAM variants")
+    parser.add_argument(
+        "--sam2-variants",
+        default="hiera_base_plus",
+        help="comma-separated SAM 2 variants, measured first where sam2 is importable; none: skip",
+    )
     parser.add_argument("--sam", type=Path, help="checkpoint of the (single) variant")
     parser.add_argument("--frame-size", default="1024x1024", help="demo frame WxH")
     parser.add_argument("--objects", type=int, default=8, help="objects prompted (box + point)")
@@ -192,13 +248,19 @@ def main() -> None:
         print("!!! RANDOM WEIGHTS: timings are real; masks are arbitrary (their agreement is not)")
     with tempfile.TemporaryDirectory(prefix="segstyle-bench-") as tmp:
         image, prompts = make_inputs((size[0], size[1]), Path(tmp), args.objects)
-    if importlib.util.find_spec("sam2") is None:
+    sam2_variants = [v for v in args.sam2_variants.split(",") if v and v != "none"]
+    if sam2_variants and importlib.util.find_spec("sam2") is None:
         print("sam2: the package is not importable here; SAM 2's image encoder is not measured")
-    else:
-        print("sam2: importable, but its encoder comparison is not implemented in this script")
+        sam2_variants = []
+    for variant in sam2_variants:
+        segmenters, label = sam2_segmenters(variant, device)
+        print(measure("SAM 2", variant, segmenters, label, image, prompts, device, args.repeats))
+        del segmenters
     summary = ""
     for variant in variants:
-        summary = measure(variant, image, prompts, args.sam, device, args.repeats)
+        segmenters, label = sam_segmenters(variant, args.sam, device)
+        summary = measure("SAM", variant, segmenters, label, image, prompts, device, args.repeats)
+        del segmenters
     print(summary)
 
 

@@ -6,8 +6,11 @@ Modes (all in one process, on the same generated demo frames and the project's d
   the seed's settings in float32, no caching), then segstyle's optimised path (models loaded
   once, SAM embedding cache, style targets cached, ROI stylization at the frame's scale,
   the :class:`~segstyle_core.stylize.gatys.GatysConfig` performance options in
-  :data:`PERFORMANCE_OPTIONS`). Last line:
-  ``speedup=<naive_time/optimised_time> objective_ratio=<optimised_objective/naive_objective>``.
+  :data:`PERFORMANCE_OPTIONS`). Then (unless ``--no-quality-budget``) the budget chosen by
+  quality: per frame, the smallest budget of :data:`QUALITY_BUDGETS` whose composite's
+  measured objective reaches the naive path's. Last line:
+  ``speedup=<naive_time/optimised_time> objective_ratio=<optimised_objective/naive_objective>
+  seam_ratio=<optimised_seam/naive_seam>``.
 * ``--ablation``: the optimised path again with one optimisation changed at a time.
 * ``--rss 4,16``: the optimised path over 16 images; after 4 and after 16: the run's peak RSS,
   the peak since the first image (processing only) and the current RSS.
@@ -17,7 +20,9 @@ Modes (all in one process, on the same generated demo frames and the project's d
 Quality = the Gatys objective (content + style + TV, the seed's layers and weights, float32,
 one VGG) of the final composite, cropped to the mask's bounding box and taken at the
 whole-frame run's scale (``height / frame height``; style at ``height``), with the original
-crop as content. The same measurement, extractor and mask serve both paths.
+crop as content. The same measurement, extractor and mask serve both paths. Seam =
+:func:`segstyle_core.seams.seam_score` of each composite against the stylized frame it was made
+from (mean absolute difference of their gradient magnitudes in a 4 px band on the mask's edge).
 
 Without checkpoints (``--vgg``/``--sam``, or the files ``segstyle weights download`` puts in
 place) VGG19 and SAM get RANDOM weights: timings are real, SAM's masks are meaningless (the
@@ -59,6 +64,7 @@ from segstyle_core.images import read_rgb
 from segstyle_core.metrics import iou
 from segstyle_core.prompts.from_gt import prompts_from_instances
 from segstyle_core.roi import roi_box, stylize_roi
+from segstyle_core.seams import seam_score
 from segstyle_core.segment.base import Prompt
 from segstyle_core.segment.sam import SAM_BUILDERS, SamSegmenter, load_sam
 from segstyle_core.styles import style_path
@@ -125,6 +131,7 @@ class PathResult:
     """Per-image composites and masks, stage seconds, peak memory of one path."""
 
     composites: list[np.ndarray] = field(default_factory=list)
+    stylized: list[np.ndarray] = field(default_factory=list)  # what each composite was made of
     masks: list[np.ndarray] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     evaluations: int = 0
@@ -316,6 +323,7 @@ def run_path(
             final = composite(frame.image, stylized, mask)
         if keep:
             result.composites.append(final)
+            result.stylized.append(stylized)
             result.masks.append(mask)
         if after_image is not None:
             after_image(index)
@@ -345,33 +353,53 @@ def objectives(
     return totals
 
 
+def seams(result: PathResult) -> list[float]:
+    """:func:`seam_score` of each composite of ``result`` against its stylized frame."""
+    return [
+        seam_score(final, stylized, mask)
+        for final, stylized, mask in zip(
+            result.composites, result.stylized, result.masks, strict=True
+        )
+    ]
+
+
 HEADER = (
     f"{'path':<26}{'s/image':>9}{'cpu s/img':>10}{'evals/img':>10}{'peak RSS MiB':>14}"
     f"{'(start)':>9}{'objective':>12}{'speedup':>9}{'cpu x':>7}{'obj ratio':>10}{'worst':>8}"
+    f"{'seam':>7}{'seam ratio':>11}"
 )
 
 
+@dataclass(frozen=True)
+class Measured:
+    """Quality of one path's composites: objective totals and seam scores, per image."""
+
+    totals: list[float]
+    seams: list[float]
+
+
 def row(
-    name: str,
-    result: PathResult,
-    naive: PathResult,
-    totals: list[float],
-    naive_totals: list[float],
-) -> tuple[str, float, float]:
-    """One table line; also returns the speedup and the objective ratio (of the means)."""
+    name: str, result: PathResult, naive: PathResult, quality: Measured, naive_quality: Measured
+) -> tuple[str, float, float, float]:
+    """One table line; also returns the speedup, the objective ratio and the seam ratio (of
+    the means)."""
+    totals, naive_totals = quality.totals, naive_quality.totals
     count = len(totals)
     speedup = naive.seconds / result.seconds
     ratio = statistics.mean(totals) / statistics.mean(naive_totals)
     cpu_speedup = naive.cpu_seconds / result.cpu_seconds
     worst = max(t / n for t, n in zip(totals, naive_totals, strict=True))
+    seam = statistics.mean(quality.seams)
+    seam_ratio = seam / statistics.mean(naive_quality.seams)
     line = (
         f"{name:<26}{result.seconds / count:9.2f}{result.cpu_seconds / count:10.2f}"
         f"{result.evaluations / count:10.1f}{result.peak_rss_mb:14.0f}{result.start_rss_mb:9.0f}"
         f"{statistics.mean(totals):12.4g}{speedup:9.2f}{cpu_speedup:7.2f}{ratio:10.4f}{worst:8.4f}"
+        f"{seam:7.2f}{seam_ratio:11.4f}"
     )
     if result.peak_cuda_mb is not None:
         line += f"  peak CUDA {result.peak_cuda_mb:.0f} MiB"
-    return line, speedup, ratio
+    return line, speedup, ratio, seam_ratio
 
 
 def stages(name: str, result: PathResult, count: int) -> str:
@@ -422,28 +450,43 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
     naive = run_path(frames, style, ckpt, naive_options, device, tmp / "cache-naive")
     masks = naive.masks  # the measurement region of both paths
 
-    def measured(result: PathResult) -> list[float]:
-        return objectives(frames, result.composites, masks, style, extractor, measure)
+    def measured(result: PathResult) -> Measured:
+        totals = objectives(frames, result.composites, masks, style, extractor, measure)
+        return Measured(totals, seams(result))
 
-    naive_totals = measured(naive)
+    naive_quality = measured(naive)
     unstylized = objectives(frames, [f.image for f in frames], masks, style, extractor, measure)
     print(HEADER)
-    print(row("naive (seed method)", naive, naive, naive_totals, naive_totals)[0], flush=True)
+    print(row("naive (seed method)", naive, naive, naive_quality, naive_quality)[0], flush=True)
     details = [stages("naive", naive, len(frames))]
     summary = ""
     for name, options in variants.items():
         result = run_path(frames, style, ckpt, options, device, tmp / f"cache-{name}")
-        line, speedup, ratio = row(name, result, naive, measured(result), naive_totals)
+        line, speedup, ratio, seam_ratio = row(name, result, naive, measured(result), naive_quality)
         print(line, flush=True)
         details.append(stages(name, result, len(frames)))
         if min(iou(a, b) for a, b in zip(result.masks, masks, strict=True)) < 1:
             details.append(f"  {name}: its SAM masks differ from the naive path's")
-        summary = summary or f"speedup={speedup:.3f} objective_ratio={ratio:.4f}"
+        summary = summary or (
+            f"speedup={speedup:.3f} objective_ratio={ratio:.4f} seam_ratio={seam_ratio:.4f}"
+        )
     print("\n".join(details))
     print(
         f"objective of the unstylized crops (the start of both paths): "
         f"{statistics.mean(unstylized):.4g}"
     )
+    if args.quality_budget:
+        quality_budget(
+            frames,
+            style,
+            masks,
+            naive_quality.totals,
+            naive.stages["stylize"] / len(frames),
+            load_extractor(ckpt, variants["optimised"].config),
+            variants["optimised"].config,
+            (extractor, measure),
+            device,
+        )
     banner(ckpt)
     print(summary)
 
@@ -470,6 +513,68 @@ def ablation_variants(base: GatysConfig) -> dict[str, PathOptions]:
                 PathOptions(base.changed(iterations=base.iterations // 2)),
             ),
         ]
+    )
+
+
+#: Budgets (objective evaluations) tried by the quality budget, smallest first, about 25 %
+#: apart; the optimised path's own budget ends the list.
+QUALITY_BUDGETS: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96)
+QUALITY_BUDGETS += (128, 160, 192, 256, 320, 384, 512, 640, 768)
+
+
+def quality_budget(
+    frames: list[Frame],
+    style: np.ndarray,
+    masks: list[np.ndarray],
+    naive_totals: list[float],
+    naive_stylize_seconds: float,
+    extractor: VGGFeatures,
+    base: GatysConfig,
+    measurement: tuple[VGGFeatures, GatysConfig],
+    device: torch.device,
+) -> None:
+    """The budget chosen by quality: per frame, the smallest budget of :data:`QUALITY_BUDGETS`
+    (then ``base.iterations``) whose composite's measured objective (:func:`objectives`, the
+    table's measure) is at most the naive path's for that frame.
+
+    Every budget is a fresh optimised run (ROI, ``base`` with that budget: coarse-to-fine over
+    half of it, a float32 plateau still ends it early), so the chosen budget is a setting one
+    can reuse. Prints, per frame, the budget, the evaluations it used and the stylize seconds
+    (the measurements and the smaller budgets tried before are not counted); then one line
+    ``quality_budget: ...`` with the means and the stylize speedup over the naive path's
+    stylize stage.
+    """
+    stylizer = GatysStylizer(base, device=device, extractor=extractor.to(device))
+    budgets = [b for b in QUALITY_BUDGETS if b < base.iterations] + [base.iterations]
+    chosen: list[tuple[int, int, float, float, bool]] = []  # budget, evals, s, total, reached
+    for frame, mask, target in zip(frames, masks, naive_totals, strict=True):
+        for budget in budgets:
+            # One stylizer, its config swapped: the style's Gram matrices stay cached.
+            stylizer.config = base.changed(iterations=budget)
+            counter = PathResult()
+            start = time.perf_counter()
+            stylized = stylize_roi(stylizer, frame.image, style, mask, progress=counter.count)
+            seconds = time.perf_counter() - start
+            final = composite(frame.image, stylized, mask)
+            (total,) = objectives([frame], [final], [mask], style, *measurement)
+            if total <= target or budget == budgets[-1]:
+                chosen.append((budget, counter.evaluations, seconds, total, total <= target))
+                break
+        budget, evaluations, seconds, total, reached = chosen[-1]
+        print(
+            f"  quality budget, {frame.image_id}: {'reached' if reached else 'NOT reached'} "
+            f"at budget {budget} ({evaluations} evaluations, {seconds:.2f} s stylize), "
+            f"objective {total:.4g} vs naive {target:.4g} ({total / target:.4f})"
+        )
+    evaluations = statistics.mean(c[1] for c in chosen)
+    seconds = statistics.mean(c[2] for c in chosen)
+    ratio = statistics.mean(c[3] for c in chosen) / statistics.mean(naive_totals)
+    print(
+        f"quality_budget: reached={sum(c[4] for c in chosen)}/{len(chosen)} "
+        f"evaluations/image={evaluations:.1f} (budgets {[c[0] for c in chosen]}) "
+        f"stylize_s/image={seconds:.2f} stylize_speedup_vs_naive="
+        f"{naive_stylize_seconds / seconds:.2f} objective_ratio={ratio:.4f}",
+        flush=True,
     )
 
 
@@ -666,6 +771,12 @@ def main() -> None:
     parser.add_argument("--sam", type=Path, help="SAM checkpoint (default: downloaded or random)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--quality-budget",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also find the smallest budget that reaches the naive objective (default: on)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--ablation", action="store_true", help="also run one-change variants")
     mode.add_argument(

@@ -18,8 +18,11 @@ the feed-forward stylizer, the default style):
     ``PREFECT_API_URL``). The same command twice into the same ``--out``: the second finds
     every stage in the cache. Target: ``rerun_speedup = first / second >= 10``.
 
-Device slots use a holder-file folder of this benchmark's own (``SEGSTYLE_DEVICE_SLOT_DIR``),
-so other runs on the machine do not share them. Last line:
+The commands run a frozen copy of the sources (``--no-snapshot``: the checkout itself), so that
+edits to a shared checkout meanwhile cannot change the stage cache keys (they hash the code)
+between the two runs; (b) says so when the sources it ran did change. Device slots use a
+holder-file folder of this benchmark's own (``SEGSTYLE_DEVICE_SLOT_DIR``), so other runs on the
+machine do not share them. Last line:
 ``stylize_ratio=<command/in-process> rerun_speedup=<first/second>``.
 
     python benchmarks/bench_service.py                  # about 3 minutes on 2 cores
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,7 +70,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def _environment(work: Path, **extra: str) -> dict[str, str]:
     """The environment of every subprocess: no outside Prefect server or profile, a Prefect
-    home and device-slot folder of this benchmark's own, Prefect's console at its CLI default."""
+    home and device-slot folder of this benchmark's own, Prefect's console at its CLI default,
+    and the snapshot of the sources (:func:`snapshot`) first on the path when there is one."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -79,15 +84,19 @@ def _environment(work: Path, **extra: str) -> dict[str, str]:
         DO_NOT_TRACK="1",
         SEGSTYLE_DEVICE_SLOT_DIR=str(work / "device-slots"),
     )
+    if (work / "src").is_dir():
+        env["PYTHONPATH"] = str(work / "src")
     env.update(extra)
     return env
 
 
 def _timed(command: list[str], env: dict[str, str], log: Path) -> tuple[float, str]:
-    """Run ``command``; return (wall seconds, stdout). Fail with its output on a non-zero exit."""
+    """Run ``command`` in the log's folder (not the checkout: ``python -c`` puts its working
+    directory first on the path); return (wall seconds, stdout). Fail with its output on a
+    non-zero exit."""
     start = time.perf_counter()
     done = subprocess.run(
-        command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800, check=False
+        command, env=env, cwd=log.parent, capture_output=True, text=True, timeout=1800, check=False
     )
     seconds = time.perf_counter() - start
     with open(log, "a") as handle:
@@ -99,14 +108,30 @@ def _timed(command: list[str], env: dict[str, str], log: Path) -> tuple[float, s
     return seconds, done.stdout
 
 
-def _sources() -> dict[str, int]:
-    """Modification time of every source file of the packages (stage cache keys hash them)."""
-    folders = ("segstyle_core", "tasks", "flows")
-    return {
-        str(p.relative_to(REPO_ROOT)): p.stat().st_mtime_ns
-        for folder in folders
-        for p in (REPO_ROOT / folder).rglob("*.py")
-    }
+#: Source folders of the checkout -> where a snapshot puts them (the installed layout).
+SNAPSHOT_LAYOUT = {
+    "segstyle_core": "segstyle_core",
+    "tasks": "segstyle/tasks",
+    "flows": "segstyle/flows",
+    "data/styles": "data/styles",  # the default style, found beside segstyle_core
+}
+
+
+def snapshot(work: Path) -> Path:
+    """A frozen copy of the packages for the subprocesses (``PYTHONPATH`` puts it before the
+    editable install), so that edits to a shared checkout during the benchmark neither mix
+    code versions nor change stage cache keys (they hash the code) between the two runs."""
+    root = work / "src"
+    for source, target in SNAPSHOT_LAYOUT.items():
+        shutil.copytree(
+            REPO_ROOT / source, root / target, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return root
+
+
+def _sources(root: Path) -> dict[str, int]:
+    """Modification time of every Python file of the packages under ``root``."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*.py")}
 
 
 def photo(work: Path, size: tuple[int, int]) -> tuple[Path, str]:
@@ -129,6 +154,8 @@ def bench_stylize(work: Path, size: tuple[int, int], repeats: int) -> float:
     env = _environment(work)
     log = work / "stylize.log"
     bare, _ = _timed([sys.executable, "-c", "pass"], env, log)
+    warm_up = [sys.executable, "-c", "import segstyle.flows.cli, segstyle_core.photo"]
+    _timed(warm_up, env, log)  # untimed: writes the snapshot's .pyc files, fills the page cache
     imports, _ = _timed([sys.executable, "-c", "import segstyle.flows.cli"], env, log)
     command_s, inside_s = [], []
     for i in range(repeats):
@@ -163,10 +190,11 @@ def bench_rerun(work: Path, size: tuple[int, int], frames: int) -> float:
     with prefect_service(work / "server", check_log=False) as server:
         started_in = time.perf_counter() - server_start
         env = _environment(work, PREFECT_HOME=str(server.home), PREFECT_API_URL=server.api_url)
-        sources = _sources()
+        watched = Path(env.get("PYTHONPATH") or REPO_ROOT)
+        sources = _sources(watched)
         first, first_out = _timed(command, env, log)
         second, second_out = _timed(command, env, log)
-        changed = sorted(set(sources.items()) ^ set(_sources().items()))
+        changed = sorted(set(sources.items()) ^ set(_sources(watched).items()))
         problems = tracebacks(server.log_text())
     runs = [pd.read_parquet(text.strip().splitlines()[-1]) for text in (first_out, second_out)]
     stages = ("gt", "segment", "stylize", "composite", "figures")
@@ -204,18 +232,24 @@ def main() -> None:
     parser.add_argument("--photo-size", type=_size, default=(751, 563), help="(a): WIDTHxHEIGHT")
     parser.add_argument("--size", type=_size, default=(1024, 512), help="(b): demo WIDTHxHEIGHT")
     parser.add_argument("--frames", type=int, default=6, help="(b): annotated demo frames")
+    parser.add_argument(
+        "--snapshot",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run a frozen copy of the sources (a shared checkout may change meanwhile)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="segstyle-bench-service-"))
     try:
+        if args.snapshot:
+            snapshot(work)
         stylize_ratio = bench_stylize(work, args.photo_size, args.repeats)
         rerun_speedup = bench_rerun(work, args.size, args.frames)
     finally:
         if args.keep:
             print(f"work folder: {work}")
         else:
-            import shutil
-
             shutil.rmtree(work, ignore_errors=True)
     print(f"stylize_ratio={stylize_ratio:.2f} rerun_speedup={rerun_speedup:.2f}")
 

@@ -54,7 +54,7 @@ TABLE_COLUMNS = {
 DIGITS = 3
 
 #: Longest error text in a table cell (the summary and the Parquet file keep the whole line).
-ERROR_CHARS = 160
+ERROR_CHARS = 80
 
 #: Worst images the summary shows as thumbnails.
 THUMBNAILS = 4
@@ -125,6 +125,14 @@ def headline_metric(frame: pd.DataFrame) -> str:
     return "iou_instance"
 
 
+def short_error(text: str) -> str:
+    """An error for a table cell: file paths by their name only, at most :data:`ERROR_CHARS`
+    characters (the whole error is in the Parquet and the summary)."""
+    parts = " ".join(text.split()).split(": ")
+    text = ": ".join(Path(part).name if part.startswith("/") else part for part in parts)
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+
+
 def table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The table artifact's rows: :data:`TABLE_COLUMNS`, scores rounded to :data:`DIGITS`,
     missing values ``None``; failed rows first, then by image and prompt."""
@@ -146,8 +154,7 @@ def table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
             elif pd.isna(value):
                 record[name] = None
             elif column == "error":
-                text = " ".join(str(value).split())
-                record[name] = text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+                record[name] = short_error(str(value))
             else:
                 record[name] = str(value)
         records.append(record)

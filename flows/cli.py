@@ -37,6 +37,12 @@ from segstyle_core.errors import SegstyleError
 
 EXIT_FAILED_IMAGES = 1
 EXIT_ERROR = 2
+#: ``segstyle weights NAME``'s help: the names of :data:`segstyle_core.weights.CHECKPOINTS`,
+#: written out so that ``--help`` need not import torch (a test keeps them in step).
+WEIGHTS_NAME_HELP = (
+    "checkpoint: sam_vit_b, sam_vit_l, sam_vit_h, vgg19, sam2.1_hiera_tiny, sam2.1_hiera_small, "
+    "sam2.1_hiera_base_plus, sam2.1_hiera_large (default: all)"
+)
 
 _Formatter = argparse.ArgumentDefaultsHelpFormatter
 
@@ -392,9 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--classes", default="car")
     add_run_output(demo)
 
-    weights_cmd = command("weights", _cmd_weights, "list, download or verify model checkpoints")
+    weights_cmd = command(
+        "weights",
+        _cmd_weights,
+        "list, download or verify model checkpoints (SAM, SAM 2, VGG19)",
+    )
     weights_cmd.add_argument("action", choices=("status", "download", "verify"))
-    weights_cmd.add_argument("name", nargs="?", default=None, help="checkpoint (default: all)")
+    weights_cmd.add_argument("name", nargs="?", default=None, help=WEIGHTS_NAME_HELP)
     weights_cmd.add_argument("--weights-dir", default=None)
     weights_cmd.add_argument("--url", default=None, help="download from a mirror instead")
 

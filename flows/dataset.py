@@ -20,7 +20,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from segstyle.flows.artifacts import publish_artifacts
+from segstyle.flows.artifacts import publish_artifacts, short_error
 from segstyle.flows.demo_dataset import ensure_demo_dataset
 from segstyle.flows.rows import frame_rows, run_columns
 from segstyle.tasks.device_slots import dask_annotations
@@ -217,7 +217,7 @@ def run_dataset(
     if failed:
         raise RunFailed(
             f"{len(failed)} of {len(sample.frames)} images failed "
-            f"(first: {failed[0][0]}: {failed[0][1]}); "
+            f"(first: {failed[0][0]}: {short_error(failed[0][1])}); "
             f"rows with their errors are in {parquet}; fix the inputs and retry this flow run"
         )
     return str(parquet)

@@ -81,7 +81,7 @@ SHARED_BACKEND_FIELDS = frozenset({"device", "weights_dir"})
 STYLIZER = OptionGroup(
     StylizerConfig,
     "style transfer",
-    flags={"backend": "stylizer"},
+    flags={"backend": "stylizer", "vgg_checkpoint": "vgg"},
     skip=SHARED_BACKEND_FIELDS,
     nested={"gatys": GATYS},
 )
@@ -103,7 +103,9 @@ VIDEO_TRACKER = OptionGroup(
 #: ``segstyle video``: the stylizer is :data:`~segstyle_core.video.config.VIDEO_STYLIZER`'s
 #: backend, on the tracker's device.
 VIDEO_STYLE = OptionGroup(
-    StylizerConfig, "style transfer", skip=SHARED_BACKEND_FIELDS | {"backend", "gatys"}
+    StylizerConfig,
+    "style transfer",
+    skip=SHARED_BACKEND_FIELDS | {"backend", "gatys", "vgg_checkpoint"},
 )
 VIDEO_COMPOSITE = OptionGroup(
     CompositeConfig,

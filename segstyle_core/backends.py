@@ -15,7 +15,7 @@ from typing import Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from segstyle_core.devices import MODELS, resolve_device
+from segstyle_core.devices import MODELS
 from segstyle_core.errors import ConfigError
 
 T = TypeVar("T")
@@ -77,11 +77,9 @@ class BackendConfig(ConfigModel):
     def load_once(self, factory: Callable[[], T], *extra: Hashable) -> T:
         """The model of this configuration, built by ``factory`` at most once per process.
 
-        The registry key is the configuration's type and JSON with its device resolved (so
-        ``auto`` and ``cpu`` share one model where they mean the same), its identity and
+        The registry key is the configuration's type and JSON (its device included, as given:
+        resolving ``auto`` would load torch for backends that never use it), its identity and
         ``extra``.
         """
-        device = str(resolve_device(self.device))
-        settings = self.model_dump_json(exclude={"device"})
-        key = (type(self).__name__, settings, device, self.identity(), *extra)
+        key = (type(self).__name__, self.model_dump_json(), self.identity(), *extra)
         return MODELS.get_or_create(key, factory)

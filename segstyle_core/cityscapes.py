@@ -648,9 +648,7 @@ def has_instances(name: str) -> bool:
     return bool(_DRAWN[canonical].hasInstances)
 
 
-def _class_map(
-    kind: Literal["labelIds", "color"], gt: np.ndarray, names: list[str]
-) -> np.ndarray:
+def _class_map(kind: Literal["labelIds", "color"], gt: np.ndarray, names: list[str]) -> np.ndarray:
     """``H×W int32``: the label id of the requested class at each pixel, -1 elsewhere.
 
     Requested classes that share a colour in a colour PNG (``pole`` and ``polegroup``) cannot

@@ -18,7 +18,7 @@ from pydantic import field_validator
 from segstyle_core.backends import ConfigModel
 from segstyle_core.segment import SegmenterConfig
 from segstyle_core.stylize import StylizerConfig
-from segstyle_core.stylize.gatys import GatysConfig
+from segstyle_core.stylize.gatys_config import GatysConfig
 
 __all__ = [
     "CompositeConfig",

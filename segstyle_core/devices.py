@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import threading
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any, TypeVar
-
-import torch
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from segstyle_core.errors import ConfigError, ResourceError
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 
@@ -22,12 +24,16 @@ T = TypeVar("T")
 def resolve_device(device: str = "auto") -> torch.device:
     """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a usable :class:`torch.device`.
 
+    torch is imported here, not with this module: the offline backends never load it.
+
     ``"auto"`` picks CUDA when present, else the CPU. A CUDA device always comes back with its
     index (``cuda`` -> ``cuda:<current>``) so that equal devices give equal registry keys.
 
     Raises:
         ConfigError: unknown device string, or CUDA requested on a machine without it.
     """
+    import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -59,6 +65,8 @@ def native_bfloat16(device: torch.device) -> bool:
     (compute capability 8.0+), or a CPU with AVX512-BF16 or AMX (oneDNN uses them).
 
     The rule of every ``"auto"`` precision setting (Gatys' autocast, SAM's encoder)."""
+    import torch
+
     if device.type == "cuda":
         with torch.cuda.device(device):
             return torch.cuda.is_bf16_supported(including_emulation=False)
@@ -123,12 +131,16 @@ def memory_guard(what: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        oom = isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError) or (
-            isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
+        torch = sys.modules.get("torch")  # loaded only by the model backends that use it
+        cuda_oom = torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
+        oom = (
+            isinstance(exc, MemoryError)
+            or cuda_oom
+            or (isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS))
         )
         if not oom:
             raise
-        if torch.cuda.is_available():
+        if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
         raise ResourceError(
             f"{what}: out of memory; use a smaller --height (target size), fewer prompts per "

@@ -4,7 +4,10 @@ Checkpoints live in :func:`weights_dir` (``--weights-dir`` > ``$SEGSTYLE_WEIGHTS
 cache directory). The official file names carry the start of the file's SHA-256 (``01ec64`` in
 ``sam_vit_b_01ec64.pth``); :func:`verify_checkpoint` checks that prefix and, when present, the
 full SHA-256 that :func:`download` records beside the file in ``<file>.sha256`` (``sha256sum``'s
-format, so ``sha256sum -c sam_vit_b_01ec64.pth.sha256`` checks it too). Network access happens
+format, so ``sha256sum -c sam_vit_b_01ec64.pth.sha256`` checks it too). Meta publishes no hash
+for the SAM 2.1 files (``sam2.1_hiera_*.pt``, no hex in their names): their prefix is empty, so
+only the full hash recorded at download is checked (a copied-in file without a sidecar is
+hashed but not checked). Network access happens
 only in :func:`download`. Loading never runs pickled code (``weights_only=True``).
 """
 
@@ -19,14 +22,16 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import platformdirs
-import torch
 from tqdm import tqdm
 
 from segstyle_core.errors import ConfigError, WeightsError
 from segstyle_core.fileio import atomic_write, file_sha256, sha256_file
+
+if TYPE_CHECKING:
+    import torch
 
 ENV_WEIGHTS_DIR = "SEGSTYLE_WEIGHTS_DIR"
 _CHUNK = 1 << 20
@@ -44,7 +49,8 @@ class Checkpoint:
         name: registry name (``"sam_vit_l"``), used by ``segstyle weights download NAME``.
         filename: file name on disk, as published.
         url: official download address.
-        sha256_prefix: leading hex digits of the file's SHA-256 (from the published file name).
+        sha256_prefix: leading hex digits of the file's SHA-256 (from the published file name);
+            empty where none is published (SAM 2.1).
         size_hint: approximate size in bytes, for display only.
         description: one line for ``segstyle weights status``.
         torch_hub: also look in torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``).
@@ -60,6 +66,7 @@ class Checkpoint:
 
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+_SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 
 CHECKPOINTS: dict[str, Checkpoint] = {
     c.name: c
@@ -96,6 +103,22 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             548_000_000,
             "torchvision VGG19 (ImageNet), for Gatys style transfer",
             torch_hub=True,
+        ),
+        *(
+            Checkpoint(
+                f"sam2.1_hiera_{size}",
+                f"sam2.1_hiera_{size}.pt",
+                f"{_SAM2_URL}sam2.1_hiera_{size}.pt",
+                "",  # Meta publishes no hash for these files: see the module docstring
+                megabytes * 1_000_000,
+                f"SAM 2.1, Hiera-{letter} image encoder (images and video)",
+            )
+            for size, letter, megabytes in (
+                ("tiny", "T", 156),
+                ("small", "S", 185),
+                ("base_plus", "B+", 324),
+                ("large", "L", 898),
+            )
         ),
     )
 }
@@ -143,6 +166,8 @@ def search_dirs(
     entry = get_checkpoint(checkpoint)
     dirs = [weights_dir(override)]
     if entry.torch_hub:
+        import torch  # only for checkpoints torchvision also downloads (VGG19)
+
         dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
     return dirs
 
@@ -222,6 +247,23 @@ def _mismatch(path: str | os.PathLike[str], entry: Checkpoint, digest: str) -> s
             f"`segstyle weights download {entry.name}`"
         )
     return None
+
+
+def own_checkpoint(path: str | os.PathLike[str], option: str) -> tuple[Path, str]:
+    """A checkpoint file of your own (given with ``option``, e.g. ``--checkpoint``) and its
+    full SHA-256, which identifies it in cache keys and result rows (there is no published
+    hash to check it against).
+
+    Raises:
+        WeightsError: the file does not exist (the message names the option).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"checkpoint {path} does not exist: fix the {option} path, or leave {option} out "
+            "to use the downloaded official checkpoint"
+        )
+    return path, file_sha256(path)
 
 
 def verify_checkpoint(path: str | os.PathLike[str], checkpoint: str | Checkpoint) -> str:
@@ -354,6 +396,8 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     Raises:
         WeightsError: unreadable/corrupt file, a pickle that carries code, or no tensors inside.
     """
+    import torch
+
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -422,13 +466,17 @@ class CheckpointStatus:
         """One line for ``segstyle weights status|verify``.
 
         ``NAME  FILENAME  PATH`` then, when checked, ``sha256 ok (HASH12..., full hash)``
-        (or ``prefix only`` without a sidecar) or ``FAILED: <problem>``; ``missing`` when
-        absent.
+        (or ``prefix only`` without a sidecar; ``unchecked: no published hash`` for a file
+        with neither) or ``FAILED: <problem>``; ``missing`` when absent.
         """
-        head = f"{self.name:<10} {self.filename:<24} {self.path or 'missing'}"
+        head = f"{self.name:<22} {self.filename:<26} {self.path or 'missing'}"
         if self.verified is True:
-            how = "full hash" if self.full_hash_checked else "prefix only"
-            return f"{head} sha256 ok ({(self.sha256 or '')[:12]}..., {how})"
+            digest = (self.sha256 or "")[:12]
+            if self.full_hash_checked:
+                return f"{head} sha256 ok ({digest}..., full hash)"
+            if self.checkpoint.sha256_prefix:
+                return f"{head} sha256 ok ({digest}..., prefix only)"
+            return f"{head} sha256 {digest}... (unchecked: no published hash)"
         if self.verified is False:
             return f"{head} FAILED: {self.problem}"
         return head

@@ -6,6 +6,7 @@ prompt, keeping the best-scoring mask.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -82,7 +83,9 @@ def reference_mask(predictor: SamPredictor, prompt: Prompt, multimask: bool) -> 
 def test_masks_equal_sam_predictor(
     tiny_checkpoint: Path, image: np.ndarray, multimask: bool
 ) -> None:
-    segmenter = SamSegmenter("tiny", tiny_checkpoint, device="cpu", multimask=multimask)
+    segmenter = SamSegmenter(
+        "tiny", tiny_checkpoint, device="cpu", multimask=multimask, precision="float32"
+    )  # float32: bit-equal to SamPredictor (bfloat16: see test_bfloat16_encoder_...)
     assert segmenter.weights_sha256 == sha256_file(tiny_checkpoint)
     assert (segmenter.name, segmenter.variant, segmenter.device) == (
         "sam",
@@ -270,3 +273,77 @@ def test_model_cache_runs_factory_once_under_threads() -> None:
         thread.join()
     assert len(made) == 1 and len({id(r) for r in results}) == 1
     assert ("m", 1) in cache and cache.get_or_create(("m", 2), factory) is not results[0]
+
+
+def test_bfloat16_encoder_gives_masks_close_to_float32(
+    tiny_checkpoint: Path, image: np.ndarray
+) -> None:
+    model = load_sam("tiny", tiny_checkpoint, torch.device("cpu"))
+    patch_embeddings: list[torch.dtype] = []  # the encoder's first layer, a convolution
+    model.image_encoder.patch_embed.register_forward_hook(
+        lambda module, inputs, out: patch_embeddings.append(out.dtype)
+    )
+    sha = sha256_file(tiny_checkpoint)
+    single = SamSegmenter.from_model(model, "tiny", sha, precision="float32")
+    half = SamSegmenter.from_model(model, "tiny", sha, precision="bfloat16")
+    assert (single.encoder_dtype, half.encoder_dtype) == (None, torch.bfloat16)
+    reference = single.segment(image, PROMPTS)
+    got = half.segment(image, PROMPTS)
+    assert patch_embeddings == [torch.float32, torch.bfloat16]  # the encoder ran in bf16
+    assert half._predictor.features.dtype == torch.float32  # the decoder gets float32
+    cosine = torch.nn.functional.cosine_similarity(
+        single._predictor.features.flatten(), half._predictor.features.flatten(), dim=0
+    )
+    assert 0.999 < cosine < 1  # close, and not the float32 embedding itself
+    for want, have in zip(reference, got, strict=True):
+        intersection = (want.mask & have.mask).sum()
+        assert intersection / (want.mask | have.mask).sum() > 0.98
+        assert have.score == pytest.approx(want.score, abs=0.01)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_native_bfloat16(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    monkeypatch.setattr(sam_module, "native_bfloat16", lambda device: native)
+    cpu = torch.device("cpu")
+    assert sam_module.encoder_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert sam_module.encoder_dtype("float32", cpu) is None
+    assert sam_module.encoder_dtype("bfloat16", cpu) == torch.bfloat16
+    with pytest.raises(ConfigError, match="precision 'half' is unknown"):
+        sam_module.encoder_dtype("half", cpu)  # type: ignore[arg-type]
+
+
+def test_embedding_cache_separates_precisions(
+    tiny_checkpoint: Path, image: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = load_sam("tiny", tiny_checkpoint, torch.device("cpu"))
+    calls = count_encoder_calls(model, monkeypatch)
+    for precision in ("float32", "bfloat16", "float32", "bfloat16"):
+        segmenter = SamSegmenter.from_model(
+            model, "tiny", "x" * 64, embedding_cache_dir=tmp_path / "e", precision=precision
+        )
+        segmenter.segment(image, PROMPTS[:1])
+    assert len(calls) == 2 and len(list((tmp_path / "e").iterdir())) == 2
+
+
+def test_precision_is_part_of_the_stage_and_registry_keys(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segstyle_core import backends
+    from segstyle_core.segment import SegmenterConfig
+    from segstyle_core.stages.segment import segmenter_key
+
+    monkeypatch.setattr(backends, "MODELS", ModelCache())
+    configs = {
+        p: SegmenterConfig(checkpoint=str(tiny_checkpoint), precision=p, device="cpu")
+        for p in ("auto", "float32", "bfloat16")
+    }
+    assert SegmenterConfig().precision == "auto"
+    keys = [json.dumps(segmenter_key(c), sort_keys=True) for c in configs.values()]
+    assert len(set(keys)) == 3
+    built = [c.load_once(object) for c in configs.values()]  # one registry entry per precision
+    assert len({id(b) for b in built}) == 3
+    assert configs["float32"].load_once(object) is built[1]
+    with pytest.raises(ConfigError, match="precision"):
+        SegmenterConfig(precision="float16")

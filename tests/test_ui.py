@@ -90,6 +90,12 @@ def _sync_api() -> Any:
     return sync_api
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _browser_available() -> None:
+    """Skip (or fail, under CI) before the module's Prefect server starts, not after."""
+    _sync_api()
+
+
 @contextlib.contextmanager
 def _browser_page(blocked: list[str]) -> Iterator[Any]:
     """A 1440×900 page of a fresh headless Chromium, closed (and its process gone) afterwards.

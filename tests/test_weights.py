@@ -354,3 +354,30 @@ def test_download_writes_the_sidecar(tmp_path: Path, checkpoint: Checkpoint, ser
     weights.write_sidecar(path, "f" * 64)
     with pytest.raises(WeightsError, match="recorded f{64}"):
         weights.download(checkpoint, dest_dir=tmp_path, progress=False)
+
+
+def test_a_checkpoint_without_published_hash_is_checked_by_its_sidecar(
+    tmp_path: Path, checkpoint: Checkpoint, server: FileServer
+):
+    """SAM 2.1's files carry no hash in their names: the download records one, verify uses it."""
+    unpublished = replace(checkpoint, sha256_prefix="")
+    path = weights.download(unpublished, dest_dir=tmp_path, progress=False)
+    assert weights.read_sidecar(path) == PAYLOAD_SHA
+    record = weights.check_status(unpublished, tmp_path, verify=True)
+    assert record.verified and record.full_hash_checked
+    assert record.line().endswith("full hash)")
+    weights.write_sidecar(path, "f" * 64)
+    with pytest.raises(WeightsError, match="recorded f{64}"):
+        weights.verify_checkpoint(path, unpublished)
+    weights.sidecar_path(path).unlink()
+    record = weights.check_status(unpublished, tmp_path, verify=True)
+    assert record.ok and not record.full_hash_checked
+    assert record.line().endswith(f"sha256 {PAYLOAD_SHA[:12]}... (unchecked: no published hash)")
+
+
+def test_sam2_checkpoints_are_registered_with_their_official_urls():
+    base = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+    for size in ("tiny", "small", "base_plus", "large"):
+        entry = weights.CHECKPOINTS[f"sam2.1_hiera_{size}"]
+        assert (entry.filename, entry.url) == (f"sam2.1_hiera_{size}.pt", f"{base}{entry.filename}")
+        assert entry.sha256_prefix == ""

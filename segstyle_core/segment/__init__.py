@@ -15,10 +15,9 @@ from pydantic import Field
 
 from segstyle_core import weights
 from segstyle_core.backends import BackendConfig, BackendIdentity
-from segstyle_core.fileio import file_sha256
 from segstyle_core.segment.base import MaskPrediction, Prompt, Segmenter
 
-SEGMENTERS = ("sam", "grabcut")
+SEGMENTERS = ("sam", "sam2", "grabcut")
 SAM_VARIANTS = ("vit_b", "vit_l", "vit_h")
 SamPrecision = Literal["auto", "float32", "bfloat16"]
 SAM_PRECISIONS: tuple[SamPrecision, ...] = ("auto", "float32", "bfloat16")
@@ -36,29 +35,34 @@ __all__ = [
 
 
 class SegmenterConfig(BackendConfig):
-    """The segmentation backend of a run: SAM (needs weights) or GrabCut (offline)."""
+    """The segmentation backend of a run: SAM or SAM 2 (need weights) or GrabCut (offline)."""
 
-    backend: Literal["sam", "grabcut"] = "sam"
-    """sam: Segment Anything (needs its checkpoint); grabcut: OpenCV GrabCut, no weights."""
+    backend: Literal["sam", "sam2", "grabcut"] = "sam"
+    """sam: Segment Anything (needs its checkpoint); sam2: SAM 2.1 (needs its checkpoint);
+    grabcut: OpenCV GrabCut, no weights."""
     sam_variant: Literal["vit_b", "vit_l", "vit_h"] = "vit_l"
     """SAM's image encoder (the seed used ViT-L)."""
+    sam2_variant: Literal["hiera_tiny", "hiera_small", "hiera_base_plus", "hiera_large"] = (
+        "hiera_large"
+    )
+    """SAM 2: the SAM 2.1 Hiera image encoder."""
     checkpoint: str | None = None
-    """A SAM checkpoint file of your own; none: the official file of the variant."""
+    """A SAM or SAM 2 checkpoint file of your own (of the variant's architecture), identified
+    by its full SHA-256; none: the official file of the variant."""
     multimask: bool = True
-    """SAM: predict three masks per prompt and keep the best-scored one."""
+    """SAM, SAM 2: predict three masks per prompt and keep the best-scored one."""
     precision: SamPrecision = "auto"
-    """SAM's image encoder: auto = bfloat16 autocast where the device computes bfloat16
-    natively (GPUs of compute capability 8.0+, CPUs with AVX512-BF16 or AMX), else float32;
+    """SAM's and SAM 2's image encoder: auto = bfloat16 autocast where the device computes
+    bfloat16 natively (GPUs of compute capability 8.0+, CPUs with AVX512-BF16 or AMX), else float32;
     float32; bfloat16 (forced, slow where emulated). The embedding goes back to float32 before
     the mask decoder."""
     grabcut_iterations: int = Field(default=5, ge=1)
     """GrabCut: iterations of its energy minimisation."""
 
     def _sam_checkpoint(self) -> tuple[Path, str]:
-        """The SAM checkpoint file and its SHA-256 (official files: verified prefix)."""
+        """The SAM checkpoint file and its full SHA-256 (official files: verified prefix)."""
         if self.checkpoint:
-            path = Path(self.checkpoint)
-            return path, file_sha256(path)
+            return weights.own_checkpoint(self.checkpoint, "--checkpoint")
         name = f"sam_{self.sam_variant}"
         path = weights.find_checkpoint(name, self.weights_dir)
         return path, weights.verify_checkpoint(path, name)
@@ -67,10 +71,14 @@ class SegmenterConfig(BackendConfig):
         """Name, variant and weights SHA-256, without loading the model.
 
         Raises:
-            WeightsError: a SAM checkpoint is missing or fails its checksum.
+            WeightsError: a SAM or SAM 2 checkpoint is missing or fails its checksum.
         """
         if self.backend == "sam":
             return BackendIdentity("sam", self.sam_variant, self._sam_checkpoint()[1])
+        if self.backend == "sam2":
+            from segstyle_core.segment.sam2 import sam2_identity
+
+            return sam2_identity(self.sam2_variant, self.checkpoint, self.weights_dir)
         from segstyle_core.segment.grabcut import grabcut_variant
 
         return BackendIdentity("grabcut", grabcut_variant(self.grabcut_iterations), None)
@@ -79,7 +87,7 @@ class SegmenterConfig(BackendConfig):
         """The segmenter, loaded once per process and reused.
 
         Args:
-            embedding_cache_dir: SAM's on-disk image-embedding cache (none: no cache).
+            embedding_cache_dir: SAM's and SAM 2's on-disk image-embedding cache (none: no cache).
         """
 
         def factory() -> Segmenter:
@@ -92,6 +100,19 @@ class SegmenterConfig(BackendConfig):
                     checkpoint=path,
                     device=self.device,
                     embedding_cache_dir=Path(embedding_cache_dir) if embedding_cache_dir else None,
+                    multimask=self.multimask,
+                    precision=self.precision,
+                )
+            if self.backend == "sam2":
+                from segstyle_core.segment.sam2 import sam2_checkpoint
+                from segstyle_core.segment.sam2_image import Sam2ImageSegmenter
+
+                path, _ = sam2_checkpoint(self.sam2_variant, self.checkpoint, self.weights_dir)
+                return Sam2ImageSegmenter(
+                    variant=self.sam2_variant,
+                    checkpoint=path,
+                    device=self.device,
+                    embedding_cache_dir=embedding_cache_dir,
                     multimask=self.multimask,
                     precision=self.precision,
                 )

@@ -1,12 +1,14 @@
-"""SAM 2's video predictor as a :class:`~segstyle_core.video.track.MaskTracker` (optional).
+"""SAM 2's video predictor as a :class:`~segstyle_core.video.track.MaskTracker`, and the SAM 2.1
+variants and checkpoint lookup it shares with the image segmenter
+(:mod:`segstyle_core.segment.sam2_image`).
 
-Needs the ``sam2`` package (``pip install sam2``; imported only when a SAM 2 tracker is built)
-and a SAM 2.1 checkpoint. The checkpoints are registered here, not in
-:data:`segstyle_core.weights.CHECKPOINTS`: they are looked up in the same weights folder
-(``--weights-dir`` > ``$SEGSTYLE_WEIGHTS_DIR`` > the user cache), but fetched by hand (the
-:class:`~segstyle_core.errors.WeightsError` for a missing one says from where). Their file names
-carry no hash, so they are not checked against a published SHA-256; the file's SHA-256 still
-goes into every cache key, so another file never reuses old results.
+Needs the ``sam2`` package (imported only when a SAM 2 model is built) and a SAM 2.1
+checkpoint. The official checkpoints are entries of :data:`segstyle_core.weights.CHECKPOINTS`
+(``sam2.1_hiera_tiny`` ...): looked up in the weights folder (``--weights-dir`` >
+``$SEGSTYLE_WEIGHTS_DIR`` > the user cache) and fetched with ``segstyle weights download``.
+Meta publishes no hash for them, so only the full SHA-256 recorded at download
+(``<file>.sha256``) is checked; the file's SHA-256 goes into every cache key and result row, so
+another file never reuses old results.
 
 SAM 2 reads a video as a folder of JPEG frames: each run of frames is written to a temporary
 folder, prompted on its first frame (a box and/or points, or the mask the previous run ended
@@ -31,30 +33,22 @@ from segstyle_core.errors import ConfigError, WeightsError
 from segstyle_core.fileio import file_sha256
 from segstyle_core.segment.base import Prompt
 
-_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 _JPEG_QUALITY = 95
 
 
-def _checkpoint(size: str, megabytes: int, letter: str) -> tuple[str, weights.Checkpoint]:
-    filename = f"sam2.1_hiera_{size}.pt"
-    entry = weights.Checkpoint(
-        name=f"sam2.1_hiera_{size}",
-        filename=filename,
-        url=_URL + filename,
-        sha256_prefix="",  # unpublished: see the module docstring
-        size_hint=megabytes * 1_000_000,
-        description=f"SAM 2.1 Hiera-{letter} video predictor",
-    )
-    return f"configs/sam2.1/sam2.1_hiera_{letter.lower()}.yaml", entry
+def _variant(size: str, letter: str) -> tuple[str, weights.Checkpoint]:
+    config = f"configs/sam2.1/sam2.1_hiera_{letter.lower()}.yaml"
+    return config, weights.CHECKPOINTS[f"sam2.1_hiera_{size}"]
 
 
-#: Variant -> (the ``sam2`` package's config name, checkpoint).
+#: Variant -> (the ``sam2`` package's config name, official checkpoint).
 VARIANTS: dict[str, tuple[str, weights.Checkpoint]] = {
-    "hiera_tiny": _checkpoint("tiny", 156, "T"),
-    "hiera_small": _checkpoint("small", 185, "S"),
-    "hiera_base_plus": _checkpoint("base_plus", 324, "B+"),
-    "hiera_large": _checkpoint("large", 898, "L"),
+    "hiera_tiny": _variant("tiny", "t"),
+    "hiera_small": _variant("small", "s"),
+    "hiera_base_plus": _variant("base_plus", "b+"),
+    "hiera_large": _variant("large", "l"),
 }
+SAM2_VARIANTS = tuple(VARIANTS)
 
 
 def check_variant(variant: str) -> str:
@@ -79,16 +73,21 @@ def sam2_checkpoint(
         weights_dir: the checkpoints folder (default: ``$SEGSTYLE_WEIGHTS_DIR``, else the user
             cache).
 
+    Returns:
+        The file and its full SHA-256 (an official file is first checked against the full hash
+        recorded at its download, see :func:`segstyle_core.weights.verify_checkpoint`).
+
     Raises:
         ConfigError: unknown variant.
-        WeightsError: the checkpoint is missing; the message names the file, where it was looked
-            for and where to download it from.
+        WeightsError: the checkpoint is missing (the message names the file, where it was
+            looked for, the download command and address) or fails its recorded hash.
     """
     if checkpoint:
         path = Path(checkpoint)
         if not path.is_file():
             raise WeightsError(
-                f"SAM 2 checkpoint {path} not found: check the --sam2-checkpoint path"
+                f"SAM 2 checkpoint {path} not found: fix the checkpoint path, or leave it out "
+                f"to use the downloaded official {VARIANTS[check_variant(variant)][1].name}"
             )
         return path, file_sha256(path)
     entry = VARIANTS[check_variant(variant)][1]
@@ -97,11 +96,11 @@ def sam2_checkpoint(
     except WeightsError:
         folder = weights.weights_dir(weights_dir)
         raise WeightsError(
-            f"SAM 2 checkpoint {entry.filename} not found in {folder}: download {entry.url} "
-            f"into that folder (or pick the folder with --weights-dir or "
+            f"SAM 2 checkpoint {entry.filename} not found in {folder}: run `segstyle weights "
+            f"download {entry.name}` (from {entry.url}; pick the folder with --weights-dir or "
             f"${weights.ENV_WEIGHTS_DIR})"
         ) from None
-    return path, file_sha256(path)
+    return path, weights.verify_checkpoint(path, entry)
 
 
 def sam2_identity(
@@ -117,20 +116,39 @@ def sam2_identity(
     return BackendIdentity("sam2", variant, digest)
 
 
-def _video_predictor_builder() -> Callable[..., Any]:
-    """``sam2.build_sam.build_sam2_video_predictor``, imported on first use.
+def sam2_builder(name: str = "build_sam2") -> Callable[..., Any]:
+    """A model builder of ``sam2.build_sam`` (``build_sam2``, ``build_sam2_video_predictor``),
+    imported on first use.
 
     Raises:
         ConfigError: the ``sam2`` package is not installed.
     """
     try:
-        from sam2.build_sam import build_sam2_video_predictor
+        from sam2 import build_sam
     except ImportError as exc:
         raise ConfigError(
-            f"the SAM 2 tracker needs the sam2 package ({exc}): run `pip install sam2`, or use "
+            f"SAM 2 needs the sam2 package ({exc}): run `pip install sam2`, or use "
             "--segmenter grabcut"
         ) from None
-    return build_sam2_video_predictor
+    builder: Callable[..., Any] = getattr(build_sam, name)
+    return builder
+
+
+def load_sam2_weights(model: torch.nn.Module, checkpoint: Path, variant: str) -> None:
+    """Fill a SAM 2 model built without weights from ``checkpoint`` (``weights_only`` load of
+    a plain state dict or of the official ``{"model": state dict}``), every parameter present.
+
+    Raises:
+        WeightsError: unsafe/corrupt checkpoint, or one made for another architecture.
+    """
+    state_dict = weights.load_state_dict(checkpoint)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"checkpoint {checkpoint} does not fit SAM 2 {variant} "
+            f"({str(exc).splitlines()[0]}): pass the variant it was trained as"
+        ) from None
 
 
 class Sam2VideoTracker:
@@ -150,15 +168,11 @@ class Sam2VideoTracker:
     name = "sam2"
 
     def __init__(self, variant: str, checkpoint: Path, device: str, weights_sha256: str) -> None:
-        build = _video_predictor_builder()
+        build = sam2_builder("build_sam2_video_predictor")
         config = VARIANTS[check_variant(variant)][0]
-        try:
-            self.predictor = build(config, str(checkpoint), device=device)
-        except (RuntimeError, KeyError, OSError, EOFError) as exc:
-            raise WeightsError(
-                f"cannot load SAM 2 checkpoint {checkpoint} as {variant} "
-                f"({str(exc).splitlines()[0]}): use the {VARIANTS[variant][1].filename} file"
-            ) from None
+        self.predictor = build(config, None, device="cpu")
+        load_sam2_weights(self.predictor, checkpoint, variant)
+        self.predictor.to(device)
         self.variant = variant
         self.device = torch.device(device)
         self.weights_sha256: str | None = weights_sha256

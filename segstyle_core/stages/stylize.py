@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from segstyle_core.composite import Mode
 from segstyle_core.devices import memory_guard
@@ -36,12 +37,12 @@ def _key(
     files = {"image": image_path, "style": style_path}
     if roi is not None and roi_margin_px is not None:
         files["roi_mask"] = roi.path("mask")
-    config = {
+    config: dict[str, Any] = {
         "stylizer": dataclasses.asdict(stylizer.identity()),
         "settings": stylizer.settings(),
         "roi_margin_px": roi_margin_px if "roi_mask" in files else None,
     }
-    if "roi_mask" in files and roi_mode != "object":  # object mode keeps its earlier keys
+    if "roi_mask" in files and roi_mode != "object":  # object mode: the config as before
         config["roi_mode"] = roi_mode
     return StageKey(files, config)
 

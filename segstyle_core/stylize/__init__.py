@@ -8,6 +8,7 @@ its strength. :meth:`~StylizerConfig.build` loads each distinct backend once per
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -15,7 +16,7 @@ from pydantic import Field
 from segstyle_core import weights
 from segstyle_core.backends import BackendConfig, BackendIdentity
 from segstyle_core.stylize.base import Progress, ProgressCallback, Stylizer
-from segstyle_core.stylize.gatys import GatysConfig
+from segstyle_core.stylize.gatys_config import GatysConfig
 
 STYLIZERS = ("gatys", "feedforward")
 
@@ -36,10 +37,20 @@ class StylizerConfig(BackendConfig):
     """gatys: Gatys et al. on VGG19 (needs its checkpoint); feedforward: an offline network."""
     style: str | None = None
     """Style image; none: the project's generated geometric abstraction."""
-    gatys: GatysConfig = Field(default_factory=GatysConfig)
+    gatys: GatysConfig = Field(default_factory=GatysConfig, title="Gatys settings")
     """Gatys settings (layers, weights, working height, optimizer, speed options)."""
     strength: float = Field(default=1.0, ge=0.0, le=1.0)
     """Feed-forward: blend of the style into the content, 0 to 1."""
+    vgg_checkpoint: str | None = None
+    """Gatys: a VGG19 checkpoint file of your own (torchvision's layout), identified by its full
+    SHA-256; none: the official vgg19-dcbb9e9d.pth."""
+
+    def _vgg_checkpoint(self) -> tuple[Path, str]:
+        """The VGG19 checkpoint file and its full SHA-256 (the official file: verified)."""
+        if self.vgg_checkpoint:
+            return weights.own_checkpoint(self.vgg_checkpoint, "--vgg")
+        path = weights.find_checkpoint("vgg19", self.weights_dir)
+        return path, weights.verify_checkpoint(path, "vgg19")
 
     def identity(self) -> BackendIdentity:
         """Name, variant and weights SHA-256, without loading the model.
@@ -48,8 +59,7 @@ class StylizerConfig(BackendConfig):
             WeightsError: the VGG19 checkpoint is missing or fails its checksum.
         """
         if self.backend == "gatys":
-            path = weights.find_checkpoint("vgg19", self.weights_dir)
-            return BackendIdentity("gatys", "vgg19", weights.verify_checkpoint(path, "vgg19"))
+            return BackendIdentity("gatys", "vgg19", self._vgg_checkpoint()[1])
         from segstyle_core.stylize.feedforward import MODEL_VARIANT, model_sha256
 
         return BackendIdentity("feedforward", MODEL_VARIANT, model_sha256())
@@ -63,7 +73,7 @@ class StylizerConfig(BackendConfig):
     def min_style_side(self) -> int:
         """The smallest style-image side, in pixels, this backend accepts."""
         if self.backend == "gatys":
-            from segstyle_core.stylize.gatys import MIN_SIDE
+            from segstyle_core.stylize.gatys_config import MIN_SIDE
         else:
             from segstyle_core.stylize.feedforward import MIN_SIDE
         return MIN_SIDE
@@ -86,8 +96,13 @@ class StylizerConfig(BackendConfig):
             if self.backend == "gatys":
                 from segstyle_core.stylize.gatys import GatysStylizer
 
-                path = weights.find_checkpoint("vgg19", self.weights_dir)
-                return GatysStylizer(self.gatys, checkpoint=path, device=self.device)
+                path, _ = self._vgg_checkpoint()
+                return GatysStylizer(
+                    self.gatys,
+                    checkpoint=path,
+                    device=self.device,
+                    verify=self.vgg_checkpoint is None,
+                )
             from segstyle_core.stylize.feedforward import FeedForwardStylizer
 
             return FeedForwardStylizer(strength=self.strength, content_size=content_size)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterable
-from typing import Literal
 
 import torch
 from torch import nn
@@ -22,9 +21,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from segstyle_core import weights
 from segstyle_core.errors import ConfigError, WeightsError
-
-Pooling = Literal["max", "avg"]
-Normalization = Literal["imagenet", "imagenet255"]
+from segstyle_core.stylize.gatys_config import Normalization, Pooling
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

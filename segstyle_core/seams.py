@@ -1,0 +1,85 @@
+"""How visible the seam of a composite is along its mask's edge.
+
+A composite shows the stylized frame inside the mask and the original outside (see
+:mod:`segstyle_core.composite`). Where the two differ at the mask's edge, the composite has an
+edge that neither image has: its gradient magnitude there departs from the stylized frame's.
+:func:`seam_score` is the mean absolute difference between the two gradient magnitudes over a
+band around the mask's edge; 0 means no jump beyond what the stylized frame has itself.
+
+Reading it: inside the band, pixels whose 3×3 gradient reaches across the edge carry the seam;
+the other pixels on the outside of the band compare the original's texture with the stylized
+frame's (the same for every composite of one original and one stylized frame); pixels inside
+the mask farther than one pixel from the edge add nothing under a hard edge. So compare scores
+of composites of the same frame, and keep the band narrow: the jump is spread over the band,
+and a feathered edge spreads it over its own width instead, which lowers the score only where
+the ramp is wider than the band's pixels that see the jump.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from segstyle_core.composite import resize_to
+from segstyle_core.errors import ConfigError
+from segstyle_core.images import check_mask, check_rgb
+
+#: Default band: pixels up to this distance (px) from the edge on either side (4 px wide).
+SEAM_BAND_PX = 2
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601, as cv2's RGB2GRAY
+
+
+def gradient_magnitude(image: np.ndarray) -> np.ndarray:
+    """``H×W float32`` gradient magnitude of the luma of ``image`` (``H×W×3 uint8``).
+
+    3×3 Sobel derivatives divided by 8, so a step of ``s`` grey levels between two columns
+    shows as ``s / 2`` on each of the two pixels next to it (a central difference).
+    """
+    luma = image.astype(np.float32) @ _LUMA
+    gx = cv2.Sobel(luma, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
+    gy = cv2.Sobel(luma, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
+    return np.sqrt(gx * gx + gy * gy)
+
+
+def edge_band(mask: np.ndarray, width: int = SEAM_BAND_PX) -> np.ndarray:
+    """``H×W bool``: pixels of ``mask`` (``H×W bool``) within ``width`` px of a pixel on the
+    other side of its edge, on both sides (Euclidean distance between pixel centres, so the
+    pixels touching the edge are at distance 1). Empty when the mask is empty or full."""
+    if width < 1:
+        raise ConfigError(f"seam band width={width}: use at least 1 pixel")
+    if mask.all() or not mask.any():
+        return np.zeros(mask.shape, dtype=bool)
+    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.where(mask, inside, outside) <= width
+
+
+def seam_score(
+    composite: np.ndarray, stylized: np.ndarray, mask: np.ndarray, width: int = SEAM_BAND_PX
+) -> float:
+    """Mean ``|grad(composite)| - |grad(stylized)|`` (absolute) over :func:`edge_band`.
+
+    Args:
+        composite: ``H×W×3 uint8``, e.g. :func:`segstyle_core.composite.composite`'s output.
+        stylized: ``h×w×3 uint8``, the stylized frame the composite was made from (resized to
+            ``H×W`` with :func:`~segstyle_core.composite.resize_to`, as the composite does).
+        mask: ``H×W bool``, the composite's mask.
+        width: band half-width in pixels (see :func:`edge_band`).
+
+    Returns:
+        Grey levels per pixel (luma); 0.0 for a mask without edge (empty or full).
+
+    Raises:
+        InputError: not ``H×W×3 uint8`` images, or a mask of another size.
+        ConfigError: ``width < 1``.
+    """
+    check_rgb(composite, "composite")
+    check_rgb(stylized, "stylized image")
+    check_mask(mask, composite.shape[:2], "composite's mask")
+    band = edge_band(mask, width)
+    if not band.any():
+        return 0.0
+    stylized = resize_to(stylized, composite.shape[:2])
+    difference = np.abs(gradient_magnitude(composite) - gradient_magnitude(stylized))
+    return float(difference[band].mean())
