@@ -220,7 +220,9 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="vit_b", help="comma-separated SAM variants")
+    parser.add_argument(
+        "--variants", default="vit_b", help="comma-separated SAM variants; none: skip"
+    )
     parser.add_argument(
         "--sam2-variants",
         default="hiera_base_plus",
@@ -235,7 +237,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if v and v != "none"]
     if args.sam is not None and len(variants) != 1:
         parser.error("--sam needs exactly one variant")
     device = resolve_device(args.device)
@@ -252,11 +254,12 @@ def main() -> None:
     if sam2_variants and importlib.util.find_spec("sam2") is None:
         print("sam2: the package is not importable here; SAM 2's image encoder is not measured")
         sam2_variants = []
+    summary = ""
     for variant in sam2_variants:
         segmenters, label = sam2_segmenters(variant, device)
-        print(measure("SAM 2", variant, segmenters, label, image, prompts, device, args.repeats))
+        summary = measure("SAM 2", variant, segmenters, label, image, prompts, device, args.repeats)
+        print(summary)
         del segmenters
-    summary = ""
     for variant in variants:
         segmenters, label = sam_segmenters(variant, args.sam, device)
         summary = measure("SAM", variant, segmenters, label, image, prompts, device, args.repeats)

@@ -184,6 +184,7 @@ def test_one_encoder_run_per_image_and_the_disk_cache(
     assert len(calls) == 3
 
 
+@pytest.mark.slow  # about 10 s on 2 busy cores (bfloat16 autocast on the CPU)
 def test_bfloat16_encoder_hands_float32_features_to_the_decoder(
     tiny: tuple[Any, Path], image: np.ndarray
 ) -> None:

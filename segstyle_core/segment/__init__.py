@@ -15,7 +15,7 @@ from pydantic import Field
 
 from segstyle_core import weights
 from segstyle_core.backends import BackendConfig, BackendIdentity
-from segstyle_core.segment.base import MaskPrediction, Prompt, Segmenter
+from segstyle_core.segment.base import MaskPrediction, Prompt, Segmenter, grabcut_variant
 
 SEGMENTERS = ("sam", "sam2", "grabcut")
 SAM_VARIANTS = ("vit_b", "vit_l", "vit_h")
@@ -79,8 +79,6 @@ class SegmenterConfig(BackendConfig):
             from segstyle_core.segment.sam2 import sam2_identity
 
             return sam2_identity(self.sam2_variant, self.checkpoint, self.weights_dir)
-        from segstyle_core.segment.grabcut import grabcut_variant
-
         return BackendIdentity("grabcut", grabcut_variant(self.grabcut_iterations), None)
 
     def build(self, embedding_cache_dir: str | None = None) -> Segmenter:

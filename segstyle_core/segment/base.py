@@ -88,3 +88,8 @@ class Segmenter(Protocol):
         ``point_coords`` (``[[x, y]]``) and ``crop_box`` (``[x, y, w, h]``).
         """
         ...
+
+
+def grabcut_variant(iterations: int) -> str:
+    """The variant name GrabCut's rows and cache keys carry (``opencv-iter5``)."""
+    return f"opencv-iter{iterations}"

@@ -10,7 +10,10 @@ Prompted masks (:meth:`GrabCutSegmenter.segment`):
   width and height, is definite foreground, with or without points. Without it GrabCut often
   collapses onto a small distinctive part (number plate, lights) when the object's main
   colours also occur around it; on the demo dataset's cars it lifts the mean IoU from well
-  below to above that of the box itself. ``center_prior=0`` turns it off;
+  below to above that of the box itself. ``center_prior=0`` turns it off. Foreground points
+  that span the object replace it: three or more whose convex hull covers ``points_span`` of
+  the ellipse make that hull the anchor instead (the video tracker's core points do; one or
+  two clicks do not, and add to the ellipse);
 * collapse guard: GrabCut runs one iteration at a time and stops early when an iteration would
   leave less than ``min_box_fill`` of the box as foreground (GrabCut can wipe out an object
   whose colours also occur in the margin); the last mask above the threshold is kept;
@@ -62,7 +65,7 @@ from skimage.segmentation import felzenszwalb, slic
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.images import check_rgb
 from segstyle_core.prompts.validation import validate_prompt
-from segstyle_core.segment.base import MaskPrediction, Prompt
+from segstyle_core.segment.base import MaskPrediction, Prompt, grabcut_variant
 
 #: Boxes narrower or shorter than this (pixels) skip GrabCut and use the box fallback: GrabCut's
 #: colour models are unreliable on so few pixels (on the demo cars they score below the box).
@@ -197,11 +200,6 @@ def _segment_point(mask: np.ndarray) -> list[int]:
     return [int(x) - 1, int(y) - 1]
 
 
-def grabcut_variant(iterations: int) -> str:
-    """The variant name GrabCut's rows and cache keys carry (``opencv-iter5``)."""
-    return f"opencv-iter{iterations}"
-
-
 class GrabCutSegmenter:
     """The ``grabcut`` backend: :class:`~segstyle_core.segment.base.Segmenter` without weights.
 
@@ -223,6 +221,9 @@ class GrabCutSegmenter:
         region_scale: Felzenszwalb scale of the colour regions that points grow (points-only)
             or veto (background points); higher gives larger regions.
         region_min_size: Felzenszwalb's smallest region in pixels for those regions.
+        points_span: three or more foreground points whose convex hull covers at least this
+            fraction of the centre prior's area replace the prior by that hull (they say where
+            the object is); fewer or closer points add to the prior.
         seed: OpenCV RNG seed set before every GrabCut call (its k-means init is random), so
             equal inputs give equal masks.
         auto_options: settings of :meth:`generate` (defaults: :class:`OversegmentOptions`).
@@ -247,6 +248,7 @@ class GrabCutSegmenter:
         point_box_grow: float = 0.25,
         region_scale: float = 30.0,
         region_min_size: int = 20,
+        points_span: float = 0.15,
         seed: int = 0,
         auto_options: OversegmentOptions | None = None,
     ) -> None:
@@ -260,6 +262,7 @@ class GrabCutSegmenter:
             f"point_box_grow >= 0 (got {point_box_grow})": point_box_grow >= 0,
             f"region_scale > 0 (got {region_scale})": region_scale > 0,
             f"region_min_size >= 1 (got {region_min_size})": region_min_size >= 1,
+            f"points_span >= 0 (got {points_span})": points_span >= 0,
         }
         broken = [rule for rule, holds in rules.items() if not holds]
         if broken:
@@ -275,6 +278,7 @@ class GrabCutSegmenter:
         self.point_box_grow = point_box_grow
         self.region_scale = region_scale
         self.region_min_size = region_min_size
+        self.points_span = points_span
         self.seed = seed
         self.auto_options = auto_options or OversegmentOptions()
         self.variant = grabcut_variant(iterations)
@@ -335,6 +339,21 @@ class GrabCutSegmenter:
         )
         return box, anchor
 
+    def _box_anchor(
+        self, shape: tuple[int, int], in_box: tuple[slice, slice], positives: list[tuple[int, int]]
+    ) -> np.ndarray:
+        """``h×w bool`` definite foreground of a box prompt: the centre prior, replaced by the
+        foreground points' convex hull where that covers ``points_span`` of the prior."""
+        prior = np.zeros(shape, dtype=np.uint8)
+        if self.center_prior > 0:
+            _draw_center_prior(prior, in_box, self.center_prior)
+        if len(positives) >= 3:
+            hull = np.zeros(shape, dtype=np.uint8)
+            cv2.fillConvexPoly(hull, cv2.convexHull(np.array(positives, dtype=np.int32)), 1)
+            if hull.sum() >= self.points_span * max(int(prior.sum()), 1):
+                return hull.astype(bool)
+        return prior.astype(bool)
+
     def _segment_one(self, image: np.ndarray, prompt: Prompt) -> MaskPrediction:
         height, width = image.shape[:2]
         positives, negatives = _split_points(prompt)
@@ -364,11 +383,8 @@ class GrabCutSegmenter:
         seed[in_box] = cv2.GC_PR_FGD
         if anchor is not None:  # points only: the grown region
             definite = anchor[cy0:cy1, cx0:cx1]
-        else:  # a box: the centre prior
-            definite = np.zeros(shape, dtype=np.uint8)
-            if self.center_prior > 0:
-                _draw_center_prior(definite, in_box, self.center_prior)
-            definite = definite.astype(bool)
+        else:  # a box: the centre prior, or the foreground points' hull where it spans the prior
+            definite = self._box_anchor(shape, in_box, local_pos)
         if local_neg:  # each background point vetoes its colour region
             veto = _regions_at(self._regions(crop), local_neg)
             definite &= ~ndimage.binary_dilation(veto, iterations=_VETO_GUARD_PX)

@@ -122,6 +122,8 @@ class _CachingPredictor(SamPredictor):
     dtype, ``None`` = float32).
     """
 
+    features: torch.Tensor  # set by SamPredictor.set_torch_image: the encoder's output
+
     def __init__(
         self,
         model: Sam,
