@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator
 
+from segstyle_core import cityscapes
 from segstyle_core.backends import ConfigModel
 from segstyle_core.segment import SegmenterConfig
 from segstyle_core.stylize import StylizerConfig
@@ -82,6 +83,17 @@ class DatasetSelection(ConfigModel):
         if self.city is None:
             return "a random city"
         return self.city if isinstance(self.city, str) else ",".join(self.city)
+
+    def sample(self) -> cityscapes.Sample:
+        """The selected frames (see :func:`segstyle_core.cityscapes.sample_city`)."""
+        return cityscapes.sample_city(
+            self.root,
+            split=self.split,
+            city=self.city,
+            seed=self.seed,
+            limit=self.limit,
+            source=self.gt,
+        )
 
 
 class PromptConfig(ConfigModel):

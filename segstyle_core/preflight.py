@@ -68,14 +68,7 @@ def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
             f"limit={dataset.limit} selects no frame of {place}; use a limit of at least 1, "
             "or none for every annotated frame"
         )
-    sample = cityscapes.sample_city(
-        dataset.root,
-        split=dataset.split,
-        city=dataset.city,
-        seed=dataset.seed,
-        limit=dataset.limit,
-        source=dataset.gt,
-    )
+    sample = dataset.sample()
     if not sample.frames and len(sample.cities) > 1:
         root = cityscapes.resolve_root(dataset.root)
         where = f"cities {', '.join(sample.cities)} of split {sample.split!r}"

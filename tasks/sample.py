@@ -18,14 +18,7 @@ from segstyle_core.config import DatasetSelection
 def sample_city(dataset: DatasetSelection) -> cityscapes.Sample:
     """Sample the selected cities (named, all, or one drawn with the seed); log their frames and
     skipped files."""
-    sample = cityscapes.sample_city(
-        dataset.root,
-        split=dataset.split,
-        city=dataset.city,
-        seed=dataset.seed,
-        limit=dataset.limit,
-        source=dataset.gt,
-    )
+    sample = dataset.sample()
     logger = get_run_logger()
     logger.info(
         "%s %s: %d frames with fine annotations",

@@ -200,7 +200,43 @@ class _CachingPredictor(SamPredictor):
         return True
 
 
-class SamSegmenter:
+class BatchedPromptSegmenter:
+    """What SAM and SAM 2 share in :meth:`segment`: check the image and prompts, encode the
+    image once, decode prompts grouped by shape in batches of up to :data:`DECODE_BATCH`.
+
+    Subclasses set ``label`` (the model's name in messages), ``_lock``, ``_predictor`` (with
+    ``set_image``) and implement ``_decode`` for prompts of one shape.
+    """
+
+    label: str
+    _lock: threading.Lock
+    _predictor: Any
+
+    def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
+        raise NotImplementedError
+
+    def _segment_batched(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
+        """One mask per prompt, in prompt order, for ``image`` (``H×W×3 uint8 RGB``)."""
+        check_rgb(image, f"image for {self.label}")
+        height, width = image.shape[:2]
+        for index, prompt in enumerate(prompts):
+            _check_prompt(index, prompt, width, height)
+        groups: dict[tuple[bool, int], list[int]] = defaultdict(list)
+        for index, prompt in enumerate(prompts):
+            groups[(prompt.box is not None, len(prompt.points))].append(index)
+        results: dict[int, MaskPrediction] = {}
+        with self._lock, torch.inference_mode():
+            if prompts:
+                self._predictor.set_image(image)
+            for indices in groups.values():
+                for start in range(0, len(indices), DECODE_BATCH):
+                    chunk = indices[start : start + DECODE_BATCH]
+                    decoded = self._decode([prompts[i] for i in chunk])
+                    results.update(zip(chunk, decoded, strict=True))
+        return [results[i] for i in range(len(prompts))]
+
+
+class SamSegmenter(BatchedPromptSegmenter):
     """Segment Anything as a :class:`~segstyle_core.segment.base.Segmenter`.
 
     Attributes:
@@ -218,6 +254,7 @@ class SamSegmenter:
     """
 
     name = "sam"
+    label = "SAM"
 
     def __init__(
         self,
@@ -331,23 +368,7 @@ class SamSegmenter:
             InputError: bad image array, or a prompt that is empty, inverted or outside the
                 image.
         """
-        check_rgb(image, "image for SAM")
-        height, width = image.shape[:2]
-        for index, prompt in enumerate(prompts):
-            _check_prompt(index, prompt, width, height)
-        groups: dict[tuple[bool, int], list[int]] = defaultdict(list)
-        for index, prompt in enumerate(prompts):
-            groups[(prompt.box is not None, len(prompt.points))].append(index)
-        results: dict[int, MaskPrediction] = {}
-        with self._lock, torch.inference_mode():
-            if prompts:
-                self._predictor.set_image(image)
-            for indices in groups.values():
-                for start in range(0, len(indices), DECODE_BATCH):
-                    chunk = indices[start : start + DECODE_BATCH]
-                    decoded = self._decode([prompts[i] for i in chunk])
-                    results.update(zip(chunk, decoded, strict=True))
-        return [results[i] for i in range(len(prompts))]
+        return self._segment_batched(image, prompts)
 
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
         """Decode prompts of one shape (same kind and point count) in one batch.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import pickle
 import threading
-from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,9 +29,8 @@ from segstyle_core.images import check_rgb
 from segstyle_core.segment import SamPrecision
 from segstyle_core.segment.base import MaskPrediction, Prompt
 from segstyle_core.segment.sam import (
-    DECODE_BATCH,
     AutomaticMaskOptions,
-    _check_prompt,
+    BatchedPromptSegmenter,
     encoder_dtype,
 )
 from segstyle_core.segment.sam2 import (
@@ -172,7 +170,7 @@ def _predictor_class() -> type:
     return CachingSam2Predictor
 
 
-class Sam2ImageSegmenter:
+class Sam2ImageSegmenter(BatchedPromptSegmenter):
     """SAM 2 as a :class:`~segstyle_core.segment.base.Segmenter` for still images.
 
     Attributes:
@@ -193,6 +191,7 @@ class Sam2ImageSegmenter:
     """
 
     name = "sam2"
+    label = "SAM 2"
 
     def __init__(
         self,
@@ -295,23 +294,7 @@ class Sam2ImageSegmenter:
             InputError: bad image array, or a prompt that is empty, inverted or outside the
                 image.
         """
-        check_rgb(image, "image for SAM 2")
-        height, width = image.shape[:2]
-        for index, prompt in enumerate(prompts):
-            _check_prompt(index, prompt, width, height)
-        groups: dict[tuple[bool, int], list[int]] = defaultdict(list)
-        for index, prompt in enumerate(prompts):
-            groups[(prompt.box is not None, len(prompt.points))].append(index)
-        results: dict[int, MaskPrediction] = {}
-        with self._lock, torch.inference_mode():
-            if prompts:
-                self._predictor.set_image(image)
-            for indices in groups.values():
-                for start in range(0, len(indices), DECODE_BATCH):
-                    chunk = indices[start : start + DECODE_BATCH]
-                    decoded = self._decode([prompts[i] for i in chunk])
-                    results.update(zip(chunk, decoded, strict=True))
-        return [results[i] for i in range(len(prompts))]
+        return self._segment_batched(image, prompts)
 
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
         """Decode prompts of one shape (same kind and point count) in one batch.
