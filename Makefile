@@ -51,6 +51,8 @@ test-fast: $(LINKED)
 # Timing scripts, not tests: each prints measured ratios on its last line.
 bench: $(LINKED)
 	$(PY) benchmarks/bench_sam_prompts.py
+	$(PY) benchmarks/bench_encoders.py
+	$(PY) benchmarks/bench_service.py
 	$(PY) benchmarks/bench_pipeline.py
 
 lint: $(LINKED)
