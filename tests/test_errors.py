@@ -61,16 +61,6 @@ def test_path_argument_wins_and_unknown_errors_keep_the_system_words() -> None:
     assert error_line(ValueError("a\nb")) == "ValueError: a"
 
 
-def test_a_real_full_device_is_worded(tmp_path: Path) -> None:
-    assert Path("/dev/full").exists(), "a Linux machine has /dev/full"
-    with pytest.raises(OSError) as info, open("/dev/full", "wb", buffering=0) as handle:
-        handle.write(b"x")
-    assert info.value.errno == errno.ENOSPC
-    assert os_error_message(info.value, "/dev/full") == (
-        "/dev/full: no space left on device; free space and rerun"
-    )
-
-
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
 def test_atomic_write_names_the_target_not_its_temporary_file(tmp_path: Path, code: int) -> None:
     target = tmp_path / "out.png"
