@@ -239,7 +239,10 @@ def ensure_limit(client: Any, name: str, slots: int = SLOTS_PER_DEVICE) -> None:
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     key = (str(client.api_url), name)
-    with _created_lock:  # one check-and-create per process: the flow's threads race here
+    # One check-and-create at a time on this machine (a flock, then this process's lock): the
+    # flow's threads and a Dask cluster's worker processes race here, and the server logs a
+    # traceback for every losing create. Machines still race (rarely); the loser's 409 is fine.
+    with _host_slot(f"{name}.create"), _created_lock:
         if key in _created:
             return
         try:
