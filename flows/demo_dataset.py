@@ -11,18 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from segstyle_core.demo.dataset import generate_demo_dataset
 from segstyle_core.errors import ConfigError
-
-
-def _generator() -> Callable[..., Path]:
-    try:
-        from segstyle_core.demo.dataset import generate_demo_dataset
-    except ImportError:  # the module's former home
-        from segstyle_core.demo_data import generate_demo_dataset  # type: ignore[no-redef]
-    return generate_demo_dataset
 
 
 def ensure_demo_dataset(
@@ -53,7 +47,7 @@ def ensure_demo_dataset(
             f"{root} exists but holds no leftImg8bit/ folder; it is not a Cityscapes-layout "
             "dataset and is left alone (point the run at another folder, or empty this one)"
         )
-    options: dict[str, object] = {"seed": seed}
+    options: dict[str, Any] = {"seed": seed}  # only what the caller chose; else its defaults
     if size is not None:
         options["size"] = size
     if frames_per_city is not None:
@@ -64,7 +58,7 @@ def ensure_demo_dataset(
     staging = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:12]}"
     staging.mkdir()  # the umask's permissions, unlike tempfile.mkdtemp's 0700
     try:
-        _generator()(staging, **options)
+        generate_demo_dataset(staging, **options)
         try:
             os.rename(staging, path)  # replaces a missing or empty folder, atomically
         except OSError:
