@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from segstyle_core.backends import BackendIdentity
 from segstyle_core.cityscapes import Frame
@@ -15,6 +15,8 @@ from segstyle_core.stagecache import StageRecord
 from segstyle_core.stages.gt import GtRecord
 from segstyle_core.stages.metrics import MetricsRecord
 from segstyle_core.stylize import StylizerConfig
+
+T = TypeVar("T")
 
 #: Stages that contribute ``seconds_<stage>`` and ``cached_<stage>`` columns.
 TIMED_STAGES = ("gt", "segment", "stylize", "composite", "figures")
@@ -27,11 +29,12 @@ def run_columns(
     dataset: DatasetSelection,
     config: Mapping[str, Any],
     segmenter: BackendIdentity,
-    stylizer: tuple[StylizerConfig, BackendIdentity] | None,
+    stylizer: BackendIdentity | None,
     mode: str,
     started: dt.datetime,
 ) -> dict[str, Any]:
-    """The columns every row of a run shares: ids, backends, style, mode, config hash."""
+    """The columns every row of a run shares: ids, backends, mode, config hash (each row's style
+    is its own: :func:`style_columns`)."""
     columns: dict[str, Any] = {
         "run_id": run_name,
         "flow_run_id": flow_run_id,
@@ -45,16 +48,48 @@ def run_columns(
         "started_at": started,
     }
     if stylizer is not None:
-        settings, identity = stylizer
-        style = settings.style_path()
         columns.update(
-            stylizer=identity.name,
-            stylizer_variant=identity.variant,
-            stylizer_weights_sha256=identity.weights_sha256,
-            style_name=Path(style).stem,
-            style_sha256=file_sha256(style),
+            stylizer=stylizer.name,
+            stylizer_variant=stylizer.variant,
+            stylizer_weights_sha256=stylizer.weights_sha256,
         )
     return columns
+
+
+StyleColumns = Callable[[str | None], dict[str, Any]]
+
+
+def style_columns(stylizer: StylizerConfig) -> StyleColumns:
+    """``class name -> {"style_name", "style_sha256"}`` of the style that paints that class
+    (:meth:`StylizerConfig.style_for`; ``None``: a prompt without a class, or an image row);
+    each distinct file is hashed once."""
+    hashed: dict[str, dict[str, Any]] = {}
+
+    def columns(class_name: str | None) -> dict[str, Any]:
+        style = stylizer.style_for(class_name)
+        if style not in hashed:
+            hashed[style] = {"style_name": Path(style).stem, "style_sha256": file_sha256(style)}
+        return hashed[style]
+
+    return columns
+
+
+def stylize_stage_names(stylized: Sequence[T]) -> dict[str, T]:
+    """Stage names of an image's stylize runs, one per distinct style: ``stylize`` (the first,
+    whose painting is published and shown in the figures), ``stylize_2``, ``stylize_3``, ..."""
+    return {"stylize" if k == 0 else f"stylize_{k + 1}": item for k, item in enumerate(stylized)}
+
+
+def _timing(records: Mapping[str, StageRecord], stage: str) -> dict[str, Any]:
+    """``seconds_<stage>`` (summed over the stage's runs: every style of ``stylize``) and
+    ``cached_<stage>`` (every run was a cache hit); empty when the stage did not complete."""
+    runs = [r for name, r in records.items() if name == stage or name.startswith(f"{stage}_")]
+    if not runs:
+        return {}
+    return {
+        f"seconds_{stage}": sum(r.seconds for r in runs),
+        f"cached_{stage}": all(r.cached for r in runs),
+    }
 
 
 def _prompt_columns(prompt: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -78,6 +113,7 @@ def frame_rows(
     records: Mapping[str, StageRecord],
     error: str | None,
     published: Mapping[str, str] | None = None,
+    style_of: StyleColumns | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of one image: one per scored prompt, or a single row when there is none.
 
@@ -88,6 +124,7 @@ def frame_rows(
         error: the first failing stage's error, which makes the rows ``failed``.
         published: :func:`segstyle.tasks.publish.publish` output: path columns -> files in the
             run directory.
+        style_of: the style columns of a class (:func:`style_columns`); none: no styling.
     """
     base = {
         **common,
@@ -99,9 +136,9 @@ def frame_rows(
         "error": error,
     }
     for stage in TIMED_STAGES:
-        if stage in records:
-            base[f"seconds_{stage}"] = records[stage].seconds
-            base[f"cached_{stage}"] = records[stage].cached
+        base.update(_timing(records, stage))
+    if style_of is not None:
+        base.update(style_of(None))
     gt = records.get("gt")
     if isinstance(gt, GtRecord):
         base["gt_area"] = gt.gt_area
@@ -113,6 +150,7 @@ def frame_rows(
             **base,
             "prompt_index": index,
             **_prompt_columns(score.get("prompt")),
+            **(style_of(score["prompt"].get("class_name")) if style_of is not None else {}),
             **{k: v for k, v in score.items() if k != "prompt"},
         }
         for index, score in enumerate(metrics.scores)

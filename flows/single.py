@@ -19,6 +19,7 @@ from segstyle_core.config import (
     StylizerConfig,
 )
 from segstyle_core.images import check_output_path, read_rgb, write_image
+from segstyle_core.paint import plan_by_region, region_styles
 from segstyle_core.photo import photo_prompts
 
 
@@ -37,30 +38,37 @@ def stylize_image(
     Args:
         image: the photo (PNG, JPEG, ...; its EXIF orientation is applied).
         output: the result; its format follows its suffix (.png, .jpg, .jpeg, .webp).
-        prompts: boxes and points on the photo, in displayed pixel coordinates.
+        prompts: boxes and points on the photo, in displayed pixel coordinates, and a style
+            per box (empty: the stylizer's style for every region).
         segmenter: the segmentation backend (SAM needs its weights; GrabCut is offline).
         stylizer: the style-transfer backend and the style image.
         composite: object or background mode, soft edge, colour preservation, ROI.
         outputs: the output folder holding the cache.
     """
     prompt_list = photo_prompts(image, prompts)
-    check_output_path(output, [image, stylizer.style_path()])
+    plan = plan_by_region(region_styles(prompts, len(prompt_list), stylizer, composite.mode))
+    check_output_path(output, [image, *plan.styles])
     cache_dir = str(Path(outputs.out) / "cache")
     image_id = Path(image).stem
     masks = stages.segment.submit(
         image_id, image, [p.as_dict() for p in prompt_list], False, segmenter, cache_dir
     )
-    painted = stages.stylize.submit(
-        image_id,
-        image,
-        stylizer.style_path(),
-        stylizer,
-        cache_dir,
-        roi=masks if composite.roi_margin_px is not None else None,
-        roi_margin_px=composite.roi_margin_px,
-        roi_mode=composite.mode,
-    )
-    record = stages.composite.submit(image_id, image, painted, masks, composite, cache_dir).result()
+    paintings = [
+        stages.stylize.submit(
+            image_id,
+            image,
+            style,
+            stylizer,
+            cache_dir,
+            roi=masks if composite.roi_margin_px is not None else None,
+            roi_margin_px=composite.roi_margin_px,
+            roi_mode=composite.mode,
+        )
+        for style in plan.styles
+    ]
+    record = stages.composite.submit(
+        image_id, image, paintings, masks, plan.layers, composite, cache_dir
+    ).result()
     target = write_image(output, read_rgb(record.path("composite")))
     get_run_logger().info("wrote %s", target)
     return str(target)

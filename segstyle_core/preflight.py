@@ -13,30 +13,35 @@ from collections.abc import Iterable, Sequence
 
 from segstyle_core import cityscapes
 from segstyle_core.backends import BackendIdentity
-from segstyle_core.config import DatasetSelection, OutputConfig, PromptConfig
+from segstyle_core.config import CompositeConfig, DatasetSelection, OutputConfig, PromptConfig
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.fileio import check_writable_folder
 from segstyle_core.images import read_rgb
+from segstyle_core.paint import check_paint_settings
 from segstyle_core.prompts.files import load_prompts_file
 from segstyle_core.prompts.from_gt import PROMPT_SOURCES
 from segstyle_core.segment import SegmenterConfig
 from segstyle_core.stylize import StylizerConfig
 
 
-def check_style(stylizer: StylizerConfig) -> None:
-    """Check that the style image reads and is large enough for the stylizer.
+def check_style(stylizer: StylizerConfig, styles: Sequence[str] = ()) -> None:
+    """Check that each style image reads and is large enough for the stylizer.
+
+    Args:
+        styles: the images to check; empty: every style of the configuration
+            (:meth:`StylizerConfig.style_paths`: the plain one and the per-class ones).
 
     Raises:
         InputError: one line naming the file and the fix.
     """
-    style = stylizer.style_path()
-    height, width = read_rgb(style).shape[:2]
     minimum = stylizer.min_style_side()
-    if min(height, width) < minimum:
-        raise InputError(
-            f"{style}: style image is {width}x{height} px, under the {stylizer.backend} "
-            f"stylizer's minimum of {minimum} px a side; use a larger image"
-        )
+    for style in styles or stylizer.style_paths():
+        height, width = read_rgb(style).shape[:2]
+        if min(height, width) < minimum:
+            raise InputError(
+                f"{style}: style image is {width}x{height} px, under the {stylizer.backend} "
+                f"stylizer's minimum of {minimum} px a side; use a larger image"
+            )
 
 
 #: Unknown ids a message lists before "and N more".
@@ -130,12 +135,14 @@ def check_run_inputs(
     segmenter: SegmenterConfig,
     stylizer: StylizerConfig | None,
     outputs: OutputConfig,
+    composite: CompositeConfig | None = None,
 ) -> tuple[BackendIdentity, BackendIdentity | None]:
     """Fail fast, before any image, on what would fail every image; return backend identities.
 
     Checks the output folder, the dataset root, the class names, the sample (at least one
     annotated frame), the prompts file (readable, naming at least one frame of the sample),
-    the checkpoints (present and matching their checksums) and the style image.
+    the checkpoints (present and matching their checksums), the style images and the per-class
+    styles against the classes and ``composite``'s mode.
 
     Raises:
         SegstyleError: the first problem found, as one line naming the file and the fix.
@@ -150,6 +157,7 @@ def check_run_inputs(
     seg_identity = segmenter.identity()
     if stylizer is None:
         return seg_identity, None
+    check_paint_settings(stylizer, (composite or CompositeConfig()).mode, dataset.classes)
     style_identity = stylizer.identity()
     check_style(stylizer)
     return seg_identity, style_identity

@@ -314,7 +314,7 @@ def test_parquet_rows_record_the_full_hashes_of_own_checkpoints(tmp_path: Path) 
         dataset=DatasetSelection(),
         config={},
         segmenter=segmenter.identity(),
-        stylizer=(stylizer, stylizer.identity()),
+        stylizer=stylizer.identity(),
         mode="object",
         started=dt.datetime.now(dt.UTC),
     )

@@ -1,32 +1,38 @@
-"""Stage ``composite``: the stylized image kept inside (or outside) the mask."""
+"""Stage ``composite``: the stylized images kept inside (or outside) the masks, layer by layer."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from segstyle_core.composite import composite as composite_images
+from segstyle_core.composite import Layer, composite_regions
 from segstyle_core.config import CompositeConfig
-from segstyle_core.images import read_mask, read_rgb, write_png
+from segstyle_core.images import read_rgb, write_png
+from segstyle_core.masks import load_masks, union_mask
+from segstyle_core.paint import PaintLayer
 from segstyle_core.stagecache import StageKey, StageRecord, stage
 from segstyle_core.stages.stylize import StylizeRecord
 
 
 @dataclass(frozen=True, kw_only=True)
 class CompositeRecord(StageRecord):
-    """Output ``composite``: the original with the painting inside/outside the mask (PNG)."""
+    """Output ``composite``: the original with the painting inside/outside the masks (PNG)."""
 
 
 def _key(
     image_id: str,
     image_path: str,
-    stylized: StylizeRecord,
-    mask: StageRecord,
+    stylized: list[StylizeRecord],
+    masks: StageRecord,
+    layers: tuple[PaintLayer, ...],
     settings: CompositeConfig,
     cache_dir: str,
 ) -> StageKey:
-    files = {"image": image_path, "stylized": stylized.path("stylized"), "mask": mask.path("mask")}
+    files = {"image": image_path, "masks": masks.path("masks")}
+    files.update({f"stylized_{k}": record.path("stylized") for k, record in enumerate(stylized)})
     config = settings.model_dump(mode="json", include={"mode", "feather_px", "preserve_color"})
+    config["layers"] = [dataclasses.asdict(layer) for layer in layers]
     return StageKey(files, config)
 
 
@@ -35,20 +41,34 @@ def composite(
     out: Path,
     image_id: str,
     image_path: str,
-    stylized: StylizeRecord,
-    mask: StageRecord,
+    stylized: list[StylizeRecord],
+    masks: StageRecord,
+    layers: tuple[PaintLayer, ...],
     settings: CompositeConfig,
     cache_dir: str,
 ) -> CompositeRecord:
-    """Write ``composite.png``: the painting resized back to ``image_path``'s size and kept
-    inside (``object``) or outside (``background``) ``mask``'s ``mask`` output (``H×W`` PNG:
-    the segment stage's union of prompt masks, or the metrics stage's used mask)."""
-    result = composite_images(
-        read_rgb(image_path),
-        read_rgb(stylized.path("stylized")),
-        read_mask(mask.path("mask")),
-        mode=settings.mode,
-        feather_px=settings.feather_px,
-        preserve_color=settings.preserve_color,
+    """Write ``composite.png`` (``image_path``'s size, ``H×W×3`` RGB): each layer's painting
+    (``stylized[layer.style]``, resized back) kept inside (``object``) or outside
+    (``background``) the union of its masks, painted over the original in ``layers`` order.
+
+    ``masks`` is a record whose ``masks`` output holds the per-prompt masks (``N×H×W``,
+    :func:`segstyle_core.masks.save_masks`): the segment stage's, or the metrics stage's used
+    masks; a layer's ``masks`` index them (see :mod:`segstyle_core.paint`).
+    """
+    original = read_rgb(image_path)
+    predictions = load_masks(masks.path("masks"))
+    paintings = [read_rgb(record.path("stylized")) for record in stylized]
+    result = composite_regions(
+        original,
+        [
+            Layer(
+                paintings[layer.style],
+                union_mask([predictions[k] for k in layer.masks], original.shape[:2]),
+                mode=settings.mode,
+                feather_px=settings.feather_px,
+                preserve_color=settings.preserve_color,
+            )
+            for layer in layers
+        ],
     )
     return CompositeRecord(outputs={"composite": str(write_png(out / "composite.png", result))})

@@ -16,7 +16,7 @@ from typing import Any
 
 from segstyle_core import cityscapes
 from segstyle_core.images import read_mask, write_png
-from segstyle_core.masks import load_masks, union_mask
+from segstyle_core.masks import load_masks, save_masks, union_mask
 from segstyle_core.metrics import score_masks
 from segstyle_core.rle import encode_mask
 from segstyle_core.scoring import match_auto_masks, prompt_scores
@@ -28,7 +28,8 @@ from segstyle_core.stages.segment import SegmentRecord
 
 @dataclass(frozen=True, kw_only=True)
 class MetricsRecord(StageRecord):
-    """Output ``mask``: the used mask (PNG); ``scores``: one dict per prompt.
+    """Outputs ``mask``: the used mask (PNG), and ``masks``: the used masks, one per score
+    (:func:`segstyle_core.masks.save_masks`); ``scores``: one dict per prompt.
 
     Each score holds the prompt (``prompt``, as :meth:`Prompt.as_dict`), IoU, Dice, precision
     and recall against the whole class and against the prompt's own instance,
@@ -88,7 +89,10 @@ def score_frame(
     image = score_masks(used, class_mask)
     scores = prompt_scores(predictions, prompts, class_mask, instances)
     return MetricsRecord(
-        outputs={"mask": str(write_png(out / "mask.png", used))},
+        outputs={
+            "mask": str(write_png(out / "mask.png", used)),
+            "masks": str(save_masks(out / "masks.npz", predictions)),
+        },
         scores=[
             {
                 "prompt": p.as_dict(),

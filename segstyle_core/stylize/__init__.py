@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from segstyle_core import weights
 from segstyle_core.backends import BackendConfig, BackendIdentity
@@ -37,6 +37,10 @@ class StylizerConfig(BackendConfig):
     """gatys: Gatys et al. on VGG19 (needs its checkpoint); feedforward: an offline network."""
     style: str | None = None
     """Style image; none: the project's generated geometric abstraction."""
+    class_styles: dict[str, str] = Field(default_factory=dict, title="Per-class styles")
+    """Style image per class name (class -> image); a class without one gets the style above.
+    Paint order: classes without their own style first, then each class in the order of the
+    run's classes, a later class over an earlier one where their masks overlap."""
     gatys: GatysConfig = Field(default_factory=GatysConfig, title="Gatys settings")
     """Gatys settings (layers, weights, working height, optimizer, speed options)."""
     strength: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -44,6 +48,18 @@ class StylizerConfig(BackendConfig):
     vgg_checkpoint: str | None = None
     """Gatys: a VGG19 checkpoint file of your own (torchvision's layout), identified by its full
     SHA-256; none: the official vgg19-dcbb9e9d.pth."""
+
+    @field_validator("class_styles")
+    @classmethod
+    def _class_names(cls, styles: dict[str, str]) -> dict[str, str]:
+        """Class names are matched case-insensitively; a name or an image must not be empty."""
+        cleaned = {name.strip().lower(): path.strip() for name, path in styles.items()}
+        if "" in cleaned or "" in cleaned.values():
+            raise ValueError("give each per-class style as CLASS=IMAGE, neither empty")
+        return cleaned
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.model_dump_json()))
 
     def _vgg_checkpoint(self) -> tuple[Path, str]:
         """The VGG19 checkpoint file and its full SHA-256 (the official file: verified)."""
@@ -83,6 +99,15 @@ class StylizerConfig(BackendConfig):
         from segstyle_core.styles import default_style_path
 
         return self.style or str(default_style_path())
+
+    def style_for(self, class_name: str | None) -> str:
+        """The style image of a class: its own (:attr:`class_styles`), else :meth:`style_path`."""
+        own = self.class_styles.get((class_name or "").lower())
+        return own if own is not None else self.style_path()
+
+    def style_paths(self) -> list[str]:
+        """Every distinct style image this configuration may paint with, the plain one first."""
+        return list(dict.fromkeys([self.style_path(), *self.class_styles.values()]))
 
     def build(self, content_size: int | None = None) -> Stylizer:
         """The stylizer, loaded once per process and reused.

@@ -1,0 +1,132 @@
+"""Which style paints which mask, and in what order: the paint plan of one image.
+
+A run may paint with several styles: one per class in the dataset flows
+(:attr:`~segstyle_core.stylize.StylizerConfig.class_styles`), one per region on a photo
+(:attr:`~segstyle_core.config.PhotoPrompts.styles`). Each distinct style is stylized once per
+image; the composite then paints the layers of the plan over the original in order, a later
+layer over an earlier one where their masks overlap
+(:func:`segstyle_core.composite.composite_regions`).
+
+Orders (documented in the README):
+
+* **classes** (:func:`plan_by_class`): first every mask whose class has no style of its own
+  (the plain style), then each class with its own style, in the order of the run's classes;
+* **photo regions** (:func:`plan_by_region`): the regions in the order their boxes were given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from segstyle_core.composite import Mode
+from segstyle_core.config import PhotoPrompts
+from segstyle_core.errors import ConfigError
+from segstyle_core.stylize import StylizerConfig
+
+
+@dataclass(frozen=True)
+class PaintLayer:
+    """One layer: the masks (indices into the image's per-prompt masks) painted with one style
+    (an index into :attr:`PaintPlan.styles`)."""
+
+    style: int
+    masks: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PaintPlan:
+    """The distinct style images of one image (each stylized once) and the layers, in paint
+    order."""
+
+    styles: tuple[str, ...]
+    layers: tuple[PaintLayer, ...]
+
+
+def _plan(assigned: Sequence[tuple[str, tuple[int, ...]]]) -> PaintPlan:
+    """A plan from ``(style image, mask indices)`` pairs in paint order. Layers without a mask
+    are dropped, except the first when every layer is empty: an image without masks still
+    has one (empty) layer, which background mode paints everywhere."""
+    kept = [pair for pair in assigned if pair[1]] or list(assigned[:1])
+    styles = tuple(dict.fromkeys(style for style, _ in kept))
+    return PaintPlan(styles, tuple(PaintLayer(styles.index(s), masks) for s, masks in kept))
+
+
+def plan_by_class(
+    labels: Sequence[str | None], classes: Sequence[str], stylizer: StylizerConfig
+) -> PaintPlan:
+    """The plan of a dataset image whose ``k``-th mask belongs to class ``labels[k]``.
+
+    With no per-class style this is one layer: every mask in the plain style.
+
+    Args:
+        labels: the class name of each prompt's mask (``None``: a prompt without a class).
+        classes: the run's classes, in the order their layers are painted.
+        stylizer: the plain style and the per-class styles.
+    """
+    names = [(label or "").lower() for label in labels]
+    own = [c.lower() for c in classes if c.lower() in stylizer.class_styles]
+    plain = tuple(k for k, name in enumerate(names) if name not in own)
+    assigned = [(stylizer.style_path(), plain)]
+    assigned += [
+        (stylizer.style_for(name), tuple(k for k, label in enumerate(names) if label == name))
+        for name in own
+    ]
+    return _plan(assigned)
+
+
+def plan_by_region(region_styles: Sequence[str]) -> PaintPlan:
+    """The plan of a photo whose ``k``-th region (mask) is painted in ``region_styles[k]``."""
+    return _plan([(style, (k,)) for k, style in enumerate(region_styles)])
+
+
+def region_styles(
+    given: PhotoPrompts, regions: int, stylizer: StylizerConfig, mode: Mode
+) -> list[str]:
+    """The style of each of a photo's ``regions``: ``given.styles`` paired with its boxes in
+    order, the stylizer's plain style for the rest (a region of points alone) or for all of
+    them when ``given.styles`` is empty.
+
+    Raises:
+        ConfigError: the styles are not one per box, or several styles in background mode.
+    """
+    if given.styles and len(given.styles) != len(given.boxes):
+        raise ConfigError(
+            f"{len(given.styles)} styles for {len(given.boxes)} boxes: give one --style for "
+            "every region, or one per --box (paired in order)"
+        )
+    styles = [
+        given.styles[k] if k < len(given.styles) else stylizer.style_path() for k in range(regions)
+    ]
+    if mode == "background" and len(set(styles)) > 1:
+        raise ConfigError(
+            "background mode paints what lies outside every region, in one style: give one "
+            "--style, or use --mode object"
+        )
+    return styles
+
+
+def check_paint_settings(
+    stylizer: StylizerConfig, mode: Mode, classes: Sequence[str] | None = None
+) -> None:
+    """Refuse per-class styles that cannot apply, in one line each.
+
+    Raises:
+        ConfigError: per-class styles in background mode (the background has no class), or a
+            per-class style for a class the run does not select.
+    """
+    if not stylizer.class_styles:
+        return
+    if mode == "background":
+        raise ConfigError(
+            "per-class styles paint objects; background mode paints what lies outside every "
+            "mask: give one --style, or use --mode object"
+        )
+    if classes is not None:
+        selected = {c.lower() for c in classes}
+        unknown = sorted(set(stylizer.class_styles) - selected)
+        if unknown:
+            raise ConfigError(
+                f"--style {unknown[0]}=...: {unknown[0]!r} is not among the run's classes "
+                f"({','.join(classes)}); add it to --classes or drop its style"
+            )
