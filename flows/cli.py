@@ -18,6 +18,7 @@ from segstyle.flows.options import (
     COMPOSITE,
     DATASET,
     OUTPUT,
+    PHOTO_BOXES,
     PROMPTS,
     SEGMENTER,
     STYLIZER,
@@ -31,6 +32,7 @@ from segstyle.flows.options import (
     build_stylizer,
     build_video_stylizer,
     build_video_tracker,
+    split_styles,
 )
 from segstyle.flows.serve import add_serve_command
 from segstyle_core.errors import SegstyleError
@@ -106,7 +108,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     segmenter = build(SEGMENTER, args)
     stylizer = build_stylizer(args, segmenter)
     composite = build(COMPOSITE, args)
-    check_run_inputs(dataset, prompts, segmenter, stylizer, outputs)  # before any server starts
+    check_run_inputs(dataset, prompts, segmenter, stylizer, outputs, composite)  # before a server
     return _run_flow(
         outputs.out,
         "segment_and_stylize",
@@ -137,21 +139,36 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     Everything that can fail before the work (prompts, output path, checkpoints, style image)
     is checked first; a failing stage's own error is printed as one line.
     """
-    from segstyle_core.config import PhotoPrompts
     from segstyle_core.images import check_output_path, read_rgb, write_image
+    from segstyle_core.paint import region_styles
     from segstyle_core.photo import photo_prompts, stylize_photo
     from segstyle_core.preflight import check_style
 
     segmenter = build(SEGMENTER, args)
-    stylizer = build_stylizer(args, segmenter)
+    stylizer = build_stylizer(args, segmenter, several=True)
     composite, outputs = build(COMPOSITE, args), build(OUTPUT, args)
-    prompts = photo_prompts(args.image, PhotoPrompts(boxes=args.box, points=args.point))
-    output = check_output_path(args.output, [args.image, stylizer.style_path()])
+    plain, _ = split_styles(getattr(args, STYLIZER.dest("style")))
+    given = build(
+        PHOTO_BOXES,
+        args,
+        boxes=args.box,
+        points=args.point,
+        styles=tuple(plain) if len(plain) > 1 else (),
+    )
+    prompts = photo_prompts(args.image, given)
+    styles = region_styles(given, len(prompts), stylizer, composite.mode)
+    output = check_output_path(args.output, [args.image, *styles])
     segmenter.identity()
     stylizer.identity()
-    check_style(stylizer)
+    check_style(stylizer, styles)
     record = stylize_photo(
-        args.image, prompts, segmenter, stylizer, composite, str(Path(outputs.out) / "cache")
+        args.image,
+        prompts,
+        styles,
+        segmenter,
+        stylizer,
+        composite,
+        str(Path(outputs.out) / "cache"),
     )
     print(write_image(output, read_rgb(record.path("composite")), quality=args.quality))
     return 0
@@ -358,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument(
         "--quality", type=int, default=95, help="JPEG/WebP quality of the output, 1-100"
     )
-    for group in (SEGMENTER, STYLIZER, COMPOSITE):
+    for group in (PHOTO_BOXES, SEGMENTER, STYLIZER, COMPOSITE):
         add_options(stylize, group)
     add_run_output(stylize)
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from segstyle.flows.artifacts import publish_artifacts, short_error
 from segstyle.flows.demo_dataset import ensure_demo_dataset
-from segstyle.flows.rows import frame_rows, run_columns
+from segstyle.flows.rows import frame_rows, run_columns, style_columns, stylize_stage_names
 from segstyle.tasks.device_slots import dask_annotations
 from segstyle.tasks.publish import publish
 from segstyle.tasks.sample import sample_city
@@ -45,6 +45,7 @@ from segstyle_core.config import (
     StylizerConfig,
 )
 from segstyle_core.errors import SegstyleError
+from segstyle_core.paint import plan_by_class
 from segstyle_core.preflight import check_run_inputs
 from segstyle_core.report import write_report
 from segstyle_core.stagecache import StageRecord
@@ -93,44 +94,80 @@ def _error_of(future: PrefectFuture[Any]) -> str | None:
     return f"{state.name}: {state.message}".splitlines()[0]
 
 
-def _submit_frame(
+def _submit_scoring(
     futures: FrameFutures,
     dataset: DatasetSelection,
     automatic: bool,
     segmenter: SegmenterConfig,
+    cache_dir: str,
+) -> None:
+    """Submit one frame's ``segment`` and ``metrics`` stages after its ``gt`` stage (each later
+    stage takes the futures of the stages it needs: a failed one makes it NotReady)."""
+    frame, gt = futures.frame, futures.stages["gt"]
+    if _error_of(gt) is not None or not (automatic or gt.result().prompts):
+        return
+    with dask_annotations(segmenter.device):
+        masks = segment.submit(
+            frame.image_id,
+            str(frame.image_path),
+            gt.result().prompts,
+            automatic,
+            segmenter,
+            cache_dir,
+        )
+    scores = score_frame.submit(frame, dataset.classes, gt, masks, automatic, cache_dir)
+    futures.stages.update(segment=masks, metrics=scores)
+
+
+def _submit_painting(
+    futures: FrameFutures,
+    classes: tuple[str, ...],
+    automatic: bool,
     stylizer: StylizerConfig | None,
     settings: CompositeConfig,
     cache_dir: str,
 ) -> None:
-    """Submit one frame's stages after its ``gt`` stage; each later stage takes the futures of
-    the stages it needs (a failed one makes it NotReady)."""
-    frame, gt = futures.frame, futures.stages["gt"]
-    if _error_of(gt) is not None or not (automatic or gt.result().prompts):
+    """Once a frame's masks are scored, submit its ``stylize`` stages (one per distinct style
+    of its paint plan, :func:`segstyle_core.paint.plan_by_class`), ``composite`` and
+    ``figures`` (which shows the first style's painting)."""
+    scores = futures.stages.get("metrics")
+    if scores is None or _error_of(scores) is not None:
         return
+    frame, gt, masks = futures.frame, futures.stages["gt"], futures.stages["segment"]
     image_id, image_path = frame.image_id, str(frame.image_path)
-    with dask_annotations(segmenter.device):
-        masks = segment.submit(
-            image_id, image_path, gt.result().prompts, automatic, segmenter, cache_dir
-        )
-    scores = score_frame.submit(frame, dataset.classes, gt, masks, automatic, cache_dir)
-    futures.stages.update(segment=masks, metrics=scores)
-    stylized = painted = None
+    stylized: list[PrefectFuture[Any]] = []
+    painted = None
     if stylizer is not None:
+        labels = [score["prompt"].get("class_name") for score in scores.result().scores]
+        plan = plan_by_class(labels, classes, stylizer)
         with dask_annotations(stylizer.device):
-            stylized = stylize.submit(
-                image_id,
-                image_path,
-                stylizer.style_path(),
-                stylizer,
-                cache_dir,
-                roi=masks if settings.roi_margin_px is not None else None,
-                roi_margin_px=settings.roi_margin_px,
-                roi_mode=settings.mode,
-            )
-        painted = composite.submit(image_id, image_path, stylized, scores, settings, cache_dir)
-        futures.stages.update(stylize=stylized, composite=painted)
+            stylized = [
+                stylize.submit(
+                    image_id,
+                    image_path,
+                    style,
+                    stylizer,
+                    cache_dir,
+                    roi=masks if settings.roi_margin_px is not None else None,
+                    roi_margin_px=settings.roi_margin_px,
+                    roi_mode=settings.mode,
+                )
+                for style in plan.styles
+            ]
+        painted = composite.submit(
+            image_id, image_path, stylized, scores, plan.layers, settings, cache_dir
+        )
+        futures.stages.update(stylize_stage_names(stylized))
+        futures.stages["composite"] = painted
     futures.stages["figures"] = figures.submit(
-        frame, gt, masks, scores, automatic, cache_dir, stylized=stylized, painted=painted
+        frame,
+        gt,
+        masks,
+        scores,
+        automatic,
+        cache_dir,
+        stylized=stylized[0] if stylized else None,
+        painted=painted,
     )
 
 
@@ -147,7 +184,9 @@ def run_dataset(
     started = dt.datetime.now(dt.UTC)
     if dataset.generate_demo and dataset.root:
         ensure_demo_dataset(dataset.root)
-    seg_identity, style_identity = check_run_inputs(dataset, prompts, segmenter, stylizer, output)
+    seg_identity, style_identity = check_run_inputs(
+        dataset, prompts, segmenter, stylizer, output, settings
+    )
     out = Path(output.out)
     cache_dir = str(out / "cache")
     run_name = flow_run.get_name() or "local"
@@ -165,22 +204,29 @@ def run_dataset(
         dataset=dataset,
         config=config,
         segmenter=seg_identity,
-        stylizer=(stylizer, style_identity) if stylizer and style_identity else None,
+        stylizer=style_identity,
         mode=settings.mode,
         started=started,
     )
 
+    style_of = style_columns(stylizer) if stylizer is not None else None
     sample = sample_city(dataset)  # each row's city is its frame's (frame_rows)
     per_frame = [
         FrameFutures(
             frame,
-            {"gt": binarize_gt.submit(frame, dataset.classes, prompts, cache_dir, dataset.gt)},
+            {
+                "gt": binarize_gt.submit(
+                    frame, dataset.classes, prompts, cache_dir, dataset.gt, seed=dataset.seed
+                )
+            },
         )
         for frame in sample.frames
     ]
     automatic = prompts.source == "auto"
     for futures in per_frame:
-        _submit_frame(futures, dataset, automatic, segmenter, stylizer, settings, cache_dir)
+        _submit_scoring(futures, dataset, automatic, segmenter, cache_dir)
+    for futures in per_frame:
+        _submit_painting(futures, dataset.classes, automatic, stylizer, settings, cache_dir)
 
     rows: list[dict[str, Any]] = []
     failed = []
@@ -201,7 +247,9 @@ def run_dataset(
                 failed.append((image_id, error))
                 logger.error("%s failed: %s", image_id, error)
             finished = {**common, "finished_at": dt.datetime.now(dt.UTC)}
-            image_rows = frame_rows(finished, futures.frame, records, error, published)
+            image_rows = frame_rows(
+                finished, futures.frame, records, error, published, style_of=style_of
+            )
             durable.write_image(image_id, image_rows)
             rows.extend(image_rows)
         parquet = durable.compact()

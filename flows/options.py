@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -25,10 +26,12 @@ from segstyle_core.config import (
     DatasetSelection,
     GatysConfig,
     OutputConfig,
+    PhotoPrompts,
     PromptConfig,
     SegmenterConfig,
     StylizerConfig,
 )
+from segstyle_core.errors import ConfigError
 from segstyle_core.video.config import VIDEO_STYLIZER, VideoOptions
 from segstyle_core.video.track import TrackerConfig
 
@@ -46,6 +49,8 @@ class OptionGroup:
         flags: field -> flag name, where the flag differs from the field's name.
         skip: fields that get no option of their own.
         nested: field -> group of a nested model, whose options are flattened into the CLI.
+        custom: field -> ``add_argument`` keywords replacing the derived ones (the option's
+            value is then turned into the field by the group's own builder).
     """
 
     model: Any
@@ -53,6 +58,7 @@ class OptionGroup:
     flags: Mapping[str, str] = field(default_factory=dict)
     skip: frozenset[str] = frozenset()
     nested: Mapping[str, OptionGroup] = field(default_factory=dict)
+    custom: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def fields(self) -> dict[str, FieldInfo]:
         """The model's fields that get options (pydantic models and pydantic dataclasses)."""
@@ -74,16 +80,31 @@ class OptionGroup:
 
 GATYS = OptionGroup(GatysConfig, "Gatys settings (--stylizer gatys)", flags={"seed": "noise_seed"})
 DATASET = OptionGroup(DatasetSelection, "dataset", flags={"root": "dataset"})
-PROMPTS = OptionGroup(PromptConfig, "prompts", flags={"source": "prompts"})
+#: Flags of the box adjustment that :class:`PromptConfig` and :class:`PhotoPrompts` share.
+BOX_FLAGS = {"box_expand_px": "box_expand", "box_jitter_px": "box_jitter"}
+PROMPTS = OptionGroup(PromptConfig, "prompts", flags={"source": "prompts", **BOX_FLAGS})
+#: ``segstyle stylize``: how its boxes are adjusted (``--box``/``--point`` are its own options).
+PHOTO_BOXES = OptionGroup(
+    PhotoPrompts, "prompt boxes", flags=BOX_FLAGS, skip=frozenset({"boxes", "points", "styles"})
+)
 SEGMENTER = OptionGroup(SegmenterConfig, "segmentation", flags={"backend": "segmenter"})
 #: device and weights_dir are the segmenter's options; the stylizer shares their values.
 SHARED_BACKEND_FIELDS = frozenset({"device", "weights_dir"})
+#: ``--style``: repeatable; see :func:`split_styles`.
+STYLE_OPTION: Mapping[str, Any] = {
+    "action": "append",
+    "default": [],
+    "metavar": "[CLASS=]IMAGE",
+    "help": "style image; repeat it as CLASS=IMAGE for a style per class (run) or once per "
+    "--box (stylize); default: the generated geometric abstraction",
+}
 STYLIZER = OptionGroup(
     StylizerConfig,
     "style transfer",
     flags={"backend": "stylizer", "vgg_checkpoint": "vgg"},
-    skip=SHARED_BACKEND_FIELDS,
+    skip=SHARED_BACKEND_FIELDS | {"class_styles"},
     nested={"gatys": GATYS},
+    custom={"style": STYLE_OPTION},
 )
 COMPOSITE = OptionGroup(
     CompositeConfig,
@@ -105,7 +126,7 @@ VIDEO_TRACKER = OptionGroup(
 VIDEO_STYLE = OptionGroup(
     StylizerConfig,
     "style transfer",
-    skip=SHARED_BACKEND_FIELDS | {"backend", "gatys", "vgg_checkpoint"},
+    skip=SHARED_BACKEND_FIELDS | {"backend", "gatys", "vgg_checkpoint", "class_styles"},
 )
 VIDEO_COMPOSITE = OptionGroup(
     CompositeConfig,
@@ -199,13 +220,16 @@ def add_options(parser: argparse.ArgumentParser, group: OptionGroup) -> None:
             continue
         flag = group.flag(name)
         metavar = flag.removeprefix("--").replace("-", "_").upper()
-        section.add_argument(flag, dest=group.dest(name), **_argument(info, metavar))
+        keywords = group.custom.get(name) or _argument(info, metavar)
+        section.add_argument(flag, dest=group.dest(name), **keywords)
 
 
 def build(group: OptionGroup, args: argparse.Namespace, **extra: Any) -> Any:
     """The model of ``group`` from parsed options; ``extra`` fields are given directly."""
     values: dict[str, Any] = {}
     for name in group.fields():
+        if name in extra:
+            continue
         if name in group.nested:
             values[name] = build(group.nested[name], args)
         else:
@@ -213,10 +237,54 @@ def build(group: OptionGroup, args: argparse.Namespace, **extra: Any) -> Any:
     return group.model(**values, **extra)
 
 
-def build_stylizer(args: argparse.Namespace, segmenter: SegmenterConfig) -> StylizerConfig:
-    """The stylizer model, sharing the segmenter's device and weights folder."""
+def split_styles(values: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Repeated ``--style`` values -> the plain images (in order) and the ``CLASS=IMAGE`` pairs.
+
+    A value naming an existing file is a plain image even when its name holds ``=``.
+
+    Raises:
+        ConfigError: a class given two styles.
+    """
+    plain: list[str] = []
+    per_class: dict[str, str] = {}
+    for value in values:
+        name, separator, image = value.partition("=")
+        if not separator or Path(value).is_file():
+            plain.append(value)
+        elif name.strip().lower() in per_class:
+            raise ConfigError(f"--style {value}: class {name!r} already has a style; give one")
+        else:
+            per_class[name.strip().lower()] = image
+    return plain, per_class
+
+
+def build_stylizer(
+    args: argparse.Namespace, segmenter: SegmenterConfig, *, several: bool = False
+) -> StylizerConfig:
+    """The stylizer model, sharing the segmenter's device and weights folder.
+
+    ``--style IMAGE`` is the plain style; ``--style CLASS=IMAGE`` a class's own. With
+    ``several`` (``stylize``: one style per box, see :func:`split_styles`), several plain
+    images are allowed and none of them becomes the plain style.
+
+    Raises:
+        ConfigError: several plain images where one is expected, or per-class styles where
+            there are no classes.
+    """
+    plain, per_class = split_styles(getattr(args, STYLIZER.dest("style")))
+    if several and per_class:
+        raise ConfigError(
+            f"--style {next(iter(per_class))}=...: a photo has no classes; give one --style "
+            "IMAGE for every region, or one per --box"
+        )
+    if len(plain) > 1 and not several:
+        raise ConfigError(
+            f"--style given {len(plain)} images ({', '.join(plain)}); give one for every class, "
+            "or CLASS=IMAGE per class"
+        )
     shared = {name: getattr(segmenter, name) for name in SHARED_BACKEND_FIELDS}
-    stylizer: StylizerConfig = build(STYLIZER, args, **shared)
+    style = plain[0] if len(plain) == 1 else None
+    stylizer: StylizerConfig = build(STYLIZER, args, style=style, class_styles=per_class, **shared)
     return stylizer
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from segstyle_core import cityscapes
 from segstyle_core.backends import ConfigModel
@@ -104,6 +104,14 @@ class PromptConfig(ConfigModel):
     masks) or the path of a JSON/CSV prompts file."""
     min_area: int = 100
     """Smallest GT instance, in pixels, that gets a prompt."""
+    box_expand_px: int = Field(default=0, ge=0)
+    """Grow every prompt box by this many pixels on each side (clipped to the image); points
+    stay where they are."""
+    box_jitter_px: int = Field(default=0, ge=0)
+    """Move each box coordinate, after the expansion, by a random whole number of pixels up
+    to this far either way, drawn per frame with a seed derived from the run's seed and the
+    image id. The frame's seed comes from the SHA-256 of 'seed:image_id', so frames get
+    different offsets and a rerun the same ones."""
 
 
 class PhotoPrompts(ConfigModel):
@@ -114,6 +122,17 @@ class PhotoPrompts(ConfigModel):
     points: tuple[str, ...] = ()
     """Points as x,y or x,y,label (1 object, 0 background); with one box they refine it,
     otherwise they form one more region."""
+    styles: tuple[str, ...] = ()
+    """Style image per box, paired in order (regions painted in box order, a later one over
+    an earlier one); empty: the stylizer's style for every region."""
+    box_expand_px: int = Field(default=0, ge=0)
+    """Grow every box by this many pixels on each side (clipped to the photo); points stay
+    where they are."""
+    box_jitter_px: int = Field(default=0, ge=0)
+    """Move each box coordinate, after the expansion, by a random whole number of pixels up
+    to this far either way, drawn with the seed."""
+    seed: int = 0
+    """Seed of the box jitter."""
 
 
 class CompositeConfig(ConfigModel):

@@ -12,6 +12,8 @@ from pathlib import Path
 from segstyle_core.config import CompositeConfig, PhotoPrompts
 from segstyle_core.errors import InputError
 from segstyle_core.images import read_rgb
+from segstyle_core.paint import plan_by_region
+from segstyle_core.prompts.from_gt import jitter_boxes
 from segstyle_core.prompts.validation import parse_box, parse_point, validate_prompt
 from segstyle_core.segment import SegmenterConfig
 from segstyle_core.segment.base import Prompt
@@ -25,7 +27,9 @@ def photo_prompts(image_path: str, given: PhotoPrompts) -> list[Prompt]:
     """Prompts from command-line strings, validated against the image's displayed size.
 
     Each box is one prompt. Points join the box when exactly one box is given (SAM's box +
-    points prompt); otherwise all points form one more prompt of their own.
+    points prompt); otherwise all points form one more prompt of their own. The validated boxes
+    are then grown by ``box_expand_px`` and jittered by up to ``box_jitter_px`` with ``seed``
+    (:func:`~segstyle_core.prompts.from_gt.jitter_boxes`); points never move.
 
     Raises:
         InputError: no prompt, or a prompt that does not fit the image (one line).
@@ -41,33 +45,48 @@ def photo_prompts(image_path: str, given: PhotoPrompts) -> list[Prompt]:
         prompts.append(Prompt(points=coords, point_labels=labels))
     if not prompts:
         raise InputError(f"{image_path}: no prompt given; add --box x0,y0,x1,y1 or --point x,y")
-    return [
+    validated = [
         validate_prompt(p, width, height, f"{image_path} prompt {i}") for i, p in enumerate(prompts)
     ]
+    return jitter_boxes(
+        validated,
+        width,
+        height,
+        given.box_expand_px,
+        jitter_px=given.box_jitter_px,
+        seed=given.seed,
+    )
 
 
 def stylize_photo(
     image_path: str,
     prompts: list[Prompt],
+    styles: list[str],
     segmenter: SegmenterConfig,
     stylizer: StylizerConfig,
     settings: CompositeConfig,
     cache_dir: str,
 ) -> CompositeRecord:
-    """Segment the prompted regions of one photo, stylize it, composite; return the record of
+    """Segment the prompted regions of one photo, stylize it once per distinct style, and
+    paint each region in its style (``styles[k]`` for ``prompts[k]``, in order, a later region
+    over an earlier one; :func:`segstyle_core.paint.plan_by_region`); return the record of
     ``composite.png`` (the photo's size, ``H×W×3`` RGB)."""
     image_id = Path(image_path).stem
+    plan = plan_by_region(styles)
     masks = segment.run(
         image_id, image_path, [p.as_dict() for p in prompts], False, segmenter, cache_dir
     )
-    painted = stylize.run(
-        image_id,
-        image_path,
-        stylizer.style_path(),
-        stylizer,
-        cache_dir,
-        roi=masks if settings.roi_margin_px is not None else None,
-        roi_margin_px=settings.roi_margin_px,
-        roi_mode=settings.mode,
-    )
-    return composite.run(image_id, image_path, painted, masks, settings, cache_dir)
+    paintings = [
+        stylize.run(
+            image_id,
+            image_path,
+            style,
+            stylizer,
+            cache_dir,
+            roi=masks if settings.roi_margin_px is not None else None,
+            roi_margin_px=settings.roi_margin_px,
+            roi_mode=settings.mode,
+        )
+        for style in plan.styles
+    ]
+    return composite.run(image_id, image_path, paintings, masks, plan.layers, settings, cache_dir)

@@ -3,12 +3,14 @@
 A dataset run prompts each frame from one of :data:`PROMPT_SOURCES` or from a prompts file:
 :func:`prompts_from_instances` turns ground-truth instances into box prompts (all of them, or
 the largest), :func:`jitter_boxes` expands and shifts boxes to imitate a less careful user, and
-:func:`frame_prompts` picks a frame's prompts for the run's source. Boxes are XYXY pixels with
-an exclusive maximum, like ``Instance.box``.
+:func:`frame_prompts` picks a frame's prompts for the run's source and adjusts their boxes with
+a per-frame seed (:func:`frame_seed`). Boxes are XYXY pixels with an exclusive maximum, like
+``Instance.box``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
@@ -114,6 +116,14 @@ def jitter_boxes(
     return jittered
 
 
+def frame_seed(seed: int, image_id: str) -> int:
+    """The box-jitter seed of one frame of a run seeded with ``seed``: the first 8 bytes of
+    the SHA-256 of ``"{seed}:{image_id}"`` as an unsigned integer, so every frame draws its
+    own offsets and a rerun draws the same ones."""
+    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
 def frame_prompts(
     frame: Frame,
     instances: list[Instance],
@@ -121,8 +131,11 @@ def frame_prompts(
     size: tuple[int, int],
     file_prompts: dict[str, list[Prompt]] | None = None,
     min_area: int = 0,
+    expand_px: int = 0,
+    jitter_px: int = 0,
+    seed: int = 0,
 ) -> list[Prompt]:
-    """The prompts of one frame for a prompt source.
+    """The prompts of one frame for a prompt source, their boxes expanded and jittered.
 
     Args:
         source: ``gt-instances`` (every instance box above ``min_area``), ``largest`` (the
@@ -130,19 +143,30 @@ def frame_prompts(
             whose parsed content is ``file_prompts``.
         size: the frame's ``(height, width)``; prompts from a file are validated against it
             (boxes sticking out are clipped; see :func:`validate_prompt`).
+        expand_px / jitter_px: see :func:`jitter_boxes`; the jitter is drawn with
+            ``frame_seed(seed, frame.image_id)``. Points never move.
 
     Raises:
         InputError: a file prompt does not fit the image (names the file, image and entry).
     """
     if source == "auto":
         return []
+    height, width = size
     if source in ("gt-instances", "largest"):
         mode: Literal["all", "largest"] = "all" if source == "gt-instances" else "largest"
-        return prompts_from_instances(instances, mode=mode, min_area=min_area)
-    if file_prompts is None:
+        prompts = prompts_from_instances(instances, mode=mode, min_area=min_area)
+    elif file_prompts is None:
         raise InputError(f"{source}: prompt source is neither {PROMPT_SOURCES} nor a prompts file")
-    height, width = size
-    return [
-        validate_prompt(prompt, width, height, f"{source}: {frame.image_id} prompt {index}")
-        for index, prompt in enumerate(file_prompts.get(frame.image_id, []))
-    ]
+    else:
+        prompts = [
+            validate_prompt(prompt, width, height, f"{source}: {frame.image_id} prompt {index}")
+            for index, prompt in enumerate(file_prompts.get(frame.image_id, []))
+        ]
+    return jitter_boxes(
+        prompts,
+        width,
+        height,
+        expand_px,
+        jitter_px=jitter_px,
+        seed=frame_seed(seed, frame.image_id),
+    )

@@ -34,7 +34,8 @@ class GtRecord(StageRecord):
     region, ``k + 1`` on the table's ``k``-th region); the prompts.
 
     Attributes:
-        prompts: the frame's prompts, each as :meth:`Prompt.as_dict`.
+        prompts: the frame's prompts, each as :meth:`Prompt.as_dict` (boxes as used: expanded
+            and jittered).
         height / width: the frame's size in pixels.
         gt_area: pixels of the binarized ground truth.
         gt_source: the ground truth file kind used: ``labelIds`` or ``color``.
@@ -81,6 +82,7 @@ def _key(
     prompts: PromptConfig,
     cache_dir: str,
     gt_source: GtSource = "auto",
+    seed: int = 0,
 ) -> StageKey:
     files: dict[str, str] = {"image_path": str(frame.image_path)}
     gt_file = cityscapes.gt_path(frame, gt_source)
@@ -97,6 +99,10 @@ def _key(
         "prompt_source": "file" if from_file else prompts.source,
         "min_area": prompts.min_area,
         "gt_source": gt_source,
+        "box_expand_px": prompts.box_expand_px,
+        "box_jitter_px": prompts.box_jitter_px,
+        # without jitter the seed changes nothing, so every seed shares the result
+        "box_seed": seed if prompts.box_jitter_px else None,
     }
     return StageKey(files, config)
 
@@ -109,9 +115,12 @@ def binarize_gt(
     prompts: PromptConfig,
     cache_dir: str,
     gt_source: GtSource = "auto",
+    seed: int = 0,
 ) -> GtRecord:
     """Write the binarized GT mask (``H×W`` PNG) and the region table (and map); derive the
-    prompts. ``gt_source``: ``labelIds``, ``color`` or ``auto`` (labelIds when present)."""
+    prompts. ``gt_source``: ``labelIds``, ``color`` or ``auto`` (labelIds when present).
+    ``seed``: the run's seed; the frame's box jitter is drawn with a seed derived from it and
+    the image id (:func:`~segstyle_core.prompts.from_gt.frame_seed`)."""
     regions = _needs_regions(prompts)
     image = read_rgb(frame.image_path)
     truth = cityscapes.load_gt(
@@ -120,7 +129,15 @@ def binarize_gt(
     class_mask = truth.mask
     file_prompts = None if regions else load_prompts_file(prompts.source)
     frame_prompt_list = frame_prompts(
-        frame, truth.regions, prompts.source, class_mask.shape, file_prompts, prompts.min_area
+        frame,
+        truth.regions,
+        prompts.source,
+        class_mask.shape,
+        file_prompts,
+        prompts.min_area,
+        expand_px=prompts.box_expand_px,
+        jitter_px=prompts.box_jitter_px,
+        seed=seed,
     )
     table = [
         {
