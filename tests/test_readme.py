@@ -99,7 +99,8 @@ def needs_weights(words: list[str]) -> bool:
     segmenter = options.build(options.SEGMENTER, args)
     backends = {segmenter.backend}
     if args.command != "evaluate":
-        backends.add(options.build_stylizer(args, segmenter).backend)
+        several = args.command == "stylize"  # one style per --box, as the CLI builds it
+        backends.add(options.build_stylizer(args, segmenter, several=several).backend)
     return bool(backends & WEIGHTED_BACKENDS)
 
 
