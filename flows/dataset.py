@@ -148,11 +148,12 @@ def _submit_painting(
                     style,
                     stylizer,
                     cache_dir,
-                    roi=masks if settings.roi_margin_px is not None else None,
+                    roi=scores if settings.roi_margin_px is not None else None,
                     roi_margin_px=settings.roi_margin_px,
                     roi_mode=settings.mode,
+                    roi_masks=plan.masks_of(index),
                 )
-                for style in plan.styles
+                for index, style in enumerate(plan.styles)
             ]
         painted = composite.submit(
             image_id, image_path, stylized, scores, plan.layers, settings, cache_dir

@@ -21,6 +21,7 @@ from segstyle_core.config import (
 from segstyle_core.images import check_output_path, read_rgb, write_image
 from segstyle_core.paint import plan_by_region, region_styles
 from segstyle_core.photo import photo_prompts
+from segstyle_core.preflight import check_style
 
 
 @flow(name="stylize_image")
@@ -48,6 +49,7 @@ def stylize_image(
     prompt_list = photo_prompts(image, prompts)
     plan = plan_by_region(region_styles(prompts, len(prompt_list), stylizer, composite.mode))
     check_output_path(output, [image, *plan.styles])
+    check_style(stylizer, plan.styles)
     cache_dir = str(Path(outputs.out) / "cache")
     image_id = Path(image).stem
     masks = stages.segment.submit(
@@ -63,8 +65,9 @@ def stylize_image(
             roi=masks if composite.roi_margin_px is not None else None,
             roi_margin_px=composite.roi_margin_px,
             roi_mode=composite.mode,
+            roi_masks=plan.masks_of(index),
         )
-        for style in plan.styles
+        for index, style in enumerate(plan.styles)
     ]
     record = stages.composite.submit(
         image_id, image, paintings, masks, plan.layers, composite, cache_dir

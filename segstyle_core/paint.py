@@ -42,14 +42,32 @@ class PaintPlan:
     styles: tuple[str, ...]
     layers: tuple[PaintLayer, ...]
 
+    def masks_of(self, style: int) -> tuple[int, ...]:
+        """The masks painted in ``styles[style]``, sorted: the region its stylization needs
+        (the ROI of :func:`segstyle_core.stages.stylize.stylize`)."""
+        return tuple(
+            sorted({k for layer in self.layers if layer.style == style for k in layer.masks})
+        )
+
 
 def _plan(assigned: Sequence[tuple[str, tuple[int, ...]]]) -> PaintPlan:
-    """A plan from ``(style image, mask indices)`` pairs in paint order. Layers without a mask
-    are dropped, except the first when every layer is empty: an image without masks still
-    has one (empty) layer, which background mode paints everywhere."""
+    """A plan from ``(style image, mask indices)`` pairs in paint order.
+
+    Consecutive pairs of one style become one layer (the union of their masks: the same
+    picture with a hard edge, one soft edge around the union, and what background mode must
+    paint: outside every mask). Layers without a mask are dropped, except the first when every
+    layer is empty: an image without masks still has one (empty) layer, which background mode
+    paints everywhere.
+    """
     kept = [pair for pair in assigned if pair[1]] or list(assigned[:1])
-    styles = tuple(dict.fromkeys(style for style, _ in kept))
-    return PaintPlan(styles, tuple(PaintLayer(styles.index(s), masks) for s, masks in kept))
+    merged: list[tuple[str, tuple[int, ...]]] = []
+    for style, masks in kept:
+        if merged and merged[-1][0] == style:
+            merged[-1] = (style, tuple(sorted(merged[-1][1] + masks)))
+        else:
+            merged.append((style, masks))
+    styles = tuple(dict.fromkeys(style for style, _ in merged))
+    return PaintPlan(styles, tuple(PaintLayer(styles.index(s), masks) for s, masks in merged))
 
 
 def plan_by_class(

@@ -86,7 +86,8 @@ def stylize_photo(
             roi=masks if settings.roi_margin_px is not None else None,
             roi_margin_px=settings.roi_margin_px,
             roi_mode=settings.mode,
+            roi_masks=plan.masks_of(index),
         )
-        for style in plan.styles
+        for index, style in enumerate(plan.styles)
     ]
     return composite.run(image_id, image_path, paintings, masks, plan.layers, settings, cache_dir)

@@ -166,7 +166,9 @@ def _file_urls(page: Any) -> list[str]:
 #: The form's fields as the V2 UI renders them: each field is a ``div.group`` holding a
 #: ``<label data-slot="label">``, its description (the ``<p>`` beside the label) and a
 #: ``<fieldset>`` with the control; an object's fields are nested inside its own. Unlabelled
-#: ``div.group`` s (a type tab's panel) belong to the labelled field around them.
+#: ``div.group`` s (a type tab's panel) belong to the labelled field around them. A JSON
+#: editor (a mapping such as the per-class styles; CodeMirror's ``.cm-content``) reports
+#: ``{json: its text}``.
 _FORM_FIELDS_JS = """() => {
   const GROUP = 'div.group';
   const LABEL = 'label[data-slot="label"]';
@@ -188,7 +190,7 @@ _FORM_FIELDS_JS = """() => {
     }
     const controls = [...field.querySelectorAll(
       'input:not([type="checkbox"]), textarea, [role="switch"], ' +
-      'button[aria-haspopup="listbox"], [role="tab"][aria-selected="true"]'
+      'button[aria-haspopup="listbox"], [role="tab"][aria-selected="true"], .cm-content'
     )].filter((el) => fieldOf(el) === field);
     fields.push({
       path: [...path, label.textContent.trim()],
@@ -198,6 +200,7 @@ _FORM_FIELDS_JS = """() => {
         el.getAttribute('role') === 'switch' ? el.getAttribute('aria-checked') === 'true'
         : el.getAttribute('role') === 'tab' ? {tab: el.textContent.trim()}
         : el.tagName === 'BUTTON' ? el.textContent.trim()
+        : el.classList.contains('cm-content') ? {json: el.textContent.trim()}
         : el.value),
     });
   }
@@ -247,7 +250,10 @@ def _expected_fields(schema: dict[str, Any], parameters: dict[str, Any]) -> list
 
 def _shows(value: Any, shown: list[Any]) -> bool:
     """Whether a field's controls (``shown``, from :data:`_FORM_FIELDS_JS`) show ``value``."""
-    tabs = [v["tab"] for v in shown if isinstance(v, dict)]
+    tabs = [v["tab"] for v in shown if isinstance(v, dict) and "tab" in v]
+    if isinstance(value, dict):  # a JSON editor; an empty one submits nothing: the default
+        editors = [v["json"] for v in shown if isinstance(v, dict) and "json" in v]
+        return any(json.loads(text or "{}") == value for text in editors)
     texts = [v for v in shown if isinstance(v, str)]
     if value is None:
         return tabs == ["None"]
@@ -298,6 +304,8 @@ def test_custom_run_form_shows_every_field_with_description_and_default(
         outputs = schema["properties"]["outputs"]["title"]
         page.get_by_text(re.compile(rf"^{re.escape(outputs)}\b")).first.wait_for()
         page.locator("fieldset textarea, fieldset input").last.wait_for()
+        # a JSON editor loads lazily: a skeleton stands in its place until it has
+        page.wait_for_function("() => !document.querySelector('fieldset [data-slot=skeleton]')")
         shown = page.evaluate(_FORM_FIELDS_JS)
         example = PromptConfig.model_fields["min_area"].description
         example_visible = page.get_by_text(example or "?", exact=True).is_visible()

@@ -10,7 +10,8 @@ from typing import Any
 
 from segstyle_core.composite import Mode
 from segstyle_core.devices import memory_guard
-from segstyle_core.images import read_mask, read_rgb, write_png
+from segstyle_core.images import read_rgb, write_png
+from segstyle_core.masks import load_masks, union_mask
 from segstyle_core.roi import stylize_roi
 from segstyle_core.stagecache import StageKey, StageRecord, stage
 from segstyle_core.stylize import Progress, StylizerConfig
@@ -33,21 +34,25 @@ def _key(
     roi: StageRecord | None = None,
     roi_margin_px: int | None = None,
     roi_mode: Mode = "object",
+    roi_masks: tuple[int, ...] | None = None,
 ) -> StageKey:
     files = {"image": image_path, "style": style_path}
-    if roi is not None and roi_margin_px is not None:
-        files["roi_mask"] = roi.path("mask")
     config: dict[str, Any] = {
         "stylizer": dataclasses.asdict(stylizer.identity()),
         "settings": stylizer.settings(),
-        "roi_margin_px": roi_margin_px if "roi_mask" in files else None,
     }
-    if "roi_mask" in files and roi_mode != "object":  # object mode: the config as before
-        config["roi_mode"] = roi_mode
+    if roi is not None and roi_margin_px is not None:
+        files["roi_masks"] = roi.path("masks")
+        config["roi"] = {"margin_px": roi_margin_px, "mode": roi_mode, "masks": roi_masks}
     return StageKey(files, config)
 
 
-@stage("stylize", key=_key, code=("segstyle_core.stylize", "segstyle_core.roi"), heavy=True)
+@stage(
+    "stylize",
+    key=_key,
+    code=("segstyle_core.stylize", "segstyle_core.roi", "segstyle_core.masks"),
+    heavy=True,
+)
 def stylize(
     out: Path,
     image_id: str,
@@ -58,13 +63,16 @@ def stylize(
     roi: StageRecord | None = None,
     roi_margin_px: int | None = None,
     roi_mode: Mode = "object",
+    roi_masks: tuple[int, ...] | None = None,
 ) -> StylizeRecord:
     """Paint ``image_path`` in the style of ``style_path``; write ``stylized.png``.
 
-    Whole frame by default (the seed's method). With ``roi`` (a record whose ``mask`` output is
-    an ``H×W`` mask PNG) and ``roi_margin_px``, only the bounding box of the region the
-    composite paints (the mask in ``roi_mode`` object, everything outside it in background)
-    plus that margin is stylized, and the result is full size (see :mod:`segstyle_core.roi`).
+    Whole frame by default (the seed's method). With ``roi`` (a record whose ``masks`` output
+    holds per-prompt masks, :func:`segstyle_core.masks.save_masks`) and ``roi_margin_px``, only
+    the bounding box of the region the composite paints in this style plus that margin is
+    stylized: the union of the masks ``roi_masks`` indexes (none: all of them) in ``roi_mode``
+    object, everything outside it in background. The result is full size (see
+    :mod:`segstyle_core.roi`).
     """
 
     def report(progress: Progress) -> None:
@@ -79,11 +87,13 @@ def stylize(
         if roi is None or roi_margin_px is None:
             result = model.stylize(content, style, progress=report)
         else:
+            masks = load_masks(roi.path("masks"))
+            chosen = masks if roi_masks is None else [masks[k] for k in roi_masks]
             result = stylize_roi(
                 model,
                 content,
                 style,
-                read_mask(roi.path("mask")),
+                union_mask(chosen, content.shape[:2]),
                 margin_px=roi_margin_px,
                 margin_pct=0.0,
                 progress=report,
