@@ -11,6 +11,7 @@ output folder, as JSON records, and a retried flow run finds it there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task, task
@@ -50,8 +51,9 @@ def _forward_core_logs() -> None:
 _forward_core_logs()
 
 
-def stage_task(stage: Stage[P, R], run_name: str) -> Task[..., R]:
-    """The Prefect task of ``stage``, named ``run_name`` (formatted with its parameters).
+def stage_task(stage: Stage[P, R], run_name: str | Callable[[dict[str, Any]], str]) -> Task[..., R]:
+    """The Prefect task of ``stage``, named ``run_name``: a format string over its parameters,
+    or a function of them (``run_name(parameters=...)``).
 
     Typed ``Task[..., R]``: its arguments may be the stage's own or futures of them.
     """

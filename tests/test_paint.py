@@ -619,6 +619,18 @@ def test_stylize_refuses_bad_styles_in_one_line_before_any_work(
 # --- 6. a dataset run with a style per class ----------------------------------------------------
 
 
+def _task_run_names(flow_run_id: Any, task: str) -> list[str]:
+    """The sorted names of a flow run's runs of ``task``, as the UI lists them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return sorted(run.name for run in runs if run.task_key.startswith(f"{task}-"))
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_api")
 def test_dataset_rows_name_their_class_style_and_a_rerun_is_cached(
@@ -647,6 +659,10 @@ def test_dataset_rows_name_their_class_style_and_a_rerun_is_cached(
     assert rows.loc[~is_car, "style_sha256"].eq(sha[plain]).all()
     assert not rows["cached_stylize"].any()
     assert _entries(out / "cache", "stylize") == 2  # one painting per distinct style
+    image_id = rows["image_id"].iloc[0]
+    assert _task_run_names(first.state_details.flow_run_id, "stylize") == sorted(
+        f"stylize-{image_id}-{style.stem}" for style in (plain, car)
+    )
 
     # the picture: person masks in the plain painting, car masks (painted later) in the car's
     image_path = Path(rows["image_path"].iloc[0])
@@ -657,7 +673,6 @@ def test_dataset_rows_name_their_class_style_and_a_rerun_is_cached(
         )
         for cls in ("car", "person")
     }
-    image_id = rows["image_id"].iloc[0]
     paintings = {}
     for style in (plain, car):
         record = stylize.run(image_id, str(image_path), str(style), stylizer, str(out / "cache"))
