@@ -33,6 +33,7 @@ from segstyle.flows.options import (
     build_video_stylizer,
     build_video_tracker,
     split_styles,
+    style_values,
 )
 from segstyle.flows.serve import add_serve_command
 from segstyle_core.errors import SegstyleError
@@ -147,7 +148,7 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     segmenter = build(SEGMENTER, args)
     stylizer = build_stylizer(args, segmenter, several=True)
     composite, outputs = build(COMPOSITE, args), build(OUTPUT, args)
-    plain, _ = split_styles(getattr(args, STYLIZER.dest("style")))
+    plain, _ = split_styles(style_values(args))
     given = build(
         PHOTO_BOXES,
         args,
@@ -363,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_options(evaluate, group)
     add_run_output(evaluate)
 
-    stylize = command("stylize", _cmd_stylize, "stylize the prompted object of one photo")
+    stylize = command(
+        "stylize", _cmd_stylize, "stylize the prompted object(s) of one photo, each in its style"
+    )
     stylize.add_argument("image")
     stylize.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 (repeatable)")
     stylize.add_argument(

@@ -119,6 +119,23 @@ def _submit_scoring(
     futures.stages.update(segment=masks, metrics=scores)
 
 
+def _mask_labels(futures: FrameFutures, automatic: bool) -> list[str | None] | None:
+    """The class of each of a frame's scored masks, in the metrics stage's order; ``None`` when
+    the frame has no scores (nothing to segment, or a failed stage).
+
+    With prompts, the masks are the prompts', whose classes the ``gt`` stage already gave; in
+    automatic mode they are known once the ``metrics`` stage has matched the masks (it waits).
+    """
+    scores = futures.stages.get("metrics")
+    if scores is None:
+        return None
+    if not automatic:
+        return [prompt.get("class_name") for prompt in futures.stages["gt"].result().prompts]
+    if _error_of(scores) is not None:
+        return None
+    return [score["prompt"].get("class_name") for score in scores.result().scores]
+
+
 def _submit_painting(
     futures: FrameFutures,
     classes: tuple[str, ...],
@@ -127,19 +144,19 @@ def _submit_painting(
     settings: CompositeConfig,
     cache_dir: str,
 ) -> None:
-    """Once a frame's masks are scored, submit its ``stylize`` stages (one per distinct style
-    of its paint plan, :func:`segstyle_core.paint.plan_by_class`), ``composite`` and
-    ``figures`` (which shows the first style's painting)."""
-    scores = futures.stages.get("metrics")
-    if scores is None or _error_of(scores) is not None:
+    """Submit a frame's ``stylize`` stages (one per distinct style of its paint plan,
+    :func:`segstyle_core.paint.plan_by_class`), ``composite`` and ``figures`` (which shows the
+    first style's painting); they take the ``metrics`` stage's future: its used masks."""
+    labels = _mask_labels(futures, automatic)
+    if labels is None:
         return
-    frame, gt, masks = futures.frame, futures.stages["gt"], futures.stages["segment"]
+    frame, gt = futures.frame, futures.stages["gt"]
+    masks, scores = futures.stages["segment"], futures.stages["metrics"]
     image_id, image_path = frame.image_id, str(frame.image_path)
     stylized: list[PrefectFuture[Any]] = []
     painted = None
     if stylizer is not None:
-        labels = [score["prompt"].get("class_name") for score in scores.result().scores]
-        plan = plan_by_class(labels, classes, stylizer)
+        plan = plan_by_class(labels, classes, stylizer, settings.mode)
         with dask_annotations(stylizer.device):
             stylized = [
                 stylize.submit(
@@ -224,10 +241,14 @@ def run_dataset(
         for frame in sample.frames
     ]
     automatic = prompts.source == "auto"
+    painting = (dataset.classes, automatic, stylizer, settings, cache_dir)
     for futures in per_frame:
         _submit_scoring(futures, dataset, automatic, segmenter, cache_dir)
-    for futures in per_frame:
-        _submit_painting(futures, dataset.classes, automatic, stylizer, settings, cache_dir)
+        if not automatic:  # the prompts' classes are known: paint without waiting
+            _submit_painting(futures, *painting)
+    if automatic:  # the automatic masks' classes are known once matched, frame by frame
+        for futures in per_frame:
+            _submit_painting(futures, *painting)
 
     rows: list[dict[str, Any]] = []
     failed = []

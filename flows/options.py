@@ -93,10 +93,10 @@ SHARED_BACKEND_FIELDS = frozenset({"device", "weights_dir"})
 #: ``--style``: repeatable; see :func:`split_styles`.
 STYLE_OPTION: Mapping[str, Any] = {
     "action": "append",
-    "default": [],
+    "default": argparse.SUPPRESS,  # absent: no --style given (and no "(default: [])" in --help)
     "metavar": "[CLASS=]IMAGE",
-    "help": "style image; repeat it as CLASS=IMAGE for a style per class (run) or once per "
-    "--box (stylize); default: the generated geometric abstraction",
+    "help": "style image (default: the generated geometric abstraction); run: repeat it as "
+    "CLASS=IMAGE for a style per class; stylize: give it once per --box, paired in order",
 }
 STYLIZER = OptionGroup(
     StylizerConfig,
@@ -258,6 +258,11 @@ def split_styles(values: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return plain, per_class
 
 
+def style_values(args: argparse.Namespace) -> list[str]:
+    """The ``--style`` values given, in order (none: an empty list)."""
+    return list(getattr(args, STYLIZER.dest("style"), []))
+
+
 def build_stylizer(
     args: argparse.Namespace, segmenter: SegmenterConfig, *, several: bool = False
 ) -> StylizerConfig:
@@ -271,7 +276,7 @@ def build_stylizer(
         ConfigError: several plain images where one is expected, or per-class styles where
             there are no classes.
     """
-    plain, per_class = split_styles(getattr(args, STYLIZER.dest("style")))
+    plain, per_class = split_styles(style_values(args))
     if several and per_class:
         raise ConfigError(
             f"--style {next(iter(per_class))}=...: a photo has no classes; give one --style "

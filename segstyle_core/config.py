@@ -53,7 +53,7 @@ class DatasetSelection(ConfigModel):
     """At most this many frames over all selected cities (a deterministic sample with the
     seed); none: every annotated frame."""
     seed: int = 0
-    """Seed of the city and frame sampling."""
+    """Seed of the city and frame sampling, and of the prompt boxes' jitter."""
     generate_demo: bool = False
     """Write the generated demo dataset at the root first when the root does not exist."""
 

@@ -50,16 +50,18 @@ class PaintPlan:
         )
 
 
-def _plan(assigned: Sequence[tuple[str, tuple[int, ...]]]) -> PaintPlan:
+def _plan(assigned: Sequence[tuple[str, tuple[int, ...]]], mode: Mode = "object") -> PaintPlan:
     """A plan from ``(style image, mask indices)`` pairs in paint order.
 
     Consecutive pairs of one style become one layer (the union of their masks: the same
     picture with a hard edge, one soft edge around the union, and what background mode must
-    paint: outside every mask). Layers without a mask are dropped, except the first when every
-    layer is empty: an image without masks still has one (empty) layer, which background mode
-    paints everywhere.
+    paint: outside every mask). Layers without a mask are dropped; so an image without masks
+    has no layer in object mode (nothing to stylize: the composite is the original), and in
+    background mode keeps its first, empty, layer (painted everywhere).
     """
-    kept = [pair for pair in assigned if pair[1]] or list(assigned[:1])
+    kept = [pair for pair in assigned if pair[1]]
+    if not kept and mode == "background":
+        kept = list(assigned[:1])
     merged: list[tuple[str, tuple[int, ...]]] = []
     for style, masks in kept:
         if merged and merged[-1][0] == style:
@@ -71,7 +73,10 @@ def _plan(assigned: Sequence[tuple[str, tuple[int, ...]]]) -> PaintPlan:
 
 
 def plan_by_class(
-    labels: Sequence[str | None], classes: Sequence[str], stylizer: StylizerConfig
+    labels: Sequence[str | None],
+    classes: Sequence[str],
+    stylizer: StylizerConfig,
+    mode: Mode = "object",
 ) -> PaintPlan:
     """The plan of a dataset image whose ``k``-th mask belongs to class ``labels[k]``.
 
@@ -81,6 +86,8 @@ def plan_by_class(
         labels: the class name of each prompt's mask (``None``: a prompt without a class).
         classes: the run's classes, in the order their layers are painted.
         stylizer: the plain style and the per-class styles.
+        mode: the composite's mode (an image without masks is painted in background mode
+            only).
     """
     names = [(label or "").lower() for label in labels]
     own = [c.lower() for c in classes if c.lower() in stylizer.class_styles]
@@ -90,7 +97,7 @@ def plan_by_class(
         (stylizer.style_for(name), tuple(k for k, label in enumerate(names) if label == name))
         for name in own
     ]
-    return _plan(assigned)
+    return _plan(assigned, mode)
 
 
 def plan_by_region(region_styles: Sequence[str]) -> PaintPlan:
@@ -102,20 +109,25 @@ def region_styles(
     given: PhotoPrompts, regions: int, stylizer: StylizerConfig, mode: Mode
 ) -> list[str]:
     """The style of each of a photo's ``regions``: ``given.styles`` paired with its boxes in
-    order, the stylizer's plain style for the rest (a region of points alone) or for all of
-    them when ``given.styles`` is empty.
+    order (a region of points alone, after the boxes, takes the first), or the stylizer's plain
+    style for all of them when ``given.styles`` is empty.
 
     Raises:
-        ConfigError: the styles are not one per box, or several styles in background mode.
+        ConfigError: the styles are not one per box, several styles in background mode, or
+            per-class styles (a photo has no classes).
     """
+    if stylizer.class_styles:
+        raise ConfigError(
+            "per-class styles need classes; a photo's regions have none: give one style for "
+            "every region, or one per box"
+        )
     if given.styles and len(given.styles) != len(given.boxes):
         raise ConfigError(
             f"{len(given.styles)} styles for {len(given.boxes)} boxes: give one --style for "
             "every region, or one per --box (paired in order)"
         )
-    styles = [
-        given.styles[k] if k < len(given.styles) else stylizer.style_path() for k in range(regions)
-    ]
+    paired = given.styles or (stylizer.style_path(),)
+    styles = [paired[k] if k < len(paired) else paired[0] for k in range(regions)]
     if mode == "background" and len(set(styles)) > 1:
         raise ConfigError(
             "background mode paints what lies outside every region, in one style: give one "

@@ -82,7 +82,7 @@ SCHEMA = pa.schema(
         ("stylizer", pa.string()),
         ("stylizer_variant", pa.string()),
         ("stylizer_weights_sha256", pa.string()),
-        ("style_name", pa.string()),
+        ("style_name", pa.string()),  # the style of this row's class (per-class styles)
         ("style_sha256", pa.string()),
         ("mode", pa.string()),
         ("mask_score", pa.float64()),
@@ -99,8 +99,8 @@ SCHEMA = pa.schema(
         ("pred_area", pa.int64()),
         ("gt_area", pa.int64()),
         ("instance_area", pa.int64()),
-        # seconds spent on each stage in this run (a cache hit: the lookup) and whether the
-        # stage's result came from the run folder's cache
+        # seconds spent on each stage in this run (a cache hit: the lookup; stylize: all the
+        # image's styles) and whether the stage's result came from the run folder's cache
         *[(f"seconds_{stage}", pa.float64()) for stage in _STAGES],
         *[(f"cached_{stage}", pa.bool_()) for stage in _STAGES],
         ("status", pa.string()),  # ok | failed
@@ -110,7 +110,7 @@ SCHEMA = pa.schema(
         # the prompt's own mask as COCO RLE JSON ({"size": [H, W], "counts": str}; SAM's
         # coco_rle format): segstyle_core.rle.decode_mask or pycocotools.mask.decode reads it
         ("mask_rle", pa.string()),
-        ("stylized_path", pa.string()),
+        ("stylized_path", pa.string()),  # the image's first style's painting
         ("composite_path", pa.string()),
         ("panel_path", pa.string()),
         ("config_sha256", pa.string()),

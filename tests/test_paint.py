@@ -161,12 +161,14 @@ def test_class_names_match_case_insensitively() -> None:
     assert plan == PaintPlan(("plain.png", "car.png"), (PaintLayer(0, (1,)), PaintLayer(1, (0, 2))))
 
 
-def test_no_mask_gives_one_empty_plain_layer_and_empty_layers_are_dropped() -> None:
+def test_no_mask_paints_nothing_in_object_mode_and_everything_in_background() -> None:
     stylizer = StylizerConfig(
         backend="feedforward", style="plain.png", class_styles={"car": "car.png"}
     )
-    assert plan_by_class([], ("car", "person"), stylizer) == PaintPlan(
-        ("plain.png",), (PaintLayer(0, ()),)
+    # object mode: nothing to paint, so nothing is stylized (an ROI of no mask would fail)
+    assert plan_by_class([], ("car", "person"), stylizer) == PaintPlan((), ())
+    assert plan_by_class([], ("car",), stylizer.changed(class_styles={}), "background") == (
+        PaintPlan(("plain.png",), (PaintLayer(0, ()),))
     )
     # only cars: the plain layer has no mask, so the plain style is not stylized at all
     assert plan_by_class(["car", "car"], ("car", "person"), stylizer) == PaintPlan(
@@ -189,14 +191,14 @@ def test_regions_paint_in_box_order_and_share_a_repeated_style() -> None:
     assert plan.layers == (PaintLayer(0, (0,)), PaintLayer(1, (1,)), PaintLayer(0, (2,)))
 
 
-def test_styles_pair_with_boxes_and_a_points_region_gets_the_plain_style(
+def test_styles_pair_with_boxes_and_a_points_region_gets_the_first(
     files: dict[str, Path],
 ) -> None:
     stylizer = StylizerConfig(backend="feedforward", style="plain.png")
     given = PhotoPrompts(boxes=(BOX_A, BOX_B), points=("30,24",), styles=("a.png", "b.png"))
     regions = len(photo_prompts(str(files["photo"]), given))
     assert regions == 3  # two boxes, and the points as a region of their own
-    assert region_styles(given, regions, stylizer, "object") == ["a.png", "b.png", "plain.png"]
+    assert region_styles(given, regions, stylizer, "object") == ["a.png", "b.png", "a.png"]
     unstyled = PhotoPrompts(boxes=(BOX_A, BOX_B))
     assert region_styles(unstyled, 2, stylizer, "object") == ["plain.png", "plain.png"]
     # one box with points is one region
@@ -217,9 +219,10 @@ def test_region_styles_refuses_a_wrong_count_and_several_styles_in_background() 
         region_styles(two, 2, stylizer, "background")
     same = PhotoPrompts(boxes=(BOX_A, BOX_B), styles=("a.png", "a.png"))
     assert region_styles(same, 2, stylizer, "background") == ["a.png", "a.png"]
-    # a points region falls back to the plain style: a second style, refused in background
-    with pytest.raises(ConfigError, match="background"):
-        region_styles(same, 3, stylizer, "background")
+    assert region_styles(same, 3, stylizer, "background") == ["a.png"] * 3  # + a points region
+    # a photo has no classes: per-class styles (which the flow could be given) are refused
+    with pytest.raises(ConfigError, match="per-class styles need classes"):
+        region_styles(two, 2, stylizer.changed(class_styles={"car": "c.png"}), "object")
 
 
 # --- 3. the composite stage, layer by layer ---------------------------------------------------
@@ -694,6 +697,24 @@ def test_dataset_rows_name_their_class_style_and_a_rerun_is_cached(
         assert again[f"cached_{stage}"].eq(True).all(), stage
     assert again["style_name"].tolist() == rows["style_name"].tolist()
     assert _entries(out / "cache", "stylize") == 2
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_frame_without_a_matched_instance_is_left_unpainted_even_with_an_roi(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    from segstyle.flows.dataset import segment_and_stylize
+    from segstyle_core.config import PromptConfig
+
+    out = tmp_path / "out"
+    params = offline_params(demo_root, out, city="aachen", classes=("truck",), limit=1)
+    params.update(prompts=PromptConfig(source="auto"), composite=CompositeConfig(roi_margin_px=4))
+    state = segment_and_stylize(**params, return_state=True)
+    assert state.is_completed(), state.message
+    (row,) = pd.read_parquet(state.result()).to_dict("records")  # no truck in the demo
+    assert row["status"] == "ok" and row["gt_area"] == 0
+    assert np.array_equal(read_rgb(row["composite_path"]), read_rgb(row["image_path"]))
+    assert _entries(out / "cache", "stylize") == 0  # nothing to paint: nothing stylized
 
 
 # --- 7. the preflight -------------------------------------------------------------------------

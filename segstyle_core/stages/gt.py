@@ -99,11 +99,12 @@ def _key(
         "prompt_source": "file" if from_file else prompts.source,
         "min_area": prompts.min_area,
         "gt_source": gt_source,
-        "box_expand_px": prompts.box_expand_px,
-        "box_jitter_px": prompts.box_jitter_px,
-        # without jitter the seed changes nothing, so every seed shares the result
-        "box_seed": seed if prompts.box_jitter_px else None,
     }
+    if prompts.source != "auto":  # automatic masks have no prompt boxes to move
+        config["box_expand_px"] = prompts.box_expand_px
+        config["box_jitter_px"] = prompts.box_jitter_px
+        # without jitter the seed changes nothing, so every seed shares the result
+        config["box_seed"] = seed if prompts.box_jitter_px else None
     return StageKey(files, config)
 
 

@@ -38,9 +38,10 @@ class StylizerConfig(BackendConfig):
     style: str | None = None
     """Style image; none: the project's generated geometric abstraction."""
     class_styles: dict[str, str] = Field(default_factory=dict, title="Per-class styles")
-    """Style image per class name (class -> image); a class without one gets the style above.
-    Paint order: classes without their own style first, then each class in the order of the
-    run's classes, a later class over an earlier one where their masks overlap."""
+    """Style image per class name, e.g. {"car": "/data/van_gogh.jpg"} (names are
+    case-insensitive); a class without one gets the style above. Paint order: classes without
+    their own style first, then each class in the order of the run's classes, a later class
+    over an earlier one where their masks overlap."""
     gatys: GatysConfig = Field(default_factory=GatysConfig, title="Gatys settings")
     """Gatys settings (layers, weights, working height, optimizer, speed options)."""
     strength: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -59,6 +60,8 @@ class StylizerConfig(BackendConfig):
         return cleaned
 
     def __hash__(self) -> int:
+        """By value, as for every frozen configuration (pydantic's own hash fails on the
+        ``class_styles`` dict)."""
         return hash((type(self).__name__, self.model_dump_json()))
 
     def _vgg_checkpoint(self) -> tuple[Path, str]:
