@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
+from prefect.tasks import TaskRunNameCallbackWithParameters
 
 from segstyle.tasks.device_slots import device_slot
 from segstyle_core.errors import SegstyleError
@@ -69,7 +70,9 @@ def stage_task(stage: Stage[P, R], run_name: str | Callable[[dict[str, Any]], st
     run.__doc__ = stage.compute.__doc__
     decorate = task(
         name=stage.name,
-        task_run_name=run_name,
+        # Prefect calls a function with a ``parameters`` argument with the task's parameters;
+        # its type (a Protocol with a classmethod) admits no plain function, hence the cast
+        task_run_name=cast("str | TaskRunNameCallbackWithParameters", run_name),
         cache_policy=NO_CACHE,
         persist_result=False,
         retries=2,
