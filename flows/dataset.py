@@ -165,10 +165,7 @@ def _submit_painting(
                     style,
                     stylizer,
                     cache_dir,
-                    roi=scores if settings.roi_margin_px is not None else None,
-                    roi_margin_px=settings.roi_margin_px,
-                    roi_mode=settings.mode,
-                    roi_masks=plan.masks_of(index),
+                    **plan.roi_options(index, settings, scores),
                 )
                 for index, style in enumerate(plan.styles)
             ]

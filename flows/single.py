@@ -62,10 +62,7 @@ def stylize_image(
             style,
             stylizer,
             cache_dir,
-            roi=masks if composite.roi_margin_px is not None else None,
-            roi_margin_px=composite.roi_margin_px,
-            roi_mode=composite.mode,
-            roi_masks=plan.masks_of(index),
+            **plan.roi_options(index, composite, masks),
         )
         for index, style in enumerate(plan.styles)
     ]

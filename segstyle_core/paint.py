@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from segstyle_core.composite import Mode
-from segstyle_core.config import PhotoPrompts
+from segstyle_core.config import CompositeConfig, PhotoPrompts
 from segstyle_core.errors import ConfigError
 from segstyle_core.stylize import StylizerConfig
 
@@ -41,6 +42,20 @@ class PaintPlan:
 
     styles: tuple[str, ...]
     layers: tuple[PaintLayer, ...]
+
+    def roi_options(self, style: int, settings: CompositeConfig, masks: Any) -> dict[str, Any]:
+        """The ROI keywords of the stylize stage for ``styles[style]``
+        (:func:`segstyle_core.stages.stylize.stylize`): with ``settings.roi_margin_px``, its own
+        masks' box of ``masks`` (a record with per-prompt ``masks``, or a future of one) plus
+        that margin; else none (the whole frame)."""
+        if settings.roi_margin_px is None:
+            return {}
+        return {
+            "roi": masks,
+            "roi_margin_px": settings.roi_margin_px,
+            "roi_mode": settings.mode,
+            "roi_masks": self.masks_of(style),
+        }
 
     def masks_of(self, style: int) -> tuple[int, ...]:
         """The masks painted in ``styles[style]``, sorted: the region its stylization needs

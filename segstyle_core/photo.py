@@ -83,10 +83,7 @@ def stylize_photo(
             style,
             stylizer,
             cache_dir,
-            roi=masks if settings.roi_margin_px is not None else None,
-            roi_margin_px=settings.roi_margin_px,
-            roi_mode=settings.mode,
-            roi_masks=plan.masks_of(index),
+            **plan.roi_options(index, settings, masks),
         )
         for index, style in enumerate(plan.styles)
     ]
