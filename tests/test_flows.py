@@ -15,6 +15,7 @@ from uuid import UUID
 import pandas as pd
 import pytest
 
+from segstyle_core.stylize import StylizerConfig
 from tests.flow_params import offline_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
@@ -134,8 +135,12 @@ def test_bad_image_fails_alone_and_a_retry_recomputes_only_it(
     new_runs = [t for t in _stage_runs(everything) if t.id not in before]
     recomputed = sorted(t.name for t in new_runs if t.state.name != "Cached")
     victim_id = victim.name.removesuffix("_leftImg8bit.png")
+    style = Path(StylizerConfig().style_path()).stem  # the default style's file
     assert recomputed == sorted(
-        f"{s}-{victim_id}" for s in ("gt", "segment", "stylize", "composite")
+        [
+            *(f"{s}-{victim_id}" for s in ("gt", "segment", "composite")),
+            f"stylize-{victim_id}-{style}",
+        ]
     )
     assert sum(t.state.name == "Cached" for t in new_runs) == 2 * 4
 
