@@ -152,8 +152,8 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     given = build(
         PHOTO_BOXES,
         args,
-        boxes=args.box,
-        points=args.point,
+        boxes=getattr(args, "box", ()),
+        points=getattr(args, "point", ()),
         styles=tuple(plain) if len(plain) > 1 else (),
     )
     prompts = photo_prompts(args.image, given)
@@ -368,9 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
         "stylize", _cmd_stylize, "stylize the prompted object(s) of one photo, each in its style"
     )
     stylize.add_argument("image")
-    stylize.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 (repeatable)")
     stylize.add_argument(
-        "--point", action="append", default=[], help="x,y[,1|0] (repeatable; 0 = background)"
+        "--box",
+        action="append",
+        default=argparse.SUPPRESS,
+        help="x0,y0,x1,y1; repeatable: each box is a region, paired in order with --style",
+    )
+    stylize.add_argument(
+        "--point",
+        action="append",
+        default=argparse.SUPPRESS,
+        help="x,y[,1|0]; repeatable (0: background); with one --box they refine it, otherwise "
+        "they are one more region",
     )
     stylize.add_argument(
         "-o", "--output", required=True, help="composite image to write (.png, .jpg, .webp)"
