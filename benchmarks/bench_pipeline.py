@@ -460,10 +460,10 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
     print(row("naive (seed method)", naive, naive, naive_quality, naive_quality)[0], flush=True)
     details = [stages("naive", naive, len(frames))]
     summary = ""
-    optimised_stylize = 0.0
+    optimised: PathResult | None = None
     for name, options in variants.items():
         result = run_path(frames, style, ckpt, options, device, tmp / f"cache-{name}")
-        optimised_stylize = optimised_stylize or result.stages["stylize"]
+        optimised = optimised or result
         line, speedup, ratio, seam_ratio = row(name, result, naive, measured(result), naive_quality)
         print(line, flush=True)
         details.append(stages(name, result, len(frames)))
@@ -477,13 +477,13 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
         f"objective of the unstylized crops (the start of both paths): "
         f"{statistics.mean(unstylized):.4g}"
     )
-    if args.quality_budget:
+    if args.quality_budget and optimised is not None:
         quality_budget(
             frames,
             style,
             masks,
-            naive_quality.totals,
-            (naive.stages["stylize"] / len(frames), optimised_stylize / len(frames)),
+            (naive, naive_quality),
+            optimised,
             load_extractor(ckpt, variants["optimised"].config),
             variants["optimised"].config,
             (extractor, measure),
@@ -528,8 +528,8 @@ def quality_budget(
     frames: list[Frame],
     style: np.ndarray,
     masks: list[np.ndarray],
-    naive_totals: list[float],
-    stylize_seconds: tuple[float, float],
+    naive: tuple[PathResult, Measured],
+    optimised: PathResult,
     extractor: VGGFeatures,
     base: GatysConfig,
     measurement: tuple[VGGFeatures, GatysConfig],
@@ -543,12 +543,20 @@ def quality_budget(
     half of it, a float32 plateau still ends it early), so the chosen budget is a setting one
     can reuse. Prints, per frame, the budget, the evaluations it used and the stylize seconds
     (the measurements and the smaller budgets tried before are not counted); then one line
-    ``quality_budget: ...`` with the means and the stylize speedups over the naive and the
-    optimised paths' stylize stages (``stylize_seconds``: theirs per image).
+    ``quality_budget: ...`` with the means; the stylize speedups over the naive and the
+    optimised paths' stylize stages; ``path_speedup``, the naive path's seconds per image over
+    the optimised path's with its stylize stage at the chosen budget (its load, segment and
+    composite seconds as measured in this run: a figure composed from one run's stages); and
+    the objective and seam ratios of the chosen composites against the naive path's.
     """
+    naive_path, naive_quality = naive
+    count = len(frames)
+    naive_totals = naive_quality.totals
+    stylize_seconds = (naive_path.stages["stylize"] / count, optimised.stages["stylize"] / count)
     stylizer = GatysStylizer(base, device=device, extractor=extractor.to(device))
     budgets = [b for b in QUALITY_BUDGETS if b < base.iterations] + [base.iterations]
-    chosen: list[tuple[int, int, float, float, bool]] = []  # budget, evals, s, total, reached
+    # budget, evaluations, stylize seconds, objective, reached, seam
+    chosen: list[tuple[int, int, float, float, bool, float]] = []
     for frame, mask, target in zip(frames, masks, naive_totals, strict=True):
         for budget in budgets:
             # One stylizer, its config swapped: the style's Gram matrices stay cached.
@@ -560,9 +568,10 @@ def quality_budget(
             final = composite(frame.image, stylized, mask)
             (total,) = objectives([frame], [final], [mask], style, *measurement)
             if total <= target or budget == budgets[-1]:
-                chosen.append((budget, counter.evaluations, seconds, total, total <= target))
+                seam = seam_score(final, stylized, mask)
+                chosen.append((budget, counter.evaluations, seconds, total, total <= target, seam))
                 break
-        budget, evaluations, seconds, total, reached = chosen[-1]
+        budget, evaluations, seconds, total, reached, _ = chosen[-1]
         print(
             f"  quality budget, {frame.image_id}: {'reached' if reached else 'NOT reached'} "
             f"at budget {budget} ({evaluations} evaluations, {seconds:.2f} s stylize), "
@@ -571,12 +580,16 @@ def quality_budget(
     evaluations = statistics.mean(c[1] for c in chosen)
     seconds = statistics.mean(c[2] for c in chosen)
     ratio = statistics.mean(c[3] for c in chosen) / statistics.mean(naive_totals)
+    seam_ratio = statistics.mean(c[5] for c in chosen) / statistics.mean(naive_quality.seams)
+    path_seconds = optimised.seconds / count - stylize_seconds[1] + seconds
+    path_speedup = naive_path.seconds / count / path_seconds
     print(
         f"quality_budget: reached={sum(c[4] for c in chosen)}/{len(chosen)} "
         f"evaluations/image={evaluations:.1f} (budgets {[c[0] for c in chosen]}) "
         f"stylize_s/image={seconds:.2f} stylize_speedup_vs_naive="
         f"{stylize_seconds[0] / seconds:.2f} vs_optimised={stylize_seconds[1] / seconds:.2f} "
-        f"objective_ratio={ratio:.4f}",
+        f"path_s/image={path_seconds:.2f} path_speedup={path_speedup:.2f} "
+        f"objective_ratio={ratio:.4f} seam_ratio={seam_ratio:.4f}",
         flush=True,
     )
 
