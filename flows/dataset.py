@@ -1,9 +1,10 @@
 """The dataset-wide flows: ``segment_and_stylize`` and ``evaluate_segmentation``.
 
 Per image: binarize GT and derive prompts -> segment -> metrics -> (stylize, once per distinct
-style of its paint plan -> composite) -> figures -> publish. One image's failure never stops the others: its row is written with
-status ``failed`` and its error, and the flow run ends Failed so the Prefect UI offers Retry. A
-retry recomputes only what failed; every finished stage comes back from the run's cache.
+style of its paint plan -> composite) -> figures -> publish. One image's failure never stops
+the others: its row is written with status ``failed`` and its error, and the flow run ends
+Failed so the Prefect UI offers Retry. A retry recomputes only what failed; every finished
+stage comes back from the run's cache.
 """
 
 from __future__ import annotations
