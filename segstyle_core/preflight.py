@@ -35,7 +35,7 @@ def check_style(stylizer: StylizerConfig, styles: Sequence[str] = ()) -> None:
         InputError: one line naming the file and the fix.
     """
     minimum = stylizer.min_style_side()
-    for style in styles or stylizer.style_paths():
+    for style in dict.fromkeys(styles or stylizer.style_paths()):  # each file read once
         height, width = read_rgb(style).shape[:2]
         if min(height, width) < minimum:
             raise InputError(
