@@ -539,6 +539,25 @@ def test_the_stylize_image_flow_paints_each_box_in_its_style(
         )
 
 
+def _style_names(files: dict[str, Path], tmp_path: Path) -> dict[str, str]:
+    """The test files by name for ``str.format``, and ``missing``: a path that does not exist."""
+    return {k: str(v) for k, v in files.items()} | {"missing": str(tmp_path / "gone.png")}
+
+
+def _assert_one_line_refusal(
+    status: int,
+    capsys: pytest.CaptureFixture[str],
+    needles: tuple[str, ...],
+    names: dict[str, str],
+) -> None:
+    """Exit 2 with one ``segstyle: error:`` line holding every needle (formatted with names)."""
+    error = capsys.readouterr().err.strip()
+    assert status == 2, error
+    assert error.startswith("segstyle: error: ") and "\n" not in error, error
+    for needle in needles:
+        assert needle.format(**names) in error, error
+
+
 RUN_OPTIONS = (
     *("--city", "aachen", "--prompts", "gt-instances"),
     *("--segmenter", "grabcut", "--stylizer", "feedforward", "--limit", "1"),
@@ -568,15 +587,11 @@ def test_run_refuses_bad_styles_in_one_line_before_any_work(
     extra: tuple[str, ...],
     needles: tuple[str, ...],
 ) -> None:
-    names = {k: str(v) for k, v in files.items()} | {"missing": str(tmp_path / "gone.png")}
+    names = _style_names(files, tmp_path)
     out = tmp_path / "out"
     args = [a.format(**names) for a in extra]
     status = _cli("run", "--dataset", str(demo_root), *RUN_OPTIONS, *args, "--out", str(out))
-    error = capsys.readouterr().err.strip()
-    assert status == 2, error
-    assert error.startswith("segstyle: error: ") and "\n" not in error, error
-    for needle in needles:
-        assert needle.format(**names) in error, error
+    _assert_one_line_refusal(status, capsys, needles, names)
     assert not (out / "metrics").exists() and not (out / "cache").exists()
 
 
@@ -609,13 +624,9 @@ def test_stylize_refuses_bad_styles_in_one_line_before_any_work(
     extra: tuple[str, ...],
     needles: tuple[str, ...],
 ) -> None:
-    names = {k: str(v) for k, v in files.items()} | {"missing": str(tmp_path / "gone.png")}
+    names = _style_names(files, tmp_path)
     status = _cli(*_photo_cli(files, tmp_path, *(a.format(**names) for a in extra)))
-    error = capsys.readouterr().err.strip()
-    assert status == 2, error
-    assert error.startswith("segstyle: error: ") and "\n" not in error, error
-    for needle in needles:
-        assert needle.format(**names) in error, error
+    _assert_one_line_refusal(status, capsys, needles, names)
     assert not (tmp_path / "out.png").exists() and not (tmp_path / "work" / "cache").exists()
 
 
