@@ -25,6 +25,7 @@ of the last SAM variant given (SAM 2's lines come before).
 
     python benchmarks/bench_encoders.py                        # Hiera-B+, then ViT-B
     python benchmarks/bench_encoders.py --variants vit_l,vit_b --sam2-variants none
+    python benchmarks/bench_encoders.py --smoke                # the same path in seconds
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from segstyle_core.images import read_rgb
 from segstyle_core.metrics import iou
 from segstyle_core.segment.base import Prompt, Segmenter
 from segstyle_core.segment.sam import SamSegmenter, load_sam
+from segstyle_core.testing import build_sam_tiny
 
 CLASSES = ("car", "person", "bicycle", "truck", "bus", "rider")
 PRECISIONS = ("float32", "bfloat16")
@@ -79,7 +81,10 @@ def make_inputs(size: tuple[int, int], out: Path, count: int) -> tuple[np.ndarra
 
 
 def build(variant: str, checkpoint: Path | None, device: torch.device) -> tuple[Sam, str]:
-    """The model (checkpoint, or random weights seeded with 0) and its weights' label."""
+    """The model (checkpoint, or random weights seeded with 0; ``tiny``: the tests' tiny SAM)
+    and its weights' label."""
+    if variant == "tiny":
+        return build_sam_tiny().eval().to(device), "random-weights"
     if checkpoint is not None:
         return load_sam(variant, checkpoint, device), checkpoint.name
     with torch.random.fork_rng(devices=[]):
@@ -234,7 +239,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the tiny SAM and SAM 2 Hiera-T on a 256x256 frame, 2 objects, 1 repeat",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.variants, args.sam2_variants, args.frame_size = "tiny", "hiera_tiny", "256x256"
+        args.objects, args.repeats = 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = [v for v in args.variants.split(",") if v and v != "none"]

@@ -34,6 +34,7 @@ both paths under the same random VGG, a like-for-like check but not a perceptual
     python benchmarks/bench_pipeline.py --rss 4,16
     python benchmarks/bench_pipeline.py --step
     python benchmarks/bench_pipeline.py --seed-settings     # 2048×1024, 400 px, 1000 its, ViT-L
+    python benchmarks/bench_pipeline.py --smoke             # any mode, the smallest settings
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class Settings:
 
 SMALL = Settings(frame_size=(1024, 512), height=200, iterations=100, sam_variant="tiny")
 SEED = Settings(frame_size=(2048, 1024), height=400, iterations=1000, sam_variant="vit_l")
+#: ``--smoke``: the same code path in seconds (tests run it; its figures mean nothing).
+SMOKE = Settings(frame_size=(256, 128), height=48, iterations=4, sam_variant="tiny")
 
 
 @dataclass(frozen=True)
@@ -774,8 +777,12 @@ def step(args: argparse.Namespace, device: torch.device, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
         "--seed-settings", action="store_true", help="2048x1024, 400 px, 1000 its, SAM ViT-L"
+    )
+    size.add_argument(
+        "--smoke", action="store_true", help="256x128, 48 px, 4 its, 1 frame: the path in seconds"
     )
     parser.add_argument("--frames", type=int, default=2, help="demo frames to process")
     parser.add_argument("--height", type=int, help="Gatys working height of the whole frame")
@@ -805,7 +812,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = SEED if args.seed_settings else SMALL
+    base = SEED if args.seed_settings else SMOKE if args.smoke else SMALL
+    if args.smoke:
+        args.frames, args.repeats, args.step_size = 1, 1, "64x128"
     settings = Settings(
         frame_size=tuple(int(v) for v in args.frame_size.split("x"))
         if args.frame_size

@@ -8,6 +8,7 @@ real ViT-B: ``ratio_16_vs_1 <= 1.2``.
     python benchmarks/bench_sam_prompts.py                       # tiny random SAM (plumbing only)
     python benchmarks/bench_sam_prompts.py --variant vit_b --checkpoint sam_vit_b_01ec64.pth
     python benchmarks/bench_sam_prompts.py --variant vit_b --random-weights  # timing only
+    python benchmarks/bench_sam_prompts.py --smoke                      # seconds, same path
 """
 
 from __future__ import annotations
@@ -87,7 +88,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny SAM, 256x128, 1 repeat: the path in seconds"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.variant, args.height, args.width, args.repeats = "tiny", 128, 256, 1
     if args.threads:
         torch.set_num_threads(args.threads)
 

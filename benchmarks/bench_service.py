@@ -27,6 +27,7 @@ machine do not share them. Last line:
 
     python benchmarks/bench_service.py                  # about 3 minutes on 2 cores
     python benchmarks/bench_service.py --repeats 5 --size 512x256
+    python benchmarks/bench_service.py --smoke          # the same path in seconds
 """
 
 from __future__ import annotations
@@ -239,7 +240,12 @@ def main() -> None:
         help="run a frozen copy of the sources (a shared checkout may change meanwhile)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="1 repeat, 256x192 photo, 256x128 demo, 1 frame"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.photo_size, args.size, args.frames = 1, (256, 192), (256, 128), 1
     work = Path(tempfile.mkdtemp(prefix="segstyle-bench-service-"))
     try:
         if args.snapshot:

@@ -58,6 +58,11 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _csv(text: str) -> tuple[str, ...]:
+    """``a,b`` -> ``("a", "b")``."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def _quiet_prefect(verbose: bool) -> None:
     """Keep Prefect's console to warnings (or errors) unless --verbose; never phone home."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -228,41 +233,48 @@ def _cmd_demo_clip(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """The offline demo: generate the dataset when missing, run ``segment_and_stylize`` on it
+    with GrabCut and the feed-forward stylizer, and print where the results are."""
+    from segstyle.flows.dataset import segment_and_stylize
+    from segstyle_core import results
+    from segstyle_core.config import (
+        CompositeConfig,
+        DatasetSelection,
+        PromptConfig,
+        SegmenterConfig,
+        StylizerConfig,
+    )
     from segstyle_core.demo.dataset import generate_demo_dataset
+    from segstyle_core.preflight import check_run_inputs
 
     data = Path(args.data)
     if not (data / "leftImg8bit").is_dir():
         print(f"writing the demo dataset to {data} ...", file=sys.stderr)
-        generate_demo_dataset(data)
+        generate_demo_dataset(data, size=args.size, frames_per_city=args.frames)
+    dataset = DatasetSelection(root=str(data), city=args.city, classes=args.classes)
+    prompts = PromptConfig(source="gt-instances")
+    segmenter = SegmenterConfig(backend="grabcut")
+    stylizer = StylizerConfig(backend="feedforward")
+    composite = CompositeConfig(feather_px=2.0)
+    outputs = build(OUTPUT, args)
+    check_run_inputs(dataset, prompts, segmenter, stylizer, outputs, composite)
     print(
         f"running segment_and_stylize on {data} (city {args.city}) with the offline backends: "
         "GrabCut segmenter, feed-forward stylizer, generated style",
         file=sys.stderr,
     )
-    run_args = build_parser().parse_args(
-        [
-            "run",
-            "--dataset",
-            str(data),
-            "--city",
-            args.city,
-            "--classes",
-            args.classes,
-            "--prompts",
-            "gt-instances",
-            "--segmenter",
-            "grabcut",
-            "--stylizer",
-            "feedforward",
-            "--feather",
-            "2",
-            "--out",
-            args.out,
-            *(["--verbose"] if args.verbose else []),
-        ]
+    status = _run_flow(
+        outputs.out,
+        "segment_and_stylize",
+        lambda: segment_and_stylize(
+            dataset, prompts, segmenter, stylizer, composite, outputs, return_state=True
+        ),
     )
-    status = _cmd_run(run_args)
-    out = Path(args.out).resolve()
+    if status == EXIT_ERROR:
+        return status
+    out = Path(outputs.out).resolve()
+    latest = results.read_metrics(out / "metrics").sort_values("started_at", kind="stable")
+    print(f"report:  {out / 'runs' / latest['run_id'].iloc[-1] / 'report.html'}", file=sys.stderr)
     print(f"images:  {out / 'runs'}", file=sys.stderr)
     print(f"metrics: {out / 'metrics'}  (pandas.read_parquet reads the folder)", file=sys.stderr)
     return status
@@ -424,7 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", _cmd_demo, "make the demo dataset and run the offline pipeline on it")
     demo.add_argument("--data", default="data/demo", help="where the demo dataset lives")
     demo.add_argument("--city", default="zurich")
-    demo.add_argument("--classes", default="car")
+    demo.add_argument("--classes", type=_csv, default=("car",), help="CLASS,... to stylize")
+    demo.add_argument(
+        "--size", type=_size, default=(1024, 512), help="WIDTHxHEIGHT of a generated dataset"
+    )
+    demo.add_argument("--frames", type=int, default=6, help="annotated frames per city")
     add_run_output(demo)
 
     weights_cmd = command(

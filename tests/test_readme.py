@@ -37,21 +37,33 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+README = REPO_ROOT / "README.md"
+MAKEFILE = REPO_ROOT / "Makefile"
+CI_RUN = REPO_ROOT / ".ci" / "run"
 
 #: README commands that are not run, as (pattern on the command, reason).
 SKIPPED: tuple[tuple[str, str], ...] = (
     (r"^\. ", "shell setup: activates .venv/"),
-    (
-        r"^make (demo|test)\b",
-        "builds .venv/ and runs the 1024×512 demo or the whole suite (this test is part of it)",
-    ),
+    (r"^make demo\b", "`.ci/run` runs it; test_demo_runs_offline runs `segstyle demo` small"),
+    (r"^make test\b", "`.ci/run` runs it: the whole suite, this test included"),
     (r"^make (server|deploy|worker)\b", "starts long-running services (tests/test_service.py)"),
     (r"^segstyle serve\b", "a server that runs until it is stopped (tests/test_serve.py)"),
     (r"^segstyle weights download\b", "downloads checkpoints from the network"),
     (r"^export PREFECT_API_URL=", "points at `make server`; this test uses its own test server"),
     (r"^prefect ", "needs `make server` and the deployments of prefect.yaml (test_service.py)"),
 )
+
+#: Makefile targets that neither ``.ci/run`` nor a test runs through ``make``, and why.
+MAKE_TARGETS_NOT_RUN: dict[str, str] = {
+    "venv": "every other target depends on it",
+    "test-fast": "`make test` without the tests marked slow",
+    "bench": "minutes per script; tests/test_benchmarks.py runs each of its scripts in --smoke",
+    "server": "runs until stopped; tests/prefect_service.py starts the same `prefect server start`",
+    "deploy": "tests/test_service.py runs its two prefect commands against a test server",
+    "worker": "runs until stopped; tests/test_service.py starts the same `prefect worker start`",
+    "clean": "deletes artifacts/",
+}
 
 #: Exit status of commands that do not exit 0, and why.
 EXIT_STATUS: dict[tuple[str, ...], tuple[int, str]] = {
@@ -199,3 +211,60 @@ def test_readme_commands_run(
     print("\nran:\n  " + "\n  ".join(ran) + "\nskipped:\n  " + "\n  ".join(skipped))
     assert not problems, "\n".join(problems)
     assert any(" video " in line for line in ran) and any(" stylize " in line for line in ran)
+
+
+def _make_targets(text: str) -> list[str]:
+    """The targets a Makefile's ``.PHONY`` line declares."""
+    match = re.search(r"^\.PHONY:(.*)$", text, re.M)
+    assert match, "the Makefile declares no .PHONY targets"
+    return match.group(1).split()
+
+
+def test_every_make_target_is_run_or_listed_with_a_reason() -> None:
+    ci_targets = set(re.findall(r"^\s*make ([\w-]+)", CI_RUN.read_text(encoding="utf-8"), re.M))
+    assert {"lint", "demo", "test"} <= ci_targets, ".ci/run must run the README as written"
+    targets = _make_targets(MAKEFILE.read_text(encoding="utf-8"))
+    unaccounted = [t for t in targets if t not in ci_targets and t not in MAKE_TARGETS_NOT_RUN]
+    assert not unaccounted, f"Makefile targets neither run nor listed with a reason: {unaccounted}"
+    stale = [t for t in MAKE_TARGETS_NOT_RUN if t not in targets or t in ci_targets]
+    assert not stale, f"MAKE_TARGETS_NOT_RUN entries that are gone or run by .ci/run: {stale}"
+
+
+def test_ci_runs_lint_then_demo_then_test() -> None:
+    steps = re.findall(r"^\s*make (lint|demo|test)\b", CI_RUN.read_text(encoding="utf-8"), re.M)
+    assert steps == ["lint", "demo", "test"]
+
+
+@pytest.mark.slow
+def test_demo_runs_offline(tmp_path: Path) -> None:
+    """``segstyle demo`` as a user runs it (the console script, its own temporary server), at a
+    small size: exit 0, the Parquet on the last line reads with pandas, the printed report
+    exists with every picture it shows, and the logs stay quiet about the frame that the demo
+    leaves unannotated on purpose."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    segstyle = Path(sys.executable).with_name("segstyle")
+    done = subprocess.run(
+        [str(segstyle), "demo", "--data", str(tmp_path / "data"), "--size", "256x128"]
+        + ["--frames", "2", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = pd.read_parquet(done.stdout.strip().splitlines()[-1])
+    assert len(rows) >= 2 and set(rows["status"]) == {"ok"}
+    assert set(rows["segmenter"]) == {"grabcut"} and set(rows["stylizer"]) == {"feedforward"}
+    assert rows["iou"].between(0, 1).all() and rows["iou"].mean() > 0.5
+    everything = pd.read_parquet(tmp_path / "out" / "metrics")
+    assert len(everything) == len(rows)
+    (report_line,) = [line for line in done.stderr.splitlines() if line.startswith("report:")]
+    report = Path(report_line.removeprefix("report:").strip())
+    assert report.is_file() and report.parent.name == rows["run_id"].iloc[0]
+
+    sources = re.findall(r'<img[^>]*\bsrc="([^"]+)"', report.read_text(encoding="utf-8"))
+    assert sources and all((report.parent / src).is_file() for src in sources)
+    assert "skipped" not in done.stderr.lower() and "warning" not in done.stderr.lower()
