@@ -11,19 +11,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segstyle.flows.artifacts import (
+from segstyle.flows.artifacts import artifact_key
+from segstyle_core.figures import panel
+from segstyle_core.images import write_png
+from segstyle_core.outputs import OUTPUTS_URL_ENV
+from segstyle_core.results import COLUMNS, normalise_row
+from segstyle_core.run_summary import (
     ERROR_CHARS,
     TABLE_COLUMNS,
-    artifact_key,
     headline_metric,
     outputs_markdown,
     summary_markdown,
     table_records,
 )
-from segstyle_core.figures import panel
-from segstyle_core.images import write_png
-from segstyle_core.outputs import OUTPUTS_URL_ENV
-from segstyle_core.results import COLUMNS, normalise_row
 
 BASE = "http://127.0.0.1:4201"
 RUN = "crimson-owl"

@@ -1,0 +1,277 @@
+"""A run's results as markdown and table rows: the summary, the per-image outputs, the report
+line. Pure rendering over the result rows (:data:`segstyle_core.results.SCHEMA`'s columns); the
+flows publish it as Prefect artifacts (``segstyle.flows.artifacts``).
+
+Links are ``http(s)`` URLs of ``segstyle serve`` when a ``base_url`` is given and a file lies
+under the served folder (:func:`segstyle_core.outputs.output_link`); otherwise file paths,
+shown as code, since the UI's browser refuses ``file://`` links.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from segstyle_core.outputs import OUTPUTS_URL_ENV, is_url, output_link
+from segstyle_core.report import METRICS, rank_images
+from segstyle_core.results import COLUMNS
+
+#: Table artifact columns: artifact column -> results column. Image, status and error first,
+#: so they stay on screen; the headline scores next, the per-prompt class score last.
+TABLE_COLUMNS = {
+    "image_id": "image_id",
+    "status": "status",
+    "error": "error",
+    "prompt": "prompt_index",
+    "class": "instance_class",
+    "instance_iou": "iou_instance",
+    "instance_dice": "dice_instance",
+    "image_iou": "image_iou",
+    "iou_vs_class_gt": "iou",
+}
+
+#: Decimals of the table's scores.
+DIGITS = 3
+
+#: Longest error text in a table cell (the summary and the Parquet file keep the whole line).
+ERROR_CHARS = 80
+
+#: Worst images the summary shows as thumbnails.
+THUMBNAILS = 4
+
+#: Headline labels, each with what it compares.
+LABELS = {
+    "image_iou": ("image IoU", "union of an image's masks vs all GT of its classes"),
+    "iou_instance": ("instance IoU", "each prompt's mask vs its own GT instance"),
+    "iou": (
+        METRICS["iou"][0] + " (per prompt)",
+        "each prompt's mask vs every GT pixel of its class",
+    ),
+}
+
+
+def _md(value: Any) -> str:
+    """Text for a markdown cell or line: no HTML, no table breaks, no link syntax."""
+    text = " ".join(str(value).split())
+    text = html.escape(text, quote=False)
+    return re.sub(r"([\\`*_\[\]|#])", r"\\\1", text)
+
+
+def _code(text: str) -> str:
+    """An inline code span that survives backticks in ``text``."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _link(label: str, target: str) -> str:
+    """``[label](url)`` for an http(s) link; the file path as code otherwise (no file://)."""
+    return f"[{_md(label)}]({target})" if is_url(target) else _code(target)
+
+
+def _num(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "—"
+    return f"{number:.{DIGITS}f}" if math.isfinite(number) else "—"
+
+
+def _mean_per_image(frame: pd.DataFrame, column: str) -> float:
+    return float(frame.drop_duplicates("image_id")[column].astype(float).mean())
+
+
+def headline_metric(frame: pd.DataFrame) -> str:
+    """The score images are ranked by: instance IoU when any prompt has one (instance
+    prompts), else image IoU, else the per-prompt class IoU."""
+    ok = frame[frame["status"].eq("ok")]
+    for column in ("iou_instance", "image_iou", "iou"):
+        if ok[column].notna().any():
+            return column
+    return "iou_instance"
+
+
+def short_error(text: str) -> str:
+    """An error for a table cell: file paths by their name only, at most :data:`ERROR_CHARS`
+    characters (the whole error is in the Parquet and the summary)."""
+    parts = " ".join(text.split()).split(": ")
+    text = ": ".join(Path(part).name if part.startswith("/") else part for part in parts)
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+
+
+def table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The table artifact's rows: :data:`TABLE_COLUMNS`, scores rounded to :data:`DIGITS`,
+    missing values ``None``; failed rows first, then by image and prompt."""
+    frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *COLUMNS])))
+    order = frame.assign(_ok=frame["status"].eq("ok")).sort_values(
+        ["_ok", "image_id", "prompt_index"], kind="stable", na_position="first"
+    )
+    records = []
+    for row in order.to_dict(orient="records"):
+        record: dict[str, Any] = {}
+        for name, column in TABLE_COLUMNS.items():
+            value = row[column]
+            if value is None or (isinstance(value, float) and not math.isfinite(value)):
+                record[name] = None
+            elif column == "prompt_index":
+                record[name] = None if pd.isna(value) else int(value)
+            elif isinstance(value, float):
+                record[name] = round(value, DIGITS)
+            elif pd.isna(value):
+                record[name] = None
+            elif column == "error":
+                record[name] = short_error(str(value))
+            else:
+                record[name] = str(value)
+        records.append(record)
+    return records
+
+
+def _target(path: str | Path, out_root: Path | None, base_url: str | None) -> str:
+    """The served URL of ``path`` when ``base_url`` is given and ``path`` is served; else
+    its absolute file path."""
+    if base_url and out_root is not None:
+        return output_link(path, out_root, base_url)
+    return str(Path(path).resolve())
+
+
+def _thumbnail(image_id: str, row: pd.Series, out_root: Path | None, base_url: str | None) -> str:
+    """A clickable markdown image of the image's panel (else composite), or its file path."""
+    for column in ("panel_path", "composite_path"):
+        path = row.get(column)
+        if isinstance(path, str) and path:
+            target = _target(path, out_root, base_url)
+            if is_url(target):
+                alt = f"{column.removesuffix('_path')} of {image_id}"
+                return f"[![{_md(alt)}]({target})]({target})"
+            return _code(target)
+    return "—"
+
+
+def summary_markdown(
+    frame: pd.DataFrame,
+    parquet_path: str,
+    title: str,
+    *,
+    out_root: str | Path | None = None,
+    report: str | Path | None = None,
+    base_url: str | None = None,
+    thumbnails: int = THUMBNAILS,
+) -> str:
+    """The run summary: headline scores, counts, links, worst images, failures.
+
+    Headlines are the image IoU (mean over images) and the instance IoU (mean over prompts);
+    the per-prompt IoU against all GT of the class is listed under its own label. The worst
+    ``thumbnails`` images by :func:`headline_metric` are shown as clickable markdown images
+    when ``base_url`` is given and the files lie under ``out_root``'s served folders; as file
+    paths otherwise.
+    """
+    frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *COLUMNS])))
+    images = frame["image_id"].nunique()
+    ok = frame[frame["status"].eq("ok")]
+    failed = frame.loc[frame["status"].eq("failed"), ["image_id", "error"]].drop_duplicates(
+        "image_id"
+    )
+    image_label, image_means = LABELS["image_iou"]
+    instance_label, instance_means = LABELS["iou_instance"]
+    class_label, class_means = LABELS["iou"]
+    root = Path(out_root) if out_root is not None else None
+
+    def link(label: str, path: str | Path) -> str:
+        return _link(label, _target(path, root, base_url))
+
+    lines = [
+        f"# {_md(title)}",
+        "",
+        f"**{image_label} {_num(_mean_per_image(ok, 'image_iou'))}** "
+        f"({image_means}, mean of {ok['image_id'].nunique()} images) · "
+        f"**{instance_label} {_num(ok['iou_instance'].astype(float).mean())}** "
+        f"({instance_means}, mean of {int(ok['iou_instance'].notna().sum())} prompts)",
+        "",
+        f"- images: {images}, prompts: {int(frame['prompt_index'].notna().sum())}, "
+        f"failed images: **{len(failed)}**",
+        f"- {class_label}: {_num(ok['iou'].astype(float).mean())} ({class_means}: low whenever "
+        "an image holds several instances, since each prompt covers one of them)",
+    ]
+    if report is not None:
+        lines.append(f"- report: {link('report.html', report)}")
+    lines.append(f"- results: {link(Path(parquet_path).name, parquet_path)}")
+    if not base_url:
+        lines.append(
+            f"- pictures: run `segstyle serve --out DIR` and set `{OUTPUTS_URL_ENV}` "
+            "to see them here"
+        )
+
+    metric = headline_metric(frame)
+    ranked = rank_images(frame, metric) if metric in METRICS else pd.DataFrame()
+    if thumbnails and not ranked.empty:
+        label = LABELS[metric][0]
+        worst = ranked.head(thumbnails)
+        per_image = ok.drop_duplicates("image_id").set_index("image_id")
+        lines += [
+            "",
+            f"## Worst {len(worst)} images by {label}",
+            "",
+            f"| image | {instance_label} | {image_label} | panel |",
+            "|---|---|---|---|",
+        ]
+        for entry in worst.itertuples():
+            first = per_image.loc[entry.image_id]
+            instance = ok.loc[ok["image_id"].eq(entry.image_id), "iou_instance"].astype(float)
+            cells = [
+                _md(entry.image_id),
+                _num(instance.mean()),
+                _num(first["image_iou"]),
+                _thumbnail(entry.image_id, first, root, base_url),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    if len(failed):
+        lines += ["", "## Failures", "", "| image | error |", "|---|---|"]
+        lines += [f"| {_md(r.image_id)} | {_md(r.error)} |" for r in failed.itertuples()]
+    return "\n".join(lines)
+
+
+def outputs_markdown(frame: pd.DataFrame, out_root: str | Path, base_url: str | None) -> str:
+    """One line per image: links to its composite, stylized image, mask and panel, or (without
+    a served URL) the image's folder as a path and the names of its files."""
+    columns = [
+        c
+        for c in ("composite_path", "stylized_path", "mask_path", "panel_path")
+        if c in frame and frame[c].notna().any()
+    ]
+    names = [c.removesuffix("_path") for c in columns]
+    linked = bool(base_url)
+    header = ["image", *names] if linked else ["image", "folder", "files"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for image_id, group in frame.groupby("image_id", sort=True):
+        first = group.iloc[0]
+        paths = {n: first[c] for n, c in zip(names, columns, strict=True)}
+        present = {n: p for n, p in paths.items() if isinstance(p, str) and p}
+        if linked:
+            cells = [
+                _link(n, _target(present[n], Path(out_root), base_url)) if n in present else "—"
+                for n in names
+            ]
+        else:
+            folders = {str(Path(p).resolve().parent) for p in present.values()}
+            cells = [
+                " ".join(_code(f + "/") for f in sorted(folders)) or "—",
+                ", ".join(f"{n}.png" for n in present) or "—",
+            ]
+        lines.append(f"| {_md(image_id)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report_markdown(report: Path, out_root: Path, run_name: str, base_url: str | None) -> str:
+    target = _target(report, out_root, base_url)
+    if is_url(target):
+        return f"[report of {_md(run_name)}]({target})"
+    return (
+        f"report of {_md(run_name)}: {_code(target)} (open it from disk, or run "
+        f"`segstyle serve` and set `{OUTPUTS_URL_ENV}` for a link here)"
+    )
