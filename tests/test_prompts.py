@@ -156,6 +156,16 @@ def test_load_csv_prompts_groups_rows(tmp_path: Path) -> None:
         ("p.csv", "image_id,px,py,label\na,1,2,5\n", "label '5'"),
         ("p.csv", "image_id,prompt,x0,y0,x1,y1\na,p,1,2,3,4\na,p,1,2,3,4\n", "second box"),
         ("p.txt", "a 1 2 3 4", "use a .json or .csv"),
+        # hostile JSON: a repeated key would silently drop prompts; huge numbers and deep
+        # nesting used to escape as OverflowError, ValueError and RecursionError
+        ("p.json", '{"a": [{"box": [1, 2, 3, 4]}], "a": [{"box": [5, 6, 7, 8]}]}', "'a' appears"),
+        ("p.json", '{"a": [{"box": [1, 2, 3, 4], "box": [1, 2, 3, 4]}]}', "'box' appears twice"),
+        ("p.json", '{"a": [{"box": [1, 2, 3, ' + "9" * 400 + "]}]}", "400 digits"),
+        ("p.json", '{"a": [{"box": [1, 2, 3, ' + "9" * 5000 + "]}]}", "5000 digits"),
+        ("p.json", "[" * 100_000, "nested too deeply"),
+        ("p.json", '{"a": [{"box": [1, 2, 3, 1e999]}]}', "'1e999' is not finite"),
+        ("p.json", '{"a": [{"box": [1, 2, 3, NaN]}]}', "NaN is not a number"),
+        ("p.csv", "image_id,x0,y0,x1,y1\na,1,2,3,1e999\n", "finite"),
     ],
 )
 def test_bad_prompt_files_name_the_file(

@@ -37,6 +37,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -123,11 +124,61 @@ def _json_prompt(entry: Any, where: str) -> Prompt:
     return prompt
 
 
-def _parse_json(text: str, path: Path) -> dict[str, list[Prompt]]:
+#: Digits a JSON integer may have: a pixel coordinate or label never needs more.
+MAX_INT_DIGITS = 9
+
+
+def _strict_json(text: str, path: Path) -> Any:
+    """``json.loads`` that refuses what would silently lose or break data: a key repeated in
+    one object (the last would win), an integer of more than :data:`MAX_INT_DIGITS` digits,
+    a float that is not finite (``1e999``, ``NaN``, ``Infinity``) and nesting too deep for
+    the parser.
+
+    Raises:
+        InputError: invalid JSON or one of the above (one line, names ``path``).
+    """
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise InputError(f"{path}: key {key!r} appears twice in one object; merge them")
+            seen[key] = value
+        return seen
+
+    def bounded_int(digits: str) -> int:
+        if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+            raise InputError(
+                f"{path}: integer {digits[:12]}… has {len(digits.lstrip('-'))} digits; "
+                "prompt coordinates are pixels"
+            )
+        return int(digits)
+
+    def finite_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise InputError(f"{path}: number {text[:20]!r} is not finite; use pixel coordinates")
+        return value
+
+    def no_constant(name: str) -> float:
+        raise InputError(f"{path}: {name} is not a number; use pixel coordinates")
+
     try:
-        data = json.loads(text)
+        return json.loads(
+            text,
+            object_pairs_hook=unique_keys,
+            parse_int=bounded_int,
+            parse_float=finite_float,
+            parse_constant=no_constant,
+        )
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: invalid JSON ({exc}); fix the syntax") from exc
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply; prompts need 4 levels") from None
+
+
+def _parse_json(text: str, path: Path) -> dict[str, list[Prompt]]:
+    data = _strict_json(text, path)
     if not isinstance(data, dict):
         raise InputError(
             f"{path}: expected an object keyed by image id, got a JSON {type(data).__name__}; "
