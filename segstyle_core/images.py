@@ -30,8 +30,20 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 
 def max_pixels_default() -> int:
-    """The pixel limit from ``SEGSTYLE_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`."""
-    return int(os.environ.get("SEGSTYLE_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    """The pixel limit from ``SEGSTYLE_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`.
+
+    Raises:
+        ConfigError: the variable is set but is not a positive whole number (one line).
+    """
+    text = os.environ.get("SEGSTYLE_MAX_PIXELS", "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    if not (text.isascii() and text.isdigit() and len(text) <= 15 and int(text) > 0):
+        raise ConfigError(
+            f"SEGSTYLE_MAX_PIXELS={text[:20]!r}: not a positive whole number of pixels; "
+            f"set e.g. SEGSTYLE_MAX_PIXELS={DEFAULT_MAX_PIXELS} or unset it"
+        )
+    return int(text)
 
 
 def check_rgb(

@@ -204,3 +204,26 @@ def test_check_output_path_refuses_directories_and_bad_parents(
     with pytest.raises(ConfigError, match="locked is not writable") as info:
         check_output_path(tmp_path / "locked" / "out.webp", [])
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["abc", "1e9", "-5", "0", "9" * 40, "١٢"])
+def test_a_bad_pixel_limit_setting_is_one_line(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segstyle_core.images import max_pixels_default
+
+    monkeypatch.setenv("SEGSTYLE_MAX_PIXELS", value)
+    with pytest.raises(ConfigError, match="SEGSTYLE_MAX_PIXELS=.*positive whole number") as info:
+        max_pixels_default()
+    assert "\n" not in str(info.value)
+
+
+def test_the_pixel_limit_setting_is_read_and_empty_means_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from segstyle_core.images import DEFAULT_MAX_PIXELS, max_pixels_default
+
+    monkeypatch.setenv("SEGSTYLE_MAX_PIXELS", " 1200 ")
+    assert max_pixels_default() == 1200
+    monkeypatch.setenv("SEGSTYLE_MAX_PIXELS", "")
+    assert max_pixels_default() == DEFAULT_MAX_PIXELS
