@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/artifacts/prefect-home
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+# the core's log lines (segstyle_core.*) in the flow runs' logs
+export PREFECT_LOGGING_EXTRA_LOGGERS := segstyle_core
 
 .PHONY: venv demo test test-fast bench lint server deploy worker chromium clean
 

@@ -44,18 +44,19 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
-from segstyle_core import cityscapes
+from segstyle_core import cityscapes, weights
 from segstyle_core.demo.dataset import generate_demo_dataset
 from segstyle_core.devices import native_bfloat16, resolve_device
 from segstyle_core.errors import ConfigError
 from segstyle_core.images import read_rgb
 from segstyle_core.metrics import iou
-from segstyle_core.segment.base import Prompt, Segmenter
-from segstyle_core.segment.sam import SamSegmenter, load_sam
+from segstyle_core.segment import load_segmenter
+from segstyle_core.segment.base import Prompt, SamPrecision, Segmenter
+from segstyle_core.segment.sam import SamSegmenter
 from segstyle_core.testing import build_sam_tiny
 
 CLASSES = ("car", "person", "bicycle", "truck", "bus", "rider")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS: tuple[SamPrecision, ...] = ("float32", "bfloat16")
 
 
 def make_inputs(size: tuple[int, int], out: Path, count: int) -> tuple[np.ndarray, list[Prompt]]:
@@ -86,7 +87,8 @@ def build(variant: str, checkpoint: Path | None, device: torch.device) -> tuple[
     if variant == "tiny":
         return build_sam_tiny().eval().to(device), "random-weights"
     if checkpoint is not None:
-        return load_sam(variant, checkpoint, device), checkpoint.name
+        file = weights.own_checkpoint(checkpoint, "--checkpoint")
+        return load_segmenter("sam", variant, file, str(device)).model, checkpoint.name
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = sam_model_registry[variant]()
@@ -99,23 +101,20 @@ def sam_segmenters(
     """``{precision: SamSegmenter}`` on one model, and the weights' label."""
     model, label = build(variant, checkpoint, device)
     segmenters: dict[str, Segmenter] = {
-        p: SamSegmenter.from_model(model, variant, label, precision=p) for p in PRECISIONS
+        p: SamSegmenter(model, variant, label, precision=p) for p in PRECISIONS
     }
     return segmenters, label
 
 
 def sam2_segmenters(variant: str, device: torch.device) -> tuple[dict[str, Segmenter], str]:
     """``{precision: Sam2ImageSegmenter}`` on one SAM 2 model with random weights (seed 0)."""
-    from segstyle_core.segment.sam2 import VARIANTS, sam2_builder
     from segstyle_core.segment.sam2_image import Sam2ImageSegmenter
 
-    build_sam2 = sam2_builder("build_sam2")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_sam2(VARIANTS[variant][0], None, device="cpu").eval().to(device)
+        model = Sam2ImageSegmenter.architecture(variant).eval().to(device)
     segmenters: dict[str, Segmenter] = {
-        p: Sam2ImageSegmenter.from_model(model, variant, "random-weights", precision=p)
-        for p in PRECISIONS
+        p: Sam2ImageSegmenter(model, variant, "random-weights", precision=p) for p in PRECISIONS
     }
     return segmenters, "random-weights"
 

@@ -56,7 +56,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import vgg19
 
-from segstyle_core import cityscapes, weights
+from segstyle_core import cityscapes, devices, weights
 from segstyle_core.composite import composite
 from segstyle_core.demo.dataset import generate_demo_dataset
 from segstyle_core.devices import resolve_device
@@ -66,8 +66,9 @@ from segstyle_core.metrics import iou
 from segstyle_core.prompts.from_gt import prompts_from_instances
 from segstyle_core.roi import roi_box, stylize_roi
 from segstyle_core.seams import seam_score
+from segstyle_core.segment import load_segmenter
 from segstyle_core.segment.base import Prompt
-from segstyle_core.segment.sam import SAM_BUILDERS, SamSegmenter, load_sam
+from segstyle_core.segment.sam import SAM_BUILDERS, PromptSegmenter
 from segstyle_core.styles import style_path
 from segstyle_core.stylize import Progress, gatys
 from segstyle_core.stylize.gatys import GatysConfig, GatysStylizer, gatys_objective
@@ -303,11 +304,12 @@ def run_path(
         torch.cuda.reset_peak_memory_stats(device)
     start, cpu_start = time.perf_counter(), time.process_time()
 
-    def load() -> tuple[SamSegmenter, GatysStylizer]:
+    def load() -> tuple[PromptSegmenter, GatysStylizer]:
         with result.stage("load"):
-            sam = load_sam(ckpt.sam_variant, ckpt.sam, device)
+            devices.MODELS.clear()  # load_segmenter would reuse the model loaded before
             cache = cache_dir if options.embedding_cache else None
-            segmenter = SamSegmenter.from_model(sam, ckpt.sam_variant, ckpt.sam_sha256, cache)
+            sam = weights.CheckpointFile(ckpt.sam, ckpt.sam_sha256)
+            segmenter = load_segmenter("sam", ckpt.sam_variant, sam, str(device), cache)
             extractor = load_extractor(ckpt, options.config)
             return segmenter, GatysStylizer(options.config, device=device, extractor=extractor)
 

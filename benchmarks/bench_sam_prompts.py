@@ -23,13 +23,17 @@ import numpy as np
 import torch
 from segment_anything import sam_model_registry
 
+from segstyle_core import weights
 from segstyle_core.devices import resolve_device
+from segstyle_core.segment import load_segmenter
 from segstyle_core.segment.base import Prompt
-from segstyle_core.segment.sam import SamSegmenter
+from segstyle_core.segment.sam import PromptSegmenter, SamSegmenter
 from segstyle_core.testing import build_sam_tiny
 
 
-def make_segmenters(args: argparse.Namespace, cache_dir: Path) -> tuple[SamSegmenter, SamSegmenter]:
+def make_segmenters(
+    args: argparse.Namespace, cache_dir: Path
+) -> tuple[PromptSegmenter, PromptSegmenter]:
     """Two segmenters over one model: without and with an embedding cache in ``cache_dir``.
 
     The model is the tiny random SAM, an official architecture with untrained weights
@@ -37,9 +41,11 @@ def make_segmenters(args: argparse.Namespace, cache_dir: Path) -> tuple[SamSegme
     """
     caches = (None, cache_dir)
     if args.variant != "tiny" and not args.random_weights:
+        checkpoint = weights.resolve_checkpoint(
+            args.checkpoint, "--checkpoint", f"sam_{args.variant}"
+        )
         first, second = (
-            SamSegmenter(args.variant, args.checkpoint, device=args.device, embedding_cache_dir=c)
-            for c in caches
+            load_segmenter("sam", args.variant, checkpoint, args.device, c) for c in caches
         )
         return first, second
     if args.variant == "tiny":
@@ -47,8 +53,7 @@ def make_segmenters(args: argparse.Namespace, cache_dir: Path) -> tuple[SamSegme
     else:
         model = sam_model_registry[args.variant]().to(resolve_device(args.device))
     first, second = (
-        SamSegmenter.from_model(model, args.variant, "random-weights", embedding_cache_dir=c)
-        for c in caches
+        SamSegmenter(model, args.variant, "random-weights", embedding_cache_dir=c) for c in caches
     )
     return first, second
 
@@ -61,7 +66,7 @@ def random_boxes(count: int, width: int, height: int, seed: int = 0) -> list[Pro
 
 
 def time_segment(
-    segmenter: SamSegmenter, image: np.ndarray, prompts: list[Prompt], repeats: int
+    segmenter: PromptSegmenter, image: np.ndarray, prompts: list[Prompt], repeats: int
 ) -> float:
     """Median seconds of ``segmenter.segment(image, prompts)`` over ``repeats`` runs."""
     times = []

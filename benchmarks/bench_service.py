@@ -21,8 +21,8 @@ the feed-forward stylizer, the default style):
 The commands run a frozen copy of the sources (``--no-snapshot``: the checkout itself), so that
 edits to a shared checkout meanwhile cannot change the stage cache keys (they hash the code)
 between the two runs; (b) says so when the sources it ran did change. Device slots use a
-holder-file folder of this benchmark's own (``SEGSTYLE_DEVICE_SLOT_DIR``), so other runs on the
-machine do not share them. Last line:
+lock folder of this benchmark's own (``SEGSTYLE_DEVICE_SLOT_DIR``, host mode), so other runs on
+the machine do not share them. Last line:
 ``stylize_ratio=<command/in-process> rerun_speedup=<first/second>``.
 
     python benchmarks/bench_service.py                  # about 3 minutes on 2 cores
@@ -53,13 +53,16 @@ OFFLINE = ["--segmenter", "grabcut", "--stylizer", "feedforward"]
 IN_PROCESS = """
 import sys, time
 from segstyle_core.config import CompositeConfig, PhotoPrompts, SegmenterConfig, StylizerConfig
+from segstyle_core.paint import region_styles
 from segstyle_core.photo import photo_prompts, stylize_photo
 image, box, cache = sys.argv[1:4]
 segmenter = SegmenterConfig(backend="grabcut")
 stylizer = StylizerConfig(backend="feedforward")
 start = time.perf_counter()
-prompts = photo_prompts(image, PhotoPrompts(boxes=(box,)))
-stylize_photo(image, prompts, segmenter, stylizer, CompositeConfig(), cache)
+given = PhotoPrompts(boxes=(box,))
+prompts = photo_prompts(image, given)
+styles = region_styles(given, len(prompts), stylizer, "object")
+stylize_photo(image, prompts, styles, segmenter, stylizer, CompositeConfig(), cache)
 print(time.perf_counter() - start)
 """
 

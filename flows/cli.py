@@ -1,96 +1,132 @@
-"""The ``segstyle`` command line.
+"""The ``segstyle`` command line: a model per command, parsed by pydantic-settings' CLI source.
 
-Commands that run flows import Prefect lazily, so ``segstyle --help``, ``demo-data`` and
-``weights`` start fast. Errors of the :class:`~segstyle_core.errors.SegstyleError` family are
-printed as one line, without a traceback, and the exit status is non-zero.
+A command's model holds its own arguments and, through :func:`~segstyle.flows.options.
+with_options`, a ``--flag`` per field of the configuration models it builds; its ``cli_cmd``
+builds them, calls one flow or core function and prints the result. Commands that run flows
+import Prefect lazily, so ``segstyle --help``, ``demo-data`` and ``weights`` start fast.
+Errors of the :class:`~segstyle_core.errors.SegstyleError` family, and invalid values, are
+printed as one line naming the flag (a field ``stylizer.style`` is written ``--style``),
+without a traceback: exit status 2 (1: a run finished with failed images).
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    CliPositionalArg,
+    CliSettingsSource,
+    CliSubCommand,
+    CliToggleFlag,
+    get_subcommand,
+)
+from pydantic_settings.exceptions import SettingsError
 
 from segstyle.flows.options import (
     COMPOSITE,
     DATASET,
-    OUTPUT,
-    PHOTO_BOXES,
+    OUTPUTS,
+    PHOTO_PROMPTS,
     PROMPTS,
     SEGMENTER,
+    SHARED,
+    STYLE,
     STYLIZER,
-    VIDEO,
+    TRACKER,
     VIDEO_COMPOSITE,
-    VIDEO_SEGMENTERS,
-    VIDEO_STYLE,
-    VIDEO_TRACKER,
-    add_options,
-    build,
+    VIDEO_OPTIONS,
+    VIDEO_STYLIZER,
+    Options,
     build_stylizer,
-    build_video_stylizer,
-    build_video_tracker,
+    flag_names,
     split_styles,
-    style_values,
+    with_flags,
+    with_options,
 )
-from segstyle.flows.serve import add_serve_command
-from segstyle_core.errors import SegstyleError
+from segstyle_core.errors import ConfigError, SegstyleError
+from segstyle_core.outputs import DEFAULT_PORT
+from segstyle_core.weights import CHECKPOINTS
 
 EXIT_FAILED_IMAGES = 1
 EXIT_ERROR = 2
-#: ``segstyle weights NAME``'s help: the names of :data:`segstyle_core.weights.CHECKPOINTS`,
-#: written out so that ``--help`` need not import torch (a test keeps them in step).
-WEIGHTS_NAME_HELP = (
-    "checkpoint: sam_vit_b, sam_vit_l, sam_vit_h, vgg19, sam2.1_hiera_tiny, sam2.1_hiera_small, "
-    "sam2.1_hiera_base_plus, sam2.1_hiera_large (default: all)"
-)
+#: Repeatable options whose values hold commas (``--box 1,2,3,4``): each value stays whole.
+WHOLE_VALUES = frozenset({"box", "point", "style"})
+#: ``segstyle video --segmenter`` -> the tracker backend.
+VIDEO_SEGMENTERS = {"grabcut": "flow", "sam2": "sam2"}
 
-_Formatter = argparse.ArgumentDefaultsHelpFormatter
+
+class Command(BaseModel):
+    """A command: its own arguments (fields), the configuration options it adds (``groups``)."""
+
+    groups: ClassVar[tuple[Options[Any], ...]] = ()
+
+    def cli_cmd(self) -> int:
+        """Run the command; the exit status."""
+        raise NotImplementedError
+
+
+class RunCommand(Command):
+    """A command that runs a flow (or the stages) and writes under ``--out``."""
+
+    verbose: CliToggleFlag[bool] = Field(default=False, description="show Prefect's logs")
 
 
 def _size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` -> ``(width, height)``.
+
+    Raises:
+        ConfigError: another form.
+    """
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use WIDTHxHEIGHT, e.g. 1024x512") from None
+        raise ConfigError(f"--size {text!r}: use WIDTHxHEIGHT, e.g. 1024x512") from None
     return width, height
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    """``a,b`` -> ``("a", "b")``."""
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
 def _quiet_prefect(verbose: bool) -> None:
-    """Keep Prefect's console to warnings (or errors) unless --verbose; never phone home."""
+    """Keep Prefect's console to warnings (or errors) unless --verbose; never phone home; the
+    core's log lines (``segstyle_core.*``) go to the run logs too."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "segstyle_core")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
-def _run_flow(out: str, flow_name: str, call: Callable[[], Any]) -> int:
-    """Run a flow against a quiet local API; print the Parquet path last; map failures."""
+def _run_flow(flow: Any, *parameters: Any) -> int:
+    """Run ``flow(*parameters)`` against a quiet local API; print the Parquet path last.
+
+    The last parameter is the run's :class:`~segstyle_core.config.OutputConfig`. Exit status
+    0, or 1 when the run finished with failed images.
+
+    Raises:
+        SegstyleError: the flow failed before it wrote its Parquet file (its error's line).
+    """
     from segstyle.flows.server import local_api
     from segstyle_core import results
 
-    with local_api(Path(out) / "logs" / "prefect-server.log"):
-        state = call()
-    flow_run_id = str(state.state_details.flow_run_id)
+    out = Path(parameters[-1].out)
+    with local_api(out / "logs" / "prefect-server.log"):
+        state = flow(*parameters, return_state=True)
     if state.is_completed():
         print(state.result())
         return 0
     error = state.result(raise_on_failure=False)
-    parquet = results.run_file(Path(out) / "metrics", flow_name, flow_run_id)
+    parquet = results.run_file(out / "metrics", flow.name, str(state.state_details.flow_run_id))
     if parquet.exists():  # the run ended: some images failed, their rows say why
         print(f"segstyle: {error}", file=sys.stderr)
         print(parquet)
         return EXIT_FAILED_IMAGES
-    # an error raised inside the flow before it wrote its file: one line, as in main()
-    print(f"segstyle: error: {_error_text(error, state.message)}", file=sys.stderr)
-    return EXIT_ERROR
+    # an error raised inside the flow before it wrote its file: one line, printed by main()
+    raise SegstyleError(_error_text(error, state.message))
 
 
 def _error_text(error: object, fallback: str | None) -> str:
@@ -106,195 +142,312 @@ def _error_text(error: object, fallback: str | None) -> str:
     return (text.splitlines() or [type(error).__name__])[0]
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from segstyle.flows.dataset import segment_and_stylize
-    from segstyle_core.preflight import check_run_inputs
+class Run(RunCommand):
+    """segment, stylize and score a Cityscapes-layout dataset"""
 
-    dataset, prompts, outputs = (build(g, args) for g in (DATASET, PROMPTS, OUTPUT))
-    segmenter = build(SEGMENTER, args)
-    stylizer = build_stylizer(args, segmenter)
-    composite = build(COMPOSITE, args)
-    check_run_inputs(dataset, prompts, segmenter, stylizer, outputs, composite)  # before a server
-    return _run_flow(
-        outputs.out,
-        "segment_and_stylize",
-        lambda: segment_and_stylize(
-            dataset, prompts, segmenter, stylizer, composite, outputs, return_state=True
-        ),
+    groups = (DATASET, PROMPTS, SEGMENTER, STYLIZER, COMPOSITE, OUTPUTS)
+    style: list[str] = STYLE
+
+    def cli_cmd(self) -> int:
+        from segstyle.flows.dataset import segment_and_stylize
+        from segstyle_core.preflight import check_run_inputs
+
+        dataset, prompts, segmenter = (
+            DATASET.build(self),
+            PROMPTS.build(self),
+            SEGMENTER.build(self),
+        )
+        stylizer = build_stylizer(self, self.style, segmenter)
+        composite, outputs = COMPOSITE.build(self), OUTPUTS.build(self)
+        check_run_inputs(dataset, prompts, segmenter, stylizer, outputs, composite)  # no server yet
+        configs = (dataset, prompts, segmenter, stylizer, composite, outputs)
+        return _run_flow(segment_and_stylize, *configs)
+
+
+class Evaluate(RunCommand):
+    """segment and score only, no styling"""
+
+    groups = (DATASET, PROMPTS, SEGMENTER, OUTPUTS)
+
+    def cli_cmd(self) -> int:
+        from segstyle.flows.dataset import evaluate_segmentation
+        from segstyle_core.preflight import check_run_inputs
+
+        dataset, prompts, segmenter = (
+            DATASET.build(self),
+            PROMPTS.build(self),
+            SEGMENTER.build(self),
+        )
+        outputs = OUTPUTS.build(self)
+        check_run_inputs(dataset, prompts, segmenter, None, outputs)
+        return _run_flow(evaluate_segmentation, dataset, prompts, segmenter, outputs)
+
+
+class Stylize(RunCommand):
+    """stylize the prompted object(s) of one photo, each in its style"""
+
+    groups = (PHOTO_PROMPTS, SEGMENTER, STYLIZER, COMPOSITE, OUTPUTS)
+    image: CliPositionalArg[str]
+    box: list[str] = Field(
+        default=[],
+        description="x0,y0,x1,y1; repeatable: each box is a region, paired in order with --style",
     )
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from segstyle.flows.dataset import evaluate_segmentation
-    from segstyle_core.preflight import check_run_inputs
-
-    dataset, prompts, segmenter, outputs = (
-        build(g, args) for g in (DATASET, PROMPTS, SEGMENTER, OUTPUT)
+    point: list[str] = Field(
+        default=[],
+        description="x,y[,1|0]; repeatable (0: background); with one --box they refine it, "
+        "otherwise they are one more region",
     )
-    check_run_inputs(dataset, prompts, segmenter, None, outputs)
-    return _run_flow(
-        outputs.out,
-        "evaluate_segmentation",
-        lambda: evaluate_segmentation(dataset, prompts, segmenter, outputs, return_state=True),
-    )
+    output: str = Field(description="composite image to write (.png, .jpg, .webp)")
+    quality: int = Field(default=95, description="JPEG/WebP quality of the output, 1-100")
+    style: list[str] = STYLE
 
+    def cli_cmd(self) -> int:
+        """One photo, without Prefect: the stages run in this process (no server to wait for).
 
-def _cmd_stylize(args: argparse.Namespace) -> int:
-    """One photo, without Prefect: the stages run in this process (no server to wait for).
+        Everything that can fail before the work (prompts, output path, checkpoints, style
+        image) is checked first; a failing stage's own error is printed as one line.
+        """
+        from segstyle_core.images import check_output_path, read_rgb, write_image
+        from segstyle_core.paint import region_styles
+        from segstyle_core.photo import photo_prompts, stylize_photo
+        from segstyle_core.preflight import check_style
 
-    Everything that can fail before the work (prompts, output path, checkpoints, style image)
-    is checked first; a failing stage's own error is printed as one line.
-    """
-    from segstyle_core.images import check_output_path, read_rgb, write_image
-    from segstyle_core.paint import region_styles
-    from segstyle_core.photo import photo_prompts, stylize_photo
-    from segstyle_core.preflight import check_style
-
-    segmenter = build(SEGMENTER, args)
-    stylizer = build_stylizer(args, segmenter, several=True)
-    composite, outputs = build(COMPOSITE, args), build(OUTPUT, args)
-    plain, _ = split_styles(style_values(args))
-    given = build(
-        PHOTO_BOXES,
-        args,
-        boxes=getattr(args, "box", ()),
-        points=getattr(args, "point", ()),
-        styles=tuple(plain) if len(plain) > 1 else (),
-    )
-    prompts = photo_prompts(args.image, given)
-    styles = region_styles(given, len(prompts), stylizer, composite.mode)
-    output = check_output_path(args.output, [args.image, *styles])
-    segmenter.identity()
-    stylizer.identity()
-    check_style(stylizer, styles)
-    record = stylize_photo(
-        args.image,
-        prompts,
-        styles,
-        segmenter,
-        stylizer,
-        composite,
-        str(Path(outputs.out) / "cache"),
-    )
-    print(write_image(output, read_rgb(record.path("composite")), quality=args.quality))
-    return 0
-
-
-def _cmd_video(args: argparse.Namespace) -> int:
-    from segstyle.flows.video import stylize_video
-    from segstyle_core.preflight import check_style
-    from segstyle_core.video.stages import temporal_options
-
-    tracker = build_video_tracker(args)
-    stylizer = build_video_stylizer(args, tracker)
-    composite, video_options, outputs = (build(g, args) for g in (VIDEO_COMPOSITE, VIDEO, OUTPUT))
-    temporal_options(composite, video_options)  # before any server starts
-    tracker.identity()
-    stylizer.identity()
-    check_style(stylizer)
-    return _run_flow(
-        outputs.out,
-        "stylize_video",
-        lambda: stylize_video(
-            args.video,
-            args.output,
-            args.box,
-            tracker,
+        segmenter = SEGMENTER.build(self)
+        stylizer = build_stylizer(self, self.style, segmenter, several=True)
+        composite, outputs = COMPOSITE.build(self), OUTPUTS.build(self)
+        plain, _ = split_styles(self.style)
+        given = PHOTO_PROMPTS.build(
+            self,
+            boxes=tuple(self.box),
+            points=tuple(self.point),
+            styles=tuple(plain) if len(plain) > 1 else (),
+        )
+        prompts = photo_prompts(self.image, given)
+        styles = region_styles(given, len(prompts), stylizer, composite.mode)
+        output = check_output_path(self.output, [self.image, *styles])
+        segmenter.identity()
+        stylizer.identity()
+        check_style(stylizer, styles)
+        record = stylize_photo(
+            self.image,
+            prompts,
+            styles,
+            segmenter,
             stylizer,
             composite,
-            video_options,
-            outputs,
-            return_state=True,
-        ),
-    )
-
-
-def _cmd_demo_data(args: argparse.Namespace) -> int:
-    from segstyle_core.demo.dataset import generate_demo_dataset
-
-    root = generate_demo_dataset(
-        Path(args.out), size=args.size, frames_per_city=args.frames, seed=args.seed
-    )
-    print(root)
-    return 0
-
-
-def _cmd_demo_clip(args: argparse.Namespace) -> int:
-    from segstyle_core.demo.clip import generate_clip
-
-    clip = generate_clip(Path(args.out), frames=args.frames, size=args.size, seed=args.seed)
-    box = ",".join(str(int(v)) for v in clip.boxes[0])
-    print(
-        f"stylize it with: segstyle video {clip.frames_dir} --box {box} -o clip.mp4",
-        file=sys.stderr,
-    )
-    print(clip.frames_dir)
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    """The offline demo: generate the dataset when missing, run ``segment_and_stylize`` on it
-    with GrabCut and the feed-forward stylizer, and print where the results are."""
-    from segstyle.flows.dataset import segment_and_stylize
-    from segstyle_core import results
-    from segstyle_core.config import (
-        CompositeConfig,
-        DatasetSelection,
-        PromptConfig,
-        SegmenterConfig,
-        StylizerConfig,
-    )
-    from segstyle_core.demo.dataset import generate_demo_dataset
-    from segstyle_core.preflight import check_run_inputs
-
-    data = Path(args.data)
-    if not (data / "leftImg8bit").is_dir():
-        print(f"writing the demo dataset to {data} ...", file=sys.stderr)
-        generate_demo_dataset(data, size=args.size, frames_per_city=args.frames)
-    dataset = DatasetSelection(root=str(data), city=args.city, classes=args.classes)
-    prompts = PromptConfig(source="gt-instances")
-    segmenter = SegmenterConfig(backend="grabcut")
-    stylizer = StylizerConfig(backend="feedforward")
-    composite = CompositeConfig(feather_px=2.0)
-    outputs = build(OUTPUT, args)
-    check_run_inputs(dataset, prompts, segmenter, stylizer, outputs, composite)
-    print(
-        f"running segment_and_stylize on {data} (city {args.city}) with the offline backends: "
-        "GrabCut segmenter, feed-forward stylizer, generated style",
-        file=sys.stderr,
-    )
-    status = _run_flow(
-        outputs.out,
-        "segment_and_stylize",
-        lambda: segment_and_stylize(
-            dataset, prompts, segmenter, stylizer, composite, outputs, return_state=True
-        ),
-    )
-    if status == EXIT_ERROR:
-        return status
-    out = Path(outputs.out).resolve()
-    latest = results.read_metrics(out / "metrics").sort_values("started_at", kind="stable")
-    print(f"report:  {out / 'runs' / latest['run_id'].iloc[-1] / 'report.html'}", file=sys.stderr)
-    print(f"images:  {out / 'runs'}", file=sys.stderr)
-    print(f"metrics: {out / 'metrics'}  (pandas.read_parquet reads the folder)", file=sys.stderr)
-    return status
-
-
-def _cmd_weights(args: argparse.Namespace) -> int:
-    from segstyle_core import weights
-
-    names = [args.name] if args.name else list(weights.CHECKPOINTS)
-    if args.action == "download":
-        for name in names:
-            print(weights.download(name, args.weights_dir, url=args.url))
+            str(Path(outputs.out) / "cache"),
+        )
+        print(write_image(output, read_rgb(record.path("composite")), quality=self.quality))
         return 0
-    verify = args.action == "verify"
-    records = weights.status(args.weights_dir, verify=verify, names=names)
-    print("\n".join(weights.status_report(records, args.weights_dir)))
-    return 1 if verify and not all(r.ok for r in records) else 0
 
 
-def _cmd_results(args: argparse.Namespace) -> int:
+class Video(RunCommand):
+    """stylize one tracked object through a video"""
+
+    groups = (TRACKER, VIDEO_STYLIZER, VIDEO_COMPOSITE, VIDEO_OPTIONS, OUTPUTS)
+    video: CliPositionalArg[str] = Field(
+        description="video file (MP4, ...) or folder of PNG frames"
+    )
+    box: str = Field(description="x0,y0,x1,y1 around the object")
+    output: str = Field(description="result video (.mp4) or folder")
+    segmenter: Literal["grabcut", "sam2"] = Field(
+        default="grabcut",
+        description="mask tracker: optical flow refined by GrabCut (offline), or SAM 2's video "
+        "predictor",
+    )
+
+    def cli_cmd(self) -> int:
+        from segstyle.flows.video import stylize_video
+        from segstyle_core.preflight import check_style
+        from segstyle_core.video.config import VIDEO_STYLIZER as STYLIZER_DEFAULTS
+        from segstyle_core.video.io import check_video_output
+        from segstyle_core.video.stages import temporal_options
+        from segstyle_core.video.track import TrackerConfig
+
+        shared = {name: getattr(self, name) for name in SHARED}
+        segmenter = TrackerConfig().segmenter.changed(**shared)  # the flow tracker's refiner
+        tracker = TRACKER.build(self, backend=VIDEO_SEGMENTERS[self.segmenter], segmenter=segmenter)
+        stylizer = VIDEO_STYLIZER.build(
+            self, backend=STYLIZER_DEFAULTS.backend, gatys=STYLIZER_DEFAULTS.gatys, **shared
+        )
+        composite, options = VIDEO_COMPOSITE.build(self), VIDEO_OPTIONS.build(self)
+        outputs = OUTPUTS.build(self)
+        temporal_options(composite, options)  # before any server starts
+        tracker.identity()
+        stylizer.identity()
+        check_style(stylizer)
+        check_video_output(self.video, self.output)
+        configs = (tracker, stylizer, composite, options, outputs)
+        return _run_flow(stylize_video, self.video, self.output, self.box, *configs)
+
+
+class DemoClip(Command):
+    """write a generated clip (a car crossing a street) with GT"""
+
+    out: CliPositionalArg[str]
+    size: str = Field(default="256x128", description="WIDTHxHEIGHT")
+    frames: int = 24
+    seed: int = 0
+
+    def cli_cmd(self) -> int:
+        from segstyle_core.demo.clip import generate_clip
+
+        clip = generate_clip(
+            Path(self.out), frames=self.frames, size=_size(self.size), seed=self.seed
+        )
+        box = ",".join(str(int(v)) for v in clip.boxes[0])
+        print(
+            f"stylize it with: segstyle video {clip.frames_dir} --box {box} -o clip.mp4",
+            file=sys.stderr,
+        )
+        print(clip.frames_dir)
+        return 0
+
+
+class DemoData(Command):
+    """write a procedurally drawn Cityscapes-layout dataset"""
+
+    out: CliPositionalArg[str]
+    size: str = Field(default="1024x512", description="WIDTHxHEIGHT")
+    frames: int = Field(default=6, description="annotated frames per city")
+    seed: int = 0
+
+    def cli_cmd(self) -> int:
+        from segstyle_core.demo.dataset import generate_demo_dataset
+
+        root = generate_demo_dataset(
+            Path(self.out), size=_size(self.size), frames_per_city=self.frames, seed=self.seed
+        )
+        print(root)
+        return 0
+
+
+class Demo(RunCommand):
+    """make the demo dataset and run the offline pipeline on it"""
+
+    groups = (OUTPUTS,)
+    data: str = Field(default="data/demo", description="where the demo dataset lives")
+    city: str = "zurich"
+    classes: tuple[str, ...] = Field(default=("car",), description="CLASS,... to stylize")
+    size: str = Field(default="1024x512", description="WIDTHxHEIGHT of a generated dataset")
+    frames: int = Field(default=6, description="annotated frames per city")
+
+    def cli_cmd(self) -> int:
+        """Generate the dataset when missing, run ``segment_and_stylize`` on it with GrabCut
+        and the feed-forward stylizer, and print where the results are."""
+        from segstyle.flows.dataset import segment_and_stylize
+        from segstyle_core import results
+        from segstyle_core.config import (
+            CompositeConfig,
+            DatasetSelection,
+            PromptConfig,
+            SegmenterConfig,
+            StylizerConfig,
+        )
+        from segstyle_core.demo.dataset import generate_demo_dataset
+        from segstyle_core.preflight import check_run_inputs
+
+        data = Path(self.data)
+        if not (data / "leftImg8bit").is_dir():
+            print(f"writing the demo dataset to {data} ...", file=sys.stderr)
+            generate_demo_dataset(data, size=_size(self.size), frames_per_city=self.frames)
+        dataset = DatasetSelection(root=str(data), city=self.city, classes=self.classes)
+        prompts = PromptConfig(source="gt-instances")
+        segmenter = SegmenterConfig(backend="grabcut")
+        stylizer = StylizerConfig(backend="feedforward")
+        composite = CompositeConfig(feather_px=2.0)
+        outputs = OUTPUTS.build(self)
+        check_run_inputs(dataset, prompts, segmenter, stylizer, outputs, composite)
+        print(
+            f"running segment_and_stylize on {data} (city {self.city}) with the offline "
+            "backends: GrabCut segmenter, feed-forward stylizer, generated style",
+            file=sys.stderr,
+        )
+        configs = (dataset, prompts, segmenter, stylizer, composite, outputs)
+        status = _run_flow(segment_and_stylize, *configs)
+        out = Path(outputs.out).resolve()
+        latest = results.read_metrics(out / "metrics").sort_values("started_at", kind="stable")
+        report = out / "runs" / latest["run_id"].iloc[-1] / "report.html"
+        print(f"report:  {report}", file=sys.stderr)
+        print(f"images:  {out / 'runs'}", file=sys.stderr)
+        print(
+            f"metrics: {out / 'metrics'}  (pandas.read_parquet reads the folder)", file=sys.stderr
+        )
+        return status
+
+
+class Weights(Command):
+    """list, download or verify model checkpoints (SAM, SAM 2, VGG19)"""
+
+    action: CliPositionalArg[Literal["status", "download", "verify"]] = Field(
+        description="status, download or verify"
+    )
+    name: CliPositionalArg[Literal[tuple(CHECKPOINTS)] | None] = Field(  # type: ignore[valid-type]
+        default=None, description=f"checkpoint: {', '.join(CHECKPOINTS)}; none: all"
+    )
+    weights_dir: str | None = None
+    url: str | None = Field(default=None, description="download from a mirror instead")
+
+    def cli_cmd(self) -> int:
+        from segstyle_core import weights
+
+        names = [self.name] if self.name else list(weights.CHECKPOINTS)
+        if self.action == "download":
+            for name in names:
+                print(weights.download(name, self.weights_dir, url=self.url))
+            return 0
+        verify = self.action == "verify"
+        records = weights.status(self.weights_dir, verify=verify, names=names)
+        print("\n".join(weights.status_report(records, self.weights_dir)))
+        return 1 if verify and not all(r.ok for r in records) else 0
+
+
+class Results(Command):
+    """summarise a run from the Parquet metrics"""
+
+    run: CliPositionalArg[str | None] = Field(
+        default=None, description="run name or flow run id; none: the latest"
+    )
+    metrics: str = "artifacts/metrics"
+
+    def cli_cmd(self) -> int:
+        return _cmd_results(self)
+
+
+class Serve(Command):
+    """serve run outputs over HTTP on 127.0.0.1 so the Prefect UI can show them"""
+
+    out: str = Field(
+        default="artifacts", description="the flows' --out folder: its runs/ and metrics/"
+    )
+    port: int = Field(
+        default=DEFAULT_PORT, ge=0, le=65535, description="TCP port; 0 picks a free one"
+    )
+    host: str = Field(default="127.0.0.1", description="a loopback address only")
+
+    def cli_cmd(self) -> int:
+        from segstyle.flows.serve import serve
+
+        serve(Path(self.out), host=self.host, port=self.port)
+        return 0
+
+
+#: Command name -> its model (its own arguments and its configuration options).
+COMMANDS: dict[str, type[Command]] = {
+    "run": Run,
+    "evaluate": Evaluate,
+    "stylize": Stylize,
+    "video": Video,
+    "demo-clip": DemoClip,
+    "demo-data": DemoData,
+    "demo": Demo,
+    "weights": Weights,
+    "results": Results,
+    "serve": Serve,
+}
+
+
+def _cmd_results(args: Results) -> int:
     import pandas as pd
 
     from segstyle_core import results
@@ -343,132 +496,87 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every ``segstyle`` command."""
-    parser = argparse.ArgumentParser(
-        prog="segstyle",
-        description="Stylize only the region a segmentation model selects.",
-        formatter_class=_Formatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_serve_command(commands, formatter_class=_Formatter)
+def _add_argument(parser: Any, *names: str, **options: Any) -> Any:
+    """pydantic-settings' ``add_argument``, keeping each value of :data:`WHOLE_VALUES` whole
+    (the CLI source splits list values at commas unless a value is a JSON string), and an
+    option's value shown as its name (``--limit LIMIT``) where the source shows a type."""
+    if "dest" not in options:  # -h, or a positional argument (already shown by its name)
+        return parser.add_argument(*names, **options)
+    name = str(options["dest"]).rsplit(".", 1)[-1]
+    if options.get("action") == "append" and name in WHOLE_VALUES:
+        options["type"] = json.dumps
+    metavar = options.get("metavar")
+    if metavar and (not metavar.startswith("{") or len(metavar) > 80):  # a type, or too long
+        many = metavar.startswith(("tuple[", "list[")) and name not in WHOLE_VALUES
+        options["metavar"] = name.upper() + (",..." if many else "")
+    return parser.add_argument(*names, **options)
 
-    def command(
-        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
-    ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name, help=help_text, description=help_text, formatter_class=_Formatter
+
+def cli_source() -> CliSettingsSource[Any]:
+    """pydantic-settings' CLI source of every command: a subcommand per :data:`COMMANDS` entry
+    (its ``root_parser`` is the :class:`argparse.ArgumentParser`)."""
+    subcommand: Any = CliSubCommand  # of a model made here, not a type mypy can see
+    commands: dict[str, Any] = {
+        name.replace("-", "_"): (
+            subcommand[with_options(command, *command.groups)],
+            Field(description=(command.__doc__ or "").splitlines()[0]),
         )
-        sub.set_defaults(handler=handler)
-        return sub
+        for name, command in COMMANDS.items()
+    }
+    root = create_model(
+        "segstyle", __doc__="Stylize only the region a segmentation model selects.", **commands
+    )
+    return CliSettingsSource(
+        root,  # type: ignore[arg-type]
+        cli_prog_name="segstyle",
+        cli_parse_none_str="none",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_enforce_required=True,
+        cli_avoid_json=True,
+        cli_hide_none_type=True,
+        cli_shortcuts={"output": "o"},
+        add_argument_method=_add_argument,
+    )
 
-    def add_run_output(sub: argparse.ArgumentParser) -> None:
-        add_options(sub, OUTPUT)
-        sub.add_argument("--verbose", action="store_true", help="show Prefect's logs")
 
-    run = command("run", _cmd_run, "segment, stylize and score a Cityscapes-layout dataset")
-    for group in (DATASET, PROMPTS, SEGMENTER, STYLIZER, COMPOSITE):
-        add_options(run, group)
-    add_run_output(run)
+def parse(argv: Sequence[str]) -> Command:
+    """The command of ``argv`` with its arguments (``--help`` and usage errors exit).
 
-    evaluate = command("evaluate", _cmd_evaluate, "segment and score only, no styling")
-    for group in (DATASET, PROMPTS, SEGMENTER):
-        add_options(evaluate, group)
-    add_run_output(evaluate)
+    Raises:
+        ConfigError: invalid values, naming each one's flag (or positional argument).
+    """
+    source = cli_source()
+    try:
+        parsed = source.settings_cls.model_validate(source(args=list(argv))())
+    except ValidationError as error:
+        raise ConfigError("; ".join(map(_invalid, error.errors()))) from None
+    except SettingsError as error:
+        raise ConfigError(str(error)) from None
+    chosen = get_subcommand(parsed)
+    assert isinstance(chosen, Command)
+    return chosen
 
-    stylize = command(
-        "stylize", _cmd_stylize, "stylize the prompted object(s) of one photo, each in its style"
-    )
-    stylize.add_argument("image")
-    stylize.add_argument(
-        "--box",
-        action="append",
-        default=argparse.SUPPRESS,
-        help="x0,y0,x1,y1; repeatable: each box is a region, paired in order with --style",
-    )
-    stylize.add_argument(
-        "--point",
-        action="append",
-        default=argparse.SUPPRESS,
-        help="x,y[,1|0]; repeatable (0: background); with one --box they refine it, otherwise "
-        "they are one more region",
-    )
-    stylize.add_argument(
-        "-o", "--output", required=True, help="composite image to write (.png, .jpg, .webp)"
-    )
-    stylize.add_argument(
-        "--quality", type=int, default=95, help="JPEG/WebP quality of the output, 1-100"
-    )
-    for group in (PHOTO_BOXES, SEGMENTER, STYLIZER, COMPOSITE):
-        add_options(stylize, group)
-    add_run_output(stylize)
 
-    video = command("video", _cmd_video, "stylize one tracked object through a video")
-    video.add_argument("video", help="video file (MP4, ...) or folder of PNG frames")
-    video.add_argument("--box", required=True, help="x0,y0,x1,y1 around the object")
-    video.add_argument("-o", "--output", required=True, help="result video (.mp4) or folder")
-    video.add_argument(
-        "--segmenter",
-        choices=tuple(VIDEO_SEGMENTERS),
-        default="grabcut",
-        help="mask tracker: optical flow refined by GrabCut (offline), or SAM 2's video predictor",
-    )
-    for group in (VIDEO_TRACKER, VIDEO_STYLE, VIDEO_COMPOSITE, VIDEO):
-        add_options(video, group)
-    add_run_output(video)
-
-    demo_clip = command(
-        "demo-clip", _cmd_demo_clip, "write a generated clip (a car crossing a street) with GT"
-    )
-    demo_clip.add_argument("out")
-    demo_clip.add_argument("--size", type=_size, default=(256, 128), help="WIDTHxHEIGHT")
-    demo_clip.add_argument("--frames", type=int, default=24)
-    demo_clip.add_argument("--seed", type=int, default=0)
-
-    demo_data = command(
-        "demo-data", _cmd_demo_data, "write a procedurally drawn Cityscapes-layout dataset"
-    )
-    demo_data.add_argument("out")
-    demo_data.add_argument("--size", type=_size, default=(1024, 512), help="WIDTHxHEIGHT")
-    demo_data.add_argument("--frames", type=int, default=6, help="annotated frames per city")
-    demo_data.add_argument("--seed", type=int, default=0)
-
-    demo = command("demo", _cmd_demo, "make the demo dataset and run the offline pipeline on it")
-    demo.add_argument("--data", default="data/demo", help="where the demo dataset lives")
-    demo.add_argument("--city", default="zurich")
-    demo.add_argument("--classes", type=_csv, default=("car",), help="CLASS,... to stylize")
-    demo.add_argument(
-        "--size", type=_size, default=(1024, 512), help="WIDTHxHEIGHT of a generated dataset"
-    )
-    demo.add_argument("--frames", type=int, default=6, help="annotated frames per city")
-    add_run_output(demo)
-
-    weights_cmd = command(
-        "weights",
-        _cmd_weights,
-        "list, download or verify model checkpoints (SAM, SAM 2, VGG19)",
-    )
-    weights_cmd.add_argument("action", choices=("status", "download", "verify"))
-    weights_cmd.add_argument("name", nargs="?", default=None, help=WEIGHTS_NAME_HELP)
-    weights_cmd.add_argument("--weights-dir", default=None)
-    weights_cmd.add_argument("--url", default=None, help="download from a mirror instead")
-
-    res = command("results", _cmd_results, "summarise a run from the Parquet metrics")
-    res.add_argument(
-        "run", nargs="?", default=None, help="run name or flow run id (default: latest)"
-    )
-    res.add_argument("--metrics", default="artifacts/metrics")
-    return parser
+def _invalid(error: ErrorDetails) -> str:
+    """``--limit: Input should be ... (got 'x')`` for an error at ``(command, field)``."""
+    command, name = (*map(str, error["loc"]), "", "")[:2]
+    own = COMMANDS[command.replace("_", "-")].model_fields.get(name)
+    positional = own is not None and CliPositionalArg.__metadata__[0] in own.metadata  # type: ignore[attr-defined]
+    shown = name.upper() if positional else "--" + name.replace("_", "-")
+    return f"{shown}: {error['msg']} (got {error.get('input')!r})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segstyle`` console script."""
-    args = build_parser().parse_args(argv)
-    _quiet_prefect(getattr(args, "verbose", False))  # before anything imports Prefect
+    flags: dict[str, str] = {}
     try:
-        return int(args.handler(args))
+        command = parse(sys.argv[1:] if argv is None else argv)
+        _quiet_prefect(getattr(command, "verbose", False))  # before anything imports Prefect
+        flags = flag_names(command.groups)
+        return command.cli_cmd()
     except SegstyleError as exc:
-        print(f"segstyle: error: {exc}", file=sys.stderr)
+        print(f"segstyle: error: {with_flags(str(exc), flags)}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:
         from segstyle_core.errors import os_error_message

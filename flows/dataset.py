@@ -1,18 +1,19 @@
 """The dataset-wide flows: ``segment_and_stylize`` and ``evaluate_segmentation``.
 
-Per image: binarize GT and derive prompts -> segment -> metrics -> (stylize, once per distinct
-style of its paint plan -> composite) -> figures -> publish. One image's failure never stops
-the others: its row is written with status ``failed`` and its error, and the flow run ends
-Failed so the Prefect UI offers Retry. A retry recomputes only what failed; every finished
-stage comes back from the run's cache.
+Each frame of the sample goes through the stage graph of :mod:`segstyle_core.pipeline` (gt,
+segment, metrics, stylize per style, composite, figures), each stage a Prefect task; then its
+pictures are published and its rows written. One image's failure never stops the others: its
+row is written with status ``failed`` and its error, and the flow run ends Failed so the
+Prefect UI offers Retry. A retry recomputes only what failed; every finished stage comes back
+from the run's cache.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -21,22 +22,13 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from segstyle.flows.artifacts import publish_artifacts, short_error
+from segstyle.flows.artifacts import publish_artifacts
 from segstyle.flows.demo_dataset import ensure_demo_dataset
-from segstyle.flows.rows import frame_rows, run_columns, style_columns, stylize_stage_names
-from segstyle.tasks.device_slots import dask_annotations
+from segstyle.flows.rows import frame_rows, run_columns, style_columns
 from segstyle.tasks.publish import publish
 from segstyle.tasks.sample import sample_city
-from segstyle.tasks.stages import (
-    binarize_gt,
-    composite,
-    figures,
-    score_frame,
-    segment,
-    stylize,
-)
+from segstyle.tasks.stage import PrefectRunner
 from segstyle_core import results
-from segstyle_core.cityscapes import Frame
 from segstyle_core.config import (
     CompositeConfig,
     DatasetSelection,
@@ -46,9 +38,10 @@ from segstyle_core.config import (
     StylizerConfig,
 )
 from segstyle_core.errors import SegstyleError
-from segstyle_core.paint import plan_by_class
+from segstyle_core.pipeline import Handle, RunSettings, run_frames
 from segstyle_core.preflight import check_run_inputs
 from segstyle_core.report import write_report
+from segstyle_core.run_summary import short_error
 from segstyle_core.stagecache import StageRecord
 
 #: Threads for the task runner: heavy stages still run one at a time per device (device slot).
@@ -59,26 +52,6 @@ TASK_RUNNER: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS)
 
 class RunFailed(SegstyleError):
     """Some images failed; their rows are in the Parquet file with their errors."""
-
-
-@dataclass
-class FrameFutures:
-    """One frame's stage futures, in pipeline order (absent: the stage did not run)."""
-
-    frame: Frame
-    stages: dict[str, PrefectFuture[Any]] = field(default_factory=dict)
-
-    def first_error(self) -> str | None:
-        """``"<stage>: <one-line error>"`` of the first stage that did not complete."""
-        for name, future in self.stages.items():
-            error = _error_of(future)
-            if error is not None:
-                return f"{name}: {error}"
-        return None
-
-    def records(self) -> dict[str, StageRecord]:
-        """The records of the stages that completed."""
-        return {n: f.result() for n, f in self.stages.items() if _error_of(f) is None}
 
 
 def _error_of(future: PrefectFuture[Any]) -> str | None:
@@ -95,124 +68,36 @@ def _error_of(future: PrefectFuture[Any]) -> str | None:
     return f"{state.name}: {state.message}".splitlines()[0]
 
 
-def _submit_scoring(
-    futures: FrameFutures,
-    dataset: DatasetSelection,
-    automatic: bool,
-    segmenter: SegmenterConfig,
-    cache_dir: str,
-) -> None:
-    """Submit one frame's ``segment`` and ``metrics`` stages after its ``gt`` stage (each later
-    stage takes the futures of the stages it needs: a failed one makes it NotReady)."""
-    frame, gt = futures.frame, futures.stages["gt"]
-    if _error_of(gt) is not None or not (automatic or gt.result().prompts):
-        return
-    with dask_annotations(segmenter.device):
-        masks = segment.submit(
-            frame.image_id,
-            str(frame.image_path),
-            gt.result().prompts,
-            automatic,
-            segmenter,
-            cache_dir,
-        )
-    scores = score_frame.submit(frame, dataset.classes, gt, masks, automatic, cache_dir)
-    futures.stages.update(segment=masks, metrics=scores)
+def _outcome(stages: Mapping[str, Handle[Any]]) -> tuple[dict[str, StageRecord], str | None]:
+    """The records of a frame's completed stages, and ``"<stage>: <one-line error>"`` of the
+    first that did not complete (``None``: all did)."""
+    futures = cast("Mapping[str, PrefectFuture[StageRecord]]", stages)  # PrefectRunner's
+    errors = {name: _error_of(future) for name, future in futures.items()}
+    first = next((f"{name}: {error}" for name, error in errors.items() if error), None)
+    return {n: f.result() for n, f in futures.items() if errors[n] is None}, first
 
 
-def _mask_labels(futures: FrameFutures, automatic: bool) -> list[str | None] | None:
-    """The class of each of a frame's scored masks, in the metrics stage's order; ``None`` when
-    the frame has no scores (nothing to segment, or a failed stage).
-
-    With prompts, the masks are the prompts', whose classes the ``gt`` stage already gave; in
-    automatic mode they are known once the ``metrics`` stage has matched the masks (it waits).
-    """
-    scores = futures.stages.get("metrics")
-    if scores is None:
-        return None
-    if not automatic:
-        return [prompt.get("class_name") for prompt in futures.stages["gt"].result().prompts]
-    if _error_of(scores) is not None:
-        return None
-    return [score["prompt"].get("class_name") for score in scores.result().scores]
-
-
-def _submit_painting(
-    futures: FrameFutures,
-    classes: tuple[str, ...],
-    automatic: bool,
-    stylizer: StylizerConfig | None,
-    settings: CompositeConfig,
-    cache_dir: str,
-) -> None:
-    """Submit a frame's ``stylize`` stages (one per distinct style of its paint plan,
-    :func:`segstyle_core.paint.plan_by_class`), ``composite`` and ``figures`` (which shows the
-    first style's painting); they take the ``metrics`` stage's future: its used masks."""
-    labels = _mask_labels(futures, automatic)
-    if labels is None:
-        return
-    frame, gt = futures.frame, futures.stages["gt"]
-    masks, scores = futures.stages["segment"], futures.stages["metrics"]
-    image_id, image_path = frame.image_id, str(frame.image_path)
-    stylized: list[PrefectFuture[Any]] = []
-    painted = None
-    if stylizer is not None:
-        plan = plan_by_class(labels, classes, stylizer, settings.mode)
-        with dask_annotations(stylizer.device):
-            stylized = [
-                stylize.submit(
-                    image_id,
-                    image_path,
-                    style,
-                    stylizer,
-                    cache_dir,
-                    **plan.roi_options(index, settings, scores),
-                )
-                for index, style in enumerate(plan.styles)
-            ]
-        painted = composite.submit(
-            image_id, image_path, stylized, scores, plan.layers, settings, cache_dir
-        )
-        futures.stages.update(stylize_stage_names(stylized))
-        futures.stages["composite"] = painted
-    futures.stages["figures"] = figures.submit(
-        frame,
-        gt,
-        masks,
-        scores,
-        automatic,
-        cache_dir,
-        stylized=stylized[0] if stylized else None,
-        painted=painted,
-    )
-
-
-def run_dataset(
-    dataset: DatasetSelection,
-    prompts: PromptConfig,
-    segmenter: SegmenterConfig,
-    stylizer: StylizerConfig | None,
-    settings: CompositeConfig,
-    output: OutputConfig,
-) -> str:
+def run_dataset(settings: RunSettings, outputs: OutputConfig) -> str:
     """Run every image of the sample through the stages; write the Parquet; return its path."""
     logger = get_run_logger()
     started = dt.datetime.now(dt.UTC)
+    dataset, stylizer = settings.dataset, settings.stylizer
     if dataset.generate_demo and dataset.root:
         ensure_demo_dataset(dataset.root)
     seg_identity, style_identity = check_run_inputs(
-        dataset, prompts, segmenter, stylizer, output, settings
+        dataset=dataset,
+        prompts=settings.prompts,
+        segmenter=settings.segmenter,
+        stylizer=stylizer,
+        composite=settings.composite,
+        outputs=outputs,
     )
-    out = Path(output.out)
-    cache_dir = str(out / "cache")
+    out = Path(outputs.out)
     run_name = flow_run.get_name() or "local"
     run_dir = str(out / "runs" / run_name)
     config = {
-        "dataset": dataset.model_dump(mode="json"),
-        "prompts": prompts.model_dump(mode="json"),
-        "segmenter": segmenter.model_dump(mode="json"),
-        "stylizer": stylizer.model_dump(mode="json") if stylizer else None,
-        "composite": settings.model_dump(mode="json"),
+        name: None if value is None else value.model_dump(mode="json")
+        for name, value in vars(settings).items()
     }
     common = run_columns(
         run_name=run_name,
@@ -221,32 +106,12 @@ def run_dataset(
         config=config,
         segmenter=seg_identity,
         stylizer=style_identity,
-        mode=settings.mode,
+        mode=settings.composite.mode,
         started=started,
     )
-
     style_of = style_columns(stylizer) if stylizer is not None else None
     sample = sample_city(dataset)  # each row's city is its frame's (frame_rows)
-    per_frame = [
-        FrameFutures(
-            frame,
-            {
-                "gt": binarize_gt.submit(
-                    frame, dataset.classes, prompts, cache_dir, dataset.gt, seed=dataset.seed
-                )
-            },
-        )
-        for frame in sample.frames
-    ]
-    automatic = prompts.source == "auto"
-    painting = (dataset.classes, automatic, stylizer, settings, cache_dir)
-    for futures in per_frame:
-        _submit_scoring(futures, dataset, automatic, segmenter, cache_dir)
-        if not automatic:  # the prompts' classes are known: paint without waiting
-            _submit_painting(futures, *painting)
-    if automatic:  # the automatic masks' classes are known once matched, frame by frame
-        for futures in per_frame:
-            _submit_painting(futures, *painting)
+    per_frame = run_frames(PrefectRunner(out / "cache"), sample.frames, settings)
 
     rows: list[dict[str, Any]] = []
     failed = []
@@ -258,19 +123,18 @@ def run_dataset(
     ) as durable:
         if durable.resumed:
             logger.info("took over the rows of killed run(s) %s", ", ".join(durable.resumed))
-        for futures in tqdm(per_frame, desc="images", unit="img", disable=None):
-            image_id = futures.frame.image_id
-            error = futures.first_error()
-            records = futures.records()
-            published = publish(image_id, run_dir, records) if records else None
+        frames = zip(sample.frames, per_frame, strict=True)
+        for frame, stages in tqdm(
+            frames, total=len(per_frame), desc="images", unit="img", disable=None
+        ):
+            records, error = _outcome(stages)
+            published = publish(frame.image_id, run_dir, records) if records else None
             if error:
-                failed.append((image_id, error))
-                logger.error("%s failed: %s", image_id, error)
+                failed.append((frame.image_id, error))
+                logger.error("%s failed: %s", frame.image_id, error)
             finished = {**common, "finished_at": dt.datetime.now(dt.UTC)}
-            image_rows = frame_rows(
-                finished, futures.frame, records, error, published, style_of=style_of
-            )
-            durable.write_image(image_id, image_rows)
+            image_rows = frame_rows(finished, frame, records, error, published, style_of=style_of)
+            durable.write_image(frame.image_id, image_rows)
             rows.extend(image_rows)
         parquet = durable.compact()
     report = write_report(
@@ -278,7 +142,7 @@ def run_dataset(
         pd.DataFrame(rows),
         config,
         f"segstyle {flow_name} · {run_name}",
-        metric="iou" if automatic else "iou_instance",
+        metric="iou" if settings.automatic else "iou_instance",
     )
     publish_artifacts(rows, str(parquet), run_name, report, out)
     logger.info("wrote %d rows for %d images to %s", len(rows), len(sample.frames), parquet)
@@ -315,7 +179,14 @@ def segment_and_stylize(
         composite: object or background mode, soft edge, colour preservation, ROI.
         outputs: the output folder: cache, per-run pictures and report, Parquet metrics.
     """
-    return run_dataset(dataset, prompts, segmenter, stylizer, composite, outputs)
+    settings = RunSettings(
+        dataset=dataset,
+        prompts=prompts,
+        segmenter=segmenter,
+        stylizer=stylizer,
+        composite=composite,
+    )
+    return run_dataset(settings, outputs)
 
 
 @flow(name="evaluate_segmentation", task_runner=TASK_RUNNER)
@@ -334,4 +205,11 @@ def evaluate_segmentation(
         segmenter: the segmentation backend (SAM needs its weights; GrabCut is offline).
         outputs: the output folder: cache, per-run pictures and report, Parquet metrics.
     """
-    return run_dataset(dataset, prompts, segmenter, None, CompositeConfig(), outputs)
+    settings = RunSettings(
+        dataset=dataset,
+        prompts=prompts,
+        segmenter=segmenter,
+        stylizer=None,
+        composite=CompositeConfig(),
+    )
+    return run_dataset(settings, outputs)

@@ -1,24 +1,23 @@
-"""Command-line options derived from the configuration models, and the models built back.
+"""The command line's options: one per field of the configuration models.
 
-Every option of ``segstyle run``/``evaluate``/``stylize`` is a field of a model of
-:mod:`segstyle_core.config` (``video``: also of :mod:`segstyle_core.video.config` and
-:class:`~segstyle_core.video.track.TrackerConfig`, all but ``--segmenter``): its flag is the
-field's name (or the name in :attr:`OptionGroup.flags`), its default and its help line are the
-field's default and description. So the CLI, the flows and the Prefect UI share one default
-per setting.
+Each :class:`Options` names a flow parameter and its model (:mod:`segstyle_core.config`,
+:mod:`segstyle_core.video.config`, :class:`~segstyle_core.video.track.TrackerConfig`); every
+field becomes a ``--flag`` named after it (or as :attr:`Options.flags` says), with the field's
+type, default and description. :func:`with_options` adds them to a command's model, which
+pydantic-settings' CLI source parses (:mod:`segstyle.flows.cli`). So the CLI, the flows and the
+Prefect UI share one default per setting, and :func:`flag_names` maps an error's field
+(``stylizer.style``) back to the flag a user typed (``--style``).
 """
 
 from __future__ import annotations
 
-import argparse
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, create_model
 from pydantic.fields import FieldInfo
 
 from segstyle_core.config import (
@@ -32,209 +31,178 @@ from segstyle_core.config import (
     StylizerConfig,
 )
 from segstyle_core.errors import ConfigError
-from segstyle_core.video.config import VIDEO_STYLIZER, VideoOptions
+from segstyle_core.video.config import VideoOptions
 from segstyle_core.video.track import TrackerConfig
 
-#: The value that sets an optional setting to none on the command line.
-NONE = "none"
+M = TypeVar("M", bound=BaseModel)
+C = TypeVar("C", bound=BaseModel)
 
 
 @dataclass(frozen=True)
-class OptionGroup:
-    """The options of one configuration model.
+class Options(Generic[M]):
+    """The options of one flow parameter: a flag per field of its model.
 
     Attributes:
-        model: the pydantic model (or pydantic dataclass) whose fields become options.
-        title: the help section's title.
-        flags: field -> flag name, where the flag differs from the field's name.
-        skip: fields that get no option of their own.
-        nested: field -> group of a nested model, whose options are flattened into the CLI.
-        custom: field -> ``add_argument`` keywords replacing the derived ones (the option's
-            value is then turned into the field by the group's own builder).
+        parameter: the parameter's name; errors name its fields ``<parameter>.<field>``.
+        model: the parameter's configuration model.
+        flags: field -> flag (snake case) where the two differ. A field in ``skip`` that is
+            named here has no option of its own: it is set from that flag.
+        skip: fields without an option of their own.
+        nested: field -> the options of a nested model, flattened into the command.
+        cli_types: field -> the type the command line parses instead of the field's (a
+            string that the model's validator splits itself).
     """
 
-    model: Any
-    title: str
+    parameter: str
+    model: type[M]
     flags: Mapping[str, str] = field(default_factory=dict)
     skip: frozenset[str] = frozenset()
-    nested: Mapping[str, OptionGroup] = field(default_factory=dict)
-    custom: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    nested: Mapping[str, Options[Any]] = field(default_factory=dict)
+    cli_types: Mapping[str, Any] = field(default_factory=dict)
 
-    def fields(self) -> dict[str, FieldInfo]:
-        """The model's fields that get options (pydantic models and pydantic dataclasses)."""
-        every: dict[str, FieldInfo] = (
-            self.model.model_fields
-            if isinstance(self.model, type) and issubclass(self.model, BaseModel)
-            else self.model.__pydantic_fields__
-        )
-        return {n: f for n, f in every.items() if n not in self.skip}
+    def options(self) -> dict[str, tuple[Any, FieldInfo]]:
+        """Flag (snake case) -> ``(type, field)``: the fields a command's model gets."""
+        found: dict[str, tuple[Any, FieldInfo]] = {}
+        for name, info in self.model.__pydantic_fields__.items():
+            if name in self.nested:
+                found |= self.nested[name].options()
+            elif name not in self.skip:
+                kind = self.cli_types.get(name, info.annotation)
+                found[self.flags.get(name, name)] = (kind, _one_line(info))
+        return found
 
-    def flag(self, name: str) -> str:
-        """The ``--flag`` of field ``name``."""
-        return "--" + self.flags.get(name, name).replace("_", "-")
+    def flag_names(self) -> dict[str, str]:
+        """``<parameter>.<field>`` -> ``--flag``, for every field set from the command line."""
+        names: dict[str, str] = {}
+        for name in self.model.__pydantic_fields__:
+            if name in self.nested:
+                inner = self.nested[name].flag_names()
+                names |= inner | {
+                    f"{self.parameter}.{name}.{key.split('.', 1)[1]}": flag
+                    for key, flag in inner.items()
+                }
+            elif name not in self.skip or name in self.flags:
+                flag = "--" + self.flags.get(name, name).replace("_", "-")
+                names[f"{self.parameter}.{name}"] = names[f"{self.model.__name__}.{name}"] = flag
+        return names
 
-    def dest(self, name: str) -> str:
-        """The argparse destination of field ``name`` (unique across groups)."""
-        return f"{self.model.__name__}.{name}"
+    def build(self, command: BaseModel, **given: Any) -> M:
+        """The model from a parsed command's values; ``given`` fields are set directly.
+
+        Raises:
+            ConfigError: an invalid value (the model's own checks), naming its field.
+        """
+        values = {
+            name: self.nested[name].build(command)
+            if name in self.nested
+            else getattr(command, self.flags.get(name, name))
+            for name in self.model.__pydantic_fields__
+            if name not in given and name not in self.skip
+        }
+        return self.model(**values, **given)
 
 
-GATYS = OptionGroup(GatysConfig, "Gatys settings (--stylizer gatys)", flags={"seed": "noise_seed"})
-DATASET = OptionGroup(DatasetSelection, "dataset", flags={"root": "dataset"})
-#: Flags of the box adjustment that :class:`PromptConfig` and :class:`PhotoPrompts` share.
+def _one_line(info: FieldInfo) -> FieldInfo:
+    """A copy of ``info`` whose description is the first sentence of the field's, on one line."""
+    text = " ".join((info.description or "").split()).split(". ")[0].rstrip(".")
+    return FieldInfo.merge_field_infos(info, description=text)
+
+
+def with_options(command: type[C], *groups: Options[Any]) -> type[C]:
+    """``command`` (a model of the command's own arguments) plus every option of ``groups``."""
+    fields: dict[str, Any] = {}
+    for group in groups:
+        fields |= group.options()
+    model: type[C] = create_model(
+        command.__name__, __base__=command, __doc__=command.__doc__, **fields
+    )
+    return model
+
+
+def flag_names(groups: Iterable[Options[Any]]) -> dict[str, str]:
+    """``<parameter>.<field>`` -> ``--flag`` over ``groups``."""
+    names: dict[str, str] = {}
+    for group in groups:
+        names |= group.flag_names()
+    return names
+
+
+def with_flags(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with each ``<parameter>.<field>`` of ``flags`` written as its flag."""
+    if not flags:
+        return message
+    names = sorted(flags, key=len, reverse=True)  # stylizer.gatys.seed before stylizer.gatys
+    pattern = re.compile(r"(?<![\w./-])(" + "|".join(map(re.escape, names)) + r")(?!\w|\.\w)")
+    return pattern.sub(lambda match: flags[match.group(1)], message)
+
+
+#: The box adjustment's flags, shared by :class:`PromptConfig` and :class:`PhotoPrompts`.
 BOX_FLAGS = {"box_expand_px": "box_expand", "box_jitter_px": "box_jitter"}
-PROMPTS = OptionGroup(PromptConfig, "prompts", flags={"source": "prompts", **BOX_FLAGS})
-#: ``segstyle stylize``: how its boxes are adjusted (``--box``/``--point`` are its own options).
-PHOTO_BOXES = OptionGroup(
-    PhotoPrompts, "prompt boxes", flags=BOX_FLAGS, skip=frozenset({"boxes", "points", "styles"})
-)
-SEGMENTER = OptionGroup(SegmenterConfig, "segmentation", flags={"backend": "segmenter"})
-#: device and weights_dir are the segmenter's options; the stylizer shares their values.
-SHARED_BACKEND_FIELDS = frozenset({"device", "weights_dir"})
-#: ``--style``: repeatable; see :func:`split_styles`.
-STYLE_OPTION: Mapping[str, Any] = {
-    "action": "append",
-    "default": argparse.SUPPRESS,  # absent: no --style given (and no "(default: [])" in --help)
-    "metavar": "[CLASS=]IMAGE",
-    "help": "style image (default: the generated geometric abstraction); run: repeat it as "
+#: The stylizer shares the segmenter's (or tracker's) device and checkpoints folder.
+SHARED = {"device": "device", "weights_dir": "weights_dir"}
+#: ``--style``, an argument of ``run`` and ``stylize``: repeatable; see :func:`split_styles`.
+STYLE: list[str] = Field(
+    default=[],
+    description="style image (default: the generated geometric abstraction); run: repeat it as "
     "CLASS=IMAGE for a style per class; stylize: give it once per --box, paired in order",
-}
-STYLIZER = OptionGroup(
-    StylizerConfig,
-    "style transfer",
-    flags={"backend": "stylizer", "vgg_checkpoint": "vgg"},
-    skip=SHARED_BACKEND_FIELDS | {"class_styles"},
-    nested={"gatys": GATYS},
-    custom={"style": STYLE_OPTION},
 )
-COMPOSITE = OptionGroup(
-    CompositeConfig,
-    "compositing",
-    flags={"feather_px": "feather", "roi_margin_px": "roi_margin"},
-)
-OUTPUT = OptionGroup(OutputConfig, "outputs")
 
-#: ``segstyle video``: the tracker's settings (its backend comes from ``--segmenter``; the flow
-#: tracker's refining segmenter is the model's default on the tracker's device).
-VIDEO_TRACKER = OptionGroup(
+DATASET = Options(
+    "dataset",
+    DatasetSelection,
+    flags={"root": "dataset"},
+    cli_types={"city": str | None},  # the model splits "a,b" itself
+)
+PROMPTS = Options("prompts", PromptConfig, flags={"source": "prompts", **BOX_FLAGS})
+#: ``segstyle stylize``: its boxes' adjustment (``--box``, ``--point``, ``--style`` are its own).
+PHOTO_PROMPTS = Options(
+    "prompts",
+    PhotoPrompts,
+    flags={"boxes": "box", "points": "point", "styles": "style", **BOX_FLAGS},
+    skip=frozenset({"boxes", "points", "styles"}),
+)
+SEGMENTER = Options("segmenter", SegmenterConfig, flags={"backend": "segmenter"})
+GATYS = Options("gatys", GatysConfig, flags={"seed": "noise_seed"})
+STYLIZER = Options(
+    "stylizer",
+    StylizerConfig,
+    flags={
+        "backend": "stylizer",
+        "vgg_checkpoint": "vgg",
+        "style": "style",
+        "class_styles": "style",
+        **SHARED,
+    },
+    skip=frozenset({"style", "class_styles", *SHARED}),  # --style is the command's own
+    nested={"gatys": GATYS},
+)
+COMPOSITE = Options(
+    "composite", CompositeConfig, flags={"feather_px": "feather", "roi_margin_px": "roi_margin"}
+)
+OUTPUTS = Options("outputs", OutputConfig)
+
+#: ``segstyle video``: the tracker (its backend comes from the command's ``--segmenter``; the
+#: flow tracker's refining segmenter is the model's default on the tracker's device).
+TRACKER = Options(
+    "tracker",
     TrackerConfig,
-    "mask tracking",
-    flags={"checkpoint": "sam2_checkpoint"},
+    flags={"checkpoint": "sam2_checkpoint", "backend": "segmenter"},
     skip=frozenset({"backend", "segmenter"}),
 )
-#: ``segstyle video``: the stylizer is :data:`~segstyle_core.video.config.VIDEO_STYLIZER`'s
-#: backend, on the tracker's device.
-VIDEO_STYLE = OptionGroup(
+#: ``segstyle video``: the stylizer is the video flow's, on the tracker's device.
+VIDEO_STYLIZER = Options(
+    "stylizer",
     StylizerConfig,
-    "style transfer",
-    skip=SHARED_BACKEND_FIELDS | {"backend", "gatys", "vgg_checkpoint", "class_styles"},
+    flags=SHARED,
+    skip=frozenset({"backend", "gatys", "vgg_checkpoint", "class_styles", *SHARED}),
 )
-VIDEO_COMPOSITE = OptionGroup(
+VIDEO_COMPOSITE = Options(
+    "composite",
     CompositeConfig,
-    "compositing",
     flags={"feather_px": "feather"},
     skip=frozenset({"preserve_color", "roi_margin_px"}),
 )
-VIDEO = OptionGroup(VideoOptions, "video")
-#: ``segstyle video --segmenter`` -> the tracker backend.
-VIDEO_SEGMENTERS = {"grabcut": "flow", "sam2": "sam2"}
-
-
-def _one_line(description: str | None) -> str:
-    """The first sentence of a field description, on one line."""
-    text = " ".join((description or "").split())
-    return text.split(". ")[0].rstrip(".")
-
-
-def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
-    """``(T, True)`` for ``T | None``, else ``(annotation, False)``."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else annotation), True
-    return annotation, False
-
-
-def _scalar(kind: Any, optional: bool) -> Callable[[str], Any]:
-    """A converter for one command-line value of type ``kind``."""
-
-    def convert(text: str) -> Any:
-        if optional and text.lower() == NONE:
-            return None
-        return kind(text)
-
-    return convert
-
-
-def _csv(kind: Any, optional: bool) -> Callable[[str], Any]:
-    """A converter of a comma-separated list into a tuple of ``kind``."""
-
-    def convert(text: str) -> Any:
-        if optional and text.lower() == NONE:
-            return None
-        return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
-
-    return convert
-
-
-def _argument(info: FieldInfo, metavar: str) -> dict[str, Any]:
-    """``add_argument`` keywords for a field: type or choices, default and help."""
-    kind, optional = _unwrap_optional(info.annotation)
-    default = info.get_default(call_default_factory=True)
-    options: dict[str, Any] = {
-        "default": default,
-        "help": _one_line(info.description),
-        "metavar": metavar,
-    }
-    if typing.get_origin(kind) is Literal:
-        choices = [str(c) for c in typing.get_args(kind)]
-        options["choices"] = [*choices, NONE] if optional else choices
-        options["type"] = _scalar(str, optional)
-        del options["metavar"]
-    elif kind is bool:
-        options["action"] = argparse.BooleanOptionalAction
-        del options["metavar"]
-    elif typing.get_origin(kind) is tuple:
-        item = typing.get_args(kind)[0]
-        options["type"] = _csv(item, optional)
-        options["metavar"] = f"{metavar},..."
-        if default is not None:
-            options["default"] = tuple(default)
-        options["help"] += " (comma-separated)"
-    elif typing.get_origin(kind) in (typing.Union, types.UnionType) and str in typing.get_args(
-        kind
-    ):
-        options["type"] = _scalar(str, optional)  # e.g. a name or a list: the model parses it
-    else:
-        options["type"] = _scalar(kind, optional)
-    if optional and default is not None:
-        options["help"] += f"; '{NONE}' for none"
-    return options
-
-
-def add_options(parser: argparse.ArgumentParser, group: OptionGroup) -> None:
-    """Add one option per field of ``group``'s model (and of its nested groups)."""
-    section = parser.add_argument_group(group.title)
-    for name, info in group.fields().items():
-        if name in group.nested:
-            add_options(parser, group.nested[name])
-            continue
-        flag = group.flag(name)
-        metavar = flag.removeprefix("--").replace("-", "_").upper()
-        keywords = group.custom.get(name) or _argument(info, metavar)
-        section.add_argument(flag, dest=group.dest(name), **keywords)
-
-
-def build(group: OptionGroup, args: argparse.Namespace, **extra: Any) -> Any:
-    """The model of ``group`` from parsed options; ``extra`` fields are given directly."""
-    values: dict[str, Any] = {}
-    for name in group.fields():
-        if name in extra:
-            continue
-        if name in group.nested:
-            values[name] = build(group.nested[name], args)
-        else:
-            values[name] = getattr(args, group.dest(name))
-    return group.model(**values, **extra)
+VIDEO_OPTIONS = Options("video_options", VideoOptions)
 
 
 def split_styles(values: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -258,15 +226,10 @@ def split_styles(values: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return plain, per_class
 
 
-def style_values(args: argparse.Namespace) -> list[str]:
-    """The ``--style`` values given, in order (none: an empty list)."""
-    return list(getattr(args, STYLIZER.dest("style"), []))
-
-
 def build_stylizer(
-    args: argparse.Namespace, segmenter: SegmenterConfig, *, several: bool = False
+    command: BaseModel, styles: Sequence[str], segmenter: SegmenterConfig, *, several: bool = False
 ) -> StylizerConfig:
-    """The stylizer model, sharing the segmenter's device and weights folder.
+    """The stylizer of ``--style`` values ``styles``, on the segmenter's device and weights.
 
     ``--style IMAGE`` is the plain style; ``--style CLASS=IMAGE`` a class's own. With
     ``several`` (``stylize``: one style per box, see :func:`split_styles`), several plain
@@ -276,7 +239,7 @@ def build_stylizer(
         ConfigError: several plain images where one is expected, or per-class styles where
             there are no classes.
     """
-    plain, per_class = split_styles(style_values(args))
+    plain, per_class = split_styles(styles)
     if several and per_class:
         raise ConfigError(
             f"--style {next(iter(per_class))}=...: a photo has no classes; give one --style "
@@ -287,27 +250,6 @@ def build_stylizer(
             f"--style given {len(plain)} images ({', '.join(plain)}); give one for every class, "
             "or CLASS=IMAGE per class"
         )
-    shared = {name: getattr(segmenter, name) for name in SHARED_BACKEND_FIELDS}
     style = plain[0] if len(plain) == 1 else None
-    stylizer: StylizerConfig = build(STYLIZER, args, style=style, class_styles=per_class, **shared)
-    return stylizer
-
-
-def build_video_tracker(args: argparse.Namespace) -> TrackerConfig:
-    """The tracker of ``segstyle video``: ``--segmenter`` picks the backend; the flow
-    tracker's segmenter (the model's default) shares the tracker's device and weights folder."""
-    shared = {name: getattr(args, VIDEO_TRACKER.dest(name)) for name in SHARED_BACKEND_FIELDS}
-    default = TrackerConfig.model_fields["segmenter"].get_default(call_default_factory=True)
-    segmenter = default.changed(**shared)
-    backend = VIDEO_SEGMENTERS[args.segmenter]
-    tracker: TrackerConfig = build(VIDEO_TRACKER, args, backend=backend, segmenter=segmenter)
-    return tracker
-
-
-def build_video_stylizer(args: argparse.Namespace, tracker: TrackerConfig) -> StylizerConfig:
-    """The stylizer of ``segstyle video``, sharing the tracker's device and weights folder."""
-    shared = {name: getattr(tracker, name) for name in SHARED_BACKEND_FIELDS}
-    stylizer: StylizerConfig = build(
-        VIDEO_STYLE, args, backend=VIDEO_STYLIZER.backend, gatys=VIDEO_STYLIZER.gatys, **shared
-    )
-    return stylizer
+    shared = {name: getattr(segmenter, name) for name in SHARED}
+    return STYLIZER.build(command, style=style, class_styles=per_class, **shared)

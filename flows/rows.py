@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from segstyle_core.backends import BackendIdentity
 from segstyle_core.cityscapes import Frame
@@ -15,8 +15,6 @@ from segstyle_core.stagecache import StageRecord
 from segstyle_core.stages.gt import GtRecord
 from segstyle_core.stages.metrics import MetricsRecord
 from segstyle_core.stylize import StylizerConfig
-
-T = TypeVar("T")
 
 #: Stages that contribute ``seconds_<stage>`` and ``cached_<stage>`` columns.
 TIMED_STAGES = ("gt", "segment", "stylize", "composite", "figures")
@@ -72,12 +70,6 @@ def style_columns(stylizer: StylizerConfig) -> StyleColumns:
         return hashed[style]
 
     return columns
-
-
-def stylize_stage_names(stylized: Sequence[T]) -> dict[str, T]:
-    """Stage names of an image's stylize runs, one per distinct style: ``stylize`` (the first,
-    whose painting is published and shown in the figures), ``stylize_2``, ``stylize_3``, ..."""
-    return {"stylize" if k == 0 else f"stylize_{k + 1}": item for k, item in enumerate(stylized)}
 
 
 def _timing(records: Mapping[str, StageRecord], stage: str) -> dict[str, Any]:

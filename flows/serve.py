@@ -1,42 +1,94 @@
 """``segstyle serve``: the run outputs over HTTP on 127.0.0.1, so the Prefect UI can show them.
 
-Starlette's :class:`~starlette.staticfiles.StaticFiles` (which refuses paths that leave its
-folder, symlinks included) serves ``<out>/runs`` and ``<out>/metrics`` under ``/runs`` and
-``/metrics``; uvicorn runs it. ``/`` lists the runs with links to their reports. The server
-binds loopback addresses only: it has no authentication, so it is for the machine it runs on
-(reach it from elsewhere through an SSH tunnel). Point the flows at it with
+**What is served.** The regular files under ``<out>/runs`` and ``<out>/metrics``, at ``/runs``
+and ``/metrics``, and nothing else:
+
+- *Roots are fixed at start.* ``--out`` is resolved once (a symlinked ``--out`` is followed then,
+  and the real folder it named stays the root). Each served folder must be a real folder
+  directly inside it: a ``runs`` or ``metrics`` that is a symlink is refused at start (one
+  line), since following it would serve whatever it points to (``runs -> /`` would serve the
+  whole disk). Missing folders are created, so the server can start before the first run.
+- *Each request is resolved.* The requested path is resolved (symlinks followed, ``..``
+  applied, percent-escapes decoded) and served only when it lands inside its folder's real path
+  fixed at start and is a regular file. A symlink that points out of the folder, or a served
+  folder replaced by a symlink after start, answers 404, as do folders, FIFOs and devices
+  (checked with ``lstat`` on the resolved path, so a FIFO is never opened; only a file
+  swapped in between that check and the open, by someone who can write there, escapes it).
+- *No listing.* ``/`` is a fixed page saying what is served; no folder's content is listed.
+  ``/segstyle-root`` (:data:`~segstyle_core.outputs.ROOT_PATH`) answers ``{"root": <out>}``,
+  the resolved ``--out``, for :func:`segstyle_core.outputs.local_server_url`.
+- *Loopback only.* The server binds loopback addresses only and has no authentication, so it is
+  for the machine it runs on (reach it from elsewhere through an SSH tunnel). A request whose
+  ``Host`` header is not ``127.0.0.1``, ``localhost``, ``[::1]`` or the bound host (any port)
+  answers 400, so a web page cannot reach it through DNS rebinding.
+
+Files answer ``Cache-Control: no-cache``. Point the flows at the server with
 ``SEGSTYLE_OUTPUTS_URL`` (see :mod:`segstyle_core.outputs`).
 """
 
 from __future__ import annotations
 
-import argparse
 import html
 import ipaddress
+import os
 import socket
 import sys
 from pathlib import Path
-from urllib.parse import quote
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from segstyle_core.errors import ConfigError
 from segstyle_core.outputs import DEFAULT_PORT, OUTPUTS_URL_ENV, ROOT_PATH, SERVED_FOLDERS
 
 LOOPBACK_NAMES = ("localhost",)
 
+#: ``Host`` header names (without the port) always accepted; :func:`trusted_hosts` adds the
+#: bound host.
+TRUSTED_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
-class _OutputFiles(StaticFiles):
-    """Static files that the browser revalidates on every view: a retried run rewrites its
-    PNGs under the same names, and a cached old picture would show the failed attempt."""
+NO_CACHE = {"Cache-Control": "no-cache"}
 
-    def file_response(self, *args: object, **kwargs: object) -> Response:
-        response = super().file_response(*args, **kwargs)  # type: ignore[arg-type]
-        response.headers["Cache-Control"] = "no-cache"
+
+class _ConfinedFiles(StaticFiles):
+    """The regular files under ``folder``, a real folder resolved at start (see the module
+    docstring); each answers ``Cache-Control: no-cache``, since a retried run rewrites its PNGs
+    under the same names and a cached old picture would show the failed attempt."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(directory=folder)
+        self.folder = folder
+
+    async def check_config(self) -> None:
+        """Nothing: :func:`served_folder` checked the folder at start, and a folder removed
+        later answers 404 rather than an error."""
+
+    def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
+        """``(resolved path, its lstat)`` when ``path`` (relative to the folder) resolves inside
+        the folder and exists; ``("", None)`` otherwise (an absolute ``path`` included)."""
+        target = Path(os.path.realpath(self.folder / path))
+        if not target.is_relative_to(self.folder):
+            return "", None
+        try:
+            return str(target), os.lstat(target)
+        except (FileNotFoundError, NotADirectoryError):
+            return "", None
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers.update(NO_CACHE)
         return response
 
 
@@ -60,60 +112,81 @@ def check_loopback(host: str) -> str:
     return host
 
 
-def _served_root(root: Path):  # type: ignore[no-untyped-def]
-    """``{"root": <served folder>}``: lets a flow find out that this server serves its ``out``
-    (:func:`segstyle_core.outputs.local_server_url`)."""
-
-    async def served_root(request: Request) -> JSONResponse:
-        return JSONResponse({"root": str(root)}, headers={"Cache-Control": "no-cache"})
-
-    return served_root
+def url_host(host: str) -> str:
+    """``host`` as it appears in a URL and a ``Host`` header: IPv6 addresses in brackets."""
+    return f"[{host.strip('[]')}]" if ":" in host else host
 
 
-def _index(root: Path):  # type: ignore[no-untyped-def]
-    """The ``/`` page: each run folder (newest first) with a link to its report."""
+def trusted_hosts(host: str) -> list[str]:
+    """The ``Host`` header names (without port) the server answers: :data:`TRUSTED_HOSTS` and
+    the bound ``host``, lower-case."""
+    return sorted({*TRUSTED_HOSTS, url_host(host).lower()})
 
-    async def index(request: Request) -> HTMLResponse:
-        runs_dir = root / "runs"
-        runs = sorted(
-            (p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else [],
-            key=lambda p: p.stat().st_mtime,
-            reverse=True,
+
+def served_folder(root: Path, name: str) -> Path:
+    """``root/name`` as a real folder, created when missing; ``root`` is already resolved.
+
+    Raises:
+        ConfigError: it is a symlink (which would serve whatever it points to), is not a
+            folder, or cannot be created.
+    """
+    folder = root / name
+    if folder.is_symlink():
+        raise ConfigError(
+            f"{folder}: a symlink (to {os.readlink(folder)}); segstyle serve serves only real "
+            "folders inside --out: replace it with a folder, or serve the --out it belongs to"
         )
-        items = []
-        for run in runs:
-            name = html.escape(run.name)
-            href = html.escape(f"runs/{quote(run.name)}/report.html")
-            items.append(
-                f'<li><a href="{href}">{name}</a></li>'
-                if (run / "report.html").is_file()
-                else f"<li>{name} (no report yet)</li>"
-            )
-        body = "".join(items) or "<li>no runs yet</li>"
-        return HTMLResponse(
-            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            "<title>segstyle outputs</title></head><body>"
-            f"<h1>segstyle runs in {html.escape(str(root))}</h1><ul>{body}</ul></body></html>",
-            headers={"Cache-Control": "no-cache"},
-        )
-
-    return index
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{folder}: not a folder; segstyle serve serves {name}/ there") from None
+    except OSError as exc:
+        raise ConfigError(f"{folder}: cannot create it ({exc.strerror})") from None
+    return folder
 
 
-def make_app(root: Path) -> Starlette:
-    """The ASGI app serving ``root``'s :data:`~segstyle_core.outputs.SERVED_FOLDERS`.
+def _front_page(root: Path) -> str:
+    """The fixed ``/`` page: what is served, without listing any folder."""
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        "<title>segstyle outputs</title></head><body><h1>segstyle outputs</h1>"
+        f"<p>The run outputs of {html.escape(str(root))}, for the links in the Prefect UI:</p>"
+        "<ul><li>/runs/&lt;run&gt;/report.html: a run's report</li>"
+        "<li>/runs/&lt;run&gt;/&lt;image_id&gt;/&lt;file&gt;: an image's outputs</li>"
+        "<li>/metrics/flow=&lt;flow&gt;/&lt;id&gt;.parquet: a run's rows</li></ul>"
+        "<p>Folders are not listed.</p></body></html>"
+    )
 
-    Creates those folders when missing, so the server can start before the first run.
+
+def make_app(root: Path, host: str = "127.0.0.1") -> Starlette:
+    """The ASGI app serving ``root``'s :data:`~segstyle_core.outputs.SERVED_FOLDERS` to
+    requests addressed to ``host`` or a loopback name (see the module docstring).
+
+    ``root`` is resolved here, once, and its served folders are checked (and created when
+    missing) by :func:`served_folder`.
+
+    Raises:
+        ConfigError: a served folder is a symlink, not a folder, or cannot be created.
     """
     root = Path(root).resolve()
+    folders = {name: served_folder(root, name) for name in SERVED_FOLDERS}
+    front_page = _front_page(root)
+
+    async def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(front_page, headers=NO_CACHE)
+
+    async def served_root(request: Request) -> JSONResponse:
+        return JSONResponse({"root": str(root)}, headers=NO_CACHE)
+
     routes: list[Route | Mount] = [
-        Route("/", _index(root), methods=["GET", "HEAD"]),
-        Route(ROOT_PATH, _served_root(root), methods=["GET"]),
+        Route("/", index, methods=["GET", "HEAD"]),
+        Route(ROOT_PATH, served_root, methods=["GET"]),
     ]
-    for name in SERVED_FOLDERS:
-        (root / name).mkdir(parents=True, exist_ok=True)
-        routes.append(Mount(f"/{name}", app=_OutputFiles(directory=root / name), name=name))
-    return Starlette(routes=routes)
+    routes += [Mount(f"/{name}", _ConfinedFiles(folders[name]), name=name) for name in folders]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts(host))],
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -141,19 +214,20 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None
         port: TCP port; 0 picks a free one.
 
     Raises:
-        ConfigError: a non-loopback host, or the port is taken.
+        ConfigError: a non-loopback host, a served folder that is a symlink or not a folder,
+            or the port is taken.
     """
     import uvicorn
 
     check_loopback(host)
     root = Path(root).resolve()
-    app = make_app(root)
+    app = make_app(root, host)
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
+    address = f"http://{url_host(host)}:{bound}"
     print(
-        f"serving {root / 'runs'} and {root / 'metrics'} at http://{shown}:{bound}/ "
-        f"(Ctrl-C stops)\nfor the flows: export {OUTPUTS_URL_ENV}=http://{shown}:{bound}",
+        f"serving {root / 'runs'} and {root / 'metrics'} at {address}/ (Ctrl-C stops)\n"
+        f"for the flows: export {OUTPUTS_URL_ENV}={address}",
         file=sys.stderr,
         flush=True,
     )
@@ -164,30 +238,3 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None
         pass
     finally:
         sock.close()
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    serve(Path(args.out), host=args.host, port=args.port)
-    return 0
-
-
-def add_serve_command(
-    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
-    formatter_class: type[argparse.HelpFormatter] = argparse.ArgumentDefaultsHelpFormatter,
-) -> argparse.ArgumentParser:
-    """Add ``serve [--out DIR] [--port N] [--host ADDR]`` to ``commands``; return its parser.
-
-    The parsed namespace's ``handler(args) -> int`` runs the server (exit status 0 on Ctrl-C);
-    errors are :class:`~segstyle_core.errors.ConfigError`.
-    """
-    help_text = "serve run outputs over HTTP on 127.0.0.1 so the Prefect UI can show them"
-    parser = commands.add_parser(
-        "serve", help=help_text, description=help_text, formatter_class=formatter_class
-    )
-    parser.add_argument(
-        "--out", default="artifacts", help="the flows' --out folder: its runs/ and metrics/"
-    )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--host", default="127.0.0.1", help="a loopback address only")
-    parser.set_defaults(handler=_cmd_serve)
-    return parser

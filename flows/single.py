@@ -1,7 +1,8 @@
 """The ``stylize_image`` flow: one photo, prompted by boxes and/or points, no ground truth.
 
-For deployments and the Prefect UI; ``segstyle stylize`` runs the same stages without Prefect
-(:func:`segstyle_core.photo.stylize_photo`).
+For deployments and the Prefect UI: the photo's stage graph
+(:func:`segstyle_core.pipeline.photo_stages`) as Prefect tasks; ``segstyle stylize`` runs the same
+graph without Prefect (:func:`segstyle_core.photo.stylize_photo`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from segstyle.tasks import stages
+from segstyle.tasks.stage import PrefectRunner
 from segstyle_core.config import (
     CompositeConfig,
     OutputConfig,
@@ -19,8 +20,9 @@ from segstyle_core.config import (
     StylizerConfig,
 )
 from segstyle_core.images import check_output_path, read_rgb, write_image
-from segstyle_core.paint import plan_by_region, region_styles
+from segstyle_core.paint import region_styles
 from segstyle_core.photo import photo_prompts
+from segstyle_core.pipeline import photo_stages
 from segstyle_core.preflight import check_style
 
 
@@ -47,28 +49,11 @@ def stylize_image(
         outputs: the output folder holding the cache.
     """
     prompt_list = photo_prompts(image, prompts)
-    plan = plan_by_region(region_styles(prompts, len(prompt_list), stylizer, composite.mode))
-    check_output_path(output, [image, *plan.styles])
-    check_style(stylizer, plan.styles)
-    cache_dir = str(Path(outputs.out) / "cache")
-    image_id = Path(image).stem
-    masks = stages.segment.submit(
-        image_id, image, [p.as_dict() for p in prompt_list], False, segmenter, cache_dir
-    )
-    paintings = [
-        stages.stylize.submit(
-            image_id,
-            image,
-            style,
-            stylizer,
-            cache_dir,
-            **plan.roi_options(index, composite, masks),
-        )
-        for index, style in enumerate(plan.styles)
-    ]
-    record = stages.composite.submit(
-        image_id, image, paintings, masks, plan.layers, composite, cache_dir
-    ).result()
+    styles = region_styles(prompts, len(prompt_list), stylizer, composite.mode)
+    check_output_path(output, [image, *styles])
+    check_style(stylizer, styles)
+    run = PrefectRunner(Path(outputs.out) / "cache")
+    record = photo_stages(run, image, prompt_list, styles, segmenter, stylizer, composite).result()
     target = write_image(output, read_rgb(record.path("composite")))
     get_run_logger().info("wrote %s", target)
     return str(target)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from prefect import Task, flow, get_run_logger
+from prefect import flow, get_run_logger
 
-from segstyle.tasks.video import encode_video, extract_frames, score_video, stylize_video_chunk
+from segstyle.tasks.stage import PrefectRunner
 from segstyle_core.config import CompositeConfig, OutputConfig
 from segstyle_core.errors import ConfigError
 from segstyle_core.fileio import atomic_write_with, write_json_atomic
@@ -26,27 +26,30 @@ from segstyle_core.segment.base import Prompt
 from segstyle_core.stylize import StylizerConfig
 from segstyle_core.video.config import VIDEO_STYLIZER, VideoOptions
 from segstyle_core.video.evaluate import has_instance_gt
-from segstyle_core.video.io import folder_fps, frame_files, is_container, iter_frames, write_video
-from segstyle_core.video.stages import ChunkRecord, ScoreRecord, temporal_options
+from segstyle_core.video.io import (
+    check_video_output,
+    folder_fps,
+    frame_files,
+    is_container,
+    iter_frames,
+    write_video,
+)
+from segstyle_core.video.stages import (
+    ChunkRecord,
+    ScoreRecord,
+    encode_video,
+    extract_frames,
+    score_video,
+    stylize_video_chunk,
+    temporal_options,
+)
 from segstyle_core.video.track import TrackerConfig
 
-R = TypeVar("R")
 
-
-def _run(stage: Task[..., R], *args: Any) -> R:
-    """Run a stage task and wait for its record.
-
-    Submitted, not called: a stage task that finds its result in the cache returns a ``Cached``
-    state (:func:`segstyle.tasks.stage.stage_task`), which a direct call would hand back as is;
-    a future's result is always the record.
-    """
-    return stage.submit(*args).result()
-
-
-def _input_frames(video: str, name: str, cache_dir: str) -> tuple[list[str], float]:
+def _input_frames(video: str, name: str, run: PrefectRunner) -> tuple[list[str], float]:
     """The input's frame files and frame rate (a video file is decoded into the cache first)."""
     if is_container(video):
-        record = _run(extract_frames, name, video, cache_dir)
+        record = run(extract_frames, f"video-frames-{name}", video=video).result()
         return record.frame_paths(), record.fps
     return [str(p) for p in frame_files(video)], folder_fps(video)
 
@@ -112,9 +115,10 @@ def stylize_video(
     tracker.identity()  # a missing checkpoint fails before any frame
     stylizer.identity()
     check_style(stylizer)
+    check_video_output(video, output)
     name = Path(video).stem
-    cache_dir = str(Path(outputs.out) / "cache")
-    paths, fps = _input_frames(video, name, cache_dir)
+    run = PrefectRunner(Path(outputs.out) / "cache")
+    paths, fps = _input_frames(video, name, run)
     start_frame, chunk_size = video_options.start_frame, video_options.chunk_size
     if start_frame >= len(paths):
         raise ConfigError(
@@ -125,18 +129,18 @@ def stylize_video(
 
     chunks: list[ChunkRecord] = []
     for first in range(start_frame, len(paths), chunk_size):
-        chunk = _run(
+        chunk = run(
             stylize_video_chunk,
-            first,
-            paths[first : first + chunk_size],
-            prompt.as_dict() if not chunks else None,
-            chunks[-1] if chunks else None,
-            stylizer,
-            tracker,
-            composite,
-            video_options,
-            cache_dir,
-        )
+            f"video-chunk-{first}",
+            first_index=first,
+            frame_paths=paths[first : first + chunk_size],
+            prompt=prompt.as_dict() if not chunks else None,
+            previous=chunks[-1] if chunks else None,
+            stylizer=stylizer,
+            tracker=tracker,
+            composite=composite,
+            options=video_options,
+        ).result()
         flicker = _mean([row["flicker"] for row in chunk.frames if row["flicker"] is not None])
         logger.info(
             "frames %d-%d: mean flicker %s%s",
@@ -149,13 +153,22 @@ def stylize_video(
     outputs_paths = [path for chunk in chunks for path in chunk.paths("output")]
     masks = [path for chunk in chunks for path in chunk.paths("mask")]
     suffix = Path(output).suffix if is_container(output) else ""
-    encoded = _run(encode_video, name, paths[:start_frame] + outputs_paths, fps, suffix, cache_dir)
+    frames = paths[:start_frame] + outputs_paths
+    encoded = run(
+        encode_video, f"video-encode-{name}", frame_paths=frames, fps=fps, suffix=suffix
+    ).result()
     target = _publish(encoded.path("video"), output, fps)
 
     scored = paths[start_frame:]
     scores = None
     if has_instance_gt(scored):
-        scores = _run(score_video, name, scored, masks, list(prompt.box or ()), cache_dir)
+        scores = run(
+            score_video,
+            f"video-score-{name}",
+            image_paths=scored,
+            mask_paths=masks,
+            box=list(prompt.box or ()),
+        ).result()
     metrics = _metrics(chunks, scores, target)
     write_json_atomic(Path(outputs.out) / "runs" / "video" / name / "metrics.json", metrics)
     logger.info(

@@ -22,18 +22,44 @@ T = TypeVar("T")
 
 #: Every configuration model: frozen (hashable, safe to share between tasks), its field
 #: docstrings as descriptions (Prefect's forms and the CLI's help show them), unknown fields
-#: refused (a typo in prefect.yaml fails at once, naming the field).
-MODEL_CONFIG = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
+#: refused (a typo in prefect.yaml fails at once, naming the field), and every float finite
+#: (NaN or infinity in a setting would silently paint black or never stop).
+MODEL_CONFIG = ConfigDict(
+    frozen=True, use_attribute_docstrings=True, extra="forbid", allow_inf_nan=False
+)
 
 
 def config_error(model: str, error: ValidationError) -> ConfigError:
-    """One line naming each invalid field of ``model``, what it must be and what it got."""
+    """One line naming each invalid field as ``<model>.<field>``, what it must be and what it
+    got (the CLI maps those names to its flags).
+
+    A field's own errors come first; a tuple's "too short" that only follows from its items'
+    errors is left out (it would repeat them less clearly).
+    """
+    errors = error.errors()
+    own = [
+        e
+        for e in errors
+        if not (
+            e["type"] == "too_short"
+            and any(
+                len(o["loc"]) > len(e["loc"]) and o["loc"][: len(e["loc"])] == e["loc"]
+                for o in errors
+            )
+        )
+    ]
     problems = "; ".join(
-        f"{'.'.join(str(part) for part in e['loc']) or 'settings'}: {e['msg']} "
-        f"(got {e.get('input')!r})"
-        for e in error.errors()
+        f"{'.'.join((model, *(str(part) for part in e['loc'])))}: {e['msg']} "
+        f"(got {_short(e.get('input'))})"
+        for e in own
     )
-    return ConfigError(f"{model}: {problems}")
+    return ConfigError(problems)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ConfigModel(BaseModel):

@@ -105,7 +105,9 @@ class Sample:
 
     ``city`` names the selection in messages: the city, ``all``, or the cities joined by
     commas; ``cities`` lists the cities covered (sorted); each frame has its own
-    :attr:`Frame.city`. ``skipped`` lists ``(path, reason)`` for every file the scan left out.
+    :attr:`Frame.city`. ``skipped`` lists ``(path, reason)`` for every file the scan left out;
+    ``unannotated`` the paths among them that are well-formed images without the ground truth
+    (the usual case in a Cityscapes layout, where not every image is finely annotated).
     """
 
     city: str
@@ -113,6 +115,7 @@ class Sample:
     frames: list[Frame]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     cities: tuple[str, ...] = ()
+    unannotated: list[str] = field(default_factory=list)
 
 
 def resolve_root(root: str | os.PathLike[str] | None) -> Path:
@@ -139,11 +142,6 @@ def resolve_root(root: str | os.PathLike[str] | None) -> Path:
 
 def _subdirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-
-
-def list_splits(root: str | os.PathLike[str] | None) -> list[str]:
-    """Sorted split names (``train``, ``val``, ...) under ``leftImg8bit/``."""
-    return _subdirs(resolve_root(root) / "leftImg8bit")
 
 
 def list_cities(root: str | os.PathLike[str] | None, split: str) -> list[str]:
@@ -284,11 +282,19 @@ def sample_city(
         if source == "auto"
         else f"no gtFine {source} PNG beside it (gt={source})"
     )
-    skipped += [(str(f.image_path), missing) for f in frames if not f.has_gt(source)]
+    unannotated = [str(f.image_path) for f in frames if not f.has_gt(source)]
+    skipped += [(path, missing) for path in unannotated]
     if limit is not None and limit < len(fine):
         drawn = random.Random(seed).sample(fine, limit)
         fine = sorted(drawn, key=lambda f: (f.city, f.image_id))
-    return Sample(city=label, split=split, frames=fine, skipped=skipped, cities=tuple(chosen))
+    return Sample(
+        city=label,
+        split=split,
+        frames=fine,
+        skipped=skipped,
+        cities=tuple(chosen),
+        unannotated=unannotated,
+    )
 
 
 # ----------------------------------------------------------------------------- label table
@@ -640,12 +646,6 @@ def load_instances(
 
 
 # ----------------------------------------------------------------------------- regions
-
-
-def has_instances(name: str) -> bool:
-    """Whether class ``name`` (case-insensitive) has instances in Cityscapes' label table."""
-    (canonical,) = _label_names([name])
-    return bool(_DRAWN[canonical].hasInstances)
 
 
 def _class_map(kind: Literal["labelIds", "color"], gt: np.ndarray, names: list[str]) -> np.ndarray:

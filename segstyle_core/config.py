@@ -77,6 +77,15 @@ class DatasetSelection(ConfigModel):
             raise ValueError(f"{names}: 'all' and 'random' stand alone, not in a list of cities")
         return tuple(names)
 
+    @field_validator("classes", mode="after")
+    @classmethod
+    def _distinct_classes(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
+        """Class names stripped, in order, each once (``car,Car`` is ``car``)."""
+        first: dict[str, str] = {}
+        for name in classes:
+            first.setdefault(name.strip().lower(), name.strip())
+        return tuple(name for key, name in first.items() if key)
+
     def city_label(self) -> str:
         """The city selection in words for messages: ``zurich``, ``aachen,zurich``, ``all``, or
         ``a random city``."""
@@ -140,11 +149,11 @@ class CompositeConfig(ConfigModel):
 
     mode: Literal["object", "background"] = "object"
     """object: paint inside the mask; background: paint everything outside it."""
-    feather_px: float = 0.0
+    feather_px: float = Field(default=0.0, ge=0.0)
     """Soft edge of the mask, in pixels."""
     preserve_color: Literal["luminance", "histogram"] | None = None
     """Keep the photo's colours: luminance transfer or histogram matching; none: off."""
-    roi_margin_px: int | None = None
+    roi_margin_px: int | None = Field(default=None, ge=0)
     """Stylize only the mask's box plus this margin (pixels); none: the whole frame."""
 
 

@@ -30,7 +30,7 @@ def _umask() -> int:
 
 
 #: Mode of files we write: what ``open()`` would give (mkstemp's temporary files are 0600).
-_FILE_MODE = 0o666 & ~_umask()
+FILE_MODE = 0o666 & ~_umask()
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -103,7 +103,7 @@ def _temporary_sibling(target: Path) -> Iterator[Path]:
         )
         os.close(fd)
         yield Path(tmp_name)
-        os.chmod(tmp_name, _FILE_MODE)
+        os.chmod(tmp_name, FILE_MODE)
         os.replace(tmp_name, target)
     except BaseException as exc:
         if tmp_name:
@@ -157,11 +157,15 @@ def check_writable_folder(folder: str | os.PathLike[str], what: str) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"{what}: {existing} is a file, not a folder; choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    try:  # a real probe: permission bits say nothing for root, /proc or a read-only mount
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".segstyle-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
         raise ConfigError(
-            f"{what}: folder {existing} is not writable; choose another folder or fix its "
-            "permissions"
-        )
+            f"{what}: folder {existing} is not writable ({exc.strerror or exc}); choose another "
+            "folder or fix its permissions"
+        ) from None
     return Path(folder)
 
 

@@ -133,20 +133,22 @@ def region_styles(
     """
     if stylizer.class_styles:
         raise ConfigError(
-            "per-class styles need classes; a photo's regions have none: give one style for "
-            "every region, or one per box"
+            "stylizer.class_styles needs classes; a photo's regions have none: give a single "
+            "stylizer.style for every region, or prompts.styles with one per box"
         )
     if given.styles and len(given.styles) != len(given.boxes):
         raise ConfigError(
-            f"{len(given.styles)} styles for {len(given.boxes)} boxes: give one --style for "
-            "every region, or one per --box (paired in order)"
+            f"prompts.styles gives {len(given.styles)} for {len(given.boxes)} boxes "
+            "(prompts.boxes): give one per box, paired in order, or a single stylizer.style for "
+            "every region"
         )
     paired = given.styles or (stylizer.style_path(),)
     styles = [paired[k] if k < len(paired) else paired[0] for k in range(regions)]
     if mode == "background" and len(set(styles)) > 1:
         raise ConfigError(
-            "background mode paints what lies outside every region, in one style: give one "
-            "--style, or use --mode object"
+            "composite.mode=background paints what lies outside every region, in one style: "
+            "give a single stylizer.style (or the same image in every prompts.styles entry), or "
+            "set composite.mode=object"
         )
     return styles
 
@@ -164,14 +166,15 @@ def check_paint_settings(
         return
     if mode == "background":
         raise ConfigError(
-            "per-class styles paint objects; background mode paints what lies outside every "
-            "mask: give one --style, or use --mode object"
+            "stylizer.class_styles paints objects; composite.mode=background paints what lies "
+            "outside every mask: give a single stylizer.style instead, or set "
+            "composite.mode=object"
         )
     if classes is not None:
         selected = {c.lower() for c in classes}
         unknown = sorted(set(stylizer.class_styles) - selected)
         if unknown:
             raise ConfigError(
-                f"--style {unknown[0]}=...: {unknown[0]!r} is not among the run's classes "
-                f"({','.join(classes)}); add it to --classes or drop its style"
+                f"stylizer.class_styles: {unknown[0]!r} is not among the run's classes "
+                f"({','.join(classes)}); add it to dataset.classes or drop its style"
             )

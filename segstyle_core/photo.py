@@ -1,8 +1,8 @@
-"""One photo, no dataset: its prompts from the command line, and the three stages run directly.
+"""One photo, no dataset: its prompts from the command line, and its stages run in-process.
 
-:func:`stylize_photo` runs the same stages as the ``stylize_image`` flow (segment, stylize,
-composite; :mod:`segstyle_core.stages`) in this process, with the same cache, so one photo
-never waits for a Prefect server.
+:func:`stylize_photo` runs the photo's graph (:func:`segstyle_core.pipeline.photo_stages`, as
+the ``stylize_image`` flow does) in this process, with the same cache, so one photo never waits
+for a Prefect server.
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ from pathlib import Path
 from segstyle_core.config import CompositeConfig, PhotoPrompts
 from segstyle_core.errors import InputError
 from segstyle_core.images import read_rgb
-from segstyle_core.paint import plan_by_region
+from segstyle_core.pipeline import InProcess, photo_stages
 from segstyle_core.prompts.from_gt import jitter_boxes
 from segstyle_core.prompts.validation import parse_box, parse_point, validate_prompt
 from segstyle_core.segment import SegmenterConfig
 from segstyle_core.segment.base import Prompt
-from segstyle_core.stages.composite import CompositeRecord, composite
-from segstyle_core.stages.segment import segment
-from segstyle_core.stages.stylize import stylize
+from segstyle_core.stages.composite import CompositeRecord
 from segstyle_core.stylize import StylizerConfig
 
 
@@ -44,7 +42,7 @@ def photo_prompts(image_path: str, given: PhotoPrompts) -> list[Prompt]:
     elif coords:
         prompts.append(Prompt(points=coords, point_labels=labels))
     if not prompts:
-        raise InputError(f"{image_path}: no prompt given; add --box x0,y0,x1,y1 or --point x,y")
+        raise InputError(f"{image_path}: no prompt given; add a box (x0,y0,x1,y1) or a point (x,y)")
     validated = [
         validate_prompt(p, width, height, f"{image_path} prompt {i}") for i, p in enumerate(prompts)
     ]
@@ -67,24 +65,9 @@ def stylize_photo(
     settings: CompositeConfig,
     cache_dir: str,
 ) -> CompositeRecord:
-    """Segment the prompted regions of one photo, stylize it once per distinct style, and
-    paint each region in its style (``styles[k]`` for ``prompts[k]``, in order, a later region
-    over an earlier one; :func:`segstyle_core.paint.plan_by_region`); return the record of
-    ``composite.png`` (the photo's size, ``H×W×3`` RGB)."""
-    image_id = Path(image_path).stem
-    plan = plan_by_region(styles)
-    masks = segment.run(
-        image_id, image_path, [p.as_dict() for p in prompts], False, segmenter, cache_dir
-    )
-    paintings = [
-        stylize.run(
-            image_id,
-            image_path,
-            style,
-            stylizer,
-            cache_dir,
-            **plan.roi_options(index, settings, masks),
-        )
-        for index, style in enumerate(plan.styles)
-    ]
-    return composite.run(image_id, image_path, paintings, masks, plan.layers, settings, cache_dir)
+    """Run the photo's stages (:func:`segstyle_core.pipeline.photo_stages`) in this process with
+    their results in ``cache_dir``: region ``k`` (``prompts[k]``) painted in ``styles[k]``, a
+    later region over an earlier one; return the record of ``composite.png`` (the photo's size,
+    ``H×W×3`` RGB)."""
+    run = InProcess(Path(cache_dir))
+    return photo_stages(run, image_path, prompts, styles, segmenter, stylizer, settings).result()

@@ -1,35 +1,72 @@
 """The per-image results table: its Parquet schema, durable per-image parts, one file per run.
 
-Layout under ``<metrics_dir>/flow=<flow name>/``:
+Layout under ``<metrics_dir>/flow=<flow name>/``, for a flow run ``<id>``:
 
-- ``<flow_run_id>.parquet``: a finished flow run's rows, one file (see :func:`run_file`).
-- ``<flow_run_id>.parts/<image_id>.parquet``: while a run is going, each image's rows land
-  here atomically as soon as that image finishes (see :class:`RunRows`), so a crash, a SIGKILL
-  or a full disk loses at most the images still in flight. The folder also holds ``_lock``
-  (held by the writing process) and ``_run.json``; names starting with ``_`` or ``.`` are
-  skipped by pyarrow's dataset discovery, and so are the hidden temporary files.
+- ``<id>.parquet``: the run's rows (see :func:`run_file`). A finished run's is one plain
+  Parquet file; a running or killed run's is a symbolic link to its parts folder.
+- ``.<id>.parts-<host>-<random>/``: the parts folder. One ``<image>.parquet`` per finished
+  image (see :func:`part_name`), ``_run.json`` (the run's id, ``resume_key`` and start), and
+  once the run has finished every image, ``_sealed`` and ``_compacted.parquet``. ``<host>``:
+  the first 8 hex digits of the SHA-256 of the host name that made the folder.
+- ``.<id>.lock``: ``flock``-ed by the process that writes the run.
+- ``.<id>.trash-<random>/``: a retired parts folder on its way out.
 
-``pandas.read_parquet(metrics_dir)`` reads every finished image of every run, running,
-killed or complete, each exactly once (the hive partition adds a ``flow`` column; a folder
-name without ``=``, like ``<id>.parts``, adds none). At the end of a run :meth:`RunRows.compact`
-writes the one file and removes the parts, ordered so that a reader never sees an image both
-as a part and in the run's file: the parts folder is first renamed to a hidden name, then the
-file is renamed into place. A reader listing the folder during those two renames may miss that
-run's rows (or, having listed the parts, find one gone: :func:`read_metrics` lists again).
+pyarrow's dataset discovery skips every name that starts with ``.`` or ``_``, so
+``pandas.read_parquet(metrics_dir)`` reads the ``<id>.parquet`` entries only (following the
+links): each finished image of every run, running, killed or complete, exactly once (the hive
+folder adds a ``flow`` column; ``<id>.parquet``, without ``=``, adds none).
 
-A retried flow run (same flow run id) starts from its own rows: the run's file, if any, is
-split back into parts, and each image it redoes replaces its part. A rerun with the same
-configuration (same ``config_sha256``) takes over the parts of a run of the same flow that was
-killed (no live process holds its ``_lock``), so its rows stay visible once, under the rerun.
+**The protocol.** Each step is one atomic operation, so between any two a reader sees every
+finished image's rows exactly once; a kill after any step loses and doubles nothing.
+
+1. *open*: lock ``.<id>.lock``; make a parts folder (a retry of a finished run first writes
+   its file's rows into it, a part per image); make a link to it inside it and
+   ``os.replace`` that onto ``<id>.parquet``: the link appears, or replaces the file by the
+   same rows as parts. A retry of a killed attempt goes on with that attempt's folder.
+2. *take over* (only with a ``resume_key``): for each killed run of this flow with the same
+   key made on this host, rename each of its parts this run lacks into this run's folder,
+   unlink its link (its other parts are images this run has), retire its folder.
+3. *write an image*: its part is written under a hidden name in the folder and renamed into
+   place, replacing the image's earlier part, if any.
+4. *seal*: create ``_sealed``; the run writes no more parts.
+5. *stage*: write every part's rows (oldest part first) to ``_compacted.parquet`` through a
+   hidden temporary file.
+6. *publish*: ``os.replace`` ``_compacted.parquet`` onto ``<id>.parquet``: the file takes
+   the link's place, so the rows go from parts to file in one step.
+7. *retire*: rename the parts folder to ``.<id>.trash-<random>`` and remove that; remove the
+   lock.
+
+**Recovery** (:func:`finish_ended_runs`, run by every :class:`RunRows` when it opens and by
+:func:`read_metrics` before it reads): whoever comes next finishes a sealed folder from
+wherever it stopped (steps 5 to 7; step 5 gives the same rows whoever does it, and step 6
+renames a file that only one process can rename), retires a sealed folder that no link names,
+and removes trash. An unsealed folder belongs to its writer. Only when it was made on this
+host and its lock is free (its process is gone) does the recovery remove its hidden
+temporary files, retire it if no link names it, and remove the lock. So several hosts can
+write runs into one shared folder without locks across hosts: what another host's run leaves
+is touched only once sealed, and then only by steps any process may repeat.
+
+A retried flow run (same flow run id) goes on from its own rows: each image it redoes
+replaces its part, and its file holds every part, redone or not. Folders of earlier segstyle
+versions: their ``<id>.parts/`` folders read as before, and the hidden ``.<id>.parts/`` plus
+``.<id>.compacted-*.parquet`` a compaction killed between its renames left are finished into
+``<id>.parquet`` by the recovery.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
+import fcntl
+import hashlib
 import json
+import logging
 import os
+import re
+import secrets
 import shutil
+import socket
 import tempfile
 import time
 import urllib.parse
@@ -44,13 +81,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from segstyle_core.errors import InputError, StorageError, storage_error
-from segstyle_core.fileio import atomic_write_with, write_json_atomic
+from segstyle_core.errors import InputError, StorageError, os_error_message, storage_error
+from segstyle_core.fileio import FILE_MODE, atomic_write_with, write_json_atomic
 
-try:  # POSIX: a run's lock is released by the OS when its process dies, even on SIGKILL
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no takeover of killed runs' parts
-    fcntl = None  # type: ignore[assignment]
+_log = logging.getLogger(__name__)
+
 
 #: 2: added ``image_iou``/``image_dice``. 3: added ``mask_rle`` and
 #: ``cached_<stage>``. Files of older versions read
@@ -122,19 +157,20 @@ SCHEMA = pa.schema(
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-#: Mode of the files written through a temporary file (mkstemp makes them 0600).
-_FILE_MODE = 0o666 & ~_umask()
-
-#: Suffix of a running (or killed) flow run's folder of per-image parts.
-PARTS_SUFFIX = ".parts"
-_LOCK = "_lock"
+#: The first 8 hex digits of the SHA-256 of this host's name (in parts folders' names).
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _MANIFEST = "_run.json"
+_SEAL = "_sealed"
+_STAGED = "_compacted.parquet"
+_LINK = "_link"
+#: The hidden names of the layout (module docstring); ``lastgroup`` tells which one. ``legacy``
+#: and ``compacted`` are what earlier versions' killed compactions left.
+_HIDDEN = re.compile(
+    r"\.(?P<run>.+)\.(?:parts-(?P<host>[0-9a-f]{8})-[^.]+|(?P<trash>trash)-[^.]+|(?P<lock>lock)"
+    r"|(?P<legacy>parts)|(?P<compacted>compacted)-[^.]+\.parquet)"
+)
+#: errnos of a file or folder another process finished and removed first
+_GONE = (errno.ENOENT, errno.ENOTDIR)
 
 
 def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,13 +193,9 @@ def write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def run_file(metrics_dir: str | os.PathLike[str], flow_name: str, flow_run_id: str) -> Path:
-    """The one Parquet file that belongs to a (finished) flow run."""
+    """``<metrics_dir>/flow=<flow_name>/<flow_run_id>.parquet``: the run's rows (a file once
+    the run has finished, a link to its parts folder before)."""
     return Path(metrics_dir) / f"flow={flow_name}" / f"{flow_run_id}.parquet"
-
-
-def parts_dir(metrics_dir: str | os.PathLike[str], flow_name: str, flow_run_id: str) -> Path:
-    """The folder of per-image parts of a flow run that is running or was killed."""
-    return Path(metrics_dir) / f"flow={flow_name}" / f"{flow_run_id}{PARTS_SUFFIX}"
 
 
 def part_name(image_id: str) -> str:
@@ -187,8 +219,9 @@ def _naming(path: Path) -> Iterator[None]:
         raise storage_error(exc, path) from exc
 
 
-def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` through a hidden temporary file renamed into place."""
+    atomic_write_with(path, lambda tmp: write_parquet(table, tmp))
 
 
 def _unlink(path: Path) -> None:
@@ -196,94 +229,107 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
-def _read_files(files: Sequence[Path]) -> pa.Table:
-    """Rows of Parquet files as one table of :data:`SCHEMA` (older versions: empty columns)."""
-    if not files:
-        return SCHEMA.empty_table()
-    return ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet").to_table()
+# ----------------------------------------------------------------------------- reading
 
 
-def _publish(table: pa.Table, final: Path, parts: Path) -> Path:
-    """Make ``table`` the run's file ``final`` and retire the run's ``parts`` folder.
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
-    Order, so that no reader sees an image twice: write the file under a hidden name; rename
-    the parts folder to a hidden name (its rows vanish); rename the file into place (the rows
-    appear); remove the hidden folder. :meth:`RunRows._recover` finishes or undoes each step
-    after a crash.
+
+def _printable(line: str) -> str:
+    """``line`` fit for one line of a terminal: control characters and the undecodable bytes
+    of file names escaped."""
+    text = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _read_rows(file: Path, folder: Path) -> pa.Table:
+    """The rows of one results file as a table of :data:`SCHEMA` (columns that a file of an
+    older schema version lacks are empty).
+
+    Raises:
+        InputError: not a readable Parquet file, or not segstyle's results (another schema):
+            one line naming the file and the fix (move it out of ``folder``).
+        FileNotFoundError: the file vanished while being read (a run published or retired its
+            parts folder): list the folder again.
     """
-    folder = final.parent
-    hidden = folder / f".{parts.name}"
-    with _naming(final):
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, staged_name = tempfile.mkstemp(
-            prefix=f".{final.stem}.compacted-", suffix=".parquet", dir=folder
-        )
-        os.close(fd)
-        staged = Path(staged_name)
+    try:
+        schema = pq.read_schema(file)
+        names = schema.names
+        ours = "schema_version" in names and "image_id" in names and set(names) <= set(COLUMNS)
+        if ours:
+            try:
+                schema.empty_table().cast(pa.schema([SCHEMA.field(name) for name in names]))
+            except pa.ArrowException:
+                ours = False
+        if not ours:
+            shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            raise InputError(
+                f"{file}: not a segstyle results file (columns {shown}); move it out of {folder}"
+            )
+        return ds.dataset(str(file), schema=SCHEMA, format="parquet").to_table()
+    except (pa.ArrowException, OSError) as exc:
+        if not file.is_file():
+            raise FileNotFoundError(errno.ENOENT, "vanished while reading", str(file)) from exc
+        raise InputError(
+            f"{file}: not a readable Parquet file ({_first_line(exc)}); delete it or move it "
+            f"out of {folder}"
+        ) from exc
+
+
+def _parts_in(parts: Path) -> list[Path]:
+    """The parts in a parts folder (regular files, not hidden), oldest first, then by name."""
+    found = [
+        (entry.stat(follow_symlinks=False).st_mtime_ns, Path(entry.path))
+        for entry in os.scandir(parts)
+        if entry.name[0] not in "._" and entry.is_file(follow_symlinks=False)
+    ]
+    return [path for _, path in sorted(found)]
+
+
+def _read_parts(parts: Sequence[Path], folder: Path) -> pa.Table:
+    """The rows of ``parts`` as one table; an unusable part is skipped with a warning line."""
+    tables = [SCHEMA.empty_table()]
+    for part in parts:
         try:
-            write_parquet(table, staged)
-            os.chmod(staged, _FILE_MODE)
-            if parts.exists():
-                _rmtree(hidden)
-                os.replace(parts, hidden)
-            os.replace(staged, final)
-        except BaseException:
-            _unlink(staged)
-            raise
-    _rmtree(hidden)
-    return final
-
-
-def write_run(
-    rows: Sequence[Mapping[str, Any]],
-    metrics_dir: str | os.PathLike[str],
-    flow_name: str,
-    flow_run_id: str,
-) -> Path:
-    """Write (or atomically replace) the Parquet file of one flow run; return its path.
-
-    Parts the run left (:class:`RunRows`) are retired in the same step.
-    """
-    table = _table(rows)
-    final = run_file(metrics_dir, flow_name, flow_run_id)
-    return _publish(table, final, parts_dir(metrics_dir, flow_name, flow_run_id))
+            tables.append(_read_rows(part, folder))
+        except InputError as exc:
+            _log.warning("skipped: %s", _printable(str(exc)))
+    return pa.concat_tables(tables)
 
 
 # ----------------------------------------------------------------------------- locks
 
 
-def _try_lock(path: Path, create: bool) -> int | None:
-    """An fd holding an exclusive lock on ``path``; ``None`` when a live process holds it.
-
-    Checks after locking that ``path`` still names the locked file (a folder renamed between
-    open and lock is somebody else's business).
-    """
-    if fcntl is None:
-        return None
-    flags = os.O_RDWR | (os.O_CREAT if create else 0)
-    try:
-        fd = os.open(path, flags, 0o666)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if not os.path.samestat(os.fstat(fd), os.stat(path)):
-            raise FileNotFoundError(path)
-    except (BlockingIOError, FileNotFoundError):
+def _lock(path: Path, create: bool) -> int | None:
+    """An fd holding an exclusive ``flock`` on ``path``; ``None`` when a live process holds it
+    (or, without ``create``, when there is no such file). After locking, checks that ``path``
+    still names the locked file (it may have been removed in between: then tries again)."""
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), FILE_MODE)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except (BlockingIOError, FileNotFoundError):
+            pass  # held (or probed by _held for an instant), or removed: try again
+        except BaseException:
+            os.close(fd)
+            raise
         os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        time.sleep(0.02)
+    return None
 
 
-def _is_writing(parts: Path) -> bool:
-    """Whether a live process holds the lock of a parts folder (probes with a shared lock)."""
-    if fcntl is None:
-        return True
+def _held(path: Path) -> bool:
+    """Whether a live process holds the ``flock`` of the lock file ``path``."""
     try:
-        fd = os.open(parts / _LOCK, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -295,12 +341,172 @@ def _is_writing(parts: Path) -> bool:
     return False
 
 
-def _manifest(parts: Path) -> dict[str, Any]:
+def _made_here(parts: Path) -> bool:
+    """Whether the parts folder ``parts`` was made on this host (its name says)."""
+    match = _HIDDEN.fullmatch(parts.name)
+    return match is not None and match["host"] == _HOST
+
+
+def _resume_key(parts: Path) -> tuple[str, str | None, str]:
+    """``(flow_run_id, resume_key, opened_at)`` from a parts folder's ``_run.json``."""
     try:
         value = json.loads((parts / _MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+        value = None
+    if not isinstance(value, dict):
+        value = {}
+    return (
+        str(value.get("flow_run_id", "")),
+        value.get("resume_key"),
+        str(value.get("opened_at", "")),
+    )
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The files of one flow run in its flow folder (module docstring)."""
+
+    folder: Path
+    run_id: str
+
+    @property
+    def entry(self) -> Path:
+        return self.folder / f"{self.run_id}.parquet"
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / f".{self.run_id}.lock"
+
+    def linked(self) -> Path | None:
+        """The parts folder ``<id>.parquet`` links to; ``None`` for a file, nothing, or a link
+        of another kind."""
+        try:
+            target = os.readlink(self.entry)
+        except OSError:
+            return None
+        match = _HIDDEN.fullmatch(target)
+        if match is None or match.lastgroup != "host" or match["run"] != self.run_id:
+            return None
+        return self.folder / target
+
+    def new_parts(self) -> Path:
+        """A new, empty parts folder (hidden: no link names it yet)."""
+        return Path(tempfile.mkdtemp(prefix=f".{self.run_id}.parts-{_HOST}-", dir=self.folder))
+
+    def show(self, parts: Path) -> None:
+        """Put a link to ``parts`` in place of ``<id>.parquet``, in one step."""
+        link = parts / _LINK
+        _unlink(link)
+        os.symlink(parts.name, link)
+        os.replace(link, self.entry)
+
+    def finish(self, parts: Path) -> None:
+        """Steps 5 to 7 for the sealed ``parts``, from wherever they stopped; a step that
+        another process did first is skipped.
+
+        Raises:
+            StorageError: a step failed (one line naming the file and the fix); the rows stay
+                readable as parts, and any later run or reader finishes them.
+        """
+        try:
+            if self.linked() == parts:
+                staged = parts / _STAGED
+                if not staged.exists():
+                    table = _read_parts(_parts_in(parts), parts)
+                    _write_atomic(table, staged)
+                os.replace(staged, self.entry)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                if isinstance(exc, StorageError):
+                    raise
+                raise storage_error(exc, self.entry) from exc
+        self.retire(parts)
+
+    def retire(self, parts: Path) -> None:
+        """Rename ``parts`` to a trash name (one step), then remove it."""
+        trash = self.folder / f".{self.run_id}.trash-{secrets.token_hex(6)}"
+        try:
+            os.rename(parts, trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def release(self) -> None:
+        """Remove the lock file if no process holds it (locking it first, so that a process
+        that opened it meanwhile notices and makes a new one)."""
+        fd = _lock(self.lock, create=False)
+        if fd is not None:
+            _unlink(self.lock)
+            os.close(fd)
+
+    def recover(self, leftovers: Sequence[tuple[Path, str | None]]) -> None:
+        """Recovery (module docstring) for this run's hidden ``leftovers``: ``(path, kind)``,
+        ``kind`` the name of the group of :data:`_HIDDEN` its name matched last (``host``:
+        a parts folder)."""
+        linked = self.linked()
+        ended = not _held(self.lock)
+        foreign = False  # an unsealed folder of another host: its lock is not ours to remove
+        for path, kind in leftovers:
+            if kind == "host":
+                if (path / _SEAL).exists():
+                    if path == linked:
+                        self.finish(path)
+                    else:
+                        self.retire(path)
+                elif not _made_here(path):
+                    foreign = True
+                elif ended and path != linked:
+                    self.retire(path)
+                elif ended and _parts_in(path):  # a killed run's rows: drop its temporaries
+                    for leftover in path.iterdir():
+                        if leftover.name[0] == "." or leftover.name == _LINK:
+                            _unlink(leftover)
+                elif ended:  # a killed run without rows
+                    _unlink(self.entry)
+                    self.retire(path)
+            elif kind == "trash":
+                shutil.rmtree(path, ignore_errors=True)
+            elif kind == "legacy":
+                if not os.path.lexists(self.entry):
+                    table = _read_parts(_parts_in(path), path)
+                    _write_atomic(table, self.entry)
+                shutil.rmtree(path, ignore_errors=True)
+            elif kind == "compacted":
+                _unlink(path)
+        if ended and not foreign:
+            self.release()
+
+
+def finish_ended_runs(metrics_dir: str | os.PathLike[str]) -> None:
+    """The recovery (module docstring) in every ``flow=*`` folder of ``metrics_dir`` (or in
+    ``metrics_dir`` itself when it is one): what killed runs left is finished or removed.
+
+    A run whose files cannot be fixed (read-only folder, full disk) is one warning line; the
+    other runs go on.
+    """
+    root = Path(metrics_dir)
+    folders = [root] if root.name.startswith("flow=") else sorted(root.glob("flow=*"))
+    for folder in folders:
+        found: dict[str, list[tuple[Path, str | None]]] = {}
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    match = _HIDDEN.fullmatch(entry.name)
+                    if match and not entry.is_symlink():
+                        found.setdefault(match["run"], []).append(
+                            (Path(entry.path), match.lastgroup)
+                        )
+        except OSError:  # not a folder, or gone
+            continue
+        for run_id, leftovers in sorted(found.items()):
+            try:
+                _Run(folder, run_id).recover(leftovers)
+            except OSError as exc:
+                line = f"could not finish the rows of flow run {run_id}: {os_error_message(exc)}"
+                _log.warning("%s", _printable(line))
 
 
 # ----------------------------------------------------------------------------- durable rows
@@ -316,10 +522,11 @@ class RunRows:
                 durable.write_image(image_id, rows)
             parquet = durable.compact()
 
-    Opening recovers what a crash of this flow run left half-done, splits the run's file of an
-    earlier attempt back into parts, creates and locks ``<flow_run_id>.parts/``, and takes over
-    the parts of killed runs of the same flow with the same ``resume_key`` (see the module
-    docstring). Every OS error names the file and what to do (:class:`StorageError`).
+    Opening runs the recovery (:func:`finish_ended_runs`), locks the run, links its parts
+    folder in place of ``<flow_run_id>.parquet`` (a finished attempt's file split back into
+    parts) and takes over the parts of killed runs of the same flow with the same
+    ``resume_key`` (module docstring, steps 1 and 2). Every OS error names the file and what
+    to do (:class:`StorageError`).
     """
 
     def __init__(
@@ -329,18 +536,16 @@ class RunRows:
         flow_run_id: str,
         resume_key: str | None = None,
     ) -> None:
+        self.metrics_dir = Path(metrics_dir)
         self.final = run_file(metrics_dir, flow_name, flow_run_id)
-        self.parts = parts_dir(metrics_dir, flow_name, flow_run_id)
         self.flow_run_id = flow_run_id
         self.resume_key = resume_key
-        #: image id -> its part, for the images this attempt wrote, in order
-        self.written: dict[str, Path] = {}
+        #: this attempt's parts folder (set by :meth:`open`)
+        self.parts: Path
         #: flow run ids of killed runs whose parts this run took over
         self.resumed: list[str] = []
-        self._folder = self.final.parent
+        self._run = _Run(self.final.parent, flow_run_id)
         self._lock_fd: int | None = None
-
-    # -- opening --------------------------------------------------------------------------
 
     def __enter__(self) -> RunRows:
         self.open()
@@ -350,89 +555,64 @@ class RunRows:
         self.close()
 
     def open(self) -> RunRows:
-        """Recover, create and lock the parts folder, take over killed runs' parts."""
+        """Recover, lock, link the parts folder in place, take over killed runs' parts."""
         if self._lock_fd is not None:
             return self
-        with _naming(self.parts):
-            self._folder.mkdir(parents=True, exist_ok=True)
-            self._recover()
-            for _ in range(3):
-                if self.parts.exists():
-                    self._lock_fd = _try_lock(self.parts / _LOCK, create=True)
-                    if self._lock_fd is None and fcntl is not None:
-                        raise StorageError(
-                            f"{self.parts}: another process is writing the rows of flow run "
-                            f"{self.flow_run_id}; wait for it to finish or stop it, then retry"
-                        )
-                    if self.final.exists():  # cannot happen after _recover; parts win
-                        _unlink(self.final)
-                    break
-                if self._create():
-                    break
-            self._write_manifest()
-            if self.resume_key is not None:
-                self._take_over_killed_runs()
+        with _naming(self._run.folder):
+            self._run.folder.mkdir(parents=True, exist_ok=True)
+        finish_ended_runs(self.metrics_dir)
+        with _naming(self._run.lock):
+            self._lock_fd = _lock(self._run.lock, create=True)
+        if self._lock_fd is None:
+            raise StorageError(
+                f"{self.final}: another process is writing the rows of flow run "
+                f"{self.flow_run_id}; wait for it to finish or stop it, then retry"
+            )
+        try:
+            with _naming(self.final):
+                self.parts = self._attach()
+                if self.resume_key is not None:
+                    self._take_over_killed_runs()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
         """Release the lock (the parts stay until :meth:`compact`)."""
         if self._lock_fd is not None:
+            _unlink(self._run.lock)
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _hidden(self, suffix: str) -> Path:
-        return self._folder / f".{self.flow_run_id}{suffix}"
+    def _attach(self) -> Path:
+        """This attempt's parts folder, linked in place of ``<id>.parquet`` (step 1)."""
+        linked = self._run.linked()
+        if linked is not None and (linked / _SEAL).exists():  # the recovery failed just now
+            self._run.finish(linked)
+            linked = None
+        if linked is not None:  # a killed attempt's parts: go on with them
+            self._write_manifest(linked)
+            return linked
+        if os.path.lexists(self.final) and (self.final.is_symlink() or not self.final.is_file()):
+            raise StorageError(
+                f"{self.final}: not a results file of segstyle; move it out of the metrics "
+                "folder and rerun"
+            )
+        parts = self._run.new_parts()
+        self._write_manifest(parts)
+        if self.final.exists():  # a finished attempt: its rows become parts
+            table = _read_rows(self.final, self._run.folder)
+            for image_id in pc.unique(table["image_id"]).to_pylist():
+                if image_id:
+                    image_rows = table.filter(pc.equal(table["image_id"], image_id))
+                    write_parquet(image_rows, parts / part_name(image_id))
+        self._run.show(parts)
+        return parts
 
-    def _recover(self) -> None:
-        """Finish or undo what a crash of this flow run left between two renames."""
-        for leftover in self._folder.glob(f".{self.flow_run_id}.parts.new-*"):
-            _rmtree(leftover)
-        for leftover in self._folder.glob(f".{self.flow_run_id}.compacted-*.parquet"):
-            _unlink(leftover)
-        hidden_parts = self._hidden(PARTS_SUFFIX)
-        if hidden_parts.exists():  # killed during compact()
-            if self.final.exists() or self.parts.exists():
-                _rmtree(hidden_parts)
-            else:
-                os.replace(hidden_parts, self.parts)
-        replaced = self._hidden(".replaced.parquet")
-        if replaced.exists():  # killed while splitting the file of an earlier attempt
-            if self.final.exists() or self.parts.exists():
-                _unlink(replaced)
-            else:
-                os.replace(replaced, self.final)
-
-    def _create(self) -> bool:
-        """Create the locked parts folder under a hidden name, with the rows of the run's
-        file of an earlier attempt as parts, then show it in place of that file."""
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.flow_run_id}.parts.new-", dir=self._folder))
-        fd = _try_lock(staging / _LOCK, create=True)
-        try:
-            if self.final.exists():
-                table = _read_files([self.final])
-                for image_id in pc.unique(table["image_id"]).to_pylist():
-                    if image_id:
-                        image_rows = table.filter(pc.equal(table["image_id"], image_id))
-                        write_parquet(image_rows, staging / part_name(image_id))
-                replaced = self._hidden(".replaced.parquet")
-                os.replace(self.final, replaced)  # the old rows vanish ...
-                os.rename(staging, self.parts)  # ... and reappear as parts
-                _unlink(replaced)
-            else:
-                os.rename(staging, self.parts)
-        except OSError:
-            if fd is not None:
-                os.close(fd)
-            _rmtree(staging)
-            if self.parts.exists():  # another process created it first: lock that one
-                return False
-            raise
-        self._lock_fd = fd
-        return True
-
-    def _write_manifest(self) -> None:
+    def _write_manifest(self, parts: Path) -> None:
         write_json_atomic(
-            self.parts / _MANIFEST,
+            parts / _MANIFEST,
             {
                 "flow_run_id": self.flow_run_id,
                 "resume_key": self.resume_key,
@@ -441,31 +621,34 @@ class RunRows:
         )
 
     def _take_over_killed_runs(self) -> None:
-        """Move the parts of killed runs with this run's ``resume_key`` into this run's
-        folder (newest first, never over a part this folder has), then remove their folders.
-        Each move is a rename, so every image stays visible exactly once."""
-        candidates = [
-            p
-            for p in self._folder.glob(f"*{PARTS_SUFFIX}")
-            if p.is_dir() and p.name[0] not in "._" and p != self.parts
-        ]
-        candidates.sort(key=lambda p: _manifest(p).get("opened_at", ""), reverse=True)
-        for other in candidates:
-            if _manifest(other).get("resume_key") != self.resume_key:
+        """Step 2: move the parts of killed runs with this run's ``resume_key`` (made on this
+        host, newest first, never over a part this folder has) into this run's folder, then
+        retire theirs. Each move is a rename, so every image stays visible exactly once."""
+        candidates = []
+        for entry in self._run.folder.glob("*.parquet"):
+            other = _Run(self._run.folder, entry.name.removesuffix(".parquet"))
+            parts = other.linked()
+            if entry.name[0] in "._" or parts is None or other.run_id == self.flow_run_id:
                 continue
-            fd = _try_lock(other / _LOCK, create=False)
-            if fd is None:  # a live run, or not a folder RunRows made
+            run_id, key, opened_at = _resume_key(parts)
+            if key == self.resume_key and _made_here(parts) and not (parts / _SEAL).exists():
+                candidates.append((opened_at, other, parts, run_id or other.run_id))
+        for _, other, parts, run_id in sorted(candidates, key=lambda c: c[0], reverse=True):
+            fd = _lock(other.lock, create=True)
+            if fd is None:  # a live run
                 continue
             try:
-                for part in other.glob("*.parquet"):
-                    if part.name[0] not in "._" and not (self.parts / part.name).exists():
+                if other.linked() != parts:  # another run took it over first
+                    continue
+                for part in _parts_in(parts):
+                    if not (self.parts / part.name).exists():
                         os.replace(part, self.parts / part.name)
-                self.resumed.append(str(_manifest(other).get("flow_run_id") or other.stem))
-                _rmtree(other)
+                os.unlink(other.entry)
+                other.retire(parts)
+                self.resumed.append(run_id)
             finally:
+                _unlink(other.lock)
                 os.close(fd)
-
-    # -- writing --------------------------------------------------------------------------
 
     def write_image(self, image_id: str, rows: Sequence[Mapping[str, Any]]) -> Path:
         """Write (or atomically replace) one image's rows as its part; return the part.
@@ -474,61 +657,124 @@ class RunRows:
             StorageError: the part could not be written (names it and the fix); the parts of
                 earlier images stay readable.
         """
-        if self._lock_fd is None and fcntl is not None:
+        if self._lock_fd is None:
             self.open()
         table = _table(rows)
         part = self.parts / part_name(image_id)
         with _naming(part):
-            atomic_write_with(part, lambda tmp: write_parquet(table, tmp))
-        self.written.pop(image_id, None)
-        self.written[image_id] = part
+            _write_atomic(table, part)
         return part
 
     def compact(self) -> Path:
-        """Write the rows of the images this attempt wrote as the run's one file, remove the
-        parts folder (with any part this attempt did not rewrite) and release the lock.
+        """Seal, stage, publish and retire (steps 4 to 7): the rows of every part become the
+        run's one file; release the lock. Return the file.
 
         Raises:
-            StorageError: the file could not be written (names it and the fix); the parts stay.
+            StorageError: a step failed (names the file and the fix); the rows stay readable
+                as parts, and the next run or ``segstyle results`` finishes the file.
         """
+        if self._lock_fd is None:
+            self.open()
+        seal = self.parts / _SEAL
+        with _naming(seal):
+            os.close(os.open(seal, os.O_WRONLY | os.O_CREAT, FILE_MODE))
         with _naming(self.final):
-            table = _read_files(list(self.written.values()))
-        path = _publish(table, self.final, self.parts)
+            self._run.finish(self.parts)
         self.close()
-        return path
+        return self.final
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def _discover(path: Path) -> ds.Dataset:
-    schema = SCHEMA.append(pa.field("flow", pa.string()))
-    return ds.dataset(path, schema=schema, format="parquet", partitioning="hive")
+def _result_files(root: Path, skipped: list[str]) -> list[tuple[Path, str | None]]:
+    """The files ``pandas.read_parquet(root)`` reads, with the ``flow`` of their hive folder.
+    Names that start with ``.`` or ``_`` are left out, as pyarrow does; links are followed
+    only to places inside ``root``. A link elsewhere, a link loop or an unreadable subfolder
+    adds a line to ``skipped``.
+
+    Raises:
+        FileNotFoundError: a folder vanished while being listed: list again.
+    """
+    if not root.is_dir():
+        return [(root, None)]
+    inside = Path(os.path.realpath(root))
+    found: list[tuple[Path, str | None]] = []
+    seen: set[str] = set()
+    stack: list[tuple[Path, str | None]] = [(root, None)]
+    while stack:
+        folder, flow = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as exc:
+            if folder == root or isinstance(exc, FileNotFoundError):
+                raise
+            skipped.append(os_error_message(exc, folder))
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.name[0] in "._":
+                    continue
+                if entry.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(inside):
+                    skipped.append(f"{path}: a link out of {root}; remove it")
+                elif entry.is_dir():
+                    key, equals, value = entry.name.partition("=")
+                    named = urllib.parse.unquote(value) if equals and key == "flow" else flow
+                    stack.append((path, named))
+                elif entry.is_file():
+                    found.append((path, flow))
+            except OSError as exc:  # a link loop
+                skipped.append(os_error_message(exc, path))
+    return sorted(found, key=lambda item: str(item[0]))
 
 
 def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read one run file or a whole metrics directory into a DataFrame.
 
-    Files of every schema version are read against the current :data:`SCHEMA` (columns a file
-    lacks come back empty), plus the hive partition column ``flow``. Plain
-    ``pandas.read_parquet(dir)`` works too but takes its columns from the first file it finds.
-    Parts of running or killed runs are read like files (see :func:`partial_runs`).
+    First finishes or removes what killed runs left (:func:`finish_ended_runs`). Files of every
+    schema version are read against the current :data:`SCHEMA` (columns a file lacks come back
+    empty), plus the hive partition column ``flow``. A file that is not readable Parquet
+    (corrupt, truncated, empty) or not segstyle's results (another schema), and a link out of
+    the folder, are skipped with one warning line each (``skipped: <path>: <what>; <fix>``).
+    Plain ``pandas.read_parquet(dir)`` reads the same rows, but takes its columns from the first
+    file it finds and stops at a bad file. Parts of running or killed runs are read like files
+    (see :func:`partial_runs`).
 
     Raises:
         InputError: nothing there yet.
     """
     path = Path(path)
-    for attempt in range(3):
+    if not path.exists():
+        raise InputError(f"{path}: no Parquet results here yet; run `segstyle run` first")
+    if path.is_dir():
+        finish_ended_runs(path)
+    for attempt in range(5):
+        tables: list[pa.Table] = []
+        skipped: list[str] = []
         try:
-            dataset = _discover(path) if path.exists() else None
-            if dataset is None or not dataset.files:
-                raise InputError(f"{path}: no Parquet results here yet; run `segstyle run` first")
-            return dataset.to_table().to_pandas()
-        except FileNotFoundError:  # a run compacted its parts between listing and reading
-            if attempt == 2:
+            for file, flow in _result_files(path, skipped):
+                try:
+                    table = _read_rows(file, path)
+                except InputError as exc:
+                    skipped.append(str(exc))
+                    continue
+                flows = pa.array([flow] * len(table), pa.string())
+                tables.append(table.append_column("flow", flows))
+            break
+        except FileNotFoundError:  # a run published or retired its parts meanwhile
+            if attempt == 4:
                 raise
-            time.sleep(0.1)
-    raise AssertionError("unreachable")
+            time.sleep(0.05)
+    for line in skipped:
+        _log.warning("skipped: %s", _printable(line))
+    if not tables:
+        raise InputError(f"{path}: no Parquet results here yet; run `segstyle run` first")
+    return pa.concat_tables(tables).to_pandas()
 
 
 @dataclass(frozen=True)
@@ -537,26 +783,29 @@ class PartialRun:
 
     flow: str
     flow_run_id: str
-    parts: Path
+    parts: Path  # ``<flow_run_id>.parquet``, the link to its parts folder
     images: int
-    writing: bool  # a live process holds the run's lock
+    writing: bool  # a live process holds the run's lock (a run of another host: assumed)
 
 
 def partial_runs(metrics_dir: str | os.PathLike[str]) -> list[PartialRun]:
-    """The runs under ``metrics_dir`` that have parts but no file yet."""
+    """The runs under ``metrics_dir`` whose rows are parts (unsealed), not a file yet."""
     runs = []
-    for parts in sorted(Path(metrics_dir).glob(f"flow=*/*{PARTS_SUFFIX}")):
-        if not parts.is_dir() or parts.name[0] in "._":
+    for entry in sorted(Path(metrics_dir).glob("flow=*/*.parquet")):
+        run = _Run(entry.parent, entry.name.removesuffix(".parquet"))
+        parts = run.linked()
+        if entry.name[0] in "._" or parts is None or (parts / _SEAL).exists():
             continue
-        runs.append(
-            PartialRun(
-                flow=parts.parent.name.removeprefix("flow="),
-                flow_run_id=parts.name.removesuffix(PARTS_SUFFIX),
-                parts=parts,
-                images=sum(1 for p in parts.glob("*.parquet") if p.name[0] not in "._"),
-                writing=_is_writing(parts),
+        with contextlib.suppress(FileNotFoundError):  # it finished meanwhile
+            runs.append(
+                PartialRun(
+                    flow=entry.parent.name.removeprefix("flow="),
+                    flow_run_id=run.run_id,
+                    parts=entry,
+                    images=len(_parts_in(parts)),
+                    writing=not _made_here(parts) or _held(run.lock),
+                )
             )
-        )
     return runs
 
 

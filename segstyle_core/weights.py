@@ -1,7 +1,9 @@
 """Model checkpoints: where they live, how they are fetched, checked and safely loaded.
 
-Checkpoints live in :func:`weights_dir` (``--weights-dir`` > ``$SEGSTYLE_WEIGHTS_DIR`` > the user
-cache directory). The official file names carry the start of the file's SHA-256 (``01ec64`` in
+Checkpoints live in :func:`weights_dir` (a backend's ``weights_dir`` setting >
+``$SEGSTYLE_WEIGHTS_DIR`` > the user cache directory); a backend loads the file
+:func:`resolve_checkpoint` names, with its full SHA-256, and fills its model with
+:func:`load_weights`. The official file names carry the start of the file's SHA-256 (``01ec64`` in
 ``sam_vit_b_01ec64.pth``); :func:`verify_checkpoint` checks that prefix and, when present, the
 full SHA-256 that :func:`download` records beside the file in ``<file>.sha256`` (``sha256sum``'s
 format, so ``sha256sum -c sam_vit_b_01ec64.pth.sha256`` checks it too). Meta publishes no hash
@@ -17,17 +19,18 @@ import http.client
 import os
 import pickle
 import re
+import textwrap
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import platformdirs
 from tqdm import tqdm
 
-from segstyle_core.errors import ConfigError, WeightsError
+from segstyle_core.errors import ConfigError, WeightsError, error_line
 from segstyle_core.fileio import atomic_write, file_sha256, sha256_file
 
 if TYPE_CHECKING:
@@ -143,7 +146,7 @@ def get_checkpoint(checkpoint: str | Checkpoint) -> Checkpoint:
 def weights_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """The directory checkpoints are downloaded to and looked up in.
 
-    ``override`` (``--weights-dir``) wins, then ``$SEGSTYLE_WEIGHTS_DIR``, then
+    ``override`` (a backend's ``weights_dir`` setting) wins, then ``$SEGSTYLE_WEIGHTS_DIR``, then
     ``<user cache dir>/segstyle/weights``. The directory is not created here.
     """
     if override is not None:
@@ -190,9 +193,9 @@ def find_checkpoint(
             return candidate
     searched = ", ".join(str(d) for d in dirs)
     raise WeightsError(
-        f"checkpoint {entry.filename} not found in {searched}: run "
-        f"`segstyle weights download {entry.name}` (pick the folder with --weights-dir or "
-        f"${ENV_WEIGHTS_DIR})"
+        f"checkpoint {entry.filename} not found in {searched}: run `segstyle weights download "
+        f"{entry.name}` (from {entry.url}; the weights_dir setting or ${ENV_WEIGHTS_DIR} picks "
+        "the folder)"
     )
 
 
@@ -249,21 +252,54 @@ def _mismatch(path: str | os.PathLike[str], entry: Checkpoint, digest: str) -> s
     return None
 
 
-def own_checkpoint(path: str | os.PathLike[str], option: str) -> tuple[Path, str]:
-    """A checkpoint file of your own (given with ``option``, e.g. ``--checkpoint``) and its
-    full SHA-256, which identifies it in cache keys and result rows (there is no published
-    hash to check it against).
+class CheckpointFile(NamedTuple):
+    """A checkpoint file and its full SHA-256, which names its weights in cache keys and result
+    rows."""
+
+    path: Path
+    sha256: str
+
+
+def own_checkpoint(path: str | os.PathLike[str], field: str) -> CheckpointFile:
+    """A checkpoint file of your own, set in the configuration field ``field`` (dotted, e.g.
+    ``segmenter.checkpoint``), and its full SHA-256 (there is no published hash to check it
+    against).
 
     Raises:
-        WeightsError: the file does not exist (the message names the option).
+        WeightsError: the file does not exist or is empty (the message names ``field``).
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(
-            f"checkpoint {path} does not exist: fix the {option} path, or leave {option} out "
-            "to use the downloaded official checkpoint"
+            f"checkpoint {path} does not exist: fix {field}, or leave it unset to use the "
+            "downloaded official checkpoint"
         )
-    return path, file_sha256(path)
+    if path.stat().st_size == 0:
+        raise WeightsError(
+            f"checkpoint {path} is empty (0 bytes): fix {field}, or leave it unset to use the "
+            "downloaded official checkpoint"
+        )
+    return CheckpointFile(path, file_sha256(path))
+
+
+def resolve_checkpoint(
+    own: str | None,
+    field: str,
+    official: str | Checkpoint,
+    weights_dir: str | os.PathLike[str] | None = None,
+) -> CheckpointFile:
+    """The checkpoint a backend loads: ``own`` (the file set in ``field``, see
+    :func:`own_checkpoint`) if given, else the ``official`` checkpoint found by
+    :func:`find_checkpoint` and checked by :func:`verify_checkpoint`.
+
+    Raises:
+        WeightsError: the file is missing (the message says how to get it) or fails its check.
+        ConfigError: unknown official name.
+    """
+    if own:
+        return own_checkpoint(own, field)
+    path = find_checkpoint(official, weights_dir)
+    return CheckpointFile(path, verify_checkpoint(path, official))
 
 
 def verify_checkpoint(path: str | os.PathLike[str], checkpoint: str | Checkpoint) -> str:
@@ -408,7 +444,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise WeightsError(
-            f"cannot read checkpoint {path} ({str(exc).splitlines()[0]}): delete it and "
+            f"cannot read checkpoint {path} ({error_line(exc)}): delete it and "
             "download it again with `segstyle weights download NAME`"
         ) from None
     if isinstance(loaded, dict) and len(loaded) == 1:
@@ -425,6 +461,28 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             "torch.save(model.state_dict(), path)"
         )
     return loaded
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike[str], architecture: str) -> None:
+    """Fill ``model``, built without weights, from checkpoint ``path`` (:func:`load_state_dict`),
+    every parameter present.
+
+    Raises:
+        WeightsError: unsafe/corrupt checkpoint, or one made for another architecture than
+            ``architecture`` (``"SAM vit_l"``, which the message names).
+    """
+    state_dict = load_state_dict(path)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        # torch's message: a heading, then a line per kind of problem (missing, unexpected or
+        # misfit keys), which can list hundreds of keys.
+        lines = str(exc).splitlines()
+        problem = textwrap.shorten(lines[1] if len(lines) > 1 else lines[0], 200)
+        raise WeightsError(
+            f"checkpoint {path} does not fit {architecture} ({problem}): choose the variant it "
+            "was trained as"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from segstyle_core.config import DatasetSelection
     persist_result=False,
 )
 def sample_city(dataset: DatasetSelection) -> cityscapes.Sample:
-    """Sample the selected cities (named, all, or one drawn with the seed); log their frames and
-    skipped files."""
+    """Sample the selected cities (named, all, or one drawn with the seed); log their frames, a
+    count of the images without fine annotations, and a warning per malformed file."""
     sample = dataset.sample()
     logger = get_run_logger()
     logger.info(
@@ -26,6 +26,9 @@ def sample_city(dataset: DatasetSelection) -> cityscapes.Sample:
         ", ".join(sample.cities),
         len(sample.frames),
     )
+    if sample.unannotated:
+        logger.info("left out %d images without fine annotations", len(sample.unannotated))
     for path, reason in sample.skipped:
-        logger.warning("skipped %s: %s", path, reason)
+        if path not in sample.unannotated:
+            logger.warning("skipped %s: %s", path, reason)
     return sample

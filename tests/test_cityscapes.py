@@ -47,7 +47,7 @@ def test_root_from_argument_or_environment(
     assert cityscapes.resolve_root(str(demo_root)) == demo_root
     monkeypatch.setenv("CITYSCAPES_DATASET", str(demo_root))
     assert cityscapes.resolve_root(None) == demo_root
-    assert cityscapes.list_splits(None) == ["train"]
+    assert cityscapes.list_cities(None, "train") == sorted(CITIES)
 
 
 def test_root_without_leftimg8bit_names_root_and_layout(tmp_path: Path) -> None:
@@ -63,10 +63,11 @@ def test_no_root_at_all_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> No
         cityscapes.resolve_root(None)
 
 
-def test_splits_and_cities_are_sorted(demo_root: Path) -> None:
-    assert cityscapes.list_splits(demo_root) == ["train"]
+def test_cities_are_sorted_and_an_unknown_split_names_the_splits(demo_root: Path) -> None:
     assert cityscapes.list_cities(demo_root, "train") == sorted(CITIES)
-    with pytest.raises(ConfigError, match="train"):
+    with pytest.raises(
+        ConfigError, match="no split 'test' under leftImg8bit/; choose one of train$"
+    ):
         cityscapes.list_cities(demo_root, "test")
 
 

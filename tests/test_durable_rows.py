@@ -8,13 +8,15 @@ flow checks SIGKILL a ``segstyle run`` after some images and fill the disk durin
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +48,11 @@ def _image_rows(image_id: str, run: str, iou: float = 0.5) -> list[dict[str, Any
 
 
 def _visible(metrics: Path) -> pd.DataFrame:
-    """What a reader gets: plain pandas on the folder (empty when nothing is visible)."""
-    if not any(p for p in metrics.rglob("*.parquet") if not _hidden(p, metrics)):
+    """What a reader gets: plain pandas on the folder (no rows when nothing is visible)."""
+    frame = pd.read_parquet(metrics)
+    if len(frame.columns) == 0:
         return pd.DataFrame(columns=["flow_run_id", "image_id", "prompt_index", "iou"])
-    return pd.read_parquet(metrics)
-
-
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part[0] in "._" for part in path.relative_to(root).parts)
+    return frame
 
 
 def _files(metrics: Path) -> list[str]:
@@ -108,83 +107,206 @@ def test_part_names_are_never_hidden_and_never_partition_keys(metrics: Path) -> 
     assert sorted(pd.read_parquet(metrics)["image_id"]) == sorted(odd)
 
 
-def test_no_reader_ever_sees_an_image_twice_while_compacting(
-    metrics: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Snapshot the folder before and after every rename of the compaction."""
-    views: list[pd.DataFrame] = []
-    real_replace, real_rename = os.replace, os.rename
+# --- a kill after any step ----------------------------------------------------------------
 
-    def watching(real: Callable[..., None]) -> Callable[..., None]:
-        def rename(src: Any, dst: Any) -> None:
-            views.append(_visible(metrics))
-            real(src, dst)
-            views.append(_visible(metrics))
-
-        return rename
-
-    durable = results.RunRows(metrics, "f", "run1").open()
-    for image_id in ("a", "b", "c"):
-        durable.write_image(image_id, _image_rows(image_id, "run1"))
-    monkeypatch.setattr(os, "replace", watching(real_replace))
-    monkeypatch.setattr(os, "rename", watching(real_rename))
-    durable.compact()
-    monkeypatch.undo()
-    assert len(views) >= 4
-    for view in views:
-        assert not view.duplicated(["image_id", "prompt_index"]).any()
-        assert set(_counts(view).values()) <= {2}
-    assert _counts(views[0]) == _counts(views[-1]) == {"a": 2, "b": 2, "c": 2}
+#: The calls that change the file system (``open`` only with ``O_CREAT``): the steps of the
+#: protocol and everything in between (temporary files, each removal of ``rmtree``).
+_CHANGES = ("open", "mkdir", "rename", "replace", "symlink", "unlink", "rmdir")
+_KILLED = 137
 
 
-class _Crash(BaseException):
-    """Stands in for SIGKILL between two file operations."""
+def _killed_after(changes: int, action: Callable[[], None]) -> bool:
+    """Run ``action`` in a forked child that dies (``os._exit``, as abruptly as SIGKILL: no
+    cleanup, no ``finally``) right after its ``changes``-th change of the file system; return
+    whether it died before ``action`` was done."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        count = 0
+
+        def counting(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+            def change(*args: Any, **kwargs: Any) -> Any:
+                nonlocal count
+                result = real(*args, **kwargs)
+                if name != "open" or args[1] & os.O_CREAT:
+                    count += 1
+                    if count == changes:
+                        os._exit(_KILLED)
+                return result
+
+            return change
+
+        for name in _CHANGES:
+            setattr(os, name, counting(name, getattr(os, name)))
+        try:
+            action()
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, _KILLED), f"the writer failed (exit {code})"
+    return code == _KILLED
 
 
-@pytest.mark.parametrize("step", ["hide parts", "publish file", "remove parts", "after"])
-def test_a_crash_at_any_step_of_compaction_loses_and_doubles_nothing(
-    metrics: Path, monkeypatch: pytest.MonkeyPatch, step: str
-) -> None:
-    durable = results.RunRows(metrics, "f", "run1", resume_key=KEY).open()
+def _leftovers(metrics: Path) -> list[str]:
+    """Hidden entries beyond a killed run's linked, unsealed parts folder (its parts and
+    ``_run.json``): what the recovery must have finished or removed."""
+    wrong = []
+    for folder in metrics.glob("flow=*"):
+        linked = {os.readlink(p) for p in folder.iterdir() if p.is_symlink()}
+        for entry in folder.iterdir():
+            if entry.name[0] != ".":
+                continue
+            if entry.name not in linked or (entry / "_sealed").exists():
+                wrong.append(entry.name)
+            else:
+                wrong += [f"{entry.name}/{p.name}" for p in entry.iterdir() if p.name[0] == "."]
+    return wrong
+
+
+def _state(folder: Path) -> str:
+    """Where run ``r``'s compaction stands: its entry (file, link, none), then ``sealed``,
+    ``staged`` for its parts folders and ``trash`` for a retired one."""
+    entry = folder / "r.parquet"
+    words = ["link" if entry.is_symlink() else "file" if entry.exists() else "none"]
+    for path in sorted(folder.glob(".r.*")):
+        words += [
+            w
+            for w, name in (("sealed", "_sealed"), ("staged", "_compacted.parquet"))
+            if (path / name).exists()
+        ]
+        words += ["trash"] if ".trash-" in path.name else []
+    return " ".join(words)
+
+
+def _setup_takeover(metrics: Path) -> None:
+    """Another configuration's finished run, and a killed run of this one with images a, b."""
+    with results.RunRows(metrics, "f", "other", resume_key="config-b") as other:
+        other.write_image("x", _image_rows("x", "other"))
+        other.compact()
+    killed = results.RunRows(metrics, "f", "killed", resume_key=KEY).open()
     for image_id in ("a", "b"):
-        durable.write_image(image_id, _image_rows(image_id, "run1"))
-    real_replace, real_rmtree = os.replace, results._rmtree
+        killed.write_image(image_id, _image_rows(image_id, "killed"))
+    killed.close()  # what a kill leaves: the parts, no lock
 
-    def replace(src: Any, dst: Any) -> None:
-        if (step == "hide parts" and Path(src) == durable.parts) or (
-            step == "publish file" and Path(dst) == durable.final
-        ):
-            raise _Crash
-        real_replace(src, dst)
 
-    def rmtree(path: Path) -> None:
-        if step == "remove parts" and path.exists():
-            raise _Crash
-        real_rmtree(path)
+def _setup_retry(metrics: Path) -> None:
+    """A finished attempt of flow run ``r`` with images a, b, c."""
+    with results.RunRows(metrics, "f", "r", resume_key=KEY) as first:
+        for image_id in ("a", "b", "c"):
+            first.write_image(image_id, _image_rows(image_id, "r", iou=0.1))
+        first.compact()
 
-    monkeypatch.setattr(os, "replace", replace)
-    monkeypatch.setattr(results, "_rmtree", rmtree)
-    with pytest.raises(_Crash):
+
+def _setup_killed_attempt(metrics: Path) -> None:
+    """A killed attempt of flow run ``r`` that finished image a."""
+    attempt = results.RunRows(metrics, "f", "r", resume_key=KEY).open()
+    attempt.write_image("a", _image_rows("a", "r", iou=0.1))
+    attempt.close()
+
+
+#: scenario: (the folder before, the images the run writes, images finished before it starts)
+_SCENARIOS = {
+    "new run taking over a killed one": (_setup_takeover, ("a", "b", "c"), {"a", "b"}),
+    "retry of a finished run": (_setup_retry, ("b",), {"a", "b", "c"}),
+    "retry of a killed attempt": (_setup_killed_attempt, ("a", "b"), {"a"}),
+}
+
+
+def _write_r(metrics: Path, images: Sequence[str], done: Path) -> None:
+    """Flow run ``r``: write ``images`` (each one's id appended to ``done`` once written), then
+    compact."""
+    with results.RunRows(metrics, "f", "r", resume_key=KEY) as durable:
+        for image_id in images:
+            durable.write_image(image_id, _image_rows(image_id, "r", iou=0.9))
+            with done.open("a") as log:
+                log.write(image_id + "\n")
         durable.compact()
-        raise _Crash  # step "after": a crash once everything is done
-    monkeypatch.undo()
-    durable.close()
-    # What a SIGKILL leaves besides: a half-written file and a half-made folder, both hidden.
-    (metrics / "flow=f" / ".run1.compacted-x1y2.parquet").write_bytes(b"PAR1 half")
-    (metrics / "flow=f" / ".run1.parts.new-x1y2").mkdir()
-    frame = _visible(metrics)
-    assert not frame.duplicated(["image_id", "prompt_index"]).any()
-    assert set(_counts(frame)) <= {"a", "b"}
 
-    # The retry of this flow run recovers, then redoes the images and compacts.
-    with results.RunRows(metrics, "f", "run1", resume_key=KEY) as retry:
-        assert _counts(_visible(metrics)) == {"a": 2, "b": 2}
+
+@pytest.mark.parametrize("scenario", list(_SCENARIOS))
+def test_a_kill_after_any_change_loses_and_doubles_no_finished_image(
+    tmp_path: Path, scenario: str
+) -> None:
+    """Kill the run after its 1st, 2nd, ... change of the file system, until it finishes.
+    After each kill, plain pandas reads every finished image exactly once; ``read_metrics``
+    then finishes or removes what the kill left, and the next run leaves no hidden file."""
+    setup, images, finished_before = _SCENARIOS[scenario]
+    changes, states = 0, set()
+    while True:
+        changes += 1
+        metrics = tmp_path / str(changes) / "metrics"
+        setup(metrics)
+        done = tmp_path / str(changes) / "done"
+        done.touch()
+
+        killed = _killed_after(changes, functools.partial(_write_r, metrics, images, done))
+        states.add(_state(metrics / "flow=f"))
+        finished = finished_before | set(done.read_text().split())
+        for frame in (_visible(metrics), results.read_metrics(metrics)):
+            mine = frame[frame["flow_run_id"] != "other"]
+            counts = _counts(mine)
+            assert set(counts.values()) <= {2}, (changes, counts)  # never an image twice
+            assert finished <= set(counts) <= finished | set(images), (changes, counts)
+            if scenario.startswith("new run"):
+                assert _counts(frame[frame["flow_run_id"] == "other"]) == {"x": 2}
+        assert _leftovers(metrics) == [], changes
+        if not killed:
+            break
+        with results.RunRows(metrics, "f", "next", resume_key=KEY) as after:
+            after.write_image("c", _image_rows("c", "next"))
+            after.compact()
+        hidden = [p.name for p in (metrics / "flow=f").iterdir() if p.name[0] == "."]
+        assert hidden == [] and not any(p.is_symlink() for p in metrics.rglob("*")), changes
+    # the kills fell between every two steps of the compaction, and before it
+    assert {"link", "link sealed", "link sealed staged", "file sealed", "file trash"} <= states
+    assert _files(metrics) == sorted(
+        ["flow=f/r.parquet"] + (["flow=f/other.parquet"] if scenario.startswith("new") else [])
+    )
+    final = pd.read_parquet(results.run_file(metrics, "f", "r"))
+    assert _counts(final) == dict.fromkeys(sorted(finished_before | set(images)), 2)
+
+
+def test_a_kill_of_an_earlier_version_between_its_renames_is_finished(metrics: Path) -> None:
+    """What segstyle's earlier layout left when killed between its two compaction renames:
+    the hidden parts folder and the compacted file, and no ``<id>.parquet``."""
+    folder = metrics / "flow=f"
+    with results.RunRows(metrics, "f", "old") as old:
         for image_id in ("a", "b"):
-            retry.write_image(image_id, _image_rows(image_id, "run1", iou=0.9))
-        retry.compact()
-    assert [p.name for p in metrics.rglob("*")] == ["flow=f", "run1.parquet"]
-    final = pd.read_parquet(metrics)
-    assert _counts(final) == {"a": 2, "b": 2} and final["iou"].eq(0.9).all()
+            old.write_image(image_id, _image_rows(image_id, "old"))
+        parts = old.parts
+    parts.rename(folder / ".old.parts")
+    (folder / "old.parquet").unlink()
+    (folder / ".old.compacted-k2x9.parquet").write_bytes(b"PAR1 half")
+    assert _visible(metrics).empty
+    assert _counts(results.read_metrics(metrics)) == {"a": 2, "b": 2}
+    assert _files(metrics) == ["flow=f/old.parquet"]
+
+
+def test_another_hosts_run_is_left_alone_until_sealed_then_finished(metrics: Path) -> None:
+    """No lock reaches across hosts: an unsealed folder made elsewhere is never touched."""
+    folder = metrics / "flow=f"
+    remote = results.RunRows(metrics, "f", "remote").open()
+    remote.write_image("a", _image_rows("a", "remote"))
+    remote.close()
+    elsewhere = folder / ".remote.parts-00000000-k2x9"
+    remote.parts.rename(elsewhere)
+    (folder / "remote.parquet").unlink()
+    (folder / "remote.parquet").symlink_to(elsewhere.name)
+    (folder / ".remote.lock").touch()
+    before = _files(metrics)
+    assert _counts(results.read_metrics(metrics)) == {"a": 2}
+    assert _files(metrics) == before
+    (partial,) = results.partial_runs(metrics)
+    assert partial.writing  # not knowable from here: assume it is
+    with results.RunRows(metrics, "f", "local", resume_key=None) as local:
+        local.write_image("b", _image_rows("b", "local"))
+        local.compact()
+    assert _files(metrics) == sorted([*before, "flow=f/local.parquet"])
+    (elsewhere / "_sealed").touch()  # the remote run finished its images, then was killed
+    assert _counts(results.read_metrics(metrics)) == {"a": 2, "b": 2}
+    assert _files(metrics) == ["flow=f/local.parquet", "flow=f/remote.parquet"]
 
 
 def test_a_retry_starts_from_its_file_and_replaces_rows_without_duplicates(
@@ -198,7 +320,7 @@ def test_a_retry_starts_from_its_file_and_replaces_rows_without_duplicates(
     with results.RunRows(metrics, "f", "run1", resume_key=KEY) as retry:
         # the earlier attempt's rows stay visible, now as parts, each image once
         assert _counts(_visible(metrics)) == {"a": 2, "b": 2, "c": 2}
-        assert not results.run_file(metrics, "f", "run1").exists()
+        assert results.run_file(metrics, "f", "run1").resolve() == retry.parts
         retry.write_image("b", _image_rows("b", "run1", iou=0.7))
         view = _visible(metrics).set_index(["image_id", "prompt_index"])
         assert view.loc[("b", 0), "iou"] == 0.7 and view.loc[("a", 0), "iou"] == 0.1
@@ -210,11 +332,14 @@ def test_a_retry_starts_from_its_file_and_replaces_rows_without_duplicates(
     assert _counts(final) == {"a": 2, "b": 2, "c": 2} and final["iou"].eq(0.7).all()
 
 
-def test_write_run_replaces_the_parts_of_its_run(metrics: Path) -> None:
+def test_a_retry_replaces_the_parts_its_killed_attempt_left(metrics: Path) -> None:
     durable = results.RunRows(metrics, "f", "run1").open()
     durable.write_image("a", _image_rows("a", "run1"))
-    durable.close()
-    results.write_run(_image_rows("a", "run1") + _image_rows("b", "run1"), metrics, "f", "run1")
+    durable.close()  # as a SIGKILL would: the lock is gone, the part stays
+    with results.RunRows(metrics, "f", "run1") as retry:
+        for image_id in ("a", "b"):
+            retry.write_image(image_id, _image_rows(image_id, "run1"))
+        retry.compact()
     assert _files(metrics) == ["flow=f/run1.parquet"]
     assert _counts(pd.read_parquet(metrics)) == {"a": 2, "b": 2}
 
@@ -299,7 +424,7 @@ def _full_disk_for(monkeypatch: pytest.MonkeyPatch, victim: str) -> Callable[[An
     real = results.write_parquet
 
     def write(table: Any, path: Path) -> None:
-        if path.parent.name.endswith(results.PARTS_SUFFIX) and path.name.startswith(f".{victim}."):
+        if ".parts-" in path.parent.name and path.name.startswith(f".{victim}."):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(table, path)
 
@@ -335,7 +460,7 @@ def test_an_unwritable_metrics_folder_is_named(tmp_path: Path) -> None:
     assert str(info.value).startswith(str(blocker / "flow=f")) and "\n" not in str(info.value)
 
 
-def test_a_full_disk_while_compacting_names_the_run_file_and_keeps_the_parts(
+def test_a_full_disk_while_compacting_keeps_the_parts_and_the_next_reader_finishes_the_file(
     metrics: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     durable = results.RunRows(metrics, "f", "run1").open()
@@ -343,17 +468,23 @@ def test_a_full_disk_while_compacting_names_the_run_file_and_keeps_the_parts(
     real = results.write_parquet
 
     def full(table: Any, path: Path) -> None:
-        if ".compacted-" in path.name:
+        if path.name.startswith("._compacted."):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(table, path)
 
     monkeypatch.setattr(results, "write_parquet", full)
-    with pytest.raises(StorageError, match="no space left on device; free space and rerun") as info:
+    with pytest.raises(StorageError) as info:
         durable.compact()
-    assert str(info.value).startswith(str(results.run_file(metrics, "f", "run1")))
-    assert _counts(_visible(metrics)) == {"a": 2}
-    assert [p.name for p in metrics.rglob("*") if p.name.startswith(".")] == []
+    assert str(info.value) == (
+        f"{durable.parts / '_compacted.parquet'}: no space left on device; free space and rerun"
+    )
     durable.close()
+    assert _counts(_visible(metrics)) == {"a": 2}
+    assert sorted(p.name for p in durable.parts.iterdir()) == ["_run.json", "_sealed", "a.parquet"]
+    monkeypatch.undo()  # space again: whoever reads next finishes the run's file
+    assert _counts(results.read_metrics(metrics)) == {"a": 2}
+    assert _files(metrics) == ["flow=f/run1.parquet"]
+    assert not any(p.is_symlink() for p in metrics.rglob("*"))
 
 
 # --- the flow ----------------------------------------------------------------------------
@@ -371,14 +502,15 @@ _write_image, _write_parquet = results.RunRows.write_image, results.write_parque
 
 def write_image(self, image_id, rows):
     part = _write_image(self, image_id, rows)
-    if len(self.written) == 2 and os.environ.get("SEGSTYLE_TEST_HANG"):
+    self.test_written = getattr(self, "test_written", 0) + 1
+    if self.test_written == 2 and os.environ.get("SEGSTYLE_TEST_HANG"):
         Path(os.environ["SEGSTYLE_TEST_HANG"]).write_text(str(os.getpid()))
         time.sleep(600)
     return part
 
 def write_parquet(table, path):
     victim = os.environ.get("SEGSTYLE_TEST_ENOSPC")
-    if victim and path.parent.name.endswith(".parts") and path.name.startswith(f".{victim}."):
+    if victim and ".parts-" in path.parent.name and path.name.startswith(f".{victim}."):
         raise OSError(errno.ENOSPC, "No space left on device")
     _write_parquet(table, path)
 
@@ -439,7 +571,8 @@ def test_sigkill_after_some_images_keeps_them_and_a_rerun_leaves_one_file(
     assert _counts(partial) == {image_id: expected[image_id] for image_id in finished}
     assert not partial.duplicated(["image_id", "prompt_index"]).any()
     assert partial["status"].eq("ok").all() and partial["flow_run_id"].nunique() == 1
-    assert not list(metrics.glob(f"flow={FLOW}/*.parquet"))  # no run file: it never ended
+    run_files = [p for p in metrics.glob(f"flow={FLOW}/*.parquet") if p.is_file()]
+    assert run_files == []  # only the link to the parts: the run never ended
 
     monkeypatch.delenv("SEGSTYLE_TEST_HANG")
     cli.start("rerun", streets, out)
@@ -466,11 +599,12 @@ def test_a_full_disk_mid_run_is_one_line_naming_the_part_and_earlier_rows_surviv
     error = (tmp_path / "logs" / "full.err").read_text()
     assert (tmp_path / "logs" / "full.out").read_text() == ""  # no Parquet path printed
     metrics = out / "metrics"
-    (parts,) = metrics.glob(f"flow={FLOW}/*{results.PARTS_SUFFIX}")
+    (parts,) = metrics.glob(f"flow={FLOW}/.*.parts-*")
     assert error == (
         f"segstyle: error: {parts / (victim + '.parquet')}: no space left on device; "
         "free space and rerun\n"
     )
     survived = pd.read_parquet(metrics)
     assert _counts(survived) == {f.image_id: _prompt_count(f) for f in frames[:2]}
-    assert not list(metrics.glob(f"flow={FLOW}/*.parquet"))  # no run file was written
+    run_files = [p for p in metrics.glob(f"flow={FLOW}/*.parquet") if p.is_file()]
+    assert run_files == []  # only the link to the parts: no run file was written

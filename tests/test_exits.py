@@ -146,3 +146,65 @@ def test_the_flow_itself_refuses_an_empty_sample_before_any_work(
     assert isinstance(error, ConfigError) and "limit=0 selects no frame" in str(error)
     assert "\n" not in str(error)
     assert not (out / "metrics").exists() and not (out / "cache").exists()
+
+
+# --- invalid values and configuration errors name the flag a user typed ----------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (("--limit", "x"), "--limit: Input should be a valid integer"),
+        (("--box-expand", "-1"), "--box-expand: Input should be greater than or equal to 0"),
+        (("--gt", "rgb"), "--gt: Input should be 'auto', 'labelIds' or 'color' (got 'rgb')"),
+        (("--feather", "nan"), "--feather: Input should be a finite number"),
+        (("--feather", "inf"), "--feather: Input should be a finite number"),
+        (("--feather", "-1"), "--feather"),
+        (("--classes", "car,car"), None),
+    ],
+    ids=["not-a-number", "below-its-bound", "not-a-choice", "nan", "infinite", "negative", "dup"],
+)
+def test_an_invalid_value_is_one_line_naming_its_flag(
+    streets: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: tuple[str, ...],
+    needle: str | None,
+) -> None:
+    if needle is None:  # accepted: repeated classes are kept once
+        from segstyle.flows.cli import parse
+        from segstyle.flows.options import DATASET
+
+        command = parse(["run", "--dataset", str(streets), *RUN_OPTIONS, *extra])
+        assert DATASET.build(command).classes == ("car",)
+        return
+    line = _refused(capsys, streets, tmp_path / "out", *extra)
+    assert line.startswith(f"segstyle: error: {needle}")
+
+
+def test_serve_refuses_a_port_beyond_65535(capsys: pytest.CaptureFixture[str]) -> None:
+    from segstyle.flows.cli import EXIT_ERROR, main
+
+    assert main(["serve", "--port", "70000"]) == EXIT_ERROR
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("segstyle: error: --port: Input should be less than or equal to 65535")
+
+
+def test_field_names_in_errors_are_written_as_the_commands_flags() -> None:
+    from segstyle.flows.cli import Run, Video
+    from segstyle.flows.options import flag_names, with_flags
+
+    run = flag_names(Run.groups)
+    message = (
+        "stylizer.class_styles needs classes: give stylizer.style, segmenter.checkpoint, "
+        "stylizer.gatys.seed or composite.mode=object (see /in/stylizer.style.png)"
+    )
+    assert with_flags(message, run) == (
+        "--style needs classes: give --style, --checkpoint, --noise-seed or --mode=object "
+        "(see /in/stylizer.style.png)"
+    )
+    video = flag_names(Video.groups)
+    assert with_flags("tracker.checkpoint and tracker.backend", video) == (
+        "--sam2-checkpoint and --segmenter"
+    )
+    assert with_flags("dataset.root", video) == "dataset.root"  # no such flag in video

@@ -1,12 +1,16 @@
 """The Prefect flows end to end on the generated dataset with the offline backends.
 
 Checks failure isolation, caching across runs, the retry of a failed flow run that recomputes
-only the failed image, the Parquet contract, and the Dask task runner.
+only the failed image, the Parquet contract, the Dask task runner, and the core's log lines in
+the run's logs.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from tests.flow_params import offline_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
+REPO = Path(__file__).resolve().parents[1]
 STAGES = ("gt", "segment", "stylize", "composite", "figures")
 MODEL_STAGES = ("gt", "segment", "stylize", "composite")
 
@@ -183,3 +188,53 @@ def test_dask_task_runner_runs_the_flow(dataset: Path, tmp_path: Path) -> None:
     state = flow(**{**params, "prompts": PromptConfig(source="largest")}, return_state=True)
     assert state.is_completed(), state.message
     assert pd.read_parquet(state.result())["status"].eq("ok").all()
+
+
+def test_the_core_logs_reach_the_run_logs_through_prefects_setting(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """A flow run in its own process, set up as the CLI, the Makefile and prefect.yaml's
+    workers set it up (``PREFECT_LOGGING_EXTRA_LOGGERS=segstyle_core``): the stylize stage's
+    progress line (INFO, from ``segstyle_core``) is in the flow run's logs on the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL
+
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from segstyle.flows.dataset import segment_and_stylize\n"
+        "from tests.flow_params import offline_params\n"
+        "params = offline_params(Path(sys.argv[1]), Path(sys.argv[2]), limit=1)\n"
+        "print(segment_and_stylize(**params, return_state=True).state_details.flow_run_id)\n"
+    )
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "segstyle_core",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(dataset), str(tmp_path / "out")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    flow_run_id = UUID(done.stdout.strip().splitlines()[-1])
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    core = [log for log in logs if log.name.startswith("segstyle_core.")]
+    assert any(
+        log.name == "segstyle_core.stages.stylize"
+        and "step 2/2" in log.message
+        and log.task_run_id is not None
+        for log in core
+    ), [(log.name, log.message) for log in logs]
+    progress = [log.message for log in core if " step " in log.message]
+    assert any("step 1/2" in line for line in progress), progress
+    assert all(line == line.strip() for line in progress), progress
+    # the generated dataset leaves one image per city unannotated on purpose: counted at INFO,
+    # never a warning
+    assert not [log.message for log in logs if log.level >= 30], "warnings in a clean run"
+    assert any("without fine annotations" in log.message for log in logs)

@@ -6,6 +6,7 @@ Images are 64 px high and runs take a few objective evaluations, so the file run
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -31,7 +32,8 @@ from segstyle_core.stylize.gatys import (
     total_loss,
     tv_loss,
 )
-from segstyle_core.stylize.vgg import VGGFeatures, load_vgg19_features
+from segstyle_core.stylize.gatys_config import VGG19Layer
+from segstyle_core.stylize.vgg import VGGFeatures, layer_names, load_vgg19_features
 
 HEIGHT = 64
 
@@ -288,19 +290,33 @@ def test_missing_vgg_weights_name_the_download_command(
 
 
 @pytest.mark.parametrize(
-    "overrides",
+    ("field", "value", "where", "got"),
     [
-        {"style_layers": ("conv9_1",)},
-        {"optimizer": "sgd"},
-        {"style_layer_weights": (1.0,)},
-        {"autocast": "float8"},
-        {"content_scale": 0.0},
-        {"coarse_fraction": 1.0},
+        ("style_layers", ("relu1_1", "conv9_1"), "style_layers.1", "conv9_1"),
+        ("content_layers", (), "content_layers", ()),
+        ("optimizer", "sgd", "optimizer", "sgd"),
+        ("style_layer_weights", (1.0,), "style_layer_weights", (1.0,)),
+        ("autocast", "float8", "autocast", "float8"),
+        ("content_scale", 0.0, "content_scale", 0.0),
+        ("coarse_fraction", 1.0, "coarse_fraction", 1.0),
+        ("height", MIN_SIDE - 1, "height", MIN_SIDE - 1),
+        ("iterations", 0, "iterations", 0),
+        ("tv_weight", -1.0, "tv_weight", -1.0),
     ],
 )
-def test_bad_config_is_a_config_error(overrides: dict[str, object]) -> None:
-    with pytest.raises(ConfigError):
-        GatysConfig(**overrides)
+def test_bad_config_is_one_config_error_line_naming_the_field(
+    field: str, value: object, where: str, got: object
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        GatysConfig(**{field: value})
+    assert str(info.value).startswith(f"GatysConfig.{where}: ")
+    assert str(info.value).endswith(f"(got {got!r})") and "\n" not in str(info.value)
+
+
+def test_layer_names_are_torchvisions_vgg19_modules() -> None:
+    with torch.device("meta"):
+        names = layer_names(make_layers(cfgs["E"]))
+    assert tuple(names) == get_args(VGG19Layer)
 
 
 def test_extractor_without_the_config_layers_is_refused(vgg_path: Path) -> None:

@@ -16,7 +16,7 @@ from segstyle_core.images import read_label_map, read_rgb
 from segstyle_core.metrics import iou
 from segstyle_core.prompts.from_gt import prompts_from_instances
 from segstyle_core.segment.base import Prompt
-from segstyle_core.segment.grabcut import GrabCutSegmenter, OversegmentOptions
+from segstyle_core.segment.grabcut import GrabCutSegmenter
 
 GRAY, RED, BLUE = (120, 120, 120), (200, 30, 30), (30, 30, 200)
 
@@ -221,16 +221,15 @@ def test_bad_prompts_and_images_raise(two_squares: np.ndarray) -> None:
         segmenter.segment(two_squares.astype(np.float32), [Prompt(box=(1, 1, 9, 9))])
     with pytest.raises(ConfigError, match="iterations"):
         GrabCutSegmenter(iterations=0)
-    with pytest.raises(ConfigError, match="method"):
-        OversegmentOptions(method="watershed")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("method", ["felzenszwalb", "slic"])
 def test_generate_records_tile_the_image(
     two_squares: np.ndarray, method: Literal["felzenszwalb", "slic"]
 ) -> None:
-    options = OversegmentOptions(method=method, scale=100, min_size=20, n_segments=16)
-    records = GrabCutSegmenter(auto_options=options).generate(two_squares)
+    records = GrabCutSegmenter().generate(
+        two_squares, method=method, scale=100, min_size=20, n_segments=16
+    )
     assert len(records) >= 3
     areas = [record["area"] for record in records]
     assert areas == sorted(areas, reverse=True)
@@ -251,10 +250,9 @@ def test_generate_records_tile_the_image(
 
 
 def test_generate_min_area_and_max_masks(two_squares: np.ndarray) -> None:
-    options = OversegmentOptions(scale=100, min_size=20)
-    every = GrabCutSegmenter(auto_options=options).generate(two_squares)
-    big = OversegmentOptions(scale=100, min_size=20, min_area=300, max_masks=2)
-    kept = GrabCutSegmenter(auto_options=big).generate(two_squares)
+    segmenter = GrabCutSegmenter()
+    every = segmenter.generate(two_squares, scale=100, min_size=20)
+    kept = segmenter.generate(two_squares, scale=100, min_size=20, min_area=300, max_masks=2)
     expected = [r["area"] for r in every if r["area"] >= 300][:2]
     assert [r["area"] for r in kept] == expected and len(kept) <= 2
 

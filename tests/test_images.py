@@ -1,6 +1,5 @@
 """Image reading converts what it can and names the file in every error."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -195,11 +194,17 @@ def test_check_output_path_refuses_directories_and_bad_parents(
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         check_output_path(tmp_path / "file" / "deeper" / "out.png", [])
-    # Root passes permission bits, so the permission check is simulated.
-    real_access = os.access
-    monkeypatch.setattr(
-        os, "access", lambda p, mode: Path(p) != tmp_path / "locked" and real_access(p, mode)
-    )
+    # Root passes permission bits, so a refusing folder is simulated at the probe's create.
+    import tempfile
+
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args: object, dir: str | Path, **kwargs: object) -> tuple[int, str]:
+        if Path(dir) == tmp_path / "locked":
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(*args, dir=dir, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     (tmp_path / "locked").mkdir()
     with pytest.raises(ConfigError, match="locked is not writable") as info:
         check_output_path(tmp_path / "locked" / "out.webp", [])
@@ -227,3 +232,11 @@ def test_the_pixel_limit_setting_is_read_and_empty_means_the_default(
     assert max_pixels_default() == 1200
     monkeypatch.setenv("SEGSTYLE_MAX_PIXELS", "")
     assert max_pixels_default() == DEFAULT_MAX_PIXELS
+
+
+def test_an_output_folder_that_refuses_files_is_refused_before_any_work() -> None:
+    """/proc accepts no new file, whatever its permission bits say (and root passes every
+    os.access check): the probe creates a file, so the refusal comes before the work."""
+    with pytest.raises(ConfigError, match=r"/proc/x.png: folder /proc is not writable") as info:
+        check_output_path("/proc/x.png")
+    assert "\n" not in str(info.value)

@@ -28,10 +28,11 @@ def test_generic_top_level_names_are_not_installed(generic: str, tmp_path: Path)
 def test_a_users_own_tasks_module_does_not_shadow_the_project(tmp_path: Path) -> None:
     (tmp_path / "tasks.py").write_text("OWN = True\n")
     result = _python(
-        "import tasks, segstyle.tasks.stages as s; print(tasks.OWN, s.segment.name)", tmp_path
+        "import tasks, segstyle.tasks.stage as s; print(tasks.OWN, s.PrefectRunner.__name__)",
+        tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "segment"]
+    assert result.stdout.split() == ["True", "PrefectRunner"]
 
 
 def test_every_package_folder_is_installed() -> None:

@@ -101,18 +101,19 @@ def needs_weights(words: list[str]) -> bool:
     """Whether a ``segstyle`` command runs a backend that needs downloaded weights, chosen by
     its options or left at the CLI's default (the models the CLI builds say which)."""
     from segstyle.flows import options
-    from segstyle.flows.cli import build_parser
+    from segstyle.flows.cli import VIDEO_SEGMENTERS, Stylize, Video, parse
 
     if {"-h", "--help"} & set(words) or words[1] not in ("run", "evaluate", "stylize", "video"):
         return False
-    args = build_parser().parse_args(words[1:])
-    if args.command == "video":
-        return options.build_video_tracker(args).backend in WEIGHTED_BACKENDS
-    segmenter = options.build(options.SEGMENTER, args)
+    command = parse(words[1:])
+    if isinstance(command, Video):
+        return VIDEO_SEGMENTERS[command.segmenter] in WEIGHTED_BACKENDS
+    segmenter = options.SEGMENTER.build(command)
     backends = {segmenter.backend}
-    if args.command != "evaluate":
-        several = args.command == "stylize"  # one style per --box, as the CLI builds it
-        backends.add(options.build_stylizer(args, segmenter, several=several).backend)
+    if options.STYLIZER in command.groups:  # one style per --box for stylize, as the CLI builds it
+        styles = getattr(command, "style")  # noqa: B009 (a field of the generated model)
+        several = isinstance(command, Stylize)
+        backends.add(options.build_stylizer(command, styles, segmenter, several=several).backend)
     return bool(backends & WEIGHTED_BACKENDS)
 
 
@@ -258,7 +259,7 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
     rows = pd.read_parquet(done.stdout.strip().splitlines()[-1])
     assert len(rows) >= 2 and set(rows["status"]) == {"ok"}
     assert set(rows["segmenter"]) == {"grabcut"} and set(rows["stylizer"]) == {"feedforward"}
-    assert rows["iou"].between(0, 1).all() and rows["iou"].mean() > 0.5
+    assert rows["image_iou"].between(0, 1).all() and rows["image_iou"].mean() > 0.5
     everything = pd.read_parquet(tmp_path / "out" / "metrics")
     assert len(everything) == len(rows)
     (report_line,) = [line for line in done.stderr.splitlines() if line.startswith("report:")]

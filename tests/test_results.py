@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from segstyle_core import results
+from tests.helpers_core import write_run
 
 
 def _row(image_id: str, iou: float | None, status: str = "ok") -> dict:
@@ -27,10 +28,8 @@ def _row(image_id: str, iou: float | None, status: str = "ok") -> dict:
 
 
 def test_runs_write_one_file_each_and_pandas_reads_all(tmp_path: Path) -> None:
-    first = results.write_run(
-        [_row("a", 0.5), _row("b", 0.7)], tmp_path, "segment_and_stylize", "r1"
-    )
-    second = results.write_run([_row("c", None, "failed")], tmp_path, "segment_and_stylize", "r2")
+    first = write_run([_row("a", 0.5), _row("b", 0.7)], tmp_path, "segment_and_stylize", "r1")
+    second = write_run([_row("c", None, "failed")], tmp_path, "segment_and_stylize", "r2")
     assert first != second and first.exists() and second.exists()
     frame = pd.read_parquet(tmp_path)
     assert sorted(frame["image_id"]) == ["a", "b", "c"]
@@ -40,8 +39,8 @@ def test_runs_write_one_file_each_and_pandas_reads_all(tmp_path: Path) -> None:
 
 
 def test_retried_run_replaces_its_own_file(tmp_path: Path) -> None:
-    results.write_run([_row("a", None, "failed"), _row("b", 0.7)], tmp_path, "f", "run")
-    results.write_run([_row("a", 0.6), _row("b", 0.7)], tmp_path, "f", "run")
+    write_run([_row("a", None, "failed"), _row("b", 0.7)], tmp_path, "f", "run")
+    write_run([_row("a", 0.6), _row("b", 0.7)], tmp_path, "f", "run")
     frame = results.read_metrics(tmp_path)
     assert len(frame) == 2 and (frame["status"] == "ok").all()
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["run.parquet"]
@@ -49,13 +48,11 @@ def test_retried_run_replaces_its_own_file(tmp_path: Path) -> None:
 
 def test_unknown_columns_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown result columns"):
-        results.write_run([{"image_id": "a", "iuo": 0.3}], tmp_path, "f", "run")
+        write_run([{"image_id": "a", "iuo": 0.3}], tmp_path, "f", "run")
 
 
 def test_summary_counts_failures_and_means(tmp_path: Path) -> None:
-    results.write_run(
-        [_row("a", 0.5), _row("b", 0.7), _row("c", None, "failed")], tmp_path, "f", "r"
-    )
+    write_run([_row("a", 0.5), _row("b", 0.7), _row("c", None, "failed")], tmp_path, "f", "r")
     summary = results.summarize(results.read_metrics(tmp_path))
     assert summary.loc[0, "rows"] == 3 and summary.loc[0, "failed"] == 1
     assert summary.loc[0, "mean_iou"] == pytest.approx(0.6)
@@ -75,7 +72,7 @@ def test_files_of_an_older_schema_read_with_empty_new_columns(tmp_path: Path) ->
         {"image_id": ["a"], "iou": [0.4], "schema_version": pa.array([1], pa.int16())}
     )
     pq.write_table(legacy, old)
-    results.write_run([{**_row("b", 0.8), "image_iou": 0.9}], tmp_path, "f", "new")
+    write_run([{**_row("b", 0.8), "image_iou": 0.9}], tmp_path, "f", "new")
     frame = results.read_metrics(tmp_path).set_index("image_id")
     assert frame.loc["a", "iou"] == 0.4 and pd.isna(frame.loc["a", "image_iou"])
     assert frame.loc["b", "image_iou"] == 0.9
@@ -99,7 +96,7 @@ def test_rows_carry_their_mask_and_version_two_files_still_read(tmp_path: Path) 
 
     mask = np.zeros((40, 60), bool)
     mask[10:30, 5:50] = True
-    results.write_run([{**_row("new", 0.8), "mask_rle": encode_mask(mask)}], tmp_path, "f", "v3")
+    write_run([{**_row("new", 0.8), "mask_rle": encode_mask(mask)}], tmp_path, "f", "v3")
 
     frame = results.read_metrics(tmp_path).set_index("image_id")
     assert results.SCHEMA_VERSION == 3
@@ -138,7 +135,7 @@ def test_results_of_an_empty_metrics_folder_is_one_line(
     results.RunRows(metrics, "f", "r").open().close()
     assert _results_cli(capsys, metrics)[:2] == (EXIT_ERROR, "")
     # a run file without rows
-    results.write_run([], metrics, "f", "empty")
+    write_run([], metrics, "f", "empty")
     status, out, err = _results_cli(capsys, metrics)
     assert status == EXIT_ERROR and err.strip().endswith(
         "the results hold no rows; run `segstyle run` first"
@@ -148,7 +145,7 @@ def test_results_of_an_empty_metrics_folder_is_one_line(
 def test_results_of_a_partial_run_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    results.write_run([_row("old", 0.9)], tmp_path, "f", "older")
+    write_run([_row("old", 0.9)], tmp_path, "f", "older")
     live = results.RunRows(tmp_path, "f", "now").open()
     started = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
     for image_id, iou in (("a", 0.5), ("b", 0.7)):
@@ -169,7 +166,7 @@ def test_results_of_a_run_whose_every_image_failed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     failed = [{**_row(image_id, None, "failed"), "flow_run_id": "bad"} for image_id in "abc"]
-    results.write_run(failed, tmp_path, "f", "bad")
+    write_run(failed, tmp_path, "f", "bad")
     status, out, err = _results_cli(capsys, tmp_path)
     assert status == 0, err
     assert out.splitlines()[0] == "run brave-otter (bad)"
@@ -182,8 +179,78 @@ def test_results_names_the_latest_runs_when_the_asked_one_is_missing(
 ) -> None:
     from segstyle.flows.cli import EXIT_ERROR
 
-    results.write_run([{**_row("a", 0.5), "flow_run_id": "id-1"}], tmp_path, "f", "id-1")
-    results.write_run([_row("b", 0.5)], tmp_path, "f", "no-id")  # an old row without an id
+    write_run([{**_row("a", 0.5), "flow_run_id": "id-1"}], tmp_path, "f", "id-1")
+    write_run([_row("b", 0.5)], tmp_path, "f", "no-id")  # an old row without an id
     status, _, err = _results_cli(capsys, tmp_path, "nope")
     assert status == EXIT_ERROR
     assert "no run named 'nope'; latest runs:" in err and "brave-otter (id-1)" in err
+
+
+# --- unreadable and foreign files (issue #22) ------------------------------------------------
+
+
+def _bad_files(metrics: Path, outside: Path) -> list[Path]:
+    """Beside a good run: a 0-byte, a truncated, a corrupt and a foreign Parquet file, a text
+    file, one whose name holds a line break, a link loop and a link to results outside."""
+    import pyarrow.parquet as pq
+
+    good = write_run([_row("a", 0.5)], metrics, "f", "good")
+    folder = good.parent
+    data = good.read_bytes()
+    bad = {
+        "empty.parquet": b"",
+        "truncated.parquet": data[: len(data) // 2],
+        "corrupt.parquet": data[:4] + bytes(len(data) - 8) + data[-4:],
+        "notes.txt": b"image_id,iou\na,0.5\n",
+        "two\nlines.parquet": b"PAR1",
+    }
+    for name, content in bad.items():
+        (folder / name).write_bytes(content)
+    pq.write_table(pa.table({"name": ["x"], "value": [1.0]}), folder / "foreign.parquet")
+    (folder / "loop.parquet").symlink_to("loop.parquet")
+    write_run([_row("secret", 0.1)], outside, "f", "elsewhere")
+    (folder / "link.parquet").symlink_to(results.run_file(outside, "f", "elsewhere"))
+    names = [*bad, "foreign.parquet", "loop.parquet", "link.parquet"]
+    return sorted(folder / name for name in names)
+
+
+def _one_line(path: Path) -> str:
+    return str(path).replace("\n", "\\n")
+
+
+def test_read_metrics_skips_each_bad_file_with_one_warning_line_and_reads_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = tmp_path / "metrics"
+    bad = _bad_files(metrics, tmp_path / "outside")
+    with pytest.raises(OSError, match="corrupt.parquet"):  # plain pandas stops at a bad file
+        pd.read_parquet(metrics)
+    with caplog.at_level("WARNING", logger="segstyle_core.results"):
+        frame = results.read_metrics(metrics)
+    assert list(frame["image_id"]) == ["a"] and set(frame["flow"]) == {"f"}
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == len(bad) and all("\n" not in line for line in lines)
+    for path in bad:
+        (line,) = [line for line in lines if line.startswith(f"skipped: {_one_line(path)}: ")]
+        fixes = ("remove it", "check the path", f"move it out of {metrics}")
+        assert line.endswith(fixes), line
+    assert any("not a segstyle results file (columns name, value)" in line for line in lines)
+
+
+def test_segstyle_results_skips_bad_files_in_one_line_each(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    metrics = tmp_path / "metrics"
+    bad = _bad_files(metrics, tmp_path / "outside")
+    done = subprocess.run(
+        [sys.executable, "-m", "segstyle.flows.cli", "results", "--metrics", str(metrics)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "run brave-otter (brave-otter)"
+    assert "(unnamed)" not in done.stdout and "secret" not in done.stdout
+    lines = sorted(done.stderr.splitlines())
+    assert [line.split(": ")[1] for line in lines] == sorted(_one_line(path) for path in bad)

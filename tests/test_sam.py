@@ -1,4 +1,5 @@
-"""SAM backend on a tiny random-weight SAM saved to disk and loaded through the real loader.
+"""SAM backend on a tiny random-weight SAM saved to disk and loaded through the real loader
+(:func:`segstyle_core.segment.load_segmenter`).
 
 The reference for every mask is segment_anything's own ``SamPredictor.predict``, one call per
 prompt, keeping the best-scoring mask.
@@ -6,10 +7,12 @@ prompt, keeping the best-scoring mask.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,13 +20,17 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
+from segstyle_core import devices
+from segstyle_core.backends import BackendIdentity
 from segstyle_core.devices import ModelCache, resolve_device
 from segstyle_core.errors import ConfigError, InputError, WeightsError
 from segstyle_core.fileio import sha256_file
+from segstyle_core.segment import SegmenterConfig, load_segmenter
 from segstyle_core.segment import sam as sam_module
 from segstyle_core.segment.base import Prompt
-from segstyle_core.segment.sam import AutomaticMaskOptions, SamSegmenter, load_sam
+from segstyle_core.segment.sam import SamSegmenter
 from segstyle_core.testing import build_sam_tiny
+from segstyle_core.weights import CheckpointFile
 
 SEED = 1  # differs from build_sam_tiny's default, so un-loaded weights would show.
 
@@ -47,13 +54,33 @@ def image() -> np.ndarray:
 
 
 @pytest.fixture
-def tiny_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A tiny SAM's state dict on disk, its builder registered as variant ``tiny``."""
+def tiny_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CheckpointFile:
+    """A tiny SAM's state dict on disk and its SHA-256, its builder registered as variant
+    ``tiny``, models loaded into a registry of this test's own."""
     monkeypatch.setitem(sam_module.SAM_BUILDERS, "tiny", build_sam_tiny)
-    monkeypatch.setattr(sam_module, "MODELS", ModelCache())
+    monkeypatch.setattr(devices, "MODELS", ModelCache())
     path = tmp_path / "tiny_sam.pth"
     torch.save(build_sam_tiny(seed=SEED).state_dict(), path)
-    return path
+    return CheckpointFile(path, sha256_file(path))
+
+
+def load_tiny(checkpoint: CheckpointFile, **options: Any) -> SamSegmenter:
+    """The tiny SAM of ``checkpoint``, on the CPU, through the real loader."""
+    segmenter = load_segmenter("sam", "tiny", checkpoint, "cpu", **options)
+    assert isinstance(segmenter, SamSegmenter)
+    return segmenter
+
+
+def small_grid(monkeypatch: pytest.MonkeyPatch, points_per_side: int) -> None:
+    """Make ``generate`` sample ``points_per_side²`` points and keep every mask (the tiny
+    model's random weights pass no quality threshold)."""
+    small = functools.partial(
+        sam_module.SamAutomaticMaskGenerator,
+        points_per_side=points_per_side,
+        pred_iou_thresh=0,
+        stability_score_thresh=0,
+    )
+    monkeypatch.setattr(sam_module, "SamAutomaticMaskGenerator", small)
 
 
 def count_encoder_calls(model: Sam, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -66,6 +93,20 @@ def count_encoder_calls(model: Sam, monkeypatch: pytest.MonkeyPatch) -> list[int
 
     monkeypatch.setattr(model.image_encoder, "forward", counting)
     return calls
+
+
+def check_mask_records(records: list[dict[str, Any]], image: np.ndarray) -> None:
+    """``records`` are some automatic-mask records of ``image``, in the documented format."""
+    assert records
+    keys = {"segmentation", "area", "bbox", "predicted_iou", "stability_score", "point_coords"}
+    for record in records:
+        assert keys | {"crop_box"} == set(record)
+        mask = record["segmentation"]
+        assert mask.shape == image.shape[:2] and mask.dtype == bool
+        assert record["area"] == int(mask.sum())
+        x, y, w, h = record["bbox"]
+        ys, xs = np.nonzero(mask)
+        assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max(), ys.max())
 
 
 def reference_mask(predictor: SamPredictor, prompt: Prompt, multimask: bool) -> np.ndarray:
@@ -81,12 +122,11 @@ def reference_mask(predictor: SamPredictor, prompt: Prompt, multimask: bool) -> 
 
 @pytest.mark.parametrize("multimask", [True, False])
 def test_masks_equal_sam_predictor(
-    tiny_checkpoint: Path, image: np.ndarray, multimask: bool
+    tiny_checkpoint: CheckpointFile, image: np.ndarray, multimask: bool
 ) -> None:
-    segmenter = SamSegmenter(
-        "tiny", tiny_checkpoint, device="cpu", multimask=multimask, precision="float32"
-    )  # float32: bit-equal to SamPredictor (bfloat16: see test_bfloat16_encoder_...)
-    assert segmenter.weights_sha256 == sha256_file(tiny_checkpoint)
+    segmenter = load_tiny(tiny_checkpoint, multimask=multimask, precision="float32")
+    # float32: bit-equal to SamPredictor (bfloat16: see test_bfloat16_encoder_...)
+    assert segmenter.weights_sha256 == sha256_file(tiny_checkpoint.path)
     assert (segmenter.name, segmenter.variant, segmenter.device) == (
         "sam",
         "tiny",
@@ -106,9 +146,9 @@ def test_masks_equal_sam_predictor(
 
 
 def test_large_groups_are_decoded_in_chunks_with_same_masks(
-    tiny_checkpoint: Path, image: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    tiny_checkpoint: CheckpointFile, image: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    segmenter = SamSegmenter("tiny", tiny_checkpoint, device="cpu")
+    segmenter = load_tiny(tiny_checkpoint)
     whole = segmenter.segment(image, PROMPTS)
     monkeypatch.setattr(sam_module, "DECODE_BATCH", 2)
     chunked = segmenter.segment(image, PROMPTS)
@@ -118,35 +158,57 @@ def test_large_groups_are_decoded_in_chunks_with_same_masks(
 
 
 def test_segmenters_share_one_loaded_model(
-    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_checkpoint: CheckpointFile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loads: list[Path] = []
-    monkeypatch.setattr(
-        sam_module, "load_sam", lambda v, p, d: loads.append(p) or load_sam(v, p, d)
+    builds: list[int] = []
+    monkeypatch.setitem(
+        sam_module.SAM_BUILDERS, "tiny", lambda: builds.append(1) or build_sam_tiny()
     )
-    SamSegmenter("tiny", tiny_checkpoint, device="cpu")
-    SamSegmenter("tiny", tiny_checkpoint, device="cpu")
-    assert loads == [tiny_checkpoint]
+    plain = load_tiny(tiny_checkpoint)
+    other = load_tiny(tiny_checkpoint, precision="bfloat16", multimask=False)
+    assert builds == [1] and other.model is plain.model
+    assert other.encoder_dtype == torch.bfloat16 and plain.multimask and not other.multimask
+    # The weights came from the file, not from the builder's seed.
+    for name, tensor in build_sam_tiny(seed=SEED).state_dict().items():
+        assert torch.equal(plain.model.state_dict()[name], tensor), name
+
+
+def test_config_builds_through_the_factory_from_its_resolved_checkpoint(
+    tiny_checkpoint: CheckpointFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segstyle_core import backends
+
+    monkeypatch.setattr(backends, "MODELS", ModelCache())
+    monkeypatch.setitem(sam_module.SAM_BUILDERS, "vit_b", build_sam_tiny)  # vit_b's stand-in
+    config = SegmenterConfig(sam_variant="vit_b", checkpoint=str(tiny_checkpoint.path))
+    config = config.changed(device="cpu", precision="float32")
+    segmenter = config.build()
+    assert isinstance(segmenter, SamSegmenter) and config.build() is segmenter
+    assert config.identity() == BackendIdentity("sam", "vit_b", tiny_checkpoint.sha256)
+    assert (segmenter.variant, segmenter.weights_sha256) == ("vit_b", tiny_checkpoint.sha256)
+    faster = config.changed(precision="bfloat16").build()
+    assert faster is not segmenter and faster.model is segmenter.model  # type: ignore[attr-defined]
 
 
 def test_embedding_cache_skips_encoder_across_calls_and_instances(
-    tiny_checkpoint: Path, image: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_checkpoint: CheckpointFile,
+    image: np.ndarray,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cache = tmp_path / "embeddings"
-    sha = sha256_file(tiny_checkpoint)
-    model_a = load_sam("tiny", tiny_checkpoint, torch.device("cpu"))
-    model_b = load_sam("tiny", tiny_checkpoint, torch.device("cpu"))
-    calls_a = count_encoder_calls(model_a, monkeypatch)
-    calls_b = count_encoder_calls(model_b, monkeypatch)
-    first = SamSegmenter.from_model(model_a, "tiny", sha, embedding_cache_dir=cache)
-    second = SamSegmenter.from_model(model_b, "tiny", sha, embedding_cache_dir=cache)
-    uncached = SamSegmenter.from_model(build_sam_tiny(seed=SEED), "tiny", sha)
+    sha = tiny_checkpoint.sha256
+    model = load_tiny(tiny_checkpoint).model
+    calls = count_encoder_calls(model, monkeypatch)
+    first = SamSegmenter(model, "tiny", sha, embedding_cache_dir=cache)
+    second = SamSegmenter(model, "tiny", sha, embedding_cache_dir=cache)
+    uncached = SamSegmenter(build_sam_tiny(seed=SEED), "tiny", sha)
 
     boxes = first.segment(image, PROMPTS[:3])
     points = first.segment(image, PROMPTS[3:])
-    assert len(calls_a) == 1 and len(list(cache.iterdir())) == 1
+    assert len(calls) == 1 and len(list(cache.iterdir())) == 1
     again = second.segment(image, PROMPTS)
-    assert calls_b == []
+    assert len(calls) == 1
     expected = uncached.segment(image, PROMPTS)
     for got, want in zip(boxes + points, expected, strict=True):
         np.testing.assert_array_equal(got.mask, want.mask)
@@ -154,39 +216,30 @@ def test_embedding_cache_skips_encoder_across_calls_and_instances(
         np.testing.assert_array_equal(got.mask, want.mask)
 
     first.segment(image[::-1].copy(), PROMPTS[:1])  # another image: a miss
-    assert len(calls_a) == 2
-    other_weights = SamSegmenter.from_model(model_b, "tiny", "0" * 64, embedding_cache_dir=cache)
+    assert len(calls) == 2
+    other_weights = SamSegmenter(model, "tiny", "0" * 64, embedding_cache_dir=cache)
     other_weights.segment(image, PROMPTS[:1])  # same image, other weights: a miss
-    assert len(calls_b) == 1
+    assert len(calls) == 3
 
 
-def test_generate_returns_documented_records(tiny_checkpoint: Path, image: np.ndarray) -> None:
-    options = AutomaticMaskOptions(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
-    segmenter = SamSegmenter("tiny", tiny_checkpoint, device="cpu", amg_options=options)
-    records = segmenter.generate(image)
-    assert records
-    keys = {"segmentation", "area", "bbox", "predicted_iou", "stability_score", "point_coords"}
-    for record in records:
-        assert keys | {"crop_box"} == set(record)
-        mask = record["segmentation"]
-        assert mask.shape == (48, 64) and mask.dtype == bool
-        assert record["area"] == int(mask.sum())
-        x, y, w, h = record["bbox"]
-        ys, xs = np.nonzero(mask)
-        assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max(), ys.max())
+def test_generate_returns_documented_records(
+    tiny_checkpoint: CheckpointFile, image: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_grid(monkeypatch, 4)
+    check_mask_records(load_tiny(tiny_checkpoint).generate(image), image)
 
 
 def test_generate_reuses_cached_embedding(
-    tiny_checkpoint: Path, image: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_checkpoint: CheckpointFile,
+    image: np.ndarray,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    model = load_sam("tiny", tiny_checkpoint, torch.device("cpu"))
-    calls = count_encoder_calls(model, monkeypatch)
-    options = AutomaticMaskOptions(points_per_side=2, pred_iou_thresh=0, stability_score_thresh=0)
-    segmenter = SamSegmenter.from_model(
-        model, "tiny", "x" * 64, embedding_cache_dir=tmp_path, amg_options=options
-    )
+    small_grid(monkeypatch, 2)
+    segmenter = load_tiny(tiny_checkpoint, embedding_cache_dir=tmp_path)
+    calls = count_encoder_calls(segmenter.model, monkeypatch)
     segmenter.segment(image, PROMPTS[:1])
-    segmenter.generate(image)
+    assert segmenter.generate(image)
     assert len(calls) == 1
 
 
@@ -204,40 +257,43 @@ def test_generate_reuses_cached_embedding(
     ],
 )
 def test_bad_prompts_raise_input_error(
-    tiny_checkpoint: Path, image: np.ndarray, prompt: Prompt, message: str
+    tiny_checkpoint: CheckpointFile, image: np.ndarray, prompt: Prompt, message: str
 ) -> None:
-    segmenter = SamSegmenter("tiny", tiny_checkpoint, device="cpu")
+    segmenter = load_tiny(tiny_checkpoint)
     with pytest.raises(InputError, match=message) as info:
         segmenter.segment(image, [PROMPTS[0], prompt])
     assert "prompt #1" in str(info.value) and "64×48" in str(info.value)
 
 
-def test_bad_image_raises_input_error(tiny_checkpoint: Path, image: np.ndarray) -> None:
-    segmenter = SamSegmenter("tiny", tiny_checkpoint, device="cpu")
+def test_bad_image_raises_input_error(tiny_checkpoint: CheckpointFile, image: np.ndarray) -> None:
+    segmenter = load_tiny(tiny_checkpoint)
     with pytest.raises(InputError, match="H×W×3 uint8"):
         segmenter.segment(image[..., 0], PROMPTS[:1])
     assert segmenter.segment(image, []) == []
 
 
 def test_missing_official_checkpoint_says_how_to_download(tmp_path: Path) -> None:
+    config = SegmenterConfig(sam_variant="vit_b", weights_dir=str(tmp_path), device="cpu")
     with pytest.raises(WeightsError) as info:
-        SamSegmenter("vit_b", weights_dir=tmp_path, device="cpu")
+        config.build()
     message = str(info.value)
     assert "sam_vit_b_01ec64.pth" in message and str(tmp_path) in message
     assert "segstyle weights download sam_vit_b" in message
+    assert "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth" in message
+    assert "--" not in message  # a core message names settings, not flags
 
 
-def test_checkpoint_errors(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="vit_b, vit_l, vit_h"):
-        SamSegmenter("vit_x", tiny_checkpoint)
-    with pytest.raises(WeightsError, match="does not exist"):
-        SamSegmenter("tiny", tmp_path / "absent.pth", device="cpu")
-    with pytest.raises(ConfigError, match="no official checkpoint"):
-        SamSegmenter("tiny", device="cpu")
+def test_checkpoint_errors(tiny_checkpoint: CheckpointFile, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown SAM variant 'vit_x': use one of vit_b, vit_l"):
+        load_segmenter("sam", "vit_x", tiny_checkpoint)
+    with pytest.raises(WeightsError, match="does not exist: fix segmenter.checkpoint, or leave"):
+        SegmenterConfig(checkpoint=str(tmp_path / "absent.pth")).build()
     wider = tmp_path / "wider.pth"
     torch.save(build_sam_tiny(img_size=128).state_dict(), wider)
     with pytest.raises(WeightsError, match="does not fit SAM tiny"):
-        SamSegmenter("tiny", wider, device="cpu")
+        load_tiny(CheckpointFile(wider, sha256_file(wider)))
+    with pytest.raises(ConfigError, match="precision 'half' is unknown"):
+        load_tiny(tiny_checkpoint, precision="half")
 
 
 def test_resolve_device() -> None:
@@ -276,16 +332,14 @@ def test_model_cache_runs_factory_once_under_threads() -> None:
 
 
 def test_bfloat16_encoder_gives_masks_close_to_float32(
-    tiny_checkpoint: Path, image: np.ndarray
+    tiny_checkpoint: CheckpointFile, image: np.ndarray
 ) -> None:
-    model = load_sam("tiny", tiny_checkpoint, torch.device("cpu"))
+    single = load_tiny(tiny_checkpoint, precision="float32")
+    half = load_tiny(tiny_checkpoint, precision="bfloat16")
     patch_embeddings: list[torch.dtype] = []  # the encoder's first layer, a convolution
-    model.image_encoder.patch_embed.register_forward_hook(
+    half.model.image_encoder.patch_embed.register_forward_hook(
         lambda module, inputs, out: patch_embeddings.append(out.dtype)
     )
-    sha = sha256_file(tiny_checkpoint)
-    single = SamSegmenter.from_model(model, "tiny", sha, precision="float32")
-    half = SamSegmenter.from_model(model, "tiny", sha, precision="bfloat16")
     assert (single.encoder_dtype, half.encoder_dtype) == (None, torch.bfloat16)
     reference = single.segment(image, PROMPTS)
     got = half.segment(image, PROMPTS)
@@ -315,12 +369,15 @@ def test_auto_precision_follows_native_bfloat16(
 
 
 def test_embedding_cache_separates_precisions(
-    tiny_checkpoint: Path, image: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_checkpoint: CheckpointFile,
+    image: np.ndarray,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    model = load_sam("tiny", tiny_checkpoint, torch.device("cpu"))
+    model = load_tiny(tiny_checkpoint).model
     calls = count_encoder_calls(model, monkeypatch)
     for precision in ("float32", "bfloat16", "float32", "bfloat16"):
-        segmenter = SamSegmenter.from_model(
+        segmenter = SamSegmenter(
             model, "tiny", "x" * 64, embedding_cache_dir=tmp_path / "e", precision=precision
         )
         segmenter.segment(image, PROMPTS[:1])
@@ -328,15 +385,14 @@ def test_embedding_cache_separates_precisions(
 
 
 def test_precision_is_part_of_the_stage_and_registry_keys(
-    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_checkpoint: CheckpointFile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from segstyle_core import backends
-    from segstyle_core.segment import SegmenterConfig
     from segstyle_core.stages.segment import segmenter_key
 
     monkeypatch.setattr(backends, "MODELS", ModelCache())
     configs = {
-        p: SegmenterConfig(checkpoint=str(tiny_checkpoint), precision=p, device="cpu")
+        p: SegmenterConfig(checkpoint=str(tiny_checkpoint.path), precision=p, device="cpu")
         for p in ("auto", "float32", "bfloat16")
     }
     assert SegmenterConfig().precision == "auto"

@@ -1,5 +1,6 @@
 """SAM 2 on images, on a random-weight SAM 2.1 Hiera-T saved to disk and loaded through the
-real loader; own checkpoints (SAM 2, SAM, VGG19) and their hashes in result rows.
+real loader (:func:`segstyle_core.segment.load_segmenter`); own checkpoints (SAM 2, SAM, VGG19)
+and their hashes in result rows.
 
 The model is sam2's own ``configs/sam2.1/sam2.1_hiera_t.yaml`` (the smallest official config)
 with its input shrunk to 128 pixels by a Hydra override (registered as the variant's override
@@ -11,6 +12,7 @@ call per prompt, keeping the best-scoring mask.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,13 @@ from segstyle_core import backends, devices, weights
 from segstyle_core.backends import BackendIdentity
 from segstyle_core.errors import ConfigError, WeightsError
 from segstyle_core.fileio import sha256_file
-from segstyle_core.segment import SegmenterConfig
+from segstyle_core.segment import SegmenterConfig, load_segmenter
 from segstyle_core.segment import sam2_image as sam2_image_module
 from segstyle_core.segment.base import Prompt
-from segstyle_core.segment.sam import AutomaticMaskOptions
-from segstyle_core.segment.sam2_image import Sam2ImageSegmenter, load_sam2_image_model
+from segstyle_core.segment.sam2_image import Sam2ImageSegmenter
 from segstyle_core.stylize import StylizerConfig
+from segstyle_core.weights import CheckpointFile
+from tests.test_sam import check_mask_records
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 OVERRIDES = ("++model.image_size=128",)
@@ -64,9 +67,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sam2_image_module.HYDRA_OVERRIDES, "hiera_tiny", OVERRIDES)
-        cache = devices.ModelCache()
-        patch.setattr(sam2_image_module, "MODELS", cache)
-        patch.setattr(backends, "MODELS", cache)
+        patch.setattr(devices, "MODELS", devices.ModelCache())
+        patch.setattr(backends, "MODELS", devices.ModelCache())
         torch.manual_seed(1)
         model = build_sam2(CONFIG, None, device="cpu", hydra_overrides_extra=list(OVERRIDES))
         path = tmp_path_factory.mktemp("sam2") / "my_sam2.pt"
@@ -146,8 +148,11 @@ def test_masks_equal_sam2_image_predictor(
 
 def test_loader_fills_every_weight_from_the_checkpoint(tiny: tuple[Any, Path]) -> None:
     model, path = tiny
-    loaded = load_sam2_image_model("hiera_tiny", path, torch.device("cpu"))
-    assert loaded.image_size == 128 and not loaded.training
+    checkpoint = CheckpointFile(path, sha256_file(path))
+    segmenter = load_segmenter("sam2", "hiera_tiny", checkpoint, "cpu")
+    loaded = segmenter.model
+    assert loaded is not model and loaded.image_size == 128 and not loaded.training
+    assert load_segmenter("sam2", "hiera_tiny", checkpoint, "cpu").model is loaded
     expected = model.state_dict()
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, expected[name]), name
@@ -159,15 +164,15 @@ def test_one_encoder_run_per_image_and_the_disk_cache(
     model, path = tiny
     sha = sha256_file(path)
     calls = encoder_calls(model, monkeypatch)
-    plain = Sam2ImageSegmenter.from_model(model, "hiera_tiny", sha, precision="float32")
+    plain = Sam2ImageSegmenter(model, "hiera_tiny", sha, precision="float32")
     expected = plain.segment(image, PROMPTS)
     assert len(calls) == 1  # ten prompts of five shapes, one embedding
 
     cache = tmp_path / "embeddings"
-    first = Sam2ImageSegmenter.from_model(
+    first = Sam2ImageSegmenter(
         model, "hiera_tiny", sha, embedding_cache_dir=cache, precision="float32"
     )
-    second = Sam2ImageSegmenter.from_model(
+    second = Sam2ImageSegmenter(
         model, "hiera_tiny", sha, embedding_cache_dir=cache, precision="float32"
     )
     first.segment(image, PROMPTS[:3])
@@ -177,7 +182,7 @@ def test_one_encoder_run_per_image_and_the_disk_cache(
     for got, want in zip(again, expected, strict=True):
         np.testing.assert_array_equal(got.mask, want.mask)
         assert got.score == pytest.approx(want.score, abs=1e-6)
-    other = Sam2ImageSegmenter.from_model(
+    other = Sam2ImageSegmenter(
         model, "hiera_tiny", "0" * 64, embedding_cache_dir=cache, precision="float32"
     )
     other.segment(image, PROMPTS[:1])  # other weights: a miss
@@ -190,8 +195,8 @@ def test_bfloat16_encoder_hands_float32_features_to_the_decoder(
 ) -> None:
     model, path = tiny
     sha = sha256_file(path)
-    exact = Sam2ImageSegmenter.from_model(model, "hiera_tiny", sha, precision="float32")
-    fast = Sam2ImageSegmenter.from_model(model, "hiera_tiny", sha, precision="bfloat16")
+    exact = Sam2ImageSegmenter(model, "hiera_tiny", sha, precision="float32")
+    fast = Sam2ImageSegmenter(model, "hiera_tiny", sha, precision="bfloat16")
     assert (exact.encoder_dtype, fast.encoder_dtype) == (None, torch.bfloat16)
     expected, got = exact.segment(image, PROMPTS[:6]), fast.segment(image, PROMPTS[:6])
     features = fast._predictor._features
@@ -200,33 +205,30 @@ def test_bfloat16_encoder_hands_float32_features_to_the_decoder(
     for a, b in zip(expected, got, strict=True):
         assert (a.mask == b.mask).mean() > 0.98
     with pytest.raises(ConfigError, match="precision"):
-        Sam2ImageSegmenter.from_model(model, "hiera_tiny", sha, precision="float16")  # type: ignore[arg-type]
+        Sam2ImageSegmenter(model, "hiera_tiny", sha, precision="float16")  # type: ignore[arg-type]
 
 
 def test_generate_returns_documented_records_from_the_cached_embedding(
     tiny: tuple[Any, Path], image: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from sam2 import automatic_mask_generator
+
     model, path = tiny
     calls = encoder_calls(model, monkeypatch)
-    options = AutomaticMaskOptions(points_per_side=3, pred_iou_thresh=0, stability_score_thresh=0)
-    segmenter = Sam2ImageSegmenter.from_model(
-        model,
-        "hiera_tiny",
-        sha256_file(path),
-        embedding_cache_dir=tmp_path,
-        amg_options=options,
-        precision="float32",
+    # A 3×3 grid, every mask kept (random weights pass no quality threshold).
+    small = functools.partial(
+        automatic_mask_generator.SAM2AutomaticMaskGenerator,
+        points_per_side=3,
+        pred_iou_thresh=0,
+        stability_score_thresh=0,
+    )
+    monkeypatch.setattr(automatic_mask_generator, "SAM2AutomaticMaskGenerator", small)
+    segmenter = Sam2ImageSegmenter(
+        model, "hiera_tiny", sha256_file(path), embedding_cache_dir=tmp_path, precision="float32"
     )
     segmenter.segment(image, PROMPTS[:1])
-    records = segmenter.generate(image)
+    check_mask_records(segmenter.generate(image), image)
     assert len(calls) == 1
-    assert records
-    keys = {"segmentation", "area", "bbox", "predicted_iou", "stability_score", "point_coords"}
-    for record in records:
-        assert keys | {"crop_box"} == set(record)
-        mask = record["segmentation"]
-        assert mask.shape == (48, 64) and mask.dtype == bool
-        assert record["area"] == int(mask.sum())
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(
@@ -235,7 +237,9 @@ def test_a_checkpoint_of_another_architecture_is_refused(
     other = tmp_path / "other.pt"
     torch.save({"model": {"layer.weight": torch.zeros(2)}}, other)
     with pytest.raises(WeightsError, match="does not fit SAM 2 hiera_tiny"):
-        load_sam2_image_model("hiera_tiny", other, torch.device("cpu"))
+        load_segmenter("sam2", "hiera_tiny", CheckpointFile(other, sha256_file(other)), "cpu")
+    with pytest.raises(ConfigError, match="unknown SAM 2 variant 'vit_l': use one of hiera_tiny"):
+        load_segmenter("sam2", "vit_l", CheckpointFile(other, sha256_file(other)), "cpu")
 
 
 # ----------------------------------------------------------------------------- identities
@@ -257,7 +261,7 @@ def test_sam2_identity_official_file_and_own_file(tmp_path: Path) -> None:
     own.write_bytes(b"my own SAM 2")
     mine = segmenter.changed(checkpoint=str(own))
     assert mine.identity().weights_sha256 == sha256_file(own)
-    with pytest.raises(WeightsError, match="not found"):
+    with pytest.raises(WeightsError, match="does not exist: fix segmenter.checkpoint"):
         mine.changed(checkpoint=str(tmp_path / "absent.pt")).identity()
     with pytest.raises(WeightsError, match="segstyle weights download sam2.1_hiera_large"):
         SegmenterConfig(backend="sam2", weights_dir=str(tmp_path / "empty")).identity()
@@ -279,7 +283,8 @@ def test_own_sam_and_vgg_checkpoints_are_named_by_their_full_hash(tmp_path: Path
         SegmenterConfig(checkpoint=str(tmp_path / "absent.pth")),
         StylizerConfig(vgg_checkpoint=str(tmp_path / "absent.pth")),
     ):
-        with pytest.raises(WeightsError, match="does not exist: fix the --(checkpoint|vgg) path"):
+        field = "segmenter.checkpoint|stylizer.vgg_checkpoint"  # the settings, not CLI flags
+        with pytest.raises(WeightsError, match=f"does not exist: fix ({field}), or leave it"):
             missing.identity()
     # The official name is still checked against its published hash prefix.
     (tmp_path / "vgg19-dcbb9e9d.pth").write_bytes(b"not torchvision's file")
@@ -342,7 +347,6 @@ def test_help_and_weights_status_show_sam2(
     names = list(weights.CHECKPOINTS)
     text = capsys.readouterr().out
     assert all(name in text for name in names)
-    assert all(name in cli.WEIGHTS_NAME_HELP for name in names)
 
     (tmp_path / "sam2.1_hiera_tiny.pt").write_bytes(b"a SAM 2 file")
     assert cli.main(["weights", "status", "--weights-dir", str(tmp_path)]) == 0

@@ -1,9 +1,12 @@
-"""Run outputs over HTTP: the URL mapping, the loopback-only server, and the served report."""
+"""Run outputs over HTTP: the URL mapping, the loopback-only server that serves only the regular
+files inside its folders (no symlink out, no FIFO, no listing, no foreign Host), and the served
+report."""
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import http.client
+import json
 import os
 import socket
 import subprocess
@@ -18,11 +21,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segstyle.flows.serve import add_serve_command, check_loopback, make_app
+from segstyle.flows.serve import check_loopback, make_app
 from segstyle_core.errors import ConfigError
 from segstyle_core.figures import panel
 from segstyle_core.images import write_png
-from segstyle_core.outputs import OUTPUTS_URL_ENV, output_link, outputs_url, served_path
+from segstyle_core.outputs import (
+    OUTPUTS_URL_ENV,
+    ROOT_PATH,
+    local_server_url,
+    output_link,
+    outputs_url,
+    served_path,
+)
 from segstyle_core.report import write_report
 from segstyle_core.results import COLUMNS, normalise_row
 
@@ -99,13 +109,13 @@ def test_only_loopback_hosts_are_accepted() -> None:
 
 
 def test_serve_command_parses_its_options() -> None:
-    parser = argparse.ArgumentParser(prog="segstyle")
-    add_serve_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", "--out", "elsewhere", "--port", "5000"])
-    assert (args.out, args.port, args.host) == ("elsewhere", 5000, "127.0.0.1")
-    assert callable(args.handler)
-    defaults = parser.parse_args(["serve"])
-    assert (defaults.out, defaults.port) == ("artifacts", 4201)
+    from segstyle.flows.cli import Serve, parse
+
+    command = parse(["serve", "--out", "elsewhere", "--port", "5000"])
+    assert isinstance(command, Serve)
+    assert (command.out, command.port, command.host) == ("elsewhere", 5000, "127.0.0.1")
+    defaults = parse(["serve"])
+    assert isinstance(defaults, Serve) and (defaults.out, defaults.port) == ("artifacts", 4201)
 
 
 def _row(**values: object) -> dict[str, object]:
@@ -113,10 +123,15 @@ def _row(**values: object) -> dict[str, object]:
     return normalise_row({**base, **values})
 
 
+SECRET = b"outside the served root"
+PASSWD = "/etc/passwd"
+
+
 @pytest.fixture()
 def out_root(tmp_path: Path) -> Path:
-    """An ``out`` folder with a run (panels + report), a metrics file, a cache, and a file
-    and a symlink that point outside it."""
+    """An ``out`` folder with a run (panels + report), a metrics file and a cache, plus traps:
+    symlinks out of ``runs`` (to a file beside ``out``, to /etc/passwd, a whole run folder),
+    a symlink that stays inside, and a FIFO (no writer: opening it would block)."""
     out = tmp_path / "out"
     run_dir = out / "runs" / "test run"
     rng = np.random.default_rng(0)
@@ -140,8 +155,16 @@ def out_root(tmp_path: Path) -> Path:
     (out / "metrics" / "m.parquet").write_bytes(b"PAR1")
     (out / "cache").mkdir()
     (out / "cache" / "cached.png").write_bytes(b"not served")
-    (tmp_path / "secret.txt").write_text("outside the served root")
+    (tmp_path / "secret.txt").write_bytes(SECRET)
     os.symlink(tmp_path / "secret.txt", run_dir / "escape.png")
+    os.symlink(PASSWD, run_dir / "passwd.png")
+    os.symlink(run_dir / "zurich_000000_000019" / "panel.png", run_dir / "inside.png")
+    elsewhere = tmp_path / "elsewhere run"
+    elsewhere.mkdir()
+    (elsewhere / "report.html").write_bytes(SECRET)
+    os.symlink(elsewhere, out / "runs" / "linked run")
+    os.mkfifo(run_dir / "pipe.png")
+    os.symlink(run_dir / "pipe.png", run_dir / "pipe link.png")
     return out
 
 
@@ -151,16 +174,17 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture()
-def server(out_root: Path) -> Iterator[str]:
-    """``segstyle.flows.serve.serve`` in a subprocess on a free port; yields its base URL."""
+@contextlib.contextmanager
+def _serving(root: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """``segstyle.flows.serve.serve(root, host)`` in a subprocess on a free port; yields its
+    base URL."""
     port = _free_port()
     code = (
         "import sys; from pathlib import Path; from segstyle.flows.serve import serve; "
-        "serve(Path(sys.argv[1]), port=int(sys.argv[2]))"
+        "serve(Path(sys.argv[1]), host=sys.argv[2], port=int(sys.argv[3]))"
     )
     process = subprocess.Popen(
-        [sys.executable, "-c", code, str(out_root), str(port)],
+        [sys.executable, "-c", code, str(root), host, str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -168,14 +192,14 @@ def server(out_root: Path) -> Iterator[str]:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                with socket.create_connection((host, port), timeout=1):
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     output = process.stdout.read().decode() if process.stdout else ""
                     pytest.fail(f"serve did not start: {output}")
                 time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         process.terminate()
         try:
@@ -187,44 +211,190 @@ def server(out_root: Path) -> Iterator[str]:
             process.stdout.close()
 
 
-def _get(base: str, raw_path: str) -> tuple[int, dict[str, str], bytes]:
-    """GET ``raw_path`` exactly as written (no client-side ``..`` normalisation)."""
+@pytest.fixture()
+def server(out_root: Path) -> Iterator[str]:
+    """``out_root`` served on 127.0.0.1."""
+    with _serving(out_root) as base:
+        yield base
+
+
+def _get(
+    base: str, raw_path: str, host: str | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """``raw_path`` exactly as written (no client-side ``..`` normalisation), with ``host`` as
+    the ``Host`` header when given; a hanging answer fails after 10 s."""
     parts = urlsplit(base)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
     try:
-        connection.request("GET", raw_path)
+        connection.request(method, raw_path, headers={"Host": host} if host else {})
         response = connection.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         connection.close()
 
 
+PANEL = "/runs/test%20run/zurich_000000_000019/panel.png"
+
+
 def test_serve_serves_pngs_and_nothing_outside(server: str, out_root: Path) -> None:
     png = out_root / "runs" / "test run" / "zurich_000000_000019" / "panel.png"
     link = output_link(png, out_root, server)
-    status, headers, body = _get(server, urlsplit(link).path)
+    assert urlsplit(link).path == PANEL
+    status, headers, body = _get(server, PANEL)
     assert status == 200
     assert headers["content-type"] == "image/png"
     assert headers["cache-control"] == "no-cache"
     assert body == png.read_bytes()
     status, _, body = _get(server, "/metrics/m.parquet")
     assert (status, body) == (200, b"PAR1")
-    status, _, index = _get(server, "/")
-    assert status == 200 and b'href="runs/test%20run/report.html"' in index
+    # A symlink that stays inside its served folder is followed.
+    assert _get(server, "/runs/test%20run/inside.png")[::2] == (200, png.read_bytes())
+    passwd = Path(PASSWD).read_bytes()
     for attempt in (
         "/runs/../../secret.txt",
         "/runs/%2e%2e/%2e%2e/secret.txt",
+        "/runs/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/etc/passwd",
         "/runs/..%2f..%2fsecret.txt",
+        "/runs/..%2f..%2f..%2f..%2f..%2f..%2f..%2f..%2fetc%2fpasswd",
         "/runs/test%20run/../../../secret.txt",
         "/runs//etc/passwd",
+        "/runs/%2fetc%2fpasswd",
         "/runs/test%20run/escape.png",  # a symlink out of the folder
+        "/runs/test%20run/passwd.png",  # a symlink to /etc/passwd
+        "/runs/linked%20run/report.html",  # a run folder that is a symlink out
+        "/runs/test%20run/%00.png",
         "/cache/cached.png",  # not a served folder
         "/runs/../cache/cached.png",
         "/metrics/../cache/cached.png",
+        "/metrics/%2e%2e/cache/cached.png",
     ):
         status, _, body = _get(server, attempt)
-        assert status != 200, attempt
-        assert b"outside the served root" not in body and b"not served" not in body, attempt
+        assert status in (400, 404), attempt
+        assert SECRET not in body and b"not served" not in body, attempt
+        assert passwd not in body, attempt
+
+
+def test_a_fifo_is_not_served(server: str) -> None:
+    """A FIFO (and a symlink to one) answers 404 at once: it is never opened, so a request
+    cannot block on it (``_get`` fails after 10 s)."""
+    for path in ("/runs/test%20run/pipe.png", "/runs/test%20run/pipe%20link.png"):
+        for method in ("GET", "HEAD"):
+            assert _get(server, path, method=method)[0] == 404, (path, method)
+
+
+def test_nothing_is_listed(server: str) -> None:
+    """``/`` is a fixed page that names no folder content; folders themselves answer 404."""
+    status, headers, page = _get(server, "/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert b"/runs/&lt;run&gt;/report.html" in page
+    for name in (b"test run", b"test%20run", b"linked", b"zurich", b"escape", b"m.parquet"):
+        assert name not in page, name
+    assert b"href=" not in page
+    for folder in ("/runs", "/runs/", "/metrics/", "/runs/test%20run/", "/runs/linked%20run/"):
+        status, _, body = _get(server, folder)
+        assert status in (307, 404), folder
+        assert b"zurich" not in body and b"report" not in body and b"m.parquet" not in body
+
+
+def test_foreign_hosts_get_400(server: str) -> None:
+    """DNS rebinding: a page of attacker.example resolving to 127.0.0.1 sends its own name."""
+    port = urlsplit(server).port
+    for host in (
+        "attacker.example",
+        f"attacker.example:{port}",
+        "127.0.0.1.attacker.example",
+        f"localhost.attacker.example:{port}",
+        "127.0.0.2",  # a loopback address, but not the bound one
+        "[::2]",
+        "",
+    ):
+        for path in ("/", PANEL, ROOT_PATH):
+            status, _, body = _get(server, path, host=host or " ")
+            assert status == 400, (host, path)
+            assert not body.startswith(b"\x89PNG") and b"root" not in body, (host, path)
+    for host in (f"127.0.0.1:{port}", "127.0.0.1", f"localhost:{port}", "LocalHost", "[::1]"):
+        assert _get(server, PANEL, host=host)[0] == 200, host
+
+
+def test_the_flows_find_the_server(server: str, out_root: Path, tmp_path: Path) -> None:
+    """``local_server_url`` asks ``/segstyle-root``: the resolved ``--out``, nothing more."""
+    port = urlsplit(server).port
+    assert port is not None
+    status, _, body = _get(server, ROOT_PATH)
+    assert (status, json.loads(body)) == (200, {"root": str(out_root.resolve())})
+    assert local_server_url(out_root, port) == server
+    assert local_server_url(tmp_path / "other", port) is None
+
+
+def test_a_folder_swapped_for_a_symlink_after_start_serves_nothing(
+    server: str, out_root: Path
+) -> None:
+    """The served folders' real paths are fixed at start: ``runs`` replaced by a symlink to
+    ``/`` (or to its own old content) while the server runs leads nowhere."""
+    assert _get(server, PANEL)[0] == 200
+    runs = out_root / "runs"
+    runs.rename(out_root / "old runs")
+    runs.symlink_to("/")
+    passwd = Path(PASSWD).read_bytes()
+    for path in ("/runs/etc/passwd", "/runs/" + "%2e%2e/" * 8 + "etc/passwd"):
+        status, _, body = _get(server, path)
+        assert status == 404 and passwd not in body, path
+    runs.unlink()
+    runs.symlink_to(out_root / "old runs")
+    assert _get(server, PANEL)[0] == 404
+
+
+def test_symlinked_served_folders_are_refused_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``<out>/runs -> /`` would serve the whole disk: refused with one line, before binding."""
+    from segstyle.flows.cli import EXIT_ERROR, main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "runs").symlink_to("/")
+    with pytest.raises(ConfigError, match="runs: a symlink"):
+        make_app(out)
+    status = main(["serve", "--out", str(out), "--port", "0"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert status == EXIT_ERROR and line.startswith("segstyle: error: ")
+    assert "symlink" in line and "real folders inside --out" in line
+    (out / "runs").unlink()
+    (out / "runs").mkdir()
+    (out / "metrics").symlink_to(tmp_path)
+    with pytest.raises(ConfigError, match="metrics: a symlink"):
+        make_app(out)
+    (out / "metrics").unlink()
+    (out / "metrics").write_bytes(b"")
+    with pytest.raises(ConfigError, match="metrics: not a folder"):
+        make_app(out)
+
+
+def test_a_symlinked_out_is_resolved_once(out_root: Path, tmp_path: Path) -> None:
+    """``--out`` given as a symlink is resolved at start; pointing the link elsewhere later
+    changes nothing that is served."""
+    link = tmp_path / "out link"
+    link.symlink_to(out_root)
+    other = tmp_path / "other out"
+    (other / "runs" / "test run" / "zurich_000000_000019").mkdir(parents=True)
+    (other / "runs" / "test run" / "zurich_000000_000019" / "panel.png").write_bytes(SECRET)
+    with _serving(link) as base:
+        status, _, body = _get(base, ROOT_PATH)
+        assert (status, json.loads(body)) == (200, {"root": str(out_root.resolve())})
+        status, _, served = _get(base, PANEL)
+        assert status == 200 and served.startswith(b"\x89PNG")
+        link.unlink()
+        link.symlink_to(other)
+        assert _get(base, PANEL)[::2] == (200, served)
+
+
+def test_the_bound_host_name_is_accepted(out_root: Path) -> None:
+    """Besides 127.0.0.1, localhost and [::1], the ``Host`` the server was started with."""
+    with _serving(out_root, "127.0.0.2") as base:
+        port = urlsplit(base).port
+        for host in (f"127.0.0.2:{port}", f"localhost:{port}", "127.0.0.1"):
+            assert _get(base, PANEL, host=host)[0] == 200, host
+        assert _get(base, PANEL, host="attacker.example")[0] == 400
 
 
 class _Links(HTMLParser):

@@ -1,7 +1,8 @@
 """Which Prefect API a command-line run uses (``segstyle.flows.server.local_api``).
 
 ``PREFECT_API_URL`` when set; else the local server when it answers (nothing is started);
-else a temporary server that stops with the block and dies with its process, SIGKILL included.
+else Prefect's temporary server, its output in the log file, that stops with the block and
+dies with its process, SIGKILL included.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Any
 import pytest
 
 from tests.prefect_service import REPO_ROOT, free_port, stop_process_group
+
+#: A fresh database's migrations can take a loaded machine past Prefect's default of 20 s.
+_STARTUP_TIMEOUT_S = 120
 
 #: Enters ``local_api``, prints what it got as one JSON line, then sleeps until killed.
 _ENTER = """
@@ -56,7 +60,7 @@ def _processes_with(*words: str) -> list[int]:
     return found
 
 
-def _no_popen(*args: Any, **kwargs: Any) -> Any:
+def _no_server(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("local_api started a server")
 
 
@@ -73,6 +77,8 @@ def test_local_server_address_is_prefect_server_settings() -> None:
         assert local_server_api_url() == "http://127.0.0.1:4200/api"  # `make server`'s
     with temporary_settings({PREFECT_SERVER_API_HOST: "0.0.0.0", PREFECT_SERVER_API_PORT: 4321}):
         assert local_server_api_url() == "http://127.0.0.1:4321/api"
+    with temporary_settings({PREFECT_SERVER_API_HOST: "::", PREFECT_SERVER_API_PORT: 4321}):
+        assert local_server_api_url() == "http://[::1]:4321/api"
 
 
 def test_probe_of_a_closed_port_is_quick() -> None:
@@ -88,7 +94,7 @@ def test_configured_api_url_is_used_as_is(monkeypatch: pytest.MonkeyPatch, tmp_p
 
     from segstyle.flows import server
 
-    monkeypatch.setattr(server, "_popen_server", _no_popen)
+    monkeypatch.setattr(server, "temporary_server", _no_server)
     monkeypatch.setattr(server, "api_is_up", lambda *a, **k: pytest.fail("probed"))
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         with server.local_api(tmp_path / "server.log") as url:
@@ -109,7 +115,7 @@ def test_running_local_server_is_used_and_nothing_started(
     def probe() -> str:
         return "ok"
 
-    monkeypatch.setattr(server, "_popen_server", _no_popen)
+    monkeypatch.setattr(server, "temporary_server", _no_server)
     monkeypatch.delenv("SEGSTYLE_DEVICE_SLOTS", raising=False)
     lines: list[str] = []
     with temporary_settings(
@@ -135,6 +141,57 @@ def test_running_local_server_is_used_and_nothing_started(
 
 
 @pytest.mark.slow
+def test_flow_runs_on_a_temporary_server_that_stops_with_the_block(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from prefect import flow, get_client
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_API_PORT,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    from segstyle.flows.server import local_api
+
+    @flow(name="segstyle-temporary-server-probe")
+    def probe(x: int) -> int:
+        return x + 1
+
+    monkeypatch.delenv("SEGSTYLE_DEVICE_SLOTS", raising=False)
+    monkeypatch.setenv("PREFECT_SERVER_LOGGING_LEVEL", "DEBUG")  # so that the server logs
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "DEBUG")
+    log = tmp_path / "logs" / "prefect-server.log"
+    nothing_there = free_port()
+    with temporary_settings(
+        {
+            PREFECT_SERVER_API_PORT: nothing_there,
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: _STARTUP_TIMEOUT_S,
+        },
+        restore_defaults={PREFECT_API_URL},
+    ):
+        with local_api(log, announce=lambda line: pytest.fail(line)) as url:
+            assert url is not None and PREFECT_API_URL.value() == url
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            assert port != nothing_there
+            assert os.environ["SEGSTYLE_DEVICE_SLOTS"] == "host"
+            (server_pid,) = _processes_with("--port", str(port))
+            assert os.getsid(server_pid) != os.getsid(0)  # a Ctrl-C here does not reach it
+            state = probe(41, return_state=True)
+            assert state.result() == 42
+            run_id = state.state_details.flow_run_id
+            assert run_id is not None
+            with get_client(sync_client=True) as client:  # the run is in that server's database
+                run = client.read_flow_run(run_id)
+            assert run.state is not None and run.state.is_completed()
+        assert PREFECT_API_URL.value() is None
+    assert "SEGSTYLE_DEVICE_SLOTS" not in os.environ
+    assert not _listening(port)
+    assert not Path(f"/proc/{server_pid}").exists()  # stopped and reaped, not left behind
+    assert f"Started server process [{server_pid}]" in log.read_text()
+
+
+@pytest.mark.slow
 def test_temporary_server_dies_with_a_sigkilled_cli(tmp_path: Path) -> None:
     """No server answers at the configured address: a temporary one starts, and stops
     listening within seconds of its process being SIGKILLed (it never gets to clean up)."""
@@ -144,6 +201,9 @@ def test_temporary_server_dies_with_a_sigkilled_cli(tmp_path: Path) -> None:
         PREFECT_HOME=str(tmp_path / "home"),
         PREFECT_SERVER_API_PORT=str(free_port()),  # nothing listens there
         PYTHONUNBUFFERED="1",
+        PREFECT_SERVER_LOGGING_LEVEL="DEBUG",  # the server's output goes to the log file only
+        PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="DEBUG",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=str(_STARTUP_TIMEOUT_S),
     )
     log = tmp_path / "logs" / "prefect-server.log"
     cli = subprocess.Popen(
@@ -164,7 +224,7 @@ def test_temporary_server_dies_with_a_sigkilled_cli(tmp_path: Path) -> None:
         assert _listening(port)
         servers = _processes_with("--port", str(port))
         assert len(servers) == 1 and servers != [cli.pid]
-        assert log.exists()  # the server's output goes to the log file
+        assert os.getsid(servers[0]) != cli.pid  # its own session: a Ctrl-C reaches the CLI only
 
         cli.kill()
         assert cli.wait(timeout=10) == -9
@@ -173,6 +233,8 @@ def test_temporary_server_dies_with_a_sigkilled_cli(tmp_path: Path) -> None:
             assert time.monotonic() - killed < 10, "the temporary server outlived its CLI"
             time.sleep(0.1)
         print(f"temporary server gone {time.monotonic() - killed:.2f} s after SIGKILL")
+        assert f"Started server process [{servers[0]}]" in log.read_text()
+        assert b"Started server process" not in (cli.stderr.read() if cli.stderr else b"")
     finally:
         stop_process_group(cli, grace_s=5)
         for pid in _processes_with("--port", str(locals().get("port", 0))):

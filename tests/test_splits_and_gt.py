@@ -8,7 +8,6 @@ copy of the dataset that has only colour PNGs.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
@@ -65,7 +64,8 @@ def test_all_covers_every_city_sorted_and_the_limit_spans_them(demo_root: Path) 
 
 
 def test_the_city_field_takes_a_name_a_list_all_or_random() -> None:
-    from segstyle.flows.options import DATASET, add_options, build
+    from segstyle.flows.cli import parse
+    from segstyle.flows.options import DATASET
 
     assert DatasetSelection().city == "zurich"
     assert DatasetSelection(city="random").city is None
@@ -77,12 +77,15 @@ def test_the_city_field_takes_a_name_a_list_all_or_random() -> None:
     assert DatasetSelection(city=None).city_label() == "a random city"
     with pytest.raises(ConfigError, match="stand alone"):
         DatasetSelection(city=("all", "zurich"))
-    parser = argparse.ArgumentParser()
-    add_options(parser, DATASET)
-    selection = build(DATASET, parser.parse_args(["--city", "all", "--gt", "color"]))
-    assert (selection.city, selection.gt) == ("all", "color")
-    assert build(DATASET, parser.parse_args(["--city", "zurich,aachen"])).city == CITIES
-    assert build(DATASET, parser.parse_args([])) == DatasetSelection()
+
+    def selection(*flags: str) -> DatasetSelection:
+        return DATASET.build(parse(["evaluate", *flags]))
+
+    chosen = selection("--city", "all", "--gt", "color")
+    assert (chosen.city, chosen.gt) == ("all", "color")
+    assert selection("--city", "zurich,aachen").city == CITIES
+    assert selection("--city", "none").city is None  # 'none': a random city, as 'random'
+    assert selection() == DatasetSelection()
 
 
 # --- GT sources and regions ------------------------------------------------------------------
@@ -159,16 +162,16 @@ def test_gt_stage_reads_instance_ids_only_for_gt_prompts(demo_root: Path, tmp_pa
     frame = cityscapes.sample_city(frames, city="zurich").frames[0]
     assert frame.instance_ids_path is not None
     frame.instance_ids_path.write_bytes(b"broken")  # never read for road or a prompts file
-    cache = str(tmp_path / "cache")
-    road = binarize_gt.run(frame, ("road",), PromptConfig(source="largest"), cache)
+    cache = tmp_path / "cache"
+    road = binarize_gt.run(cache, frame, ("road",), PromptConfig(source="largest"))
     (prompt,) = road.prompt_list()
     assert (prompt.instance_id, prompt.class_name) == (name2label["road"].id * 1000, "road")
     prompts_file = tmp_path / "prompts.json"
     prompts_file.write_text(json.dumps({frame.image_id: [{"box": [10, 60, 120, 120]}]}))
-    from_file = binarize_gt.run(frame, ("car",), PromptConfig(source=str(prompts_file)), cache)
+    from_file = binarize_gt.run(cache, frame, ("car",), PromptConfig(source=str(prompts_file)))
     assert len(from_file.prompts) == 1 and "regions" not in from_file.outputs
     with pytest.raises(InputError, match="instanceIds"):
-        binarize_gt.run(frame, ("car",), PromptConfig(source="largest"), cache)
+        binarize_gt.run(cache, frame, ("car",), PromptConfig(source="largest"))
 
 
 def test_gt_and_metrics_cache_keys_include_the_gt_source(demo_root: Path, tmp_path: Path) -> None:
@@ -177,10 +180,10 @@ def test_gt_and_metrics_cache_keys_include_the_gt_source(demo_root: Path, tmp_pa
     from segstyle_core.stages.segment import segment
 
     frame = cityscapes.sample_city(demo_root, city="zurich").frames[0]
-    cache = str(tmp_path / "cache")
+    cache = tmp_path / "cache"
     prompts = PromptConfig(source="largest")
     records = {
-        s: binarize_gt.run(frame, ("road",), prompts, cache, s)
+        s: binarize_gt.run(cache, frame, ("road",), prompts, s)
         for s in ("labelIds", "color", "auto")
     }
     assert {s: r.gt_source for s, r in records.items()} == {
@@ -191,24 +194,16 @@ def test_gt_and_metrics_cache_keys_include_the_gt_source(demo_root: Path, tmp_pa
     assert len({r.cache_key for r in records.values()}) == 3
     # the same mask either way: only the source tells the keys apart
     assert records["labelIds"].sha256["gt_mask"] == records["color"].sha256["gt_mask"]
-    key = binarize_gt.key(frame, ("road",), prompts, cache, "color")
-    assert key.config["gt_source"] == "color" and "color_path" in key.files
     masks = segment.run(
-        frame.image_id,
+        cache,
         str(frame.image_path),
         records["labelIds"].prompts,
         False,
         SegmenterConfig(backend="grabcut"),
-        cache,
     )
-    by_ids, by_colour = (
-        score_frame.locate(frame, ("road",), records[s], masks, False, cache)[1]
-        for s in ("labelIds", "color")
-    )
-    assert by_ids != by_colour
-    metrics_key = score_frame.key(frame, ("road",), records["color"], masks, False, cache)
-    assert metrics_key.config["gt_source"] == "color"
-    scores = score_frame.run(frame, ("road",), records["color"], masks, False, cache).scores
+    by_ids, by_colour = (score_frame.key(records[s], masks, False) for s in ("labelIds", "color"))
+    assert by_ids != by_colour  # the gt records differ only in their gt_source
+    scores = score_frame.run(cache, records["color"], masks, False).scores
     assert scores[0]["iou_instance"] is not None  # scored against the road component
 
 

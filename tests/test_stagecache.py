@@ -1,6 +1,8 @@
 """Content-addressed stage results: hits, misses on changed content, recompute when deleted,
-truncated or replaced, JSON records with relative paths, code identity in the key."""
+truncated or replaced, JSON records with relative paths, code identity and every declared input
+in the key."""
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -12,12 +14,11 @@ from segstyle_core import stagecache
 from segstyle_core.stagecache import (
     RECORD,
     Stage,
-    StageKey,
     StageRecord,
     code_sha256,
+    load_record,
     stage,
     stage_dir,
-    stage_key,
 )
 
 
@@ -27,11 +28,8 @@ class CountRecord(StageRecord):
 
 
 def _stage(name: str, calls: list[Path]) -> Stage:
-    def key(source: str, setting: int, cache_dir: str) -> StageKey:
-        return StageKey({"image": source}, {"k": setting})
-
-    @stage(name, key=key)
-    def compute(out: Path, source: str, setting: int, cache_dir: str) -> CountRecord:
+    @stage(name, files=("source",))
+    def compute(out: Path, source: str, setting: int) -> CountRecord:
         calls.append(out)
         (out / "result.txt").write_text(f"done {setting}")
         return CountRecord(outputs={"result": str(out / "result.txt")}, value=42)
@@ -39,43 +37,68 @@ def _stage(name: str, calls: list[Path]) -> Stage:
     return compute
 
 
+def _cached(stage: Stage, cache: Path, *args: object) -> StageRecord | None:
+    """The verified stored record of ``stage`` for ``args``, or ``None``; computes nothing."""
+    return load_record(cache, stage_dir(cache, stage.name, stage.key(*args)), stage.record_type)
+
+
 def test_second_call_is_a_hit_and_content_changes_miss(tmp_path: Path) -> None:
     source = tmp_path / "input.bin"
     source.write_bytes(b"first")
     calls: list[Path] = []
     segment = _stage("segment", calls)
-    cache = str(tmp_path / "cache")
-    first = segment.run(str(source), 1, cache)
-    again = segment.run(str(source), 1, cache)
+    cache = tmp_path / "cache"
+    first = segment.run(cache, str(source), 1)
+    again = segment.run(cache, str(source), 1)
     assert len(calls) == 1 and not first.cached and again.cached
     assert again.value == 42 and again.cache_key == first.cache_key
 
-    segment.run(str(source), 2, cache)
+    segment.run(cache, str(source), 2)
     assert len(calls) == 2  # other config
     source.write_bytes(b"second")
-    segment.run(str(source), 1, cache)
+    segment.run(cache, str(source), 1)
     assert len(calls) == 3  # same path, other bytes
 
 
 def test_same_bytes_elsewhere_share_the_key(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(b"pixels")
     (tmp_path / "b.png").write_bytes(b"pixels")
-    assert stage_key("gt", {"x": tmp_path / "a.png"}, {}) == stage_key(
-        "gt", {"x": tmp_path / "b.png"}, {}
-    )
-    assert stage_key("gt", {"x": tmp_path / "a.png"}, {}) != stage_key(
-        "segment", {"x": tmp_path / "a.png"}, {}
-    )
+    gt, segment = _stage("gt", []), _stage("segment", [])
+    assert gt.key(str(tmp_path / "a.png"), 1) == gt.key(str(tmp_path / "b.png"), 1)
+    assert gt.key(str(tmp_path / "a.png"), 1) != segment.key(str(tmp_path / "a.png"), 1)
 
 
 def test_the_code_of_the_stage_is_part_of_the_key(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(b"pixels")
-    files = {"x": tmp_path / "a.png"}
-    assert stage_key("gt", files, {}, ("segstyle_core.metrics",)) != stage_key(
-        "gt", files, {}, ("segstyle_core.masks",)
-    )
+
+    def compute(out: Path, source: str) -> CountRecord:
+        raise AssertionError("never computed")
+
+    metrics = stage("gt", files=("source",), code=("segstyle_core.metrics",))(compute)
+    masks = stage("gt", files=("source",), code=("segstyle_core.masks",))(compute)
+    assert metrics.key(str(tmp_path / "a.png")) != masks.key(str(tmp_path / "a.png"))
     # a package counts with every module in it
     assert code_sha256(("segstyle_core.stages",)) != code_sha256(("segstyle_core.stages.gt",))
+
+
+def test_an_earlier_records_content_keys_a_later_stage_not_its_place(tmp_path: Path) -> None:
+    made: list[Path] = []
+    first = _stage("gt", made)
+    (tmp_path / "input.bin").write_bytes(b"x")
+
+    @stage("segment", keys={"label": str.lower})
+    def later(out: Path, earlier: CountRecord, label: str) -> CountRecord:
+        (out / "r.txt").write_text(Path(earlier.path("result")).read_text())
+        return CountRecord(outputs={"r": str(out / "r.txt")}, value=earlier.value)
+
+    one = first.run(tmp_path / "one", str(tmp_path / "input.bin"), 1)
+    two = first.run(tmp_path / "two", str(tmp_path / "input.bin"), 1)
+    other = first.run(tmp_path / "one", str(tmp_path / "input.bin"), 2)
+    assert later.key(one, "A") == later.key(two, "a")  # same bytes elsewhere; keys= applied
+    assert later.key(one, "a") != later.key(other, "a")  # other bytes
+    assert later.key(one, "a") != later.key(dataclasses.replace(one, value=7), "a")  # a fact
+    with pytest.raises(TypeError, match="no parameter missing"):
+        stage("segment", files=("missing",))(later.compute)
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "replace"])
@@ -86,9 +109,9 @@ def test_a_damaged_output_is_recomputed_and_logged(
     source.write_bytes(b"x")
     calls: list[Path] = []
     stylize = _stage("stylize", calls)
-    cache = str(tmp_path / "cache")
-    record = stylize.run(str(source), 1, cache)
-    assert stylize.cached(str(source), 1, cache) is not None
+    cache = tmp_path / "cache"
+    record = stylize.run(cache, str(source), 1)
+    assert _cached(stylize, cache, str(source), 1) is not None
     output = Path(record.path("result"))
     if damage == "delete":
         output.unlink()
@@ -96,9 +119,9 @@ def test_a_damaged_output_is_recomputed_and_logged(
         output.write_bytes(output.read_bytes()[:3])
     else:
         output.write_text("done 9")  # valid, same size, other content
-    with caplog.at_level(logging.WARNING, logger="segstyle.cache"):
-        assert stylize.cached(str(source), 1, cache) is None
-        again = stylize.run(str(source), 1, cache)
+    with caplog.at_level(logging.WARNING, logger="segstyle_core.stagecache"):
+        assert _cached(stylize, cache, str(source), 1) is None
+        again = stylize.run(cache, str(source), 1)
     assert len(calls) == 2 and not again.cached
     assert output.read_text() == "done 1"
     assert any(str(output) in message for message in caplog.messages)
@@ -107,12 +130,13 @@ def test_a_damaged_output_is_recomputed_and_logged(
 def test_records_are_json_with_paths_relative_to_the_cache(tmp_path: Path) -> None:
     source = tmp_path / "input.bin"
     source.write_bytes(b"x")
-    record = _stage("gt", []).run(str(source), 1, str(tmp_path / "cache"))
+    record = _stage("gt", []).run(tmp_path / "cache", str(source), 1)
     stored = json.loads(
         (stage_dir(tmp_path / "cache", "gt", record.cache_key) / RECORD).read_text()
     )
     assert not Path(stored["outputs"]["result"]).is_absolute()
     assert stored["sha256"]["result"] == stagecache.file_sha256(record.path("result"))
+    assert stored["sizes"]["result"] == len("done 1") == Path(record.path("result")).stat().st_size
     assert "seconds" not in stored and "cached" not in stored  # facts of one run, not stored
 
 
@@ -121,9 +145,9 @@ def test_a_moved_cache_folder_still_serves_its_results(tmp_path: Path) -> None:
     source.write_bytes(b"x")
     calls: list[Path] = []
     figures = _stage("figures", calls)
-    figures.run(str(source), 1, str(tmp_path / "one"))
+    figures.run(tmp_path / "one", str(source), 1)
     (tmp_path / "one").rename(tmp_path / "two")
-    moved = figures.run(str(source), 1, str(tmp_path / "two"))
+    moved = figures.run(tmp_path / "two", str(source), 1)
     assert moved.cached and len(calls) == 1
     assert moved.path("result").startswith(str(tmp_path / "two"))
 
@@ -133,11 +157,8 @@ def test_a_cache_hit_reports_the_time_of_this_call(tmp_path: Path) -> None:
     source.write_bytes(b"x")
     slow_calls: list[Path] = []
 
-    def key(source: str, cache_dir: str) -> StageKey:
-        return StageKey({"image": source}, {})
-
-    @stage("composite", key=key)
-    def slow(out: Path, source: str, cache_dir: str) -> CountRecord:
+    @stage("composite", files=("source",))
+    def slow(out: Path, source: str) -> CountRecord:
         import time
 
         slow_calls.append(out)
@@ -145,8 +166,8 @@ def test_a_cache_hit_reports_the_time_of_this_call(tmp_path: Path) -> None:
         (out / "r.txt").write_text("r")
         return CountRecord(outputs={"r": str(out / "r.txt")}, value=1)
 
-    first = slow.run(str(source), str(tmp_path / "cache"))
-    hit = slow.run(str(source), str(tmp_path / "cache"))
+    first = slow.run(tmp_path / "cache", str(source))
+    hit = slow.run(tmp_path / "cache", str(source))
     assert first.seconds >= 0.5 and hit.cached and hit.seconds < first.seconds / 5
 
 
@@ -154,14 +175,11 @@ def test_stage_killed_before_its_record_is_not_read(tmp_path: Path) -> None:
     source = tmp_path / "input.bin"
     source.write_bytes(b"x")
 
-    def key(source: str, cache_dir: str) -> StageKey:
-        return StageKey({"image": source}, {})
-
-    @stage("composite", key=key)
-    def crash(out: Path, source: str, cache_dir: str) -> CountRecord:
+    @stage("composite", files=("source",))
+    def crash(out: Path, source: str) -> CountRecord:
         (out / "result.txt").write_text("half")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        crash.run(str(source), str(tmp_path / "cache"))
-    assert crash.cached(str(source), str(tmp_path / "cache")) is None
+        crash.run(tmp_path / "cache", str(source))
+    assert _cached(crash, tmp_path / "cache", str(source)) is None

@@ -297,24 +297,18 @@ def test_cli_video_builds_the_flow_models_from_its_flags(
 
     calls: dict[str, Any] = {}
 
-    def run_flow(out: str, flow_name: str, call: Any) -> int:
-        calls.update(out=out, flow_name=flow_name)
-        call()
+    def run_flow(flow: Any, *parameters: Any) -> int:
+        calls.update(flow=flow, args=parameters)
         return 0
 
-    def fake_flow(*args: Any, **kwargs: Any) -> None:
-        calls.update(args=args, kwargs=kwargs)
-
     monkeypatch.setattr(cli, "_run_flow", run_flow)
-    monkeypatch.setattr(video, "stylize_video", fake_flow)
     argv = ["video", "in.mp4", "--box", "1,2,30,40", "-o", "out.mp4", "--device", "cpu"]
     argv += ["--start-frame", "3", "--height", "none", "--feather", "2", "--mode", "background"]
     argv += ["--strength", "0.5", "--chunk-size", "4", "--out", str(tmp_path)]
     assert cli.main(argv) == 0
-    assert (calls["out"], calls["flow_name"]) == (str(tmp_path), "stylize_video")
+    assert calls["flow"] is video.stylize_video
     tracker, stylizer, composite, options, outputs = calls["args"][3:]
     assert calls["args"][:3] == ("in.mp4", "out.mp4", "1,2,30,40")
-    assert calls["kwargs"] == {"return_state": True}
     assert tracker == TrackerConfig(
         device="cpu", segmenter=TrackerConfig().segmenter.changed(device="cpu")
     )
@@ -408,3 +402,22 @@ def test_flow_reads_and_writes_mp4(tmp_path: Path, clip: Clip) -> None:
     metrics = json.loads((tmp_path / "artifacts/runs/video/street/metrics.json").read_text())
     assert metrics["mean_iou"] is None and metrics["mean_flicker"] > 0  # no ground truth here
     assert len(metrics["frames"]) == 8
+
+
+def test_video_output_may_not_be_or_hold_its_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``video -o`` into its own input folder (or onto it, or around it) is refused before any
+    work: exit 2 and one line; the input's frames are untouched."""
+    from segstyle.flows.cli import EXIT_ERROR, main
+
+    frames = tmp_path / "clip" / "frames"
+    frames.mkdir(parents=True)
+    (frames / "000000.png").write_bytes(b"not decoded before the check")
+    for output in (frames, frames / "styled", frames / "out.mp4", tmp_path / "clip"):
+        argv = ["video", str(frames), "--box", "1,2,30,40", "-o", str(output)]
+        assert main([*argv, "--out", str(tmp_path / "out")]) == EXIT_ERROR
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "is, holds or lies inside the input" in line, line
+    assert sorted(p.name for p in frames.iterdir()) == ["000000.png"]
+    assert not (tmp_path / "out").exists()

@@ -188,8 +188,43 @@ def test_missing_checkpoint_names_file_dirs_and_command(tmp_path: Path, checkpoi
         weights.find_checkpoint(checkpoint, tmp_path / "nowhere")
     message = str(info.value)
     assert "test_ckpt.pth" in message and str(tmp_path / "nowhere") in message
-    assert "segstyle weights download test_ckpt" in message and "--weights-dir" in message
-    assert "\n" not in message
+    assert "segstyle weights download test_ckpt" in message and checkpoint.url in message
+    assert "the weights_dir setting or $SEGSTYLE_WEIGHTS_DIR picks the folder" in message
+    assert "\n" not in message and " --" not in message  # settings, not CLI flags
+
+
+def test_resolve_checkpoint_takes_the_own_file_else_the_verified_official_one(
+    tmp_path: Path, checkpoint: Checkpoint
+):
+    official = tmp_path / "test_ckpt.pth"
+    official.write_bytes(PAYLOAD)
+    found = weights.resolve_checkpoint(None, "segmenter.checkpoint", checkpoint, tmp_path)
+    assert found == weights.CheckpointFile(official, PAYLOAD_SHA)
+    own = tmp_path / "mine.pth"
+    own.write_bytes(b"my weights")
+    mine = weights.resolve_checkpoint(str(own), "segmenter.checkpoint", checkpoint, tmp_path)
+    assert (mine.path, mine.sha256) == (own, hashlib.sha256(b"my weights").hexdigest())
+    with pytest.raises(WeightsError, match="absent.pth does not exist: fix segmenter.checkpoint"):
+        weights.resolve_checkpoint(str(tmp_path / "absent.pth"), "segmenter.checkpoint", checkpoint)
+    (tmp_path / "empty.pth").touch()
+    with pytest.raises(WeightsError, match="empty.pth is empty .0 bytes.: fix stylizer.vgg_che"):
+        weights.resolve_checkpoint(str(tmp_path / "empty.pth"), "stylizer.vgg_checkpoint", "vgg19")
+    with pytest.raises(WeightsError, match=r"cannot read checkpoint .*empty.pth \(EOFError\)"):
+        weights.load_state_dict(tmp_path / "empty.pth")
+    official.write_bytes(b"another file")
+    with pytest.raises(WeightsError, match="is corrupt"):
+        weights.resolve_checkpoint(None, "segmenter.checkpoint", checkpoint, tmp_path)
+
+
+def test_load_weights_fills_every_parameter_or_names_the_architecture(tmp_path: Path):
+    torch.manual_seed(0)
+    saved = torch.nn.Linear(3, 2)
+    torch.save(saved.state_dict(), tmp_path / "linear.pth")
+    model = torch.nn.Linear(3, 2)
+    weights.load_weights(model, tmp_path / "linear.pth", "Linear 3x2")
+    assert torch.equal(model.weight, saved.weight) and torch.equal(model.bias, saved.bias)
+    with pytest.raises(WeightsError, match=r"linear.pth does not fit Linear 4x2 \(.*size mismatch"):
+        weights.load_weights(torch.nn.Linear(4, 2), tmp_path / "linear.pth", "Linear 4x2")
 
 
 def test_unknown_checkpoint_name_lists_names():

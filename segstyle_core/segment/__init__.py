@@ -3,34 +3,42 @@
 A backend is described by a frozen :class:`SegmenterConfig` (hashed into cache keys, passed
 between Prefect tasks, rendered as a form in the Prefect UI). Its :meth:`~SegmenterConfig.identity`
 names the results without loading the model; :meth:`~SegmenterConfig.build` loads each distinct
-backend once per process (see :func:`segstyle_core.backends.load_once`).
+backend once per process (see :meth:`~segstyle_core.backends.BackendConfig.load_once`). SAM and
+SAM 2 are loaded by one factory, :func:`load_segmenter`, from the checkpoint the configuration
+resolved.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from segstyle_core import weights
+from segstyle_core import devices, weights
 from segstyle_core.backends import BackendConfig, BackendIdentity
-from segstyle_core.segment.base import MaskPrediction, Prompt, Segmenter, grabcut_variant
+from segstyle_core.segment.base import (
+    MaskPrediction,
+    Prompt,
+    Sam2Variant,
+    SamPrecision,
+    SamVariant,
+    Segmenter,
+    grabcut_variant,
+)
 
-SEGMENTERS = ("sam", "sam2", "grabcut")
-SAM_VARIANTS = ("vit_b", "vit_l", "vit_h")
-SamPrecision = Literal["auto", "float32", "bfloat16"]
-SAM_PRECISIONS: tuple[SamPrecision, ...] = ("auto", "float32", "bfloat16")
+if TYPE_CHECKING:
+    import torch
+
+    from segstyle_core.segment.sam import PromptSegmenter
 
 __all__ = [
-    "SAM_PRECISIONS",
-    "SAM_VARIANTS",
-    "SEGMENTERS",
     "MaskPrediction",
     "Prompt",
     "SamPrecision",
     "Segmenter",
     "SegmenterConfig",
+    "load_segmenter",
 ]
 
 
@@ -40,11 +48,9 @@ class SegmenterConfig(BackendConfig):
     backend: Literal["sam", "sam2", "grabcut"] = "sam"
     """sam: Segment Anything (needs its checkpoint); sam2: SAM 2.1 (needs its checkpoint);
     grabcut: OpenCV GrabCut, no weights."""
-    sam_variant: Literal["vit_b", "vit_l", "vit_h"] = "vit_l"
+    sam_variant: SamVariant = "vit_l"
     """SAM's image encoder (the seed used ViT-L)."""
-    sam2_variant: Literal["hiera_tiny", "hiera_small", "hiera_base_plus", "hiera_large"] = (
-        "hiera_large"
-    )
+    sam2_variant: Sam2Variant = "hiera_large"
     """SAM 2: the SAM 2.1 Hiera image encoder."""
     checkpoint: str | None = None
     """A SAM or SAM 2 checkpoint file of your own (of the variant's architecture), identified
@@ -59,13 +65,18 @@ class SegmenterConfig(BackendConfig):
     grabcut_iterations: int = Field(default=5, ge=1)
     """GrabCut: iterations of its energy minimisation."""
 
-    def _sam_checkpoint(self) -> tuple[Path, str]:
-        """The SAM checkpoint file and its full SHA-256 (official files: verified prefix)."""
-        if self.checkpoint:
-            return weights.own_checkpoint(self.checkpoint, "--checkpoint")
-        name = f"sam_{self.sam_variant}"
-        path = weights.find_checkpoint(name, self.weights_dir)
-        return path, weights.verify_checkpoint(path, name)
+    def _weights(self) -> tuple[str, weights.CheckpointFile]:
+        """SAM's or SAM 2's variant and checkpoint: :attr:`checkpoint`, else the variant's
+        official file (``sam_vit_l``, ``sam2.1_hiera_large``), found and verified."""
+        variant: str
+        if self.backend == "sam":
+            variant, official = self.sam_variant, f"sam_{self.sam_variant}"
+        else:
+            variant, official = self.sam2_variant, f"sam2.1_{self.sam2_variant}"
+        file = weights.resolve_checkpoint(
+            self.checkpoint, "segmenter.checkpoint", official, self.weights_dir
+        )
+        return variant, file
 
     def identity(self) -> BackendIdentity:
         """Name, variant and weights SHA-256, without loading the model.
@@ -73,13 +84,10 @@ class SegmenterConfig(BackendConfig):
         Raises:
             WeightsError: a SAM or SAM 2 checkpoint is missing or fails its checksum.
         """
-        if self.backend == "sam":
-            return BackendIdentity("sam", self.sam_variant, self._sam_checkpoint()[1])
-        if self.backend == "sam2":
-            from segstyle_core.segment.sam2 import sam2_identity
-
-            return sam2_identity(self.sam2_variant, self.checkpoint, self.weights_dir)
-        return BackendIdentity("grabcut", grabcut_variant(self.grabcut_iterations), None)
+        if self.backend == "grabcut":
+            return BackendIdentity("grabcut", grabcut_variant(self.grabcut_iterations), None)
+        variant, checkpoint = self._weights()
+        return BackendIdentity(self.backend, variant, checkpoint.sha256)
 
     def build(self, embedding_cache_dir: str | None = None) -> Segmenter:
         """The segmenter, loaded once per process and reused.
@@ -87,35 +95,71 @@ class SegmenterConfig(BackendConfig):
         Args:
             embedding_cache_dir: SAM's and SAM 2's on-disk image-embedding cache (none: no cache).
         """
+        backend = self.backend
 
         def factory() -> Segmenter:
-            if self.backend == "sam":
-                from segstyle_core.segment.sam import SamSegmenter
+            if backend == "grabcut":
+                from segstyle_core.segment.grabcut import GrabCutSegmenter
 
-                path, _ = self._sam_checkpoint()
-                return SamSegmenter(
-                    variant=self.sam_variant,
-                    checkpoint=path,
-                    device=self.device,
-                    embedding_cache_dir=Path(embedding_cache_dir) if embedding_cache_dir else None,
-                    multimask=self.multimask,
-                    precision=self.precision,
-                )
-            if self.backend == "sam2":
-                from segstyle_core.segment.sam2 import sam2_checkpoint
-                from segstyle_core.segment.sam2_image import Sam2ImageSegmenter
-
-                path, _ = sam2_checkpoint(self.sam2_variant, self.checkpoint, self.weights_dir)
-                return Sam2ImageSegmenter(
-                    variant=self.sam2_variant,
-                    checkpoint=path,
-                    device=self.device,
-                    embedding_cache_dir=embedding_cache_dir,
-                    multimask=self.multimask,
-                    precision=self.precision,
-                )
-            from segstyle_core.segment.grabcut import GrabCutSegmenter
-
-            return GrabCutSegmenter(iterations=self.grabcut_iterations)
+                return GrabCutSegmenter(iterations=self.grabcut_iterations)
+            variant, checkpoint = self._weights()
+            return load_segmenter(
+                backend,
+                variant,
+                checkpoint,
+                self.device,
+                embedding_cache_dir,
+                self.multimask,
+                self.precision,
+            )
 
         return self.load_once(factory, embedding_cache_dir)
+
+
+def load_segmenter(
+    backend: Literal["sam", "sam2"],
+    variant: str,
+    checkpoint: weights.CheckpointFile,
+    device: str = "auto",
+    embedding_cache_dir: str | Path | None = None,
+    multimask: bool = True,
+    precision: SamPrecision = "auto",
+) -> PromptSegmenter:
+    """SAM's or SAM 2's segmenter on ``variant``'s model filled from ``checkpoint``, a file the
+    caller has already found and hashed (:meth:`SegmenterConfig.build` resolves it).
+
+    The model (``variant``'s architecture, :meth:`PromptSegmenter.architecture
+    <segstyle_core.segment.sam.PromptSegmenter.architecture>`, filled by a ``weights_only``
+    load) is loaded once per process for each backend, variant, device and weights SHA-256,
+    and shared by every segmenter on it (:data:`segstyle_core.devices.MODELS`).
+
+    Args:
+        variant: SAM: a key of :data:`~segstyle_core.segment.sam.SAM_BUILDERS`; SAM 2: a key
+            of :data:`~segstyle_core.segment.sam2.VARIANTS`.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        embedding_cache_dir, multimask, precision: the segmenter's (see
+            :class:`~segstyle_core.segment.sam.PromptSegmenter`).
+
+    Raises:
+        ConfigError: unknown variant, device or precision; the ``sam2`` package missing.
+        WeightsError: unsafe/corrupt checkpoint, or one made for another architecture.
+    """
+    segmenter: type[PromptSegmenter]
+    if backend == "sam":
+        from segstyle_core.segment.sam import SamSegmenter
+
+        segmenter = SamSegmenter
+    else:
+        from segstyle_core.segment.sam2_image import Sam2ImageSegmenter
+
+        segmenter = Sam2ImageSegmenter
+    resolved = devices.resolve_device(device)
+
+    def load() -> torch.nn.Module:
+        model = segmenter.architecture(variant)
+        weights.load_weights(model, checkpoint.path, f"{segmenter.label} {variant}")
+        return model.eval().to(resolved)
+
+    key = (backend, variant, str(resolved), checkpoint.sha256)
+    model = devices.MODELS.get_or_create(key, load)
+    return segmenter(model, variant, checkpoint.sha256, embedding_cache_dir, multimask, precision)

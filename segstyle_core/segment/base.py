@@ -6,10 +6,22 @@ image encoder a single time and decode every prompt in one batch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
+
+from segstyle_core.errors import ConfigError
+
+T = TypeVar("T")
+
+SamVariant = Literal["vit_b", "vit_l", "vit_h"]
+"""SAM's image encoders (official checkpoints ``sam_<variant>``)."""
+Sam2Variant = Literal["hiera_tiny", "hiera_small", "hiera_base_plus", "hiera_large"]
+"""SAM 2.1's Hiera image encoders (official checkpoints ``sam2.1_<variant>``)."""
+SamPrecision = Literal["auto", "float32", "bfloat16"]
+"""SAM's and SAM 2's image-encoder precision (:func:`segstyle_core.segment.sam.encoder_dtype`)."""
 
 
 @dataclass(frozen=True)
@@ -93,3 +105,17 @@ class Segmenter(Protocol):
 def grabcut_variant(iterations: int) -> str:
     """The variant name GrabCut's rows and cache keys carry (``opencv-iter5``)."""
     return f"opencv-iter{iterations}"
+
+
+def lookup_variant(registry: Mapping[str, T], variant: str, model: str) -> T:
+    """``registry[variant]``: what builds ``model``'s (``"SAM 2"``) architecture ``variant``.
+
+    Raises:
+        ConfigError: unknown variant (the message lists the known ones).
+    """
+    try:
+        return registry[variant]
+    except KeyError:
+        raise ConfigError(
+            f"unknown {model} variant {variant!r}: use one of {', '.join(registry)}"
+        ) from None

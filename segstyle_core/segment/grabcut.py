@@ -53,7 +53,6 @@ Score: 1.0 for a GrabCut mask, 0.0 for a fallback mask (GrabCut has no confidenc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import cv2
@@ -76,42 +75,6 @@ MIN_BOX_SIDE_PX = 12
 _VETO_GUARD_PX = 3
 
 _FOREGROUND = (cv2.GC_FGD, cv2.GC_PR_FGD)
-
-
-@dataclass(frozen=True)
-class OversegmentOptions:
-    """Settings of :meth:`GrabCutSegmenter.generate`.
-
-    Attributes:
-        method: ``"felzenszwalb"`` (graph-based; uses ``scale``, ``sigma``, ``min_size``) or
-            ``"slic"`` (k-means superpixels; uses ``n_segments``, ``compactness``, ``sigma``).
-        scale: Felzenszwalb's scale; higher gives larger segments.
-        sigma: Gaussian pre-smoothing width in pixels.
-        min_size: Felzenszwalb's smallest segment in pixels (smaller ones are merged).
-        n_segments: SLIC's approximate number of segments.
-        compactness: SLIC's colour/space trade-off; higher gives squarer segments.
-        min_area: records for segments under this many pixels are dropped.
-        max_masks: at most this many records, the largest first (bounds memory on big frames).
-    """
-
-    method: Literal["felzenszwalb", "slic"] = "felzenszwalb"
-    scale: float = 300.0
-    sigma: float = 0.8
-    min_size: int = 200
-    n_segments: int = 100
-    compactness: float = 10.0
-    min_area: int = 0
-    max_masks: int = 100
-
-    def __post_init__(self) -> None:
-        if self.method not in ("felzenszwalb", "slic"):
-            raise ConfigError(
-                f"over-segmentation method {self.method!r} is unknown; use 'felzenszwalb' or 'slic'"
-            )
-        if self.max_masks < 1 or self.n_segments < 1:
-            raise ConfigError(
-                f"max_masks={self.max_masks}, n_segments={self.n_segments}: use values >= 1"
-            )
 
 
 def _pixel_box(box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
@@ -226,7 +189,6 @@ class GrabCutSegmenter:
             the object is); fewer or closer points add to the prior.
         seed: OpenCV RNG seed set before every GrabCut call (its k-means init is random), so
             equal inputs give equal masks.
-        auto_options: settings of :meth:`generate` (defaults: :class:`OversegmentOptions`).
 
     Raises:
         ConfigError: an option out of its range.
@@ -250,7 +212,6 @@ class GrabCutSegmenter:
         region_min_size: int = 20,
         points_span: float = 0.15,
         seed: int = 0,
-        auto_options: OversegmentOptions | None = None,
     ) -> None:
         rules = {
             f"iterations >= 1 (got {iterations})": iterations >= 1,
@@ -280,7 +241,6 @@ class GrabCutSegmenter:
         self.region_min_size = region_min_size
         self.points_span = points_span
         self.seed = seed
-        self.auto_options = auto_options or OversegmentOptions()
         self.variant = grabcut_variant(iterations)
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
@@ -452,23 +412,19 @@ class GrabCutSegmenter:
         mask = np.isin(seed, _FOREGROUND)
         return MaskPrediction(mask=mask, score=0.0, notes=(kind, reason))
 
-    def _oversegment(self, image: np.ndarray) -> np.ndarray:
-        """``H×W int`` segment labels ``0..n-1`` of ``image``."""
-        options = self.auto_options
-        if options.method == "slic":
-            return slic(
-                image,
-                n_segments=options.n_segments,
-                compactness=options.compactness,
-                sigma=options.sigma,
-                start_label=0,
-                channel_axis=-1,
-            )
-        return felzenszwalb(
-            image, scale=options.scale, sigma=options.sigma, min_size=options.min_size
-        )
-
-    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+    def generate(
+        self,
+        image: np.ndarray,
+        *,
+        method: Literal["felzenszwalb", "slic"] = "felzenszwalb",
+        scale: float = 300.0,
+        sigma: float = 0.8,
+        min_size: int = 200,
+        n_segments: int = 100,
+        compactness: float = 10.0,
+        min_area: int = 0,
+        max_masks: int = 100,
+    ) -> list[dict[str, Any]]:
         """Automatic masks of ``image`` (``H×W×3 uint8 RGB``) from an over-segmentation.
 
         Records follow SamAutomaticMaskGenerator's format, largest area first: ``segmentation``
@@ -478,18 +434,41 @@ class GrabCutSegmenter:
         its boundary) and ``crop_box`` (``[0, 0, W, H]``). With ``min_area=0`` and enough
         ``max_masks`` the segments tile the image exactly.
 
+        Args:
+            method: ``"felzenszwalb"`` (graph-based; uses ``scale``, ``sigma``, ``min_size``)
+                or ``"slic"`` (k-means superpixels; uses ``n_segments``, ``compactness``,
+                ``sigma``).
+            scale: Felzenszwalb's scale; higher gives larger segments.
+            sigma: Gaussian pre-smoothing width in pixels.
+            min_size: Felzenszwalb's smallest segment in pixels (smaller ones are merged).
+            n_segments: SLIC's approximate number of segments.
+            compactness: SLIC's colour/space trade-off; higher gives squarer segments.
+            min_area: records for segments under this many pixels are dropped.
+            max_masks: at most this many records, the largest first (bounds memory on big
+                frames).
+
         Raises:
             InputError: bad image array.
         """
         check_rgb(image, "image for GrabCut")
         height, width = image.shape[:2]
-        labels = self._oversegment(image)
+        if method == "slic":
+            labels = slic(
+                image,
+                n_segments=n_segments,
+                compactness=compactness,
+                sigma=sigma,
+                start_label=0,
+                channel_axis=-1,
+            )
+        else:
+            labels = felzenszwalb(image, scale=scale, sigma=sigma, min_size=min_size)
         areas = np.bincount(labels.ravel())
         order = [int(label) for label in np.argsort(-areas, kind="stable")]
-        kept = [label for label in order if areas[label] >= max(self.auto_options.min_area, 1)]
+        kept = [label for label in order if areas[label] >= max(min_area, 1)]
         boxes = ndimage.find_objects(labels + 1)
         records = []
-        for label in kept[: self.auto_options.max_masks]:
+        for label in kept[:max_masks]:
             rows, cols = boxes[label]
             local = labels[rows, cols] == label
             mask = np.zeros((height, width), dtype=bool)

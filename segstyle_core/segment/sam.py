@@ -1,8 +1,10 @@
-"""Segment Anything backend: box/point prompts decoded in batches, automatic masks.
+"""Segment Anything backend, and what SAM 2's image backend shares with it.
 
-The image encoder (the expensive part) runs once per image; every prompt for that image is
-decoded in a batch against the same embedding. With an ``embedding_cache_dir`` the embedding is
-also kept on disk, keyed by the image's bytes and the weights, so a rerun skips the encoder.
+A segmenter wraps a loaded model (:func:`segstyle_core.segment.load_segmenter` loads it, as
+segment-anything's ``sam_model_registry[variant](checkpoint=...)`` does). The image encoder (the
+expensive part) runs once per image; every prompt for that image is decoded in a batch against
+the same embedding. With an ``embedding_cache_dir`` the embedding is also kept on disk, keyed
+by the image's bytes and the weights, so a rerun skips the encoder.
 
 The encoder runs under bfloat16 autocast where the device computes bfloat16 natively
 (``precision="auto"``, the rule of :func:`segstyle_core.devices.native_bfloat16`); its output,
@@ -13,34 +15,39 @@ float32.
 
 from __future__ import annotations
 
+import abc
+import functools
 import pickle
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, get_args
 
 import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 from segment_anything.modeling import Sam
 
-from segstyle_core import weights
-from segstyle_core.devices import MODELS, native_bfloat16, resolve_device
-from segstyle_core.errors import ConfigError, InputError, WeightsError
-from segstyle_core.fileio import atomic_write, file_sha256, sha256_bytes, sha256_json
+from segstyle_core.devices import native_bfloat16
+from segstyle_core.errors import ConfigError, InputError
+from segstyle_core.fileio import atomic_write, sha256_bytes, sha256_json
 from segstyle_core.images import check_rgb
-from segstyle_core.segment import SAM_PRECISIONS, SamPrecision
-from segstyle_core.segment.base import MaskPrediction, Prompt
+from segstyle_core.segment.base import (
+    MaskPrediction,
+    Prompt,
+    SamPrecision,
+    SamVariant,
+    lookup_variant,
+)
 
 SAM_BUILDERS: dict[str, Callable[[], Sam]] = {
-    variant: sam_model_registry[variant] for variant in ("vit_b", "vit_l", "vit_h")
+    variant: sam_model_registry[variant] for variant in get_args(SamVariant)
 }
 """Variant -> builder of the architecture with untrained weights. Official variants take their
-checkpoint from :data:`segstyle_core.weights.CHECKPOINTS` (``sam_<variant>``); other entries
-(tests register :func:`segstyle_core.testing.build_sam_tiny` as ``tiny``) need an explicit
-checkpoint path."""
+checkpoint from :data:`segstyle_core.weights.CHECKPOINTS` (``sam_<variant>``); tests register
+:func:`segstyle_core.testing.build_sam_tiny` as ``tiny``, with a checkpoint of its own."""
 
 DECODE_BATCH = 32
 """Most prompts decoded together: each holds an ``H×W`` float mask while it is upscaled."""
@@ -57,166 +64,194 @@ def encoder_dtype(precision: SamPrecision, device: torch.device) -> torch.dtype 
     Raises:
         ConfigError: unknown precision.
     """
-    if precision not in SAM_PRECISIONS:
-        raise ConfigError(f"SAM precision {precision!r} is unknown: use one of {SAM_PRECISIONS}")
+    if precision not in get_args(SamPrecision):
+        raise ConfigError(
+            f"SAM precision {precision!r} is unknown: use one of {get_args(SamPrecision)}"
+        )
     if precision == "auto":
         return torch.bfloat16 if native_bfloat16(device) else None
     return torch.bfloat16 if precision == "bfloat16" else None
 
 
+class ImageStatePredictor(Protocol):
+    """A predictor whose image state (the encoder's output and the image sizes) can be read
+    and restored as a ``{name: tensor, list of tensors or list of ints}`` mapping."""
+
+    device: torch.device
+
+    def image_state(self) -> dict[str, Any]: ...
+
+    def set_image_state(self, state: dict[str, Any]) -> None:
+        """Restore ``state``; ``KeyError``/``TypeError`` before any change if it is malformed."""
+        ...
+
+
+def _map_tensors(value: Any, function: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` (a tensor, or a dict or list holding some) with ``function`` applied to each
+    tensor."""
+    if isinstance(value, torch.Tensor):
+        return function(value)
+    if isinstance(value, dict):
+        return {key: _map_tensors(item, function) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_map_tensors(item, function) for item in value]
+    return value
+
+
 @dataclass(frozen=True)
-class AutomaticMaskOptions:
-    """Options of ``SamAutomaticMaskGenerator`` that segstyle exposes (same names, defaults)."""
+class ImageEncoding:
+    """How a predictor encodes an image: the encoder's autocast dtype and the embedding cache.
 
-    points_per_side: int = 32
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    min_mask_region_area: int = 0
-    points_per_batch: int = 64
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
+    Cache entries are ``<cache_dir>/<key>.pt`` holding the predictor's image state; the key
+    hashes ``salt`` (variant, weights' SHA-256, entry format, encoder dtype), the image's bytes,
+    shape and dtype, and what the predictor adds (its colour format or input size).
 
-    def __post_init__(self) -> None:
-        if min(self.points_per_side, self.points_per_batch) < 1 or self.crop_n_layers < 0:
-            raise ConfigError(
-                f"invalid automatic-mask options {self}: points_per_side and points_per_batch "
-                "must be >= 1 and crop_n_layers >= 0"
+    Attributes:
+        dtype: the encoder's autocast dtype (``None`` = float32); the state comes back as
+            float32 either way.
+        cache_dir: the embedding cache (``None``: none).
+        salt: the key's part common to every image.
+    """
+
+    dtype: torch.dtype | None
+    cache_dir: Path | None
+    salt: dict[str, Any]
+
+    def set_image(
+        self,
+        predictor: ImageStatePredictor,
+        image: np.ndarray,
+        encode: Callable[[], None],
+        **salt: Any,
+    ) -> None:
+        """Give ``predictor`` the state of ``image``: restored from the cache, else by
+        ``encode()`` (the predictor's own ``set_image``), then saved. An unreadable entry is
+        recomputed and overwritten."""
+        path = None
+        if self.cache_dir is not None:
+            key = sha256_json(
+                {
+                    **self.salt,
+                    **salt,
+                    "image": sha256_bytes(np.ascontiguousarray(image).tobytes()),
+                    "shape": list(image.shape),
+                    "dtype": str(image.dtype),
+                }
             )
+            path = self.cache_dir / f"{key}.pt"
+            if path.is_file():
+                try:
+                    entry = torch.load(path, map_location=predictor.device, weights_only=True)
+                    predictor.set_image_state(entry)
+                    return
+                except (RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError):
+                    pass
+        if self.dtype is None:
+            encode()
+        else:
+            with torch.autocast(predictor.device.type, dtype=self.dtype):
+                encode()
+            predictor.set_image_state(_map_tensors(predictor.image_state(), torch.Tensor.float))
+        if path is not None:
+            with atomic_write(path) as handle:
+                torch.save(_map_tensors(predictor.image_state(), torch.Tensor.cpu), handle)
 
 
-def load_sam(variant: str, checkpoint: Path, device: torch.device) -> Sam:
-    """Build ``variant``'s architecture and fill it from ``checkpoint`` (``weights_only`` load).
+class PromptSegmenter(abc.ABC):
+    """SAM or SAM 2 on a loaded model, as a :class:`~segstyle_core.segment.base.Segmenter`.
+
+    Args:
+        model: the loaded model, on the device it runs on (put in eval mode).
+        variant: its architecture's name (``"vit_l"``, ``"hiera_large"``, or a test variant).
+        weights_sha256: full SHA-256 of the checkpoint its weights came from (it names them in
+            cache keys and result rows).
+        embedding_cache_dir: the on-disk image-embedding cache (``None``: none).
+        multimask: decode three candidate masks per prompt and keep the best-scoring one
+            (SAM's authors suggest ``False`` for unambiguous prompts such as boxes).
+        precision: the image encoder's precision (see :func:`encoder_dtype`).
+
+    Attributes:
+        name, label: the backend (``"sam"``) and its name in messages (``"SAM"``).
+        device: the torch device the model runs on.
+        encoder_dtype: what ``precision`` resolved to on ``device`` (``None`` = float32).
+
+    Instances are thread-safe: calls on one instance run one at a time.
 
     Raises:
-        ConfigError: unknown variant.
-        WeightsError: unsafe/corrupt checkpoint, or one made for another architecture.
-    """
-    builder = _builder(variant)
-    state_dict = weights.load_state_dict(checkpoint)
-    model = builder()
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        raise WeightsError(
-            f"checkpoint {checkpoint} does not fit SAM {variant} "
-            f"({str(exc).splitlines()[0]}): pass the variant it was trained as"
-        ) from None
-    return model.eval().to(device)
-
-
-def _builder(variant: str) -> Callable[[], Sam]:
-    try:
-        return SAM_BUILDERS[variant]
-    except KeyError:
-        raise ConfigError(
-            f"unknown SAM variant {variant!r}: use one of {', '.join(SAM_BUILDERS)}"
-        ) from None
-
-
-class _CachingPredictor(SamPredictor):
-    """A ``SamPredictor`` whose ``set_image`` reuses image embeddings saved on disk.
-
-    Entries are ``<cache_dir>/<key>.pt`` with the encoder features (``1×C×h×w`` float32) and
-    the original/input sizes; the key hashes the image bytes, its shape, the colour format, the
-    variant, the weights' SHA-256 and the dtype the encoder ran in (``dtype``: its autocast
-    dtype, ``None`` = float32).
+        ConfigError: unknown precision.
     """
 
-    features: torch.Tensor  # set by SamPredictor.set_torch_image: the encoder's output
+    name: str
+    label: str
 
     def __init__(
         self,
-        model: Sam,
+        model: torch.nn.Module,
         variant: str,
         weights_sha256: str,
-        cache_dir: Path | None,
-        dtype: torch.dtype | None = None,
-    ):
-        super().__init__(model)
-        self.encoder_dtype = dtype
-        self._salt = {
+        embedding_cache_dir: str | Path | None = None,
+        multimask: bool = True,
+        precision: SamPrecision = "auto",
+    ) -> None:
+        self.model = model.eval()
+        self.variant = variant
+        self.weights_sha256: str | None = weights_sha256
+        self.device = next(model.parameters()).device
+        self.multimask = multimask
+        self.precision = precision
+        self.encoder_dtype = encoder_dtype(precision, self.device)
+        salt = {
             "variant": variant,
             "weights": weights_sha256,
             "format": _EMBEDDING_FORMAT,
-            "encoder_dtype": str(dtype or torch.float32).removeprefix("torch."),
+            "encoder_dtype": str(self.encoder_dtype or torch.float32).removeprefix("torch."),
         }
-        self._cache_dir = cache_dir
+        cache_dir = Path(embedding_cache_dir) if embedding_cache_dir is not None else None
+        self.encoding = ImageEncoding(self.encoder_dtype, cache_dir, salt)
+        self._predictor = self._new_predictor()
+        self._lock = threading.Lock()
 
-    def set_torch_image(
-        self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]
-    ) -> None:
-        """``SamPredictor``'s, with the encoder under autocast in :attr:`encoder_dtype`; the
-        embedding comes back as float32 (what the decoder runs in)."""
-        if self.encoder_dtype is None:
-            super().set_torch_image(transformed_image, original_image_size)
-            return
-        with torch.autocast(self.device.type, dtype=self.encoder_dtype):
-            super().set_torch_image(transformed_image, original_image_size)
-        self.features = self.features.float()
+    @staticmethod
+    @abc.abstractmethod
+    def architecture(variant: str) -> torch.nn.Module:
+        """``variant``'s model with untrained weights, on the CPU.
 
-    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        if self._cache_dir is None:
-            super().set_image(image, image_format)
-            return
-        key = sha256_json(
-            {
-                **self._salt,
-                "image": sha256_bytes(np.ascontiguousarray(image).tobytes()),
-                "shape": list(image.shape),
-                "dtype": str(image.dtype),
-                "image_format": image_format,
-            }
-        )
-        path = self._cache_dir / f"{key}.pt"
-        if not self._load_embedding(path):
-            super().set_image(image, image_format)
-            with atomic_write(path) as handle:
-                torch.save(
-                    {
-                        "features": self.features.cpu(),
-                        "original_size": list(self.original_size),
-                        "input_size": list(self.input_size),
-                    },
-                    handle,
-                )
+        Raises:
+            ConfigError: unknown variant, or the model's package is missing.
+        """
 
-    def _load_embedding(self, path: Path) -> bool:
-        """Restore the predictor's image state from ``path``; ``False`` if absent or unreadable
-        (an unreadable entry is then recomputed and overwritten)."""
-        if not path.is_file():
-            return False
-        try:
-            entry = torch.load(path, map_location=self.device, weights_only=True)
-            features = entry["features"]
-            original_size = tuple(entry["original_size"])
-            input_size = tuple(entry["input_size"])
-        except (RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError):
-            return False
-        self.reset_image()
-        self.features = features
-        self.original_size = original_size
-        self.input_size = input_size
-        self.is_image_set = True
-        return True
+    @abc.abstractmethod
+    def _new_predictor(self) -> Any:
+        """A predictor on :attr:`model` whose ``set_image`` goes through :attr:`encoding`."""
 
-
-class BatchedPromptSegmenter:
-    """What SAM and SAM 2 share in :meth:`segment`: check the image and prompts, encode the
-    image once, decode prompts grouped by shape in batches of up to :data:`DECODE_BATCH`.
-
-    Subclasses set ``label`` (the model's name in messages), ``_lock``, ``_predictor`` (with
-    ``set_image``) and implement ``_decode`` for prompts of one shape.
-    """
-
-    label: str
-    _lock: threading.Lock
-    _predictor: Any
-
+    @abc.abstractmethod
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
-        raise NotImplementedError
+        """Decode prompts of one shape (same kind and point count), the image set, in one
+        batch."""
 
-    def _segment_batched(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
-        """One mask per prompt, in prompt order, for ``image`` (``H×W×3 uint8 RGB``)."""
+    @abc.abstractmethod
+    def _mask_generator(self) -> Any:
+        """The model's automatic mask generator, encoding through :attr:`encoding`."""
+
+    def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
+        """One mask per prompt, in prompt order.
+
+        Args:
+            image: ``H×W×3 uint8 RGB``.
+            prompts: boxes (XYXY) and/or points (XY, label 1 = foreground, 0 = background) in
+                ``image``'s pixel coordinates. The image is encoded once; the prompt encoder
+                needs equal shapes in a batch, so prompts are grouped by kind and point count
+                (all boxes; all prompts with 2 points; ...) and each group is decoded in
+                batches of up to :data:`DECODE_BATCH` prompts (bounds the memory of full-size
+                masks).
+
+        Returns:
+            ``MaskPrediction`` with an ``H×W bool`` mask and the model's predicted IoU as score.
+
+        Raises:
+            InputError: bad image array, or a prompt that is empty, inverted or outside the
+                image.
+        """
         check_rgb(image, f"image for {self.label}")
         height, width = image.shape[:2]
         for index, prompt in enumerate(prompts):
@@ -235,140 +270,65 @@ class BatchedPromptSegmenter:
                     results.update(zip(chunk, decoded, strict=True))
         return [results[i] for i in range(len(prompts))]
 
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Automatic masks for ``image`` (``H×W×3 uint8 RGB``) by the model's automatic mask
+        generator with its default options, encoding with this segmenter's precision and
+        embedding cache.
 
-class SamSegmenter(BatchedPromptSegmenter):
-    """Segment Anything as a :class:`~segstyle_core.segment.base.Segmenter`.
+        Returns its records: ``segmentation`` (``H×W bool``), ``area``, ``bbox`` (XYWH),
+        ``predicted_iou``, ``stability_score``, ``point_coords``, ``crop_box``.
+        """
+        check_rgb(image, f"image for {self.label}")
+        generator = self._mask_generator()
+        with self._lock, torch.inference_mode():
+            records: list[dict[str, Any]] = generator.generate(image)
+        return records
 
-    Attributes:
-        name: ``"sam"``.
-        variant: ``"vit_b"``, ``"vit_l"`` or ``"vit_h"`` (or a registered test variant).
-        weights_sha256: full SHA-256 of the checkpoint file the weights came from.
-        device: the torch device the model runs on.
-        multimask: decode three candidate masks per prompt and keep the best-scoring one
-            (SAM's authors suggest ``False`` for unambiguous prompts such as boxes).
-        precision: the image encoder's precision setting (``"auto"``, ``"float32"``,
-            ``"bfloat16"``); ``encoder_dtype`` is what it resolved to (``None`` = float32).
 
-    Instances are thread-safe: calls on one instance run one at a time; instances built from
-    the same checkpoint and device share one model (:data:`segstyle_core.devices.MODELS`).
-    """
+class _CachingPredictor(SamPredictor):
+    """A ``SamPredictor`` whose ``set_image`` goes through an :class:`ImageEncoding`."""
+
+    features: torch.Tensor  # set by SamPredictor.set_torch_image: the encoder's output
+
+    def __init__(self, model: Sam, encoding: ImageEncoding) -> None:
+        super().__init__(model)
+        self.encoding = encoding
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        encode = functools.partial(super().set_image, image, image_format)
+        self.encoding.set_image(self, image, encode, image_format=image_format)
+
+    def image_state(self) -> dict[str, Any]:
+        """The encoder's features (``1×C×h×w``) and the original/input sizes."""
+        return {
+            "features": self.features,
+            "original_size": list(self.original_size),
+            "input_size": list(self.input_size),
+        }
+
+    def set_image_state(self, state: dict[str, Any]) -> None:
+        features = state["features"]
+        original_size, input_size = tuple(state["original_size"]), tuple(state["input_size"])
+        self.reset_image()
+        self.features, self.original_size, self.input_size = features, original_size, input_size
+        self.is_image_set = True
+
+
+class SamSegmenter(PromptSegmenter):
+    """Segment Anything (``variant``: ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` or a registered
+    test variant) on a loaded ``Sam``; see :class:`PromptSegmenter`."""
 
     name = "sam"
     label = "SAM"
+    model: Sam
 
-    def __init__(
-        self,
-        variant: str = "vit_l",
-        checkpoint: str | Path | None = None,
-        device: str = "auto",
-        weights_dir: str | Path | None = None,
-        embedding_cache_dir: str | Path | None = None,
-        multimask: bool = True,
-        amg_options: AutomaticMaskOptions | None = None,
-        precision: SamPrecision = "auto",
-    ) -> None:
-        """Load ``variant`` from ``checkpoint``, or from the official checkpoint found in
-        ``weights_dir`` (see :func:`segstyle_core.weights.find_checkpoint`), which is checked
-        against its published SHA-256 prefix. ``precision``: the image encoder's (see
-        :func:`encoder_dtype`); the loaded model is shared whatever the precision.
+    @staticmethod
+    def architecture(variant: str) -> Sam:
+        """``variant``'s ``Sam`` (:data:`SAM_BUILDERS`) with untrained weights."""
+        return lookup_variant(SAM_BUILDERS, variant, "SAM")()
 
-        Raises:
-            ConfigError: unknown variant, device or precision; a non-official variant without
-                checkpoint.
-            WeightsError: checkpoint missing (the message says how to download it), corrupt,
-                unsafe, or made for another variant.
-        """
-        _builder(variant)
-        encoder_dtype(precision, torch.device("cpu"))  # an unknown precision fails before loading
-        if checkpoint is not None:
-            path = Path(checkpoint)
-            if not path.is_file():
-                raise WeightsError(
-                    f"checkpoint {path} does not exist: fix the path, or leave it out to use "
-                    f"the downloaded official sam_{variant} checkpoint"
-                )
-            sha = file_sha256(path)
-        elif f"sam_{variant}" in weights.CHECKPOINTS:
-            path = weights.find_checkpoint(f"sam_{variant}", weights_dir)
-            sha = weights.verify_checkpoint(path, f"sam_{variant}")
-        else:
-            raise ConfigError(
-                f"SAM variant {variant!r} has no official checkpoint: pass its checkpoint path"
-            )
-        resolved = resolve_device(device)
-        model = MODELS.get_or_create(
-            ("sam", variant, str(resolved), sha), lambda: load_sam(variant, path, resolved)
-        )
-        self._setup(model, variant, sha, embedding_cache_dir, multimask, amg_options, precision)
-
-    @classmethod
-    def from_model(
-        cls,
-        model: Sam,
-        variant: str,
-        weights_sha256: str,
-        embedding_cache_dir: str | Path | None = None,
-        multimask: bool = True,
-        amg_options: AutomaticMaskOptions | None = None,
-        precision: SamPrecision = "auto",
-    ) -> SamSegmenter:
-        """Wrap an already built ``Sam`` (on its current device); ``weights_sha256`` identifies
-        its weights in cache keys and result rows."""
-        segmenter = cls.__new__(cls)
-        segmenter._setup(
-            model.eval(),
-            variant,
-            weights_sha256,
-            embedding_cache_dir,
-            multimask,
-            amg_options,
-            precision,
-        )
-        return segmenter
-
-    def _setup(
-        self,
-        model: Sam,
-        variant: str,
-        weights_sha256: str,
-        embedding_cache_dir: str | Path | None,
-        multimask: bool,
-        amg_options: AutomaticMaskOptions | None,
-        precision: SamPrecision,
-    ) -> None:
-        self.variant = variant
-        self.weights_sha256: str | None = weights_sha256
-        self.device = model.device
-        self.multimask = multimask
-        self.amg_options = amg_options or AutomaticMaskOptions()
-        self.precision = precision
-        self.encoder_dtype = encoder_dtype(precision, self.device)
-        self._model = model
-        cache_dir = Path(embedding_cache_dir) if embedding_cache_dir is not None else None
-        self._predictor = _CachingPredictor(
-            model, variant, weights_sha256, cache_dir, self.encoder_dtype
-        )
-        self._lock = threading.Lock()
-
-    def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
-        """One mask per prompt, in prompt order.
-
-        Args:
-            image: ``H×W×3 uint8 RGB``.
-            prompts: boxes (XYXY) and/or points (XY, label 1 = foreground, 0 = background) in
-                ``image``'s pixel coordinates. SAM's prompt encoder needs equal shapes in a
-                batch, so prompts are grouped by kind and point count (all boxes; all prompts
-                with 2 points; ...) and each group is decoded in batches of up to
-                :data:`DECODE_BATCH` prompts (bounds the memory of full-size masks).
-
-        Returns:
-            ``MaskPrediction`` with an ``H×W bool`` mask and SAM's predicted IoU as score.
-
-        Raises:
-            InputError: bad image array, or a prompt that is empty, inverted or outside the
-                image.
-        """
-        return self._segment_batched(image, prompts)
+    def _new_predictor(self) -> _CachingPredictor:
+        return _CachingPredictor(self.model, self.encoding)
 
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
         """Decode prompts of one shape (same kind and point count) in one batch.
@@ -378,7 +338,7 @@ class SamSegmenter(BatchedPromptSegmenter):
         masks, with a third of the upscaling time and memory when ``multimask`` is on.
         """
         predictor = self._predictor
-        model = predictor.model
+        model = self.model
         size = predictor.original_size
         points = boxes = None
         if prompts[0].points:
@@ -411,18 +371,11 @@ class SamSegmenter(BatchedPromptSegmenter):
     def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(array, dtype=dtype, device=self.device)
 
-    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Automatic masks for ``image`` (``H×W×3 uint8 RGB``) with :attr:`amg_options`.
-
-        Returns ``SamAutomaticMaskGenerator`` records: ``segmentation`` (``H×W bool``), ``area``,
-        ``bbox`` (XYWH), ``predicted_iou``, ``stability_score``, ``point_coords``, ``crop_box``.
-        The generator uses this segmenter's predictor, so the embedding cache applies.
-        """
-        check_rgb(image, "image for SAM")
-        generator = SamAutomaticMaskGenerator(self._model, **asdict(self.amg_options))
+    def _mask_generator(self) -> SamAutomaticMaskGenerator:
+        """``SamAutomaticMaskGenerator`` on this segmenter's predictor."""
+        generator = SamAutomaticMaskGenerator(self.model)
         generator.predictor = self._predictor
-        with self._lock, torch.inference_mode():
-            return generator.generate(image)
+        return generator
 
 
 def _check_prompt(index: int, prompt: Prompt, width: int, height: int) -> None:

@@ -1,11 +1,12 @@
 """SAM 2's video predictor as a :class:`~segstyle_core.video.track.MaskTracker`, and the SAM 2.1
-variants and checkpoint lookup it shares with the image segmenter
+variants and builder it shares with the image segmenter
 (:mod:`segstyle_core.segment.sam2_image`).
 
 Needs the ``sam2`` package (imported only when a SAM 2 model is built) and a SAM 2.1
 checkpoint. The official checkpoints are entries of :data:`segstyle_core.weights.CHECKPOINTS`
-(``sam2.1_hiera_tiny`` ...): looked up in the weights folder (``--weights-dir`` >
-``$SEGSTYLE_WEIGHTS_DIR`` > the user cache) and fetched with ``segstyle weights download``.
+(``sam2.1_hiera_tiny`` ...): looked up in the weights folder (the ``weights_dir`` setting >
+``$SEGSTYLE_WEIGHTS_DIR`` > the user cache, see :func:`segstyle_core.weights.resolve_checkpoint`)
+and fetched with ``segstyle weights download``.
 Meta publishes no hash for them, so only the full SHA-256 recorded at download
 (``<file>.sha256``) is checked; the file's SHA-256 goes into every cache key and result row, so
 another file never reuses old results.
@@ -28,92 +29,19 @@ import torch
 from PIL import Image
 
 from segstyle_core import weights
-from segstyle_core.backends import BackendIdentity
-from segstyle_core.errors import ConfigError, WeightsError
-from segstyle_core.fileio import file_sha256
-from segstyle_core.segment.base import Prompt
+from segstyle_core.errors import ConfigError
+from segstyle_core.segment.base import Prompt, lookup_variant
 
 _JPEG_QUALITY = 95
 
-
-def _variant(size: str, letter: str) -> tuple[str, weights.Checkpoint]:
-    config = f"configs/sam2.1/sam2.1_hiera_{letter.lower()}.yaml"
-    return config, weights.CHECKPOINTS[f"sam2.1_hiera_{size}"]
-
-
-#: Variant -> (the ``sam2`` package's config name, official checkpoint).
-VARIANTS: dict[str, tuple[str, weights.Checkpoint]] = {
-    "hiera_tiny": _variant("tiny", "t"),
-    "hiera_small": _variant("small", "s"),
-    "hiera_base_plus": _variant("base_plus", "b+"),
-    "hiera_large": _variant("large", "l"),
+VARIANTS: dict[str, str] = {
+    "hiera_tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "hiera_small": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "hiera_base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "hiera_large": "configs/sam2.1/sam2.1_hiera_l.yaml",
 }
-SAM2_VARIANTS = tuple(VARIANTS)
-
-
-def check_variant(variant: str) -> str:
-    """``variant`` if it is a SAM 2 variant.
-
-    Raises:
-        ConfigError: unknown variant (the message lists them).
-    """
-    if variant not in VARIANTS:
-        raise ConfigError(f"unknown SAM 2 variant {variant!r}: use one of {', '.join(VARIANTS)}")
-    return variant
-
-
-def sam2_checkpoint(
-    variant: str, checkpoint: str | None = None, weights_dir: str | None = None
-) -> tuple[Path, str]:
-    """The checkpoint file of a SAM 2 tracker and its SHA-256.
-
-    Args:
-        variant: a key of :data:`VARIANTS` (names the official file).
-        checkpoint: a checkpoint file of your own (wins over the variant's official file).
-        weights_dir: the checkpoints folder (default: ``$SEGSTYLE_WEIGHTS_DIR``, else the user
-            cache).
-
-    Returns:
-        The file and its full SHA-256 (an official file is first checked against the full hash
-        recorded at its download, see :func:`segstyle_core.weights.verify_checkpoint`).
-
-    Raises:
-        ConfigError: unknown variant.
-        WeightsError: the checkpoint is missing (the message names the file, where it was
-            looked for, the download command and address) or fails its recorded hash.
-    """
-    if checkpoint:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise WeightsError(
-                f"SAM 2 checkpoint {path} not found: fix the checkpoint path, or leave it out "
-                f"to use the downloaded official {VARIANTS[check_variant(variant)][1].name}"
-            )
-        return path, file_sha256(path)
-    entry = VARIANTS[check_variant(variant)][1]
-    try:
-        path = weights.find_checkpoint(entry, weights_dir)
-    except WeightsError:
-        folder = weights.weights_dir(weights_dir)
-        raise WeightsError(
-            f"SAM 2 checkpoint {entry.filename} not found in {folder}: run `segstyle weights "
-            f"download {entry.name}` (from {entry.url}; pick the folder with --weights-dir or "
-            f"${weights.ENV_WEIGHTS_DIR})"
-        ) from None
-    return path, weights.verify_checkpoint(path, entry)
-
-
-def sam2_identity(
-    variant: str, checkpoint: str | None = None, weights_dir: str | None = None
-) -> BackendIdentity:
-    """Name (``sam2``), variant and weights SHA-256 of a SAM 2 tracker, without loading it
-    (arguments as :func:`sam2_checkpoint`).
-
-    Raises:
-        WeightsError: the checkpoint is missing.
-    """
-    _, digest = sam2_checkpoint(variant, checkpoint, weights_dir)
-    return BackendIdentity("sam2", variant, digest)
+"""Variant (:data:`~segstyle_core.segment.base.Sam2Variant`) -> the ``sam2`` package's config
+name; its official checkpoint is ``sam2.1_<variant>``."""
 
 
 def sam2_builder(name: str = "build_sam2") -> Callable[..., Any]:
@@ -127,28 +55,11 @@ def sam2_builder(name: str = "build_sam2") -> Callable[..., Any]:
         from sam2 import build_sam
     except ImportError as exc:
         raise ConfigError(
-            f"SAM 2 needs the sam2 package ({exc}): run `pip install sam2`, or use "
-            "--segmenter grabcut"
+            f"SAM 2 needs the sam2 package ({exc}): run `pip install sam2`, or use another "
+            "backend (segmenter.backend: grabcut; tracker.backend: flow)"
         ) from None
     builder: Callable[..., Any] = getattr(build_sam, name)
     return builder
-
-
-def load_sam2_weights(model: torch.nn.Module, checkpoint: Path, variant: str) -> None:
-    """Fill a SAM 2 model built without weights from ``checkpoint`` (``weights_only`` load of
-    a plain state dict or of the official ``{"model": state dict}``), every parameter present.
-
-    Raises:
-        WeightsError: unsafe/corrupt checkpoint, or one made for another architecture.
-    """
-    state_dict = weights.load_state_dict(checkpoint)
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        raise WeightsError(
-            f"checkpoint {checkpoint} does not fit SAM 2 {variant} "
-            f"({str(exc).splitlines()[0]}): pass the variant it was trained as"
-        ) from None
 
 
 class Sam2VideoTracker:
@@ -156,9 +67,9 @@ class Sam2VideoTracker:
 
     Args:
         variant: a key of :data:`VARIANTS`.
-        checkpoint: the checkpoint file.
+        checkpoint: the checkpoint file and its SHA-256 (for records), as the configuration
+            resolved them (:func:`segstyle_core.weights.resolve_checkpoint`).
         device: torch device string (``"cpu"``, ``"cuda:0"``).
-        weights_sha256: the checkpoint's SHA-256 (for records).
 
     Raises:
         ConfigError: ``sam2`` is not installed.
@@ -167,15 +78,15 @@ class Sam2VideoTracker:
 
     name = "sam2"
 
-    def __init__(self, variant: str, checkpoint: Path, device: str, weights_sha256: str) -> None:
+    def __init__(self, variant: str, checkpoint: weights.CheckpointFile, device: str) -> None:
+        config = lookup_variant(VARIANTS, variant, "SAM 2")
         build = sam2_builder("build_sam2_video_predictor")
-        config = VARIANTS[check_variant(variant)][0]
         self.predictor = build(config, None, device="cpu")
-        load_sam2_weights(self.predictor, checkpoint, variant)
+        weights.load_weights(self.predictor, checkpoint.path, f"SAM 2 {variant}")
         self.predictor.to(device)
         self.variant = variant
         self.device = torch.device(device)
-        self.weights_sha256: str | None = weights_sha256
+        self.weights_sha256: str | None = checkpoint.sha256
 
     def _prompt(self, state: dict[str, Any], start: Prompt | np.ndarray) -> None:
         """Put ``start`` on frame 0 of ``state`` as object 1."""

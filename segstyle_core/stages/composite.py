@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from segstyle_core.config import CompositeConfig
 from segstyle_core.images import read_rgb, write_png
 from segstyle_core.masks import load_masks, union_mask
 from segstyle_core.paint import PaintLayer
-from segstyle_core.stagecache import StageKey, StageRecord, stage
+from segstyle_core.stagecache import StageRecord, stage
 from segstyle_core.stages.stylize import StylizeRecord
 
 
@@ -20,34 +19,16 @@ class CompositeRecord(StageRecord):
     """Output ``composite``: the original with the painting inside/outside the masks (PNG)."""
 
 
-def _key(
-    image_id: str,
-    image_path: str,
-    stylized: list[StylizeRecord],
-    masks: StageRecord,
-    layers: tuple[PaintLayer, ...],
-    settings: CompositeConfig,
-    cache_dir: str,
-) -> StageKey:
-    files = {"image": image_path, "masks": masks.path("masks")}
-    files.update({f"stylized_{k}": record.path("stylized") for k, record in enumerate(stylized)})
-    config = settings.model_dump(mode="json", include={"mode", "feather_px", "preserve_color"})
-    config["layers"] = [dataclasses.asdict(layer) for layer in layers]
-    return StageKey(files, config)
-
-
-@stage("composite", key=_key, code=("segstyle_core.composite",))
+@stage("composite", files=("image",), code=("segstyle_core.composite",))
 def composite(
     out: Path,
-    image_id: str,
-    image_path: str,
+    image: str,
     stylized: list[StylizeRecord],
     masks: StageRecord,
     layers: tuple[PaintLayer, ...],
     settings: CompositeConfig,
-    cache_dir: str,
 ) -> CompositeRecord:
-    """Write ``composite.png`` (``image_path``'s size, ``H×W×3`` RGB): each layer's painting
+    """Write ``composite.png`` (``image``'s size, ``H×W×3`` RGB): each layer's painting
     (``stylized[layer.style]``, resized back) kept inside (``object``) or outside
     (``background``) the union of its masks, painted over the original in ``layers`` order.
 
@@ -55,7 +36,7 @@ def composite(
     :func:`segstyle_core.masks.save_masks`): the segment stage's, or the metrics stage's used
     masks; a layer's ``masks`` index them (see :mod:`segstyle_core.paint`).
     """
-    original = read_rgb(image_path)
+    original = read_rgb(image)
     predictions = load_masks(masks.path("masks"))
     paintings = [read_rgb(record.path("stylized")) for record in stylized]
     result = composite_regions(

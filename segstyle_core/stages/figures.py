@@ -10,9 +10,9 @@ from segstyle_core.figures import image_panel
 from segstyle_core.images import read_label_map, read_mask, read_rgb, write_png
 from segstyle_core.masks import load_masks
 from segstyle_core.metrics import score_masks
-from segstyle_core.stagecache import StageKey, StageRecord, stage
+from segstyle_core.stagecache import StageRecord, stage
 from segstyle_core.stages.composite import CompositeRecord
-from segstyle_core.stages.gt import GtRecord
+from segstyle_core.stages.gt import GtRecord, frame_key
 from segstyle_core.stages.metrics import MetricsRecord
 from segstyle_core.stages.segment import SegmentRecord
 from segstyle_core.stages.stylize import StylizeRecord
@@ -23,31 +23,7 @@ class FiguresRecord(StageRecord):
     """Output ``panel``: original, GT, binarized GT, mask with prompts, stylized, composite."""
 
 
-def _key(
-    frame: cityscapes.Frame,
-    gt: GtRecord,
-    masks: SegmentRecord,
-    scores: MetricsRecord,
-    automatic: bool,
-    cache_dir: str,
-    stylized: StylizeRecord | None = None,
-    painted: CompositeRecord | None = None,
-) -> StageKey:
-    files = {
-        "image": str(frame.image_path),
-        "gt_mask": gt.path("gt_mask"),
-        "masks": masks.path("masks"),
-        "mask": scores.path("mask"),
-        "gt_color": str(frame.color_path or frame.label_ids_path),
-    }
-    if stylized is not None:
-        files["stylized"] = stylized.path("stylized")
-    if painted is not None:
-        files["composite"] = painted.path("composite")
-    return StageKey(files, {"prompts": gt.prompts, "automatic": automatic})
-
-
-@stage("figures", key=_key, code=("segstyle_core.figures",))
+@stage("figures", keys={"frame": frame_key}, code=("segstyle_core.figures",))
 def figures(
     out: Path,
     frame: cityscapes.Frame,
@@ -55,7 +31,6 @@ def figures(
     masks: SegmentRecord,
     scores: MetricsRecord,
     automatic: bool,
-    cache_dir: str,
     stylized: StylizeRecord | None = None,
     painted: CompositeRecord | None = None,
 ) -> FiguresRecord:

@@ -9,6 +9,7 @@ reads back; a prompts file needs no regions, so then no instanceIds PNG is read.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from segstyle_core.images import read_label_map, read_rgb, write_png
 from segstyle_core.prompts.files import load_prompts_file
 from segstyle_core.prompts.from_gt import PROMPT_SOURCES, frame_prompts
 from segstyle_core.segment.base import Prompt
-from segstyle_core.stagecache import StageKey, StageRecord, stage
+from segstyle_core.stagecache import StageRecord, files_key, stage
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,45 +77,29 @@ def _needs_regions(prompts: PromptConfig) -> bool:
     return prompts.source in PROMPT_SOURCES
 
 
-def _key(
-    frame: cityscapes.Frame,
-    classes: tuple[str, ...],
-    prompts: PromptConfig,
-    cache_dir: str,
-    gt_source: GtSource = "auto",
-    seed: int = 0,
-) -> StageKey:
-    files: dict[str, str] = {"image_path": str(frame.image_path)}
-    gt_file = cityscapes.gt_path(frame, gt_source)
-    if gt_file is not None:
-        kind = cityscapes.resolve_gt_source(frame, gt_source)
-        files["label_ids_path" if kind == "labelIds" else "color_path"] = str(gt_file)
-    if _needs_regions(prompts) and frame.instance_ids_path is not None:
-        files["instance_ids_path"] = str(frame.instance_ids_path)
-    from_file = not _needs_regions(prompts)
-    if from_file:
-        files["prompts_file"] = prompts.source
-    config = {
-        "classes": sorted(c.lower() for c in classes),
-        "prompt_source": "file" if from_file else prompts.source,
-        "min_area": prompts.min_area,
-        "gt_source": gt_source,
-    }
-    if prompts.source != "auto":  # automatic masks have no prompt boxes to move
-        config["box_expand_px"] = prompts.box_expand_px
-        config["box_jitter_px"] = prompts.box_jitter_px
-        # without jitter the seed changes nothing, so every seed shares the result
-        config["box_seed"] = seed if prompts.box_jitter_px else None
-    return StageKey(files, config)
+def frame_key(frame: cityscapes.Frame) -> dict[str, Any]:
+    """A frame in a stage key: its image id and the content of each of its files."""
+    paths = {f.name: getattr(frame, f.name) for f in dataclasses.fields(frame)}
+    files = {name: files_key(path) for name, path in paths.items() if isinstance(path, Path)}
+    return {"image_id": frame.image_id, "files": files}
 
 
-@stage("gt", key=_key, code=("segstyle_core.cityscapes", "segstyle_core.prompts"))
+def _prompts_key(prompts: PromptConfig) -> dict[str, Any]:
+    """The prompt settings, and the content of a prompts file."""
+    settings = prompts.model_dump(mode="json")
+    return {**settings, "file": None if _needs_regions(prompts) else files_key(prompts.source)}
+
+
+@stage(
+    "gt",
+    keys={"frame": frame_key, "prompts": _prompts_key},
+    code=("segstyle_core.cityscapes", "segstyle_core.prompts"),
+)
 def binarize_gt(
     out: Path,
     frame: cityscapes.Frame,
     classes: tuple[str, ...],
     prompts: PromptConfig,
-    cache_dir: str,
     gt_source: GtSource = "auto",
     seed: int = 0,
 ) -> GtRecord:

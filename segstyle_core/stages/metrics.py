@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segstyle_core import cityscapes
 from segstyle_core.images import read_mask, write_png
 from segstyle_core.masks import load_masks, save_masks, union_mask
 from segstyle_core.metrics import score_masks
 from segstyle_core.rle import encode_mask
 from segstyle_core.scoring import match_auto_masks, prompt_scores
 from segstyle_core.segment.base import Prompt
-from segstyle_core.stagecache import StageKey, StageRecord, stage
+from segstyle_core.stagecache import StageRecord, stage
 from segstyle_core.stages.gt import GtRecord
 from segstyle_core.stages.segment import SegmentRecord
 
@@ -40,41 +39,8 @@ class MetricsRecord(StageRecord):
     scores: list[dict[str, Any]]
 
 
-def _key(
-    frame: cityscapes.Frame,
-    classes: tuple[str, ...],
-    gt: GtRecord,
-    masks: SegmentRecord,
-    automatic: bool,
-    cache_dir: str,
-) -> StageKey:
-    files = {"gt_mask": gt.path("gt_mask"), "masks": masks.path("masks")}
-    if "regions" in gt.outputs:
-        files["regions"] = gt.path("regions")
-        files["region_table"] = gt.path("instances")
-    config = {
-        "classes": sorted(c.lower() for c in classes),
-        "prompts": gt.prompts,
-        "automatic": automatic,
-        "gt_source": gt.gt_source,
-    }
-    return StageKey(files, config)
-
-
-@stage(
-    "metrics",
-    key=_key,
-    code=("segstyle_core.scoring", "segstyle_core.metrics", "segstyle_core.rle"),
-)
-def score_frame(
-    out: Path,
-    frame: cityscapes.Frame,
-    classes: tuple[str, ...],
-    gt: GtRecord,
-    masks: SegmentRecord,
-    automatic: bool,
-    cache_dir: str,
-) -> MetricsRecord:
+@stage("metrics", code=("segstyle_core.scoring", "segstyle_core.metrics", "segstyle_core.rle"))
+def score_frame(out: Path, gt: GtRecord, masks: SegmentRecord, automatic: bool) -> MetricsRecord:
     """Score every prompt's mask (every GT instance's best automatic mask) against the GT."""
     class_mask = read_mask(gt.path("gt_mask"))
     instances = gt.regions()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from segstyle_core.devices import memory_guard
 from segstyle_core.images import read_rgb, write_png
 from segstyle_core.masks import load_masks, union_mask
 from segstyle_core.roi import stylize_roi
-from segstyle_core.stagecache import StageKey, StageRecord, stage
+from segstyle_core.stagecache import StageRecord, backend_key, stage
 from segstyle_core.stylize import Progress, StylizerConfig
 
 _log = logging.getLogger(__name__)
@@ -25,47 +24,30 @@ class StylizeRecord(StageRecord):
     stylizer's working size."""
 
 
-def _key(
-    image_id: str,
-    image_path: str,
-    style_path: str,
-    stylizer: StylizerConfig,
-    cache_dir: str,
-    roi: StageRecord | None = None,
-    roi_margin_px: int | None = None,
-    roi_mode: Mode = "object",
-    roi_masks: tuple[int, ...] | None = None,
-) -> StageKey:
-    files = {"image": image_path, "style": style_path}
-    config: dict[str, Any] = {
-        "stylizer": dataclasses.asdict(stylizer.identity()),
-        "settings": stylizer.settings(),
-    }
-    if roi is not None and roi_margin_px is not None:
-        files["roi_masks"] = roi.path("masks")
-        config["roi"] = {"margin_px": roi_margin_px, "mode": roi_mode, "masks": roi_masks}
-    return StageKey(files, config)
+def stylizer_key(stylizer: StylizerConfig) -> dict[str, Any]:
+    """What of a stylizer changes its painting: its identity and settings (the style image is
+    an input file of its own)."""
+    return backend_key(stylizer, stylizer.settings())
 
 
 @stage(
     "stylize",
-    key=_key,
+    files=("image", "style"),
+    keys={"stylizer": stylizer_key},
     code=("segstyle_core.stylize", "segstyle_core.roi", "segstyle_core.masks"),
     heavy=True,
 )
 def stylize(
     out: Path,
-    image_id: str,
-    image_path: str,
-    style_path: str,
+    image: str,
+    style: str,
     stylizer: StylizerConfig,
-    cache_dir: str,
     roi: StageRecord | None = None,
     roi_margin_px: int | None = None,
     roi_mode: Mode = "object",
     roi_masks: tuple[int, ...] | None = None,
 ) -> StylizeRecord:
-    """Paint ``image_path`` in the style of ``style_path``; write ``stylized.png``.
+    """Paint ``image`` in the style of the image ``style``; write ``stylized.png``.
 
     Whole frame by default (the seed's method). With ``roi`` (a record whose ``masks`` output
     holds per-prompt masks, :func:`segstyle_core.masks.save_masks`) and ``roi_margin_px``, only
@@ -76,23 +58,23 @@ def stylize(
     """
 
     def report(progress: Progress) -> None:
-        if progress.step == progress.total or progress.step % 25 == 0:
-            terms = " ".join(f"{k}={v:.4g}" for k, v in progress.losses.items())
-            _log.info("%s step %d/%d %s", image_id, progress.step, progress.total, terms)
+        if progress.step in (1, progress.total) or progress.step % 25 == 0:
+            terms = "".join(f" {k}={v:.4g}" for k, v in progress.losses.items())
+            _log.info("%s step %d/%d%s", Path(image).name, progress.step, progress.total, terms)
 
-    content = read_rgb(image_path)
-    style = read_rgb(style_path)
+    content = read_rgb(image)
+    painting = read_rgb(style)
     model = stylizer.build()
-    with memory_guard(f"{image_path}: stylizing {content.shape[1]}x{content.shape[0]}"):
+    with memory_guard(f"{image}: stylizing {content.shape[1]}x{content.shape[0]}"):
         if roi is None or roi_margin_px is None:
-            result = model.stylize(content, style, progress=report)
+            result = model.stylize(content, painting, progress=report)
         else:
             masks = load_masks(roi.path("masks"))
             chosen = masks if roi_masks is None else [masks[k] for k in roi_masks]
             result = stylize_roi(
                 model,
                 content,
-                style,
+                painting,
                 union_mask(chosen, content.shape[:2]),
                 margin_px=roi_margin_px,
                 margin_pct=0.0,

@@ -8,7 +8,6 @@ its strength. :meth:`~StylizerConfig.build` loads each distinct backend once per
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -18,10 +17,7 @@ from segstyle_core.backends import BackendConfig, BackendIdentity
 from segstyle_core.stylize.base import Progress, ProgressCallback, Stylizer
 from segstyle_core.stylize.gatys_config import GatysConfig
 
-STYLIZERS = ("gatys", "feedforward")
-
 __all__ = [
-    "STYLIZERS",
     "GatysConfig",
     "Progress",
     "ProgressCallback",
@@ -64,12 +60,11 @@ class StylizerConfig(BackendConfig):
         ``class_styles`` dict)."""
         return hash((type(self).__name__, self.model_dump_json()))
 
-    def _vgg_checkpoint(self) -> tuple[Path, str]:
+    def _vgg_checkpoint(self) -> weights.CheckpointFile:
         """The VGG19 checkpoint file and its full SHA-256 (the official file: verified)."""
-        if self.vgg_checkpoint:
-            return weights.own_checkpoint(self.vgg_checkpoint, "--vgg")
-        path = weights.find_checkpoint("vgg19", self.weights_dir)
-        return path, weights.verify_checkpoint(path, "vgg19")
+        return weights.resolve_checkpoint(
+            self.vgg_checkpoint, "stylizer.vgg_checkpoint", "vgg19", self.weights_dir
+        )
 
     def identity(self) -> BackendIdentity:
         """Name, variant and weights SHA-256, without loading the model.
@@ -78,7 +73,7 @@ class StylizerConfig(BackendConfig):
             WeightsError: the VGG19 checkpoint is missing or fails its checksum.
         """
         if self.backend == "gatys":
-            return BackendIdentity("gatys", "vgg19", self._vgg_checkpoint()[1])
+            return BackendIdentity("gatys", "vgg19", self._vgg_checkpoint().sha256)
         from segstyle_core.stylize.feedforward import MODEL_VARIANT, model_sha256
 
         return BackendIdentity("feedforward", MODEL_VARIANT, model_sha256())
@@ -124,7 +119,7 @@ class StylizerConfig(BackendConfig):
             if self.backend == "gatys":
                 from segstyle_core.stylize.gatys import GatysStylizer
 
-                path, _ = self._vgg_checkpoint()
+                path = self._vgg_checkpoint().path
                 return GatysStylizer(
                     self.gatys,
                     checkpoint=path,

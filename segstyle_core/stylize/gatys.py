@@ -40,7 +40,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -53,11 +53,7 @@ from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.fileio import sha256_bytes
 from segstyle_core.images import check_rgb
 from segstyle_core.stylize.base import Progress, ProgressCallback
-from segstyle_core.stylize.gatys_config import (
-    AUTOCAST_DTYPES,
-    MIN_SIDE,
-    GatysConfig,
-)
+from segstyle_core.stylize.gatys_config import MIN_SIDE, AutocastDtype, GatysConfig
 from segstyle_core.stylize.vgg import (
     IMAGENET_MEAN,
     VGGFeatures,
@@ -67,7 +63,7 @@ from segstyle_core.stylize.vgg import (
 #: Standard deviation of the ``init="noise"`` image, in ``[0, 1]`` units (90 of 255, as the
 #: base script); the noise is centred on the ImageNet mean colour.
 NOISE_STD = 90 / 255
-_AUTOCAST_DTYPES = {name: getattr(torch, name) for name in AUTOCAST_DTYPES}
+_AUTOCAST_DTYPES = {name: getattr(torch, name) for name in get_args(AutocastDtype)}
 
 
 # --- losses (pure functions on tensors) -------------------------------------------------------
@@ -332,7 +328,8 @@ class GatysStylizer:
             extractor: a loaded feature extractor to use instead of the checkpoint search;
                 ``weights_sha256`` is then ``None``. It must provide the config's layers.
             verify: check ``checkpoint`` against the official file's published hash; off for a
-                VGG19 file of your own (``--vgg``), identified by its full SHA-256 alone.
+                VGG19 file of your own (``stylizer.vgg_checkpoint``), identified by its full
+                SHA-256 alone.
         """
         self.config = config or GatysConfig()
         self.device = devices.resolve_device(device)
@@ -474,7 +471,7 @@ class GatysStylizer:
         style_grams = self.style_targets(style, style_height)
         with torch.no_grad():
             content_feats = _features(self.extractor, content_t, cfg)
-        content_targets = {name: content_feats[name] for name in cfg.content_layers}
+        content_targets: dict[str, torch.Tensor] = {n: content_feats[n] for n in cfg.content_layers}
         start = self._initial_image(content_t, style) if init is None else init
         # The pixels stay contiguous (L-BFGS flattens their gradient with view(-1));
         # _features hands VGG a channels-last copy when configured.

@@ -3,26 +3,47 @@ forms read it without loading torch; :mod:`segstyle_core.stylize.gatys` runs it)
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from segstyle_core.backends import ConfigModel
-from segstyle_core.errors import ConfigError
 
 #: VGG19 pools four times before ``conv5_1``; below this a side has no room left.
 MIN_SIDE = 32
+#: The names of VGG19's 37 ``features`` modules, in order: ``convB_I`` is the I-th convolution
+#: of block B (before its ReLU), ``reluB_I`` its rectified output, ``poolB`` the pooling that
+#: ends block B (index ``k`` is module ``k`` of torchvision's ``vgg19().features``).
+VGG19Layer = Literal[
+    "conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1",
+    "conv2_1", "relu2_1", "conv2_2", "relu2_2", "pool2",
+    "conv3_1", "relu3_1", "conv3_2", "relu3_2", "conv3_3", "relu3_3", "conv3_4", "relu3_4",
+    "pool3",
+    "conv4_1", "relu4_1", "conv4_2", "relu4_2", "conv4_3", "relu4_3", "conv4_4", "relu4_4",
+    "pool4",
+    "conv5_1", "relu5_1", "conv5_2", "relu5_2", "conv5_3", "relu5_3", "conv5_4", "relu5_4",
+    "pool5",
+]  # fmt: skip
+
+
+def _vgg19_layer(name: str) -> str:
+    if name not in get_args(VGG19Layer):
+        raise ValueError(f"not a VGG19 layer; use one of {', '.join(get_args(VGG19Layer))}")
+    return name
+
+
+#: A :data:`VGG19Layer` in settings. Checked by a validator rather than typed as the Literal, so
+#: that the Prefect UI's form shows a list of layer names (it shows no default for a list of
+#: choices).
+LayerName = Annotated[str, AfterValidator(_vgg19_layer)]
 #: Reduced-precision types VGG may run in under ``torch.autocast``.
-AUTOCAST_DTYPES = ("bfloat16", "float16")
-Autocast = Literal["auto", "bfloat16", "float16"]
+AutocastDtype = Literal["bfloat16", "float16"]
+#: ``auto``: bfloat16 where the device computes it natively, else float32.
+Autocast = Literal["auto", AutocastDtype]
 #: VGG pooling: ``max`` (torchvision) or ``avg`` (Gatys et al.'s suggestion).
 Pooling = Literal["max", "avg"]
 #: VGG input scaling (see :data:`segstyle_core.stylize.vgg.NORMALIZATION_STD`).
 Normalization = Literal["imagenet", "imagenet255"]
-#: The base script's layers: content ``conv4_2``, style ``relu1_1 .. relu5_1``.
-DEFAULT_CONTENT_LAYERS = ("conv4_2",)
-DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-DEFAULT_LAYERS = tuple(dict.fromkeys(DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS))
 
 
 class GatysConfig(ConfigModel):
@@ -31,27 +52,29 @@ class GatysConfig(ConfigModel):
     Each field's docstring is its description in the Prefect UI and the CLI's help.
     """
 
-    content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
+    content_layers: tuple[LayerName, ...] = Field(default=("conv4_2",), min_length=1)
     """VGG19 layers matched to the content image (conv4_2, relu4_2, ...)."""
-    style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
+    style_layers: tuple[LayerName, ...] = Field(
+        default=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), min_length=1
+    )
     """VGG19 layers whose Gram matrices are matched to the style image."""
     style_layer_weights: tuple[float, ...] | None = None
     """One weight per style layer; none: 1 / number of style layers each."""
-    content_weight: float = 1e5
+    content_weight: float = Field(default=1e5, ge=0)
     """Weight of the content loss (the seed paper's runs: 5000)."""
-    style_weight: float = 3e4
+    style_weight: float = Field(default=3e4, ge=0)
     """Weight of the style loss."""
-    tv_weight: float = 1.0
+    tv_weight: float = Field(default=1.0, ge=0)
     """Weight of the total-variation (smoothness) loss."""
-    height: int = 400
+    height: int = Field(default=400, ge=MIN_SIDE)
     """Working height in pixels: the content is resized to it (aspect kept), the style to the
     same height (its own aspect); the output has the content's working size."""
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     """lbfgs (torch L-BFGS, strong-Wolfe line search) or adam."""
-    iterations: int = 1000
+    iterations: int = Field(default=1000, ge=1)
     """Budget of objective evaluations (one VGG forward + backward each), never exceeded;
     L-BFGS line-search evaluations count, and L-BFGS needs at least 2 to move."""
-    learning_rate: float = 10 / 255
+    learning_rate: float = Field(default=10 / 255, gt=0)
     """Adam step size in [0, 1] pixel units (10 of 255, as the base script); L-BFGS uses its
     own line search."""
     init: Literal["content", "noise", "style"] = "content"
@@ -62,70 +85,39 @@ class GatysConfig(ConfigModel):
     """VGG pooling: max (torchvision) or avg (Gatys et al.'s suggestion)."""
     normalization: Normalization = "imagenet255"
     """VGG input scaling (see segstyle_core.stylize.vgg.NORMALIZATION_STD)."""
-    plateau_tol: float = 1e-3
+    plateau_tol: float = Field(default=1e-3, ge=0)
     """A plateau is a best total loss that improved by less than this (relative) over the last
     plateau_patience evaluations; 0 disables the test. Under autocast a plateau switches the
     rest of the stage to float32; in float32 it ends the stage (its unused budget goes to the
     next). Checked after every Adam step and every L-BFGS step() call."""
-    plateau_patience: int = 20
+    plateau_patience: int = Field(default=20, ge=1)
     """Evaluations over which a plateau is measured."""
     autocast: Autocast | None = "auto"
     """Run VGG under torch.autocast in bfloat16 or float16; auto: bfloat16 where the device
     computes it natively, else float32; none: float32. Gram matrices and losses stay float32."""
     channels_last: bool = True
     """Use the channels-last memory format for VGG and the image."""
-    content_scale: float | None = None
+    content_scale: float | None = Field(default=None, gt=0)
     """Resize the content by this factor instead of to height (the style still goes to
     height): an ROI crop is then painted at the whole frame's scale. Sides under 32 px are
     enlarged to 32 px."""
-    coarse_fraction: float = 0.5
+    coarse_fraction: float = Field(default=0.5, ge=0, lt=1)
     """Coarse-to-fine: this fraction of the evaluations runs first at half the working size;
     its result, upsampled, starts the full-size run of the rest. 0: off."""
 
-    @model_validator(mode="after")
-    def _check(self) -> GatysConfig:
-        """Rules across fields (raised as one :class:`ConfigError` line)."""
-        if not self.content_layers or not self.style_layers:
-            raise ConfigError("Gatys needs at least one content layer and one style layer")
-        if self.layers != DEFAULT_LAYERS:  # the defaults are VGG19 layers; others: ask torchvision
-            from segstyle_core.stylize.vgg import check_layers
-
-            check_layers(self.layers)
-        if self.style_layer_weights is not None and len(self.style_layer_weights) != len(
-            self.style_layers
-        ):
-            raise ConfigError(
-                f"style_layer_weights has {len(self.style_layer_weights)} entries for "
-                f"{len(self.style_layers)} style layers: give one weight per layer or None"
+    @field_validator("style_layer_weights")
+    @classmethod
+    def _one_weight_per_style_layer(
+        cls, weights: tuple[float, ...] | None, info: ValidationInfo
+    ) -> tuple[float, ...] | None:
+        """As many weights as style layers (when the style layers themselves are valid)."""
+        layers = info.data.get("style_layers")
+        if weights is not None and layers is not None and len(weights) != len(layers):
+            raise ValueError(
+                f"{len(weights)} weights for {len(layers)} style layers: give one weight per "
+                "style layer, or none"
             )
-        for name in ("content_weight", "style_weight", "tv_weight", "plateau_tol"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} is negative: use a value >= 0")
-        minimums = (
-            ("height", MIN_SIDE),
-            ("iterations", 1),
-            ("plateau_patience", 1),
-        )
-        for name, low in minimums:
-            if getattr(self, name) < low:
-                raise ConfigError(f"{name}={getattr(self, name)} is too small: use >= {low}")
-        for name in ("learning_rate", "content_scale"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name}={value} must be > 0")
-        if not 0 <= self.coarse_fraction < 1:
-            raise ConfigError(f"coarse_fraction={self.coarse_fraction}: use 0 (off) up to < 1")
-        choices = {
-            "optimizer": ("lbfgs", "adam"),
-            "init": ("content", "noise", "style"),
-            "autocast": (None, "auto", *AUTOCAST_DTYPES),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"{name}={getattr(self, name)!r} is unknown: use one of {allowed}"
-                )
-        return self
+        return weights
 
     @property
     def layers(self) -> tuple[str, ...]:

@@ -1,9 +1,9 @@
 """VGG19 feature extractor for Gatys style transfer.
 
-Layers are named as in Gatys et al.: ``convB_I`` is the I-th convolution of block B (its output
-before the ReLU), ``reluB_I`` the rectified output, ``poolB`` the pooling that ends block B.
-The names come from walking torchvision's VGG19 ``features`` Sequential, so index ``k`` of
-:func:`vgg19_layer_names` is module ``k`` of ``vgg19().features``.
+Layers are named as in Gatys et al. (:data:`~segstyle_core.stylize.gatys_config.VGG19Layer`):
+``convB_I`` is the I-th convolution of block B (its output before the ReLU), ``reluB_I`` the
+rectified output, ``poolB`` the pooling that ends block B. :func:`layer_names` gives these names
+to the modules of a VGG ``features`` Sequential by walking it.
 
 Weights are the official ImageNet checkpoint (``vgg19-dcbb9e9d.pth``); this module never
 downloads and never initialises weights itself: :func:`load_vgg19_features` needs a file.
@@ -11,7 +11,6 @@ downloads and never initialises weights itself: :func:`load_vgg19_features` need
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterable
 
@@ -30,7 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: ``"imagenet"`` is torchvision's convention (the statistics the weights were trained with);
 #: ``"imagenet255"`` is the NST base script's: 0..255 pixels minus the ImageNet mean, unit std.
 #: The base script's loss weights (content 1e5, style 3e4) are calibrated to ``"imagenet255"``.
-NORMALIZATION_STD: dict[str, tuple[float, float, float]] = {
+NORMALIZATION_STD: dict[Normalization, tuple[float, float, float]] = {
     "imagenet": IMAGENET_STD,
     "imagenet255": (1 / 255, 1 / 255, 1 / 255),
 }
@@ -56,23 +55,6 @@ def layer_names(features: nn.Sequential) -> list[str]:
     return names
 
 
-@functools.cache
-def vgg19_layer_names() -> tuple[str, ...]:
-    """All 37 layer names of VGG19's ``features``, in order (built on the meta device)."""
-    with torch.device("meta"):
-        return tuple(layer_names(make_layers(cfgs[_VGG19_CFG])))
-
-
-def check_layers(layers: Iterable[str]) -> None:
-    """Raise :class:`ConfigError` for any name that is not a VGG19 layer."""
-    known = vgg19_layer_names()
-    for name in layers:
-        if name not in known:
-            raise ConfigError(
-                f"unknown VGG19 layer {name!r}: use names like conv4_2, relu1_1 (conv1_1..conv5_4)"
-            )
-
-
 class VGGFeatures(nn.Module):
     """Frozen VGG19 ``features`` prefix returning named feature maps.
 
@@ -92,16 +74,13 @@ class VGGFeatures(nn.Module):
     ) -> None:
         super().__init__()
         self.layers = tuple(dict.fromkeys(layers))
-        if not self.layers:
-            raise ConfigError("no VGG19 layers requested: name at least one, e.g. conv4_2")
-        check_layers(self.layers)
-        if pooling not in ("max", "avg"):
-            raise ConfigError(f"unknown pooling {pooling!r}: use 'max' or 'avg'")
-        if normalization not in NORMALIZATION_STD:
-            raise ConfigError(
-                f"unknown normalization {normalization!r}: use one of {sorted(NORMALIZATION_STD)}"
-            )
         names = layer_names(features)
+        unknown = [name for name in self.layers if name not in names]
+        if not self.layers or unknown:
+            raise ConfigError(
+                f"VGG layers {list(self.layers)}: give one or more of {names[0]}..{names[-1]}, "
+                "e.g. conv4_2, relu1_1"
+            )
         deepest = max(names.index(name) for name in self.layers)
         self._names = names[: deepest + 1]
         self._wanted = frozenset(self.layers)

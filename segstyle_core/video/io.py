@@ -31,7 +31,7 @@ import av
 import numpy as np
 
 from segstyle_core.errors import ConfigError, InputError
-from segstyle_core.fileio import atomic_write_with, write_json_atomic
+from segstyle_core.fileio import atomic_write_with, check_writable_folder, write_json_atomic
 from segstyle_core.images import check_rgb, read_rgb, write_png
 
 #: Frame rate of a frame folder without a ``video.json``: the Cityscapes camera's 17 Hz.
@@ -61,6 +61,27 @@ class VideoInfo:
 def is_container(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` names a video file (by suffix), False for a frame folder."""
     return Path(path).suffix.lower() in CONTAINER_SUFFIXES
+
+
+def check_video_output(video: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    """Check, before any work, that the result can go to ``output``; return its path.
+
+    Refuses an output that is the input, lies inside the input folder, or is a folder that
+    holds the input (writing a folder result replaces its frames), and an output whose folder
+    accepts no file.
+
+    Raises:
+        ConfigError: one line naming the output and the fix.
+    """
+    source = Path(video).expanduser().resolve()
+    target = Path(output).expanduser().resolve()
+    if target == source or target.is_relative_to(source) or source.is_relative_to(target):
+        raise ConfigError(
+            f"{output}: is, holds or lies inside the input {video}; writing it would destroy the "
+            "input, so write the result elsewhere"
+        )
+    check_writable_folder(target.parent, str(output))
+    return target
 
 
 def frame_files(folder: str | os.PathLike[str]) -> list[Path]:

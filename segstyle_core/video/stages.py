@@ -1,14 +1,14 @@
 """The cached steps of a video run, free of Prefect: decode, stylize a chunk, encode, score.
 
 Each is a :class:`~segstyle_core.stagecache.Stage` keyed on the content of its input files; the
-Prefect tasks (:mod:`segstyle.tasks.video`) wrap them one-to-one. A chunk's key also holds the
-files the previous chunk hands on (:meth:`ChunkRecord.carry`: its last frame, mask, painting
-and output), so a change early in the video invalidates every later chunk and nothing else.
+``stylize_video`` flow runs them as Prefect tasks (:class:`segstyle.tasks.stage.PrefectRunner`).
+A chunk's key holds the previous chunk by the files it hands on (:meth:`ChunkRecord.carry`: its
+last frame, mask, painting and output), so a change early in the video invalidates every later
+chunk and nothing else.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from segstyle_core.config import CompositeConfig
 from segstyle_core.errors import ConfigError
 from segstyle_core.images import read_mask, read_rgb
 from segstyle_core.segment.base import Prompt
-from segstyle_core.stagecache import StageKey, StageRecord, stage
+from segstyle_core.stagecache import StageRecord, backend_key, files_key, stage
 from segstyle_core.stylize import StylizerConfig
 from segstyle_core.video.chunks import Carry, ChunkRecord, stylize_chunk
 from segstyle_core.video.config import VideoOptions
@@ -63,12 +63,8 @@ class FramesRecord(StageRecord):
         return [str(path) for path in frame_files(self.path("frames"))]
 
 
-def _frames_key(name: str, video: str, cache_dir: str) -> StageKey:
-    return StageKey({"video": video}, {})
-
-
-@stage("video_frames", key=_frames_key, code=("segstyle_core.video.io",))
-def extract_frames(out: Path, name: str, video: str, cache_dir: str) -> FramesRecord:
+@stage("video_frames", files=("video",), code=("segstyle_core.video.io",))
+def extract_frames(out: Path, video: str) -> FramesRecord:
     """Decode the video file ``video`` into ``frames/frame_000000.png``, ... (streamed)."""
     folder = write_video(out / "frames", iter_frames(video), probe(video).fps)
     info = probe(folder)
@@ -103,39 +99,26 @@ def temporal_options(composite: CompositeConfig, options: VideoOptions) -> Tempo
     )
 
 
-def _backend_key(config: StylizerConfig | TrackerConfig) -> dict[str, Any]:
-    return {"identity": dataclasses.asdict(config.identity()), "settings": config.settings()}
+def _carry_key(previous: ChunkRecord | None) -> dict[str, Any] | None:
+    """The previous chunk by the content of the files it hands on."""
+    if previous is None:
+        return None
+    return {name: files_key(path) for name, path in previous.carry().files().items()}
 
 
-def _chunk_key(
-    first_index: int,
-    frame_paths: list[str],
-    prompt: dict[str, Any] | None,
-    previous: ChunkRecord | None,
-    stylizer: StylizerConfig,
-    tracker: TrackerConfig,
-    composite: CompositeConfig,
-    options: VideoOptions,
-    cache_dir: str,
-) -> StageKey:
-    files: dict[str, Any] = {f"frame_{i}": path for i, path in enumerate(frame_paths)}
-    files["style"] = stylizer.style_path()
-    if previous is not None:
-        files.update(previous.carry().files())
-    config = {
-        "first_index": first_index,
-        "prompt": prompt,
-        "tracker": _backend_key(tracker),
-        "stylizer": _backend_key(stylizer),
-        "content_size": options.height if stylizer.backend == "feedforward" else None,
-        "temporal": dataclasses.asdict(temporal_options(composite, options)),
-    }
-    return StageKey(files, config)
+def _stylizer_key(stylizer: StylizerConfig) -> dict[str, Any]:
+    """The painter: its identity, settings and style image's content."""
+    return {**backend_key(stylizer, stylizer.settings()), "style": files_key(stylizer.style_path())}
+
+
+def _tracker_key(tracker: TrackerConfig) -> dict[str, Any]:
+    return backend_key(tracker, tracker.settings())
 
 
 @stage(
     "video_chunk",
-    key=_chunk_key,
+    files=("frame_paths",),
+    keys={"previous": _carry_key, "stylizer": _stylizer_key, "tracker": _tracker_key},
     code=(
         "segstyle_core.video.chunks",
         "segstyle_core.video.temporal",
@@ -157,7 +140,6 @@ def stylize_video_chunk(
     tracker: TrackerConfig,
     composite: CompositeConfig,
     options: VideoOptions,
-    cache_dir: str,
 ) -> ChunkRecord:
     """Track, stylize and composite frames ``first_index``... (see
     :func:`segstyle_core.video.chunks.stylize_chunk`), starting from ``prompt`` (the first
@@ -196,17 +178,8 @@ class EncodeRecord(StageRecord):
     """Output ``video``: the encoded video file, or a frame folder."""
 
 
-def _encode_key(
-    name: str, frame_paths: list[str], fps: float, suffix: str, cache_dir: str
-) -> StageKey:
-    files = {f"frame_{i}": path for i, path in enumerate(frame_paths)}
-    return StageKey(files, {"fps": fps, "suffix": suffix})
-
-
-@stage("video_encode", key=_encode_key, code=("segstyle_core.video.io",))
-def encode_video(
-    out: Path, name: str, frame_paths: list[str], fps: float, suffix: str, cache_dir: str
-) -> EncodeRecord:
+@stage("video_encode", files=("frame_paths",), code=("segstyle_core.video.io",))
+def encode_video(out: Path, frame_paths: list[str], fps: float, suffix: str) -> EncodeRecord:
     """Encode PNG frames as ``video{suffix}`` (``suffix=""``: a frame folder) at ``fps``."""
     frames = (read_rgb(path) for path in frame_paths)
     return EncodeRecord(outputs={"video": str(write_video(out / f"video{suffix}", frames, fps))})
@@ -230,28 +203,22 @@ class ScoreRecord(StageRecord):
     mean_dice: float
 
 
-def _score_key(
-    name: str, image_paths: list[str], mask_paths: list[str], box: list[float], cache_dir: str
-) -> StageKey:
-    files: dict[str, Any] = {f"image_{i}": path for i, path in enumerate(image_paths)}
-    files.update({f"mask_{i}": path for i, path in enumerate(mask_paths)})
-    for i, path in enumerate(image_paths):
-        files[f"gt_{i}"] = frame_from_image_path(path).instance_ids_path
-    return StageKey(files, {"box": list(box)})
+def _images_key(image_paths: list[str]) -> list[dict[str, Any]]:
+    """Each image's content and that of its instance ground truth."""
+    return [
+        {"image": files_key(path), "gt": files_key(frame_from_image_path(path).instance_ids_path)}
+        for path in image_paths
+    ]
 
 
 @stage(
     "video_score",
-    key=_score_key,
+    files=("mask_paths",),
+    keys={"image_paths": _images_key},
     code=("segstyle_core.video.evaluate", "segstyle_core.metrics", "segstyle_core.cityscapes"),
 )
 def score_video(
-    out: Path,
-    name: str,
-    image_paths: list[str],
-    mask_paths: list[str],
-    box: list[float],
-    cache_dir: str,
+    out: Path, image_paths: list[str], mask_paths: list[str], box: list[float]
 ) -> ScoreRecord:
     """Score tracked masks against the Cityscapes instance ground truth of the boxed object
     (:func:`segstyle_core.video.evaluate.gt_track`): per-frame and mean IoU and Dice."""

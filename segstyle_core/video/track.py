@@ -30,12 +30,13 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from segstyle_core import weights
 from segstyle_core.backends import BackendConfig, BackendIdentity
 from segstyle_core.devices import resolve_device
 from segstyle_core.errors import ConfigError
 from segstyle_core.metrics import iou
 from segstyle_core.segment import SegmenterConfig
-from segstyle_core.segment.base import Prompt, Segmenter
+from segstyle_core.segment.base import Prompt, Sam2Variant, Segmenter
 from segstyle_core.video.flow import motion, optical_flow, warp_mask
 
 TRACKERS = ("flow", "sam2")
@@ -246,9 +247,7 @@ class TrackerConfig(BackendConfig):
     backend: Literal["flow", "sam2"] = "flow"
     """flow: optical-flow propagation refined by the segmenter below; sam2: SAM 2's video
     predictor (needs the sam2 package and a checkpoint)."""
-    sam2_variant: Literal["hiera_tiny", "hiera_small", "hiera_base_plus", "hiera_large"] = (
-        "hiera_tiny"
-    )
+    sam2_variant: Sam2Variant = "hiera_tiny"
     """SAM 2: the SAM 2.1 Hiera image encoder."""
     checkpoint: str | None = None
     """SAM 2: a checkpoint file of your own; none: the variant's official file in the weights
@@ -274,6 +273,14 @@ class TrackerConfig(BackendConfig):
     """Flow: the image segmenter of the first frame and of the refinement (its own device and
     weights folder)."""
 
+    def _sam2_checkpoint(self) -> weights.CheckpointFile:
+        """SAM 2's checkpoint: :attr:`checkpoint`, else the variant's official file, found and
+        verified."""
+        official = f"sam2.1_{self.sam2_variant}"
+        return weights.resolve_checkpoint(
+            self.checkpoint, "tracker.checkpoint", official, self.weights_dir
+        )
+
     def identity(self) -> BackendIdentity:
         """Name, variant and weights SHA-256, without loading a model (``flow``: the variant
         names the motion model, the flow preset and the refining segmenter; the weights are the
@@ -283,9 +290,7 @@ class TrackerConfig(BackendConfig):
             WeightsError: a checkpoint is missing or fails its checksum.
         """
         if self.backend == "sam2":
-            from segstyle_core.segment.sam2 import sam2_identity
-
-            return sam2_identity(self.sam2_variant, self.checkpoint, self.weights_dir)
+            return BackendIdentity("sam2", self.sam2_variant, self._sam2_checkpoint().sha256)
         segmenter = self.segmenter.identity()
         refiner = segmenter.name if self.refine else "none"
         variant = f"{self.motion_model}-{self.flow_preset}-{refiner}"
@@ -304,12 +309,11 @@ class TrackerConfig(BackendConfig):
     def build(self) -> MaskTracker:
         """The tracker; SAM 2 (and the flow tracker's segmenter) loaded once per process."""
         if self.backend == "sam2":
-            from segstyle_core.segment.sam2 import Sam2VideoTracker, sam2_checkpoint
+            from segstyle_core.segment.sam2 import Sam2VideoTracker
 
             def factory() -> MaskTracker:
-                path, digest = sam2_checkpoint(self.sam2_variant, self.checkpoint, self.weights_dir)
                 device = str(resolve_device(self.device))
-                return Sam2VideoTracker(self.sam2_variant, path, device, digest)
+                return Sam2VideoTracker(self.sam2_variant, self._sam2_checkpoint(), device)
 
             return self.load_once(factory)
         options = {name: getattr(self, name) for name in FLOW_OPTIONS}

@@ -1,0 +1,279 @@
+"""What an image goes through, declared once: the stage graphs of a dataset frame and a photo.
+
+A dataset frame (flows ``segment_and_stylize`` and ``evaluate_segmentation``, which has no
+stylize and no composite)::
+
+    gt ──► segment ──► metrics ──► stylize, once per distinct style ──► composite ──► figures
+    (GT mask,          (scores, the   of the frame's paint plan         (the used masks
+     prompts)           used masks)   (the metrics' classes)             in each style)
+
+A photo (``segstyle stylize`` and the flow ``stylize_image``)::
+
+    segment ──► stylize, once per distinct region style ──► composite
+
+Each stage is a cached :class:`~segstyle_core.stagecache.Stage` of :mod:`segstyle_core.stages`.
+The graphs start them through a :class:`Runner`: ``run(stage, run_name, **inputs)`` starts one
+stage and returns a :class:`Handle` whose ``result()`` is its record; an input may be an
+earlier stage's handle (or a list of them). :class:`InProcess` runs each stage at once in this
+process (``segstyle stylize``); the flows' runner, :class:`segstyle.tasks.stage.PrefectRunner`,
+submits each as a Prefect task that starts once its inputs are done, named ``run_name``. A
+runner binds the cache folder: no stage call names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from segstyle_core.cityscapes import Frame
+from segstyle_core.config import CompositeConfig, DatasetSelection, PromptConfig
+from segstyle_core.paint import PaintPlan, plan_by_class, plan_by_region
+from segstyle_core.segment import SegmenterConfig
+from segstyle_core.segment.base import Prompt
+from segstyle_core.stagecache import Stage, StageRecord
+from segstyle_core.stages.composite import CompositeRecord, composite
+from segstyle_core.stages.figures import figures
+from segstyle_core.stages.gt import binarize_gt
+from segstyle_core.stages.metrics import score_frame
+from segstyle_core.stages.segment import segment
+from segstyle_core.stages.stylize import StylizeRecord, stylize
+from segstyle_core.stylize import StylizerConfig
+
+R = TypeVar("R", bound=StageRecord)
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Handle(Protocol[R_co]):
+    """A started stage: ``result()`` waits for its record, or raises the stage's error."""
+
+    def result(self) -> R_co: ...
+
+
+class Runner(Protocol):
+    """Starts a stage with its inputs (records, or handles of earlier stages) in the runner's
+    cache folder; ``run_name`` names this run of it (``segment-<image id>``, ...)."""
+
+    def __call__(self, stage: Stage[..., R], run_name: str, /, **inputs: Any) -> Handle[R]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """What a dataset run applies to each of its frames: the flows' parameters.
+
+    Attributes:
+        dataset: the classes, the ground truth source and the seed of the box jitter.
+        prompts: where each frame's prompts come from (``auto``: automatic masks).
+        segmenter: the segmentation backend.
+        stylizer: the style-transfer backend and its styles; ``None``: masks and metrics only.
+        composite: the composite's mode, edge, colour and ROI settings.
+    """
+
+    dataset: DatasetSelection
+    prompts: PromptConfig
+    segmenter: SegmenterConfig
+    stylizer: StylizerConfig | None
+    composite: CompositeConfig
+
+    @property
+    def automatic(self) -> bool:
+        """Automatic masks (every mask the segmenter finds), not one mask per prompt."""
+        return self.prompts.source == "auto"
+
+
+def frame_stages(
+    run: Runner, frame: Frame, settings: RunSettings, stages: dict[str, Handle[StageRecord]]
+) -> Iterator[None]:
+    """Start the stages of one dataset frame, entering each into ``stages`` as it starts:
+    ``gt``, ``segment``, ``metrics``, ``stylize`` (``stylize_2``, ... for further styles),
+    ``composite``, ``figures``. A frame without a prompt, or whose ``gt`` (in automatic mode:
+    ``metrics``) failed, stops there.
+
+    A generator: it pauses (yields) before each wait for a stage's result, so that
+    :func:`run_frames` starts the stages of every frame up to that point first.
+    """
+    image_id = frame.image_id
+    gt = run(
+        binarize_gt,
+        f"gt-{image_id}",
+        frame=frame,
+        classes=settings.dataset.classes,
+        prompts=settings.prompts,
+        gt_source=settings.dataset.gt,
+        seed=settings.dataset.seed,
+    )
+    stages["gt"] = gt
+    yield  # every frame's gt starts before any wait
+    truth = _finished(gt)
+    if truth is None or not (settings.automatic or truth.prompts):
+        return
+    masks = run(
+        segment,
+        f"segment-{image_id}",
+        image=str(frame.image_path),
+        prompts=truth.prompts,
+        automatic=settings.automatic,
+        segmenter=settings.segmenter,
+    )
+    scores = run(
+        score_frame, f"metrics-{image_id}", gt=gt, masks=masks, automatic=settings.automatic
+    )
+    stages.update(segment=masks, metrics=scores)
+    if settings.automatic:  # the masks' classes are known once matched to the GT regions
+        yield  # every frame's masks start before any wait
+        scored = _finished(scores)
+        if scored is None:
+            return
+        labels = [score["prompt"].get("class_name") for score in scored.scores]
+    else:  # the prompts' classes are known: paint without waiting
+        labels = [prompt.get("class_name") for prompt in truth.prompts]
+    stylized: list[Handle[StylizeRecord]] = []
+    painted = None
+    if settings.stylizer is not None:
+        plan = plan_by_class(
+            labels, settings.dataset.classes, settings.stylizer, settings.composite.mode
+        )
+        stylized, painted = paint(
+            run,
+            str(frame.image_path),
+            image_id,
+            plan,
+            scores,
+            settings.stylizer,
+            settings.composite,
+        )
+        # "stylize" is the first style's (published, and shown in the figures)
+        stages.update(
+            {"stylize" if k == 0 else f"stylize_{k + 1}": h for k, h in enumerate(stylized)}
+        )
+        stages["composite"] = painted
+    panel = run(
+        figures,
+        f"figures-{image_id}",
+        frame=frame,
+        gt=gt,
+        masks=masks,
+        scores=scores,
+        automatic=settings.automatic,
+        stylized=stylized[0] if stylized else None,
+        painted=painted,
+    )
+    stages["figures"] = panel
+
+
+_DONE = object()
+
+
+def run_frames(
+    run: Runner, frames: Sequence[Frame], settings: RunSettings
+) -> list[dict[str, Handle[StageRecord]]]:
+    """Start the stages of every frame (:func:`frame_stages`), round by round: every frame's
+    ``gt`` first, then, frame by frame as its ``gt`` is done, its masks and metrics (and,
+    unless automatic, its painting); in automatic mode the painting comes in a third round.
+    Returns each frame's stages (stage name -> handle, in pipeline order)."""
+    stages: list[dict[str, Handle[StageRecord]]] = [{} for _ in frames]
+    pending = [frame_stages(run, f, settings, s) for f, s in zip(frames, stages, strict=True)]
+    while pending:
+        pending = [graph for graph in pending if next(graph, _DONE) is not _DONE]
+    return stages
+
+
+def photo_stages(
+    run: Runner,
+    image: str,
+    prompts: Sequence[Prompt],
+    styles: Sequence[str],
+    segmenter: SegmenterConfig,
+    stylizer: StylizerConfig,
+    settings: CompositeConfig,
+) -> Handle[CompositeRecord]:
+    """Start the stages of one photo: segment its prompted regions, paint region ``k`` in
+    ``styles[k]`` (:func:`segstyle_core.paint.plan_by_region`); return the handle of
+    ``composite.png`` (the photo's size, ``H×W×3`` RGB)."""
+    image_id = Path(image).stem
+    masks = run(
+        segment,
+        f"segment-{image_id}",
+        image=image,
+        prompts=[p.as_dict() for p in prompts],
+        automatic=False,
+        segmenter=segmenter,
+    )
+    return paint(run, image, image_id, plan_by_region(styles), masks, stylizer, settings)[1]
+
+
+def paint(
+    run: Runner,
+    image: str,
+    image_id: str,
+    plan: PaintPlan,
+    masks: Handle[StageRecord],
+    stylizer: StylizerConfig,
+    settings: CompositeConfig,
+) -> tuple[list[Handle[StylizeRecord]], Handle[CompositeRecord]]:
+    """Start the painting of one image: ``stylize`` once per style of ``plan`` (run
+    ``stylize-<image id>-<style file's stem>``; with an ROI margin, only its own masks' box),
+    then ``composite`` of the plan's layers over ``masks`` (per-prompt masks)."""
+    stylized = [
+        run(
+            stylize,
+            f"stylize-{image_id}-{Path(style).stem}",
+            image=image,
+            style=style,
+            stylizer=stylizer,
+            **plan.roi_options(index, settings, masks),
+        )
+        for index, style in enumerate(plan.styles)
+    ]
+    painted = run(
+        composite,
+        f"composite-{image_id}",
+        image=image,
+        stylized=stylized,
+        masks=masks,
+        layers=plan.layers,
+        settings=settings,
+    )
+    return stylized, painted
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """A runner that runs each stage at once, in this process, with its results in
+    ``cache_dir``; a failing stage raises its error from the call."""
+
+    cache_dir: Path
+
+    def __call__(self, stage: Stage[..., R], run_name: str, /, **inputs: Any) -> Done[R]:
+        """Run ``stage`` (``run_name`` names nothing here: there is no run to show)."""
+        return Done(stage.run(self.cache_dir, **{k: _resolved(v) for k, v in inputs.items()}))
+
+
+@dataclass(frozen=True)
+class Done(Generic[R]):
+    """The handle of a stage that has run: its record."""
+
+    record: R
+
+    def result(self) -> R:
+        """The record."""
+        return self.record
+
+
+def _resolved(value: Any) -> Any:
+    """An input with every :class:`Done` handle in it replaced by its record."""
+    if isinstance(value, Done):
+        return value.record
+    if isinstance(value, list):
+        return [_resolved(item) for item in value]
+    return value
+
+
+def _finished(handle: Handle[R]) -> R | None:
+    """The handle's record, or ``None`` when its stage failed or could not start (the flow
+    reports that failure as the image's error)."""
+    try:
+        return handle.result()
+    except Exception:  # noqa: BLE001 - any failure of the stage: the frame stops here
+        return None
