@@ -207,10 +207,8 @@ class Stylize(RunCommand):
         Everything that can fail before the work (prompts, output path, checkpoints, style
         image) is checked first; a failing stage's own error is printed as one line.
         """
-        from segstyle_core.images import check_output_path, read_rgb, write_image
-        from segstyle_core.paint import region_styles
-        from segstyle_core.photo import photo_prompts, stylize_photo
-        from segstyle_core.preflight import check_style
+        from segstyle_core.images import read_rgb, write_image
+        from segstyle_core.photo import check_photo_job, stylize_photo
 
         segmenter = SEGMENTER.build(self)
         stylizer = build_stylizer(self, self.style, segmenter, several=True)
@@ -222,22 +220,12 @@ class Stylize(RunCommand):
             points=tuple(self.point),
             styles=tuple(plain) if len(plain) > 1 else (),
         )
-        prompts = photo_prompts(self.image, given)
-        styles = region_styles(given, len(prompts), stylizer, composite.mode)
-        output = check_output_path(self.output, [self.image, *styles])
-        segmenter.identity()
-        stylizer.identity()
-        check_style(stylizer, styles)
+        job = check_photo_job(self.image, self.output, given, segmenter, stylizer, composite)
+        cache = str(Path(outputs.out) / "cache")
         record = stylize_photo(
-            self.image,
-            prompts,
-            styles,
-            segmenter,
-            stylizer,
-            composite,
-            str(Path(outputs.out) / "cache"),
+            self.image, job.prompts, job.styles, segmenter, stylizer, composite, cache
         )
-        print(write_image(output, read_rgb(record.path("composite")), quality=self.quality))
+        print(write_image(job.output, read_rgb(record.path("composite")), quality=self.quality))
         return 0
 
 
@@ -344,13 +332,13 @@ class Demo(RunCommand):
             SegmenterConfig,
             StylizerConfig,
         )
-        from segstyle_core.demo.dataset import generate_demo_dataset
+        from segstyle_core.demo.dataset import ensure_demo_dataset
         from segstyle_core.preflight import check_run_inputs
 
         data = Path(self.data)
         if not (data / "leftImg8bit").is_dir():
             print(f"writing the demo dataset to {data} ...", file=sys.stderr)
-            generate_demo_dataset(data, size=_size(self.size), frames_per_city=self.frames)
+        ensure_demo_dataset(str(data), size=_size(self.size), frames_per_city=self.frames)
         dataset = DatasetSelection(root=str(data), city=self.city, classes=self.classes)
         prompts = PromptConfig(source="gt-instances")
         segmenter = SegmenterConfig(backend="grabcut")

@@ -23,8 +23,6 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from segstyle.flows.artifacts import publish_artifacts
-from segstyle.flows.demo_dataset import ensure_demo_dataset
-from segstyle.flows.rows import frame_rows, run_columns, style_columns
 from segstyle.tasks.publish import publish
 from segstyle.tasks.sample import sample_city
 from segstyle.tasks.stage import PrefectRunner
@@ -37,10 +35,12 @@ from segstyle_core.config import (
     SegmenterConfig,
     StylizerConfig,
 )
+from segstyle_core.demo.dataset import ensure_demo_dataset
 from segstyle_core.errors import SegstyleError
 from segstyle_core.pipeline import Handle, RunSettings, run_frames
 from segstyle_core.preflight import check_run_inputs
 from segstyle_core.report import write_report
+from segstyle_core.rows import frame_rows, run_columns, style_columns
 from segstyle_core.run_summary import short_error
 from segstyle_core.stagecache import StageRecord
 

@@ -19,11 +19,9 @@ from segstyle_core.config import (
     SegmenterConfig,
     StylizerConfig,
 )
-from segstyle_core.images import check_output_path, read_rgb, write_image
-from segstyle_core.paint import region_styles
-from segstyle_core.photo import photo_prompts
+from segstyle_core.images import read_rgb, write_image
+from segstyle_core.photo import check_photo_job
 from segstyle_core.pipeline import photo_stages
-from segstyle_core.preflight import check_style
 
 
 @flow(name="stylize_image")
@@ -48,12 +46,9 @@ def stylize_image(
         composite: object or background mode, soft edge, colour preservation, ROI.
         outputs: the output folder holding the cache.
     """
-    prompt_list = photo_prompts(image, prompts)
-    styles = region_styles(prompts, len(prompt_list), stylizer, composite.mode)
-    check_output_path(output, [image, *styles])
-    check_style(stylizer, styles)
+    job = check_photo_job(image, output, prompts, segmenter, stylizer, composite)
     run = PrefectRunner(Path(outputs.out) / "cache")
-    record = photo_stages(run, image, prompt_list, styles, segmenter, stylizer, composite).result()
-    target = write_image(output, read_rgb(record.path("composite")))
+    record = photo_stages(run, image, job.prompts, job.styles, segmenter, stylizer, composite)
+    target = write_image(job.output, read_rgb(record.result().path("composite")))
     get_run_logger().info("wrote %s", target)
     return str(target)

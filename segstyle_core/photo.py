@@ -7,12 +7,15 @@ for a Prefect server.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from segstyle_core.config import CompositeConfig, PhotoPrompts
 from segstyle_core.errors import InputError
-from segstyle_core.images import read_rgb
+from segstyle_core.images import check_output_path, read_rgb
+from segstyle_core.paint import region_styles
 from segstyle_core.pipeline import InProcess, photo_stages
+from segstyle_core.preflight import check_style
 from segstyle_core.prompts.from_gt import jitter_boxes
 from segstyle_core.prompts.validation import parse_box, parse_point, validate_prompt
 from segstyle_core.segment import SegmenterConfig
@@ -54,6 +57,40 @@ def photo_prompts(image_path: str, given: PhotoPrompts) -> list[Prompt]:
         jitter_px=given.box_jitter_px,
         seed=given.seed,
     )
+
+
+@dataclass(frozen=True)
+class PhotoJob:
+    """One photo's checked work: its prompts, the style of each (``styles[k]`` for
+    ``prompts[k]``) and the output file."""
+
+    prompts: list[Prompt]
+    styles: list[str]
+    output: Path
+
+
+def check_photo_job(
+    image_path: str,
+    output: str,
+    given: PhotoPrompts,
+    segmenter: SegmenterConfig,
+    stylizer: StylizerConfig,
+    settings: CompositeConfig,
+) -> PhotoJob:
+    """Everything about one photo that can fail before the work, checked in this order: the
+    prompts against the image, each region's style, the output path, the checkpoints and the
+    style images (``segstyle stylize`` and the ``stylize_image`` flow both start here).
+
+    Raises:
+        SegstyleError: the first problem, one line naming its file or setting.
+    """
+    prompts = photo_prompts(image_path, given)
+    styles = region_styles(given, len(prompts), stylizer, settings.mode)
+    target = check_output_path(output, [image_path, *styles])
+    segmenter.identity()
+    stylizer.identity()
+    check_style(stylizer, styles)
+    return PhotoJob(prompts, styles, target)
 
 
 def stylize_photo(

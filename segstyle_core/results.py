@@ -347,7 +347,7 @@ def _made_here(parts: Path) -> bool:
     return match is not None and match["host"] == _HOST
 
 
-def _resume_key(parts: Path) -> tuple[str, str | None, str]:
+def _manifest(parts: Path) -> tuple[str, str | None, str]:
     """``(flow_run_id, resume_key, opened_at)`` from a parts folder's ``_run.json``."""
     try:
         value = json.loads((parts / _MANIFEST).read_text(encoding="utf-8"))
@@ -434,50 +434,49 @@ class _Run:
             return
         shutil.rmtree(trash, ignore_errors=True)
 
-    def release(self) -> None:
-        """Remove the lock file if no process holds it (locking it first, so that a process
-        that opened it meanwhile notices and makes a new one)."""
-        fd = _lock(self.lock, create=False)
-        if fd is not None:
-            _unlink(self.lock)
-            os.close(fd)
-
     def recover(self, leftovers: Sequence[tuple[Path, str | None]]) -> None:
         """Recovery (module docstring) for this run's hidden ``leftovers``: ``(path, kind)``,
         ``kind`` the name of the group of :data:`_HIDDEN` its name matched last (``host``:
-        a parts folder)."""
+        a parts folder). What is not sealed is touched only while holding the run's lock, so
+        never while its process (on this host) lives."""
         linked = self.linked()
-        ended = not _held(self.lock)
-        foreign = False  # an unsealed folder of another host: its lock is not ours to remove
+        unsealed = []
         for path, kind in leftovers:
-            if kind == "host":
-                if (path / _SEAL).exists():
-                    if path == linked:
-                        self.finish(path)
-                    else:
-                        self.retire(path)
-                elif not _made_here(path):
-                    foreign = True
-                elif ended and path != linked:
+            if kind == "host" and (path / _SEAL).exists():
+                if path == linked:
+                    self.finish(path)
+                else:
                     self.retire(path)
-                elif ended and _parts_in(path):  # a killed run's rows: drop its temporaries
-                    for leftover in path.iterdir():
-                        if leftover.name[0] == "." or leftover.name == _LINK:
-                            _unlink(leftover)
-                elif ended:  # a killed run without rows
-                    _unlink(self.entry)
-                    self.retire(path)
+            elif kind == "host":
+                unsealed.append(path)
             elif kind == "trash":
-                shutil.rmtree(path, ignore_errors=True)
-            elif kind == "legacy":
-                if not os.path.lexists(self.entry):
-                    table = _read_parts(_parts_in(path), path)
-                    _write_atomic(table, self.entry)
                 shutil.rmtree(path, ignore_errors=True)
             elif kind == "compacted":
                 _unlink(path)
-        if ended and not foreign:
-            self.release()
+        if not all(map(_made_here, unsealed)):  # another host's run: its lock is not ours
+            return
+        fd = None if _held(self.lock) else _lock(self.lock, create=True)
+        if fd is None:  # the run is live
+            return
+        try:
+            linked = self.linked()
+            for path in unsealed:
+                if path == linked and _parts_in(path):  # a killed run's rows: keep them
+                    for leftover in path.iterdir():
+                        if leftover.name[0] == "." or leftover.name == _LINK:
+                            _unlink(leftover)
+                    continue
+                if path == linked:  # a killed run without rows
+                    _unlink(self.entry)
+                self.retire(path)
+            for path, kind in leftovers:
+                if kind == "legacy":
+                    if not os.path.lexists(self.entry):
+                        _write_atomic(_read_parts(_parts_in(path), path), self.entry)
+                    shutil.rmtree(path, ignore_errors=True)
+        finally:
+            _unlink(self.lock)
+            os.close(fd)
 
 
 def finish_ended_runs(metrics_dir: str | os.PathLike[str]) -> None:
@@ -630,7 +629,7 @@ class RunRows:
             parts = other.linked()
             if entry.name[0] in "._" or parts is None or other.run_id == self.flow_run_id:
                 continue
-            run_id, key, opened_at = _resume_key(parts)
+            run_id, key, opened_at = _manifest(parts)
             if key == self.resume_key and _made_here(parts) and not (parts / _SEAL).exists():
                 candidates.append((opened_at, other, parts, run_id or other.run_id))
         for _, other, parts, run_id in sorted(candidates, key=lambda c: c[0], reverse=True):

@@ -7,6 +7,7 @@ flow checks SIGKILL a ``segstyle run`` after some images and fill the disk durin
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -115,36 +116,50 @@ _CHANGES = ("open", "mkdir", "rename", "replace", "symlink", "unlink", "rmdir")
 _KILLED = 137
 
 
-def _killed_after(changes: int, action: Callable[[], None]) -> bool:
-    """Run ``action`` in a forked child that dies (``os._exit``, as abruptly as SIGKILL: no
-    cleanup, no ``finally``) right after its ``changes``-th change of the file system; return
-    whether it died before ``action`` was done."""
+def _start(action: Callable[[], None]) -> int:
+    """Run ``action`` in a forked child; return its pid. The child exits 0 when ``action``
+    returns, 1 when it raises."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        count = 0
-
-        def counting(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
-            def change(*args: Any, **kwargs: Any) -> Any:
-                nonlocal count
-                result = real(*args, **kwargs)
-                if name != "open" or args[1] & os.O_CREAT:
-                    count += 1
-                    if count == changes:
-                        os._exit(_KILLED)
-                return result
-
-            return change
-
-        for name in _CHANGES:
-            setattr(os, name, counting(name, getattr(os, name)))
         try:
             action()
         except BaseException:
             traceback.print_exc()
             os._exit(1)
         os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    return pid
+
+
+def _exit_code(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _dying(changes: int, action: Callable[[], None]) -> None:  # pragma: no cover - a child
+    """Run ``action``, and die (``os._exit``, as abrupt as SIGKILL: no cleanup, no
+    ``finally``) right after its ``changes``-th change of the file system."""
+    count = 0
+
+    def counting(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def change(*args: Any, **kwargs: Any) -> Any:
+            nonlocal count
+            result = real(*args, **kwargs)
+            if name != "open" or args[1] & os.O_CREAT:
+                count += 1
+                if count == changes:
+                    os._exit(_KILLED)
+            return result
+
+        return change
+
+    for name in _CHANGES:
+        setattr(os, name, counting(name, getattr(os, name)))
+    action()
+
+
+def _killed_after(changes: int, action: Callable[[], None]) -> bool:
+    """Run ``action`` in a child that dies right after its ``changes``-th change of the file
+    system; return whether it died before ``action`` was done."""
+    code = _exit_code(_start(functools.partial(_dying, changes, action)))
     assert code in (0, _KILLED), f"the writer failed (exit {code})"
     return code == _KILLED
 
@@ -307,6 +322,64 @@ def test_another_hosts_run_is_left_alone_until_sealed_then_finished(metrics: Pat
     (elsewhere / "_sealed").touch()  # the remote run finished its images, then was killed
     assert _counts(results.read_metrics(metrics)) == {"a": 2, "b": 2}
     assert _files(metrics) == ["flow=f/local.parquet", "flow=f/remote.parquet"]
+
+
+# --- several processes at once -----------------------------------------------------------
+
+
+def _write_images(metrics: Path, run: str, images: int) -> None:
+    with results.RunRows(metrics, "f", run, resume_key=run) as durable:
+        for index in range(images):
+            durable.write_image(f"i{index}", _image_rows(f"i{index}", run))
+        durable.compact()
+
+
+def _read_while(pids: list[int], metrics: Path) -> list[int]:
+    """Read the folder (plain pandas and :func:`results.read_metrics`) until the processes
+    ``pids`` end, asserting that no read shows an image of a run twice; return their exit
+    codes."""
+    codes: dict[int, int] = {}
+    while len(codes) < len(pids):
+        for pid in set(pids) - set(codes):
+            ended, status = os.waitpid(pid, os.WNOHANG)
+            if ended:
+                codes[pid] = os.waitstatus_to_exitcode(status)
+        try:
+            frames = [_visible(metrics)]
+        except OSError:  # pandas listed a part that was then published: no instant's state
+            frames = []
+        with contextlib.suppress(results.InputError):  # nothing visible yet
+            frames.append(results.read_metrics(metrics))
+        for frame in frames:
+            assert not frame.duplicated(["flow_run_id", "image_id", "prompt_index"]).any()
+    return [codes[pid] for pid in pids]
+
+
+def test_several_writers_and_readers_at_once_never_see_an_image_twice(metrics: Path) -> None:
+    runs = [f"w{index}" for index in range(4)]
+    pids = [_start(functools.partial(_write_images, metrics, run, 30)) for run in runs]
+    assert _read_while(pids, metrics) == [0] * len(runs)
+    assert _files(metrics) == [f"flow=f/{run}.parquet" for run in runs]
+    counts = pd.read_parquet(metrics).groupby("flow_run_id").size().to_dict()
+    assert counts == dict.fromkeys(runs, 60)
+
+
+def test_many_processes_finishing_the_same_sealed_runs_publish_each_once(metrics: Path) -> None:
+    """As hosts that share a folder would: each sealed run is finished by whoever is first."""
+    runs = [f"s{index}" for index in range(6)]
+    for run in runs:
+        durable = results.RunRows(metrics, "f", run).open()
+        for image_id in ("a", "b", "c"):
+            durable.write_image(image_id, _image_rows(image_id, run))
+        (durable.parts / "_sealed").touch()  # then killed before it staged the file
+        durable.close()
+    pids = [_start(functools.partial(results.finish_ended_runs, metrics)) for _ in range(4)]
+    assert _read_while(pids, metrics) == [0] * 4
+    assert _files(metrics) == [f"flow=f/{run}.parquet" for run in runs]
+    assert not any(p.is_symlink() for p in metrics.rglob("*"))
+    assert pd.read_parquet(metrics).groupby("flow_run_id").size().to_dict() == dict.fromkeys(
+        runs, 6
+    )
 
 
 def test_a_retry_starts_from_its_file_and_replaces_rows_without_duplicates(

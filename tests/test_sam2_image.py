@@ -304,8 +304,8 @@ def test_gatys_loads_an_own_vgg_checkpoint(tmp_path: Path) -> None:
 
 
 def test_parquet_rows_record_the_full_hashes_of_own_checkpoints(tmp_path: Path) -> None:
-    from segstyle.flows.rows import run_columns
     from segstyle_core.config import DatasetSelection
+    from segstyle_core.rows import run_columns
 
     sam2, vgg, style = tmp_path / "sam2.pt", tmp_path / "vgg.pth", tmp_path / "style.png"
     sam2.write_bytes(b"SAM 2 weights")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import uuid
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -323,4 +325,60 @@ def generate_demo_dataset(
             frame = render_scene(build_scene(width, height, rng), width, height, rng)
             annotated = gt_dir if number < frames_per_city else None
             write_frame(frame, image_dir, annotated, f"{city}_{number:06d}_000019")
+    return root
+
+
+# ------------------------------------------------------------------ the demo dataset on demand
+# The offline nightly deployment points at ``data/demo`` (relative to the worker's working
+# directory, the repository root); on a machine where ``make demo`` never ran that folder is
+# missing, so the flow (and ``segstyle demo``) call :func:`ensure_demo_dataset` first.
+
+
+def ensure_demo_dataset(
+    root: str,
+    *,
+    size: tuple[int, int] | None = None,
+    frames_per_city: int | None = None,
+    cities: Sequence[str] | None = None,
+    seed: int = 0,
+) -> str:
+    """Return ``root``, first writing the generated demo dataset there when it is missing.
+
+    A folder that already holds ``leftImg8bit/`` is returned untouched (whatever its size or
+    cities). A missing or empty folder gets the demo dataset, written into a temporary sibling
+    and renamed into place, so an interrupted run never leaves half a dataset and two runs
+    starting at once both end with one complete dataset. The optional arguments pass through
+    to the generator (its defaults are those of ``segstyle demo``).
+
+    Raises:
+        ConfigError: ``root`` exists and holds something other than a dataset (never
+            overwritten), or is a file.
+    """
+    path = Path(root)
+    if (path / "leftImg8bit").is_dir():
+        return root
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConfigError(
+            f"{root} exists but holds no leftImg8bit/ folder; it is not a Cityscapes-layout "
+            "dataset and is left alone (point the run at another folder, or empty this one)"
+        )
+    options: dict[str, Any] = {"seed": seed}  # only what the caller chose; else its defaults
+    if size is not None:
+        options["size"] = size
+    if frames_per_city is not None:
+        options["frames_per_city"] = frames_per_city
+    if cities is not None:
+        options["cities"] = tuple(cities)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()  # the umask's permissions, unlike tempfile.mkdtemp's 0700
+    try:
+        generate_demo_dataset(staging, **options)
+        try:
+            os.rename(staging, path)  # replaces a missing or empty folder, atomically
+        except OSError:
+            if not (path / "leftImg8bit").is_dir():  # not another run's finished dataset
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return root
