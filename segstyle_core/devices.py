@@ -39,22 +39,20 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ConfigError(
-            f"unknown device {device!r}: use --device auto, cpu, cuda or cuda:N"
-        ) from None
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cpu":
         return resolved
     if resolved.type != "cuda":
-        raise ConfigError(f"unsupported device {device!r}: use --device auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise ConfigError(
-            f"device {device!r} requested but CUDA is not available: use --device cpu"
+            f"device {device!r} requested but CUDA is not available: use the device cpu"
         )
     index = torch.cuda.current_device() if resolved.index is None else resolved.index
     if index >= torch.cuda.device_count():
         raise ConfigError(
             f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices): "
-            "use --device cuda:0 or --device auto"
+            "use the device cuda:0 or auto"
         )
     return torch.device("cuda", index)
 
@@ -143,6 +141,6 @@ def memory_guard(what: str) -> Iterator[None]:
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
         raise ResourceError(
-            f"{what}: out of memory; use a smaller --height (target size), fewer prompts per "
-            "image, or --device cpu"
+            f"{what}: out of memory; use a smaller working height, fewer prompts per image, or "
+            "the device cpu"
         ) from exc

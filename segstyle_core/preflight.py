@@ -147,7 +147,7 @@ def check_run_inputs(
     Raises:
         SegstyleError: the first problem found, as one line naming the file and the fix.
     """
-    check_writable_folder(outputs.out, f"--out {outputs.out}")
+    check_writable_folder(outputs.out, f"outputs.out {outputs.out}")
     cityscapes.resolve_root(dataset.root)
     cityscapes.class_ids(list(dataset.classes))
     sample = check_sample(dataset)

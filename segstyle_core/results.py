@@ -40,11 +40,14 @@ finished image's rows exactly once; a kill after any step loses and doubles noth
 :func:`read_metrics` before it reads): whoever comes next finishes a sealed folder from
 wherever it stopped (steps 5 to 7; step 5 gives the same rows whoever does it, and step 6
 renames a file that only one process can rename), retires a sealed folder that no link names,
-and removes trash. An unsealed folder belongs to its writer. Only when it was made on this
-host and its lock is free (its process is gone) does the recovery remove its hidden
-temporary files, retire it if no link names it, and remove the lock. So several hosts can
-write runs into one shared folder without locks across hosts: what another host's run leaves
-is touched only once sealed, and then only by steps any process may repeat.
+and removes trash. An unsealed folder belongs to its writer: only when it was made on this
+host, and the recovery can take the run's lock (its process is gone), does it remove the
+folder's hidden temporary files, retire it if no link names it (or the link and the folder if
+it holds no part), and remove the lock. So several hosts can write runs into one shared folder
+without locks across hosts: what another host's run leaves is touched only once sealed, and
+then only by steps that any process may repeat. A kill of the recovery leaves one of the states
+above. A reader that lists a folder and then reads its files may find a part gone (published
+meanwhile): plain pandas then raises, :func:`read_metrics` lists again.
 
 A retried flow run (same flow run id) goes on from its own rows: each image it redoes
 replaces its part, and its file holds every part, redone or not. Folders of earlier segstyle
@@ -243,38 +246,82 @@ def _printable(line: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def _read_rows(file: Path, folder: Path) -> pa.Table:
-    """The rows of one results file as a table of :data:`SCHEMA` (columns that a file of an
-    older schema version lacks are empty).
+def _check(file: Path, folder: Path) -> None:
+    """Check that ``file`` is a Parquet file of segstyle's results (its footer and schema).
 
     Raises:
         InputError: not a readable Parquet file, or not segstyle's results (another schema):
             one line naming the file and the fix (move it out of ``folder``).
-        FileNotFoundError: the file vanished while being read (a run published or retired its
-            parts folder): list the folder again.
+        FileNotFoundError: the file vanished (a run published or retired its parts folder):
+            list the folder again.
     """
     try:
         schema = pq.read_schema(file)
-        names = schema.names
-        ours = "schema_version" in names and "image_id" in names and set(names) <= set(COLUMNS)
-        if ours:
-            try:
-                schema.empty_table().cast(pa.schema([SCHEMA.field(name) for name in names]))
-            except pa.ArrowException:
-                ours = False
-        if not ours:
-            shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-            raise InputError(
-                f"{file}: not a segstyle results file (columns {shown}); move it out of {folder}"
-            )
-        return ds.dataset(str(file), schema=SCHEMA, format="parquet").to_table()
     except (pa.ArrowException, OSError) as exc:
-        if not file.is_file():
-            raise FileNotFoundError(errno.ENOENT, "vanished while reading", str(file)) from exc
+        raise _unreadable(file, folder, exc) from exc
+    names = schema.names
+    ours = "schema_version" in names and "image_id" in names and set(names) <= set(COLUMNS)
+    if ours:
+        try:
+            schema.empty_table().cast(pa.schema([SCHEMA.field(name) for name in names]))
+        except pa.ArrowException:
+            ours = False
+    if not ours:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise InputError(
-            f"{file}: not a readable Parquet file ({_first_line(exc)}); delete it or move it "
-            f"out of {folder}"
-        ) from exc
+            f"{file}: not a segstyle results file (columns {shown}); move it out of {folder}"
+        )
+
+
+def _unreadable(file: Path, folder: Path, exc: BaseException) -> Exception:
+    """The error for ``file`` that failed to read with ``exc``: :class:`FileNotFoundError`
+    when it is gone, else an :class:`InputError` naming it and the fix."""
+    if not file.is_file():
+        return FileNotFoundError(errno.ENOENT, "vanished while reading", str(file))
+    return InputError(
+        f"{file}: not a readable Parquet file ({_first_line(exc)}); delete it or move it out "
+        f"of {folder}"
+    )
+
+
+def _usable(files: Sequence[Path], folder: Path, skipped: list[str]) -> list[Path]:
+    """``files`` that pass :func:`_check`; each other one adds its line to ``skipped``.
+
+    Raises:
+        FileNotFoundError: a file vanished: list the folder again.
+    """
+    usable = []
+    for file in files:
+        try:
+            _check(file, folder)
+            usable.append(file)
+        except InputError as exc:
+            skipped.append(str(exc))
+    return usable
+
+
+def _read_files(usable: Sequence[Path], folder: Path, skipped: list[str]) -> pa.Table:
+    """The rows of :func:`_usable` results files as one table of :data:`SCHEMA` (columns that
+    files of older schema versions lack are empty), in the files' order. A file whose data
+    fails to read is left out with a line in ``skipped``.
+
+    Raises:
+        FileNotFoundError: a file vanished: list the folder again.
+    """
+    try:  # all at once; one by one only to find a file whose data is bad behind a good footer
+        return ds.dataset([str(f) for f in usable], schema=SCHEMA, format="parquet").to_table()
+    except (pa.ArrowException, OSError):
+        pass
+    tables = [SCHEMA.empty_table()]
+    for file in usable:
+        try:
+            tables.append(ds.dataset(str(file), schema=SCHEMA, format="parquet").to_table())
+        except (pa.ArrowException, OSError) as exc:
+            error = _unreadable(file, folder, exc)
+            if isinstance(error, FileNotFoundError):
+                raise error from exc
+            skipped.append(str(error))
+    return pa.concat_tables(tables)
 
 
 def _parts_in(parts: Path) -> list[Path]:
@@ -287,15 +334,14 @@ def _parts_in(parts: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def _read_parts(parts: Sequence[Path], folder: Path) -> pa.Table:
-    """The rows of ``parts`` as one table; an unusable part is skipped with a warning line."""
-    tables = [SCHEMA.empty_table()]
-    for part in parts:
-        try:
-            tables.append(_read_rows(part, folder))
-        except InputError as exc:
-            _log.warning("skipped: %s", _printable(str(exc)))
-    return pa.concat_tables(tables)
+def _read_parts(parts: Path) -> pa.Table:
+    """The rows of the parts in the parts folder ``parts``, oldest first; an unusable part is
+    left out with a warning line."""
+    skipped: list[str] = []
+    table = _read_files(_usable(_parts_in(parts), parts, skipped), parts, skipped)
+    for line in skipped:
+        _log.warning("skipped: %s", _printable(line))
+    return table
 
 
 # ----------------------------------------------------------------------------- locks
@@ -415,8 +461,7 @@ class _Run:
             if self.linked() == parts:
                 staged = parts / _STAGED
                 if not staged.exists():
-                    table = _read_parts(_parts_in(parts), parts)
-                    _write_atomic(table, staged)
+                    _write_atomic(_read_parts(parts), staged)
                 os.replace(staged, self.entry)
         except OSError as exc:
             if exc.errno not in _GONE:
@@ -472,7 +517,7 @@ class _Run:
             for path, kind in leftovers:
                 if kind == "legacy":
                     if not os.path.lexists(self.entry):
-                        _write_atomic(_read_parts(_parts_in(path), path), self.entry)
+                        _write_atomic(_read_parts(path), self.entry)
                     shutil.rmtree(path, ignore_errors=True)
         finally:
             _unlink(self.lock)
@@ -601,7 +646,12 @@ class RunRows:
         parts = self._run.new_parts()
         self._write_manifest(parts)
         if self.final.exists():  # a finished attempt: its rows become parts
-            table = _read_rows(self.final, self._run.folder)
+            skipped: list[str] = []
+            table = _read_files(
+                _usable([self.final], self._run.folder, skipped), self._run.folder, skipped
+            )
+            if skipped:
+                raise InputError(skipped[0])
             for image_id in pc.unique(table["image_id"]).to_pylist():
                 if image_id:
                     image_rows = table.filter(pc.equal(table["image_id"], image_id))
@@ -756,12 +806,12 @@ def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
         tables: list[pa.Table] = []
         skipped: list[str] = []
         try:
+            by_flow: dict[str | None, list[Path]] = {}
             for file, flow in _result_files(path, skipped):
-                try:
-                    table = _read_rows(file, path)
-                except InputError as exc:
-                    skipped.append(str(exc))
-                    continue
+                by_flow.setdefault(flow, []).append(file)
+            usable = {flow: _usable(files, path, skipped) for flow, files in by_flow.items()}
+            for flow, files in usable.items():
+                table = _read_files(files, path, skipped)
                 flows = pa.array([flow] * len(table), pa.string())
                 tables.append(table.append_column("flow", flows))
             break
@@ -771,7 +821,7 @@ def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
             time.sleep(0.05)
     for line in skipped:
         _log.warning("skipped: %s", _printable(line))
-    if not tables:
+    if not any(usable.values()):
         raise InputError(f"{path}: no Parquet results here yet; run `segstyle run` first")
     return pa.concat_tables(tables).to_pandas()
 

@@ -530,7 +530,7 @@ def _prepare_folder(cache_dir: Path, directory: Path) -> None:
         reason = (exc.strerror or str(exc)).lower()
         raise StorageError(
             f"{cache_dir}: cannot write to this cache folder ({reason}) and a result in it must "
-            "be computed again; make the folder writable, or choose another --out",
+            "be computed again; make the folder writable, or choose another outputs.out",
             exc.errno,
             str(cache_dir),
         ) from exc

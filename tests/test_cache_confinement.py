@@ -413,7 +413,7 @@ def test_a_read_only_cache_serves_hits_and_refuses_a_recompute_in_one_line(
     assert miss.returncode == 1
     last = miss.stderr.strip().splitlines()[-1]
     assert last.startswith(f"segstyle_core.errors.StorageError: {root}: cannot write"), last
-    assert "make the folder writable, or choose another --out" in last
+    assert "make the folder writable, or choose another outputs.out" in last
     assert len(list(root.glob("figures/*/*"))) == 1  # no folder for the missed result
 
 

@@ -19,7 +19,7 @@ def test_out_of_memory_becomes_a_resource_error(error: Exception) -> None:
         raise error
     message = str(info.value)
     assert message.startswith("big.png: stylizing 9000x6000: out of memory")
-    assert "--height" in message and "--device cpu" in message and "\n" not in message
+    assert "smaller working height" in message and "device cpu" in message and "\n" not in message
     assert info.value.__cause__ is error
 
 

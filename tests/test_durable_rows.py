@@ -328,9 +328,11 @@ def test_another_hosts_run_is_left_alone_until_sealed_then_finished(metrics: Pat
 
 
 def _write_images(metrics: Path, run: str, images: int) -> None:
+    """Flow run ``run``: an image every 20 ms or so, then compact."""
     with results.RunRows(metrics, "f", run, resume_key=run) as durable:
         for index in range(images):
             durable.write_image(f"i{index}", _image_rows(f"i{index}", run))
+            time.sleep(0.02)
         durable.compact()
 
 

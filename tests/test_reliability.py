@@ -564,7 +564,7 @@ def test_out_of_memory_fails_one_image_with_advice(
     assert failed["status"].eq("failed").all() and len(failed) == 1
     error = failed["error"].iloc[0]
     assert "out of memory" in error and "\n" not in error
-    assert "--device cpu" in error or "--height" in error
+    assert "device cpu" in error or "working height" in error
     assert str(victim.image_path) in error
     others = rows[rows["image_id"] != victim.image_id]
     assert others["image_id"].nunique() == 2 and others["status"].eq("ok").all()

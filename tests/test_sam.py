@@ -302,7 +302,7 @@ def test_resolve_device() -> None:
     with pytest.raises(ConfigError, match="unknown device"):
         resolve_device("gpu0")
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="use --device cpu"):
+        with pytest.raises(ConfigError, match="use the device cpu"):
             resolve_device("cuda:0")
 
 

@@ -39,7 +39,6 @@ from segstyle_core.segment import SegmenterConfig
 from segstyle_core.segment.base import Prompt, Sam2Variant, Segmenter
 from segstyle_core.video.flow import motion, optical_flow, warp_mask
 
-TRACKERS = ("flow", "sam2")
 #: How :class:`FlowTracker` carries a mask: a similarity transform fitted to the flow inside it
 #: (rigid objects: cars) or the flow at every pixel (objects that change shape: people).
 MOTION_MODELS = ("similarity", "dense")
