@@ -55,6 +55,7 @@ bench: $(LINKED)
 	$(PY) benchmarks/bench_sam_prompts.py
 	$(PY) benchmarks/bench_encoders.py
 	$(PY) benchmarks/bench_service.py
+	$(PY) benchmarks/bench_dask.py
 	$(PY) benchmarks/bench_pipeline.py
 
 lint: $(LINKED)

@@ -1,10 +1,11 @@
 """Prefect artifacts of a dataset run: metrics table, markdown summary, report and output links
 (rendered by :mod:`segstyle_core.run_summary`).
 
-Links point at ``segstyle serve`` when ``SEGSTYLE_OUTPUTS_URL`` is set (see
-:mod:`segstyle_core.outputs`); otherwise they are shown as plain file paths, since the UI's
-browser refuses ``file://`` links. Only then does the summary show the worst images as
-thumbnails.
+Links point at ``segstyle serve`` when the server that the setting names (``SEGSTYLE_OUTPUTS_URL``,
+else the Prefect Variable ``segstyle-outputs-url``, else 127.0.0.1:4201) says it serves the
+run's ``out`` folder (see :mod:`segstyle_core.outputs`); only then does the summary show the
+worst images as thumbnails. Otherwise the artifacts show plain file paths, since the UI's
+browser refuses ``file://`` links, and the summary one line saying how to get links.
 
 One set per flow run: the keys are built from the run name and the flow run id, and a second
 :func:`publish_artifacts` in the same flow run (a retry) updates those artifacts in place
@@ -26,7 +27,10 @@ import pandas as pd
 
 from segstyle_core.errors import ConfigError
 from segstyle_core.outputs import (
-    local_server_url,
+    OUTPUTS_URL_VARIABLE,
+    LinkTarget,
+    check_outputs_url,
+    link_target,
     outputs_url,
 )
 from segstyle_core.results import COLUMNS
@@ -52,22 +56,46 @@ def artifact_key(run_name: str, flow_run_id: str | None, kind: str) -> str:
     ].strip("-")
 
 
-def _base_url(out_root: Path) -> str | None:
-    """``SEGSTYLE_OUTPUTS_URL``; else a ``segstyle serve`` on 127.0.0.1 serving ``out_root``;
-    else ``None``. A malformed setting gives a warning and ``None`` (the run's work is done by
-    now; its artifacts fall back to file paths rather than failing it)."""
-    try:
-        return outputs_url() or local_server_url(out_root)
-    except ConfigError as exc:
-        from prefect.exceptions import MissingContextError
-        from prefect.logging import get_run_logger
+def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The flow run's logger inside a flow run, else this module's."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
 
-        try:
-            logger = get_run_logger()
-        except MissingContextError:
-            logger = _log
-        logger.warning("%s; the artifacts show file paths instead of links", exc)
-        return None
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return _log
+
+
+def configured_outputs_url() -> str | None:
+    """The outputs server's address: ``SEGSTYLE_OUTPUTS_URL``, else the Prefect Variable
+    ``segstyle-outputs-url``, else ``None``.
+
+    Raises:
+        ConfigError: the value is not an http(s) URL.
+    """
+    from prefect.variables import Variable
+
+    configured = outputs_url()
+    if configured is not None:
+        return configured
+    value = Variable.get(OUTPUTS_URL_VARIABLE, default=None)
+    return check_outputs_url(str(value or ""), f"Prefect Variable {OUTPUTS_URL_VARIABLE}")
+
+
+def links_for(out_root: Path) -> LinkTarget:
+    """Where the artifacts of a run writing to ``out_root`` link (see
+    :func:`segstyle_core.outputs.link_target`). A malformed setting gives a warning and plain
+    paths (the run's work is done by now; its artifacts fall back to file paths rather than
+    failing it). The hint, when there is one, is logged once."""
+    try:
+        target = link_target(out_root, configured_outputs_url())
+    except ConfigError as exc:
+        _run_logger().warning("%s; the artifacts show file paths instead of links", exc)
+        return LinkTarget(None)
+    if target.hint:
+        _run_logger().info("%s", target.hint)
+    return target
 
 
 def _upsert(
@@ -129,8 +157,8 @@ def publish_artifacts(
         parquet_path: the run's Parquet file.
         run_name: the flow run's name.
         report: the run's ``report.html``.
-        out_root: the flows' ``out`` folder, which ``segstyle serve --out`` serves; default:
-            the folder holding ``runs/`` above ``report``.
+        out_root: the flows' ``out`` folder, one that ``segstyle serve --out`` serves for
+            links; default: the folder holding ``runs/`` above ``report``.
         flow_run_id: default: the current flow run's id.
 
     Artifacts: ``...-metrics`` (table), ``...-summary`` (markdown), ``...-report`` (link to
@@ -144,7 +172,8 @@ def publish_artifacts(
     if flow_run_id is None:
         current = flow_run.get_id()
         flow_run_id = str(current) if current else None
-    base_url = _base_url(root)
+    links = links_for(root)
+    base_url = links.base_url
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     artifacts = [
         (
@@ -163,6 +192,7 @@ def publish_artifacts(
                 out_root=root,
                 report=report,
                 base_url=base_url,
+                link_hint=links.hint,
             ),
             "Run summary: headline IoU, worst images, failures",
         ),

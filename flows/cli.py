@@ -121,7 +121,8 @@ def _run_flow(flow: Any, *parameters: Any) -> int:
         return 0
     error = state.result(raise_on_failure=False)
     parquet = results.run_file(out / "metrics", flow.name, str(state.state_details.flow_run_id))
-    if parquet.exists():  # the run ended: some images failed, their rows say why
+    if parquet.is_file():  # the run ended: some images failed, their rows say why (a
+        # link: it never compacted)
         print(f"segstyle: {error}", file=sys.stderr)
         print(parquet)
         return EXIT_FAILED_IMAGES
@@ -142,7 +143,32 @@ def _error_text(error: object, fallback: str | None) -> str:
     return (text.splitlines() or [type(error).__name__])[0]
 
 
-class Run(RunCommand):
+class DatasetCommand(RunCommand):
+    """A dataset run, on threads (default) or on a Dask cluster (:mod:`segstyle.flows.cluster`)."""
+
+    dask: str | None = Field(
+        default=None,
+        description="scheduler address of a Dask cluster to run the tasks on (default: "
+        "$SEGSTYLE_DASK_ADDRESS, else threads)",
+    )
+    workers: int | None = Field(
+        default=None, ge=1, description="start a local Dask cluster of N worker processes"
+    )
+
+    def on(self, flow: Any) -> Any:
+        """``flow`` with this command's task runner.
+
+        Raises:
+            ConfigError: both ``--dask`` and ``--workers``.
+        """
+        from segstyle.flows.cluster import task_runner
+
+        if self.dask and self.workers:
+            raise ConfigError("--dask and --workers: give one (a cluster, or one to start)")
+        return flow.with_options(task_runner=task_runner(self.dask, self.workers))
+
+
+class Run(DatasetCommand):
     """segment, stylize and score a Cityscapes-layout dataset"""
 
     groups = (DATASET, PROMPTS, SEGMENTER, STYLIZER, COMPOSITE, OUTPUTS)
@@ -161,10 +187,10 @@ class Run(RunCommand):
         composite, outputs = COMPOSITE.build(self), OUTPUTS.build(self)
         check_run_inputs(dataset, prompts, segmenter, stylizer, outputs, composite)  # no server yet
         configs = (dataset, prompts, segmenter, stylizer, composite, outputs)
-        return _run_flow(segment_and_stylize, *configs)
+        return _run_flow(self.on(segment_and_stylize), *configs)
 
 
-class Evaluate(RunCommand):
+class Evaluate(DatasetCommand):
     """segment and score only, no styling"""
 
     groups = (DATASET, PROMPTS, SEGMENTER, OUTPUTS)
@@ -180,7 +206,7 @@ class Evaluate(RunCommand):
         )
         outputs = OUTPUTS.build(self)
         check_run_inputs(dataset, prompts, segmenter, None, outputs)
-        return _run_flow(evaluate_segmentation, dataset, prompts, segmenter, outputs)
+        return _run_flow(self.on(evaluate_segmentation), dataset, prompts, segmenter, outputs)
 
 
 class Stylize(RunCommand):
@@ -399,7 +425,33 @@ class Results(Command):
     metrics: str = "artifacts/metrics"
 
     def cli_cmd(self) -> int:
-        return _cmd_results(self)
+        import pandas as pd
+
+        from segstyle_core import results
+
+        everything = results.read_metrics(self.metrics)  # its errors name the folder
+        try:
+            key, rows = results.select_run(everything, self.run)
+        except SegstyleError as exc:
+            raise SegstyleError(f"{self.metrics}: {exc}") from None
+        partial = {run.flow_run_id: run for run in results.partial_runs(self.metrics)}
+        print(f"run {rows['run_id'].iloc[0]} ({key})")
+        if key in partial:
+            run = partial[key]
+            how = (
+                "still running"
+                if run.writing
+                else "interrupted before it finished; rerun the same command to resume it"
+            )
+            print(f"partial: {run.images} images so far ({run.parts}), {how}")
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print(results.summarize(rows).to_string(index=False))
+        failed = rows.loc[rows["status"] == "failed", ["image_id", "error"]].drop_duplicates()
+        if len(failed):
+            print(f"\nfailed images:\n{failed.to_string(index=False)}")
+        if not rows["status"].eq("ok").any():
+            print(f"\nno image of this run succeeded ({len(failed)} failed); fix the errors above")
+        return 0
 
 
 class Serve(Command):
@@ -433,55 +485,6 @@ COMMANDS: dict[str, type[Command]] = {
     "results": Results,
     "serve": Serve,
 }
-
-
-def _cmd_results(args: Results) -> int:
-    import pandas as pd
-
-    from segstyle_core import results
-
-    everything = results.read_metrics(args.metrics)
-    if everything.empty:
-        raise SegstyleError(f"{args.metrics}: the results hold no rows; run `segstyle run` first")
-    # a run is its flow run id (files of old versions may only have the run's name)
-    everything = everything.assign(
-        _run=everything["flow_run_id"].fillna(everything["run_id"]).fillna("(unnamed)")
-    )
-    order = list(
-        everything.sort_values("started_at", na_position="first", kind="stable")["_run"]
-        .drop_duplicates(keep="last")
-        .astype(str)
-    )
-    frame = everything
-    if args.run:
-        frame = everything[(everything["run_id"] == args.run) | (everything["_run"] == args.run)]
-        if frame.empty:
-            names = everything.drop_duplicates("_run").set_index("_run")["run_id"]
-            latest = [f"{names[key]} ({key})" for key in order[-5:]]
-            raise SegstyleError(
-                f"{args.metrics}: no run named {args.run!r}; latest runs: {', '.join(latest)}"
-            )
-    chosen = next(key for key in reversed(order) if key in set(frame["_run"]))
-    frame = frame[frame["_run"] == chosen].drop(columns="_run")
-    partial = {run.flow_run_id: run for run in results.partial_runs(args.metrics)}
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(f"run {frame['run_id'].iloc[0]} ({chosen})")
-        if chosen in partial:
-            run = partial[chosen]
-            how = (
-                "still running"
-                if run.writing
-                else "interrupted before it finished; rerun the same command to resume it"
-            )
-            print(f"partial: {run.images} images so far ({run.parts}), {how}")
-        print(results.summarize(frame).to_string(index=False))
-        failed = frame[frame["status"] == "failed"][["image_id", "error"]].drop_duplicates()
-        if len(failed):
-            print("\nfailed images:")
-            print(failed.to_string(index=False))
-        if not frame["status"].eq("ok").any():
-            print(f"\nno image of this run succeeded ({len(failed)} failed); fix the errors above")
-    return 0
 
 
 def _add_argument(parser: Any, *names: str, **options: Any) -> Any:

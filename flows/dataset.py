@@ -6,6 +6,13 @@ pictures are published and its rows written. One image's failure never stops the
 row is written with status ``failed`` and its error, and the flow run ends Failed so the
 Prefect UI offers Retry. A retry recomputes only what failed; every finished stage comes back
 from the run's cache.
+
+An expected failure (failed images, a bad setting, missing weights) ends the run as a
+returned ``Failed`` state, not a raised exception: its message (the UI's state column) names
+the failed count and the first error, the worker logs no traceback, and Prefect writes no
+result. A run is named ``<city>-<segmenter>-<stylizer>-<date>`` and writes its pictures and
+report to ``<out>/runs/<name>-<first 8 characters of its id>`` (:func:`run_folder`); the rows'
+``run_id`` is its name. Timeout, crash retries and result settings: :mod:`segstyle.flows.runs`.
 """
 
 from __future__ import annotations
@@ -19,10 +26,19 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from segstyle.flows.artifacts import publish_artifacts
+from segstyle.flows.runs import (
+    DATASET_TIMEOUT_S,
+    FLOW_OPTIONS,
+    city_part,
+    run_name,
+    setting,
+    state_message,
+)
 from segstyle.tasks.publish import publish
 from segstyle.tasks.sample import sample_city
 from segstyle.tasks.stage import PrefectRunner
@@ -36,7 +52,7 @@ from segstyle_core.config import (
     StylizerConfig,
 )
 from segstyle_core.demo.dataset import ensure_demo_dataset
-from segstyle_core.errors import SegstyleError
+from segstyle_core.errors import SegstyleError, error_line
 from segstyle_core.pipeline import Handle, RunSettings, run_frames
 from segstyle_core.preflight import check_run_inputs
 from segstyle_core.report import write_report
@@ -52,6 +68,28 @@ TASK_RUNNER: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS)
 
 class RunFailed(SegstyleError):
     """Some images failed; their rows are in the Parquet file with their errors."""
+
+
+def run_folder(out: str | Path, name: str, flow_run_id: str) -> Path:
+    """The folder of a run's pictures and report: ``<out>/runs/<name>-<first 8 of its id>``
+    (a name alone repeats: the same settings on the same day)."""
+    return Path(out) / "runs" / f"{name}-{flow_run_id[:8]}"
+
+
+def _dataset_run_name(styled: bool) -> str:
+    """The current run's name: ``<city>-<segmenter>[-<stylizer>]-<date>``."""
+    parameters = flow_run.get_parameters()
+    city = setting(parameters, "dataset", "city", DatasetSelection().city)
+    backends = [setting(parameters, "segmenter", "backend", SegmenterConfig().backend)]
+    if styled:
+        backends.append(setting(parameters, "stylizer", "backend", StylizerConfig().backend))
+    return run_name(city_part(city), *backends)
+
+
+def _failed(error: SegstyleError, summary: str) -> State[str]:
+    """The returned end of a run that failed as expected: ``summary`` cut for the UI's state
+    column; the error itself (whole) is the state's data, which ``state.result()`` raises."""
+    return Failed(message=state_message(summary), data=error)
 
 
 def _error_of(future: PrefectFuture[Any]) -> str | None:
@@ -77,8 +115,19 @@ def _outcome(stages: Mapping[str, Handle[Any]]) -> tuple[dict[str, StageRecord],
     return {n: f.result() for n, f in futures.items() if errors[n] is None}, first
 
 
-def run_dataset(settings: RunSettings, outputs: OutputConfig) -> str:
-    """Run every image of the sample through the stages; write the Parquet; return its path."""
+def run_dataset(settings: RunSettings, outputs: OutputConfig) -> State[str]:
+    """Run every image of the sample through the stages and write the Parquet: Completed
+    with its path as the result, or Failed (failed images, or a :class:`SegstyleError` before
+    any image) with the error as its data."""
+    try:
+        return _run_dataset(settings, outputs)
+    except SegstyleError as error:
+        get_run_logger().error("%s", error_line(error))
+        return _failed(error, error_line(error))
+
+
+def _run_dataset(settings: RunSettings, outputs: OutputConfig) -> State[str]:
+    """:func:`run_dataset`, whose settings and inputs may raise :class:`SegstyleError`."""
     logger = get_run_logger()
     started = dt.datetime.now(dt.UTC)
     dataset, stylizer = settings.dataset, settings.stylizer
@@ -93,15 +142,16 @@ def run_dataset(settings: RunSettings, outputs: OutputConfig) -> str:
         outputs=outputs,
     )
     out = Path(outputs.out)
-    run_name = flow_run.get_name() or "local"
-    run_dir = str(out / "runs" / run_name)
+    name = flow_run.get_name() or "local"
+    flow_run_id = str(flow_run.get_id() or name)
+    run_dir = str(run_folder(out, name, flow_run_id))
     config = {
         name: None if value is None else value.model_dump(mode="json")
         for name, value in vars(settings).items()
     }
     common = run_columns(
-        run_name=run_name,
-        flow_run_id=str(flow_run.get_id() or run_name),
+        run_name=name,
+        flow_run_id=flow_run_id,
         dataset=dataset,
         config=config,
         segmenter=seg_identity,
@@ -141,21 +191,31 @@ def run_dataset(settings: RunSettings, outputs: OutputConfig) -> str:
         Path(run_dir),
         pd.DataFrame(rows),
         config,
-        f"segstyle {flow_name} · {run_name}",
+        f"segstyle {flow_name} · {name}",
         metric="iou" if settings.automatic else "iou_instance",
     )
-    publish_artifacts(rows, str(parquet), run_name, report, out)
+    publish_artifacts(rows, str(parquet), name, report, out)
     logger.info("wrote %d rows for %d images to %s", len(rows), len(sample.frames), parquet)
     if failed:
-        raise RunFailed(
-            f"{len(failed)} of {len(sample.frames)} images failed "
-            f"(first: {failed[0][0]}: {short_error(failed[0][1])}); "
-            f"rows with their errors are in {parquet}; fix the inputs and retry this flow run"
+        count = f"{len(failed)} of {len(sample.frames)} images failed"
+        first = f"first: {failed[0][0]}: {short_error(failed[0][1])}"
+        return _failed(
+            RunFailed(
+                f"{count} ({first}); rows with their errors are in {parquet}; "
+                "fix the inputs and retry this flow run"
+            ),
+            f"{count}; {first}",
         )
-    return str(parquet)
+    return Completed(data=str(parquet))
 
 
-@flow(name="segment_and_stylize", task_runner=TASK_RUNNER)
+@flow(
+    name="segment_and_stylize",
+    flow_run_name=lambda: _dataset_run_name(styled=True),
+    task_runner=TASK_RUNNER,
+    timeout_seconds=DATASET_TIMEOUT_S,
+    **FLOW_OPTIONS,
+)
 def segment_and_stylize(
     dataset: DatasetSelection = DatasetSelection(),
     prompts: PromptConfig = PromptConfig(),
@@ -163,11 +223,11 @@ def segment_and_stylize(
     stylizer: StylizerConfig = StylizerConfig(),
     composite: CompositeConfig = CompositeConfig(),
     outputs: OutputConfig = OutputConfig(),
-) -> str:
+) -> State[str]:
     """Segment, stylize and composite every fine-annotated frame of the selected cities (one,
     several or a whole split); score every mask.
 
-    Returns the run's Parquet file. Every setting's default and description is in its model
+    Its result is the run's Parquet file. Every setting's default and description is in its model
     (:mod:`segstyle_core.config`).
 
     Args:
@@ -189,14 +249,20 @@ def segment_and_stylize(
     return run_dataset(settings, outputs)
 
 
-@flow(name="evaluate_segmentation", task_runner=TASK_RUNNER)
+@flow(
+    name="evaluate_segmentation",
+    flow_run_name=lambda: _dataset_run_name(styled=False),
+    task_runner=TASK_RUNNER,
+    timeout_seconds=DATASET_TIMEOUT_S,
+    **FLOW_OPTIONS,
+)
 def evaluate_segmentation(
     dataset: DatasetSelection = DatasetSelection(),
     prompts: PromptConfig = PromptConfig(),
     segmenter: SegmenterConfig = SegmenterConfig(),
     outputs: OutputConfig = OutputConfig(),
-) -> str:
-    """Masks and metrics only, no styling. Returns the run's Parquet file.
+) -> State[str]:
+    """Masks and metrics only, no styling. Its result is the run's Parquet file.
 
     Args:
         dataset: which frames: the dataset root, cities, split, classes, ground truth source,

@@ -1,7 +1,9 @@
 """``segstyle serve``: the run outputs over HTTP on 127.0.0.1, so the Prefect UI can show them.
 
-**What is served.** The regular files under ``<out>/runs`` and ``<out>/metrics``, at ``/runs``
-and ``/metrics``, and nothing else:
+**What is served.** The regular files under ``<out>/runs`` and ``<out>/metrics`` of each
+``--out``, at ``<prefix>/runs`` and ``<prefix>/metrics``, and nothing else. One ``--out`` has
+the empty prefix (``/runs``, ``/metrics``); several each get ``/<folder name>`` (made
+URL-safe, ``-2``, ``-3`` … where names repeat; see :func:`root_prefixes`).
 
 - *Roots are fixed at start.* ``--out`` is resolved once (a symlinked ``--out`` is followed then,
   and the real folder it named stays the root). Each served folder must be a real folder
@@ -15,15 +17,16 @@ and ``/metrics``, and nothing else:
   (checked with ``lstat`` on the resolved path, so a FIFO is never opened; only a file
   swapped in between that check and the open, by someone who can write there, escapes it).
 - *No listing.* ``/`` is a fixed page saying what is served; no folder's content is listed.
-  ``/segstyle-root`` (:data:`~segstyle_core.outputs.ROOT_PATH`) answers ``{"root": <out>}``,
-  the resolved ``--out``, for :func:`segstyle_core.outputs.local_server_url`.
+  ``/segstyle-roots`` (:data:`~segstyle_core.outputs.ROOTS_PATH`) answers
+  ``{"roots": [{"prefix": ..., "root": <out>}, ...]}``, each resolved ``--out`` with its
+  prefix, so a flow links only files that are served (:func:`segstyle_core.outputs.link_target`).
 - *Loopback only.* The server binds loopback addresses only and has no authentication, so it is
   for the machine it runs on (reach it from elsewhere through an SSH tunnel). A request whose
   ``Host`` header is not ``127.0.0.1``, ``localhost``, ``[::1]`` or the bound host (any port)
   answers 400, so a web page cannot reach it through DNS rebinding.
 
-Files answer ``Cache-Control: no-cache``. Point the flows at the server with
-``SEGSTYLE_OUTPUTS_URL`` (see :mod:`segstyle_core.outputs`).
+Files answer ``Cache-Control: no-cache``. Point the flows at the server with the Prefect
+Variable ``segstyle-outputs-url`` or ``SEGSTYLE_OUTPUTS_URL`` (see :mod:`segstyle_core.outputs`).
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from __future__ import annotations
 import html
 import ipaddress
 import os
+import re
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -45,7 +50,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from segstyle_core.errors import ConfigError
-from segstyle_core.outputs import DEFAULT_PORT, OUTPUTS_URL_ENV, ROOT_PATH, SERVED_FOLDERS
+from segstyle_core.outputs import (
+    DEFAULT_PORT,
+    OUTPUTS_URL_ENV,
+    OUTPUTS_URL_VARIABLE,
+    ROOTS_PATH,
+    SERVED_FOLDERS,
+)
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -145,44 +156,73 @@ def served_folder(root: Path, name: str) -> Path:
     return folder
 
 
-def _front_page(root: Path) -> str:
+def root_prefixes(roots: Sequence[Path]) -> dict[str, Path]:
+    """URL prefix -> resolved root: ``""`` for a single root (the same folder named twice is
+    one root); else ``/<name>`` with characters other than letters, digits, ``.``, ``_`` and
+    ``-`` made ``-``, and ``-2``, ``-3`` … added where names repeat."""
+    unique = list(dict.fromkeys(Path(root).resolve() for root in roots))
+    if len(unique) == 1:
+        return {"": unique[0]}
+    prefixes: dict[str, Path] = {}
+    for root in unique:
+        name = re.sub(r"[^A-Za-z0-9._-]", "-", root.name).strip(".") or "out"
+        prefix, number = f"/{name}", 1
+        while prefix in prefixes:
+            number += 1
+            prefix = f"/{name}-{number}"
+        prefixes[prefix] = root
+    return prefixes
+
+
+def _front_page(prefixes: dict[str, Path]) -> str:
     """The fixed ``/`` page: what is served, without listing any folder."""
+    sections = "".join(
+        f"<h2>{html.escape(str(root))}</h2>"
+        f"<ul><li>{html.escape(prefix)}/runs/&lt;run&gt;/report.html: a run's report</li>"
+        f"<li>{html.escape(prefix)}/runs/&lt;run&gt;/&lt;image_id&gt;/&lt;file&gt;: an image's "
+        f"outputs</li><li>{html.escape(prefix)}/metrics/flow=&lt;flow&gt;/&lt;id&gt;.parquet: "
+        "a run's rows</li></ul>"
+        for prefix, root in prefixes.items()
+    )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         "<title>segstyle outputs</title></head><body><h1>segstyle outputs</h1>"
-        f"<p>The run outputs of {html.escape(str(root))}, for the links in the Prefect UI:</p>"
-        "<ul><li>/runs/&lt;run&gt;/report.html: a run's report</li>"
-        "<li>/runs/&lt;run&gt;/&lt;image_id&gt;/&lt;file&gt;: an image's outputs</li>"
-        "<li>/metrics/flow=&lt;flow&gt;/&lt;id&gt;.parquet: a run's rows</li></ul>"
+        f"<p>The run outputs of these folders, for the links in the Prefect UI:</p>{sections}"
         "<p>Folders are not listed.</p></body></html>"
     )
 
 
-def make_app(root: Path, host: str = "127.0.0.1") -> Starlette:
-    """The ASGI app serving ``root``'s :data:`~segstyle_core.outputs.SERVED_FOLDERS` to
-    requests addressed to ``host`` or a loopback name (see the module docstring).
+def make_app(roots: Path | Sequence[Path], host: str = "127.0.0.1") -> Starlette:
+    """The ASGI app serving the :data:`~segstyle_core.outputs.SERVED_FOLDERS` of each root,
+    under its prefix (:func:`root_prefixes`), to requests addressed to ``host`` or a loopback
+    name (see the module docstring).
 
-    ``root`` is resolved here, once, and its served folders are checked (and created when
+    Each root is resolved here, once, and its served folders are checked (and created when
     missing) by :func:`served_folder`.
 
     Raises:
         ConfigError: a served folder is a symlink, not a folder, or cannot be created.
     """
-    root = Path(root).resolve()
-    folders = {name: served_folder(root, name) for name in SERVED_FOLDERS}
-    front_page = _front_page(root)
+    prefixes = root_prefixes([roots] if isinstance(roots, Path) else roots)
+    mounts = [
+        Mount(f"{prefix}/{name}", _ConfinedFiles(served_folder(root, name)))
+        for prefix, root in prefixes.items()
+        for name in SERVED_FOLDERS
+    ]
+    front_page = _front_page(prefixes)
+    listed = {"roots": [{"prefix": p, "root": str(r)} for p, r in prefixes.items()]}
 
     async def index(request: Request) -> HTMLResponse:
         return HTMLResponse(front_page, headers=NO_CACHE)
 
-    async def served_root(request: Request) -> JSONResponse:
-        return JSONResponse({"root": str(root)}, headers=NO_CACHE)
+    async def served_roots(request: Request) -> JSONResponse:
+        return JSONResponse(listed, headers=NO_CACHE)
 
     routes: list[Route | Mount] = [
         Route("/", index, methods=["GET", "HEAD"]),
-        Route(ROOT_PATH, served_root, methods=["GET"]),
+        Route(ROOTS_PATH, served_roots, methods=["GET"]),
+        *mounts,
     ]
-    routes += [Mount(f"/{name}", _ConfinedFiles(folders[name]), name=name) for name in folders]
     return Starlette(
         routes=routes,
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts(host))],
@@ -205,11 +245,12 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(root: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-    """Serve ``root/runs`` and ``root/metrics`` at ``http://host:port`` until interrupted.
+def serve(roots: Path | Sequence[Path], host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+    """Serve each root's ``runs`` and ``metrics`` at ``http://host:port<prefix>`` until
+    interrupted.
 
     Args:
-        root: the flows' ``out`` folder (``--out``): what ``SEGSTYLE_OUTPUTS_URL`` points at.
+        roots: the flows' ``out`` folders (``--out``, one or several).
         host: a loopback address (see :func:`check_loopback`).
         port: TCP port; 0 picks a free one.
 
@@ -220,14 +261,18 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None
     import uvicorn
 
     check_loopback(host)
-    root = Path(root).resolve()
-    app = make_app(root, host)
+    prefixes = root_prefixes([roots] if isinstance(roots, Path) else roots)
+    app = make_app(list(prefixes.values()), host)
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
     address = f"http://{url_host(host)}:{bound}"
+    served = "\n".join(
+        f"serving {root / 'runs'} and {root / 'metrics'} at {address}{prefix}/"
+        for prefix, root in prefixes.items()
+    )
     print(
-        f"serving {root / 'runs'} and {root / 'metrics'} at {address}/ (Ctrl-C stops)\n"
-        f"for the flows: export {OUTPUTS_URL_ENV}={address}",
+        f"{served}\n(Ctrl-C stops) for the flows: prefect variable set {OUTPUTS_URL_VARIABLE} "
+        f"{address} --overwrite (or export {OUTPUTS_URL_ENV}={address})",
         file=sys.stderr,
         flush=True,
     )

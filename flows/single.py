@@ -2,7 +2,9 @@
 
 For deployments and the Prefect UI: the photo's stage graph
 (:func:`segstyle_core.pipeline.photo_stages`) as Prefect tasks; ``segstyle stylize`` runs the same
-graph without Prefect (:func:`segstyle_core.photo.stylize_photo`).
+graph without Prefect (:func:`segstyle_core.photo.stylize_photo`). A run is named
+``<photo>-<segmenter>-<stylizer>-<date>``; timeout, crash retries and result settings:
+:mod:`segstyle.flows.runs`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
+from segstyle.flows.runs import FLOW_OPTIONS, PHOTO_TIMEOUT_S, run_name, setting
 from segstyle.tasks.stage import PrefectRunner
 from segstyle_core.config import (
     CompositeConfig,
@@ -24,7 +28,22 @@ from segstyle_core.photo import check_photo_job
 from segstyle_core.pipeline import photo_stages
 
 
-@flow(name="stylize_image")
+def _photo_run_name() -> str:
+    """The current run's name: ``<photo's stem>-<segmenter>-<stylizer>-<date>``."""
+    parameters = flow_run.get_parameters()
+    return run_name(
+        Path(str(parameters.get("image", "photo"))).stem,
+        setting(parameters, "segmenter", "backend", SegmenterConfig().backend),
+        setting(parameters, "stylizer", "backend", StylizerConfig().backend),
+    )
+
+
+@flow(
+    name="stylize_image",
+    flow_run_name=_photo_run_name,
+    timeout_seconds=PHOTO_TIMEOUT_S,
+    **FLOW_OPTIONS,
+)
 def stylize_image(
     image: str,
     output: str,

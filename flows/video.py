@@ -4,7 +4,9 @@ Frames -> chunks of ``chunk_size`` frames (each: track the mask, stylize, blend 
 previous painting, composite; cached, retried, one after the other since each starts from the
 previous chunk's last frame) -> encode -> copy to ``output``. When the input is a Cityscapes
 sequence with instance ground truth, the tracked masks are scored against it. Per-frame flicker
-(and IoU) go to ``<out>/runs/video/<name>/metrics.json``.
+(and IoU) go to ``<out>/runs/video/<name>/metrics.json``. A run is named
+``<video>-<tracker>-<stylizer>-<date>``; timeout, crash retries and result settings:
+:mod:`segstyle.flows.runs`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
+from segstyle.flows.runs import FLOW_OPTIONS, VIDEO_TIMEOUT_S, run_name, setting
 from segstyle.tasks.stage import PrefectRunner
 from segstyle_core.config import CompositeConfig, OutputConfig
 from segstyle_core.errors import ConfigError
@@ -84,7 +88,22 @@ def _metrics(chunks: list[ChunkRecord], scores: ScoreRecord | None, output: Path
     }
 
 
-@flow(name="stylize_video")
+def _video_run_name() -> str:
+    """The current run's name: ``<video's stem>-<tracker>-<stylizer>-<date>``."""
+    parameters = flow_run.get_parameters()
+    return run_name(
+        Path(str(parameters.get("video", "video"))).stem,
+        setting(parameters, "tracker", "backend", TrackerConfig().backend),
+        setting(parameters, "stylizer", "backend", VIDEO_STYLIZER.backend),
+    )
+
+
+@flow(
+    name="stylize_video",
+    flow_run_name=_video_run_name,
+    timeout_seconds=VIDEO_TIMEOUT_S,
+    **FLOW_OPTIONS,
+)
 def stylize_video(
     video: str,
     output: str,

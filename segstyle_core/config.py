@@ -42,7 +42,7 @@ class DatasetSelection(ConfigModel):
     """City to sample: a name, several (comma-separated; a list in the flows), 'all' (every
     city of the split, sorted) or 'random' (one drawn with the seed). None is 'random'; several
     names are kept sorted and without repeats; one name stays a plain string."""
-    split: str = "train"
+    split: Literal["train", "val", "test"] = "train"
     """Split: train, val or test."""
     classes: tuple[str, ...] = ("car",)
     """Cityscapes class names whose ground truth is binarized and prompted."""

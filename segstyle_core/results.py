@@ -84,7 +84,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from segstyle_core.errors import InputError, StorageError, os_error_message, storage_error
+from segstyle_core.errors import (
+    InputError,
+    SegstyleError,
+    StorageError,
+    os_error_message,
+    storage_error,
+)
 from segstyle_core.fileio import FILE_MODE, atomic_write_with, write_json_atomic
 
 _log = logging.getLogger(__name__)
@@ -884,3 +890,40 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         )
     )
     return scores.join(per_image).reset_index()
+
+
+def select_run(frame: pd.DataFrame, run: str | None = None) -> tuple[str, pd.DataFrame]:
+    """The rows of one run of ``frame`` (:func:`read_metrics`' table) and its key (the flow run
+    id; files of old versions may only have the run's name): ``run``, a run name or flow run
+    id, else the run started last. A name that several runs share picks the latest of them.
+
+    Raises:
+        SegstyleError: ``frame`` is empty, or no run is called ``run`` (the message lists the
+            latest five).
+    """
+    if frame.empty:
+        raise SegstyleError("the results hold no rows; run `segstyle run` first")
+    key = frame["flow_run_id"].fillna(frame["run_id"]).fillna("(unnamed)").astype(str)
+    order = list(
+        key.loc[
+            frame.sort_values("started_at", na_position="first", kind="stable").index
+        ].drop_duplicates(keep="last")
+    )
+    chosen = frame if run is None else frame[(frame["run_id"] == run) | (key == run)]
+    if chosen.empty:
+        names = frame.assign(_key=key).drop_duplicates("_key").set_index("_key")["run_id"]
+        latest = ", ".join(f"{names[k]} ({k})" for k in order[-5:])
+        raise SegstyleError(f"no run named {run!r}; latest runs: {latest}")
+    picked = next(k for k in reversed(order) if k in set(key[chosen.index]))
+    return picked, frame[key == picked]
+
+
+def latest(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each result once: the row of the latest run per configuration, image and prompt
+    (``config_sha256``, ``image_id``, ``prompt_index``), so that nightly runs over unchanged
+    data never count an image twice. ``pd.read_parquet(metrics).pipe(latest)`` gives the same
+    answer after one run as after four identical ones.
+    """
+    keys = ["config_sha256", "image_id", "prompt_index"]
+    ordered = frame.sort_values("started_at", na_position="first", kind="stable")
+    return ordered.drop_duplicates(keys, keep="last").sort_index()

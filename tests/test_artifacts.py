@@ -14,7 +14,7 @@ import pytest
 from segstyle.flows.artifacts import artifact_key
 from segstyle_core.figures import panel
 from segstyle_core.images import write_png
-from segstyle_core.outputs import OUTPUTS_URL_ENV
+from segstyle_core.outputs import LinkTarget
 from segstyle_core.results import COLUMNS, normalise_row
 from segstyle_core.run_summary import (
     ERROR_CHARS,
@@ -152,11 +152,14 @@ def test_summary_without_a_url_shows_paths_not_pictures(tmp_path: Path) -> None:
         "run",
         out_root=out,
         report=out / "runs" / RUN / "report.html",
+        link_hint="no links: run segstyle serve --out /x and set SEGSTYLE_OUTPUTS_URL",
     )
     assert "![" not in text and "http" not in text and "file:" not in text
     assert f"`{(out / 'runs' / RUN / 'zurich_000003_000019' / 'panel.png').resolve()}`" in text
     assert f"`{(out / 'runs' / RUN / 'report.html').resolve()}`" in text
-    assert f"`{OUTPUTS_URL_ENV}`" in text  # says how to get pictures
+    # says how to get pictures, in one line
+    assert text.count("no links") == 1
+    assert "- no links: run segstyle serve --out /x and set SEGSTYLE\\_OUTPUTS\\_URL" in text
 
 
 def test_headline_metric_falls_back_for_automatic_prompts(tmp_path: Path) -> None:
@@ -205,10 +208,12 @@ def test_a_retried_flow_run_keeps_one_set_of_artifacts(
     )
     from prefect.runtime import flow_run
 
+    from segstyle.flows import artifacts
     from segstyle.flows.artifacts import publish_artifacts
 
-    monkeypatch.setenv(OUTPUTS_URL_ENV, BASE)
     out = tmp_path / "out"
+    # the outputs server serves `out` (tests/test_links.py asks a real one)
+    monkeypatch.setattr(artifacts, "link_target", lambda root, configured: LinkTarget(BASE))
     attempts: list[int] = []
 
     @flow(retries=1, retry_delay_seconds=0, persist_result=False)

@@ -24,6 +24,7 @@ SUMMARY_KEYS = {
     "bench_sam_prompts.py": {"ratio_16_vs_1"},
     "bench_encoders.py": {"time_ratio", "cosine", "mask_iou"},
     "bench_service.py": {"stylize_ratio", "rerun_speedup"},
+    "bench_dask.py": {"images_per_min_1", "images_per_min_2", "speedup", "efficiency"},
     "bench_pipeline.py": {"speedup", "objective_ratio", "seam_ratio"},
 }
 

@@ -1,8 +1,10 @@
-"""Durable rows (issue #14, item 4): each image's rows are on disk as soon as it finishes.
+"""Durable rows (issues #14 and #22): each image's rows are on disk as soon as it finishes,
+and a reader sees each finished image exactly once at every instant.
 
-Unit checks drive :class:`segstyle_core.results.RunRows` directly (parts, compaction order,
-crash recovery at every step, retries, takeover of a killed run's parts, a full disk); the
-flow checks SIGKILL a ``segstyle run`` after some images and fill the disk during a run.
+Unit checks drive :class:`segstyle_core.results.RunRows` directly (parts, compaction, a kill
+after every change of the file system and the recovery that follows, retries, takeover of a
+killed run's parts, other hosts' runs, several processes at once, a full disk); the flow checks
+SIGKILL a ``segstyle run`` after some images and fill the disk during a run.
 """
 
 from __future__ import annotations
@@ -176,7 +178,10 @@ def _leftovers(metrics: Path) -> list[str]:
             if entry.name not in linked or (entry / "_sealed").exists():
                 wrong.append(entry.name)
             else:
-                wrong += [f"{entry.name}/{p.name}" for p in entry.iterdir() if p.name[0] == "."]
+                temporary = [
+                    p.name for p in entry.iterdir() if p.name[0] == "." or p.name == "_link"
+                ]
+                wrong += [f"{entry.name}/{name}" for name in temporary]
     return wrong
 
 
@@ -274,6 +279,7 @@ def test_a_kill_after_any_change_loses_and_doubles_no_finished_image(
             after.compact()
         hidden = [p.name for p in (metrics / "flow=f").iterdir() if p.name[0] == "."]
         assert hidden == [] and not any(p.is_symlink() for p in metrics.rglob("*")), changes
+        assert finished <= set(_visible(metrics).query("flow_run_id != 'other'")["image_id"])
     # the kills fell between every two steps of the compaction, and before it
     assert {"link", "link sealed", "link sealed staged", "file sealed", "file trash"} <= states
     assert _files(metrics) == sorted(

@@ -2,12 +2,16 @@
 
 Checks failure isolation, caching across runs, the retry of a failed flow run that recomputes
 only the failed image, the Parquet contract, the Dask task runner, and the core's log lines in
-the run's logs.
+the run's logs; the run's readable name and folder, the failed run's short state message, and
+that no run leaves a pickle in Prefect's result storage or the output folder.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +31,32 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("gt", "segment", "stylize", "composite", "figures")
 MODEL_STAGES = ("gt", "segment", "stylize", "composite")
+
+
+def pickled_files(*folders: Path) -> list[Path]:
+    """The files under ``folders`` that hold a pickle: raw pickle bytes, or a Prefect result
+    record (JSON) whose serializer is a pickle one."""
+    found = []
+    for folder in folders:
+        for path in (p for p in folder.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            if data[:1] == b"\x80":  # every pickle protocol >= 2 starts with PROTO
+                found.append(path)
+                continue
+            try:
+                record = json.loads(data)
+            except (UnicodeDecodeError, ValueError):
+                continue
+            metadata = record.get("metadata") if isinstance(record, dict) else None
+            serializer = (metadata or {}).get("serializer") or {}
+            if "pickle" in str(serializer.get("type", "")):
+                found.append(path)
+    return found
+
+
+def _prefect_storage() -> Path:
+    """Prefect's local result storage of the test session (tests/conftest.py)."""
+    return Path(os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"])
 
 
 def _run(root: Path, out: Path) -> Any:
@@ -88,6 +118,11 @@ def test_run_writes_rows_and_a_second_run_is_all_cached(dataset: Path, tmp_path:
             assert Path(path).is_file() and str(tmp_path / "out" / "runs") in path
     report = Path(frame["panel_path"].iloc[0]).parents[1] / "report.html"
     assert report.is_file() and frame["image_id"].iloc[0] in report.read_text()
+    # a readable name, and the run's folder: the name plus the start of the flow run's id
+    (name,) = frame["run_id"].unique()
+    assert name == f"zurich-grabcut-feedforward-{dt.date.today().isoformat()}"
+    (flow_run_id,) = frame["flow_run_id"].unique()
+    assert report.parent == tmp_path / "out" / "runs" / f"{name}-{flow_run_id[:8]}"
 
     second = _run(dataset, tmp_path / "out")
     assert second.is_completed()
@@ -117,6 +152,13 @@ def test_bad_image_fails_alone_and_a_retry_recomputes_only_it(
 
     state = _run(dataset, tmp_path / "out")
     assert state.is_failed()
+    victim_id = victim.name.removesuffix("_leftImg8bit.png")
+    # the UI's state column: the count and the first error, whole words, at most 200 chars
+    message = state.message or ""
+    assert message.startswith(f"1 of 3 images failed; first: {victim_id}: gt: "), message
+    assert len(message) <= 200 and "\n" not in message
+    # no pickle anywhere: not the failure, not a task's
+    assert not pickled_files(_prefect_storage(), tmp_path / "out")
     flow_run_id = state.state_details.flow_run_id
     parquet = results.run_file(
         tmp_path / "out" / "metrics", "segment_and_stylize", str(flow_run_id)
@@ -139,7 +181,6 @@ def test_bad_image_fails_alone_and_a_retry_recomputes_only_it(
     everything = _task_runs(flow_run_id, len(STAGES) * 2 + 1 + len(STAGES) * 3)
     new_runs = [t for t in _stage_runs(everything) if t.id not in before]
     recomputed = sorted(t.name for t in new_runs if t.state.name != "Cached")
-    victim_id = victim.name.removesuffix("_leftImg8bit.png")
     style = Path(StylizerConfig().style_path()).stem  # the default style's file
     assert recomputed == sorted(
         [
@@ -153,6 +194,10 @@ def test_bad_image_fails_alone_and_a_retry_recomputes_only_it(
     assert set(after["status"]) == {"ok"} and after["image_id"].nunique() == 3
     assert not after.duplicated(["image_id", "prompt_index"]).any()
     assert [p.name for p in parquet.parent.iterdir()] == [parquet.name]
+    # the retry keeps the run's name and folder
+    assert set(after["run_id"]) == set(frame["run_id"])
+    assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
+    assert not pickled_files(_prefect_storage(), tmp_path / "out")
 
 
 def test_evaluate_flow_scores_without_styling(dataset: Path, tmp_path: Path) -> None:

@@ -190,17 +190,20 @@ def test_results_names_the_latest_runs_when_the_asked_one_is_missing(
 
 
 def _bad_files(metrics: Path, outside: Path) -> list[Path]:
-    """Beside a good run: a 0-byte, a truncated, a corrupt and a foreign Parquet file, a text
-    file, one whose name holds a line break, a link loop and a link to results outside."""
+    """Beside a good run: a 0-byte, a truncated and a foreign Parquet file, one with a corrupt
+    footer, one with corrupt data behind a good footer, a text file, one whose name holds a
+    line break, a link loop and a link to results outside."""
     import pyarrow.parquet as pq
 
     good = write_run([_row("a", 0.5)], metrics, "f", "good")
     folder = good.parent
     data = good.read_bytes()
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
     bad = {
         "empty.parquet": b"",
         "truncated.parquet": data[: len(data) // 2],
         "corrupt.parquet": data[:4] + bytes(len(data) - 8) + data[-4:],
+        "pages.parquet": data[:4] + b"\xff" * (footer - 4) + data[footer:],
         "notes.txt": b"image_id,iou\na,0.5\n",
         "two\nlines.parquet": b"PAR1",
     }
@@ -254,3 +257,29 @@ def test_segstyle_results_skips_bad_files_in_one_line_each(tmp_path: Path) -> No
     assert "(unnamed)" not in done.stdout and "secret" not in done.stdout
     lines = sorted(done.stderr.splitlines())
     assert [line.split(": ")[1] for line in lines] == sorted(_one_line(path) for path in bad)
+
+
+def test_latest_counts_each_result_once_after_identical_runs() -> None:
+    """Four identical nightly runs (same configuration, same images) give the one-run answer;
+    a run under another configuration keeps its own rows."""
+    import datetime as dt
+
+    from segstyle_core.results import latest
+
+    def run(day: int, config: str, iou: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "config_sha256": config,
+                "image_id": ["a", "a", "b"],
+                "prompt_index": [0, 1, 0],
+                "iou": [iou, iou, iou],
+                "started_at": dt.datetime(2026, 12, day, tzinfo=dt.UTC),
+            }
+        )
+
+    once = run(1, "c1", 0.5)
+    four = pd.concat([run(day, "c1", 0.5 + day / 100) for day in (1, 2, 3, 4)])
+    assert len(latest(four)) == len(latest(once)) == 3
+    assert latest(four)["iou"].tolist() == [0.54, 0.54, 0.54]  # the last run's rows
+    both = pd.concat([four, run(5, "c2", 0.9)])
+    assert len(latest(both)) == 6

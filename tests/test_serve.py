@@ -27,8 +27,8 @@ from segstyle_core.figures import panel
 from segstyle_core.images import write_png
 from segstyle_core.outputs import (
     OUTPUTS_URL_ENV,
-    ROOT_PATH,
-    local_server_url,
+    ROOTS_PATH,
+    link_target,
     output_link,
     outputs_url,
     served_path,
@@ -113,9 +113,11 @@ def test_serve_command_parses_its_options() -> None:
 
     command = parse(["serve", "--out", "elsewhere", "--port", "5000"])
     assert isinstance(command, Serve)
-    assert (command.out, command.port, command.host) == ("elsewhere", 5000, "127.0.0.1")
+    assert (command.out, command.port, command.host) == (["elsewhere"], 5000, "127.0.0.1")
     defaults = parse(["serve"])
-    assert isinstance(defaults, Serve) and (defaults.out, defaults.port) == ("artifacts", 4201)
+    assert isinstance(defaults, Serve) and (defaults.out, defaults.port) == (["artifacts"], 4201)
+    several = parse(["serve", "--out", "a", "--out", "b c"])
+    assert isinstance(several, Serve) and several.out == ["a", "b c"]
 
 
 def _row(**values: object) -> dict[str, object]:
@@ -209,6 +211,29 @@ def _serving(root: Path, host: str = "127.0.0.1") -> Iterator[str]:
             process.wait()
         if process.stdout:
             process.stdout.close()
+
+
+@contextlib.contextmanager
+def _serving_app(roots: list[Path]) -> Iterator[str]:
+    """``make_app(roots)`` under uvicorn in a thread of this process, on a free port."""
+    import threading
+
+    import uvicorn
+
+    port = _free_port()
+    config = uvicorn.Config(make_app(roots), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
 
 
 @pytest.fixture()
@@ -308,7 +333,7 @@ def test_foreign_hosts_get_400(server: str) -> None:
         "[::2]",
         "",
     ):
-        for path in ("/", PANEL, ROOT_PATH):
+        for path in ("/", PANEL, ROOTS_PATH):
             status, _, body = _get(server, path, host=host or " ")
             assert status == 400, (host, path)
             assert not body.startswith(b"\x89PNG") and b"root" not in body, (host, path)
@@ -317,13 +342,13 @@ def test_foreign_hosts_get_400(server: str) -> None:
 
 
 def test_the_flows_find_the_server(server: str, out_root: Path, tmp_path: Path) -> None:
-    """``local_server_url`` asks ``/segstyle-root``: the resolved ``--out``, nothing more."""
-    port = urlsplit(server).port
-    assert port is not None
-    status, _, body = _get(server, ROOT_PATH)
-    assert (status, json.loads(body)) == (200, {"root": str(out_root.resolve())})
-    assert local_server_url(out_root, port) == server
-    assert local_server_url(tmp_path / "other", port) is None
+    """``link_target`` asks ``/segstyle-roots``: the resolved ``--out`` and its prefix (empty
+    for one folder), nothing more."""
+    status, _, body = _get(server, ROOTS_PATH)
+    expected = {"roots": [{"prefix": "", "root": str(out_root.resolve())}]}
+    assert (status, json.loads(body)) == (200, expected)
+    assert link_target(out_root, server).base_url == server
+    assert link_target(tmp_path / "other", server).base_url is None
 
 
 def test_a_folder_swapped_for_a_symlink_after_start_serves_nothing(
@@ -379,8 +404,9 @@ def test_a_symlinked_out_is_resolved_once(out_root: Path, tmp_path: Path) -> Non
     (other / "runs" / "test run" / "zurich_000000_000019").mkdir(parents=True)
     (other / "runs" / "test run" / "zurich_000000_000019" / "panel.png").write_bytes(SECRET)
     with _serving(link) as base:
-        status, _, body = _get(base, ROOT_PATH)
-        assert (status, json.loads(body)) == (200, {"root": str(out_root.resolve())})
+        status, _, body = _get(base, ROOTS_PATH)
+        roots = [{"prefix": "", "root": str(out_root.resolve())}]
+        assert (status, json.loads(body)) == (200, {"roots": roots})
         status, _, served = _get(base, PANEL)
         assert status == 200 and served.startswith(b"\x89PNG")
         link.unlink()
@@ -428,3 +454,29 @@ def test_served_report_links_resolve(server: str, out_root: Path) -> None:
 def test_make_app_creates_the_served_folders(tmp_path: Path) -> None:
     make_app(tmp_path / "fresh")
     assert (tmp_path / "fresh" / "runs").is_dir() and (tmp_path / "fresh" / "metrics").is_dir()
+
+
+def test_several_outs_are_served_each_under_its_prefix(out_root: Path, tmp_path: Path) -> None:
+    """``make_app([A, B])``: each root's files under its own prefix, nothing at the bare paths,
+    and the confinement of each folder holds under a prefix too."""
+    other = tmp_path / "other"
+    (other / "runs" / "r").mkdir(parents=True)
+    (other / "runs" / "r" / "p.png").write_bytes(b"\x89PNG other")
+    with _serving_app([out_root, other]) as base:
+        status, _, body = _get(base, ROOTS_PATH)
+        assert json.loads(body)["roots"] == [
+            {"prefix": "/out", "root": str(out_root.resolve())},
+            {"prefix": "/other", "root": str(other.resolve())},
+        ]
+        assert _get(base, "/out" + PANEL)[0] == 200
+        assert _get(base, "/other/runs/r/p.png")[::2] == (200, b"\x89PNG other")
+        for path in (
+            PANEL,
+            "/other" + PANEL,
+            "/out/runs/test%20run/escape.png",
+            "/out/runs/" + "%2e%2e/" * 8 + "etc/passwd",
+            "/out/cache/cached.png",
+            "/out/runs/",
+            "/other/runs/r",
+        ):
+            assert _get(base, path)[0] == 404, path

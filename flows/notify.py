@@ -1,0 +1,146 @@
+"""Failure notifications: a Prefect automation that calls a webhook when a nightly run fails.
+
+``make deploy`` runs ``python -m segstyle.flows.notify``. With ``SEGSTYLE_NOTIFY_WEBHOOK`` set
+to a URL it saves that URL as the Webhook block :data:`AUTOMATION_NAME` and creates (or, when
+one of that name exists, updates) the automation :data:`AUTOMATION_NAME`: whenever a flow run
+tagged :data:`NIGHTLY_TAG` (the deployments with a nightly schedule, scheduled or started by
+hand) ends in a Failed or Crashed state (``TimedOut`` is a Failed state), the Prefect server
+POSTs :data:`PAYLOAD` to the URL: JSON with the run's name, its deployment, its state and its
+state message (a segstyle run's message names the failed count and the first error), plus a
+``text`` line that Slack and Mattermost incoming webhooks show as is. Without the variable it
+changes nothing and says how to turn notifications on.
+
+The server's ``triggers`` and ``actions`` services (on by default in ``prefect server start``)
+evaluate the automation and call the webhook, usually within seconds of the run's end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.parse
+from collections.abc import Sequence
+from datetime import timedelta
+from uuid import UUID
+
+from prefect.automations import AutomationCore, CallWebhook, EventTrigger, Posture
+from prefect.blocks.webhook import Webhook
+from prefect.client.orchestration import get_client
+
+#: The environment variable holding the webhook's URL (the one notification setting).
+WEBHOOK_ENV = "SEGSTYLE_NOTIFY_WEBHOOK"
+
+#: The automation's name, and the Webhook block's that holds the URL.
+AUTOMATION_NAME = "segstyle-nightly-failure"
+
+#: Runs carrying this tag notify (``prefect.yaml`` tags the nightly deployments with it; a
+#: deployment's runs carry its tags).
+NIGHTLY_TAG = "nightly"
+
+#: The states that notify: their types, so that every Failed-type state (``Failed``,
+#: ``TimedOut``) and a ``Crashed`` run match.
+FAILED_STATE_TYPES = ("FAILED", "CRASHED")
+
+#: The webhook's body, a Jinja template the server renders for the triggering run (the
+#: automation's ``flow_run`` and ``deployment`` are read from the API; the state, message
+#: included, is the triggering event's).
+PAYLOAD = """{
+  "text": {{ ("segstyle: " ~ flow_run.name ~ " (" ~ deployment.name ~ ") ended "
+      ~ flow_run.state.name ~ ": " ~ flow_run.state.message) | tojson }},
+  "flow_run": {{ flow_run.name | tojson }},
+  "flow_run_id": "{{ flow_run.id }}",
+  "deployment": {{ deployment.name | tojson }},
+  "state": {{ flow_run.state.name | tojson }},
+  "message": {{ flow_run.state.message | tojson }}
+}"""
+
+#: The line printed when the setting is missing.
+HOW_TO_ENABLE = (
+    f"failure notifications are off: set {WEBHOOK_ENV}=<webhook URL> "
+    f"(e.g. `make deploy {WEBHOOK_ENV}=https://hooks.slack.com/services/...`) to have "
+    f"failed or crashed nightly runs reported there"
+)
+
+
+def failure_automation(webhook_block_id: UUID) -> AutomationCore:
+    """The automation: a failed or crashed run tagged :data:`NIGHTLY_TAG` calls the Webhook
+    block ``webhook_block_id`` with :data:`PAYLOAD`, once per run state."""
+    return AutomationCore(
+        name=AUTOMATION_NAME,
+        description=(
+            f"Calls the webhook of ${WEBHOOK_ENV} (the Webhook block {AUTOMATION_NAME!r}) when "
+            f"a run tagged {NIGHTLY_TAG!r} ends Failed or Crashed. Written by `make deploy`."
+        ),
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.*"},
+            match={
+                "prefect.resource.id": "prefect.flow-run.*",
+                "prefect.state-type": list(FAILED_STATE_TYPES),
+            },
+            match_related={
+                "prefect.resource.role": "tag",
+                "prefect.resource.id": "prefect.tag.*",
+            },
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[CallWebhook(block_document_id=webhook_block_id, payload=PAYLOAD)],
+    )
+
+
+def check_webhook_url(url: str) -> str:
+    """``url`` stripped; raises ``ValueError`` unless it is an absolute http(s) URL."""
+    url = url.strip()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{WEBHOOK_ENV} must be an http:// or https:// URL, not {url!r}")
+    return url
+
+
+def ensure_failure_webhook(webhook_url: str) -> UUID:
+    """Save ``webhook_url`` as the Webhook block :data:`AUTOMATION_NAME` and create the
+    automation :data:`AUTOMATION_NAME` on the current API (``PREFECT_API_URL``), or update it
+    where it exists (any further one of that name is deleted). Returns the automation's id.
+
+    Raises:
+        ValueError: ``webhook_url`` is not an http(s) URL.
+    """
+    block = Webhook(url=check_webhook_url(webhook_url))  # type: ignore[arg-type]  # SecretStr
+    block_id = block.save(AUTOMATION_NAME, overwrite=True)
+    automation = failure_automation(block_id)
+    with get_client(sync_client=True) as client:
+        existing = client.read_automations_by_name(AUTOMATION_NAME)
+        if not existing:
+            return client.create_automation(automation)
+        first, *duplicates = existing
+        client.update_automation(first.id, automation)
+        for duplicate in duplicates:
+            client.delete_automation(duplicate.id)
+        return first.id
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m segstyle.flows.notify``: apply :data:`WEBHOOK_ENV` (no arguments)."""
+    if argv:
+        print(f"usage: python -m segstyle.flows.notify (reads ${WEBHOOK_ENV})", file=sys.stderr)
+        return 2
+    url = os.environ.get(WEBHOOK_ENV, "").strip()
+    if not url:
+        print(HOW_TO_ENABLE)
+        return 0
+    try:
+        automation_id = ensure_failure_webhook(url)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(
+        f"failure notifications on: automation {AUTOMATION_NAME!r} ({automation_id}) calls "
+        f"${WEBHOOK_ENV} when a run tagged {NIGHTLY_TAG!r} fails or crashes"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

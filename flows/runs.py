@@ -1,0 +1,124 @@
+"""What every segstyle flow run gets from Prefect, set once for all flows.
+
+- A readable name: ``<subject>-<segmenter>-<stylizer>-<date>`` (``zurich-grabcut-feedforward-
+  2026-12-02``), the date of the run's scheduled start in the worker's time zone.
+- A time limit (``timeout_seconds``): a run that passes it ends Failed (``TimedOut``).
+- No result in Prefect's result store: a flow's result is its return value in memory
+  (``persist_result=False``); what Prefect still writes on an unexpected exception is JSON
+  (``result_serializer="json"``), never a pickle.
+- A retry after a crash: Prefect's flow ``retries`` retry Failed runs only, never Crashed ones
+  (a killed process, a lost machine). :func:`retry_crashed`, an ``on_crashed`` hook, puts a
+  crashed deployment run back in its work queue, at most :data:`CRASH_RETRIES` times.
+  Failed runs are not retried: an image fails on its input, which a rerun does not change.
+- A state message short enough for the UI's column (:func:`state_message`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.logging.loggers import flow_run_logger
+from prefect.runtime import flow_run
+from prefect.states import AwaitingRetry, State
+
+#: A dataset run's time limit: a nightly run ends before the next night's is due.
+DATASET_TIMEOUT_S = 23 * 3600
+#: A photo's time limit (Gatys on a CPU at full size takes minutes, not hours).
+PHOTO_TIMEOUT_S = 2 * 3600
+#: A video's time limit.
+VIDEO_TIMEOUT_S = 12 * 3600
+#: How many times a crashed deployment run is put back in its queue; then it stays Crashed.
+CRASH_RETRIES = 2
+#: Seconds a crashed run waits before its retry.
+CRASH_RETRY_DELAY_S = 10
+#: The longest state message: the width of the UI's state column.
+STATE_MESSAGE_CHARS = 200
+
+
+def retry_crashed(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:
+    """``on_crashed`` hook: schedule the crashed run again (``AwaitingRetry``, same flow run,
+    same parameters) while it has run at most :data:`CRASH_RETRIES` times.
+
+    The worker runs it when the flow's process died (``SIGKILL``, out of memory), the flow's
+    process when it caught the crash itself. A run outside a deployment (``segstyle run``)
+    has no worker to pick it up again: it stays Crashed.
+    """
+    if flow_run.deployment_id is None:
+        return
+    logger = flow_run_logger(flow_run)
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_run(flow_run.id).run_count
+        if runs > CRASH_RETRIES:
+            logger.error("crashed %d times: not retried again (%s)", runs, state.message)
+            return
+        retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=CRASH_RETRY_DELAY_S)
+        message = f"crash retry {runs} of {CRASH_RETRIES} after: {state.message}"
+        client.set_flow_run_state(
+            flow_run.id,
+            AwaitingRetry(scheduled_time=retry_at, message=state_message(message)),
+            force=True,
+        )
+    logger.warning("%s; runs again in %d s", message, CRASH_RETRY_DELAY_S)
+
+
+#: The options every segstyle flow is declared with (beside its name, timeout and run name).
+FLOW_OPTIONS: dict[str, Any] = {
+    "persist_result": False,
+    "result_serializer": "json",
+    "on_crashed": [retry_crashed],
+}
+
+
+def state_message(text: str, limit: int = STATE_MESSAGE_CHARS) -> str:
+    """``text`` on one line, cut at the last word boundary before ``limit`` characters
+    (then ending in ``…``)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > 0 else cut).rstrip(" ,;:(") + "…"
+
+
+def _slug(text: str) -> str:
+    """``text`` as part of a file name: runs of characters other than letters, digits and
+    ``_.+-`` become ``_``."""
+    return re.sub(r"[^\w.+-]+", "_", text, flags=re.ASCII).strip("_.") or "x"
+
+
+_MISSING = object()
+
+
+def setting(parameters: Mapping[str, Any], group: str, field: str, default: Any) -> Any:
+    """A field of a parameter group, whether the group is a model (a direct call) or a dict
+    (a deployment run); ``default`` where either is missing."""
+    value = parameters.get(group)
+    if isinstance(value, Mapping):
+        found = value.get(field, _MISSING)
+    else:
+        found = getattr(value, field, _MISSING)
+    return default if found is _MISSING else found
+
+
+def city_part(city: Any) -> str:
+    """A city selection in a run name: ``zurich``, ``aachen+zurich``, ``5-cities``, ``all``
+    or ``random``."""
+    if city is None:
+        return "random"
+    names = sorted(
+        {str(name).strip() for name in (city.split(",") if isinstance(city, str) else city)}
+    )
+    return "+".join(names) if len(names) <= 3 else f"{len(names)}-cities"
+
+
+def run_name(subject: str, *backends: Any) -> str:
+    """``<subject>-<backend>...-<date>``, each part usable in a file name; the date is the
+    run's scheduled start (the same on its retries), in this machine's time zone."""
+    started = flow_run.get_scheduled_start_time()
+    day = started.astimezone().date().isoformat()
+    return "-".join(_slug(str(part)) for part in (subject, *backends, day))

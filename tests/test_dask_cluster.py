@@ -1,0 +1,131 @@
+"""A dataset run on a real Dask cluster, the way a user starts one across machines.
+
+``dask scheduler`` and two ``dask worker`` processes (one thread each, each with its own local
+folder, no nanny: a killed worker stays dead) on 127.0.0.1, started as separate processes;
+``segstyle run --dask ADDRESS`` as a subprocess. The offline backends are deterministic, so the
+cluster's rows must equal a local (threads) run's: the same IoU and the same ``mask_rle`` for
+every prompt. Then ``kill -9`` of one worker in the middle of a run: its tasks run again on the
+other, the run completes, and every image has its rows exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from segstyle_core.demo.dataset import generate_demo_dataset
+from tests.prefect_service import free_port, stop_process_group
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+RUN = ["--city", "zurich", "--classes", "car", "--prompts", "gt-instances"]
+RUN += ["--segmenter", "grabcut", "--stylizer", "feedforward", "--feather", "2"]
+#: The columns that say what a run computed (not when, where or how fast).
+RESULT = ["image_id", "prompt_index", "instance_id", "status", "iou", "dice", "mask_rle"]
+
+
+@dataclass
+class Cluster:
+    """A scheduler's address and its workers' processes."""
+
+    address: str
+    workers: list[subprocess.Popen[bytes]]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 annotated 256×128 frames of zurich."""
+    root = tmp_path_factory.mktemp("dask") / "data"
+    return generate_demo_dataset(root, size=(256, 128), frames_per_city=6, cities=("zurich",))
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = tmp_path / "dask-logs"
+    logs.mkdir()
+
+    def start(name: str, *argv: str) -> subprocess.Popen[bytes]:
+        with (logs / f"{name}.log").open("wb") as log:
+            return subprocess.Popen(
+                [str(BIN / "dask"), *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    scheduler = start(
+        "scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"
+    )
+    workers = [
+        start(f"worker-{k}", "worker", address, "--nthreads", "1", "--no-nanny",
+              "--no-dashboard", "--local-directory", str(tmp_path / f"worker-{k}"))
+        for k in range(2)
+    ]  # fmt: skip
+    try:
+        _wait_for_workers(address, 2)
+        yield Cluster(address, workers)
+    finally:
+        for process in [*workers, scheduler]:
+            stop_process_group(process, grace_s=5)
+
+
+def _wait_for_workers(address: str, count: int, timeout_s: float = 90) -> None:
+    from distributed import Client
+
+    with Client(address, timeout=timeout_s) as client:
+        client.wait_for_workers(count, timeout=timeout_s)
+
+
+def _segstyle(dataset: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    return subprocess.Popen(
+        [str(BIN / "segstyle"), "run", "--dataset", str(dataset), *RUN, "--out", str(out),
+         *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
+def _rows(process: subprocess.Popen[str], timeout_s: float = 600) -> pd.DataFrame:
+    stdout, stderr = process.communicate(timeout=timeout_s)
+    assert process.returncode == 0, stderr[-3000:]
+    rows = pd.read_parquet(stdout.strip().splitlines()[-1])
+    return rows.sort_values(["image_id", "prompt_index"]).reset_index(drop=True)
+
+
+def test_cluster_rows_equal_a_local_runs(dataset: Path, cluster: Cluster, tmp_path: Path) -> None:
+    local = _rows(_segstyle(dataset, tmp_path / "local"))
+    remote = _rows(_segstyle(dataset, tmp_path / "cluster", "--dask", cluster.address))
+    assert len(local) >= 6 and set(local["status"]) == {"ok"}
+    pd.testing.assert_frame_equal(local[RESULT], remote[RESULT])
+
+
+def test_a_killed_worker_loses_no_image_and_duplicates_none(
+    dataset: Path, cluster: Cluster, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    run = _segstyle(dataset, out, "--dask", cluster.address)
+    deadline = time.monotonic() + 300
+    while not list((out / "cache").glob("stylize/*/*/record.json")):  # the run is under way
+        assert run.poll() is None, run.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no stage finished within 300 s"
+        time.sleep(0.2)
+    os.kill(cluster.workers[0].pid, signal.SIGKILL)
+    rows = _rows(run)
+    assert cluster.workers[0].wait(timeout=10) == -signal.SIGKILL
+    annotated = {p.name.split("_gtFine_")[0] for p in dataset.rglob("*_gtFine_labelIds.png")}
+    assert set(rows["status"]) == {"ok"}
+    assert not rows.duplicated(["image_id", "prompt_index"]).any()
+    assert set(rows["image_id"]) == annotated and len(annotated) == 6
+    assert len(pd.read_parquet(out / "metrics")) == len(rows)  # the run's file, nothing twice
