@@ -79,7 +79,7 @@ def failure_automation(webhook_block_id: UUID) -> AutomationCore:
             },
             match_related={
                 "prefect.resource.role": "tag",
-                "prefect.resource.id": "prefect.tag.*",
+                "prefect.resource.id": f"prefect.tag.{NIGHTLY_TAG}",
             },
             for_each={"prefect.resource.id"},
             posture=Posture.Reactive,

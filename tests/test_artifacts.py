@@ -208,12 +208,12 @@ def test_a_retried_flow_run_keeps_one_set_of_artifacts(
     )
     from prefect.runtime import flow_run
 
-    from segstyle.flows import artifacts
+    from segstyle.flows import artifacts as artifacts_module
     from segstyle.flows.artifacts import publish_artifacts
 
     out = tmp_path / "out"
     # the outputs server serves `out` (tests/test_links.py asks a real one)
-    monkeypatch.setattr(artifacts, "link_target", lambda root, configured: LinkTarget(BASE))
+    monkeypatch.setattr(artifacts_module, "link_target", lambda root, configured: LinkTarget(BASE))
     attempts: list[int] = []
 
     @flow(retries=1, retry_delay_seconds=0, persist_result=False)

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import numpy as np
 import pandas as pd
@@ -144,12 +145,12 @@ def _publish(out: Path) -> dict[str, str]:
 
     @flow(persist_result=False)
     def publishing() -> str:
-        name = flow_run.get_name()
+        name = flow_run.get_name() or "run"
         rows, report, parquet = _run_files(out, name)
         publish_artifacts(rows, str(parquet), name, report, out_root=out)
         return str(flow_run.get_id())
 
-    flow_run_id = publishing()
+    flow_run_id = UUID(publishing())
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))

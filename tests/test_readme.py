@@ -50,6 +50,8 @@ SKIPPED: tuple[tuple[str, str], ...] = (
     (r"^make (server|deploy|worker)\b", "starts long-running services (tests/test_service.py)"),
     (r"^segstyle serve\b", "a server that runs until it is stopped (tests/test_serve.py)"),
     (r"^segstyle weights download\b", "downloads checkpoints from the network"),
+    (r"^\.venv/bin/dask ", "starts a cluster; tests/test_dask_cluster.py starts the same"),
+    (r"^segstyle run .*--dask ", "a cluster on other machines: test_dask_cluster.py runs one"),
     (r"^export PREFECT_API_URL=", "points at `make server`; this test uses its own test server"),
     (r"^prefect ", "needs `make server` and the deployments of prefect.yaml (test_service.py)"),
 )
