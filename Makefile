@@ -70,12 +70,15 @@ PREFECT_LOCAL_API := http://127.0.0.1:$(SERVER_PORT)/api
 POOL := segstyle-process
 
 # PREFECT_UI_API_URL: the UI's API address; Prefect 3.8.8 derives it from its default port
-# (4200), not from --port. Beside it, `segstyle serve` serves artifacts/runs and
-# artifacts/metrics on 127.0.0.1:$(OUTPUTS_PORT), so the UI's artifact links open: runs that
-# write to artifacts/ link there (see segstyle_core/outputs.py). Both stop together.
+# (4200), not from --port. Beside it, `segstyle serve` serves the runs/ and metrics/ of each
+# folder of OUTPUTS_DIRS on 127.0.0.1:$(OUTPUTS_PORT), so the UI's artifact links open: `make
+# deploy` sets the Prefect Variable segstyle-outputs-url to that address, and a run links its
+# files when that server says it serves the run's --out (see segstyle_core/outputs.py). Both
+# stop together. Another port: `make server deploy SERVER_PORT=4300 OUTPUTS_PORT=4301`.
 OUTPUTS_PORT ?= 4201
+OUTPUTS_DIRS ?= artifacts
 server: $(LINKED)
-	$(VENV)/bin/segstyle serve --out artifacts --port $(OUTPUTS_PORT) & outputs=$$!; \
+	$(VENV)/bin/segstyle serve $(foreach d,$(OUTPUTS_DIRS),--out $(d)) --port $(OUTPUTS_PORT) & outputs=$$!; \
 	trap 'kill $$outputs 2>/dev/null' EXIT INT TERM; \
 	PREFECT_UI_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(SERVER_PORT)
 
@@ -85,6 +88,7 @@ deploy: $(LINKED)
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect work-pool inspect $(POOL) >/dev/null 2>&1 \
 		|| PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect work-pool create $(POOL) --type process
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) SEGSTYLE_HOME=$(CURDIR) $(VENV)/bin/prefect --no-prompt deploy --all
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect variable set segstyle-outputs-url http://127.0.0.1:$(OUTPUTS_PORT) --overwrite
 
 worker: $(LINKED)
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) SEGSTYLE_HOME=$(CURDIR) $(VENV)/bin/prefect worker start --pool $(POOL)

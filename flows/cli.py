@@ -457,8 +457,9 @@ class Results(Command):
 class Serve(Command):
     """serve run outputs over HTTP on 127.0.0.1 so the Prefect UI can show them"""
 
-    out: str = Field(
-        default="artifacts", description="the flows' --out folder: its runs/ and metrics/"
+    out: list[str] = Field(
+        default=["artifacts"],
+        description="a flows' --out folder: its runs/ and metrics/; repeat it to serve several",
     )
     port: int = Field(
         default=DEFAULT_PORT, ge=0, le=65535, description="TCP port; 0 picks a free one"
@@ -468,7 +469,7 @@ class Serve(Command):
     def cli_cmd(self) -> int:
         from segstyle.flows.serve import serve
 
-        serve(Path(self.out), host=self.host, port=self.port)
+        serve([Path(out) for out in self.out], host=self.host, port=self.port)
         return 0
 
 

@@ -21,11 +21,14 @@ import sys
 import urllib.parse
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import cast
 from uuid import UUID
 
 from prefect.automations import AutomationCore, CallWebhook, EventTrigger, Posture
 from prefect.blocks.webhook import Webhook
 from prefect.client.orchestration import get_client
+from prefect.types import SecretDict
+from pydantic import SecretStr
 
 #: The environment variable holding the webhook's URL (the one notification setting).
 WEBHOOK_ENV = "SEGSTYLE_NOTIFY_WEBHOOK"
@@ -56,9 +59,9 @@ PAYLOAD = """{
 
 #: The line printed when the setting is missing.
 HOW_TO_ENABLE = (
-    f"failure notifications are off: set {WEBHOOK_ENV}=<webhook URL> "
-    f"(e.g. `make deploy {WEBHOOK_ENV}=https://hooks.slack.com/services/...`) to have "
-    f"failed or crashed nightly runs reported there"
+    f"{WEBHOOK_ENV} is not set, so no failure notification was set up: set it to a webhook URL "
+    f"(`make deploy {WEBHOOK_ENV}=https://hooks.slack.com/services/...`) to have failed or "
+    f"crashed nightly runs reported there"
 )
 
 
@@ -101,17 +104,22 @@ def check_webhook_url(url: str) -> str:
 
 def ensure_failure_webhook(webhook_url: str) -> UUID:
     """Save ``webhook_url`` as the Webhook block :data:`AUTOMATION_NAME` and create the
-    automation :data:`AUTOMATION_NAME` on the current API (``PREFECT_API_URL``), or update it
-    where it exists (any further one of that name is deleted). Returns the automation's id.
+    automation :data:`AUTOMATION_NAME` on the current API (``PREFECT_API_URL``), or, where
+    automations of that name exist, update the latest updated and delete the others. Returns
+    the automation's id.
 
     Raises:
         ValueError: ``webhook_url`` is not an http(s) URL.
     """
-    block = Webhook(url=check_webhook_url(webhook_url))  # type: ignore[arg-type]  # SecretStr
-    block_id = block.save(AUTOMATION_NAME, overwrite=True)
+    block = Webhook(
+        url=SecretStr(check_webhook_url(webhook_url)),
+        headers=SecretDict({"Content-Type": "application/json"}),
+    )
+    # save() is async-dispatched: called outside an event loop it returns the id itself
+    block_id = cast(UUID, block.save(AUTOMATION_NAME, overwrite=True))
     automation = failure_automation(block_id)
     with get_client(sync_client=True) as client:
-        existing = client.read_automations_by_name(AUTOMATION_NAME)
+        existing = client.read_automations_by_name(AUTOMATION_NAME)  # latest updated first
         if not existing:
             return client.create_automation(automation)
         first, *duplicates = existing

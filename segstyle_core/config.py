@@ -11,7 +11,7 @@ own model (:class:`~segstyle_core.segment.SegmenterConfig`,
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -31,6 +31,10 @@ __all__ = [
     "SegmenterConfig",
     "StylizerConfig",
 ]
+
+# A union member's title names its tab on Prefect's form (else each reads "str").
+_PromptMethod = Annotated[Literal["gt-instances", "largest", "auto"], Field(title="from the GT")]
+_ColorMethod = Annotated[Literal["luminance", "histogram"], Field(title="method")]
 
 
 class DatasetSelection(ConfigModel):
@@ -108,7 +112,7 @@ class DatasetSelection(ConfigModel):
 class PromptConfig(ConfigModel):
     """Where the prompts of each frame come from."""
 
-    source: str = "largest"
+    source: _PromptMethod | Annotated[str, Field(title="prompts file")] = "largest"
     """gt-instances (every GT instance's box), largest (the largest one), auto (automatic
     masks) or the path of a JSON/CSV prompts file."""
     min_area: int = 100
@@ -151,7 +155,7 @@ class CompositeConfig(ConfigModel):
     """object: paint inside the mask; background: paint everything outside it."""
     feather_px: float = Field(default=0.0, ge=0.0)
     """Soft edge of the mask, in pixels."""
-    preserve_color: Literal["luminance", "histogram"] | None = None
+    preserve_color: _ColorMethod | None = None
     """Keep the photo's colours: luminance transfer or histogram matching; none: off."""
     roi_margin_px: int | None = Field(default=None, ge=0)
     """Stylize only the mask's box plus this margin (pixels); none: the whole frame."""

@@ -4,7 +4,8 @@ flows publish it as Prefect artifacts (``segstyle.flows.artifacts``).
 
 Links are ``http(s)`` URLs of ``segstyle serve`` when a ``base_url`` is given and a file lies
 under the served folder (:func:`segstyle_core.outputs.output_link`); otherwise file paths,
-shown as code, since the UI's browser refuses ``file://`` links.
+shown as code, since the UI's browser refuses ``file://`` links, and the summary says in one
+line how to get links (:attr:`segstyle_core.outputs.LinkTarget.hint`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from segstyle_core.outputs import OUTPUTS_URL_ENV, is_url, output_link
+from segstyle_core.outputs import is_url, output_link
 from segstyle_core.report import METRICS, rank_images
 from segstyle_core.results import COLUMNS
 
@@ -161,6 +162,7 @@ def summary_markdown(
     out_root: str | Path | None = None,
     report: str | Path | None = None,
     base_url: str | None = None,
+    link_hint: str | None = None,
     thumbnails: int = THUMBNAILS,
 ) -> str:
     """The run summary: headline scores, counts, links, worst images, failures.
@@ -169,7 +171,7 @@ def summary_markdown(
     the per-prompt IoU against all GT of the class is listed under its own label. The worst
     ``thumbnails`` images by :func:`headline_metric` are shown as clickable markdown images
     when ``base_url`` is given and the files lie under ``out_root``'s served folders; as file
-    paths otherwise.
+    paths otherwise, with ``link_hint`` (how to get links) as one line.
     """
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *COLUMNS])))
     images = frame["image_id"].nunique()
@@ -201,11 +203,8 @@ def summary_markdown(
     if report is not None:
         lines.append(f"- report: {link('report.html', report)}")
     lines.append(f"- results: {link(Path(parquet_path).name, parquet_path)}")
-    if not base_url:
-        lines.append(
-            f"- pictures: run `segstyle serve --out DIR` and set `{OUTPUTS_URL_ENV}` "
-            "to see them here"
-        )
+    if link_hint:
+        lines.append(f"- {_md(link_hint)}")
 
     metric = headline_metric(frame)
     ranked = rank_images(frame, metric) if metric in METRICS else pd.DataFrame()
@@ -271,7 +270,4 @@ def report_markdown(report: Path, out_root: Path, run_name: str, base_url: str |
     target = _target(report, out_root, base_url)
     if is_url(target):
         return f"[report of {_md(run_name)}]({target})"
-    return (
-        f"report of {_md(run_name)}: {_code(target)} (open it from disk, or run "
-        f"`segstyle serve` and set `{OUTPUTS_URL_ENV}` for a link here)"
-    )
+    return f"report of {_md(run_name)}: {_code(target)} (open it from disk)"

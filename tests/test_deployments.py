@@ -130,3 +130,17 @@ def test_fixed_choices_are_enums_in_the_parameter_schema() -> None:
         "test",
     ]
     assert "enum" in definitions["CompositeConfig"]["properties"]["mode"]
+    # a choice or a file's path: two tabs, the first a dropdown, each with its own title
+    choice, path = definitions["PromptConfig"]["properties"]["source"]["anyOf"]
+    assert choice["enum"] == ["gt-instances", "largest", "auto"] and choice["title"]
+    assert path == {"type": "string", "title": path["title"]} and path["title"] != choice["title"]
+    method, off = definitions["CompositeConfig"]["properties"]["preserve_color"]["anyOf"]
+    assert method["enum"] == ["luminance", "histogram"] and method["title"]
+    assert off == {"type": "null"}
+
+
+def test_a_prompts_file_is_still_a_source() -> None:
+    from segstyle_core.config import PromptConfig
+
+    assert PromptConfig(source="auto").source == "auto"
+    assert PromptConfig(source="data/prompts.json").source == "data/prompts.json"

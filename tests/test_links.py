@@ -134,8 +134,9 @@ def _run_files(out: Path, run: str) -> tuple[list[dict[str, Any]], Path, Path]:
     return rows, report, parquet
 
 
-def _publish(out: Path) -> dict[str, str]:
-    """A flow run that publishes a run written under ``out``; its artifacts, kind -> data."""
+def _publish(out: Path) -> tuple[str, dict[str, Any]]:
+    """A flow run that publishes a run written under ``out``: its id and its artifacts,
+    kind -> artifact."""
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -150,12 +151,19 @@ def _publish(out: Path) -> dict[str, str]:
         publish_artifacts(rows, str(parquet), name, report, out_root=out)
         return str(flow_run.get_id())
 
-    flow_run_id = UUID(publishing())
+    flow_run_id = publishing()
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])
+            )
         )
-    return {a.key.rsplit("-", 1)[1]: str(a.data) for a in artifacts if a.key}
+    return flow_run_id, {a.key.rsplit("-", 1)[1]: a for a in artifacts if a.key}
+
+
+def _data(artifacts: dict[str, Any]) -> dict[str, str]:
+    """Kind -> the artifact's markdown or JSON text."""
+    return {kind: str(artifact.data) for kind, artifact in artifacts.items()}
 
 
 @pytest.fixture()
@@ -208,7 +216,7 @@ def test_every_link_answers_200_on_a_non_default_port(
     served, other = tmp_path / "served one", tmp_path / "served two"
     with _segstyle_serve(other, served) as base:
         Variable.set(OUTPUTS_URL_VARIABLE, base, overwrite=True)
-        artifacts = _publish(served)
+        artifacts = _data(_publish(served)[1])
         links = [url for data in artifacts.values() for url in LINK.findall(data)]
         assert all(url.startswith(base + "/served-one/") for url in links), links
         assert "no links" not in "".join(artifacts.values())
@@ -233,7 +241,7 @@ def test_a_run_into_a_folder_not_served_shows_paths_and_one_line(
     out = tmp_path / "not served"
     with _segstyle_serve(tmp_path / "served") as base:
         Variable.set(OUTPUTS_URL_VARIABLE, base, overwrite=True)
-        artifacts = _publish(out)
+        artifacts = _data(_publish(out)[1])
     text = "\n".join(artifacts.values())
     assert "http://" not in text.replace(f"at {base}", "") and "file:" not in text
     hints = [line for line in text.splitlines() if "no links" in line]
@@ -245,3 +253,49 @@ def test_a_run_into_a_folder_not_served_shows_paths_and_one_line(
     assert report.is_file()
     metrics = json.loads(artifacts["metrics"])
     assert len(metrics) == len(IMAGES) + 1
+
+
+@pytest.mark.slow
+def test_the_summary_thumbnails_load_in_the_prefect_ui(
+    prefect_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real ``prefect server start`` and ``segstyle serve --out A --out B``, both on free
+    ports, the outputs address in the Prefect Variable (set with the CLI, as ``make deploy``
+    does): in headless Chromium the summary
+    artifact of a run into B shows every thumbnail, and no request to the outputs server
+    fails."""
+    from urllib.parse import urlsplit
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.variables import Variable
+
+    from tests.test_ui import _browser_page, _loaded_images, _open_artifact, _v2_base
+
+    monkeypatch.delenv(OUTPUTS_URL_ENV, raising=False)
+    served = tmp_path / "served"
+    with _segstyle_serve(tmp_path / "other", served) as outputs:
+        # as `make deploy` sets it
+        prefect_server.run(["variable", "set", OUTPUTS_URL_VARIABLE, outputs, "--overwrite"])
+        with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+            assert Variable.get(OUTPUTS_URL_VARIABLE) == outputs
+            flow_run_id, artifacts = _publish(served)
+        thumbnails = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", str(artifacts["summary"].data))
+        assert len(thumbnails) == len(IMAGES)
+        assert all(url.startswith(outputs + "/served/runs/") for url in thumbnails), thumbnails
+        errors: list[str] = []
+        blocked: list[str] = []
+        with _browser_page(blocked) as page:
+            page.on(
+                "response",
+                lambda r: (
+                    errors.append(f"{r.status} {r.url}")
+                    if r.url.startswith(outputs) and r.status != 200
+                    else None
+                ),
+            )
+            page.on("requestfailed", lambda r: errors.append(f"failed {r.url}"))
+            _open_artifact(page, _v2_base(prefect_server), flow_run_id, artifacts["summary"].key)
+            page.locator("img").nth(len(thumbnails) - 1).wait_for()
+            shown = {image["src"]: image["width"] for image in _loaded_images(page)}
+    assert {url: shown.get(url, 0) > 0 for url in thumbnails} == dict.fromkeys(thumbnails, True)
+    assert [e for e in errors if urlsplit(outputs).netloc in e] == [], errors

@@ -108,7 +108,7 @@ class _Receiver(http.server.ThreadingHTTPServer):
     """An HTTP server on 127.0.0.1 that keeps every request's path and body."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[str, bytes]] = []
+        self.requests: list[tuple[str, str | None, bytes]] = []
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
 
@@ -118,7 +118,7 @@ class _Receiver(http.server.ThreadingHTTPServer):
 
     def bodies(self) -> list[dict[str, Any]]:
         with self.lock:
-            return [json.loads(body) for _, body in self.requests]
+            return [json.loads(body) for _, _, body in self.requests]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -127,7 +127,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         with self.server.lock:
-            self.server.requests.append((self.path, body))
+            self.server.requests.append((self.path, self.headers.get("Content-Type"), body))
         self.send_response(200)
         self.end_headers()
 
@@ -157,25 +157,30 @@ def test_running_it_twice_leaves_one_automation(
         with get_client(sync_client=True) as client:
             return client.read_automations_by_name(notify.AUTOMATION_NAME)
 
-    first = notify.ensure_failure_webhook("http://127.0.0.1:9/first")
+    notify.ensure_failure_webhook("http://127.0.0.1:9/first")
+    saved = Webhook.load(notify.AUTOMATION_NAME)
+    assert isinstance(saved, Webhook) and saved._block_document_id is not None
+    with get_client(sync_client=True) as client:  # a duplicate, as from two racing deploys
+        client.create_automation(notify.failure_automation(saved._block_document_id))
+    assert len(named()) == 2
     monkeypatch.setenv(notify.WEBHOOK_ENV, "http://127.0.0.1:9/second")
     assert notify.main([]) == 0
-    assert str(first) in capsys.readouterr().out
     (automation,) = named()
-    assert automation.id == first and automation.enabled
+    assert str(automation.id) in capsys.readouterr().out and automation.enabled
     (action,) = automation.actions
     webhook = Webhook.load(notify.AUTOMATION_NAME)
+    assert isinstance(webhook, Webhook)
     assert action.block_document_id == webhook._block_document_id
     assert webhook.url.get_secret_value() == "http://127.0.0.1:9/second"
     # without the setting, the automation stays as it was
     monkeypatch.delenv(notify.WEBHOOK_ENV)
     assert notify.main([]) == 0
-    assert [a.id for a in named()] == [first]
+    assert [a.id for a in named()] == [automation.id]
 
 
 def _deploy_probe(server: PrefectService, source: Path) -> dict[str, Any]:
     """Three deployments of the probe flow: tagged failing, tagged crashing, untagged failing."""
-    from prefect import flow
+    from prefect import Flow, flow
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server.run(["work-pool", "create", POOL, "--type", "process"])
@@ -188,8 +193,9 @@ def _deploy_probe(server: PrefectService, source: Path) -> dict[str, Any]:
     ids = {}
     with temporary_settings({PREFECT_API_URL: server.api_url}):
         probe = flow.from_source(source=str(source), entrypoint="probe_flow.py:probe")
+        assert isinstance(probe, Flow)
         for name, (tags, parameters) in specs.items():
-            ids[name] = probe.deploy(  # type: ignore[attr-defined]
+            ids[name] = probe.deploy(
                 name=name,
                 work_pool_name=POOL,
                 tags=tags,
@@ -253,7 +259,7 @@ def test_failed_and_crashed_nightly_runs_reach_the_webhook(
     while len(receiver.requests) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(3)  # a late third call would be the untagged run's
-    assert {path for path, _ in receiver.requests} == {"/hook"}
+    assert {(path, kind) for path, kind, _ in receiver.requests} == {("/hook", "application/json")}
     bodies = {body["flow_run"]: body for body in receiver.bodies()}
     assert set(bodies) == {failed.name, crashed.name}, (
         f"webhook calls for {sorted(bodies)}; expected {failed.name} and {crashed.name} only; "
@@ -269,4 +275,4 @@ def test_failed_and_crashed_nightly_runs_reach_the_webhook(
 
     on_crash = bodies[crashed.name]
     assert on_crash["state"] == "Crashed" and on_crash["deployment"] == "nightly-crashes"
-    assert on_crash["message"] == crashed.state.message and "3" in on_crash["message"]
+    assert on_crash["message"] == crashed.state.message and "status code: 3" in on_crash["message"]

@@ -1,11 +1,15 @@
 """prefect.yaml against a real Prefect server, the way a user runs it.
 
-A ``prefect server start`` subprocess (scheduler every 2 s), the work pool, ``prefect deploy
---all`` of this checkout's prefect.yaml; then (a) the scheduler creates scheduled runs for every
-deployment whose schedule is active, and none for the others; (b) a ``prefect worker start``
-subprocess runs the offline demo deployment, triggered with ``prefect deployment run``, to
-Completed, and its Parquet file reads with pandas. The demo dataset is a fresh folder: the
-deployment must generate it (``make demo`` need not have run).
+A ``prefect server start`` subprocess (scheduler every 2 s), the work pool, a plain ``prefect
+deploy --all`` of this checkout's prefect.yaml in the checkout (as its header says, no other
+environment variable); then (a) the scheduler creates scheduled runs for every deployment whose
+schedule is active, and none for the others; (b) a ``prefect worker start`` subprocess, started
+in another folder, runs the offline demo deployment, triggered with ``prefect deployment run``,
+to Completed: its readable name, its run folder, its Parquet file (read with pandas), no
+traceback in the worker's log. The demo dataset is a fresh folder: the deployment must generate
+it (``make demo`` need not have run). (c) A run with a truncated image ends Failed with a short
+state message and a quiet worker log; (d) a run whose process is killed is retried by the
+worker and completes. No run leaves a pickle in Prefect's result storage or its output folder.
 
 Parameter names are looked up, not spelled out: the run overrides only the output folder
 (property ``out``), the image limit (property ``limit``, found through the deployment's
@@ -17,7 +21,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,12 +40,13 @@ from tests.prefect_service import (
     stop_process_group,
     tracebacks,
 )
+from tests.test_flows import pickled_files
 
 pytestmark = pytest.mark.slow
 
 POOL = "segstyle-process"
 OFFLINE = "segment_and_stylize/demo-offline-nightly"
-#: The offline deployment's dataset folder, relative to the checkout (SEGSTYLE_HOME).
+#: The offline deployment's dataset folder, relative to the checkout.
 DEMO_DATASET = "data/demo"
 SCHEDULE_TIMEOUT_S = 60
 RUN_TIMEOUT_S = 420
@@ -46,12 +54,12 @@ RUN_TIMEOUT_S = 420
 
 @pytest.fixture(scope="module")
 def deployed(prefect_server: PrefectService) -> dict[str, Any]:
-    """``make deploy``'s two commands against the test server; the deployments by full name."""
+    """``make deploy``'s two commands against the test server, in the checkout and with no
+    segstyle environment variable; the deployments by full name."""
     prefect_server.run(["work-pool", "create", POOL, "--type", "process"])
     started = time.monotonic()
-    prefect_server.run(
-        ["--no-prompt", "deploy", "--all"], env=prefect_server.env(SEGSTYLE_HOME=str(REPO_ROOT))
-    )
+    env = {k: v for k, v in prefect_server.env().items() if not k.startswith("SEGSTYLE_")}
+    prefect_server.run(["--no-prompt", "deploy", "--all"], cwd=REPO_ROOT, env=env)
     with prefect_server.client() as client:
         flows = {flow.id: flow.name for flow in client.read_flows()}
         deployments = {f"{flows[d.flow_id]}/{d.name}": d for d in client.read_deployments()}
@@ -114,6 +122,21 @@ def test_scheduler_creates_runs_for_every_active_schedule(
     assert not scheduled_inactive, f"runs scheduled for inactive schedules: {scheduled_inactive}"
 
 
+def test_deployments_run_in_the_checkout_and_the_dataset_ones_one_at_a_time(
+    deployed: dict[str, Any],
+) -> None:
+    for name, deployment in deployed["deployments"].items():
+        assert deployment.entrypoint.startswith("segstyle.flows."), (name, deployment.entrypoint)
+        (step,) = deployment.pull_steps or [None]
+        assert step == {
+            "prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}
+        }, (name, deployment.pull_steps)
+        if name.startswith("segment_and_stylize/"):
+            assert deployment.concurrency_limit == 1, name
+            options = deployment.concurrency_options
+            assert options is not None and options.collision_strategy == "ENQUEUE", name
+
+
 # -- parameters, found rather than named -------------------------------------------------------
 
 
@@ -160,13 +183,16 @@ def _one(paths: list[tuple[str, ...]], what: str) -> tuple[str, ...]:
     return paths[0]
 
 
-def _small_offline_params(deployment: Any, dataset: Path, out: Path) -> dict[str, Any]:
-    """The deployment's own parameters, with a fresh dataset folder, ``out`` and one image."""
+def _small_offline_params(
+    deployment: Any, dataset: Path, out: Path, limit: int | None = 1
+) -> dict[str, Any]:
+    """The deployment's own parameters, with the dataset folder ``dataset``, ``out`` and at
+    most ``limit`` images."""
     params = copy.deepcopy(deployment.parameters)
     schema = deployment.parameter_openapi_schema or {}
     _set(params, _one(_leaf_paths(params, DEMO_DATASET), DEMO_DATASET), str(dataset))
     _set(params, _one(_property_paths(schema, "out"), "out"), str(out))
-    _set(params, _one(_property_paths(schema, "limit"), "limit"), 1)
+    _set(params, _one(_property_paths(schema, "limit"), "limit"), limit)
     return params
 
 
@@ -181,11 +207,11 @@ def worker(prefect_server: PrefectService, tmp_path: Path) -> Iterator[Path]:
     test run at that minute leaves one more run behind, in the checkout's artifacts/.
     """
     log_path = tmp_path / "worker.log"
-    env = prefect_server.env(SEGSTYLE_HOME=str(REPO_ROOT), PREFECT_WORKER_QUERY_SECONDS="2")
+    env = prefect_server.env(PREFECT_WORKER_QUERY_SECONDS="2")
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [prefect_executable(), "worker", "start", "--pool", POOL],
-            cwd=tmp_path,  # the deployment's pull step moves the run into SEGSTYLE_HOME
+            cwd=tmp_path,  # the deployment's pull step moves the run into the checkout
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -198,6 +224,38 @@ def worker(prefect_server: PrefectService, tmp_path: Path) -> Iterator[Path]:
         stop_process_group(process)
 
 
+def _trigger(server: PrefectService, params: dict[str, Any]) -> str:
+    """``prefect deployment run`` of the offline deployment with ``params``; the flow run id."""
+    triggered = server.run(["deployment", "run", OFFLINE, "--params", json.dumps(params)])
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", triggered.stdout)
+    assert match, f"no flow run id in:\n{triggered.stdout}"
+    return match.group(1)
+
+
+def _wait(server: PrefectService, flow_run_id: str, until: Any) -> Any:
+    """The flow run once ``until(flow_run)`` holds, or when :data:`RUN_TIMEOUT_S` is over."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        with server.client() as client:
+            flow_run = client.read_flow_run(flow_run_id)
+        if until(flow_run) or time.monotonic() > deadline:
+            return flow_run
+        time.sleep(1)
+
+
+def _final(flow_run: Any) -> bool:
+    return flow_run.state is not None and flow_run.state.is_final()
+
+
+def _started(flow_run: Any) -> bool:
+    return _final(flow_run) or (flow_run.state is not None and flow_run.state.is_running())
+
+
+def _no_pickles(server: PrefectService, out: Path) -> None:
+    found = pickled_files(server.home / "storage", out)
+    assert not found, f"pickles: {found}"
+
+
 def test_worker_runs_offline_deployment(
     prefect_server: PrefectService, deployed: dict[str, Any], worker: Path, tmp_path: Path
 ) -> None:
@@ -207,18 +265,8 @@ def test_worker_runs_offline_deployment(
     params = _small_offline_params(deployment, dataset, out)
 
     started = time.monotonic()
-    triggered = prefect_server.run(["deployment", "run", OFFLINE, "--params", json.dumps(params)])
-    match = re.search(r"UUID:\s*([0-9a-f-]{36})", triggered.stdout)
-    assert match, f"no flow run id in:\n{triggered.stdout}"
-    flow_run_id = match.group(1)
-
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while True:
-        with prefect_server.client() as client:
-            flow_run = client.read_flow_run(flow_run_id)
-        if (flow_run.state and flow_run.state.is_final()) or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    flow_run_id = _trigger(prefect_server, params)
+    flow_run = _wait(prefect_server, flow_run_id, _final)
     elapsed = time.monotonic() - started
     state = flow_run.state
     worker_log = worker.read_text(errors="replace")
@@ -239,5 +287,76 @@ def test_worker_runs_offline_deployment(
     assert set(frame["status"]) == {"ok"}, frame[["image_id", "status", "error"]]
     assert frame["image_id"].nunique() == 1  # limit 1
 
+    # a readable name (city, segmenter, stylizer, date); the run's folder adds the id's start
+    assert re.fullmatch(r"zurich-grabcut-feedforward-\d{4}-\d{2}-\d{2}", flow_run.name)
+    assert set(frame["run_id"]) == {flow_run.name}
+    assert [p.name for p in (out / "runs").iterdir()] == [f"{flow_run.name}-{flow_run_id[:8]}"]
+    _no_pickles(prefect_server, out)
+
     found = tracebacks(worker_log)
     assert not found, "the worker's log holds tracebacks:\n\n" + "\n\n".join(found[:3])
+
+
+def test_a_bad_image_fails_the_run_quietly_with_a_short_message(
+    prefect_server: PrefectService,
+    deployed: dict[str, Any],
+    worker: Path,
+    demo_root: Path,
+    tmp_path: Path,
+) -> None:
+    dataset, out = Path(shutil.copytree(demo_root, tmp_path / "cityscapes")), tmp_path / "out"
+    victim = sorted((dataset / "leftImg8bit" / "train" / "zurich").glob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # a truncated PNG
+    params = _small_offline_params(deployed["deployments"][OFFLINE], dataset, out, limit=None)
+
+    flow_run_id = _trigger(prefect_server, params)
+    state = _wait(prefect_server, flow_run_id, _final).state
+    worker_log = worker.read_text(errors="replace")
+    assert state is not None and state.is_failed(), (state, worker_log[-6000:])
+    victim_id = victim.name.removesuffix("_leftImg8bit.png")
+    message = state.message or ""
+    assert message.startswith(f"1 of 3 images failed; first: {victim_id}: "), message
+    assert len(message) <= 200, message
+    # one log line for the image, and no traceback anywhere
+    assert sum(f"{victim_id} failed:" in line for line in worker_log.splitlines()) == 1
+    found = tracebacks(worker_log)
+    assert not found, "the worker's log holds tracebacks:\n\n" + "\n\n".join(found[:3])
+    _no_pickles(prefect_server, out)
+
+
+def _kill_flow_run_processes(flow_run_id: str) -> int:
+    """SIGKILL every process of this user that runs the flow run (its environment names it);
+    how many."""
+    import psutil
+
+    killed = 0
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("PREFECT__FLOW_RUN_ID") == flow_run_id:
+                os.kill(process.pid, signal.SIGKILL)
+                killed += 1
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return killed
+
+
+def test_a_killed_run_is_retried_and_completes(
+    prefect_server: PrefectService, deployed: dict[str, Any], worker: Path, tmp_path: Path
+) -> None:
+    from segstyle.flows.runs import CRASH_RETRIES
+
+    out = tmp_path / "out"
+    params = _small_offline_params(deployed["deployments"][OFFLINE], tmp_path / "demo", out)
+    flow_run_id = _trigger(prefect_server, params)
+    running = _wait(prefect_server, flow_run_id, _started)
+    assert running.state.is_running(), running.state
+    assert _kill_flow_run_processes(flow_run_id) >= 1
+
+    flow_run = _wait(prefect_server, flow_run_id, _final)
+    worker_log = worker.read_text(errors="replace")
+    with prefect_server.client() as client:
+        history = [s.type.value for s in client.read_flow_run_states(flow_run_id)]
+    assert flow_run.state.is_completed(), (flow_run.state, history, worker_log[-6000:])
+    assert "CRASHED" in history, history
+    assert 2 <= flow_run.run_count <= 1 + CRASH_RETRIES
+    _no_pickles(prefect_server, out)
