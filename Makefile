@@ -84,11 +84,14 @@ server: $(LINKED)
 
 # Creates the process work pool once (an existing one keeps its settings), then deploys every
 # deployment of prefect.yaml; the demo-offline-nightly schedule is active at once.
+# SEGSTYLE_NOTIFY_WEBHOOK=<URL> (env or `make deploy SEGSTYLE_NOTIFY_WEBHOOK=...`): failed or
+# crashed nightly runs are POSTed there (the automation segstyle-nightly-failure, flows/notify.py).
 deploy: $(LINKED)
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect work-pool inspect $(POOL) >/dev/null 2>&1 \
 		|| PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect work-pool create $(POOL) --type process
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) SEGSTYLE_HOME=$(CURDIR) $(VENV)/bin/prefect --no-prompt deploy --all
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect variable set segstyle-outputs-url http://127.0.0.1:$(OUTPUTS_PORT) --overwrite
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(PY) -m segstyle.flows.notify
 
 worker: $(LINKED)
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) SEGSTYLE_HOME=$(CURDIR) $(VENV)/bin/prefect worker start --pool $(POOL)
