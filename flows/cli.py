@@ -454,6 +454,27 @@ class Results(Command):
         return 0
 
 
+class Prune(Command):
+    """remove all but the latest runs of each flow (their Parquet files and run folders)"""
+
+    out: str = Field(default="artifacts", description="the flows' --out folder")
+    keep: int = Field(ge=1, description="runs to keep per flow, the latest started")
+    dry_run: CliToggleFlag[bool] = Field(default=False, description="list, remove nothing")
+
+    def cli_cmd(self) -> int:
+        from segstyle_core.retention import prune
+
+        pruned = prune(self.out, self.keep, dry_run=self.dry_run)
+        verb = "would remove" if self.dry_run else "removed"
+        for run in pruned.runs:
+            print(f"{verb} run {run}")
+        print(
+            f"{verb} {len(pruned.runs)} runs: {len(pruned.files)} Parquet files, "
+            f"{len(pruned.folders)} run folders; the cache is kept"
+        )
+        return 0
+
+
 class Serve(Command):
     """serve run outputs over HTTP on 127.0.0.1 so the Prefect UI can show them"""
 
@@ -484,6 +505,7 @@ COMMANDS: dict[str, type[Command]] = {
     "demo": Demo,
     "weights": Weights,
     "results": Results,
+    "prune": Prune,
     "serve": Serve,
 }
 

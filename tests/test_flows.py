@@ -8,10 +8,11 @@ that no run leaves a pickle in Prefect's result storage or the output folder.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import datetime as dt
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -33,25 +34,37 @@ STAGES = ("gt", "segment", "stylize", "composite", "figures")
 MODEL_STAGES = ("gt", "segment", "stylize", "composite")
 
 
+def _is_pickle(data: bytes) -> bool:
+    """Whether ``data`` is a pickle: raw (every protocol >= 2 starts with PROTO, 0x80), in
+    base64 (how Prefect's result storage writes one), or inside a result record (JSON) whose
+    serializer is a pickle one or whose ``result`` is one."""
+    data = data.strip()
+    if data[:1] == b"\x80":
+        return True
+    with contextlib.suppress(ValueError):
+        if base64.b64decode(data, validate=True)[:1] == b"\x80":
+            return True
+    try:
+        record = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(record, dict):
+        return False
+    serializer = (record.get("metadata") or {}).get("serializer") or {}
+    result = record.get("result")
+    return "pickle" in str(serializer.get("type", "")) or (
+        isinstance(result, str) and _is_pickle(result.encode())
+    )
+
+
 def pickled_files(*folders: Path) -> list[Path]:
-    """The files under ``folders`` that hold a pickle: raw pickle bytes, or a Prefect result
-    record (JSON) whose serializer is a pickle one."""
-    found = []
-    for folder in folders:
-        for path in (p for p in folder.rglob("*") if p.is_file()):
-            data = path.read_bytes()
-            if data[:1] == b"\x80":  # every pickle protocol >= 2 starts with PROTO
-                found.append(path)
-                continue
-            try:
-                record = json.loads(data)
-            except (UnicodeDecodeError, ValueError):
-                continue
-            metadata = record.get("metadata") if isinstance(record, dict) else None
-            serializer = (metadata or {}).get("serializer") or {}
-            if "pickle" in str(serializer.get("type", "")):
-                found.append(path)
-    return found
+    """The files under ``folders`` that hold a pickle (:func:`_is_pickle`)."""
+    return [
+        path
+        for folder in folders
+        for path in folder.rglob("*")
+        if path.is_file() and _is_pickle(path.read_bytes())
+    ]
 
 
 def _prefect_storage() -> Path:

@@ -1,0 +1,25 @@
+"""The ``prune_outputs`` flow: retention for scheduled runs (``segstyle prune`` as a
+deployment), see :func:`segstyle_core.retention.prune`."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from segstyle_core.retention import prune
+
+
+@flow(name="prune_outputs", persist_result=False)
+def prune_outputs(out: str = "artifacts", keep: int = 14) -> int:
+    """Keep the ``keep`` latest runs of each flow under ``out`` (their Parquet files and run
+    folders); remove older runs. The stage cache is never touched. Returns the runs removed.
+
+    Args:
+        out: the flows' output folder.
+        keep: runs to keep per flow, the latest started.
+    """
+    pruned = prune(out, keep)
+    logger = get_run_logger()
+    for run in pruned.runs:
+        logger.info("removed run %s", run)
+    logger.info("removed %d runs; kept the latest %d of each flow", len(pruned.runs), keep)
+    return len(pruned.runs)

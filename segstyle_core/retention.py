@@ -1,0 +1,83 @@
+"""Retention of an output folder: keep the latest runs, remove the rest (``segstyle prune``).
+
+A run is its flow run: its Parquet file ``<out>/metrics/flow=<flow>/<flow_run_id>.parquet``
+and its run folder ``<out>/runs/<run>/`` (the folder its rows' pictures lie in). Per flow, the
+``keep`` runs started last are kept; older ones lose both. A run still going (or killed, not
+yet finished: :func:`~segstyle_core.results.partial_runs`) is never touched, and neither is the
+stage cache: a kept run may reuse any entry of it, so pruning never removes one (delete
+``<out>/cache`` by hand to reclaim it all; the next run recomputes what it needs).
+
+Nothing outside ``<out>/metrics`` and ``<out>/runs`` is removed: a run folder is removed only
+when it resolves to a folder directly inside ``<out>/runs``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from segstyle_core import results
+from segstyle_core.errors import ConfigError
+
+#: The row columns that name a run's pictures (``<out>/runs/<run>/<image>/<file>``).
+_PICTURES = ("mask_path", "stylized_path", "composite_path", "panel_path")
+
+
+@dataclass
+class Pruned:
+    """What :func:`prune` removed (or, with ``dry_run``, would remove)."""
+
+    runs: list[str] = field(default_factory=list)  # "<run name> (<flow run id>)"
+    files: list[Path] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+
+
+def _run_folders(rows: pd.DataFrame, runs_dir: Path) -> set[Path]:
+    """The folders directly inside ``runs_dir`` that hold the rows' pictures."""
+    folders = set()
+    for column in _PICTURES:
+        for text in rows[column].dropna().unique():
+            path = Path(str(text)).resolve()
+            if path.is_relative_to(runs_dir) and len(path.relative_to(runs_dir).parts) >= 2:
+                folders.add(runs_dir / path.relative_to(runs_dir).parts[0])
+    return folders
+
+
+def prune(out: str | os.PathLike[str], keep: int, *, dry_run: bool = False) -> Pruned:
+    """Keep the ``keep`` latest runs of each flow under ``out``; remove the older runs'
+    Parquet files and run folders. Returns what was (or would be) removed.
+
+    Raises:
+        ConfigError: ``keep`` below 1.
+        SegstyleError: ``out`` holds no metrics folder (:func:`results.read_metrics`).
+    """
+    if keep < 1:
+        raise ConfigError(f"keep={keep}: keep at least the latest run (1)")
+    root = Path(out)
+    metrics, runs_dir = root / "metrics", (root / "runs").resolve()
+    rows = results.read_metrics(metrics)
+    busy = {run.flow_run_id for run in results.partial_runs(metrics)}
+    pruned = Pruned()
+    for flow_dir in sorted(metrics.glob("flow=*")):
+        flow = flow_dir.name.removeprefix("flow=")
+        files = {p.stem: p for p in flow_dir.glob("*.parquet") if p.is_file()}
+        ran = rows[rows["flow_run_id"].isin(files.keys() - busy)]
+        started = ran.groupby("flow_run_id")["started_at"].min().sort_values(kind="stable")
+        kept = set(started.index[-keep:])
+        kept_folders = _run_folders(rows[rows["flow_run_id"].isin(kept | busy)], runs_dir)
+        for run_id in started.index[:-keep]:
+            run_rows = ran[ran["flow_run_id"] == run_id]
+            pruned.runs.append(f"{run_rows['run_id'].iloc[0]} ({run_id}, {flow})")
+            pruned.files.append(files[run_id])
+            pruned.folders += sorted(_run_folders(run_rows, runs_dir) - kept_folders)
+    if not dry_run:
+        for file in pruned.files:
+            file.unlink(missing_ok=True)
+        for folder in pruned.folders:
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)
+    return pruned
