@@ -27,10 +27,10 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from segstyle.flows.artifacts import publish_artifacts
+from segstyle.flows.cluster import task_runner
 from segstyle.flows.runs import (
     DATASET_TIMEOUT_S,
     FLOW_OPTIONS,
@@ -60,10 +60,9 @@ from segstyle_core.rows import frame_rows, run_columns, style_columns
 from segstyle_core.run_summary import short_error
 from segstyle_core.stagecache import StageRecord
 
-#: Threads for the task runner: heavy stages still run one at a time per device (device slot).
-DEFAULT_WORKERS = 4
-#: The flows' task runner (Prefect gives each flow run its own copy).
-TASK_RUNNER: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS)
+#: The flows' task runner: threads, or the Dask cluster that ``SEGSTYLE_DASK_ADDRESS`` names
+#: (a deployment's job variable); the CLI picks its own (``--dask``, ``--workers``).
+TASK_RUNNER = task_runner()
 
 
 class RunFailed(SegstyleError):

@@ -25,8 +25,6 @@ import pytest
 from segstyle_core.demo.dataset import generate_demo_dataset
 from tests.prefect_service import free_port, stop_process_group
 
-pytestmark = pytest.mark.slow
-
 BIN = Path(sys.executable).parent
 RUN = ["--city", "zurich", "--classes", "car", "--prompts", "gt-instances"]
 RUN += ["--segmenter", "grabcut", "--stylizer", "feedforward", "--feather", "2"]
@@ -104,6 +102,7 @@ def _rows(process: subprocess.Popen[str], timeout_s: float = 600) -> pd.DataFram
     return rows.sort_values(["image_id", "prompt_index"]).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_cluster_rows_equal_a_local_runs(dataset: Path, cluster: Cluster, tmp_path: Path) -> None:
     local = _rows(_segstyle(dataset, tmp_path / "local"))
     remote = _rows(_segstyle(dataset, tmp_path / "cluster", "--dask", cluster.address))
@@ -111,6 +110,7 @@ def test_cluster_rows_equal_a_local_runs(dataset: Path, cluster: Cluster, tmp_pa
     pd.testing.assert_frame_equal(local[RESULT], remote[RESULT])
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_no_image_and_duplicates_none(
     dataset: Path, cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -129,3 +129,22 @@ def test_a_killed_worker_loses_no_image_and_duplicates_none(
     assert not rows.duplicated(["image_id", "prompt_index"]).any()
     assert set(rows["image_id"]) == annotated and len(annotated) == 6
     assert len(pd.read_parquet(out / "metrics")) == len(rows)  # the run's file, nothing twice
+
+
+def test_the_task_runner_follows_the_cli_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--dask`` wins, then ``$SEGSTYLE_DASK_ADDRESS`` (a deployment's job variable), then
+    ``--workers``; without any, threads."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from segstyle.flows.cluster import DASK_ADDRESS_ENV, task_runner
+
+    monkeypatch.delenv(DASK_ADDRESS_ENV, raising=False)
+    assert isinstance(task_runner(), ThreadPoolTaskRunner)
+    local = task_runner(workers=3)
+    assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] == 3
+    monkeypatch.setenv(DASK_ADDRESS_ENV, "tcp://10.0.0.1:8786")
+    assert task_runner().address == "tcp://10.0.0.1:8786"  # type: ignore[attr-defined]
+    assert task_runner("tcp://10.0.0.2:8786").address == "tcp://10.0.0.2:8786"  # type: ignore[attr-defined]
