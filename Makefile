@@ -89,12 +89,12 @@ server: $(LINKED)
 deploy: $(LINKED)
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect work-pool inspect $(POOL) >/dev/null 2>&1 \
 		|| PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect work-pool create $(POOL) --type process
-	PREFECT_API_URL=$(PREFECT_LOCAL_API) SEGSTYLE_HOME=$(CURDIR) $(VENV)/bin/prefect --no-prompt deploy --all
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect --no-prompt deploy --all
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect variable set segstyle-outputs-url http://127.0.0.1:$(OUTPUTS_PORT) --overwrite
 	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(PY) -m segstyle.flows.notify
 
 worker: $(LINKED)
-	PREFECT_API_URL=$(PREFECT_LOCAL_API) SEGSTYLE_HOME=$(CURDIR) $(VENV)/bin/prefect worker start --pool $(POOL)
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) $(VENV)/bin/prefect worker start --pool $(POOL)
 
 # Debian's Chromium, for the report's headless-browser check (as root; once).
 chromium:

@@ -349,7 +349,7 @@ class Demo(RunCommand):
     def cli_cmd(self) -> int:
         """Generate the dataset when missing, run ``segment_and_stylize`` on it with GrabCut
         and the feed-forward stylizer, and print where the results are."""
-        from segstyle.flows.dataset import segment_and_stylize
+        from segstyle.flows.dataset import run_folder, segment_and_stylize
         from segstyle_core import results
         from segstyle_core.config import (
             CompositeConfig,
@@ -381,7 +381,8 @@ class Demo(RunCommand):
         status = _run_flow(segment_and_stylize, *configs)
         out = Path(outputs.out).resolve()
         latest = results.read_metrics(out / "metrics").sort_values("started_at", kind="stable")
-        report = out / "runs" / latest["run_id"].iloc[-1] / "report.html"
+        last = latest.iloc[-1]
+        report = run_folder(out, last["run_id"], last["flow_run_id"]) / "report.html"
         print(f"report:  {report}", file=sys.stderr)
         print(f"images:  {out / 'runs'}", file=sys.stderr)
         print(

@@ -7,8 +7,8 @@
   (``persist_result=False``); what Prefect still writes on an unexpected exception is JSON
   (``result_serializer="json"``), never a pickle.
 - A retry after a crash: Prefect's flow ``retries`` retry Failed runs only, never Crashed ones
-  (a killed process, a lost machine). :func:`retry_crashed`, an ``on_crashed`` hook, puts a
-  crashed deployment run back in its work queue, at most :data:`CRASH_RETRIES` times.
+  (a killed process, a lost machine). :func:`retry_crashed`, an ``on_crashed`` hook, starts a
+  crashed deployment run again as a new run, at most :data:`CRASH_RETRIES` times in a row.
   Failed runs are not retried: an image fails on its input, which a rerun does not change.
 - A state message short enough for the UI's column (:func:`state_message`).
 """
@@ -24,7 +24,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run
-from prefect.states import AwaitingRetry, State
+from prefect.states import Scheduled, State
 
 #: A dataset run's time limit: a nightly run ends before the next night's is due.
 DATASET_TIMEOUT_S = 23 * 3600
@@ -34,36 +34,61 @@ PHOTO_TIMEOUT_S = 2 * 3600
 VIDEO_TIMEOUT_S = 12 * 3600
 #: How many times a crashed deployment run is put back in its queue; then it stays Crashed.
 CRASH_RETRIES = 2
-#: Seconds a crashed run waits before its retry.
+#: The tag of a crash retry: ``crash-retry-1``, ``crash-retry-2``, ...
+CRASH_RETRY_TAG = "crash-retry-"
+#: Seconds a crashed run's retry waits before it starts.
 CRASH_RETRY_DELAY_S = 10
 #: The longest state message: the width of the UI's state column.
 STATE_MESSAGE_CHARS = 200
 
 
-def retry_crashed(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:
-    """``on_crashed`` hook: schedule the crashed run again (``AwaitingRetry``, same flow run,
-    same parameters) while it has run at most :data:`CRASH_RETRIES` times.
+def _crash_retries(flow_run: FlowRun) -> int:
+    """How many crash retries came before ``flow_run`` (its ``crash-retry-<n>`` tag)."""
+    numbers = [t.removeprefix(CRASH_RETRY_TAG) for t in flow_run.tags or ()]
+    return max((int(n) for n in numbers if n.isdigit()), default=0)
 
-    The worker runs it when the flow's process died (``SIGKILL``, out of memory), the flow's
-    process when it caught the crash itself. A run outside a deployment (``segstyle run``)
-    has no worker to pick it up again: it stays Crashed.
+
+def retry_crashed(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:
+    """``on_crashed`` hook: start the crashed run again as a new run of its deployment, with
+    the same parameters, tagged ``crash-retry-<n>``, :data:`CRASH_RETRY_DELAY_S` from now;
+    at most :data:`CRASH_RETRIES` times in a row. The crashed run stays Crashed (and notifies
+    as such); the new one takes over the rows its images had finished
+    (:class:`segstyle_core.results.RunRows`) and every cached stage.
+
+    A new run, not the same one rescheduled: the worker reports a crash once more after its
+    hooks have run, which would undo a rescheduling. The worker runs this hook when the flow's
+    process died (``SIGKILL``, out of memory), the flow's process when it caught the crash
+    itself; the idempotency key makes both one retry. A run outside a deployment (``segstyle
+    run``) has nothing to start again: it stays Crashed.
     """
     if flow_run.deployment_id is None:
         return
     logger = flow_run_logger(flow_run)
+    retries = _crash_retries(flow_run)
+    if retries >= CRASH_RETRIES:
+        logger.error("crashed after %d crash retries: not retried again", retries)
+        return
+    retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=CRASH_RETRY_DELAY_S)
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_run(flow_run.id).run_count
-        if runs > CRASH_RETRIES:
-            logger.error("crashed %d times: not retried again (%s)", runs, state.message)
-            return
-        retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=CRASH_RETRY_DELAY_S)
-        message = f"crash retry {runs} of {CRASH_RETRIES} after: {state.message}"
-        client.set_flow_run_state(
-            flow_run.id,
-            AwaitingRetry(scheduled_time=retry_at, message=state_message(message)),
-            force=True,
+        retry = client.create_flow_run_from_deployment(
+            flow_run.deployment_id,
+            parameters=flow_run.parameters,
+            job_variables=flow_run.job_variables,
+            tags=[f"{CRASH_RETRY_TAG}{retries + 1}"],
+            idempotency_key=f"{CRASH_RETRY_TAG}{flow_run.id}",
+            state=Scheduled(
+                scheduled_time=retry_at,
+                message=state_message(f"crash retry {retries + 1} of {flow_run.name}"),
+            ),
         )
-    logger.warning("%s; runs again in %d s", message, CRASH_RETRY_DELAY_S)
+    logger.warning(
+        "crashed (%s); crash retry %d of %d: flow run %s starts in %d s",
+        state.message,
+        retries + 1,
+        CRASH_RETRIES,
+        retry.id,
+        CRASH_RETRY_DELAY_S,
+    )
 
 
 #: The options every segstyle flow is declared with (beside its name, timeout and run name).

@@ -266,7 +266,8 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
     assert len(everything) == len(rows)
     (report_line,) = [line for line in done.stderr.splitlines() if line.startswith("report:")]
     report = Path(report_line.removeprefix("report:").strip())
-    assert report.is_file() and report.parent.name == rows["run_id"].iloc[0]
+    run_name, flow_run_id = rows[["run_id", "flow_run_id"]].iloc[0]
+    assert report.is_file() and report.parent.name == f"{run_name}-{flow_run_id[:8]}"
 
     sources = re.findall(r'<img[^>]*\bsrc="([^"]+)"', report.read_text(encoding="utf-8"))
     assert sources and all((report.parent / src).is_file() for src in sources)

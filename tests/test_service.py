@@ -132,7 +132,8 @@ def test_deployments_run_in_the_checkout_and_the_dataset_ones_one_at_a_time(
             "prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}
         }, (name, deployment.pull_steps)
         if name.startswith("segment_and_stylize/"):
-            assert deployment.concurrency_limit == 1, name
+            limit = deployment.global_concurrency_limit
+            assert limit is not None and limit.limit == 1 and limit.active, name
             options = deployment.concurrency_options
             assert options is not None and options.collision_strategy == "ENQUEUE", name
 
@@ -340,10 +341,29 @@ def _kill_flow_run_processes(flow_run_id: str) -> int:
     return killed
 
 
+def _crash_retry_of(server: PrefectService, flow_run_id: str) -> Any:
+    """The flow run that retries the crashed ``flow_run_id`` (its idempotency key names it),
+    once it exists; else ``None`` after :data:`RUN_TIMEOUT_S`."""
+    from segstyle.flows.runs import CRASH_RETRY_TAG
+
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with server.client() as client:
+            found = [
+                run
+                for run in client.read_flow_runs()
+                if run.idempotency_key == f"{CRASH_RETRY_TAG}{flow_run_id}"
+            ]
+        if found:
+            return found[0]
+        time.sleep(1)
+    return None
+
+
 def test_a_killed_run_is_retried_and_completes(
     prefect_server: PrefectService, deployed: dict[str, Any], worker: Path, tmp_path: Path
 ) -> None:
-    from segstyle.flows.runs import CRASH_RETRIES
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     out = tmp_path / "out"
     params = _small_offline_params(deployed["deployments"][OFFLINE], tmp_path / "demo", out)
@@ -352,11 +372,22 @@ def test_a_killed_run_is_retried_and_completes(
     assert running.state.is_running(), running.state
     assert _kill_flow_run_processes(flow_run_id) >= 1
 
-    flow_run = _wait(prefect_server, flow_run_id, _final)
+    crashed = _wait(prefect_server, flow_run_id, _final)
+    retry = _crash_retry_of(prefect_server, flow_run_id)
     worker_log = worker.read_text(errors="replace")
     with prefect_server.client() as client:
-        history = [s.type.value for s in client.read_flow_run_states(flow_run_id)]
-    assert flow_run.state.is_completed(), (flow_run.state, history, worker_log[-6000:])
-    assert "CRASHED" in history, history
-    assert 2 <= flow_run.run_count <= 1 + CRASH_RETRIES
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[crashed.id])))
+    assert crashed.state.is_crashed() and retry is not None, (
+        f"{crashed.state!r}; retry {retry}; run logs:\n"
+        + "\n".join(f"{log.name}: {log.message}" for log in logs)
+        + f"\nworker log:\n{worker_log[-6000:]}"
+    )
+    assert "crash-retry-1" in retry.tags and retry.parameters == crashed.parameters
+
+    done = _wait(prefect_server, str(retry.id), _final)
+    assert done.state.is_completed(), (done.state, worker.read_text(errors="replace")[-6000:])
+    import pandas as pd
+
+    frame = pd.read_parquet(next((out / "metrics").rglob(f"{retry.id}.parquet")))
+    assert set(frame["status"]) == {"ok"} and frame["image_id"].nunique() == 1
     _no_pickles(prefect_server, out)

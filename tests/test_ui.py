@@ -36,7 +36,6 @@ from typing import Any
 import pytest
 
 from tests.prefect_service import (
-    REPO_ROOT,
     PrefectService,
     free_port,
     stop_process_group,
@@ -275,7 +274,7 @@ def deployed(prefect_server: PrefectService) -> dict[str, Any]:
     """``make deploy`` against the test server: the work pool, then ``prefect deploy --all``."""
     prefect_server.run(["work-pool", "create", POOL, "--type", "process"])
     prefect_server.run(
-        ["--no-prompt", "deploy", "--all"], env=prefect_server.env(SEGSTYLE_HOME=str(REPO_ROOT))
+        ["--no-prompt", "deploy", "--all"], env=prefect_server.env()
     )
     with prefect_server.client() as client:
         flows = {flow.id: flow.name for flow in client.read_flows()}
