@@ -75,6 +75,9 @@ POOL := segstyle-process
 # deploy` sets the Prefect Variable segstyle-outputs-url to that address, and a run links its
 # files when that server says it serves the run's --out (see segstyle_core/outputs.py). Both
 # stop together. Another port: `make server deploy SERVER_PORT=4300 OUTPUTS_PORT=4301`.
+# PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://USER:PASSWORD@HOST:5432/DB in the
+# environment puts the server's database in PostgreSQL (Prefect reads it; asyncpg comes with
+# Prefect); without it the database is SQLite in PREFECT_HOME.
 OUTPUTS_PORT ?= 4201
 OUTPUTS_DIRS ?= artifacts
 server: $(LINKED)

@@ -164,5 +164,5 @@ class CompositeConfig(ConfigModel):
 class OutputConfig(ConfigModel):
     """Where a run writes: its cache, per-run pictures and Parquet metrics."""
 
-    out: str = "artifacts"
+    out: str = Field(default="artifacts", min_length=1)
     """Output folder: cache/, runs/<run>/ and metrics/ (Parquet) live under it."""

@@ -117,6 +117,8 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
                     f"{limit}; downscale the image or raise SEGSTYLE_MAX_PIXELS"
                 )
             image.load()
+            if image.format == "PNG":
+                _check_png_data(path)
             image = _exif_upright(image)
     except InputError:
         raise
@@ -131,6 +133,22 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
             raise storage_error(exc, path) from exc
         raise InputError(f"{path}: corrupt or truncated image ({exc}); replace the file") from exc
     return image
+
+
+def _check_png_data(path: Path) -> None:
+    """Refuse a PNG whose pixel data ends before its last row: Pillow fills the missing rows
+    with black without a word; libpng (through OpenCV) refuses the file.
+
+    Raises:
+        InputError: the data is short or broken (one line naming the file).
+    """
+    import cv2
+
+    if cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED) is None:
+        raise InputError(
+            f"{path}: truncated image data (the header promises more rows than the file "
+            "holds); replace the file"
+        )
 
 
 def _exif_upright(image: Image.Image) -> Image.Image:

@@ -36,8 +36,18 @@ from typing import IO, Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Environment variables a subprocess must not inherit from the test process: they would point
-#: it at another server or profile.
+#: it at another server or profile, or a test server at the user's (production) database.
 _INHERITED_PREFECT = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_UI_URL")
+_INHERITED_PREFIXES = ("PREFECT_API_DATABASE_", "PREFECT_SERVER_DATABASE_")
+
+
+def _own_environ() -> dict[str, str]:
+    """The test process's environment without the variables above."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _INHERITED_PREFECT and not k.startswith(_INHERITED_PREFIXES)
+    }
 
 
 def prefect_executable() -> str:
@@ -98,7 +108,8 @@ class PrefectService:
         api_url: ``http://127.0.0.1:<port>/api`` (what ``PREFECT_API_URL`` takes).
         ui_url: ``http://127.0.0.1:<port>``, the UI's address.
         port: the TCP port on 127.0.0.1.
-        home: the server's ``PREFECT_HOME`` (its SQLite database, the UI build).
+        home: the server's ``PREFECT_HOME`` (its SQLite database unless ``extra_env`` names
+            another, the UI build).
         log_path: the server's stdout and stderr.
         process: the server process; it leads its own process group.
     """
@@ -117,7 +128,7 @@ class PrefectService:
         with ``PREFECT_HOME`` and ``PREFECT_API_URL`` set to this server's, analytics off, plus
         ``extra`` (e.g. ``SEGSTYLE_HOME=...``).
         """
-        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_PREFECT}
+        env = _own_environ()
         env.update(
             PREFECT_HOME=str(self.home),
             PREFECT_API_URL=self.api_url,
@@ -203,7 +214,9 @@ def prefect_service(
 
     ``base_dir`` gets ``home/`` (the server's ``PREFECT_HOME``) and ``server.log``. The
     scheduler runs every ``scheduler_loop_s`` seconds (Prefect's default: 60), so scheduled
-    runs appear within seconds of a deploy. ``extra_env`` adds server settings. The block ends
+    runs appear within seconds of a deploy. ``extra_env`` adds server settings, e.g.
+    ``PREFECT_API_DATABASE_CONNECTION_URL`` for PostgreSQL (``tests/postgres.py``); the test
+    process's own database settings never reach the server. The block ends
     with the server's process group stopped (SIGTERM, then SIGKILL) and, with ``check_log``,
     :meth:`PrefectService.assert_log_clean`.
 
@@ -216,7 +229,7 @@ def prefect_service(
     home.mkdir(parents=True, exist_ok=True)
     log_path = base / "server.log"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in _INHERITED_PREFECT}
+    env = _own_environ()
     env.update(
         PREFECT_HOME=str(home),
         # the UI's API address; Prefect 3.8.8 derives it from port 4200, not from --port

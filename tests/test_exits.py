@@ -208,3 +208,12 @@ def test_field_names_in_errors_are_written_as_the_commands_flags() -> None:
         "--sam2-checkpoint and --segmenter"
     )
     assert with_flags("dataset.root", video) == "dataset.root"  # no such flag in video
+
+
+def test_an_out_folder_that_is_not_utf8_is_one_line(
+    streets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path with a byte that is not UTF-8 (as a shell passes it: a surrogate escape)."""
+    out = tmp_path / "out\udcff"
+    line = _refused(capsys, streets, out)
+    assert line.startswith("segstyle: error: --out: Input should be a valid string")

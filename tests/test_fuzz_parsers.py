@@ -121,3 +121,48 @@ def test_box_and_point_strings(text: str) -> None:
     point = _one_line_or_valid(lambda: parse_point(text))
     if point is not None:
         assert all(math.isfinite(v) for v in point[:2]) and point[2] in (0, 1)
+
+
+#: ``segstyle run`` options whose values a user types (the model checks them).
+RUN_FLAGS = (
+    "--feather",
+    "--limit",
+    "--city",
+    "--classes",
+    "--box-expand",
+    "--gt",
+    "--prompts",
+    "--split",
+    "--content-weight",
+    "--iterations",
+    "--roi-margin",
+    "--seed",
+)
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(RUN_FLAGS),
+            st.one_of(numbers.map(str), st.text(max_size=12).filter(lambda t: t[:1] != "-")),
+        ),
+        max_size=4,
+    )
+)
+def test_run_options_from_the_command_line(options: list[tuple[str, str]]) -> None:
+    """``segstyle run`` with arbitrary values: the configuration models, or one line naming a
+    flag (a usage error of argparse exits 2 as ever)."""
+    from segstyle.flows.cli import parse
+    from segstyle.flows.options import COMPOSITE, DATASET, PROMPTS, SEGMENTER
+
+    argv = ["run", *(word for option in options for word in option)]
+
+    def build() -> object:
+        command = parse(argv)
+        return [group.build(command) for group in (DATASET, PROMPTS, SEGMENTER, COMPOSITE)]
+
+    try:
+        _one_line_or_valid(build)
+    except SystemExit as exc:
+        assert exc.code == 2

@@ -240,3 +240,31 @@ def test_an_output_folder_that_refuses_files_is_refused_before_any_work() -> Non
     with pytest.raises(ConfigError, match=r"/proc/x.png: folder /proc is not writable") as info:
         check_output_path("/proc/x.png")
     assert "\n" not in str(info.value)
+
+
+def test_a_png_whose_data_ends_before_its_last_row_is_refused(tmp_path: Path) -> None:
+    """A valid PNG stream whose header says 300×300 but whose data holds 10 rows: Pillow would
+    fill the other 290 with black; it is refused, and the same data in full reads back."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    def png(rows: int) -> bytes:
+        pixels = b"".join(b"\x00" + bytes([128] * 300 * 3) for _ in range(rows))
+        header = struct.pack(">IIBBBBB", 300, 300, 8, 2, 0, 0, 0)
+        return (
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(pixels))
+            + chunk(b"IEND", b"")
+        )
+
+    (tmp_path / "short.png").write_bytes(png(10))
+    with pytest.raises(InputError, match="short.png: truncated image data") as info:
+        read_rgb(tmp_path / "short.png")
+    assert "\n" not in str(info.value)
+    (tmp_path / "whole.png").write_bytes(png(300))
+    assert (read_rgb(tmp_path / "whole.png") == 128).all()
