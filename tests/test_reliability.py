@@ -85,7 +85,15 @@ class CliRuns:
         """Start ``segstyle run --dataset root ... --out out`` with ``extra`` options."""
         from prefect.settings import PREFECT_API_URL
 
-        env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+        # These runs get SIGKILLed. The session's test API (prefect_test_harness) runs no lease
+        # repossessor, so a killed holder's Prefect slot would stay taken for good: the runs
+        # take this machine's host slots, which the kernel frees when a holder dies. Prefect-
+        # mode slots and their repossession are tested in tests/test_device_slots.py.
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "SEGSTYLE_DEVICE_SLOTS": "host",
+        }
         self.logs.mkdir(parents=True, exist_ok=True)
         with (
             open(self.logs / f"{name}.out", "wb") as stdout,
