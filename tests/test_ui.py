@@ -273,9 +273,7 @@ def _shows(value: Any, shown: list[Any]) -> bool:
 def deployed(prefect_server: PrefectService) -> dict[str, Any]:
     """``make deploy`` against the test server: the work pool, then ``prefect deploy --all``."""
     prefect_server.run(["work-pool", "create", POOL, "--type", "process"])
-    prefect_server.run(
-        ["--no-prompt", "deploy", "--all"], env=prefect_server.env()
-    )
+    prefect_server.run(["--no-prompt", "deploy", "--all"], env=prefect_server.env())
     with prefect_server.client() as client:
         flows = {flow.id: flow.name for flow in client.read_flows()}
         return {f"{flows[d.flow_id]}/{d.name}": d for d in client.read_deployments()}
