@@ -22,6 +22,7 @@ import re
 import textwrap
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +280,8 @@ def own_checkpoint(path: str | os.PathLike[str], field: str) -> CheckpointFile:
             f"checkpoint {path} is empty (0 bytes): fix {field}, or leave it unset to use the "
             "downloaded official checkpoint"
         )
+    if zipfile.is_zipfile(path):  # torch.save's format: its pickle is read, its tensors mapped
+        load_state_dict(path, mmap=True)  # a file carrying code is refused before any work
     return CheckpointFile(path, file_sha256(path))
 
 
@@ -423,8 +426,9 @@ def _copy(source: Any, handle: IO[bytes], bar: tqdm) -> int:
     return received
 
 
-def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a checkpoint's ``{parameter name: tensor}`` onto the CPU without running pickled code.
+def load_state_dict(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Load a checkpoint's ``{parameter name: tensor}`` onto the CPU without running pickled code
+    (``mmap``: the tensors stay in the file, mapped, so only the pickle is read).
 
     A plain state dict is returned as is; a ``{"state_dict": ...}`` or ``{"model": ...}``
     wrapper is unwrapped.
@@ -435,7 +439,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     import torch
 
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         raise WeightsError(
             f"refusing to load {path}: it contains pickled code (or is corrupt), which "

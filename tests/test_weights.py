@@ -416,3 +416,18 @@ def test_sam2_checkpoints_are_registered_with_their_official_urls():
         entry = weights.CHECKPOINTS[f"sam2.1_hiera_{size}"]
         assert (entry.filename, entry.url) == (f"sam2.1_hiera_{size}.pt", f"{base}{entry.filename}")
         assert entry.sha256_prefix == ""
+
+
+def test_an_own_checkpoint_carrying_code_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--checkpoint``/``--vgg`` naming a file with pickled code: refused when the backend
+    names its weights (the preflight), not when a stage loads it; the code never runs."""
+    path = tmp_path / "evil.pth"
+    torch.save({"weight": torch.zeros(2), "payload": _RunsCode()}, path)
+    with pytest.raises(WeightsError, match="refusing to load .*pickled code"):
+        weights.own_checkpoint(path, "segmenter.checkpoint")
+    assert "PICKLE PAYLOAD RAN" not in capsys.readouterr().out
+    good = tmp_path / "good.pth"
+    torch.save({"weight": torch.zeros(2)}, good)
+    assert weights.own_checkpoint(good, "segmenter.checkpoint").path == good
