@@ -11,11 +11,16 @@
   crashed deployment run again as a new run, at most :data:`CRASH_RETRIES` times in a row.
   Failed runs are not retried: an image fails on its input, which a rerun does not change.
 - A state message short enough for the UI's column (:func:`state_message`).
+- A quiet expected failure: a worker's flow-run process logs every failed run's end with a
+  traceback ("Engine execution exited with unexpected exception"); for a segstyle error (bad
+  input: its rows name it) :class:`QuietExpectedFailures` keeps that one line and its error,
+  without the traceback.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +30,8 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Scheduled, State
+
+from segstyle_core.errors import SegstyleError, error_line
 
 #: A dataset run's time limit: a nightly run ends before the next night's is due.
 DATASET_TIMEOUT_S = 23 * 3600
@@ -147,3 +154,20 @@ def run_name(subject: str, *backends: Any) -> str:
     started = flow_run.get_scheduled_start_time()
     day = started.astimezone().date().isoformat()
     return "-".join(_slug(str(part)) for part in (subject, *backends, day))
+
+
+class QuietExpectedFailures(logging.Filter):
+    """Drops the traceback of a log record whose exception is a
+    :class:`~segstyle_core.errors.SegstyleError` (an expected failure, already one line in the
+    rows and the state message), appending the error's line to the message instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, SegstyleError):
+            record.msg = f"{record.getMessage()}: {error_line(error)}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+#: Prefect's flow-run logger (the worker's flow-run process logs a run's end through it).
+logging.getLogger("prefect.flow_runs").addFilter(QuietExpectedFailures())

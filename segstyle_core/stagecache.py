@@ -507,8 +507,9 @@ def _prepare_folder(cache_dir: Path, directory: Path) -> None:
 
     A symbolic link or file in place of a folder between ``cache_dir`` and ``directory`` is
     replaced by an empty real folder (what a link points to is left alone), and the symbolic
-    links and special files inside ``directory`` are removed, as is a folder in place of its
-    record, so that nothing the stage writes lands outside ``cache_dir``.
+    links, special files and hidden (temporary: a killed writer's) files inside ``directory``
+    are removed, as is a folder in place of its record, so that nothing the stage writes lands
+    outside ``cache_dir`` and no half-written file outlives a recompute.
 
     Raises:
         StorageError: the cache folder cannot be written (one line naming it and the fix).
@@ -522,8 +523,14 @@ def _prepare_folder(cache_dir: Path, directory: Path) -> None:
         if stat.S_ISDIR(_mode(directory / RECORD) or 0):
             shutil.rmtree(directory / RECORD)
         for entry in _entries(directory):
-            if not entry.is_dir(follow_symlinks=False) and not entry.is_file(follow_symlinks=False):
-                os.unlink(entry.path)
+            temporary = entry.name.startswith(".")  # a killed writer's half-written file
+            if temporary or not (
+                entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
+            ):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "permission denied", str(directory))
     except OSError as exc:
