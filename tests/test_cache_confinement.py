@@ -26,6 +26,7 @@ import pytest
 from segstyle_core import stagecache
 from segstyle_core.fileio import sha256_file
 from segstyle_core.stagecache import RECORD, StageRecord, content_sha256, stage, stage_dir
+from tests.test_photo import _stylize
 
 SECRET = b"secret: the colleague's private key\n"
 #: A size no real output has: reading that much of ``/dev/zero`` would take hours.
@@ -428,26 +429,9 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return next((root / "leftImg8bit").rglob("*.png"))
 
 
-def _stylize(photo: Path, out: Path, output: Path) -> int:
-    """``segstyle stylize`` with the offline backends, its cache in ``<out>/cache``."""
-    from segstyle.flows.cli import main
-
-    return main(
-        [
-            "stylize",
-            str(photo),
-            "--segmenter",
-            "grabcut",
-            "--stylizer",
-            "feedforward",
-            "--box",
-            "10,10,120,100",
-            "--out",
-            str(out),
-            "-o",
-            str(output),
-        ]
-    )
+def _stylize_box(photo: Path, out: Path, output: Path) -> int:
+    """``segstyle stylize`` with the offline backends and one box, its cache in ``<out>/cache``."""
+    return _stylize(photo, output, out, "--box", "10,10,120,100")
 
 
 def _forge_composite(record: Path, path: str, digest: str, size: int) -> None:
@@ -463,7 +447,7 @@ def test_stylize_recomputes_a_forged_record_and_publishes_no_secret(
     photo: Path, tmp_path: Path, attack: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     out, output = tmp_path / "work", tmp_path / "painted.png"
-    assert _stylize(photo, out, output) == 0
+    assert _stylize_box(photo, out, output) == 0
     painted = output.read_bytes()
     secret = tmp_path / "secret.txt"
     secret.write_bytes(SECRET)
@@ -480,7 +464,7 @@ def test_stylize_recomputes_a_forged_record_and_publishes_no_secret(
         _forge_composite(record, original["outputs"]["composite"], *digest)
 
     with caplog.at_level(logging.WARNING, logger="segstyle_core.stagecache"):
-        assert within(60, lambda: _stylize(photo, out, output)) == 0
+        assert within(60, lambda: _stylize_box(photo, out, output)) == 0
     assert output.read_bytes() == painted  # the composite computed again, the same
     assert json.loads(record.read_text()) == original  # the record rewritten
     assert sum(str(record) in message for message in caplog.messages) == 1
