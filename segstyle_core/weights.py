@@ -15,6 +15,7 @@ only in :func:`download`. Loading never runs pickled code (``weights_only=True``
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import pickle
@@ -280,9 +281,23 @@ def own_checkpoint(path: str | os.PathLike[str], field: str) -> CheckpointFile:
             f"checkpoint {path} is empty (0 bytes): fix {field}, or leave it unset to use the "
             "downloaded official checkpoint"
         )
-    if zipfile.is_zipfile(path):  # torch.save's format: its pickle is read, its tensors mapped
-        load_state_dict(path, mmap=True)  # a file carrying code is refused before any work
+    version = path.stat()
+    _refuse_pickled_code(path.resolve(), version.st_size, version.st_mtime_ns)
     return CheckpointFile(path, file_sha256(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _refuse_pickled_code(path: Path, size: int, mtime_ns: int) -> None:
+    """Read a ``torch.save`` file's pickle with ``weights_only`` (its tensors only mapped), so
+    that a file carrying code is refused before any work; once per file version (``size``,
+    ``mtime_ns``): backends name their weights again for every cache key. Other formats are
+    checked when loaded.
+
+    Raises:
+        WeightsError: the pickle carries code, or the file is corrupt.
+    """
+    if zipfile.is_zipfile(path):
+        load_state_dict(path, mmap=True)
 
 
 def resolve_checkpoint(
