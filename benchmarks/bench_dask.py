@@ -11,7 +11,7 @@ On a 2-core machine, 2 workers is all it can show: the scaling efficiency
 ``(seconds on 1 / seconds on 2) / 2`` of the flow body is the figure to carry to more workers.
 Last line: ``images_per_min_1=<..> images_per_min_2=<..> speedup=<..> efficiency=<..>``.
 
-    python benchmarks/bench_dask.py                 # 8 frames at 512x256, about 3 minutes
+    python benchmarks/bench_dask.py                 # 8 frames at 2048x1024, about 3 minutes
     python benchmarks/bench_dask.py --smoke         # 2 frames at 256x128, the same path
 """
 
@@ -36,8 +36,9 @@ RUN += ["--segmenter", "grabcut", "--stylizer", "feedforward", "--feather", "2"]
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 
 
-def timed_run(dataset: Path, out: Path, workers: int) -> tuple[float, float, int]:
-    """Wall seconds of ``segstyle run --workers N``, its flow body's seconds, its images."""
+def timed_run(dataset: Path, out: Path, workers: int) -> tuple[float, float, int, float]:
+    """Wall seconds of ``segstyle run --workers N``, its flow body's seconds, its images, and
+    the seconds its stages report (``seconds_*`` summed over images: compute and slot waits)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     command = [SEGSTYLE, "run", "--dataset", str(dataset), *RUN, "--out", str(out)]
     start = time.perf_counter()
@@ -53,13 +54,14 @@ def timed_run(dataset: Path, out: Path, workers: int) -> tuple[float, float, int
         raise SystemExit(f"segstyle run --workers {workers} failed:\n{done.stderr[-3000:]}")
     rows = pd.read_parquet(done.stdout.strip().splitlines()[-1])
     body = (rows["finished_at"].max() - rows["started_at"].min()).total_seconds()
-    return wall, body, int(rows["image_id"].nunique())
+    stages = rows.groupby("image_id")[[c for c in rows if c.startswith("seconds_")]].first()
+    return wall, body, int(rows["image_id"].nunique()), float(stages.to_numpy().sum())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=8, help="annotated demo frames")
-    parser.add_argument("--size", default="512x256", help="demo frame WxH")
+    parser.add_argument("--size", default="2048x1024", help="demo frame WxH (Cityscapes')")
     parser.add_argument("--smoke", action="store_true", help="2 frames at 256x128")
     args = parser.parse_args()
     if args.smoke:
@@ -71,12 +73,12 @@ def main() -> None:
             work / "data", size=(width, height), frames_per_city=args.frames, cities=("zurich",)
         )
         results = {n: timed_run(dataset, work / f"out-{n}", n) for n in (1, 2)}
-    for workers, (wall, body, images) in results.items():
+    for workers, (wall, body, images, stages) in results.items():
         print(
             f"workers={workers}: {images} images, wall {wall:.1f} s, flow body {body:.1f} s, "
-            f"{60 * images / body:.2f} images/min"
+            f"{60 * images / body:.2f} images/min, stage seconds {stages:.1f}"
         )
-    rate = {n: 60 * images / body for n, (_, body, images) in results.items()}
+    rate = {n: 60 * images / body for n, (_, body, images, _) in results.items()}
     speedup = results[1][1] / results[2][1]
     print(f"cpus={os.cpu_count()} frames={args.frames} size={args.size}")
     print(

@@ -11,7 +11,12 @@ Modes (all in one process, on the same generated demo frames and the project's d
   measured objective reaches the naive path's. Last line:
   ``speedup=<naive_time/optimised_time> objective_ratio=<optimised_objective/naive_objective>
   seam_ratio=<optimised_seam/naive_seam>``.
+  Every path is measured warm: two passes at :data:`WARMUP_EVALUATIONS` run first, and the
+  first short pass minus the second is the path's one-time cost (kernels built per input
+  shape, the calibration); ``cold_s`` = warm seconds + that, per image and path.
 * ``--ablation``: the optimised path again with one optimisation changed at a time.
+* ``--frame-times``: stylize seconds per frame of the optimised path over ``--frames``
+  frames, a first pass against a second (steady) one; ``--bucket-px 0`` turns crop buckets off.
 * ``--rss 4,16``: the optimised path over 16 images; after 4 and after 16: the run's peak RSS,
   the peak since the first image (processing only) and the current RSS.
 * ``--step``: one VGG19 forward+backward of the Gatys objective at 400×800 in float32 and
@@ -33,6 +38,7 @@ both paths under the same random VGG, a like-for-like check but not a perceptual
     python benchmarks/bench_pipeline.py --ablation
     python benchmarks/bench_pipeline.py --rss 4,16
     python benchmarks/bench_pipeline.py --step
+    python benchmarks/bench_pipeline.py --frame-times --frames 20
     python benchmarks/bench_pipeline.py --seed-settings     # 2048×1024, 400 px, 1000 its, ViT-L
     python benchmarks/bench_pipeline.py --smoke             # any mode, the smallest settings
 """
@@ -48,7 +54,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +70,7 @@ from segstyle_core.errors import WeightsError
 from segstyle_core.images import read_rgb
 from segstyle_core.metrics import iou
 from segstyle_core.prompts.from_gt import prompts_from_instances
-from segstyle_core.roi import roi_box, stylize_roi
+from segstyle_core.roi import DEFAULT_BUCKET_PX, roi_box, stylize_roi
 from segstyle_core.seams import seam_score
 from segstyle_core.segment import load_segmenter
 from segstyle_core.segment.base import Prompt
@@ -128,6 +134,7 @@ class PathOptions:
     roi: bool = True
     reload: bool = False  # load SAM and VGG for every image (so no style-target cache either)
     embedding_cache: bool = True
+    bucket_px: int = DEFAULT_BUCKET_PX  # ROI crops rounded up to multiples of this (0: off)
 
 
 @dataclass
@@ -138,6 +145,8 @@ class PathResult:
     stylized: list[np.ndarray] = field(default_factory=list)  # what each composite was made of
     masks: list[np.ndarray] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    frame_stylize: list[tuple[float, float]] = field(default_factory=list)  # (wall, CPU) s
+    one_time: float = 0.0  # seconds per image of the first pass's one-time cost (warm_up)
     evaluations: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
@@ -249,6 +258,7 @@ def seed_config(settings: Settings) -> GatysConfig:
         iterations=settings.iterations,
         autocast=None,
         channels_last=False,
+        compile=False,
         plateau_tol=0.0,
         coarse_fraction=0.0,
     )
@@ -258,7 +268,8 @@ def seed_config(settings: Settings) -> GatysConfig:
 #: comparison stays fixed if a default changes).
 PERFORMANCE_OPTIONS: dict[str, object] = {
     "autocast": "auto",
-    "channels_last": True,
+    "channels_last": "auto",  # this machine's calibration (speed only)
+    "compile": "auto",
     "plateau_tol": 1e-3,
     "plateau_patience": 20,
     "coarse_fraction": 0.5,
@@ -280,6 +291,10 @@ def measure_config(settings: Settings) -> GatysConfig:
     return seed_config(settings).changed(content_scale=scale)
 
 
+#: Budget of the two short passes that measure a path's one-time cost (its coarse and fine
+#: stages both run, so every crop shape's kernels are built).
+WARMUP_EVALUATIONS = 4
+
 # --- the two paths --------------------------------------------------------------------------
 
 
@@ -292,14 +307,27 @@ def run_path(
     cache_dir: Path,
     keep: bool = True,
     after_image: Callable[[int], None] | None = None,
+    warm_up: bool = False,
 ) -> PathResult:
     """Segment, stylize and composite every frame; time every stage, track peak memory.
+
+    ``warm_up``: two passes at :data:`WARMUP_EVALUATIONS` run first (the first builds every
+    shape's kernels, the second runs warm); the result's ``one_time`` is then (first short pass
+    - second) per image, what a cold first pass adds to the measured (warm) pass.
 
     ``options.reload`` loads both models inside every image's timing (the naive method);
     otherwise they load once, and that time is part of the path's total. ``keep`` keeps
     composites and masks in the result; ``after_image(n)`` runs after the n-th image.
     """
-    result = PathResult(start_rss_mb=reset_peak_rss())
+    one_time = 0.0
+    if warm_up:
+        short = replace(options, config=options.config.changed(iterations=WARMUP_EVALUATIONS))
+        cold, warm = (
+            run_path(frames, style, ckpt, short, device, cache_dir / f"short{n}", keep=False)
+            for n in range(2)
+        )
+        one_time = (cold.seconds - warm.seconds) / len(frames)
+    result = PathResult(start_rss_mb=reset_peak_rss(), one_time=one_time)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -319,11 +347,17 @@ def run_path(
         with result.stage("segment"):
             (prediction,) = segmenter.segment(frame.image, [frame.prompt])
         mask = frame.gt_mask if ckpt.sam_sha256 == RANDOM else prediction.mask
+        start_stylize = time.perf_counter(), time.process_time()
         with result.stage("stylize"):
             if options.roi:
-                stylized = stylize_roi(stylizer, frame.image, style, mask, progress=result.count)
+                bucket = options.bucket_px
+                stylized = stylize_roi(
+                    stylizer, frame.image, style, mask, progress=result.count, bucket_px=bucket
+                )
             else:
                 stylized = stylizer.stylize(frame.image, style, progress=result.count)
+        ends = time.perf_counter(), time.process_time()
+        result.frame_stylize.append((ends[0] - start_stylize[0], ends[1] - start_stylize[1]))
         with result.stage("composite"):
             final = composite(frame.image, stylized, mask)
         if keep:
@@ -369,7 +403,7 @@ def seams(result: PathResult) -> list[float]:
 
 
 HEADER = (
-    f"{'path':<26}{'s/image':>9}{'cpu s/img':>10}{'evals/img':>10}{'peak RSS MiB':>14}"
+    f"{'path':<26}{'s/image':>9}{'cold s':>8}{'cpu s/img':>10}{'evals/img':>10}{'peak RSS MiB':>14}"
     f"{'(start)':>9}{'objective':>12}{'speedup':>9}{'cpu x':>7}{'obj ratio':>10}{'worst':>8}"
     f"{'seam':>7}{'seam ratio':>11}"
 )
@@ -397,7 +431,8 @@ def row(
     seam = statistics.mean(quality.seams)
     seam_ratio = seam / statistics.mean(naive_quality.seams)
     line = (
-        f"{name:<26}{result.seconds / count:9.2f}{result.cpu_seconds / count:10.2f}"
+        f"{name:<26}{result.seconds / count:9.2f}{result.seconds / count + result.one_time:8.2f}"
+        f"{result.cpu_seconds / count:10.2f}"
         f"{result.evaluations / count:10.1f}{result.peak_rss_mb:14.0f}{result.start_rss_mb:9.0f}"
         f"{statistics.mean(totals):12.4g}{speedup:9.2f}{cpu_speedup:7.2f}{ratio:10.4f}{worst:8.4f}"
         f"{seam:7.2f}{seam_ratio:11.4f}"
@@ -408,8 +443,13 @@ def row(
 
 
 def stages(name: str, result: PathResult, count: int) -> str:
+    """Seconds per image of each stage, warm and cold."""
     parts = " ".join(f"{k}={v / count:.2f}" for k, v in result.stages.items())
-    return f"  {name}: seconds per image: {parts}"
+    warm = result.seconds / count
+    return (
+        f"  {name}: warm_s={warm:.2f} cold_s={warm + result.one_time:.2f} "
+        f"one_time_s={result.one_time:.2f}; warm seconds per image: {parts}"
+    )
 
 
 def banner(ckpt: Checkpoints) -> None:
@@ -447,12 +487,15 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
     naive_options = PathOptions(
         seed_config(settings), roi=False, reload=True, embedding_cache=False
     )
-    variants = {"optimised": PathOptions(optimised_config(settings, iterations))}
+    optimised_options = PathOptions(
+        optimised_config(settings, iterations), bucket_px=args.bucket_px
+    )
+    variants = {"optimised": optimised_options}
     if args.ablation:
         variants.update(ablation_variants(optimised_config(settings, iterations)))
     measure = measure_config(settings)
     extractor = load_extractor(ckpt, measure).to(device)
-    naive = run_path(frames, style, ckpt, naive_options, device, tmp / "cache-naive")
+    naive = run_path(frames, style, ckpt, naive_options, device, tmp / "cache-naive", warm_up=True)
     masks = naive.masks  # the measurement region of both paths
 
     def measured(result: PathResult) -> Measured:
@@ -467,7 +510,8 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
     summary = ""
     optimised: PathResult | None = None
     for name, options in variants.items():
-        result = run_path(frames, style, ckpt, options, device, tmp / f"cache-{name}")
+        cache = tmp / f"cache-{name}"
+        result = run_path(frames, style, ckpt, options, device, cache, warm_up=True)
         optimised = optimised or result
         line, speedup, ratio, seam_ratio = row(name, result, naive, measured(result), naive_quality)
         print(line, flush=True)
@@ -511,6 +555,7 @@ def ablation_variants(base: GatysConfig) -> dict[str, PathOptions]:
         [
             ("ROI off (whole frame)", PathOptions(whole, roi=False)),
             ("models reloaded", PathOptions(base, reload=True)),
+            ("crop buckets 64 px", PathOptions(base, bucket_px=64)),  # default: off
             flip("autocast", "bfloat16", None),
             flip("channels_last", True, False),
             flip("coarse_fraction", 0.5, 0.0),
@@ -636,6 +681,40 @@ def rss(args: argparse.Namespace, settings: Settings, device: torch.device, tmp:
         f"rss_ratio_{last}_vs_{first}: peak={ratios[0]:.4f} processing_peak={ratios[1]:.4f} "
         f"current={ratios[2]:.4f}"
     )
+
+
+def frame_times(
+    args: argparse.Namespace, settings: Settings, device: torch.device, tmp: Path
+) -> None:
+    """Stylize seconds per frame of the optimised path over ``--frames`` frames: a first pass
+    (fresh process: new crop shapes build their kernels), then the same frames again (the
+    steady state). Last line: how many of frames 2..N of the first pass are within 10 % of
+    their steady-state seconds, and the worst ratio, in CPU seconds (wall seconds count other
+    users of a shared machine) and wall seconds."""
+    frames = make_frames(settings, args.frames, tmp / "demo")
+    style = read_rgb(style_path())
+    ckpt = prepare_checkpoints(args, settings.sam_variant, tmp)
+    config = optimised_config(settings, args.opt_iterations or settings.iterations)
+    options = PathOptions(config, bucket_px=args.bucket_px)
+    first, steady = (
+        run_path(frames, style, ckpt, options, device, tmp / f"cache{n}", keep=False).frame_stylize
+        for n in range(2)
+    )
+    for frame, cold, warm in zip(frames, first, steady, strict=True):
+        print(
+            f"  {frame.image_id}: first={cold[0]:.2f}s (CPU {cold[1]:.2f}s) "
+            f"steady={warm[0]:.2f}s (CPU {warm[1]:.2f}s)"
+        )
+    summary = []
+    for index, clock in ((1, "cpu"), (0, "wall")):
+        ratios = [a[index] / b[index] for a, b in zip(first, steady, strict=True)][1:] or [1.0]
+        summary.append(
+            f"{clock}_within_10pct={sum(r <= 1.1 for r in ratios)}/{len(ratios)} "
+            f"{clock}_worst_ratio={max(ratios):.3f} "
+            f"{clock}_first_s={sum(a[index] for a in first):.2f} "
+            f"{clock}_steady_s={sum(b[index] for b in steady):.2f}"
+        )
+    print(f"frame_times: frames={len(frames)} bucket_px={args.bucket_px} {' '.join(summary)}")
 
 
 @contextlib.contextmanager
@@ -796,11 +875,9 @@ def main() -> None:
     parser.add_argument("--sam", type=Path, help="SAM checkpoint (default: downloaded or random)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    budget_help = "also find the smallest budget that reaches the naive objective (default: on)"
     parser.add_argument(
-        "--quality-budget",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also find the smallest budget that reaches the naive objective (default: on)",
+        "--quality-budget", action=argparse.BooleanOptionalAction, default=True, help=budget_help
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--ablation", action="store_true", help="also run one-change variants")
@@ -808,6 +885,12 @@ def main() -> None:
         "--rss", metavar="N,M", help="peak RSS of the optimised path after N, M images"
     )
     mode.add_argument("--step", action="store_true", help="time one VGG19 forward+backward")
+    mode.add_argument(
+        "--frame-times", action="store_true", help="stylize seconds per frame, cold vs steady"
+    )
+    parser.add_argument(
+        "--bucket-px", type=int, default=DEFAULT_BUCKET_PX, help="ROI crop bucket (0: off)"
+    )
     parser.add_argument("--step-size", default="400x800", help="HxW of --step")
     parser.add_argument("--repeats", type=int, default=5, help="--step repeats")
     parser.add_argument("--compile", action="store_true", help="--step: also torch.compile")
@@ -829,6 +912,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="segstyle-bench-") as tmp:
         if args.step:
             step(args, device, Path(tmp))
+        elif args.frame_times:
+            frame_times(args, settings, device, Path(tmp))
         elif args.rss:
             rss(args, settings, device, Path(tmp))
         else:

@@ -1,18 +1,17 @@
 """The ``segstyle`` command line: a model per command, parsed by pydantic-settings' CLI source.
 
-A command's model holds its own arguments and, through :func:`~segstyle.flows.options.
-with_options`, a ``--flag`` per field of the configuration models it builds; its ``cli_cmd``
-builds them, calls one flow or core function and prints the result. Commands that run flows
-import Prefect lazily, so ``segstyle --help``, ``demo-data`` and ``weights`` start fast.
-Errors of the :class:`~segstyle_core.errors.SegstyleError` family, and invalid values, are
-printed as one line naming the flag (a field ``stylizer.style`` is written ``--style``),
-without a traceback: exit status 2 (1: a run finished with failed images).
+A command's fields are its own arguments plus a ``--flag`` per field of the configuration
+models it builds (:mod:`segstyle.flows.options`); its ``cli_cmd`` calls one flow or core
+function and prints. Prefect is imported lazily (``--help``, ``weights`` start fast). A
+:class:`~segstyle_core.errors.SegstyleError` or an invalid value is printed as one line naming
+the flag (``stylizer.style`` as ``--style``): exit status 2 (1: a run with failed images).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,8 +91,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    """Keep Prefect's console to warnings (or errors) unless --verbose; never phone home; the
-    core's log lines (``segstyle_core.*``) go to the run logs too."""
+    """Prefect's console quiet unless ``verbose``, no analytics, the core's logs in the runs'."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "segstyle_core")
@@ -102,10 +100,8 @@ def _quiet_prefect(verbose: bool) -> None:
 
 
 def _run_flow(flow: Any, *parameters: Any) -> int:
-    """Run ``flow(*parameters)`` against a quiet local API; print the Parquet path last.
-
-    The last parameter is the run's :class:`~segstyle_core.config.OutputConfig`. Exit status
-    0, or 1 when the run finished with failed images.
+    """Run ``flow(*parameters)`` (the last: its ``OutputConfig``) against a local API; print
+    its result; exit status 0, or 1 when some images failed.
 
     Raises:
         SegstyleError: the flow failed before it wrote its Parquet file (its error's line).
@@ -121,17 +117,15 @@ def _run_flow(flow: Any, *parameters: Any) -> int:
         return 0
     error = state.result(raise_on_failure=False)
     parquet = results.run_file(out / "metrics", flow.name, str(state.state_details.flow_run_id))
-    if parquet.is_file():  # the run ended: some images failed, their rows say why (a
-        # link: it never compacted)
+    if parquet.is_file():  # the run ended: some images failed, their rows say why
         print(f"segstyle: {error}", file=sys.stderr)
         print(parquet)
         return EXIT_FAILED_IMAGES
-    # an error raised inside the flow before it wrote its file: one line, printed by main()
     raise SegstyleError(_error_text(error, state.message))
 
 
 def _error_text(error: object, fallback: str | None) -> str:
-    """One line for what a failed flow run returned (its exception, or its state message)."""
+    """One line of a failed run's exception, or of its state message."""
     from segstyle_core.errors import error_line
 
     if isinstance(error, SegstyleError):
@@ -146,6 +140,7 @@ def _error_text(error: object, fallback: str | None) -> str:
 class DatasetCommand(RunCommand):
     """A dataset run, on threads (default) or on a Dask cluster (:mod:`segstyle.flows.cluster`)."""
 
+    groups: ClassVar[tuple[Options[Any], ...]] = (DATASET, PROMPTS, SEGMENTER, OUTPUTS)
     dask: str | None = Field(
         default=None,
         description="scheduler address of a Dask cluster to run the tasks on (default: "
@@ -155,17 +150,23 @@ class DatasetCommand(RunCommand):
         default=None, ge=1, description="start a local Dask cluster of N worker processes"
     )
 
-    def on(self, flow: Any) -> Any:
-        """``flow`` with this command's task runner.
+    def run(self, flow: Any, *styling: Any) -> int:
+        """Check the inputs, then run ``flow`` on this command's task runner; ``styling``:
+        the stylizer and composite of a styled run.
 
         Raises:
-            ConfigError: both ``--dask`` and ``--workers``.
+            ConfigError: both ``--dask`` and ``--workers``, or an input fails its check.
         """
         from segstyle.flows.cluster import task_runner
+        from segstyle_core.preflight import check_run_inputs
 
         if self.dask and self.workers:
             raise ConfigError("--dask and --workers: give one (a cluster, or one to start)")
-        return flow.with_options(task_runner=task_runner(self.dask, self.workers))
+        configs = (DATASET.build(self), PROMPTS.build(self), SEGMENTER.build(self))
+        outputs = OUTPUTS.build(self)
+        check_run_inputs(*configs, styling[0] if styling else None, outputs, *styling[1:])
+        runner = task_runner(self.dask, self.workers)
+        return _run_flow(flow.with_options(task_runner=runner), *configs, *styling, outputs)
 
 
 class Run(DatasetCommand):
@@ -176,37 +177,18 @@ class Run(DatasetCommand):
 
     def cli_cmd(self) -> int:
         from segstyle.flows.dataset import segment_and_stylize
-        from segstyle_core.preflight import check_run_inputs
 
-        dataset, prompts, segmenter = (
-            DATASET.build(self),
-            PROMPTS.build(self),
-            SEGMENTER.build(self),
-        )
-        stylizer = build_stylizer(self, self.style, segmenter)
-        composite, outputs = COMPOSITE.build(self), OUTPUTS.build(self)
-        check_run_inputs(dataset, prompts, segmenter, stylizer, outputs, composite)  # no server yet
-        configs = (dataset, prompts, segmenter, stylizer, composite, outputs)
-        return _run_flow(self.on(segment_and_stylize), *configs)
+        stylizer = build_stylizer(self, self.style, SEGMENTER.build(self))
+        return self.run(segment_and_stylize, stylizer, COMPOSITE.build(self))
 
 
 class Evaluate(DatasetCommand):
     """segment and score only, no styling"""
 
-    groups = (DATASET, PROMPTS, SEGMENTER, OUTPUTS)
-
     def cli_cmd(self) -> int:
         from segstyle.flows.dataset import evaluate_segmentation
-        from segstyle_core.preflight import check_run_inputs
 
-        dataset, prompts, segmenter = (
-            DATASET.build(self),
-            PROMPTS.build(self),
-            SEGMENTER.build(self),
-        )
-        outputs = OUTPUTS.build(self)
-        check_run_inputs(dataset, prompts, segmenter, None, outputs)
-        return _run_flow(self.on(evaluate_segmentation), dataset, prompts, segmenter, outputs)
+        return self.run(evaluate_segmentation)
 
 
 class Stylize(RunCommand):
@@ -228,11 +210,7 @@ class Stylize(RunCommand):
     style: list[str] = STYLE
 
     def cli_cmd(self) -> int:
-        """One photo, without Prefect: the stages run in this process (no server to wait for).
-
-        Everything that can fail before the work (prompts, output path, checkpoints, style
-        image) is checked first; a failing stage's own error is printed as one line.
-        """
+        """One photo, without Prefect: the stages run in this process, after every check."""
         from segstyle_core.images import read_rgb, write_image
         from segstyle_core.photo import check_photo_job, stylize_photo
 
@@ -240,12 +218,8 @@ class Stylize(RunCommand):
         stylizer = build_stylizer(self, self.style, segmenter, several=True)
         composite, outputs = COMPOSITE.build(self), OUTPUTS.build(self)
         plain, _ = split_styles(self.style)
-        given = PHOTO_PROMPTS.build(
-            self,
-            boxes=tuple(self.box),
-            points=tuple(self.point),
-            styles=tuple(plain) if len(plain) > 1 else (),
-        )
+        styles = tuple(plain) if len(plain) > 1 else ()
+        given = PHOTO_PROMPTS.build(self, boxes=(*self.box,), points=(*self.point,), styles=styles)
         job = check_photo_job(self.image, self.output, given, segmenter, stylizer, composite)
         cache = str(Path(outputs.out) / "cache")
         record = stylize_photo(
@@ -271,11 +245,8 @@ class Video(RunCommand):
     )
 
     def cli_cmd(self) -> int:
-        from segstyle.flows.video import stylize_video
-        from segstyle_core.preflight import check_style
+        from segstyle.flows.video import check_video_job, stylize_video
         from segstyle_core.video.config import VIDEO_STYLIZER as STYLIZER_DEFAULTS
-        from segstyle_core.video.io import check_video_output
-        from segstyle_core.video.stages import temporal_options
         from segstyle_core.video.track import TrackerConfig
 
         shared = {name: getattr(self, name) for name in SHARED}
@@ -286,11 +257,7 @@ class Video(RunCommand):
         )
         composite, options = VIDEO_COMPOSITE.build(self), VIDEO_OPTIONS.build(self)
         outputs = OUTPUTS.build(self)
-        temporal_options(composite, options)  # before any server starts
-        tracker.identity()
-        stylizer.identity()
-        check_style(stylizer)
-        check_video_output(self.video, self.output)
+        check_video_job(self.video, self.output, tracker, stylizer, composite, options)
         configs = (tracker, stylizer, composite, options, outputs)
         return _run_flow(stylize_video, self.video, self.output, self.box, *configs)
 
@@ -310,10 +277,8 @@ class DemoClip(Command):
             Path(self.out), frames=self.frames, size=_size(self.size), seed=self.seed
         )
         box = ",".join(str(int(v)) for v in clip.boxes[0])
-        print(
-            f"stylize it with: segstyle video {clip.frames_dir} --box {box} -o clip.mp4",
-            file=sys.stderr,
-        )
+        hint = f"stylize it with: segstyle video {clip.frames_dir} --box {box} -o clip.mp4"
+        print(hint, file=sys.stderr)
         print(clip.frames_dir)
         return 0
 
@@ -350,14 +315,7 @@ class Demo(RunCommand):
         """Generate the dataset when missing, run ``segment_and_stylize`` on it with GrabCut
         and the feed-forward stylizer, and print where the results are."""
         from segstyle.flows.dataset import run_folder, segment_and_stylize
-        from segstyle_core import results
-        from segstyle_core.config import (
-            CompositeConfig,
-            DatasetSelection,
-            PromptConfig,
-            SegmenterConfig,
-            StylizerConfig,
-        )
+        from segstyle_core import config, results
         from segstyle_core.demo.dataset import ensure_demo_dataset
         from segstyle_core.preflight import check_run_inputs
 
@@ -365,29 +323,23 @@ class Demo(RunCommand):
         if not (data / "leftImg8bit").is_dir():
             print(f"writing the demo dataset to {data} ...", file=sys.stderr)
         ensure_demo_dataset(str(data), size=_size(self.size), frames_per_city=self.frames)
-        dataset = DatasetSelection(root=str(data), city=self.city, classes=self.classes)
-        prompts = PromptConfig(source="gt-instances")
-        segmenter = SegmenterConfig(backend="grabcut")
-        stylizer = StylizerConfig(backend="feedforward")
-        composite = CompositeConfig(feather_px=2.0)
-        outputs = OUTPUTS.build(self)
-        check_run_inputs(dataset, prompts, segmenter, stylizer, outputs, composite)
-        print(
-            f"running segment_and_stylize on {data} (city {self.city}) with the offline "
-            "backends: GrabCut segmenter, feed-forward stylizer, generated style",
-            file=sys.stderr,
+        dataset = config.DatasetSelection(root=str(data), city=self.city, classes=self.classes)
+        prompts = config.PromptConfig(source="gt-instances")
+        offline = (
+            config.SegmenterConfig(backend="grabcut"),
+            config.StylizerConfig(backend="feedforward"),
         )
-        configs = (dataset, prompts, segmenter, stylizer, composite, outputs)
-        status = _run_flow(segment_and_stylize, *configs)
+        composite, outputs = config.CompositeConfig(feather_px=2.0), OUTPUTS.build(self)
+        check_run_inputs(dataset, prompts, *offline, outputs, composite)
+        backends = "GrabCut segmenter, feed-forward stylizer, generated style"
+        doing = f"running segment_and_stylize on {data} (city {self.city}) with the offline"
+        print(f"{doing} backends: {backends}", file=sys.stderr)
+        status = _run_flow(segment_and_stylize, dataset, prompts, *offline, composite, outputs)
         out = Path(outputs.out).resolve()
-        latest = results.read_metrics(out / "metrics").sort_values("started_at", kind="stable")
-        last = latest.iloc[-1]
-        report = run_folder(out, last["run_id"], last["flow_run_id"]) / "report.html"
-        print(f"report:  {report}", file=sys.stderr)
-        print(f"images:  {out / 'runs'}", file=sys.stderr)
-        print(
-            f"metrics: {out / 'metrics'}  (pandas.read_parquet reads the folder)", file=sys.stderr
-        )
+        key, rows = results.select_run(results.read_metrics(out / "metrics"))
+        report = run_folder(out, rows["run_id"].iloc[0], key) / "report.html"
+        where = f"report:  {report}\nimages:  {out / 'runs'}\nmetrics: {out / 'metrics'}"
+        print(f"{where}  (pandas.read_parquet reads the folder)", file=sys.stderr)
         return status
 
 
@@ -417,6 +369,21 @@ class Weights(Command):
         return 1 if verify and not all(r.ok for r in records) else 0
 
 
+class Tune(Command):
+    """time the Gatys speed options on this machine and cache the fastest that keep the numbers"""
+
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    cached: CliToggleFlag[bool] = Field(
+        default=False, description="print the cached calibration if there is one"
+    )
+
+    def cli_cmd(self) -> int:
+        from segstyle_core.stylize.calibration import tune_table
+
+        print(tune_table(self.device, refresh=not self.cached))
+        return 0
+
+
 class Results(Command):
     """summarise a run from the Parquet metrics"""
 
@@ -435,16 +402,12 @@ class Results(Command):
             key, rows = results.select_run(everything, self.run)
         except SegstyleError as exc:
             raise SegstyleError(f"{self.metrics}: {exc}") from None
-        partial = {run.flow_run_id: run for run in results.partial_runs(self.metrics)}
         print(f"run {rows['run_id'].iloc[0]} ({key})")
-        if key in partial:
-            run = partial[key]
-            how = (
-                "still running"
-                if run.writing
-                else "interrupted before it finished; rerun the same command to resume it"
-            )
-            print(f"partial: {run.images} images so far ({run.parts}), {how}")
+        for run in results.partial_runs(self.metrics):
+            if run.flow_run_id == key:
+                how = "still running" if run.writing else "interrupted before it finished"
+                resume = "" if run.writing else "; rerun the same command to resume it"
+                print(f"partial: {run.images} images so far ({run.parts}), {how}{resume}")
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             print(results.summarize(rows).to_string(index=False))
         failed = rows.loc[rows["status"] == "failed", ["image_id", "error"]].drop_duplicates()
@@ -495,19 +458,11 @@ class Serve(Command):
         return 0
 
 
-#: Command name -> its model (its own arguments and its configuration options).
+#: Command name (its class's, in kebab case) -> its model.
 COMMANDS: dict[str, type[Command]] = {
-    "run": Run,
-    "evaluate": Evaluate,
-    "stylize": Stylize,
-    "video": Video,
-    "demo-clip": DemoClip,
-    "demo-data": DemoData,
-    "demo": Demo,
-    "weights": Weights,
-    "results": Results,
-    "prune": Prune,
-    "serve": Serve,
+    re.sub(r"(?<!^)(?=[A-Z])", "-", command.__name__).lower(): command
+    for command in (Run, Evaluate, Stylize, Video, DemoClip, DemoData, Demo)
+    + (Weights, Tune, Results, Prune, Serve)
 }
 
 

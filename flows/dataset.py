@@ -1,18 +1,9 @@
 """The dataset-wide flows: ``segment_and_stylize`` and ``evaluate_segmentation``.
 
-Each frame of the sample goes through the stage graph of :mod:`segstyle_core.pipeline` (gt,
-segment, metrics, stylize per style, composite, figures), each stage a Prefect task; then its
-pictures are published and its rows written. One image's failure never stops the others: its
-row is written with status ``failed`` and its error, and the flow run ends Failed so the
-Prefect UI offers Retry. A retry recomputes only what failed; every finished stage comes back
-from the run's cache.
-
-An expected failure (failed images, a bad setting, missing weights) ends the run as a
-returned ``Failed`` state, not a raised exception: its message (the UI's state column) names
-the failed count and the first error, the worker logs no traceback, and Prefect writes no
-result. A run is named ``<city>-<segmenter>-<stylizer>-<date>`` and writes its pictures and
-report to ``<out>/runs/<name>-<first 8 characters of its id>`` (:func:`run_folder`); the rows'
-``run_id`` is its name. Timeout, crash retries and result settings: :mod:`segstyle.flows.runs`.
+Each frame goes through :mod:`segstyle_core.pipeline`'s stage graph as Prefect tasks; then its
+pictures are published and its rows written. A failed image gets a ``failed`` row and never
+stops the others; the run then ends as a returned Failed state (no traceback; its message names
+the count and the first error), and a Retry recomputes only what failed.
 """
 
 from __future__ import annotations
@@ -23,7 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pandas as pd
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -33,9 +24,9 @@ from segstyle.flows.artifacts import publish_artifacts
 from segstyle.flows.cluster import task_runner
 from segstyle.flows.runs import (
     DATASET_TIMEOUT_S,
-    FLOW_OPTIONS,
     city_part,
     run_name,
+    segstyle_flow,
     setting,
     state_message,
 )
@@ -60,9 +51,9 @@ from segstyle_core.rows import frame_rows, run_columns, style_columns
 from segstyle_core.run_summary import short_error
 from segstyle_core.stagecache import StageRecord
 
-#: The flows' task runner: threads, or the Dask cluster that ``SEGSTYLE_DASK_ADDRESS`` names
-#: (a deployment's job variable); the CLI picks its own (``--dask``, ``--workers``).
+#: Threads, or the Dask cluster of ``SEGSTYLE_DASK_ADDRESS`` (the CLI picks its own).
 TASK_RUNNER = task_runner()
+DATASET_FLOW: dict[str, Any] = {"timeout_s": DATASET_TIMEOUT_S, "task_runner": TASK_RUNNER}
 
 
 class RunFailed(SegstyleError):
@@ -70,8 +61,7 @@ class RunFailed(SegstyleError):
 
 
 def run_folder(out: str | Path, name: str, flow_run_id: str) -> Path:
-    """The folder of a run's pictures and report: ``<out>/runs/<name>-<first 8 of its id>``
-    (a name alone repeats: the same settings on the same day)."""
+    """``<out>/runs/<name>-<first 8 of the flow run id>``: a run's pictures and report."""
     return Path(out) / "runs" / f"{name}-{flow_run_id[:8]}"
 
 
@@ -86,8 +76,7 @@ def _dataset_run_name(styled: bool) -> str:
 
 
 def _failed(error: SegstyleError, summary: str) -> State[str]:
-    """The returned end of a run that failed as expected: ``summary`` cut for the UI's state
-    column; the error itself (whole) is the state's data, which ``state.result()`` raises."""
+    """A run's expected failure: ``summary`` (cut) for the UI, the whole error as its data."""
     return Failed(message=state_message(summary), data=error)
 
 
@@ -97,27 +86,39 @@ def _error_of(future: PrefectFuture[Any]) -> str | None:
     state = future.state
     if state.is_completed():
         return None
-    if state.is_failed() or state.is_crashed():
-        exc = state.result(raise_on_failure=False)
-        if isinstance(exc, BaseException):
-            return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    # e.g. NotReady: an upstream task failed (that task's error is reported first)
-    return f"{state.name}: {state.message}".splitlines()[0]
+    exc = state.result(raise_on_failure=False) if state.is_failed() or state.is_crashed() else None
+    if isinstance(exc, BaseException):
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return f"{state.name}: {state.message}".splitlines()[0]  # NotReady: an upstream failed
 
 
 def _outcome(stages: Mapping[str, Handle[Any]]) -> tuple[dict[str, StageRecord], str | None]:
-    """The records of a frame's completed stages, and ``"<stage>: <one-line error>"`` of the
-    first that did not complete (``None``: all did)."""
+    """The records of a frame's completed stages, and ``"<stage>: <error>"`` of the first
+    that did not complete (``None``: all did)."""
     futures = cast("Mapping[str, PrefectFuture[StageRecord]]", stages)  # PrefectRunner's
     errors = {name: _error_of(future) for name, future in futures.items()}
     first = next((f"{name}: {error}" for name, error in errors.items() if error), None)
     return {n: f.result() for n, f in futures.items() if errors[n] is None}, first
 
 
-def run_dataset(settings: RunSettings, outputs: OutputConfig) -> State[str]:
-    """Run every image of the sample through the stages and write the Parquet: Completed
-    with its path as the result, or Failed (failed images, or a :class:`SegstyleError` before
-    any image) with the error as its data."""
+def run_dataset(
+    outputs: OutputConfig,
+    dataset: DatasetSelection,
+    prompts: PromptConfig,
+    segmenter: SegmenterConfig,
+    styling: tuple[StylizerConfig, CompositeConfig] | None = None,
+) -> State[str]:
+    """Run the sample through the stages (no ``styling``: masks and metrics only) and write
+    the Parquet: Completed with its path, or Failed (failed images, or a
+    :class:`SegstyleError` before any image) with the error."""
+    stylizer, composite = styling or (None, CompositeConfig())
+    settings = RunSettings(
+        dataset=dataset,
+        prompts=prompts,
+        segmenter=segmenter,
+        stylizer=stylizer,
+        composite=composite,
+    )
     try:
         return _run_dataset(settings, outputs)
     except SegstyleError as error:
@@ -126,35 +127,27 @@ def run_dataset(settings: RunSettings, outputs: OutputConfig) -> State[str]:
 
 
 def _run_dataset(settings: RunSettings, outputs: OutputConfig) -> State[str]:
-    """:func:`run_dataset`, whose settings and inputs may raise :class:`SegstyleError`."""
+    """:func:`run_dataset`, raising :class:`SegstyleError` on bad settings or inputs."""
     logger = get_run_logger()
     started = dt.datetime.now(dt.UTC)
     dataset, stylizer = settings.dataset, settings.stylizer
     if dataset.generate_demo and dataset.root:
         ensure_demo_dataset(dataset.root)
-    seg_identity, style_identity = check_run_inputs(
-        dataset=dataset,
-        prompts=settings.prompts,
-        segmenter=settings.segmenter,
-        stylizer=stylizer,
-        composite=settings.composite,
-        outputs=outputs,
+    identities = check_run_inputs(
+        dataset, settings.prompts, settings.segmenter, stylizer, outputs, settings.composite
     )
     out = Path(outputs.out)
     name = flow_run.get_name() or "local"
     flow_run_id = str(flow_run.get_id() or name)
     run_dir = str(run_folder(out, name, flow_run_id))
-    config = {
-        name: None if value is None else value.model_dump(mode="json")
-        for name, value in vars(settings).items()
-    }
+    config = {k: v and v.model_dump(mode="json") for k, v in vars(settings).items()}
     common = run_columns(
         run_name=name,
         flow_run_id=flow_run_id,
         dataset=dataset,
         config=config,
-        segmenter=seg_identity,
-        stylizer=style_identity,
+        segmenter=identities[0],
+        stylizer=identities[1],
         mode=settings.composite.mode,
         started=started,
     )
@@ -165,10 +158,10 @@ def _run_dataset(settings: RunSettings, outputs: OutputConfig) -> State[str]:
     rows: list[dict[str, Any]] = []
     failed = []
     flow_name = flow_run.get_flow_name() or "segment_and_stylize"
-    # Each image's rows are on disk as soon as it finishes (a part); the end compacts them
-    # into the run's one file. A kill or a full disk loses only the images still in flight.
+    # Each image's rows go to disk as it finishes (a part), compacted into one file at the
+    # end: a kill or a full disk loses only the images still in flight.
     with results.RunRows(
-        out / "metrics", flow_name, common["flow_run_id"], resume_key=common["config_sha256"]
+        out / "metrics", flow_name, flow_run_id, resume_key=common["config_sha256"]
     ) as durable:
         if durable.resumed:
             logger.info("took over the rows of killed run(s) %s", ", ".join(durable.resumed))
@@ -186,35 +179,20 @@ def _run_dataset(settings: RunSettings, outputs: OutputConfig) -> State[str]:
             durable.write_image(frame.image_id, image_rows)
             rows.extend(image_rows)
         parquet = durable.compact()
-    report = write_report(
-        Path(run_dir),
-        pd.DataFrame(rows),
-        config,
-        f"segstyle {flow_name} · {name}",
-        metric="iou" if settings.automatic else "iou_instance",
-    )
+    metric = "iou" if settings.automatic else "iou_instance"
+    title = f"segstyle {flow_name} · {name}"
+    report = write_report(Path(run_dir), pd.DataFrame(rows), config, title, metric=metric)
     publish_artifacts(rows, str(parquet), name, report, out)
     logger.info("wrote %d rows for %d images to %s", len(rows), len(sample.frames), parquet)
-    if failed:
-        count = f"{len(failed)} of {len(sample.frames)} images failed"
-        first = f"first: {failed[0][0]}: {short_error(failed[0][1])}"
-        return _failed(
-            RunFailed(
-                f"{count} ({first}); rows with their errors are in {parquet}; "
-                "fix the inputs and retry this flow run"
-            ),
-            f"{count}; {first}",
-        )
-    return Completed(data=str(parquet))
+    if not failed:
+        return Completed(data=str(parquet))
+    count = f"{len(failed)} of {len(sample.frames)} images failed"
+    first = f"first: {failed[0][0]}: {short_error(failed[0][1])}"
+    advice = f"rows with their errors are in {parquet}; fix the inputs and retry this flow run"
+    return _failed(RunFailed(f"{count} ({first}); {advice}"), f"{count}; {first}")
 
 
-@flow(
-    name="segment_and_stylize",
-    flow_run_name=lambda: _dataset_run_name(styled=True),
-    task_runner=TASK_RUNNER,
-    timeout_seconds=DATASET_TIMEOUT_S,
-    **FLOW_OPTIONS,
-)
+@segstyle_flow("segment_and_stylize", lambda: _dataset_run_name(styled=True), **DATASET_FLOW)
 def segment_and_stylize(
     dataset: DatasetSelection = DatasetSelection(),
     prompts: PromptConfig = PromptConfig(),
@@ -223,38 +201,22 @@ def segment_and_stylize(
     composite: CompositeConfig = CompositeConfig(),
     outputs: OutputConfig = OutputConfig(),
 ) -> State[str]:
-    """Segment, stylize and composite every fine-annotated frame of the selected cities (one,
-    several or a whole split); score every mask.
-
-    Its result is the run's Parquet file. Every setting's default and description is in its model
-    (:mod:`segstyle_core.config`).
+    """Segment, stylize and composite every fine-annotated frame of the selected cities; score
+    every mask. Its result is the run's Parquet file; defaults and descriptions of every
+    setting are in :mod:`segstyle_core.config`.
 
     Args:
-        dataset: which frames: the dataset root, cities, split, classes, ground truth source,
-            sample size and seed.
+        dataset: which frames: root, cities, split, classes, ground truth, sample size, seed.
         prompts: where each frame's prompts come from (GT boxes, automatic, a file).
         segmenter: the segmentation backend (SAM needs its weights; GrabCut is offline).
         stylizer: the style-transfer backend, its settings and the style image.
         composite: object or background mode, soft edge, colour preservation, ROI.
         outputs: the output folder: cache, per-run pictures and report, Parquet metrics.
     """
-    settings = RunSettings(
-        dataset=dataset,
-        prompts=prompts,
-        segmenter=segmenter,
-        stylizer=stylizer,
-        composite=composite,
-    )
-    return run_dataset(settings, outputs)
+    return run_dataset(outputs, dataset, prompts, segmenter, (stylizer, composite))
 
 
-@flow(
-    name="evaluate_segmentation",
-    flow_run_name=lambda: _dataset_run_name(styled=False),
-    task_runner=TASK_RUNNER,
-    timeout_seconds=DATASET_TIMEOUT_S,
-    **FLOW_OPTIONS,
-)
+@segstyle_flow("evaluate_segmentation", lambda: _dataset_run_name(styled=False), **DATASET_FLOW)
 def evaluate_segmentation(
     dataset: DatasetSelection = DatasetSelection(),
     prompts: PromptConfig = PromptConfig(),
@@ -264,17 +226,9 @@ def evaluate_segmentation(
     """Masks and metrics only, no styling. Its result is the run's Parquet file.
 
     Args:
-        dataset: which frames: the dataset root, cities, split, classes, ground truth source,
-            sample size and seed.
+        dataset: which frames: root, cities, split, classes, ground truth, sample size, seed.
         prompts: where each frame's prompts come from (GT boxes, automatic, a file).
         segmenter: the segmentation backend (SAM needs its weights; GrabCut is offline).
         outputs: the output folder: cache, per-run pictures and report, Parquet metrics.
     """
-    settings = RunSettings(
-        dataset=dataset,
-        prompts=prompts,
-        segmenter=segmenter,
-        stylizer=None,
-        composite=CompositeConfig(),
-    )
-    return run_dataset(settings, outputs)
+    return run_dataset(outputs, dataset, prompts, segmenter)

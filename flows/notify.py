@@ -1,17 +1,11 @@
 """Failure notifications: a Prefect automation that calls a webhook when a nightly run fails.
 
-``make deploy`` runs ``python -m segstyle.flows.notify``. With ``SEGSTYLE_NOTIFY_WEBHOOK`` set
-to a URL it saves that URL as the Webhook block :data:`AUTOMATION_NAME` and creates (or, when
-one of that name exists, updates) the automation :data:`AUTOMATION_NAME`: whenever a flow run
-tagged :data:`NIGHTLY_TAG` (the deployments with a nightly schedule, scheduled or started by
-hand) ends in a Failed or Crashed state (``TimedOut`` is a Failed state), the Prefect server
-POSTs :data:`PAYLOAD` to the URL: JSON with the run's name, its deployment, its state and its
-state message (a segstyle run's message names the failed count and the first error), plus a
-``text`` line that Slack and Mattermost incoming webhooks show as is. Without the variable it
-changes nothing and says how to turn notifications on.
-
-The server's ``triggers`` and ``actions`` services (on by default in ``prefect server start``)
-evaluate the automation and call the webhook, usually within seconds of the run's end.
+``make deploy`` runs ``python -m segstyle.flows.notify``: with ``SEGSTYLE_NOTIFY_WEBHOOK`` set
+to a URL it saves the URL as the Webhook block :data:`AUTOMATION_NAME` and creates (or updates)
+the automation :data:`AUTOMATION_NAME`. When a run tagged :data:`NIGHTLY_TAG` ends Failed
+(``TimedOut`` included) or Crashed, the server's ``triggers`` and ``actions`` services POST
+:data:`PAYLOAD` to the URL, usually within seconds. Without the variable it changes nothing
+and says how to turn notifications on.
 """
 
 from __future__ import annotations
@@ -30,23 +24,16 @@ from prefect.client.orchestration import get_client
 from prefect.types import SecretDict
 from pydantic import SecretStr
 
-#: The environment variable holding the webhook's URL (the one notification setting).
+#: The environment variable holding the webhook's URL.
 WEBHOOK_ENV = "SEGSTYLE_NOTIFY_WEBHOOK"
-
 #: The automation's name, and the Webhook block's that holds the URL.
 AUTOMATION_NAME = "segstyle-nightly-failure"
-
-#: Runs carrying this tag notify (``prefect.yaml`` tags the nightly deployments with it; a
-#: deployment's runs carry its tags).
+#: Runs carrying this tag notify (``prefect.yaml``'s nightly deployments give it their runs).
 NIGHTLY_TAG = "nightly"
-
-#: The states that notify: their types, so that every Failed-type state (``Failed``,
-#: ``TimedOut``) and a ``Crashed`` run match.
+#: The state types that notify (``TimedOut`` is of type ``FAILED``).
 FAILED_STATE_TYPES = ("FAILED", "CRASHED")
-
-#: The webhook's body, a Jinja template the server renders for the triggering run (the
-#: automation's ``flow_run`` and ``deployment`` are read from the API; the state, message
-#: included, is the triggering event's).
+#: The webhook's JSON body, a Jinja template the server renders for the triggering run; its
+#: ``text`` line is what Slack and Mattermost incoming webhooks show.
 PAYLOAD = """{
   "text": {{ ("segstyle: " ~ flow_run.name ~ " (" ~ deployment.name ~ ") ended "
       ~ flow_run.state.name ~ ": " ~ flow_run.state.message) | tojson }},
@@ -57,7 +44,6 @@ PAYLOAD = """{
   "message": {{ flow_run.state.message | tojson }}
 }"""
 
-#: The line printed when the setting is missing.
 HOW_TO_ENABLE = (
     f"{WEBHOOK_ENV} is not set, so no failure notification was set up: set it to a webhook URL "
     f"(`make deploy {WEBHOOK_ENV}=https://hooks.slack.com/services/...`) to have failed or "
@@ -66,8 +52,7 @@ HOW_TO_ENABLE = (
 
 
 def failure_automation(webhook_block_id: UUID) -> AutomationCore:
-    """The automation: a failed or crashed run tagged :data:`NIGHTLY_TAG` calls the Webhook
-    block ``webhook_block_id`` with :data:`PAYLOAD`, once per run state."""
+    """The automation calling the Webhook block ``webhook_block_id``, once per run state."""
     return AutomationCore(
         name=AUTOMATION_NAME,
         description=(
@@ -103,10 +88,8 @@ def check_webhook_url(url: str) -> str:
 
 
 def ensure_failure_webhook(webhook_url: str) -> UUID:
-    """Save ``webhook_url`` as the Webhook block :data:`AUTOMATION_NAME` and create the
-    automation :data:`AUTOMATION_NAME` on the current API (``PREFECT_API_URL``), or, where
-    automations of that name exist, update the latest updated and delete the others. Returns
-    the automation's id.
+    """Save ``webhook_url`` as the Webhook block and create the automation on the current
+    API, or update the latest updated of that name (deleting the others); return its id.
 
     Raises:
         ValueError: ``webhook_url`` is not an http(s) URL.

@@ -1,18 +1,15 @@
-"""The command line's options: one per field of the configuration models.
+"""The command line's options: a ``--flag`` per field of the flows' configuration models.
 
-Each :class:`Options` names a flow parameter and its model (:mod:`segstyle_core.config`,
-:mod:`segstyle_core.video.config`, :class:`~segstyle_core.video.track.TrackerConfig`); every
-field becomes a ``--flag`` named after it (or as :attr:`Options.flags` says), with the field's
-type, default and description. :func:`with_options` adds them to a command's model, which
-pydantic-settings' CLI source parses (:mod:`segstyle.flows.cli`). So the CLI, the flows and the
-Prefect UI share one default per setting, and :func:`flag_names` maps an error's field
-(``stylizer.style``) back to the flag a user typed (``--style``).
+Each :class:`Options` names a flow parameter and its model; :func:`with_options` adds a flag
+per field (with its type, default and description) to a command's model, so the CLI, the
+flows and the Prefect UI share one default per setting; :func:`flag_names` maps an error's
+field (``stylizer.style``) back to the flag a user typed (``--style``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -40,23 +37,18 @@ C = TypeVar("C", bound=BaseModel)
 
 @dataclass(frozen=True)
 class Options(Generic[M]):
-    """The options of one flow parameter: a flag per field of its model.
+    """The options of one flow parameter (``parameter``, a ``model``): a flag per field.
 
-    Attributes:
-        parameter: the parameter's name; errors name its fields ``<parameter>.<field>``.
-        model: the parameter's configuration model.
-        flags: field -> flag (snake case) where the two differ. A field in ``skip`` that is
-            named here has no option of its own: it is set from that flag.
-        skip: fields without an option of their own.
-        nested: field -> the options of a nested model, flattened into the command.
-        cli_types: field -> the type the command line parses instead of the field's (a
-            string that the model's validator splits itself).
+    ``flags`` renames fields (snake case); ``skip`` fields get no option (a skipped field named
+    in ``flags`` is set from that flag); ``nested`` flattens a nested model's options into the
+    command; ``cli_types`` gives the type parsed instead of the field's (e.g. a string that
+    the model's validator splits itself).
     """
 
     parameter: str
     model: type[M]
     flags: Mapping[str, str] = field(default_factory=dict)
-    skip: frozenset[str] = frozenset()
+    skip: Collection[str] = ()
     nested: Mapping[str, Options[Any]] = field(default_factory=dict)
     cli_types: Mapping[str, Any] = field(default_factory=dict)
 
@@ -87,10 +79,10 @@ class Options(Generic[M]):
         return names
 
     def build(self, command: BaseModel, **given: Any) -> M:
-        """The model from a parsed command's values; ``given`` fields are set directly.
+        """The model of a parsed command's values and the ``given`` fields.
 
         Raises:
-            ConfigError: an invalid value (the model's own checks), naming its field.
+            ConfigError: an invalid value, naming its field.
         """
         values = {
             name: self.nested[name].build(command)
@@ -103,28 +95,20 @@ class Options(Generic[M]):
 
 
 def _one_line(info: FieldInfo) -> FieldInfo:
-    """A copy of ``info`` whose description is the first sentence of the field's, on one line."""
+    """``info`` with the first sentence of its description, on one line."""
     text = " ".join((info.description or "").split()).split(". ")[0].rstrip(".")
     return FieldInfo.merge_field_infos(info, description=text)
 
 
 def with_options(command: type[C], *groups: Options[Any]) -> type[C]:
     """``command`` (a model of the command's own arguments) plus every option of ``groups``."""
-    fields: dict[str, Any] = {}
-    for group in groups:
-        fields |= group.options()
-    model: type[C] = create_model(
-        command.__name__, __base__=command, __doc__=command.__doc__, **fields
-    )
-    return model
+    fields: dict[str, Any] = {n: option for g in groups for n, option in g.options().items()}
+    return create_model(command.__name__, __base__=command, __doc__=command.__doc__, **fields)
 
 
 def flag_names(groups: Iterable[Options[Any]]) -> dict[str, str]:
     """``<parameter>.<field>`` -> ``--flag`` over ``groups``."""
-    names: dict[str, str] = {}
-    for group in groups:
-        names |= group.flag_names()
-    return names
+    return {key: flag for group in groups for key, flag in group.flag_names().items()}
 
 
 def with_flags(message: str, flags: Mapping[str, str]) -> str:
@@ -147,37 +131,24 @@ STYLE: list[str] = Field(
     "CLASS=IMAGE for a style per class; stylize: give it once per --box, paired in order",
 )
 
-DATASET = Options(
-    "dataset",
-    DatasetSelection,
-    flags={"root": "dataset"},
-    cli_types={"city": str | None},  # the model splits "a,b" itself
-)
-PROMPTS = Options("prompts", PromptConfig, flags={"source": "prompts", **BOX_FLAGS})
+#: ``--city`` is a string: the model splits "a,b" itself.
+DATASET = Options("dataset", DatasetSelection, {"root": "dataset"}, cli_types={"city": str | None})
+PROMPTS = Options("prompts", PromptConfig, {"source": "prompts", **BOX_FLAGS})
 #: ``segstyle stylize``: its boxes' adjustment (``--box``, ``--point``, ``--style`` are its own).
-PHOTO_PROMPTS = Options(
-    "prompts",
-    PhotoPrompts,
-    flags={"boxes": "box", "points": "point", "styles": "style", **BOX_FLAGS},
-    skip=frozenset({"boxes", "points", "styles"}),
-)
-SEGMENTER = Options("segmenter", SegmenterConfig, flags={"backend": "segmenter"})
-GATYS = Options("gatys", GatysConfig, flags={"seed": "noise_seed"})
+PHOTO_FLAGS = {"boxes": "box", "points": "point", "styles": "style"}
+PHOTO_PROMPTS = Options("prompts", PhotoPrompts, PHOTO_FLAGS | BOX_FLAGS, PHOTO_FLAGS)
+SEGMENTER = Options("segmenter", SegmenterConfig, {"backend": "segmenter"})
+#: ``--style`` is the command's own (:func:`build_stylizer`).
+STYLE_FLAGS = {"style": "style", "class_styles": "style"}
 STYLIZER = Options(
     "stylizer",
     StylizerConfig,
-    flags={
-        "backend": "stylizer",
-        "vgg_checkpoint": "vgg",
-        "style": "style",
-        "class_styles": "style",
-        **SHARED,
-    },
-    skip=frozenset({"style", "class_styles", *SHARED}),  # --style is the command's own
-    nested={"gatys": GATYS},
+    {"backend": "stylizer", "vgg_checkpoint": "vgg"} | STYLE_FLAGS | SHARED,
+    STYLE_FLAGS | SHARED,
+    nested={"gatys": Options("gatys", GatysConfig, {"seed": "noise_seed"})},
 )
 COMPOSITE = Options(
-    "composite", CompositeConfig, flags={"feather_px": "feather", "roi_margin_px": "roi_margin"}
+    "composite", CompositeConfig, {"feather_px": "feather", "roi_margin_px": "roi_margin"}
 )
 OUTPUTS = Options("outputs", OutputConfig)
 
@@ -186,29 +157,25 @@ OUTPUTS = Options("outputs", OutputConfig)
 TRACKER = Options(
     "tracker",
     TrackerConfig,
-    flags={"checkpoint": "sam2_checkpoint", "backend": "segmenter"},
-    skip=frozenset({"backend", "segmenter"}),
+    {"checkpoint": "sam2_checkpoint", "backend": "segmenter"},
+    {"backend", "segmenter"},
 )
 #: ``segstyle video``: the stylizer is the video flow's, on the tracker's device.
 VIDEO_STYLIZER = Options(
     "stylizer",
     StylizerConfig,
-    flags=SHARED,
-    skip=frozenset({"backend", "gatys", "vgg_checkpoint", "class_styles", *SHARED}),
+    SHARED,
+    {"backend", "gatys", "vgg_checkpoint", "class_styles", *SHARED},
 )
 VIDEO_COMPOSITE = Options(
-    "composite",
-    CompositeConfig,
-    flags={"feather_px": "feather"},
-    skip=frozenset({"preserve_color", "roi_margin_px"}),
+    "composite", CompositeConfig, {"feather_px": "feather"}, {"preserve_color", "roi_margin_px"}
 )
 VIDEO_OPTIONS = Options("video_options", VideoOptions)
 
 
 def split_styles(values: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """Repeated ``--style`` values -> the plain images (in order) and the ``CLASS=IMAGE`` pairs.
-
-    A value naming an existing file is a plain image even when its name holds ``=``.
+    """``--style`` values -> the plain images (in order; an existing file even when its name
+    holds ``=``) and the ``CLASS=IMAGE`` pairs.
 
     Raises:
         ConfigError: a class given two styles.
@@ -229,15 +196,13 @@ def split_styles(values: Sequence[str]) -> tuple[list[str], dict[str, str]]:
 def build_stylizer(
     command: BaseModel, styles: Sequence[str], segmenter: SegmenterConfig, *, several: bool = False
 ) -> StylizerConfig:
-    """The stylizer of ``--style`` values ``styles``, on the segmenter's device and weights.
-
-    ``--style IMAGE`` is the plain style; ``--style CLASS=IMAGE`` a class's own. With
-    ``several`` (``stylize``: one style per box, see :func:`split_styles`), several plain
-    images are allowed and none of them becomes the plain style.
+    """The stylizer of ``--style`` values, on the segmenter's device and weights: ``IMAGE``
+    the plain style, ``CLASS=IMAGE`` a class's; with ``several`` (``stylize``: a style per
+    box) several plain images and none is the plain style.
 
     Raises:
-        ConfigError: several plain images where one is expected, or per-class styles where
-            there are no classes.
+        ConfigError: several plain images where one is expected, or per-class styles without
+            classes.
     """
     plain, per_class = split_styles(styles)
     if several and per_class:

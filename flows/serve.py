@@ -1,32 +1,13 @@
 """``segstyle serve``: the run outputs over HTTP on 127.0.0.1, so the Prefect UI can show them.
 
-**What is served.** The regular files under ``<out>/runs`` and ``<out>/metrics`` of each
-``--out``, at ``<prefix>/runs`` and ``<prefix>/metrics``, and nothing else. One ``--out`` has
-the empty prefix (``/runs``, ``/metrics``); several each get ``/<folder name>`` (made
-URL-safe, ``-2``, ``-3`` … where names repeat; see :func:`root_prefixes`).
-
-- *Roots are fixed at start.* ``--out`` is resolved once (a symlinked ``--out`` is followed then,
-  and the real folder it named stays the root). Each served folder must be a real folder
-  directly inside it: a ``runs`` or ``metrics`` that is a symlink is refused at start (one
-  line), since following it would serve whatever it points to (``runs -> /`` would serve the
-  whole disk). Missing folders are created, so the server can start before the first run.
-- *Each request is resolved.* The requested path is resolved (symlinks followed, ``..``
-  applied, percent-escapes decoded) and served only when it lands inside its folder's real path
-  fixed at start and is a regular file. A symlink that points out of the folder, or a served
-  folder replaced by a symlink after start, answers 404, as do folders, FIFOs and devices
-  (checked with ``lstat`` on the resolved path, so a FIFO is never opened; only a file
-  swapped in between that check and the open, by someone who can write there, escapes it).
-- *No listing.* ``/`` is a fixed page saying what is served; no folder's content is listed.
-  ``/segstyle-roots`` (:data:`~segstyle_core.outputs.ROOTS_PATH`) answers
-  ``{"roots": [{"prefix": ..., "root": <out>}, ...]}``, each resolved ``--out`` with its
-  prefix, so a flow links only files that are served (:func:`segstyle_core.outputs.link_target`).
-- *Loopback only.* The server binds loopback addresses only and has no authentication, so it is
-  for the machine it runs on (reach it from elsewhere through an SSH tunnel). A request whose
-  ``Host`` header is not ``127.0.0.1``, ``localhost``, ``[::1]`` or the bound host (any port)
-  answers 400, so a web page cannot reach it through DNS rebinding.
-
-Files answer ``Cache-Control: no-cache``. Point the flows at the server with the Prefect
-Variable ``segstyle-outputs-url`` or ``SEGSTYLE_OUTPUTS_URL`` (see :mod:`segstyle_core.outputs`).
+Served: the regular files under ``runs/`` and ``metrics/`` of each ``--out``, under its
+prefix (:func:`root_prefixes`). Roots are resolved once at start; a ``runs`` or ``metrics``
+that is a symlink is refused (``runs -> /`` would serve the disk). A request is resolved
+(symlinks, ``..``, escapes) and served only inside its folder's real path, as a regular file by
+``lstat`` (a FIFO is never opened); else 404. Nothing is listed; ``/`` is a fixed page and
+:data:`~segstyle_core.outputs.ROOTS_PATH` says which roots are served, so flows link only served
+files. Loopback only, no authentication; a ``Host`` other than a loopback name or the bound
+host answers 400 (DNS rebinding). ``Cache-Control: no-cache``: retries rewrite their PNGs.
 """
 
 from __future__ import annotations
@@ -58,31 +39,25 @@ from segstyle_core.outputs import (
     SERVED_FOLDERS,
 )
 
-LOOPBACK_NAMES = ("localhost",)
-
-#: ``Host`` header names (without the port) always accepted; :func:`trusted_hosts` adds the
-#: bound host.
+#: ``Host`` header names (without the port) always accepted, beside the bound host.
 TRUSTED_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 class _ConfinedFiles(StaticFiles):
-    """The regular files under ``folder``, a real folder resolved at start (see the module
-    docstring); each answers ``Cache-Control: no-cache``, since a retried run rewrites its PNGs
-    under the same names and a cached old picture would show the failed attempt."""
+    """The regular files under ``folder``, a real folder resolved at start, not cached."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__(directory=folder)
         self.folder = folder
 
     async def check_config(self) -> None:
-        """Nothing: :func:`served_folder` checked the folder at start, and a folder removed
-        later answers 404 rather than an error."""
+        """Nothing: checked at start; a folder removed later answers 404, not an error."""
 
     def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
-        """``(resolved path, its lstat)`` when ``path`` (relative to the folder) resolves inside
-        the folder and exists; ``("", None)`` otherwise (an absolute ``path`` included)."""
+        """``(resolved path, its lstat)`` when ``path`` resolves inside the folder and exists;
+        ``("", None)`` otherwise."""
         target = Path(os.path.realpath(self.folder / path))
         if not target.is_relative_to(self.folder):
             return "", None
@@ -109,7 +84,7 @@ def check_loopback(host: str) -> str:
     Raises:
         ConfigError: any other host; the server has no authentication.
     """
-    if host.lower() in LOOPBACK_NAMES:
+    if host.lower() == "localhost":
         return host
     try:
         loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -128,18 +103,11 @@ def url_host(host: str) -> str:
     return f"[{host.strip('[]')}]" if ":" in host else host
 
 
-def trusted_hosts(host: str) -> list[str]:
-    """The ``Host`` header names (without port) the server answers: :data:`TRUSTED_HOSTS` and
-    the bound ``host``, lower-case."""
-    return sorted({*TRUSTED_HOSTS, url_host(host).lower()})
-
-
 def served_folder(root: Path, name: str) -> Path:
-    """``root/name`` as a real folder, created when missing; ``root`` is already resolved.
+    """``root/name`` (``root`` resolved) as a real folder, created when missing.
 
     Raises:
-        ConfigError: it is a symlink (which would serve whatever it points to), is not a
-            folder, or cannot be created.
+        ConfigError: it is a symlink, not a folder, or cannot be created.
     """
     folder = root / name
     if folder.is_symlink():
@@ -157,9 +125,8 @@ def served_folder(root: Path, name: str) -> Path:
 
 
 def root_prefixes(roots: Sequence[Path]) -> dict[str, Path]:
-    """URL prefix -> resolved root: ``""`` for a single root (the same folder named twice is
-    one root); else ``/<name>`` with characters other than letters, digits, ``.``, ``_`` and
-    ``-`` made ``-``, and ``-2``, ``-3`` … added where names repeat."""
+    """URL prefix -> resolved root: ``""`` for a single root; else ``/<folder name>`` made
+    URL-safe, with ``-2``, ``-3`` … where names repeat."""
     unique = list(dict.fromkeys(Path(root).resolve() for root in roots))
     if len(unique) == 1:
         return {"": unique[0]}
@@ -176,29 +143,22 @@ def root_prefixes(roots: Sequence[Path]) -> dict[str, Path]:
 
 def _front_page(prefixes: dict[str, Path]) -> str:
     """The fixed ``/`` page: what is served, without listing any folder."""
-    sections = "".join(
-        f"<h2>{html.escape(str(root))}</h2>"
-        f"<ul><li>{html.escape(prefix)}/runs/&lt;run&gt;/report.html: a run's report</li>"
-        f"<li>{html.escape(prefix)}/runs/&lt;run&gt;/&lt;image_id&gt;/&lt;file&gt;: an image's "
-        f"outputs</li><li>{html.escape(prefix)}/metrics/flow=&lt;flow&gt;/&lt;id&gt;.parquet: "
-        "a run's rows</li></ul>"
+    items = "".join(
+        f"<li>{html.escape(str(root))}: {html.escape(prefix)}/runs/&lt;run&gt;/report.html, "
+        "…/&lt;run&gt;/&lt;image_id&gt;/&lt;file&gt;, "
+        f"{html.escape(prefix)}/metrics/flow=&lt;flow&gt;/&lt;id&gt;.parquet</li>"
         for prefix, root in prefixes.items()
     )
     return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        "<title>segstyle outputs</title></head><body><h1>segstyle outputs</h1>"
-        f"<p>The run outputs of these folders, for the links in the Prefect UI:</p>{sections}"
-        "<p>Folders are not listed.</p></body></html>"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>segstyle outputs'
+        f"</title></head><body><p>Run outputs for the Prefect UI's links (folders are not "
+        f"listed):</p><ul>{items}</ul></body></html>"
     )
 
 
 def make_app(roots: Path | Sequence[Path], host: str = "127.0.0.1") -> Starlette:
-    """The ASGI app serving the :data:`~segstyle_core.outputs.SERVED_FOLDERS` of each root,
-    under its prefix (:func:`root_prefixes`), to requests addressed to ``host`` or a loopback
-    name (see the module docstring).
-
-    Each root is resolved here, once, and its served folders are checked (and created when
-    missing) by :func:`served_folder`.
+    """The ASGI app serving the :data:`~segstyle_core.outputs.SERVED_FOLDERS` of each root
+    under its prefix, to requests addressed to ``host`` or a loopback name.
 
     Raises:
         ConfigError: a served folder is a symlink, not a folder, or cannot be created.
@@ -223,40 +183,26 @@ def make_app(roots: Path | Sequence[Path], host: str = "127.0.0.1") -> Starlette
         Route(ROOTS_PATH, served_roots, methods=["GET"]),
         *mounts,
     ]
-    return Starlette(
-        routes=routes,
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts(host))],
-    )
+    hosts = [*TRUSTED_HOSTS, url_host(host).lower()]
+    return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, hosts)])
 
 
 def _bind(host: str, port: int) -> socket.socket:
     """A listening socket, or a one-line error naming the port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port} ({exc.strerror}); pick another with --port"
-        ) from None
-    sock.set_inheritable(True)
-    return sock
+        return socket.create_server((host.strip("[]"), port), family=family)
+    except OSError as exc:  # its strerror names the address again
+        why = f"({os.strerror(exc.errno or 0)}); pick another with --port"
+        raise ConfigError(f"cannot listen on {host}:{port} {why}") from None
 
 
 def serve(roots: Path | Sequence[Path], host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-    """Serve each root's ``runs`` and ``metrics`` at ``http://host:port<prefix>`` until
-    interrupted.
-
-    Args:
-        roots: the flows' ``out`` folders (``--out``, one or several).
-        host: a loopback address (see :func:`check_loopback`).
-        port: TCP port; 0 picks a free one.
+    """Serve each root (``--out``) at ``http://host:port<prefix>`` until interrupted; port 0
+    picks a free one.
 
     Raises:
-        ConfigError: a non-loopback host, a served folder that is a symlink or not a folder,
-            or the port is taken.
+        ConfigError: a non-loopback host, a bad served folder, or the port is taken.
     """
     import uvicorn
 
@@ -270,12 +216,9 @@ def serve(roots: Path | Sequence[Path], host: str = "127.0.0.1", port: int = DEF
         f"serving {root / 'runs'} and {root / 'metrics'} at {address}{prefix}/"
         for prefix, root in prefixes.items()
     )
-    print(
-        f"{served}\n(Ctrl-C stops) for the flows: prefect variable set {OUTPUTS_URL_VARIABLE} "
-        f"{address} --overwrite (or export {OUTPUTS_URL_ENV}={address})",
-        file=sys.stderr,
-        flush=True,
-    )
+    setting = f"prefect variable set {OUTPUTS_URL_VARIABLE} {address} --overwrite"
+    tell = f"(Ctrl-C stops) for the flows: {setting} (or export {OUTPUTS_URL_ENV}={address})"
+    print(f"{served}\n{tell}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=host, port=bound, log_level="warning", access_log=False)
     try:
         uvicorn.Server(config).run(sockets=[sock])

@@ -1,20 +1,17 @@
 """The ``stylize_image`` flow: one photo, prompted by boxes and/or points, no ground truth.
 
-For deployments and the Prefect UI: the photo's stage graph
-(:func:`segstyle_core.pipeline.photo_stages`) as Prefect tasks; ``segstyle stylize`` runs the same
-graph without Prefect (:func:`segstyle_core.photo.stylize_photo`). A run is named
-``<photo>-<segmenter>-<stylizer>-<date>``; timeout, crash retries and result settings:
-:mod:`segstyle.flows.runs`.
+The photo's stage graph (:func:`segstyle_core.pipeline.photo_stages`) as Prefect tasks, for
+deployments and the UI; ``segstyle stylize`` runs it without Prefect. Runs are named
+``<photo>-<segmenter>-<stylizer>-<date>``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect import get_run_logger
 
-from segstyle.flows.runs import FLOW_OPTIONS, PHOTO_TIMEOUT_S, run_name, setting
+from segstyle.flows.runs import PHOTO_TIMEOUT_S, file_run_name, segstyle_flow
 from segstyle.tasks.stage import PrefectRunner
 from segstyle_core.config import (
     CompositeConfig,
@@ -27,23 +24,10 @@ from segstyle_core.images import read_rgb, write_image
 from segstyle_core.photo import check_photo_job
 from segstyle_core.pipeline import photo_stages
 
-
-def _photo_run_name() -> str:
-    """The current run's name: ``<photo's stem>-<segmenter>-<stylizer>-<date>``."""
-    parameters = flow_run.get_parameters()
-    return run_name(
-        Path(str(parameters.get("image", "photo"))).stem,
-        setting(parameters, "segmenter", "backend", SegmenterConfig().backend),
-        setting(parameters, "stylizer", "backend", StylizerConfig().backend),
-    )
+BACKENDS = {"segmenter": SegmenterConfig().backend, "stylizer": StylizerConfig().backend}
 
 
-@flow(
-    name="stylize_image",
-    flow_run_name=_photo_run_name,
-    timeout_seconds=PHOTO_TIMEOUT_S,
-    **FLOW_OPTIONS,
-)
+@segstyle_flow("stylize_image", file_run_name("image", **BACKENDS), PHOTO_TIMEOUT_S)
 def stylize_image(
     image: str,
     output: str,

@@ -1,12 +1,10 @@
 """The ``stylize_video`` flow: one object of a clip, tracked and stylized with stable strokes.
 
 Frames -> chunks of ``chunk_size`` frames (each: track the mask, stylize, blend with the
-previous painting, composite; cached, retried, one after the other since each starts from the
-previous chunk's last frame) -> encode -> copy to ``output``. When the input is a Cityscapes
-sequence with instance ground truth, the tracked masks are scored against it. Per-frame flicker
-(and IoU) go to ``<out>/runs/video/<name>/metrics.json``. A run is named
-``<video>-<tracker>-<stylizer>-<date>``; timeout, crash retries and result settings:
-:mod:`segstyle.flows.runs`.
+previous painting, composite; cached, retried, in order since each starts from the previous
+chunk's last frame) -> encode -> copy to ``output``. Tracked masks are scored when the input is
+a Cityscapes sequence with instance ground truth. Per-frame flicker (and IoU) go to
+``<out>/runs/video/<name>/metrics.json``. Runs are named ``<video>-<tracker>-<stylizer>-<date>``.
 """
 
 from __future__ import annotations
@@ -15,10 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect import get_run_logger
 
-from segstyle.flows.runs import FLOW_OPTIONS, VIDEO_TIMEOUT_S, run_name, setting
+from segstyle.flows.runs import VIDEO_TIMEOUT_S, file_run_name, segstyle_flow
 from segstyle.tasks.stage import PrefectRunner
 from segstyle_core.config import CompositeConfig, OutputConfig
 from segstyle_core.errors import ConfigError
@@ -28,40 +25,25 @@ from segstyle_core.preflight import check_style
 from segstyle_core.prompts.validation import parse_box, validate_prompt
 from segstyle_core.segment.base import Prompt
 from segstyle_core.stylize import StylizerConfig
+from segstyle_core.video import io as video_io
+from segstyle_core.video import stages
 from segstyle_core.video.config import VIDEO_STYLIZER, VideoOptions
 from segstyle_core.video.evaluate import has_instance_gt
-from segstyle_core.video.io import (
-    check_video_output,
-    folder_fps,
-    frame_files,
-    is_container,
-    iter_frames,
-    write_video,
-)
-from segstyle_core.video.stages import (
-    ChunkRecord,
-    ScoreRecord,
-    encode_video,
-    extract_frames,
-    score_video,
-    stylize_video_chunk,
-    temporal_options,
-)
 from segstyle_core.video.track import TrackerConfig
 
 
 def _input_frames(video: str, name: str, run: PrefectRunner) -> tuple[list[str], float]:
     """The input's frame files and frame rate (a video file is decoded into the cache first)."""
-    if is_container(video):
-        record = run(extract_frames, f"video-frames-{name}", video=video).result()
+    if video_io.is_container(video):
+        record = run(stages.extract_frames, f"video-frames-{name}", video=video).result()
         return record.frame_paths(), record.fps
-    return [str(p) for p in frame_files(video)], folder_fps(video)
+    return [str(p) for p in video_io.frame_files(video)], video_io.folder_fps(video)
 
 
 def _publish(encoded: str, output: str, fps: float) -> Path:
     """Put the encoded result at ``output``: a file is copied atomically, a folder rewritten."""
-    if not is_container(output):
-        return write_video(output, iter_frames(encoded), fps)
+    if not video_io.is_container(output):
+        return video_io.write_video(output, video_io.iter_frames(encoded), fps)
 
     def copy(tmp: Path) -> None:
         shutil.copyfile(encoded, tmp)
@@ -69,11 +51,32 @@ def _publish(encoded: str, output: str, fps: float) -> Path:
     return atomic_write_with(output, copy)
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the values that are not ``None``."""
+    given = [v for v in values if v is not None]
+    return sum(given) / len(given) if given else None
 
 
-def _metrics(chunks: list[ChunkRecord], scores: ScoreRecord | None, output: Path) -> dict[str, Any]:
+def check_video_job(
+    video: str,
+    output: str,
+    tracker: TrackerConfig,
+    stylizer: StylizerConfig,
+    composite: CompositeConfig,
+    options: VideoOptions,
+) -> None:
+    """Fail before any frame on unsupported composite settings, a missing checkpoint or style
+    image, or an output that would overwrite the input."""
+    stages.temporal_options(composite, options)
+    tracker.identity()
+    stylizer.identity()
+    check_style(stylizer)
+    video_io.check_video_output(video, output)
+
+
+def _metrics(
+    chunks: list[stages.ChunkRecord], scores: stages.ScoreRecord | None, output: Path
+) -> dict[str, Any]:
     """Per-frame rows (``index``, ``flicker``, ``mask_area``, ``iou``, ``dice``) and means."""
     rows = [dict(row) for chunk in chunks for row in chunk.frames]
     for position, row in enumerate(rows):
@@ -82,28 +85,16 @@ def _metrics(chunks: list[ChunkRecord], scores: ScoreRecord | None, output: Path
     return {
         "output": str(output),
         "frames": rows,
-        "mean_flicker": _mean([row["flicker"] for row in rows if row["flicker"] is not None]),
+        "mean_flicker": _mean([row["flicker"] for row in rows]),
         "mean_iou": scores.mean_iou if scores else None,
         "mean_dice": scores.mean_dice if scores else None,
     }
 
 
-def _video_run_name() -> str:
-    """The current run's name: ``<video's stem>-<tracker>-<stylizer>-<date>``."""
-    parameters = flow_run.get_parameters()
-    return run_name(
-        Path(str(parameters.get("video", "video"))).stem,
-        setting(parameters, "tracker", "backend", TrackerConfig().backend),
-        setting(parameters, "stylizer", "backend", VIDEO_STYLIZER.backend),
-    )
+BACKENDS = {"tracker": TrackerConfig().backend, "stylizer": VIDEO_STYLIZER.backend}
 
 
-@flow(
-    name="stylize_video",
-    flow_run_name=_video_run_name,
-    timeout_seconds=VIDEO_TIMEOUT_S,
-    **FLOW_OPTIONS,
-)
+@segstyle_flow("stylize_video", file_run_name("video", **BACKENDS), VIDEO_TIMEOUT_S)
 def stylize_video(
     video: str,
     output: str,
@@ -114,8 +105,7 @@ def stylize_video(
     video_options: VideoOptions = VideoOptions(),
     outputs: OutputConfig = OutputConfig(),
 ) -> str:
-    """Stylize the object boxed on frame ``video_options.start_frame`` of ``video`` through the
-    rest of it.
+    """Stylize the object boxed on the start frame of ``video`` through the rest of it.
 
     Args:
         video: an MP4 (or other video file) or a folder of PNG frames.
@@ -125,16 +115,11 @@ def stylize_video(
         tracker: how the mask follows the object (optical flow refined by GrabCut, or SAM 2).
         stylizer: the painter (default: the feed-forward network at ``video_options.height``).
         composite: object or background mode and the mask's soft edge.
-        video_options: start frame, blend with the previous painting, working height, chunk
-            size.
+        video_options: start frame, blend with the previous painting, height, chunk size.
         outputs: the output folder (cache and ``runs/video/<name>/metrics.json``).
     """
     logger = get_run_logger()
-    temporal_options(composite, video_options)  # unsupported composite settings fail here
-    tracker.identity()  # a missing checkpoint fails before any frame
-    stylizer.identity()
-    check_style(stylizer)
-    check_video_output(video, output)
+    check_video_job(video, output, tracker, stylizer, composite, video_options)
     name = Path(video).stem
     run = PrefectRunner(Path(outputs.out) / "cache")
     paths, fps = _input_frames(video, name, run)
@@ -146,10 +131,10 @@ def stylize_video(
     height_px, width_px = read_rgb(paths[start_frame]).shape[:2]
     prompt = validate_prompt(Prompt(box=parse_box(box)), width_px, height_px, f"{video} --box")
 
-    chunks: list[ChunkRecord] = []
+    chunks: list[stages.ChunkRecord] = []
     for first in range(start_frame, len(paths), chunk_size):
         chunk = run(
-            stylize_video_chunk,
+            stages.stylize_video_chunk,
             f"video-chunk-{first}",
             first_index=first,
             frame_paths=paths[first : first + chunk_size],
@@ -160,21 +145,17 @@ def stylize_video(
             composite=composite,
             options=video_options,
         ).result()
-        flicker = _mean([row["flicker"] for row in chunk.frames if row["flicker"] is not None])
-        logger.info(
-            "frames %d-%d: mean flicker %s%s",
-            first,
-            first + len(chunk.frames) - 1,
-            "n/a" if flicker is None else f"{flicker:.2f}",
-            " (cached)" if chunk.cached else "",
-        )
+        flicker = _mean([row["flicker"] for row in chunk.frames])
+        shown = "n/a" if flicker is None else f"{flicker:.2f}"
+        last, cached = first + len(chunk.frames) - 1, " (cached)" if chunk.cached else ""
+        logger.info("frames %d-%d: mean flicker %s%s", first, last, shown, cached)
         chunks.append(chunk)
-    outputs_paths = [path for chunk in chunks for path in chunk.paths("output")]
+    painted = [path for chunk in chunks for path in chunk.paths("output")]
     masks = [path for chunk in chunks for path in chunk.paths("mask")]
-    suffix = Path(output).suffix if is_container(output) else ""
-    frames = paths[:start_frame] + outputs_paths
+    suffix = Path(output).suffix if video_io.is_container(output) else ""
+    frames = paths[:start_frame] + painted
     encoded = run(
-        encode_video, f"video-encode-{name}", frame_paths=frames, fps=fps, suffix=suffix
+        stages.encode_video, f"video-encode-{name}", frame_paths=frames, fps=fps, suffix=suffix
     ).result()
     target = _publish(encoded.path("video"), output, fps)
 
@@ -182,7 +163,7 @@ def stylize_video(
     scores = None
     if has_instance_gt(scored):
         scores = run(
-            score_video,
+            stages.score_video,
             f"video-score-{name}",
             image_paths=scored,
             mask_paths=masks,
@@ -190,12 +171,6 @@ def stylize_video(
         ).result()
     metrics = _metrics(chunks, scores, target)
     write_json_atomic(Path(outputs.out) / "runs" / "video" / name / "metrics.json", metrics)
-    logger.info(
-        "wrote %s (%d frames at %.3g fps); mean flicker %s, mean IoU %s",
-        target,
-        len(paths),
-        fps,
-        metrics["mean_flicker"],
-        metrics["mean_iou"],
-    )
+    done = "wrote %s (%d frames at %.3g fps); mean flicker %s, mean IoU %s"
+    logger.info(done, target, len(paths), fps, metrics["mean_flicker"], metrics["mean_iou"])
     return str(target)

@@ -1,10 +1,8 @@
 """What every model backend's configuration shares: a frozen identity and a load-once build.
 
-A backend configuration (:class:`~segstyle_core.segment.SegmenterConfig`,
-:class:`~segstyle_core.stylize.StylizerConfig`, :class:`~segstyle_core.video.track.TrackerConfig`)
-is a frozen pydantic model. Its ``identity()`` names what made a result (it goes into every
-Parquet row and every cache key) without loading the model; its ``build()`` loads the model once
-per process through :meth:`BackendConfig.load_once`.
+A backend configuration is a frozen pydantic model: its ``identity()`` names what made a result
+(in every Parquet row and cache key) without loading the model; its ``build()`` loads the model
+once per process through :meth:`BackendConfig.load_once`.
 """
 
 from __future__ import annotations
@@ -30,12 +28,9 @@ MODEL_CONFIG = ConfigDict(
 
 
 def config_error(model: str, error: ValidationError) -> ConfigError:
-    """One line naming each invalid field as ``<model>.<field>``, what it must be and what it
-    got (the CLI maps those names to its flags).
-
-    A field's own errors come first; a tuple's "too short" that only follows from its items'
-    errors is left out (it would repeat them less clearly).
-    """
+    """One line naming each invalid field as ``<model>.<field>`` (the CLI maps those to its
+    flags), what it must be and what it got; a tuple's "too short" that only follows from its
+    items' errors is left out."""
     errors = error.errors()
     own = [
         e
@@ -101,11 +96,8 @@ class BackendConfig(ConfigModel):
         raise NotImplementedError
 
     def load_once(self, factory: Callable[[], T], *extra: Hashable) -> T:
-        """The model of this configuration, built by ``factory`` at most once per process.
-
-        The registry key is the configuration's type and JSON (its device included, as given:
-        resolving ``auto`` would load torch for backends that never use it), its identity and
-        ``extra``.
-        """
+        """The model of this configuration, built by ``factory`` at most once per process, keyed
+        by the configuration's type and JSON (the device as given: resolving ``auto`` would load
+        torch), its identity and ``extra``."""
         key = (type(self).__name__, self.model_dump_json(), self.identity(), *extra)
         return MODELS.get_or_create(key, factory)

@@ -1,18 +1,9 @@
 """Put a stylized image back into the original, only inside (or only outside) a mask.
 
-Images are ``H×W×3 uint8 RGB``; masks are ``H×W bool`` with True on the selected object.
-The stylized image may be at the stylizer's working resolution: it is resized to ``H×W``
-first (:func:`resize_to`), as the seed method does.
-
-Guarantees (tested):
-
-* hard edge (``feather_px=0``): object mode leaves every pixel outside the mask bit-identical
-  to the original, background mode every pixel inside it;
-* feathered edge: only pixels closer than ``feather_px`` to the mask's edge are blended, every
-  other pixel is exactly original or exactly stylized (see :func:`alpha_from_mask`);
-* colour preservation looks only at the painted region (alpha above 0: inside the mask in
-  object mode, outside it in background mode, plus the feathered band), so what lies on the
-  other side never changes the painted colours.
+Images are ``H×W×3 uint8 RGB`` (the stylized one resized to ``H×W`` first, as the seed does);
+masks ``H×W bool``. Guarantees (tested): with a hard edge the unpainted side is bit-identical
+to the original; a feathered edge blends only pixels closer than ``feather_px`` to the edge;
+colour preservation looks only at the painted region (alpha > 0).
 """
 
 from __future__ import annotations
@@ -36,10 +27,7 @@ COLOR_PRESERVATIONS: tuple[str, ...] = ("luminance", "histogram")
 
 
 def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resample ``image`` (``h×w×3 uint8``) to ``size = (H, W)`` with Lanczos; returns ``H×W×3``.
-
-    Returns ``image`` itself when it already has that size.
-    """
+    """``image`` (``h×w×3 uint8``) Lanczos-resampled to ``size = (H, W)`` (itself if it fits)."""
     height, width = size
     if image.shape[:2] == (height, width):
         return image
@@ -50,12 +38,9 @@ def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def alpha_from_mask(mask: np.ndarray, feather_px: float = 0.0) -> np.ndarray:
     """Blend weight of the stylized image: ``H×W bool`` mask -> ``H×W float32`` in ``[0, 1]``.
 
-    ``feather_px = 0`` gives the hard edge: exactly ``mask`` as 0/1. Otherwise a linear
-    ramp across the edge, ``alpha = clip(0.5 + d / (2 * feather_px), 0, 1)``, where ``d`` is
-    the signed Euclidean distance (pixel centres) to the nearest pixel on the other side of
-    the edge: ``+d`` inside the mask, ``-d`` outside. So the band is exact: a pixel whose
-    distance to the other side is at least ``feather_px`` keeps alpha exactly 1 (inside) or
-    exactly 0 (outside), and ``alpha_from_mask(~m) == 1 - alpha_from_mask(m)``.
+    ``feather_px = 0``: the mask as 0/1. Else ``clip(0.5 + d / (2 * feather_px), 0, 1)`` with
+    ``d`` the signed distance (``+`` inside) to the nearest pixel across the edge: pixels at
+    least ``feather_px`` away are exactly 0 or 1, and ``alpha(~m) == 1 - alpha(m)``.
     """
     if feather_px < 0:
         raise ConfigError(f"feather_px={feather_px}: must be >= 0; use 0 for a hard edge")
@@ -73,19 +58,9 @@ def preserve_colors(
     method: ColorPreservation,
     region: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Give ``stylized`` the original's colours; both ``H×W×3 uint8``, returns ``H×W×3 uint8``.
-
-    ``"luminance"``: luma (Y of YCrCb) from ``stylized``, chroma (Cr, Cb) from ``original``,
-    so only the painting's light and texture are transferred. Chroma survives exactly up to
-    rounding and to clipping of colours that fall outside RGB. Per pixel: no statistic of any
-    other pixel enters.
-    ``"histogram"``: ``skimage.exposure.match_histograms`` of each stylized channel to the
-    original's, both taken over ``region`` only.
-
-    Args:
-        region: ``H×W bool``, the pixels that will be painted; ``None``: the whole image.
-            Pixels outside it are returned as ``stylized`` has them.
-    """
+    """``stylized`` with the original's colours over ``region`` (``H×W bool``; ``None``: all),
+    all ``H×W×3 uint8``: ``luminance`` keeps the painting's luma (Y of YCrCb) and the original's
+    chroma, per pixel; ``histogram`` matches each channel's histogram over ``region``."""
     if method not in COLOR_PRESERVATIONS:
         raise ConfigError(
             f"preserve_color={method!r}: unknown; use one of {COLOR_PRESERVATIONS} or None"
@@ -109,15 +84,9 @@ def preserve_colors(
 
 @dataclass(frozen=True)
 class Layer:
-    """One stylized region for :func:`composite_regions`.
-
-    Attributes:
-        stylized: ``h×w×3 uint8`` stylized image (any size; resized to the original's).
-        mask: ``H×W bool`` region at the original's size.
-        mode: ``"object"`` paints inside ``mask``, ``"background"`` outside it.
-        feather_px: width of the soft edge in pixels (0 = hard edge).
-        preserve_color: ``None``, ``"luminance"`` or ``"histogram"`` (see :func:`preserve_colors`).
-    """
+    """One stylized region for :func:`composite_regions`: ``stylized`` (``h×w×3 uint8``, any
+    size), its ``H×W bool`` ``mask``, painted inside (``object``) or outside, soft edge
+    ``feather_px`` (0: hard), ``preserve_color`` (:func:`preserve_colors`)."""
 
     stylized: np.ndarray
     mask: np.ndarray
@@ -127,12 +96,8 @@ class Layer:
 
 
 def composite_regions(original: np.ndarray, layers: list[Layer]) -> np.ndarray:
-    """Paint several stylized regions onto ``original`` (``H×W×3 uint8``); returns ``H×W×3 uint8``.
-
-    Overlap rule: layers are alpha-composited over the running result in list order, so a
-    later layer covers earlier ones where their regions overlap (order the list by priority,
-    lowest first). Where every layer's alpha is 0 the output is bit-identical to ``original``.
-    """
+    """Alpha-composite ``layers`` over ``original`` (``H×W×3 uint8``) in order (a later layer
+    covers earlier ones); where every alpha is 0 the output is bit-identical to ``original``."""
     check_rgb(original, "original image")
     size = original.shape[:2]
     result = original.astype(np.float32)
@@ -160,18 +125,6 @@ def composite(
     feather_px: float = 0.0,
     preserve_color: ColorPreservation | None = None,
 ) -> np.ndarray:
-    """Stylized inside ``mask`` (object mode) or outside it (background mode), original elsewhere.
-
-    Args:
-        original: ``H×W×3 uint8 RGB``.
-        stylized: ``h×w×3 uint8 RGB`` at any size (resized to ``H×W`` with :func:`resize_to`).
-        mask: ``H×W bool``; a mask of another size raises :class:`InputError`.
-        mode: ``"object"`` or ``"background"``.
-        feather_px: soft-edge width in pixels (0 = hard edge, see :func:`alpha_from_mask`).
-        preserve_color: ``None``, ``"luminance"`` or ``"histogram"``.
-
-    Returns:
-        ``H×W×3 uint8 RGB``.
-    """
+    """One :class:`Layer` composited over ``original`` (InputError: mask of another size)."""
     layer = Layer(stylized, mask, mode, feather_px, preserve_color)
     return composite_regions(original, [layer])

@@ -1,12 +1,8 @@
 """The typed configuration of a run: what the flows take, what the CLI builds, one default each.
 
-Each model is a group of settings a user thinks of together; the flows take a handful of them
-and Prefect renders each as a form (the field docstrings are the form's descriptions). The
-CLI derives its options, defaults and help lines from the same fields
-(:mod:`segstyle.flows.options`), so every default is written once, here or in the backend's
-own model (:class:`~segstyle_core.segment.SegmenterConfig`,
-:class:`~segstyle_core.stylize.StylizerConfig`,
-:class:`~segstyle_core.stylize.gatys.GatysConfig`).
+Each model is a group of settings a user thinks of together. Prefect renders each as a form and
+the CLI derives its options from the same fields, so the field docstrings are their
+descriptions and every default is written once, here or in the backend's own model.
 """
 
 from __future__ import annotations
@@ -64,8 +60,7 @@ class DatasetSelection(ConfigModel):
     @field_validator("city", mode="before")
     @classmethod
     def _cities(cls, city: Any) -> Any:
-        """``random`` means no city (one is drawn with the seed); ``a,b`` or a list is several
-        cities (sorted, without repeats); a single name stays a string."""
+        """See the field: ``random`` is None, ``a,b`` or a list a sorted tuple."""
         if isinstance(city, str):
             names = [name.strip() for name in city.split(",")]
         elif isinstance(city, list | tuple):
@@ -91,8 +86,7 @@ class DatasetSelection(ConfigModel):
         return tuple(name for key, name in first.items() if key)
 
     def city_label(self) -> str:
-        """The city selection in words for messages: ``zurich``, ``aachen,zurich``, ``all``, or
-        ``a random city``."""
+        """The city selection in words: ``zurich``, ``aachen,zurich``, ``all``, a random city."""
         if self.city is None:
             return "a random city"
         return self.city if isinstance(self.city, str) else ",".join(self.city)
@@ -122,9 +116,8 @@ class PromptConfig(ConfigModel):
     stay where they are."""
     box_jitter_px: int = Field(default=0, ge=0)
     """Move each box coordinate, after the expansion, by a random whole number of pixels up
-    to this far either way, drawn per frame with a seed derived from the run's seed and the
-    image id. The frame's seed comes from the SHA-256 of 'seed:image_id', so frames get
-    different offsets and a rerun the same ones."""
+    to this far either way, seeded per frame by the SHA-256 of 'seed:image_id' (frames differ,
+    a rerun repeats)."""
 
 
 class PhotoPrompts(ConfigModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import threading
 from collections.abc import Callable, Hashable, Iterator
@@ -55,6 +56,14 @@ def resolve_device(device: str = "auto") -> torch.device:
             "use the device cuda:0 or auto"
         )
     return torch.device("cuda", index)
+
+
+def compute_threads() -> int:
+    """Threads one stage computes with, in torch, OpenCV and ONNX Runtime alike:
+    ``OMP_NUM_THREADS`` where it is set (Dask sets it to 1 in each worker process it starts),
+    else the CPUs this process may use."""
+    text = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(text) if text.isdigit() and int(text) > 0 else len(os.sched_getaffinity(0))
 
 
 @functools.cache

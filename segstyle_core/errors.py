@@ -1,8 +1,4 @@
-"""One exception family. Every message is a single line that names the file and the fix.
-
-:func:`os_error_message` words an :class:`OSError` the same way
-(``"<path>: no space left on device; free space and rerun"``).
-"""
+"""One exception family. Every message is a single line that names the file and the fix."""
 
 from __future__ import annotations
 
@@ -32,12 +28,7 @@ class ResourceError(SegstyleError):
 
 class StorageError(SegstyleError, OSError):
     """Reading or writing a file failed for a lasting reason (disk full, permission denied,
-    read-only file system, ...); the message names the path and what to do.
-
-    Also an :class:`OSError` (with the original ``errno`` and ``filename``), so code that
-    handles ``OSError`` keeps working; retrying does not help, which is why it is a
-    :class:`SegstyleError` too.
-    """
+    ...); also an :class:`OSError` with the original ``errno`` and ``filename``."""
 
     def __init__(self, message: str, errno_: int | None = None, filename: str | None = None):
         super().__init__(message)
@@ -48,8 +39,7 @@ class StorageError(SegstyleError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
-#: errno -> what happened and what to do (after ``"<path>: "``). Errors listed here do not go
-#: away on a retry; see :func:`is_transient_os_error`.
+#: errno -> what happened and what to do (after ``"<path>: "``); these do not go away on a retry.
 _OS_ERROR_FIXES: dict[int, str] = {
     _errno.ENOSPC: "no space left on device; free space and rerun",
     _errno.EDQUOT: "disk quota exceeded; free space or raise the quota and rerun",
@@ -68,12 +58,9 @@ _OS_ERROR_FIXES: dict[int, str] = {
 
 
 def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
-    """One line for an :class:`OSError`: ``"<path>: <what happened>; <what to do>"``.
-
-    ``path`` defaults to the path the OS reported (``exc.filename``); e.g. ENOSPC on
-    ``out.png`` gives ``"out.png: no space left on device; free space and rerun"``. Errors
-    without a known fix give the system's description and ``check the path and rerun``.
-    """
+    """One line for an :class:`OSError`: ``"<path>: <what happened>; <what to do>"`` (``path``
+    defaults to ``exc.filename``), e.g. ``"out.png: no space left on device; free space and
+    rerun"``."""
     where = path if path is not None else exc.filename
     if isinstance(exc, StorageError):
         return str(exc)
@@ -85,9 +72,8 @@ def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None) -
 
 
 def is_transient_os_error(exc: OSError) -> bool:
-    """Whether retrying the failed call may help: ``False`` for the lasting errors this module
-    words (full disk, missing permission, read-only file system, bad path), ``True`` for the
-    rest (timeouts, connection resets, EIO, EAGAIN, an OSError without errno)."""
+    """Whether retrying may help: ``False`` for the lasting errors this module words, ``True``
+    for the rest (timeouts, connection resets, EIO, EAGAIN, no errno)."""
     if isinstance(exc, StorageError):
         return False
     return exc.errno not in _OS_ERROR_FIXES

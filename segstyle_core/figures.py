@@ -1,10 +1,8 @@
 """The paper's pictures as arrays: prompts drawn on masks, automatic-mask overlays, panels.
 
-Every function takes and returns ``H×W×3 uint8 RGB`` arrays (masks are ``H×W bool``, boxes
-XYXY in original-image pixels) and draws with Pillow only. :func:`image_panel` puts the seed
-paper's figures 4–7 of one image into a single picture: original, colour ground truth,
-binarized ground truth, predicted mask with its prompts, stylized image, composite and, in
-automatic mode, the automatic masks (figure 5).
+Every function takes and returns ``H×W×3 uint8 RGB`` arrays (masks ``H×W bool``, boxes XYXY
+in original-image pixels) and draws with Pillow only. :func:`image_panel` puts the seed
+paper's figures 4–7 of one image into a single picture.
 """
 
 from __future__ import annotations
@@ -54,10 +52,8 @@ def mask_to_rgb(mask: np.ndarray, color: RGB = (255, 255, 255)) -> np.ndarray:
 
 
 def label_ids_to_rgb(label_ids: np.ndarray) -> np.ndarray:
-    """``H×W`` Cityscapes labelIds map -> ``H×W×3 uint8`` in the label table's colours.
-
-    This is what a ``*_gtFine_color.png`` shows, for datasets that ship only labelIds.
-    Ids that are not in the table are drawn black, like the void classes.
+    """``H×W`` Cityscapes labelIds map -> ``H×W×3 uint8`` in the label table's colours (what a
+    ``*_gtFine_color.png`` shows); ids not in the table are black, like the void classes.
 
     Raises:
         InputError: the map is not 2-D integer or holds values outside 0..255.
@@ -75,20 +71,12 @@ def label_ids_to_rgb(label_ids: np.ndarray) -> np.ndarray:
     return _LABEL_COLORS[label_ids]
 
 
-def _stroke(image: np.ndarray) -> int:
-    """Line width that stays visible after a panel scales the image down to ~256 px."""
-    return max(1, round(min(image.shape[:2]) / 150))
-
-
 def draw_prompts(image: np.ndarray, prompts: Sequence[Prompt]) -> np.ndarray:
-    """Draw prompts on a copy of ``image`` (``H×W×3 uint8``); return the copy.
-
-    Boxes (XYXY, original pixels) become blue rectangles; points become dots with a white rim,
-    green for foreground (label 1) and red for background (label 0).
-    """
+    """A copy of ``image`` (``H×W×3 uint8``) with boxes as blue rectangles and points as dots
+    with a white rim, green for foreground (label 1), red for background (label 0)."""
     canvas = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
     draw = ImageDraw.Draw(canvas)
-    width = _stroke(image)
+    width = max(1, round(min(image.shape[:2]) / 150))  # still visible in a ~256 px panel
     radius = 2 * width + 1
     for prompt in prompts:
         if prompt.box is not None:
@@ -118,11 +106,9 @@ def distinct_colors(count: int, seed: int = 0) -> list[RGB]:
 def overlay_masks(
     image: np.ndarray, masks: Sequence[np.ndarray], alpha: float = 0.5, seed: int = 0
 ) -> np.ndarray:
-    """Automatic masks over ``image`` (``H×W×3 uint8``), each in its own colour (figure 5).
-
-    Mask ``i`` (``H×W bool``) gets ``distinct_colors(len(masks), seed)[i]``. Larger masks are
-    painted first, so a small mask lying on a large one stays visible (as SAM's notebooks do);
-    covered pixels become ``(1 - alpha) * image + alpha * colour``, the rest keep ``image``.
+    """Automatic masks (``H×W bool``) over ``image`` (``H×W×3 uint8``), mask ``i`` in
+    ``distinct_colors(len(masks), seed)[i]`` (figure 5): larger masks first, so small ones on
+    top stay visible; covered pixels become ``(1 - alpha) * image + alpha * colour``.
 
     Raises:
         InputError: a mask's size differs from the image's, or ``alpha`` is outside [0, 1].
@@ -154,23 +140,15 @@ def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: 
     return lines
 
 
-def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
-    """``image`` (``h×w×3``) scaled to ``height`` rows, keeping its aspect ratio."""
-    width = max(1, round(image.shape[1] * height / image.shape[0]))
-    return resize_to(image, (height, width))
-
-
 def panel(
     tiles: Sequence[tuple[str, np.ndarray]],
     caption: str,
     columns: int = 3,
     tile_height: int = 256,
 ) -> np.ndarray:
-    """A grid of titled tiles with a caption underneath, as one ``H×W×3 uint8`` image.
-
-    Each tile (``h×w×3 uint8``) is scaled to ``tile_height`` rows keeping its aspect ratio and
-    centred in a cell as wide as the widest scaled tile; its title is written above it. Tiles
-    fill ``columns`` cells per row, left to right. The caption is wrapped to the panel's width.
+    """A grid of titled tiles (``h×w×3 uint8``, each scaled to ``tile_height`` rows and centred
+    in a cell as wide as the widest), ``columns`` per row, with the caption wrapped underneath,
+    as one ``H×W×3 uint8`` image.
 
     Raises:
         InputError: no tiles, a tile that is not ``h×w×3 uint8``, or ``columns``/``tile_height``
@@ -183,7 +161,15 @@ def panel(
         )
     for title, tile in tiles:
         check_rgb(tile, f"panel tile {title!r}", "render masks with mask_to_rgb")
-    scaled = [(title, _fit_height(tile, tile_height)) for title, tile in tiles]
+    scaled = [
+        (
+            title,
+            resize_to(
+                tile, (tile_height, max(1, round(tile.shape[1] * tile_height / tile.shape[0])))
+            ),
+        )
+        for title, tile in tiles
+    ]
     font = ImageFont.load_default(size=max(10, tile_height // 16))
     line = round(font.size * 1.4) if isinstance(font, ImageFont.FreeTypeFont) else 14
     gap = max(4, tile_height // 32)
@@ -231,20 +217,18 @@ def image_panel(
     columns: int = 3,
     tile_height: int = 256,
 ) -> np.ndarray:
-    """One image's figures in one ``uint8`` RGB picture.
+    """One image's figures in one ``uint8`` RGB picture (:func:`panel`).
 
     Args:
         original: ``H×W×3 uint8`` image.
-        gt_color: colour ground truth, ``H×W×3 uint8`` (a ``*_gtFine_color.png``) or an ``H×W``
-            integer labelIds map, rendered in the label table's colours; ``None`` to leave out.
-        gt_binary: ``H×W bool`` binarized ground truth, or ``None``.
-        pred_mask: ``H×W bool`` predicted mask; ``prompts`` (XYXY boxes, points) are drawn on it.
-        stylized: the stylized full image (any size, e.g. the stylizer's working resolution).
-        composite: the composite, ``H×W×3 uint8``.
-        scores: e.g. ``{"iou": 0.835, "dice": 0.910}`` for the caption (see :data:`SCORE_LABELS`).
-        auto_masks: automatic masks (``H×W bool`` each, e.g. the ``segmentation`` of
-            SamAutomaticMaskGenerator records); adds an "automatic masks" tile.
-        title: text put before the scores in the caption (the image id, class, prompt kind).
+        gt_color: ``H×W×3 uint8`` colour ground truth or ``H×W`` integer labelIds; ``None``:
+            left out (as are the other optional tiles).
+        gt_binary: ``H×W bool`` binarized ground truth.
+        pred_mask: ``H×W bool`` predicted mask; ``prompts`` are drawn on it.
+        stylized: the stylized full image (any size); composite: ``H×W×3 uint8``.
+        scores: e.g. ``{"iou": 0.835, "dice": 0.910}`` for the caption (:data:`SCORE_LABELS`).
+        auto_masks: automatic masks, ``H×W bool`` each: adds an "automatic masks" tile.
+        title: text put before the scores in the caption.
 
     Raises:
         InputError: a ground truth or mask whose size differs from ``original``'s.

@@ -1,9 +1,5 @@
-"""Atomic file writes and content hashes.
-
-Every output segstyle writes goes through :func:`atomic_write`: data lands in a temporary file
-in the destination directory and is renamed over the target, so a reader never sees a
-half-written file, even after SIGKILL.
-"""
+"""Atomic file writes (a temporary file in the destination folder renamed over the target, so
+a reader never sees a half-written file, even after SIGKILL) and content hashes."""
 
 from __future__ import annotations
 
@@ -13,54 +9,36 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from segstyle_core.errors import StorageError, is_transient_os_error, storage_error
 
-_CHUNK = 1 << 20
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 #: Mode of files we write: what ``open()`` would give (mkstemp's temporary files are 0600).
-FILE_MODE = 0o666 & ~_umask()
+FILE_MODE = 0o666 & ~_UMASK
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Return the hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-_memo_lock = threading.Lock()
 _memo: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file, computed once per ``(path, size, mtime_ns)`` in this process.
-
-    Cache keys and model registries hash the same inputs and checkpoints again and again;
-    the memo makes every repeat free while any rewrite of the file changes the key.
-    """
+    """SHA-256 of a file, computed once per ``(path, size, mtime_ns)`` in this process (cache
+    keys hash the same inputs and checkpoints again and again)."""
     resolved = Path(path).resolve()
     stat = resolved.stat()
     key = (str(resolved), stat.st_size, stat.st_mtime_ns)
-    with _memo_lock:
-        cached = _memo.get(key)
+    cached = _memo.get(key)  # a dict's get and set are atomic: threads may share the memo
     if cached is None:
-        cached = sha256_file(resolved)
-        with _memo_lock:
-            _memo[key] = cached
+        cached = _memo[key] = sha256_file(resolved)
     return cached
 
 
@@ -76,10 +54,9 @@ def sha256_json(value: Any) -> str:
 
 
 def named_os_error(exc: OSError, target: str | os.PathLike[str], temporary: str = "") -> OSError:
-    """``exc`` as a :class:`~segstyle_core.errors.StorageError` that names ``target`` (the file
-    the user asked for, not ``temporary``, the hidden file it was being written through) and
-    says what to do, when it is a lasting error (full disk, permissions, read-only); transient
-    errors are returned unchanged so that retries still see a plain :class:`OSError`."""
+    """A lasting ``exc`` (full disk, permissions, ...) as a :class:`StorageError` naming
+    ``target``, not ``temporary``, the hidden file it was written through; transient errors
+    are returned unchanged so that retries still see a plain :class:`OSError`."""
     if isinstance(exc, StorageError) or is_transient_os_error(exc):
         return exc
     reported = os.fsdecode(exc.filename) if exc.filename is not None else None
@@ -89,12 +66,8 @@ def named_os_error(exc: OSError, target: str | os.PathLike[str], temporary: str 
 
 @contextlib.contextmanager
 def _temporary_sibling(target: Path) -> Iterator[Path]:
-    """A temporary file beside ``target`` (same suffix), renamed over it if the block succeeds.
-
-    On any exception the temporary file is removed and ``target`` is left as it was. Lasting
-    OS errors (disk full, permission denied, read-only) become a
-    :class:`~segstyle_core.errors.StorageError` naming ``target`` (see :func:`named_os_error`).
-    """
+    """A temporary file beside ``target`` (same suffix), renamed over it if the block succeeds;
+    else removed, with lasting OS errors raised as :func:`named_os_error`."""
     tmp_name = ""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -118,23 +91,17 @@ def _temporary_sibling(target: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
-
-    The data is flushed to disk before the rename. On any exception the temporary file is
-    removed and ``path`` is left as it was.
-    """
+    """Open a temporary sibling of ``path`` for writing; flush it to disk and rename it over
+    ``path`` on success (on an exception ``path`` is left as it was)."""
     with _temporary_sibling(Path(path)) as tmp, open(tmp, mode) as handle:
         yield handle
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:
-    """Call ``writer(tmp_path)`` to produce a file, then rename it over ``path`` atomically.
-
-    For libraries that insist on writing to a path themselves (Pillow, pyarrow). The
-    temporary path keeps the target's suffix so format detection by extension works.
-    """
+def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
+    """Call ``writer(tmp_path)`` (same suffix as ``path``) to produce a file, then rename it
+    over ``path`` atomically: for libraries that write to a path themselves (Pillow, pyarrow)."""
     target = Path(path)
     with _temporary_sibling(target) as tmp:
         writer(tmp)
@@ -142,9 +109,8 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], Non
 
 
 def check_writable_folder(folder: str | os.PathLike[str], what: str) -> Path:
-    """Check, before any work, that ``folder`` is (or can be created as) a writable folder.
-
-    ``what`` names the option's value in the message (the output file or folder).
+    """Check, before any work, that ``folder`` is (or can be created as) a writable folder;
+    ``what`` names the option's value in the message.
 
     Raises:
         ConfigError: a part of the path is a file, or the nearest existing folder is not
@@ -171,11 +137,7 @@ def check_writable_folder(folder: str | os.PathLike[str], what: str) -> Path:
 
 def copy_atomic(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
     """Copy ``source`` to ``target`` atomically (a reader never sees half a file)."""
-
-    def copy(tmp: Path) -> None:
-        shutil.copyfile(source, tmp)
-
-    return atomic_write_with(target, copy)
+    return atomic_write_with(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def write_json_atomic(path: str | os.PathLike[str], value: Any) -> Path:

@@ -1,18 +1,14 @@
 """Reading and writing images in segstyle's array formats.
 
-Images are ``H×W×3 uint8 RGB`` arrays; label maps are ``H×W`` integer arrays; masks are
-``H×W bool``. Every reader converts what it sensibly can (grayscale, RGBA, palette, 16-bit)
-and turns everything else into an :class:`~segstyle_core.errors.InputError` that names the
-file and says what to do.
-
-Readers apply the EXIF ``Orientation`` tag (a phone photo taken upright but stored sideways
-reads upright), so boxes, points and outputs are all in the orientation a viewer displays.
-Outputs are written by :func:`write_image` in the format their suffix names (PNG, JPEG,
-WebP); :func:`check_output_path` refuses a bad output path before any work is done.
+Images are ``H×W×3 uint8 RGB``, label maps ``H×W`` integers, masks ``H×W bool``. Readers
+convert what they sensibly can (grayscale, RGBA, palette, 16-bit), raise an
+:class:`~segstyle_core.errors.InputError` naming the file for the rest, and apply the EXIF
+``Orientation`` tag, so boxes, points and outputs are in the orientation a viewer displays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -24,8 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from segstyle_core.errors import ConfigError, InputError, storage_error
 from segstyle_core.fileio import atomic_write_with, check_writable_folder
 
-#: Images above this many pixels are refused before decoding (decompression-bomb guard).
-#: Override per call, or with the ``SEGSTYLE_MAX_PIXELS`` environment variable.
+#: Images above this many pixels are refused before decoding (decompression-bomb guard);
+#: override per call or with ``$SEGSTYLE_MAX_PIXELS``.
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
@@ -33,7 +29,7 @@ def max_pixels_default() -> int:
     """The pixel limit from ``SEGSTYLE_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`.
 
     Raises:
-        ConfigError: the variable is set but is not a positive whole number (one line).
+        ConfigError: the variable is set but is not a positive whole number.
     """
     text = os.environ.get("SEGSTYLE_MAX_PIXELS", "").strip()
     if not text:
@@ -49,18 +45,11 @@ def max_pixels_default() -> int:
 def check_rgb(
     array: np.ndarray, what: str, fix: str = "read it with segstyle_core.images.read_rgb"
 ) -> np.ndarray:
-    """Return ``array`` if it is an ``H×W×3 uint8 RGB`` image with ``H, W >= 1``.
-
-    The one check of an image array: every function that takes an image calls it.
-
-    Args:
-        array: the array to check, ``H×W×3 uint8``.
-        what: names the array in the message (``"content image"``, a file path, ...).
-        fix: what the message tells the user to do.
+    """Return ``array`` if it is an ``H×W×3 uint8 RGB`` image with ``H, W >= 1`` (the one check
+    every function that takes an image calls).
 
     Raises:
-        InputError: not a numpy array, not three channels, not ``uint8``, or empty; one line
-            ``"{what}: expected an H×W×3 uint8 RGB array, got ...; {fix}"``.
+        InputError: ``"{what}: expected an H×W×3 uint8 RGB array, got ...; {fix}"``.
     """
     if not (
         isinstance(array, np.ndarray)
@@ -79,9 +68,8 @@ def check_rgb(
 
 
 def check_mask(mask: np.ndarray, size: tuple[int, int], what: str = "mask") -> np.ndarray:
-    """Return ``mask`` if it is an ``H×W bool`` array with ``(H, W) == size``.
-
-    The one check of a mask array: every function that takes a mask calls it.
+    """Return ``mask`` if it is an ``H×W bool`` array with ``(H, W) == size`` (the one check
+    every function that takes a mask calls).
 
     Raises:
         InputError: not 2-D ``bool``, or another size than ``size`` (the message names ``what``).
@@ -100,7 +88,9 @@ def check_mask(mask: np.ndarray, size: tuple[int, int], what: str = "mask") -> n
 
 
 def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
-    """Open ``path`` lazily, check its size against the limit, then decode it fully."""
+    """Open ``path`` lazily, check its size against the limit, decode it fully, turn it upright."""
+    import cv2  # lazily: OpenCV is slow to import
+
     limit = max_pixels_default() if max_pixels is None else max_pixels
     if not path.is_file():
         raise InputError(f"{path}: no such image file; check the path")
@@ -117,9 +107,15 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
                     f"{limit}; downscale the image or raise SEGSTYLE_MAX_PIXELS"
                 )
             image.load()
-            if image.format == "PNG":
-                _check_png_data(path)
-            image = _exif_upright(image)
+            # Pillow fills the missing rows of a short PNG with black without a word; libpng
+            # (through OpenCV) refuses the file
+            if image.format == "PNG" and cv2.imdecode(np.fromfile(path, np.uint8), -1) is None:
+                raise InputError(
+                    f"{path}: truncated image data (the header promises more rows than the "
+                    "file holds); replace the file"
+                )
+            with contextlib.suppress(Exception):  # Pillow raises many kinds on malformed EXIF
+                image = ImageOps.exif_transpose(image)
     except InputError:
         raise
     except (
@@ -135,39 +131,9 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
     return image
 
 
-def _check_png_data(path: Path) -> None:
-    """Refuse a PNG whose pixel data ends before its last row: Pillow fills the missing rows
-    with black without a word; libpng (through OpenCV) refuses the file.
-
-    Raises:
-        InputError: the data is short or broken (one line naming the file).
-    """
-    import cv2
-
-    if cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED) is None:
-        raise InputError(
-            f"{path}: truncated image data (the header promises more rows than the file "
-            "holds); replace the file"
-        )
-
-
-def _exif_upright(image: Image.Image) -> Image.Image:
-    """``image`` rotated/flipped as its EXIF ``Orientation`` tag says (unchanged without one).
-
-    A damaged EXIF block is ignored rather than making a readable image unreadable.
-    """
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # Pillow's EXIF parser raises many kinds on malformed tags
-        return image
-
-
 def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Convert any Pillow image (L, LA, P, RGBA, I;16, I, F, CMYK) to ``H×W×3 uint8 RGB``.
-
-    16-bit and 32-bit single-channel images are scaled by their maximum to 0..255;
-    alpha is dropped (composited on black is not assumed: the colour channels are kept).
-    """
+    """Convert any Pillow image to ``H×W×3 uint8 RGB``: 16/32-bit single-channel images are
+    scaled by their maximum to 0..255; alpha is dropped (colour channels kept)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
         peak = float(values.max()) if values.size else 0.0
@@ -178,7 +144,7 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
 
 
 def read_rgb(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
-    """Read an image file as ``H×W×3 uint8 RGB``, converting other modes.
+    """Read an image file as ``H×W×3 uint8 RGB``.
 
     Raises:
         InputError: missing, empty, corrupt, non-image or over-limit file (message names it).
@@ -201,9 +167,7 @@ def read_label_map(path: str | os.PathLike[str], max_pixels: int | None = None) 
 
 def write_png(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     """Write ``H×W×3 uint8``, ``H×W uint8/uint16`` or ``H×W bool`` (as 0/255) to PNG atomically."""
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    image = Image.fromarray(array)
+    image = _as_image(array, "PNG", path)
     return atomic_write_with(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
@@ -229,10 +193,10 @@ DEFAULT_QUALITY = 95
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
-    """The Pillow format (``"PNG"``, ``"JPEG"``, ``"WEBP"``) that ``path``'s suffix names.
+    """The Pillow format that ``path``'s suffix names.
 
     Raises:
-        ConfigError: any other suffix; the message names the file and the accepted suffixes.
+        ConfigError: any other suffix (names the file and the accepted suffixes).
     """
     suffix = Path(path).suffix.lower()
     try:
@@ -244,29 +208,14 @@ def output_format(path: str | os.PathLike[str]) -> str:
         ) from None
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` are one file: the same resolved path, or the same inode."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
-
-
 def check_output_path(
     output: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str] | None] = ()
 ) -> Path:
     """Check, before any work, that an image can be written to ``output``; return its path.
 
-    Refuses (with one line naming the file and the fix) an unknown suffix (see
-    :data:`OUTPUT_FORMATS`), an existing directory, ``output`` being any of ``inputs`` (same
-    resolved path, or a hard link to the same inode), a parent that is a file, and a
-    parent folder this user cannot write into. A parent that does not exist yet is fine when
-    its nearest existing ancestor is writable (:func:`write_image` creates it).
-
     Raises:
-        ConfigError: any refusal (it is the ``--output`` option that has to change).
+        ConfigError: an unknown suffix, an existing directory, one of ``inputs`` (same resolved
+            path or inode), or a parent that is a file or not writable (one line).
     """
     path = Path(output).expanduser()
     if path.is_dir():
@@ -280,6 +229,12 @@ def check_output_path(
             )
     check_writable_folder(path.absolute().parent, str(path))
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    with contextlib.suppress(OSError):  # samefile: hard links; OSError: b does not exist yet
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    return False
 
 
 def _as_image(array: np.ndarray, image_format: str, path: str | os.PathLike[str]) -> Image.Image:
@@ -300,12 +255,9 @@ def _as_image(array: np.ndarray, image_format: str, path: str | os.PathLike[str]
 def write_image(
     path: str | os.PathLike[str], rgb: np.ndarray, quality: int = DEFAULT_QUALITY
 ) -> Path:
-    """Write an image atomically in the format its suffix names: PNG, JPEG or WebP.
-
-    ``rgb`` is ``H×W×3 uint8`` (``H×W uint8``/``bool`` masks work too; ``bool`` is written as
-    0/255). ``quality`` (1..100) applies to JPEG and WebP: JPEG at 90 and above keeps full
-    colour resolution (4:4:4, no chroma subsampling, so stylized edges do not bleed); WebP at
-    100 is lossless. No EXIF is written: pixels are already upright.
+    """Write ``rgb`` (``H×W×3 uint8``; ``H×W uint8``/``bool`` masks too) atomically as PNG,
+    JPEG or WebP by suffix, without EXIF. ``quality`` (1..100): JPEG at 90+ keeps 4:4:4 chroma
+    (stylized edges do not bleed); WebP at 100 is lossless.
 
     Raises:
         ConfigError: unknown suffix, or ``quality`` outside 1..100.

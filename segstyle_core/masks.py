@@ -1,9 +1,7 @@
 """Predicted masks on disk, and their union.
 
-A segmentation stage stores an image's masks as one compressed ``.npz`` (:func:`save_masks`,
-read back by :func:`load_masks`): ``masks`` is ``N×H×W bool`` at the image's size, with one
-score and one ``;``-joined notes string per mask. :func:`union_mask` merges predictions into the
-single ``H×W bool`` mask that is composited.
+An image's masks are one compressed ``.npz``: ``masks`` ``N×H×W bool`` at the image's size,
+``scores`` and ``;``-joined ``notes`` per mask.
 """
 
 from __future__ import annotations

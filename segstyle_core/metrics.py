@@ -11,7 +11,7 @@ Empty-mask conventions (documented and tested):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,22 +29,6 @@ class MaskScores:
     pred_area: int
     gt_area: int
 
-    def as_dict(self) -> dict[str, float | int]:
-        """The scores as a plain dict (for records and Parquet rows)."""
-        return asdict(self)
-
-
-def _counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
-    if pred.shape != gt.shape:
-        raise InputError(
-            f"mask shapes differ: prediction {pred.shape} vs ground truth {gt.shape}; "
-            "resize the prediction to the ground truth's size first"
-        )
-    pred_b = pred.astype(bool, copy=False)
-    gt_b = gt.astype(bool, copy=False)
-    tp = int(np.count_nonzero(pred_b & gt_b))
-    return tp, int(np.count_nonzero(pred_b)), int(np.count_nonzero(gt_b))
-
 
 def score_masks(pred: np.ndarray, gt: np.ndarray) -> MaskScores:
     """Score ``pred`` (``H×W bool``) against ``gt`` (``H×W bool``).
@@ -52,7 +36,14 @@ def score_masks(pred: np.ndarray, gt: np.ndarray) -> MaskScores:
     Raises:
         InputError: the shapes differ.
     """
-    tp, pred_area, gt_area = _counts(pred, gt)
+    if pred.shape != gt.shape:
+        raise InputError(
+            f"mask shapes differ: prediction {pred.shape} vs ground truth {gt.shape}; "
+            "resize the prediction to the ground truth's size first"
+        )
+    pred, gt = pred.astype(bool, copy=False), gt.astype(bool, copy=False)
+    tp = int(np.count_nonzero(pred & gt))
+    pred_area, gt_area = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
     union = pred_area + gt_area - tp
     return MaskScores(
         iou=tp / union if union else 1.0,
@@ -67,8 +58,3 @@ def score_masks(pred: np.ndarray, gt: np.ndarray) -> MaskScores:
 def iou(pred: np.ndarray, gt: np.ndarray) -> float:
     """Intersection over union of two ``H×W bool`` masks (1.0 when both are empty)."""
     return score_masks(pred, gt).iou
-
-
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice coefficient ``2|A∩B| / (|A|+|B|)`` of two ``H×W bool`` masks (1.0 when both empty)."""
-    return score_masks(pred, gt).dice

@@ -1,31 +1,18 @@
 """Links to run outputs that a browser opens from the Prefect UI.
 
-Chromium refuses ``file://`` links on an ``http://`` page, so the Prefect UI cannot open a
-run's pictures or report from disk. ``segstyle serve --out DIR`` (:mod:`segstyle.flows.serve`)
-serves them over HTTP on 127.0.0.1; one setting tells the flows where, either for every run of
-a Prefect server (the Prefect Variable :data:`OUTPUTS_URL_VARIABLE`, which ``make deploy``
-sets from ``OUTPUTS_PORT``) or for one process (the environment variable
-:data:`OUTPUTS_URL_ENV`, which wins)::
+Chromium refuses ``file://`` links on an ``http://`` page, so ``segstyle serve --out DIR``
+serves them over HTTP on 127.0.0.1. The flows find it through the Prefect Variable
+:data:`OUTPUTS_URL_VARIABLE` (set by ``make deploy``) or, winning, the environment variable
+:data:`OUTPUTS_URL_ENV`; without either, 127.0.0.1 at :data:`DEFAULT_PORT` is asked.
 
-    prefect variable set segstyle-outputs-url http://127.0.0.1:4201 --overwrite
-    export SEGSTYLE_OUTPUTS_URL=http://127.0.0.1:4201
-
-Without either, a ``segstyle serve`` on 127.0.0.1 at :data:`DEFAULT_PORT` is asked.
-
-**What is served.** One server serves one or several ``out`` folders, each under its own URL
-prefix (empty for a single folder); of each, only its :data:`SERVED_FOLDERS` are reachable, so
-a file's URL is the address, the folder's prefix, and its path relative to ``out``::
+One server serves one or several ``out`` folders, each under its own URL prefix (empty for a
+single folder), and of each only its :data:`SERVED_FOLDERS` (not the cache or logs)::
 
     <out>/runs/<run>/<image_id>/panel.png  ->  $URL<prefix>/runs/<run>/<image_id>/panel.png
-    <out>/runs/<run>/report.html           ->  $URL<prefix>/runs/<run>/report.html
     <out>/metrics/flow=<flow>/<id>.parquet ->  $URL<prefix>/metrics/flow%3D<flow>/<id>.parquet
 
-The cache (``<out>/cache``) and logs are not served.
-
-**Links only to what is served.** A flow asks the server which folders it serves
-(:data:`ROOTS_PATH`, :func:`served_roots`) and links its files only when its ``out`` is one of
-them (:func:`link_target`); otherwise its artifacts show plain absolute file paths (never a
-``file://`` URL) and one line saying how to get links. No Prefect here.
+A flow links its files only when the server says (:data:`ROOTS_PATH`) it serves its ``out``;
+otherwise its artifacts show absolute file paths and one line saying how to get links.
 """
 
 from __future__ import annotations
@@ -41,32 +28,21 @@ from urllib.parse import quote, urlsplit
 
 from segstyle_core.errors import ConfigError
 
-#: The environment variable: base URL of ``segstyle serve`` as the browser reaches it.
+#: Base URL of ``segstyle serve`` as the browser reaches it: the environment variable, and
+#: the Prefect Variable holding it for every run of a server.
 OUTPUTS_URL_ENV = "SEGSTYLE_OUTPUTS_URL"
-
-#: The Prefect Variable holding the same URL for every run of a server (``make deploy``).
 OUTPUTS_URL_VARIABLE = "segstyle-outputs-url"
-
-#: ``segstyle serve``'s default port (the Prefect UI is on 4200).
-DEFAULT_PORT = 4201
-
-#: Folders of each ``out`` root that the server serves (and :func:`output_link` maps to URLs).
-SERVED_FOLDERS = ("runs", "metrics")
-
-#: Path at which ``segstyle serve`` lists what it serves:
-#: ``{"roots": [{"prefix": "", "root": "/abs/out"}, ...]}``.
+DEFAULT_PORT = 4201  # the Prefect UI is on 4200
+SERVED_FOLDERS = ("runs", "metrics")  # of each ``out`` root
+#: Where ``segstyle serve`` lists its roots: ``{"roots": [{"prefix": "", "root": "/abs/out"}]}``
 ROOTS_PATH = "/segstyle-roots"
-
 #: How the setting is named in the hint line of an artifact without links.
 SETTING = f"the Prefect Variable {OUTPUTS_URL_VARIABLE} (or {OUTPUTS_URL_ENV})"
 
 
 def check_outputs_url(value: str, source: str) -> str | None:
-    """``value`` without surrounding blanks and a trailing slash; ``None`` when empty.
-
-    Args:
-        value: the setting's value.
-        source: the setting's name, for the error.
+    """``value`` (of the setting ``source``) without blanks and a trailing slash; ``None`` when
+    empty.
 
     Raises:
         ConfigError: the value is not an ``http(s)://host[:port][/prefix]`` URL.
@@ -84,12 +60,7 @@ def check_outputs_url(value: str, source: str) -> str | None:
 
 
 def outputs_url(environ: Mapping[str, str] | None = None) -> str | None:
-    """The value of ``SEGSTYLE_OUTPUTS_URL`` (see :func:`check_outputs_url`); ``None`` when
-    unset or empty.
-
-    Raises:
-        ConfigError: the value is not an ``http(s)://host[:port][/prefix]`` URL.
-    """
+    """The checked value of ``SEGSTYLE_OUTPUTS_URL``; ``None`` when unset or empty."""
     value = (os.environ if environ is None else environ).get(OUTPUTS_URL_ENV, "")
     return check_outputs_url(value, OUTPUTS_URL_ENV)
 
@@ -127,13 +98,8 @@ class LinkTarget:
 def link_target(
     out_root: str | os.PathLike[str], configured: str | None, timeout: float = 2.0
 ) -> LinkTarget:
-    """Ask the outputs server whether it serves ``out_root``.
-
-    Args:
-        out_root: the run's ``out`` folder.
-        configured: the setting's URL; ``None``: ``http://127.0.0.1:<DEFAULT_PORT>``.
-        timeout: seconds to wait for the server's answer.
-    """
+    """Ask the outputs server at ``configured`` (``None``: 127.0.0.1 at :data:`DEFAULT_PORT`)
+    whether it serves the run's ``out_root``, waiting ``timeout`` seconds at most."""
     url = configured or f"http://127.0.0.1:{DEFAULT_PORT}"
     out = Path(out_root).resolve()
     roots = served_roots(url, timeout)
@@ -162,18 +128,14 @@ def is_url(link: str) -> bool:
 
 
 def served_path(path: str | os.PathLike[str], out_root: str | os.PathLike[str]) -> str | None:
-    """``path`` relative to ``out_root`` in POSIX form when the server serves it, else ``None``.
-
-    Relative paths are taken from the current directory, as the flows write them.
-    """
-    absolute = Path(path).resolve()
-    try:
-        relative = absolute.relative_to(Path(out_root).resolve())
-    except ValueError:
+    """``path`` (relative: from the current directory) relative to ``out_root`` in POSIX form
+    when the server serves it, else ``None``."""
+    absolute, root = Path(path).resolve(), Path(out_root).resolve()
+    if not absolute.is_relative_to(root):
         return None
-    if len(relative.parts) < 2 or relative.parts[0] not in SERVED_FOLDERS:
-        return None
-    return relative.as_posix()
+    relative = absolute.relative_to(root)
+    served = len(relative.parts) >= 2 and relative.parts[0] in SERVED_FOLDERS
+    return relative.as_posix() if served else None
 
 
 def output_link(
@@ -181,17 +143,9 @@ def output_link(
     out_root: str | os.PathLike[str],
     base_url: str | None = None,
 ) -> str:
-    """The link to an output file for an artifact or a page outside the run folder.
-
-    ``<base_url>/<path relative to out_root>`` (each segment percent-encoded) when a base URL
-    is given or ``SEGSTYLE_OUTPUTS_URL`` is set and the file lies in a served folder of
-    ``out_root`` (see :data:`SERVED_FOLDERS`); otherwise the absolute file path.
-
-    Args:
-        path: a file under ``out_root`` (e.g. ``<out>/runs/<run>/<image_id>/panel.png``).
-        out_root: a folder ``segstyle serve --out`` serves: the flows' ``out``.
-        base_url: the server's address plus ``out_root``'s prefix (:func:`link_target`);
-            ``None``: the environment variable.
+    """The link to an output file: ``<base_url>/<path relative to out_root>`` (percent-encoded)
+    when the file is served and ``base_url`` (the server's address plus ``out_root``'s prefix)
+    or else ``SEGSTYLE_OUTPUTS_URL`` is set; otherwise the absolute file path.
 
     Raises:
         ConfigError: ``SEGSTYLE_OUTPUTS_URL`` is set but is not an http(s) URL.

@@ -1,9 +1,5 @@
-"""One photo, no dataset: its prompts from the command line, and its stages run in-process.
-
-:func:`stylize_photo` runs the photo's graph (:func:`segstyle_core.pipeline.photo_stages`, as
-the ``stylize_image`` flow does) in this process, with the same cache, so one photo never waits
-for a Prefect server.
-"""
+"""One photo, no dataset: its prompts from the command line, and its stages run in-process
+(the ``stylize_image`` flow's graph and cache, without waiting for a Prefect server)."""
 
 from __future__ import annotations
 
@@ -25,12 +21,9 @@ from segstyle_core.stylize import StylizerConfig
 
 
 def photo_prompts(image_path: str, given: PhotoPrompts) -> list[Prompt]:
-    """Prompts from command-line strings, validated against the image's displayed size.
-
-    Each box is one prompt. Points join the box when exactly one box is given (SAM's box +
-    points prompt); otherwise all points form one more prompt of their own. The validated boxes
-    are then grown by ``box_expand_px`` and jittered by up to ``box_jitter_px`` with ``seed``
-    (:func:`~segstyle_core.prompts.from_gt.jitter_boxes`); points never move.
+    """Prompts from command-line strings, validated against the image's displayed size: each
+    box is one prompt; points join a single box, else form one more prompt. Boxes are then
+    grown and jittered as ``given`` says; points never move.
 
     Raises:
         InputError: no prompt, or a prompt that does not fit the image (one line).
@@ -77,9 +70,8 @@ def check_photo_job(
     stylizer: StylizerConfig,
     settings: CompositeConfig,
 ) -> PhotoJob:
-    """Everything about one photo that can fail before the work, checked in this order: the
-    prompts against the image, each region's style, the output path, the checkpoints and the
-    style images (``segstyle stylize`` and the ``stylize_image`` flow both start here).
+    """Check, before the work, the prompts against the image, each region's style, the output
+    path, the checkpoints and the style images (``segstyle stylize`` and the flow start here).
 
     Raises:
         SegstyleError: the first problem, one line naming its file or setting.
@@ -102,9 +94,8 @@ def stylize_photo(
     settings: CompositeConfig,
     cache_dir: str,
 ) -> CompositeRecord:
-    """Run the photo's stages (:func:`segstyle_core.pipeline.photo_stages`) in this process with
-    their results in ``cache_dir``: region ``k`` (``prompts[k]``) painted in ``styles[k]``, a
-    later region over an earlier one; return the record of ``composite.png`` (the photo's size,
-    ``H×W×3`` RGB)."""
+    """Run the photo's stages in this process with their results in ``cache_dir``: region ``k``
+    painted in ``styles[k]``, a later one over an earlier one; return the record of
+    ``composite.png`` (the photo's size, ``H×W×3`` RGB)."""
     run = InProcess(Path(cache_dir))
     return photo_stages(run, image_path, prompts, styles, segmenter, stylizer, settings).result()

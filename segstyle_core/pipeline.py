@@ -60,20 +60,12 @@ class Runner(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
-    """What a dataset run applies to each of its frames: the flows' parameters.
-
-    Attributes:
-        dataset: the classes, the ground truth source and the seed of the box jitter.
-        prompts: where each frame's prompts come from (``auto``: automatic masks).
-        segmenter: the segmentation backend.
-        stylizer: the style-transfer backend and its styles; ``None``: masks and metrics only.
-        composite: the composite's mode, edge, colour and ROI settings.
-    """
+    """What a dataset run applies to each of its frames: the flows' parameters."""
 
     dataset: DatasetSelection
-    prompts: PromptConfig
+    prompts: PromptConfig  # ``auto``: automatic masks
     segmenter: SegmenterConfig
-    stylizer: StylizerConfig | None
+    stylizer: StylizerConfig | None  # None: masks and metrics only
     composite: CompositeConfig
 
     @property
@@ -246,7 +238,6 @@ class InProcess:
     cache_dir: Path
 
     def __call__(self, stage: Stage[..., R], run_name: str, /, **inputs: Any) -> Done[R]:
-        """Run ``stage`` (``run_name`` names nothing here: there is no run to show)."""
         return Done(stage.run(self.cache_dir, **{k: _resolved(v) for k, v in inputs.items()}))
 
 
@@ -257,7 +248,6 @@ class Done(Generic[R]):
     record: R
 
     def result(self) -> R:
-        """The record."""
         return self.record
 
 

@@ -1,11 +1,5 @@
-"""Preflight of a dataset run: what would fail every image is checked once, before any image.
-
-:func:`check_run_inputs` looks at the dataset root, the class names, the sample of frames
-(never empty), the prompts file, the checkpoints and the style image, and raises the first
-problem found as one line that names the file and the fix; on success it returns the
-backends' identities, which go into every result row. The backends are imported inside it, so
-importing this module stays cheap for the CLI.
-"""
+"""Preflight of a dataset run: what would fail every image is checked once, before any image,
+and raised as one line that names the file and the fix."""
 
 from __future__ import annotations
 
@@ -25,11 +19,8 @@ from segstyle_core.stylize import StylizerConfig
 
 
 def check_style(stylizer: StylizerConfig, styles: Sequence[str] = ()) -> None:
-    """Check that each style image reads and is large enough for the stylizer.
-
-    Args:
-        styles: the images to check; empty: every style of the configuration
-            (:meth:`StylizerConfig.style_paths`: the plain one and the per-class ones).
+    """Check that each of ``styles`` (empty: every style of the configuration) reads and is
+    large enough for the stylizer.
 
     Raises:
         InputError: one line naming the file and the fix.
@@ -44,23 +35,9 @@ def check_style(stylizer: StylizerConfig, styles: Sequence[str] = ()) -> None:
             )
 
 
-#: Unknown ids a message lists before "and N more".
-_LISTED = 5
-
-
-def _listing(values: Sequence[str]) -> str:
-    """``"a, b, c, d, e and 7 more"``."""
-    shown = ", ".join(values[:_LISTED])
-    rest = len(values) - _LISTED
-    return f"{shown} and {rest} more" if rest > 0 else shown
-
-
 def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
-    """Sample the run's frames (a folder scan, nothing decoded) and refuse an empty sample.
-
-    A run over no frame would write an empty table and report success, so a limit below 1, a
-    city or split without images and a city whose images all lack fine annotations are
-    errors before any work.
+    """Sample the run's frames (a folder scan) and refuse an empty sample, which would write
+    an empty table and report success.
 
     Raises:
         ConfigError: a limit below 1, an unknown split or city (the message lists the valid
@@ -74,34 +51,26 @@ def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
             "or none for every annotated frame"
         )
     sample = dataset.sample()
-    if not sample.frames and len(sample.cities) > 1:
-        root = cityscapes.resolve_root(dataset.root)
-        where = f"cities {', '.join(sample.cities)} of split {sample.split!r}"
-        if not sample.skipped:
-            raise InputError(
-                f"{root / 'leftImg8bit' / sample.split}: no *_leftImg8bit.png images in {where}, "
-                "so the run has no frame; choose other cities or another split"
-            )
-        path, reason = sample.skipped[0]
-        raise InputError(
-            f"{root / 'gtFine' / sample.split}: none of the {len(sample.skipped)} images of "
-            f"{where} has fine annotations (e.g. {path}: {reason}), so the run has no frame; "
-            "choose other cities or another split, or add the gtFine labelIds or color PNGs"
-        )
     if not sample.frames:
         root = cityscapes.resolve_root(dataset.root)
-        images = root / "leftImg8bit" / sample.split / sample.city
+        several = len(sample.cities) > 1
+        folder = sample.split if several else f"{sample.split}/{sample.city}"
+        if several:
+            where = f"cities {', '.join(sample.cities)} of split {sample.split!r}"
+            choose = "choose other cities or another split"
+        else:
+            where = f"city {sample.city!r} of split {sample.split!r}"
+            choose = "choose another city or split"
         if not sample.skipped:
             raise InputError(
-                f"{images}: no *_leftImg8bit.png images in city {sample.city!r} of split "
-                f"{sample.split!r}, so the run has no frame; choose another city or split"
+                f"{root / 'leftImg8bit' / folder}: no *_leftImg8bit.png images in {where}, so "
+                f"the run has no frame; {choose}"
             )
         path, reason = sample.skipped[0]
         raise InputError(
-            f"{root / 'gtFine' / sample.split / sample.city}: none of the "
-            f"{len(sample.skipped)} images of city {sample.city!r} (split {sample.split!r}) "
-            f"has fine annotations (e.g. {path}: {reason}), so the run has no frame; choose "
-            "another city or split, or add the gtFine labelIds or color PNGs"
+            f"{root / 'gtFine' / folder}: none of the {len(sample.skipped)} images of {where} "
+            f"has fine annotations (e.g. {path}: {reason}), so the run has no frame; {choose}, "
+            "or add the gtFine labelIds or color PNGs"
         )
     return sample
 
@@ -121,10 +90,11 @@ def check_prompt_ids(
         return
     limited = limit is not None and len(frames) == limit
     which = f"{len(frames)} frames of {sample.split}/{sample.city}"
+    unknown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
     raise InputError(
         f"{path}: none of its image ids is a frame of this run "
         f"({which}{f' drawn with limit={limit}' if limited else ''}, e.g. {frames[0]}); "
-        f"unknown ids: {_listing(ids)}; fix the ids or run the city they belong to"
+        f"unknown ids: {unknown}; fix the ids or run the city they belong to"
         + (" without the limit" if limited else "")
     )
 
@@ -137,12 +107,8 @@ def check_run_inputs(
     outputs: OutputConfig,
     composite: CompositeConfig | None = None,
 ) -> tuple[BackendIdentity, BackendIdentity | None]:
-    """Fail fast, before any image, on what would fail every image; return backend identities.
-
-    Checks the output folder, the dataset root, the class names, the sample (at least one
-    annotated frame), the prompts file (readable, naming at least one frame of the sample),
-    the checkpoints (present and matching their checksums), the style images and the per-class
-    styles against the classes and ``composite``'s mode.
+    """Check the output folder, dataset root, class names, sample, prompts file, checkpoints,
+    style images and per-class styles; return the backends' identities (for every row).
 
     Raises:
         SegstyleError: the first problem found, as one line naming the file and the fix.

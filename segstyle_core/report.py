@@ -1,10 +1,8 @@
 """The static HTML report of one dataset run: ``<run_dir>/report.html``.
 
-The page needs no server and no network: CSS is inline, the IoU histograms are inline SVG, and
-per-image panels are referenced by paths relative to the report (``<image_id>/panel.png``), so
-the run folder can be opened from disk, served by ``segstyle serve`` (at
-``$SEGSTYLE_OUTPUTS_URL/runs/<run_name>/report.html``), zipped or moved as a whole. Everything
-taken from the results rows or the configuration is HTML-escaped.
+Self-contained (inline CSS and SVG histograms; panels linked relative to the report), so the
+run folder can be opened from disk, served by ``segstyle serve``, zipped or moved. Everything
+taken from the rows or the configuration is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -28,11 +26,9 @@ from segstyle_core.results import COLUMNS
 #: Number of IoU histogram bins over [0, 1].
 HISTOGRAM_BINS = 10
 
-#: Score columns the report can rank and plot by: column -> (label, matching Dice column).
-#: ``image_iou`` compares the union of an image's masks with all GT of its classes;
-#: ``iou_instance`` each prompt's mask with the prompt's own ground-truth instance (the fair
-#: per-prompt score for instance prompts); ``iou`` each prompt's mask with *every* GT pixel of
-#: its class, which is low by construction when an image holds several instances.
+#: Score columns the report ranks and plots by: column -> (label, matching Dice column).
+#: ``iou`` compares each prompt's mask with *every* GT pixel of its class: low by construction
+#: when an image holds several instances (``iou_instance`` is the fair per-prompt score).
 METRICS = {
     "image_iou": ("image IoU", "image_dice"),
     "iou_instance": ("instance IoU", "dice_instance"),
@@ -46,19 +42,16 @@ _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1280px;
        padding: 0 16px; color: #1b1b1b; }
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 8px 0; }
+table { border-collapse: collapse; margin: 8px 0; } th { background: #f4f4f4; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-th { background: #f4f4f4; }
-.stats { display: flex; gap: 12px; flex-wrap: wrap; }
+.stats, .hists { display: flex; gap: 12px; flex-wrap: wrap; }
 .stat { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 110px; }
 .stat b { display: block; font-size: 20px; }
 .stat.headline { border-color: #4a7bd0; } .stat.headline b { font-size: 24px; }
-.note { color: #555; max-width: 900px; }
-.hists { display: flex; gap: 16px; flex-wrap: wrap; }
+.note { color: #555; max-width: 900px; } .missing { color: #888; font-style: italic; }
 figure { margin: 12px 0; } figcaption { font-weight: 600; margin-bottom: 4px; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
-.missing { color: #888; font-style: italic; }
 pre { background: #f6f6f6; padding: 12px; overflow-x: auto; }
 td.error { font-family: ui-monospace, monospace; white-space: pre-wrap; color: #a00; }
 svg text { font: 11px system-ui, sans-serif; fill: #333; }
@@ -66,7 +59,7 @@ svg text { font: 11px system-ui, sans-serif; fill: #333; }
 
 
 def _missing(value: Any) -> bool:
-    """True for None, NaN, NA and NaT (a list value is never missing)."""
+    """True for None, NaN, NA and NaT (a list is never missing)."""
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
@@ -127,8 +120,10 @@ def _summary(rows: pd.DataFrame) -> str:
         (CLASS_IOU_LABEL, _num(rows["iou"].mean())),
     ]
     cards = "".join(
-        f'<div class="stat headline">{html.escape(k)}<b>{v}</b></div>' for k, v in headlines
-    ) + "".join(f'<div class="stat">{html.escape(k)}<b>{v}</b></div>' for k, v in stats)
+        f'<div class="stat{css}">{html.escape(k)}<b>{v}</b></div>'
+        for css, items in ((" headline", headlines), ("", stats))
+        for k, v in items
+    )
     grouped = rows.assign(_failed=failed, segmenter=rows["segmenter"].fillna("(none)")).groupby(
         ["_class", "segmenter"], sort=True
     )
@@ -229,19 +224,6 @@ def _histograms(rows: pd.DataFrame, metric: str) -> str:
     return f'<div class="hists">{charts}</div>'
 
 
-def panel_src(panel_path: Any, run_dir: Path) -> str | None:
-    """The ``src`` of a row's panel, relative to ``run_dir``; ``None`` when there is none.
-
-    A relative ``panel_path`` is taken from the current directory, as the flow wrote it.
-    """
-    if _missing(panel_path) or not str(panel_path):
-        return None
-    path = Path(str(panel_path)).resolve()
-    if not path.is_file():
-        return None
-    return quote(Path(os.path.relpath(path, run_dir.resolve())).as_posix())
-
-
 def rank_images(rows: pd.DataFrame, metric: str = "iou") -> pd.DataFrame:
     """One line per image with a score, sorted by its mean ``metric`` (then image id), worst first.
 
@@ -273,13 +255,13 @@ def _examples(images: pd.DataFrame, run_dir: Path, metric: str, empty: str) -> s
             f"mean {label} {_num(row['score'])} · "
             f"mean {label.replace('IoU', 'Dice')} {_num(row['dice'])}"
         )
-        src = panel_src(row["panel_path"], run_dir)
-        body = (
-            f'<a href="{html.escape(src)}"><img src="{html.escape(src)}" '
-            f'alt="panel of {_e(row["image_id"])}"></a>'
-            if src
-            else '<p class="missing">no panel image for this image</p>'
-        )
+        # a relative panel_path is taken from the current directory, as the flow wrote it
+        panel = None if _missing(row["panel_path"]) else Path(str(row["panel_path"])).resolve()
+        if panel is not None and panel.is_file():
+            src = html.escape(quote(Path(os.path.relpath(panel, run_dir.resolve())).as_posix()))
+            body = f'<a href="{src}"><img src="{src}" alt="panel of {_e(row["image_id"])}"></a>'
+        else:
+            body = '<p class="missing">no panel image for this image</p>'
         figures.append(f"<figure><figcaption>{heading}</figcaption>{body}</figure>")
     return "\n".join(figures)
 
@@ -299,55 +281,6 @@ def _failures(rows: pd.DataFrame) -> str:
     return _table(["image", "prompt", "error"], lines)
 
 
-def render_report(
-    run_dir: Path,
-    rows: pd.DataFrame,
-    config: Mapping[str, Any],
-    title: str,
-    examples: int = 6,
-    metric: str = "iou",
-) -> str:
-    """The report's HTML text (see :func:`write_report`).
-
-    Raises:
-        ConfigError: ``metric`` is not a key of :data:`METRICS`, or ``examples`` is below 0.
-    """
-    if metric not in METRICS:
-        raise ConfigError(f"metric={metric!r}: choose one of {', '.join(METRICS)}")
-    if examples < 0:
-        raise ConfigError(f"examples={examples}: must be 0 or more")
-    rows = rows.reindex(columns=list(dict.fromkeys([*rows.columns, *COLUMNS])))
-    rows = rows.assign(_class=class_of(rows)).reset_index(drop=True)
-    label = METRICS[metric][0]
-    ranked = rank_images(rows, metric)
-    worst = ranked.head(examples)
-    best = ranked.drop(worst.index).iloc[::-1].head(examples)
-    config_json = json.dumps(config, indent=2, sort_keys=True, default=str)
-    sections = [
-        ("Summary", _summary(rows)),
-        ("Run time per stage", _timing(rows)),
-        (f"{label} distribution per class", _histograms(rows, metric)),
-        (
-            f"Worst images by mean {label}",
-            _examples(worst, run_dir, metric, "No scored images."),
-        ),
-        (
-            f"Best images by mean {label}",
-            _examples(best, run_dir, metric, "No more scored images: all are shown above."),
-        ),
-        ("Failures", _failures(rows)),
-        ("Configuration", f"<pre>{html.escape(config_json)}</pre>"),
-    ]
-    body = "\n".join(f"<h2>{html.escape(name)}</h2>\n{content}" for name, content in sections)
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n"
-        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
-    )
-
-
 def write_report(
     run_dir: Path,
     rows: pd.DataFrame,
@@ -359,27 +292,51 @@ def write_report(
     """Write ``run_dir/report.html`` atomically and return its path.
 
     Args:
-        run_dir: the run folder (``artifacts/runs/<run_name>``); panels are linked relative to it.
-        rows: the run's results, columns of :data:`segstyle_core.results.SCHEMA` (missing ones
-            count as empty); NaN scores and rows without a panel file are allowed.
+        run_dir: the run folder; panels are linked relative to it.
+        rows: the run's results (:data:`segstyle_core.results.SCHEMA`; missing columns empty).
         config: the run's configuration, shown as JSON.
         title: page title and heading.
-        examples: how many worst and how many best images to show with their panels; each
-            image appears once (a run of few images has a short "best" list).
+        examples: how many worst and how many best images to show, each image once.
         metric: score column the histograms and the ranking use (see :data:`METRICS`).
 
-    Contents: the headline image IoU and instance IoU, summary counts and scores per class
-    and segmenter (the per-prompt IoU against all GT of the class labelled as such), seconds
-    per stage, ``metric`` histograms per class (inline SVG), the worst and best images with
-    their panels (each a link to the full-size file), the failures with their errors, and the
-    configuration.
+    Sections: headline and per class/segmenter scores, seconds per stage, ``metric``
+    histograms per class, worst and best images with their panels, failures, configuration.
 
     Raises:
         ConfigError: unknown ``metric`` or negative ``examples``.
     """
+    if metric not in METRICS:
+        raise ConfigError(f"metric={metric!r}: choose one of {', '.join(METRICS)}")
+    if examples < 0:
+        raise ConfigError(f"examples={examples}: must be 0 or more")
     run_dir = Path(run_dir)
+    rows = rows.reindex(columns=list(dict.fromkeys([*rows.columns, *COLUMNS])))
+    rows = rows.assign(_class=class_of(rows)).reset_index(drop=True)
+    label = METRICS[metric][0]
+    ranked = rank_images(rows, metric)
+    worst = ranked.head(examples)
+    best = ranked.drop(worst.index).iloc[::-1].head(examples)
+    config_json = json.dumps(config, indent=2, sort_keys=True, default=str)
+    sections = [
+        ("Summary", _summary(rows)),
+        ("Run time per stage", _timing(rows)),
+        (f"{label} distribution per class", _histograms(rows, metric)),
+        (f"Worst images by mean {label}", _examples(worst, run_dir, metric, "No scored images.")),
+        (
+            f"Best images by mean {label}",
+            _examples(best, run_dir, metric, "No more scored images: all are shown above."),
+        ),
+        ("Failures", _failures(rows)),
+        ("Configuration", f"<pre>{html.escape(config_json)}</pre>"),
+    ]
+    body = "\n".join(f"<h2>{html.escape(name)}</h2>\n{content}" for name, content in sections)
+    text = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
     target = run_dir / "report.html"
-    text = render_report(run_dir, rows, config, title, examples, metric)
     with atomic_write(target, "wb") as handle:
         handle.write(text.encode("utf-8"))
     return target

@@ -2,58 +2,39 @@
 
 Layout under ``<metrics_dir>/flow=<flow name>/``, for a flow run ``<id>``:
 
-- ``<id>.parquet``: the run's rows (see :func:`run_file`). A finished run's is one plain
-  Parquet file; a running or killed run's is a symbolic link to its parts folder.
-- ``.<id>.parts-<host>-<random>/``: the parts folder. One ``<image>.parquet`` per finished
-  image (see :func:`part_name`), ``_run.json`` (the run's id, ``resume_key`` and start), and
-  once the run has finished every image, ``_sealed`` and ``_compacted.parquet``. ``<host>``:
-  the first 8 hex digits of the SHA-256 of the host name that made the folder.
-- ``.<id>.lock``: ``flock``-ed by the process that writes the run.
-- ``.<id>.trash-<random>/``: a retired parts folder on its way out.
+- ``<id>.parquet``: the run's rows; a finished run's is a plain Parquet file, a running or
+  killed run's a symbolic link to its parts folder.
+- ``.<id>.parts-<host>-<random>/``: one ``<image>.parquet`` per finished image
+  (:func:`part_name`), ``_run.json`` (id, ``resume_key``, start), and once every image is
+  done ``_sealed`` and ``_compacted.parquet``. ``<host>``: 8 hex digits of the SHA-256 of
+  the host name.
+- ``.<id>.lock`` (``flock``-ed by the writer) and ``.<id>.trash-<random>/`` (a retired folder).
 
-pyarrow's dataset discovery skips every name that starts with ``.`` or ``_``, so
-``pandas.read_parquet(metrics_dir)`` reads the ``<id>.parquet`` entries only (following the
-links): each finished image of every run, running, killed or complete, exactly once (the hive
-folder adds a ``flow`` column; ``<id>.parquet``, without ``=``, adds none).
+pyarrow's discovery skips names starting with ``.`` or ``_``, so ``pandas.read_parquet(
+metrics_dir)`` reads each finished image of every run exactly once (plus a ``flow`` column).
 
-**The protocol.** Each step is one atomic operation, so between any two a reader sees every
-finished image's rows exactly once; a kill after any step loses and doubles nothing.
+**The protocol**, one atomic step at a time, so a reader sees every finished image's rows
+exactly once and a kill after any step loses and doubles nothing:
 
-1. *open*: lock ``.<id>.lock``; make a parts folder (a retry of a finished run first writes
-   its file's rows into it, a part per image); make a link to it inside it and
-   ``os.replace`` that onto ``<id>.parquet``: the link appears, or replaces the file by the
-   same rows as parts. A retry of a killed attempt goes on with that attempt's folder.
-2. *take over* (only with a ``resume_key``): for each killed run of this flow with the same
-   key made on this host, rename each of its parts this run lacks into this run's folder,
-   unlink its link (its other parts are images this run has), retire its folder.
-3. *write an image*: its part is written under a hidden name in the folder and renamed into
-   place, replacing the image's earlier part, if any.
-4. *seal*: create ``_sealed``; the run writes no more parts.
-5. *stage*: write every part's rows (oldest part first) to ``_compacted.parquet`` through a
-   hidden temporary file.
-6. *publish*: ``os.replace`` ``_compacted.parquet`` onto ``<id>.parquet``: the file takes
-   the link's place, so the rows go from parts to file in one step.
-7. *retire*: rename the parts folder to ``.<id>.trash-<random>`` and remove that; remove the
-   lock.
+1. *open*: lock; make a parts folder (a retry of a finished run first splits its file into
+   parts), link to it and ``os.replace`` the link onto ``<id>.parquet``. A retry of a killed
+   attempt goes on with that attempt's folder.
+2. *take over* (with a ``resume_key``): for each killed run of this flow and host with the same
+   key, rename the parts this run lacks into its folder, unlink its link, retire its folder.
+3. *write an image*: a hidden temporary renamed onto the image's part.
+4. *seal*: create ``_sealed``. 5. *stage*: every part's rows (oldest first) to
+   ``_compacted.parquet``. 6. *publish*: ``os.replace`` it onto ``<id>.parquet``.
+7. *retire*: rename the parts folder to trash and remove it; remove the lock.
 
-**Recovery** (:func:`finish_ended_runs`, run by every :class:`RunRows` when it opens and by
-:func:`read_metrics` before it reads): whoever comes next finishes a sealed folder from
-wherever it stopped (steps 5 to 7; step 5 gives the same rows whoever does it, and step 6
-renames a file that only one process can rename), retires a sealed folder that no link names,
-and removes trash. An unsealed folder belongs to its writer: only when it was made on this
-host, and the recovery can take the run's lock (its process is gone), does it remove the
-folder's hidden temporary files, retire it if no link names it (or the link and the folder if
-it holds no part), and remove the lock. So several hosts can write runs into one shared folder
-without locks across hosts: what another host's run leaves is touched only once sealed, and
-then only by steps that any process may repeat. A kill of the recovery leaves one of the states
-above. A reader that lists a folder and then reads its files may find a part gone (published
-meanwhile): plain pandas then raises, :func:`read_metrics` lists again.
-
-A retried flow run (same flow run id) goes on from its own rows: each image it redoes
-replaces its part, and its file holds every part, redone or not. Folders of earlier segstyle
-versions: their ``<id>.parts/`` folders read as before, and the hidden ``.<id>.parts/`` plus
-``.<id>.compacted-*.parquet`` a compaction killed between its renames left are finished into
-``<id>.parquet`` by the recovery.
+**Recovery** (:func:`finish_ended_runs`, run when a :class:`RunRows` opens and before
+:func:`read_metrics`): a sealed folder is finished from wherever it stopped (steps 5-7 are
+repeatable by any process) or retired when no link names it; trash is removed. An unsealed
+folder is touched only when made on this host and its run's lock can be taken (its process is
+gone): its temporary files are removed, and it is retired if no link names it (with the link
+if it holds no part). So hosts sharing a folder need no locks across hosts. A reader may find
+a part published meanwhile: :func:`read_metrics` lists again. Earlier versions' ``<id>.parts/``
+folders read as before; their hidden ``.<id>.parts/`` and ``.<id>.compacted-*.parquet`` are
+finished into ``<id>.parquet`` by the recovery.
 """
 
 from __future__ import annotations
@@ -96,12 +77,12 @@ from segstyle_core.fileio import FILE_MODE, atomic_write_with, write_json_atomic
 _log = logging.getLogger(__name__)
 
 
-#: 2: added ``image_iou``/``image_dice``. 3: added ``mask_rle`` and
-#: ``cached_<stage>``. Files of older versions read
-#: with the columns they lack empty (see :func:`read_metrics`).
+#: 2: added ``image_iou``/``image_dice``. 3: ``mask_rle`` and ``cached_<stage>``. Older files
+#: read with the columns they lack empty (see :func:`read_metrics`).
 SCHEMA_VERSION = 3
 
-_STAGES = ("gt", "segment", "stylize", "composite", "figures")
+#: Stages with ``seconds_<stage>`` and ``cached_<stage>`` columns.
+TIMED_STAGES = ("gt", "segment", "stylize", "composite", "figures")
 
 #: One row per image and prompt (an image that failed before prompting has one row).
 SCHEMA = pa.schema(
@@ -129,24 +110,15 @@ SCHEMA = pa.schema(
         ("style_name", pa.string()),  # the style of this row's class (per-class styles)
         ("style_sha256", pa.string()),
         ("mode", pa.string()),
-        ("mask_score", pa.float64()),
-        ("iou", pa.float64()),
-        ("dice", pa.float64()),
-        ("precision", pa.float64()),
-        ("recall", pa.float64()),
-        ("iou_instance", pa.float64()),
-        ("dice_instance", pa.float64()),
-        ("precision_instance", pa.float64()),
-        ("recall_instance", pa.float64()),
+        *[(name, pa.float64()) for name in ("mask_score", "iou", "dice", "precision", "recall")],
+        *[(f"{name}_instance", pa.float64()) for name in ("iou", "dice", "precision", "recall")],
         ("image_iou", pa.float64()),  # union of the image's masks vs the class GT
         ("image_dice", pa.float64()),
-        ("pred_area", pa.int64()),
-        ("gt_area", pa.int64()),
-        ("instance_area", pa.int64()),
+        *[(f"{name}_area", pa.int64()) for name in ("pred", "gt", "instance")],
         # seconds spent on each stage in this run (a cache hit: the lookup; stylize: all the
         # image's styles) and whether the stage's result came from the run folder's cache
-        *[(f"seconds_{stage}", pa.float64()) for stage in _STAGES],
-        *[(f"cached_{stage}", pa.bool_()) for stage in _STAGES],
+        *[(f"seconds_{stage}", pa.float64()) for stage in TIMED_STAGES],
+        *[(f"cached_{stage}", pa.bool_()) for stage in TIMED_STAGES],
         ("status", pa.string()),  # ok | failed
         ("error", pa.string()),
         ("image_path", pa.string()),
@@ -192,18 +164,13 @@ def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return full
 
 
-def _table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist([normalise_row(r) for r in rows], schema=SCHEMA)
-
-
 def write_parquet(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` (the one place results touch the Parquet writer)."""
     pq.write_table(table, path)
 
 
 def run_file(metrics_dir: str | os.PathLike[str], flow_name: str, flow_run_id: str) -> Path:
-    """``<metrics_dir>/flow=<flow_name>/<flow_run_id>.parquet``: the run's rows (a file once
-    the run has finished, a link to its parts folder before)."""
+    """``<metrics_dir>/flow=<flow_name>/<flow_run_id>.parquet``: the run's rows."""
     return Path(metrics_dir) / f"flow={flow_name}" / f"{flow_run_id}.parquet"
 
 
@@ -233,87 +200,57 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     atomic_write_with(path, lambda tmp: write_parquet(table, tmp))
 
 
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
 # ----------------------------------------------------------------------------- reading
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
 def _printable(line: str) -> str:
-    """``line`` fit for one line of a terminal: control characters and the undecodable bytes
-    of file names escaped."""
+    """``line`` with control characters and undecodable file-name bytes escaped."""
     text = line.encode("utf-8", "backslashreplace").decode("utf-8")
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def _check(file: Path, folder: Path) -> None:
-    """Check that ``file`` is a Parquet file of segstyle's results (its footer and schema).
+def _skip(file: Path, folder: Path, exc: BaseException, skipped: list[str]) -> None:
+    """Add a line naming ``file``, which failed to read with ``exc``, and the fix to ``skipped``.
 
     Raises:
-        InputError: not a readable Parquet file, or not segstyle's results (another schema):
-            one line naming the file and the fix (move it out of ``folder``).
-        FileNotFoundError: the file vanished (a run published or retired its parts folder):
-            list the folder again.
+        FileNotFoundError: the file is gone (a run published its parts): list the folder again.
     """
-    try:
-        schema = pq.read_schema(file)
-    except (pa.ArrowException, OSError) as exc:
-        raise _unreadable(file, folder, exc) from exc
-    names = schema.names
-    ours = "schema_version" in names and "image_id" in names and set(names) <= set(COLUMNS)
-    if ours:
-        try:
-            schema.empty_table().cast(pa.schema([SCHEMA.field(name) for name in names]))
-        except pa.ArrowException:
-            ours = False
-    if not ours:
-        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-        raise InputError(
-            f"{file}: not a segstyle results file (columns {shown}); move it out of {folder}"
-        )
-
-
-def _unreadable(file: Path, folder: Path, exc: BaseException) -> Exception:
-    """The error for ``file`` that failed to read with ``exc``: :class:`FileNotFoundError`
-    when it is gone, else an :class:`InputError` naming it and the fix."""
     if not file.is_file():
-        return FileNotFoundError(errno.ENOENT, "vanished while reading", str(file))
-    return InputError(
-        f"{file}: not a readable Parquet file ({_first_line(exc)}); delete it or move it out "
-        f"of {folder}"
+        raise FileNotFoundError(errno.ENOENT, "vanished while reading", str(file)) from exc
+    first = (str(exc).splitlines() or [type(exc).__name__])[0]
+    skipped.append(
+        f"{file}: not a readable Parquet file ({first}); delete it or move it out of {folder}"
     )
 
 
 def _usable(files: Sequence[Path], folder: Path, skipped: list[str]) -> list[Path]:
-    """``files`` that pass :func:`_check`; each other one adds its line to ``skipped``.
-
-    Raises:
-        FileNotFoundError: a file vanished: list the folder again.
-    """
+    """``files`` that are segstyle results (Parquet footer and schema); each other one adds a
+    line naming it and the fix to ``skipped`` (see :func:`_skip`)."""
     usable = []
     for file in files:
         try:
-            _check(file, folder)
-            usable.append(file)
-        except InputError as exc:
-            skipped.append(str(exc))
+            schema = pq.read_schema(file)
+        except (pa.ArrowException, OSError) as exc:
+            _skip(file, folder, exc, skipped)
+            continue
+        names = schema.names
+        try:
+            if "schema_version" in names and "image_id" in names and set(names) <= set(COLUMNS):
+                schema.empty_table().cast(pa.schema([SCHEMA.field(name) for name in names]))
+                usable.append(file)
+                continue
+        except pa.ArrowException:
+            pass
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        skipped.append(
+            f"{file}: not a segstyle results file (columns {shown}); move it out of {folder}"
+        )
     return usable
 
 
 def _read_files(usable: Sequence[Path], folder: Path, skipped: list[str]) -> pa.Table:
-    """The rows of :func:`_usable` results files as one table of :data:`SCHEMA` (columns that
-    files of older schema versions lack are empty), in the files' order. A file whose data
-    fails to read is left out with a line in ``skipped``.
-
-    Raises:
-        FileNotFoundError: a file vanished: list the folder again.
-    """
+    """The rows of :func:`_usable` files as one table of :data:`SCHEMA` (columns older files
+    lack are empty), in the files' order; a file whose data fails to read is skipped."""
     try:  # all at once; one by one only to find a file whose data is bad behind a good footer
         return ds.dataset([str(f) for f in usable], schema=SCHEMA, format="parquet").to_table()
     except (pa.ArrowException, OSError):
@@ -323,10 +260,7 @@ def _read_files(usable: Sequence[Path], folder: Path, skipped: list[str]) -> pa.
         try:
             tables.append(ds.dataset(str(file), schema=SCHEMA, format="parquet").to_table())
         except (pa.ArrowException, OSError) as exc:
-            error = _unreadable(file, folder, exc)
-            if isinstance(error, FileNotFoundError):
-                raise error from exc
-            skipped.append(str(error))
+            _skip(file, folder, exc, skipped)
     return pa.concat_tables(tables)
 
 
@@ -341,8 +275,7 @@ def _parts_in(parts: Path) -> list[Path]:
 
 
 def _read_parts(parts: Path) -> pa.Table:
-    """The rows of the parts in the parts folder ``parts``, oldest first; an unusable part is
-    left out with a warning line."""
+    """The rows of a parts folder, oldest part first; an unusable part is a warning line."""
     skipped: list[str] = []
     table = _read_files(_usable(_parts_in(parts), parts, skipped), parts, skipped)
     for line in skipped:
@@ -354,9 +287,8 @@ def _read_parts(parts: Path) -> pa.Table:
 
 
 def _lock(path: Path, create: bool) -> int | None:
-    """An fd holding an exclusive ``flock`` on ``path``; ``None`` when a live process holds it
-    (or, without ``create``, when there is no such file). After locking, checks that ``path``
-    still names the locked file (it may have been removed in between: then tries again)."""
+    """An fd holding an exclusive ``flock`` on ``path`` (checked to still name the locked
+    file); ``None`` when a live process holds it (or, without ``create``, there is none)."""
     for _ in range(5):
         try:
             fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), FILE_MODE)
@@ -394,7 +326,7 @@ def _held(path: Path) -> bool:
 
 
 def _made_here(parts: Path) -> bool:
-    """Whether the parts folder ``parts`` was made on this host (its name says)."""
+    """Whether the parts folder ``parts`` was made on this host."""
     match = _HIDDEN.fullmatch(parts.name)
     return match is not None and match["host"] == _HOST
 
@@ -405,8 +337,7 @@ def _manifest(parts: Path) -> tuple[str, str | None, str]:
         value = json.loads((parts / _MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         value = None
-    if not isinstance(value, dict):
-        value = {}
+    value = value if isinstance(value, dict) else {}
     return (
         str(value.get("flow_run_id", "")),
         value.get("resume_key"),
@@ -433,8 +364,7 @@ class _Run:
         return self.folder / f".{self.run_id}.lock"
 
     def linked(self) -> Path | None:
-        """The parts folder ``<id>.parquet`` links to; ``None`` for a file, nothing, or a link
-        of another kind."""
+        """The parts folder ``<id>.parquet`` links to; ``None`` for anything else."""
         try:
             target = os.readlink(self.entry)
         except OSError:
@@ -451,17 +381,16 @@ class _Run:
     def show(self, parts: Path) -> None:
         """Put a link to ``parts`` in place of ``<id>.parquet``, in one step."""
         link = parts / _LINK
-        _unlink(link)
+        link.unlink(missing_ok=True)
         os.symlink(parts.name, link)
         os.replace(link, self.entry)
 
     def finish(self, parts: Path) -> None:
-        """Steps 5 to 7 for the sealed ``parts``, from wherever they stopped; a step that
-        another process did first is skipped.
+        """Steps 5 to 7 for the sealed ``parts``, from wherever they stopped.
 
         Raises:
-            StorageError: a step failed (one line naming the file and the fix); the rows stay
-                readable as parts, and any later run or reader finishes them.
+            StorageError: a step failed (names the file and the fix); the rows stay readable as
+                parts, and any later run or reader finishes them.
         """
         try:
             if self.linked() == parts:
@@ -487,9 +416,7 @@ class _Run:
 
     def recover(self, leftovers: Sequence[tuple[Path, str | None]]) -> None:
         """Recovery (module docstring) for this run's hidden ``leftovers``: ``(path, kind)``,
-        ``kind`` the name of the group of :data:`_HIDDEN` its name matched last (``host``:
-        a parts folder). What is not sealed is touched only while holding the run's lock, so
-        never while its process (on this host) lives."""
+        ``kind`` the :data:`_HIDDEN` group its name matched last (``host``: a parts folder)."""
         linked = self.linked()
         unsealed = []
         for path, kind in leftovers:
@@ -503,7 +430,7 @@ class _Run:
             elif kind == "trash":
                 shutil.rmtree(path, ignore_errors=True)
             elif kind == "compacted":
-                _unlink(path)
+                path.unlink(missing_ok=True)
         if not all(map(_made_here, unsealed)):  # another host's run: its lock is not ours
             return
         fd = None if _held(self.lock) else _lock(self.lock, create=True)
@@ -515,10 +442,10 @@ class _Run:
                 if path == linked and _parts_in(path):  # a killed run's rows: keep them
                     for leftover in path.iterdir():
                         if leftover.name[0] == "." or leftover.name == _LINK:
-                            _unlink(leftover)
+                            leftover.unlink(missing_ok=True)
                     continue
                 if path == linked:  # a killed run without rows
-                    _unlink(self.entry)
+                    self.entry.unlink(missing_ok=True)
                 self.retire(path)
             for path, kind in leftovers:
                 if kind == "legacy":
@@ -526,17 +453,13 @@ class _Run:
                         _write_atomic(_read_parts(path), self.entry)
                     shutil.rmtree(path, ignore_errors=True)
         finally:
-            _unlink(self.lock)
+            self.lock.unlink(missing_ok=True)
             os.close(fd)
 
 
 def finish_ended_runs(metrics_dir: str | os.PathLike[str]) -> None:
     """The recovery (module docstring) in every ``flow=*`` folder of ``metrics_dir`` (or in
-    ``metrics_dir`` itself when it is one): what killed runs left is finished or removed.
-
-    A run whose files cannot be fixed (read-only folder, full disk) is one warning line; the
-    other runs go on.
-    """
+    ``metrics_dir`` itself when it is one); a run that cannot be fixed is a warning line."""
     root = Path(metrics_dir)
     folders = [root] if root.name.startswith("flow=") else sorted(root.glob("flow=*"))
     for folder in folders:
@@ -572,11 +495,8 @@ class RunRows:
                 durable.write_image(image_id, rows)
             parquet = durable.compact()
 
-    Opening runs the recovery (:func:`finish_ended_runs`), locks the run, links its parts
-    folder in place of ``<flow_run_id>.parquet`` (a finished attempt's file split back into
-    parts) and takes over the parts of killed runs of the same flow with the same
-    ``resume_key`` (module docstring, steps 1 and 2). Every OS error names the file and what
-    to do (:class:`StorageError`).
+    Opening does steps 1 and 2 of the module docstring. Every OS error is a
+    :class:`StorageError` naming the file and what to do.
     """
 
     def __init__(
@@ -631,7 +551,7 @@ class RunRows:
     def close(self) -> None:
         """Release the lock (the parts stay until :meth:`compact`)."""
         if self._lock_fd is not None:
-            _unlink(self._run.lock)
+            self._run.lock.unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -676,9 +596,8 @@ class RunRows:
         )
 
     def _take_over_killed_runs(self) -> None:
-        """Step 2: move the parts of killed runs with this run's ``resume_key`` (made on this
-        host, newest first, never over a part this folder has) into this run's folder, then
-        retire theirs. Each move is a rename, so every image stays visible exactly once."""
+        """Step 2 (newest killed run first, never over a part this folder has); each move is a
+        rename, so every image stays visible exactly once."""
         candidates = []
         for entry in self._run.folder.glob("*.parquet"):
             other = _Run(self._run.folder, entry.name.removesuffix(".parquet"))
@@ -702,27 +621,26 @@ class RunRows:
                 other.retire(parts)
                 self.resumed.append(run_id)
             finally:
-                _unlink(other.lock)
+                other.lock.unlink(missing_ok=True)
                 os.close(fd)
 
     def write_image(self, image_id: str, rows: Sequence[Mapping[str, Any]]) -> Path:
         """Write (or atomically replace) one image's rows as its part; return the part.
 
         Raises:
-            StorageError: the part could not be written (names it and the fix); the parts of
-                earlier images stay readable.
+            StorageError: the part could not be written (names it and the fix).
         """
         if self._lock_fd is None:
             self.open()
-        table = _table(rows)
+        table = pa.Table.from_pylist([normalise_row(r) for r in rows], schema=SCHEMA)
         part = self.parts / part_name(image_id)
         with _naming(part):
             _write_atomic(table, part)
         return part
 
     def compact(self) -> Path:
-        """Seal, stage, publish and retire (steps 4 to 7): the rows of every part become the
-        run's one file; release the lock. Return the file.
+        """Steps 4 to 7: the rows of every part become the run's one file; release the lock.
+        Return the file.
 
         Raises:
             StorageError: a step failed (names the file and the fix); the rows stay readable
@@ -743,10 +661,9 @@ class RunRows:
 
 
 def _result_files(root: Path, skipped: list[str]) -> list[tuple[Path, str | None]]:
-    """The files ``pandas.read_parquet(root)`` reads, with the ``flow`` of their hive folder.
-    Names that start with ``.`` or ``_`` are left out, as pyarrow does; links are followed
-    only to places inside ``root``. A link elsewhere, a link loop or an unreadable subfolder
-    adds a line to ``skipped``.
+    """The files ``pandas.read_parquet(root)`` reads, with the ``flow`` of their hive folder;
+    links are followed only inside ``root``. A link elsewhere, a link loop or an unreadable
+    subfolder adds a line to ``skipped``.
 
     Raises:
         FileNotFoundError: a folder vanished while being listed: list again.
@@ -791,14 +708,11 @@ def _result_files(root: Path, skipped: list[str]) -> list[tuple[Path, str | None
 def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read one run file or a whole metrics directory into a DataFrame.
 
-    First finishes or removes what killed runs left (:func:`finish_ended_runs`). Files of every
-    schema version are read against the current :data:`SCHEMA` (columns a file lacks come back
-    empty), plus the hive partition column ``flow``. A file that is not readable Parquet
-    (corrupt, truncated, empty) or not segstyle's results (another schema), and a link out of
-    the folder, are skipped with one warning line each (``skipped: <path>: <what>; <fix>``).
-    Plain ``pandas.read_parquet(dir)`` reads the same rows, but takes its columns from the first
-    file it finds and stops at a bad file. Parts of running or killed runs are read like files
-    (see :func:`partial_runs`).
+    First runs :func:`finish_ended_runs`. Every schema version is read against :data:`SCHEMA`
+    (missing columns empty), plus the hive column ``flow``. Unreadable or foreign files and
+    links out of the folder are skipped with one warning line each (``skipped: <path>: <what>;
+    <fix>``), where plain ``pandas.read_parquet(dir)`` would stop. Parts of running or killed
+    runs are read like files.
 
     Raises:
         InputError: nothing there yet.
@@ -865,11 +779,8 @@ def partial_runs(metrics_dir: str | os.PathLike[str]) -> list[PartialRun]:
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per segmenter/stylizer/class summary: rows, images, failures, mean scores, seconds.
-
-    Scores are means over prompt rows (``image_iou`` over images); seconds are means over
-    images, since every prompt row of an image repeats that image's stage times.
-    """
+    """Per segmenter/stylizer/class: rows, images, failures, mean scores (over prompt rows;
+    ``image_iou`` over images) and mean seconds per image."""
     keys = ["segmenter", "stylizer", "classes"]
     rows = frame.assign(failed=frame["status"].eq("failed"))
     scores = rows.groupby(keys, dropna=False).agg(
@@ -893,9 +804,8 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def select_run(frame: pd.DataFrame, run: str | None = None) -> tuple[str, pd.DataFrame]:
-    """The rows of one run of ``frame`` (:func:`read_metrics`' table) and its key (the flow run
-    id; files of old versions may only have the run's name): ``run``, a run name or flow run
-    id, else the run started last. A name that several runs share picks the latest of them.
+    """The rows of one run of ``frame`` and its key (the flow run id, else the run name of old
+    files): ``run`` (a name or flow run id; the latest of several) or the run started last.
 
     Raises:
         SegstyleError: ``frame`` is empty, or no run is called ``run`` (the message lists the
@@ -919,11 +829,8 @@ def select_run(frame: pd.DataFrame, run: str | None = None) -> tuple[str, pd.Dat
 
 
 def latest(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each result once: the row of the latest run per configuration, image and prompt
-    (``config_sha256``, ``image_id``, ``prompt_index``), so that nightly runs over unchanged
-    data never count an image twice. ``pd.read_parquet(metrics).pipe(latest)`` gives the same
-    answer after one run as after four identical ones.
-    """
+    """Each result once: the latest run's row per ``config_sha256``, ``image_id`` and
+    ``prompt_index``, so repeated runs over unchanged data never count an image twice."""
     keys = ["config_sha256", "image_id", "prompt_index"]
     ordered = frame.sort_values("started_at", na_position="first", kind="stable")
     return ordered.drop_duplicates(keys, keep="last").sort_index()

@@ -1,14 +1,10 @@
 """Retention of an output folder: keep the latest runs, remove the rest (``segstyle prune``).
 
-A run is its flow run: its Parquet file ``<out>/metrics/flow=<flow>/<flow_run_id>.parquet``
-and its run folder ``<out>/runs/<run>/`` (the folder its rows' pictures lie in). Per flow, the
-``keep`` runs started last are kept; older ones lose both. A run still going (or killed, not
-yet finished: :func:`~segstyle_core.results.partial_runs`) is never touched, and neither is the
-stage cache: a kept run may reuse any entry of it, so pruning never removes one (delete
-``<out>/cache`` by hand to reclaim it all; the next run recomputes what it needs).
-
-Nothing outside ``<out>/metrics`` and ``<out>/runs`` is removed: a run folder is removed only
-when it resolves to a folder directly inside ``<out>/runs``.
+A run is its Parquet file ``<out>/metrics/flow=<flow>/<flow_run_id>.parquet`` and its run
+folder ``<out>/runs/<run>/``. Per flow, the ``keep`` runs started last are kept; older ones
+lose both. Unfinished runs (:func:`~segstyle_core.results.partial_runs`) and the stage cache
+(any entry may serve a kept run; delete ``<out>/cache`` by hand) are never touched, nor
+anything but folders directly inside ``<out>/runs``.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Masks as COCO run-length encoding (RLE) text, so a result row carries its own mask.
 
-The format is the one SAM's automatic mask generator emits (``output_mode="coco_rle"``) and
-COCO's annotation files use: a JSON object ``{"size": [H, W], "counts": "<compressed RLE>"}``
-with ``counts`` as a string, column-major, produced by :func:`pycocotools.mask.encode`. Any
-COCO tool reads it back, e.g.::
-
-    from pycocotools import mask as mask_utils
-    mask = mask_utils.decode(json.loads(text)).astype(bool)
-
-A 2048×1024 Cityscapes car mask takes a few hundred bytes.
+The format of SAM's ``output_mode="coco_rle"`` and COCO's annotation files: a JSON object
+``{"size": [H, W], "counts": "<compressed RLE>"}`` (column-major), which any COCO tool reads
+back: ``pycocotools.mask.decode(json.loads(text)).astype(bool)``. A 2048×1024 car mask takes a
+few hundred bytes.
 """
 
 from __future__ import annotations
@@ -24,9 +19,7 @@ from segstyle_core.errors import InputError
 
 
 def encode_mask(mask: np.ndarray) -> str:
-    """Encode an ``H×W`` boolean mask as COCO RLE JSON text ``{"size": [H, W], "counts": ...}``.
-
-    Non-bool arrays are accepted when they are 2-D (non-zero = inside).
+    """Encode an ``H×W`` mask (non-zero = inside) as COCO RLE JSON text.
 
     Raises:
         InputError: ``mask`` is not 2-D.
@@ -66,11 +59,8 @@ def _parse(value: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _runs(counts: bytes) -> list[int]:
-    """The run lengths of COCO's compressed ``counts`` (pycocotools' ``rleFrString``, in Python).
-
-    pycocotools decodes damaged strings into garbage without complaint, so the runs are
-    checked here first.
-    """
+    """The run lengths of COCO's compressed ``counts`` (pycocotools' ``rleFrString``), checked
+    here since pycocotools decodes damaged strings into garbage without complaint."""
     runs: list[int] = []
     position = 0
     while position < len(counts):

@@ -9,6 +9,14 @@ the composite paints: the mask in object mode, everything outside the mask in ba
 mode, but it never leaves part of the background unpainted). Keep the margin at least as wide
 as the composite's ``feather_px`` so the soft edge blends into stylized pixels.
 
+Crop buckets (``bucket_px``, off by default): the stylizer sees the box grown to the next
+multiple of ``bucket_px`` on each side, the extra pixels taken from the image around it (never
+padding), so that a backend that builds kernels per input shape (cuDNN autotuning, a compiled
+graph) builds them once per bucket, not once per frame. Only the real box is pasted back: the
+composite, the seam and the objective are those of the real crop. Off by default because on the
+CPUs measured new crop shapes cost no measurable time, while the larger crops moved the seam
+measure up (``benchmarks/README.md``, issue #25).
+
 An empty region has no box: :func:`roi_box` and :func:`stylize_roi` raise
 :class:`~segstyle_core.errors.InputError` rather than return an unstylized image that a
 composite would silently use.
@@ -27,6 +35,8 @@ from segstyle_core.stylize.base import ProgressCallback, Stylizer
 
 #: Default context margin: each side of the mask's box grows by 10 % of the box's size.
 DEFAULT_MARGIN_PCT = 0.1
+#: Default crop bucket (0: off); see the module doc.
+DEFAULT_BUCKET_PX = 0
 
 
 def _ceil_px(length: float) -> int:
@@ -74,6 +84,28 @@ def roi_box(
     )
 
 
+def _bucket_span(start: int, stop: int, size: int, bucket: int) -> tuple[int, int]:
+    """``[start, stop)`` grown to the next multiple of ``bucket`` (at most ``size``), the extra
+    split over both ends and shifted to stay within ``[0, size)``."""
+    length = min(size, -(-(stop - start) // bucket) * bucket)
+    start = min(max(0, start - (length - (stop - start)) // 2), size - length)
+    return start, start + length
+
+
+def bucket_box(
+    box: tuple[int, int, int, int], shape: tuple[int, ...], bucket_px: int = DEFAULT_BUCKET_PX
+) -> tuple[int, int, int, int]:
+    """``box`` (XYXY, exclusive ends) grown so that its width and height are multiples of
+    ``bucket_px`` (or the image's width/height where it is smaller), inside an image of shape
+    ``H×W(×3)``; it contains ``box``. ``bucket_px <= 1``: ``box`` unchanged."""
+    if bucket_px <= 1:
+        return box
+    x0, y0, x1, y1 = box
+    x0, x1 = _bucket_span(x0, x1, shape[1], bucket_px)
+    y0, y1 = _bucket_span(y0, y1, shape[0], bucket_px)
+    return x0, y0, x1, y1
+
+
 def stylize_roi(
     stylizer: Stylizer,
     content: np.ndarray,
@@ -83,8 +115,10 @@ def stylize_roi(
     margin_pct: float = DEFAULT_MARGIN_PCT,
     progress: ProgressCallback | None = None,
     mode: Mode = "object",
+    bucket_px: int = DEFAULT_BUCKET_PX,
 ) -> np.ndarray:
-    """Stylize the crop :func:`roi_box` gives and paste it into a copy of ``content``.
+    """Stylize the crop :func:`roi_box` gives, grown to :func:`bucket_box`, and paste the box
+    of :func:`roi_box` back into a copy of ``content``.
 
     Args:
         stylizer: any :class:`~segstyle_core.stylize.base.Stylizer`; it sees only the crop.
@@ -96,16 +130,19 @@ def stylize_roi(
         progress: passed to ``stylizer.stylize``.
         mode: the composite's mode: ``object`` crops around the mask, ``background`` around
             everything outside it.
+        bucket_px: the stylized crop's sides are multiples of this (0: the box itself).
 
     Returns:
-        ``H×W×3 uint8 RGB``: the stylized crop (resized back to the crop's size) inside the
-        box, ``content`` bit-identical outside it.
+        ``H×W×3 uint8 RGB``: the stylized crop (resized back to the bucket's size) inside the
+        box of :func:`roi_box`, ``content`` bit-identical outside it.
     """
     check_rgb(content, "content image")
     check_mask(mask, content.shape[:2])
-    x0, y0, x1, y1 = roi_box(mask, margin_px, margin_pct, mode)
+    box = roi_box(mask, margin_px, margin_pct, mode)
+    x0, y0, x1, y1 = bucket_box(box, content.shape, bucket_px)
     crop = content[y0:y1, x0:x1]
-    stylized = stylizer.stylize(crop, style, progress)
+    stylized = resize_to(stylizer.stylize(crop, style, progress), crop.shape[:2])
+    bx0, by0, bx1, by1 = box
     result = content.copy()
-    result[y0:y1, x0:x1] = resize_to(stylized, crop.shape[:2])
+    result[by0:by1, bx0:bx1] = stylized[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
     return result

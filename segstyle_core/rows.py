@@ -11,13 +11,11 @@ from segstyle_core.backends import BackendIdentity
 from segstyle_core.cityscapes import Frame
 from segstyle_core.config import DatasetSelection
 from segstyle_core.fileio import file_sha256, sha256_json
+from segstyle_core.results import TIMED_STAGES
 from segstyle_core.stagecache import StageRecord
 from segstyle_core.stages.gt import GtRecord
 from segstyle_core.stages.metrics import MetricsRecord
 from segstyle_core.stylize import StylizerConfig
-
-#: Stages that contribute ``seconds_<stage>`` and ``cached_<stage>`` columns.
-TIMED_STAGES = ("gt", "segment", "stylize", "composite", "figures")
 
 
 def run_columns(
@@ -110,12 +108,10 @@ def frame_rows(
     """Rows of one image: one per scored prompt, or a single row when there is none.
 
     Args:
-        common: run-wide columns (:func:`run_columns`, plus timestamps); the city is the
-            frame's own (a run may cover several cities).
+        common: run-wide columns (:func:`run_columns`, plus timestamps).
         records: stage name -> record of each stage that completed.
         error: the first failing stage's error, which makes the rows ``failed``.
-        published: :func:`segstyle.tasks.publish.publish` output: path columns -> files in the
-            run directory.
+        published: path columns -> files in the run directory.
         style_of: the style columns of a class (:func:`style_columns`); none: no styling.
     """
     base = {

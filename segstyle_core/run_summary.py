@@ -1,11 +1,9 @@
-"""A run's results as markdown and table rows: the summary, the per-image outputs, the report
-line. Pure rendering over the result rows (:data:`segstyle_core.results.SCHEMA`'s columns); the
-flows publish it as Prefect artifacts (``segstyle.flows.artifacts``).
+"""A run's results rows as markdown and table rows (the summary, the per-image outputs, the
+report line), which the flows publish as Prefect artifacts.
 
-Links are ``http(s)`` URLs of ``segstyle serve`` when a ``base_url`` is given and a file lies
-under the served folder (:func:`segstyle_core.outputs.output_link`); otherwise file paths,
-shown as code, since the UI's browser refuses ``file://`` links, and the summary says in one
-line how to get links (:attr:`segstyle_core.outputs.LinkTarget.hint`).
+Links are URLs of ``segstyle serve`` when a ``base_url`` is given and the file is served
+(:func:`segstyle_core.outputs.output_link`); otherwise file paths as code (the UI's browser
+refuses ``file://`` links).
 """
 
 from __future__ import annotations
@@ -22,8 +20,8 @@ from segstyle_core.outputs import is_url, output_link
 from segstyle_core.report import METRICS, rank_images
 from segstyle_core.results import COLUMNS
 
-#: Table artifact columns: artifact column -> results column. Image, status and error first,
-#: so they stay on screen; the headline scores next, the per-prompt class score last.
+#: Table artifact column -> results column: image, status and error first (they stay on
+#: screen), the headline scores next, the per-prompt class score last.
 TABLE_COLUMNS = {
     "image_id": "image_id",
     "status": "status",
@@ -36,14 +34,9 @@ TABLE_COLUMNS = {
     "iou_vs_class_gt": "iou",
 }
 
-#: Decimals of the table's scores.
-DIGITS = 3
-
-#: Longest error text in a table cell (the summary and the Parquet file keep the whole line).
-ERROR_CHARS = 80
-
-#: Worst images the summary shows as thumbnails.
-THUMBNAILS = 4
+DIGITS = 3  # decimals of the table's scores
+ERROR_CHARS = 80  # longest error in a table cell (the summary and the Parquet keep it whole)
+THUMBNAILS = 4  # worst images the summary shows
 
 #: Headline labels, each with what it compares.
 LABELS = {
@@ -76,11 +69,8 @@ def _link(label: str, target: str) -> str:
 
 
 def _num(value: Any) -> str:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    return f"{number:.{DIGITS}f}" if math.isfinite(number) else "—"
+    number = pd.to_numeric(value, errors="coerce")
+    return f"{number:.{DIGITS}f}" if pd.notna(number) and math.isfinite(number) else "—"
 
 
 def _mean_per_image(frame: pd.DataFrame, column: str) -> float:
@@ -98,8 +88,7 @@ def headline_metric(frame: pd.DataFrame) -> str:
 
 
 def short_error(text: str) -> str:
-    """An error for a table cell: file paths by their name only, at most :data:`ERROR_CHARS`
-    characters (the whole error is in the Parquet and the summary)."""
+    """An error for a table cell: file paths by their name only, at most :data:`ERROR_CHARS`."""
     parts = " ".join(text.split()).split(": ")
     text = ": ".join(Path(part).name if part.startswith("/") else part for part in parts)
     return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
@@ -112,30 +101,24 @@ def table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     order = frame.assign(_ok=frame["status"].eq("ok")).sort_values(
         ["_ok", "image_id", "prompt_index"], kind="stable", na_position="first"
     )
-    records = []
-    for row in order.to_dict(orient="records"):
-        record: dict[str, Any] = {}
-        for name, column in TABLE_COLUMNS.items():
-            value = row[column]
-            if value is None or (isinstance(value, float) and not math.isfinite(value)):
-                record[name] = None
-            elif column == "prompt_index":
-                record[name] = None if pd.isna(value) else int(value)
-            elif isinstance(value, float):
-                record[name] = round(value, DIGITS)
-            elif pd.isna(value):
-                record[name] = None
-            elif column == "error":
-                record[name] = short_error(str(value))
-            else:
-                record[name] = str(value)
-        records.append(record)
-    return records
+
+    def cell(column: str, value: Any) -> Any:
+        if pd.api.types.is_scalar(value) and pd.isna(value) or value in (math.inf, -math.inf):
+            return None
+        if column == "prompt_index":
+            return int(value)
+        if isinstance(value, float):
+            return round(value, DIGITS)
+        return short_error(str(value)) if column == "error" else str(value)
+
+    return [
+        {name: cell(column, row[column]) for name, column in TABLE_COLUMNS.items()}
+        for row in order.to_dict(orient="records")
+    ]
 
 
 def _target(path: str | Path, out_root: Path | None, base_url: str | None) -> str:
-    """The served URL of ``path`` when ``base_url`` is given and ``path`` is served; else
-    its absolute file path."""
+    """The served URL of ``path`` (with a ``base_url``); else its absolute file path."""
     if base_url and out_root is not None:
         return output_link(path, out_root, base_url)
     return str(Path(path).resolve())
@@ -165,13 +148,9 @@ def summary_markdown(
     link_hint: str | None = None,
     thumbnails: int = THUMBNAILS,
 ) -> str:
-    """The run summary: headline scores, counts, links, worst images, failures.
-
-    Headlines are the image IoU (mean over images) and the instance IoU (mean over prompts);
-    the per-prompt IoU against all GT of the class is listed under its own label. The worst
-    ``thumbnails`` images by :func:`headline_metric` are shown as clickable markdown images
-    when ``base_url`` is given and the files lie under ``out_root``'s served folders; as file
-    paths otherwise, with ``link_hint`` (how to get links) as one line.
+    """The run summary: headline scores (image IoU over images, instance IoU over prompts),
+    counts, links, the worst ``thumbnails`` images by :func:`headline_metric` (clickable images
+    when served, else file paths plus the ``link_hint`` line), failures.
     """
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *COLUMNS])))
     images = frame["image_id"].nunique()

@@ -1,11 +1,8 @@
-"""Scores of predicted masks against ground truth, per prompt and per automatic mask.
+"""Scores of predicted masks (``H×W bool``) against ground truth.
 
 A prompted segmenter isolates one object, while class-level ground truth merges every object of
-the class, so each mask is scored twice: against the whole class mask and against the GT
-instance its prompt came from (:func:`score_instance_aware`). :func:`prompt_scores` turns that
-into one result-row dict per prompt, and :func:`match_auto_masks` pairs each GT instance with
-its best automatic mask. Masks are ``H×W bool``; the empty-mask conventions are those of
-:mod:`segstyle_core.metrics`.
+the class, so each mask is scored against the whole class mask and against the GT instance its
+prompt came from.
 """
 
 from __future__ import annotations
@@ -36,20 +33,9 @@ def _named_scores(scores: MaskScores | None, reference: str) -> dict[str, float 
 def score_instance_aware(
     mask: np.ndarray, instance: Instance | None, class_mask: np.ndarray
 ) -> dict[str, float | int | None]:
-    """Score ``mask`` against the whole class mask and against the prompt's own instance.
-
-    Class-level ground truth merges every object of the class (all cars), while a prompted
-    segmenter isolates one; the instance scores show how well the one object was found.
-
-    Args:
-        mask: predicted ``H×W bool`` mask.
-        instance: the GT instance the prompt came from, or ``None`` (user prompts).
-        class_mask: binarized class ground truth, ``H×W bool``.
-
-    Returns:
-        ``pred_area``; ``iou_class``, ``dice_class``, ``precision_class``, ``recall_class``,
-        ``class_area``; and the same five with ``instance`` (``None`` without an instance).
-        Empty-mask conventions are those of :mod:`segstyle_core.metrics`.
+    """Score ``mask`` against ``class_mask`` and against the prompt's ``instance`` (``None``:
+    user prompts): ``pred_area``; ``iou_class``, ``dice_class``, ``precision_class``,
+    ``recall_class``, ``class_area``; the same five with ``instance`` (``None`` without one).
 
     Raises:
         InputError: the masks' shapes differ.
@@ -65,14 +51,9 @@ def score_instance_aware(
 def match_auto_masks(
     predictions: list[MaskPrediction], instances: list[Instance]
 ) -> list[tuple[Instance, MaskPrediction]]:
-    """For each GT instance, the automatic mask with the highest IoU against it.
-
-    Masks (``instance.mask`` and each ``prediction.mask``) are ``H×W bool`` of one image;
-    returns ``[]`` when there are no predictions.
-
-    An oracle matching, used to score automatic mode against GT: it tells how good the
-    best available automatic mask is, not whether a user would pick it.
-    """
+    """For each GT instance, the automatic mask with the highest IoU against it (``[]``
+    without predictions): an oracle matching, telling how good the best available automatic
+    mask is, not whether a user would pick it."""
     if not predictions:
         return []
     return [
@@ -87,15 +68,8 @@ def prompt_scores(
     class_mask: np.ndarray,
     instances: list[Instance],
 ) -> list[dict[str, Any]]:
-    """One score dict per prompt, keyed by :data:`segstyle_core.results.SCHEMA` column names.
-
-    ``iou``/``dice``/``precision``/``recall`` compare with the whole class; the ``*_instance``
-    columns with the prompt's own GT instance (``None`` when the prompt has none).
-
-    Args:
-        predictions: masks in prompt order, each ``H×W bool``.
-        class_mask: binarized ground truth ``H×W bool`` of the run's classes.
-    """
+    """One score dict per prompt (``predictions`` in prompt order), keyed by result columns:
+    ``iou`` ... against the whole class, ``*_instance`` against the prompt's own instance."""
     by_id = {inst.instance_id: inst for inst in instances}
     rows = []
     for prediction, prompt in zip(predictions, prompts, strict=True):

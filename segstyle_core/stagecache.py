@@ -1,33 +1,24 @@
 """Content-addressed, verified stage results on disk, and the :class:`Stage` that computes one.
 
 A stage result lives in ``<cache_dir>/<stage>/<key[:2]>/<key>/`` with its output files and a
-``record.json`` written last (atomically). The key is the SHA-256 of the stage name, its manual
-version (:data:`STAGE_VERSIONS`), the SHA-256 of the source of the modules that compute it,
-and every argument of its compute function (:meth:`Stage.key`): the content of the files it
-declares as ``files``, the output contents and facts of an earlier stage's record, and the
-JSON of every other value (a configuration, a list of prompts), or what the stage's ``keys``
-function makes of it.
+``record.json`` written last (atomically). The key is the SHA-256 of the stage name, its
+:data:`STAGE_VERSIONS` entry, the source of the modules that compute it, and every argument
+(:meth:`Stage.key`): declared ``files`` by content, an earlier stage's record by its outputs'
+contents and facts, anything else by its JSON (or the stage's ``keys`` function of it).
 
-Records are JSON, never pickle. They name their files relative to the cache folder and store
-each file's SHA-256 and size. A cache folder may be shared, copied in or edited, so a record is
-used only when it keeps every rule (:func:`load_record`):
+Records are JSON, never pickle, naming their files relative to the cache folder with each
+file's SHA-256 and size. A cache folder may be shared, copied in or edited, so a record is used
+only when (:func:`load_record`):
 
-- it parses as its stage's record type (strict types, no unknown field), names its own key and
-  holds no facts of one run;
+- it parses strictly as its stage's record type, names its own key, holds no per-run facts;
 - the folders from ``cache_dir`` down to its own are real folders, not symbolic links;
-- every output it names resolves inside its own folder (no ``..``, no absolute path, no link
-  out);
-- every output is a regular file (or a folder of them), never a symbolic link, device or FIFO,
-  of the recorded size, read no further than that size, with the recorded SHA-256.
+- every output resolves inside its own folder (no ``..``, absolute path or link out) and is a
+  regular file (or a folder of them) of the recorded size and SHA-256, read no further.
 
-Otherwise it is a miss: logged once (one line naming the record and the broken rule), computed
-again and overwritten, so a deleted, truncated, replaced or forged output is never read, and a
-half-finished stage (killed before its record was written) is never used. A recomputed result is
-written only into real folders under ``cache_dir``: a symbolic link or file in place of one of
-its folders is replaced by a real folder, and links or special files inside its folder are
-removed first. Nothing outside ``cache_dir`` is read or written, so two output folders never
-share or break each other's results; a cache that cannot be written when a result must be
-computed again is a :class:`~segstyle_core.errors.StorageError` naming the folder.
+Otherwise it is a miss, logged in one line naming the rule, and computed again into real
+folders under ``cache_dir`` (links, files or special files in the way are removed first).
+Nothing outside ``cache_dir`` is read or written; a cache that cannot be written when a result
+must be computed again is a :class:`~segstyle_core.errors.StorageError` naming the folder.
 """
 
 from __future__ import annotations
@@ -81,33 +72,18 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class StageRecord:
-    """What a stage leaves behind: its output files and the facts later stages need.
-
-    Stages subclass it with their own typed fields. ``outputs`` maps output names to paths
-    relative to ``cache_root`` (use :meth:`path`); the bookkeeping fields are filled by
-    :meth:`Stage.run`.
-
-    Stored records are parsed strictly (:data:`__pydantic_config__`): a wrong type or an unknown
-    field makes the record a cache miss.
-
-    Attributes:
-        outputs: output name -> file path (relative to the cache folder once stored).
-        sha256: output name -> SHA-256 of the file's bytes (of a folder: :func:`content_sha256`).
-        sizes: output name -> the file's size in bytes (of a folder: the sum of its files').
-        cache_key: the stage key (see the module docstring).
-        cache_root: the cache folder the record was read from or written to.
-        seconds: wall time spent on this stage in this run (a cache hit: the lookup only).
-        cached: whether the record came from the cache.
-    """
+    """What a stage leaves behind: its output files and the facts later stages need (stages
+    subclass it with typed fields). Stored records parse strictly: a wrong type or an unknown
+    field is a cache miss."""
 
     __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid", strict=True)
 
-    outputs: dict[str, str]
-    sha256: dict[str, str] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, str]  # name -> file path (relative to the cache folder once stored)
+    sha256: dict[str, str] = field(default_factory=dict)  # of a folder: content_sha256
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes; of a folder: the sum
     cache_key: str = ""
-    cache_root: str = ""
-    seconds: float = 0.0
+    cache_root: str = ""  # the cache folder the record was read from or written to
+    seconds: float = 0.0  # wall time in this run (a cache hit: the lookup only)
     cached: bool = False
 
     def path(self, name: str) -> str:
@@ -126,11 +102,6 @@ P = ParamSpec("P")
 
 #: A device's concurrency slot: ``slot(device)`` is held while a heavy stage computes.
 DeviceSlot = Callable[[str], AbstractContextManager[Any]]
-
-
-def no_slot(device: str) -> AbstractContextManager[Any]:
-    """No concurrency limit (a single process running one stage at a time)."""
-    return contextlib.nullcontext()
 
 
 @functools.cache
@@ -155,8 +126,7 @@ def content_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def files_key(value: Any) -> Any:
-    """The key of a file input: the SHA-256 of the content of a path (a file or a folder), of
-    each path of a list, or ``None``."""
+    """The key of a file input: the content SHA-256 of a path, of each path of a list, or None."""
     if value is None:
         return None
     if isinstance(value, list | tuple):
@@ -165,12 +135,9 @@ def files_key(value: Any) -> Any:
 
 
 def key_value(value: Any) -> Any:
-    """The JSON form of a stage input in its key.
-
-    A record (of an earlier stage) counts by its outputs' SHA-256 and its facts, never by
-    where its files lie; a configuration model by its JSON; a dataclass, mapping or sequence
-    by its items. A file path is only a string here: a stage declares its file inputs
-    (:func:`stage`'s ``files``) so that their content counts.
+    """The JSON form of a stage input in its key: a record by its outputs' SHA-256 and facts
+    (never where its files lie), a model by its JSON, a dataclass, mapping or sequence by its
+    items. A path is only a string here (declare it in ``files`` for its content to count).
 
     Raises:
         TypeError: a value with no JSON form (declare a ``keys`` function for it).
@@ -200,8 +167,8 @@ def key_value(value: Any) -> Any:
 
 
 def backend_key(config: BackendConfig, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The key of a model backend: its identity (name, variant, weights' SHA-256) and the
-    ``settings`` that change its output (never where it runs or where its weights lie)."""
+    """The key of a model backend: its identity and the ``settings`` that change its output
+    (never where it runs or where its weights lie)."""
     return {"identity": dataclasses.asdict(config.identity()), "settings": dict(settings)}
 
 
@@ -219,8 +186,7 @@ class _Broken(Exception):
     """A stored record breaks a rule of the module docstring; the message says which."""
 
 
-#: ``open`` flags for a cache file: never through a symbolic link (where the system has
-#: ``O_NOFOLLOW``), never waiting on a FIFO.
+#: ``open`` flags for a cache file: never through a symbolic link, never waiting on a FIFO.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 _CHUNK = 1 << 20
 #: SHA-256 of the files hashed in this process, by (device, inode, size, mtime, ctime).
@@ -229,13 +195,8 @@ _digests: dict[tuple[int, ...], str] = {}
 
 @contextlib.contextmanager
 def _open_regular(path: Path, most: int | None) -> Iterator[tuple[IO[bytes], os.stat_result]]:
-    """``path`` open for reading, and its status, when it is a regular file of at most ``most``
-    bytes (``None``: any size); never opened through a symbolic link.
-
-    Raises:
-        _Broken: a symbolic link, a folder, device, FIFO or socket, or a larger file.
-        OSError: unreadable (``FileNotFoundError``: absent).
-    """
+    """``path`` open for reading, and its status, when it is a regular file (not a link) of at
+    most ``most`` bytes (``None``: any size); else :class:`_Broken`."""
     mode = os.lstat(path).st_mode
     if stat.S_ISLNK(mode):
         raise _Broken(f"{path} is a symbolic link")
@@ -252,11 +213,8 @@ def _open_regular(path: Path, most: int | None) -> Iterator[tuple[IO[bytes], os.
 
 
 def _read_exactly(handle: IO[bytes], path: Path, size: int) -> Iterator[bytes]:
-    """The ``size`` bytes of the open file ``path`` in chunks, and not one byte more.
-
-    Raises:
-        _Broken: the file ends sooner or holds more (it changed while being read).
-    """
+    """The ``size`` bytes of the open file ``path`` in chunks, and not one byte more; a file
+    that ends sooner or holds more changed while being read (:class:`_Broken`)."""
     left = size
     while left:
         chunk = handle.read(min(_CHUNK, left))
@@ -269,9 +227,8 @@ def _read_exactly(handle: IO[bytes], path: Path, size: int) -> Iterator[bytes]:
 
 
 def _file_digest(path: Path, most: int | None) -> tuple[str, int]:
-    """SHA-256 and size of the regular file ``path`` of at most ``most`` bytes (see
-    :func:`_open_regular`), reading no more than its size when opened; a file this process
-    hashed before and that has not changed since is not read again."""
+    """SHA-256 and size of the regular file ``path`` of at most ``most`` bytes; a file hashed
+    before and unchanged since is not read again."""
     with _open_regular(path, most) as (handle, info):
         identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         known = _digests.get(identity)
@@ -284,14 +241,9 @@ def _file_digest(path: Path, most: int | None) -> tuple[str, int]:
 
 
 def _stored_content(path: Path, most: int | None) -> tuple[str, int]:
-    """SHA-256 (as :func:`content_sha256` computes it) and size in bytes of an output: a
-    regular file, or a real folder of regular files and real folders (the sum of their sizes),
-    reading no more than ``most`` bytes in all (``None``: no limit).
-
-    Raises:
-        _Broken: a symbolic link or special file anywhere in it, or more than ``most`` bytes.
-        OSError: unreadable (``FileNotFoundError``: absent).
-    """
+    """:func:`content_sha256` and size in bytes of an output, a regular file or a real folder
+    of them, reading no more than ``most`` bytes in all (``None``: no limit); a link or special
+    file anywhere in it is :class:`_Broken`."""
     if not stat.S_ISDIR(os.lstat(path).st_mode):
         return _file_digest(path, most)
     files: dict[str, str] = {}
@@ -306,8 +258,7 @@ def _stored_content(path: Path, most: int | None) -> tuple[str, int]:
 
 
 def _entries(folder: Path) -> Iterator[os.DirEntry[str]]:
-    """Every entry under ``folder`` (files, folders, links, ...), never descending through a
-    symbolic link."""
+    """Every entry under ``folder``, never descending through a symbolic link."""
     folders = [folder]
     while folders:
         with os.scandir(folders.pop()) as entries:
@@ -327,8 +278,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _folders(cache_dir: Path, directory: Path) -> Iterator[Path]:
-    """The folders below ``cache_dir`` down to its stage directory ``directory``:
-    ``<stage>``, ``<stage>/<xx>`` and ``<stage>/<xx>/<key>``."""
+    """``<stage>``, ``<stage>/<xx>`` and ``<stage>/<xx>/<key>`` of ``cache_dir``."""
     folder = cache_dir
     for part in directory.relative_to(cache_dir).parts:
         folder = folder / part
@@ -337,43 +287,16 @@ def _folders(cache_dir: Path, directory: Path) -> Iterator[Path]:
 
 def _not_a_folder(path: Path) -> bool:
     """Whether ``path`` exists as something other than a real folder (a link, a file, ...)."""
-    mode = _mode(path)
-    return mode is not None and not stat.S_ISDIR(mode)
+    return os.path.lexists(path) and not stat.S_ISDIR(os.lstat(path).st_mode)
 
 
-def _mode(path: Path) -> int | None:
-    """``path``'s type and mode, of a symbolic link itself; ``None`` when nothing is there."""
-    try:
-        return os.lstat(path).st_mode
-    except FileNotFoundError:
-        return None
-
-
-#: The strict JSON parser of each record type (see :class:`StageRecord`), built once.
+#: The strict JSON parser of each record type, built once.
 _parsers: dict[type[Any], TypeAdapter[Any]] = {}
-
-
-def _parser(record_type: type[Any]) -> TypeAdapter[Any]:
-    """The strict JSON parser of ``record_type``."""
-    if record_type not in _parsers:
-        _parsers[record_type] = TypeAdapter(record_type)
-    return _parsers[record_type]
-
-
-def _first_error(exc: ValidationError) -> str:
-    """The first schema error of ``exc`` on one line: ``'<field path>': <message>``."""
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "record"
-    return f"{where!r}: {first['msg']}"
 
 
 def load_record(cache_dir: Path, directory: Path, record_type: type[R]) -> R | None:
     """The record in the stage directory ``directory`` of ``cache_dir`` when it keeps every
-    rule of the module docstring (checking every file it names), else ``None``.
-
-    A record that exists but breaks a rule is logged (once, here: one line naming the record
-    and the rule) and then ignored, so the stage is computed again and overwrites it.
-    """
+    rule of the module docstring, else ``None`` (a broken one logged in one line)."""
     try:
         return _verified(cache_dir, directory, record_type)
     except _Broken as broken:
@@ -383,11 +306,7 @@ def load_record(cache_dir: Path, directory: Path, record_type: type[R]) -> R | N
 
 
 def _verified(cache_dir: Path, directory: Path, record_type: type[R]) -> R | None:
-    """:func:`load_record` without its log line: ``None`` when there is no record.
-
-    Raises:
-        _Broken: the record breaks a rule (the message says which).
-    """
+    """:func:`load_record` raising :class:`_Broken` for a broken record."""
     for folder in _folders(cache_dir, directory):
         if _not_a_folder(folder):
             raise _Broken(f"{folder} is a symbolic link or a file, not a folder of the cache")
@@ -395,13 +314,17 @@ def _verified(cache_dir: Path, directory: Path, record_type: type[R]) -> R | Non
     try:
         with _open_regular(path, RECORD_LIMIT) as (handle, info):
             document = b"".join(_read_exactly(handle, path, info.st_size))
-        record: R = _parser(record_type).validate_json(document)
+        if record_type not in _parsers:
+            _parsers[record_type] = TypeAdapter(record_type)
+        record: R = _parsers[record_type].validate_json(document)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise _Broken(f"unreadable ({exc.strerror or exc})") from exc
     except ValidationError as exc:
-        raise _Broken(f"not a valid {record_type.__name__} ({_first_error(exc)})") from exc
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "record"
+        raise _Broken(f"not a valid {record_type.__name__} ({where!r}: {first['msg']})") from exc
     if record.cache_key != directory.name:
         raise _Broken(f"it names the key {record.cache_key!r}, not its folder's")
     if (record.cache_root, record.seconds, record.cached) != ("", 0.0, False):
@@ -424,13 +347,9 @@ def _verified(cache_dir: Path, directory: Path, record_type: type[R]) -> R | Non
 
 @dataclass(frozen=True, eq=False)
 class Stage(Generic[P, R]):
-    """One cached step of the pipeline (declared with :func:`stage`).
-
-    ``compute(out, *args)`` writes its files into the fresh folder ``out`` and returns its
-    record (output paths absolute, under ``out``). Its arguments are the stage's inputs, and
-    all of them make up its key (:meth:`key`); the cache folder is the caller's (the runner's)
-    and no input.
-    """
+    """One cached step of the pipeline (declared with :func:`stage`): ``compute(out, *args)``
+    writes its files into the fresh folder ``out`` and returns its record (absolute paths);
+    all its arguments make up its key, and the cache folder is the runner's."""
 
     name: str
     compute: Callable[Concatenate[Path, P], R]
@@ -447,7 +366,7 @@ class Stage(Generic[P, R]):
         return inspect.Signature(parameters, return_annotation=self.record_type)
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """The cache key of these arguments (hashes the input files; see the module docstring)."""
+        """The cache key of these arguments (module docstring)."""
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         inputs = {
@@ -471,16 +390,13 @@ class Stage(Generic[P, R]):
         return next(v.device for v in bound.arguments.values() if isinstance(v, BackendConfig))
 
     def run(self, cache_dir: Path, *args: P.args, **kwargs: P.kwargs) -> R:
-        """The verified record of this stage for these arguments in ``cache_dir``, from the
-        cache or computed now (see :meth:`run_in`)."""
-        return self.run_in(no_slot, cache_dir, *args, **kwargs)
+        """:meth:`run_in` without a device slot."""
+        return self.run_in(lambda device: contextlib.nullcontext(), cache_dir, *args, **kwargs)
 
     def run_in(self, slot: DeviceSlot, cache_dir: Path, *args: P.args, **kwargs: P.kwargs) -> R:
-        """:meth:`run`, computing a heavy stage inside ``slot(device)`` (a cache hit takes no
-        slot, so it never waits behind another stage's computation).
-
-        The record's ``seconds`` is the time spent here in this call and ``cached`` says
-        whether it came from disk.
+        """The verified record of this stage for these arguments in ``cache_dir``, from the
+        cache or computed now, a heavy stage inside ``slot(device)`` (a hit takes no slot);
+        ``seconds`` is the time spent in this call.
         """
         start = time.perf_counter()
         key = self.key(*args, **kwargs)
@@ -502,14 +418,10 @@ class Stage(Generic[P, R]):
 
 
 def _prepare_folder(cache_dir: Path, directory: Path) -> None:
-    """Make ``directory``, a stage directory of ``cache_dir``, a real writable folder to compute
-    into.
-
-    A symbolic link or file in place of a folder between ``cache_dir`` and ``directory`` is
-    replaced by an empty real folder (what a link points to is left alone), and the symbolic
-    links, special files and hidden (temporary: a killed writer's) files inside ``directory``
-    are removed, as is a folder in place of its record, so that nothing the stage writes lands
-    outside ``cache_dir`` and no half-written file outlives a recompute.
+    """Make the stage directory ``directory`` a real writable folder to compute into: a link
+    or file in place of a folder on the way is replaced by a real folder (its target is left
+    alone); links, special files and hidden (a killed writer's) files inside, and a folder in
+    place of the record, are removed.
 
     Raises:
         StorageError: the cache folder cannot be written (one line naming it and the fix).
@@ -520,7 +432,7 @@ def _prepare_folder(cache_dir: Path, directory: Path) -> None:
             if _not_a_folder(folder):
                 folder.unlink(missing_ok=True)
             folder.mkdir(exist_ok=True)
-        if stat.S_ISDIR(_mode(directory / RECORD) or 0):
+        if (directory / RECORD).is_dir() and not (directory / RECORD).is_symlink():
             shutil.rmtree(directory / RECORD)
         for entry in _entries(directory):
             temporary = entry.name.startswith(".")  # a killed writer's half-written file
@@ -548,8 +460,7 @@ def _store_in(record: R, cache_dir: Path, directory: Path, key: str) -> R:
     the record.
 
     Raises:
-        ValueError: the stage returned an output outside ``directory``, or a symbolic link or
-            special file (a bug in the stage).
+        ValueError: an output outside ``directory``, a link or special file (a stage's bug).
     """
     own = directory.resolve()
     contents: dict[str, tuple[str, int]] = {}
@@ -586,15 +497,12 @@ def stage(
     """Declare a compute function as the stage ``name`` (see :class:`Stage`).
 
     Args:
-        files: the parameters that name input files (a path, a list of paths, or ``None``):
-            their content is in the key, not their path (:func:`files_key`).
+        files: parameters naming input files (a path, a list of paths, or ``None``): their
+            content is in the key, not their path.
         keys: parameter -> the part of its value that changes the output (e.g. a backend's
-            identity and settings, not its device); every other parameter counts whole
-            (:func:`key_value`).
-        code: modules (or packages) besides the compute function's own whose source is part of
-            the key, so that a changed algorithm never serves old results.
-        heavy: a model stage: it computes inside its device's slot (see :meth:`Stage.run_in`);
-            its device is that of its backend-configuration argument.
+            identity and settings, not its device); others count whole (:func:`key_value`).
+        code: modules (or packages) besides the compute function's own whose source is keyed.
+        heavy: a model stage: computes inside the slot of its backend configuration's device.
 
     Raises:
         TypeError: ``files`` or ``keys`` name a parameter the compute function lacks.

@@ -1,10 +1,8 @@
 """Tiny random-weight models for tests and benchmarks; never used by a real run.
 
-Each builder here makes an official architecture, narrow and shallow, with weights drawn from a
-seed, so tests exercise the real loading and inference code in seconds without downloading a
-checkpoint. Their outputs mean nothing. To use one through a backend's registry, register it
-under a test variant name, e.g. ``SAM_BUILDERS["tiny"] = build_sam_tiny`` (tests do this with
-``monkeypatch.setitem`` so the registry is restored afterwards).
+Official architectures, narrow and shallow, with seeded weights, so tests exercise the real
+loading and inference code in seconds; register one under a test variant name, e.g.
+``monkeypatch.setitem(SAM_BUILDERS, "tiny", build_sam_tiny)``.
 """
 
 from __future__ import annotations
@@ -22,19 +20,10 @@ from segment_anything.modeling import (
 
 
 def build_sam_tiny(img_size: int = 64, seed: int = 0) -> Sam:
-    """A ~60k-parameter SAM with random weights, for tests and benchmarks only.
-
-    Same modules as the official models (ViT encoder with one global block, prompt encoder,
-    two-way transformer decoder), just narrow and shallow; its masks mean nothing. Weights
-    are drawn from ``seed`` without touching the global RNG.
-
-    Args:
-        img_size: side of the square ``img_size×img_size`` input the encoder takes, in pixels
-            (a multiple of 8, the patch size); images are resized to it like the official 1024.
-        seed: seed of the random weights.
-    """
-    patch = 8
-    dim = 32
+    """A ~60k-parameter SAM (the official modules, one global ViT block) with weights drawn
+    from ``seed`` without touching the global RNG; its masks mean nothing. ``img_size``: side
+    of the square input in pixels (a multiple of the patch size 8), like the official 1024."""
+    patch, dim = 8, 32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sam = Sam(

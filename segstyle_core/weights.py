@@ -1,16 +1,11 @@
 """Model checkpoints: where they live, how they are fetched, checked and safely loaded.
 
-Checkpoints live in :func:`weights_dir` (a backend's ``weights_dir`` setting >
-``$SEGSTYLE_WEIGHTS_DIR`` > the user cache directory); a backend loads the file
-:func:`resolve_checkpoint` names, with its full SHA-256, and fills its model with
-:func:`load_weights`. The official file names carry the start of the file's SHA-256 (``01ec64`` in
-``sam_vit_b_01ec64.pth``); :func:`verify_checkpoint` checks that prefix and, when present, the
-full SHA-256 that :func:`download` records beside the file in ``<file>.sha256`` (``sha256sum``'s
-format, so ``sha256sum -c sam_vit_b_01ec64.pth.sha256`` checks it too). Meta publishes no hash
-for the SAM 2.1 files (``sam2.1_hiera_*.pt``, no hex in their names): their prefix is empty, so
-only the full hash recorded at download is checked (a copied-in file without a sidecar is
-hashed but not checked). Network access happens
-only in :func:`download`. Loading never runs pickled code (``weights_only=True``).
+Checkpoints live in :func:`weights_dir`. Official file names carry the start of the file's
+SHA-256 (``01ec64`` in ``sam_vit_b_01ec64.pth``); :func:`verify_checkpoint` checks that prefix
+and, when present, the full SHA-256 :func:`download` records in ``<file>.sha256``
+(``sha256sum -c`` format). Meta publishes no hash for SAM 2.1 (``sam2.1_hiera_*.pt``): only the
+recorded full hash is checked. Network access happens only in :func:`download`; loading never
+runs pickled code (``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -20,14 +15,15 @@ import http.client
 import os
 import pickle
 import re
+import shutil
 import textwrap
 import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import platformdirs
 from tqdm import tqdm
@@ -48,89 +44,48 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One downloadable checkpoint.
+    """One downloadable checkpoint."""
 
-    Attributes:
-        name: registry name (``"sam_vit_l"``), used by ``segstyle weights download NAME``.
-        filename: file name on disk, as published.
-        url: official download address.
-        sha256_prefix: leading hex digits of the file's SHA-256 (from the published file name);
-            empty where none is published (SAM 2.1).
-        size_hint: approximate size in bytes, for display only.
-        description: one line for ``segstyle weights status``.
-        torch_hub: also look in torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``).
-    """
-
-    name: str
-    filename: str
+    name: str  # registry name, as in ``segstyle weights download NAME``
+    filename: str  # as published
     url: str
-    sha256_prefix: str
-    size_hint: int
-    description: str
-    torch_hub: bool = False
+    sha256_prefix: str  # from the published file name; empty where none is published
+    torch_hub: bool = False  # also look in torch hub's cache (``$TORCH_HOME/hub/checkpoints``)
 
 
-_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-_SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_"
+_SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_"
 
+#: Segment Anything ViT-B/L/H (L: the paper's model), torchvision's VGG19 (ImageNet, for Gatys)
+#: and SAM 2.1 Hiera-T/S/B+/L (images and video; Meta publishes no hash for these).
 CHECKPOINTS: dict[str, Checkpoint] = {
     c.name: c
     for c in (
-        Checkpoint(
-            "sam_vit_b",
-            "sam_vit_b_01ec64.pth",
-            _SAM_URL + "sam_vit_b_01ec64.pth",
-            "01ec64",
-            375_000_000,
-            "Segment Anything, ViT-B image encoder",
-        ),
-        Checkpoint(
-            "sam_vit_l",
-            "sam_vit_l_0b3195.pth",
-            _SAM_URL + "sam_vit_l_0b3195.pth",
-            "0b3195",
-            1_250_000_000,
-            "Segment Anything, ViT-L image encoder (the paper's model)",
-        ),
-        Checkpoint(
-            "sam_vit_h",
-            "sam_vit_h_4b8939.pth",
-            _SAM_URL + "sam_vit_h_4b8939.pth",
-            "4b8939",
-            2_560_000_000,
-            "Segment Anything, ViT-H image encoder",
+        *(
+            Checkpoint(
+                f"sam_vit_{size}", f"sam_vit_{size}_{sha}.pth", f"{_SAM_URL}{size}_{sha}.pth", sha
+            )
+            for size, sha in (("b", "01ec64"), ("l", "0b3195"), ("h", "4b8939"))
         ),
         Checkpoint(
             "vgg19",
             "vgg19-dcbb9e9d.pth",
             "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
             "dcbb9e9d",
-            548_000_000,
-            "torchvision VGG19 (ImageNet), for Gatys style transfer",
             torch_hub=True,
         ),
         *(
             Checkpoint(
-                f"sam2.1_hiera_{size}",
-                f"sam2.1_hiera_{size}.pt",
-                f"{_SAM2_URL}sam2.1_hiera_{size}.pt",
-                "",  # Meta publishes no hash for these files: see the module docstring
-                megabytes * 1_000_000,
-                f"SAM 2.1, Hiera-{letter} image encoder (images and video)",
+                f"sam2.1_hiera_{size}", f"sam2.1_hiera_{size}.pt", f"{_SAM2_URL}{size}.pt", ""
             )
-            for size, letter, megabytes in (
-                ("tiny", "T", 156),
-                ("small", "S", 185),
-                ("base_plus", "B+", 324),
-                ("large", "L", 898),
-            )
+            for size in ("tiny", "small", "base_plus", "large")
         ),
     )
 }
 
 
 def get_checkpoint(checkpoint: str | Checkpoint) -> Checkpoint:
-    """Return the registry entry for a name (a :class:`Checkpoint` is returned as is).
+    """The registry entry for a name (a :class:`Checkpoint` is returned as is).
 
     Raises:
         ConfigError: unknown name; the message lists the known ones.
@@ -146,10 +101,8 @@ def get_checkpoint(checkpoint: str | Checkpoint) -> Checkpoint:
 
 
 def weights_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The directory checkpoints are downloaded to and looked up in.
-
-    ``override`` (a backend's ``weights_dir`` setting) wins, then ``$SEGSTYLE_WEIGHTS_DIR``, then
-    ``<user cache dir>/segstyle/weights``. The directory is not created here.
+    """Where checkpoints are downloaded to and looked up: ``override`` (a backend's
+    ``weights_dir``), else ``$SEGSTYLE_WEIGHTS_DIR``, else ``<user cache dir>/segstyle/weights``.
     """
     if override is not None:
         return Path(override).expanduser()
@@ -158,37 +111,25 @@ def weights_dir(override: str | os.PathLike[str] | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("segstyle")) / "weights"
 
 
-#: :func:`weights_dir` under a name the functions whose parameter is ``weights_dir`` can call.
-_weights_dir = weights_dir
-
-
-def search_dirs(
-    checkpoint: str | Checkpoint, override: str | os.PathLike[str] | None = None
-) -> list[Path]:
-    """Directories searched for ``checkpoint``, in order: :func:`weights_dir`, then torch hub's
-    checkpoint cache (``torch.hub.get_dir()/checkpoints``, honours ``$TORCH_HOME``) for
-    checkpoints torchvision also downloads (VGG19)."""
-    entry = get_checkpoint(checkpoint)
-    dirs = [weights_dir(override)]
-    if entry.torch_hub:
-        import torch  # only for checkpoints torchvision also downloads (VGG19)
-
-        dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
-    return dirs
+_weights_dir = weights_dir  # for functions whose parameter is called ``weights_dir``
 
 
 def find_checkpoint(
     checkpoint: str | Checkpoint, weights_dir: str | os.PathLike[str] | None = None
 ) -> Path:
-    """Return the first existing copy of ``checkpoint`` in :func:`search_dirs`.
+    """The first copy of ``checkpoint`` in :func:`weights_dir`, then (for checkpoints
+    torchvision also downloads) torch hub's cache (``torch.hub.get_dir()/checkpoints``).
 
     Raises:
-        WeightsError: not found; the message names the file, every directory searched and the
-            command that fetches it.
+        WeightsError: not found; names the file, every folder searched and the fetch command.
         ConfigError: unknown checkpoint name.
     """
     entry = get_checkpoint(checkpoint)
-    dirs = search_dirs(entry, weights_dir)
+    dirs = [_weights_dir(weights_dir)]
+    if entry.torch_hub:
+        import torch
+
+        dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
     for directory in dirs:
         candidate = directory / entry.filename
         if candidate.is_file():
@@ -208,10 +149,10 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
 
 
 def read_sidecar(path: str | os.PathLike[str]) -> str | None:
-    """The full SHA-256 recorded for checkpoint ``path``, or ``None`` when it has no sidecar.
+    """The full SHA-256 recorded for checkpoint ``path``; ``None`` without a sidecar.
 
     Raises:
-        WeightsError: the sidecar exists but holds no SHA-256 (the message says to delete it).
+        WeightsError: the sidecar is unreadable or holds no SHA-256 (says to delete it).
     """
     sidecar = sidecar_path(path)
     try:
@@ -255,8 +196,7 @@ def _mismatch(path: str | os.PathLike[str], entry: Checkpoint, digest: str) -> s
 
 
 class CheckpointFile(NamedTuple):
-    """A checkpoint file and its full SHA-256, which names its weights in cache keys and result
-    rows."""
+    """A checkpoint file and its full SHA-256 (names its weights in cache keys and rows)."""
 
     path: Path
     sha256: str
@@ -264,21 +204,16 @@ class CheckpointFile(NamedTuple):
 
 def own_checkpoint(path: str | os.PathLike[str], field: str) -> CheckpointFile:
     """A checkpoint file of your own, set in the configuration field ``field`` (dotted, e.g.
-    ``segmenter.checkpoint``), and its full SHA-256 (there is no published hash to check it
-    against).
+    ``segmenter.checkpoint``), and its full SHA-256.
 
     Raises:
-        WeightsError: the file does not exist or is empty (the message names ``field``).
+        WeightsError: the file does not exist, is empty or carries pickled code (names ``field``).
     """
     path = Path(path).expanduser()
-    if not path.is_file():
+    problem = "does not exist" if not path.is_file() else "is empty (0 bytes)"
+    if not path.is_file() or path.stat().st_size == 0:
         raise WeightsError(
-            f"checkpoint {path} does not exist: fix {field}, or leave it unset to use the "
-            "downloaded official checkpoint"
-        )
-    if path.stat().st_size == 0:
-        raise WeightsError(
-            f"checkpoint {path} is empty (0 bytes): fix {field}, or leave it unset to use the "
+            f"checkpoint {path} {problem}: fix {field}, or leave it unset to use the "
             "downloaded official checkpoint"
         )
     version = path.stat()
@@ -288,14 +223,8 @@ def own_checkpoint(path: str | os.PathLike[str], field: str) -> CheckpointFile:
 
 @functools.lru_cache(maxsize=64)
 def _refuse_pickled_code(path: Path, size: int, mtime_ns: int) -> None:
-    """Read a ``torch.save`` file's pickle with ``weights_only`` (its tensors only mapped), so
-    that a file carrying code is refused before any work; once per file version (``size``,
-    ``mtime_ns``): backends name their weights again for every cache key. Other formats are
-    checked when loaded.
-
-    Raises:
-        WeightsError: the pickle carries code, or the file is corrupt.
-    """
+    """Refuse a ``torch.save`` file whose pickle carries code before any work (tensors only
+    mapped); once per file version, as every cache key names the weights again."""
     if zipfile.is_zipfile(path):
         load_state_dict(path, mmap=True)
 
@@ -306,9 +235,8 @@ def resolve_checkpoint(
     official: str | Checkpoint,
     weights_dir: str | os.PathLike[str] | None = None,
 ) -> CheckpointFile:
-    """The checkpoint a backend loads: ``own`` (the file set in ``field``, see
-    :func:`own_checkpoint`) if given, else the ``official`` checkpoint found by
-    :func:`find_checkpoint` and checked by :func:`verify_checkpoint`.
+    """The checkpoint a backend loads: ``own`` (set in ``field``) if given, else the
+    ``official`` one, found and verified.
 
     Raises:
         WeightsError: the file is missing (the message says how to get it) or fails its check.
@@ -321,14 +249,11 @@ def resolve_checkpoint(
 
 
 def verify_checkpoint(path: str | os.PathLike[str], checkpoint: str | Checkpoint) -> str:
-    """Check ``path`` against ``checkpoint``'s published SHA-256 prefix and, when the file has a
-    ``<file>.sha256`` sidecar, against the full hash recorded there; return the full hash.
-
-    Hashes are memoised per file version (:func:`~segstyle_core.fileio.file_sha256`).
+    """Check ``path`` against ``checkpoint``'s SHA-256 prefix and its sidecar's full hash, if
+    any; return the full hash (memoised per file version).
 
     Raises:
-        WeightsError: a check fails, or the sidecar is unreadable (one line naming the file
-            and the fix).
+        WeightsError: a check fails, or the sidecar is unreadable (names the file and the fix).
     """
     entry = get_checkpoint(checkpoint)
     digest = file_sha256(path)
@@ -346,12 +271,10 @@ def download(
 ) -> Path:
     """Download ``checkpoint`` into :func:`weights_dir` (``dest_dir`` overrides) and verify it.
 
-    Data streams to ``<file>.part``; an interrupted download resumes from there with an HTTP
-    ``Range`` request (a server that ignores ``Range`` and answers 200 restarts it). The file is
-    renamed into place only once its SHA-256 prefix matches, and its full SHA-256 is recorded
-    in ``<file>.sha256`` (:func:`sidecar_path`) for later verification. A file that already
-    exists and verifies is returned without any network access (and gains a sidecar if it had
-    none).
+    Data streams to ``<file>.part``, resumed with an HTTP ``Range`` request (a 200 answer
+    restarts it); renamed into place once its SHA-256 prefix matches, with its full SHA-256 in
+    the sidecar. A file already there that verifies is returned without network access (and
+    gains a sidecar if it had none).
 
     Args:
         url: mirror address instead of ``checkpoint.url``.
@@ -407,46 +330,24 @@ def _fetch(url: str, part: Path, progress: bool, desc: str) -> None:
         part.unlink()
         _fetch(url, part, progress, desc)
         return
-    with response:
-        resumed = response.status == 206
-        if not resumed:
-            offset = 0
+    with response, open(part, "ab" if response.status == 206 else "wb") as handle:
+        offset = offset if response.status == 206 else 0
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
-        with (
-            open(part, "ab" if resumed else "wb") as handle,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                desc=desc,
-                disable=not progress,
-            ) as bar,
-        ):
-            received = _copy(response, handle, bar)
+        bar = {"initial": offset, "desc": desc, "disable": not progress}
+        with tqdm.wrapattr(handle, "write", total=total, **bar) as out:
+            shutil.copyfileobj(response, out, _CHUNK)
+        handle.flush()
+        os.fsync(handle.fileno())
+        received = handle.tell() - offset
     if length is not None and received < int(length):
         raise ConnectionError(f"connection closed after {offset + received} of {total} bytes")
 
 
-def _copy(source: Any, handle: IO[bytes], bar: tqdm) -> int:
-    """Stream ``source`` into ``handle`` (flushed to disk); return the byte count."""
-    received = 0
-    for chunk in iter(lambda: source.read(_CHUNK), b""):
-        handle.write(chunk)
-        bar.update(len(chunk))
-        received += len(chunk)
-    handle.flush()
-    os.fsync(handle.fileno())
-    return received
-
-
 def load_state_dict(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Load a checkpoint's ``{parameter name: tensor}`` onto the CPU without running pickled code
-    (``mmap``: the tensors stay in the file, mapped, so only the pickle is read).
-
-    A plain state dict is returned as is; a ``{"state_dict": ...}`` or ``{"model": ...}``
-    wrapper is unwrapped.
+    (``mmap``: tensors stay mapped, only the pickle is read); a ``{"state_dict": ...}`` or
+    ``{"model": ...}`` wrapper is unwrapped.
 
     Raises:
         WeightsError: unreadable/corrupt file, a pickle that carries code, or no tensors inside.
@@ -483,8 +384,7 @@ def load_state_dict(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike[str], architecture: str) -> None:
-    """Fill ``model``, built without weights, from checkpoint ``path`` (:func:`load_state_dict`),
-    every parameter present.
+    """Fill ``model`` (built without weights) from checkpoint ``path``, every parameter present.
 
     Raises:
         WeightsError: unsafe/corrupt checkpoint, or one made for another architecture than
@@ -494,8 +394,7 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str], architect
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        # torch's message: a heading, then a line per kind of problem (missing, unexpected or
-        # misfit keys), which can list hundreds of keys.
+        # torch's message: a heading, then a line per kind of problem, listing up to all keys
         lines = str(exc).splitlines()
         problem = textwrap.shorten(lines[1] if len(lines) > 1 else lines[0], 200)
         raise WeightsError(
@@ -506,17 +405,10 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str], architect
 
 @dataclass(frozen=True)
 class CheckpointStatus:
-    """What :func:`status` found for one registered checkpoint.
-
-    Attributes:
-        checkpoint: the registry entry.
-        path: the copy found (see :func:`find_checkpoint`), or ``None``.
-        size: its size in bytes, or ``None``.
-        verified: ``True``/``False`` once checked, ``None`` when missing or not checked.
-        sha256: the file's full SHA-256 when it was checked.
-        full_hash_checked: a ``<file>.sha256`` sidecar was compared too (not just the prefix).
-        problem: why verification failed (one line naming the file and the fix), else ``None``.
-    """
+    """What :func:`status` found for one registered checkpoint: the copy found (``path``, its
+    ``size`` in bytes) and, once checked, whether it ``verified`` (``None``: missing or not
+    checked), its ``sha256``, whether a sidecar's full hash was compared too, and the
+    ``problem`` (one line naming the file and the fix)."""
 
     checkpoint: Checkpoint
     path: Path | None = None
@@ -531,22 +423,14 @@ class CheckpointStatus:
         return self.checkpoint.name
 
     @property
-    def filename(self) -> str:
-        return self.checkpoint.filename
-
-    @property
     def ok(self) -> bool:
         """Present and not failing verification."""
         return self.path is not None and self.verified is not False
 
     def line(self) -> str:
-        """One line for ``segstyle weights status|verify``.
-
-        ``NAME  FILENAME  PATH`` then, when checked, ``sha256 ok (HASH12..., full hash)``
-        (or ``prefix only`` without a sidecar; ``unchecked: no published hash`` for a file
-        with neither) or ``FAILED: <problem>``; ``missing`` when absent.
-        """
-        head = f"{self.name:<22} {self.filename:<26} {self.path or 'missing'}"
+        """``NAME  FILENAME  PATH|missing`` then, once checked, ``sha256 ok (HASH12..., full
+        hash|prefix only)``, ``sha256 HASH12... (unchecked: ...)`` or ``FAILED: <problem>``."""
+        head = f"{self.name:<22} {self.checkpoint.filename:<26} {self.path or 'missing'}"
         if self.verified is True:
             digest = (self.sha256 or "")[:12]
             if self.full_hash_checked:
@@ -564,7 +448,7 @@ def check_status(
     weights_dir: str | os.PathLike[str] | None = None,
     verify: bool = False,
 ) -> CheckpointStatus:
-    """Find ``checkpoint`` and, with ``verify``, hash and check it (seconds for large files).
+    """Find ``checkpoint`` and, with ``verify``, hash and check it.
 
     Raises:
         ConfigError: unknown checkpoint name.
@@ -583,14 +467,9 @@ def check_status(
         full = read_sidecar(path) is not None
     except WeightsError as exc:  # an unreadable sidecar
         problem, full = str(exc), False
-    return CheckpointStatus(
-        entry,
-        path=path,
-        size=found.size,
-        verified=problem is None,
-        sha256=digest,
-        full_hash_checked=full and problem is None,
-        problem=problem,
+    ok = problem is None
+    return replace(
+        found, verified=ok, sha256=digest, full_hash_checked=full and ok, problem=problem
     )
 
 
@@ -599,10 +478,8 @@ def status(
     verify: bool = False,
     names: Sequence[str] | None = None,
 ) -> list[CheckpointStatus]:
-    """One :class:`CheckpointStatus` per registered checkpoint (or per name in ``names``), for
-    ``segstyle weights status`` and ``segstyle weights verify``.
-
-    Hashing large files takes seconds, hence ``verify`` is opt-in.
+    """One :class:`CheckpointStatus` per registered checkpoint (or per name in ``names``);
+    ``verify`` hashes each file (seconds for large ones).
 
     Raises:
         ConfigError: an unknown name in ``names`` (the message lists the known ones).
@@ -614,12 +491,11 @@ def status(
 def status_report(
     records: Iterable[CheckpointStatus], weights_dir: str | os.PathLike[str] | None = None
 ) -> list[str]:
-    """The lines ``segstyle weights status|verify`` prints: :meth:`CheckpointStatus.line` per
-    record, then how to fetch what is missing (into :func:`weights_dir`)."""
+    """The lines ``segstyle weights status|verify`` prints: one per record, then how to fetch
+    what is missing."""
     records = list(records)
     lines = [record.line() for record in records]
-    missing = [record.name for record in records if record.path is None]
-    if missing:
+    if any(record.path is None for record in records):
         lines.append(
             f"fetch with: segstyle weights download NAME (into {_weights_dir(weights_dir)})"
         )

@@ -1,24 +1,17 @@
-"""Device slots: one heavy model stage (segment, stylize) at a time per device, across processes.
+"""Device slots: how many heavy model stages (segment, stylize) run at once per device.
 
-A slot is named after the device and the machine (:func:`slot_name`; ``cuda:0`` on two machines
-are two GPUs) and lives where :func:`slot_mode` says:
-
-``prefect`` (``PREFECT_API_URL`` is set)
-    Prefect's ``concurrency()`` on the global concurrency limit :func:`slot_name`, created with
-    :data:`SLOTS_PER_DEVICE` slot if missing (an existing limit keeps its number: raise it on the
-    UI's *Concurrency* page or with ``prefect gcl update NAME --limit 2``). A held slot is a
-    lease of :data:`LEASE_SECONDS` (60 s, the server's minimum) that Prefect renews in the
-    background. A holder killed without releasing it (SIGKILL, OOM) keeps the slot until the
-    lease runs out and the server's repossessor (every 15 s) frees it, about 60-75 s after the
-    kill, on a server that runs its services (``prefect server start``, not the test harness).
-
-``host`` (no API, or ``SEGSTYLE_DEVICE_SLOTS=host``, set by ``segstyle.flows.server`` while the
-CLI runs on a temporary server of its own)
-    An exclusive ``flock`` on ``<SEGSTYLE_DEVICE_SLOT_DIR>/<slot name>.lock`` (default folder
-    ``$TMPDIR/segstyle-device-slots``), dropped by the kernel the moment its holder dies.
-
-Dask: a task annotated with the ``GPU`` resource runs only on a worker that has one (``dask
-worker --resources GPU=1``); submit heavy CUDA stages inside :func:`dask_annotations`.
+A GPU has one slot and a stage takes it. A CPU has one slot per core, and a stage takes as many
+as it computes with threads (:func:`segstyle_core.devices.compute_threads`): a process computing
+on every core runs one stage at a time, N one-thread Dask workers run N. With an API
+(:func:`slot_mode` ``prefect``), the slots are Prefect's ``concurrency()`` on the global
+concurrency limit :func:`slot_name`, created with :func:`slot_size` slots if missing (change it
+with ``prefect gcl update NAME --limit N``), held as a lease of :data:`LEASE_SECONDS` that
+Prefect renews: a killed holder's slots are freed when its lease runs out and the server's
+repossessor (every 15 s) sees it, 60-75 s after the kill. Without one (``host``; also
+``SEGSTYLE_DEVICE_SLOTS=host``, as on the CLI's temporary server), a slot is a ``flock`` on
+``<SEGSTYLE_DEVICE_SLOT_DIR>/<name>.<i>.lock`` (default ``$TMPDIR/segstyle-device-slots``),
+dropped the moment its holder dies. On Dask, CUDA stages submitted inside
+:func:`dask_annotations` run only on workers with a ``GPU`` resource.
 """
 
 from __future__ import annotations
@@ -28,29 +21,43 @@ import os
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-#: Slots a new device limit gets (an existing limit keeps the number it has).
-SLOTS_PER_DEVICE = 1
-#: A held slot's lease in seconds (the server's minimum); Prefect renews it every 45 s.
+#: A held slot's lease in seconds (the server's minimum).
 LEASE_SECONDS = 60.0
 MODE_ENV = "SEGSTYLE_DEVICE_SLOTS"  # "prefect" | "host"; unset: prefect when an API is set
 HOST_ENV = "SEGSTYLE_DEVICE_SLOT_HOST"  # the machine's name in slot names (default: host name)
 DIR_ENV = "SEGSTYLE_DEVICE_SLOT_DIR"  # the folder of host-mode lock files
 
 
-def slot_name(device: Any) -> str:
-    """``segstyle-device-<device>@<host>``, e.g. ``segstyle-device-cuda-0@gpu-box``, of
-    ``"cpu"``, ``"cuda:N"``, a :class:`torch.device`, or ``"cuda"`` / ``"auto"`` (resolved here)."""
+def _resolved(device: Any) -> str:
+    """``device`` as text, with ``cuda`` and ``auto`` resolved (``cuda:0``, ``cpu``)."""
     text = str(device).strip().lower()
     if text in ("auto", "cuda"):
         from segstyle_core.devices import resolve_device
 
         text = str(resolve_device(text))
+    return text
+
+
+def slot_name(device: Any) -> str:
+    """``segstyle-device-<device>@<host>`` (``cuda:0`` on two machines is two GPUs)."""
     host = os.environ.get(HOST_ENV) or socket.gethostname() or "localhost"
-    return f"segstyle-device-{_clean(text.replace(':', '-'))}@{_clean(host)}"
+    return f"segstyle-device-{_clean(_resolved(device).replace(':', '-'))}@{_clean(host)}"
+
+
+def slot_size(device: Any) -> tuple[int, int]:
+    """(slots a new limit of ``device`` gets, slots one stage of this process takes): on a CPU,
+    the machine's cores and the stage's compute threads; on a GPU, 1 and 1."""
+    if _resolved(device) != "cpu":
+        return 1, 1
+    from segstyle_core.devices import compute_threads
+
+    cores = os.cpu_count() or 1
+    return cores, min(compute_threads(), cores)
 
 
 def _clean(text: str) -> str:
@@ -69,22 +76,23 @@ def slot_mode() -> str:
 
 @contextlib.contextmanager
 def device_slot(device: Any) -> Iterator[None]:
-    """Hold one of ``device``'s slots for the block; wait for one. In ``prefect`` mode, raises
-    Prefect's or httpx's errors when the API fails or cannot be reached."""
-    name = slot_name(device)
+    """Hold this process's share of ``device``'s slots (:func:`slot_size`) for the block,
+    waiting for them; Prefect's or httpx's errors when the API fails."""
+    name, (limit, occupy) = slot_name(device), slot_size(device)
     if slot_mode() == "host":
-        with _host_lock(name):
+        with _host_slots(name, limit, occupy):
             yield
         return
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
     from prefect.concurrency.sync import concurrency
     from prefect.context import TaskRunContext
 
-    _ensure_limit(name)
+    limit = _ensure_limit(name, limit)
     run = TaskRunContext.get()  # the lease's holder on the server: the task run, if any
     holder = ConcurrencyLeaseHolder(type="task_run", id=run.task_run.id) if run else None
     with concurrency(
         name,
+        occupy=min(occupy, limit),  # a limit lowered by hand still lets a stage run
         lease_duration=LEASE_SECONDS,
         strict=True,  # a missing limit is an error, not "no limit"
         holder=holder,
@@ -93,18 +101,23 @@ def device_slot(device: Any) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def _host_lock(name: str) -> Iterator[None]:
-    """An exclusive ``flock`` on ``<folder>/<name>.lock``. The folder is shared by every user
-    of the machine (sticky and world-writable, like /tmp); lock files are opened read-only."""
-    import fcntl  # POSIX: only host mode needs it
-
+def _lock_file(name: str) -> int:
+    """A read-only descriptor of ``<folder>/<name>.lock``, in a folder every user of the
+    machine shares (sticky and world-writable, like /tmp)."""
     folder = Path(os.environ.get(DIR_ENV) or Path(tempfile.gettempdir(), "segstyle-device-slots"))
     if not folder.is_dir():
         folder.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
             folder.chmod(0o1777)
-    fd = os.open(folder / f"{name}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    return os.open(folder / f"{name}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+
+
+@contextlib.contextmanager
+def _host_lock(name: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<name>.lock``, waiting for it."""
+    import fcntl  # POSIX: only host mode needs it
+
+    fd = _lock_file(name)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -112,24 +125,50 @@ def _host_lock(name: str) -> Iterator[None]:
         os.close(fd)  # drops the lock
 
 
-def _ensure_limit(name: str) -> None:
-    """Create the global concurrency limit ``name`` (:data:`SLOTS_PER_DEVICE` slots) if missing.
+@contextlib.contextmanager
+def _host_slots(name: str, limit: int, occupy: int) -> Iterator[None]:
+    """``occupy`` of the ``limit`` locks ``<name>.<i>.lock``, all at once (retried every
+    0.05 s, holding none in between, so that two waiters never hold part each)."""
+    import fcntl
 
-    Under this machine's lock of ``<name>.create``: threads and Dask worker processes race
-    here, and the server logs a traceback for every losing create.
-    """
+    fds = [_lock_file(f"{name}.{i}") for i in range(limit)]
+    try:
+        while True:
+            held = []
+            for fd in fds:
+                with contextlib.suppress(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append(fd)
+                if len(held) == occupy:
+                    break
+            if len(held) == occupy:
+                break
+            for fd in held:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            time.sleep(0.05)
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)  # drops the locks
+
+
+def _ensure_limit(name: str, slots: int) -> int:
+    """The slots of the global concurrency limit ``name``, created with ``slots`` if missing,
+    under this machine's lock of ``<name>.create`` (the server logs a traceback for every
+    create that loses a race)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client, _host_lock(f"{name}.create"):
         try:
-            client.read_global_concurrency_limit_by_name(name)
+            return client.read_global_concurrency_limit_by_name(name).limit
         except ObjectNotFound:
             with contextlib.suppress(ObjectAlreadyExists):  # another machine was first
                 client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=SLOTS_PER_DEVICE)
+                    GlobalConcurrencyLimitCreate(name=name, limit=slots)
                 )
+            return client.read_global_concurrency_limit_by_name(name).limit
 
 
 def dask_resources(device: Any) -> dict[str, float]:
@@ -139,11 +178,8 @@ def dask_resources(device: Any) -> dict[str, float]:
 
 
 def dask_annotations(device: Any) -> contextlib.AbstractContextManager[Any]:
-    """Tasks submitted in the block need :func:`dask_resources` ``(device)`` on a Dask worker.
-
-    Only the Dask task runner reads the annotation; for a non-CUDA device nothing is annotated
-    and dask is not imported.
-    """
+    """Tasks submitted in the block need :func:`dask_resources` of ``device`` on a Dask
+    worker (only the Dask task runner reads it; nothing for a non-CUDA device)."""
     resources = dask_resources(device)
     if not resources:
         return contextlib.nullcontext()

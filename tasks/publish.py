@@ -28,11 +28,8 @@ PUBLISHED = {
 )
 def publish(image_id: str, run_dir: str, records: Mapping[str, StageRecord]) -> dict[str, str]:
     """Copy each stage's output PNG to ``<run_dir>/<image_id>/<output>.png``; return column ->
-    path for the columns of :data:`PUBLISHED` whose stage ran.
-
-    Copies, never links: nothing written to the run directory can reach the cache, and a cache
-    file that is later replaced or deleted leaves published pictures intact.
-    """
+    path for the columns of :data:`PUBLISHED` whose stage ran. Copies, not links: the run
+    folder never reaches into the cache, and survives its cleanup."""
     folder = Path(run_dir) / image_id
     placed = {}
     for column, (stage, output) in PUBLISHED.items():

@@ -16,8 +16,8 @@ from segstyle_core.config import DatasetSelection
     persist_result=False,
 )
 def sample_city(dataset: DatasetSelection) -> cityscapes.Sample:
-    """Sample the selected cities (named, all, or one drawn with the seed); log their frames, a
-    count of the images without fine annotations, and a warning per malformed file."""
+    """Sample the selected cities; log their frames, the count of images without fine
+    annotations, and a warning per malformed file."""
     sample = dataset.sample()
     logger = get_run_logger()
     logger.info(

@@ -1,12 +1,9 @@
 """The flows' runner of the stage graphs (:mod:`segstyle_core.pipeline`): each stage a Prefect task.
 
 The stage owns the cache key, the verified on-disk result, the timing and the record; its task
-adds what Prefect gives: a task-run name, transient-only retries, the device slot of heavy
-stages (and their Dask resources), and the ``Cached`` state for a result that came from the
-cache. Prefect's own result store is not used (``persist_result=False``, no cache policy):
-everything a run caches lives under its output folder, as JSON records, and a retried flow run
-finds it there. The core's log lines reach the run's logs through Prefect's
-``PREFECT_LOGGING_EXTRA_LOGGERS=segstyle_core``.
+adds a task-run name, transient-only retries, the device slot (and Dask resources) of heavy
+stages, and the ``Cached`` state for a cache hit. Prefect's result store is not used:
+everything a run caches is under its output folder, where a retried flow run finds it.
 """
 
 from __future__ import annotations
@@ -37,15 +34,8 @@ logging.getLogger("segstyle_core").setLevel(logging.INFO)
 
 def retry_transient(task: Any, task_run: Any, state: State) -> bool:
     """Retry on transient I/O errors only; never on bad input, weights or config errors."""
-    try:
-        state.result(raise_on_failure=True)
-    except SegstyleError:
-        return False
-    except OSError:
-        return True
-    except Exception:  # noqa: BLE001 - any other failure is a bug or bad data: do not retry
-        return False
-    return False
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, OSError) and not isinstance(error, SegstyleError)
 
 
 @functools.cache
@@ -77,15 +67,13 @@ def stage_task(stage: Stage[..., R]) -> Task[..., R]:
 
 @dataclass(frozen=True)
 class PrefectRunner:
-    """A runner of :mod:`segstyle_core.pipeline` that submits each stage as a Prefect task of
-    the current flow run, with its results in ``cache_dir``; its handles are the tasks'
-    futures (an input future makes the task wait for it)."""
+    """A runner of :mod:`segstyle_core.pipeline`: each stage a Prefect task of the current flow
+    run, caching in ``cache_dir``; its handles are the tasks' futures."""
 
     cache_dir: Path
 
     def __call__(self, stage: Stage[..., R], run_name: str, /, **inputs: Any) -> PrefectFuture[R]:
-        """Submit ``stage`` as the task run ``run_name`` (a heavy stage with its device's Dask
-        resources)."""
+        """Submit ``stage`` as the task run ``run_name``."""
         named = stage_task(stage).with_options(task_run_name=lambda: run_name)
         device = stage.device(**inputs)
         with dask_annotations(device) if device is not None else contextlib.nullcontext():

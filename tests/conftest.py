@@ -23,6 +23,8 @@ os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(Path(_PREFECT_HOME) / "st
 # Tests never read real checkpoints from the user's cache.
 os.environ["SEGSTYLE_WEIGHTS_DIR"] = str(Path(_PREFECT_HOME) / "no-weights")
 os.environ["TORCH_HOME"] = str(Path(_PREFECT_HOME) / "no-torch-home")
+# the per-machine Gatys calibration: one per test session, never the user's cache
+os.environ["SEGSTYLE_CALIBRATION"] = str(Path(_PREFECT_HOME) / "calibration.json")
 
 
 @pytest.fixture(scope="session")

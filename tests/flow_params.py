@@ -8,20 +8,13 @@ from typing import Any
 
 def offline_params(root: Path, out: Path, **dataset: Any) -> dict[str, Any]:
     """The flow parameters of an offline run over ``root`` (GrabCut, feed-forward)."""
-    from segstyle_core.config import (
-        CompositeConfig,
-        DatasetSelection,
-        OutputConfig,
-        PromptConfig,
-        SegmenterConfig,
-        StylizerConfig,
-    )
+    from segstyle_core import config
 
     return {
-        "dataset": DatasetSelection(root=str(root), **{"city": "zurich", **dataset}),
-        "prompts": PromptConfig(source="gt-instances"),
-        "segmenter": SegmenterConfig(backend="grabcut"),
-        "stylizer": StylizerConfig(backend="feedforward"),
-        "composite": CompositeConfig(feather_px=1.0),
-        "outputs": OutputConfig(out=str(out)),
+        "dataset": config.DatasetSelection(root=str(root), **{"city": "zurich", **dataset}),
+        "prompts": config.PromptConfig(source="gt-instances"),
+        "segmenter": config.SegmenterConfig(backend="grabcut"),
+        "stylizer": config.StylizerConfig(backend="feedforward"),
+        "composite": config.CompositeConfig(feather_px=1.0),
+        "outputs": config.OutputConfig(out=str(out)),
     }

@@ -64,3 +64,24 @@ def test_benchmark_smoke_mode_prints_its_summary(script: str) -> None:
     values = summary(last)
     assert set(values) == SUMMARY_KEYS[Path(script).name], last
     assert all(math.isfinite(v) and v > 0 for v in values.values()), last
+
+
+@pytest.mark.slow
+def test_pipeline_frame_times_and_warm_headline_in_smoke_mode() -> None:
+    """``--frame-times`` prints its per-frame summary; the headline reports cold and warm
+    seconds per path (issue #25)."""
+    script = [sys.executable, "benchmarks/bench_pipeline.py", "--smoke", "--no-quality-budget"]
+    runs = [
+        subprocess.run(
+            [*script, *extra], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+        )
+        for extra in (["--frame-times"], [])
+    ]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr[-3000:]
+    times = summary(runs[0].stdout.strip().splitlines()[-1])
+    assert times["frames"] == 1 and times["bucket_px"] == 0 and times["cpu_steady_s"] > 0
+    paths = re.findall(r"^  (\w+): warm_s=(\S+) cold_s=(\S+)", runs[1].stdout, re.M)
+    assert [name for name, *_ in paths] == ["naive", "optimised"], runs[1].stdout
+    # cold = warm + the first short pass's extra seconds: noise on a shared machine may make
+    # that extra slightly negative, never the warm figure
+    assert all(float(warm) > 0 and math.isfinite(float(cold)) for _, warm, cold in paths)

@@ -79,8 +79,8 @@ def test_colour_and_label_id_binarization_agree(
 ) -> None:
     found = 0
     for frame in frames:
-        by_ids = cityscapes.load_binary_gt(frame, classes, source="labelIds")
-        by_colour = cityscapes.load_binary_gt(frame, classes, source="color")
+        by_ids = cityscapes.load_gt(frame, classes, source="labelIds").mask
+        by_colour = cityscapes.load_gt(frame, classes, source="color").mask
         np.testing.assert_array_equal(by_ids, by_colour)
         found += int(by_ids.sum())
     assert found > 0

@@ -1,8 +1,9 @@
 """Device slots (``segstyle.tasks.device_slots``) in both modes, across threads and processes.
 
-Host mode: a ``flock`` of the machine; two processes on one device take turns, and a SIGKILLed
-holder's slot is free at once. Prefect mode, on the session's test API (``prefect_api``): a
-global concurrency limit created with one slot, held across processes and Dask worker processes.
+Host mode: ``flock``s of the machine; two processes computing on every core take turns, one-thread
+ones share the CPU up to its cores, and a SIGKILLed holder's slot is free at once. Prefect mode,
+on the session's test API (``prefect_api``): a global concurrency limit of the device's size,
+held across processes and Dask worker processes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from segstyle.tasks.device_slots import (
     device_slot,
     slot_mode,
     slot_name,
+    slot_size,
 )
 from tests.prefect_service import REPO_ROOT
 
@@ -139,9 +141,13 @@ def _holding_intervals(devices: list[str], seconds: float) -> list[tuple[float, 
     return intervals
 
 
-def _disjoint(intervals: list[tuple[float, float]]) -> bool:
-    ordered = sorted(intervals)
-    return all(later[0] >= earlier[1] for earlier, later in zip(ordered, ordered[1:], strict=False))
+def _most_at_once(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, change in events:  # at equal times an end (-1) sorts before a start
+        running += change
+        most = max(most, running)
+    return most
 
 
 # --- names, modes, Dask resources -------------------------------------------------------------
@@ -178,7 +184,16 @@ def test_dask_resources_ask_for_a_gpu_only_for_cuda() -> None:
 
 
 def test_threads_on_one_device_take_turns(mode: str) -> None:
-    assert _disjoint(_holding_intervals(["cpu"] * 3, 0.2))
+    assert _most_at_once(_holding_intervals(["cpu"] * 3, 0.2)) == 1
+
+
+def test_one_thread_holders_share_the_cpu_up_to_its_cores(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cores = os.cpu_count() or 1
+    assert slot_size("cpu") == (cores, 1)
+    assert _most_at_once(_holding_intervals(["cpu"] * (cores + 1), 0.5)) == cores
 
 
 def test_another_device_is_free_while_one_is_held(mode: str) -> None:
@@ -217,8 +232,8 @@ def test_host_a_sigkilled_holders_slot_is_free_at_once(mode: str, holder: Any) -
 # --- Prefect mode -------------------------------------------------------------------------------
 
 
-def test_prefect_limit_is_created_with_one_slot_and_an_existing_one_kept(
-    prefect_client: Any,
+def test_prefect_limit_is_created_with_its_size_and_an_existing_one_kept(
+    prefect_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
@@ -226,9 +241,13 @@ def test_prefect_limit_is_created_with_one_slot_and_an_existing_one_kept(
         found = prefect_client.read_global_concurrency_limit_by_name(slot_name(device))
         return found.limit, found.active_slots
 
+    cores = os.cpu_count() or 1
+    with device_slot("cpu"):  # this process computes on every core: it takes them all
+        assert limit("cpu") == (cores, cores)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with device_slot("cpu"):
-        assert limit("cpu") == (1, 1)
-    assert limit("cpu") == (1, 0)
+        assert limit("cpu") == (cores, 1)
+    assert limit("cpu") == (cores, 0)
     prefect_client.create_global_concurrency_limit(
         GlobalConcurrencyLimitCreate(name=slot_name("cuda:7"), limit=2)
     )
@@ -269,10 +288,16 @@ def _record_slot_interval(index: int, folder: str) -> None:
 
 
 @pytest.mark.slow
-def test_prefect_dask_worker_processes_never_share_the_cpu_slot(
+def test_prefect_one_thread_dask_workers_hold_cpu_slots_up_to_the_limit(
     prefect_client: Any, tmp_path: Path
 ) -> None:
+    """Dask starts its worker processes with ``OMP_NUM_THREADS=1``: each stage takes one CPU
+    slot, so two workers take turns under a limit of 1 and every slot is returned."""
     from prefect import flow, task
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
     from prefect_dask import DaskTaskRunner
 
     stage = task(_record_slot_interval, name="hold-cpu-slot")
@@ -286,14 +311,23 @@ def test_prefect_dask_worker_processes_never_share_the_cpu_slot(
         for future in [stage.submit(i, folder) for i in range(6)]:
             future.result()
 
-    state = six_stages(str(tmp_path), return_state=True)
-    assert state.is_completed(), state
-    records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*.json"))]
-    assert len(records) == 6
-    assert len({pid for _, _, pid in records}) == 2  # both worker processes ran stages
-    assert _disjoint([(start, end) for start, end, _ in records])
-    limit = prefect_client.read_global_concurrency_limit_by_name(slot_name("cpu"))
-    assert (limit.limit, limit.active_slots) == (1, 0)
+    name = slot_name("cpu")
+    prefect_client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    for slots in (1, 2):
+        prefect_client.update_global_concurrency_limit(
+            name, GlobalConcurrencyLimitUpdate(limit=slots)
+        )
+        folder = tmp_path / str(slots)
+        folder.mkdir()
+        state = six_stages(str(folder), return_state=True)
+        assert state.is_completed(), state
+        records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+        assert len(records) == 6
+        assert len({pid for _, _, pid in records}) == 2  # both worker processes ran stages
+        # at most the limit at once (whether two overlap depends on Dask's timing)
+        assert _most_at_once([(start, end) for start, end, _ in records]) <= slots
+        limit = prefect_client.read_global_concurrency_limit_by_name(name)
+        assert (limit.limit, limit.active_slots) == (slots, 0)
 
 
 def _gpu_left() -> float:

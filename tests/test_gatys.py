@@ -338,7 +338,12 @@ def test_random_weights_are_refused_outside_tests(vgg_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("optimizer", "iterations", "option"),
-    [("adam", 3, "channels_last"), ("adam", 3, "autocast"), ("lbfgs", 8, "channels_last")],
+    [
+        ("adam", 3, "channels_last"),
+        ("adam", 3, "autocast"),
+        ("lbfgs", 8, "channels_last"),
+        pytest.param("lbfgs", 8, "compile", marks=pytest.mark.slow),
+    ],
 )
 def test_performance_options_keep_the_result(
     vgg_path: Path, optimizer: str, iterations: int, option: str
@@ -347,7 +352,8 @@ def test_performance_options_keep_the_result(
     so its effect on a whole run is measured on the objective by benchmarks/bench_pipeline.py.)
     """
     content, style = _content(), _style()
-    plain = _config(optimizer=optimizer, iterations=iterations, autocast=None, channels_last=False)
+    speed_off = {"channels_last": False, "compile": False}
+    plain = _config(optimizer=optimizer, iterations=iterations, autocast=None, **speed_off)
     fast = plain.changed(**{option: {"autocast": "bfloat16"}.get(option, True)})
     expected = _stylizer(vgg_path, plain).stylize(content, style)
     out = _stylizer(vgg_path, fast).stylize(content, style)

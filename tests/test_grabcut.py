@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -15,6 +14,7 @@ from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.images import read_label_map, read_rgb
 from segstyle_core.metrics import iou
 from segstyle_core.prompts.from_gt import prompts_from_instances
+from segstyle_core.segment import grabcut
 from segstyle_core.segment.base import Prompt
 from segstyle_core.segment.grabcut import GrabCutSegmenter
 
@@ -110,14 +110,7 @@ def test_components_and_holes() -> None:
 
 
 def test_center_prior_stops_the_collapse_onto_a_small_part() -> None:
-    """A gray body on a slightly lighter gray ground, with a bright plate and red lights."""
-    image = np.zeros((64, 64, 3), dtype=np.uint8)
-    _paint(image, (slice(None), slice(None)), GRAY, 0)
-    _paint(image, (slice(20, 44), slice(16, 48)), (100, 100, 100), 1)
-    _paint(image, (slice(34, 38), slice(28, 36)), (230, 230, 230), 2)
-    _paint(image, (slice(26, 30), slice(18, 22)), RED, 3)
-    _paint(image, (slice(26, 30), slice(42, 46)), RED, 4)
-    body = _region_mask((slice(20, 44), slice(16, 48)))
+    image, body = _plate_and_lights()
     prompts = [Prompt(box=(16.0, 20.0, 48.0, 44.0))]
     (collapsed,) = GrabCutSegmenter(center_prior=0).segment(image, prompts)
     (anchored,) = GrabCutSegmenter(center_prior=0.7).segment(image, prompts)
@@ -127,7 +120,8 @@ def test_center_prior_stops_the_collapse_onto_a_small_part() -> None:
 
 
 def _plate_and_lights() -> tuple[np.ndarray, np.ndarray]:
-    """The collapse image of the test above, and its body mask."""
+    """A gray body on a slightly lighter gray ground, with a bright plate and red lights, and
+    the body's mask."""
     image = np.zeros((64, 64, 3), dtype=np.uint8)
     _paint(image, (slice(None), slice(None)), GRAY, 0)
     _paint(image, (slice(20, 44), slice(16, 48)), (100, 100, 100), 1)
@@ -223,13 +217,8 @@ def test_bad_prompts_and_images_raise(two_squares: np.ndarray) -> None:
         GrabCutSegmenter(iterations=0)
 
 
-@pytest.mark.parametrize("method", ["felzenszwalb", "slic"])
-def test_generate_records_tile_the_image(
-    two_squares: np.ndarray, method: Literal["felzenszwalb", "slic"]
-) -> None:
-    records = GrabCutSegmenter().generate(
-        two_squares, method=method, scale=100, min_size=20, n_segments=16
-    )
+def test_generate_records_tile_the_image(two_squares: np.ndarray) -> None:
+    records = GrabCutSegmenter().generate(two_squares)
     assert len(records) >= 3
     areas = [record["area"] for record in records]
     assert areas == sorted(areas, reverse=True)
@@ -249,12 +238,13 @@ def test_generate_records_tile_the_image(
     assert (coverage == 1).all()
 
 
-def test_generate_min_area_and_max_masks(two_squares: np.ndarray) -> None:
-    segmenter = GrabCutSegmenter()
-    every = segmenter.generate(two_squares, scale=100, min_size=20)
-    kept = segmenter.generate(two_squares, scale=100, min_size=20, min_area=300, max_masks=2)
-    expected = [r["area"] for r in every if r["area"] >= 300][:2]
-    assert [r["area"] for r in kept] == expected and len(kept) <= 2
+def test_generate_keeps_the_largest_masks(
+    two_squares: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    every = GrabCutSegmenter().generate(two_squares)
+    monkeypatch.setattr(grabcut, "MAX_AUTO_MASKS", 2)
+    kept = GrabCutSegmenter().generate(two_squares)
+    assert len(every) == 3 and [r["area"] for r in kept] == [r["area"] for r in every][:2]
 
 
 def _demo_cars(demo_root: Path) -> Iterator[tuple[np.ndarray, list[Prompt], list[Instance]]]:

@@ -11,12 +11,7 @@ from segstyle_core.cityscapes import instances_from_ids
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.prompts.files import load_prompts_file
 from segstyle_core.prompts.from_gt import jitter_boxes, prompts_from_instances
-from segstyle_core.prompts.validation import (
-    parse_box,
-    parse_point,
-    validate_against_sizes,
-    validate_prompt,
-)
+from segstyle_core.prompts.validation import parse_box, parse_point, validate_prompt
 from segstyle_core.scoring import score_instance_aware
 from segstyle_core.segment.base import Prompt
 
@@ -60,16 +55,6 @@ def test_validate_prompt_clips_a_box_that_sticks_out() -> None:
     checked = validate_prompt(prompt, 96, 64, "cli")
     assert checked.box == (0.0, 10.0, 96.0, 64.0)
     assert checked.points == prompt.points
-
-
-def test_validate_against_sizes_names_unknown_images_and_bad_prompts() -> None:
-    prompts = {"a": [Prompt(box=(0, 0, 10, 10))], "b": [Prompt(box=(2, 2, 10, 10))]}
-    with pytest.raises(InputError, match="unknown image id.*b"):
-        validate_against_sizes(prompts, {"a": (96, 64)}, "p.json")
-    with pytest.raises(InputError, match=r"p\.json: 'b'\[0\]: .*outside"):
-        validate_against_sizes(prompts, {"a": (96, 64), "b": (2, 2)}, "p.json")
-    sizes = {"a": (96, 64), "b": (8, 8)}
-    assert validate_against_sizes(prompts, sizes, "p.json")["b"][0].box == (2.0, 2.0, 8.0, 8.0)
 
 
 # --- CLI values -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 
 from segstyle_core.composite import composite, resize_to
 from segstyle_core.errors import InputError
-from segstyle_core.roi import roi_box, stylize_roi
+from segstyle_core.roi import bucket_box, roi_box, stylize_roi
 from segstyle_core.styles import make_geometric_abstraction
 from segstyle_core.stylize.base import ProgressCallback
 from segstyle_core.stylize.feedforward import FeedForwardStylizer
@@ -64,7 +64,7 @@ def test_empty_mask_is_an_input_error(content: np.ndarray) -> None:
 
 def test_stylize_roi_pastes_the_stylized_crop_back(content: np.ndarray, mask: np.ndarray) -> None:
     stylizer = HalfSizeInverter()
-    out = stylize_roi(stylizer, content, content, mask, margin_px=4, margin_pct=0.0)
+    out = stylize_roi(stylizer, content, content, mask, margin_px=4, margin_pct=0.0, bucket_px=0)
     x0, y0, x1, y1 = roi_box(mask, margin_px=4, margin_pct=0.0)
     assert out.shape == content.shape and out.dtype == np.uint8
     assert len(stylizer.crops) == 1
@@ -75,6 +75,34 @@ def test_stylize_roi_pastes_the_stylized_crop_back(content: np.ndarray, mask: np
     crop = content[y0:y1, x0:x1]
     half = resize_to(crop, (crop.shape[0] // 2, crop.shape[1] // 2))
     expected = resize_to(255 - half, crop.shape[:2])
+    assert np.array_equal(out[y0:y1, x0:x1], expected)
+
+
+def test_bucket_box_rounds_sides_up_with_image_pixels_inside_the_image() -> None:
+    assert bucket_box((24, 16, 54, 44), (H, W), 16) == (23, 14, 55, 46)  # 30x28 -> 32x32
+    assert bucket_box((70, 50, 80, 64), (H, W), 16) == (64, 48, 80, 64)  # shifted inside
+    assert bucket_box((0, 0, 70, 10), (H, W), 64) == (0, 0, W, 64)  # capped at the image
+    assert bucket_box((3, 4, 9, 7), (H, W), 0) == (3, 4, 9, 7)  # off
+    # boxes of one bucket give one crop shape
+    shapes = {
+        (b[3] - b[1], b[2] - b[0])
+        for b in (bucket_box((5, 5, 5 + n, 9 + n), (H, W), 32) for n in range(2, 20))
+    }
+    assert shapes == {(32, 32)}
+
+
+def test_stylize_roi_stylizes_the_bucket_and_pastes_only_the_box(
+    content: np.ndarray, mask: np.ndarray
+) -> None:
+    stylizer = HalfSizeInverter()
+    out = stylize_roi(stylizer, content, content, mask, margin_px=4, margin_pct=0.0, bucket_px=16)
+    x0, y0, x1, y1 = roi_box(mask, margin_px=4, margin_pct=0.0)  # (24, 16, 54, 44)
+    assert np.array_equal(stylizer.crops[0], content[14:46, 23:55])  # the 32x32 bucket
+    outside = np.ones((H, W), bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(out[outside], content[outside])
+    half = resize_to(content[14:46, 23:55], (16, 16))
+    expected = resize_to(255 - half, (32, 32))[y0 - 14 : y1 - 14, x0 - 23 : x1 - 23]
     assert np.array_equal(out[y0:y1, x0:x1], expected)
 
 

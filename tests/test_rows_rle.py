@@ -53,7 +53,7 @@ def test_run_has_prompt_rows_for_both_classes(rows: pd.DataFrame) -> None:
 
 
 def test_each_row_rle_reproduces_its_stored_scores(rows: pd.DataFrame) -> None:
-    from segstyle_core.cityscapes import load_binary_gt, load_instances
+    from segstyle_core.cityscapes import load_gt, load_instances
     from segstyle_core.metrics import score_masks
     from segstyle_core.rle import decode_mask
 
@@ -61,7 +61,7 @@ def test_each_row_rle_reproduces_its_stored_scores(rows: pd.DataFrame) -> None:
     for image_path, group in rows.groupby("image_path"):
         frame = _frame(str(image_path))
         instances = {i.instance_id: i for i in load_instances(frame, list(CLASSES))}
-        class_mask = load_binary_gt(frame, list(CLASSES))
+        class_mask = load_gt(frame, list(CLASSES)).mask
         for row in group.itertuples():
             mask = decode_mask(row.mask_rle)
             assert mask.shape == class_mask.shape, (row.image_id, row.prompt_index)
@@ -81,7 +81,7 @@ def test_each_row_rle_reproduces_its_stored_scores(rows: pd.DataFrame) -> None:
 
 
 def test_mask_path_is_the_union_of_the_row_masks(rows: pd.DataFrame) -> None:
-    from segstyle_core.cityscapes import load_binary_gt
+    from segstyle_core.cityscapes import load_gt
     from segstyle_core.images import read_mask
     from segstyle_core.metrics import score_masks
     from segstyle_core.rle import decode_mask
@@ -96,7 +96,7 @@ def test_mask_path_is_the_union_of_the_row_masks(rows: pd.DataFrame) -> None:
         assert used.shape == union.shape, image_id
         differing = int(np.count_nonzero(used != union))
         assert differing == 0, f"{image_id}: mask_path differs from the RLE union in {differing} px"
-        class_mask = load_binary_gt(_frame(group["image_path"].iloc[0]), list(CLASSES))
+        class_mask = load_gt(_frame(group["image_path"].iloc[0]), list(CLASSES)).mask
         image = score_masks(union, class_mask)
         assert group["image_iou"].eq(group["image_iou"].iloc[0]).all()
         assert image.iou == pytest.approx(group["image_iou"].iloc[0], abs=1e-9), image_id

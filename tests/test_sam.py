@@ -251,8 +251,8 @@ def test_generate_reuses_cached_embedding(
         (Prompt(box=(30, 10, 20, 30)), "inverted"),
         (Prompt(box=(10, 30, 20, 30)), "inverted"),
         (Prompt(points=((10, 49),), point_labels=(1,)), "point outside"),
-        (Prompt(points=((10, 10),), point_labels=()), "one label per point"),
-        (Prompt(points=((10, 10),), point_labels=(2,)), "label other than 0/1"),
+        (Prompt(points=((10, 10),), point_labels=()), "one label .* per point"),
+        (Prompt(points=((10, 10),), point_labels=(2,)), r"labels \[2\] must each be 1"),
         (Prompt(), "neither a box nor points"),
     ],
 )

@@ -107,8 +107,8 @@ def test_frames_without_the_chosen_gt_are_skipped_and_an_empty_run_is_refused(
 @pytest.mark.parametrize("name", STUFF)
 def test_stuff_classes_become_their_connected_components(demo_root: Path, name: str) -> None:
     for frame in cityscapes.sample_city(demo_root, city="all").frames:
-        mask = cityscapes.load_binary_gt(frame, [name])
-        regions = cityscapes.load_regions(frame, [name])
+        mask = cityscapes.load_gt(frame, [name]).mask
+        regions = cityscapes.load_gt(frame, [name], regions=True).regions
         _, count = ndimage.label(mask, structure=np.ones((3, 3)))
         assert len(regions) == count
         assert [r.instance_id for r in regions] == [
@@ -124,10 +124,10 @@ def test_stuff_classes_become_their_connected_components(demo_root: Path, name: 
             assert region.box == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
             assert region.area == len(rows)
         np.testing.assert_array_equal(union, mask)
-        big = cityscapes.load_regions(frame, [name], min_area=200)
+        big = cityscapes.load_gt(frame, [name], min_area=200, regions=True).regions
         assert [r.area for r in big] == [r.area for r in regions if r.area >= 200]
         colour = dataclasses.replace(frame, label_ids_path=None, instance_ids_path=None)
-        by_colour = cityscapes.load_regions(colour, [name], source="color")
+        by_colour = cityscapes.load_gt(colour, [name], source="color", regions=True).regions
         assert [(r.instance_id, r.box, r.area) for r in by_colour] == [
             (r.instance_id, r.box, r.area) for r in regions
         ]
@@ -136,7 +136,7 @@ def test_stuff_classes_become_their_connected_components(demo_root: Path, name: 
 def test_instances_come_from_instance_ids_only_where_they_exist(demo_root: Path) -> None:
     frame = cityscapes.sample_city(demo_root, city="zurich").frames[0]
     instances = cityscapes.load_instances(frame, ["car"])
-    regions = cityscapes.load_regions(frame, ["car", "road"])
+    regions = cityscapes.load_gt(frame, ["car", "road"], regions=True).regions
     cars = [r for r in regions if r.class_name == "car"]
     assert [(r.instance_id, r.area, r.kind) for r in cars] == [
         (i.instance_id, i.area, "instance") for i in instances
@@ -144,11 +144,11 @@ def test_instances_come_from_instance_ids_only_where_they_exist(demo_root: Path)
     assert {r.class_name for r in regions if r.kind == "component"} == {"road"}
     # without an instanceIds PNG, cars are the components of the car mask
     bare = dataclasses.replace(frame, instance_ids_path=None)
-    components = cityscapes.load_regions(bare, ["car"])
+    components = cityscapes.load_gt(bare, ["car"], regions=True).regions
     assert components and all(r.kind == "component" for r in components)
     np.testing.assert_array_equal(
         np.logical_or.reduce([r.mask for r in components]),
-        cityscapes.load_binary_gt(frame, ["car"]),
+        cityscapes.load_gt(frame, ["car"]).mask,
     )
 
 

@@ -83,8 +83,6 @@ def checkpoint(server: FileServer) -> Checkpoint:
         filename="test_ckpt.pth",
         url=server.url,
         sha256_prefix=PAYLOAD_SHA[:8],
-        size_hint=len(PAYLOAD),
-        description="test payload",
     )
 
 
@@ -315,9 +313,7 @@ TINY_SHA = hashlib.sha256(TINY).hexdigest()
 def tiny_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temp weights dir and an official table whose ``sam_vit_b`` is a tiny file."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    fake = Checkpoint(
-        "sam_vit_b", "sam_vit_b_tiny.pth", "http://127.0.0.1:9/none", TINY_SHA[:6], 22, "tiny"
-    )
+    fake = Checkpoint("sam_vit_b", "sam_vit_b_tiny.pth", "http://127.0.0.1:9/none", TINY_SHA[:6])
     monkeypatch.setitem(weights.CHECKPOINTS, "sam_vit_b", fake)
     folder = tmp_path / "weights"
     folder.mkdir()

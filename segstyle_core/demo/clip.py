@@ -1,18 +1,9 @@
-"""A generated test clip: a car changing lanes in a drawn street, with per-frame Cityscapes GT.
+"""A generated test clip: a car changing lanes in a still street, with per-frame Cityscapes GT.
 
-The street is one :func:`~segstyle_core.demo.scene.build_scene` scene that stays still (a
-parked camera); one more car, in front of every other car on the road, drives sideways across
-it at a constant image speed. Each frame is rasterised with
-:func:`~segstyle_core.demo.dataset.render_scene` and written by
-:func:`~segstyle_core.demo.dataset.write_frame` in the Cityscapes sequence layout::
-
-    <root>/leftImg8bit/<split>/<city>/<city>_000000_<frame:06d>_leftImg8bit.png
-    <root>/gtFine/<split>/<city>/<city>_000000_<frame:06d>_gtFine_{labelIds,instanceIds,...}
-
-Every frame is drawn with the same texture noise, so the background is still from frame to
-frame except for fresh sensor noise (``noise``), as from a real camera. The image folder also
-gets a ``video.json`` with the frame rate, so it reads as a video
-(:mod:`segstyle_core.video.io`).
+One scene seen by a parked camera; one more car, in front of every other, drives sideways at a
+constant image speed. Frames ``<city>_000000_<frame:06d>`` are written in the Cityscapes layout
+with the same texture noise (a still background) plus fresh sensor noise (``noise``), and a
+``video.json`` with the frame rate, so the image folder reads as a video.
 """
 
 from __future__ import annotations
@@ -50,17 +41,8 @@ _CAR_ID = name2label["car"].id
 
 @dataclass(frozen=True)
 class Clip:
-    """A generated clip.
-
-    Attributes:
-        root: the Cityscapes-layout root.
-        frames_dir: the folder of its image frames (readable as a video).
-        image_paths: the frames' ``leftImg8bit`` PNGs, in order.
-        boxes: the moving car's ground-truth box in each frame, ``(x0, y0, x1, y1)`` XYXY pixels
-            with an exclusive end (``boxes[k]`` prompts a track that starts on frame ``k``).
-        instance_ids: the moving car's id in each frame's instanceIds map (``26000 + n``).
-        fps: frame rate.
-    """
+    """A generated clip: its root, frame folder (a video) and frame PNGs in order, and per
+    frame the moving car's GT box (XYXY, exclusive end) and instanceIds id (``26000 + n``)."""
 
     root: Path
     frames_dir: Path
@@ -71,8 +53,7 @@ class Clip:
 
 
 def _moving_car_instance(frame: RenderedFrame, silhouette: np.ndarray) -> int:
-    """The instance id the moving car got in ``frame``: the car id covering most of its
-    ``silhouette`` (``H×W bool``, the car drawn by itself)."""
+    """The car id covering most of the moving car's ``silhouette`` (``H×W bool``)."""
     ids = frame.instance_ids[silhouette]
     cars = ids[ids // INSTANCE_OFFSET == _CAR_ID]
     values, counts = np.unique(cars, return_counts=True)
@@ -89,13 +70,9 @@ def _shifted(image: np.ndarray, shift: float, interpolation: int) -> np.ndarray:
 def _moving_car(
     cam: Camera, index: int, speed_px: float, size: tuple[int, int], seed: int
 ) -> tuple[SceneObject, np.ndarray, np.ndarray]:
-    """The moving car on frame ``index``: its scene object, and its paint (``H×W×3 uint8``) and
-    silhouette (``H×W bool``) drawn with a texture that moves with it.
-
-    The car is drawn by a camera panned along with it, so that it sits where it was on frame 0,
-    with frame 0's texture noise; moving that picture back by the pan gives exactly the
-    car's projection in the real camera, its texture carried along.
-    """
+    """The moving car on frame ``index``: its scene object, paint (``H×W×3 uint8``) and
+    silhouette (``H×W bool``), drawn by a camera panned along (so with frame 0's texture) and
+    shifted back by the pan: its texture moves with it."""
     shift = index * speed_px
     x = CAR_START_X + shift * CAR_DEPTH / cam.focal
     moving = car(cam, x, CAR_DEPTH, np.random.default_rng([seed, 1]), STREET)
@@ -124,15 +101,9 @@ def generate_clip(
     city: str = "clip",
     split: str = "train",
 ) -> Clip:
-    """Write the clip under ``out`` (see the module docstring) and describe it.
-
-    Args:
-        frames: number of frames.
-        size: ``(width, height)`` in pixels.
-        speed_px: how far the car moves to the right per frame, in pixels at its rear.
-        noise: standard deviation of the per-frame sensor noise, in grey levels.
-        fps: frame rate written to ``video.json``.
-        seed: fixes the street, the car and the noise.
+    """Write the clip under ``out``: ``frames`` of ``size`` (width, height); the car moves
+    ``speed_px`` right per frame (at its rear); sensor ``noise`` std in grey levels; ``seed``
+    fixes street, car and noise.
 
     Raises:
         ConfigError: fewer than 2 frames, a side under 64 px, negative noise or a

@@ -1,16 +1,10 @@
 """The demo dataset: procedurally drawn street scenes written in the Cityscapes layout.
 
-Each frame starts as a list of :class:`~segstyle_core.demo.scene.SceneObject` s. Each object's
-silhouette becomes one Cityscapes polygon, and everything else is derived from those polygons,
-rasterised exactly as ``cityscapesscripts.preparation.json2labelImg`` does it (Pillow's
-``ImageDraw.polygon`` in file order, later polygons over earlier ones):
-
-* an object-index map (which polygon owns each pixel), from which come
-* ``labelIds`` (uint8), ``instanceIds`` (uint16: the label id for stuff, ``id*1000+n`` for
-  cars and persons numbered in file order like ``json2instanceImg``), the colour PNG (RGB of the
-  label table), and the painted image itself (each object painted only where it is visible).
-
-So ``json2labelImg(polygons.json)`` reproduces the labelIds PNG pixel for pixel.
+Each object's silhouette becomes one Cityscapes polygon, rasterised as ``json2labelImg`` does
+(Pillow's ``ImageDraw.polygon`` in file order) into an object-index map, from which come
+``labelIds``, ``instanceIds`` (numbered like ``json2instanceImg``), the colour PNG and the
+painted image (each object painted where it is visible). So ``json2labelImg(polygons.json)``
+reproduces the labelIds PNG pixel for pixel.
 """
 
 from __future__ import annotations
@@ -43,16 +37,9 @@ _CITY_NAME = re.compile(r"[a-z][a-z0-9]*")
 
 @dataclass(frozen=True)
 class RenderedFrame:
-    """One frame and its fine annotations.
-
-    Attributes:
-        image: ``H×W×3 uint8 RGB``.
-        label_ids: ``H×W uint8`` Cityscapes label ids.
-        instance_ids: ``H×W uint16``: label id, or ``id*1000+n`` for car and person instances.
-        color: ``H×W×3 uint8 RGB`` label colours.
-        polygons: the Cityscapes polygons JSON document (``imgHeight``, ``imgWidth``,
-            ``objects``: ``[{"label", "polygon"}]`` in drawing order).
-    """
+    """One frame: ``image`` and ``color`` (``H×W×3 uint8 RGB``), ``label_ids`` (``H×W uint8``),
+    ``instance_ids`` (``H×W uint16``: label id, or ``id*1000+n`` for instances), and the
+    ``polygons`` JSON document (``imgHeight``, ``imgWidth``, ``objects`` in drawing order)."""
 
     image: np.ndarray
     label_ids: np.ndarray
@@ -85,12 +72,9 @@ def _fill(polygons: Iterable[np.ndarray], box: tuple[int, int, int, int]) -> np.
 
 
 def _outline(obj: SceneObject, width: int, height: int) -> list[list[int]] | None:
-    """The object's visible-in-frame silhouette as one integer polygon, or None if degenerate.
-
-    The union of the pieces is drawn, its largest outer contour traced (``cv2.findContours``)
-    and simplified to within 0.7 px (``cv2.approxPolyDP``), so the polygon hugs the image border
-    where the object leaves the frame, as Cityscapes polygons do.
-    """
+    """The object's in-frame silhouette as one integer polygon (None if degenerate): the
+    largest outer contour of its pieces' union, simplified to 0.7 px, hugging the image border
+    where the object leaves the frame, as Cityscapes polygons do."""
     box = _window(np.concatenate([p.polygon for p in obj.pieces]), width, height)
     if box is None:
         return None
@@ -107,10 +91,8 @@ def _outline(obj: SceneObject, width: int, height: int) -> list[list[int]] | Non
 
 
 def _rasterize(polygons: Sequence[list[list[int]]], width: int, height: int) -> np.ndarray:
-    """``H×W int32`` map of the 1-based index of the polygon owning each pixel (0: none).
-
-    The same ``ImageDraw.polygon`` calls, in the same order, as ``json2labelImg``.
-    """
+    """``H×W int32`` 1-based index of the polygon owning each pixel (0: none), drawn as
+    ``json2labelImg`` draws."""
     canvas = Image.new("I", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
     for k, polygon in enumerate(polygons, start=1):
@@ -119,11 +101,8 @@ def _rasterize(polygons: Sequence[list[list[int]]], width: int, height: int) -> 
 
 
 class _Noise:
-    """Full-frame noise drawn once per frame and sliced by every piece (``H×W float32``).
-
-    ``white``: unit per-pixel noise; ``smooth(px)``: unit noise with features of about ``px``
-    pixels (the nearest of a few octaves), upsampled bicubically from a coarse grid.
-    """
+    """Full-frame ``H×W float32`` noise drawn once per frame: ``white`` per-pixel, and
+    ``smooth(px)`` with features of about ``px`` pixels (the nearest octave, bicubic)."""
 
     OCTAVES = (4, 8, 16, 32, 64, 128, 256)
 
@@ -149,10 +128,8 @@ def _texture(
     extent: tuple[float, float, float, float],
     noise: _Noise,
 ) -> np.ndarray:
-    """``h×w×3 float32`` paint of ``surface`` over ``box``; gradients span the piece's ``extent``.
-
-    ``extent`` is the piece's full (unclipped) ``(x0, y0, x1, y1)`` in image pixels.
-    """
+    """``h×w×3 float32`` paint of ``surface`` over ``box``; gradients span ``extent``, the
+    piece's unclipped ``(x0, y0, x1, y1)``."""
     x0, y0, x1, y1 = box
     ys = np.arange(y0, y1, dtype=np.float32)[:, None]
     xs = np.arange(x0, x1, dtype=np.float32)[None, :]
@@ -205,35 +182,22 @@ def _cast_shadows(canvas: np.ndarray, objects: Sequence[SceneObject], index: np.
 def _label_tables(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per polygon index (0 = none): label id, instance id (as json2instanceImg), RGB colour."""
     unlabeled = name2label["unlabeled"]
-    ids = [unlabeled.id]
-    instances = [unlabeled.id]
-    colors = [unlabeled.color]
+    ids, instances, colors = [unlabeled.id], [unlabeled.id], [unlabeled.color]
     counts: dict[str, int] = {}
     for name in labels:
         label = name2label[name]
+        number = counts[name] = counts.get(name, -1) + 1
         ids.append(label.id)
         colors.append(label.color)
-        if label.hasInstances:
-            counts[name] = counts.get(name, -1) + 1
-            instances.append(label.id * INSTANCE_OFFSET + counts[name])
-        else:
-            instances.append(label.id)
-    return (
-        np.array(ids, dtype=np.uint8),
-        np.array(instances, dtype=np.uint16),
-        np.array(colors, dtype=np.uint8),
-    )
+        instances.append(label.id * INSTANCE_OFFSET + number if label.hasInstances else label.id)
+    return np.array(ids, np.uint8), np.array(instances, np.uint16), np.array(colors, np.uint8)
 
 
 def render_scene(
     scene: Sequence[SceneObject], width: int, height: int, rng: np.random.Generator
 ) -> RenderedFrame:
-    """Rasterise a scene into an image and its consistent Cityscapes annotations.
-
-    Objects whose silhouette is degenerate or that end up with fewer than
-    ``max(3, width*height // 40000)`` visible pixels are left out of the annotations and the
-    image alike.
-    """
+    """Rasterise a scene into an image and its Cityscapes annotations, leaving out objects
+    with a degenerate silhouette or under ``max(3, width*height // 40000)`` visible pixels."""
     outlined = [(obj, _outline(obj, width, height)) for obj in scene]
     kept = [(obj, poly) for obj, poly in outlined if poly is not None]
     index = _rasterize([poly for _, poly in kept], width, height)
@@ -301,18 +265,15 @@ def generate_demo_dataset(
     split: str = "train",
     seed: int = 0,
 ) -> Path:
-    """Write a small Cityscapes-layout dataset of drawn street scenes under ``out``; return it.
+    """Write a Cityscapes-layout dataset of drawn street scenes under ``out``; return it.
 
-    Per city: ``frames_per_city`` frames ``{city}_{nnnnnn}_000019`` with all four gtFine files
-    (labelIds, instanceIds, colour PNG, polygons JSON), plus ONE more ``leftImg8bit`` image with
-    no gtFine at all (so that "keep only fine-annotated frames" has something to skip).
-    Images are ``size`` = (width, height). The same arguments give the same files: each
-    frame's generator is seeded from ``(seed, crc32(city), frame number)``.
+    Per city: ``frames_per_city`` frames ``{city}_{nnnnnn}_000019`` with all four gtFine files,
+    plus ONE more image without any (for "keep only fine-annotated frames" to skip). ``size``
+    is (width, height). Each frame is seeded from ``(seed, crc32(city), frame number)``.
 
     Raises:
-        ConfigError: a size below 32 px, ``frames_per_city < 1``, a city name that is not
-            lower-case letters and digits, a split that is not a plain folder name, a negative
-            seed.
+        ConfigError: a side below 32 px, ``frames_per_city < 1``, a city name that is not
+            lower-case letters and digits, a split that is not a folder name, a negative seed.
     """
     _check_options(size, frames_per_city, cities, split, seed)
     width, height = size
@@ -328,12 +289,6 @@ def generate_demo_dataset(
     return root
 
 
-# ------------------------------------------------------------------ the demo dataset on demand
-# The offline nightly deployment points at ``data/demo`` (relative to the worker's working
-# directory, the repository root); on a machine where ``make demo`` never ran that folder is
-# missing, so the flow (and ``segstyle demo``) call :func:`ensure_demo_dataset` first.
-
-
 def ensure_demo_dataset(
     root: str,
     *,
@@ -342,13 +297,12 @@ def ensure_demo_dataset(
     cities: Sequence[str] | None = None,
     seed: int = 0,
 ) -> str:
-    """Return ``root``, first writing the generated demo dataset there when it is missing.
+    """``root``, first writing the demo dataset there if it is missing (the nightly deployment
+    points at ``data/demo``, which ``make demo`` may never have made).
 
-    A folder that already holds ``leftImg8bit/`` is returned untouched (whatever its size or
-    cities). A missing or empty folder gets the demo dataset, written into a temporary sibling
-    and renamed into place, so an interrupted run never leaves half a dataset and two runs
-    starting at once both end with one complete dataset. The optional arguments pass through
-    to the generator (its defaults are those of ``segstyle demo``).
+    A folder holding ``leftImg8bit/`` is left untouched. A missing or empty one gets the dataset
+    via a temporary sibling renamed into place, so an interrupted run leaves no half dataset and
+    two concurrent runs end with one. Options left None take the generator's defaults.
 
     Raises:
         ConfigError: ``root`` exists and holds something other than a dataset (never
@@ -362,18 +316,13 @@ def ensure_demo_dataset(
             f"{root} exists but holds no leftImg8bit/ folder; it is not a Cityscapes-layout "
             "dataset and is left alone (point the run at another folder, or empty this one)"
         )
-    options: dict[str, Any] = {"seed": seed}  # only what the caller chose; else its defaults
-    if size is not None:
-        options["size"] = size
-    if frames_per_city is not None:
-        options["frames_per_city"] = frames_per_city
-    if cities is not None:
-        options["cities"] = tuple(cities)
+    chosen = {"size": size, "frames_per_city": frames_per_city, "cities": cities}
+    options: dict[str, Any] = {k: v for k, v in chosen.items() if v is not None}
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:12]}"
     staging.mkdir()  # the umask's permissions, unlike tempfile.mkdtemp's 0700
     try:
-        generate_demo_dataset(staging, **options)
+        generate_demo_dataset(staging, seed=seed, **options)
         try:
             os.rename(staging, path)  # replaces a missing or empty folder, atomically
         except OSError:

@@ -1,13 +1,10 @@
-"""Procedural street scenes for the demo dataset: what is where, as image-space polygons.
+"""Procedural street scenes for the demo dataset, as image-space polygons.
 
-A scene is seen by a pinhole camera 1.5 m above a flat street that runs straight away from it
-(world X to the right, Y up, Z ahead, in metres). Every scene object is a Cityscapes label and a
-tuple of :class:`Piece` s: polygons in image pixels (``K×2`` float, x then y) with the
-:class:`Surface` they are painted with. The union of an object's pieces is its silhouette;
-pieces are painted in order, so later pieces (a car's windows) lie on earlier ones (its body).
-Objects are drawn in the order of ``(layer, -depth)``: later objects occlude earlier ones.
-
-Everything is drawn from one ``numpy.random.Generator``, so a seed fixes the scene.
+A pinhole camera 1.5 m above a flat, straight street (world X right, Y up, Z ahead, metres).
+Each object is a Cityscapes label and :class:`Piece` s: ``K×2`` float image polygons (x, y)
+with their :class:`Surface`; their union is its silhouette, later pieces (windows) paint over
+earlier ones (the body), and objects draw in ``(layer, -depth)`` order. One
+``numpy.random.Generator`` draws everything, so a seed fixes the scene.
 """
 
 from __future__ import annotations
@@ -42,23 +39,17 @@ SKIN_COLORS: tuple[RGB, ...] = (
     (224, 187, 160), (198, 150, 120), (160, 110, 80), (112, 76, 56), (236, 202, 178),
 )  # fmt: skip
 HAIR_COLORS: tuple[RGB, ...] = ((30, 25, 20), (82, 56, 36), (152, 120, 72), (62, 62, 62))
+# Outlines in metres: a car's rear body, a person's torso.
+_CAR_BODY = ((-0.92, 0.3), (0.92, 0.3), (0.92, 0.86), (0.86, 0.98), (-0.86, 0.98), (-0.92, 0.86))
+_TORSO = ((-0.2, 0.82), (0.2, 0.82), (0.23, 1.42), (0.1, 1.5), (-0.1, 1.5), (-0.23, 1.42))
 
 
 @dataclass(frozen=True)
 class Surface:
-    """How a piece is painted: colour, shading, noise and stripes (all in 0..255 grey levels).
-
-    Attributes:
-        color: base RGB colour.
-        noise: standard deviation of per-pixel noise.
-        grain: amplitude of smooth, low-frequency brightness noise (stains, clouds, leaves).
-        grain_px: feature size of that noise in pixels.
-        shade: brightness factor at the piece's top and at its bottom (a vertical gradient).
-        round: darkening towards the piece's left and right edges (cylinders: poles, trunks).
-        stripes: amplitude of a cosine stripe pattern in image coordinates.
-        stripe_px: stripe period in pixels (0: none).
-        stripe_axis: 0 for horizontal stripes (varying along y), 1 for vertical ones.
-    """
+    """How a piece is painted (amplitudes in grey levels): base ``color``, per-pixel ``noise``
+    std, smooth ``grain`` of ``grain_px`` features, ``shade`` factors at top and bottom,
+    ``round`` darkening to the sides (cylinders), cosine ``stripes`` of period ``stripe_px``
+    (0: none) varying along y (``stripe_axis`` 0) or x (1)."""
 
     color: RGB
     noise: float = 5.0
@@ -81,10 +72,7 @@ class Piece:
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One annotated object: a Cityscapes label name and the pieces that make its silhouette.
-
-    ``shadow``: optional ``K×2`` image polygon darkened on the ground under the object.
-    """
+    """One annotated object: its label, pieces, and an optional ``K×2`` ground ``shadow``."""
 
     label: str
     pieces: tuple[Piece, ...]
@@ -107,10 +95,7 @@ class Camera:
         z = np.maximum(np.asarray(z, dtype=np.float64), 0.3)
         u = self.cx + self.focal * np.asarray(x, dtype=np.float64) / z
         v = self.horizon + self.focal * (self.height - np.asarray(y, dtype=np.float64)) / z
-        points = np.empty((*np.broadcast_shapes(u.shape, v.shape), 2))
-        points[..., 0] = u
-        points[..., 1] = v
-        return points
+        return np.stack(np.broadcast_arrays(u, v), axis=-1)
 
     def facing(self, x: float, z: float, uv: np.ndarray) -> np.ndarray:
         """Points ``(u, v)`` of a plane facing the camera at depth ``z``, centred at ``x``."""
@@ -147,15 +132,9 @@ def _tint(color: RGB, factor: float) -> RGB:
     return tuple(int(min(255, c * factor)) for c in color)  # type: ignore[return-value]
 
 
-# ----------------------------------------------------------------------------- vehicles
-
-
 def car(cam: Camera, x: float, z: float, rng: np.random.Generator, layer: int) -> SceneObject:
-    """A car seen from behind (or from the front: white lamps) at lateral ``x``, rear at ``z``.
-
-    When the car is off the camera's axis its inner side shows too: a sedan profile with
-    side windows and two wheels, receding towards the vanishing point.
-    """
+    """A car seen from behind (or the front: white lamps) at lateral ``x``, rear at ``z``; off
+    the camera's axis its inner side shows too (profile, windows, two wheels)."""
     color = _pick(rng, CAR_COLORS)
     paint = Surface(color, noise=3.0, grain=6.0, grain_px=30.0, shade=(1.15, 0.72))
     glass = Surface((38, 46, 58), noise=4.0, grain=10.0, shade=(1.5, 0.8))
@@ -166,36 +145,21 @@ def car(cam: Camera, x: float, z: float, rng: np.random.Generator, layer: int) -
     k = length / 4.4
     pieces: list[Piece] = []
     if abs(x) > 0.95:
-        side_x = x - np.sign(x) * 0.9
+        side = partial(cam.side, x - np.sign(x) * 0.9, z)
         profile = [(0, 0.3), (0, 0.95), (0.9, 1.0), (1.25, 1.42), (2.75, 1.45), (3.35, 1.02)]
         body = np.array([(s * k, v) for s, v in profile] + [(length, 0.9), (length, 0.3)])
         windows = (
             np.array([(1.35, 1.05), (2.0, 1.05), (2.0, 1.37), (1.42, 1.37)]) * (k, 1),
             np.array([(2.1, 1.05), (3.15, 1.05), (2.68, 1.37), (2.1, 1.37)]) * (k, 1),
         )
-        pieces += [Piece(cam.side(side_x, z, body), paint)]
-        pieces += [Piece(cam.side(side_x, z, w), glass) for w in windows]
+        pieces += [Piece(side(body), paint), *(Piece(side(w), glass) for w in windows)]
         for s in (0.8 * k, length - 0.85 * k):
-            pieces += [
-                Piece(cam.side(side_x, z, circle(s, 0.33, 0.33)), rubber),
-                Piece(cam.side(side_x, z, circle(s, 0.33, 0.17, 12)), metal),
-            ]
+            pieces += [Piece(side(circle(s, 0.33, 0.33)), rubber)]
+            pieces += [Piece(side(circle(s, 0.33, 0.17, 12)), metal)]
     rear = [
         (rect(-0.88, 0.0, -0.6, 0.34), rubber),
         (rect(0.6, 0.0, 0.88, 0.34), rubber),
-        (
-            np.array(
-                [
-                    (-0.92, 0.3),
-                    (0.92, 0.3),
-                    (0.92, 0.86),
-                    (0.86, 0.98),
-                    (-0.86, 0.98),
-                    (-0.92, 0.86),
-                ]
-            ),
-            paint,
-        ),
+        (np.array(_CAR_BODY), paint),
         (np.array([(-0.8, 0.96), (0.8, 0.96), (0.62, 1.45), (-0.62, 1.45)]), paint),
         (np.array([(-0.68, 1.02), (0.68, 1.02), (0.56, 1.38), (-0.56, 1.38)]), glass),
         (rect(-0.93, 0.28, 0.93, 0.42), Surface((36, 36, 40), noise=4.0)),
@@ -204,15 +168,8 @@ def car(cam: Camera, x: float, z: float, rng: np.random.Generator, layer: int) -
         (rect(-0.26, 0.46, 0.26, 0.58), Surface((226, 226, 220), noise=6.0)),
     ]
     pieces += [Piece(cam.facing(x, z, uv), surface) for uv, surface in rear]
-    shadow = cam.ground(
-        np.array(
-            [(x - 1.0, z - 0.2), (x + 1.0, z - 0.2), (x + 1.0, z + length), (x - 1.0, z + length)]
-        )
-    )
+    shadow = cam.ground(rect(x - 1.0, z - 0.2, x + 1.0, z + length))
     return SceneObject("car", tuple(pieces), layer, z, shadow)
-
-
-# ----------------------------------------------------------------------------- people
 
 
 def person(cam: Camera, x: float, z: float, rng: np.random.Generator, layer: int) -> SceneObject:
@@ -234,12 +191,7 @@ def person(cam: Camera, x: float, z: float, rng: np.random.Generator, layer: int
         (np.array([(0.24, 0.86), (0.3, 0.86), (0.27, 1.42), (0.2, 1.42)]), sleeve),
         (circle(-0.27, 0.84, 0.045, 8), skin),
         (circle(0.27, 0.84, 0.045, 8), skin),
-        (
-            np.array(
-                [(-0.2, 0.82), (0.2, 0.82), (0.23, 1.42), (0.1, 1.5), (-0.1, 1.5), (-0.23, 1.42)]
-            ),
-            shirt,
-        ),
+        (np.array(_TORSO), shirt),
         (rect(-0.05, 1.46, 0.05, 1.56), skin),
         (circle(0.0, 1.69, 0.115), hair),
         (circle(0.0, 1.64, 0.11), skin),
@@ -251,47 +203,37 @@ def person(cam: Camera, x: float, z: float, rng: np.random.Generator, layer: int
     return SceneObject("person", pieces, layer, z, shadow)
 
 
-# ----------------------------------------------------------------------------- street furniture
-
-
 def pole(cam: Camera, x: float, z: float, rng: np.random.Generator) -> list[SceneObject]:
     """A metal pole, with a traffic sign or a traffic light on top half of the time."""
     height = rng.uniform(3.2, 5.5)
+    place = partial(cam.facing, x, z)
     metal = Surface((128, 130, 132), noise=4.0, round=0.5)
-    objects = [
-        SceneObject(
-            "pole", (Piece(cam.facing(x, z, rect(-0.06, 0, 0.06, height)), metal),), STREET, z
-        )
-    ]
+    objects = [SceneObject("pole", (Piece(place(rect(-0.06, 0, 0.06, height)), metal),), STREET, z)]
     kind = rng.integers(4)
+    white = Surface((236, 236, 232), noise=5.0)
     if kind == 0:
         ring = Surface((196, 28, 30), noise=5.0)
-        face = Surface((236, 236, 232), noise=5.0)
         sign = (
-            Piece(cam.facing(x, z, circle(0, height - 0.4, 0.32)), ring),
-            Piece(cam.facing(x, z, circle(0, height - 0.4, 0.24)), face),
+            Piece(place(circle(0, height - 0.4, 0.32)), ring),
+            Piece(place(circle(0, height - 0.4, 0.24)), white),
         )
         objects.append(SceneObject("traffic sign", sign, STREET, z - 0.05))
     elif kind == 1:
         blue = Surface((30, 80, 170), noise=5.0, shade=(1.1, 0.9))
-        plate = rect(-0.3, height - 0.75, 0.3, height - 0.1)
         sign = (
-            Piece(cam.facing(x, z, plate), blue),
-            Piece(
-                cam.facing(x, z, rect(-0.06, height - 0.6, 0.06, height - 0.25)),
-                Surface((236, 236, 232), noise=5.0),
-            ),
+            Piece(place(rect(-0.3, height - 0.75, 0.3, height - 0.1)), blue),
+            Piece(place(rect(-0.06, height - 0.6, 0.06, height - 0.25)), white),
         )
         objects.append(SceneObject("traffic sign", sign, STREET, z - 0.05))
     elif kind == 2:
         housing = Surface((34, 36, 34), noise=4.0)
         lit = int(rng.integers(3))
         lamps = [(200, 30, 30), (220, 160, 30), (40, 190, 80)]
-        pieces = [Piece(cam.facing(x, z, rect(-0.17, height - 1.0, 0.17, height)), housing)]
+        pieces = [Piece(place(rect(-0.17, height - 1.0, 0.17, height)), housing)]
         for i, color in enumerate(lamps):
             tone = color if i == lit else _tint(color, 0.35)
             centre = circle(0, height - 0.18 - 0.32 * i, 0.1, 12)
-            pieces.append(Piece(cam.facing(x, z, centre), Surface(tone, noise=5.0)))
+            pieces.append(Piece(place(centre), Surface(tone, noise=5.0)))
         objects.append(SceneObject("traffic light", tuple(pieces), STREET, z - 0.05))
     return objects
 
@@ -329,17 +271,12 @@ def hedge(cam: Camera, x: float, z0: float, z1: float, rng: np.random.Generator)
     return SceneObject("vegetation", (Piece(cam.side(x, z0, outline), leaves),), HEDGE, z0)
 
 
-# ----------------------------------------------------------------------------- buildings
-
-
 Placer = Callable[[np.ndarray], np.ndarray]
 
 
 def _windows(place: Placer, length: float, height: float, rng: np.random.Generator) -> list[Piece]:
-    """Shop fronts and framed windows of a ``length``×``height`` m facade.
-
-    ``place`` maps facade points (metres along, metres up; ``K×2``) to image points.
-    """
+    """Shop fronts and framed windows of a ``length``×``height`` m facade; ``place`` maps
+    facade points (metres along, up; ``K×2``) to image points."""
     glass = Surface((48, 58, 70), noise=5.0, grain=14.0, grain_px=8.0, shade=(1.4, 0.8))
     frame = Surface((230, 228, 220), noise=4.0)
     spacing = rng.uniform(2.6, 3.4)
@@ -399,9 +336,6 @@ def far_buildings(cam: Camera, z: float, rng: np.random.Generator) -> list[Scene
     return objects
 
 
-# ----------------------------------------------------------------------------- the street
-
-
 def _ground_strip(
     cam: Camera,
     label: str,
@@ -411,13 +345,9 @@ def _ground_strip(
     surface: Surface,
     extra: tuple[Piece, ...] = (),
 ) -> SceneObject:
-    """A strip of street surface from ``x0`` to ``x1`` (``x0 < x1``), plus pieces painted on it.
-
-    The strip reaches 0.25 m past both edges and 5 m past ``z_far``, under its neighbours, so
-    that no unlabelled seam is left between strips, facades and the skyline.
-    """
-    x0, x1 = x0 - 0.25, x1 + 0.25
-    quad = cam.ground(np.array([(x0, 0.5), (x1, 0.5), (x1, z_far + 5), (x0, z_far + 5)]))
+    """A strip of street between ``x0`` and ``x1`` (either order) plus pieces on it, reaching
+    0.25 m past both edges and 5 m past ``z_far`` (under its neighbours: no unlabelled seams)."""
+    quad = cam.ground(rect(min(x0, x1) - 0.25, 0.5, max(x0, x1) + 0.25, z_far + 5))
     return SceneObject(label, (Piece(quad, surface), *extra), GROUND)
 
 
@@ -437,7 +367,7 @@ def _sidewalk(cam: Camera, x0: float, x1: float, z_far: float) -> SceneObject:
     kerb = Surface((182, 180, 176), noise=5.0)
     edge = x0 if abs(x0) < abs(x1) else x1
     curb = Piece(cam.ground(rect(edge - 0.15, 0.5, edge + 0.15, z_far)), kerb)
-    return _ground_strip(cam, "sidewalk", min(x0, x1), max(x0, x1), z_far, paving, (curb,))
+    return _ground_strip(cam, "sidewalk", x0, x1, z_far, paving, (curb,))
 
 
 def _depth_in_view(x: float, far: float, rng: np.random.Generator) -> float:
@@ -482,14 +412,7 @@ def _hedge_side(
     lot = Surface((110, 106, 104), noise=8.0, grain=12.0, shade=(1.1, 0.9))
     objects = [
         _sidewalk(cam, side * edge, side * 5.4, z_far),
-        _ground_strip(
-            cam,
-            "parking",
-            min(side * 5.4, side * facade),
-            max(side * 5.4, side * facade),
-            z_far,
-            lot,
-        ),
+        _ground_strip(cam, "parking", side * 5.4, side * facade, z_far, lot),
         hedge(cam, side * 5.6, rng.uniform(2.0, 6.0), rng.uniform(35.0, 60.0), rng),
     ]
     objects += side_buildings(cam, side * facade, z_far, rng)
@@ -527,10 +450,8 @@ def drawing_order(objects: list[SceneObject]) -> list[SceneObject]:
 def build_scene(
     width: int, height: int, rng: np.random.Generator, cam: Camera | None = None
 ) -> list[SceneObject]:
-    """A random street scene for a ``width``×``height`` image, in drawing order (back to front).
-
-    ``cam``: the camera to use; by default :func:`street_camera` draws one from ``rng``.
-    """
+    """A random street scene for a ``width``×``height`` image, back to front; ``cam`` defaults
+    to :func:`street_camera` drawn from ``rng``."""
     cam = cam if cam is not None else street_camera(width, height, rng)
     z_far = rng.uniform(90.0, 140.0)
     sky = Surface((104, 152, 208), noise=2.0, grain=16.0, grain_px=width / 6, shade=(0.8, 1.25))

@@ -1,13 +1,6 @@
-"""Prompt files: the JSON and CSV formats a user writes prompts in, and their reader.
+"""Prompt files (JSON or CSV) read into ``{image_id: [Prompt, ...]}``: boxes are XYXY pixels
+with an exclusive maximum, points ``(x, y)`` pixels with label 1 (foreground) or 0.
 
-:func:`load_prompts_file` reads either format into ``{image_id: [Prompt, ...]}``, checking
-types and structure only; check the prompts against image sizes with
-:func:`~segstyle_core.prompts.validation.validate_against_sizes`. Boxes are
-``(x0, y0, x1, y1)`` XYXY pixels with an exclusive maximum; points are ``(x, y)`` pixels with
-label 1 (foreground) or 0 (background).
-
-Prompt files
-------------
 JSON: an object keyed by image id, each value a non-empty list of prompts::
 
     {"aachen_000000_000019": [
@@ -18,12 +11,9 @@ JSON: an object keyed by image id, each value a non-empty list of prompts::
 
 ``labels`` defaults to all 1; no other keys are allowed.
 
-CSV: a header row, then one row per box and/or point. Columns: ``image_id`` (required), the
-box columns ``x0,y0,x1,y1`` and/or the point columns ``px,py`` with optional ``label``
-(0 or 1, default 1), and optionally ``prompt``. A row fills the box columns, the point
-columns or both, and leaves the others empty. Rows of one image that share a non-empty
-``prompt`` value form one prompt (at most one box, any number of points); every other row is
-a prompt of its own::
+CSV: a header, then one row per box and/or point: ``image_id``, ``x0,y0,x1,y1`` and/or
+``px,py`` with optional ``label`` (default 1), optional ``prompt``. Rows of one image sharing
+a non-empty ``prompt`` form one prompt (at most one box); every other row is its own::
 
     image_id,prompt,x0,y0,x1,y1,px,py,label
     aachen_000000_000019,car,10,20,200,120,,,
@@ -55,13 +45,8 @@ _CSV_COLUMNS = ("image_id", "prompt", *_BOX_COLUMNS, *_POINT_COLUMNS, "label")
 
 
 def load_prompts_file(path: str | os.PathLike[str]) -> dict[str, list[Prompt]]:
-    """Read a ``.json`` or ``.csv`` prompts file (formats in this module's docstring).
-
-    Only types and structure are checked here; check the prompts against the image sizes
-    with :func:`~segstyle_core.prompts.validation.validate_against_sizes`.
-
-    Returns:
-        ``{image_id: [Prompt, ...]}`` in file order.
+    """``{image_id: [Prompt, ...]}`` in file order from a ``.json`` or ``.csv`` prompts file,
+    types and structure checked (image sizes: :func:`validate_prompt`).
 
     Raises:
         InputError: missing, empty or unreadable file, unknown extension, wrong types or
@@ -129,14 +114,9 @@ MAX_INT_DIGITS = 9
 
 
 def _strict_json(text: str, path: Path) -> Any:
-    """``json.loads`` that refuses what would silently lose or break data: a key repeated in
-    one object (the last would win), an integer of more than :data:`MAX_INT_DIGITS` digits,
-    a float that is not finite (``1e999``, ``NaN``, ``Infinity``) and nesting too deep for
-    the parser.
-
-    Raises:
-        InputError: invalid JSON or one of the above (one line, names ``path``).
-    """
+    """``json.loads`` refusing, as a one-line InputError naming ``path``, what would lose or
+    break data: a repeated key (the last would win), an integer of over :data:`MAX_INT_DIGITS`
+    digits, a non-finite float (``1e999``, ``NaN``) and nesting too deep for the parser."""
 
     def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: dict[str, Any] = {}

@@ -1,11 +1,6 @@
-"""Prompts made from ground truth: one box per instance, jittered boxes, a frame's prompts.
-
-A dataset run prompts each frame from one of :data:`PROMPT_SOURCES` or from a prompts file:
-:func:`prompts_from_instances` turns ground-truth instances into box prompts (all of them, or
-the largest), :func:`jitter_boxes` expands and shifts boxes to imitate a less careful user, and
-:func:`frame_prompts` picks a frame's prompts for the run's source and adjusts their boxes with
-a per-frame seed (:func:`frame_seed`). Boxes are XYXY pixels with an exclusive maximum, like
-``Instance.box``.
+"""A frame's prompts for a run's source (:data:`PROMPT_SOURCES` or a prompts file): box prompts
+from ground-truth instances, expanded and jittered with a per-frame seed to imitate a less
+careful user. Boxes are XYXY pixels with an exclusive maximum, like ``Instance.box``.
 """
 
 from __future__ import annotations
@@ -36,16 +31,8 @@ def prompts_from_instances(
     mode: Literal["all", "largest"] = "all",
     min_area: int = DEFAULT_MIN_AREA,
 ) -> list[Prompt]:
-    """Box prompts from ground-truth instances (already restricted to the chosen classes).
-
-    Args:
-        instances: GT instances; each ``box`` is XYXY with exclusive maximum.
-        mode: ``"all"``: one prompt per instance of at least ``min_area`` pixels, in the given
-            order; ``"largest"``: only the largest such instance (the "main object").
-        min_area: smallest instance area in pixels that gets a prompt.
-
-    Returns:
-        Box prompts with ``instance_id`` and ``class_name`` filled (empty if none qualifies).
+    """Box prompts (``instance_id``, ``class_name`` filled) of the instances of at least
+    ``min_area`` pixels: all, in order, or (``largest``) the largest one.
 
     Raises:
         ConfigError: unknown ``mode``.
@@ -76,13 +63,10 @@ def jitter_boxes(
 ) -> list[Prompt]:
     """Expand and randomly shift the boxes of ``prompts`` on a ``width``×``height`` image.
 
-    Each side of a box moves outward by ``expand_px`` plus ``expand_pct`` percent of the box's
-    width (left/right sides) or height (top/bottom sides). Then each of the four coordinates
-    moves by an integer drawn uniformly from ``[-jitter_px, jitter_px]``
-    (``numpy.random.default_rng(seed)``, drawn in prompt order, so the result depends only on
-    the inputs and ``seed``). The box is clipped to the image; if the jitter collapses an axis
-    to less than one pixel, that axis keeps its un-jittered coordinates. Prompts without a box
-    are returned unchanged; points are never moved.
+    Each side moves out by ``expand_px`` plus ``expand_pct`` percent of the box's width or
+    height; then each coordinate by an integer uniform in ``[-jitter_px, jitter_px]``
+    (``default_rng(seed)``, in prompt order), clipped to the image; an axis the jitter collapses
+    below one pixel keeps its un-jittered coordinates. Points never move.
 
     Raises:
         ConfigError: a negative ``expand_px``, ``expand_pct`` or ``jitter_px``.
@@ -117,9 +101,7 @@ def jitter_boxes(
 
 
 def frame_seed(seed: int, image_id: str) -> int:
-    """The box-jitter seed of one frame of a run seeded with ``seed``: the first 8 bytes of
-    the SHA-256 of ``"{seed}:{image_id}"`` as an unsigned integer, so every frame draws its
-    own offsets and a rerun draws the same ones."""
+    """A frame's box-jitter seed: the first 8 bytes of SHA-256(``"{seed}:{image_id}"``)."""
     digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
@@ -135,16 +117,10 @@ def frame_prompts(
     jitter_px: int = 0,
     seed: int = 0,
 ) -> list[Prompt]:
-    """The prompts of one frame for a prompt source, their boxes expanded and jittered.
-
-    Args:
-        source: ``gt-instances`` (every instance box above ``min_area``), ``largest`` (the
-            seed's main object), ``auto`` (no prompts: automatic masks) or a prompts-file path,
-            whose parsed content is ``file_prompts``.
-        size: the frame's ``(height, width)``; prompts from a file are validated against it
-            (boxes sticking out are clipped; see :func:`validate_prompt`).
-        expand_px / jitter_px: see :func:`jitter_boxes`; the jitter is drawn with
-            ``frame_seed(seed, frame.image_id)``. Points never move.
+    """One frame's prompts for ``source``, boxes jittered (:func:`jitter_boxes`) with
+    :func:`frame_seed`: ``gt-instances``, ``largest``, ``auto`` (none: automatic masks) or a
+    prompts-file path whose parsed content is ``file_prompts`` (validated against ``size``,
+    the frame's ``(height, width)``).
 
     Raises:
         InputError: a file prompt does not fit the image (names the file, image and entry).

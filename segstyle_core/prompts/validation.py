@@ -1,12 +1,7 @@
-"""Checking prompts against an image, and parsing prompts given on the command line.
+"""Checking prompts against an image, and parsing box and point values given as text.
 
-Boxes are ``(x0, y0, x1, y1)`` XYXY in original-image pixels with an exclusive maximum: a box
-covers the pixels ``x0 <= x < x1``, ``y0 <= y < y1`` (the same convention as
-``Instance.box``). Points are ``(x, y)`` pixel coordinates with label 1 (foreground) or
-0 (background). :func:`check_structure` checks what needs no image (finite numbers, one label
-per point); :func:`validate_prompt` also checks the prompt against an image's size and clips a
-box that sticks out; :func:`parse_box` and :func:`parse_point` read the CLI's ``--box`` and
-``--point`` values.
+Boxes cover the pixels ``x0 <= x < x1``, ``y0 <= y < y1``; points are ``(x, y)`` pixels with
+label 1 (foreground) or 0 (background).
 """
 
 from __future__ import annotations
@@ -29,11 +24,8 @@ def as_box(values: Iterable[float]) -> Box:
 
 
 def check_structure(prompt: Prompt, source: str) -> None:
-    """Checks that need no image size: finite numbers, label count and values, not empty.
-
-    Raises:
-        InputError: the prompt is malformed (one line, names ``source``).
-    """
+    """Check what needs no image: not empty, finite numbers, one 0/1 label per point
+    (one-line InputError naming ``source``)."""
     if prompt.box is None and not prompt.points:
         raise InputError(f"{source}: prompt has neither a box nor points; give a box or points")
     if prompt.box is not None and (
@@ -56,20 +48,12 @@ def check_structure(prompt: Prompt, source: str) -> None:
 
 
 def validate_prompt(prompt: Prompt, width: int, height: int, source: str) -> Prompt:
-    """Check ``prompt`` against a ``width``×``height`` image and return it, box clipped.
-
-    A box that overlaps the image but sticks out of it is clipped to the image (documented
-    behaviour: the part outside holds no pixels to segment). A box that is inverted or empty
-    (``x1 <= x0`` or ``y1 <= y0``) or lies entirely outside the image is an error, and so is
-    any point outside the image (``0 <= x < width``, ``0 <= y < height``).
-
-    Args:
-        prompt: the prompt, in original-image pixels.
-        width, height: the image size in pixels.
-        source: where the prompt came from (file and entry, or CLI option), for messages.
+    """``prompt`` checked against a ``width``×``height`` image, a box sticking out clipped
+    (the part outside holds nothing to segment).
 
     Raises:
-        InputError: the prompt is malformed or does not fit the image (one line, names source).
+        InputError: malformed, an inverted, empty or wholly outside box, or a point outside
+            the image (one line, names ``source``: file and entry, or option).
     """
     check_structure(prompt, source)
     for x, y in prompt.points:
@@ -103,42 +87,8 @@ def clip_box(box: Box, width: int, height: int, source: str) -> Box:
     return as_box((max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)))
 
 
-def validate_against_sizes(
-    prompts_by_image: dict[str, list[Prompt]],
-    sizes: dict[str, tuple[int, int]],
-    source: str,
-) -> dict[str, list[Prompt]]:
-    """Validate every prompt against its image's ``(width, height)`` in ``sizes``.
-
-    Returns the prompts with boxes clipped as :func:`validate_prompt` documents.
-
-    Raises:
-        InputError: an image id is not in ``sizes``, or a prompt does not fit its image.
-    """
-    unknown = sorted(set(prompts_by_image) - set(sizes))
-    if unknown:
-        shown = ", ".join(unknown[:3]) + (
-            f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-        )
-        raise InputError(
-            f"{source}: prompts for unknown image id(s) {shown}; use the ids of the images "
-            "in this run (file name without _leftImg8bit.png)"
-        )
-    return {
-        image_id: [
-            validate_prompt(prompt, *sizes[image_id], f"{source}: {image_id!r}[{index}]")
-            for index, prompt in enumerate(prompts)
-        ]
-        for image_id, prompts in prompts_by_image.items()
-    }
-
-
 def parse_box(text: str) -> tuple[float, float, float, float]:
-    """Parse a CLI box ``"x0,y0,x1,y1"`` (pixels, XYXY) into four floats.
-
-    Raises:
-        InputError: not four comma-separated finite numbers.
-    """
+    """``"x0,y0,x1,y1"`` (pixels, XYXY) as four floats (InputError if not four numbers)."""
     values = _parse_numbers(text, "box", "10,20,200,120")
     if len(values) != 4:
         raise InputError(
@@ -148,8 +98,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
-    """Parse a CLI point ``"x,y"`` or ``"x,y,label"`` (label 1 = foreground, the default; 0 =
-    background) into ``(x, y, label)``.
+    """``"x,y"`` or ``"x,y,label"`` (label 1 foreground, the default, or 0) as ``(x, y, label)``.
 
     Raises:
         InputError: not two or three comma-separated numbers, or a label other than 0 or 1.

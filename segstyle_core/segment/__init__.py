@@ -1,11 +1,6 @@
-"""Segmentation backends and their configuration.
-
-A backend is described by a frozen :class:`SegmenterConfig` (hashed into cache keys, passed
-between Prefect tasks, rendered as a form in the Prefect UI). Its :meth:`~SegmenterConfig.identity`
-names the results without loading the model; :meth:`~SegmenterConfig.build` loads each distinct
-backend once per process (see :meth:`~segstyle_core.backends.BackendConfig.load_once`). SAM and
-SAM 2 are loaded by one factory, :func:`load_segmenter`, from the checkpoint the configuration
-resolved.
+"""Segmentation backends: the frozen :class:`SegmenterConfig` (cache keys, Prefect forms) names
+results without loading (:meth:`~SegmenterConfig.identity`) and builds each backend once per
+process; SAM and SAM 2 load through one factory, :func:`load_segmenter`.
 """
 
 from __future__ import annotations
@@ -18,8 +13,6 @@ from pydantic import Field
 from segstyle_core import devices, weights
 from segstyle_core.backends import BackendConfig, BackendIdentity
 from segstyle_core.segment.base import (
-    MaskPrediction,
-    Prompt,
     Sam2Variant,
     SamPrecision,
     SamVariant,
@@ -31,15 +24,6 @@ if TYPE_CHECKING:
     import torch
 
     from segstyle_core.segment.sam import PromptSegmenter
-
-__all__ = [
-    "MaskPrediction",
-    "Prompt",
-    "SamPrecision",
-    "Segmenter",
-    "SegmenterConfig",
-    "load_segmenter",
-]
 
 
 class SegmenterConfig(BackendConfig):
@@ -66,8 +50,7 @@ class SegmenterConfig(BackendConfig):
     """GrabCut: iterations of its energy minimisation."""
 
     def _weights(self) -> tuple[str, weights.CheckpointFile]:
-        """SAM's or SAM 2's variant and checkpoint: :attr:`checkpoint`, else the variant's
-        official file (``sam_vit_l``, ``sam2.1_hiera_large``), found and verified."""
+        """SAM's or SAM 2's variant and checkpoint (:attr:`checkpoint`, else the official one)."""
         variant: str
         if self.backend == "sam":
             variant, official = self.sam_variant, f"sam_{self.sam_variant}"
@@ -90,11 +73,8 @@ class SegmenterConfig(BackendConfig):
         return BackendIdentity(self.backend, variant, checkpoint.sha256)
 
     def build(self, embedding_cache_dir: str | None = None) -> Segmenter:
-        """The segmenter, loaded once per process and reused.
-
-        Args:
-            embedding_cache_dir: SAM's and SAM 2's on-disk image-embedding cache (none: no cache).
-        """
+        """The segmenter, loaded once per process; ``embedding_cache_dir``: SAM's on-disk
+        image-embedding cache (none: no cache)."""
         backend = self.backend
 
         def factory() -> Segmenter:
@@ -125,20 +105,10 @@ def load_segmenter(
     multimask: bool = True,
     precision: SamPrecision = "auto",
 ) -> PromptSegmenter:
-    """SAM's or SAM 2's segmenter on ``variant``'s model filled from ``checkpoint``, a file the
-    caller has already found and hashed (:meth:`SegmenterConfig.build` resolves it).
-
-    The model (``variant``'s architecture, :meth:`PromptSegmenter.architecture
-    <segstyle_core.segment.sam.PromptSegmenter.architecture>`, filled by a ``weights_only``
-    load) is loaded once per process for each backend, variant, device and weights SHA-256,
-    and shared by every segmenter on it (:data:`segstyle_core.devices.MODELS`).
-
-    Args:
-        variant: SAM: a key of :data:`~segstyle_core.segment.sam.SAM_BUILDERS`; SAM 2: a key
-            of :data:`~segstyle_core.segment.sam2.VARIANTS`.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        embedding_cache_dir, multimask, precision: the segmenter's (see
-            :class:`~segstyle_core.segment.sam.PromptSegmenter`).
+    """SAM's or SAM 2's segmenter on ``variant``'s model filled from ``checkpoint`` (found and
+    hashed already). The model is loaded once per process per backend, variant, device and
+    weights and shared (:data:`segstyle_core.devices.MODELS`); ``device``: ``auto``, ``cpu``,
+    ``cuda[:N]``; the other options: :class:`~segstyle_core.segment.sam.PromptSegmenter`'s.
 
     Raises:
         ConfigError: unknown variant, device or precision; the ``sam2`` package missing.

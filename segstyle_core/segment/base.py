@@ -1,8 +1,5 @@
-"""The segmenter protocol shared by every backend (SAM, GrabCut, ...).
-
-A backend takes one image and all of its prompts at once, so that model backends can run the
-image encoder a single time and decode every prompt in one batch.
-"""
+"""The segmenter protocol of every backend: one image and all its prompts at once (so a model
+encodes the image once and decodes every prompt in a batch)."""
 
 from __future__ import annotations
 
@@ -26,15 +23,8 @@ SamPrecision = Literal["auto", "float32", "bfloat16"]
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt in original-image pixel coordinates.
-
-    Attributes:
-        box: ``(x0, y0, x1, y1)`` XYXY box, or ``None``.
-        points: ``((x, y), ...)`` point coordinates.
-        point_labels: one label per point: 1 = foreground, 0 = background.
-        instance_id: Cityscapes instance id (``class_id*1000+n``) the prompt came from, if any.
-        class_name: class the prompt is meant to select (``"car"``), if known.
-    """
+    """One prompt in image pixels: an XYXY ``box`` and/or ``points`` ``(x, y)`` with one label
+    each (1 foreground, 0 background); the GT ``instance_id`` and ``class_name`` it came from."""
 
     box: tuple[float, float, float, float] | None = None
     points: tuple[tuple[float, float], ...] = ()
@@ -93,12 +83,9 @@ class Segmenter(Protocol):
         ...
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Automatic masks for ``image``, in SamAutomaticMaskGenerator's record format.
-
-        Each record has ``segmentation`` (``H×W bool``), ``area`` (int), ``bbox``
-        (``[x, y, w, h]`` XYWH), ``predicted_iou``, ``stability_score`` (floats),
-        ``point_coords`` (``[[x, y]]``) and ``crop_box`` (``[x, y, w, h]``).
-        """
+        """Automatic masks in SamAutomaticMaskGenerator's records: ``segmentation`` (``H×W
+        bool``), ``area``, ``bbox`` and ``crop_box`` (XYWH), ``predicted_iou``,
+        ``stability_score``, ``point_coords`` (``[[x, y]]``)."""
         ...
 
 
@@ -108,11 +95,7 @@ def grabcut_variant(iterations: int) -> str:
 
 
 def lookup_variant(registry: Mapping[str, T], variant: str, model: str) -> T:
-    """``registry[variant]``: what builds ``model``'s (``"SAM 2"``) architecture ``variant``.
-
-    Raises:
-        ConfigError: unknown variant (the message lists the known ones).
-    """
+    """``registry[variant]`` (ConfigError naming ``model`` and the known variants if absent)."""
     try:
         return registry[variant]
     except KeyError:

@@ -1,66 +1,48 @@
-"""Offline segmentation that needs no weights: OpenCV GrabCut for prompts, an over-segmentation
-(scikit-image Felzenszwalb or SLIC) for automatic masks.
+"""Offline segmentation without weights: OpenCV GrabCut for prompts, an over-segmentation
+(scikit-image Felzenszwalb) for automatic masks.
 
-Prompted masks (:meth:`GrabCutSegmenter.segment`):
+Prompted masks (:meth:`GrabCutSegmenter.segment`), crop-local for speed:
 
-* box prompt: GrabCut runs on the box (and any points) grown by ``margin_px`` (cropped, for
-  speed on big frames), initialised from a mask: inside the box is probable foreground, the
-  margin around it is background;
-* centre prior (the anchor): an ellipse centred in the box, ``center_prior`` times the box's
-  width and height, is definite foreground, with or without points. Without it GrabCut often
-  collapses onto a small distinctive part (number plate, lights) when the object's main
-  colours also occur around it; on the demo dataset's cars it lifts the mean IoU from well
-  below to above that of the box itself. ``center_prior=0`` turns it off. Foreground points
-  that span the object replace it: three or more whose convex hull covers ``points_span`` of
-  the ellipse make that hull the anchor instead (the video tracker's core points do; one or
-  two clicks do not, and add to the ellipse);
-* collapse guard: GrabCut runs one iteration at a time and stops early when an iteration would
-  leave less than ``min_box_fill`` of the box as foreground (GrabCut can wipe out an object
-  whose colours also occur in the margin); the last mask above the threshold is kept;
-* points refine the box's initialisation, they never replace it: a disk of ``point_radius_px``
-  around a foreground point (label 1) is definite foreground, around a background point
-  (label 0) definite background, and each point's own pixel keeps its label. A background
-  point also vetoes its colour region (the Felzenszwalb region of the crop that holds it,
-  ``region_scale``): that region is probable background inside the box and is cut out of
-  the centre prior (with a few pixels' guard for its blurred edge), so the prior never forces
-  what the point excludes;
-* points-only prompt: GrabCut needs a region to start from, so the points grow one. The
-  Felzenszwalb regions (``region_scale``, ``region_min_size``) that hold the foreground
-  points, less those that hold a background point, within the points' box grown by
-  ``point_context`` times the image's shorter side, are the anchor (definite foreground);
-  their bounding box grown by ``point_box_grow`` of its size on each side is the box, which
-  then runs as a box prompt (margin background, probable foreground inside);
-* post-processing: keep the connected components that touch a definite-foreground seed (the
-  centre prior, the region anchor, the foreground points), else the largest one; fill holes,
-  except holes that hold a background point.
+* box: GrabCut runs on the box (and points) grown by ``margin_px``; inside the box is probable
+  foreground, the margin background. GrabCut runs one iteration at a time and keeps the last
+  mask that leaves at least ``min_box_fill`` of the box foreground (it can wipe out an object
+  whose colours also occur in the margin).
+* centre prior: an ellipse of ``center_prior`` times the box is definite foreground. Without it
+  GrabCut often collapses onto a small distinctive part (plate, lights); on the demo cars it
+  lifts the mean IoU above the box's own. Three or more foreground points whose convex hull
+  covers ``points_span`` of the ellipse replace it by that hull (the tracker's core points).
+* points refine, never replace, the box: disks of ``point_radius_px`` are definite foreground
+  (label 1) or background (label 0). A background point also vetoes its Felzenszwalb region
+  (``region_scale``): probable background inside the box, cut out of the centre prior (with a
+  guard for its blurred edge). Before, a box with points dropped the prior and GrabCut collapsed
+  (demo cars: box + centre click 0.49 mean IoU against 0.66 for the box alone).
+* points only: the Felzenszwalb regions holding the foreground points, less those holding a
+  background point, within the points' box grown by ``point_context`` of the image's shorter
+  side, are the anchor (definite foreground); their box grown by ``point_box_grow`` runs as a
+  box prompt. (Starting from the disks alone let the object train the background model.)
+* post-processing: keep the components touching a definite-foreground seed (else the largest)
+  and fill holes, except holes holding a background point.
 
-Why points used to hurt: before, a box with points dropped the centre prior, so GrabCut
-collapsed onto a part and the component filter kept only the few pixels around the point (on
-the demo cars a box plus one point at the car's centre scored a mean instance IoU of 0.49
-against 0.66 for the box alone, some cars falling from 0.8 to under 0.05); and a points-only
-prompt started as probable background everywhere but its 3-pixel disks, so the object's own
-pixels trained the background model and the mask stayed a dot (30–80 px).
-
-Fallback, recorded in :attr:`MaskPrediction.notes`: when the box is under
-:data:`MIN_BOX_SIDE_PX` pixels on a side, when GrabCut fails or when it finds no foreground,
-the mask is the box itself (note ``"fallback:box"``) or, for a points-only prompt, the disks
-of the foreground points (note ``"fallback:points"``); either way with the foreground points'
-disks added and the background points' disks cut out. A non-empty prompt never gives an
-empty mask, and every mask holds its foreground points and none of its background points.
-
-Score: 1.0 for a GrabCut mask, 0.0 for a fallback mask (GrabCut has no confidence of its own).
+Fallback (:attr:`MaskPrediction.notes` ``("fallback:box" | "fallback:points", reason)``, score
+0.0): a box under :data:`MIN_BOX_SIDE_PX` on a side, a GrabCut failure or no foreground give
+the box (or the foreground points' disks), with foreground disks added and background disks cut
+out. A non-empty prompt never gives an empty mask. GrabCut masks score 1.0 (it has no
+confidence).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 from cv2.typing import MatLike
+from numpy.typing import ArrayLike
 from scipy import ndimage
-from skimage.segmentation import felzenszwalb, slic
+from skimage.segmentation import felzenszwalb
 
+from segstyle_core.devices import compute_threads
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.images import check_rgb
 from segstyle_core.prompts.validation import validate_prompt
@@ -76,11 +58,33 @@ _VETO_GUARD_PX = 3
 
 _FOREGROUND = (cv2.GC_FGD, cv2.GC_PR_FGD)
 
+#: Felzenszwalb settings of the automatic masks (``scale``: higher gives larger segments;
+#: ``sigma``: pre-smoothing in pixels; ``min_size``: smallest segment in pixels), and the most
+#: masks kept, largest first (bounds memory on big frames).
+AUTO_SEGMENTS: dict[str, Any] = {"scale": 300.0, "sigma": 0.8, "min_size": 200}
+MAX_AUTO_MASKS = 100
+
 
 def _pixel_box(box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
     """The pixels a float XYXY box (exclusive max) touches, as an integer XYXY box."""
     x0, y0, x1, y1 = box
     return int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))
+
+
+def _grown_box(
+    xs: ArrayLike, ys: ArrayLike, grow_x: int, grow_y: int, width: int, height: int
+) -> tuple[int, int, int, int]:
+    """The XYXY box (exclusive end) of pixels ``xs``, ``ys`` grown by ``grow_x``/``grow_y`` on
+    each side, clipped to a ``width``×``height`` image."""
+    x0, x1 = int(np.min(xs)) - grow_x, int(np.max(xs)) + 1 + grow_x
+    y0, y1 = int(np.min(ys)) - grow_y, int(np.max(ys)) + 1 + grow_y
+    return max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+
+
+def _inside(points: list[tuple[int, int]], box: tuple[int, int, int, int]) -> list[tuple[int, int]]:
+    """The ``points`` inside ``box``, relative to its corner."""
+    x0, y0, x1, y1 = box
+    return [(x - x0, y - y0) for x, y in points if x0 <= x < x1 and y0 <= y < y1]
 
 
 def _disk_mask(shape: tuple[int, int], points: list[tuple[int, int]], radius: int) -> np.ndarray:
@@ -121,8 +125,6 @@ def _point_seeds(
 
 def _regions_at(labels: np.ndarray, points: list[tuple[int, int]]) -> np.ndarray:
     """``bool`` mask of the regions of the ``labels`` map that hold one of ``points``."""
-    if not points:
-        return np.zeros(labels.shape, dtype=bool)
     return np.isin(labels, [labels[y, x] for x, y in points])
 
 
@@ -163,97 +165,71 @@ def _segment_point(mask: np.ndarray) -> list[int]:
     return [int(x) - 1, int(y) - 1]
 
 
+@dataclass(eq=False)
 class GrabCutSegmenter:
-    """The ``grabcut`` backend: :class:`~segstyle_core.segment.base.Segmenter` without weights.
+    """The ``grabcut`` backend: a :class:`~segstyle_core.segment.base.Segmenter` without weights.
 
-    Args:
+    Args (see the module docstring):
         iterations: GrabCut iterations per prompt (at most; see ``min_box_fill``).
-        center_prior: side of the definite-foreground centre ellipse of a box prompt, as a
-            fraction of the box's width and height (0 disables it).
-        min_box_fill: with a box, stop iterating before the foreground shrinks below this
-            fraction of the box (the first iteration's mask is always kept).
-        keep_largest_component: keep only the components touching a definite-foreground seed
-            (centre prior, points-only anchor, foreground points), else the largest component.
-        fill_holes: fill holes in the mask (holes holding a background point stay open).
+        center_prior: the centre ellipse's size as a fraction of the box (0: none).
+        min_box_fill: stop iterating before the foreground falls below this fraction of the box.
+        keep_largest_component: keep only components touching a definite-foreground seed.
+        fill_holes: fill holes (those holding a background point stay open).
         margin_px: background margin around a box that GrabCut learns background colours from.
-        point_radius_px: radius of the definite foreground/background disk around each point.
-        point_context: a points-only prompt looks for its region within the points' bounding
-            box grown by this fraction of the image's shorter side.
-        point_box_grow: a points-only prompt's box is its region's bounding box grown by this
-            fraction of the region's width and height on each side.
-        region_scale: Felzenszwalb scale of the colour regions that points grow (points-only)
-            or veto (background points); higher gives larger regions.
-        region_min_size: Felzenszwalb's smallest region in pixels for those regions.
-        points_span: three or more foreground points whose convex hull covers at least this
-            fraction of the centre prior's area replace the prior by that hull (they say where
-            the object is); fewer or closer points add to the prior.
-        seed: OpenCV RNG seed set before every GrabCut call (its k-means init is random), so
-            equal inputs give equal masks.
+        point_radius_px: radius of the definite disk around each point.
+        point_context: how far (fraction of the image's shorter side) a points-only prompt
+            looks for its regions around the points.
+        point_box_grow: a points-only prompt's box is its regions' box grown by this fraction.
+        region_scale, region_min_size: Felzenszwalb scale and smallest region (pixels) of the
+            regions points grow or veto.
+        points_span: fraction of the centre prior that the points' hull must cover to replace it.
+        seed: OpenCV RNG seed set before every GrabCut call (its k-means init is random).
 
     Raises:
         ConfigError: an option out of its range.
     """
 
-    name = "grabcut"
-    weights_sha256: str | None = None
+    iterations: int = 5
+    center_prior: float = 0.7
+    min_box_fill: float = 0.15
+    keep_largest_component: bool = True
+    fill_holes: bool = True
+    margin_px: int = 16
+    point_radius_px: int = 3
+    point_context: float = 0.25
+    point_box_grow: float = 0.25
+    region_scale: float = 30.0
+    region_min_size: int = 20
+    points_span: float = 0.15
+    seed: int = 0
+    variant: str = field(init=False)
+    name: str = field(default="grabcut", init=False)
+    weights_sha256: str | None = field(default=None, init=False)
 
-    def __init__(
-        self,
-        iterations: int = 5,
-        center_prior: float = 0.7,
-        min_box_fill: float = 0.15,
-        keep_largest_component: bool = True,
-        fill_holes: bool = True,
-        margin_px: int = 16,
-        point_radius_px: int = 3,
-        point_context: float = 0.25,
-        point_box_grow: float = 0.25,
-        region_scale: float = 30.0,
-        region_min_size: int = 20,
-        points_span: float = 0.15,
-        seed: int = 0,
-    ) -> None:
+    def __post_init__(self) -> None:
         rules = {
-            f"iterations >= 1 (got {iterations})": iterations >= 1,
-            f"0 <= center_prior <= 1 (got {center_prior})": 0 <= center_prior <= 1,
-            f"0 <= min_box_fill <= 1 (got {min_box_fill})": 0 <= min_box_fill <= 1,
-            f"margin_px >= 1 (got {margin_px})": margin_px >= 1,
-            f"point_radius_px >= 0 (got {point_radius_px})": point_radius_px >= 0,
-            f"point_context >= 0 (got {point_context})": point_context >= 0,
-            f"point_box_grow >= 0 (got {point_box_grow})": point_box_grow >= 0,
-            f"region_scale > 0 (got {region_scale})": region_scale > 0,
-            f"region_min_size >= 1 (got {region_min_size})": region_min_size >= 1,
-            f"points_span >= 0 (got {points_span})": points_span >= 0,
+            f"iterations >= 1 (got {self.iterations})": self.iterations >= 1,
+            f"0 <= center_prior <= 1 (got {self.center_prior})": 0 <= self.center_prior <= 1,
+            f"0 <= min_box_fill <= 1 (got {self.min_box_fill})": 0 <= self.min_box_fill <= 1,
+            f"margin_px >= 1 (got {self.margin_px})": self.margin_px >= 1,
+            f"point_radius_px >= 0 (got {self.point_radius_px})": self.point_radius_px >= 0,
+            f"point_context >= 0 (got {self.point_context})": self.point_context >= 0,
+            f"point_box_grow >= 0 (got {self.point_box_grow})": self.point_box_grow >= 0,
+            f"region_scale > 0 (got {self.region_scale})": self.region_scale > 0,
+            f"region_min_size >= 1 (got {self.region_min_size})": self.region_min_size >= 1,
+            f"points_span >= 0 (got {self.points_span})": self.points_span >= 0,
         }
         broken = [rule for rule, holds in rules.items() if not holds]
         if broken:
             raise ConfigError(f"grabcut options out of range; use {', '.join(broken)}")
-        self.iterations = iterations
-        self.center_prior = center_prior
-        self.min_box_fill = min_box_fill
-        self.keep_largest_component = keep_largest_component
-        self.fill_holes = fill_holes
-        self.margin_px = margin_px
-        self.point_radius_px = point_radius_px
-        self.point_context = point_context
-        self.point_box_grow = point_box_grow
-        self.region_scale = region_scale
-        self.region_min_size = region_min_size
-        self.points_span = points_span
-        self.seed = seed
-        self.variant = grabcut_variant(iterations)
+        self.variant = grabcut_variant(self.iterations)
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
-        """One mask per prompt for ``image`` (``H×W×3 uint8 RGB``), in prompt order.
-
-        Each :class:`MaskPrediction` holds an ``H×W bool`` mask, score 1.0 (GrabCut) or 0.0
-        (fallback) and notes (``("fallback:box" or "fallback:points", reason)`` for a
-        fallback, else empty).
+        """One ``H×W bool`` mask per prompt for ``image`` (``H×W×3 uint8 RGB``), in order.
 
         Raises:
-            InputError: bad image array, a prompt that does not fit the image (see
-                :func:`~segstyle_core.prompts.validation.validate_prompt`), or a points-only prompt
-                without a foreground point.
+            InputError: bad image, a prompt that does not fit it (:func:`validate_prompt`), or
+                a points-only prompt without a foreground point.
         """
         check_rgb(image, "image for GrabCut")
         height, width = image.shape[:2]
@@ -269,21 +245,14 @@ class GrabCutSegmenter:
     def _points_region(
         self, image: np.ndarray, positives: list[tuple[int, int]], negatives: list[tuple[int, int]]
     ) -> tuple[tuple[int, int, int, int], np.ndarray]:
-        """A points-only prompt's box (integer XYXY) and anchor (``H×W bool``).
-
-        The anchor is the colour regions holding the foreground points less those holding a
-        background point (plus the foreground points' disks), found within the points' box
-        grown by ``point_context`` of the image's shorter side; the box is the anchor's
-        bounding box grown by ``point_box_grow`` of its size, plus one pixel, on each side.
-        """
+        """A points-only prompt's box (integer XYXY) and anchor (``H×W bool``: its regions
+        plus the foreground disks); the box is the anchor's grown by ``point_box_grow`` + 1 px."""
         height, width = image.shape[:2]
         margin = max(self.margin_px, int(self.point_context * min(width, height)))
         xs, ys = zip(*positives, strict=True)
-        x0, y0 = max(min(xs) - margin, 0), max(min(ys) - margin, 0)
-        x1, y1 = min(max(xs) + 1 + margin, width), min(max(ys) + 1 + margin, height)
+        near = x0, y0, x1, y1 = _grown_box(xs, ys, margin, margin, width, height)
         labels = self._regions(np.ascontiguousarray(image[y0:y1, x0:x1]))
-        local_pos = [(x - x0, y - y0) for x, y in positives]
-        local_neg = [(x - x0, y - y0) for x, y in negatives if x0 <= x < x1 and y0 <= y < y1]
+        local_pos, local_neg = _inside(positives, near), _inside(negatives, near)
         region = _regions_at(labels, local_pos) & ~_regions_at(labels, local_neg)
         region |= _disk_mask(labels.shape, local_pos, self.point_radius_px)
         anchor = np.zeros((height, width), dtype=bool)
@@ -291,13 +260,7 @@ class GrabCutSegmenter:
         rows, cols = np.nonzero(anchor)
         grow_x = round(self.point_box_grow * (cols.max() + 1 - cols.min())) + 1
         grow_y = round(self.point_box_grow * (rows.max() + 1 - rows.min())) + 1
-        box = (
-            max(int(cols.min()) - grow_x, 0),
-            max(int(rows.min()) - grow_y, 0),
-            min(int(cols.max()) + 1 + grow_x, width),
-            min(int(rows.max()) + 1 + grow_y, height),
-        )
-        return box, anchor
+        return _grown_box(cols, rows, grow_x, grow_y, width, height), anchor
 
     def _box_anchor(
         self, shape: tuple[int, int], in_box: tuple[slice, slice], positives: list[tuple[int, int]]
@@ -330,13 +293,11 @@ class GrabCutSegmenter:
             box, anchor = self._points_region(image, positives, negatives)
         # the crop: the box and the foreground points, grown by the margin
         xs, ys = zip(*positives, (box[0], box[1]), (box[2] - 1, box[3] - 1), strict=True)
-        cx0, cy0 = max(min(xs) - self.margin_px, 0), max(min(ys) - self.margin_px, 0)
-        cx1 = min(max(xs) + 1 + self.margin_px, width)
-        cy1 = min(max(ys) + 1 + self.margin_px, height)
+        margin = self.margin_px
+        around = cx0, cy0, cx1, cy1 = _grown_box(xs, ys, margin, margin, width, height)
         crop = np.ascontiguousarray(image[cy0:cy1, cx0:cx1])
         shape = (cy1 - cy0, cx1 - cx0)
-        local_pos = [(x - cx0, y - cy0) for x, y in positives]
-        local_neg = [(x - cx0, y - cy0) for x, y in negatives if cx0 <= x < cx1 and cy0 <= y < cy1]
+        local_pos, local_neg = _inside(positives, around), _inside(negatives, around)
         in_box = (slice(box[1] - cy0, box[3] - cy0), slice(box[0] - cx0, box[2] - cx0))
 
         seed = np.full(shape, cv2.GC_BGD, dtype=np.uint8)
@@ -372,11 +333,8 @@ class GrabCutSegmenter:
     def _grabcut(
         self, crop: np.ndarray, seed: np.ndarray, in_box: tuple[slice, slice] | None
     ) -> np.ndarray:
-        """Run GrabCut one iteration at a time on ``crop`` from the ``seed`` class mask.
-
-        Returns the ``h×w bool`` foreground of the last iteration that kept at least
-        ``min_box_fill`` of the box (``in_box``, crop-local slices) as foreground; the first
-        iteration's result is always accepted.
+        """``h×w bool`` foreground of the last GrabCut iteration on ``crop`` (from the ``seed``
+        class mask) that kept ``min_box_fill`` of ``in_box`` (the first always counts).
 
         Raises:
             cv2.error: GrabCut could not run (e.g. no background pixels to learn from).
@@ -384,6 +342,7 @@ class GrabCutSegmenter:
         cv2.setRNGSeed(self.seed)
         bgd_model: MatLike = np.zeros((1, 65), np.float64)
         fgd_model: MatLike = np.zeros((1, 65), np.float64)
+        cv2.setNumThreads(compute_threads())  # a one-thread Dask worker computes on one core
         unused_rect = (0, 0, 0, 0)  # GrabCut reads the rectangle only in GC_INIT_WITH_RECT mode
         classes, bgd_model, fgd_model = cv2.grabCut(
             crop, seed, unused_rect, bgd_model, fgd_model, 1, cv2.GC_INIT_WITH_MASK
@@ -400,8 +359,7 @@ class GrabCutSegmenter:
         return accepted
 
     def _fallback(self, prompt: Prompt, shape: tuple[int, int], reason: str) -> MaskPrediction:
-        """The documented fallback: the box, or the foreground-point disks of a points prompt,
-        with the foreground points' disks added and the background points' disks cut out."""
+        """The fallback mask (see the module docstring)."""
         seed = np.full(shape, cv2.GC_PR_BGD, dtype=np.uint8)
         kind = "fallback:points"
         if prompt.box is not None:
@@ -412,81 +370,33 @@ class GrabCutSegmenter:
         mask = np.isin(seed, _FOREGROUND)
         return MaskPrediction(mask=mask, score=0.0, notes=(kind, reason))
 
-    def generate(
-        self,
-        image: np.ndarray,
-        *,
-        method: Literal["felzenszwalb", "slic"] = "felzenszwalb",
-        scale: float = 300.0,
-        sigma: float = 0.8,
-        min_size: int = 200,
-        n_segments: int = 100,
-        compactness: float = 10.0,
-        min_area: int = 0,
-        max_masks: int = 100,
-    ) -> list[dict[str, Any]]:
-        """Automatic masks of ``image`` (``H×W×3 uint8 RGB``) from an over-segmentation.
-
-        Records follow SamAutomaticMaskGenerator's format, largest area first: ``segmentation``
-        (``H×W bool``), ``area`` (pixels), ``bbox`` (``[x, y, w, h]``, ``w``/``h`` = pixels
-        covered), ``predicted_iou`` and ``stability_score`` (both 1.0: an over-segmentation
-        has no confidence), ``point_coords`` (``[[x, y]]``, the segment pixel farthest from
-        its boundary) and ``crop_box`` (``[0, 0, W, H]``). With ``min_area=0`` and enough
-        ``max_masks`` the segments tile the image exactly.
-
-        Args:
-            method: ``"felzenszwalb"`` (graph-based; uses ``scale``, ``sigma``, ``min_size``)
-                or ``"slic"`` (k-means superpixels; uses ``n_segments``, ``compactness``,
-                ``sigma``).
-            scale: Felzenszwalb's scale; higher gives larger segments.
-            sigma: Gaussian pre-smoothing width in pixels.
-            min_size: Felzenszwalb's smallest segment in pixels (smaller ones are merged).
-            n_segments: SLIC's approximate number of segments.
-            compactness: SLIC's colour/space trade-off; higher gives squarer segments.
-            min_area: records for segments under this many pixels are dropped.
-            max_masks: at most this many records, the largest first (bounds memory on big
-                frames).
-
-        Raises:
-            InputError: bad image array.
-        """
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Automatic masks of ``image`` (``H×W×3 uint8 RGB``): its Felzenszwalb segments
+        (:data:`AUTO_SEGMENTS`) as SamAutomaticMaskGenerator's records (see
+        :meth:`Segmenter.generate <segstyle_core.segment.base.Segmenter.generate>`), the
+        :data:`MAX_AUTO_MASKS` largest first; scores 1.0 (no confidence), ``point_coords`` the
+        pixel farthest from the segment's edge. Below that cap the segments tile the image."""
         check_rgb(image, "image for GrabCut")
         height, width = image.shape[:2]
-        if method == "slic":
-            labels = slic(
-                image,
-                n_segments=n_segments,
-                compactness=compactness,
-                sigma=sigma,
-                start_label=0,
-                channel_axis=-1,
-            )
-        else:
-            labels = felzenszwalb(image, scale=scale, sigma=sigma, min_size=min_size)
+        labels = felzenszwalb(image, **AUTO_SEGMENTS)
         areas = np.bincount(labels.ravel())
-        order = [int(label) for label in np.argsort(-areas, kind="stable")]
-        kept = [label for label in order if areas[label] >= max(min_area, 1)]
         boxes = ndimage.find_objects(labels + 1)
         records = []
-        for label in kept[:max_masks]:
+        for label in np.argsort(-areas, kind="stable")[:MAX_AUTO_MASKS]:
             rows, cols = boxes[label]
             local = labels[rows, cols] == label
             mask = np.zeros((height, width), dtype=bool)
             mask[rows, cols] = local
             x, y = _segment_point(local)
+            x0, y0, w, h = cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start
             records.append(
                 {
                     "segmentation": mask,
                     "area": int(areas[label]),
-                    "bbox": [
-                        cols.start,
-                        rows.start,
-                        cols.stop - cols.start,
-                        rows.stop - rows.start,
-                    ],
+                    "bbox": [x0, y0, w, h],
                     "predicted_iou": 1.0,
                     "stability_score": 1.0,
-                    "point_coords": [[x + cols.start, y + rows.start]],
+                    "point_coords": [[x + x0, y + y0]],
                     "crop_box": [0, 0, width, height],
                 }
             )

@@ -1,16 +1,11 @@
-"""Segment Anything backend, and what SAM 2's image backend shares with it.
+"""Segment Anything, and what SAM 2's image backend shares with it.
 
-A segmenter wraps a loaded model (:func:`segstyle_core.segment.load_segmenter` loads it, as
-segment-anything's ``sam_model_registry[variant](checkpoint=...)`` does). The image encoder (the
-expensive part) runs once per image; every prompt for that image is decoded in a batch against
-the same embedding. With an ``embedding_cache_dir`` the embedding is also kept on disk, keyed
-by the image's bytes and the weights, so a rerun skips the encoder.
-
-The encoder runs under bfloat16 autocast where the device computes bfloat16 natively
-(``precision="auto"``, the rule of :func:`segstyle_core.devices.native_bfloat16`); its output,
-the embedding, goes back to float32 before the prompt encoder and mask decoder, which always
-run in float32. ``benchmarks/bench_encoders.py`` measures the time and the agreement with
-float32.
+A segmenter wraps a loaded model (:func:`segstyle_core.segment.load_segmenter`). The image
+encoder (the expensive part) runs once per image, optionally cached on disk by image bytes and
+weights; every prompt is decoded in a batch against that embedding. The encoder runs under
+bfloat16 autocast where the device computes bfloat16 natively (``precision="auto"``); the
+embedding goes back to float32 for the prompt encoder and mask decoder
+(``benchmarks/bench_encoders.py`` measures speed and agreement).
 """
 
 from __future__ import annotations
@@ -34,6 +29,7 @@ from segstyle_core.devices import native_bfloat16
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.fileio import atomic_write, sha256_bytes, sha256_json
 from segstyle_core.images import check_rgb
+from segstyle_core.prompts.validation import check_structure, clip_box
 from segstyle_core.segment.base import (
     MaskPrediction,
     Prompt,
@@ -45,9 +41,8 @@ from segstyle_core.segment.base import (
 SAM_BUILDERS: dict[str, Callable[[], Sam]] = {
     variant: sam_model_registry[variant] for variant in get_args(SamVariant)
 }
-"""Variant -> builder of the architecture with untrained weights. Official variants take their
-checkpoint from :data:`segstyle_core.weights.CHECKPOINTS` (``sam_<variant>``); tests register
-:func:`segstyle_core.testing.build_sam_tiny` as ``tiny``, with a checkpoint of its own."""
+"""Variant -> builder of the untrained architecture (official checkpoints: ``sam_<variant>``;
+tests register a ``tiny`` one)."""
 
 DECODE_BATCH = 32
 """Most prompts decoded together: each holds an ``H×W`` float mask while it is upscaled."""
@@ -56,10 +51,8 @@ _EMBEDDING_FORMAT = 1
 
 
 def encoder_dtype(precision: SamPrecision, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of SAM's image encoder on ``device``; ``None`` = float32.
-
-    ``"auto"``: bfloat16 where :func:`~segstyle_core.devices.native_bfloat16` says the device
-    computes it in hardware, else float32.
+    """The image encoder's autocast dtype on ``device`` (``None``: float32); ``"auto"`` is
+    bfloat16 where :func:`~segstyle_core.devices.native_bfloat16`.
 
     Raises:
         ConfigError: unknown precision.
@@ -74,8 +67,8 @@ def encoder_dtype(precision: SamPrecision, device: torch.device) -> torch.dtype 
 
 
 class ImageStatePredictor(Protocol):
-    """A predictor whose image state (the encoder's output and the image sizes) can be read
-    and restored as a ``{name: tensor, list of tensors or list of ints}`` mapping."""
+    """A predictor whose image state (encoder output, image sizes) reads and restores as a
+    ``{name: tensor, list of tensors or list of ints}`` mapping."""
 
     device: torch.device
 
@@ -87,8 +80,7 @@ class ImageStatePredictor(Protocol):
 
 
 def _map_tensors(value: Any, function: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """``value`` (a tensor, or a dict or list holding some) with ``function`` applied to each
-    tensor."""
+    """``value`` (a tensor, or a dict or list of them) with ``function`` applied to each."""
     if isinstance(value, torch.Tensor):
         return function(value)
     if isinstance(value, dict):
@@ -100,18 +92,10 @@ def _map_tensors(value: Any, function: Callable[[torch.Tensor], torch.Tensor]) -
 
 @dataclass(frozen=True)
 class ImageEncoding:
-    """How a predictor encodes an image: the encoder's autocast dtype and the embedding cache.
-
-    Cache entries are ``<cache_dir>/<key>.pt`` holding the predictor's image state; the key
-    hashes ``salt`` (variant, weights' SHA-256, entry format, encoder dtype), the image's bytes,
-    shape and dtype, and what the predictor adds (its colour format or input size).
-
-    Attributes:
-        dtype: the encoder's autocast dtype (``None`` = float32); the state comes back as
-            float32 either way.
-        cache_dir: the embedding cache (``None``: none).
-        salt: the key's part common to every image.
-    """
+    """How a predictor encodes an image: the encoder's autocast ``dtype`` (``None``: float32;
+    the state comes back float32 either way) and the embedding cache ``cache_dir`` (``None``:
+    none) of ``<key>.pt`` image states, the key hashing ``salt`` (variant, weights, format,
+    dtype), the image's bytes, shape and dtype, and what the predictor adds."""
 
     dtype: torch.dtype | None
     cache_dir: Path | None
@@ -124,9 +108,8 @@ class ImageEncoding:
         encode: Callable[[], None],
         **salt: Any,
     ) -> None:
-        """Give ``predictor`` the state of ``image``: restored from the cache, else by
-        ``encode()`` (the predictor's own ``set_image``), then saved. An unreadable entry is
-        recomputed and overwritten."""
+        """Give ``predictor`` the state of ``image``: from the cache, else by ``encode()`` (its
+        own ``set_image``), then saved. An unreadable entry is recomputed and overwritten."""
         path = None
         if self.cache_dir is not None:
             key = sha256_json(
@@ -158,24 +141,16 @@ class ImageEncoding:
 
 
 class PromptSegmenter(abc.ABC):
-    """SAM or SAM 2 on a loaded model, as a :class:`~segstyle_core.segment.base.Segmenter`.
+    """SAM or SAM 2 on a loaded model, as a thread-safe
+    :class:`~segstyle_core.segment.base.Segmenter` (calls run one at a time).
 
     Args:
-        model: the loaded model, on the device it runs on (put in eval mode).
-        variant: its architecture's name (``"vit_l"``, ``"hiera_large"``, or a test variant).
-        weights_sha256: full SHA-256 of the checkpoint its weights came from (it names them in
-            cache keys and result rows).
+        model: the loaded model, on its device.
+        variant: its architecture (``"vit_l"``, ``"hiera_large"``, or a test variant).
+        weights_sha256: the checkpoint's full SHA-256 (names the weights in keys and rows).
         embedding_cache_dir: the on-disk image-embedding cache (``None``: none).
-        multimask: decode three candidate masks per prompt and keep the best-scoring one
-            (SAM's authors suggest ``False`` for unambiguous prompts such as boxes).
-        precision: the image encoder's precision (see :func:`encoder_dtype`).
-
-    Attributes:
-        name, label: the backend (``"sam"``) and its name in messages (``"SAM"``).
-        device: the torch device the model runs on.
-        encoder_dtype: what ``precision`` resolved to on ``device`` (``None`` = float32).
-
-    Instances are thread-safe: calls on one instance run one at a time.
+        multimask: decode three candidates per prompt and keep the best-scoring one.
+        precision: the image encoder's precision (:func:`encoder_dtype`).
 
     Raises:
         ConfigError: unknown precision.
@@ -214,11 +189,7 @@ class PromptSegmenter(abc.ABC):
     @staticmethod
     @abc.abstractmethod
     def architecture(variant: str) -> torch.nn.Module:
-        """``variant``'s model with untrained weights, on the CPU.
-
-        Raises:
-            ConfigError: unknown variant, or the model's package is missing.
-        """
+        """``variant``'s untrained model on the CPU (ConfigError: unknown variant, no package)."""
 
     @abc.abstractmethod
     def _new_predictor(self) -> Any:
@@ -226,31 +197,21 @@ class PromptSegmenter(abc.ABC):
 
     @abc.abstractmethod
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
-        """Decode prompts of one shape (same kind and point count), the image set, in one
-        batch."""
+        """Decode prompts of one shape (kind, point count) against the image set, in a batch."""
 
     @abc.abstractmethod
     def _mask_generator(self) -> Any:
         """The model's automatic mask generator, encoding through :attr:`encoding`."""
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
-        """One mask per prompt, in prompt order.
+        """One ``H×W bool`` mask per prompt for ``image`` (``H×W×3 uint8 RGB``), in order,
+        scored by the model's predicted IoU.
 
-        Args:
-            image: ``H×W×3 uint8 RGB``.
-            prompts: boxes (XYXY) and/or points (XY, label 1 = foreground, 0 = background) in
-                ``image``'s pixel coordinates. The image is encoded once; the prompt encoder
-                needs equal shapes in a batch, so prompts are grouped by kind and point count
-                (all boxes; all prompts with 2 points; ...) and each group is decoded in
-                batches of up to :data:`DECODE_BATCH` prompts (bounds the memory of full-size
-                masks).
-
-        Returns:
-            ``MaskPrediction`` with an ``H×W bool`` mask and the model's predicted IoU as score.
+        The image is encoded once; prompts are grouped by kind and point count (the prompt
+        encoder needs equal shapes) and decoded in batches of :data:`DECODE_BATCH`.
 
         Raises:
-            InputError: bad image array, or a prompt that is empty, inverted or outside the
-                image.
+            InputError: bad image, or a prompt that is empty, inverted or outside the image.
         """
         check_rgb(image, f"image for {self.label}")
         height, width = image.shape[:2]
@@ -271,13 +232,8 @@ class PromptSegmenter(abc.ABC):
         return [results[i] for i in range(len(prompts))]
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Automatic masks for ``image`` (``H×W×3 uint8 RGB``) by the model's automatic mask
-        generator with its default options, encoding with this segmenter's precision and
-        embedding cache.
-
-        Returns its records: ``segmentation`` (``H×W bool``), ``area``, ``bbox`` (XYWH),
-        ``predicted_iou``, ``stability_score``, ``point_coords``, ``crop_box``.
-        """
+        """Automatic mask records for ``image`` (``H×W×3 uint8 RGB``) by the model's own
+        generator with default options, through this segmenter's encoding."""
         check_rgb(image, f"image for {self.label}")
         generator = self._mask_generator()
         with self._lock, torch.inference_mode():
@@ -315,8 +271,7 @@ class _CachingPredictor(SamPredictor):
 
 
 class SamSegmenter(PromptSegmenter):
-    """Segment Anything (``variant``: ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` or a registered
-    test variant) on a loaded ``Sam``; see :class:`PromptSegmenter`."""
+    """Segment Anything on a loaded ``Sam``; see :class:`PromptSegmenter`."""
 
     name = "sam"
     label = "SAM"
@@ -331,12 +286,8 @@ class SamSegmenter(PromptSegmenter):
         return _CachingPredictor(self.model, self.encoding)
 
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
-        """Decode prompts of one shape (same kind and point count) in one batch.
-
-        This is ``SamPredictor.predict_torch`` except that the best candidate mask is picked at
-        the decoder's low resolution and only that one is upscaled to the image size: the same
-        masks, with a third of the upscaling time and memory when ``multimask`` is on.
-        """
+        """``SamPredictor.predict_torch``, but only the best candidate is upscaled (same
+        masks, a third of the upscaling time and memory with ``multimask``)."""
         predictor = self._predictor
         model = self.model
         size = predictor.original_size
@@ -358,15 +309,12 @@ class SamSegmenter(PromptSegmenter):
             dense_prompt_embeddings=dense,
             multimask_output=self.multimask,
         )
-        best = scores.argmax(dim=1)
-        rows = torch.arange(len(prompts), device=scores.device)
-        logits = model.postprocess_masks(low_res[rows, best, None], predictor.input_size, size)
-        masks = (logits[:, 0] > model.mask_threshold).cpu().numpy()
-        best_scores = scores[rows, best].cpu().tolist()
-        return [
-            MaskPrediction(mask=mask, score=float(score))
-            for mask, score in zip(masks, best_scores, strict=True)
-        ]
+        return best_masks(
+            low_res,
+            scores,
+            lambda best: model.postprocess_masks(best, predictor.input_size, size),
+            model.mask_threshold,
+        )
 
     def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(array, dtype=dtype, device=self.device)
@@ -378,26 +326,31 @@ class SamSegmenter(PromptSegmenter):
         return generator
 
 
+def best_masks(
+    low_res: torch.Tensor,
+    scores: torch.Tensor,
+    upscale: Callable[[torch.Tensor], torch.Tensor],
+    threshold: float,
+) -> list[MaskPrediction]:
+    """Each prompt's best-scored candidate (``low_res``: ``N×C×h×w`` logits, ``scores``:
+    ``N×C``), upscaled to the image by ``upscale`` and thresholded."""
+    best = scores.argmax(dim=1)
+    rows = torch.arange(len(scores), device=scores.device)
+    masks = (upscale(low_res[rows, best, None])[:, 0] > threshold).cpu().numpy()
+    best_scores = scores[rows, best].float().cpu().tolist()
+    return [
+        MaskPrediction(mask, float(score)) for mask, score in zip(masks, best_scores, strict=True)
+    ]
+
+
 def _check_prompt(index: int, prompt: Prompt, width: int, height: int) -> None:
-    """Raise InputError unless ``prompt`` is non-empty and lies inside a ``width×height`` image."""
+    """Raise InputError unless ``prompt`` is well-formed and inside a ``width×height`` image (a
+    box sticking out is refused, not clipped as :func:`validate_prompt` does)."""
     where = f"prompt #{index} ({prompt.as_dict()}) for the {width}×{height} image"
-    if prompt.box is None and not prompt.points:
-        raise InputError(f"{where} has neither a box nor points: give at least one of them")
-    if prompt.box is not None:
-        x0, y0, x1, y1 = prompt.box
-        if not (x0 < x1 and y0 < y1):
-            raise InputError(
-                f"{where} has an empty or inverted box: boxes are XYXY with x0<x1, y0<y1"
-            )
-        if not (0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height):
-            raise InputError(
-                f"{where} has a box outside the image: clip it to 0..{width} × 0..{height}"
-            )
-    if len(prompt.point_labels) != len(prompt.points):
-        raise InputError(f"{where} needs exactly one label per point (1 = object, 0 = background)")
-    if any(label not in (0, 1) for label in prompt.point_labels):
+    check_structure(prompt, where)
+    if prompt.box is not None and clip_box(prompt.box, width, height, where) != prompt.box:
         raise InputError(
-            f"{where} has a point label other than 0/1: use 1 = object, 0 = background"
+            f"{where} has a box outside the image: clip it to 0..{width} × 0..{height}"
         )
     if any(not (0 <= x <= width and 0 <= y <= height) for x, y in prompt.points):
         raise InputError(

@@ -1,19 +1,10 @@
 """SAM 2's video predictor as a :class:`~segstyle_core.video.track.MaskTracker`, and the SAM 2.1
-variants and builder it shares with the image segmenter
-(:mod:`segstyle_core.segment.sam2_image`).
+variants and builder it shares with :mod:`segstyle_core.segment.sam2_image`.
 
-Needs the ``sam2`` package (imported only when a SAM 2 model is built) and a SAM 2.1
-checkpoint. The official checkpoints are entries of :data:`segstyle_core.weights.CHECKPOINTS`
-(``sam2.1_hiera_tiny`` ...): looked up in the weights folder (the ``weights_dir`` setting >
-``$SEGSTYLE_WEIGHTS_DIR`` > the user cache, see :func:`segstyle_core.weights.resolve_checkpoint`)
-and fetched with ``segstyle weights download``.
-Meta publishes no hash for them, so only the full SHA-256 recorded at download
-(``<file>.sha256``) is checked; the file's SHA-256 goes into every cache key and result row, so
-another file never reuses old results.
-
-SAM 2 reads a video as a folder of JPEG frames: each run of frames is written to a temporary
-folder, prompted on its first frame (a box and/or points, or the mask the previous run ended
-with) and propagated forward. Each run starts a fresh SAM 2 memory from that mask.
+Needs the ``sam2`` package (imported on first build) and a SAM 2.1 checkpoint
+(:func:`segstyle_core.weights.resolve_checkpoint`). SAM 2 reads a video as a folder of JPEG
+frames: each run of frames is written to a temporary folder, prompted on its first frame (a
+prompt, or the previous run's last mask) and propagated forward from a fresh memory.
 """
 
 from __future__ import annotations
@@ -40,17 +31,11 @@ VARIANTS: dict[str, str] = {
     "hiera_base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
     "hiera_large": "configs/sam2.1/sam2.1_hiera_l.yaml",
 }
-"""Variant (:data:`~segstyle_core.segment.base.Sam2Variant`) -> the ``sam2`` package's config
-name; its official checkpoint is ``sam2.1_<variant>``."""
+"""Variant -> the ``sam2`` package's config (official checkpoint: ``sam2.1_<variant>``)."""
 
 
 def sam2_builder(name: str = "build_sam2") -> Callable[..., Any]:
-    """A model builder of ``sam2.build_sam`` (``build_sam2``, ``build_sam2_video_predictor``),
-    imported on first use.
-
-    Raises:
-        ConfigError: the ``sam2`` package is not installed.
-    """
+    """``sam2.build_sam``'s builder ``name`` (ConfigError if ``sam2`` is not installed)."""
     try:
         from sam2 import build_sam
     except ImportError as exc:
@@ -63,13 +48,8 @@ def sam2_builder(name: str = "build_sam2") -> Callable[..., Any]:
 
 
 class Sam2VideoTracker:
-    """The ``sam2`` tracker backend (see the module docstring).
-
-    Args:
-        variant: a key of :data:`VARIANTS`.
-        checkpoint: the checkpoint file and its SHA-256 (for records), as the configuration
-            resolved them (:func:`segstyle_core.weights.resolve_checkpoint`).
-        device: torch device string (``"cpu"``, ``"cuda:0"``).
+    """The ``sam2`` tracker on ``variant`` (a key of :data:`VARIANTS`) filled from a resolved
+    ``checkpoint``, on ``device`` (``"cpu"``, ``"cuda:0"``).
 
     Raises:
         ConfigError: ``sam2`` is not installed.

@@ -1,12 +1,7 @@
-"""SAM 2 on still images: box/point prompts decoded in batches, automatic masks.
-
-The model is the ``sam2`` package's ``SAM2Base`` built from its SAM 2.1 config
-(:data:`segstyle_core.segment.sam2.VARIANTS`) and loaded by
-:func:`segstyle_core.segment.load_segmenter`. Prompts go through a ``SAM2ImagePredictor``:
-the image encoder runs once per image and every prompt for that image is decoded against that
-embedding, in batches of prompts of one shape (:class:`~segstyle_core.segment.sam.PromptSegmenter`,
-shared with SAM, as are the encoder's precision and the embedding cache: SAM 2's image
-embedding and its two high-resolution feature maps).
+"""SAM 2 on still images: the ``sam2`` package's ``SAM2Base`` (SAM 2.1 configs of
+:data:`segstyle_core.segment.sam2.VARIANTS`) behind a caching ``SAM2ImagePredictor``, sharing
+batching, precision and embedding cache (image embedding and two high-resolution feature maps)
+with SAM (:class:`~segstyle_core.segment.sam.PromptSegmenter`).
 """
 
 from __future__ import annotations
@@ -18,22 +13,20 @@ import numpy as np
 import torch
 
 from segstyle_core.segment.base import MaskPrediction, Prompt, lookup_variant
-from segstyle_core.segment.sam import ImageEncoding, PromptSegmenter
+from segstyle_core.segment.sam import ImageEncoding, PromptSegmenter, best_masks
 from segstyle_core.segment.sam2 import VARIANTS, sam2_builder
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
 
 HYDRA_OVERRIDES: dict[str, tuple[str, ...]] = {}
-"""Variant -> extra Hydra overrides of its ``sam2`` config (none for the official variants;
-tests shrink the input with ``++model.image_size=128``). The input size they change is part of
-the embedding-cache key."""
+"""Variant -> extra Hydra overrides of its ``sam2`` config (tests shrink the input; the input
+size is part of the embedding-cache key)."""
 
 
 @functools.cache
 def _predictor_class() -> type:
-    """``SAM2ImagePredictor`` encoding through an
-    :class:`~segstyle_core.segment.sam.ImageEncoding`."""
+    """``SAM2ImagePredictor`` encoding through an :class:`ImageEncoding`."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     class CachingSam2Predictor(SAM2ImagePredictor):  # type: ignore[misc]
@@ -72,10 +65,8 @@ def _predictor_class() -> type:
 
 
 class Sam2ImageSegmenter(PromptSegmenter):
-    """SAM 2 on still images (``variant``: ``"hiera_tiny"``, ``"hiera_small"``,
-    ``"hiera_base_plus"`` or ``"hiera_large"``) on a loaded ``SAM2Base``; see
-    :class:`~segstyle_core.segment.sam.PromptSegmenter` (with ``multimask`` off: one mask, with
-    SAM 2's fallback to the best of three when it is unstable)."""
+    """SAM 2 on a loaded ``SAM2Base``; see :class:`PromptSegmenter` (``multimask`` off: one
+    mask, with SAM 2's fallback to the best of three when it is unstable)."""
 
     name = "sam2"
     label = "SAM 2"
@@ -83,8 +74,7 @@ class Sam2ImageSegmenter(PromptSegmenter):
 
     @staticmethod
     def architecture(variant: str) -> SAM2Base:
-        """``variant``'s SAM 2.1 model (``sam2.build_sam.build_sam2`` with its post-processing
-        defaults and :data:`HYDRA_OVERRIDES`) with untrained weights."""
+        """``variant``'s untrained model (``build_sam2`` with :data:`HYDRA_OVERRIDES`)."""
         config = lookup_variant(VARIANTS, variant, "SAM 2")
         overrides = list(HYDRA_OVERRIDES.get(variant, ()))
         build = sam2_builder("build_sam2")
@@ -96,12 +86,8 @@ class Sam2ImageSegmenter(PromptSegmenter):
         return _predictor_class()(self.model, self.encoding, **kwargs)
 
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
-        """Decode prompts of one shape (same kind and point count) in one batch.
-
-        This is ``SAM2ImagePredictor._predict`` for a batch of prompts, except that the best
-        candidate is picked at the decoder's low resolution and only that one is upscaled:
-        the same masks as ``predict`` one prompt at a time, keeping the best-scoring one.
-        """
+        """``SAM2ImagePredictor._predict`` for a batch, but only the best candidate is
+        upscaled (the same masks as ``predict`` one prompt at a time)."""
         predictor = self._predictor
         model = self.model
         coords = labels = boxes = None
@@ -135,21 +121,15 @@ class Sam2ImageSegmenter(PromptSegmenter):
             repeat_image=len(prompts) > 1,
             high_res_features=[level[-1].unsqueeze(0) for level in features["high_res_feats"]],
         )
-        best = scores.argmax(dim=1)
-        rows = torch.arange(len(prompts), device=scores.device)
-        logits = predictor._transforms.postprocess_masks(
-            low_res[rows, best, None], predictor._orig_hw[-1]
+        return best_masks(
+            low_res,
+            scores,
+            lambda best: predictor._transforms.postprocess_masks(best, predictor._orig_hw[-1]),
+            predictor.mask_threshold,
         )
-        masks = (logits[:, 0] > predictor.mask_threshold).cpu().numpy()
-        best_scores = scores[rows, best].float().cpu().tolist()
-        return [
-            MaskPrediction(mask=mask, score=float(score))
-            for mask, score in zip(masks, best_scores, strict=True)
-        ]
 
     def _mask_generator(self) -> Any:
-        """``SAM2AutomaticMaskGenerator`` with its own predictor's hole/sprinkle filtering, on
-        a caching predictor."""
+        """``SAM2AutomaticMaskGenerator`` on a caching predictor with its hole/sprinkle filter."""
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
         generator = SAM2AutomaticMaskGenerator(self.model)

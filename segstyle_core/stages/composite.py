@@ -29,13 +29,8 @@ def composite(
     settings: CompositeConfig,
 ) -> CompositeRecord:
     """Write ``composite.png`` (``image``'s size, ``H×W×3`` RGB): each layer's painting
-    (``stylized[layer.style]``, resized back) kept inside (``object``) or outside
-    (``background``) the union of its masks, painted over the original in ``layers`` order.
-
-    ``masks`` is a record whose ``masks`` output holds the per-prompt masks (``N×H×W``,
-    :func:`segstyle_core.masks.save_masks`): the segment stage's, or the metrics stage's used
-    masks; a layer's ``masks`` index them (see :mod:`segstyle_core.paint`).
-    """
+    (``stylized[layer.style]``, resized back) kept inside or outside the union of its masks
+    (indices into ``masks``' ``N×H×W`` output: the segment or metrics stage's), in order."""
     original = read_rgb(image)
     predictions = load_masks(masks.path("masks"))
     paintings = [read_rgb(record.path("stylized")) for record in stylized]

@@ -1,10 +1,8 @@
 """Stage ``gt``: binarize one frame's ground truth by class and derive its prompts.
 
-The stage reads the run's ground truth source (``labelIds``, ``color`` or ``auto``) once. When
-the prompt source refers to ground-truth regions (``largest``, ``gt-instances``, ``auto``), it
-also writes the frame's regions (:func:`segstyle_core.cityscapes.load_gt`: instances, or
-connected components for stuff classes) as an index map and a table, which the metrics stage
-reads back; a prompts file needs no regions, so then no instanceIds PNG is read.
+When the prompts come from ground-truth regions (instances, or connected components of stuff
+classes), it also writes them as an index map and a table for the metrics stage; a prompts
+file needs no regions, so then no instanceIds PNG is read.
 """
 
 from __future__ import annotations
@@ -31,22 +29,14 @@ from segstyle_core.stagecache import StageRecord, files_key, stage
 @dataclass(frozen=True, kw_only=True)
 class GtRecord(StageRecord):
     """Outputs ``gt_mask`` (binarized GT PNG), ``instances`` (JSON table of the regions) and,
-    when the prompt source needs them, ``regions`` (``H×W uint16`` PNG: 0 outside every
-    region, ``k + 1`` on the table's ``k``-th region); the prompts.
+    with GT prompts, ``regions`` (``H×W uint16`` PNG: ``k + 1`` on the table's ``k``-th region,
+    else 0)."""
 
-    Attributes:
-        prompts: the frame's prompts, each as :meth:`Prompt.as_dict` (boxes as used: expanded
-            and jittered).
-        height / width: the frame's size in pixels.
-        gt_area: pixels of the binarized ground truth.
-        gt_source: the ground truth file kind used: ``labelIds`` or ``color``.
-    """
-
-    prompts: list[dict[str, Any]]
+    prompts: list[dict[str, Any]]  # each :meth:`Prompt.as_dict`, boxes expanded and jittered
     height: int
     width: int
-    gt_area: int
-    gt_source: str
+    gt_area: int  # pixels of the binarized ground truth
+    gt_source: str  # ``labelIds`` or ``color``
 
     def prompt_list(self) -> list[Prompt]:
         """The prompts as :class:`Prompt` objects."""
@@ -104,9 +94,8 @@ def binarize_gt(
     seed: int = 0,
 ) -> GtRecord:
     """Write the binarized GT mask (``H×W`` PNG) and the region table (and map); derive the
-    prompts. ``gt_source``: ``labelIds``, ``color`` or ``auto`` (labelIds when present).
-    ``seed``: the run's seed; the frame's box jitter is drawn with a seed derived from it and
-    the image id (:func:`~segstyle_core.prompts.from_gt.frame_seed`)."""
+    prompts. ``gt_source``: ``auto`` is labelIds when present; ``seed``: the run's (the box
+    jitter's seed derives from it and the image id)."""
     regions = _needs_regions(prompts)
     image = read_rgb(frame.image_path)
     truth = cityscapes.load_gt(

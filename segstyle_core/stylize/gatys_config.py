@@ -40,6 +40,9 @@ LayerName = Annotated[str, AfterValidator(_vgg19_layer)]
 AutocastDtype = Literal["bfloat16", "float16"]
 #: ``auto``: bfloat16 where the device computes it natively, else float32.
 Autocast = Literal["auto", AutocastDtype]
+#: Options that change speed only, not the painting: kept out of stage cache keys and rows;
+#: ``auto`` takes the machine's calibration (:mod:`segstyle_core.stylize.calibration`).
+SPEED_OPTIONS = ("channels_last", "compile")
 #: VGG pooling: ``max`` (torchvision) or ``avg`` (Gatys et al.'s suggestion).
 Pooling = Literal["max", "avg"]
 #: VGG input scaling (see :data:`segstyle_core.stylize.vgg.NORMALIZATION_STD`).
@@ -95,8 +98,12 @@ class GatysConfig(ConfigModel):
     autocast: Autocast | None = "auto"
     """Run VGG under torch.autocast in bfloat16 or float16; auto: bfloat16 where the device
     computes it natively, else float32; none: float32. Gram matrices and losses stay float32."""
-    channels_last: bool = True
-    """Use the channels-last memory format for VGG and the image."""
+    channels_last: bool | Literal["auto"] = "auto"
+    """Use the channels-last memory format for VGG and the image; auto: as this machine's
+    calibration chose (speed only: not part of a stage's cache key)."""
+    compile: bool | Literal["auto"] = "auto"
+    """Run VGG through torch.compile (inductor, fixed shapes: one compilation per crop size);
+    auto: as this machine's calibration chose (speed only: not part of a stage's cache key)."""
     content_scale: float | None = Field(default=None, gt=0)
     """Resize the content by this factor instead of to height (the style still goes to
     height): an ROI crop is then painted at the whole frame's scale. Sides under 32 px are

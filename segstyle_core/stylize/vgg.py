@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from copy import deepcopy as copy_module
 
 import torch
 from torch import nn
@@ -89,6 +90,18 @@ class VGGFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(NORMALIZATION_STD[normalization]).view(1, 3, 1, 1))
         self.requires_grad_(False)
         self.eval()
+        self._copies: dict[torch.dtype, VGGFeatures] = {}  # in_dtype's, not submodules
+
+    def in_dtype(self, dtype: torch.dtype) -> VGGFeatures:
+        """A copy with every weight after ``conv1_1`` in ``dtype`` (``conv1_1`` runs in float32,
+        see :meth:`forward`), made once per dtype on first use and kept; device and memory
+        format as this extractor's at that time."""
+        copy = self._copies.get(dtype)
+        if copy is None:
+            copy = copy_module(self)
+            copy.features[1:].to(dtype)
+            self._copies[dtype] = copy
+        return copy
 
     @property
     def device(self) -> torch.device:

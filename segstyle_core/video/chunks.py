@@ -1,23 +1,13 @@
-"""One chunk of a video run, from frame files to result files: track, stylize, composite.
-
-A video is processed in chunks of consecutive frames so that each chunk can be cached and
-retried on its own. Chunk ``k+1`` starts from what chunk ``k`` ended with (a :class:`Carry`:
-its last input frame, mask, painting and output frame), so the chunks run one after the other
-and the result is the same as one pass over the whole video. The first chunk starts from the
-box prompt instead.
-
-A chunk writes, for each frame index ``i``, ``output_{i:06d}.png`` (the composited frame) and
-``mask_{i:06d}.png``, plus ``painting.png`` (its last frame's painting, for the next chunk). Its
-record (:class:`ChunkRecord`, the ``video_chunk`` stage's: see
-:mod:`segstyle_core.video.stages`) names them under ``outputs`` and lists per frame ``index``,
-``flicker`` (:func:`segstyle_core.video.temporal.flicker`) and ``mask_area`` (pixels).
+"""One chunk of a video run: track, stylize, composite. Chunks are cached and retried on their
+own; chunk ``k+1`` starts from what chunk ``k`` ended with (a :class:`Carry`), so the result is
+that of one pass over the video. The first chunk starts from the box prompt.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +24,7 @@ from segstyle_core.video.track import MaskTracker
 
 @dataclass(frozen=True)
 class Carry:
-    """What a chunk hands to the next one: files of its last frame.
-
-    Attributes:
-        frame: the last input frame (PNG).
-        mask: its tracked mask (PNG, 0/255).
-        painting: its blended painting (PNG).
-        output: its composited output frame (PNG).
-    """
+    """What a chunk hands on: its last input frame, mask (0/255), painting and output PNGs."""
 
     frame: Path
     mask: Path
@@ -50,36 +33,22 @@ class Carry:
 
     def files(self) -> dict[str, Path]:
         """The four files by name, for cache keys."""
-        return {
-            "carry_frame": self.frame,
-            "carry_mask": self.mask,
-            "carry_painting": self.painting,
-            "carry_output": self.output,
-        }
+        return {f"carry_{field.name}": getattr(self, field.name) for field in fields(self)}
 
 
 def _identity(backend: Any) -> dict[str, Any]:
     """``name``, ``variant`` and ``weights_sha256`` of a built tracker or stylizer."""
-    return {
-        "name": backend.name,
-        "variant": backend.variant,
-        "weights_sha256": backend.weights_sha256,
-    }
+    return {name: getattr(backend, name) for name in ("name", "variant", "weights_sha256")}
 
 
 @dataclass(frozen=True, kw_only=True)
 class ChunkRecord(StageRecord):
     """What one chunk wrote and measured.
 
-    Outputs ``output_{i:06d}`` (composited frame ``i``), ``mask_{i:06d}`` (its tracked mask,
-    PNG 0/255) for every frame of the chunk, and ``painting`` (the last frame's painting).
-
-    Attributes:
-        frames: one row per frame, in order: ``index`` (in the video), ``flicker`` (``None``
-            on the video's first stylized frame) and ``mask_area`` (pixels).
-        last_frame: the chunk's last input frame (the file it was given).
-        tracker: ``name``, ``variant`` and ``weights_sha256`` of the tracker.
-        stylizer: the same of the stylizer.
+    Outputs ``output_{i:06d}`` (composited frame ``i``) and ``mask_{i:06d}`` (PNG 0/255) per
+    frame, and ``painting`` (the last frame's). ``frames``: per frame ``index`` (in the video),
+    ``flicker`` (:func:`~segstyle_core.video.temporal.flicker`; ``None`` on the first) and
+    ``mask_area`` (pixels); ``tracker``/``stylizer``: their name, variant and weights.
     """
 
     frames: list[dict[str, Any]]
@@ -112,14 +81,8 @@ def stylize_chunk(
     options: TemporalOptions,
     out_dir: str | os.PathLike[str],
 ) -> ChunkRecord:
-    """Track, stylize and composite one chunk; write its files into ``out_dir``; return the
-    record (its output paths under ``out_dir``).
-
-    Args:
-        frame_paths: the chunk's frames (images of one size), in order.
-        first_index: the video frame index of ``frame_paths[0]`` (names the output files).
-        start: the box prompt on the chunk's first frame, or the previous chunk's carry.
-        style: the style image, ``h×w×3 uint8 RGB``.
+    """Track, stylize and composite the frames ``frame_paths`` (video indices from
+    ``first_index``) from ``start`` with ``style`` (``h×w×3 uint8``); write into ``out_dir``.
 
     Raises:
         ConfigError: no frames.

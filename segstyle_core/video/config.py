@@ -1,10 +1,4 @@
-"""The typed configuration of a video run beside the shared models of :mod:`segstyle_core.config`.
-
-``stylize_video`` takes a :class:`~segstyle_core.video.track.TrackerConfig`, a
-:class:`~segstyle_core.stylize.StylizerConfig` (default :data:`VIDEO_STYLIZER`), a
-:class:`~segstyle_core.config.CompositeConfig` (its mode and feather), the
-:class:`VideoOptions` here and an :class:`~segstyle_core.config.OutputConfig`.
-"""
+"""A video run's own settings, beside the shared models of :mod:`segstyle_core.config`."""
 
 from __future__ import annotations
 
@@ -13,8 +7,7 @@ from pydantic import Field
 from segstyle_core.backends import ConfigModel
 from segstyle_core.stylize import StylizerConfig
 
-#: The stylizer of a video run unless one is given: the offline feed-forward network (Gatys
-#: works too, at minutes a frame).
+#: A video run's default stylizer (Gatys works too, at minutes a frame).
 VIDEO_STYLIZER = StylizerConfig(backend="feedforward")
 
 

@@ -1,10 +1,8 @@
 """Scoring a tracked mask against per-frame Cityscapes ground truth.
 
-Cityscapes instance ids are numbered per frame (``json2instanceImg`` counts the instances of a
-class in file order), so one object's id can change between frames. :func:`gt_track` follows
-the object through the ground truth alone: on the first frame it is the instance whose box
-overlaps the prompt box most; on every next frame, the instance that overlaps the previous
-frame's ground-truth mask most. The predicted masks play no part in it.
+Instance ids are numbered per frame, so one object's id can change. :func:`gt_track` follows
+it through the ground truth alone: first the instance whose box best overlaps the prompt box,
+then on each frame the one that best overlaps the previous frame's GT mask.
 """
 
 from __future__ import annotations
@@ -38,14 +36,9 @@ def gt_track(
     box: tuple[float, float, float, float],
     classes: Iterable[str] = INSTANCE_CLASSES,
 ) -> list[np.ndarray]:
-    """The ground-truth ``H×W bool`` mask of the boxed object on every frame (module docstring).
+    """The boxed object's ``H×W bool`` GT mask on every frame (empty from when it is gone).
 
-    An object that leaves the frame or is hidden gets an empty mask from then on.
-
-    Args:
-        frames: the sequence's frames, each with an instanceIds PNG.
-        box: XYXY box around the object on ``frames[0]``.
-        classes: classes the object may belong to.
+    ``box``: XYXY on ``frames[0]``; ``classes``: what the object may be.
 
     Raises:
         InputError: a missing or unreadable instanceIds PNG (the message names it).
@@ -69,10 +62,7 @@ def gt_track(
 
 
 def track_scores(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Per-frame and mean IoU/Dice of predicted ``H×W bool`` masks against ground truth.
-
-    Returns ``{"iou": [...], "dice": [...], "mean_iou": float, "mean_dice": float}``.
-    """
+    """``{"iou": [...], "dice": [...], "mean_iou", "mean_dice"}`` of ``H×W bool`` masks."""
     scores = [score_masks(p, t) for p, t in zip(predicted, truth, strict=True)]
     ious = [s.iou for s in scores]
     dices = [s.dice for s in scores]

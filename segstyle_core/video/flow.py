@@ -1,10 +1,8 @@
-"""Dense optical flow between consecutive frames, backward warping, and occlusion checks.
+"""Dense optical flow (OpenCV's DIS on grey levels), backward warping, and occlusion checks.
 
-Flows are ``H×W×2 float32`` displacement fields ``(dx, dy)`` in pixels. ``flow(a, b)`` maps
-each pixel ``p`` of frame ``a`` to its match ``p + flow[p]`` in frame ``b``; so the flow from
-the *current* frame to the *previous* one pulls anything drawn on the previous frame into the
-current one (:func:`warp`). OpenCV's DIS optical flow (Kroeger et al. 2016) computes it on the
-frames' grey levels.
+Flows are ``H×W×2 float32`` ``(dx, dy)`` pixels: ``flow(a, b)[p]`` takes pixel ``p`` of ``a``
+to ``p + flow[p]`` in ``b``, so the current-to-previous flow pulls the previous frame into the
+current one (:func:`warp`).
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from segstyle_core.errors import ConfigError, InputError
+from segstyle_core.errors import InputError
 from segstyle_core.images import check_rgb
 
 #: DIS presets by name: speed against accuracy.
@@ -30,7 +28,6 @@ def optical_flow(source: np.ndarray, target: np.ndarray, preset: str = "medium")
 
     Raises:
         InputError: the frames are not RGB or differ in size.
-        ConfigError: unknown ``preset`` (see :data:`PRESETS`).
     """
     check_rgb(source, "flow source frame")
     check_rgb(target, "flow target frame")
@@ -39,8 +36,6 @@ def optical_flow(source: np.ndarray, target: np.ndarray, preset: str = "medium")
             f"frames of {source.shape[1]}x{source.shape[0]} and {target.shape[1]}x"
             f"{target.shape[0]} px: every frame of a video must have the same size"
         )
-    if preset not in PRESETS:
-        raise ConfigError(f"flow preset {preset!r}: use one of {', '.join(PRESETS)}")
     dis = cv2.DISOpticalFlow.create(PRESETS[preset])
     grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in (source, target)]
     flow = np.zeros((*grey[0].shape, 2), dtype=np.float32)
@@ -55,12 +50,8 @@ def _sample_grid(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """Pull ``image`` (of the flow's target frame) into the flow's source frame.
-
-    ``out[p] = image[p + flow[p]]``, bilinear, edge pixels repeated outside the frame. Works for
-    ``H×W×C`` and ``H×W`` arrays of any numeric dtype (uint8 is rounded back to uint8);
-    returns the same shape and dtype.
-    """
+    """``out[p] = image[p + flow[p]]`` (bilinear, edges repeated) for ``H×W[×C]`` arrays of any
+    numeric dtype; same shape and dtype back (uint8 rounded)."""
     map_x, map_y = _sample_grid(flow)
     source = image.astype(np.float32)
     out = cv2.remap(source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -76,14 +67,8 @@ def warp_mask(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Motion:
-    """How frame ``t-1`` moved to frame ``t``.
-
-    Attributes:
-        backward: flow from frame ``t`` to frame ``t-1`` (``H×W×2 float32``): :func:`warp` with it
-            brings anything of frame ``t-1`` into frame ``t``.
-        valid: ``H×W bool``: pixels of frame ``t`` that were visible in frame ``t-1`` (inside the
-            frame there, and forward and backward flow agree to within the consistency limit).
-    """
+    """How frame ``t-1`` moved to ``t``: the ``backward`` flow (``t`` to ``t-1``, for
+    :func:`warp`) and ``valid`` (``H×W bool``: pixels of ``t`` visible in ``t-1``)."""
 
     backward: np.ndarray
     valid: np.ndarray
@@ -94,16 +79,9 @@ def motion(
 ) -> Motion:
     """The :class:`Motion` from ``previous`` to ``current`` (both ``H×W×3 uint8 RGB``).
 
-    Occlusion test (forward-backward consistency, Sundaram et al. 2010): a pixel ``p`` of
-    ``current`` is valid when ``|b(p) + f(p + b(p))| <= consistency_px + 0.05 * (|b(p)| +
-    |f(p + b(p))|)``, with ``b`` the backward and ``f`` the forward flow, and ``p + b(p)`` lies
-    inside the frame.
-
-    Raises:
-        ConfigError: ``consistency_px`` not positive.
+    Forward-backward check (Sundaram et al. 2010): ``p`` is valid when ``p + b(p)`` is inside
+    the frame and ``|b(p) + f(p + b(p))| <= consistency_px + 0.05 * (|b(p)| + |f(p + b(p))|)``.
     """
-    if consistency_px <= 0:
-        raise ConfigError(f"consistency_px={consistency_px}: must be > 0")
     backward = optical_flow(current, previous, preset)
     forward_there = warp(optical_flow(previous, current, preset), backward)
     error = np.linalg.norm(backward + forward_there, axis=2)

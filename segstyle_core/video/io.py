@@ -1,19 +1,9 @@
-"""Reading and writing video: container files (MP4, ...) with PyAV, and folders of PNG frames.
-
-Frames are ``H×W×3 uint8 RGB`` arrays and are streamed: :func:`iter_frames` decodes one frame
-at a time and :func:`write_video` encodes each frame as it arrives, so a long clip never
-has to sit in memory.
-
-A **frame folder** is a directory of PNG files, in the order of their sorted names (a
-Cityscapes ``leftImg8bit/{split}/{city}`` folder of one sequence is one). A folder has no frame
-rate of its own: :func:`write_video` stores it in a ``video.json`` sidecar (``{"fps": 17.0}``)
-that :func:`probe` reads back; without one, :data:`DEFAULT_FPS` (the Cityscapes camera's rate)
-is assumed. Any other path is a container file, recognised by its suffix
-(:data:`CONTAINER_SUFFIXES`).
+"""Streamed video I/O of ``H×W×3 uint8 RGB`` frames: container files (by suffix, MP4 ...) with
+PyAV, and frame folders (PNG files in sorted-name order, e.g. one Cityscapes sequence) whose
+frame rate lives in a ``video.json`` sidecar (``{"fps": 17.0}``; default :data:`DEFAULT_FPS`).
 
 MP4 output is H.264 (``libx264``, constant quality ``crf``) in ``yuv420p``, which every player
-reads; a frame size with an odd side cannot be 4:2:0-subsampled and is written as ``yuv444p``
-so that the size is kept exactly.
+reads; a size with an odd side cannot be 4:2:0-subsampled and is written ``yuv444p``.
 """
 
 from __future__ import annotations
@@ -36,12 +26,9 @@ from segstyle_core.images import check_rgb, read_rgb, write_png
 
 #: Frame rate of a frame folder without a ``video.json``: the Cityscapes camera's 17 Hz.
 DEFAULT_FPS = 17.0
-#: Name of a frame folder's sidecar holding its frame rate.
 SIDECAR = "video.json"
-#: Suffixes read and written as container files; everything else is a frame folder.
 CONTAINER_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
-#: Codec and quality of written container files (``crf``: 0 lossless .. 51 worst; 18 ~ visually
-#: lossless).
+#: ``crf``: 0 lossless .. 51 worst; 18 is about visually lossless.
 CODEC: Final = "libx264"
 DEFAULT_CRF = 18
 _FRAME_NAME = re.compile(r"frame_(\d+)")
@@ -49,8 +36,7 @@ _FRAME_NAME = re.compile(r"frame_(\d+)")
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a video holds: ``fps`` (frames per second), frame ``width``/``height`` in pixels, and
-    ``frame_count`` (``None`` when the container does not say and decoding would be needed)."""
+    """A video's ``fps``, frame size in pixels and ``frame_count`` (``None``: not in the header)."""
 
     fps: float
     width: int
@@ -64,11 +50,8 @@ def is_container(path: str | os.PathLike[str]) -> bool:
 
 
 def check_video_output(video: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
-    """Check, before any work, that the result can go to ``output``; return its path.
-
-    Refuses an output that is the input, lies inside the input folder, or is a folder that
-    holds the input (writing a folder result replaces its frames), and an output whose folder
-    accepts no file.
+    """Check, before any work, that the result can go to ``output`` (not the input, inside it or
+    holding it; a writable folder); return its path.
 
     Raises:
         ConfigError: one line naming the output and the fix.
@@ -85,7 +68,7 @@ def check_video_output(video: str | os.PathLike[str], output: str | os.PathLike[
 
 
 def frame_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """The PNG frames of a frame folder, sorted by name.
+    """A frame folder's PNG files, sorted by name.
 
     Raises:
         InputError: ``folder`` is not a directory or holds no PNG file.
@@ -136,9 +119,7 @@ def _open_input(path: Path) -> Any:
 
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
-    """Frame rate, size and frame count of a video file or frame folder, without decoding it all.
-
-    The size of a frame folder is that of its first frame.
+    """Frame rate, size (a folder's: its first frame's) and frame count, without decoding all.
 
     Raises:
         InputError: missing or unreadable file or folder.
@@ -161,7 +142,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
 
 
 def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
-    """Yield the frames of a video file or frame folder in order, each ``H×W×3 uint8 RGB``.
+    """The frames of a video file or frame folder in order, one at a time.
 
     Raises:
         InputError: missing, unreadable or corrupt input (the message names the file).
@@ -181,11 +162,7 @@ def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
 
 
 def _checked(frames: Iterable[np.ndarray], name: Path) -> Iterator[np.ndarray]:
-    """``frames``, each checked to be ``H×W×3 uint8`` of the first frame's size.
-
-    Raises:
-        InputError: a frame that is not RGB or of another size, or no frame at all.
-    """
+    """``frames``, each checked to be ``H×W×3 uint8`` of the first frame's size (and not none)."""
     size: tuple[int, ...] | None = None
     for index, frame in enumerate(frames):
         check_rgb(frame, f"frame {index} for {name}")
@@ -233,17 +210,9 @@ def write_video(
     fps: float,
     crf: int = DEFAULT_CRF,
 ) -> Path:
-    """Write ``frames`` (each ``H×W×3 uint8 RGB``, all one size) as a video; return ``path``.
-
-    ``frames`` is consumed one frame at a time (pass a generator to stream). A container file
-    is encoded into a temporary sibling and renamed over ``path`` when complete, so a reader
-    never sees a half-written video and a failure leaves no file. A frame folder gets
-    ``frame_000000.png``, ... (each written atomically) and its ``video.json``.
-
-    Args:
-        path: ``.mp4`` (or another :data:`CONTAINER_SUFFIXES` file) or a folder.
-        fps: frames per second.
-        crf: H.264 constant quality of container files (0 lossless .. 51 worst).
+    """Write ``frames`` (one size, consumed one at a time) as a container file (encoded into a
+    temporary sibling, renamed into place when complete) or a frame folder
+    (``frame_000000.png``, ... each atomic, and ``video.json``); return ``path``.
 
     Raises:
         ConfigError: ``fps`` not positive or ``crf`` outside 0..51.

@@ -1,10 +1,6 @@
-"""The cached steps of a video run, free of Prefect: decode, stylize a chunk, encode, score.
-
-Each is a :class:`~segstyle_core.stagecache.Stage` keyed on the content of its input files; the
-``stylize_video`` flow runs them as Prefect tasks (:class:`segstyle.tasks.stage.PrefectRunner`).
-A chunk's key holds the previous chunk by the files it hands on (:meth:`ChunkRecord.carry`: its
-last frame, mask, painting and output), so a change early in the video invalidates every later
-chunk and nothing else.
+"""The cached stages of a video run: decode, stylize a chunk, encode, score. Each is keyed on its
+input files' content; a chunk's key holds the previous chunk's carried files, so an early change
+invalidates every later chunk and nothing else.
 """
 
 from __future__ import annotations
@@ -27,31 +23,10 @@ from segstyle_core.video.io import frame_files, iter_frames, probe, write_video
 from segstyle_core.video.temporal import TemporalOptions
 from segstyle_core.video.track import TrackerConfig
 
-__all__ = [
-    "ChunkRecord",
-    "EncodeRecord",
-    "FramesRecord",
-    "ScoreRecord",
-    "encode_video",
-    "extract_frames",
-    "score_video",
-    "stylize_video_chunk",
-    "temporal_options",
-]
-
-
-# ----------------------------------------------------------------------------- video_frames
-
 
 @dataclass(frozen=True, kw_only=True)
 class FramesRecord(StageRecord):
-    """Output ``frames``: the decoded frames folder (``frame_000000.png``, ...).
-
-    Attributes:
-        fps: the video's frame rate.
-        width / height: the frame size in pixels.
-        frame_count: how many frames were decoded.
-    """
+    """Output ``frames``: the decoded frame folder; the video's fps, size and frame count."""
 
     fps: float
     width: int
@@ -77,12 +52,8 @@ def extract_frames(out: Path, video: str) -> FramesRecord:
     )
 
 
-# ----------------------------------------------------------------------------- video_chunk
-
-
 def temporal_options(composite: CompositeConfig, options: VideoOptions) -> TemporalOptions:
-    """The :class:`TemporalOptions` of a video run: its blend, and the composite's mode and
-    feather.
+    """A video run's blend, and the composite's mode and feather.
 
     Raises:
         ConfigError: a composite setting video does not support (colour preservation, ROI).
@@ -141,12 +112,8 @@ def stylize_video_chunk(
     composite: CompositeConfig,
     options: VideoOptions,
 ) -> ChunkRecord:
-    """Track, stylize and composite frames ``first_index``... (see
-    :func:`segstyle_core.video.chunks.stylize_chunk`), starting from ``prompt`` (the first
-    chunk's box, :meth:`Prompt.as_dict`) or from ``previous``, the record of the chunk before.
-
-    The stylizer paints at ``options.height`` (feed-forward) and blends with
-    ``options.blend``; the composite's mode and feather shape the mask's edge.
+    """:func:`~segstyle_core.video.chunks.stylize_chunk` from ``prompt`` (the first chunk's box,
+    :meth:`Prompt.as_dict`) or ``previous`` (the chunk before's record).
 
     Raises:
         ConfigError: neither ``prompt`` nor ``previous``.
@@ -170,9 +137,6 @@ def stylize_video_chunk(
     )
 
 
-# ----------------------------------------------------------------------------- video_encode
-
-
 @dataclass(frozen=True, kw_only=True)
 class EncodeRecord(StageRecord):
     """Output ``video``: the encoded video file, or a frame folder."""
@@ -185,17 +149,9 @@ def encode_video(out: Path, frame_paths: list[str], fps: float, suffix: str) -> 
     return EncodeRecord(outputs={"video": str(write_video(out / f"video{suffix}", frames, fps))})
 
 
-# ----------------------------------------------------------------------------- video_score
-
-
 @dataclass(frozen=True, kw_only=True)
 class ScoreRecord(StageRecord):
-    """The tracked masks against the ground truth of the boxed object; no output files.
-
-    Attributes:
-        iou / dice: per frame, in order.
-        mean_iou / mean_dice: their means.
-    """
+    """Per-frame IoU and Dice of the tracked masks against the boxed object's GT, and means."""
 
     iou: list[float]
     dice: list[float]
@@ -220,8 +176,7 @@ def _images_key(image_paths: list[str]) -> list[dict[str, Any]]:
 def score_video(
     out: Path, image_paths: list[str], mask_paths: list[str], box: list[float]
 ) -> ScoreRecord:
-    """Score tracked masks against the Cityscapes instance ground truth of the boxed object
-    (:func:`segstyle_core.video.evaluate.gt_track`): per-frame and mean IoU and Dice."""
+    """Score tracked masks against the boxed object's instance GT (:func:`gt_track`)."""
     frames = [frame_from_image_path(path) for path in image_paths]
     truth = gt_track(frames, (box[0], box[1], box[2], box[3]))
     scores = track_scores([read_mask(path) for path in mask_paths], truth)

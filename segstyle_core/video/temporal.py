@@ -1,22 +1,13 @@
 """Temporally stable stylization of a tracked object, and the flicker it leaves.
 
-A stylizer run on each frame alone paints every frame a little differently (brush strokes
-jump, colours shimmer), even where nothing moved. Here each frame's fresh painting is blended
-with the previous frame's painting carried into it along the optical flow (Ruder et al. 2016,
-"Artistic style transfer for videos", without the optimisation)::
+Painted alone, every frame differs a little (strokes jump, colours shimmer). So each fresh
+painting is blended with the previous one carried along the optical flow (Ruder et al. 2016,
+without the optimisation), then composited through the mask::
 
     painting_t = (1 - w) * stylize(frame_t) + w * warp(painting_{t-1}),   w = blend * valid
 
-where ``valid`` drops pixels hidden in the previous frame (forward-backward flow check, see
-:func:`segstyle_core.video.flow.motion`), so uncovered background is painted fresh rather than
-smeared. The painting is then composited into the frame through the object's mask
-(:func:`segstyle_core.composite.composite`). Paintings are whole frames, so the same works in
-background mode.
-
-Flicker (:func:`flicker`): the mean absolute difference, in grey levels ``0..255`` averaged over
-the colour channels, between output frame ``t`` and output frame ``t-1`` carried into frame
-``t`` along the flow, over the stylized region of frame ``t`` (inside the mask in object mode,
-outside it in background mode) where the flow is valid.
+``valid`` drops pixels hidden in the previous frame (:func:`segstyle_core.video.flow.motion`),
+so uncovered background is painted fresh rather than smeared.
 """
 
 from __future__ import annotations
@@ -25,8 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segstyle_core.composite import MODES, Mode, alpha_from_mask, composite, resize_to
-from segstyle_core.errors import ConfigError
+from segstyle_core.composite import Mode, alpha_from_mask, composite, resize_to
 from segstyle_core.images import check_mask
 from segstyle_core.stylize.base import Stylizer
 from segstyle_core.video.flow import Motion, motion, warp
@@ -34,17 +24,9 @@ from segstyle_core.video.flow import Motion, motion, warp
 
 @dataclass(frozen=True)
 class TemporalOptions:
-    """Settings of :func:`stylize_frame`.
-
-    Attributes:
-        blend: weight ``0..1`` of the previous painting carried along the flow (0: every frame
-            stylized on its own).
-        consistency_px: forward-backward flow disagreement (pixels) above which a pixel counts
-            as hidden in the previous frame.
-        mode: ``"object"`` (stylize inside the mask) or ``"background"`` (outside it).
-        feather_px: soft mask edge in pixels (0: hard edge).
-        flow_preset: DIS optical flow preset (:data:`segstyle_core.video.flow.PRESETS`).
-    """
+    """Settings of :func:`stylize_frame`: ``blend`` (``w`` above), ``consistency_px`` (flow
+    disagreement above which a pixel was hidden), the composite's ``mode`` and ``feather_px``,
+    and the DIS ``flow_preset`` (ranges checked by the run's configuration models)."""
 
     blend: float = 0.6
     consistency_px: float = 1.0
@@ -52,24 +34,10 @@ class TemporalOptions:
     feather_px: float = 0.0
     flow_preset: str = "medium"
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.blend < 1.0:
-            raise ConfigError(f"blend={self.blend}: must be in 0..1 (1 would never update)")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode={self.mode!r}: use one of {', '.join(MODES)}")
-        if self.feather_px < 0:
-            raise ConfigError(f"feather_px={self.feather_px}: must be >= 0")
-
 
 @dataclass(frozen=True)
 class Previous:
-    """What frame ``t-1`` left for frame ``t``; all ``H×W×3 uint8 RGB`` at the frame size.
-
-    Attributes:
-        frame: the input frame ``t-1``.
-        painting: its (blended) painting, before compositing.
-        output: its composited output frame.
-    """
+    """Frame ``t-1``'s input, blended painting and output, ``H×W×3 uint8 RGB``."""
 
     frame: np.ndarray
     painting: np.ndarray
@@ -78,14 +46,8 @@ class Previous:
 
 @dataclass(frozen=True)
 class StylizedFrame:
-    """One result of :func:`stylize_frame`.
-
-    Attributes:
-        output: the composited frame, ``H×W×3 uint8 RGB``.
-        painting: the blended painting, ``H×W×3 uint8 RGB`` (feeds the next frame).
-        flicker: :func:`flicker` against the previous output (``None`` on a first frame, or when
-            no stylized pixel has valid flow).
-    """
+    """The composited ``output`` and blended ``painting`` (``H×W×3 uint8``), and the
+    :func:`flicker` against the previous output (``None`` on a first frame or without flow)."""
 
     output: np.ndarray
     painting: np.ndarray
@@ -101,12 +63,9 @@ def stylized_region(mask: np.ndarray, mode: Mode, feather_px: float = 0.0) -> np
 def flicker(
     output: np.ndarray, previous_output: np.ndarray, step: Motion, region: np.ndarray
 ) -> float | None:
-    """Mean absolute difference between ``output`` and ``previous_output`` carried along
-    ``step`` (both ``H×W×3 uint8``), over ``region & step.valid`` (``H×W bool``).
-
-    Returns grey levels ``0..255`` averaged over the three channels, or ``None`` when that
-    region is empty.
-    """
+    """Mean absolute difference (grey levels, over the channels) between ``output`` and
+    ``previous_output`` carried along ``step`` (``H×W×3 uint8``), over ``region & step.valid``
+    (the stylized region where the flow is valid); ``None`` when that is empty."""
     where = region & step.valid
     if not where.any():
         return None
@@ -128,8 +87,8 @@ def stylize_frame(
     previous: Previous | None,
     options: TemporalOptions,
 ) -> StylizedFrame:
-    """Stylize ``frame`` (``H×W×3 uint8 RGB``) inside/outside ``mask`` (``H×W bool``), blended
-    with the previous frame's painting as described in the module docstring.
+    """Stylize ``frame`` (``H×W×3 uint8``) inside/outside ``mask`` (``H×W bool``), blended
+    with the previous frame's painting (module docstring).
 
     Raises:
         InputError: a mask of another size than the frame.

@@ -1,0 +1,206 @@
+"""Per-machine choice of the Gatys options that change speed only (issue #25).
+
+:class:`~segstyle_core.stylize.gatys_config.GatysConfig`'s ``channels_last="auto"`` and
+``compile="auto"`` take the choice of a short calibration: one objective evaluation (VGG19
+forward and backward to the pixels, with the stylizer's Gram matrices and losses, under the
+autocast the device resolves ``autocast="auto"`` to) of a crop-sized image, timed with each
+combination. A combination is kept only if its objective matches the plain eager run's to
+:data:`OBJECTIVE_TOL`; the fastest kept one wins, a compiled run charged its first call over
+:data:`AMORTISED_EVALUATIONS` evaluations (each crop bucket compiles once). The choice is
+cached in the user cache (``calibration.json``), keyed by the device's model and the torch
+version, so it runs once per machine kind; :func:`tune_table` reruns it on demand.
+
+These options never enter a stage's cache key or a result row (they change speed, not the
+painting): :meth:`segstyle_core.stylize.StylizerConfig.settings` leaves them out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import platformdirs
+import torch
+from torchvision.models.vgg import cfgs, make_layers
+
+from segstyle_core import devices
+from segstyle_core.stylize.gatys_config import SPEED_OPTIONS, GatysConfig
+from segstyle_core.stylize.vgg import VGGFeatures
+
+#: The working size ``(h, w)`` of the calibration image: a typical ROI crop's.
+CALIBRATION_SIZE = (96, 128)
+#: Relative objective difference a speed option may make against the plain eager run.
+OBJECTIVE_TOL = 1e-3
+#: Evaluations a compiled graph is used for (its first call is charged over these).
+AMORTISED_EVALUATIONS = 100
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One combination: ``first_s`` its first call, ``step_s`` its best later evaluation."""
+
+    channels_last: bool
+    compile: bool
+    first_s: float
+    step_s: float
+    objective_rel: float
+
+    @property
+    def score(self) -> float:
+        """Seconds per evaluation, a compiled run's first call amortised."""
+        extra = (self.first_s - self.step_s) / AMORTISED_EVALUATIONS if self.compile else 0.0
+        return self.step_s + extra
+
+    @property
+    def kept(self) -> bool:
+        return abs(self.objective_rel) <= OBJECTIVE_TOL
+
+
+def machine_key(device: torch.device) -> str:
+    """The device's model (CPU model name and thread count, or GPU name) and torch's version."""
+    if device.type == "cuda":
+        model = torch.cuda.get_device_name(device)
+    else:
+        model = f"{_cpu_model()} threads={torch.get_num_threads()}"
+    return f"{device.type}: {model}; torch {torch.__version__}"
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cache_path() -> Path:
+    """``$SEGSTYLE_CALIBRATION``, else ``calibration.json`` in the user cache: a JSON object
+    ``{machine key: {"channels_last": bool, "compile": bool, "trials": [Trial fields]}}``."""
+    default = Path(platformdirs.user_cache_dir("segstyle")) / "calibration.json"
+    return Path(os.environ.get("SEGSTYLE_CALIBRATION") or default)
+
+
+def _random_extractor(config: GatysConfig, device: torch.device) -> VGGFeatures:
+    """VGG19's features with random weights: timings do not depend on the weights' values."""
+    torch.manual_seed(0)
+    features = make_layers(cfgs["E"])
+    return VGGFeatures(features, config.layers, config.pooling, config.normalization).to(device)
+
+
+def _trial(
+    config: GatysConfig, device: torch.device, channels_last: bool, compiled: bool, repeats: int
+) -> tuple[float, float, float]:
+    """``(first call s, best later s, objective)`` of one evaluation with these options."""
+    from segstyle_core.stylize import gatys  # it resolves its configs with this module
+
+    cfg = config.changed(channels_last=channels_last, compile=compiled, content_scale=None)
+    extractor = _random_extractor(cfg, device)
+    if channels_last:
+        extractor = extractor.to(memory_format=torch.channels_last)
+    network = torch.compile(extractor, dynamic=False) if compiled else extractor
+    generator = torch.Generator().manual_seed(0)
+    content = torch.rand(1, 3, *CALIBRATION_SIZE, generator=generator).to(device)
+    with torch.no_grad():
+        grams = gatys._grams(gatys._features(extractor, content.flip(3), cfg), cfg.style_layers)
+        targets = {n: gatys._features(extractor, content, cfg)[n] for n in cfg.content_layers}
+    image = (content * 0.8 + 0.1).requires_grad_(True)
+    times = []
+    for _ in range(repeats + 1):
+        image.grad = None
+        start = time.perf_counter()
+        terms = gatys.total_loss(gatys._features(network, image, cfg), image, targets, grams, cfg)
+        terms["total"].backward()
+        total = terms["total"].item()
+        times.append(time.perf_counter() - start)
+    return times[0], min(times[1:]), total
+
+
+def calibrate(
+    config: GatysConfig, device: torch.device, compile_: bool = True, repeats: int = 10
+) -> list[Trial]:
+    """Time eager runs with channels-last off and on, then (with ``compile_``) torch.compile
+    with the faster layout."""
+    results = {(cl, False): _trial(config, device, cl, False, repeats) for cl in (False, True)}
+    if compile_:
+        layout = results[(True, False)][1] < results[(False, False)][1]
+        results[(layout, True)] = _trial(config, device, layout, True, repeats)
+    reference = results[(False, False)][2]
+    return [
+        Trial(cl, comp, first, step, total / reference - 1)
+        for (cl, comp), (first, step, total) in results.items()
+    ]
+
+
+def choose(trials: list[Trial]) -> dict[str, bool]:
+    """The options of the kept trial with the lowest :attr:`Trial.score`."""
+    best = min((t for t in trials if t.kept), key=lambda t: t.score)
+    return {"channels_last": best.channels_last, "compile": best.compile}
+
+
+#: Entries read or made in this process, per machine key (the file is read once).
+_ENTRIES: dict[str, dict] = {}
+
+
+def _load() -> dict[str, dict]:
+    try:
+        return json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_and_cache(device: torch.device, compile_: bool = True) -> dict:
+    """Calibrate on ``device`` (default settings) and store the entry; returns it."""
+    trials = calibrate(GatysConfig(), device, compile_)
+    entry = {**choose(trials), "trials": [asdict(t) for t in trials]}
+    cache = _load()
+    cache[machine_key(device)] = _ENTRIES[machine_key(device)] = entry
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")  # processes may calibrate at once
+    temporary.write_text(json.dumps(cache, indent=1))
+    temporary.replace(path)
+    return entry
+
+
+def speed_options(device: torch.device) -> dict[str, bool]:
+    """``{"channels_last", "compile"}`` for this machine: cached, else calibrated now (eager
+    runs only, a few seconds: torch.compile is tried by :func:`tune_table`)."""
+    key = machine_key(device)
+    entry = _ENTRIES.get(key) or _load().get(key) or run_and_cache(device, compile_=False)
+    _ENTRIES[key] = entry
+    return {name: bool(entry[name]) for name in SPEED_OPTIONS}
+
+
+def resolve(config: GatysConfig, device: torch.device) -> GatysConfig:
+    """``config`` with its ``"auto"`` speed options replaced by this machine's choice."""
+    auto = [name for name in SPEED_OPTIONS if getattr(config, name) == "auto"]
+    if not auto:
+        return config
+    chosen = speed_options(device)
+    return config.changed(**{name: chosen[name] for name in auto})
+
+
+def tune_table(device: str = "auto", refresh: bool = True) -> str:
+    """Run the calibration on ``device`` (``refresh``; else use the cached one if present),
+    cache it, and return its table: one line per combination and the choice."""
+    resolved = devices.resolve_device(device)
+    key = machine_key(resolved)
+    entry = (None if refresh else _load().get(key)) or run_and_cache(resolved)
+    lines = [
+        f"{key} (cache: {cache_path()})",
+        f"{'channels_last':>13} {'compile':>7} {'first s':>8} {'step s':>8} {'objective':>10}",
+    ]
+    for trial in entry["trials"]:
+        t = Trial(**trial)
+        flag = "" if t.kept else "  (objective differs: not kept)"
+        lines.append(
+            f"{t.channels_last!s:>13} {t.compile!s:>7} {t.first_s:8.3f} {t.step_s:8.3f} "
+            f"{t.objective_rel:+10.1e}{flag}"
+        )
+    lines.append(f"chosen: channels_last={entry['channels_last']} compile={entry['compile']}")
+    return "\n".join(lines)
