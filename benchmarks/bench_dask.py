@@ -1,15 +1,13 @@
 """Throughput of one dataset run on 1 and on 2 Dask worker processes (issue #24).
 
-``segstyle run --workers N`` (a local Dask cluster of N worker processes, one thread each; BLAS,
-OpenMP and torch limited to one thread per process, so a worker is one core) over the same
-generated dataset, each into a fresh ``--out`` (nothing cached), with the offline backends
-(GrabCut, the feed-forward stylizer). Both runs are whole commands, timed from start to exit,
-and by their flow body (first row's start to last row's finish, from the Parquet file), which
-leaves out the temporary Prefect server and the cluster's start.
-
-On a 2-core machine, 2 workers is all it can show: the scaling efficiency
-``(seconds on 1 / seconds on 2) / 2`` of the flow body is the figure to carry to more workers.
-Last line: ``images_per_min_1=<..> images_per_min_2=<..> speedup=<..> efficiency=<..>``.
+``segstyle run --workers N`` (a local Dask cluster of N one-thread worker processes, BLAS,
+OpenMP and torch at one thread each: a worker is one core) over the same generated dataset,
+each into a fresh ``--out`` (nothing cached), offline backends (GrabCut, feed-forward). Each
+run is timed whole (start to exit) and by its flow body (first row's start to last row's
+finish, from the Parquet file: no temporary Prefect server or cluster start). On 2 cores the
+flow body's scaling efficiency ``(seconds on 1 / seconds on 2) / 2`` is the figure to carry to
+more workers. Last line:
+``images_per_min_1=<..> images_per_min_2=<..> speedup=<..> efficiency=<..>``.
 
     python benchmarks/bench_dask.py                 # 8 frames at 2048x1024, about 3 minutes
     python benchmarks/bench_dask.py --smoke         # 2 frames at 256x128, the same path
@@ -41,14 +39,9 @@ def timed_run(dataset: Path, out: Path, workers: int) -> tuple[float, float, int
     the seconds its stages report (``seconds_*`` summed over images: compute and slot waits)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     command = [SEGSTYLE, "run", "--dataset", str(dataset), *RUN, "--out", str(out)]
+    command += ["--workers", str(workers)]
     start = time.perf_counter()
-    done = subprocess.run(
-        [*command, "--workers", str(workers)],
-        capture_output=True,
-        text=True,
-        env={**env, **ONE_THREAD},
-        check=False,
-    )
+    done = subprocess.run(command, capture_output=True, text=True, env={**env, **ONE_THREAD})
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"segstyle run --workers {workers} failed:\n{done.stderr[-3000:]}")

@@ -1,27 +1,22 @@
 """SAM's image encoder in float32 vs bfloat16 autocast: time, embedding and mask agreement.
 
-For each SAM variant (default ViT-B) and, where the ``sam2`` package is importable, each SAM 2
-variant (default Hiera-B+), on one generated demo frame (1024×1024, the encoders' own input
-size) and box and point prompts on its objects, through
-:class:`~segstyle_core.segment.sam.SamSegmenter` /
-:class:`~segstyle_core.segment.sam2_image.Sam2ImageSegmenter` (``precision="float32"`` vs
-``precision="bfloat16"``, the same model object):
+For each SAM variant (default ViT-B) and, where ``sam2`` is importable, each SAM 2 variant
+(default Hiera-B+, measured first), on one generated demo frame (1024×1024, the encoders' input
+size) with a box and a point prompt on each of its largest objects, through ``SamSegmenter`` /
+``Sam2ImageSegmenter`` at ``precision="float32"`` vs ``"bfloat16"`` (one model object):
 
-* the encoder's time (``set_image``, the embedding cache off) and a whole ``segment`` call's
-  (encoder + decoding every prompt), minimum over interleaved repeats, wall and process CPU;
-* the cosine between the float32 and the bfloat16 embedding (flattened), and its largest
+* the encoder's time (``set_image``, no embedding cache) and a whole ``segment`` call's, the
+  minimum over interleaved repeats, wall and process CPU seconds;
+* the cosine between the float32 and bfloat16 embeddings (flattened) and their largest
   difference relative to the float32 embedding's largest magnitude (SAM 2: its image
-  embedding; the worst cosine of its two high-resolution feature maps is printed too);
-* the IoU between the float32 and the bfloat16 mask of every prompt (mean and worst), and the
-  largest difference of SAM's predicted-IoU scores.
+  embedding; the worst of its two high-resolution feature maps is printed too);
+* the IoU between the float32 and bfloat16 mask of every prompt (mean, worst) and the largest
+  difference of the predicted-IoU scores.
 
-Without ``--sam`` the model has RANDOM weights (``segment_anything``'s registry builder,
-seeded): timings are real; the masks mean nothing, but whether bfloat16 changes them is still
-measured (a trained model's activations may be less kind to bfloat16 than random ones: rerun
-with ``--sam`` where the checkpoint exists). SAM 2 always has random weights here.
-
-Last line: ``encoder=<variant> time_ratio=<bf16/f32 encoder wall> cosine=<..> mask_iou=<mean>``
-of the last SAM variant given (SAM 2's lines come before).
+Without ``--sam`` SAM has RANDOM weights (seeded registry builder): timings are real and the
+bf16 agreement is measured, though a trained model may be less kind to bfloat16; SAM 2 always
+has random weights here. Last line, of the last SAM variant:
+``encoder=<variant> time_ratio=<bf16/f32 encoder wall> cosine=<..> mask_iou=<mean>``.
 
     python benchmarks/bench_encoders.py                        # Hiera-B+, then ViT-B
     python benchmarks/bench_encoders.py --variants vit_l,vit_b --sam2-variants none
@@ -32,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -57,6 +54,7 @@ from segstyle_core.testing import build_sam_tiny
 
 CLASSES = ("car", "person", "bicycle", "truck", "bus", "rider")
 PRECISIONS: tuple[SamPrecision, ...] = ("float32", "bfloat16")
+RANDOM = "random-weights"
 
 
 def make_inputs(size: tuple[int, int], out: Path, count: int) -> tuple[np.ndarray, list[Prompt]]:
@@ -85,38 +83,32 @@ def build(variant: str, checkpoint: Path | None, device: torch.device) -> tuple[
     """The model (checkpoint, or random weights seeded with 0; ``tiny``: the tests' tiny SAM)
     and its weights' label."""
     if variant == "tiny":
-        return build_sam_tiny().eval().to(device), "random-weights"
+        return build_sam_tiny().eval().to(device), RANDOM
     if checkpoint is not None:
         file = weights.own_checkpoint(checkpoint, "--checkpoint")
         return load_segmenter("sam", variant, file, str(device)).model, checkpoint.name
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = sam_model_registry[variant]()
-    return model.eval().to(device), "random-weights"
+    return model.eval().to(device), RANDOM
 
 
-def sam_segmenters(
-    variant: str, checkpoint: Path | None, device: torch.device
+def segmenters(
+    family: str, variant: str, checkpoint: Path | None, device: torch.device
 ) -> tuple[dict[str, Segmenter], str]:
-    """``{precision: SamSegmenter}`` on one model, and the weights' label."""
-    model, label = build(variant, checkpoint, device)
-    segmenters: dict[str, Segmenter] = {
-        p: SamSegmenter(model, variant, label, precision=p) for p in PRECISIONS
-    }
-    return segmenters, label
+    """``{precision: segmenter}`` on one model of ``family`` (``SAM``: :func:`build`; ``SAM 2``:
+    random weights, seed 0), and the weights' label."""
+    if family == "SAM":
+        model, label = build(variant, checkpoint, device)
+        kind: type = SamSegmenter
+    else:
+        from segstyle_core.segment.sam2_image import Sam2ImageSegmenter
 
-
-def sam2_segmenters(variant: str, device: torch.device) -> tuple[dict[str, Segmenter], str]:
-    """``{precision: Sam2ImageSegmenter}`` on one SAM 2 model with random weights (seed 0)."""
-    from segstyle_core.segment.sam2_image import Sam2ImageSegmenter
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Sam2ImageSegmenter.architecture(variant).eval().to(device)
-    segmenters: dict[str, Segmenter] = {
-        p: Sam2ImageSegmenter(model, variant, "random-weights", precision=p) for p in PRECISIONS
-    }
-    return segmenters, "random-weights"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, label = Sam2ImageSegmenter.architecture(variant).eval().to(device), RANDOM
+        kind = Sam2ImageSegmenter
+    return {p: kind(model, variant, label, precision=p) for p in PRECISIONS}, label
 
 
 def embeddings(segmenter: Segmenter) -> list[torch.Tensor]:
@@ -130,18 +122,25 @@ def embeddings(segmenter: Segmenter) -> list[torch.Tensor]:
     return [m.detach().float().flatten() for m in maps]
 
 
+def encode(segmenter: Segmenter, image: np.ndarray, device: torch.device) -> None:
+    """The image encoder alone (``set_image`` on ``H×W×3 uint8``), synchronised on CUDA."""
+    with torch.inference_mode():
+        segmenter._predictor.set_image(image)  # type: ignore[attr-defined]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def best_of(repeats: int, calls: dict[str, Callable[[], object]]) -> dict[str, tuple[float, float]]:
     """``{name: (min wall s, min CPU s)}`` over ``repeats`` interleaved rounds (a load change on
     a shared machine hits every call alike)."""
-    wall: dict[str, list[float]] = {name: [] for name in calls}
-    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    best = {name: (math.inf, math.inf) for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
             start, cpu_start = time.perf_counter(), time.process_time()
             call()
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - cpu_start)
-    return {name: (min(wall[name]), min(cpu[name])) for name in calls}
+            seconds = time.perf_counter() - start, time.process_time() - cpu_start
+            best[name] = (min(best[name][0], seconds[0]), min(best[name][1], seconds[1]))
+    return best
 
 
 def measure(
@@ -158,38 +157,22 @@ def measure(
     for segmenter in segmenters.values():  # warm-up: oneDNN primitives for both dtypes
         segmenter.segment(image, prompts[:1])
 
-    def encoder(segmenter: Segmenter) -> Callable[[], object]:
-        def run() -> None:
-            with torch.inference_mode():
-                segmenter._predictor.set_image(image)  # type: ignore[attr-defined]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-
-        return run
-
     calls: dict[str, Callable[[], object]] = {}
     for precision, segmenter in segmenters.items():
-        calls[f"encoder {precision}"] = encoder(segmenter)
-        calls[f"segment {precision}"] = lambda s=segmenter: s.segment(image, prompts)
+        calls[f"encoder {precision}"] = partial(encode, segmenter, image, device)
+        calls[f"segment {precision}"] = partial(segmenter.segment, image, prompts)
     times = best_of(repeats, calls)
 
-    masks = {p: s.segment(image, prompts) for p, s in segmenters.items()}
-    cosines, max_rels = [], []
-    for reference, low in zip(
-        embeddings(segmenters["float32"]), embeddings(segmenters["bfloat16"]), strict=True
-    ):
-        cosines.append(float(torch.nn.functional.cosine_similarity(reference, low, dim=0)))
-        max_rels.append(float((reference - low).abs().max() / reference.abs().max()))
+    high, low = (segmenters[p].segment(image, prompts) for p in PRECISIONS)
+    pairs = list(zip(*(embeddings(segmenters[p]) for p in PRECISIONS), strict=True))
+    cosines = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in pairs]
+    max_rels = [float((a - b).abs().max() / a.abs().max()) for a, b in pairs]
     cosine, max_rel = cosines[0], max_rels[0]
-    ious = [iou(a.mask, b.mask) for a, b in zip(masks["float32"], masks["bfloat16"], strict=True)]
-    scores = max(
-        abs(a.score - b.score) for a, b in zip(masks["float32"], masks["bfloat16"], strict=True)
-    )
-    areas = [int(m.mask.sum()) for m in masks["float32"]]
-    differing = [
-        int((a.mask != b.mask).sum())
-        for a, b in zip(masks["float32"], masks["bfloat16"], strict=True)
-    ]
+    masks = list(zip(high, low, strict=True))
+    ious = [iou(a.mask, b.mask) for a, b in masks]
+    scores = max(abs(a.score - b.score) for a, b in masks)
+    areas = [int(a.mask.sum()) for a, _ in masks]
+    differing = [int((a.mask != b.mask).sum()) for a, b in masks]
 
     print(
         f"--- {family} {variant} ({label}), {len(prompts)} prompts, image {image.shape[1]}x"
@@ -267,15 +250,12 @@ def main() -> None:
         print("sam2: the package is not importable here; SAM 2's image encoder is not measured")
         sam2_variants = []
     summary = ""
-    for variant in sam2_variants:
-        segmenters, label = sam2_segmenters(variant, device)
-        summary = measure("SAM 2", variant, segmenters, label, image, prompts, device, args.repeats)
-        print(summary)
-        del segmenters
-    for variant in variants:
-        segmenters, label = sam_segmenters(variant, args.sam, device)
-        summary = measure("SAM", variant, segmenters, label, image, prompts, device, args.repeats)
-        del segmenters
+    for family, variant in [("SAM 2", v) for v in sam2_variants] + [("SAM", v) for v in variants]:
+        pair, label = segmenters(family, variant, args.sam, device)
+        summary = measure(family, variant, pair, label, image, prompts, device, args.repeats)
+        if family == "SAM 2":
+            print(summary)
+        del pair
     print(summary)
 
 

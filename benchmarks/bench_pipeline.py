@@ -1,43 +1,33 @@
 """Naive seed method vs segstyle's optimised path: time, peak memory and Gatys objective.
 
-Modes (all in one process, on the same generated demo frames and the project's default style):
+Modes (one process, the same generated demo frames and the project's default style):
 
-* default: the naive method (SAM and VGG19 reloaded for every image, whole-frame Gatys at
-  the seed's settings in float32, no caching), then segstyle's optimised path (models loaded
-  once, SAM embedding cache, style targets cached, ROI stylization at the frame's scale,
-  the :class:`~segstyle_core.stylize.gatys.GatysConfig` performance options in
-  :data:`PERFORMANCE_OPTIONS`). Then (unless ``--no-quality-budget``) the budget chosen by
-  quality: per frame, the smallest budget of :data:`QUALITY_BUDGETS` whose composite's
-  measured objective reaches the naive path's. Last line:
-  ``speedup=<naive_time/optimised_time> objective_ratio=<optimised_objective/naive_objective>
-  seam_ratio=<optimised_seam/naive_seam>``.
-  Every path is measured warm: two passes at :data:`WARMUP_EVALUATIONS` run first, and the
-  first short pass minus the second is the path's one-time cost (kernels built per input
-  shape, the calibration); ``cold_s`` = warm seconds + that, per image and path.
+* default: the naive method (SAM and VGG19 reloaded per image, whole-frame Gatys at the seed's
+  settings in float32, no caching), then the optimised path (models loaded once, SAM embedding
+  and style-target caches, ROI stylization at the frame's scale, :data:`PERFORMANCE_OPTIONS`),
+  then (unless ``--no-quality-budget``) per frame the smallest :data:`QUALITY_BUDGETS` budget
+  whose composite's objective reaches the naive one. Every path is measured warm: two short
+  passes at :data:`WARMUP_EVALUATIONS` run first; ``cold_s`` = warm seconds + (first short
+  pass - second), per image. Last line: ``speedup=<naive_s/optimised_s>
+  objective_ratio=<optimised/naive objective> seam_ratio=<optimised/naive seam>``.
 * ``--ablation``: the optimised path again with one optimisation changed at a time.
-* ``--frame-times``: stylize seconds per frame of the optimised path over ``--frames``
-  frames, a first pass against a second (steady) one; ``--bucket-px 0`` turns crop buckets off.
-* ``--rss 4,16``: the optimised path over 16 images; after 4 and after 16: the run's peak RSS,
-  the peak since the first image (processing only) and the current RSS.
+* ``--frame-times``: stylize seconds per frame of the optimised path over ``--frames`` frames,
+  a first pass against a second (steady) one; ``--bucket-px 0`` turns crop buckets off.
+* ``--rss 4,16``: the optimised path over 16 images; after 4 and 16: the run's peak RSS, the
+  peak since the first image (processing only) and the current RSS (MiB).
 * ``--step``: one VGG19 forward+backward of the Gatys objective at 400×800 in float32 and
   bfloat16 autocast, against the floor set by this machine's GEMM rate.
 
 Quality = the Gatys objective (content + style + TV, the seed's layers and weights, float32,
-one VGG) of the final composite, cropped to the mask's bounding box and taken at the
-whole-frame run's scale (``height / frame height``; style at ``height``), with the original
-crop as content. The same measurement, extractor and mask serve both paths. Seam =
-:func:`segstyle_core.seams.seam_score` of each composite against the stylized frame it was made
-from (mean absolute difference of their gradient magnitudes in a 4 px band on the mask's edge).
-
-Without checkpoints (``--vgg``/``--sam``, or the files ``segstyle weights download`` puts in
-place) VGG19 and SAM get RANDOM weights: timings are real, SAM's masks are meaningless (the
-composite then uses the ground-truth instance mask of the prompt), and the objective compares
-both paths under the same random VGG, a like-for-like check but not a perceptual one.
+one VGG) of the final composite on the mask's bounding box at the whole-frame run's scale,
+the original crop as content; seam = :func:`segstyle_core.seams.seam_score` of a composite
+against its stylized frame (gradient-magnitude difference in a 4 px band on the mask's edge).
+Without checkpoints (``--vgg``/``--sam`` or ``segstyle weights download``) both models get
+RANDOM weights: timings are real, the composite uses the prompt's ground-truth mask, and the
+objective is a like-for-like check under the same random VGG, not a perceptual one.
 
     python benchmarks/bench_pipeline.py                     # small settings, a few minutes
-    python benchmarks/bench_pipeline.py --ablation
-    python benchmarks/bench_pipeline.py --rss 4,16
-    python benchmarks/bench_pipeline.py --step
+    python benchmarks/bench_pipeline.py --ablation | --rss 4,16 | --step
     python benchmarks/bench_pipeline.py --frame-times --frames 20
     python benchmarks/bench_pipeline.py --seed-settings     # 2048×1024, 400 px, 1000 its, ViT-L
     python benchmarks/bench_pipeline.py --smoke             # any mode, the smallest settings
@@ -56,6 +46,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -76,7 +67,7 @@ from segstyle_core.segment import load_segmenter
 from segstyle_core.segment.base import Prompt
 from segstyle_core.segment.sam import SAM_BUILDERS, PromptSegmenter
 from segstyle_core.styles import style_path
-from segstyle_core.stylize import Progress, gatys
+from segstyle_core.stylize import Progress, objective
 from segstyle_core.stylize.gatys import GatysConfig, GatysStylizer, gatys_objective
 from segstyle_core.stylize.vgg import VGGFeatures, load_vgg19_features
 from segstyle_core.testing import build_sam_tiny
@@ -92,6 +83,11 @@ class Settings:
     height: int
     iterations: int
     sam_variant: str
+
+    @property
+    def scale(self) -> float:
+        """The whole-frame run's scale: working height / frame height."""
+        return self.height / self.frame_size[1]
 
 
 SMALL = Settings(frame_size=(1024, 512), height=200, iterations=100, sam_variant="tiny")
@@ -120,10 +116,6 @@ class Checkpoints:
     sam_variant: str
     sam: Path
     sam_sha256: str
-
-    @property
-    def random(self) -> bool:
-        return RANDOM in (self.vgg_sha256, self.sam_sha256)
 
 
 @dataclass(frozen=True)
@@ -160,11 +152,13 @@ class PathResult:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stages[name] += time.perf_counter() - start
+        """Add the block's wall seconds to ``stages[name]`` (stylize: also ``frame_stylize``)."""
+        start, cpu_start = time.perf_counter(), time.process_time()
+        yield
+        wall = time.perf_counter() - start
+        self.stages[name] += wall
+        if name == "stylize":
+            self.frame_stylize.append((wall, time.process_time() - cpu_start))
 
 
 # --- memory ---------------------------------------------------------------------------------
@@ -213,10 +207,8 @@ def make_frames(settings: Settings, count: int, out: Path) -> list[Frame]:
 
 def _official(given: Path | None, name: str) -> tuple[Path, str] | None:
     """``(path, sha256)`` of a given or downloaded official checkpoint; ``None`` if absent."""
-    if given is not None:
-        return given, weights.verify_checkpoint(given, name)
     try:
-        path = weights.find_checkpoint(name)
+        path = given or weights.find_checkpoint(name)
     except WeightsError:
         return None
     return path, weights.verify_checkpoint(path, name)
@@ -247,8 +239,17 @@ def prepare_checkpoints(args: argparse.Namespace, variant: str, out: Path) -> Ch
     return Checkpoints(vgg, vgg_sha256, variant, *sam)
 
 
-def load_extractor(ckpt: Checkpoints, config: GatysConfig) -> VGGFeatures:
-    return load_vgg19_features(ckpt.vgg, config.layers, config.pooling, config.normalization)
+def inputs(
+    args: argparse.Namespace, settings: Settings, count: int, tmp: Path
+) -> tuple[list[Frame], np.ndarray, Checkpoints]:
+    """``count`` demo frames, the default style (``H×W×3 uint8``) and the checkpoints."""
+    frames = make_frames(settings, count, tmp / "demo")
+    return frames, read_rgb(style_path()), prepare_checkpoints(args, settings.sam_variant, tmp)
+
+
+def load_extractor(vgg: Path, config: GatysConfig) -> VGGFeatures:
+    """VGG19's features from ``vgg`` for ``config``'s layers, pooling and normalization."""
+    return load_vgg19_features(vgg, config.layers, config.pooling, config.normalization)
 
 
 def seed_config(settings: Settings) -> GatysConfig:
@@ -276,19 +277,20 @@ PERFORMANCE_OPTIONS: dict[str, object] = {
 }
 
 
-def optimised_config(settings: Settings, iterations: int, **overrides: object) -> GatysConfig:
-    """The performance options, the crop painted at the whole frame's scale."""
-    scale = settings.height / settings.frame_size[1]
-    options = {**PERFORMANCE_OPTIONS, **overrides}
+def optimised_config(settings: Settings, iterations: int | None) -> GatysConfig:
+    """The performance options, the crop painted at the whole frame's scale; ``iterations``
+    (``--opt-iterations``) defaults to the naive budget."""
     return GatysConfig(
-        height=settings.height, iterations=iterations, content_scale=scale, **options
+        height=settings.height,
+        iterations=iterations or settings.iterations,
+        content_scale=settings.scale,
+        **PERFORMANCE_OPTIONS,  # type: ignore[arg-type]
     )
 
 
 def measure_config(settings: Settings) -> GatysConfig:
     """The quality measurement: seed weights, float32, at the whole-frame run's scale."""
-    scale = settings.height / settings.frame_size[1]
-    return seed_config(settings).changed(content_scale=scale)
+    return seed_config(settings).changed(content_scale=settings.scale)
 
 
 #: Budget of the two short passes that measure a path's one-time cost (its coarse and fine
@@ -311,13 +313,10 @@ def run_path(
 ) -> PathResult:
     """Segment, stylize and composite every frame; time every stage, track peak memory.
 
-    ``warm_up``: two passes at :data:`WARMUP_EVALUATIONS` run first (the first builds every
-    shape's kernels, the second runs warm); the result's ``one_time`` is then (first short pass
-    - second) per image, what a cold first pass adds to the measured (warm) pass.
-
-    ``options.reload`` loads both models inside every image's timing (the naive method);
-    otherwise they load once, and that time is part of the path's total. ``keep`` keeps
-    composites and masks in the result; ``after_image(n)`` runs after the n-th image.
+    ``warm_up``: two short passes run first; ``one_time`` = (first - second) per image.
+    ``options.reload`` loads both models inside every image's timing (the naive method), else
+    once (counted in the total). ``keep`` keeps composites, stylized frames and masks;
+    ``after_image(n)`` runs after the n-th image.
     """
     one_time = 0.0
     if warm_up:
@@ -338,7 +337,7 @@ def run_path(
             cache = cache_dir if options.embedding_cache else None
             sam = weights.CheckpointFile(ckpt.sam, ckpt.sam_sha256)
             segmenter = load_segmenter("sam", ckpt.sam_variant, sam, str(device), cache)
-            extractor = load_extractor(ckpt, options.config)
+            extractor = load_extractor(ckpt.vgg, options.config)
             return segmenter, GatysStylizer(options.config, device=device, extractor=extractor)
 
     models = None if options.reload else load()
@@ -347,7 +346,6 @@ def run_path(
         with result.stage("segment"):
             (prediction,) = segmenter.segment(frame.image, [frame.prompt])
         mask = frame.gt_mask if ckpt.sam_sha256 == RANDOM else prediction.mask
-        start_stylize = time.perf_counter(), time.process_time()
         with result.stage("stylize"):
             if options.roi:
                 bucket = options.bucket_px
@@ -356,8 +354,6 @@ def run_path(
                 )
             else:
                 stylized = stylizer.stylize(frame.image, style, progress=result.count)
-        ends = time.perf_counter(), time.process_time()
-        result.frame_stylize.append((ends[0] - start_stylize[0], ends[1] - start_stylize[1]))
         with result.stage("composite"):
             final = composite(frame.image, stylized, mask)
         if keep:
@@ -383,22 +379,11 @@ def objectives(
     config: GatysConfig,
 ) -> list[float]:
     """Total Gatys objective of each image on its mask's bounding box (see the module doc)."""
-    totals = []
-    for frame, image, mask in zip(frames, images, masks, strict=True):
-        x0, y0, x1, y1 = roi_box(mask, margin_pct=0.0)
-        crop = (slice(y0, y1), slice(x0, x1))
-        terms = gatys_objective(image[crop], frame.image[crop], style, extractor, config)
-        totals.append(terms["total"])
-    return totals
-
-
-def seams(result: PathResult) -> list[float]:
-    """:func:`seam_score` of each composite of ``result`` against its stylized frame."""
+    boxes = [roi_box(mask, margin_pct=0.0) for mask in masks]
+    crops = [(slice(y0, y1), slice(x0, x1)) for x0, y0, x1, y1 in boxes]
     return [
-        seam_score(final, stylized, mask)
-        for final, stylized, mask in zip(
-            result.composites, result.stylized, result.masks, strict=True
-        )
+        gatys_objective(image[crop], frame.image[crop], style, extractor, config)["total"]
+        for frame, image, crop in zip(frames, images, crops, strict=True)
     ]
 
 
@@ -453,20 +438,15 @@ def stages(name: str, result: PathResult, count: int) -> str:
 
 
 def banner(ckpt: Checkpoints) -> None:
-    if ckpt.random:
-        kinds = [
-            n for n, s in (("VGG19", ckpt.vgg_sha256), ("SAM", ckpt.sam_sha256)) if s == RANDOM
-        ]
-        print("!" * 100)
+    """A warning when either model has random weights."""
+    kinds = [n for n, s in (("VGG19", ckpt.vgg_sha256), ("SAM", ckpt.sam_sha256)) if s == RANDOM]
+    if kinds:
         print(
-            f"!!! RANDOM WEIGHTS for {' and '.join(kinds)}: timings are real; SAM masks are "
-            "meaningless (composites use the GT instance mask);"
+            f"{'!' * 100}\n!!! RANDOM WEIGHTS for {' and '.join(kinds)}: timings are real; SAM "
+            "masks are meaningless (composites use the GT instance mask);\n!!! objectives "
+            "compare both paths under the same random VGG19: like for like, not a perceptual "
+            f"quality measure.\n{'!' * 100}"
         )
-        print(
-            "!!! objectives compare both paths under the same random VGG19: like for like, "
-            "not a perceptual quality measure."
-        )
-        print("!" * 100)
 
 
 # --- modes ------------------------------------------------------------------------------------
@@ -474,45 +454,38 @@ def banner(ckpt: Checkpoints) -> None:
 
 def compare(args: argparse.Namespace, settings: Settings, device: torch.device, tmp: Path) -> None:
     """Naive path, then the optimised path (and ablation variants); the table and last line."""
-    frames = make_frames(settings, args.frames, tmp / "demo")
-    style = read_rgb(style_path())
-    ckpt = prepare_checkpoints(args, settings.sam_variant, tmp)
+    frames, style, ckpt = inputs(args, settings, args.frames, tmp)
     banner(ckpt)
     print(
         f"device={device} threads={torch.get_num_threads()} frames={len(frames)} "
         f"frame={settings.frame_size[0]}x{settings.frame_size[1]} height={settings.height} "
         f"iterations={settings.iterations} sam={settings.sam_variant}"
     )
-    iterations = args.opt_iterations or settings.iterations
     naive_options = PathOptions(
         seed_config(settings), roi=False, reload=True, embedding_cache=False
     )
-    optimised_options = PathOptions(
-        optimised_config(settings, iterations), bucket_px=args.bucket_px
-    )
-    variants = {"optimised": optimised_options}
+    config = optimised_config(settings, args.opt_iterations)
+    variants = {"optimised": PathOptions(config, bucket_px=args.bucket_px)}
     if args.ablation:
-        variants.update(ablation_variants(optimised_config(settings, iterations)))
+        variants.update(ablation_variants(config))
     measure = measure_config(settings)
-    extractor = load_extractor(ckpt, measure).to(device)
+    extractor = load_extractor(ckpt.vgg, measure).to(device)
     naive = run_path(frames, style, ckpt, naive_options, device, tmp / "cache-naive", warm_up=True)
     masks = naive.masks  # the measurement region of both paths
 
     def measured(result: PathResult) -> Measured:
         totals = objectives(frames, result.composites, masks, style, extractor, measure)
-        return Measured(totals, seams(result))
+        parts = zip(result.composites, result.stylized, result.masks, strict=True)
+        return Measured(totals, [seam_score(*part) for part in parts])
 
     naive_quality = measured(naive)
     unstylized = objectives(frames, [f.image for f in frames], masks, style, extractor, measure)
     print(HEADER)
     print(row("naive (seed method)", naive, naive, naive_quality, naive_quality)[0], flush=True)
-    details = [stages("naive", naive, len(frames))]
-    summary = ""
-    optimised: PathResult | None = None
+    details, results, summary = [stages("naive", naive, len(frames))], {}, ""
     for name, options in variants.items():
         cache = tmp / f"cache-{name}"
-        result = run_path(frames, style, ckpt, options, device, cache, warm_up=True)
-        optimised = optimised or result
+        result = results[name] = run_path(frames, style, ckpt, options, device, cache, warm_up=True)
         line, speedup, ratio, seam_ratio = row(name, result, naive, measured(result), naive_quality)
         print(line, flush=True)
         details.append(stages(name, result, len(frames)))
@@ -526,18 +499,10 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
         f"objective of the unstylized crops (the start of both paths): "
         f"{statistics.mean(unstylized):.4g}"
     )
-    if args.quality_budget and optimised is not None:
-        quality_budget(
-            frames,
-            style,
-            masks,
-            (naive, naive_quality),
-            optimised,
-            load_extractor(ckpt, variants["optimised"].config),
-            variants["optimised"].config,
-            (extractor, measure),
-            device,
-        )
+    if args.quality_budget:
+        own = load_extractor(ckpt.vgg, config).to(device)
+        optimised = results["optimised"], GatysStylizer(config, device=device, extractor=own)
+        quality_budget(frames, style, (naive, naive_quality), optimised, (extractor, measure))
     banner(ckpt)
     print(summary)
 
@@ -550,22 +515,21 @@ def ablation_variants(base: GatysConfig) -> dict[str, PathOptions]:
         label = f"{name} {'off' if enabled else on}"
         return label, PathOptions(base.changed(**{name: off if enabled else on}))
 
-    whole = base.changed(content_scale=None)
-    return dict(
-        [
-            ("ROI off (whole frame)", PathOptions(whole, roi=False)),
-            ("models reloaded", PathOptions(base, reload=True)),
-            ("crop buckets 64 px", PathOptions(base, bucket_px=64)),  # default: off
-            flip("autocast", "bfloat16", None),
-            flip("channels_last", True, False),
-            flip("coarse_fraction", 0.5, 0.0),
-            flip("plateau_tol", 1e-3, 0.0),
-            (
-                "half budget",
-                PathOptions(base.changed(iterations=base.iterations // 2)),
-            ),
-        ]
-    )
+    return {
+        "ROI off (whole frame)": PathOptions(base.changed(content_scale=None), roi=False),
+        "models reloaded": PathOptions(base, reload=True),
+        "crop buckets 64 px": PathOptions(base, bucket_px=64),  # default: off
+        **dict(
+            flip(*change)
+            for change in (
+                ("autocast", "bfloat16", None),
+                ("channels_last", True, False),
+                ("coarse_fraction", 0.5, 0.0),
+                ("plateau_tol", 1e-3, 0.0),
+            )
+        ),
+        "half budget": PathOptions(base.changed(iterations=base.iterations // 2)),
+    }
 
 
 #: Budgets (objective evaluations) tried by the quality budget, smallest first, about 25 %
@@ -577,37 +541,31 @@ QUALITY_BUDGETS += (128, 160, 192, 256, 320, 384, 512, 640, 768)
 def quality_budget(
     frames: list[Frame],
     style: np.ndarray,
-    masks: list[np.ndarray],
     naive: tuple[PathResult, Measured],
-    optimised: PathResult,
-    extractor: VGGFeatures,
-    base: GatysConfig,
+    optimised: tuple[PathResult, GatysStylizer],
     measurement: tuple[VGGFeatures, GatysConfig],
-    device: torch.device,
 ) -> None:
-    """The budget chosen by quality: per frame, the smallest budget of :data:`QUALITY_BUDGETS`
-    (then ``base.iterations``) whose composite's measured objective (:func:`objectives`, the
-    table's measure) is at most the naive path's for that frame.
+    """Per frame, the smallest budget of :data:`QUALITY_BUDGETS` (then the optimised budget)
+    whose composite's objective (:func:`objectives`, on the naive path's mask) is at most the
+    naive path's.
 
-    Every budget is a fresh optimised run (ROI, ``base`` with that budget: coarse-to-fine over
-    half of it, a float32 plateau still ends it early), so the chosen budget is a setting one
-    can reuse. Prints, per frame, the budget, the evaluations it used and the stylize seconds
-    (the measurements and the smaller budgets tried before are not counted); then one line
-    ``quality_budget: ...`` with the means; the stylize speedups over the naive and the
-    optimised paths' stylize stages; ``path_speedup``, the naive path's seconds per image over
-    the optimised path's with its stylize stage at the chosen budget (its load, segment and
-    composite seconds as measured in this run: a figure composed from one run's stages); and
-    the objective and seam ratios of the chosen composites against the naive path's.
+    Each budget is a fresh ROI run of the optimised config (a reusable setting). Prints per
+    frame the budget, evaluations used and stylize seconds (earlier budgets and measurements
+    not counted), then ``quality_budget: ...``: the means, stylize speedups over the naive and
+    optimised stylize stages, ``path_speedup`` (naive s/image over the optimised path's with
+    its stylize stage at the chosen budget: composed from this run's stages), and the
+    objective and seam ratios against the naive path.
     """
-    naive_path, naive_quality = naive
-    count = len(frames)
-    naive_totals = naive_quality.totals
-    stylize_seconds = (naive_path.stages["stylize"] / count, optimised.stages["stylize"] / count)
-    stylizer = GatysStylizer(base, device=device, extractor=extractor.to(device))
+    (naive_path, naive_quality), (optimised_path, stylizer) = naive, optimised
+    count, base, naive_totals = len(frames), stylizer.config, naive_quality.totals
+    stylize_seconds = (
+        naive_path.stages["stylize"] / count,
+        optimised_path.stages["stylize"] / count,
+    )
     budgets = [b for b in QUALITY_BUDGETS if b < base.iterations] + [base.iterations]
     # budget, evaluations, stylize seconds, objective, reached, seam
     chosen: list[tuple[int, int, float, float, bool, float]] = []
-    for frame, mask, target in zip(frames, masks, naive_totals, strict=True):
+    for frame, mask, target in zip(frames, naive_path.masks, naive_totals, strict=True):
         for budget in budgets:
             # One stylizer, its config swapped: the style's Gram matrices stay cached.
             stylizer.config = base.changed(iterations=budget)
@@ -631,7 +589,7 @@ def quality_budget(
     seconds = statistics.mean(c[2] for c in chosen)
     ratio = statistics.mean(c[3] for c in chosen) / statistics.mean(naive_totals)
     seam_ratio = statistics.mean(c[5] for c in chosen) / statistics.mean(naive_quality.seams)
-    path_seconds = optimised.seconds / count - stylize_seconds[1] + seconds
+    path_seconds = optimised_path.seconds / count - stylize_seconds[1] + seconds
     path_speedup = naive_path.seconds / count / path_seconds
     print(
         f"quality_budget: reached={sum(c[4] for c in chosen)}/{len(chosen)} "
@@ -649,11 +607,9 @@ def rss(args: argparse.Namespace, settings: Settings, device: torch.device, tmp:
     the peak RSS of the whole run (loading the models included), the peak since the first
     image was done (processing only) and the current RSS (what stays)."""
     counts = sorted(int(n) for n in args.rss.split(","))
-    frames = make_frames(settings, counts[-1], tmp / "demo")
-    style = read_rgb(style_path())
-    ckpt = prepare_checkpoints(args, settings.sam_variant, tmp)
+    frames, style, ckpt = inputs(args, settings, counts[-1], tmp)
     banner(ckpt)
-    options = PathOptions(optimised_config(settings, args.opt_iterations or settings.iterations))
+    options = PathOptions(optimised_config(settings, args.opt_iterations))
     first_image_peak = 0.0
     marks: dict[int, tuple[float, float, float]] = {}
 
@@ -691,11 +647,8 @@ def frame_times(
     steady state). Last line: how many of frames 2..N of the first pass are within 10 % of
     their steady-state seconds, and the worst ratio, in CPU seconds (wall seconds count other
     users of a shared machine) and wall seconds."""
-    frames = make_frames(settings, args.frames, tmp / "demo")
-    style = read_rgb(style_path())
-    ckpt = prepare_checkpoints(args, settings.sam_variant, tmp)
-    config = optimised_config(settings, args.opt_iterations or settings.iterations)
-    options = PathOptions(config, bucket_px=args.bucket_px)
+    frames, style, ckpt = inputs(args, settings, args.frames, tmp)
+    options = PathOptions(optimised_config(settings, args.opt_iterations), bucket_px=args.bucket_px)
     first, steady = (
         run_path(frames, style, ckpt, options, device, tmp / f"cache{n}", keep=False).frame_stylize
         for n in range(2)
@@ -717,21 +670,11 @@ def frame_times(
     print(f"frame_times: frames={len(frames)} bucket_px={args.bucket_px} {' '.join(summary)}")
 
 
-@contextlib.contextmanager
-def autograd_gram() -> Iterator[None]:
-    """Swap in the seed's Gram matrix (``bmm(F, Fᵀ)`` with autograd's two-product backward)."""
-
-    def plain(features: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = features.shape
-        flat = features.reshape(b, c, h * w)
-        return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
-
-    original = gatys.gram_matrix
-    gatys.gram_matrix = plain
-    try:
-        yield
-    finally:
-        gatys.gram_matrix = original
+def plain_gram(features: torch.Tensor) -> torch.Tensor:
+    """The seed's Gram matrix: ``bmm(F, Fᵀ)`` with autograd's two-product backward."""
+    b, c, h, w = features.shape
+    flat = features.reshape(b, c, h * w)
+    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
 
 
 def gemm_rate(dtype: torch.dtype, device: torch.device, n: int = 4096) -> float:
@@ -749,13 +692,8 @@ def gemm_rate(dtype: torch.dtype, device: torch.device, n: int = 4096) -> float:
 
 def step_variants(compile_: bool) -> dict[str, tuple[GatysConfig, bool, bool]]:
     """``{name: (config, seed Gram, torch.compile)}`` for :func:`step`."""
-    variants = {
-        "float32 autograd Gram (seed)": (
-            GatysConfig(autocast=None, channels_last=False),
-            True,
-            False,
-        )
-    }
+    seed = GatysConfig(autocast=None, channels_last=False)
+    variants = {"float32 autograd Gram (seed)": (seed, True, False)}
     for dtype in (None, "bfloat16"):
         for layout in (False, True):
             name = f"{dtype or 'float32'}{' channels_last' if layout else ''}"
@@ -780,17 +718,20 @@ def make_evaluation(
     if config.channels_last:
         extractor = extractor.to(memory_format=torch.channels_last)
     with torch.no_grad():
-        grams = gatys._grams(gatys._features(extractor, style, config), config.style_layers)
-        features = gatys._features(extractor, content, config)
+        grams = objective.grams_of(
+            objective.vgg_features(extractor, style, config), config.style_layers
+        )
+        features = objective.vgg_features(extractor, content, config)
     targets = {name: features[name] for name in config.content_layers}
     network = torch.compile(extractor) if compiled else extractor
     image = (content * 0.8 + 0.1).requires_grad_(True)
 
     def evaluate() -> tuple[float, torch.Tensor]:
         image.grad = None
-        with autograd_gram() if seed_gram else contextlib.nullcontext():
-            terms = gatys.total_loss(
-                gatys._features(network, image, config), image, targets, grams, config
+        seed = mock.patch.object(objective, "gram_matrix", plain_gram)
+        with seed if seed_gram else contextlib.nullcontext():
+            terms = objective.total_loss(
+                objective.vgg_features(network, image, config), image, targets, grams, config
             )
             terms["total"].backward()
         if device.type == "cuda":
@@ -800,9 +741,10 @@ def make_evaluation(
     return evaluate
 
 
-def step(args: argparse.Namespace, device: torch.device, tmp: Path) -> None:
-    """Time one objective evaluation per variant (interleaved repeats) against the floor."""
-    height, width = (int(v) for v in args.step_size.split("x"))
+def step(args: argparse.Namespace, _settings: Settings, device: torch.device, tmp: Path) -> None:
+    """Time one objective evaluation per variant (interleaved repeats) against the floor (the
+    problem size is ``--step-size``, not the settings)."""
+    height, width = size_pair(args.step_size)
     vgg, sha256 = vgg_checkpoint(args, tmp)
     if sha256 == RANDOM:
         print("!!! RANDOM WEIGHTS for VGG19: timings are real; objectives are under random VGG19")
@@ -811,7 +753,7 @@ def step(args: argparse.Namespace, device: torch.device, tmp: Path) -> None:
     style = torch.rand(1, 3, height, height, generator=generator).to(device)
     runs = {}
     for name, (config, seed_gram, compiled) in step_variants(args.compile).items():
-        extractor = load_vgg19_features(vgg, config.layers, config.pooling, config.normalization)
+        extractor = load_extractor(vgg, config)
         runs[name] = make_evaluation(
             extractor.to(device), config, content, style, seed_gram, compiled
         )
@@ -847,13 +789,17 @@ def step(args: argparse.Namespace, device: torch.device, tmp: Path) -> None:
             f"GFLOP/s={gflop / min(seconds):.0f} objective_rel_diff={total / ref_total - 1:+.2e} "
             f"grad_cosine={cosine:.5f}"
         )
-    best = min(
-        seconds for name, seconds in ((n, min(t)) for n, t in times.items()) if "bfloat16" in name
-    )
+    best = min(min(t) for name, t in times.items() if "bfloat16" in name)
     print(
         f"step_float32={reference:.3f}s step_bfloat16_best={best:.3f}s "
         f"float32_floor={gflop / rates[torch.float32]:.3f}s"
     )
+
+
+def size_pair(text: str) -> tuple[int, int]:
+    """``"1024x512"`` -> ``(1024, 512)``."""
+    first, second = (int(v) for v in text.split("x"))
+    return first, second
 
 
 def main() -> None:
@@ -869,7 +815,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, help="Gatys working height of the whole frame")
     parser.add_argument("--iterations", type=int, help="naive L-BFGS evaluation budget")
     parser.add_argument("--opt-iterations", type=int, help="optimised budget (default: the same)")
-    parser.add_argument("--frame-size", help="demo frame WxH, e.g. 1024x512")
+    parser.add_argument("--frame-size", type=size_pair, help="demo frame WxH, e.g. 1024x512")
     parser.add_argument("--sam-variant", help="tiny, vit_b, vit_l or vit_h")
     parser.add_argument("--vgg", type=Path, help="VGG19 checkpoint (default: downloaded or random)")
     parser.add_argument("--sam", type=Path, help="SAM checkpoint (default: downloaded or random)")
@@ -900,24 +846,14 @@ def main() -> None:
     base = SEED if args.seed_settings else SMOKE if args.smoke else SMALL
     if args.smoke:
         args.frames, args.repeats, args.step_size = 1, 1, "64x128"
-    settings = Settings(
-        frame_size=tuple(int(v) for v in args.frame_size.split("x"))
-        if args.frame_size
-        else base.frame_size,
-        height=args.height or base.height,
-        iterations=args.iterations or base.iterations,
-        sam_variant=args.sam_variant or base.sam_variant,
-    )
+    given = {k: getattr(args, k) for k in ("frame_size", "height", "iterations", "sam_variant")}
+    settings = replace(base, **{k: v for k, v in given.items() if v})
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="segstyle-bench-") as tmp:
-        if args.step:
-            step(args, device, Path(tmp))
-        elif args.frame_times:
-            frame_times(args, settings, device, Path(tmp))
-        elif args.rss:
-            rss(args, settings, device, Path(tmp))
-        else:
-            compare(args, settings, device, Path(tmp))
+        run = (
+            step if args.step else frame_times if args.frame_times else rss if args.rss else compare
+        )
+        run(args, settings, device, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -1,29 +1,22 @@
 """The command line's own cost (issue #13): ``segstyle stylize`` and a cached ``segstyle run``.
 
-Two measurements, each of whole ``segstyle`` commands run as subprocesses (wall clock, from
-start to exit, interpreter start and imports included), with the offline backends (GrabCut,
-the feed-forward stylizer, the default style):
+Whole ``segstyle`` commands run as subprocesses (wall seconds, start to exit, interpreter start
+and imports included) with the offline backends (GrabCut, feed-forward, the default style):
 
-(a) ``segstyle stylize`` on one generated photo-like frame (the demo street renderer at
-    751×563, an odd size on purpose; a box prompt around its largest car), against the same
-    core steps called in-process: :func:`segstyle_core.photo.stylize_photo` timed after its
-    imports, in a fresh interpreter each time (so the feed-forward network is loaded cold,
-    as the command loads it). Every call gets a fresh cache folder. Median of ``--repeats``
-    interleaved pairs. Target: ``stylize_ratio = command / in-process <= 1.5``.
+(a) ``segstyle stylize`` on one generated street frame (751×563, an odd size on purpose; a box
+    around its largest car) against :func:`segstyle_core.photo.stylize_photo` timed after its
+    imports in a fresh interpreter (the feed-forward network loaded cold, as the command does),
+    each call with a fresh cache folder; medians of ``--repeats`` interleaved pairs.
+    Target: ``stylize_ratio = command / in-process <= 1.5``.
+(b) ``segstyle run`` over the demo dataset (1024×512, 6 annotated frames of zurich by default),
+    cars, a prompt per GT instance, against a running Prefect server (started as
+    ``tests/prefect_service.py`` does), twice into the same ``--out``: the second finds every
+    stage cached. Target: ``rerun_speedup = first / second >= 10``.
 
-(b) ``segstyle run`` over the demo dataset (``segstyle demo-data``'s default: 1024×512, 6
-    annotated frames of zurich; ``--size``/``--frames`` change it), cars, a prompt per GT
-    instance, against a running Prefect server (``prefect server start`` on a free port with
-    its own ``PREFECT_HOME``, as ``tests/prefect_service.py`` starts it; the command gets
-    ``PREFECT_API_URL``). The same command twice into the same ``--out``: the second finds
-    every stage in the cache. Target: ``rerun_speedup = first / second >= 10``.
-
-The commands run a frozen copy of the sources (``--no-snapshot``: the checkout itself), so that
-edits to a shared checkout meanwhile cannot change the stage cache keys (they hash the code)
-between the two runs; (b) says so when the sources it ran did change. Device slots use a
-lock folder of this benchmark's own (``SEGSTYLE_DEVICE_SLOT_DIR``, host mode), so other runs on
-the machine do not share them. Last line:
-``stylize_ratio=<command/in-process> rerun_speedup=<first/second>``.
+The commands run a frozen copy of the sources (``--no-snapshot``: the checkout), so edits to a
+shared checkout cannot change the stage cache keys (they hash the code) between the runs; (b)
+says so when the sources it ran changed. Device slots use a lock folder of the benchmark's own.
+Last line: ``stylize_ratio=<command/in-process> rerun_speedup=<first/second>``.
 
     python benchmarks/bench_service.py                  # about 3 minutes on 2 cores
     python benchmarks/bench_service.py --repeats 5 --size 512x256
@@ -76,12 +69,8 @@ def _environment(work: Path, **extra: str) -> dict[str, str]:
     """The environment of every subprocess: no outside Prefect server or profile, a Prefect
     home and device-slot folder of this benchmark's own, Prefect's console at its CLI default,
     and the snapshot of the sources (:func:`snapshot`) first on the path when there is one."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE")
-        and k != "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
-    }
+    dropped = ("API_URL", "API_KEY", "PROFILE", "LOGGING_HANDLERS_CONSOLE_LEVEL")
+    env = {k: v for k, v in os.environ.items() if k not in {f"PREFECT_{d}" for d in dropped}}
     env.update(
         PREFECT_HOME=str(work / "prefect-home"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -123,8 +112,8 @@ SNAPSHOT_LAYOUT = {
 
 def snapshot(work: Path) -> Path:
     """A frozen copy of the packages for the subprocesses (``PYTHONPATH`` puts it before the
-    editable install), so that edits to a shared checkout during the benchmark neither mix
-    code versions nor change stage cache keys (they hash the code) between the two runs."""
+    editable install): edits to a shared checkout meanwhile neither mix code versions nor
+    change the stage cache keys between the two runs."""
     root = work / "src"
     for source, target in SNAPSHOT_LAYOUT.items():
         shutil.copytree(

@@ -17,22 +17,24 @@ from torchvision.models.vgg import cfgs, make_layers
 from segstyle_core.composite import resize_to
 from segstyle_core.errors import ConfigError, InputError, WeightsError
 from segstyle_core.images import read_rgb
-from segstyle_core.stylize import gatys
+from segstyle_core.stylize import gatys, objective
 from segstyle_core.stylize.base import Progress
 from segstyle_core.stylize.gatys import (
     MIN_SIDE,
     GatysConfig,
     GatysStylizer,
-    autocast_dtype,
-    content_loss,
     content_working_size,
     gatys_objective,
+)
+from segstyle_core.stylize.gatys_config import VGG19Layer
+from segstyle_core.stylize.objective import (
+    autocast_dtype,
+    content_loss,
     gram_matrix,
     style_loss,
     total_loss,
     tv_loss,
 )
-from segstyle_core.stylize.gatys_config import VGG19Layer
 from segstyle_core.stylize.vgg import VGGFeatures, layer_names, load_vgg19_features
 
 HEIGHT = 64
@@ -378,7 +380,7 @@ def test_gram_gradient_is_exact_in_both_layouts(layout: torch.memory_format) -> 
 def test_auto_autocast_follows_native_bfloat16(
     monkeypatch: pytest.MonkeyPatch, native: bool
 ) -> None:
-    monkeypatch.setattr(gatys, "native_bfloat16", lambda device: native)
+    monkeypatch.setattr(objective, "native_bfloat16", lambda device: native)
     expected = torch.bfloat16 if native else None
     assert autocast_dtype(GatysConfig(), torch.device("cpu")) == expected  # default "auto"
     assert autocast_dtype(GatysConfig(autocast=None), torch.device("cpu")) is None

@@ -29,6 +29,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from segstyle_core import devices
 from segstyle_core.stylize.gatys_config import SPEED_OPTIONS, GatysConfig
+from segstyle_core.stylize.objective import grams_of, total_loss, vgg_features
 from segstyle_core.stylize.vgg import VGGFeatures
 
 #: The working size ``(h, w)`` of the calibration image: a typical ROI crop's.
@@ -96,8 +97,6 @@ def _trial(
     config: GatysConfig, device: torch.device, channels_last: bool, compiled: bool, repeats: int
 ) -> tuple[float, float, float]:
     """``(first call s, best later s, objective)`` of one evaluation with these options."""
-    from segstyle_core.stylize import gatys  # it resolves its configs with this module
-
     cfg = config.changed(channels_last=channels_last, compile=compiled, content_scale=None)
     extractor = _random_extractor(cfg, device)
     if channels_last:
@@ -106,14 +105,14 @@ def _trial(
     generator = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, *CALIBRATION_SIZE, generator=generator).to(device)
     with torch.no_grad():
-        grams = gatys._grams(gatys._features(extractor, content.flip(3), cfg), cfg.style_layers)
-        targets = {n: gatys._features(extractor, content, cfg)[n] for n in cfg.content_layers}
+        grams = grams_of(vgg_features(extractor, content.flip(3), cfg), cfg.style_layers)
+        targets = {n: vgg_features(extractor, content, cfg)[n] for n in cfg.content_layers}
     image = (content * 0.8 + 0.1).requires_grad_(True)
     times = []
     for _ in range(repeats + 1):
         image.grad = None
         start = time.perf_counter()
-        terms = gatys.total_loss(gatys._features(network, image, cfg), image, targets, grams, cfg)
+        terms = total_loss(vgg_features(network, image, cfg), image, targets, grams, cfg)
         terms["total"].backward()
         total = terms["total"].item()
         times.append(time.perf_counter() - start)

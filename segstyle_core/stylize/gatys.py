@@ -19,15 +19,7 @@ coarse-to-fine) at about half its cost. ``content_scale`` (off) serves ROI styli
 ``GatysConfig(autocast=None, channels_last=False, compile=False, plateau_tol=0,
 coarse_fraction=0)`` is the seed's plain float32 optimisation.
 
-Loss terms (``F`` features of the image being optimised, ``P`` of the content image, ``G``/``A``
-Gram matrices of the image / the style image, see :func:`gram_matrix`):
-
-* content: ``mean((F - P)**2)`` per content layer, summed over content layers;
-* style: ``sum_l w_l * sum((G_l - A_l)**2)`` (sum, not mean, of squared differences);
-  ``w_l = 1 / len(style_layers)`` unless ``style_layer_weights`` is given;
-* TV: ``sum |x[i, j+1] - x[i, j]| + sum |x[i+1, j] - x[i, j]|`` over channels, in 8-bit pixel
-  units (anisotropic, absolute differences);
-* total: ``content_weight * content + style_weight * style + tv_weight * TV``.
+Loss terms: :mod:`segstyle_core.stylize.objective`.
 
 Images are ``H×W×3 uint8 RGB`` numpy arrays at the boundary; inside, ``1×3×h×w`` float tensors
 in ``[0, 1]``.
@@ -40,8 +32,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from typing import Any, get_args
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -49,121 +40,24 @@ import torch.nn.functional as F
 
 from segstyle_core import devices, weights
 from segstyle_core.composite import resize_to
-from segstyle_core.devices import native_bfloat16
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.fileio import sha256_bytes
 from segstyle_core.images import check_rgb
 from segstyle_core.stylize import calibration
 from segstyle_core.stylize.base import RGB, Progress, ProgressCallback
-from segstyle_core.stylize.gatys_config import MIN_SIDE, AutocastDtype, GatysConfig
-from segstyle_core.stylize.vgg import (
-    IMAGENET_MEAN,
-    VGGFeatures,
-    load_vgg19_features,
+from segstyle_core.stylize.gatys_config import MIN_SIDE, GatysConfig
+from segstyle_core.stylize.objective import (
+    Network,
+    autocast_dtype,
+    grams_of,
+    total_loss,
+    vgg_features,
 )
+from segstyle_core.stylize.vgg import IMAGENET_MEAN, VGGFeatures, load_vgg19_features
 
 #: Standard deviation of the ``init="noise"`` image, in ``[0, 1]`` units (90 of 255, as the
 #: base script); the noise is centred on the ImageNet mean colour.
 NOISE_STD = 90 / 255
-#: VGG19's features as called: ``1×3×h×w`` image -> ``{layer: 1×C×h'×w'}`` (a
-#: :class:`VGGFeatures` or its torch.compile wrapper).
-Network = Callable[[torch.Tensor], dict[str, torch.Tensor]]
-_AUTOCAST_DTYPES = {name: getattr(torch, name) for name in get_args(AutocastDtype)}
-
-
-# --- losses (pure functions on tensors) -------------------------------------------------------
-
-
-class _Gram(torch.autograd.Function):
-    """``F Fᵀ / (C*H*W)`` with a one-product backward, ``(dG + dGᵀ) F / (C*H*W)``.
-
-    Autograd's own backward of ``bmm(F, Fᵀ)`` does two products and adds them. Channels-last
-    features are multiplied as their ``B×HW×C`` view, so no layout copy is made either way.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, features: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = features.shape
-        nhwc = features.is_contiguous(memory_format=torch.channels_last)
-        ctx.nhwc = nhwc and not features.is_contiguous()
-        ctx.shape = (b, c, h, w)
-        if ctx.nhwc:
-            flat = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
-            gram = torch.bmm(flat.transpose(1, 2), flat)
-        else:
-            flat = features.reshape(b, c, h * w)
-            gram = torch.bmm(flat, flat.transpose(1, 2))
-        ctx.save_for_backward(flat)
-        return gram / (c * h * w)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (flat,) = ctx.saved_tensors
-        b, c, h, w = ctx.shape
-        sym = (grad + grad.transpose(1, 2)) / (c * h * w)
-        if ctx.nhwc:
-            return torch.bmm(flat, sym).reshape(b, h, w, c).permute(0, 3, 1, 2)
-        return torch.bmm(sym, flat).reshape(b, c, h, w)
-
-
-def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """Gram matrices ``B×C×C`` of ``B×C×H×W`` features, divided by ``C*H*W``."""
-    return _Gram.apply(features)
-
-
-def content_loss(
-    features: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
-) -> torch.Tensor:
-    """Sum over the layers in ``targets`` of the mean squared feature difference."""
-    return torch.stack(
-        [torch.mean((features[name] - target) ** 2) for name, target in targets.items()]
-    ).sum()
-
-
-def style_loss(
-    features: Mapping[str, torch.Tensor],
-    target_grams: Mapping[str, torch.Tensor],
-    layer_weights: Mapping[str, float],
-) -> torch.Tensor:
-    """``sum_l w_l * sum((gram(F_l) - A_l)**2)`` over the layers in ``layer_weights``."""
-    return torch.stack(
-        [
-            weight * torch.sum((gram_matrix(features[name]) - target_grams[name]) ** 2)
-            for name, weight in layer_weights.items()
-        ]
-    ).sum()
-
-
-def tv_loss(image: torch.Tensor) -> torch.Tensor:
-    """Anisotropic total variation of ``B×3×H×W`` in ``[0, 1]``, in 8-bit units (×255)."""
-    dx = torch.sum(torch.abs(image[:, :, :, 1:] - image[:, :, :, :-1]))
-    dy = torch.sum(torch.abs(image[:, :, 1:, :] - image[:, :, :-1, :]))
-    return 255.0 * (dx + dy)
-
-
-def total_loss(
-    features: Mapping[str, torch.Tensor],
-    image: torch.Tensor,
-    content_targets: Mapping[str, torch.Tensor],
-    style_grams: Mapping[str, torch.Tensor],
-    config: GatysConfig,
-) -> dict[str, torch.Tensor]:
-    """Weighted loss terms ``{"content", "style", "tv", "total"}``; ``total`` is their sum.
-
-    Args:
-        features: VGG features of ``image`` (float32), at least the config's layers.
-        image: ``1×3×h×w`` in ``[0, 1]`` (for the TV term).
-        content_targets: content-image features of the content layers.
-        style_grams: :func:`gram_matrix` of the style image's features per style layer.
-    """
-    terms = {
-        "content": config.content_weight * content_loss(features, content_targets),
-        "style": config.style_weight * style_loss(features, style_grams, config.layer_weights()),
-        "tv": config.tv_weight * tv_loss(image),
-    }
-    terms["total"] = terms["content"] + terms["style"] + terms["tv"]
-    return terms
 
 
 # --- image <-> tensor helpers -------------------------------------------------------------------
@@ -214,37 +108,6 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
 
 
-def autocast_dtype(config: GatysConfig, device: torch.device) -> torch.dtype | None:
-    """The dtype VGG runs in under ``config.autocast`` on ``device``; ``None`` = float32."""
-    if config.autocast == "auto":
-        return torch.bfloat16 if native_bfloat16(device) else None
-    return None if config.autocast is None else _AUTOCAST_DTYPES[config.autocast]
-
-
-def _features(
-    extractor: Network, image: torch.Tensor, config: GatysConfig
-) -> dict[str, torch.Tensor]:
-    """Float32 features of ``image`` (autocast and memory format as configured). Under
-    autocast a :class:`VGGFeatures` runs as its copy with weights in the autocast dtype
-    (:meth:`VGGFeatures.in_dtype`): autocast would otherwise cast every weight on every call
-    (it caches casts only of weights that require grad)."""
-    if config.channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
-    dtype = autocast_dtype(config, image.device)
-    if dtype is None:
-        return {name: value.float() for name, value in extractor(image).items()}
-    if isinstance(extractor, VGGFeatures):
-        extractor = extractor.in_dtype(dtype)
-    with torch.autocast(image.device.type, dtype=dtype):
-        return {name: value.float() for name, value in extractor(image).items()}
-
-
-def _grams(
-    features: Mapping[str, torch.Tensor], layers: tuple[str, ...]
-) -> dict[str, torch.Tensor]:
-    return {name: gram_matrix(features[name]) for name in layers}
-
-
 def _prepare_style(style: np.ndarray, height: int, device: torch.device) -> torch.Tensor:
     check_rgb(style, "style image")
     fix = "use a larger style image"
@@ -278,14 +141,14 @@ def gatys_objective(
     size = content_working_size(content.shape, config)
     with torch.no_grad():
         content_t = _to_tensor(content, size, device)
-        style_grams = _grams(
-            _features(extractor, _prepare_style(style, config.height, device), config),
+        style_grams = grams_of(
+            vgg_features(extractor, _prepare_style(style, config.height, device), config),
             config.style_layers,
         )
-        content_feats = _features(extractor, content_t, config)
+        content_feats = vgg_features(extractor, content_t, config)
         image_t = _to_tensor(image, size, device)
         terms = total_loss(
-            _features(extractor, image_t, config),
+            vgg_features(extractor, image_t, config),
             image_t,
             {name: content_feats[name] for name in config.content_layers},
             style_grams,
@@ -428,10 +291,10 @@ class GatysStylizer:
                 self._style_cache.move_to_end(key)
                 return self._style_cache[key]
         with torch.no_grad():
-            features = _features(
+            features = vgg_features(
                 self.extractor, _prepare_style(style, height, self.device), self.config
             )
-            grams = _grams(features, self.config.style_layers)
+            grams = grams_of(features, self.config.style_layers)
         with self._lock:
             self._style_cache[key] = grams
             while len(self._style_cache) > self._style_cache_size:
@@ -490,7 +353,7 @@ class GatysStylizer:
         content_t = _to_tensor(content, size, self.device)
         style_grams = self.style_targets(style, style_height)
         with torch.no_grad():
-            content_feats = _features(self.extractor, content_t, cfg)
+            content_feats = vgg_features(self.extractor, content_t, cfg)
         content_targets: dict[str, torch.Tensor] = {n: content_feats[n] for n in cfg.content_layers}
         start = self._initial_image(content_t, style) if init is None else init
         # The pixels stay contiguous (L-BFGS flattens their gradient with view(-1));
@@ -499,7 +362,7 @@ class GatysStylizer:
 
         def objective() -> float:
             optimizer.zero_grad()
-            features = _features(self._network, image, run.config)  # run.config may switch
+            features = vgg_features(self._network, image, run.config)  # run.config may switch
             terms = total_loss(features, image, content_targets, style_grams, cfg)
             terms["total"].backward()
             return run.record(terms, image)
