@@ -75,3 +75,12 @@ def test_segstyle_tune_cached_prints_the_cached_table(
     capsys.readouterr()
     assert main(["tune", "--device", "cpu", "--cached"]) == 0
     assert capsys.readouterr().out.strip() == calibration.tune_table("cpu", refresh=False)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "not json", '{"KEY": {"channels_last": "yes"}}'])
+def test_a_malformed_cache_file_is_remade_not_trusted(cache: Path, text: str) -> None:
+    cache.write_text(text.replace("KEY", calibration.machine_key(CPU)))
+    options = calibration.speed_options(CPU)
+    assert all(isinstance(value, bool) for value in options.values())
+    stored = json.loads(cache.read_text())[calibration.machine_key(CPU)]
+    assert {name: stored[name] for name in options} == options

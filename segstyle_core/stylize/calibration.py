@@ -146,10 +146,27 @@ _ENTRIES: dict[str, dict] = {}
 
 
 def _load() -> dict[str, dict]:
+    """The cache file's entries; ``{}`` for a missing, unreadable or malformed file."""
     try:
-        return json.loads(cache_path().read_text())
+        data = json.loads(cache_path().read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _cached(key: str) -> dict | None:
+    """The entry for ``key`` from this process or the file, if it is well formed (the choice as
+    booleans, trials with :class:`Trial`'s fields); ``None`` otherwise, so it is remade."""
+    entry = _ENTRIES.get(key) or _load().get(key)
+    if not isinstance(entry, dict) or not all(
+        isinstance(entry.get(name), bool) for name in SPEED_OPTIONS
+    ):
+        return None
+    try:
+        [Trial(**trial) for trial in entry.get("trials", [])]
+    except TypeError:
+        return None
+    return entry
 
 
 def run_and_cache(device: torch.device, compile_: bool = True) -> dict:
@@ -170,9 +187,8 @@ def speed_options(device: torch.device) -> dict[str, bool]:
     """``{"channels_last", "compile"}`` for this machine: cached, else calibrated now (eager
     runs only, a few seconds: torch.compile is tried by :func:`tune_table`)."""
     key = machine_key(device)
-    entry = _ENTRIES.get(key) or _load().get(key) or run_and_cache(device, compile_=False)
-    _ENTRIES[key] = entry
-    return {name: bool(entry[name]) for name in SPEED_OPTIONS}
+    entry = _ENTRIES[key] = _cached(key) or run_and_cache(device, compile_=False)
+    return {name: entry[name] for name in SPEED_OPTIONS}
 
 
 def resolve(config: GatysConfig, device: torch.device) -> GatysConfig:
@@ -189,7 +205,7 @@ def tune_table(device: str = "auto", refresh: bool = True) -> str:
     cache it, and return its table: one line per combination and the choice."""
     resolved = devices.resolve_device(device)
     key = machine_key(resolved)
-    entry = (None if refresh else _load().get(key)) or run_and_cache(resolved)
+    entry = (None if refresh else _cached(key)) or run_and_cache(resolved)
     lines = [
         f"{key} (cache: {cache_path()})",
         f"{'channels_last':>13} {'compile':>7} {'first s':>8} {'step s':>8} {'objective':>10}",
