@@ -16,6 +16,7 @@ painting): :meth:`segstyle_core.stylize.StylizerConfig.settings` leaves them out
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -70,6 +71,7 @@ def machine_key(device: torch.device) -> str:
     return f"{device.type}: {model}; torch {torch.__version__}"
 
 
+@functools.cache
 def _cpu_model() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -155,9 +157,12 @@ def _load() -> dict[str, dict]:
 
 
 def _cached(key: str) -> dict | None:
-    """The entry for ``key`` from this process or the file, if it is well formed (the choice as
-    booleans, trials with :class:`Trial`'s fields); ``None`` otherwise, so it is remade."""
-    entry = _ENTRIES.get(key) or _load().get(key)
+    """The entry for ``key``: made or checked in this process, else the file's if well formed
+    (the choice as booleans, trials with :class:`Trial`'s fields), then kept for the process;
+    ``None`` otherwise, so it is remade."""
+    if key in _ENTRIES:
+        return _ENTRIES[key]
+    entry = _load().get(key)
     if not isinstance(entry, dict) or not all(
         isinstance(entry.get(name), bool) for name in SPEED_OPTIONS
     ):
@@ -166,6 +171,7 @@ def _cached(key: str) -> dict | None:
         [Trial(**trial) for trial in entry.get("trials", [])]
     except TypeError:
         return None
+    _ENTRIES[key] = entry
     return entry
 
 
@@ -187,7 +193,7 @@ def speed_options(device: torch.device) -> dict[str, bool]:
     """``{"channels_last", "compile"}`` for this machine: cached, else calibrated now (eager
     runs only, a few seconds: torch.compile is tried by :func:`tune_table`)."""
     key = machine_key(device)
-    entry = _ENTRIES[key] = _cached(key) or run_and_cache(device, compile_=False)
+    entry = _cached(key) or run_and_cache(device, compile_=False)
     return {name: entry[name] for name in SPEED_OPTIONS}
 
 

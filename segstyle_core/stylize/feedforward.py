@@ -121,12 +121,13 @@ def _with_free_spatial_dims(model_bytes: bytes, name: str) -> bytes:
 
 def _session(name: str, threads: int | None) -> ort.InferenceSession:
     """The process-wide CPU session for one network, built on first use and then reused."""
-    key = (name, threads or compute_threads())
+    threads = threads or compute_threads()
+    key = (name, threads)
     with _SESSIONS_LOCK:
         if key not in _SESSIONS:
             options = ort.SessionOptions()
             options.log_severity_level = 3
-            options.intra_op_num_threads, options.inter_op_num_threads = key[1], 1
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
             model = _with_free_spatial_dims(_model_bytes(name), name)
             _SESSIONS[key] = ort.InferenceSession(
                 model, options, providers=["CPUExecutionProvider"]
