@@ -8,7 +8,8 @@ concurrency limit :func:`slot_name`, created with :func:`slot_size` slots if mis
 with ``prefect gcl update NAME --limit N``), held as a lease of :data:`LEASE_SECONDS` that
 Prefect renews: a killed holder's slots are freed when its lease runs out and the server's
 repossessor (every 15 s) sees it, 60-75 s after the kill. Without one (``host``; also
-``SEGSTYLE_DEVICE_SLOTS=host``, as on the CLI's temporary server), a slot is a ``flock`` on
+``SEGSTYLE_DEVICE_SLOTS=host``, as on the CLI's temporary server, whose services do not include
+the repossessor: a killed holder's lease there would never end), a slot is a ``flock`` on
 ``<SEGSTYLE_DEVICE_SLOT_DIR>/<name>.<i>.lock`` (default ``$TMPDIR/segstyle-device-slots``),
 dropped the moment its holder dies. On Dask, CUDA stages submitted inside
 :func:`dask_annotations` run only on workers with a ``GPU`` resource.
@@ -24,11 +25,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 #: A held slot's lease in seconds (the server's minimum).
 LEASE_SECONDS = 60.0
 MODE_ENV = "SEGSTYLE_DEVICE_SLOTS"  # "prefect" | "host"; unset: prefect when an API is set
+SlotMode = Literal["prefect", "host"]
 HOST_ENV = "SEGSTYLE_DEVICE_SLOT_HOST"  # the machine's name in slot names (default: host name)
 DIR_ENV = "SEGSTYLE_DEVICE_SLOT_DIR"  # the folder of host-mode lock files
 
@@ -64,22 +66,23 @@ def _clean(text: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def slot_mode() -> str:
+def slot_mode() -> SlotMode:
     """``"prefect"`` or ``"host"``: ``$SEGSTYLE_DEVICE_SLOTS``, else whether an API is set."""
     mode = os.environ.get(MODE_ENV, "").strip().lower()
-    if mode in ("prefect", "host"):
-        return mode
-    from prefect.settings import PREFECT_API_URL
+    if mode not in ("prefect", "host"):
+        from prefect.settings import PREFECT_API_URL
 
-    return "prefect" if PREFECT_API_URL.value() else "host"
+        mode = "prefect" if PREFECT_API_URL.value() else "host"
+    return "prefect" if mode == "prefect" else "host"
 
 
 @contextlib.contextmanager
-def device_slot(device: Any) -> Iterator[None]:
+def device_slot(device: Any, mode: SlotMode | None = None) -> Iterator[None]:
     """Hold this process's share of ``device``'s slots (:func:`slot_size`) for the block,
-    waiting for them; Prefect's or httpx's errors when the API fails."""
+    waiting for them, in ``mode`` (default :func:`slot_mode`); Prefect's or httpx's errors when
+    the API fails."""
     name, (limit, occupy) = slot_name(device), slot_size(device)
-    if slot_mode() == "host":
+    if (mode or slot_mode()) == "host":
         with _host_slots(name, limit, occupy):
             yield
         return

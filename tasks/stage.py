@@ -12,7 +12,7 @@ import contextlib
 import functools
 import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.states import Completed, State
 
-from segstyle.tasks.device_slots import dask_annotations, device_slot
+from segstyle.tasks.device_slots import SlotMode, dask_annotations, device_slot, slot_mode
 from segstyle_core.errors import SegstyleError
 from segstyle_core.stagecache import Stage, StageRecord
 
@@ -40,16 +40,20 @@ def retry_transient(task: Any, task_run: Any, state: State) -> bool:
 
 @functools.cache
 def stage_task(stage: Stage[..., R]) -> Task[..., R]:
-    """The Prefect task of ``stage``: its inputs as keyword parameters, and ``cache_dir``."""
+    """The Prefect task of ``stage``: its inputs as keyword parameters, ``cache_dir``, and
+    ``device_slots``, the slot mode the flow chose (a Dask worker's own environment does not
+    know that the flow runs on the CLI's temporary server)."""
 
-    def run(cache_dir: Path, **inputs: Any) -> R | State[R]:
-        record = stage.run_in(device_slot, cache_dir, **inputs)
+    def run(cache_dir: Path, device_slots: SlotMode, **inputs: Any) -> R | State[R]:
+        slot = functools.partial(device_slot, mode=device_slots)
+        record = stage.run_in(slot, cache_dir, **inputs)
         if record.cached:  # shown as Cached in the UI, like a hit of Prefect's own cache
             return Completed(data=record, name="Cached", message="verified result from the cache")
         return record
 
     keyword = inspect.Parameter.KEYWORD_ONLY
     parameters = [inspect.Parameter("cache_dir", keyword, annotation=Path)]
+    parameters += [inspect.Parameter("device_slots", keyword, annotation=SlotMode)]
     parameters += [p.replace(kind=keyword) for p in stage.signature.parameters.values()]
     run.__signature__ = stage.signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     run.__name__ = run.__qualname__ = stage.compute.__name__
@@ -68,13 +72,15 @@ def stage_task(stage: Stage[..., R]) -> Task[..., R]:
 @dataclass(frozen=True)
 class PrefectRunner:
     """A runner of :mod:`segstyle_core.pipeline`: each stage a Prefect task of the current flow
-    run, caching in ``cache_dir``; its handles are the tasks' futures."""
+    run, caching in ``cache_dir`` and taking device slots in ``device_slots`` mode (default:
+    this process's :func:`slot_mode`); its handles are the tasks' futures."""
 
     cache_dir: Path
+    device_slots: SlotMode = field(default_factory=slot_mode)
 
     def __call__(self, stage: Stage[..., R], run_name: str, /, **inputs: Any) -> PrefectFuture[R]:
         """Submit ``stage`` as the task run ``run_name``."""
         named = stage_task(stage).with_options(task_run_name=lambda: run_name)
         device = stage.device(**inputs)
         with dask_annotations(device) if device is not None else contextlib.nullcontext():
-            return named.submit(cache_dir=self.cache_dir, **inputs)
+            return named.submit(cache_dir=self.cache_dir, device_slots=self.device_slots, **inputs)

@@ -4,8 +4,10 @@
 folder, no nanny: a killed worker stays dead) on 127.0.0.1, started as separate processes;
 ``segstyle run --dask ADDRESS`` as a subprocess. The offline backends are deterministic, so the
 cluster's rows must equal a local (threads) run's: the same IoU and the same ``mask_rle`` for
-every prompt. Then ``kill -9`` of one worker in the middle of a run: its tasks run again on the
-other, the run completes, and every image has its rows exactly once.
+every prompt. Then ``kill -9`` of one worker while it holds the CPU's device slots (the CLI's
+temporary server never frees a dead holder's Prefect lease, so the flow hands its workers host
+slots): its tasks run again on the other, the run completes, and every image has its rows
+exactly once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from segstyle.tasks.device_slots import DIR_ENV
 from segstyle_core.demo.dataset import generate_demo_dataset
 from tests.prefect_service import free_port, stop_process_group
 
@@ -34,10 +37,11 @@ RESULT = ["image_id", "prompt_index", "instance_id", "status", "iou", "dice", "m
 
 @dataclass
 class Cluster:
-    """A scheduler's address and its workers' processes."""
+    """A scheduler's address, its workers' processes and the folder of their host slots."""
 
     address: str
     workers: list[subprocess.Popen[bytes]]
+    slots: Path
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +57,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     address = f"tcp://127.0.0.1:{port}"
     logs = tmp_path / "dask-logs"
     logs.mkdir()
+    slots = tmp_path / "device-slots"
 
     def start(name: str, *argv: str) -> subprocess.Popen[bytes]:
         with (logs / f"{name}.log").open("wb") as log:
@@ -61,6 +66,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, DIR_ENV: str(slots)},
             )
 
     scheduler = start(
@@ -73,7 +79,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     ]  # fmt: skip
     try:
         _wait_for_workers(address, 2)
-        yield Cluster(address, workers)
+        yield Cluster(address, workers, slots)
     finally:
         for process in [*workers, scheduler]:
             stop_process_group(process, grace_s=5)
@@ -95,11 +101,28 @@ def _segstyle(dataset: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def _rows(process: subprocess.Popen[str], timeout_s: float = 600) -> pd.DataFrame:
-    stdout, stderr = process.communicate(timeout=timeout_s)
+def _rows(process: subprocess.Popen[str], timeout_s: float = 300) -> pd.DataFrame:
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_process_group(process, grace_s=5)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the run did not end within {timeout_s} s: {stderr[-3000:]}")
     assert process.returncode == 0, stderr[-3000:]
     rows = pd.read_parquet(stdout.strip().splitlines()[-1])
     return rows.sort_values(["image_id", "prompt_index"]).reset_index(drop=True)
+
+
+def _holds_a_lock_in(folder: Path, pid: int) -> bool:
+    """Whether process ``pid`` holds a ``flock`` on a file of ``folder`` (``/proc/locks``)."""
+    inodes = {path.stat().st_ino for path in folder.glob("*.lock")}
+    for line in Path("/proc/locks").read_text().splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF"; a waiter's has "->" after "1:"
+        fields = line.split()
+        if fields[1] == "FLOCK" and int(fields[4]) == pid:
+            if int(fields[5].rsplit(":", 1)[1]) in inodes:
+                return True
+    return False
 
 
 @pytest.mark.slow
@@ -117,10 +140,10 @@ def test_a_killed_worker_loses_no_image_and_duplicates_none(
     out = tmp_path / "out"
     run = _segstyle(dataset, out, "--dask", cluster.address)
     deadline = time.monotonic() + 300
-    while not list((out / "cache").glob("stylize/*/*/record.json")):  # the run is under way
+    while not _holds_a_lock_in(cluster.slots, cluster.workers[0].pid):  # segmenting, painting
         assert run.poll() is None, run.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no stage finished within 300 s"
-        time.sleep(0.2)
+        assert time.monotonic() < deadline, "worker 0 took no device slot within 300 s"
+        time.sleep(0.02)
     os.kill(cluster.workers[0].pid, signal.SIGKILL)
     rows = _rows(run)
     assert cluster.workers[0].wait(timeout=10) == -signal.SIGKILL
