@@ -393,28 +393,9 @@ class Results(Command):
     metrics: str = "artifacts/metrics"
 
     def cli_cmd(self) -> int:
-        import pandas as pd
+        from segstyle_core.run_summary import run_text
 
-        from segstyle_core import results
-
-        everything = results.read_metrics(self.metrics)  # its errors name the folder
-        try:
-            key, rows = results.select_run(everything, self.run)
-        except SegstyleError as exc:
-            raise SegstyleError(f"{self.metrics}: {exc}") from None
-        print(f"run {rows['run_id'].iloc[0]} ({key})")
-        for run in results.partial_runs(self.metrics):
-            if run.flow_run_id == key:
-                how = "still running" if run.writing else "interrupted before it finished"
-                resume = "" if run.writing else "; rerun the same command to resume it"
-                print(f"partial: {run.images} images so far ({run.parts}), {how}{resume}")
-        with pd.option_context("display.width", 160, "display.max_columns", 20):
-            print(results.summarize(rows).to_string(index=False))
-        failed = rows.loc[rows["status"] == "failed", ["image_id", "error"]].drop_duplicates()
-        if len(failed):
-            print(f"\nfailed images:\n{failed.to_string(index=False)}")
-        if not rows["status"].eq("ok").any():
-            print(f"\nno image of this run succeeded ({len(failed)} failed); fix the errors above")
+        print(run_text(self.metrics, self.run))
         return 0
 
 

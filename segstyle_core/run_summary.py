@@ -1,5 +1,6 @@
 """A run's results rows as markdown and table rows (the summary, the per-image outputs, the
-report line), which the flows publish as Prefect artifacts.
+report line), which the flows publish as Prefect artifacts, and as the text ``segstyle
+results`` prints (:func:`run_text`).
 
 Links are URLs of ``segstyle serve`` when a ``base_url`` is given and the file is served
 (:func:`segstyle_core.outputs.output_link`); otherwise file paths as code (the UI's browser
@@ -16,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from segstyle_core import results
+from segstyle_core.errors import SegstyleError
 from segstyle_core.outputs import is_url, output_link
 from segstyle_core.report import METRICS, rank_images
 from segstyle_core.results import COLUMNS
@@ -250,3 +253,38 @@ def report_markdown(report: Path, out_root: Path, run_name: str, base_url: str |
     if is_url(target):
         return f"[report of {_md(run_name)}]({target})"
     return f"report of {_md(run_name)}: {_code(target)} (open it from disk)"
+
+
+def run_text(metrics_dir: str | Path, run: str | None = None) -> str:
+    """One run of the Parquet folder ``metrics_dir`` as text: its name, whether it is partial,
+    :func:`~segstyle_core.results.summarize`'s table, its failed images.
+
+    Args:
+        run: a run name or flow run id (the latest of that name); ``None``: the latest run.
+
+    Raises:
+        SegstyleError: no readable results, or no run ``run`` (naming the folder).
+    """
+    everything = results.read_metrics(metrics_dir)  # its errors name the folder
+    try:
+        key, rows = results.select_run(everything, run)
+    except SegstyleError as exc:
+        raise SegstyleError(f"{metrics_dir}: {exc}") from None
+    lines = [f"run {rows['run_id'].iloc[0]} ({key})"]
+    for partial in results.partial_runs(metrics_dir):
+        if partial.flow_run_id == key:
+            how = "still running" if partial.writing else "interrupted before it finished"
+            resume = "" if partial.writing else "; rerun the same command to resume it"
+            lines.append(
+                f"partial: {partial.images} images so far ({partial.parts}), {how}{resume}"
+            )
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        lines.append(results.summarize(rows).to_string(index=False))
+    failed = rows.loc[rows["status"] == "failed", ["image_id", "error"]].drop_duplicates()
+    if len(failed):
+        lines.append(f"\nfailed images:\n{failed.to_string(index=False)}")
+    if not rows["status"].eq("ok").any():
+        lines.append(
+            f"\nno image of this run succeeded ({len(failed)} failed); fix the errors above"
+        )
+    return "\n".join(lines)

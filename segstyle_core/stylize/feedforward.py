@@ -24,7 +24,6 @@ import math
 import threading
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from segstyle_core.composite import resize_to
@@ -105,6 +104,8 @@ def model_sha256() -> str:
 
 def _with_free_spatial_dims(model_bytes: bytes, name: str) -> bytes:
     """Rewrite the model's first input and output shapes ``1×H×W×C`` to symbolic ``H``, ``W``."""
+    import onnx  # here, not at the top: 0.55 s (ml_dtypes) that a cached run never needs
+
     try:
         model = onnx.load_model_from_string(model_bytes)
     except Exception as exc:  # onnx raises DecodeError and others for a damaged file
