@@ -803,6 +803,7 @@ def size_pair(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
+    devices.keep_freed_memory()  # as the segstyle command does (SEGSTYLE_KEEP_FREED_MEMORY=0: not)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument(

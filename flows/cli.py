@@ -49,6 +49,7 @@ from segstyle.flows.options import (
     with_flags,
     with_options,
 )
+from segstyle_core.devices import keep_freed_memory
 from segstyle_core.errors import ConfigError, SegstyleError
 from segstyle_core.outputs import DEFAULT_PORT
 from segstyle_core.weights import CHECKPOINTS
@@ -523,6 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags: dict[str, str] = {}
     try:
         command = parse(sys.argv[1:] if argv is None else argv)
+        keep_freed_memory()  # before Prefect starts its threads
         _quiet_prefect(getattr(command, "verbose", False))  # before anything imports Prefect
         flags = flag_names(command.groups)
         return command.cli_cmd()

@@ -66,6 +66,42 @@ def compute_threads() -> int:
     return int(text) if text.isdigit() and int(text) > 0 else len(os.sched_getaffinity(0))
 
 
+#: glibc's ``mallopt`` parameters (``malloc.h``) and the free memory its heap keeps (the
+#: largest value ``M_TRIM_THRESHOLD`` takes, about 2 GiB).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+KEPT_FREE_BYTES = 2**31 - 1
+#: ``0`` leaves the C allocator as it is (:func:`keep_freed_memory`).
+KEEP_FREED_MEMORY_ENV = "SEGSTYLE_KEEP_FREED_MEMORY"
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's ``malloc`` keep freed memory for reuse: no ``mmap`` per large block, one
+    arena for every thread, up to :data:`KEPT_FREE_BYTES` of free heap kept. Whether it did
+    (not on other C libraries, nor with ``SEGSTYLE_KEEP_FREED_MEMORY=0``).
+
+    By default every block over 32 MiB (a VGG19 feature map at 400×800) is its own ``mmap``,
+    returned to the system when freed, so every Gatys evaluation page-faults its feature maps
+    in again: one bfloat16 evaluation at 400×800 took 1.3× as long (``benchmarks/README.md``).
+    The cost: a process keeps its peak heap (about 0.1 GiB more at that size) until it ends.
+    Call it before the process starts threads: a thread that already has its own arena keeps
+    it.
+    """
+    if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0" or not sys.platform.startswith(
+        "linux"
+    ):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no glibc, no mallopt
+        return False
+    options = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, KEPT_FREE_BYTES), (_M_ARENA_MAX, 1))
+    return all(mallopt(option, value) == 1 for option, value in options)
+
+
 @functools.cache
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU with native bfloat16

@@ -401,14 +401,20 @@ class Stage(Generic[P, R]):
         start = time.perf_counter()
         key = self.key(*args, **kwargs)
         directory = stage_dir(cache_dir, self.name, key)
+        seen = _stamp(directory / RECORD)
         record = load_record(Path(cache_dir), directory, self.record_type)
         cached = record is not None
         if record is None:
-            _prepare_folder(Path(cache_dir), directory)
-            device = self.device(*args, **kwargs)
-            with slot(device) if device is not None else contextlib.nullcontext():
-                record = self.compute(directory, *args, **kwargs)
-            record = _store_in(record, Path(cache_dir), directory, key)
+            with _only_writer(Path(cache_dir), directory):
+                if _stamp(directory / RECORD) != seen:  # a run sharing the cache stored it
+                    record = load_record(Path(cache_dir), directory, self.record_type)
+                    cached = record is not None
+                if record is None:
+                    _clear_leftovers(Path(cache_dir), directory)
+                    device = self.device(*args, **kwargs)
+                    with slot(device) if device is not None else contextlib.nullcontext():
+                        record = self.compute(directory, *args, **kwargs)
+                    record = _store_in(record, Path(cache_dir), directory, key)
         return dataclasses.replace(
             record,
             cache_root=str(cache_dir),
@@ -417,25 +423,67 @@ class Stage(Generic[P, R]):
         )
 
 
-def _prepare_folder(cache_dir: Path, directory: Path) -> None:
-    """Make the stage directory ``directory`` a real writable folder to compute into: a link
-    or file in place of a folder on the way is replaced by a real folder (its target is left
-    alone); links, special files and hidden (a killed writer's) files inside, and a folder in
-    place of the record, are removed.
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """``(inode, modification ns)`` of ``path`` (not followed), or ``None`` when it is missing."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
+def _storage_error(cache_dir: Path, exc: OSError) -> StorageError:
+    """The one-line error of a cache folder that cannot be written."""
+    reason = (exc.strerror or str(exc)).lower()
+    return StorageError(
+        f"{cache_dir}: cannot write to this cache folder ({reason}) and a result in it must be "
+        "computed again; make the folder writable, or choose another outputs.out",
+        exc.errno,
+        str(cache_dir),
+    )
+
+
+@contextlib.contextmanager
+def _only_writer(cache_dir: Path, directory: Path) -> Iterator[None]:
+    """Make the stage directory ``directory`` a real folder (a link or file in place of a folder
+    on the way is replaced by one; its target is left alone) and hold an exclusive ``flock`` on
+    it for the block: a run sharing the cache that computes the same result waits, then finds
+    its record. The kernel drops a killed holder's lock.
 
     Raises:
         StorageError: the cache folder cannot be written (one line naming it and the fix).
     """
+    import fcntl  # POSIX, as every cache writer
+
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for folder in _folders(cache_dir, directory):
             if _not_a_folder(folder):
                 folder.unlink(missing_ok=True)
             folder.mkdir(exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise _storage_error(cache_dir, exc) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def _clear_leftovers(cache_dir: Path, directory: Path) -> None:
+    """Ready ``directory``, held by :func:`_only_writer`, to compute into: links, special files
+    and hidden files (a killed writer's, half written) inside, and a folder in place of the
+    record, are removed.
+
+    Raises:
+        StorageError: the cache folder cannot be written (one line naming it and the fix).
+    """
+    try:
         if (directory / RECORD).is_dir() and not (directory / RECORD).is_symlink():
             shutil.rmtree(directory / RECORD)
         for entry in _entries(directory):
-            temporary = entry.name.startswith(".")  # a killed writer's half-written file
+            temporary = entry.name.startswith(".")
             if temporary or not (
                 entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
             ):
@@ -446,13 +494,7 @@ def _prepare_folder(cache_dir: Path, directory: Path) -> None:
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "permission denied", str(directory))
     except OSError as exc:
-        reason = (exc.strerror or str(exc)).lower()
-        raise StorageError(
-            f"{cache_dir}: cannot write to this cache folder ({reason}) and a result in it must "
-            "be computed again; make the folder writable, or choose another outputs.out",
-            exc.errno,
-            str(cache_dir),
-        ) from exc
+        raise _storage_error(cache_dir, exc) from exc
 
 
 def _store_in(record: R, cache_dir: Path, directory: Path, key: str) -> R:

@@ -22,10 +22,15 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed, State
 
 from segstyle.tasks.device_slots import SlotMode, dask_annotations, device_slot, slot_mode
+from segstyle_core.devices import keep_freed_memory
 from segstyle_core.errors import SegstyleError
 from segstyle_core.stagecache import Stage, StageRecord
 
 R = TypeVar("R", bound=StageRecord)
+
+# A deployment's flow-run process imports this before its task threads start; a Dask worker,
+# in the thread that runs its first task (that thread keeps its own arena, the rest applies).
+keep_freed_memory()
 
 # Prefect hands the core's loggers its run-log handler but leaves their level at the root's
 # (warnings): the stages' progress lines are INFO.

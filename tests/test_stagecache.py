@@ -183,3 +183,37 @@ def test_stage_killed_before_its_record_is_not_read(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         crash.run(tmp_path / "cache", str(source))
     assert _cached(crash, tmp_path / "cache", str(source)) is None
+
+
+def test_two_writers_of_one_result_compute_it_once(tmp_path: Path) -> None:
+    """Two runs sharing a cache reach the same missing result at once: one computes it (its
+    half-written hidden file survives the other's arrival), the other waits and finds it."""
+    import threading
+    import time
+
+    (tmp_path / "a.png").write_bytes(b"pixels")
+    calls: list[Path] = []
+    started = threading.Event()
+
+    @stage("figures", files=("source",))
+    def compute(out: Path, source: str) -> CountRecord:
+        calls.append(out)
+        temporary = out / ".panel.png.tmp"
+        temporary.write_text("half")
+        started.set()
+        time.sleep(0.5)  # the other writer arrives meanwhile
+        temporary.replace(out / "panel.png")
+        return CountRecord(outputs={"panel": str(out / "panel.png")}, value=len(calls))
+
+    cache, records = tmp_path / "cache", []
+
+    def run() -> None:
+        records.append(compute.run(cache, str(tmp_path / "a.png")))
+
+    first = threading.Thread(target=run)
+    first.start()
+    assert started.wait(10)
+    run()
+    first.join()
+    assert len(calls) == 1 and sorted(r.cached for r in records) == [False, True]
+    assert {r.value for r in records} == {1} and len({r.cache_key for r in records}) == 1
