@@ -70,6 +70,12 @@ def compute_threads() -> int:
 #: largest value ``M_TRIM_THRESHOLD`` takes, about 2 GiB).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 KEPT_FREE_BYTES = 2**31 - 1
+#: The same settings as glibc tunables, read when a process starts: for the processes this one
+#: starts, and for ``dask worker`` and the deployments' runs (``prefect.yaml``).
+GLIBC_TUNABLES = (
+    f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={KEPT_FREE_BYTES}:"
+    "glibc.malloc.arena_max=1"
+)
 #: ``0`` leaves the C allocator as it is (:func:`keep_freed_memory`).
 KEEP_FREED_MEMORY_ENV = "SEGSTYLE_KEEP_FREED_MEMORY"
 
@@ -77,15 +83,16 @@ KEEP_FREED_MEMORY_ENV = "SEGSTYLE_KEEP_FREED_MEMORY"
 @functools.cache
 def keep_freed_memory() -> bool:
     """Have glibc's ``malloc`` keep freed memory for reuse: no ``mmap`` per large block, one
-    arena for every thread, up to :data:`KEPT_FREE_BYTES` of free heap kept. Whether it did
-    (not on other C libraries, nor with ``SEGSTYLE_KEEP_FREED_MEMORY=0``).
+    arena for every thread, up to :data:`KEPT_FREE_BYTES` of free heap kept; and
+    ``GLIBC_TUNABLES`` (unless set) for the processes this one starts. Whether it did (not on
+    other C libraries, nor with ``SEGSTYLE_KEEP_FREED_MEMORY=0``).
 
     By default every block over 32 MiB (a VGG19 feature map at 400×800) is its own ``mmap``,
     returned to the system when freed, so every Gatys evaluation page-faults its feature maps
-    in again: one bfloat16 evaluation at 400×800 took 1.3× as long (``benchmarks/README.md``).
-    The cost: a process keeps its peak heap (about 0.1 GiB more at that size) until it ends.
-    Call it before the process starts threads: a thread that already has its own arena keeps
-    it.
+    in again: one bfloat16 evaluation at 400×800 took 1.5× as long (``benchmarks/README.md``).
+    The cost: a process keeps its peak heap until it ends. A thread that already has its own
+    arena keeps it, and glibc still maps blocks over 64 MiB apart there, so call it before the
+    process starts threads (or start the process with :data:`GLIBC_TUNABLES`).
     """
     if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0" or not sys.platform.startswith(
         "linux"
@@ -94,12 +101,13 @@ def keep_freed_memory() -> bool:
     import ctypes
 
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # musl and others: no glibc, no mallopt
         return False
+    os.environ.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES)
     options = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, KEPT_FREE_BYTES), (_M_ARENA_MAX, 1))
-    return all(mallopt(option, value) == 1 for option, value in options)
+    applied = [mallopt(option, value) == 1 for option, value in options]
+    return all(applied)
 
 
 @functools.cache

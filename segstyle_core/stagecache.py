@@ -16,7 +16,9 @@ only when (:func:`load_record`):
   regular file (or a folder of them) of the recorded size and SHA-256, read no further.
 
 Otherwise it is a miss, logged in one line naming the rule, and computed again into real
-folders under ``cache_dir`` (links, files or special files in the way are removed first).
+folders under ``cache_dir`` (links, files or special files in the way are removed first), by
+one process at a time: the writer holds a ``flock`` on ``<key>.lock`` beside the result's
+folder, and a run sharing the cache that needs the same result waits for it, then reads it.
 Nothing outside ``cache_dir`` is read or written; a cache that cannot be written when a result
 must be computed again is a :class:`~segstyle_core.errors.StorageError` naming the folder.
 """
@@ -405,12 +407,12 @@ class Stage(Generic[P, R]):
         record = load_record(Path(cache_dir), directory, self.record_type)
         cached = record is not None
         if record is None:
-            with _only_writer(Path(cache_dir), directory):
+            with _only_writer(Path(cache_dir), directory) as locked:
                 if _stamp(directory / RECORD) != seen:  # a run sharing the cache stored it
                     record = load_record(Path(cache_dir), directory, self.record_type)
                     cached = record is not None
                 if record is None:
-                    _clear_leftovers(Path(cache_dir), directory)
+                    _clear_leftovers(Path(cache_dir), directory, hidden=locked)
                     device = self.device(*args, **kwargs)
                     with slot(device) if device is not None else contextlib.nullcontext():
                         record = self.compute(directory, *args, **kwargs)
@@ -444,37 +446,52 @@ def _storage_error(cache_dir: Path, exc: OSError) -> StorageError:
 
 
 @contextlib.contextmanager
-def _only_writer(cache_dir: Path, directory: Path) -> Iterator[None]:
+def _only_writer(cache_dir: Path, directory: Path) -> Iterator[bool]:
     """Make the stage directory ``directory`` a real folder (a link or file in place of a folder
     on the way is replaced by one; its target is left alone) and hold an exclusive ``flock`` on
-    it for the block: a run sharing the cache that computes the same result waits, then finds
-    its record. The kernel drops a killed holder's lock.
+    ``<key>.lock`` beside it for the block: a run sharing the cache that computes the same
+    result waits (saying so), then finds its record. The kernel drops a killed holder's lock.
+    Yields whether it holds the lock: not where the file system refuses locks.
 
     Raises:
         StorageError: the cache folder cannot be written (one line naming it and the fix).
     """
     import fcntl  # POSIX, as every cache writer
 
+    lock = directory.with_name(f"{directory.name}.lock")
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for folder in _folders(cache_dir, directory):
             if _not_a_folder(folder):
                 folder.unlink(missing_ok=True)
             folder.mkdir(exist_ok=True)
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        if os.path.lexists(lock) and not stat.S_ISREG(os.lstat(lock).st_mode):
+            with contextlib.suppress(IsADirectoryError):  # a link, a special file
+                lock.unlink()
+            shutil.rmtree(lock, ignore_errors=True)  # a folder
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
         raise _storage_error(cache_dir, exc) from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log.info("%s: another run is computing it; waiting for it", directory)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        locked = True
+    except OSError as exc:  # ENOLCK, EOPNOTSUPP...: a file system without locks
+        _log.warning("%s: no lock (%s); computing it unlocked", lock, exc.strerror or exc)
+        locked = False
+    try:
+        yield locked
     finally:
         os.close(fd)  # drops the lock
 
 
-def _clear_leftovers(cache_dir: Path, directory: Path) -> None:
-    """Ready ``directory``, held by :func:`_only_writer`, to compute into: links, special files
-    and hidden files (a killed writer's, half written) inside, and a folder in place of the
-    record, are removed.
+def _clear_leftovers(cache_dir: Path, directory: Path, hidden: bool) -> None:
+    """Ready ``directory`` to compute into: links, special files and, with ``hidden`` (its
+    writer holds :func:`_only_writer`'s lock), hidden files (a killed writer's, half written)
+    inside, and a folder in place of the record, are removed.
 
     Raises:
         StorageError: the cache folder cannot be written (one line naming it and the fix).
@@ -483,7 +500,7 @@ def _clear_leftovers(cache_dir: Path, directory: Path) -> None:
         if (directory / RECORD).is_dir() and not (directory / RECORD).is_symlink():
             shutil.rmtree(directory / RECORD)
         for entry in _entries(directory):
-            temporary = entry.name.startswith(".")
+            temporary = hidden and entry.name.startswith(".")
             if temporary or not (
                 entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
             ):

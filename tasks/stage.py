@@ -28,8 +28,8 @@ from segstyle_core.stagecache import Stage, StageRecord
 
 R = TypeVar("R", bound=StageRecord)
 
-# A deployment's flow-run process imports this before its task threads start; a Dask worker,
-# in the thread that runs its first task (that thread keeps its own arena, the rest applies).
+# In a flow-run process or a Dask worker not started with GLIBC_TUNABLES (prefect.yaml sets it
+# for the deployments), as much as a process whose threads already run allows.
 keep_freed_memory()
 
 # Prefect hands the core's loggers its run-log handler but leaves their level at the root's

@@ -101,7 +101,7 @@ def _segstyle(dataset: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def _rows(process: subprocess.Popen[str], timeout_s: float = 300) -> pd.DataFrame:
+def _rows(process: subprocess.Popen[str], timeout_s: float = 600) -> pd.DataFrame:
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -141,7 +141,8 @@ def test_a_killed_worker_loses_no_image_and_duplicates_none(
     run = _segstyle(dataset, out, "--dask", cluster.address)
     deadline = time.monotonic() + 300
     while not _holds_a_lock_in(cluster.slots, cluster.workers[0].pid):  # segmenting, painting
-        assert run.poll() is None, run.communicate()[1][-3000:]
+        ended = "the run ended before worker 0 took a device slot"
+        assert run.poll() is None, f"{ended}: {run.communicate()[1][-3000:]}"
         assert time.monotonic() < deadline, "worker 0 took no device slot within 300 s"
         time.sleep(0.02)
     os.kill(cluster.workers[0].pid, signal.SIGKILL)

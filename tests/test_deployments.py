@@ -144,3 +144,15 @@ def test_a_prompts_file_is_still_a_source() -> None:
 
     assert PromptConfig(source="auto").source == "auto"
     assert PromptConfig(source="data/prompts.json").source == "data/prompts.json"
+
+
+def test_deployment_runs_start_with_malloc_keeping_freed_memory() -> None:
+    """A flow-run process starts with :data:`~segstyle_core.devices.GLIBC_TUNABLES` (and the
+    core's logs in the run's): set at its start, they reach every thread's allocations."""
+    from segstyle_core.devices import GLIBC_TUNABLES
+
+    for deployment in _prefect_yaml()["deployments"]:
+        env = deployment["work_pool"].get("job_variables", {}).get("env")
+        if env is not None:
+            assert env["GLIBC_TUNABLES"] == GLIBC_TUNABLES, deployment["name"]
+            assert env["PREFECT_LOGGING_EXTRA_LOGGERS"] == "segstyle_core"

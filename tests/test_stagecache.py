@@ -185,9 +185,12 @@ def test_stage_killed_before_its_record_is_not_read(tmp_path: Path) -> None:
     assert _cached(crash, tmp_path / "cache", str(source)) is None
 
 
-def test_two_writers_of_one_result_compute_it_once(tmp_path: Path) -> None:
+def test_two_writers_of_one_result_compute_it_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Two runs sharing a cache reach the same missing result at once: one computes it (its
-    half-written hidden file survives the other's arrival), the other waits and finds it."""
+    half-written hidden file survives the other's arrival), the other says it waits, waits
+    and finds it."""
     import threading
     import time
 
@@ -213,7 +216,24 @@ def test_two_writers_of_one_result_compute_it_once(tmp_path: Path) -> None:
     first = threading.Thread(target=run)
     first.start()
     assert started.wait(10)
-    run()
+    with caplog.at_level(logging.INFO, logger="segstyle_core.stagecache"):
+        run()
     first.join()
     assert len(calls) == 1 and sorted(r.cached for r in records) == [False, True]
     assert {r.value for r in records} == {1} and len({r.cache_key for r in records}) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{calls[0]}: another run is computing it; waiting for it"
+    ]
+
+
+def test_a_planted_lock_link_is_replaced_and_its_target_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"pixels")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    segment, cache = _stage("segment", []), tmp_path / "cache"
+    directory = stage_dir(cache, "segment", segment.key(str(tmp_path / "a.png"), 1))
+    directory.parent.mkdir(parents=True)
+    lock = directory.with_name(f"{directory.name}.lock")
+    lock.symlink_to(outside)
+    assert segment.run(cache, str(tmp_path / "a.png"), 1).value == 42
+    assert outside.read_text() == "keep me" and lock.is_file() and not lock.is_symlink()
