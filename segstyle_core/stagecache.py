@@ -17,8 +17,10 @@ only when (:func:`load_record`):
 
 Otherwise it is a miss, logged in one line naming the rule, and computed again into real
 folders under ``cache_dir`` (links, files or special files in the way are removed first), by
-one process at a time: the writer holds a ``flock`` on ``<key>.lock`` beside the result's
-folder, and a run sharing the cache that needs the same result waits for it, then reads it.
+one process of a machine at a time (a ``flock`` on ``<key>.lock`` beside the result's folder:
+a run sharing the cache that needs the same result waits, then reads it). Nothing relies on
+that lock across machines: every file is written under a unique temporary name and renamed
+into place, and a hidden file is removed only once it is :data:`LEFTOVER_AGE_S` old.
 Nothing outside ``cache_dir`` is read or written; a cache that cannot be written when a result
 must be computed again is a :class:`~segstyle_core.errors.StorageError` naming the folder.
 """
@@ -407,12 +409,12 @@ class Stage(Generic[P, R]):
         record = load_record(Path(cache_dir), directory, self.record_type)
         cached = record is not None
         if record is None:
-            with _only_writer(Path(cache_dir), directory) as locked:
+            with _only_writer(Path(cache_dir), directory):
                 if _stamp(directory / RECORD) != seen:  # a run sharing the cache stored it
                     record = load_record(Path(cache_dir), directory, self.record_type)
                     cached = record is not None
                 if record is None:
-                    _clear_leftovers(Path(cache_dir), directory, hidden=locked)
+                    _clear_leftovers(Path(cache_dir), directory)
                     device = self.device(*args, **kwargs)
                     with slot(device) if device is not None else contextlib.nullcontext():
                         record = self.compute(directory, *args, **kwargs)
@@ -423,6 +425,10 @@ class Stage(Generic[P, R]):
             seconds=time.perf_counter() - start,
             cached=cached,
         )
+
+
+#: Age in seconds after which a hidden file in a result's folder is a dead writer's leftover.
+LEFTOVER_AGE_S = 600
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -446,12 +452,13 @@ def _storage_error(cache_dir: Path, exc: OSError) -> StorageError:
 
 
 @contextlib.contextmanager
-def _only_writer(cache_dir: Path, directory: Path) -> Iterator[bool]:
+def _only_writer(cache_dir: Path, directory: Path) -> Iterator[None]:
     """Make the stage directory ``directory`` a real folder (a link or file in place of a folder
     on the way is replaced by one; its target is left alone) and hold an exclusive ``flock`` on
     ``<key>.lock`` beside it for the block: a run sharing the cache that computes the same
-    result waits (saying so), then finds its record. The kernel drops a killed holder's lock.
-    Yields whether it holds the lock: not where the file system refuses locks.
+    result on this machine waits (saying so), then finds its record: it saves computing twice;
+    correctness never depends on it (writers on other machines, file systems that refuse
+    locks). The kernel drops a killed holder's lock.
 
     Raises:
         StorageError: the cache folder cannot be written (one line naming it and the fix).
@@ -478,20 +485,19 @@ def _only_writer(cache_dir: Path, directory: Path) -> Iterator[bool]:
         except BlockingIOError:
             _log.info("%s: another run is computing it; waiting for it", directory)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        locked = True
     except OSError as exc:  # ENOLCK, EOPNOTSUPP...: a file system without locks
         _log.warning("%s: no lock (%s); computing it unlocked", lock, exc.strerror or exc)
-        locked = False
     try:
-        yield locked
+        yield
     finally:
         os.close(fd)  # drops the lock
 
 
-def _clear_leftovers(cache_dir: Path, directory: Path, hidden: bool) -> None:
-    """Ready ``directory`` to compute into: links, special files and, with ``hidden`` (its
-    writer holds :func:`_only_writer`'s lock), hidden files (a killed writer's, half written)
-    inside, and a folder in place of the record, are removed.
+def _clear_leftovers(cache_dir: Path, directory: Path) -> None:
+    """Ready ``directory`` to compute into: links, special files, hidden files older than
+    :data:`LEFTOVER_AGE_S` (a killed writer's, half written; a live writer's temporary file
+    lives for one file's write, and a writer on another machine holds no lock of this one), and
+    a folder in place of the record, are removed.
 
     Raises:
         StorageError: the cache folder cannot be written (one line naming it and the fix).
@@ -499,8 +505,10 @@ def _clear_leftovers(cache_dir: Path, directory: Path, hidden: bool) -> None:
     try:
         if (directory / RECORD).is_dir() and not (directory / RECORD).is_symlink():
             shutil.rmtree(directory / RECORD)
+        stale = time.time() - LEFTOVER_AGE_S
         for entry in _entries(directory):
-            temporary = hidden and entry.name.startswith(".")
+            temporary = entry.name.startswith(".")
+            temporary = temporary and entry.stat(follow_symlinks=False).st_mtime < stale
             if temporary or not (
                 entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
             ):
