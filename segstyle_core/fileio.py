@@ -7,7 +7,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,6 +66,29 @@ def named_os_error(exc: OSError, target: str | os.PathLike[str], temporary: str 
     return storage_error(exc, named)
 
 
+def writer_tag() -> str:
+    """``<first 8 hex of this host name's SHA-256>-<pid>``: who writes a temporary file, in its
+    name (:func:`dead_writer_here`)."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{host}-{os.getpid()}"
+
+
+def dead_writer_here(name: str) -> bool:
+    """Whether the temporary file ``name`` (``.<stem>.<writer_tag>.<random><suffix>``) was being
+    written by a process of this host that is gone: a killed writer's leftover."""
+    host, _, pid = writer_tag().partition("-")
+    found = re.match(r"\.(?:.*\.)?([0-9a-f]{8})-(\d+)\.", name)
+    if found is None or found.group(1) != host or found.group(2) == pid:
+        return False
+    try:
+        os.kill(int(found.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
 @contextlib.contextmanager
 def _temporary_sibling(target: Path) -> Iterator[Path]:
     """A temporary file beside ``target`` (same suffix), renamed over it if the block succeeds;
@@ -72,7 +97,7 @@ def _temporary_sibling(target: Path) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent
+            prefix=f".{target.stem}.{writer_tag()}.", suffix=target.suffix, dir=target.parent
         )
         os.close(fd)
         yield Path(tmp_name)

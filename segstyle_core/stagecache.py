@@ -19,8 +19,9 @@ Otherwise it is a miss, logged in one line naming the rule, and computed again i
 folders under ``cache_dir`` (links, files or special files in the way are removed first), by
 one process of a machine at a time (a ``flock`` on ``<key>.lock`` beside the result's folder:
 a run sharing the cache that needs the same result waits, then reads it). Nothing relies on
-that lock across machines: every file is written under a unique temporary name and renamed
-into place, and a hidden file is removed only once it is :data:`LEFTOVER_AGE_S` old.
+that lock across machines: every file is written under a unique temporary name that names its
+writer (host and pid) and renamed into place, and a hidden file is removed only when its writer
+was a process of this host that is gone, or once it is :data:`LEFTOVER_AGE_S` old.
 Nothing outside ``cache_dir`` is read or written; a cache that cannot be written when a result
 must be computed again is a :class:`~segstyle_core.errors.StorageError` naming the folder.
 """
@@ -49,7 +50,13 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from segstyle_core.backends import BackendConfig
 from segstyle_core.errors import StorageError
-from segstyle_core.fileio import file_sha256, sha256_bytes, sha256_json, write_json_atomic
+from segstyle_core.fileio import (
+    dead_writer_here,
+    file_sha256,
+    sha256_bytes,
+    sha256_json,
+    write_json_atomic,
+)
 
 #: Bump when a stage's output format changes in a way its code hash would not show.
 STAGE_VERSIONS: dict[str, int] = {
@@ -494,10 +501,11 @@ def _only_writer(cache_dir: Path, directory: Path) -> Iterator[None]:
 
 
 def _clear_leftovers(cache_dir: Path, directory: Path) -> None:
-    """Ready ``directory`` to compute into: links, special files, hidden files older than
-    :data:`LEFTOVER_AGE_S` (a killed writer's, half written; a live writer's temporary file
-    lives for one file's write, and a writer on another machine holds no lock of this one), and
-    a folder in place of the record, are removed.
+    """Ready ``directory`` to compute into: links, special files, a dead writer's hidden files
+    (half written: by a process of this host that is gone, see
+    :func:`~segstyle_core.fileio.dead_writer_here`, or older than :data:`LEFTOVER_AGE_S`: a
+    live writer's temporary file lives for one file's write), and a folder in place of the
+    record, are removed; a writer on another machine keeps its temporary files.
 
     Raises:
         StorageError: the cache folder cannot be written (one line naming it and the fix).
@@ -507,8 +515,9 @@ def _clear_leftovers(cache_dir: Path, directory: Path) -> None:
             shutil.rmtree(directory / RECORD)
         stale = time.time() - LEFTOVER_AGE_S
         for entry in _entries(directory):
-            temporary = entry.name.startswith(".")
-            temporary = temporary and entry.stat(follow_symlinks=False).st_mtime < stale
+            temporary = entry.name.startswith(".") and (
+                dead_writer_here(entry.name) or entry.stat(follow_symlinks=False).st_mtime < stale
+            )
             if temporary or not (
                 entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
             ):

@@ -239,20 +239,32 @@ def test_a_planted_lock_link_is_replaced_and_its_target_left_alone(tmp_path: Pat
     assert outside.read_text() == "keep me" and lock.is_file() and not lock.is_symlink()
 
 
-def test_only_a_dead_writers_old_hidden_files_are_cleared(tmp_path: Path) -> None:
-    """A recompute removes hidden files older than LEFTOVER_AGE_S (a killed writer's) and keeps
-    younger ones: a writer on another machine, whose lock this one cannot see, may own them."""
+def test_only_a_dead_writers_hidden_files_are_cleared(tmp_path: Path) -> None:
+    """A recompute removes a hidden file whose writer was a process of this host that is gone,
+    or one older than LEFTOVER_AGE_S; it keeps a young one of a live or unknown writer (another
+    machine's, whose lock this one may not see)."""
     import os
+    import subprocess
+    import sys
     import time
 
+    from segstyle_core.fileio import writer_tag
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True).stdout.strip()  # fmt: skip
+    host = writer_tag().split("-")[0]
     (tmp_path / "a.png").write_bytes(b"pixels")
     segment, cache = _stage("segment", []), tmp_path / "cache"
     directory = stage_dir(cache, "segment", segment.key(str(tmp_path / "a.png"), 1))
     directory.mkdir(parents=True)
     (directory / ".live.png.tmp").write_bytes(b"being written elsewhere")
+    (directory / f".panel.{writer_tag()}.x1.png").write_bytes(b"this process is writing it")
+    killed = directory / f".panel.{host}-{gone}.x2.png"
+    killed.write_bytes(b"half")
     old = directory / ".dead.png.tmp"
     old.write_bytes(b"half")
     an_hour_ago = time.time() - stagecache.LEFTOVER_AGE_S - 3600
     os.utime(old, (an_hour_ago, an_hour_ago))
     assert segment.run(cache, str(tmp_path / "a.png"), 1).value == 42
-    assert (directory / ".live.png.tmp").exists() and not old.exists()
+    assert (directory / ".live.png.tmp").exists() and not old.exists() and not killed.exists()
+    assert (directory / f".panel.{writer_tag()}.x1.png").exists()
