@@ -66,19 +66,21 @@ def named_os_error(exc: OSError, target: str | os.PathLike[str], temporary: str 
     return storage_error(exc, named)
 
 
+#: The first 8 hex digits of the SHA-256 of this host's name: in the names of temporary files
+#: and folders, which host made them.
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def writer_tag() -> str:
-    """``<first 8 hex of this host name's SHA-256>-<pid>``: who writes a temporary file, in its
-    name (:func:`dead_writer_here`)."""
-    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-    return f"{host}-{os.getpid()}"
+    """``<HOST_TAG>-<pid>``: who writes a temporary file, in its name (:func:`dead_writer_here`)."""
+    return f"{HOST_TAG}-{os.getpid()}"
 
 
 def dead_writer_here(name: str) -> bool:
     """Whether the temporary file ``name`` (``.<stem>.<writer_tag>.<random><suffix>``) was being
     written by a process of this host that is gone: a killed writer's leftover."""
-    host, _, pid = writer_tag().partition("-")
     found = re.match(r"\.(?:.*\.)?([0-9a-f]{8})-(\d+)\.", name)
-    if found is None or found.group(1) != host or found.group(2) == pid:
+    if found is None or found.group(1) != HOST_TAG or int(found.group(2)) == os.getpid():
         return False
     try:
         os.kill(int(found.group(2)), 0)

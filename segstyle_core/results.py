@@ -43,14 +43,12 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
-import socket
 import tempfile
 import time
 import urllib.parse
@@ -72,7 +70,7 @@ from segstyle_core.errors import (
     os_error_message,
     storage_error,
 )
-from segstyle_core.fileio import FILE_MODE, atomic_write_with, write_json_atomic
+from segstyle_core.fileio import FILE_MODE, HOST_TAG, atomic_write_with, write_json_atomic
 
 _log = logging.getLogger(__name__)
 
@@ -138,8 +136,6 @@ SCHEMA = pa.schema(
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
 
-#: The first 8 hex digits of the SHA-256 of this host's name (in parts folders' names).
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _MANIFEST = "_run.json"
 _SEAL = "_sealed"
 _STAGED = "_compacted.parquet"
@@ -328,7 +324,7 @@ def _held(path: Path) -> bool:
 def _made_here(parts: Path) -> bool:
     """Whether the parts folder ``parts`` was made on this host."""
     match = _HIDDEN.fullmatch(parts.name)
-    return match is not None and match["host"] == _HOST
+    return match is not None and match["host"] == HOST_TAG
 
 
 def _manifest(parts: Path) -> tuple[str, str | None, str]:
@@ -376,7 +372,7 @@ class _Run:
 
     def new_parts(self) -> Path:
         """A new, empty parts folder (hidden: no link names it yet)."""
-        return Path(tempfile.mkdtemp(prefix=f".{self.run_id}.parts-{_HOST}-", dir=self.folder))
+        return Path(tempfile.mkdtemp(prefix=f".{self.run_id}.parts-{HOST_TAG}-", dir=self.folder))
 
     def show(self, parts: Path) -> None:
         """Put a link to ``parts`` in place of ``<id>.parquet``, in one step."""

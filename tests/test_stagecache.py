@@ -248,18 +248,17 @@ def test_only_a_dead_writers_hidden_files_are_cleared(tmp_path: Path) -> None:
     import sys
     import time
 
-    from segstyle_core.fileio import writer_tag
+    from segstyle_core.fileio import HOST_TAG, writer_tag
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
                           capture_output=True, check=True).stdout.strip()  # fmt: skip
-    host = writer_tag().split("-")[0]
     (tmp_path / "a.png").write_bytes(b"pixels")
     segment, cache = _stage("segment", []), tmp_path / "cache"
     directory = stage_dir(cache, "segment", segment.key(str(tmp_path / "a.png"), 1))
     directory.mkdir(parents=True)
     (directory / ".live.png.tmp").write_bytes(b"being written elsewhere")
     (directory / f".panel.{writer_tag()}.x1.png").write_bytes(b"this process is writing it")
-    killed = directory / f".panel.{host}-{gone}.x2.png"
+    killed = directory / f".panel.{HOST_TAG}-{gone}.x2.png"
     killed.write_bytes(b"half")
     old = directory / ".dead.png.tmp"
     old.write_bytes(b"half")
