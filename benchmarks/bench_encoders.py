@@ -1,21 +1,13 @@
 """SAM's image encoder in float32 vs bfloat16 autocast: time, embedding and mask agreement.
 
-For each SAM variant (default ViT-B) and, where ``sam2`` is importable, each SAM 2 variant
-(default Hiera-B+, measured first), on one generated demo frame (1024×1024, the encoders' input
-size) with a box and a point prompt on each of its largest objects, through ``SamSegmenter`` /
-``Sam2ImageSegmenter`` at ``precision="float32"`` vs ``"bfloat16"`` (one model object):
-
-* the encoder's time (``set_image``, no embedding cache) and a whole ``segment`` call's, the
-  minimum over interleaved repeats, wall and process CPU seconds;
-* the cosine between the float32 and bfloat16 embeddings (flattened) and their largest
-  difference relative to the float32 embedding's largest magnitude (SAM 2: its image
-  embedding; the worst of its two high-resolution feature maps is printed too);
-* the IoU between the float32 and bfloat16 mask of every prompt (mean, worst) and the largest
-  difference of the predicted-IoU scores.
-
-Without ``--sam`` SAM has RANDOM weights (seeded registry builder): timings are real and the
-bf16 agreement is measured, though a trained model may be less kind to bfloat16; SAM 2 always
-has random weights here. Last line, of the last SAM variant:
+Per SAM variant (default ViT-B) and, where ``sam2`` imports, SAM 2 variant (default Hiera-B+,
+measured first), on one demo frame (1024×1024) with a box and a point prompt on each of its
+largest objects, one model through ``SamSegmenter`` / ``Sam2ImageSegmenter`` at
+``precision="float32"`` and ``"bfloat16"``: the encoder's (``set_image``) and a whole
+``segment`` call's minimum wall and CPU seconds over interleaved repeats; cosine and largest
+relative difference of the embeddings (SAM 2: also its high-resolution maps); every prompt's
+mask IoU and predicted-score difference. Without ``--sam`` the weights are RANDOM (seed 0);
+SAM 2's always are. Last line, of the last SAM variant:
 ``encoder=<variant> time_ratio=<bf16/f32 encoder wall> cosine=<..> mask_iou=<mean>``.
 
     python benchmarks/bench_encoders.py                        # Hiera-B+, then ViT-B
@@ -27,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -38,23 +28,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from segment_anything import sam_model_registry
-from segment_anything.modeling import Sam
+from common import RANDOM, add_torch_options, interleaved, set_threads, size_pair, untrained
 
 from segstyle_core import cityscapes, weights
 from segstyle_core.demo.dataset import generate_demo_dataset
 from segstyle_core.devices import native_bfloat16, resolve_device
-from segstyle_core.errors import ConfigError
 from segstyle_core.images import read_rgb
 from segstyle_core.metrics import iou
 from segstyle_core.segment import load_segmenter
 from segstyle_core.segment.base import Prompt, SamPrecision, Segmenter
 from segstyle_core.segment.sam import SamSegmenter
-from segstyle_core.testing import build_sam_tiny
+from segstyle_core.segment.sam2_image import Sam2ImageSegmenter
 
 CLASSES = ("car", "person", "bicycle", "truck", "bus", "rider")
 PRECISIONS: tuple[SamPrecision, ...] = ("float32", "bfloat16")
-RANDOM = "random-weights"
 
 
 def make_inputs(size: tuple[int, int], out: Path, count: int) -> tuple[np.ndarray, list[Prompt]]:
@@ -63,15 +50,10 @@ def make_inputs(size: tuple[int, int], out: Path, count: int) -> tuple[np.ndarra
     root = generate_demo_dataset(out, size=size, frames_per_city=1, cities=["zurich"])
     frame = cityscapes.sample_city(root, "train", "zurich").frames[0]
     image = read_rgb(frame.image_path)
-    instances = []
-    for name in CLASSES:
-        try:
-            instances += cityscapes.load_instances(frame, [name], image)
-        except ConfigError:  # no instance of that class in this frame
-            continue
-    instances = sorted(instances, key=lambda i: -i.area)[:count]
+    instances = cityscapes.load_instances(frame, list(CLASSES), image)
+    instances.sort(key=lambda i: (-i.area, CLASSES.index(i.class_name)))
     prompts = []
-    for instance in instances:
+    for instance in instances[:count]:
         prompts.append(Prompt(box=instance.box))
         depth = cv2.distanceTransform(instance.mask.astype(np.uint8), cv2.DIST_L2, 3)
         y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
@@ -79,35 +61,18 @@ def make_inputs(size: tuple[int, int], out: Path, count: int) -> tuple[np.ndarra
     return image, prompts
 
 
-def build(variant: str, checkpoint: Path | None, device: torch.device) -> tuple[Sam, str]:
-    """The model (checkpoint, or random weights seeded with 0; ``tiny``: the tests' tiny SAM)
-    and its weights' label."""
-    if variant == "tiny":
-        return build_sam_tiny().eval().to(device), RANDOM
-    if checkpoint is not None:
-        file = weights.own_checkpoint(checkpoint, "--checkpoint")
-        return load_segmenter("sam", variant, file, str(device)).model, checkpoint.name
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = sam_model_registry[variant]()
-    return model.eval().to(device), RANDOM
-
-
 def segmenters(
     family: str, variant: str, checkpoint: Path | None, device: torch.device
 ) -> tuple[dict[str, Segmenter], str]:
-    """``{precision: segmenter}`` on one model of ``family`` (``SAM``: :func:`build`; ``SAM 2``:
-    random weights, seed 0), and the weights' label."""
-    if family == "SAM":
-        model, label = build(variant, checkpoint, device)
-        kind: type = SamSegmenter
+    """``{precision: segmenter}`` on one model of ``family`` (``SAM``: ``checkpoint`` if given)
+    and the weights' label."""
+    kind = SamSegmenter if family == "SAM" else Sam2ImageSegmenter
+    if family == "SAM" and checkpoint is not None:
+        file = weights.own_checkpoint(checkpoint, "--sam")
+        model, label = load_segmenter("sam", variant, file, str(device)).model, checkpoint.name
     else:
-        from segstyle_core.segment.sam2_image import Sam2ImageSegmenter
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model, label = Sam2ImageSegmenter.architecture(variant).eval().to(device), RANDOM
-        kind = Sam2ImageSegmenter
+        model, label = untrained(partial(kind.architecture, variant)), RANDOM
+    model = model.eval().to(device)
     return {p: kind(model, variant, label, precision=p) for p in PRECISIONS}, label
 
 
@@ -122,25 +87,10 @@ def embeddings(segmenter: Segmenter) -> list[torch.Tensor]:
     return [m.detach().float().flatten() for m in maps]
 
 
-def encode(segmenter: Segmenter, image: np.ndarray, device: torch.device) -> None:
-    """The image encoder alone (``set_image`` on ``H×W×3 uint8``), synchronised on CUDA."""
+def encode(segmenter: Segmenter, image: np.ndarray) -> None:
+    """The image encoder alone (``set_image`` on ``H×W×3 uint8``)."""
     with torch.inference_mode():
         segmenter._predictor.set_image(image)  # type: ignore[attr-defined]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def best_of(repeats: int, calls: dict[str, Callable[[], object]]) -> dict[str, tuple[float, float]]:
-    """``{name: (min wall s, min CPU s)}`` over ``repeats`` interleaved rounds (a load change on
-    a shared machine hits every call alike)."""
-    best = {name: (math.inf, math.inf) for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start, cpu_start = time.perf_counter(), time.process_time()
-            call()
-            seconds = time.perf_counter() - start, time.process_time() - cpu_start
-            best[name] = (min(best[name][0], seconds[0]), min(best[name][1], seconds[1]))
-    return best
 
 
 def measure(
@@ -159,9 +109,12 @@ def measure(
 
     calls: dict[str, Callable[[], object]] = {}
     for precision, segmenter in segmenters.items():
-        calls[f"encoder {precision}"] = partial(encode, segmenter, image, device)
+        calls[f"encoder {precision}"] = partial(encode, segmenter, image)
         calls[f"segment {precision}"] = partial(segmenter.segment, image, prompts)
-    times = best_of(repeats, calls)
+    times = {
+        name: (min(wall for wall, _ in runs), min(cpu for _, cpu in runs))
+        for name, runs in interleaved(repeats, calls, device).items()
+    }
 
     high, low = (segmenters[p].segment(image, prompts) for p in PRECISIONS)
     pairs = list(zip(*(embeddings(segmenters[p]) for p in PRECISIONS), strict=True))
@@ -207,20 +160,17 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--variants", default="vit_b", help="comma-separated SAM variants; none: skip"
-    )
+    parser.add_argument("--variants", default="vit_b", help="SAM variants, a,b (none: skip)")
     parser.add_argument(
         "--sam2-variants",
         default="hiera_base_plus",
-        help="comma-separated SAM 2 variants, measured first where sam2 is importable; none: skip",
+        help="SAM 2 variants, a,b, measured first where sam2 is importable (none: skip)",
     )
     parser.add_argument("--sam", type=Path, help="checkpoint of the (single) variant")
     parser.add_argument("--frame-size", default="1024x1024", help="demo frame WxH")
     parser.add_argument("--objects", type=int, default=8, help="objects prompted (box + point)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    add_torch_options(parser)
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -230,13 +180,14 @@ def main() -> None:
     if args.smoke:
         args.variants, args.sam2_variants, args.frame_size = "tiny", "hiera_tiny", "256x256"
         args.objects, args.repeats = 2, 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    variants = [v for v in args.variants.split(",") if v and v != "none"]
+    set_threads(args)
+    variants, sam2_variants = (
+        [v for v in text.split(",") if v and v != "none"]
+        for text in (args.variants, args.sam2_variants)
+    )
     if args.sam is not None and len(variants) != 1:
         parser.error("--sam needs exactly one variant")
     device = resolve_device(args.device)
-    size = tuple(int(v) for v in args.frame_size.split("x"))
     print(
         f"device={device} threads={torch.get_num_threads()} "
         f"native_bfloat16={native_bfloat16(device)} torch={torch.__version__}"
@@ -244,8 +195,7 @@ def main() -> None:
     if args.sam is None:
         print("!!! RANDOM WEIGHTS: timings are real; masks are arbitrary (their agreement is not)")
     with tempfile.TemporaryDirectory(prefix="segstyle-bench-") as tmp:
-        image, prompts = make_inputs((size[0], size[1]), Path(tmp), args.objects)
-    sam2_variants = [v for v in args.sam2_variants.split(",") if v and v != "none"]
+        image, prompts = make_inputs(size_pair(args.frame_size), Path(tmp), args.objects)
     if sam2_variants and importlib.util.find_spec("sam2") is None:
         print("sam2: the package is not importable here; SAM 2's image encoder is not measured")
         sam2_variants = []

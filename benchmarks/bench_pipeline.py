@@ -1,34 +1,14 @@
 """Naive seed method vs segstyle's optimised path: time, peak memory and Gatys objective.
 
-Modes (one process, the same generated demo frames and the project's default style):
+Default: the naive method (models reloaded per image, whole-frame float32 Gatys at the seed's
+settings, no cache), then the optimised path (models loaded once, caches, ROI at the frame's
+scale, :data:`PERFORMANCE_OPTIONS`), both warm, then the budget chosen by quality. Last line:
+``speedup=<naive/optimised s> objective_ratio=<optimised/naive> seam_ratio=<optimised/naive>``.
+Other modes: ``--ablation``, ``--frame-times``, ``--rss 4,16``, ``--step [--compile]``;
+``benchmarks/README.md`` describes each, and what quality and seam measure. Without
+checkpoints both models have RANDOM weights (the composite then uses the GT mask).
 
-* default: the naive method (SAM and VGG19 reloaded per image, whole-frame Gatys at the seed's
-  settings in float32, no caching), then the optimised path (models loaded once, SAM embedding
-  and style-target caches, ROI stylization at the frame's scale, :data:`PERFORMANCE_OPTIONS`),
-  then (unless ``--no-quality-budget``) per frame the smallest :data:`QUALITY_BUDGETS` budget
-  whose composite's objective reaches the naive one. Every path is measured warm: two short
-  passes at :data:`WARMUP_EVALUATIONS` run first; ``cold_s`` = warm seconds + (first short
-  pass - second), per image. Last line: ``speedup=<naive_s/optimised_s>
-  objective_ratio=<optimised/naive objective> seam_ratio=<optimised/naive seam>``.
-* ``--ablation``: the optimised path again with one optimisation changed at a time.
-* ``--frame-times``: stylize seconds per frame of the optimised path over ``--frames`` frames,
-  a first pass against a second (steady) one; ``--bucket-px 0`` turns crop buckets off.
-* ``--rss 4,16``: the optimised path over 16 images; after 4 and 16: the run's peak RSS, the
-  peak since the first image (processing only) and the current RSS (MiB).
-* ``--step``: one VGG19 forward+backward of the Gatys objective at 400×800 in float32 and
-  bfloat16 autocast, against the floor set by this machine's GEMM rate.
-
-Quality = the Gatys objective (content + style + TV, the seed's layers and weights, float32,
-one VGG) of the final composite on the mask's bounding box at the whole-frame run's scale,
-the original crop as content; seam = :func:`segstyle_core.seams.seam_score` of a composite
-against its stylized frame (gradient-magnitude difference in a 4 px band on the mask's edge).
-Without checkpoints (``--vgg``/``--sam`` or ``segstyle weights download``) both models get
-RANDOM weights: timings are real, the composite uses the prompt's ground-truth mask, and the
-objective is a like-for-like check under the same random VGG, not a perceptual one.
-
-    python benchmarks/bench_pipeline.py                     # small settings, a few minutes
-    python benchmarks/bench_pipeline.py --ablation | --rss 4,16 | --step
-    python benchmarks/bench_pipeline.py --frame-times --frames 20
+    python benchmarks/bench_pipeline.py [--ablation | --rss 4,16 | --step | --frame-times]
     python benchmarks/bench_pipeline.py --seed-settings     # 2048×1024, 400 px, 1000 its, ViT-L
     python benchmarks/bench_pipeline.py --smoke             # any mode, the smallest settings
 """
@@ -45,11 +25,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from typing import Any, NamedTuple
 from unittest import mock
 
 import numpy as np
 import torch
+from common import RANDOM, add_torch_options, interleaved, set_threads, size_pair, untrained
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import vgg19
 
@@ -57,7 +40,7 @@ from segstyle_core import cityscapes, devices, weights
 from segstyle_core.composite import composite
 from segstyle_core.demo.dataset import generate_demo_dataset
 from segstyle_core.devices import resolve_device
-from segstyle_core.errors import WeightsError
+from segstyle_core.errors import ConfigError, WeightsError
 from segstyle_core.images import read_rgb
 from segstyle_core.metrics import iou
 from segstyle_core.prompts.from_gt import prompts_from_instances
@@ -65,29 +48,40 @@ from segstyle_core.roi import DEFAULT_BUCKET_PX, roi_box, stylize_roi
 from segstyle_core.seams import seam_score
 from segstyle_core.segment import load_segmenter
 from segstyle_core.segment.base import Prompt
-from segstyle_core.segment.sam import SAM_BUILDERS, PromptSegmenter
+from segstyle_core.segment.sam import PromptSegmenter, SamSegmenter
 from segstyle_core.styles import style_path
 from segstyle_core.stylize import Progress, objective
 from segstyle_core.stylize.gatys import GatysConfig, GatysStylizer, gatys_objective
 from segstyle_core.stylize.vgg import VGGFeatures, load_vgg19_features
-from segstyle_core.testing import build_sam_tiny
-
-RANDOM = "random-weights"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Problem size: demo frame ``(width, height)``, Gatys working height and budget, SAM."""
+    """Problem size: demo frame ``(width, height)``, Gatys working height and budgets, SAM."""
 
     frame_size: tuple[int, int]
     height: int
     iterations: int
     sam_variant: str
+    opt_iterations: int | None = None  # the optimised budget (default: ``iterations``)
 
     @property
     def scale(self) -> float:
         """The whole-frame run's scale: working height / frame height."""
         return self.height / self.frame_size[1]
+
+    def seed(self) -> GatysConfig:
+        """The seed's Gatys settings (:data:`SEED_OPTIONS`)."""
+        return GatysConfig(height=self.height, iterations=self.iterations, **SEED_OPTIONS)
+
+    def optimised(self) -> GatysConfig:
+        """The performance options, the crop painted at the whole frame's scale."""
+        return GatysConfig(
+            height=self.height,
+            iterations=self.opt_iterations or self.iterations,
+            content_scale=self.scale,
+            **PERFORMANCE_OPTIONS,
+        )
 
 
 SMALL = Settings(frame_size=(1024, 512), height=200, iterations=100, sam_variant="tiny")
@@ -107,15 +101,12 @@ class Frame:
     gt_mask: np.ndarray
 
 
-@dataclass(frozen=True)
-class Checkpoints:
-    """Weight files for both models; ``*_sha256 == RANDOM`` marks generated random weights."""
+class Checkpoints(NamedTuple):
+    """Both models' weight files (``sha256 == RANDOM``: generated random weights)."""
 
-    vgg: Path
-    vgg_sha256: str
+    vgg: weights.CheckpointFile
+    sam: weights.CheckpointFile
     sam_variant: str
-    sam: Path
-    sam_sha256: str
 
 
 @dataclass(frozen=True)
@@ -161,39 +152,53 @@ class PathResult:
             self.frame_stylize.append((wall, time.process_time() - cpu_start))
 
 
-# --- memory ---------------------------------------------------------------------------------
-
-
 def reset_peak_rss() -> float:
-    """Give freed heap back to the OS, reset this process's peak-RSS mark (Linux
-    ``clear_refs`` code 5) and return the resident set size now, in MiB."""
+    """Give freed heap back to the OS (glibc keeps it otherwise), reset this process's peak-RSS
+    mark (Linux ``clear_refs`` code 5) and return the resident set size now, in MiB."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed memory otherwise
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    return _status_mb("VmRSS")
+    return status_mib("VmRSS")
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size since the last :func:`reset_peak_rss` (``VmHWM``), in MiB."""
-    return _status_mb("VmHWM")
-
-
-def _status_mb(key: str) -> float:
+def status_mib(key: str) -> float:
+    """``key`` of ``/proc/self/status`` in MiB: ``VmRSS`` now, ``VmHWM`` the peak since
+    :func:`reset_peak_rss`."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {key} in /proc/self/status: memory figures need Linux")
 
 
-# --- inputs and models ----------------------------------------------------------------------
+def checkpoint(
+    given: Path | None, flag: str, name: str, build: Callable[[], torch.nn.Module], random: Path
+) -> weights.CheckpointFile:
+    """``given`` (the option ``flag``), else the downloaded official ``name``; else
+    ``build()``'s random weights (seed 0) saved to ``random``."""
+    if given is not None:
+        return weights.own_checkpoint(given, flag)
+    try:
+        path = weights.find_checkpoint(name)
+    except (WeightsError, ConfigError):  # not downloaded; ConfigError: none official (tiny SAM)
+        torch.save(untrained(build).state_dict(), random)
+        return weights.CheckpointFile(random, RANDOM)
+    return weights.CheckpointFile(path, weights.verify_checkpoint(path, name))
 
 
-def make_frames(settings: Settings, count: int, out: Path) -> list[Frame]:
-    """``count`` generated demo frames with the box of their largest car as the prompt."""
+def vgg_checkpoint(args: argparse.Namespace, out: Path) -> weights.CheckpointFile:
+    """``--vgg``, the downloaded VGG19, or torchvision's full ``vgg19()`` with random weights
+    (classifier included, as in the official file, so that reloading costs the same)."""
+    return checkpoint(args.vgg, "--vgg", "vgg19", vgg19, out / "vgg19-random.pth")
+
+
+def inputs(
+    args: argparse.Namespace, settings: Settings, count: int, tmp: Path
+) -> tuple[list[Frame], np.ndarray, Checkpoints]:
+    """``count`` demo frames, the default style (``H×W×3 uint8``) and the checkpoints."""
     root = generate_demo_dataset(
-        out, size=settings.frame_size, frames_per_city=count, cities=["zurich"]
+        tmp / "demo", size=settings.frame_size, frames_per_city=count, cities=["zurich"]
     )
     frames = []
     for frame in cityscapes.sample_city(root, "train", "zurich").frames:
@@ -202,102 +207,34 @@ def make_frames(settings: Settings, count: int, out: Path) -> list[Frame]:
         (prompt,) = prompts_from_instances(instances, mode="largest")
         mask = next(i.mask for i in instances if i.instance_id == prompt.instance_id)
         frames.append(Frame(frame.image_id, image, prompt, mask))
-    return frames
+    variant = settings.sam_variant
+    sam = partial(SamSegmenter.architecture, variant)
+    ckpt = Checkpoints(
+        vgg_checkpoint(args, tmp),
+        checkpoint(args.sam, "--sam", f"sam_{variant}", sam, tmp / f"sam-{variant}-random.pth"),
+        variant,
+    )
+    return frames, read_rgb(style_path()), ckpt
 
 
-def _official(given: Path | None, name: str) -> tuple[Path, str] | None:
-    """``(path, sha256)`` of a given or downloaded official checkpoint; ``None`` if absent."""
-    try:
-        path = given or weights.find_checkpoint(name)
-    except WeightsError:
-        return None
-    return path, weights.verify_checkpoint(path, name)
-
-
-def vgg_checkpoint(args: argparse.Namespace, out: Path) -> tuple[Path, str]:
-    """``--vgg`` or the downloaded VGG19; else torchvision's full ``vgg19()`` (classifier
-    included, as the official file, so reloading costs the same) with random weights."""
-    found = _official(args.vgg, "vgg19")
-    if found is not None:
-        return found
-    torch.manual_seed(0)
-    path = out / "vgg19-random.pth"
-    torch.save(vgg19().state_dict(), path)
-    return path, RANDOM
-
-
-def prepare_checkpoints(args: argparse.Namespace, variant: str, out: Path) -> Checkpoints:
-    """Real checkpoints where given or downloaded; else random weights saved under ``out``."""
-    vgg, vgg_sha256 = vgg_checkpoint(args, out)
-    official = f"sam_{variant}" in weights.CHECKPOINTS
-    sam = _official(args.sam, f"sam_{variant}") if official else None
-    if sam is None:
-        SAM_BUILDERS.setdefault("tiny", build_sam_tiny)  # the registry's test entry
-        torch.manual_seed(0)
-        sam = out / f"sam-{variant}-random.pth", RANDOM
-        torch.save(SAM_BUILDERS[variant]().state_dict(), sam[0])
-    return Checkpoints(vgg, vgg_sha256, variant, *sam)
-
-
-def inputs(
-    args: argparse.Namespace, settings: Settings, count: int, tmp: Path
-) -> tuple[list[Frame], np.ndarray, Checkpoints]:
-    """``count`` demo frames, the default style (``H×W×3 uint8``) and the checkpoints."""
-    frames = make_frames(settings, count, tmp / "demo")
-    return frames, read_rgb(style_path()), prepare_checkpoints(args, settings.sam_variant, tmp)
-
-
-def load_extractor(vgg: Path, config: GatysConfig) -> VGGFeatures:
+def load_extractor(vgg: weights.CheckpointFile, config: GatysConfig) -> VGGFeatures:
     """VGG19's features from ``vgg`` for ``config``'s layers, pooling and normalization."""
-    return load_vgg19_features(vgg, config.layers, config.pooling, config.normalization)
+    return load_vgg19_features(vgg.path, config.layers, config.pooling, config.normalization)
 
 
-def seed_config(settings: Settings) -> GatysConfig:
-    """The seed's Gatys settings, every performance option off (float32, no early stop)."""
-    return GatysConfig(
-        height=settings.height,
-        iterations=settings.iterations,
-        autocast=None,
-        channels_last=False,
-        compile=False,
-        plateau_tol=0.0,
-        coarse_fraction=0.0,
-    )
-
-
-#: The performance options of the optimised path (GatysConfig's defaults, spelled out so the
-#: comparison stays fixed if a default changes).
-PERFORMANCE_OPTIONS: dict[str, object] = {
-    "autocast": "auto",
-    "channels_last": "auto",  # this machine's calibration (speed only)
-    "compile": "auto",
-    "plateau_tol": 1e-3,
-    "plateau_patience": 20,
-    "coarse_fraction": 0.5,
-}
-
-
-def optimised_config(settings: Settings, iterations: int | None) -> GatysConfig:
-    """The performance options, the crop painted at the whole frame's scale; ``iterations``
-    (``--opt-iterations``) defaults to the naive budget."""
-    return GatysConfig(
-        height=settings.height,
-        iterations=iterations or settings.iterations,
-        content_scale=settings.scale,
-        **PERFORMANCE_OPTIONS,  # type: ignore[arg-type]
-    )
-
-
-def measure_config(settings: Settings) -> GatysConfig:
-    """The quality measurement: seed weights, float32, at the whole-frame run's scale."""
-    return seed_config(settings).changed(content_scale=settings.scale)
+#: The seed's plain float32 run: every performance option off, no early stop.
+SEED_OPTIONS: dict[str, Any] = {"autocast": None, "channels_last": False, "compile": False}
+SEED_OPTIONS |= {"plateau_tol": 0.0, "coarse_fraction": 0.0}
+#: The optimised path's options (GatysConfig's defaults, spelled out so that the comparison
+#: stays fixed if a default changes; channels_last and compile: this machine's calibration).
+PERFORMANCE_OPTIONS: dict[str, Any] = {"autocast": "auto", "channels_last": "auto"}
+PERFORMANCE_OPTIONS |= {"compile": "auto", "plateau_tol": 1e-3, "plateau_patience": 20}
+PERFORMANCE_OPTIONS |= {"coarse_fraction": 0.5}
 
 
 #: Budget of the two short passes that measure a path's one-time cost (its coarse and fine
 #: stages both run, so every crop shape's kernels are built).
 WARMUP_EVALUATIONS = 4
-
-# --- the two paths --------------------------------------------------------------------------
 
 
 def run_path(
@@ -335,8 +272,7 @@ def run_path(
         with result.stage("load"):
             devices.MODELS.clear()  # load_segmenter would reuse the model loaded before
             cache = cache_dir if options.embedding_cache else None
-            sam = weights.CheckpointFile(ckpt.sam, ckpt.sam_sha256)
-            segmenter = load_segmenter("sam", ckpt.sam_variant, sam, str(device), cache)
+            segmenter = load_segmenter("sam", ckpt.sam_variant, ckpt.sam, str(device), cache)
             extractor = load_extractor(ckpt.vgg, options.config)
             return segmenter, GatysStylizer(options.config, device=device, extractor=extractor)
 
@@ -345,7 +281,7 @@ def run_path(
         segmenter, stylizer = load() if models is None else models
         with result.stage("segment"):
             (prediction,) = segmenter.segment(frame.image, [frame.prompt])
-        mask = frame.gt_mask if ckpt.sam_sha256 == RANDOM else prediction.mask
+        mask = frame.gt_mask if ckpt.sam.sha256 == RANDOM else prediction.mask
         with result.stage("stylize"):
             if options.roi:
                 bucket = options.bucket_px
@@ -364,10 +300,18 @@ def run_path(
             after_image(index)
     result.seconds = time.perf_counter() - start
     result.cpu_seconds = time.process_time() - cpu_start
-    result.peak_rss_mb = peak_rss_mb()
+    result.peak_rss_mb = status_mib("VmHWM")
     if device.type == "cuda":
         result.peak_cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20
     return result
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Quality of one path's composites: objective totals and seam scores, per image."""
+
+    totals: list[float]
+    seams: list[float]
 
 
 def objectives(
@@ -394,19 +338,10 @@ HEADER = (
 )
 
 
-@dataclass(frozen=True)
-class Measured:
-    """Quality of one path's composites: objective totals and seam scores, per image."""
-
-    totals: list[float]
-    seams: list[float]
-
-
 def row(
     name: str, result: PathResult, naive: PathResult, quality: Measured, naive_quality: Measured
 ) -> tuple[str, float, float, float]:
-    """One table line; also returns the speedup, the objective ratio and the seam ratio (of
-    the means)."""
+    """One table line, and the speedup, objective ratio and seam ratio (of the means)."""
     totals, naive_totals = quality.totals, naive_quality.totals
     count = len(totals)
     speedup = naive.seconds / result.seconds
@@ -439,7 +374,7 @@ def stages(name: str, result: PathResult, count: int) -> str:
 
 def banner(ckpt: Checkpoints) -> None:
     """A warning when either model has random weights."""
-    kinds = [n for n, s in (("VGG19", ckpt.vgg_sha256), ("SAM", ckpt.sam_sha256)) if s == RANDOM]
+    kinds = [n for n, file in (("VGG19", ckpt.vgg), ("SAM", ckpt.sam)) if file.sha256 == RANDOM]
     if kinds:
         print(
             f"{'!' * 100}\n!!! RANDOM WEIGHTS for {' and '.join(kinds)}: timings are real; SAM "
@@ -447,9 +382,6 @@ def banner(ckpt: Checkpoints) -> None:
             "compare both paths under the same random VGG19: like for like, not a perceptual "
             f"quality measure.\n{'!' * 100}"
         )
-
-
-# --- modes ------------------------------------------------------------------------------------
 
 
 def compare(args: argparse.Namespace, settings: Settings, device: torch.device, tmp: Path) -> None:
@@ -461,14 +393,13 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
         f"frame={settings.frame_size[0]}x{settings.frame_size[1]} height={settings.height} "
         f"iterations={settings.iterations} sam={settings.sam_variant}"
     )
-    naive_options = PathOptions(
-        seed_config(settings), roi=False, reload=True, embedding_cache=False
-    )
-    config = optimised_config(settings, args.opt_iterations)
+    naive_options = PathOptions(settings.seed(), roi=False, reload=True, embedding_cache=False)
+    config = settings.optimised()
     variants = {"optimised": PathOptions(config, bucket_px=args.bucket_px)}
     if args.ablation:
         variants.update(ablation_variants(config))
-    measure = measure_config(settings)
+    # the quality measure: seed weights, float32, at the whole-frame run's scale
+    measure = settings.seed().changed(content_scale=settings.scale)
     extractor = load_extractor(ckpt.vgg, measure).to(device)
     naive = run_path(frames, style, ckpt, naive_options, device, tmp / "cache-naive", warm_up=True)
     masks = naive.masks  # the measurement region of both paths
@@ -538,6 +469,18 @@ QUALITY_BUDGETS: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 
 QUALITY_BUDGETS += (128, 160, 192, 256, 320, 384, 512, 640, 768)
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """A frame's budget chosen by quality: its evaluations, stylize seconds, objective, seam."""
+
+    budget: int
+    evaluations: int
+    seconds: float
+    total: float
+    reached: bool
+    seam: float
+
+
 def quality_budget(
     frames: list[Frame],
     style: np.ndarray,
@@ -546,25 +489,15 @@ def quality_budget(
     measurement: tuple[VGGFeatures, GatysConfig],
 ) -> None:
     """Per frame, the smallest budget of :data:`QUALITY_BUDGETS` (then the optimised budget)
-    whose composite's objective (:func:`objectives`, on the naive path's mask) is at most the
-    naive path's.
-
-    Each budget is a fresh ROI run of the optimised config (a reusable setting). Prints per
-    frame the budget, evaluations used and stylize seconds (earlier budgets and measurements
-    not counted), then ``quality_budget: ...``: the means, stylize speedups over the naive and
-    optimised stylize stages, ``path_speedup`` (naive s/image over the optimised path's with
-    its stylize stage at the chosen budget: composed from this run's stages), and the
-    objective and seam ratios against the naive path.
-    """
+    whose composite's objective (on the naive path's mask) is at most the naive path's, each a
+    fresh ROI run of the optimised config. Prints each frame's, then ``quality_budget: ...``
+    (``path_speedup``: naive s/image over the optimised path's with its stylize stage at the
+    chosen budget, composed from this run's stages)."""
     (naive_path, naive_quality), (optimised_path, stylizer) = naive, optimised
     count, base, naive_totals = len(frames), stylizer.config, naive_quality.totals
-    stylize_seconds = (
-        naive_path.stages["stylize"] / count,
-        optimised_path.stages["stylize"] / count,
-    )
+    naive_s, optimised_s = (p.stages["stylize"] / count for p in (naive_path, optimised_path))
     budgets = [b for b in QUALITY_BUDGETS if b < base.iterations] + [base.iterations]
-    # budget, evaluations, stylize seconds, objective, reached, seam
-    chosen: list[tuple[int, int, float, float, bool, float]] = []
+    chosen: list[Chosen] = []
     for frame, mask, target in zip(frames, naive_path.masks, naive_totals, strict=True):
         for budget in budgets:
             # One stylizer, its config swapped: the style's Gram matrices stay cached.
@@ -577,26 +510,28 @@ def quality_budget(
             (total,) = objectives([frame], [final], [mask], style, *measurement)
             if total <= target or budget == budgets[-1]:
                 seam = seam_score(final, stylized, mask)
-                chosen.append((budget, counter.evaluations, seconds, total, total <= target, seam))
+                chosen.append(
+                    Chosen(budget, counter.evaluations, seconds, total, total <= target, seam)
+                )
                 break
-        budget, evaluations, seconds, total, reached, _ = chosen[-1]
+        last = chosen[-1]
         print(
-            f"  quality budget, {frame.image_id}: {'reached' if reached else 'NOT reached'} "
-            f"at budget {budget} ({evaluations} evaluations, {seconds:.2f} s stylize), "
-            f"objective {total:.4g} vs naive {target:.4g} ({total / target:.4f})"
+            f"  quality budget, {frame.image_id}: {'reached' if last.reached else 'NOT reached'} "
+            f"at budget {last.budget} ({last.evaluations} evaluations, {last.seconds:.2f} s "
+            f"stylize), objective {last.total:.4g} vs naive {target:.4g} "
+            f"({last.total / target:.4f})"
         )
-    evaluations = statistics.mean(c[1] for c in chosen)
-    seconds = statistics.mean(c[2] for c in chosen)
-    ratio = statistics.mean(c[3] for c in chosen) / statistics.mean(naive_totals)
-    seam_ratio = statistics.mean(c[5] for c in chosen) / statistics.mean(naive_quality.seams)
-    path_seconds = optimised_path.seconds / count - stylize_seconds[1] + seconds
-    path_speedup = naive_path.seconds / count / path_seconds
+    seconds = statistics.mean(c.seconds for c in chosen)
+    ratio = statistics.mean(c.total for c in chosen) / statistics.mean(naive_totals)
+    seam_ratio = statistics.mean(c.seam for c in chosen) / statistics.mean(naive_quality.seams)
+    path_seconds = optimised_path.seconds / count - optimised_s + seconds
     print(
-        f"quality_budget: reached={sum(c[4] for c in chosen)}/{len(chosen)} "
-        f"evaluations/image={evaluations:.1f} (budgets {[c[0] for c in chosen]}) "
-        f"stylize_s/image={seconds:.2f} stylize_speedup_vs_naive="
-        f"{stylize_seconds[0] / seconds:.2f} vs_optimised={stylize_seconds[1] / seconds:.2f} "
-        f"path_s/image={path_seconds:.2f} path_speedup={path_speedup:.2f} "
+        f"quality_budget: reached={sum(c.reached for c in chosen)}/{len(chosen)} "
+        f"evaluations/image={statistics.mean(c.evaluations for c in chosen):.1f} "
+        f"(budgets {[c.budget for c in chosen]}) stylize_s/image={seconds:.2f} "
+        f"stylize_speedup_vs_naive={naive_s / seconds:.2f} "
+        f"vs_optimised={optimised_s / seconds:.2f} path_s/image={path_seconds:.2f} "
+        f"path_speedup={naive_path.seconds / count / path_seconds:.2f} "
         f"objective_ratio={ratio:.4f} seam_ratio={seam_ratio:.4f}",
         flush=True,
     )
@@ -609,18 +544,18 @@ def rss(args: argparse.Namespace, settings: Settings, device: torch.device, tmp:
     counts = sorted(int(n) for n in args.rss.split(","))
     frames, style, ckpt = inputs(args, settings, counts[-1], tmp)
     banner(ckpt)
-    options = PathOptions(optimised_config(settings, args.opt_iterations))
+    options = PathOptions(settings.optimised())
     first_image_peak = 0.0
     marks: dict[int, tuple[float, float, float]] = {}
 
     def record(done: int) -> None:
         nonlocal first_image_peak
         if done == 1:
-            first_image_peak = peak_rss_mb()
+            first_image_peak = status_mib("VmHWM")
             reset_peak_rss()
         if done in counts:
-            processing = peak_rss_mb()
-            marks[done] = max(first_image_peak, processing), processing, _status_mb("VmRSS")
+            processing = status_mib("VmHWM")
+            marks[done] = max(first_image_peak, processing), processing, status_mib("VmRSS")
             print(
                 f"after {done:3d} images: peak_rss={marks[done][0]:.0f}MiB "
                 f"processing_peak_rss={processing:.0f}MiB rss={marks[done][2]:.0f}MiB",
@@ -642,13 +577,12 @@ def rss(args: argparse.Namespace, settings: Settings, device: torch.device, tmp:
 def frame_times(
     args: argparse.Namespace, settings: Settings, device: torch.device, tmp: Path
 ) -> None:
-    """Stylize seconds per frame of the optimised path over ``--frames`` frames: a first pass
-    (fresh process: new crop shapes build their kernels), then the same frames again (the
-    steady state). Last line: how many of frames 2..N of the first pass are within 10 % of
-    their steady-state seconds, and the worst ratio, in CPU seconds (wall seconds count other
-    users of a shared machine) and wall seconds."""
+    """Stylize seconds per frame of the optimised path: a first pass (new crop shapes build
+    their kernels), then the same frames again (steady). Last line: how many of frames 2..N
+    of the first pass are within 10 % of their steady seconds, and the worst ratio, in CPU
+    and in wall seconds."""
     frames, style, ckpt = inputs(args, settings, args.frames, tmp)
-    options = PathOptions(optimised_config(settings, args.opt_iterations), bucket_px=args.bucket_px)
+    options = PathOptions(settings.optimised(), bucket_px=args.bucket_px)
     first, steady = (
         run_path(frames, style, ckpt, options, device, tmp / f"cache{n}", keep=False).frame_stylize
         for n in range(2)
@@ -678,16 +612,10 @@ def plain_gram(features: torch.Tensor) -> torch.Tensor:
 
 
 def gemm_rate(dtype: torch.dtype, device: torch.device, n: int = 4096) -> float:
-    """Best GFLOP/s of an ``n×n`` matrix product in ``dtype``: the rate this machine reaches."""
+    """Best GFLOP/s of an ``n×n`` matrix product in ``dtype`` (the first of 4 runs warms up)."""
     a = torch.randn(n, n, device=device).to(dtype)
-    rates = []
-    for _ in range(4):
-        start = time.perf_counter()
-        torch.mm(a, a)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
-    return max(rates[1:])  # the first run warms up
+    (runs,) = interleaved(4, {"mm": partial(torch.mm, a, a)}, device).values()
+    return max(2 * n**3 / wall / 1e9 for wall, _ in runs[1:])
 
 
 def step_variants(compile_: bool) -> dict[str, tuple[GatysConfig, bool, bool]]:
@@ -714,7 +642,6 @@ def make_evaluation(
 ) -> Callable[[], tuple[float, torch.Tensor]]:
     """One objective evaluation (forward + backward to the pixels) of ``content * 0.8 + 0.1``
     against ``content``'s and ``style``'s targets; returns the total and the gradient."""
-    device = content.device
     if config.channels_last:
         extractor = extractor.to(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -734,8 +661,6 @@ def make_evaluation(
                 objective.vgg_features(network, image, config), image, targets, grams, config
             )
             terms["total"].backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         return terms["total"].item(), image.grad.clone()
 
     return evaluate
@@ -745,31 +670,23 @@ def step(args: argparse.Namespace, _settings: Settings, device: torch.device, tm
     """Time one objective evaluation per variant (interleaved repeats) against the floor (the
     problem size is ``--step-size``, not the settings)."""
     height, width = size_pair(args.step_size)
-    vgg, sha256 = vgg_checkpoint(args, tmp)
-    if sha256 == RANDOM:
+    vgg = vgg_checkpoint(args, tmp)
+    if vgg.sha256 == RANDOM:
         print("!!! RANDOM WEIGHTS for VGG19: timings are real; objectives are under random VGG19")
     generator = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, height, width, generator=generator).to(device)
     style = torch.rand(1, 3, height, height, generator=generator).to(device)
-    runs = {}
+    runs, last = {}, {}
     for name, (config, seed_gram, compiled) in step_variants(args.compile).items():
-        extractor = load_extractor(vgg, config)
-        runs[name] = make_evaluation(
-            extractor.to(device), config, content, style, seed_gram, compiled
-        )
+        extractor = load_extractor(vgg, config).to(device)
+        runs[name] = make_evaluation(extractor, config, content, style, seed_gram, compiled)
         start = time.perf_counter()
-        runs[name]()  # warm-up: oneDNN primitives, compilation
+        last[name] = runs[name]()  # warm-up (oneDNN primitives, compilation); deterministic
         print(f"{name:<34} first call {time.perf_counter() - start:.2f}s", flush=True)
     with FlopCounterMode(display=False) as counter:
         runs["float32"]()
     gflop = counter.get_total_flops() / 1e9
-    times: dict[str, list[float]] = defaultdict(list)
-    last: dict[str, tuple[float, torch.Tensor]] = {}
-    for _ in range(args.repeats):  # interleaved: a load change hits every variant alike
-        for name, evaluate in runs.items():
-            start = time.perf_counter()
-            last[name] = evaluate()
-            times[name].append(time.perf_counter() - start)
+    times = {n: [wall for wall, _ in t] for n, t in interleaved(args.repeats, runs, device).items()}
     rates = {dtype: gemm_rate(dtype, device) for dtype in (torch.float32, torch.bfloat16)}
     print(
         f"device={device} threads={torch.get_num_threads()} image={height}x{width} "
@@ -796,12 +713,6 @@ def step(args: argparse.Namespace, _settings: Settings, device: torch.device, tm
     )
 
 
-def size_pair(text: str) -> tuple[int, int]:
-    """``"1024x512"`` -> ``(1024, 512)``."""
-    first, second = (int(v) for v in text.split("x"))
-    return first, second
-
-
 def main() -> None:
     devices.keep_freed_memory()  # as the segstyle command does (SEGSTYLE_KEEP_FREED_MEMORY=0: not)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -820,8 +731,7 @@ def main() -> None:
     parser.add_argument("--sam-variant", help="tiny, vit_b, vit_l or vit_h")
     parser.add_argument("--vgg", type=Path, help="VGG19 checkpoint (default: downloaded or random)")
     parser.add_argument("--sam", type=Path, help="SAM checkpoint (default: downloaded or random)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    add_torch_options(parser)
     budget_help = "also find the smallest budget that reaches the naive objective (default: on)"
     parser.add_argument(
         "--quality-budget", action=argparse.BooleanOptionalAction, default=True, help=budget_help
@@ -842,12 +752,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="--step repeats")
     parser.add_argument("--compile", action="store_true", help="--step: also torch.compile")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     base = SEED if args.seed_settings else SMOKE if args.smoke else SMALL
     if args.smoke:
         args.frames, args.repeats, args.step_size = 1, 1, "64x128"
-    given = {k: getattr(args, k) for k in ("frame_size", "height", "iterations", "sam_variant")}
+    fields = ("frame_size", "height", "iterations", "sam_variant", "opt_iterations")
+    given = {k: getattr(args, k) for k in fields}
     settings = replace(base, **{k: v for k, v in given.items() if v})
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="segstyle-bench-") as tmp:

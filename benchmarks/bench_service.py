@@ -1,22 +1,19 @@
 """The command line's own cost (issue #13): ``segstyle stylize`` and a cached ``segstyle run``.
 
-Whole ``segstyle`` commands run as subprocesses (wall seconds, start to exit, interpreter start
-and imports included) with the offline backends (GrabCut, feed-forward, the default style):
+Whole ``segstyle`` commands run as subprocesses (wall seconds, interpreter start and imports
+included) with the offline backends (GrabCut, feed-forward, the default style):
 
-(a) ``segstyle stylize`` on one generated street frame (751×563, an odd size on purpose; a box
-    around its largest car) against :func:`segstyle_core.photo.stylize_photo` timed after its
-    imports in a fresh interpreter (the feed-forward network loaded cold, as the command does),
-    each call with a fresh cache folder; medians of ``--repeats`` interleaved pairs.
-    Target: ``stylize_ratio = command / in-process <= 1.5``.
-(b) ``segstyle run`` over the demo dataset (1024×512, 6 annotated frames of zurich by default),
-    cars, a prompt per GT instance, against a running Prefect server (started as
-    ``tests/prefect_service.py`` does), twice into the same ``--out``: the second finds every
-    stage cached. Target: ``rerun_speedup = first / second >= 10``.
+(a) ``segstyle stylize`` on a generated street (751×563; a box around its largest car) against
+    :func:`segstyle_core.photo.stylize_photo` timed after its imports in a fresh interpreter,
+    each with a fresh cache; medians of ``--repeats`` interleaved pairs. Target:
+    ``stylize_ratio = command / in-process <= 1.5``.
+(b) ``segstyle run`` over the demo dataset (1024×512, 6 frames of zurich), a prompt per car,
+    against a running Prefect server, twice into one ``--out``: the second finds every stage
+    cached. Target: ``rerun_speedup = first / second >= 10``.
 
 The commands run a frozen copy of the sources (``--no-snapshot``: the checkout), so edits to a
-shared checkout cannot change the stage cache keys (they hash the code) between the runs; (b)
-says so when the sources it ran changed. Device slots use a lock folder of the benchmark's own.
-Last line: ``stylize_ratio=<command/in-process> rerun_speedup=<first/second>``.
+shared checkout cannot change the stage cache keys between the runs; (b) says so when the
+sources changed. Last line: ``stylize_ratio=<..> rerun_speedup=<..>``.
 
     python benchmarks/bench_service.py                  # about 3 minutes on 2 cores
     python benchmarks/bench_service.py --repeats 5 --size 512x256
@@ -29,18 +26,21 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from common import OFFLINE, RUN, SEGSTYLE, flow_seconds, run_rows, size_pair, timed
+
+from segstyle_core.cityscapes import instances_from_ids
+from segstyle_core.demo.dataset import generate_demo_dataset, render_scene
+from segstyle_core.demo.scene import build_scene
+from segstyle_core.images import write_png
+from segstyle_core.results import TIMED_STAGES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SEGSTYLE = str(Path(sys.executable).with_name("segstyle"))
-OFFLINE = ["--segmenter", "grabcut", "--stylizer", "feedforward"]
 
 #: The in-process side of (a): imports first, then the timed core steps; prints the seconds.
 IN_PROCESS = """
@@ -59,16 +59,18 @@ stylize_photo(image, prompts, styles, segmenter, stylizer, CompositeConfig(), ca
 print(time.perf_counter() - start)
 """
 
-
-def _size(text: str) -> tuple[int, int]:
-    width, height = (int(v) for v in text.lower().split("x"))
-    return width, height
+#: Source folders of the checkout -> where a snapshot puts them (the installed layout).
+SNAPSHOT_LAYOUT = {
+    "segstyle_core": "segstyle_core",
+    "tasks": "segstyle/tasks",
+    "flows": "segstyle/flows",
+    "data/styles": "data/styles",  # the default style, found beside segstyle_core
+}
 
 
 def _environment(work: Path, **extra: str) -> dict[str, str]:
-    """The environment of every subprocess: no outside Prefect server or profile, a Prefect
-    home and device-slot folder of this benchmark's own, Prefect's console at its CLI default,
-    and the snapshot of the sources (:func:`snapshot`) first on the path when there is one."""
+    """Every subprocess's environment: no outside Prefect server or profile, a Prefect home
+    and device-slot folder of the benchmark's own, and the snapshot first on the path."""
     dropped = ("API_URL", "API_KEY", "PROFILE", "LOGGING_HANDLERS_CONSOLE_LEVEL")
     env = {k: v for k, v in os.environ.items() if k not in {f"PREFECT_{d}" for d in dropped}}
     env.update(
@@ -79,61 +81,33 @@ def _environment(work: Path, **extra: str) -> dict[str, str]:
     )
     if (work / "src").is_dir():
         env["PYTHONPATH"] = str(work / "src")
-    env.update(extra)
-    return env
+    return env | extra
 
 
 def _timed(command: list[str], env: dict[str, str], log: Path) -> tuple[float, str]:
-    """Run ``command`` in the log's folder (not the checkout: ``python -c`` puts its working
-    directory first on the path); return (wall seconds, stdout). Fail with its output on a
-    non-zero exit."""
-    start = time.perf_counter()
-    done = subprocess.run(
-        command, env=env, cwd=log.parent, capture_output=True, text=True, timeout=1800, check=False
-    )
-    seconds = time.perf_counter() - start
+    """Wall seconds and stdout of ``command``, run in the log's folder (not the checkout:
+    ``python -c`` puts its working directory first on the path) and appended to ``log``."""
+    seconds, done = timed(command, env, log.parent)
     with open(log, "a") as handle:
         handle.write(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}\n")
-    if done.returncode != 0:
-        raise SystemExit(
-            f"{' '.join(command)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
-        )
     return seconds, done.stdout
 
 
-#: Source folders of the checkout -> where a snapshot puts them (the installed layout).
-SNAPSHOT_LAYOUT = {
-    "segstyle_core": "segstyle_core",
-    "tasks": "segstyle/tasks",
-    "flows": "segstyle/flows",
-    "data/styles": "data/styles",  # the default style, found beside segstyle_core
-}
-
-
-def snapshot(work: Path) -> Path:
-    """A frozen copy of the packages for the subprocesses (``PYTHONPATH`` puts it before the
-    editable install): edits to a shared checkout meanwhile neither mix code versions nor
-    change the stage cache keys between the two runs."""
-    root = work / "src"
+def snapshot(work: Path) -> None:
+    """A frozen copy of the packages in ``work/src`` for the subprocesses (``PYTHONPATH``
+    puts it before the editable install)."""
     for source, target in SNAPSHOT_LAYOUT.items():
         shutil.copytree(
-            REPO_ROOT / source, root / target, ignore=shutil.ignore_patterns("__pycache__")
+            REPO_ROOT / source, work / "src" / target, ignore=shutil.ignore_patterns("__pycache__")
         )
-    return root
 
 
 def _sources(root: Path) -> dict[str, int]:
-    """Modification time of every Python file of the packages under ``root``."""
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*.py")}
 
 
 def photo(work: Path, size: tuple[int, int]) -> tuple[Path, str]:
     """A generated street frame of ``size`` and a box around its largest car (``x0,y0,x1,y1``)."""
-    from segstyle_core.cityscapes import instances_from_ids
-    from segstyle_core.demo.dataset import render_scene
-    from segstyle_core.demo.scene import build_scene
-    from segstyle_core.images import write_png
-
     width, height = size
     rng = np.random.default_rng(0)
     frame = render_scene(build_scene(width, height, rng), width, height, rng)
@@ -171,13 +145,10 @@ def bench_stylize(work: Path, size: tuple[int, int], repeats: int) -> float:
 def bench_rerun(work: Path, size: tuple[int, int], frames: int) -> float:
     """(b): first / second wall seconds of one ``segstyle run`` against a running server."""
     sys.path.insert(0, str(REPO_ROOT))
-    from segstyle_core.demo.dataset import generate_demo_dataset
     from tests.prefect_service import prefect_service, tracebacks
 
     dataset = generate_demo_dataset(work / "demo", size=size, frames_per_city=frames)
-    out = work / "run-out"
-    command = [SEGSTYLE, "run", "--dataset", str(dataset), "--city", "zurich", "--classes", "car"]
-    command += ["--prompts", "gt-instances", *OFFLINE, "--feather", "2", "--out", str(out)]
+    command = [SEGSTYLE, "run", "--dataset", str(dataset), *RUN, "--out", str(work / "run-out")]
     log = work / "run.log"
     server_start = time.perf_counter()
     with prefect_service(work / "server", check_log=False) as server:
@@ -189,24 +160,21 @@ def bench_rerun(work: Path, size: tuple[int, int], frames: int) -> float:
         second, second_out = _timed(command, env, log)
         changed = sorted(set(sources.items()) ^ set(_sources(watched).items()))
         problems = tracebacks(server.log_text())
-    runs = [pd.read_parquet(text.strip().splitlines()[-1]) for text in (first_out, second_out)]
-    stages = ("gt", "segment", "stylize", "composite", "figures")
+    runs = [run_rows(text) for text in (first_out, second_out)]
     print(
         f"(b) segstyle run, demo data {size[0]}x{size[1]}, {frames} frames of zurich, "
         f"{len(runs[0])} prompt rows; server {server.api_url} (up in {started_in:.1f} s)"
     )
-    for name, seconds, frame in zip(("first", "second"), (first, second), runs, strict=True):
-        flow_s = (frame["finished_at"].max() - frame["started_at"].min()).total_seconds()
-        per_image = frame.drop_duplicates("image_id")
-        cached = [s for s in stages if per_image[f"cached_{s}"].all()]
-        stage_s = sum(per_image[f"seconds_{s}"].sum() for s in stages)
+    for name, seconds, rows in zip(("first", "second"), (first, second), runs, strict=True):
+        flow_s, stage_s = flow_seconds(rows)
+        cached = [s for s in TIMED_STAGES if rows[f"cached_{s}"].all()]
         print(
             f"    {name}: {seconds:.2f} s wall; flow body {flow_s:.2f} s; stage seconds "
-            f"{stage_s:.2f}; status {sorted(set(frame['status']))}; all cached: {cached}"
+            f"{stage_s:.2f}; status {sorted(set(rows['status']))}; all cached: {cached}"
         )
     if changed:
         names = sorted({name for name, _ in changed})
-        recomputed = not all(runs[1][f"cached_{s}"].all() for s in stages)
+        recomputed = not all(runs[1][f"cached_{s}"].all() for s in TIMED_STAGES)
         verdict = "NOT A VALID RERUN (stages recomputed)" if recomputed else "warning"
         print(
             f"    {verdict}: {len(names)} source file(s) changed during the runs, and stage "
@@ -222,8 +190,8 @@ def bench_rerun(work: Path, size: tuple[int, int], frames: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="(a): command/in-process pairs")
-    parser.add_argument("--photo-size", type=_size, default=(751, 563), help="(a): WIDTHxHEIGHT")
-    parser.add_argument("--size", type=_size, default=(1024, 512), help="(b): demo WIDTHxHEIGHT")
+    parser.add_argument("--photo-size", type=size_pair, default=(751, 563), help="(a): WxH")
+    parser.add_argument("--size", type=size_pair, default=(1024, 512), help="(b): demo WxH")
     parser.add_argument("--frames", type=int, default=6, help="(b): annotated demo frames")
     parser.add_argument(
         "--snapshot",

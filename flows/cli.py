@@ -1,10 +1,8 @@
-"""The ``segstyle`` command line: a model per command, parsed by pydantic-settings' CLI source.
+"""The ``segstyle`` command line: a pydantic model per command, parsed by pydantic-settings.
 
-A command's fields are its own arguments plus a ``--flag`` per field of the configuration
-models it builds (:mod:`segstyle.flows.options`); its ``cli_cmd`` calls one flow or core
-function and prints. Prefect is imported lazily (``--help``, ``weights`` start fast). A
-:class:`~segstyle_core.errors.SegstyleError` or an invalid value is printed as one line naming
-the flag (``stylizer.style`` as ``--style``): exit status 2 (1: a run with failed images).
+A command's fields are its own arguments plus a flag per field of the configuration models it
+builds (:mod:`segstyle.flows.options`); ``cli_cmd`` calls one flow or core function and prints.
+Errors print one line naming the flag: exit status 2 (1: a run with failed images).
 """
 
 from __future__ import annotations
@@ -79,11 +77,7 @@ class RunCommand(Command):
 
 
 def _size(text: str) -> tuple[int, int]:
-    """``WIDTHxHEIGHT`` -> ``(width, height)``.
-
-    Raises:
-        ConfigError: another form.
-    """
+    """``WIDTHxHEIGHT`` -> ``(width, height)``; :class:`ConfigError` for another form."""
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -101,12 +95,9 @@ def _quiet_prefect(verbose: bool) -> None:
 
 
 def _run_flow(flow: Any, *parameters: Any) -> int:
-    """Run ``flow(*parameters)`` (the last: its ``OutputConfig``) against a local API; print
-    its result; exit status 0, or 1 when some images failed.
-
-    Raises:
-        SegstyleError: the flow failed before it wrote its Parquet file (its error's line).
-    """
+    """Run ``flow(*parameters)`` (the last: its ``OutputConfig``) against a local API and
+    print its result: 0, or 1 when some images failed; :class:`SegstyleError` when it failed
+    before writing its Parquet file."""
     from segstyle.flows.server import local_api
     from segstyle_core import results
 
@@ -129,12 +120,9 @@ def _error_text(error: object, fallback: str | None) -> str:
     """One line of a failed run's exception, or of its state message."""
     from segstyle_core.errors import error_line
 
-    if isinstance(error, SegstyleError):
-        text = str(error)
-    elif isinstance(error, BaseException):
-        text = error_line(error)
-    else:
-        text = str(fallback or error)
+    text = str(fallback or error)
+    if isinstance(error, BaseException):
+        text = str(error) if isinstance(error, SegstyleError) else error_line(error)
     return (text.splitlines() or [type(error).__name__])[0]
 
 
@@ -153,11 +141,7 @@ class DatasetCommand(RunCommand):
 
     def run(self, flow: Any, *styling: Any) -> int:
         """Check the inputs, then run ``flow`` on this command's task runner; ``styling``:
-        the stylizer and composite of a styled run.
-
-        Raises:
-            ConfigError: both ``--dask`` and ``--workers``, or an input fails its check.
-        """
+        the stylizer and composite of a styled run."""
         from segstyle.flows.cluster import task_runner
         from segstyle_core.preflight import check_run_inputs
 
@@ -246,8 +230,9 @@ class Video(RunCommand):
     )
 
     def cli_cmd(self) -> int:
-        from segstyle.flows.video import check_video_job, stylize_video
+        from segstyle.flows.video import stylize_video
         from segstyle_core.video.config import VIDEO_STYLIZER as STYLIZER_DEFAULTS
+        from segstyle_core.video.stages import check_video_job
         from segstyle_core.video.track import TrackerConfig
 
         shared = {name: getattr(self, name) for name in SHARED}
@@ -313,29 +298,27 @@ class Demo(RunCommand):
     frames: int = Field(default=6, description="annotated frames per city")
 
     def cli_cmd(self) -> int:
-        """Generate the dataset when missing, run ``segment_and_stylize`` on it with GrabCut
-        and the feed-forward stylizer, and print where the results are."""
+        """Generate the dataset when missing, run ``segment_and_stylize`` on it offline, and
+        print where the results are."""
         from segstyle.flows.dataset import run_folder, segment_and_stylize
         from segstyle_core import config, results
         from segstyle_core.demo.dataset import ensure_demo_dataset
-        from segstyle_core.preflight import check_run_inputs
 
-        data = Path(self.data)
-        if not (data / "leftImg8bit").is_dir():
-            print(f"writing the demo dataset to {data} ...", file=sys.stderr)
-        ensure_demo_dataset(str(data), size=_size(self.size), frames_per_city=self.frames)
-        dataset = config.DatasetSelection(root=str(data), city=self.city, classes=self.classes)
-        prompts = config.PromptConfig(source="gt-instances")
-        offline = (
+        if not Path(self.data, "leftImg8bit").is_dir():
+            print(f"writing the demo dataset to {self.data} ...", file=sys.stderr)
+        ensure_demo_dataset(self.data, size=_size(self.size), frames_per_city=self.frames)
+        outputs = OUTPUTS.build(self)
+        settings = (
+            config.DatasetSelection(root=self.data, city=self.city, classes=self.classes),
+            config.PromptConfig(source="gt-instances"),
             config.SegmenterConfig(backend="grabcut"),
             config.StylizerConfig(backend="feedforward"),
+            config.CompositeConfig(feather_px=2.0),
         )
-        composite, outputs = config.CompositeConfig(feather_px=2.0), OUTPUTS.build(self)
-        check_run_inputs(dataset, prompts, *offline, outputs, composite)
         backends = "GrabCut segmenter, feed-forward stylizer, generated style"
-        doing = f"running segment_and_stylize on {data} (city {self.city}) with the offline"
-        print(f"{doing} backends: {backends}", file=sys.stderr)
-        status = _run_flow(segment_and_stylize, dataset, prompts, *offline, composite, outputs)
+        doing = f"running segment_and_stylize on {self.data} (city {self.city})"
+        print(f"{doing} with the offline backends: {backends}", file=sys.stderr)
+        status = _run_flow(segment_and_stylize, *settings, outputs)
         out = Path(outputs.out).resolve()
         key, rows = results.select_run(results.read_metrics(out / "metrics"))
         report = run_folder(out, rows["run_id"].iloc[0], key) / "report.html"
@@ -434,7 +417,7 @@ class Serve(Command):
     host: str = Field(default="127.0.0.1", description="a loopback address only")
 
     def cli_cmd(self) -> int:
-        from segstyle.flows.serve import serve
+        from segstyle_core.serve import serve
 
         serve([Path(out) for out in self.out], host=self.host, port=self.port)
         return 0
@@ -493,11 +476,8 @@ def cli_source() -> CliSettingsSource[Any]:
 
 
 def parse(argv: Sequence[str]) -> Command:
-    """The command of ``argv`` with its arguments (``--help`` and usage errors exit).
-
-    Raises:
-        ConfigError: invalid values, naming each one's flag (or positional argument).
-    """
+    """The command of ``argv`` (``--help`` and usage errors exit); :class:`ConfigError`
+    naming each invalid value's flag."""
     source = cli_source()
     try:
         parsed = source.settings_cls.model_validate(source(args=list(argv))())

@@ -1,10 +1,6 @@
-"""Where a dataset run's tasks execute (:func:`task_runner`): threads of this process, an
-existing Dask cluster (``--dask ADDRESS``, or ``SEGSTYLE_DASK_ADDRESS`` for deployments), or a
-local cluster of ``N`` one-thread worker processes started for the run (``--workers N``).
-
-Workers on other machines must see the same ``--out`` (stage results and Parquet parts are
-written there with atomic renames, never host locks). A worker that dies loses nothing: Dask
-reruns its tasks elsewhere, finished stages are cache hits, and each image gets its rows once.
+"""Where a dataset run's tasks execute (:func:`task_runner`). Workers on other machines must
+see the same ``--out``; a worker that dies loses nothing (Dask reruns its tasks elsewhere,
+finished stages are cache hits, and each image gets its rows once).
 """
 
 from __future__ import annotations
@@ -20,8 +16,7 @@ THREADS = 4
 
 
 def task_runner(dask: str | None = None, workers: int | None = None) -> TaskRunner[Any]:
-    """A Dask cluster at ``dask`` (else ``$SEGSTYLE_DASK_ADDRESS``), else a local cluster of
-    ``workers`` processes, else threads."""
+    """Dask at ``dask`` or ``$SEGSTYLE_DASK_ADDRESS``, else ``workers`` local ones, else threads."""
     address = dask or os.environ.get(DASK_ADDRESS_ENV) or None
     if address is None and not workers:
         return ThreadPoolTaskRunner(max_workers=THREADS)

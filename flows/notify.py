@@ -1,11 +1,9 @@
-"""Failure notifications: a Prefect automation that calls a webhook when a nightly run fails.
+"""Failure notifications: a Prefect automation that POSTs :data:`PAYLOAD` to a webhook when a
+run tagged :data:`NIGHTLY_TAG` ends Failed (``TimedOut`` included) or Crashed.
 
-``make deploy`` runs ``python -m segstyle.flows.notify``: with ``SEGSTYLE_NOTIFY_WEBHOOK`` set
-to a URL it saves the URL as the Webhook block :data:`AUTOMATION_NAME` and creates (or updates)
-the automation :data:`AUTOMATION_NAME`. When a run tagged :data:`NIGHTLY_TAG` ends Failed
-(``TimedOut`` included) or Crashed, the server's ``triggers`` and ``actions`` services POST
-:data:`PAYLOAD` to the URL, usually within seconds. Without the variable it changes nothing
-and says how to turn notifications on.
+``make deploy`` runs ``python -m segstyle.flows.notify``, which saves ``$SEGSTYLE_NOTIFY_WEBHOOK``
+as the Webhook block and creates or updates the automation, both :data:`AUTOMATION_NAME`; unset,
+it changes nothing and says how to turn notifications on.
 """
 
 from __future__ import annotations
@@ -24,16 +22,12 @@ from prefect.client.orchestration import get_client
 from prefect.types import SecretDict
 from pydantic import SecretStr
 
-#: The environment variable holding the webhook's URL.
 WEBHOOK_ENV = "SEGSTYLE_NOTIFY_WEBHOOK"
-#: The automation's name, and the Webhook block's that holds the URL.
 AUTOMATION_NAME = "segstyle-nightly-failure"
-#: Runs carrying this tag notify (``prefect.yaml``'s nightly deployments give it their runs).
-NIGHTLY_TAG = "nightly"
-#: The state types that notify (``TimedOut`` is of type ``FAILED``).
+NIGHTLY_TAG = "nightly"  # prefect.yaml's nightly deployments tag their runs with it
 FAILED_STATE_TYPES = ("FAILED", "CRASHED")
-#: The webhook's JSON body, a Jinja template the server renders for the triggering run; its
-#: ``text`` line is what Slack and Mattermost incoming webhooks show.
+#: The webhook's JSON body, a Jinja template of the triggering run; Slack and Mattermost show
+#: ``text``.
 PAYLOAD = """{
   "text": {{ ("segstyle: " ~ flow_run.name ~ " (" ~ deployment.name ~ ") ended "
       ~ flow_run.state.name ~ ": " ~ flow_run.state.message) | tojson }},
@@ -70,6 +64,7 @@ def failure_automation(webhook_block_id: UUID) -> AutomationCore:
                 "prefect.resource.id": f"prefect.tag.{NIGHTLY_TAG}",
             },
             for_each={"prefect.resource.id"},
+            # the defaults, set: update_automation sends only the fields set, and needs these
             posture=Posture.Reactive,
             threshold=1,
             within=timedelta(0),
@@ -88,18 +83,13 @@ def check_webhook_url(url: str) -> str:
 
 
 def ensure_failure_webhook(webhook_url: str) -> UUID:
-    """Save ``webhook_url`` as the Webhook block and create the automation on the current
-    API, or update the latest updated of that name (deleting the others); return its id.
-
-    Raises:
-        ValueError: ``webhook_url`` is not an http(s) URL.
-    """
+    """Save ``webhook_url`` (``ValueError`` unless http(s)) as the Webhook block and create the
+    automation, or update the latest updated of that name (deleting the others); its id."""
     block = Webhook(
         url=SecretStr(check_webhook_url(webhook_url)),
         headers=SecretDict({"Content-Type": "application/json"}),
     )
-    # save() is async-dispatched: called outside an event loop it returns the id itself
-    block_id = cast(UUID, block.save(AUTOMATION_NAME, overwrite=True))
+    block_id = cast(UUID, block.save(AUTOMATION_NAME, overwrite=True))  # sync: no event loop
     automation = failure_automation(block_id)
     with get_client(sync_client=True) as client:
         existing = client.read_automations_by_name(AUTOMATION_NAME)  # latest updated first

@@ -1,9 +1,6 @@
-"""The command line's options: a ``--flag`` per field of the flows' configuration models.
-
-Each :class:`Options` names a flow parameter and its model; :func:`with_options` adds a flag
-per field (with its type, default and description) to a command's model, so the CLI, the
-flows and the Prefect UI share one default per setting; :func:`flag_names` maps an error's
-field (``stylizer.style``) back to the flag a user typed (``--style``).
+"""The command line's options: a ``--flag`` per field of the flows' configuration models, so
+the CLI, the flows and the Prefect UI share one default per setting; :func:`flag_names` maps an
+error's field (``stylizer.style``) back to the flag a user typed (``--style``).
 """
 
 from __future__ import annotations
@@ -79,11 +76,8 @@ class Options(Generic[M]):
         return names
 
     def build(self, command: BaseModel, **given: Any) -> M:
-        """The model of a parsed command's values and the ``given`` fields.
-
-        Raises:
-            ConfigError: an invalid value, naming its field.
-        """
+        """The model of a parsed command's values and the ``given`` fields (an invalid
+        value raises :class:`ConfigError` naming its field)."""
         values = {
             name: self.nested[name].build(command)
             if name in self.nested
@@ -175,11 +169,7 @@ VIDEO_OPTIONS = Options("video_options", VideoOptions)
 
 def split_styles(values: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """``--style`` values -> the plain images (in order; an existing file even when its name
-    holds ``=``) and the ``CLASS=IMAGE`` pairs.
-
-    Raises:
-        ConfigError: a class given two styles.
-    """
+    holds ``=``) and the ``CLASS=IMAGE`` pairs; :class:`ConfigError` for a class given two."""
     plain: list[str] = []
     per_class: dict[str, str] = {}
     for value in values:
@@ -198,12 +188,7 @@ def build_stylizer(
 ) -> StylizerConfig:
     """The stylizer of ``--style`` values, on the segmenter's device and weights: ``IMAGE``
     the plain style, ``CLASS=IMAGE`` a class's; with ``several`` (``stylize``: a style per
-    box) several plain images and none is the plain style.
-
-    Raises:
-        ConfigError: several plain images where one is expected, or per-class styles without
-            classes.
-    """
+    box) several plain images and none is the plain style."""
     plain, per_class = split_styles(styles)
     if several and per_class:
         raise ConfigError(

@@ -1,5 +1,4 @@
-"""The ``prune_outputs`` flow: retention for scheduled runs (``segstyle prune`` as a
-deployment), see :func:`segstyle_core.retention.prune`."""
+"""The ``prune_outputs`` flow: ``segstyle prune`` as a deployment."""
 
 from __future__ import annotations
 
@@ -10,8 +9,8 @@ from segstyle_core.retention import prune
 
 @flow(name="prune_outputs", persist_result=False)
 def prune_outputs(out: str = "artifacts", keep: int = 14) -> int:
-    """Keep the ``keep`` latest runs of each flow under ``out`` (their Parquet files and run
-    folders); remove older runs. The stage cache is never touched. Returns the runs removed.
+    """Keep the ``keep`` latest runs of each flow under ``out`` (Parquet files and run folders),
+    removing older ones but never the stage cache; return how many were removed.
 
     Args:
         out: the flows' output folder.

@@ -1,8 +1,7 @@
-"""What every segstyle flow gets from Prefect (:func:`segstyle_flow`): a readable run name
-(:func:`run_name`), a time limit (then ``TimedOut``), no pickled or stored result, a retry after
-a crash (:func:`retry_crashed`; Prefect's ``retries`` skip Crashed runs, and Failed ones are not
-retried: an image fails on its input), a state message that fits the UI's column, and an
-expected failure logged as one line without a traceback (:class:`QuietExpectedFailures`).
+"""What every segstyle flow gets (:func:`segstyle_flow`): a readable run name, a time limit (then
+``TimedOut``), no stored result, a retry after a crash (Prefect's ``retries`` skip Crashed runs;
+Failed ones failed on their input), short state messages, and expected failures logged on one
+line without a traceback (:class:`QuietExpectedFailures`).
 """
 
 from __future__ import annotations
@@ -23,14 +22,12 @@ from prefect.states import Scheduled, State
 
 from segstyle_core.errors import SegstyleError, error_line
 
-#: Time limits: a nightly dataset run ends before the next night's is due; Gatys on a CPU at
-#: full size takes minutes, not hours.
+#: Time limits: a nightly dataset run ends before the next night's is due.
 DATASET_TIMEOUT_S = 23 * 3600
 PHOTO_TIMEOUT_S = 2 * 3600
 VIDEO_TIMEOUT_S = 12 * 3600
 #: How many times in a row a crashed deployment run is started again; then it stays Crashed.
 CRASH_RETRIES = 2
-#: The tag of a crash retry: ``crash-retry-1``, ``crash-retry-2``, ...
 CRASH_RETRY_TAG = "crash-retry-"
 CRASH_RETRY_DELAY_S = 10
 #: The longest state message: the width of the UI's state column.
@@ -38,14 +35,10 @@ STATE_MESSAGE_CHARS = 200
 
 
 def retry_crashed(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:
-    """``on_crashed`` hook: start the crashed run again as a new run of its deployment (same
-    parameters, tagged ``crash-retry-<n>``, in :data:`CRASH_RETRY_DELAY_S`), at most
-    :data:`CRASH_RETRIES` times in a row; it takes over the finished rows and cached stages.
-
-    A new run, not the same one rescheduled: the worker reports the crash again after its
-    hooks, which would undo a rescheduling. The worker (a killed process) or the flow's process
-    (a crash it caught) runs this hook; the idempotency key makes both one retry. A run outside
-    a deployment (``segstyle run``) stays Crashed.
+    """``on_crashed`` hook: start a deployment's crashed run again as a new run (same parameters,
+    tagged ``crash-retry-<n>``, in :data:`CRASH_RETRY_DELAY_S`), at most :data:`CRASH_RETRIES`
+    times in a row. A new run, since the worker reports the crash after its hooks (undoing a
+    rescheduling); the idempotency key makes the worker's and the flow process's call one retry.
     """
     if flow_run.deployment_id is None:
         return
@@ -100,23 +93,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^\w.+-]+", "_", text, flags=re.ASCII).strip("_.") or "x"
 
 
-_MISSING = object()
-
-
 def setting(parameters: Mapping[str, Any], group: str, field: str, default: Any) -> Any:
-    """A field of a parameter group, a model (a direct call) or a dict (a deployment run);
-    ``default`` where either is missing."""
+    """A group's field, of a model (a direct call) or dict (a deployment run), else ``default``."""
     value = parameters.get(group)
     if isinstance(value, Mapping):
-        found = value.get(field, _MISSING)
-    else:
-        found = getattr(value, field, _MISSING)
-    return default if found is _MISSING else found
+        return value.get(field, default)
+    return getattr(value, field, default)
 
 
 def city_part(city: Any) -> str:
-    """A city selection in a run name: ``zurich``, ``aachen+zurich``, ``5-cities``, ``all``
-    or ``random``."""
+    """A city selection in a run name: ``zurich``, ``aachen+zurich``, ``5-cities``, ``random``."""
     if city is None:
         return "random"
     names = sorted(
@@ -126,16 +112,14 @@ def city_part(city: Any) -> str:
 
 
 def run_name(subject: str, *backends: Any) -> str:
-    """``<subject>-<backend>...-<date>``, each part usable in a file name; the date is the
-    run's scheduled start (the same on its retries), in this machine's time zone."""
+    """``<subject>-<backends>-<scheduled start's local date>`` (as its retries'), file-name safe."""
     started = flow_run.get_scheduled_start_time()
     day = started.astimezone().date().isoformat()
     return "-".join(_slug(str(part)) for part in (subject, *backends, day))
 
 
 def file_run_name(parameter: str, **backends: str) -> Callable[[], str]:
-    """A run namer: ``<stem of the file parameter>-<backend of each group>-<date>``;
-    ``backends`` maps each parameter group to its default backend."""
+    """A run namer ``<file parameter's stem>-<backends>-<date>`` (``backends``: group: default)."""
 
     def name() -> str:
         parameters = flow_run.get_parameters()

@@ -1,11 +1,6 @@
-"""The Prefect API that command-line runs talk to (:func:`local_api`), the first of:
-
-1. ``PREFECT_API_URL`` when it is set (a server elsewhere, or Prefect Cloud);
-2. the local server (``make server``) when it answers ``/health`` at
-   :func:`local_server_api_url` within :data:`PROBE_TIMEOUT_SECONDS`: runs show in its UI;
-3. Prefect's own temporary server (``SubprocessASGIServer``: API only, a free port of
-   127.0.0.1) for the block; heavy stages then take the host's device slots
-   (``SEGSTYLE_DEVICE_SLOTS=host``, :mod:`segstyle.tasks.device_slots`).
+"""The Prefect API of command-line runs (:func:`local_api`): ``PREFECT_API_URL`` when set; else
+the local server (``make server``) if it answers in :data:`PROBE_TIMEOUT_SECONDS`; else Prefect's
+temporary ``SubprocessASGIServer`` (API only, 127.0.0.1) with host device slots.
 """
 
 from __future__ import annotations
@@ -18,9 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 from segstyle.tasks.device_slots import MODE_ENV as DEVICE_SLOTS_ENV
@@ -30,8 +25,7 @@ PROBE_TIMEOUT_SECONDS = 0.3
 
 
 def local_server_api_url() -> str:
-    """The API address ``prefect server start`` binds (``PREFECT_SERVER_API_HOST`` and
-    ``_PORT``; a wildcard host is the loopback)."""
+    """The API address ``prefect server start`` binds (a wildcard host is the loopback)."""
     from prefect.settings import get_current_settings
 
     api = get_current_settings().server.api
@@ -56,9 +50,9 @@ def api_is_up(api_url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
 def local_api(
     log_path: Path, announce: Callable[[str], None] | None = None
 ) -> Iterator[str | None]:
-    """Run the block against the API the module docstring names; yield its URL (``None``: a
-    configured ``PREFECT_API_URL``). A temporary server logs to ``log_path``; ``announce``
-    gets the line naming a local server (default: stderr)."""
+    """Run the block against the module docstring's API; yield its URL (``None``: a configured
+    one). A temporary server logs to ``log_path``; ``announce`` (default: stderr) gets the line
+    naming a local server."""
     from prefect.settings import (
         PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
         PREFECT_API_URL,
@@ -77,8 +71,7 @@ def local_api(
             url = stack.enter_context(temporary_server(log_path))
             slots = os.environ.get(DEVICE_SLOTS_ENV, "host")
             stack.enter_context(mock.patch.dict(os.environ, {DEVICE_SLOTS_ENV: slots}))
-        # Plain HTTP on loopback has no certificate to verify: skipping verification spares
-        # every task run's new client loading the CA bundle (25 ms each, measured on Dask).
+        # Plain HTTP on loopback: spares each task run's client loading the CA bundle (25 ms).
         insecure = {PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True}
         stack.enter_context(temporary_settings({PREFECT_API_URL: url, **insecure}))
         stack.callback(_drain_to_api)
@@ -87,9 +80,8 @@ def local_api(
 
 @contextlib.contextmanager
 def temporary_server(log_path: Path) -> Iterator[str]:
-    """Prefect's ``SubprocessASGIServer`` for the block, logging to ``log_path``; yields its
-    API URL. In its own session (a Ctrl-C reaches this process, which stops the server after
-    the flow's last API calls), it dies with the thread that started it."""
+    """Prefect's ``SubprocessASGIServer`` for the block, logging to ``log_path``; yields its API
+    URL. In its own session (this process stops it after a Ctrl-C), it dies with its thread."""
     from prefect.server.api import server as prefect_server
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,29 +89,21 @@ def temporary_server(log_path: Path) -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         server = prefect_server.SubprocessASGIServer(sock.getsockname()[1])
     try:
-        # What Prefect's class lacks: its Popen call takes no stdout, stderr or session
-        # arguments, and nothing stops the server when its parent is SIGKILLed (only atexit).
-        with (
-            open(log_path, "ab") as log,
-            mock.patch.object(
-                prefect_server,
-                "subprocess",
-                types.SimpleNamespace(
-                    Popen=functools.partial(
-                        subprocess.Popen,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=log,
-                        start_new_session=True,
-                        preexec_fn=_die_with_parent() if sys.platform == "linux" else None,
-                    )
-                ),
-            ),
-        ):
-            try:
-                server.start()
-            except RuntimeError as error:  # it timed out: the reason is in the log
-                raise RuntimeError(f"{error} The server's output: {log_path}") from error
+        with open(log_path, "ab") as log:
+            # Prefect's Popen takes no output, session or death-signal arguments (it has atexit).
+            popen = functools.partial(
+                subprocess.Popen,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_die_with_parent() if sys.platform == "linux" else None,
+            )
+            with mock.patch.object(prefect_server, "subprocess", SimpleNamespace(Popen=popen)):
+                try:
+                    server.start()
+                except RuntimeError as error:  # it timed out: the reason is in the log
+                    raise RuntimeError(f"{error} The server's output: {log_path}") from error
         yield server.api_url
     finally:
         server.stop()
@@ -138,7 +122,7 @@ def _die_with_parent() -> Callable[[], None]:
 
 
 def _drain_to_api() -> None:
-    """Send buffered logs and events before the block ends (else: connection errors later)."""
+    """Send buffered logs and events while the API still answers."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 

@@ -1,17 +1,15 @@
 """The ``stylize_video`` flow: one object of a clip, tracked and stylized with stable strokes.
 
-Frames -> chunks of ``chunk_size`` frames (each: track the mask, stylize, blend with the
-previous painting, composite; cached, retried, in order since each starts from the previous
-chunk's last frame) -> encode -> copy to ``output``. Tracked masks are scored when the input is
-a Cityscapes sequence with instance ground truth. Per-frame flicker (and IoU) go to
-``<out>/runs/video/<name>/metrics.json``. Runs are named ``<video>-<tracker>-<stylizer>-<date>``.
+Frames -> chunks (in order, each starting from the previous one's last frame) -> encode ->
+``output``; masks are scored on a Cityscapes sequence with instance ground truth. Per-frame
+flicker (and IoU) go to ``<out>/runs/video/<name>/metrics.json``.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger
 
@@ -21,7 +19,6 @@ from segstyle_core.config import CompositeConfig, OutputConfig
 from segstyle_core.errors import ConfigError
 from segstyle_core.fileio import atomic_write_with, write_json_atomic
 from segstyle_core.images import read_rgb
-from segstyle_core.preflight import check_style
 from segstyle_core.prompts.validation import parse_box, validate_prompt
 from segstyle_core.segment.base import Prompt
 from segstyle_core.stylize import StylizerConfig
@@ -44,51 +41,7 @@ def _publish(encoded: str, output: str, fps: float) -> Path:
     """Put the encoded result at ``output``: a file is copied atomically, a folder rewritten."""
     if not video_io.is_container(output):
         return video_io.write_video(output, video_io.iter_frames(encoded), fps)
-
-    def copy(tmp: Path) -> None:
-        shutil.copyfile(encoded, tmp)
-
-    return atomic_write_with(output, copy)
-
-
-def _mean(values: list[float | None]) -> float | None:
-    """The mean of the values that are not ``None``."""
-    given = [v for v in values if v is not None]
-    return sum(given) / len(given) if given else None
-
-
-def check_video_job(
-    video: str,
-    output: str,
-    tracker: TrackerConfig,
-    stylizer: StylizerConfig,
-    composite: CompositeConfig,
-    options: VideoOptions,
-) -> None:
-    """Fail before any frame on unsupported composite settings, a missing checkpoint or style
-    image, or an output that would overwrite the input."""
-    stages.temporal_options(composite, options)
-    tracker.identity()
-    stylizer.identity()
-    check_style(stylizer)
-    video_io.check_video_output(video, output)
-
-
-def _metrics(
-    chunks: list[stages.ChunkRecord], scores: stages.ScoreRecord | None, output: Path
-) -> dict[str, Any]:
-    """Per-frame rows (``index``, ``flicker``, ``mask_area``, ``iou``, ``dice``) and means."""
-    rows = [dict(row) for chunk in chunks for row in chunk.frames]
-    for position, row in enumerate(rows):
-        row["iou"] = scores.iou[position] if scores else None
-        row["dice"] = scores.dice[position] if scores else None
-    return {
-        "output": str(output),
-        "frames": rows,
-        "mean_flicker": _mean([row["flicker"] for row in rows]),
-        "mean_iou": scores.mean_iou if scores else None,
-        "mean_dice": scores.mean_dice if scores else None,
-    }
+    return atomic_write_with(output, functools.partial(shutil.copyfile, encoded))
 
 
 BACKENDS = {"tracker": TrackerConfig().backend, "stylizer": VIDEO_STYLIZER.backend}
@@ -119,7 +72,7 @@ def stylize_video(
         outputs: the output folder (cache and ``runs/video/<name>/metrics.json``).
     """
     logger = get_run_logger()
-    check_video_job(video, output, tracker, stylizer, composite, video_options)
+    stages.check_video_job(video, output, tracker, stylizer, composite, video_options)
     name = Path(video).stem
     run = PrefectRunner(Path(outputs.out) / "cache")
     paths, fps = _input_frames(video, name, run)
@@ -145,7 +98,7 @@ def stylize_video(
             composite=composite,
             options=video_options,
         ).result()
-        flicker = _mean([row["flicker"] for row in chunk.frames])
+        flicker = stages.mean_of([row["flicker"] for row in chunk.frames])
         shown = "n/a" if flicker is None else f"{flicker:.2f}"
         last, cached = first + len(chunk.frames) - 1, " (cached)" if chunk.cached else ""
         logger.info("frames %d-%d: mean flicker %s%s", first, last, shown, cached)
@@ -169,7 +122,7 @@ def stylize_video(
             mask_paths=masks,
             box=list(prompt.box or ()),
         ).result()
-    metrics = _metrics(chunks, scores, target)
+    metrics = stages.video_metrics(chunks, scores, target)
     write_json_atomic(Path(outputs.out) / "runs" / "video" / name / "metrics.json", metrics)
     done = "wrote %s (%d frames at %.3g fps); mean flicker %s, mean IoU %s"
     logger.info(done, target, len(paths), fps, metrics["mean_flicker"], metrics["mean_iou"])

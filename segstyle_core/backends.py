@@ -1,9 +1,5 @@
-"""What every model backend's configuration shares: a frozen identity and a load-once build.
-
-A backend configuration is a frozen pydantic model: its ``identity()`` names what made a result
-(in every Parquet row and cache key) without loading the model; its ``build()`` loads the model
-once per process through :meth:`BackendConfig.load_once`.
-"""
+"""What every model backend's configuration shares: an ``identity()`` that names what made a
+result (in every Parquet row and cache key) without loading the model, and a load-once build."""
 
 from __future__ import annotations
 
@@ -18,10 +14,9 @@ from segstyle_core.errors import ConfigError
 
 T = TypeVar("T")
 
-#: Every configuration model: frozen (hashable, safe to share between tasks), its field
-#: docstrings as descriptions (Prefect's forms and the CLI's help show them), unknown fields
-#: refused (a typo in prefect.yaml fails at once, naming the field), and every float finite
-#: (NaN or infinity in a setting would silently paint black or never stop).
+#: Every configuration model: frozen (hashable), field docstrings as descriptions (Prefect's
+#: forms, the CLI's help), unknown fields refused (a typo in prefect.yaml fails at once), every
+#: float finite (NaN or infinity would silently paint black or never stop).
 MODEL_CONFIG = ConfigDict(
     frozen=True, use_attribute_docstrings=True, extra="forbid", allow_inf_nan=False
 )
@@ -29,8 +24,8 @@ MODEL_CONFIG = ConfigDict(
 
 def config_error(model: str, error: ValidationError) -> ConfigError:
     """One line naming each invalid field as ``<model>.<field>`` (the CLI maps those to its
-    flags), what it must be and what it got; a tuple's "too short" that only follows from its
-    items' errors is left out."""
+    flags), what it must be and what it got; a tuple's "too short" caused by its items' errors
+    is left out."""
     errors = error.errors()
     own = [
         e
@@ -92,7 +87,6 @@ class BackendConfig(ConfigModel):
     """Checkpoints folder (default: $SEGSTYLE_WEIGHTS_DIR, else the user cache)."""
 
     def identity(self) -> BackendIdentity:
-        """Name, variant and weights SHA-256, without loading the model."""
         raise NotImplementedError
 
     def load_once(self, factory: Callable[[], T], *extra: Hashable) -> T:

@@ -1,14 +1,13 @@
 """Cityscapes layout, city sampling, the label table, and ground truth as masks.
 
 A root holds ``leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png`` and, for
-annotated frames, ``gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_{kind}`` (kind
-``labelIds.png``, ``instanceIds.png``, ``color.png``, ``polygons.json``). The label table is
-``cityscapesscripts.helpers.labels``. Label maps are ``H×W`` int, colour GT ``H×W×3 uint8 RGB``,
-masks ``H×W bool``, boxes XYXY pixels with an exclusive end (``x1 = xmax + 1``).
+annotated frames, ``gtFine/{split}/{city}/{city}_{seq}_{frame}`` + :data:`GT_SUFFIXES`. The label
+table is ``cityscapesscripts.helpers.labels``. Label maps are ``H×W`` int, colour GT ``H×W×3
+uint8 RGB``, masks ``H×W bool``, boxes XYXY pixels with an exclusive end (``x1 = xmax + 1``).
 
-Regions (what ``largest``/``gt-instances``/``auto`` prompt and score): classes with instances
-come from the instanceIds PNG when the frame has one; other classes, and classes with instances
-on a frame without that PNG, are the 8-connected components of the class's binarized GT.
+Regions (what prompts and scores use): classes with instances come from the instanceIds PNG when
+the frame has one; other classes, and all on a frame without it, are the 8-connected components
+of the class's binarized GT.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ ALL_CITIES = "all"
 
 # Labels that can appear in ground truth (``license plate`` has id -1 and never does).
 _DRAWN = {label.name: label for label in labels if label.id >= 0}
-_VALID_IDS = np.array(sorted({label.id for label in _DRAWN.values()}), dtype=np.int64)
+_VALID_IDS = [label.id for label in _DRAWN.values()]
 _INSTANCE_CLASS_IDS = {label.id for label in _DRAWN.values() if label.hasInstances}
 
 
@@ -55,11 +54,19 @@ def _pack_rgb(colors: np.ndarray) -> np.ndarray:
     return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
 
 
-def _packed_colors(names: Iterable[str]) -> np.ndarray:
-    return _pack_rgb(np.array([_DRAWN[name].color for name in names], dtype=np.uint8))
+# The table's packed colours, sorted, and the lowest label id of each (the table is in id order;
+# ``pole`` and ``polegroup``, and the void classes, share a colour).
+_COLOR_KEYS, _FIRST = np.unique(
+    _pack_rgb(np.array([label.color for label in _DRAWN.values()], np.uint8)), return_index=True
+)
+_COLOR_IDS = np.array(_VALID_IDS)[_FIRST]
 
 
-_TABLE_COLORS = _packed_colors(_DRAWN)
+def _color_ids(color: np.ndarray) -> np.ndarray:
+    """``H×W``: the label id of each pixel's colour (``H×W×3 uint8``), -1 if not in the table."""
+    packed = _pack_rgb(color)
+    position = np.minimum(np.searchsorted(_COLOR_KEYS, packed), len(_COLOR_KEYS) - 1)
+    return np.where(_COLOR_KEYS[position] == packed, _COLOR_IDS[position], -1)
 
 
 @dataclass(frozen=True)
@@ -80,20 +87,21 @@ class Frame:
         """True when the frame has a fine label map (labelIds or colour PNG)."""
         return self.label_ids_path is not None or self.color_path is not None
 
-    def has_gt(self, source: GtSource = "auto") -> bool:
-        """True when the frame has the ``source`` ground truth (``auto``: :attr:`has_fine`)."""
-        if source == "auto":
-            return self.has_fine
-        return (self.label_ids_path if source == "labelIds" else self.color_path) is not None
+    def gt_path(self, kind: str) -> Path | None:
+        """The frame's gtFine file of ``kind`` (a :data:`GT_SUFFIXES` key; ``auto``: labelIds,
+        else colour), or None."""
+        if kind == "auto":
+            return self.label_ids_path or self.color_path
+        paths = (self.label_ids_path, self.instance_ids_path, self.color_path, self.polygons_path)
+        return dict(zip(GT_SUFFIXES, paths, strict=True))[kind]
 
 
 @dataclass
 class Sample:
-    """The fine-annotated frames of a selection of cities of a split, sorted by city, image id.
+    """The fine-annotated frames of some cities of a split, sorted by city and image id.
 
-    ``city`` names the selection (a city, ``all``, or cities joined by commas); ``cities`` the
-    cities covered; ``skipped`` is ``(path, reason)`` per file left out; ``unannotated`` the
-    well-formed images among them that lack the ground truth.
+    ``city`` names the selection (a city, ``all``, or cities joined by commas); ``skipped`` is
+    ``(path, reason)`` per file left out; ``unannotated`` the well-formed images among them.
     """
 
     city: str
@@ -207,14 +215,12 @@ def sample_city(
     """The fine-annotated frames of one city, several cities or the whole split (``"all"``).
 
     ``city=None`` (or ``"random"``) picks one with ``random.Random(seed).choice`` over the
-    sorted cities. Frames without the ``source`` ground truth go to ``skipped``, never an error.
-    With ``limit`` below the frame count, ``random.Random(seed).sample`` draws ``limit`` frames
-    over all selected cities (its own generator: the subset does not depend on whether the city
-    was named or drawn), returned sorted.
+    sorted cities. Frames without the ``source`` ground truth go to ``skipped``. With ``limit``
+    below the frame count, a fresh ``random.Random(seed).sample`` draws ``limit`` frames over
+    all selected cities, returned sorted.
 
     Raises:
-        ConfigError: unknown split, city or ``source`` (the message lists the valid ones),
-            limit below 1.
+        ConfigError: unknown split, city or ``source`` (listing the valid ones), limit below 1.
         InputError: the root is not a Cityscapes root.
     """
     base = resolve_root(root)
@@ -232,13 +238,13 @@ def sample_city(
         city_frames, city_skipped = _scan_city(base, split, name)
         frames += city_frames
         skipped += city_skipped
-    fine = [f for f in frames if f.has_gt(source)]
+    fine = [f for f in frames if f.gt_path(source) is not None]
     missing = (
         "no gtFine labelIds or color PNG beside it"
         if source == "auto"
         else f"no gtFine {source} PNG beside it (gt={source})"
     )
-    unannotated = [str(f.image_path) for f in frames if not f.has_gt(source)]
+    unannotated = [str(f.image_path) for f in frames if f.gt_path(source) is None]
     skipped += [(path, missing) for path in unannotated]
     if limit is not None and limit < len(fine):
         drawn = random.Random(seed).sample(fine, limit)
@@ -314,8 +320,8 @@ def binarize_color(
             )
     where = str(path or "colour image")
     check_rgb(color, where, "use a *_gtFine_color.png")
-    packed = _pack_rgb(color)
-    off_table = ~np.isin(packed, _TABLE_COLORS)
+    ids = _color_ids(color)
+    off_table = ids < 0
     if off_table.any():
         y, x = np.argwhere(off_table)[0]
         raise InputError(
@@ -323,13 +329,13 @@ def binarize_color(
             f"(first {tuple(int(v) for v in color[y, x])} at x={x}, y={y}); the file was resized "
             "or lossy-compressed: use the original colour PNG or the labelIds PNG"
         )
-    return np.isin(packed, _packed_colors(names))
+    return np.isin(ids, [_DRAWN[name].id for name in names])
 
 
-def _read_checked(
-    frame: Frame, kind: str, path: Path | None, image: np.ndarray | None
-) -> tuple[np.ndarray, Path]:
-    """Read one gtFine PNG of ``frame`` and check its size against the image's."""
+def _read_checked(frame: Frame, kind: str, image: np.ndarray | None) -> tuple[np.ndarray, Path]:
+    """Read the gtFine PNG of ``kind`` of ``frame``, checking its size against the image's
+    (``image`` if already read)."""
+    path = frame.gt_path(kind)
     if path is None:
         raise InputError(
             f"{frame.image_path}: no gtFine {kind} file ({frame.image_id}{GT_SUFFIXES[kind]}) "
@@ -341,43 +347,11 @@ def _read_checked(
     return gt, path
 
 
-def read_gt(
-    frame: Frame, source: GtSource = "auto", image: np.ndarray | None = None
-) -> tuple[GtKind, np.ndarray, Path]:
-    """``(kind, array, path)`` of ``frame``'s ``source`` ground truth, values unchecked:
-    ``labelIds`` (``H×W`` int) or ``color`` (``H×W×3 uint8``); ``auto``: labelIds if present.
-    ``image``: the frame's image if already read (for the size check).
-
-    Raises:
-        InputError: a missing, unreadable or wrongly sized file (names it).
-    """
-    if source not in GT_SOURCES:
-        raise ConfigError(f"source={source!r}: choose 'auto', 'labelIds' or 'color'")
-    kind: GtKind = source if source != "auto" else "color"
-    if source == "auto" and frame.label_ids_path is not None:
-        kind = "labelIds"
-    path = frame.label_ids_path if kind == "labelIds" else frame.color_path
-    return kind, *_read_checked(frame, kind, path, image)
-
-
-def _binarize(kind: GtKind, gt: np.ndarray, classes: Iterable[str], path: Path) -> np.ndarray:
-    binarize = binarize_label_ids if kind == "labelIds" else binarize_color
-    return binarize(gt, classes, path)
-
-
 @dataclass(frozen=True, eq=False)
 class Instance:
-    """One object instance or region of a frame.
-
-    Attributes:
-        instance_id: ``class_id * 1000 + n``.
-        class_name: the label table's name of ``class_id``.
-        mask: ``H×W bool``.
-        box: ``(xmin, ymin, xmax + 1, ymax + 1)``.
-        area: pixels in ``mask``.
-        kind: ``instance`` (from an instanceIds map) or ``component`` (a connected component
-            of a class's binarized GT, ``n`` counting by decreasing area).
-    """
+    """One object instance or region of a frame: id ``class_id * 1000 + n``, ``H×W bool`` mask,
+    XYXY box, area in pixels; ``kind`` ``instance`` (from an instanceIds map) or ``component``
+    (a connected component of a class's binarized GT, ``n`` counting by decreasing area)."""
 
     instance_id: int
     class_name: str
@@ -407,10 +381,8 @@ def _decode_instance_ids(instance_ids: np.ndarray, where: str) -> np.ndarray:
 def instances_from_ids(
     instance_ids: np.ndarray, classes: Iterable[str], path: str | os.PathLike[str] | None = None
 ) -> list[Instance]:
-    """The instances of ``classes`` in an instanceIds map (``H×W`` int), sorted by id.
-
-    Values ``>= 1000`` are ``class_id * 1000 + n``; smaller ones are plain label ids (stuff,
-    and groups such as ``cargroup``) and yield no instance.
+    """The instances of ``classes`` in an instanceIds map (``H×W`` int), sorted by id; values
+    below 1000 are plain label ids (stuff, groups such as ``cargroup``) and yield none.
 
     Raises:
         ConfigError: an unknown class or one without instances.
@@ -439,32 +411,15 @@ def load_instances(
 ) -> list[Instance]:
     """:func:`instances_from_ids` of the frame's instanceIds PNG (InputError: missing,
     unreadable or wrongly sized); ``image``: the frame's image if already read."""
-    instance_ids, path = _read_checked(frame, "instanceIds", frame.instance_ids_path, image)
+    instance_ids, path = _read_checked(frame, "instanceIds", image)
     return instances_from_ids(instance_ids, classes, path)
 
 
-def _class_map(kind: GtKind, gt: np.ndarray, names: list[str]) -> np.ndarray:
-    """``H×W int32``: the label id of the requested class at each pixel, -1 elsewhere.
-
-    Classes sharing a colour in a colour PNG (``pole``, ``polegroup``) get the lowest id.
-    """
-    if kind == "labelIds":
-        return np.where(np.isin(gt, [_DRAWN[n].id for n in names]), gt, -1).astype(np.int32)
-    packed = _pack_rgb(gt)
-    result = np.full(packed.shape, -1, dtype=np.int32)
-    for name in sorted(names, key=lambda n: _DRAWN[n].id, reverse=True):  # lowest id wins
-        result[packed == _packed_colors([name])[0]] = _DRAWN[name].id
-    return result
-
-
 def connected_regions(mask: np.ndarray, class_name: str, min_area: int = 0) -> list[Instance]:
-    """The 8-connected components of ``mask`` (``H×W bool``) of at least ``min_area`` pixels.
-
-    Each is an :class:`Instance` of kind ``component``, id ``class_id * 1000 + n`` with ``n``
-    by decreasing area (ties: raster order); at most 1000, so ids stay within the class.
-    """
-    (name,) = _label_names([class_name])
-    class_id = _DRAWN[name].id
+    """The 8-connected components of ``mask`` (``H×W bool``) of at least ``min_area`` pixels, as
+    :class:`Instance` s of kind ``component`` (``n`` by decreasing area, ties in raster order; at
+    most 1000, so ids stay within the class)."""
+    class_id = _DRAWN[class_name].id
     count, labels_map, stats, _ = cv2.connectedComponentsWithStats(
         mask.astype(np.uint8), connectivity=8
     )
@@ -476,7 +431,8 @@ def connected_regions(mask: np.ndarray, class_name: str, min_area: int = 0) -> l
         x, y, w, h = (int(v) for v in stats[k, :4])
         box = (x, y, x + w, y + h)
         region_id = class_id * INSTANCE_OFFSET + n
-        regions.append(Instance(region_id, name, labels_map == k, box, int(areas[k]), "component"))
+        mask_k = labels_map == k
+        regions.append(Instance(region_id, class_name, mask_k, box, int(areas[k]), "component"))
     return regions
 
 
@@ -499,32 +455,34 @@ def load_gt(
     regions: bool = False,
     min_area: int = 0,
 ) -> GroundTruth:
-    """Read a frame's ground truth once: the binarized mask and, with ``regions``, its regions.
-
-    Regions: for classes with instances, the instanceIds PNG's instances when the frame has one
-    (the only case that reads it); otherwise :func:`connected_regions` of each class's mask of
-    at least ``min_area`` pixels (touching objects of one class merge).
+    """Read a frame's ground truth once: the binarized mask and, with ``regions``, its regions
+    (module docstring; components of at least ``min_area`` pixels).
 
     Raises:
         InputError: missing, unreadable or wrongly sized files, values outside the table.
         ConfigError: unknown class names, or classes a colour PNG cannot tell apart.
     """
     names = _label_names(classes)
+    if source not in GT_SOURCES:
+        raise ConfigError(f"source={source!r}: choose 'auto', 'labelIds' or 'color'")
     if image is None:
         image = read_rgb(frame.image_path)
-    kind, gt, path = read_gt(frame, source, image)
-    mask = _binarize(kind, gt, names, path)
+    auto: GtKind = "labelIds" if frame.label_ids_path is not None else "color"
+    kind: GtKind = auto if source == "auto" else source
+    gt, path = _read_checked(frame, kind, image)
+    binarize = binarize_label_ids if kind == "labelIds" else binarize_color
+    mask = binarize(gt, names, path)
     if not regions:
         return GroundTruth(kind, path, mask)
     things = [n for n in names if _DRAWN[n].hasInstances]
     found: list[Instance] = []
     components = names
     if things and frame.instance_ids_path is not None:
-        ids, ids_path = _read_checked(frame, "instanceIds", frame.instance_ids_path, image)
+        ids, ids_path = _read_checked(frame, "instanceIds", image)
         found += instances_from_ids(ids, things, ids_path)
         components = [n for n in names if n not in things]
     if components:
-        class_map = _class_map(kind, gt, components)
+        gt_ids = gt if kind == "labelIds" else _color_ids(gt)  # shared colours: the lowest id
         for name in components:
-            found += connected_regions(class_map == _DRAWN[name].id, name, min_area)
+            found += connected_regions(gt_ids == _DRAWN[name].id, name, min_area)
     return GroundTruth(kind, path, mask, sorted(found, key=lambda r: r.instance_id))

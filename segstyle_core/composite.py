@@ -1,9 +1,8 @@
 """Put a stylized image back into the original, only inside (or only outside) a mask.
 
-Images are ``H×W×3 uint8 RGB`` (the stylized one resized to ``H×W`` first, as the seed does);
-masks ``H×W bool``. Guarantees (tested): with a hard edge the unpainted side is bit-identical
-to the original; a feathered edge blends only pixels closer than ``feather_px`` to the edge;
-colour preservation looks only at the painted region (alpha > 0).
+Images are ``H×W×3 uint8 RGB`` (the stylized one resized to ``H×W`` first), masks ``H×W bool``.
+With a hard edge the unpainted side is bit-identical to the original; a feathered edge blends
+only pixels closer than ``feather_px`` to the edge.
 """
 
 from __future__ import annotations
@@ -85,8 +84,7 @@ def preserve_colors(
 @dataclass(frozen=True)
 class Layer:
     """One stylized region for :func:`composite_regions`: ``stylized`` (``h×w×3 uint8``, any
-    size), its ``H×W bool`` ``mask``, painted inside (``object``) or outside, soft edge
-    ``feather_px`` (0: hard), ``preserve_color`` (:func:`preserve_colors`)."""
+    size) painted inside (``object``) or outside its ``H×W bool`` ``mask``."""
 
     stylized: np.ndarray
     mask: np.ndarray

@@ -1,8 +1,7 @@
 """The typed configuration of a run: what the flows take, what the CLI builds, one default each.
 
-Each model is a group of settings a user thinks of together. Prefect renders each as a form and
-the CLI derives its options from the same fields, so the field docstrings are their
-descriptions and every default is written once, here or in the backend's own model.
+Prefect renders each model as a form and the CLI derives its options from the same fields: the
+field docstrings are their descriptions, every default is written once (here or in a backend's).
 """
 
 from __future__ import annotations
@@ -13,20 +12,9 @@ from pydantic import Field, field_validator
 
 from segstyle_core import cityscapes
 from segstyle_core.backends import ConfigModel
-from segstyle_core.segment import SegmenterConfig
-from segstyle_core.stylize import StylizerConfig
-from segstyle_core.stylize.gatys_config import GatysConfig
-
-__all__ = [
-    "CompositeConfig",
-    "DatasetSelection",
-    "GatysConfig",
-    "OutputConfig",
-    "PhotoPrompts",
-    "PromptConfig",
-    "SegmenterConfig",
-    "StylizerConfig",
-]
+from segstyle_core.segment import SegmenterConfig as SegmenterConfig
+from segstyle_core.stylize import StylizerConfig as StylizerConfig
+from segstyle_core.stylize.gatys_config import GatysConfig as GatysConfig
 
 # A union member's title names its tab on Prefect's form (else each reads "str").
 _PromptMethod = Annotated[Literal["gt-instances", "largest", "auto"], Field(title="from the GT")]

@@ -1,12 +1,9 @@
-"""Compute devices and the process-wide model registry.
-
-Models are loaded once per process and reused across images: every backend asks
-:data:`MODELS` for its model under a key such as ``("sam", "vit_l", "cuda:0", weights_sha256)``.
-"""
+"""Compute devices, the C allocator's settings and the process-wide model registry."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import sys
@@ -23,16 +20,9 @@ T = TypeVar("T")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a usable :class:`torch.device`.
-
-    torch is imported here, not with this module: the offline backends never load it.
-
-    ``"auto"`` picks CUDA when present, else the CPU. A CUDA device always comes back with its
-    index (``cuda`` -> ``cuda:<current>``) so that equal devices give equal registry keys.
-
-    Raises:
-        ConfigError: unknown device string, or CUDA requested on a machine without it.
-    """
+    """Turn ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a usable
+    :class:`torch.device`, CUDA with its index (equal devices, equal registry keys). Raises
+    :class:`ConfigError` for an unknown device or CUDA on a machine without it."""
     import torch
 
     if device == "auto":
@@ -59,19 +49,18 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def compute_threads() -> int:
-    """Threads one stage computes with, in torch, OpenCV and ONNX Runtime alike:
-    ``OMP_NUM_THREADS`` where it is set (Dask sets it to 1 in each worker process it starts),
-    else the CPUs this process may use."""
+    """Threads one stage computes with (torch, OpenCV, ONNX Runtime): ``OMP_NUM_THREADS`` where
+    set (Dask sets 1 per worker process), else the CPUs this process may use."""
     text = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     return int(text) if text.isdigit() and int(text) > 0 else len(os.sched_getaffinity(0))
 
 
-#: glibc's ``mallopt`` parameters (``malloc.h``) and the free memory its heap keeps (the
-#: largest value ``M_TRIM_THRESHOLD`` takes, about 2 GiB).
+#: glibc's ``mallopt`` parameters (``malloc.h``) and the free heap kept (``M_TRIM_THRESHOLD``'s
+#: largest value, about 2 GiB).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 KEPT_FREE_BYTES = 2**31 - 1
-#: The same settings as glibc tunables, read when a process starts: for the processes this one
-#: starts, and for ``dask worker`` and the deployments' runs (``prefect.yaml``).
+#: The same settings as glibc tunables, read at process start (children, ``dask worker``, the
+#: deployments' runs in ``prefect.yaml``).
 GLIBC_TUNABLES = (
     f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={KEPT_FREE_BYTES}:"
     "glibc.malloc.arena_max=1"
@@ -82,24 +71,13 @@ KEEP_FREED_MEMORY_ENV = "SEGSTYLE_KEEP_FREED_MEMORY"
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Have glibc's ``malloc`` keep freed memory for reuse: no ``mmap`` per large block, one
-    arena for every thread, up to :data:`KEPT_FREE_BYTES` of free heap kept; and
-    ``GLIBC_TUNABLES`` (unless set) for the processes this one starts. Whether it did (not on
-    other C libraries, nor with ``SEGSTYLE_KEEP_FREED_MEMORY=0``).
-
-    By default every block over 32 MiB (a VGG19 feature map at 400×800) is its own ``mmap``,
-    returned to the system when freed, so every Gatys evaluation page-faults its feature maps
-    in again: one bfloat16 evaluation at 400×800 took 1.5× as long (``benchmarks/README.md``).
-    The cost: a process keeps its peak heap until it ends. A thread that already has its own
-    arena keeps it, and glibc still maps blocks over 64 MiB apart there, so call it before the
-    process starts threads (or start the process with :data:`GLIBC_TUNABLES`).
-    """
-    if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0" or not sys.platform.startswith(
-        "linux"
-    ):
+    """Have glibc's ``malloc`` keep freed memory (no ``mmap`` per large block, one arena, up to
+    :data:`KEPT_FREE_BYTES` free) instead of page-faulting each VGG19 feature map in again, and
+    set ``GLIBC_TUNABLES`` (unless set) for child processes; whether it did (not on other C
+    libraries, nor with ``SEGSTYLE_KEEP_FREED_MEMORY=0``). Call it before starting threads."""
+    off = os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0"
+    if off or not sys.platform.startswith("linux"):
         return False
-    import ctypes
-
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # musl and others: no glibc, no mallopt
@@ -112,10 +90,8 @@ def keep_freed_memory() -> bool:
 
 @functools.cache
 def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU with native bfloat16
-    (compute capability 8.0+), or a CPU with AVX512-BF16 or AMX (oneDNN uses them).
-
-    The rule of every ``"auto"`` precision setting (Gatys' autocast, SAM's encoder)."""
+    """Whether ``device`` computes bfloat16 in hardware (a CUDA GPU of compute capability 8.0+, a
+    CPU with AVX512-BF16 or AMX): the rule of every ``"auto"`` precision setting."""
     import torch
 
     if device.type == "cuda":
@@ -125,10 +101,8 @@ def native_bfloat16(device: torch.device) -> bool:
 
 
 class ModelCache:
-    """A thread-safe process-wide registry: each key's factory runs at most once.
-
-    Two threads asking for the same key wait for one load; different keys load in parallel.
-    """
+    """A thread-safe registry where each key's factory runs at most once (different keys load in
+    parallel)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -136,12 +110,8 @@ class ModelCache:
         self._items: dict[Hashable, Any] = {}
 
     def get_or_create(self, key: Hashable, factory: Callable[[], T]) -> T:
-        """Return the object stored under ``key``, calling ``factory()`` to create it if absent.
-
-        Args:
-            key: hashable identity, e.g. ``(backend, variant, str(device), weights_sha256)``.
-            factory: builds the object; an exception propagates and nothing is stored.
-        """
+        """The object under ``key`` (e.g. ``(backend, variant, str(device), weights_sha256)``),
+        made by ``factory()`` if absent (an exception propagates, nothing is stored)."""
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
@@ -164,32 +134,25 @@ class ModelCache:
             self._key_locks.clear()
 
 
+#: The one registry every backend shares.
 MODELS = ModelCache()
-"""The one registry every backend shares."""
 
 
-_OOM_MARKERS = ("out of memory", "failed to allocate", "bad allocation", "cannot allocate")
+_OOM_TEXTS = ("out of memory", "failed to allocate", "bad allocation", "cannot allocate")
 
 
 @contextlib.contextmanager
 def memory_guard(what: str) -> Iterator[None]:
-    """Turn running out of memory inside the block into one clear :class:`ResourceError`.
-
-    ``what`` names the input and the work (``"img.png: stylizing 2048x1024"``). Covers Python's
-    ``MemoryError``, CUDA's ``OutOfMemoryError`` and allocation failures that torch or
-    onnxruntime report as ``RuntimeError``; other errors pass through unchanged.
-    """
+    """Turn running out of memory inside the block (``MemoryError``, CUDA's, or a torch or
+    onnxruntime ``RuntimeError``) into one :class:`ResourceError` that starts with ``what``
+    (``"img.png: stylizing 2048x1024"``); other errors pass through."""
     try:
         yield
     except Exception as exc:
         torch = sys.modules.get("torch")  # loaded only by the model backends that use it
         cuda_oom = torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
-        oom = (
-            isinstance(exc, MemoryError)
-            or cuda_oom
-            or (isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS))
-        )
-        if not oom:
+        message = str(exc).lower() if isinstance(exc, RuntimeError) else ""
+        if not (isinstance(exc, MemoryError) or cuda_oom or any(m in message for m in _OOM_TEXTS)):
             raise
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()

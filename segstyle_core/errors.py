@@ -59,12 +59,11 @@ _OS_ERROR_FIXES: dict[int, str] = {
 
 def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
     """One line for an :class:`OSError`: ``"<path>: <what happened>; <what to do>"`` (``path``
-    defaults to ``exc.filename``), e.g. ``"out.png: no space left on device; free space and
-    rerun"``."""
+    defaults to ``exc.filename``)."""
     where = path if path is not None else exc.filename
     if isinstance(exc, StorageError):
         return str(exc)
-    fix = _OS_ERROR_FIXES.get(exc.errno) if exc.errno is not None else None
+    fix = _OS_ERROR_FIXES.get(exc.errno or 0)
     if fix is None:
         what = (exc.strerror or str(exc) or type(exc).__name__).splitlines()[0]
         fix = f"{what.rstrip('.').lower()}; check the path and rerun"
@@ -74,19 +73,14 @@ def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None) -
 def is_transient_os_error(exc: OSError) -> bool:
     """Whether retrying may help: ``False`` for the lasting errors this module words, ``True``
     for the rest (timeouts, connection resets, EIO, EAGAIN, no errno)."""
-    if isinstance(exc, StorageError):
-        return False
-    return exc.errno not in _OS_ERROR_FIXES
+    return not isinstance(exc, StorageError) and exc.errno not in _OS_ERROR_FIXES
 
 
 def storage_error(exc: OSError, path: str | os.PathLike[str] | None = None) -> StorageError:
     """:class:`StorageError` with :func:`os_error_message`'s line; ``raise ... from exc``."""
     where = path if path is not None else exc.filename
-    return StorageError(
-        os_error_message(exc, path),
-        exc.errno,
-        os.fsdecode(where) if where is not None else None,
-    )
+    filename = os.fsdecode(where) if where is not None else None
+    return StorageError(os_error_message(exc, path), exc.errno, filename)
 
 
 def error_line(exc: BaseException) -> str:

@@ -1,8 +1,5 @@
-"""The paper's pictures as arrays: prompts drawn on masks, automatic-mask overlays, panels.
-
-Every function takes and returns ``H×W×3 uint8 RGB`` arrays (masks ``H×W bool``, boxes XYXY
-in original-image pixels) and draws with Pillow only. :func:`image_panel` puts the seed
-paper's figures 4–7 of one image into a single picture.
+"""The paper's pictures as ``H×W×3 uint8 RGB`` arrays (masks ``H×W bool``, boxes XYXY in
+image pixels), drawn with Pillow: prompts on masks, mask overlays, panels (figures 4–7).
 """
 
 from __future__ import annotations
@@ -52,8 +49,8 @@ def mask_to_rgb(mask: np.ndarray, color: RGB = (255, 255, 255)) -> np.ndarray:
 
 
 def label_ids_to_rgb(label_ids: np.ndarray) -> np.ndarray:
-    """``H×W`` Cityscapes labelIds map -> ``H×W×3 uint8`` in the label table's colours (what a
-    ``*_gtFine_color.png`` shows); ids not in the table are black, like the void classes.
+    """``H×W`` Cityscapes labelIds map -> ``H×W×3 uint8`` in the label table's colours (as a
+    ``*_gtFine_color.png``); ids not in the table are black.
 
     Raises:
         InputError: the map is not 2-D integer or holds values outside 0..255.
@@ -107,8 +104,8 @@ def overlay_masks(
     image: np.ndarray, masks: Sequence[np.ndarray], alpha: float = 0.5, seed: int = 0
 ) -> np.ndarray:
     """Automatic masks (``H×W bool``) over ``image`` (``H×W×3 uint8``), mask ``i`` in
-    ``distinct_colors(len(masks), seed)[i]`` (figure 5): larger masks first, so small ones on
-    top stay visible; covered pixels become ``(1 - alpha) * image + alpha * colour``.
+    ``distinct_colors(len(masks), seed)[i]``, larger masks first (figure 5); covered pixels
+    become ``(1 - alpha) * image + alpha * colour``.
 
     Raises:
         InputError: a mask's size differs from the image's, or ``alpha`` is outside [0, 1].
@@ -130,7 +127,7 @@ def overlay_masks(
 
 
 def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> list[str]:
-    """Greedy word wrap of ``text`` to lines no wider than ``width`` pixels (when words allow)."""
+    """Greedy word wrap of ``text`` to lines no wider than ``width`` pixels."""
     lines: list[str] = []
     for word in text.split(" "):
         if lines and font.getlength(f"{lines[-1]} {word}") <= width:
@@ -151,8 +148,7 @@ def panel(
     as one ``H×W×3 uint8`` image.
 
     Raises:
-        InputError: no tiles, a tile that is not ``h×w×3 uint8``, or ``columns``/``tile_height``
-            below 1.
+        InputError: no tiles, a tile not ``h×w×3 uint8``, or ``columns``/``tile_height`` < 1.
     """
     if not tiles or columns < 1 or tile_height < 1:
         raise InputError(
@@ -217,18 +213,11 @@ def image_panel(
     columns: int = 3,
     tile_height: int = 256,
 ) -> np.ndarray:
-    """One image's figures in one ``uint8`` RGB picture (:func:`panel`).
-
-    Args:
-        original: ``H×W×3 uint8`` image.
-        gt_color: ``H×W×3 uint8`` colour ground truth or ``H×W`` integer labelIds; ``None``:
-            left out (as are the other optional tiles).
-        gt_binary: ``H×W bool`` binarized ground truth.
-        pred_mask: ``H×W bool`` predicted mask; ``prompts`` are drawn on it.
-        stylized: the stylized full image (any size); composite: ``H×W×3 uint8``.
-        scores: e.g. ``{"iou": 0.835, "dice": 0.910}`` for the caption (:data:`SCORE_LABELS`).
-        auto_masks: automatic masks, ``H×W bool`` each: adds an "automatic masks" tile.
-        title: text put before the scores in the caption.
+    """One image's figures in one ``uint8`` RGB picture (:func:`panel`); a ``None`` tile is
+    left out. ``original``/``composite``: ``H×W×3 uint8``; ``gt_color``: ``H×W×3 uint8`` or
+    ``H×W`` integer labelIds; ``gt_binary``, ``pred_mask`` (``prompts`` drawn on it) and each
+    of ``auto_masks``: ``H×W bool``; ``stylized``: any size. The caption is ``title`` and
+    ``scores`` (:func:`format_scores`).
 
     Raises:
         InputError: a ground truth or mask whose size differs from ``original``'s.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from segstyle_core.errors import StorageError, is_transient_os_error, storage_error
+from segstyle_core.errors import ConfigError, StorageError, is_transient_os_error, storage_error
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -55,19 +55,7 @@ def sha256_json(value: Any) -> str:
     return sha256_bytes(text.encode())
 
 
-def named_os_error(exc: OSError, target: str | os.PathLike[str], temporary: str = "") -> OSError:
-    """A lasting ``exc`` (full disk, permissions, ...) as a :class:`StorageError` naming
-    ``target``, not ``temporary``, the hidden file it was written through; transient errors
-    are returned unchanged so that retries still see a plain :class:`OSError`."""
-    if isinstance(exc, StorageError) or is_transient_os_error(exc):
-        return exc
-    reported = os.fsdecode(exc.filename) if exc.filename is not None else None
-    named = target if reported in (None, temporary) else reported
-    return storage_error(exc, named)
-
-
-#: The first 8 hex digits of the SHA-256 of this host's name: in the names of temporary files
-#: and folders, which host made them.
+#: The first 8 hex digits of the SHA-256 of this host's name: which host made a temporary file.
 HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
@@ -87,14 +75,16 @@ def dead_writer_here(name: str) -> bool:
     except ProcessLookupError:
         return True
     except OSError:  # alive, another user's
-        return False
+        pass
     return False
 
 
 @contextlib.contextmanager
 def _temporary_sibling(target: Path) -> Iterator[Path]:
     """A temporary file beside ``target`` (same suffix), renamed over it if the block succeeds;
-    else removed, with lasting OS errors raised as :func:`named_os_error`."""
+    else removed. A lasting OS error (full disk, permissions, ...) is raised as a
+    :class:`StorageError` naming ``target``, not the hidden file; a transient one unchanged, so
+    that retries still see a plain :class:`OSError`."""
     tmp_name = ""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -109,10 +99,11 @@ def _temporary_sibling(target: Path) -> Iterator[Path]:
         if tmp_name:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
-        if isinstance(exc, OSError):
-            named = named_os_error(exc, target, tmp_name)
-            if named is not exc:
-                raise named from exc
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+            if not is_transient_os_error(exc):
+                reported = os.fsdecode(exc.filename) if exc.filename is not None else None
+                named = target if reported in (None, tmp_name) else reported
+                raise storage_error(exc, named) from exc
         raise
 
 
@@ -143,8 +134,6 @@ def check_writable_folder(folder: str | os.PathLike[str], what: str) -> Path:
         ConfigError: a part of the path is a file, or the nearest existing folder is not
             writable (one line naming it and the fix).
     """
-    from segstyle_core.errors import ConfigError
-
     existing = Path(folder).absolute()
     while not existing.exists():
         existing = existing.parent

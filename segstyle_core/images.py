@@ -1,9 +1,8 @@
-"""Reading and writing images in segstyle's array formats.
+"""Reading and writing images: ``H×W×3 uint8 RGB``, label maps ``H×W`` int, masks ``H×W bool``.
 
-Images are ``H×W×3 uint8 RGB``, label maps ``H×W`` integers, masks ``H×W bool``. Readers
-convert what they sensibly can (grayscale, RGBA, palette, 16-bit), raise an
+Readers convert grayscale, RGBA, palette and 16-bit files, raise an
 :class:`~segstyle_core.errors.InputError` naming the file for the rest, and apply the EXIF
-``Orientation`` tag, so boxes, points and outputs are in the orientation a viewer displays.
+``Orientation`` tag (boxes and outputs are in the orientation a viewer displays).
 """
 
 from __future__ import annotations
@@ -26,11 +25,8 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 
 def max_pixels_default() -> int:
-    """The pixel limit from ``SEGSTYLE_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`.
-
-    Raises:
-        ConfigError: the variable is set but is not a positive whole number.
-    """
+    """The pixel limit from ``SEGSTYLE_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`
+    (ConfigError: not a positive whole number)."""
     text = os.environ.get("SEGSTYLE_MAX_PIXELS", "").strip()
     if not text:
         return DEFAULT_MAX_PIXELS
@@ -45,8 +41,7 @@ def max_pixels_default() -> int:
 def check_rgb(
     array: np.ndarray, what: str, fix: str = "read it with segstyle_core.images.read_rgb"
 ) -> np.ndarray:
-    """Return ``array`` if it is an ``H×W×3 uint8 RGB`` image with ``H, W >= 1`` (the one check
-    every function that takes an image calls).
+    """Return ``array`` if it is an ``H×W×3 uint8 RGB`` image with ``H, W >= 1``.
 
     Raises:
         InputError: ``"{what}: expected an H×W×3 uint8 RGB array, got ...; {fix}"``.
@@ -68,12 +63,8 @@ def check_rgb(
 
 
 def check_mask(mask: np.ndarray, size: tuple[int, int], what: str = "mask") -> np.ndarray:
-    """Return ``mask`` if it is an ``H×W bool`` array with ``(H, W) == size`` (the one check
-    every function that takes a mask calls).
-
-    Raises:
-        InputError: not 2-D ``bool``, or another size than ``size`` (the message names ``what``).
-    """
+    """Return ``mask`` if it is an ``H×W bool`` array with ``(H, W) == size``, else an
+    InputError naming ``what``."""
     if mask.dtype != bool or mask.ndim != 2:
         raise InputError(
             f"{what}: expected an H×W bool array, got shape {mask.shape} dtype {mask.dtype}; "
@@ -131,25 +122,20 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
     return image
 
 
-def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Convert any Pillow image to ``H×W×3 uint8 RGB``: 16/32-bit single-channel images are
-    scaled by their maximum to 0..255; alpha is dropped (colour channels kept)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        peak = float(values.max()) if values.size else 0.0
-        scale = 255.0 / peak if peak > 255 else 1.0
-        gray = np.clip(values * scale, 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-
-
 def read_rgb(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
-    """Read an image file as ``H×W×3 uint8 RGB``.
+    """Read an image file as ``H×W×3 uint8 RGB``: 16/32-bit single-channel images are scaled
+    by their maximum to 0..255; alpha is dropped.
 
     Raises:
         InputError: missing, empty, corrupt, non-image or over-limit file (message names it).
     """
-    return to_rgb_array(_open_checked(Path(path), max_pixels))
+    image = _open_checked(Path(path), max_pixels)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = values.max(initial=0.0)
+        gray = np.clip(values * (255.0 / peak if peak > 255 else 1.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def read_label_map(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
@@ -193,11 +179,7 @@ DEFAULT_QUALITY = 95
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
-    """The Pillow format that ``path``'s suffix names.
-
-    Raises:
-        ConfigError: any other suffix (names the file and the accepted suffixes).
-    """
+    """The Pillow format that ``path``'s suffix names (ConfigError: any other suffix)."""
     suffix = Path(path).suffix.lower()
     try:
         return OUTPUT_FORMATS[suffix]

@@ -6,7 +6,7 @@ serves them over HTTP on 127.0.0.1. The flows find it through the Prefect Variab
 :data:`OUTPUTS_URL_ENV`; without either, 127.0.0.1 at :data:`DEFAULT_PORT` is asked.
 
 One server serves one or several ``out`` folders, each under its own URL prefix (empty for a
-single folder), and of each only its :data:`SERVED_FOLDERS` (not the cache or logs)::
+single folder), and of each only its :data:`SERVED_FOLDERS`::
 
     <out>/runs/<run>/<image_id>/panel.png  ->  $URL<prefix>/runs/<run>/<image_id>/panel.png
     <out>/metrics/flow=<flow>/<id>.parquet ->  $URL<prefix>/metrics/flow%3D<flow>/<id>.parquet
@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 from segstyle_core.errors import ConfigError
 
 #: Base URL of ``segstyle serve`` as the browser reaches it: the environment variable, and
-#: the Prefect Variable holding it for every run of a server.
+#: the Prefect Variable.
 OUTPUTS_URL_ENV = "SEGSTYLE_OUTPUTS_URL"
 OUTPUTS_URL_VARIABLE = "segstyle-outputs-url"
 DEFAULT_PORT = 4201  # the Prefect UI is on 4200
@@ -41,8 +41,8 @@ SETTING = f"the Prefect Variable {OUTPUTS_URL_VARIABLE} (or {OUTPUTS_URL_ENV})"
 
 
 def check_outputs_url(value: str, source: str) -> str | None:
-    """``value`` (of the setting ``source``) without blanks and a trailing slash; ``None`` when
-    empty.
+    """``value`` (of the setting ``source``) stripped of blanks and a trailing slash; ``None``
+    when empty.
 
     Raises:
         ConfigError: the value is not an ``http(s)://host[:port][/prefix]`` URL.
@@ -87,9 +87,8 @@ def served_roots(base_url: str, timeout: float = 2.0) -> list[ServedRoot] | None
 
 @dataclass(frozen=True)
 class LinkTarget:
-    """Where a run's artifacts link: ``base_url`` (the server's address plus the prefix of the
-    run's ``out``) when its ``out`` is served; else ``None`` and ``hint``, the one line saying
-    how to get links."""
+    """Where a run's artifacts link: ``base_url`` (server address plus the ``out``'s prefix)
+    when its ``out`` is served; else ``None`` and ``hint``, the line saying how to get links."""
 
     base_url: str | None
     hint: str | None = None
@@ -144,8 +143,8 @@ def output_link(
     base_url: str | None = None,
 ) -> str:
     """The link to an output file: ``<base_url>/<path relative to out_root>`` (percent-encoded)
-    when the file is served and ``base_url`` (the server's address plus ``out_root``'s prefix)
-    or else ``SEGSTYLE_OUTPUTS_URL`` is set; otherwise the absolute file path.
+    when the file is served and ``base_url`` or else ``SEGSTYLE_OUTPUTS_URL`` is set; otherwise
+    the absolute file path.
 
     Raises:
         ConfigError: ``SEGSTYLE_OUTPUTS_URL`` is set but is not an http(s) URL.

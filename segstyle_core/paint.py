@@ -1,17 +1,10 @@
 """Which style paints which mask, and in what order: the paint plan of one image.
 
-A run may paint with several styles: one per class in the dataset flows
-(:attr:`~segstyle_core.stylize.StylizerConfig.class_styles`), one per region on a photo
-(:attr:`~segstyle_core.config.PhotoPrompts.styles`). Each distinct style is stylized once per
-image; the composite then paints the layers of the plan over the original in order, a later
-layer over an earlier one where their masks overlap
-(:func:`segstyle_core.composite.composite_regions`).
-
-Orders (documented in the README):
-
-* **classes** (:func:`plan_by_class`): first every mask whose class has no style of its own
-  (the plain style), then each class with its own style, in the order of the run's classes;
-* **photo regions** (:func:`plan_by_region`): the regions in the order their boxes were given.
+Each distinct style is stylized once per image; the composite paints the plan's layers over the
+original in order, a later layer over an earlier one. Orders (documented in the README): by
+class (:func:`plan_by_class`), first every mask whose class has no style of its own (the plain
+style), then each class with its own style in the order of the run's classes; on a photo
+(:func:`plan_by_region`), the regions in the order their boxes were given.
 """
 
 from __future__ import annotations
@@ -44,36 +37,26 @@ class PaintPlan:
     layers: tuple[PaintLayer, ...]
 
     def roi_options(self, style: int, settings: CompositeConfig, masks: Any) -> dict[str, Any]:
-        """The ROI keywords of the stylize stage for ``styles[style]``
-        (:func:`segstyle_core.stages.stylize.stylize`): with ``settings.roi_margin_px``, its own
-        masks' box of ``masks`` (a record with per-prompt ``masks``, or a future of one) plus
-        that margin; else none (the whole frame)."""
+        """The ROI keywords of the stylize stage for ``styles[style]``: with
+        ``settings.roi_margin_px``, the box of the masks painted in it (sorted indices into
+        ``masks``, a record with per-prompt ``masks`` or a handle of one) plus that margin;
+        else none (the whole frame)."""
         if settings.roi_margin_px is None:
             return {}
+        own = sorted({k for layer in self.layers if layer.style == style for k in layer.masks})
         return {
             "roi": masks,
             "roi_margin_px": settings.roi_margin_px,
             "roi_mode": settings.mode,
-            "roi_masks": self.masks_of(style),
+            "roi_masks": tuple(own),
         }
-
-    def masks_of(self, style: int) -> tuple[int, ...]:
-        """The masks painted in ``styles[style]``, sorted: the region its stylization needs
-        (the ROI of :func:`segstyle_core.stages.stylize.stylize`)."""
-        return tuple(
-            sorted({k for layer in self.layers if layer.style == style for k in layer.masks})
-        )
 
 
 def _plan(assigned: Sequence[tuple[str, tuple[int, ...]]], mode: Mode = "object") -> PaintPlan:
-    """A plan from ``(style image, mask indices)`` pairs in paint order.
-
-    Consecutive pairs of one style become one layer (the union of their masks: the same
-    picture with a hard edge, one soft edge around the union, and what background mode must
-    paint: outside every mask). Layers without a mask are dropped; so an image without masks
-    has no layer in object mode (nothing to stylize: the composite is the original), and in
-    background mode keeps its first, empty, layer (painted everywhere).
-    """
+    """A plan from ``(style image, mask indices)`` pairs in paint order. Consecutive pairs of
+    one style become one layer (one soft edge around the union; background mode paints outside
+    every mask). Layers without a mask are dropped, except that an image without masks keeps
+    its first, empty, layer in background mode (painted everywhere)."""
     kept = [pair for pair in assigned if pair[1]]
     if not kept and mode == "background":
         kept = list(assigned[:1])
@@ -93,17 +76,9 @@ def plan_by_class(
     stylizer: StylizerConfig,
     mode: Mode = "object",
 ) -> PaintPlan:
-    """The plan of a dataset image whose ``k``-th mask belongs to class ``labels[k]``.
-
-    With no per-class style this is one layer: every mask in the plain style.
-
-    Args:
-        labels: the class name of each prompt's mask (``None``: a prompt without a class).
-        classes: the run's classes, in the order their layers are painted.
-        stylizer: the plain style and the per-class styles.
-        mode: the composite's mode (an image without masks is painted in background mode
-            only).
-    """
+    """The plan of a dataset image whose ``k``-th mask belongs to class ``labels[k]``
+    (``None``: a prompt without a class); ``classes``: the run's, in paint order. With no
+    per-class style this is one layer: every mask in the plain style."""
     names = [(label or "").lower() for label in labels]
     own = [c.lower() for c in classes if c.lower() in stylizer.class_styles]
     plain = tuple(k for k, name in enumerate(names) if name not in own)
@@ -124,8 +99,7 @@ def region_styles(
     given: PhotoPrompts, regions: int, stylizer: StylizerConfig, mode: Mode
 ) -> list[str]:
     """The style of each of a photo's ``regions``: ``given.styles`` paired with its boxes in
-    order (a region of points alone, after the boxes, takes the first), or the stylizer's plain
-    style for all of them when ``given.styles`` is empty.
+    order (a region of points alone takes the first), or else the stylizer's plain style.
 
     Raises:
         ConfigError: the styles are not one per box, several styles in background mode, or

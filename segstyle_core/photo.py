@@ -23,11 +23,8 @@ from segstyle_core.stylize import StylizerConfig
 def photo_prompts(image_path: str, given: PhotoPrompts) -> list[Prompt]:
     """Prompts from command-line strings, validated against the image's displayed size: each
     box is one prompt; points join a single box, else form one more prompt. Boxes are then
-    grown and jittered as ``given`` says; points never move.
-
-    Raises:
-        InputError: no prompt, or a prompt that does not fit the image (one line).
-    """
+    grown and jittered as ``given`` says; points never move (InputError: no prompt, or one that
+    does not fit the image)."""
     height, width = read_rgb(image_path).shape[:2]
     parsed_points = [parse_point(p) for p in given.points]
     coords = tuple((x, y) for x, y, _ in parsed_points)
@@ -42,14 +39,8 @@ def photo_prompts(image_path: str, given: PhotoPrompts) -> list[Prompt]:
     validated = [
         validate_prompt(p, width, height, f"{image_path} prompt {i}") for i, p in enumerate(prompts)
     ]
-    return jitter_boxes(
-        validated,
-        width,
-        height,
-        given.box_expand_px,
-        jitter_px=given.box_jitter_px,
-        seed=given.seed,
-    )
+    expand, jitter = given.box_expand_px, given.box_jitter_px
+    return jitter_boxes(validated, width, height, expand, jitter_px=jitter, seed=given.seed)
 
 
 @dataclass(frozen=True)
@@ -71,11 +62,8 @@ def check_photo_job(
     settings: CompositeConfig,
 ) -> PhotoJob:
     """Check, before the work, the prompts against the image, each region's style, the output
-    path, the checkpoints and the style images (``segstyle stylize`` and the flow start here).
-
-    Raises:
-        SegstyleError: the first problem, one line naming its file or setting.
-    """
+    path, the checkpoints and the style images (SegstyleError: the first problem, one line
+    naming its file or setting)."""
     prompts = photo_prompts(image_path, given)
     styles = region_styles(given, len(prompts), stylizer, settings.mode)
     target = check_output_path(output, [image_path, *styles])
@@ -94,8 +82,7 @@ def stylize_photo(
     settings: CompositeConfig,
     cache_dir: str,
 ) -> CompositeRecord:
-    """Run the photo's stages in this process with their results in ``cache_dir``: region ``k``
-    painted in ``styles[k]``, a later one over an earlier one; return the record of
-    ``composite.png`` (the photo's size, ``H×W×3`` RGB)."""
+    """Run the photo's stages in this process with their results in ``cache_dir``
+    (:func:`~segstyle_core.pipeline.photo_stages`); return the record of ``composite.png``."""
     run = InProcess(Path(cache_dir))
     return photo_stages(run, image_path, prompts, styles, segmenter, stylizer, settings).result()

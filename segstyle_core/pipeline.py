@@ -1,7 +1,7 @@
 """What an image goes through, declared once: the stage graphs of a dataset frame and a photo.
 
-A dataset frame (flows ``segment_and_stylize`` and ``evaluate_segmentation``, which has no
-stylize and no composite)::
+A dataset frame (flows ``segment_and_stylize`` and ``evaluate_segmentation``, without stylize
+and composite)::
 
     gt ──► segment ──► metrics ──► stylize, once per distinct style ──► composite ──► figures
     (GT mask,          (scores, the   of the frame's paint plan         (the used masks
@@ -11,21 +11,20 @@ A photo (``segstyle stylize`` and the flow ``stylize_image``)::
 
     segment ──► stylize, once per distinct region style ──► composite
 
-Each stage is a cached :class:`~segstyle_core.stagecache.Stage` of :mod:`segstyle_core.stages`.
-The graphs start them through a :class:`Runner`: ``run(stage, run_name, **inputs)`` starts one
-stage and returns a :class:`Handle` whose ``result()`` is its record; an input may be an
-earlier stage's handle (or a list of them). :class:`InProcess` runs each stage at once in this
-process (``segstyle stylize``); the flows' runner, :class:`segstyle.tasks.stage.PrefectRunner`,
-submits each as a Prefect task that starts once its inputs are done, named ``run_name``. A
-runner binds the cache folder: no stage call names it.
+Each stage is a cached :class:`~segstyle_core.stagecache.Stage`, started through a
+:class:`Runner` that binds the cache folder: ``run(stage, run_name, **inputs)`` returns a
+:class:`Handle`; an input may be an earlier stage's handle (or a list of them).
+:class:`InProcess` runs each stage at once (``segstyle stylize``); the flows'
+:class:`segstyle.tasks.stage.PrefectRunner` submits each as a Prefect task named ``run_name``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from segstyle_core.cityscapes import Frame
 from segstyle_core.config import CompositeConfig, DatasetSelection, PromptConfig
@@ -53,7 +52,7 @@ class Handle(Protocol[R_co]):
 
 class Runner(Protocol):
     """Starts a stage with its inputs (records, or handles of earlier stages) in the runner's
-    cache folder; ``run_name`` names this run of it (``segment-<image id>``, ...)."""
+    cache folder; ``run_name``: ``segment-<image id>``, ..."""
 
     def __call__(self, stage: Stage[..., R], run_name: str, /, **inputs: Any) -> Handle[R]: ...
 
@@ -80,22 +79,19 @@ def frame_stages(
     """Start the stages of one dataset frame, entering each into ``stages`` as it starts:
     ``gt``, ``segment``, ``metrics``, ``stylize`` (``stylize_2``, ... for further styles),
     ``composite``, ``figures``. A frame without a prompt, or whose ``gt`` (in automatic mode:
-    ``metrics``) failed, stops there.
-
-    A generator: it pauses (yields) before each wait for a stage's result, so that
+    ``metrics``) failed, stops there. It yields before each wait for a stage's result, so that
     :func:`run_frames` starts the stages of every frame up to that point first.
     """
-    image_id = frame.image_id
-    gt = run(
+    image_id, image, dataset = frame.image_id, str(frame.image_path), settings.dataset
+    stages["gt"] = gt = run(
         binarize_gt,
         f"gt-{image_id}",
         frame=frame,
-        classes=settings.dataset.classes,
+        classes=dataset.classes,
         prompts=settings.prompts,
-        gt_source=settings.dataset.gt,
-        seed=settings.dataset.seed,
+        gt_source=dataset.gt,
+        seed=dataset.seed,
     )
-    stages["gt"] = gt
     yield  # every frame's gt starts before any wait
     truth = _finished(gt)
     if truth is None or not (settings.automatic or truth.prompts):
@@ -103,7 +99,7 @@ def frame_stages(
     masks = run(
         segment,
         f"segment-{image_id}",
-        image=str(frame.image_path),
+        image=image,
         prompts=truth.prompts,
         automatic=settings.automatic,
         segmenter=settings.segmenter,
@@ -122,19 +118,9 @@ def frame_stages(
         labels = [prompt.get("class_name") for prompt in truth.prompts]
     stylized: list[Handle[StylizeRecord]] = []
     painted = None
-    if settings.stylizer is not None:
-        plan = plan_by_class(
-            labels, settings.dataset.classes, settings.stylizer, settings.composite.mode
-        )
-        stylized, painted = paint(
-            run,
-            str(frame.image_path),
-            image_id,
-            plan,
-            scores,
-            settings.stylizer,
-            settings.composite,
-        )
+    if (stylizer := settings.stylizer) is not None:
+        plan = plan_by_class(labels, dataset.classes, stylizer, settings.composite.mode)
+        stylized, painted = paint(run, image, image_id, plan, scores, stylizer, settings.composite)
         # "stylize" is the first style's (published, and shown in the figures)
         stages.update(
             {"stylize" if k == 0 else f"stylize_{k + 1}": h for k, h in enumerate(stylized)}
@@ -160,10 +146,10 @@ _DONE = object()
 def run_frames(
     run: Runner, frames: Sequence[Frame], settings: RunSettings
 ) -> list[dict[str, Handle[StageRecord]]]:
-    """Start the stages of every frame (:func:`frame_stages`), round by round: every frame's
-    ``gt`` first, then, frame by frame as its ``gt`` is done, its masks and metrics (and,
-    unless automatic, its painting); in automatic mode the painting comes in a third round.
-    Returns each frame's stages (stage name -> handle, in pipeline order)."""
+    """Start the stages of every frame (:func:`frame_stages`) round by round: every ``gt``, then
+    each frame's masks and metrics (and, unless automatic, its painting) as its ``gt`` is done;
+    in automatic mode the painting comes in a third round. Returns each frame's stages (stage
+    name -> handle, in pipeline order)."""
     stages: list[dict[str, Handle[StageRecord]]] = [{} for _ in frames]
     pending = [frame_stages(run, f, settings, s) for f, s in zip(frames, stages, strict=True)]
     while pending:
@@ -181,8 +167,7 @@ def photo_stages(
     settings: CompositeConfig,
 ) -> Handle[CompositeRecord]:
     """Start the stages of one photo: segment its prompted regions, paint region ``k`` in
-    ``styles[k]`` (:func:`segstyle_core.paint.plan_by_region`); return the handle of
-    ``composite.png`` (the photo's size, ``H×W×3`` RGB)."""
+    ``styles[k]``; return the handle of ``composite.png`` (the photo's size, ``H×W×3`` RGB)."""
     image_id = Path(image).stem
     masks = run(
         segment,
@@ -204,9 +189,8 @@ def paint(
     stylizer: StylizerConfig,
     settings: CompositeConfig,
 ) -> tuple[list[Handle[StylizeRecord]], Handle[CompositeRecord]]:
-    """Start the painting of one image: ``stylize`` once per style of ``plan`` (run
-    ``stylize-<image id>-<style file's stem>``; with an ROI margin, only its own masks' box),
-    then ``composite`` of the plan's layers over ``masks`` (per-prompt masks)."""
+    """Start ``stylize`` once per style of ``plan`` (with an ROI margin, only its own masks'
+    box), then ``composite`` of the plan's layers over ``masks`` (per-prompt masks)."""
     stylized = [
         run(
             stylize,
@@ -232,29 +216,21 @@ def paint(
 
 @dataclass(frozen=True)
 class InProcess:
-    """A runner that runs each stage at once, in this process, with its results in
-    ``cache_dir``; a failing stage raises its error from the call."""
+    """A runner of each stage at once, in this process, with its results in ``cache_dir``; its
+    handles are finished futures, and a failing stage raises its error from the call."""
 
     cache_dir: Path
 
-    def __call__(self, stage: Stage[..., R], run_name: str, /, **inputs: Any) -> Done[R]:
-        return Done(stage.run(self.cache_dir, **{k: _resolved(v) for k, v in inputs.items()}))
-
-
-@dataclass(frozen=True)
-class Done(Generic[R]):
-    """The handle of a stage that has run: its record."""
-
-    record: R
-
-    def result(self) -> R:
-        return self.record
+    def __call__(self, stage: Stage[..., R], run_name: str, /, **inputs: Any) -> Future[R]:
+        done: Future[R] = Future()
+        done.set_result(stage.run(self.cache_dir, **{k: _resolved(v) for k, v in inputs.items()}))
+        return done
 
 
 def _resolved(value: Any) -> Any:
-    """An input with every :class:`Done` handle in it replaced by its record."""
-    if isinstance(value, Done):
-        return value.record
+    """An input with every finished future in it replaced by its record."""
+    if isinstance(value, Future):
+        return value.result()
     if isinstance(value, list):
         return [_resolved(item) for item in value]
     return value
@@ -262,7 +238,7 @@ def _resolved(value: Any) -> Any:
 
 def _finished(handle: Handle[R]) -> R | None:
     """The handle's record, or ``None`` when its stage failed or could not start (the flow
-    reports that failure as the image's error)."""
+    reports it as the image's error)."""
     try:
         return handle.result()
     except Exception:  # noqa: BLE001 - any failure of the stage: the frame stops here

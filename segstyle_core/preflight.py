@@ -19,12 +19,8 @@ from segstyle_core.stylize import StylizerConfig
 
 
 def check_style(stylizer: StylizerConfig, styles: Sequence[str] = ()) -> None:
-    """Check that each of ``styles`` (empty: every style of the configuration) reads and is
-    large enough for the stylizer.
-
-    Raises:
-        InputError: one line naming the file and the fix.
-    """
+    """Check that each of ``styles`` (empty: the configuration's) reads and is large enough
+    for the stylizer (InputError: one line naming the file and the fix)."""
     minimum = stylizer.min_style_side()
     for style in dict.fromkeys(styles or stylizer.style_paths()):  # each file read once
         height, width = read_rgb(style).shape[:2]
@@ -36,12 +32,10 @@ def check_style(stylizer: StylizerConfig, styles: Sequence[str] = ()) -> None:
 
 
 def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
-    """Sample the run's frames (a folder scan) and refuse an empty sample, which would write
-    an empty table and report success.
+    """Sample the run's frames and refuse an empty sample (an empty table reported as success).
 
     Raises:
-        ConfigError: a limit below 1, an unknown split or city (the message lists the valid
-            ones).
+        ConfigError: a limit below 1, an unknown split or city (listing the valid ones).
         InputError: no frame with fine annotations (names the folder and the fix).
     """
     place = f"{dataset.split}/{dataset.city_label()}"
@@ -53,14 +47,12 @@ def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
     sample = dataset.sample()
     if not sample.frames:
         root = cityscapes.resolve_root(dataset.root)
-        several = len(sample.cities) > 1
-        folder = sample.split if several else f"{sample.split}/{sample.city}"
-        if several:
+        if len(sample.cities) > 1:
+            folder, choose = sample.split, "choose other cities or another split"
             where = f"cities {', '.join(sample.cities)} of split {sample.split!r}"
-            choose = "choose other cities or another split"
         else:
+            folder, choose = f"{sample.split}/{sample.city}", "choose another city or split"
             where = f"city {sample.city!r} of split {sample.split!r}"
-            choose = "choose another city or split"
         if not sample.skipped:
             raise InputError(
                 f"{root / 'leftImg8bit' / folder}: no *_leftImg8bit.png images in {where}, so "
@@ -79,11 +71,7 @@ def check_prompt_ids(
     path: str, prompt_ids: Iterable[str], sample: cityscapes.Sample, limit: int | None = None
 ) -> None:
     """Refuse a prompts file none of whose image ids is a frame of the run (a typo, another
-    city): the run would segment nothing.
-
-    Raises:
-        InputError: one line naming the file, listing a few unknown ids and the fix.
-    """
+    city): InputError naming the file, a few unknown ids and the fix."""
     ids = list(prompt_ids)
     frames = [frame.image_id for frame in sample.frames]
     if not ids or not set(frames).isdisjoint(ids):
@@ -109,17 +97,13 @@ def check_run_inputs(
 ) -> tuple[BackendIdentity, BackendIdentity | None]:
     """Check the output folder, dataset root, class names, sample, prompts file, checkpoints,
     style images and per-class styles; return the backends' identities (for every row).
-
-    Raises:
-        SegstyleError: the first problem found, as one line naming the file and the fix.
-    """
+    Raises the first problem as a one-line SegstyleError naming the file and the fix."""
     check_writable_folder(outputs.out, f"outputs.out {outputs.out}")
     cityscapes.resolve_root(dataset.root)
     cityscapes.class_ids(list(dataset.classes))
     sample = check_sample(dataset)
     if prompts.source not in PROMPT_SOURCES:
-        file_prompts = load_prompts_file(prompts.source)
-        check_prompt_ids(prompts.source, file_prompts, sample, dataset.limit)
+        check_prompt_ids(prompts.source, load_prompts_file(prompts.source), sample, dataset.limit)
     seg_identity = segmenter.identity()
     if stylizer is None:
         return seg_identity, None

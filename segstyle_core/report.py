@@ -27,15 +27,12 @@ from segstyle_core.results import COLUMNS
 HISTOGRAM_BINS = 10
 
 #: Score columns the report ranks and plots by: column -> (label, matching Dice column).
-#: ``iou`` compares each prompt's mask with *every* GT pixel of its class: low by construction
-#: when an image holds several instances (``iou_instance`` is the fair per-prompt score).
 METRICS = {
     "image_iou": ("image IoU", "image_dice"),
     "iou_instance": ("instance IoU", "dice_instance"),
     "iou": ("IoU vs all GT of the class", "dice"),
 }
 
-#: Label of the per-prompt class score in the summary, where it sits next to the headlines.
 CLASS_IOU_LABEL = "IoU vs all GT of the class (per prompt)"
 
 _CSS = """
@@ -64,12 +61,12 @@ def _missing(value: Any) -> bool:
 
 
 def _e(value: Any) -> str:
-    """HTML-escaped text of a cell; missing values show as an em dash."""
+    """HTML-escaped text of a cell; missing: an em dash."""
     return "—" if _missing(value) else html.escape(str(value))
 
 
-def _num(value: Any, digits: int = 3) -> str:
-    """A number with ``digits`` decimals; NaN/None -> an em dash."""
+def number(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; missing or infinite: an em dash."""
     return "—" if _missing(value) or not math.isfinite(float(value)) else f"{value:.{digits}f}"
 
 
@@ -92,7 +89,7 @@ def class_of(rows: pd.DataFrame) -> pd.Series:
     return rows["instance_class"].fillna(rows["classes"]).fillna("(none)").astype(str)
 
 
-def _image_mean(rows: pd.DataFrame, column: str) -> float:
+def image_mean(rows: pd.DataFrame, column: str) -> float:
     """Mean of a per-image column (every prompt row of an image repeats it)."""
     return float(rows.groupby("image_id")[column].first().astype(float).mean())
 
@@ -109,15 +106,15 @@ _SUMMARY_NOTE = (
 def _summary(rows: pd.DataFrame) -> str:
     failed = rows["status"].eq("failed")
     headlines = [
-        ("image IoU", _num(_image_mean(rows, "image_iou"))),
-        ("instance IoU", _num(rows["iou_instance"].mean())),
+        ("image IoU", number(image_mean(rows, "image_iou"))),
+        ("instance IoU", number(rows["iou_instance"].mean())),
     ]
     stats = [
         ("images", str(rows["image_id"].nunique())),
         ("rows", str(len(rows))),
         ("failed rows", str(int(failed.sum()))),
         ("failed images", str(rows.loc[failed, "image_id"].nunique())),
-        (CLASS_IOU_LABEL, _num(rows["iou"].mean())),
+        (CLASS_IOU_LABEL, number(rows["iou"].mean())),
     ]
     cards = "".join(
         f'<div class="stat{css}">{html.escape(k)}<b>{v}</b></div>'
@@ -133,11 +130,11 @@ def _summary(rows: pd.DataFrame) -> str:
             (_e(segmenter), ""),
             (str(len(group)), "num"),
             (str(int(group["_failed"].sum())), "num"),
-            (_num(_image_mean(group, "image_iou")), "num"),
-            (_num(group["iou_instance"].mean()), "num"),
-            (_num(group["dice_instance"].mean()), "num"),
-            (_num(group["iou"].mean()), "num"),
-            (_num(group["dice"].mean()), "num"),
+            (number(image_mean(group, "image_iou")), "num"),
+            (number(group["iou_instance"].mean()), "num"),
+            (number(group["dice_instance"].mean()), "num"),
+            (number(group["iou"].mean()), "num"),
+            (number(group["dice"].mean()), "num"),
         ]
         for (cls, segmenter), group in grouped
     ]
@@ -157,8 +154,8 @@ def _timing(rows: pd.DataFrame) -> str:
         [
             (_e(column.removeprefix("seconds_")), ""),
             (str(int(per_image[column].notna().sum())), "num"),
-            (_num(per_image[column].sum(min_count=1), 1), "num"),
-            (_num(per_image[column].mean(), 2), "num"),
+            (number(per_image[column].sum(min_count=1), 1), "num"),
+            (number(per_image[column].mean(), 2), "num"),
         ]
         for column in stages
     ]
@@ -173,11 +170,8 @@ def _timing(rows: pd.DataFrame) -> str:
 def iou_histogram_svg(
     values: Sequence[float], title: str, label: str = "IoU", width: int = 320
 ) -> str:
-    """An inline SVG bar chart of scores in [0, 1] in :data:`HISTOGRAM_BINS` bins.
-
-    NaN values are left out and counted in the caption; each bar carries its count, and its
-    tooltip says ``"<label> 0.8–0.9: <count>"``.
-    """
+    """An inline SVG bar chart of scores in [0, 1] in :data:`HISTOGRAM_BINS` bins; NaN values
+    are counted in the caption, each bar shows its count (tooltip ``"<label> 0.8–0.9: <n>"``)."""
     array = np.asarray(values, dtype=np.float64)
     finite = array[np.isfinite(array)]
     counts, edges = np.histogram(finite, bins=HISTOGRAM_BINS, range=(0.0, 1.0))
@@ -225,11 +219,10 @@ def _histograms(rows: pd.DataFrame, metric: str) -> str:
 
 
 def rank_images(rows: pd.DataFrame, metric: str = "iou") -> pd.DataFrame:
-    """One line per image with a score, sorted by its mean ``metric`` (then image id), worst first.
+    """One line per image with a score (``ok`` rows), worst mean ``metric`` first, then by id.
 
-    Only ``ok`` rows with a ``metric`` value count. Columns: ``image_id``, ``classes`` (the
-    scored classes, comma-joined), ``prompts``, ``score`` (mean ``metric``), ``dice`` (mean of
-    the matching Dice column) and ``panel_path`` (the first row's).
+    Columns: ``image_id``, ``classes`` (comma-joined), ``prompts``, ``score`` (mean ``metric``),
+    ``dice`` (mean of the matching Dice column) and ``panel_path`` (the first row's).
     """
     dice = METRICS[metric][1]
     scored = rows[rows["status"].eq("ok") & rows[metric].notna()]
@@ -252,8 +245,8 @@ def _examples(images: pd.DataFrame, run_dir: Path, metric: str, empty: str) -> s
     for row in images.to_dict(orient="records"):
         heading = (
             f"{_e(row['image_id'])} · {_e(row['classes'])} · {row['prompts']} prompt(s) · "
-            f"mean {label} {_num(row['score'])} · "
-            f"mean {label.replace('IoU', 'Dice')} {_num(row['dice'])}"
+            f"mean {label} {number(row['score'])} · "
+            f"mean {label.replace('IoU', 'Dice')} {number(row['dice'])}"
         )
         # a relative panel_path is taken from the current directory, as the flow wrote it
         panel = None if _missing(row["panel_path"]) else Path(str(row["panel_path"])).resolve()
@@ -291,16 +284,9 @@ def write_report(
 ) -> Path:
     """Write ``run_dir/report.html`` atomically and return its path.
 
-    Args:
-        run_dir: the run folder; panels are linked relative to it.
-        rows: the run's results (:data:`segstyle_core.results.SCHEMA`; missing columns empty).
-        config: the run's configuration, shown as JSON.
-        title: page title and heading.
-        examples: how many worst and how many best images to show, each image once.
-        metric: score column the histograms and the ranking use (see :data:`METRICS`).
-
-    Sections: headline and per class/segmenter scores, seconds per stage, ``metric``
-    histograms per class, worst and best images with their panels, failures, configuration.
+    ``rows``: the run's results (:data:`segstyle_core.results.SCHEMA`); panels are linked
+    relative to ``run_dir``; ``examples`` worst and best images are shown (each once), ranked
+    by ``metric`` (:data:`METRICS`), which the histograms plot too.
 
     Raises:
         ConfigError: unknown ``metric`` or negative ``examples``.

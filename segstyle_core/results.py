@@ -2,8 +2,8 @@
 
 Layout under ``<metrics_dir>/flow=<flow name>/``, for a flow run ``<id>``:
 
-- ``<id>.parquet``: the run's rows; a finished run's is a plain Parquet file, a running or
-  killed run's a symbolic link to its parts folder.
+- ``<id>.parquet``: the run's rows; a Parquet file once finished, else a symbolic link to its
+  parts folder.
 - ``.<id>.parts-<host>-<random>/``: one ``<image>.parquet`` per finished image
   (:func:`part_name`), ``_run.json`` (id, ``resume_key``, start), and once every image is
   done ``_sealed`` and ``_compacted.parquet``. ``<host>``: 8 hex digits of the SHA-256 of
@@ -13,28 +13,22 @@ Layout under ``<metrics_dir>/flow=<flow name>/``, for a flow run ``<id>``:
 pyarrow's discovery skips names starting with ``.`` or ``_``, so ``pandas.read_parquet(
 metrics_dir)`` reads each finished image of every run exactly once (plus a ``flow`` column).
 
-**The protocol**, one atomic step at a time, so a reader sees every finished image's rows
-exactly once and a kill after any step loses and doubles nothing:
+The protocol, one atomic step at a time (a kill after any step loses and doubles nothing):
+1. *open*: lock; make a parts folder (a finished run's file is first split into parts), link
+   to it and ``os.replace`` the link onto ``<id>.parquet``; a killed attempt's retry reuses it.
+2. *take over* (with a ``resume_key``): for each killed run of this flow and host with the
+   same key, move the parts this run lacks into its folder, unlink its link, retire its folder.
+3. *write an image*: a temporary renamed onto the part. 4. *seal*: create ``_sealed``.
+5. *stage*: every part's rows (oldest first) to ``_compacted.parquet``. 6. *publish*:
+   ``os.replace`` it onto ``<id>.parquet``. 7. *retire*: rename the parts folder to trash and
+   remove it; remove the lock.
 
-1. *open*: lock; make a parts folder (a retry of a finished run first splits its file into
-   parts), link to it and ``os.replace`` the link onto ``<id>.parquet``. A retry of a killed
-   attempt goes on with that attempt's folder.
-2. *take over* (with a ``resume_key``): for each killed run of this flow and host with the same
-   key, rename the parts this run lacks into its folder, unlink its link, retire its folder.
-3. *write an image*: a hidden temporary renamed onto the image's part.
-4. *seal*: create ``_sealed``. 5. *stage*: every part's rows (oldest first) to
-   ``_compacted.parquet``. 6. *publish*: ``os.replace`` it onto ``<id>.parquet``.
-7. *retire*: rename the parts folder to trash and remove it; remove the lock.
-
-**Recovery** (:func:`finish_ended_runs`, run when a :class:`RunRows` opens and before
-:func:`read_metrics`): a sealed folder is finished from wherever it stopped (steps 5-7 are
-repeatable by any process) or retired when no link names it; trash is removed. An unsealed
-folder is touched only when made on this host and its run's lock can be taken (its process is
-gone): its temporary files are removed, and it is retired if no link names it (with the link
-if it holds no part). So hosts sharing a folder need no locks across hosts. A reader may find
-a part published meanwhile: :func:`read_metrics` lists again. Earlier versions' ``<id>.parts/``
-folders read as before; their hidden ``.<id>.parts/`` and ``.<id>.compacted-*.parquet`` are
-finished into ``<id>.parquet`` by the recovery.
+Recovery (:func:`finish_ended_runs`, when a :class:`RunRows` opens and before
+:func:`read_metrics`): a sealed folder is finished (steps 5-7, by any process) or retired when
+no link names it; trash is removed. An unsealed folder is touched only when made on this host
+and its lock can be taken: its temporary files are removed, and it is retired if no link names
+it (with the link if it holds no part). Earlier versions' ``.<id>.parts/`` and
+``.<id>.compacted-*.parquet`` are finished into ``<id>.parquet``.
 """
 
 from __future__ import annotations
@@ -75,8 +69,7 @@ from segstyle_core.fileio import FILE_MODE, HOST_TAG, atomic_write_with, write_j
 _log = logging.getLogger(__name__)
 
 
-#: 2: added ``image_iou``/``image_dice``. 3: ``mask_rle`` and ``cached_<stage>``. Older files
-#: read with the columns they lack empty (see :func:`read_metrics`).
+#: 2: ``image_iou``/``image_dice``. 3: ``mask_rle``, ``cached_<stage>``. Older files read empty.
 SCHEMA_VERSION = 3
 
 #: Stages with ``seconds_<stage>`` and ``cached_<stage>`` columns.
@@ -140,8 +133,7 @@ _MANIFEST = "_run.json"
 _SEAL = "_sealed"
 _STAGED = "_compacted.parquet"
 _LINK = "_link"
-#: The hidden names of the layout (module docstring); ``lastgroup`` tells which one. ``legacy``
-#: and ``compacted`` are what earlier versions' killed compactions left.
+#: The hidden names of the layout (module docstring); ``lastgroup`` tells which one.
 _HIDDEN = re.compile(
     r"\.(?P<run>.+)\.(?:parts-(?P<host>[0-9a-f]{8})-[^.]+|(?P<trash>trash)-[^.]+|(?P<lock>lock)"
     r"|(?P<legacy>parts)|(?P<compacted>compacted)-[^.]+\.parquet)"
@@ -196,9 +188,6 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     atomic_write_with(path, lambda tmp: write_parquet(table, tmp))
 
 
-# ----------------------------------------------------------------------------- reading
-
-
 def _printable(line: str) -> str:
     """``line`` with control characters and undecodable file-name bytes escaped."""
     text = line.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -206,7 +195,7 @@ def _printable(line: str) -> str:
 
 
 def _skip(file: Path, folder: Path, exc: BaseException, skipped: list[str]) -> None:
-    """Add a line naming ``file``, which failed to read with ``exc``, and the fix to ``skipped``.
+    """Add a line naming the unreadable ``file`` and the fix to ``skipped``.
 
     Raises:
         FileNotFoundError: the file is gone (a run published its parts): list the folder again.
@@ -220,8 +209,7 @@ def _skip(file: Path, folder: Path, exc: BaseException, skipped: list[str]) -> N
 
 
 def _usable(files: Sequence[Path], folder: Path, skipped: list[str]) -> list[Path]:
-    """``files`` that are segstyle results (Parquet footer and schema); each other one adds a
-    line naming it and the fix to ``skipped`` (see :func:`_skip`)."""
+    """``files`` that are segstyle results; each other one adds a line to ``skipped``."""
     usable = []
     for file in files:
         try:
@@ -245,9 +233,9 @@ def _usable(files: Sequence[Path], folder: Path, skipped: list[str]) -> list[Pat
 
 
 def _read_files(usable: Sequence[Path], folder: Path, skipped: list[str]) -> pa.Table:
-    """The rows of :func:`_usable` files as one table of :data:`SCHEMA` (columns older files
-    lack are empty), in the files' order; a file whose data fails to read is skipped."""
-    try:  # all at once; one by one only to find a file whose data is bad behind a good footer
+    """The rows of :func:`_usable` files as one table of :data:`SCHEMA`, in the files' order;
+    a file whose data fails to read (behind a good footer) is skipped."""
+    try:
         return ds.dataset([str(f) for f in usable], schema=SCHEMA, format="parquet").to_table()
     except (pa.ArrowException, OSError):
         pass
@@ -261,7 +249,7 @@ def _read_files(usable: Sequence[Path], folder: Path, skipped: list[str]) -> pa.
 
 
 def _parts_in(parts: Path) -> list[Path]:
-    """The parts in a parts folder (regular files, not hidden), oldest first, then by name."""
+    """The parts (regular files, not hidden) in ``parts``, oldest first, then by name."""
     found = [
         (entry.stat(follow_symlinks=False).st_mtime_ns, Path(entry.path))
         for entry in os.scandir(parts)
@@ -279,12 +267,9 @@ def _read_parts(parts: Path) -> pa.Table:
     return table
 
 
-# ----------------------------------------------------------------------------- locks
-
-
 def _lock(path: Path, create: bool) -> int | None:
-    """An fd holding an exclusive ``flock`` on ``path`` (checked to still name the locked
-    file); ``None`` when a live process holds it (or, without ``create``, there is none)."""
+    """An fd holding an exclusive ``flock`` on ``path``; ``None`` when a live process holds it
+    (or, without ``create``, there is none)."""
     for _ in range(5):
         try:
             fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), FILE_MODE)
@@ -322,7 +307,6 @@ def _held(path: Path) -> bool:
 
 
 def _made_here(parts: Path) -> bool:
-    """Whether the parts folder ``parts`` was made on this host."""
     match = _HIDDEN.fullmatch(parts.name)
     return match is not None and match["host"] == HOST_TAG
 
@@ -332,7 +316,7 @@ def _manifest(parts: Path) -> tuple[str, str | None, str]:
     try:
         value = json.loads((parts / _MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        value = None
+        value = {}
     value = value if isinstance(value, dict) else {}
     return (
         str(value.get("flow_run_id", "")),
@@ -341,12 +325,9 @@ def _manifest(parts: Path) -> tuple[str, str | None, str]:
     )
 
 
-# ----------------------------------------------------------------------------- one run
-
-
 @dataclass(frozen=True)
 class _Run:
-    """The files of one flow run in its flow folder (module docstring)."""
+    """The files of one flow run in its flow folder."""
 
     folder: Path
     run_id: str
@@ -385,8 +366,7 @@ class _Run:
         """Steps 5 to 7 for the sealed ``parts``, from wherever they stopped.
 
         Raises:
-            StorageError: a step failed (names the file and the fix); the rows stay readable as
-                parts, and any later run or reader finishes them.
+            StorageError: a step failed; any later run or reader finishes the parts.
         """
         try:
             if self.linked() == parts:
@@ -411,8 +391,7 @@ class _Run:
         shutil.rmtree(trash, ignore_errors=True)
 
     def recover(self, leftovers: Sequence[tuple[Path, str | None]]) -> None:
-        """Recovery (module docstring) for this run's hidden ``leftovers``: ``(path, kind)``,
-        ``kind`` the :data:`_HIDDEN` group its name matched last (``host``: a parts folder)."""
+        """Recovery for this run's hidden ``leftovers``: ``(path, :data:`_HIDDEN` lastgroup)``."""
         linked = self.linked()
         unsealed = []
         for path, kind in leftovers:
@@ -454,8 +433,8 @@ class _Run:
 
 
 def finish_ended_runs(metrics_dir: str | os.PathLike[str]) -> None:
-    """The recovery (module docstring) in every ``flow=*`` folder of ``metrics_dir`` (or in
-    ``metrics_dir`` itself when it is one); a run that cannot be fixed is a warning line."""
+    """The recovery in every ``flow=*`` folder of ``metrics_dir`` (or in ``metrics_dir`` itself
+    when it is one); a run that cannot be fixed is a warning line."""
     root = Path(metrics_dir)
     folders = [root] if root.name.startswith("flow=") else sorted(root.glob("flow=*"))
     for folder in folders:
@@ -478,22 +457,10 @@ def finish_ended_runs(metrics_dir: str | os.PathLike[str]) -> None:
                 _log.warning("%s", _printable(line))
 
 
-# ----------------------------------------------------------------------------- durable rows
-
-
 class RunRows:
-    """The durable rows of one flow run: a part per image as it finishes, one file at the end.
-
-    Use as a context manager around the loop that finishes images::
-
-        with RunRows(metrics, flow_name, flow_run_id, resume_key=config_sha256) as durable:
-            for image in images:
-                durable.write_image(image_id, rows)
-            parquet = durable.compact()
-
-    Opening does steps 1 and 2 of the module docstring. Every OS error is a
-    :class:`StorageError` naming the file and what to do.
-    """
+    """The durable rows of one flow run: a part per image as it finishes (:meth:`write_image`),
+    one file at the end (:meth:`compact`). A context manager; opening does steps 1 and 2 of the
+    module docstring. Every OS error is a :class:`StorageError` naming the file and the fix."""
 
     def __init__(
         self,
@@ -506,10 +473,8 @@ class RunRows:
         self.final = run_file(metrics_dir, flow_name, flow_run_id)
         self.flow_run_id = flow_run_id
         self.resume_key = resume_key
-        #: this attempt's parts folder (set by :meth:`open`)
-        self.parts: Path
-        #: flow run ids of killed runs whose parts this run took over
-        self.resumed: list[str] = []
+        self.parts: Path  # this attempt's parts folder (set by :meth:`open`)
+        self.resumed: list[str] = []  # flow run ids of killed runs whose parts it took over
         self._run = _Run(self.final.parent, flow_run_id)
         self._lock_fd: int | None = None
 
@@ -592,8 +557,7 @@ class RunRows:
         )
 
     def _take_over_killed_runs(self) -> None:
-        """Step 2 (newest killed run first, never over a part this folder has); each move is a
-        rename, so every image stays visible exactly once."""
+        """Step 2, newest killed run first, never over a part this folder has."""
         candidates = []
         for entry in self._run.folder.glob("*.parquet"):
             other = _Run(self._run.folder, entry.name.removesuffix(".parquet"))
@@ -621,11 +585,7 @@ class RunRows:
                 os.close(fd)
 
     def write_image(self, image_id: str, rows: Sequence[Mapping[str, Any]]) -> Path:
-        """Write (or atomically replace) one image's rows as its part; return the part.
-
-        Raises:
-            StorageError: the part could not be written (names it and the fix).
-        """
+        """Write (or atomically replace) one image's rows as its part; return the part."""
         if self._lock_fd is None:
             self.open()
         table = pa.Table.from_pylist([normalise_row(r) for r in rows], schema=SCHEMA)
@@ -635,12 +595,11 @@ class RunRows:
         return part
 
     def compact(self) -> Path:
-        """Steps 4 to 7: the rows of every part become the run's one file; release the lock.
-        Return the file.
+        """Steps 4 to 7: the rows of every part become the run's one file (returned); unlock.
 
         Raises:
-            StorageError: a step failed (names the file and the fix); the rows stay readable
-                as parts, and the next run or ``segstyle results`` finishes the file.
+            StorageError: a step failed; the rows stay readable as parts, and the next run or
+                ``segstyle results`` finishes the file.
         """
         if self._lock_fd is None:
             self.open()
@@ -653,13 +612,9 @@ class RunRows:
         return self.final
 
 
-# ----------------------------------------------------------------------------- reading
-
-
 def _result_files(root: Path, skipped: list[str]) -> list[tuple[Path, str | None]]:
-    """The files ``pandas.read_parquet(root)`` reads, with the ``flow`` of their hive folder;
-    links are followed only inside ``root``. A link elsewhere, a link loop or an unreadable
-    subfolder adds a line to ``skipped``.
+    """The files ``pandas.read_parquet(root)`` reads, with the ``flow`` of their hive folder.
+    A link out of ``root``, a link loop or an unreadable subfolder adds a line to ``skipped``.
 
     Raises:
         FileNotFoundError: a folder vanished while being listed: list again.
@@ -702,13 +657,11 @@ def _result_files(root: Path, skipped: list[str]) -> list[tuple[Path, str | None
 
 
 def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read one run file or a whole metrics directory into a DataFrame.
+    """Read one run file or a whole metrics directory (after :func:`finish_ended_runs`) into a
+    DataFrame of :data:`SCHEMA` (missing columns empty) plus the hive column ``flow``.
 
-    First runs :func:`finish_ended_runs`. Every schema version is read against :data:`SCHEMA`
-    (missing columns empty), plus the hive column ``flow``. Unreadable or foreign files and
-    links out of the folder are skipped with one warning line each (``skipped: <path>: <what>;
-    <fix>``), where plain ``pandas.read_parquet(dir)`` would stop. Parts of running or killed
-    runs are read like files.
+    Unreadable or foreign files and links out of the folder are skipped with one warning line
+    each (``skipped: <path>: <what>; <fix>``). Parts of running or killed runs are read too.
 
     Raises:
         InputError: nothing there yet.
@@ -804,8 +757,7 @@ def select_run(frame: pd.DataFrame, run: str | None = None) -> tuple[str, pd.Dat
     files): ``run`` (a name or flow run id; the latest of several) or the run started last.
 
     Raises:
-        SegstyleError: ``frame`` is empty, or no run is called ``run`` (the message lists the
-            latest five).
+        SegstyleError: ``frame`` is empty, or no run is ``run`` (naming the latest five).
     """
     if frame.empty:
         raise SegstyleError("the results hold no rows; run `segstyle run` first")
@@ -826,7 +778,7 @@ def select_run(frame: pd.DataFrame, run: str | None = None) -> tuple[str, pd.Dat
 
 def latest(frame: pd.DataFrame) -> pd.DataFrame:
     """Each result once: the latest run's row per ``config_sha256``, ``image_id`` and
-    ``prompt_index``, so repeated runs over unchanged data never count an image twice."""
+    ``prompt_index``."""
     keys = ["config_sha256", "image_id", "prompt_index"]
     ordered = frame.sort_values("started_at", na_position="first", kind="stable")
     return ordered.drop_duplicates(keys, keep="last").sort_index()

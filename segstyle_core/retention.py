@@ -1,10 +1,8 @@
 """Retention of an output folder: keep the latest runs, remove the rest (``segstyle prune``).
 
 A run is its Parquet file ``<out>/metrics/flow=<flow>/<flow_run_id>.parquet`` and its run
-folder ``<out>/runs/<run>/``. Per flow, the ``keep`` runs started last are kept; older ones
-lose both. Unfinished runs (:func:`~segstyle_core.results.partial_runs`) and the stage cache
-(any entry may serve a kept run; delete ``<out>/cache`` by hand) are never touched, nor
-anything but folders directly inside ``<out>/runs``.
+folder ``<out>/runs/<run>/``. Unfinished runs (:func:`~segstyle_core.results.partial_runs`) and
+the stage cache are never touched, nor anything but folders directly inside ``<out>/runs``.
 """
 
 from __future__ import annotations
@@ -44,7 +42,7 @@ def _run_folders(rows: pd.DataFrame, runs_dir: Path) -> set[Path]:
 
 
 def prune(out: str | os.PathLike[str], keep: int, *, dry_run: bool = False) -> Pruned:
-    """Keep the ``keep`` latest runs of each flow under ``out``; remove the older runs'
+    """Keep the ``keep`` runs of each flow under ``out`` started last; remove the older runs'
     Parquet files and run folders. Returns what was (or would be) removed.
 
     Raises:

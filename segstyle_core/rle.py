@@ -2,8 +2,7 @@
 
 The format of SAM's ``output_mode="coco_rle"`` and COCO's annotation files: a JSON object
 ``{"size": [H, W], "counts": "<compressed RLE>"}`` (column-major), which any COCO tool reads
-back: ``pycocotools.mask.decode(json.loads(text)).astype(bool)``. A 2048×1024 car mask takes a
-few hundred bytes.
+back: ``pycocotools.mask.decode(json.loads(text)).astype(bool)``.
 """
 
 from __future__ import annotations
@@ -30,10 +29,10 @@ def encode_mask(mask: np.ndarray) -> str:
             f"mask of shape {mask.shape} cannot be RLE-encoded; pass one H×W bool mask"
         )
     rle = mask_utils.encode(np.asfortranarray(mask != 0, dtype=np.uint8))
-    height, width = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    text = counts.decode("ascii") if isinstance(counts, bytes) else str(counts)
-    return json.dumps({"size": [height, width], "counts": text}, separators=(",", ":"))
+    size = [int(v) for v in rle["size"]]
+    return json.dumps(
+        {"size": size, "counts": rle["counts"].decode("ascii")}, separators=(",", ":")
+    )
 
 
 def _parse(value: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
@@ -62,24 +61,20 @@ def _runs(counts: bytes) -> list[int]:
     """The run lengths of COCO's compressed ``counts`` (pycocotools' ``rleFrString``), checked
     here since pycocotools decodes damaged strings into garbage without complaint."""
     runs: list[int] = []
-    position = 0
-    while position < len(counts):
-        value, shift, more = 0, 0, True
-        while more:
-            if position >= len(counts):
-                raise InputError("mask RLE counts end in the middle of a run length")
-            char = counts[position] - 48
-            if not 0 <= char < 64:
-                raise InputError(f"mask RLE counts contain {chr(counts[position])!r}")
-            value |= (char & 0x1F) << (5 * shift)
-            more = bool(char & 0x20)
-            position += 1
-            shift += 1
-            if not more and char & 0x10:
+    value = shift = 0
+    for byte in counts:
+        char = byte - 48
+        if not 0 <= char < 64:
+            raise InputError(f"mask RLE counts contain {chr(byte)!r}")
+        value |= (char & 0x1F) << (5 * shift)
+        shift += 1
+        if not char & 0x20:  # the last 5-bit group of this run length
+            if char & 0x10:
                 value |= -1 << (5 * shift)
-        if len(runs) > 2:
-            value += runs[-2]
-        runs.append(value)
+            runs.append(value + runs[-2] if len(runs) > 2 else value)
+            value = shift = 0
+    if shift:
+        raise InputError("mask RLE counts end in the middle of a run length")
     return runs
 
 
@@ -91,28 +86,18 @@ def decode_mask(text: str | bytes | Mapping[str, Any]) -> np.ndarray:
         InputError: not COCO RLE, or its runs do not add up to ``H×W`` pixels.
     """
     rle = _parse(text)
-    height, width = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, list):
-        if not all(isinstance(v, int) for v in counts):
-            raise InputError("mask RLE counts list must hold integers")
-        runs = counts
-    elif isinstance(counts, str | bytes):
-        raw = counts.encode("ascii", "replace") if isinstance(counts, str) else counts
-        runs = _runs(raw)
-    else:
-        raise InputError(f"mask RLE counts must be a string or a list, not {type(counts).__name__}")
+    height, width = rle["size"]
+    runs = rle["counts"]
+    if isinstance(runs, str | bytes):
+        runs = _runs(runs.encode("ascii", "replace") if isinstance(runs, str) else runs)
+    elif not isinstance(runs, list) or not all(isinstance(v, int) for v in runs):
+        raise InputError(
+            f"mask RLE counts must be a string or a list of integers, not {runs!r:.40}"
+        )
     if any(run < 0 for run in runs) or sum(runs) != height * width:
         raise InputError(
             f"mask RLE runs cover {sum(runs)} pixels but its size {height}x{width} has "
             f"{height * width}; the mask text is damaged"
         )
-    if height * width == 0:
-        return np.zeros((height, width), bool)
-    if isinstance(counts, list):
-        compressed = mask_utils.frPyObjects(
-            {"size": [height, width], "counts": runs}, height, width
-        )
-    else:
-        compressed = {"size": [height, width], "counts": raw}
+    compressed = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
     return mask_utils.decode(compressed).astype(bool)

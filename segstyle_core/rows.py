@@ -29,8 +29,7 @@ def run_columns(
     mode: str,
     started: dt.datetime,
 ) -> dict[str, Any]:
-    """The columns every row of a run shares: ids, backends, mode, config hash (each row's style
-    is its own: :func:`style_columns`)."""
+    """The columns every row of a run shares: ids, backends, mode, config hash."""
     columns: dict[str, Any] = {
         "run_id": run_name,
         "flow_run_id": flow_run_id,
@@ -56,9 +55,8 @@ StyleColumns = Callable[[str | None], dict[str, Any]]
 
 
 def style_columns(stylizer: StylizerConfig) -> StyleColumns:
-    """``class name -> {"style_name", "style_sha256"}`` of the style that paints that class
-    (:meth:`StylizerConfig.style_for`; ``None``: a prompt without a class, or an image row);
-    each distinct file is hashed once."""
+    """``class name (None: none) -> {"style_name", "style_sha256"}`` of the style that paints
+    that class (:meth:`StylizerConfig.style_for`); each distinct file is hashed once."""
     hashed: dict[str, dict[str, Any]] = {}
 
     def columns(class_name: str | None) -> dict[str, Any]:
@@ -71,8 +69,8 @@ def style_columns(stylizer: StylizerConfig) -> StyleColumns:
 
 
 def _timing(records: Mapping[str, StageRecord], stage: str) -> dict[str, Any]:
-    """``seconds_<stage>`` (summed over the stage's runs: every style of ``stylize``) and
-    ``cached_<stage>`` (every run was a cache hit); empty when the stage did not complete."""
+    """``seconds_<stage>`` (summed over the stage's runs, e.g. every style) and ``cached_<stage>``
+    (all were cache hits); empty when the stage did not complete."""
     runs = [r for name, r in records.items() if name == stage or name.startswith(f"{stage}_")]
     if not runs:
         return {}
@@ -107,12 +105,9 @@ def frame_rows(
 ) -> list[dict[str, Any]]:
     """Rows of one image: one per scored prompt, or a single row when there is none.
 
-    Args:
-        common: run-wide columns (:func:`run_columns`, plus timestamps).
-        records: stage name -> record of each stage that completed.
-        error: the first failing stage's error, which makes the rows ``failed``.
-        published: path columns -> files in the run directory.
-        style_of: the style columns of a class (:func:`style_columns`); none: no styling.
+    ``common``: run-wide columns (:func:`run_columns`, plus timestamps); ``records``: stage name
+    -> record of each completed stage; ``error`` (the first failing stage's) makes the rows
+    ``failed``; ``published``: path columns; ``style_of``: :func:`style_columns` (none: no style).
     """
     base = {
         **common,

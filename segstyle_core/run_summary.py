@@ -1,10 +1,8 @@
-"""A run's results rows as markdown and table rows (the summary, the per-image outputs, the
-report line), which the flows publish as Prefect artifacts, and as the text ``segstyle
-results`` prints (:func:`run_text`).
+"""A run's results as the markdown and table rows the flows publish as Prefect artifacts, and
+as the text ``segstyle results`` prints (:func:`run_text`).
 
 Links are URLs of ``segstyle serve`` when a ``base_url`` is given and the file is served
-(:func:`segstyle_core.outputs.output_link`); otherwise file paths as code (the UI's browser
-refuses ``file://`` links).
+(:func:`segstyle_core.outputs.output_link`); otherwise file paths as code (no ``file://``).
 """
 
 from __future__ import annotations
@@ -20,11 +18,10 @@ import pandas as pd
 from segstyle_core import results
 from segstyle_core.errors import SegstyleError
 from segstyle_core.outputs import is_url, output_link
-from segstyle_core.report import METRICS, rank_images
+from segstyle_core.report import CLASS_IOU_LABEL, METRICS, image_mean, number, rank_images
 from segstyle_core.results import COLUMNS
 
-#: Table artifact column -> results column: image, status and error first (they stay on
-#: screen), the headline scores next, the per-prompt class score last.
+#: Table artifact column -> results column.
 TABLE_COLUMNS = {
     "image_id": "image_id",
     "status": "status",
@@ -45,10 +42,7 @@ THUMBNAILS = 4  # worst images the summary shows
 LABELS = {
     "image_iou": ("image IoU", "union of an image's masks vs all GT of its classes"),
     "iou_instance": ("instance IoU", "each prompt's mask vs its own GT instance"),
-    "iou": (
-        METRICS["iou"][0] + " (per prompt)",
-        "each prompt's mask vs every GT pixel of its class",
-    ),
+    "iou": (CLASS_IOU_LABEL, "each prompt's mask vs every GT pixel of its class"),
 }
 
 
@@ -71,18 +65,9 @@ def _link(label: str, target: str) -> str:
     return f"[{_md(label)}]({target})" if is_url(target) else _code(target)
 
 
-def _num(value: Any) -> str:
-    number = pd.to_numeric(value, errors="coerce")
-    return f"{number:.{DIGITS}f}" if pd.notna(number) and math.isfinite(number) else "—"
-
-
-def _mean_per_image(frame: pd.DataFrame, column: str) -> float:
-    return float(frame.drop_duplicates("image_id")[column].astype(float).mean())
-
-
 def headline_metric(frame: pd.DataFrame) -> str:
-    """The score images are ranked by: instance IoU when any prompt has one (instance
-    prompts), else image IoU, else the per-prompt class IoU."""
+    """The score images are ranked by: instance IoU when any ``ok`` row has one, else image
+    IoU, else the per-prompt class IoU."""
     ok = frame[frame["status"].eq("ok")]
     for column in ("iou_instance", "image_iou", "iou"):
         if ok[column].notna().any():
@@ -153,8 +138,7 @@ def summary_markdown(
 ) -> str:
     """The run summary: headline scores (image IoU over images, instance IoU over prompts),
     counts, links, the worst ``thumbnails`` images by :func:`headline_metric` (clickable images
-    when served, else file paths plus the ``link_hint`` line), failures.
-    """
+    when served, else file paths plus the ``link_hint`` line), failures."""
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *COLUMNS])))
     images = frame["image_id"].nunique()
     ok = frame[frame["status"].eq("ok")]
@@ -172,14 +156,14 @@ def summary_markdown(
     lines = [
         f"# {_md(title)}",
         "",
-        f"**{image_label} {_num(_mean_per_image(ok, 'image_iou'))}** "
+        f"**{image_label} {number(image_mean(ok, 'image_iou'))}** "
         f"({image_means}, mean of {ok['image_id'].nunique()} images) · "
-        f"**{instance_label} {_num(ok['iou_instance'].astype(float).mean())}** "
+        f"**{instance_label} {number(ok['iou_instance'].astype(float).mean())}** "
         f"({instance_means}, mean of {int(ok['iou_instance'].notna().sum())} prompts)",
         "",
         f"- images: {images}, prompts: {int(frame['prompt_index'].notna().sum())}, "
         f"failed images: **{len(failed)}**",
-        f"- {class_label}: {_num(ok['iou'].astype(float).mean())} ({class_means}: low whenever "
+        f"- {class_label}: {number(ok['iou'].astype(float).mean())} ({class_means}: low whenever "
         "an image holds several instances, since each prompt covers one of them)",
     ]
     if report is not None:
@@ -206,8 +190,8 @@ def summary_markdown(
             instance = ok.loc[ok["image_id"].eq(entry.image_id), "iou_instance"].astype(float)
             cells = [
                 _md(entry.image_id),
-                _num(instance.mean()),
-                _num(first["image_iou"]),
+                number(instance.mean()),
+                number(first["image_iou"]),
                 _thumbnail(entry.image_id, first, root, base_url),
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -256,11 +240,9 @@ def report_markdown(report: Path, out_root: Path, run_name: str, base_url: str |
 
 
 def run_text(metrics_dir: str | Path, run: str | None = None) -> str:
-    """One run of the Parquet folder ``metrics_dir`` as text: its name, whether it is partial,
+    """One run (a name or flow run id, the latest of that name; ``None``: the latest run) of
+    the Parquet folder ``metrics_dir`` as text: its name, whether it is partial,
     :func:`~segstyle_core.results.summarize`'s table, its failed images.
-
-    Args:
-        run: a run name or flow run id (the latest of that name); ``None``: the latest run.
 
     Raises:
         SegstyleError: no readable results, or no run ``run`` (naming the folder).

@@ -17,35 +17,16 @@ from segstyle_core.segment.base import MaskPrediction, Prompt
 if TYPE_CHECKING:
     from segstyle_core.cityscapes import Instance
 
-_SCORE_KEYS = ("iou", "dice", "precision", "recall")
 
-
-def _named_scores(scores: MaskScores | None, reference: str) -> dict[str, float | int | None]:
-    """``{score}_{reference}`` for each of :data:`_SCORE_KEYS`, and ``{reference}_area``; all
-    ``None`` when ``scores`` is ``None`` (no reference to score against)."""
+def _columns(scores: MaskScores | None, suffix: str, area: str) -> dict[str, float | int | None]:
+    """``iou<suffix>`` ... ``recall<suffix>`` and ``area`` (the reference's); ``None`` without
+    ``scores``."""
     values: dict[str, float | int | None] = {
-        f"{key}_{reference}": getattr(scores, key) if scores else None for key in _SCORE_KEYS
+        f"{key}{suffix}": getattr(scores, key) if scores else None
+        for key in ("iou", "dice", "precision", "recall")
     }
-    values[f"{reference}_area"] = scores.gt_area if scores else None
+    values[area] = scores.gt_area if scores else None
     return values
-
-
-def score_instance_aware(
-    mask: np.ndarray, instance: Instance | None, class_mask: np.ndarray
-) -> dict[str, float | int | None]:
-    """Score ``mask`` against ``class_mask`` and against the prompt's ``instance`` (``None``:
-    user prompts): ``pred_area``; ``iou_class``, ``dice_class``, ``precision_class``,
-    ``recall_class``, ``class_area``; the same five with ``instance`` (``None`` without one).
-
-    Raises:
-        InputError: the masks' shapes differ.
-    """
-    instance_scores = score_masks(mask, instance.mask) if instance is not None else None
-    return {
-        "pred_area": int(np.count_nonzero(mask)),
-        **_named_scores(score_masks(mask, class_mask), "class"),
-        **_named_scores(instance_scores, "instance"),
-    }
 
 
 def match_auto_masks(
@@ -69,25 +50,23 @@ def prompt_scores(
     instances: list[Instance],
 ) -> list[dict[str, Any]]:
     """One score dict per prompt (``predictions`` in prompt order), keyed by result columns:
-    ``iou`` ... against the whole class, ``*_instance`` against the prompt's own instance."""
+    ``iou`` ... ``gt_area`` against the whole class, ``pred_area``, ``*_instance`` and
+    ``instance_area`` against the prompt's own instance (``None`` without one).
+
+    Raises:
+        InputError: the masks' shapes differ.
+    """
     by_id = {inst.instance_id: inst for inst in instances}
     rows = []
     for prediction, prompt in zip(predictions, prompts, strict=True):
         instance = by_id.get(prompt.instance_id) if prompt.instance_id is not None else None
-        scores = score_instance_aware(prediction.mask, instance, class_mask)
+        whole = score_masks(prediction.mask, class_mask)
+        own = score_masks(prediction.mask, instance.mask) if instance is not None else None
         rows.append(
             {
-                "iou": scores["iou_class"],
-                "dice": scores["dice_class"],
-                "precision": scores["precision_class"],
-                "recall": scores["recall_class"],
-                "gt_area": scores["class_area"],
-                "pred_area": scores["pred_area"],
-                "iou_instance": scores["iou_instance"],
-                "dice_instance": scores["dice_instance"],
-                "precision_instance": scores["precision_instance"],
-                "recall_instance": scores["recall_instance"],
-                "instance_area": scores["instance_area"],
+                **_columns(whole, "", "gt_area"),
+                "pred_area": whole.pred_area,
+                **_columns(own, "_instance", "instance_area"),
                 "mask_score": prediction.score,
                 "segment_notes": ";".join(prediction.notes),
             }

@@ -1,18 +1,12 @@
 """How visible the seam of a composite is along its mask's edge.
 
-A composite shows the stylized frame inside the mask and the original outside (see
-:mod:`segstyle_core.composite`). Where the two differ at the mask's edge, the composite has an
-edge that neither image has: its gradient magnitude there departs from the stylized frame's.
-:func:`seam_score` is the mean absolute difference between the two gradient magnitudes over a
-band around the mask's edge; 0 means no jump beyond what the stylized frame has itself.
-
-Reading it: inside the band, pixels whose 3×3 gradient reaches across the edge carry the seam;
-the other pixels on the outside of the band compare the original's texture with the stylized
-frame's (the same for every composite of one original and one stylized frame); pixels inside
-the mask farther than one pixel from the edge add nothing under a hard edge. So compare scores
-of composites of the same frame, and keep the band narrow: the jump is spread over the band,
-and a feathered edge spreads it over its own width instead, which lowers the score only where
-the ramp is wider than the band's pixels that see the jump.
+Where the stylized frame (inside the mask) and the original (outside) differ at the mask's
+edge, the composite has an edge neither image has. :func:`seam_score` is the mean absolute
+difference between the composite's and the stylized frame's gradient magnitudes over a band
+around the edge; 0 means no jump beyond the stylized frame's own. The band's outer pixels also
+compare the original's texture with the stylized frame's, so compare scores of composites of the
+same frame, and keep the band narrow (a feathered edge lowers the score only where its ramp is
+wider than the band).
 """
 
 from __future__ import annotations
@@ -31,11 +25,8 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601, as cv2's 
 
 
 def gradient_magnitude(image: np.ndarray) -> np.ndarray:
-    """``H×W float32`` gradient magnitude of the luma of ``image`` (``H×W×3 uint8``).
-
-    3×3 Sobel derivatives divided by 8, so a step of ``s`` grey levels between two columns
-    shows as ``s / 2`` on each of the two pixels next to it (a central difference).
-    """
+    """``H×W float32`` gradient magnitude of the luma of ``image`` (``H×W×3 uint8``): 3×3 Sobel
+    divided by 8, so a step of ``s`` grey levels shows as ``s / 2`` on the two pixels by it."""
     luma = image.astype(np.float32) @ _LUMA
     gx = cv2.Sobel(luma, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
     gy = cv2.Sobel(luma, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
@@ -60,15 +51,9 @@ def seam_score(
 ) -> float:
     """Mean ``|grad(composite)| - |grad(stylized)|`` (absolute) over :func:`edge_band`.
 
-    Args:
-        composite: ``H×W×3 uint8``, e.g. :func:`segstyle_core.composite.composite`'s output.
-        stylized: ``h×w×3 uint8``, the stylized frame the composite was made from (resized to
-            ``H×W`` with :func:`~segstyle_core.composite.resize_to`, as the composite does).
-        mask: ``H×W bool``, the composite's mask.
-        width: band half-width in pixels (see :func:`edge_band`).
-
-    Returns:
-        Grey levels per pixel (luma); 0.0 for a mask without edge (empty or full).
+    ``composite``: ``H×W×3 uint8``; ``stylized``: ``h×w×3 uint8``, the frame it was made from
+    (resized to ``H×W`` as the composite does); ``mask``: ``H×W bool``. Returns grey levels per
+    pixel (luma); 0.0 for a mask without edge (empty or full).
 
     Raises:
         InputError: not ``H×W×3 uint8`` images, or a mask of another size.

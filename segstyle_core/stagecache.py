@@ -1,29 +1,21 @@
 """Content-addressed, verified stage results on disk, and the :class:`Stage` that computes one.
 
-A stage result lives in ``<cache_dir>/<stage>/<key[:2]>/<key>/`` with its output files and a
-``record.json`` written last (atomically). The key is the SHA-256 of the stage name, its
-:data:`STAGE_VERSIONS` entry, the source of the modules that compute it, and every argument
-(:meth:`Stage.key`): declared ``files`` by content, an earlier stage's record by its outputs'
-contents and facts, anything else by its JSON (or the stage's ``keys`` function of it).
+A result lives in ``<cache_dir>/<stage>/<key[:2]>/<key>/``: its output files and a JSON
+``record.json`` written last (atomically), naming each file relative to the cache folder with
+its SHA-256 and size. The key (:meth:`Stage.key`) is the SHA-256 of the stage name and
+version, the source of the modules that compute it, and every argument.
 
-Records are JSON, never pickle, naming their files relative to the cache folder with each
-file's SHA-256 and size. A cache folder may be shared, copied in or edited, so a record is used
-only when (:func:`load_record`):
-
-- it parses strictly as its stage's record type, names its own key, holds no per-run facts;
-- the folders from ``cache_dir`` down to its own are real folders, not symbolic links;
-- every output resolves inside its own folder (no ``..``, absolute path or link out) and is a
-  regular file (or a folder of them) of the recorded size and SHA-256, read no further.
-
+A cache folder may be shared, copied in or edited, so a record is used only when it parses
+strictly as its stage's record type, names its own key and holds no per-run facts; the folders
+from ``cache_dir`` down to it are real folders; and every output resolves inside its own folder
+and is a regular file (or a folder of them) of the recorded size and SHA-256, read no further.
 Otherwise it is a miss, logged in one line naming the rule, and computed again into real
-folders under ``cache_dir`` (links, files or special files in the way are removed first), by
-one process of a machine at a time (a ``flock`` on ``<key>.lock`` beside the result's folder:
-a run sharing the cache that needs the same result waits, then reads it). Nothing relies on
-that lock across machines: every file is written under a unique temporary name that names its
-writer (host and pid) and renamed into place, and a hidden file is removed only when its writer
-was a process of this host that is gone, or once it is :data:`LEFTOVER_AGE_S` old.
-Nothing outside ``cache_dir`` is read or written; a cache that cannot be written when a result
-must be computed again is a :class:`~segstyle_core.errors.StorageError` naming the folder.
+folders (links or files in the way removed first) by one process of a machine at a time (a
+``flock`` on ``<key>.lock``). Across machines nothing relies on that lock: every file is written
+under a temporary name naming its writer (host, pid) and renamed into place, and a hidden file
+is removed only when its writer was a process of this host that is gone, or once it is
+:data:`LEFTOVER_AGE_S` old. Nothing outside ``cache_dir`` is read or written; a cache that cannot
+be written when a result must be computed again is a :class:`~segstyle_core.errors.StorageError`.
 """
 
 from __future__ import annotations
@@ -44,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar, Concatenate, Generic, ParamSpec, TypeVar, get_type_hints
+from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, TypeVar, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -58,26 +50,14 @@ from segstyle_core.fileio import (
     write_json_atomic,
 )
 
-#: Bump when a stage's output format changes in a way its code hash would not show.
-STAGE_VERSIONS: dict[str, int] = {
-    "gt": 1,
-    "segment": 1,
-    "stylize": 1,
-    "composite": 2,
-    "metrics": 2,
-    "figures": 1,
-    "video_frames": 1,
-    "video_chunk": 1,
-    "video_encode": 1,
-    "video_score": 1,
-}
-
 #: Modules every stage's result depends on (how images are read and written).
 SHARED_CODE = ("segstyle_core.images",)
 
 RECORD = "record.json"
 #: The largest ``record.json`` read (bytes); a larger one is a cache miss.
 RECORD_LIMIT = 64 << 20
+#: Age in seconds after which a hidden file in a result's folder is a dead writer's leftover.
+LEFTOVER_AGE_S = 600
 _log = logging.getLogger(__name__)
 
 
@@ -104,8 +84,7 @@ class StageRecord:
 
 #: Fields of :class:`StageRecord` that describe one run's use of a record, never stored.
 _PER_RUN = ("cache_root", "seconds", "cached")
-#: Fields of :class:`StageRecord` that a later stage's key leaves out (it keys the outputs'
-#: contents, not where they lie or which key made them).
+#: Fields a later stage's key leaves out (it keys the outputs' contents, not where they lie).
 _NOT_KEYED = ("outputs", "sha256", "sizes", "cache_key", *_PER_RUN)
 
 R = TypeVar("R", bound=StageRecord)
@@ -120,8 +99,7 @@ def code_sha256(modules: tuple[str, ...]) -> str:
     """SHA-256 of the source of ``modules`` (a package counts with every ``.py`` file in it)."""
     digests: list[str] = []
     for name in sorted(modules):
-        module = importlib.import_module(name)
-        origin = Path(inspect.getfile(module))
+        origin = Path(inspect.getfile(importlib.import_module(name)))
         files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
         digests.extend(f"{name}:{file.name}:{file_sha256(file)}" for file in files)
     return sha256_bytes("\n".join(digests).encode())
@@ -205,9 +183,10 @@ _digests: dict[tuple[int, ...], str] = {}
 
 
 @contextlib.contextmanager
-def _open_regular(path: Path, most: int | None) -> Iterator[tuple[IO[bytes], os.stat_result]]:
-    """``path`` open for reading, and its status, when it is a regular file (not a link) of at
-    most ``most`` bytes (``None``: any size); else :class:`_Broken`."""
+def _open_regular(path: Path, most: int | None) -> Iterator[tuple[Iterator[bytes], os.stat_result]]:
+    """The bytes of ``path`` in chunks, and its status, when it is a regular file (not a link)
+    of at most ``most`` bytes (``None``: any size); else :class:`_Broken`, also when it shrinks
+    or grows while being read."""
     mode = os.lstat(path).st_mode
     if stat.S_ISLNK(mode):
         raise _Broken(f"{path} is a symbolic link")
@@ -220,35 +199,32 @@ def _open_regular(path: Path, most: int | None) -> Iterator[tuple[IO[bytes], os.
             raise _Broken(f"{path} is not a regular file")
         if most is not None and info.st_size > most:
             raise _Broken(f"{path} holds {info.st_size} bytes, more than the {most} recorded")
-        yield handle, info
 
+        def chunks() -> Iterator[bytes]:
+            left = info.st_size
+            while left:
+                chunk = handle.read(min(_CHUNK, left))
+                if not chunk:
+                    raise _Broken(f"{path} shrank while being read")
+                left -= len(chunk)
+                yield chunk
+            if handle.read(1):
+                raise _Broken(f"{path} grew while being read")
 
-def _read_exactly(handle: IO[bytes], path: Path, size: int) -> Iterator[bytes]:
-    """The ``size`` bytes of the open file ``path`` in chunks, and not one byte more; a file
-    that ends sooner or holds more changed while being read (:class:`_Broken`)."""
-    left = size
-    while left:
-        chunk = handle.read(min(_CHUNK, left))
-        if not chunk:
-            raise _Broken(f"{path} shrank while being read")
-        left -= len(chunk)
-        yield chunk
-    if handle.read(1):
-        raise _Broken(f"{path} grew while being read")
+        yield chunks(), info
 
 
 def _file_digest(path: Path, most: int | None) -> tuple[str, int]:
     """SHA-256 and size of the regular file ``path`` of at most ``most`` bytes; a file hashed
     before and unchanged since is not read again."""
-    with _open_regular(path, most) as (handle, info):
+    with _open_regular(path, most) as (chunks, info):
         identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        known = _digests.get(identity)
-        if known is None:
+        if identity not in _digests:
             digest = hashlib.sha256()
-            for chunk in _read_exactly(handle, path, info.st_size):
+            for chunk in chunks:
                 digest.update(chunk)
-            known = _digests[identity] = digest.hexdigest()
-        return known, info.st_size
+            _digests[identity] = digest.hexdigest()
+        return _digests[identity], info.st_size
 
 
 def _stored_content(path: Path, most: int | None) -> tuple[str, int]:
@@ -290,10 +266,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def _folders(cache_dir: Path, directory: Path) -> Iterator[Path]:
     """``<stage>``, ``<stage>/<xx>`` and ``<stage>/<xx>/<key>`` of ``cache_dir``."""
-    folder = cache_dir
-    for part in directory.relative_to(cache_dir).parts:
-        folder = folder / part
-        yield folder
+    parts = directory.relative_to(cache_dir).parts
+    return (cache_dir.joinpath(*parts[: depth + 1]) for depth in range(len(parts)))
 
 
 def _not_a_folder(path: Path) -> bool:
@@ -321,13 +295,11 @@ def _verified(cache_dir: Path, directory: Path, record_type: type[R]) -> R | Non
     for folder in _folders(cache_dir, directory):
         if _not_a_folder(folder):
             raise _Broken(f"{folder} is a symbolic link or a file, not a folder of the cache")
-    path = directory / RECORD
     try:
-        with _open_regular(path, RECORD_LIMIT) as (handle, info):
-            document = b"".join(_read_exactly(handle, path, info.st_size))
-        if record_type not in _parsers:
-            _parsers[record_type] = TypeAdapter(record_type)
-        record: R = _parsers[record_type].validate_json(document)
+        with _open_regular(directory / RECORD, RECORD_LIMIT) as (chunks, _):
+            if record_type not in _parsers:
+                _parsers[record_type] = TypeAdapter(record_type)
+            record: R = _parsers[record_type].validate_json(b"".join(chunks))
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -369,6 +341,7 @@ class Stage(Generic[P, R]):
     code: tuple[str, ...]
     record_type: type[R]
     heavy: bool
+    version: int
 
     @property
     def signature(self) -> inspect.Signature:
@@ -377,7 +350,9 @@ class Stage(Generic[P, R]):
         return inspect.Signature(parameters, return_annotation=self.record_type)
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """The cache key of these arguments (module docstring)."""
+        """The cache key of these arguments (module docstring): declared ``files`` by content,
+        an earlier stage's record by its outputs' contents and facts, anything else by its JSON
+        (or the stage's ``keys`` function of it)."""
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         inputs = {
@@ -387,7 +362,7 @@ class Stage(Generic[P, R]):
         return sha256_json(
             {
                 "stage": self.name,
-                "stage_version": STAGE_VERSIONS[self.name],
+                "stage_version": self.version,
                 "code": code_sha256((self.compute.__module__, *SHARED_CODE, *self.code)),
                 "inputs": inputs,
             }
@@ -407,35 +382,28 @@ class Stage(Generic[P, R]):
     def run_in(self, slot: DeviceSlot, cache_dir: Path, *args: P.args, **kwargs: P.kwargs) -> R:
         """The verified record of this stage for these arguments in ``cache_dir``, from the
         cache or computed now, a heavy stage inside ``slot(device)`` (a hit takes no slot);
-        ``seconds`` is the time spent in this call.
-        """
+        ``seconds`` is the time spent in this call."""
         start = time.perf_counter()
-        key = self.key(*args, **kwargs)
-        directory = stage_dir(cache_dir, self.name, key)
+        cache, key = Path(cache_dir), self.key(*args, **kwargs)
+        directory = stage_dir(cache, self.name, key)
         seen = _stamp(directory / RECORD)
-        record = load_record(Path(cache_dir), directory, self.record_type)
+        record = load_record(cache, directory, self.record_type)
         cached = record is not None
         if record is None:
-            with _only_writer(Path(cache_dir), directory):
+            with _only_writer(cache, directory):
                 if _stamp(directory / RECORD) != seen:  # a run sharing the cache stored it
-                    record = load_record(Path(cache_dir), directory, self.record_type)
+                    record = load_record(cache, directory, self.record_type)
                     cached = record is not None
                 if record is None:
-                    _clear_leftovers(Path(cache_dir), directory)
+                    _clear_leftovers(cache, directory)
                     device = self.device(*args, **kwargs)
                     with slot(device) if device is not None else contextlib.nullcontext():
                         record = self.compute(directory, *args, **kwargs)
-                    record = _store_in(record, Path(cache_dir), directory, key)
+                    record = _store_in(record, cache, directory, key)
+        seconds = time.perf_counter() - start
         return dataclasses.replace(
-            record,
-            cache_root=str(cache_dir),
-            seconds=time.perf_counter() - start,
-            cached=cached,
+            record, cache_root=str(cache_dir), seconds=seconds, cached=cached
         )
-
-
-#: Age in seconds after which a hidden file in a result's folder is a dead writer's leftover.
-LEFTOVER_AGE_S = 600
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -460,12 +428,11 @@ def _storage_error(cache_dir: Path, exc: OSError) -> StorageError:
 
 @contextlib.contextmanager
 def _only_writer(cache_dir: Path, directory: Path) -> Iterator[None]:
-    """Make the stage directory ``directory`` a real folder (a link or file in place of a folder
-    on the way is replaced by one; its target is left alone) and hold an exclusive ``flock`` on
-    ``<key>.lock`` beside it for the block: a run sharing the cache that computes the same
-    result on this machine waits (saying so), then finds its record: it saves computing twice;
-    correctness never depends on it (writers on other machines, file systems that refuse
-    locks). The kernel drops a killed holder's lock.
+    """Make ``directory`` a real folder (a link or file in the way is replaced, its target left
+    alone) and hold an exclusive ``flock`` on ``<key>.lock`` beside it for the block, so that a
+    run computing the same result on this machine waits (saying so), then finds its record.
+    Correctness never depends on it (other machines, file systems that refuse locks); the
+    kernel drops a killed holder's lock.
 
     Raises:
         StorageError: the cache folder cannot be written (one line naming it and the fix).
@@ -501,11 +468,10 @@ def _only_writer(cache_dir: Path, directory: Path) -> Iterator[None]:
 
 
 def _clear_leftovers(cache_dir: Path, directory: Path) -> None:
-    """Ready ``directory`` to compute into: links, special files, a dead writer's hidden files
-    (half written: by a process of this host that is gone, see
-    :func:`~segstyle_core.fileio.dead_writer_here`, or older than :data:`LEFTOVER_AGE_S`: a
-    live writer's temporary file lives for one file's write), and a folder in place of the
-    record, are removed; a writer on another machine keeps its temporary files.
+    """Ready ``directory`` to compute into: remove links, special files, a folder in place of
+    the record and a dead writer's hidden files: by a process of this host that is gone
+    (:func:`~segstyle_core.fileio.dead_writer_here`), or older than :data:`LEFTOVER_AGE_S` (a
+    live writer's temporary file lives for one file's write; another machine's is kept).
 
     Raises:
         StorageError: the cache folder cannot be written (one line naming it and the fix).
@@ -515,16 +481,14 @@ def _clear_leftovers(cache_dir: Path, directory: Path) -> None:
             shutil.rmtree(directory / RECORD)
         stale = time.time() - LEFTOVER_AGE_S
         for entry in _entries(directory):
+            folder = entry.is_dir(follow_symlinks=False)
             temporary = entry.name.startswith(".") and (
                 dead_writer_here(entry.name) or entry.stat(follow_symlinks=False).st_mtime < stale
             )
-            if temporary or not (
-                entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
-            ):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
+            if folder and temporary:
+                shutil.rmtree(entry.path)
+            elif temporary or not (folder or entry.is_file(follow_symlinks=False)):
+                os.unlink(entry.path)
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "permission denied", str(directory))
     except OSError as exc:
@@ -569,6 +533,7 @@ def stage(
     keys: Mapping[str, Callable[[Any], Any]] | None = None,
     code: tuple[str, ...] = (),
     heavy: bool = False,
+    version: int = 1,
 ) -> Callable[[Callable[Concatenate[Path, P], R]], Stage[P, R]]:
     """Declare a compute function as the stage ``name`` (see :class:`Stage`).
 
@@ -579,6 +544,7 @@ def stage(
             identity and settings, not its device); others count whole (:func:`key_value`).
         code: modules (or packages) besides the compute function's own whose source is keyed.
         heavy: a model stage: computes inside the slot of its backend configuration's device.
+        version: bump when the output format changes in a way the code hash would not show.
 
     Raises:
         TypeError: ``files`` or ``keys`` name a parameter the compute function lacks.
@@ -590,6 +556,6 @@ def stage(
         if unknown:
             raise TypeError(f"stage {name}: no parameter {', '.join(unknown)} in {parameters}")
         record_type = get_type_hints(compute)["return"]  # resolved here, once, by name
-        return Stage(name, compute, files, dict(keys or {}), code, record_type, heavy)
+        return Stage(name, compute, files, dict(keys or {}), code, record_type, heavy, version)
 
     return declare

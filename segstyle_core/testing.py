@@ -1,9 +1,5 @@
-"""Tiny random-weight models for tests and benchmarks; never used by a real run.
-
-Official architectures, narrow and shallow, with seeded weights, so tests exercise the real
-loading and inference code in seconds; register one under a test variant name, e.g.
-``monkeypatch.setitem(SAM_BUILDERS, "tiny", build_sam_tiny)``.
-"""
+"""Tiny random-weight models for tests and benchmarks (register one under a test variant,
+e.g. ``monkeypatch.setitem(SAM_BUILDERS, "tiny", build_sam_tiny)``)."""
 
 from __future__ import annotations
 
@@ -20,9 +16,8 @@ from segment_anything.modeling import (
 
 
 def build_sam_tiny(img_size: int = 64, seed: int = 0) -> Sam:
-    """A ~60k-parameter SAM (the official modules, one global ViT block) with weights drawn
-    from ``seed`` without touching the global RNG; its masks mean nothing. ``img_size``: side
-    of the square input in pixels (a multiple of the patch size 8), like the official 1024."""
+    """A ~60k-parameter SAM of the official modules with weights drawn from ``seed`` (global RNG
+    untouched); ``img_size``: side of the square input in pixels (a multiple of 8)."""
     patch, dim = 8, 32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

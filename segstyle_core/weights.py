@@ -1,11 +1,9 @@
 """Model checkpoints: where they live, how they are fetched, checked and safely loaded.
 
-Checkpoints live in :func:`weights_dir`. Official file names carry the start of the file's
-SHA-256 (``01ec64`` in ``sam_vit_b_01ec64.pth``); :func:`verify_checkpoint` checks that prefix
-and, when present, the full SHA-256 :func:`download` records in ``<file>.sha256``
-(``sha256sum -c`` format). Meta publishes no hash for SAM 2.1 (``sam2.1_hiera_*.pt``): only the
-recorded full hash is checked. Network access happens only in :func:`download`; loading never
-runs pickled code (``weights_only=True``).
+Official file names carry the start of the file's SHA-256 (``01ec64`` in
+``sam_vit_b_01ec64.pth``; none for SAM 2.1); :func:`download` records the full one in
+``<file>.sha256`` (``sha256sum -c`` format). Only :func:`download` uses the network; loading
+never runs pickled code (``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -37,8 +35,6 @@ if TYPE_CHECKING:
 ENV_WEIGHTS_DIR = "SEGSTYLE_WEIGHTS_DIR"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
-#: Suffix of the full-hash sidecar written beside every downloaded checkpoint.
-SIDECAR_SUFFIX = ".sha256"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -46,18 +42,17 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 class Checkpoint:
     """One downloadable checkpoint."""
 
-    name: str  # registry name, as in ``segstyle weights download NAME``
-    filename: str  # as published
+    name: str  # as in ``segstyle weights download NAME``
+    filename: str
     url: str
     sha256_prefix: str  # from the published file name; empty where none is published
-    torch_hub: bool = False  # also look in torch hub's cache (``$TORCH_HOME/hub/checkpoints``)
+    torch_hub: bool = False  # also look in ``$TORCH_HOME/hub/checkpoints``
 
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_"
 _SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_"
 
-#: Segment Anything ViT-B/L/H (L: the paper's model), torchvision's VGG19 (ImageNet, for Gatys)
-#: and SAM 2.1 Hiera-T/S/B+/L (images and video; Meta publishes no hash for these).
+#: Segment Anything ViT-B/L/H, torchvision's VGG19 (ImageNet, for Gatys) and SAM 2.1 Hiera.
 CHECKPOINTS: dict[str, Checkpoint] = {
     c.name: c
     for c in (
@@ -85,11 +80,8 @@ CHECKPOINTS: dict[str, Checkpoint] = {
 
 
 def get_checkpoint(checkpoint: str | Checkpoint) -> Checkpoint:
-    """The registry entry for a name (a :class:`Checkpoint` is returned as is).
-
-    Raises:
-        ConfigError: unknown name; the message lists the known ones.
-    """
+    """The registry entry for a name (a :class:`Checkpoint` as is); ConfigError listing the
+    known names if unknown."""
     if isinstance(checkpoint, Checkpoint):
         return checkpoint
     try:
@@ -117,8 +109,8 @@ _weights_dir = weights_dir  # for functions whose parameter is called ``weights_
 def find_checkpoint(
     checkpoint: str | Checkpoint, weights_dir: str | os.PathLike[str] | None = None
 ) -> Path:
-    """The first copy of ``checkpoint`` in :func:`weights_dir`, then (for checkpoints
-    torchvision also downloads) torch hub's cache (``torch.hub.get_dir()/checkpoints``).
+    """The first copy of ``checkpoint`` in :func:`weights_dir`, then (``torch_hub`` ones) in
+    ``torch.hub.get_dir()/checkpoints``.
 
     Raises:
         WeightsError: not found; names the file, every folder searched and the fetch command.
@@ -144,16 +136,12 @@ def find_checkpoint(
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """``<file>.sha256``: where :func:`download` records a checkpoint's full SHA-256."""
-    path = Path(path)
-    return path.with_name(path.name + SIDECAR_SUFFIX)
+    return Path(f"{path}.sha256")
 
 
 def read_sidecar(path: str | os.PathLike[str]) -> str | None:
-    """The full SHA-256 recorded for checkpoint ``path``; ``None`` without a sidecar.
-
-    Raises:
-        WeightsError: the sidecar is unreadable or holds no SHA-256 (says to delete it).
-    """
+    """The full SHA-256 recorded for checkpoint ``path``; ``None`` without a sidecar
+    (WeightsError saying to delete it if unreadable or holding no SHA-256)."""
     sidecar = sidecar_path(path)
     try:
         text = sidecar.read_text(encoding="ascii", errors="replace")
@@ -178,23 +166,6 @@ def write_sidecar(path: str | os.PathLike[str], digest: str) -> Path:
     return sidecar
 
 
-def _mismatch(path: str | os.PathLike[str], entry: Checkpoint, digest: str) -> str | None:
-    """Why ``digest`` (of ``path``) fails ``entry``'s checks, or ``None`` when it passes."""
-    if not digest.startswith(entry.sha256_prefix):
-        return (
-            f"checkpoint {path} is corrupt: SHA-256 should start with {entry.sha256_prefix} but "
-            f"is {digest}; delete it and run `segstyle weights download {entry.name}`"
-        )
-    recorded = read_sidecar(path)
-    if recorded is not None and recorded != digest:
-        return (
-            f"checkpoint {path} is corrupt: SHA-256 is {digest} but {sidecar_path(path).name} "
-            f"recorded {recorded} at download; delete both and run "
-            f"`segstyle weights download {entry.name}`"
-        )
-    return None
-
-
 class CheckpointFile(NamedTuple):
     """A checkpoint file and its full SHA-256 (names its weights in cache keys and rows)."""
 
@@ -203,11 +174,10 @@ class CheckpointFile(NamedTuple):
 
 
 def own_checkpoint(path: str | os.PathLike[str], field: str) -> CheckpointFile:
-    """A checkpoint file of your own, set in the configuration field ``field`` (dotted, e.g.
+    """A checkpoint file of your own, set in the configuration field ``field`` (e.g.
     ``segmenter.checkpoint``), and its full SHA-256.
 
-    Raises:
-        WeightsError: the file does not exist, is empty or carries pickled code (names ``field``).
+    WeightsError naming ``field`` if the file does not exist, is empty or carries pickled code.
     """
     path = Path(path).expanduser()
     problem = "does not exist" if not path.is_file() else "is empty (0 bytes)"
@@ -223,8 +193,8 @@ def own_checkpoint(path: str | os.PathLike[str], field: str) -> CheckpointFile:
 
 @functools.lru_cache(maxsize=64)
 def _refuse_pickled_code(path: Path, size: int, mtime_ns: int) -> None:
-    """Refuse a ``torch.save`` file whose pickle carries code before any work (tensors only
-    mapped); once per file version, as every cache key names the weights again."""
+    """Refuse a ``torch.save`` file whose pickle carries code (tensors only mapped), once per
+    file version."""
     if zipfile.is_zipfile(path):
         load_state_dict(path, mmap=True)
 
@@ -236,12 +206,8 @@ def resolve_checkpoint(
     weights_dir: str | os.PathLike[str] | None = None,
 ) -> CheckpointFile:
     """The checkpoint a backend loads: ``own`` (set in ``field``) if given, else the
-    ``official`` one, found and verified.
-
-    Raises:
-        WeightsError: the file is missing (the message says how to get it) or fails its check.
-        ConfigError: unknown official name.
-    """
+    ``official`` one, found and verified (WeightsError if missing or failing; ConfigError: an
+    unknown official name)."""
     if own:
         return own_checkpoint(own, field)
     path = find_checkpoint(official, weights_dir)
@@ -250,16 +216,22 @@ def resolve_checkpoint(
 
 def verify_checkpoint(path: str | os.PathLike[str], checkpoint: str | Checkpoint) -> str:
     """Check ``path`` against ``checkpoint``'s SHA-256 prefix and its sidecar's full hash, if
-    any; return the full hash (memoised per file version).
-
-    Raises:
-        WeightsError: a check fails, or the sidecar is unreadable (names the file and the fix).
-    """
+    any; the full hash (memoised per file version). WeightsError naming the file and the fix if
+    a check fails or the sidecar is unreadable."""
     entry = get_checkpoint(checkpoint)
     digest = file_sha256(path)
-    problem = _mismatch(path, entry, digest)
-    if problem is not None:
-        raise WeightsError(problem)
+    if not digest.startswith(entry.sha256_prefix):
+        raise WeightsError(
+            f"checkpoint {path} is corrupt: SHA-256 should start with {entry.sha256_prefix} but "
+            f"is {digest}; delete it and run `segstyle weights download {entry.name}`"
+        )
+    recorded = read_sidecar(path)
+    if recorded is not None and recorded != digest:
+        raise WeightsError(
+            f"checkpoint {path} is corrupt: SHA-256 is {digest} but {sidecar_path(path).name} "
+            f"recorded {recorded} at download; delete both and run "
+            f"`segstyle weights download {entry.name}`"
+        )
     return digest
 
 
@@ -269,16 +241,12 @@ def download(
     url: str | None = None,
     progress: bool = True,
 ) -> Path:
-    """Download ``checkpoint`` into :func:`weights_dir` (``dest_dir`` overrides) and verify it.
+    """Download ``checkpoint`` (from ``url``, a mirror, if given) into :func:`weights_dir`
+    (``dest_dir`` overrides), with a tqdm ``progress`` bar on stderr, and verify it.
 
     Data streams to ``<file>.part``, resumed with an HTTP ``Range`` request (a 200 answer
     restarts it); renamed into place once its SHA-256 prefix matches, with its full SHA-256 in
-    the sidecar. A file already there that verifies is returned without network access (and
-    gains a sidecar if it had none).
-
-    Args:
-        url: mirror address instead of ``checkpoint.url``.
-        progress: show a tqdm progress bar on stderr.
+    the sidecar. A file already there that verifies is returned offline (gaining a sidecar).
 
     Raises:
         WeightsError: network failure (the ``.part`` is kept for a resume) or checksum mismatch
@@ -345,12 +313,10 @@ def _fetch(url: str, part: Path, progress: bool, desc: str) -> None:
 
 
 def load_state_dict(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, torch.Tensor]:
-    """Load a checkpoint's ``{parameter name: tensor}`` onto the CPU without running pickled code
-    (``mmap``: tensors stay mapped, only the pickle is read); a ``{"state_dict": ...}`` or
-    ``{"model": ...}`` wrapper is unwrapped.
+    """A checkpoint's ``{parameter name: tensor}`` on the CPU, no pickled code run (``mmap``:
+    tensors stay mapped); a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped.
 
-    Raises:
-        WeightsError: unreadable/corrupt file, a pickle that carries code, or no tensors inside.
+    WeightsError: unreadable/corrupt file, a pickle that carries code, or no tensors inside.
     """
     import torch
 
@@ -384,12 +350,8 @@ def load_state_dict(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike[str], architecture: str) -> None:
-    """Fill ``model`` (built without weights) from checkpoint ``path``, every parameter present.
-
-    Raises:
-        WeightsError: unsafe/corrupt checkpoint, or one made for another architecture than
-            ``architecture`` (``"SAM vit_l"``, which the message names).
-    """
+    """Fill ``model`` from checkpoint ``path``, every parameter present (WeightsError: unsafe
+    or corrupt, or made for another architecture than ``architecture``, e.g. ``"SAM vit_l"``)."""
     state_dict = load_state_dict(path)
     try:
         model.load_state_dict(state_dict)
@@ -405,10 +367,9 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str], architect
 
 @dataclass(frozen=True)
 class CheckpointStatus:
-    """What :func:`status` found for one registered checkpoint: the copy found (``path``, its
-    ``size`` in bytes) and, once checked, whether it ``verified`` (``None``: missing or not
-    checked), its ``sha256``, whether a sidecar's full hash was compared too, and the
-    ``problem`` (one line naming the file and the fix)."""
+    """What :func:`status` found for one checkpoint: the copy (``path``, ``size`` in bytes)
+    and, once checked, whether it ``verified`` (``None``: missing or not checked), its
+    ``sha256``, whether a sidecar's full hash was compared, the ``problem`` (one line)."""
 
     checkpoint: Checkpoint
     path: Path | None = None
@@ -448,11 +409,7 @@ def check_status(
     weights_dir: str | os.PathLike[str] | None = None,
     verify: bool = False,
 ) -> CheckpointStatus:
-    """Find ``checkpoint`` and, with ``verify``, hash and check it.
-
-    Raises:
-        ConfigError: unknown checkpoint name.
-    """
+    """Find ``checkpoint`` and, with ``verify``, hash and check it (ConfigError: unknown name)."""
     entry = get_checkpoint(checkpoint)
     try:
         path = find_checkpoint(entry, weights_dir)
@@ -461,16 +418,12 @@ def check_status(
     found = CheckpointStatus(entry, path=path, size=path.stat().st_size)
     if not verify:
         return found
-    digest = file_sha256(path)
     try:
-        problem = _mismatch(path, entry, digest)
-        full = read_sidecar(path) is not None
-    except WeightsError as exc:  # an unreadable sidecar
-        problem, full = str(exc), False
-    ok = problem is None
-    return replace(
-        found, verified=ok, sha256=digest, full_hash_checked=full and ok, problem=problem
-    )
+        digest = verify_checkpoint(path, entry)
+    except WeightsError as exc:
+        return replace(found, verified=False, sha256=file_sha256(path), problem=str(exc))
+    full = read_sidecar(path) is not None
+    return replace(found, verified=True, sha256=digest, full_hash_checked=full)
 
 
 def status(
@@ -478,12 +431,8 @@ def status(
     verify: bool = False,
     names: Sequence[str] | None = None,
 ) -> list[CheckpointStatus]:
-    """One :class:`CheckpointStatus` per registered checkpoint (or per name in ``names``);
-    ``verify`` hashes each file (seconds for large ones).
-
-    Raises:
-        ConfigError: an unknown name in ``names`` (the message lists the known ones).
-    """
+    """One :class:`CheckpointStatus` per registered checkpoint (or per name in ``names``;
+    ConfigError listing the known ones if unknown); ``verify`` hashes each file."""
     entries = [get_checkpoint(n) for n in names] if names else list(CHECKPOINTS.values())
     return [check_status(entry, weights_dir, verify) for entry in entries]
 

@@ -1,18 +1,13 @@
 """Device slots: how many heavy model stages (segment, stylize) run at once per device.
 
-A GPU has one slot and a stage takes it. A CPU has one slot per core, and a stage takes as many
-as it computes with threads (:func:`segstyle_core.devices.compute_threads`): a process computing
-on every core runs one stage at a time, N one-thread Dask workers run N. With an API
-(:func:`slot_mode` ``prefect``), the slots are Prefect's ``concurrency()`` on the global
-concurrency limit :func:`slot_name`, created with :func:`slot_size` slots if missing (change it
-with ``prefect gcl update NAME --limit N``), held as a lease of :data:`LEASE_SECONDS` that
-Prefect renews: a killed holder's slots are freed when its lease runs out and the server's
-repossessor (every 15 s) sees it, 60-75 s after the kill. Without one (``host``; also
-``SEGSTYLE_DEVICE_SLOTS=host``, as on the CLI's temporary server, whose services do not include
-the repossessor: a killed holder's lease there would never end), a slot is a ``flock`` on
-``<SEGSTYLE_DEVICE_SLOT_DIR>/<name>.<i>.lock`` (default ``$TMPDIR/segstyle-device-slots``),
-dropped the moment its holder dies. On Dask, CUDA stages submitted inside
-:func:`dask_annotations` run only on workers with a ``GPU`` resource.
+A GPU has one slot; a CPU one per core, of which a stage takes its compute threads
+(:func:`slot_size`). With an API (:func:`slot_mode` ``prefect``) the slots are Prefect's
+``concurrency()`` on the global limit :func:`slot_name` (``prefect gcl update NAME --limit N``
+resizes it), leased for :data:`LEASE_SECONDS`: a killed holder's slots are freed 60-75 s later,
+when the server's repossessor (every 15 s) sees the lease ended. In ``host`` mode (no API, or
+``SEGSTYLE_DEVICE_SLOTS=host`` as on the CLI's temporary server, which runs no repossessor), a
+slot is a ``flock`` on ``<SEGSTYLE_DEVICE_SLOT_DIR>/<name>.<i>.lock`` (default
+``$TMPDIR/segstyle-device-slots``), dropped when its holder dies.
 """
 
 from __future__ import annotations
@@ -52,8 +47,7 @@ def slot_name(device: Any) -> str:
 
 
 def slot_size(device: Any) -> tuple[int, int]:
-    """(slots a new limit of ``device`` gets, slots one stage of this process takes): on a CPU,
-    the machine's cores and the stage's compute threads; on a GPU, 1 and 1."""
+    """(slots of a new limit, slots one stage takes): a CPU's cores and compute threads; 1, 1."""
     if _resolved(device) != "cpu":
         return 1, 1
     from segstyle_core.devices import compute_threads
@@ -78,9 +72,8 @@ def slot_mode() -> SlotMode:
 
 @contextlib.contextmanager
 def device_slot(device: Any, mode: SlotMode | None = None) -> Iterator[None]:
-    """Hold this process's share of ``device``'s slots (:func:`slot_size`) for the block,
-    waiting for them, in ``mode`` (default :func:`slot_mode`); Prefect's or httpx's errors when
-    the API fails."""
+    """Hold this process's share of ``device``'s slots for the block, waiting for them;
+    Prefect's or httpx's errors when the API fails."""
     name, (limit, occupy) = slot_name(device), slot_size(device)
     if (mode or slot_mode()) == "host":
         with _host_slots(name, limit, occupy):
@@ -105,8 +98,7 @@ def device_slot(device: Any, mode: SlotMode | None = None) -> Iterator[None]:
 
 
 def _lock_file(name: str) -> int:
-    """A read-only descriptor of ``<folder>/<name>.lock``, in a folder every user of the
-    machine shares (sticky and world-writable, like /tmp)."""
+    """A descriptor of ``<folder>/<name>.lock``; the folder is sticky and world-writable."""
     folder = Path(os.environ.get(DIR_ENV) or Path(tempfile.gettempdir(), "segstyle-device-slots"))
     if not folder.is_dir():
         folder.mkdir(parents=True, exist_ok=True)
@@ -116,23 +108,10 @@ def _lock_file(name: str) -> int:
 
 
 @contextlib.contextmanager
-def _host_lock(name: str) -> Iterator[None]:
-    """An exclusive ``flock`` on ``<name>.lock``, waiting for it."""
-    import fcntl  # POSIX: only host mode needs it
-
-    fd = _lock_file(name)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # drops the lock
-
-
-@contextlib.contextmanager
 def _host_slots(name: str, limit: int, occupy: int) -> Iterator[None]:
     """``occupy`` of the ``limit`` locks ``<name>.<i>.lock``, all at once (retried every
     0.05 s, holding none in between, so that two waiters never hold part each)."""
-    import fcntl
+    import fcntl  # POSIX: only host mode needs it
 
     fds = [_lock_file(f"{name}.{i}") for i in range(limit)]
     try:
@@ -156,14 +135,13 @@ def _host_slots(name: str, limit: int, occupy: int) -> Iterator[None]:
 
 
 def _ensure_limit(name: str, slots: int) -> int:
-    """The slots of the global concurrency limit ``name``, created with ``slots`` if missing,
-    under this machine's lock of ``<name>.create`` (the server logs a traceback for every
-    create that loses a race)."""
+    """The limit ``name``'s slots, created with ``slots`` if missing, under a host lock (the
+    server logs a traceback for every create that loses a race)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    with get_client(sync_client=True) as client, _host_lock(f"{name}.create"):
+    with get_client(sync_client=True) as client, _host_slots(f"{name}.create", 1, 1):
         try:
             return client.read_global_concurrency_limit_by_name(name).limit
         except ObjectNotFound:
@@ -175,14 +153,12 @@ def _ensure_limit(name: str, slots: int) -> int:
 
 
 def dask_resources(device: Any) -> dict[str, float]:
-    """``{"GPU": 1}`` for a CUDA device (``cuda``, ``cuda:N``), else ``{}`` (``"auto"`` asks for
-    nothing: it resolves on the worker that runs the task)."""
+    """``{"GPU": 1}`` for ``cuda`` or ``cuda:N``, else ``{}`` (``auto`` resolves on the worker)."""
     return {"GPU": 1} if str(device).strip().lower().startswith("cuda") else {}
 
 
 def dask_annotations(device: Any) -> contextlib.AbstractContextManager[Any]:
-    """Tasks submitted in the block need :func:`dask_resources` of ``device`` on a Dask
-    worker (only the Dask task runner reads it; nothing for a non-CUDA device)."""
+    """Tasks submitted in the block need :func:`dask_resources` on a Dask worker."""
     resources = dask_resources(device)
     if not resources:
         return contextlib.nullcontext()

@@ -27,9 +27,8 @@ PUBLISHED = {
     persist_result=False,
 )
 def publish(image_id: str, run_dir: str, records: Mapping[str, StageRecord]) -> dict[str, str]:
-    """Copy each stage's output PNG to ``<run_dir>/<image_id>/<output>.png``; return column ->
-    path for the columns of :data:`PUBLISHED` whose stage ran. Copies, not links: the run
-    folder never reaches into the cache, and survives its cleanup."""
+    """Copy each stage's output PNG to ``<run_dir>/<image_id>/<output>.png`` (copies: the run
+    folder survives the cache's cleanup); return column -> path of :data:`PUBLISHED`."""
     folder = Path(run_dir) / image_id
     placed = {}
     for column, (stage, output) in PUBLISHED.items():

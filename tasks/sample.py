@@ -20,12 +20,8 @@ def sample_city(dataset: DatasetSelection) -> cityscapes.Sample:
     annotations, and a warning per malformed file."""
     sample = dataset.sample()
     logger = get_run_logger()
-    logger.info(
-        "%s %s: %d frames with fine annotations",
-        "city" if len(sample.cities) == 1 else "cities",
-        ", ".join(sample.cities),
-        len(sample.frames),
-    )
+    noun, cities = "city" if len(sample.cities) == 1 else "cities", ", ".join(sample.cities)
+    logger.info("%s %s: %d frames with fine annotations", noun, cities, len(sample.frames))
     if sample.unannotated:
         logger.info("left out %d images without fine annotations", len(sample.unannotated))
     for path, reason in sample.skipped:

@@ -1,14 +1,10 @@
-"""The flows' runner of the stage graphs (:mod:`segstyle_core.pipeline`): each stage a Prefect task.
-
-The stage owns the cache key, the verified on-disk result, the timing and the record; its task
-adds a task-run name, transient-only retries, the device slot (and Dask resources) of heavy
-stages, and the ``Cached`` state for a cache hit. Prefect's result store is not used:
-everything a run caches is under its output folder, where a retried flow run finds it.
+"""The flows' runner of the stage graphs (:mod:`segstyle_core.pipeline`): each stage a Prefect
+task, adding a run name, transient-only retries, heavy stages' device slots and Dask resources,
+and the ``Cached`` state; results stay in the stage cache under ``out``, not Prefect's store.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
@@ -28,12 +24,9 @@ from segstyle_core.stagecache import Stage, StageRecord
 
 R = TypeVar("R", bound=StageRecord)
 
-# In a flow-run process or a Dask worker not started with GLIBC_TUNABLES (prefect.yaml sets it
-# for the deployments), as much as a process whose threads already run allows.
-keep_freed_memory()
+keep_freed_memory()  # in a flow-run process or Dask worker started without GLIBC_TUNABLES
 
-# Prefect hands the core's loggers its run-log handler but leaves their level at the root's
-# (warnings): the stages' progress lines are INFO.
+# PREFECT_LOGGING_EXTRA_LOGGERS leaves the level at the root's (warnings); progress is INFO.
 logging.getLogger("segstyle_core").setLevel(logging.INFO)
 
 
@@ -45,9 +38,8 @@ def retry_transient(task: Any, task_run: Any, state: State) -> bool:
 
 @functools.cache
 def stage_task(stage: Stage[..., R]) -> Task[..., R]:
-    """The Prefect task of ``stage``: its inputs as keyword parameters, ``cache_dir``, and
-    ``device_slots``, the slot mode the flow chose (a Dask worker's own environment does not
-    know that the flow runs on the CLI's temporary server)."""
+    """The Prefect task of ``stage``: its inputs, ``cache_dir`` and ``device_slots`` (the flow's
+    slot mode: a Dask worker's environment does not know of the CLI's temporary server)."""
 
     def run(cache_dir: Path, device_slots: SlotMode, **inputs: Any) -> R | State[R]:
         slot = functools.partial(device_slot, mode=device_slots)
@@ -76,9 +68,7 @@ def stage_task(stage: Stage[..., R]) -> Task[..., R]:
 
 @dataclass(frozen=True)
 class PrefectRunner:
-    """A runner of :mod:`segstyle_core.pipeline`: each stage a Prefect task of the current flow
-    run, caching in ``cache_dir`` and taking device slots in ``device_slots`` mode (default:
-    this process's :func:`slot_mode`); its handles are the tasks' futures."""
+    """A runner of :mod:`segstyle_core.pipeline` whose handles are the tasks' futures."""
 
     cache_dir: Path
     device_slots: SlotMode = field(default_factory=slot_mode)
@@ -86,6 +76,5 @@ class PrefectRunner:
     def __call__(self, stage: Stage[..., R], run_name: str, /, **inputs: Any) -> PrefectFuture[R]:
         """Submit ``stage`` as the task run ``run_name``."""
         named = stage_task(stage).with_options(task_run_name=lambda: run_name)
-        device = stage.device(**inputs)
-        with dask_annotations(device) if device is not None else contextlib.nullcontext():
+        with dask_annotations(stage.device(**inputs)):
             return named.submit(cache_dir=self.cache_dir, device_slots=self.device_slots, **inputs)

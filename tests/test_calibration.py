@@ -58,9 +58,9 @@ def test_a_real_calibration_is_cached_and_tabled(cache: Path) -> None:
     trials = calibration.calibrate(config, CPU, compile_=False, repeats=1)
     assert [(t.channels_last, t.compile) for t in trials] == [(False, False), (True, False)]
     assert all(t.step_s > 0 and abs(t.objective_rel) < 1e-4 for t in trials)
-    options = calibration.speed_options(CPU)  # nothing cached: calibrates and stores
+    resolved = calibration.resolve(GatysConfig(), CPU)  # nothing cached: calibrates and stores
     stored = json.loads(cache.read_text())[calibration.machine_key(CPU)]
-    assert options == {"channels_last": stored["channels_last"], "compile": False}
+    assert (resolved.channels_last, resolved.compile) == (stored["channels_last"], False)
     table = calibration.tune_table("cpu", refresh=False)  # from the cache, no new run
     assert calibration.machine_key(CPU) in table and len(table.splitlines()) == 5
     assert table.endswith(f"chosen: channels_last={stored['channels_last']} compile=False")
@@ -71,7 +71,7 @@ def test_segstyle_tune_cached_prints_the_cached_table(
 ) -> None:
     from segstyle.flows.cli import main
 
-    calibration.speed_options(CPU)  # an eager calibration, cached
+    calibration.resolve(GatysConfig(), CPU)  # an eager calibration, cached
     capsys.readouterr()
     assert main(["tune", "--device", "cpu", "--cached"]) == 0
     assert capsys.readouterr().out.strip() == calibration.tune_table("cpu", refresh=False)
@@ -80,7 +80,8 @@ def test_segstyle_tune_cached_prints_the_cached_table(
 @pytest.mark.parametrize("text", ["[1, 2]", "not json", '{"KEY": {"channels_last": "yes"}}'])
 def test_a_malformed_cache_file_is_remade_not_trusted(cache: Path, text: str) -> None:
     cache.write_text(text.replace("KEY", calibration.machine_key(CPU)))
-    options = calibration.speed_options(CPU)
+    resolved = calibration.resolve(GatysConfig(), CPU)
+    options = {name: getattr(resolved, name) for name in ("channels_last", "compile")}
     assert all(isinstance(value, bool) for value in options.values())
     stored = json.loads(cache.read_text())[calibration.machine_key(CPU)]
     assert {name: stored[name] for name in options} == options

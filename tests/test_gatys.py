@@ -35,7 +35,7 @@ from segstyle_core.stylize.objective import (
     total_loss,
     tv_loss,
 )
-from segstyle_core.stylize.vgg import VGGFeatures, layer_names, load_vgg19_features
+from segstyle_core.stylize.vgg import VGGFeatures, load_vgg19_features
 
 HEIGHT = 64
 
@@ -316,8 +316,21 @@ def test_bad_config_is_one_config_error_line_naming_the_field(
 
 
 def test_layer_names_are_torchvisions_vgg19_modules() -> None:
+    """convB_I: the I-th convolution of block B, reluB_I its ReLU, poolB the block's pooling."""
+    names: list[str] = []
+    block, index = 1, 0
     with torch.device("meta"):
-        names = layer_names(make_layers(cfgs["E"]))
+        features = make_layers(cfgs["E"])
+    for module in features:
+        if isinstance(module, torch.nn.Conv2d):
+            index += 1
+            names.append(f"conv{block}_{index}")
+        elif isinstance(module, torch.nn.ReLU):
+            names.append(f"relu{block}_{index}")
+        else:
+            assert isinstance(module, torch.nn.MaxPool2d)
+            names.append(f"pool{block}")
+            block, index = block + 1, 0
     assert tuple(names) == get_args(VGG19Layer)
 
 

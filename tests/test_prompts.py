@@ -12,8 +12,8 @@ from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.prompts.files import load_prompts_file
 from segstyle_core.prompts.from_gt import jitter_boxes, prompts_from_instances
 from segstyle_core.prompts.validation import parse_box, parse_point, validate_prompt
-from segstyle_core.scoring import score_instance_aware
-from segstyle_core.segment.base import Prompt
+from segstyle_core.scoring import prompt_scores
+from segstyle_core.segment.base import MaskPrediction, Prompt
 
 CAR = 26  # Cityscapes label id of "car"
 
@@ -220,14 +220,19 @@ def test_instance_aware_scores_separate_one_car_from_the_class() -> None:
     ids = _two_cars()
     big, small = sorted(instances_from_ids(ids, ["car"]), key=lambda i: -i.area)
     class_mask = ids >= CAR * 1000
-    scores = score_instance_aware(small.mask.copy(), small, class_mask)
+    own = Prompt(box=(0, 0, 1, 1), instance_id=small.instance_id)
+    predictions = [MaskPrediction(small.mask.copy(), 0.9, ("a", "b"))] * 2
+    scores, without = prompt_scores(
+        predictions, [own, Prompt(box=(0, 0, 1, 1))], class_mask, [big, small]
+    )
     assert scores["iou_instance"] == 1.0 and scores["dice_instance"] == 1.0
-    assert scores["iou_class"] == pytest.approx(small.area / (small.area + big.area))
-    assert scores["precision_class"] == 1.0
-    assert scores["recall_class"] == pytest.approx(small.area / (small.area + big.area))
+    assert scores["iou"] == pytest.approx(small.area / (small.area + big.area))
+    assert scores["precision"] == 1.0
+    assert scores["recall"] == pytest.approx(small.area / (small.area + big.area))
     assert scores["pred_area"] == scores["instance_area"] == small.area
-    assert scores["class_area"] == small.area + big.area
-    without = score_instance_aware(small.mask, None, class_mask)
-    assert without["iou_instance"] is None and without["iou_class"] == scores["iou_class"]
+    assert scores["gt_area"] == small.area + big.area
+    assert scores["mask_score"] == 0.9 and scores["segment_notes"] == "a;b"
+    assert without["iou_instance"] is None and without["instance_area"] is None
+    assert without["iou"] == scores["iou"]
     with pytest.raises(InputError, match="shapes differ"):
-        score_instance_aware(small.mask[:10], small, class_mask)
+        prompt_scores([MaskPrediction(small.mask[:10], 0.9)], [own], class_mask, [small])

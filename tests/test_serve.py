@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segstyle.flows.serve import check_loopback, make_app
 from segstyle_core.errors import ConfigError
 from segstyle_core.figures import panel
 from segstyle_core.images import write_png
@@ -35,6 +34,7 @@ from segstyle_core.outputs import (
 )
 from segstyle_core.report import write_report
 from segstyle_core.results import COLUMNS, normalise_row
+from segstyle_core.serve import check_loopback, make_app
 
 BASE = "http://127.0.0.1:4201"
 
@@ -178,11 +178,11 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _serving(root: Path, host: str = "127.0.0.1") -> Iterator[str]:
-    """``segstyle.flows.serve.serve(root, host)`` in a subprocess on a free port; yields its
+    """``segstyle_core.serve.serve(root, host)`` in a subprocess on a free port; yields its
     base URL."""
     port = _free_port()
     code = (
-        "import sys; from pathlib import Path; from segstyle.flows.serve import serve; "
+        "import sys; from pathlib import Path; from segstyle_core.serve import serve; "
         "serve(Path(sys.argv[1]), host=sys.argv[2], port=int(sys.argv[3]))"
     )
     process = subprocess.Popen(
@@ -383,7 +383,7 @@ def test_symlinked_served_folders_are_refused_at_start(
     status = main(["serve", "--out", str(out), "--port", "0"])
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert status == EXIT_ERROR and line.startswith("segstyle: error: ")
-    assert "symlink" in line and "real folders inside --out" in line
+    assert "symlink" in line and "replace it with a folder" in line
     (out / "runs").unlink()
     (out / "runs").mkdir()
     (out / "metrics").symlink_to(tmp_path)

@@ -84,12 +84,6 @@ def _moving_car(
     return moving, paint, silhouette.astype(bool)
 
 
-def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """XYXY box (exclusive end) of the True pixels of an ``H×W bool`` mask."""
-    rows, cols = np.nonzero(mask)
-    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
-
-
 def generate_clip(
     out: str | os.PathLike[str],
     frames: int = 24,
@@ -142,6 +136,7 @@ def generate_clip(
             image_id,
         )
         paths.append(image_dir / f"{image_id}{IMAGE_SUFFIX}")
-        boxes.append(_box(visible))
+        x, y, w, h = cv2.boundingRect(visible.astype(np.uint8))
+        boxes.append((x, y, x + w, y + h))
     write_json_atomic(image_dir / SIDECAR, {"fps": float(fps)})
     return Clip(root, image_dir, tuple(paths), tuple(boxes), tuple(instance_ids), float(fps))

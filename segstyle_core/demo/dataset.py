@@ -1,10 +1,8 @@
 """The demo dataset: procedurally drawn street scenes written in the Cityscapes layout.
 
 Each object's silhouette becomes one Cityscapes polygon, rasterised as ``json2labelImg`` does
-(Pillow's ``ImageDraw.polygon`` in file order) into an object-index map, from which come
-``labelIds``, ``instanceIds`` (numbered like ``json2instanceImg``), the colour PNG and the
-painted image (each object painted where it is visible). So ``json2labelImg(polygons.json)``
-reproduces the labelIds PNG pixel for pixel.
+(so it reproduces the labelIds PNG pixel for pixel) into an object-index map, from which come
+``labelIds``, ``instanceIds`` (as ``json2instanceImg``), the colour PNG and the painted image.
 """
 
 from __future__ import annotations
@@ -48,11 +46,6 @@ class RenderedFrame:
     polygons: dict[str, Any]
 
 
-def _fixed(points: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
-    """Image points (``K×2`` float) to cv2 fixed-point coordinates relative to ``origin``."""
-    return np.round((points - origin) * (1 << _SUBPIXEL_BITS)).astype(np.int32)
-
-
 def _window(points: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
     """The pixel box ``(x0, y0, x1, y1)`` (exclusive end) of ``points`` inside the image."""
     x0, y0 = np.maximum(np.floor(points.min(axis=0)).astype(int), 0)
@@ -66,7 +59,7 @@ def _fill(polygons: Iterable[np.ndarray], box: tuple[int, int, int, int]) -> np.
     x0, y0, x1, y1 = box
     mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
     for polygon in polygons:  # one call each: a single fillPoly call XORs overlapping polygons
-        fixed = _fixed(polygon, (x0, y0))
+        fixed = np.round((polygon - (x0, y0)) * (1 << _SUBPIXEL_BITS)).astype(np.int32)
         cv2.fillPoly(mask, [fixed], 1, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
     return mask.astype(bool)
 
@@ -297,8 +290,7 @@ def ensure_demo_dataset(
     cities: Sequence[str] | None = None,
     seed: int = 0,
 ) -> str:
-    """``root``, first writing the demo dataset there if it is missing (the nightly deployment
-    points at ``data/demo``, which ``make demo`` may never have made).
+    """``root``, first writing the demo dataset there if it is missing.
 
     A folder holding ``leftImg8bit/`` is left untouched. A missing or empty one gets the dataset
     via a temporary sibling renamed into place, so an interrupted run leaves no half dataset and

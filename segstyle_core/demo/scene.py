@@ -99,17 +99,14 @@ class Camera:
 
     def facing(self, x: float, z: float, uv: np.ndarray) -> np.ndarray:
         """Points ``(u, v)`` of a plane facing the camera at depth ``z``, centred at ``x``."""
-        uv = np.asarray(uv, dtype=np.float64)
         return self.project(x + uv[:, 0], uv[:, 1], z)
 
     def side(self, x: float, z: float, sv: np.ndarray) -> np.ndarray:
         """Points ``(s, v)`` of the vertical plane ``X = x``, ``s`` metres beyond depth ``z``."""
-        sv = np.asarray(sv, dtype=np.float64)
         return self.project(x, sv[:, 1], z + sv[:, 0])
 
     def ground(self, xz: np.ndarray) -> np.ndarray:
         """Points ``(x, z)`` on the street surface."""
-        xz = np.asarray(xz, dtype=np.float64)
         return self.project(xz[:, 0], 0.0, xz[:, 1])
 
 
@@ -244,13 +241,8 @@ def tree(cam: Camera, x: float, z: float, rng: np.random.Generator) -> SceneObje
     top = rng.uniform(2.6, 3.6)
     angles = np.linspace(0, 2 * np.pi, 40, endpoint=False)
     wobble = np.convolve(np.r_[rng.normal(0, 0.25, 40), 0, 0], np.ones(3) / 3, "valid")
-    crown = np.stack(
-        [
-            radius * (1 + wobble) * np.cos(angles),
-            top + radius + radius * (1 + wobble) * np.sin(angles),
-        ],
-        -1,
-    )
+    ragged = radius * (1 + wobble)
+    crown = np.stack([ragged * np.cos(angles), top + radius + ragged * np.sin(angles)], -1)
     bark = Surface((84, 64, 44), noise=8.0, round=0.6, stripes=6.0, stripe_px=3.0, stripe_axis=1)
     leaves = Surface((62, 98, 42), noise=16.0, grain=30.0, grain_px=5.0, shade=(1.25, 0.7))
     pieces = (

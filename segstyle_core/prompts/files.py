@@ -46,12 +46,7 @@ _CSV_COLUMNS = ("image_id", "prompt", *_BOX_COLUMNS, *_POINT_COLUMNS, "label")
 
 def load_prompts_file(path: str | os.PathLike[str]) -> dict[str, list[Prompt]]:
     """``{image_id: [Prompt, ...]}`` in file order from a ``.json`` or ``.csv`` prompts file,
-    types and structure checked (image sizes: :func:`validate_prompt`).
-
-    Raises:
-        InputError: missing, empty or unreadable file, unknown extension, wrong types or
-            missing keys (the message names the file, the entry and the fix).
-    """
+    types and structure checked (InputError naming the file, the entry and the fix)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such prompts file; check the path")
@@ -114,9 +109,8 @@ MAX_INT_DIGITS = 9
 
 
 def _strict_json(text: str, path: Path) -> Any:
-    """``json.loads`` refusing, as a one-line InputError naming ``path``, what would lose or
-    break data: a repeated key (the last would win), an integer of over :data:`MAX_INT_DIGITS`
-    digits, a non-finite float (``1e999``, ``NaN``) and nesting too deep for the parser."""
+    """``json.loads`` refusing (InputError naming ``path``) a repeated key, an integer of over
+    :data:`MAX_INT_DIGITS` digits, a non-finite float and nesting too deep for the parser."""
 
     def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: dict[str, Any] = {}
@@ -180,8 +174,6 @@ def _parse_json(text: str, path: Path) -> dict[str, list[Prompt]]:
 
 @dataclass
 class _CsvPrompt:
-    """A prompt being assembled from one or more CSV rows."""
-
     where: str
     box: Box | None = None
     points: list[tuple[float, float]] = field(default_factory=list)
@@ -206,7 +198,6 @@ def _csv_values(
 
 
 def _csv_row(row: dict[str, str], draft: _CsvPrompt, where: str) -> None:
-    """Add one CSV row's box and/or point to ``draft``."""
     box = _csv_values(row, _BOX_COLUMNS, where)
     point = _csv_values(row, _POINT_COLUMNS, where)
     label_text = (row.get("label") or "").strip()

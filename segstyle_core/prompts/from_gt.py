@@ -1,7 +1,5 @@
-"""A frame's prompts for a run's source (:data:`PROMPT_SOURCES` or a prompts file): box prompts
-from ground-truth instances, expanded and jittered with a per-frame seed to imitate a less
-careful user. Boxes are XYXY pixels with an exclusive maximum, like ``Instance.box``.
-"""
+"""A frame's prompts for a run's source: box prompts from ground-truth instances (XYXY pixels,
+exclusive maximum), expanded and jittered with a per-frame seed to imitate a less careful user."""
 
 from __future__ import annotations
 
@@ -32,11 +30,8 @@ def prompts_from_instances(
     min_area: int = DEFAULT_MIN_AREA,
 ) -> list[Prompt]:
     """Box prompts (``instance_id``, ``class_name`` filled) of the instances of at least
-    ``min_area`` pixels: all, in order, or (``largest``) the largest one.
-
-    Raises:
-        ConfigError: unknown ``mode``.
-    """
+    ``min_area`` pixels: all, in order, or (``largest``) the largest one (ConfigError: unknown
+    ``mode``)."""
     if mode not in ("all", "largest"):
         raise ConfigError(f"prompt mode {mode!r} is unknown; use 'all' or 'largest'")
     kept = [instance for instance in instances if instance.area >= min_area]
@@ -66,11 +61,8 @@ def jitter_boxes(
     Each side moves out by ``expand_px`` plus ``expand_pct`` percent of the box's width or
     height; then each coordinate by an integer uniform in ``[-jitter_px, jitter_px]``
     (``default_rng(seed)``, in prompt order), clipped to the image; an axis the jitter collapses
-    below one pixel keeps its un-jittered coordinates. Points never move.
-
-    Raises:
-        ConfigError: a negative ``expand_px``, ``expand_pct`` or ``jitter_px``.
-        InputError: a box does not fit the image (see :func:`validate_prompt`).
+    below one pixel keeps its un-jittered coordinates. Points never move. ConfigError: a
+    negative option; InputError: a box does not fit the image.
     """
     for option, value in (
         ("expand_px", expand_px),
@@ -117,14 +109,10 @@ def frame_prompts(
     jitter_px: int = 0,
     seed: int = 0,
 ) -> list[Prompt]:
-    """One frame's prompts for ``source``, boxes jittered (:func:`jitter_boxes`) with
-    :func:`frame_seed`: ``gt-instances``, ``largest``, ``auto`` (none: automatic masks) or a
-    prompts-file path whose parsed content is ``file_prompts`` (validated against ``size``,
-    the frame's ``(height, width)``).
-
-    Raises:
-        InputError: a file prompt does not fit the image (names the file, image and entry).
-    """
+    """One frame's prompts for ``source``, boxes jittered with :func:`frame_seed`:
+    ``gt-instances``, ``largest``, ``auto`` (none: automatic masks) or a prompts-file path whose
+    parsed content is ``file_prompts`` (validated against ``size``, the frame's ``(height,
+    width)``; InputError naming the file, image and entry if one does not fit)."""
     if source == "auto":
         return []
     height, width = size

@@ -1,8 +1,6 @@
-"""Checking prompts against an image, and parsing box and point values given as text.
-
-Boxes cover the pixels ``x0 <= x < x1``, ``y0 <= y < y1``; points are ``(x, y)`` pixels with
-label 1 (foreground) or 0 (background).
-"""
+"""Checking prompts against an image, and parsing box and point values given as text: boxes
+cover the pixels ``x0 <= x < x1``, ``y0 <= y < y1``; points are ``(x, y)`` pixels with label 1
+(foreground) or 0 (background)."""
 
 from __future__ import annotations
 
@@ -18,7 +16,6 @@ Box = tuple[float, float, float, float]
 
 
 def as_box(values: Iterable[float]) -> Box:
-    """Four numbers ``x0, y0, x1, y1`` as a :data:`Box` of floats."""
     x0, y0, x1, y1 = (float(v) for v in values)
     return x0, y0, x1, y1
 
@@ -48,8 +45,7 @@ def check_structure(prompt: Prompt, source: str) -> None:
 
 
 def validate_prompt(prompt: Prompt, width: int, height: int, source: str) -> Prompt:
-    """``prompt`` checked against a ``width``×``height`` image, a box sticking out clipped
-    (the part outside holds nothing to segment).
+    """``prompt`` checked against a ``width``×``height`` image, a box sticking out clipped.
 
     Raises:
         InputError: malformed, an inverted, empty or wholly outside box, or a point outside
@@ -68,11 +64,8 @@ def validate_prompt(prompt: Prompt, width: int, height: int, source: str) -> Pro
 
 
 def clip_box(box: Box, width: int, height: int, source: str) -> Box:
-    """``box`` clipped to a ``width``×``height`` image.
-
-    Raises:
-        InputError: the box is inverted, empty or wholly outside the image (names ``source``).
-    """
+    """``box`` clipped to a ``width``×``height`` image (InputError naming ``source`` if it is
+    inverted, empty or wholly outside)."""
     x0, y0, x1, y1 = box
     if x1 <= x0 or y1 <= y0:
         raise InputError(
@@ -98,11 +91,8 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
-    """``"x,y"`` or ``"x,y,label"`` (label 1 foreground, the default, or 0) as ``(x, y, label)``.
-
-    Raises:
-        InputError: not two or three comma-separated numbers, or a label other than 0 or 1.
-    """
+    """``"x,y"`` or ``"x,y,label"`` (label 1 foreground, the default, or 0) as ``(x, y, label)``
+    (InputError otherwise)."""
     values = _parse_numbers(text, "point", "120,80,1")
     if len(values) not in (2, 3) or (len(values) == 3 and values[2] not in (0.0, 1.0)):
         raise InputError(
@@ -114,7 +104,6 @@ def parse_point(text: str) -> tuple[float, float, int]:
 
 
 def _parse_numbers(text: str, what: str, example: str) -> list[float]:
-    """Comma-separated finite numbers in ``text``; ``what``/``example`` go into the message."""
     message = f"{what} {text!r}: not comma-separated numbers; write e.g. {example}"
     try:
         values = [float(part) for part in text.split(",")]

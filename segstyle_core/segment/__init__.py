@@ -1,7 +1,5 @@
-"""Segmentation backends: the frozen :class:`SegmenterConfig` (cache keys, Prefect forms) names
-results without loading (:meth:`~SegmenterConfig.identity`) and builds each backend once per
-process; SAM and SAM 2 load through one factory, :func:`load_segmenter`.
-"""
+"""Segmentation backends: :class:`SegmenterConfig` names results without loading and builds
+each backend once per process; SAM and SAM 2 load through :func:`load_segmenter`."""
 
 from __future__ import annotations
 
@@ -50,7 +48,7 @@ class SegmenterConfig(BackendConfig):
     """GrabCut: iterations of its energy minimisation."""
 
     def _weights(self) -> tuple[str, weights.CheckpointFile]:
-        """SAM's or SAM 2's variant and checkpoint (:attr:`checkpoint`, else the official one)."""
+        """SAM's or SAM 2's variant and checkpoint."""
         variant: str
         if self.backend == "sam":
             variant, official = self.sam_variant, f"sam_{self.sam_variant}"
@@ -62,11 +60,8 @@ class SegmenterConfig(BackendConfig):
         return variant, file
 
     def identity(self) -> BackendIdentity:
-        """Name, variant and weights SHA-256, without loading the model.
-
-        Raises:
-            WeightsError: a SAM or SAM 2 checkpoint is missing or fails its checksum.
-        """
+        """Name, variant and weights SHA-256, without loading the model (WeightsError: a
+        checkpoint is missing or fails its checksum)."""
         if self.backend == "grabcut":
             return BackendIdentity("grabcut", grabcut_variant(self.grabcut_iterations), None)
         variant, checkpoint = self._weights()
@@ -75,23 +70,15 @@ class SegmenterConfig(BackendConfig):
     def build(self, embedding_cache_dir: str | None = None) -> Segmenter:
         """The segmenter, loaded once per process; ``embedding_cache_dir``: SAM's on-disk
         image-embedding cache (none: no cache)."""
-        backend = self.backend
 
         def factory() -> Segmenter:
-            if backend == "grabcut":
+            if self.backend == "grabcut":
                 from segstyle_core.segment.grabcut import GrabCutSegmenter
 
                 return GrabCutSegmenter(iterations=self.grabcut_iterations)
             variant, checkpoint = self._weights()
-            return load_segmenter(
-                backend,
-                variant,
-                checkpoint,
-                self.device,
-                embedding_cache_dir,
-                self.multimask,
-                self.precision,
-            )
+            options = (self.device, embedding_cache_dir, self.multimask, self.precision)
+            return load_segmenter(self.backend, variant, checkpoint, *options)
 
         return self.load_once(factory, embedding_cache_dir)
 
@@ -105,10 +92,9 @@ def load_segmenter(
     multimask: bool = True,
     precision: SamPrecision = "auto",
 ) -> PromptSegmenter:
-    """SAM's or SAM 2's segmenter on ``variant``'s model filled from ``checkpoint`` (found and
-    hashed already). The model is loaded once per process per backend, variant, device and
-    weights and shared (:data:`segstyle_core.devices.MODELS`); ``device``: ``auto``, ``cpu``,
-    ``cuda[:N]``; the other options: :class:`~segstyle_core.segment.sam.PromptSegmenter`'s.
+    """SAM's or SAM 2's segmenter on ``variant``'s model filled from ``checkpoint``, the model
+    shared per backend, variant, device and weights (:data:`segstyle_core.devices.MODELS`);
+    ``device``: ``auto``, ``cpu``, ``cuda[:N]``; the rest: :class:`~.sam.PromptSegmenter`'s.
 
     Raises:
         ConfigError: unknown variant, device or precision; the ``sam2`` package missing.

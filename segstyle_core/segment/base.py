@@ -1,5 +1,4 @@
-"""The segmenter protocol of every backend: one image and all its prompts at once (so a model
-encodes the image once and decodes every prompt in a batch)."""
+"""The segmenter protocol of every backend: one image and all its prompts at once."""
 
 from __future__ import annotations
 
@@ -14,11 +13,11 @@ from segstyle_core.errors import ConfigError
 T = TypeVar("T")
 
 SamVariant = Literal["vit_b", "vit_l", "vit_h"]
-"""SAM's image encoders (official checkpoints ``sam_<variant>``)."""
+"""SAM's image encoders."""
 Sam2Variant = Literal["hiera_tiny", "hiera_small", "hiera_base_plus", "hiera_large"]
-"""SAM 2.1's Hiera image encoders (official checkpoints ``sam2.1_<variant>``)."""
+"""SAM 2.1's Hiera image encoders."""
 SamPrecision = Literal["auto", "float32", "bfloat16"]
-"""SAM's and SAM 2's image-encoder precision (:func:`segstyle_core.segment.sam.encoder_dtype`)."""
+"""SAM's and SAM 2's image-encoder precision (:func:`.sam.encoder_dtype`)."""
 
 
 @dataclass(frozen=True)
@@ -33,13 +32,12 @@ class Prompt:
     class_name: str | None = None
 
     def kind(self) -> str:
-        """``"box"``, ``"points"`` or ``"box+points"``."""
         if self.box is not None and self.points:
             return "box+points"
         return "box" if self.box is not None else "points"
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (for records and Parquet rows)."""
+        """JSON-friendly form (records, Parquet rows)."""
         return {
             "kind": self.kind(),
             "box": list(self.box) if self.box is not None else None,
@@ -72,7 +70,7 @@ class MaskPrediction:
 
 
 class Segmenter(Protocol):
-    """A segmentation backend. ``name``/``variant``/``weights_sha256`` go into every result row."""
+    """A segmentation backend; ``name``/``variant``/``weights_sha256`` go into every result row."""
 
     name: str
     variant: str

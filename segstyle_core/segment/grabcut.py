@@ -3,31 +3,26 @@
 
 Prompted masks (:meth:`GrabCutSegmenter.segment`), crop-local for speed:
 
-* box: GrabCut runs on the box (and points) grown by ``margin_px``; inside the box is probable
-  foreground, the margin background. GrabCut runs one iteration at a time and keeps the last
-  mask that leaves at least ``min_box_fill`` of the box foreground (it can wipe out an object
-  whose colours also occur in the margin).
-* centre prior: an ellipse of ``center_prior`` times the box is definite foreground. Without it
-  GrabCut often collapses onto a small distinctive part (plate, lights); on the demo cars it
-  lifts the mean IoU above the box's own. Three or more foreground points whose convex hull
-  covers ``points_span`` of the ellipse replace it by that hull (the tracker's core points).
-* points refine, never replace, the box: disks of ``point_radius_px`` are definite foreground
-  (label 1) or background (label 0). A background point also vetoes its Felzenszwalb region
-  (``region_scale``): probable background inside the box, cut out of the centre prior (with a
-  guard for its blurred edge). Before, a box with points dropped the prior and GrabCut collapsed
-  (demo cars: box + centre click 0.49 mean IoU against 0.66 for the box alone).
+* box: GrabCut runs on the box (and points) grown by :data:`MARGIN_PX`; inside the box is
+  probable foreground, the margin background. GrabCut runs one iteration at a time and keeps the
+  last mask that leaves at least ``min_box_fill`` of the box foreground.
+* centre prior: an ellipse of ``center_prior`` times the box is definite foreground (without it
+  GrabCut often collapses onto a small distinctive part). Three or more foreground points whose
+  convex hull covers :data:`POINTS_SPAN` of the ellipse replace it by that hull.
+* points refine the box: disks of :data:`POINT_RADIUS_PX` are definite foreground (label 1) or
+  background (label 0). A background point also vetoes its Felzenszwalb region: probable
+  background inside the box, cut out of the centre prior.
 * points only: the Felzenszwalb regions holding the foreground points, less those holding a
-  background point, within the points' box grown by ``point_context`` of the image's shorter
-  side, are the anchor (definite foreground); their box grown by ``point_box_grow`` runs as a
-  box prompt. (Starting from the disks alone let the object train the background model.)
+  background point, within the points' box grown by :data:`POINT_CONTEXT` of the image's
+  shorter side, are the anchor (definite foreground); their box grown by
+  :data:`POINT_BOX_GROW` runs as a box prompt.
 * post-processing: keep the components touching a definite-foreground seed (else the largest)
   and fill holes, except holes holding a background point.
 
 Fallback (:attr:`MaskPrediction.notes` ``("fallback:box" | "fallback:points", reason)``, score
 0.0): a box under :data:`MIN_BOX_SIDE_PX` on a side, a GrabCut failure or no foreground give
 the box (or the foreground points' disks), with foreground disks added and background disks cut
-out. A non-empty prompt never gives an empty mask. GrabCut masks score 1.0 (it has no
-confidence).
+out. GrabCut masks score 1.0 (it has no confidence).
 """
 
 from __future__ import annotations
@@ -48,19 +43,28 @@ from segstyle_core.images import check_rgb
 from segstyle_core.prompts.validation import validate_prompt
 from segstyle_core.segment.base import MaskPrediction, Prompt, grabcut_variant
 
-#: Boxes narrower or shorter than this (pixels) skip GrabCut and use the box fallback: GrabCut's
-#: colour models are unreliable on so few pixels (on the demo cars they score below the box).
+#: Boxes narrower or shorter than this (pixels) skip GrabCut and use the box fallback.
 MIN_BOX_SIDE_PX = 12
+#: Background margin (pixels) around a box that GrabCut learns background colours from.
+MARGIN_PX = 16
+#: Radius (pixels) of the definite disk around each point.
+POINT_RADIUS_PX = 3
+#: How far (fraction of the image's shorter side) a points-only prompt looks for its regions.
+POINT_CONTEXT = 0.25
+#: A points-only prompt's box is its regions' box grown by this fraction.
+POINT_BOX_GROW = 0.25
+#: Felzenszwalb scale and smallest region (pixels) of the regions points grow or veto.
+REGION_SCALE = 30.0
+REGION_MIN_SIZE = 20
+#: Fraction of the centre prior that the foreground points' hull must cover to replace it.
+POINTS_SPAN = 0.15
 
-#: Pixels around a background point's region that are also cut out of the centre prior: the
-#: region's Gaussian pre-smoothing (sigma 0.8) hands its blurred edge to the neighbouring regions.
+#: Pixels around a background point's region also cut out of the centre prior (its blurred edge).
 _VETO_GUARD_PX = 3
 
 _FOREGROUND = (cv2.GC_FGD, cv2.GC_PR_FGD)
 
-#: Felzenszwalb settings of the automatic masks (``scale``: higher gives larger segments;
-#: ``sigma``: pre-smoothing in pixels; ``min_size``: smallest segment in pixels), and the most
-#: masks kept, largest first (bounds memory on big frames).
+#: Felzenszwalb settings of the automatic masks, and the most masks kept, largest first.
 AUTO_SEGMENTS: dict[str, Any] = {"scale": 300.0, "sigma": 0.8, "min_size": 200}
 MAX_AUTO_MASKS = 100
 
@@ -82,28 +86,16 @@ def _grown_box(
 
 
 def _inside(points: list[tuple[int, int]], box: tuple[int, int, int, int]) -> list[tuple[int, int]]:
-    """The ``points`` inside ``box``, relative to its corner."""
     x0, y0, x1, y1 = box
     return [(x - x0, y - y0) for x, y in points if x0 <= x < x1 and y0 <= y < y1]
 
 
 def _disk_mask(shape: tuple[int, int], points: list[tuple[int, int]], radius: int) -> np.ndarray:
-    """``H×W bool`` mask of filled disks of ``radius`` around ``points`` (``(x, y)`` pixels)."""
+    """``H×W bool`` filled disks of ``radius`` around ``points`` (``(x, y)`` pixels)."""
     canvas = np.zeros(shape, dtype=np.uint8)
     for x, y in points:
         cv2.circle(canvas, (x, y), radius, 1, thickness=-1)
     return canvas.astype(bool)
-
-
-def _draw_center_prior(seed: np.ndarray, in_box: tuple[slice, slice], fraction: float) -> None:
-    """Mark an ellipse centred in ``in_box`` (``fraction`` of its size) as ``GC_FGD`` in place."""
-    rows, cols = in_box
-    center = ((cols.start + cols.stop - 1) // 2, (rows.start + rows.stop - 1) // 2)
-    axes = (
-        max(round(fraction * (cols.stop - cols.start) / 2), 1),
-        max(round(fraction * (rows.stop - rows.start) / 2), 1),
-    )
-    cv2.ellipse(seed, center, axes, 0, 0, 360, int(cv2.GC_FGD), thickness=-1)
 
 
 def _point_seeds(
@@ -124,12 +116,10 @@ def _point_seeds(
 
 
 def _regions_at(labels: np.ndarray, points: list[tuple[int, int]]) -> np.ndarray:
-    """``bool`` mask of the regions of the ``labels`` map that hold one of ``points``."""
     return np.isin(labels, [labels[y, x] for x, y in points])
 
 
 def _split_points(prompt: Prompt) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """The prompt's foreground and background points as integer ``(x, y)`` pixels."""
     split: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])
     for (x, y), label in zip(prompt.points, prompt.point_labels, strict=True):
         split[0 if label else 1].append((int(x), int(y)))
@@ -137,8 +127,7 @@ def _split_points(prompt: Prompt) -> tuple[list[tuple[int, int]], list[tuple[int
 
 
 def _keep_components(mask: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """Keep the components of ``mask`` that touch ``anchors`` (``bool``: the definite-foreground
-    seeds), else the largest one."""
+    """The components of ``mask`` that touch ``anchors`` (``bool``), else the largest one."""
     labels, count = ndimage.label(mask)
     if count <= 1:
         return mask
@@ -149,7 +138,6 @@ def _keep_components(mask: np.ndarray, anchors: np.ndarray) -> np.ndarray:
 
 
 def _fill_holes(mask: np.ndarray, negatives: list[tuple[int, int]]) -> np.ndarray:
-    """Fill the holes of ``mask`` except those that hold a background point."""
     filled = ndimage.binary_fill_holes(mask)
     if negatives:
         holes, _ = ndimage.label(filled & ~mask)
@@ -167,40 +155,16 @@ def _segment_point(mask: np.ndarray) -> list[int]:
 
 @dataclass(eq=False)
 class GrabCutSegmenter:
-    """The ``grabcut`` backend: a :class:`~segstyle_core.segment.base.Segmenter` without weights.
-
-    Args (see the module docstring):
-        iterations: GrabCut iterations per prompt (at most; see ``min_box_fill``).
-        center_prior: the centre ellipse's size as a fraction of the box (0: none).
-        min_box_fill: stop iterating before the foreground falls below this fraction of the box.
-        keep_largest_component: keep only components touching a definite-foreground seed.
-        fill_holes: fill holes (those holding a background point stay open).
-        margin_px: background margin around a box that GrabCut learns background colours from.
-        point_radius_px: radius of the definite disk around each point.
-        point_context: how far (fraction of the image's shorter side) a points-only prompt
-            looks for its regions around the points.
-        point_box_grow: a points-only prompt's box is its regions' box grown by this fraction.
-        region_scale, region_min_size: Felzenszwalb scale and smallest region (pixels) of the
-            regions points grow or veto.
-        points_span: fraction of the centre prior that the points' hull must cover to replace it.
-        seed: OpenCV RNG seed set before every GrabCut call (its k-means init is random).
-
-    Raises:
-        ConfigError: an option out of its range.
-    """
+    """The ``grabcut`` backend (see the module docstring): at most ``iterations`` per prompt;
+    ``center_prior``: the centre ellipse's size as a fraction of the box (0: none);
+    ``keep_largest_component``, ``fill_holes``: the post-processing; ``seed``: OpenCV's RNG
+    seed before every GrabCut call (its k-means init is random). ConfigError: out of range."""
 
     iterations: int = 5
     center_prior: float = 0.7
     min_box_fill: float = 0.15
     keep_largest_component: bool = True
     fill_holes: bool = True
-    margin_px: int = 16
-    point_radius_px: int = 3
-    point_context: float = 0.25
-    point_box_grow: float = 0.25
-    region_scale: float = 30.0
-    region_min_size: int = 20
-    points_span: float = 0.15
     seed: int = 0
     variant: str = field(init=False)
     name: str = field(default="grabcut", init=False)
@@ -211,13 +175,6 @@ class GrabCutSegmenter:
             f"iterations >= 1 (got {self.iterations})": self.iterations >= 1,
             f"0 <= center_prior <= 1 (got {self.center_prior})": 0 <= self.center_prior <= 1,
             f"0 <= min_box_fill <= 1 (got {self.min_box_fill})": 0 <= self.min_box_fill <= 1,
-            f"margin_px >= 1 (got {self.margin_px})": self.margin_px >= 1,
-            f"point_radius_px >= 0 (got {self.point_radius_px})": self.point_radius_px >= 0,
-            f"point_context >= 0 (got {self.point_context})": self.point_context >= 0,
-            f"point_box_grow >= 0 (got {self.point_box_grow})": self.point_box_grow >= 0,
-            f"region_scale > 0 (got {self.region_scale})": self.region_scale > 0,
-            f"region_min_size >= 1 (got {self.region_min_size})": self.region_min_size >= 1,
-            f"points_span >= 0 (got {self.points_span})": self.points_span >= 0,
         }
         broken = [rule for rule, holds in rules.items() if not holds]
         if broken:
@@ -225,12 +182,9 @@ class GrabCutSegmenter:
         self.variant = grabcut_variant(self.iterations)
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
-        """One ``H×W bool`` mask per prompt for ``image`` (``H×W×3 uint8 RGB``), in order.
-
-        Raises:
-            InputError: bad image, a prompt that does not fit it (:func:`validate_prompt`), or
-                a points-only prompt without a foreground point.
-        """
+        """One ``H×W bool`` mask per prompt for ``image`` (``H×W×3 uint8 RGB``), in order
+        (InputError: bad image, a prompt that does not fit it, or a points-only prompt without
+        a foreground point)."""
         check_rgb(image, "image for GrabCut")
         height, width = image.shape[:2]
         return [
@@ -240,40 +194,47 @@ class GrabCutSegmenter:
 
     def _regions(self, crop: np.ndarray) -> np.ndarray:
         """``h×w int`` Felzenszwalb colour regions of ``crop`` (the regions points grow/veto)."""
-        return felzenszwalb(crop, scale=self.region_scale, sigma=0.8, min_size=self.region_min_size)
+        return felzenszwalb(crop, scale=REGION_SCALE, sigma=0.8, min_size=REGION_MIN_SIZE)
 
     def _points_region(
         self, image: np.ndarray, positives: list[tuple[int, int]], negatives: list[tuple[int, int]]
     ) -> tuple[tuple[int, int, int, int], np.ndarray]:
-        """A points-only prompt's box (integer XYXY) and anchor (``H×W bool``: its regions
-        plus the foreground disks); the box is the anchor's grown by ``point_box_grow`` + 1 px."""
+        """A points-only prompt's box (integer XYXY: the anchor's, grown) and anchor (``H×W
+        bool``: its regions plus the foreground disks)."""
         height, width = image.shape[:2]
-        margin = max(self.margin_px, int(self.point_context * min(width, height)))
+        margin = max(MARGIN_PX, int(POINT_CONTEXT * min(width, height)))
         xs, ys = zip(*positives, strict=True)
         near = x0, y0, x1, y1 = _grown_box(xs, ys, margin, margin, width, height)
         labels = self._regions(np.ascontiguousarray(image[y0:y1, x0:x1]))
         local_pos, local_neg = _inside(positives, near), _inside(negatives, near)
         region = _regions_at(labels, local_pos) & ~_regions_at(labels, local_neg)
-        region |= _disk_mask(labels.shape, local_pos, self.point_radius_px)
+        region |= _disk_mask(labels.shape, local_pos, POINT_RADIUS_PX)
         anchor = np.zeros((height, width), dtype=bool)
         anchor[y0:y1, x0:x1] = region
         rows, cols = np.nonzero(anchor)
-        grow_x = round(self.point_box_grow * (cols.max() + 1 - cols.min())) + 1
-        grow_y = round(self.point_box_grow * (rows.max() + 1 - rows.min())) + 1
+        grow_x = round(POINT_BOX_GROW * (cols.max() + 1 - cols.min())) + 1
+        grow_y = round(POINT_BOX_GROW * (rows.max() + 1 - rows.min())) + 1
         return _grown_box(cols, rows, grow_x, grow_y, width, height), anchor
 
     def _box_anchor(
         self, shape: tuple[int, int], in_box: tuple[slice, slice], positives: list[tuple[int, int]]
     ) -> np.ndarray:
-        """``h×w bool`` definite foreground of a box prompt: the centre prior, replaced by the
-        foreground points' convex hull where that covers ``points_span`` of the prior."""
+        """``h×w bool`` definite foreground of a box prompt: the centre prior (an ellipse of
+        ``center_prior`` times the box), replaced by the foreground points' convex hull where that
+        covers :data:`POINTS_SPAN` of the prior."""
         prior = np.zeros(shape, dtype=np.uint8)
         if self.center_prior > 0:
-            _draw_center_prior(prior, in_box, self.center_prior)
+            rows, cols = in_box
+            center = ((cols.start + cols.stop - 1) // 2, (rows.start + rows.stop - 1) // 2)
+            axes = (
+                max(round(self.center_prior * (cols.stop - cols.start) / 2), 1),
+                max(round(self.center_prior * (rows.stop - rows.start) / 2), 1),
+            )
+            cv2.ellipse(prior, center, axes, 0, 0, 360, 1, thickness=-1)
         if len(positives) >= 3:
             hull = np.zeros(shape, dtype=np.uint8)
             cv2.fillConvexPoly(hull, cv2.convexHull(np.array(positives, dtype=np.int32)), 1)
-            if hull.sum() >= self.points_span * max(int(prior.sum()), 1):
+            if hull.sum() >= POINTS_SPAN * max(int(prior.sum()), 1):
                 return hull.astype(bool)
         return prior.astype(bool)
 
@@ -291,10 +252,8 @@ class GrabCutSegmenter:
                 return self._fallback(prompt, (height, width), f"box under {MIN_BOX_SIDE_PX} px")
         else:
             box, anchor = self._points_region(image, positives, negatives)
-        # the crop: the box and the foreground points, grown by the margin
         xs, ys = zip(*positives, (box[0], box[1]), (box[2] - 1, box[3] - 1), strict=True)
-        margin = self.margin_px
-        around = cx0, cy0, cx1, cy1 = _grown_box(xs, ys, margin, margin, width, height)
+        around = cx0, cy0, cx1, cy1 = _grown_box(xs, ys, MARGIN_PX, MARGIN_PX, width, height)
         crop = np.ascontiguousarray(image[cy0:cy1, cx0:cx1])
         shape = (cy1 - cy0, cx1 - cx0)
         local_pos, local_neg = _inside(positives, around), _inside(negatives, around)
@@ -313,7 +272,7 @@ class GrabCutSegmenter:
             inside[in_box] = True
             seed[veto & inside] = cv2.GC_PR_BGD
         seed[definite] = cv2.GC_FGD
-        _point_seeds(seed, local_pos, local_neg, self.point_radius_px)
+        _point_seeds(seed, local_pos, local_neg, POINT_RADIUS_PX)
 
         try:
             local = self._grabcut(crop, seed, in_box)
@@ -331,14 +290,10 @@ class GrabCutSegmenter:
         return MaskPrediction(mask=mask, score=1.0)
 
     def _grabcut(
-        self, crop: np.ndarray, seed: np.ndarray, in_box: tuple[slice, slice] | None
+        self, crop: np.ndarray, seed: np.ndarray, in_box: tuple[slice, slice]
     ) -> np.ndarray:
         """``h×w bool`` foreground of the last GrabCut iteration on ``crop`` (from the ``seed``
-        class mask) that kept ``min_box_fill`` of ``in_box`` (the first always counts).
-
-        Raises:
-            cv2.error: GrabCut could not run (e.g. no background pixels to learn from).
-        """
+        class mask) that kept ``min_box_fill`` of ``in_box`` (cv2.error: GrabCut failed)."""
         cv2.setRNGSeed(self.seed)
         bgd_model: MatLike = np.zeros((1, 65), np.float64)
         fgd_model: MatLike = np.zeros((1, 65), np.float64)
@@ -353,29 +308,26 @@ class GrabCutSegmenter:
                 crop, classes, unused_rect, bgd_model, fgd_model, 1, cv2.GC_EVAL
             )
             foreground = np.isin(classes, _FOREGROUND)
-            if in_box is not None and foreground[in_box].mean() < self.min_box_fill:
+            if foreground[in_box].mean() < self.min_box_fill:
                 break
             accepted = foreground
         return accepted
 
     def _fallback(self, prompt: Prompt, shape: tuple[int, int], reason: str) -> MaskPrediction:
-        """The fallback mask (see the module docstring)."""
         seed = np.full(shape, cv2.GC_PR_BGD, dtype=np.uint8)
         kind = "fallback:points"
         if prompt.box is not None:
             x0, y0, x1, y1 = _pixel_box(prompt.box)
             seed[y0:y1, x0:x1] = cv2.GC_PR_FGD
             kind = "fallback:box"
-        _point_seeds(seed, *_split_points(prompt), self.point_radius_px)
+        _point_seeds(seed, *_split_points(prompt), POINT_RADIUS_PX)
         mask = np.isin(seed, _FOREGROUND)
         return MaskPrediction(mask=mask, score=0.0, notes=(kind, reason))
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Automatic masks of ``image`` (``H×W×3 uint8 RGB``): its Felzenszwalb segments
-        (:data:`AUTO_SEGMENTS`) as SamAutomaticMaskGenerator's records (see
-        :meth:`Segmenter.generate <segstyle_core.segment.base.Segmenter.generate>`), the
-        :data:`MAX_AUTO_MASKS` largest first; scores 1.0 (no confidence), ``point_coords`` the
-        pixel farthest from the segment's edge. Below that cap the segments tile the image."""
+        """Automatic masks of ``image`` (``H×W×3 uint8 RGB``): its Felzenszwalb segments as
+        SamAutomaticMaskGenerator's records, the :data:`MAX_AUTO_MASKS` largest first; scores
+        1.0, ``point_coords`` the pixel farthest from the segment's edge."""
         check_rgb(image, "image for GrabCut")
         height, width = image.shape[:2]
         labels = felzenszwalb(image, **AUTO_SEGMENTS)

@@ -1,12 +1,6 @@
-"""Segment Anything, and what SAM 2's image backend shares with it.
-
-A segmenter wraps a loaded model (:func:`segstyle_core.segment.load_segmenter`). The image
-encoder (the expensive part) runs once per image, optionally cached on disk by image bytes and
-weights; every prompt is decoded in a batch against that embedding. The encoder runs under
-bfloat16 autocast where the device computes bfloat16 natively (``precision="auto"``); the
-embedding goes back to float32 for the prompt encoder and mask decoder
-(``benchmarks/bench_encoders.py`` measures speed and agreement).
-"""
+"""Segment Anything, and what SAM 2's image backend shares with it: the image encoder runs
+once per image (optionally under bfloat16 autocast, optionally cached on disk), then every
+prompt is decoded in a batch against that float32 embedding."""
 
 from __future__ import annotations
 
@@ -41,8 +35,7 @@ from segstyle_core.segment.base import (
 SAM_BUILDERS: dict[str, Callable[[], Sam]] = {
     variant: sam_model_registry[variant] for variant in get_args(SamVariant)
 }
-"""Variant -> builder of the untrained architecture (official checkpoints: ``sam_<variant>``;
-tests register a ``tiny`` one)."""
+"""Variant -> builder of the untrained architecture (tests register a ``tiny`` one)."""
 
 DECODE_BATCH = 32
 """Most prompts decoded together: each holds an ``H×W`` float mask while it is upscaled."""
@@ -52,11 +45,7 @@ _EMBEDDING_FORMAT = 1
 
 def encoder_dtype(precision: SamPrecision, device: torch.device) -> torch.dtype | None:
     """The image encoder's autocast dtype on ``device`` (``None``: float32); ``"auto"`` is
-    bfloat16 where :func:`~segstyle_core.devices.native_bfloat16`.
-
-    Raises:
-        ConfigError: unknown precision.
-    """
+    bfloat16 where :func:`~segstyle_core.devices.native_bfloat16` (ConfigError: unknown)."""
     if precision not in get_args(SamPrecision):
         raise ConfigError(
             f"SAM precision {precision!r} is unknown: use one of {get_args(SamPrecision)}"
@@ -68,19 +57,17 @@ def encoder_dtype(precision: SamPrecision, device: torch.device) -> torch.dtype 
 
 class ImageStatePredictor(Protocol):
     """A predictor whose image state (encoder output, image sizes) reads and restores as a
-    ``{name: tensor, list of tensors or list of ints}`` mapping."""
+    ``{name: tensor, list of tensors or list of ints}`` mapping (``KeyError``/``TypeError``
+    before any change if malformed)."""
 
     device: torch.device
 
     def image_state(self) -> dict[str, Any]: ...
 
-    def set_image_state(self, state: dict[str, Any]) -> None:
-        """Restore ``state``; ``KeyError``/``TypeError`` before any change if it is malformed."""
-        ...
+    def set_image_state(self, state: dict[str, Any]) -> None: ...
 
 
 def _map_tensors(value: Any, function: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """``value`` (a tensor, or a dict or list of them) with ``function`` applied to each."""
     if isinstance(value, torch.Tensor):
         return function(value)
     if isinstance(value, dict):
@@ -93,9 +80,8 @@ def _map_tensors(value: Any, function: Callable[[torch.Tensor], torch.Tensor]) -
 @dataclass(frozen=True)
 class ImageEncoding:
     """How a predictor encodes an image: the encoder's autocast ``dtype`` (``None``: float32;
-    the state comes back float32 either way) and the embedding cache ``cache_dir`` (``None``:
-    none) of ``<key>.pt`` image states, the key hashing ``salt`` (variant, weights, format,
-    dtype), the image's bytes, shape and dtype, and what the predictor adds."""
+    the state comes back float32 either way) and the cache ``cache_dir`` (``None``: none) of
+    ``<key>.pt`` image states, the key hashing ``salt``, the image and what the predictor adds."""
 
     dtype: torch.dtype | None
     cache_dir: Path | None
@@ -141,20 +127,10 @@ class ImageEncoding:
 
 
 class PromptSegmenter(abc.ABC):
-    """SAM or SAM 2 on a loaded model, as a thread-safe
-    :class:`~segstyle_core.segment.base.Segmenter` (calls run one at a time).
-
-    Args:
-        model: the loaded model, on its device.
-        variant: its architecture (``"vit_l"``, ``"hiera_large"``, or a test variant).
-        weights_sha256: the checkpoint's full SHA-256 (names the weights in keys and rows).
-        embedding_cache_dir: the on-disk image-embedding cache (``None``: none).
-        multimask: decode three candidates per prompt and keep the best-scoring one.
-        precision: the image encoder's precision (:func:`encoder_dtype`).
-
-    Raises:
-        ConfigError: unknown precision.
-    """
+    """SAM or SAM 2 on a loaded ``model`` of architecture ``variant`` and weights
+    ``weights_sha256``, as a thread-safe :class:`~segstyle_core.segment.base.Segmenter`;
+    ``multimask``: keep the best of three candidates per prompt; ``precision``:
+    :func:`encoder_dtype` (ConfigError: unknown)."""
 
     name: str
     label: str
@@ -173,7 +149,6 @@ class PromptSegmenter(abc.ABC):
         self.weights_sha256: str | None = weights_sha256
         self.device = next(model.parameters()).device
         self.multimask = multimask
-        self.precision = precision
         self.encoder_dtype = encoder_dtype(precision, self.device)
         salt = {
             "variant": variant,
@@ -205,20 +180,17 @@ class PromptSegmenter(abc.ABC):
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
         """One ``H×W bool`` mask per prompt for ``image`` (``H×W×3 uint8 RGB``), in order,
-        scored by the model's predicted IoU.
-
-        The image is encoded once; prompts are grouped by kind and point count (the prompt
-        encoder needs equal shapes) and decoded in batches of :data:`DECODE_BATCH`.
+        scored by the predicted IoU; prompts of one kind and point count are decoded together,
+        :data:`DECODE_BATCH` at a time.
 
         Raises:
             InputError: bad image, or a prompt that is empty, inverted or outside the image.
         """
         check_rgb(image, f"image for {self.label}")
         height, width = image.shape[:2]
-        for index, prompt in enumerate(prompts):
-            _check_prompt(index, prompt, width, height)
         groups: dict[tuple[bool, int], list[int]] = defaultdict(list)
         for index, prompt in enumerate(prompts):
+            _check_prompt(index, prompt, width, height)
             groups[(prompt.box is not None, len(prompt.points))].append(index)
         results: dict[int, MaskPrediction] = {}
         with self._lock, torch.inference_mode():
@@ -233,7 +205,7 @@ class PromptSegmenter(abc.ABC):
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Automatic mask records for ``image`` (``H×W×3 uint8 RGB``) by the model's own
-        generator with default options, through this segmenter's encoding."""
+        generator with default options."""
         check_rgb(image, f"image for {self.label}")
         generator = self._mask_generator()
         with self._lock, torch.inference_mode():
@@ -271,7 +243,7 @@ class _CachingPredictor(SamPredictor):
 
 
 class SamSegmenter(PromptSegmenter):
-    """Segment Anything on a loaded ``Sam``; see :class:`PromptSegmenter`."""
+    """Segment Anything on a loaded ``Sam``."""
 
     name = "sam"
     label = "SAM"
@@ -279,7 +251,6 @@ class SamSegmenter(PromptSegmenter):
 
     @staticmethod
     def architecture(variant: str) -> Sam:
-        """``variant``'s ``Sam`` (:data:`SAM_BUILDERS`) with untrained weights."""
         return lookup_variant(SAM_BUILDERS, variant, "SAM")()
 
     def _new_predictor(self) -> _CachingPredictor:
@@ -291,15 +262,14 @@ class SamSegmenter(PromptSegmenter):
         predictor = self._predictor
         model = self.model
         size = predictor.original_size
+        coords, labels, box_array = prompt_arrays(prompts)
         points = boxes = None
-        if prompts[0].points:
-            coords = np.array([p.points for p in prompts], dtype=np.float64)
+        if coords is not None and labels is not None:
             points = (
                 self._tensor(predictor.transform.apply_coords(coords, size), torch.float),
-                self._tensor(np.array([p.point_labels for p in prompts]), torch.int),
+                self._tensor(labels, torch.int),
             )
-        if prompts[0].box is not None:
-            box_array = np.array([p.box for p in prompts], dtype=np.float64)
+        if box_array is not None:
             boxes = self._tensor(predictor.transform.apply_boxes(box_array, size), torch.float)
         sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
         low_res, scores = model.mask_decoder(
@@ -320,10 +290,23 @@ class SamSegmenter(PromptSegmenter):
         return torch.as_tensor(array, dtype=dtype, device=self.device)
 
     def _mask_generator(self) -> SamAutomaticMaskGenerator:
-        """``SamAutomaticMaskGenerator`` on this segmenter's predictor."""
         generator = SamAutomaticMaskGenerator(self.model)
         generator.predictor = self._predictor
         return generator
+
+
+def prompt_arrays(
+    prompts: list[Prompt],
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Prompts of one shape as ``N×P×2`` float64 point coordinates, ``N×P`` labels and ``N×4``
+    float64 XYXY boxes (``None`` where they have none)."""
+    coords = labels = boxes = None
+    if prompts[0].points:
+        coords = np.array([p.points for p in prompts], dtype=np.float64)
+        labels = np.array([p.point_labels for p in prompts])
+    if prompts[0].box is not None:
+        boxes = np.array([p.box for p in prompts], dtype=np.float64)
+    return coords, labels, boxes
 
 
 def best_masks(
@@ -332,8 +315,8 @@ def best_masks(
     upscale: Callable[[torch.Tensor], torch.Tensor],
     threshold: float,
 ) -> list[MaskPrediction]:
-    """Each prompt's best-scored candidate (``low_res``: ``N×C×h×w`` logits, ``scores``:
-    ``N×C``), upscaled to the image by ``upscale`` and thresholded."""
+    """Each prompt's best candidate (``low_res``: ``N×C×h×w`` logits, ``scores``: ``N×C``),
+    upscaled by ``upscale`` and thresholded."""
     best = scores.argmax(dim=1)
     rows = torch.arange(len(scores), device=scores.device)
     masks = (upscale(low_res[rows, best, None])[:, 0] > threshold).cpu().numpy()

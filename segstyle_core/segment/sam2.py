@@ -1,15 +1,10 @@
 """SAM 2's video predictor as a :class:`~segstyle_core.video.track.MaskTracker`, and the SAM 2.1
-variants and builder it shares with :mod:`segstyle_core.segment.sam2_image`.
-
-Needs the ``sam2`` package (imported on first build) and a SAM 2.1 checkpoint
-(:func:`segstyle_core.weights.resolve_checkpoint`). SAM 2 reads a video as a folder of JPEG
-frames: each run of frames is written to a temporary folder, prompted on its first frame (a
-prompt, or the previous run's last mask) and propagated forward from a fresh memory.
-"""
+variants and builder it shares with :mod:`.sam2_image`. SAM 2 reads a video as a folder of JPEG
+frames: each run of frames is written to a temporary folder, prompted on its first frame and
+propagated forward from a fresh memory."""
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +26,7 @@ VARIANTS: dict[str, str] = {
     "hiera_base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
     "hiera_large": "configs/sam2.1/sam2.1_hiera_l.yaml",
 }
-"""Variant -> the ``sam2`` package's config (official checkpoint: ``sam2.1_<variant>``)."""
+"""Variant -> the ``sam2`` package's config."""
 
 
 def sam2_builder(name: str = "build_sam2") -> Callable[..., Any]:
@@ -48,13 +43,9 @@ def sam2_builder(name: str = "build_sam2") -> Callable[..., Any]:
 
 
 class Sam2VideoTracker:
-    """The ``sam2`` tracker on ``variant`` (a key of :data:`VARIANTS`) filled from a resolved
-    ``checkpoint``, on ``device`` (``"cpu"``, ``"cuda:0"``).
-
-    Raises:
-        ConfigError: ``sam2`` is not installed.
-        WeightsError: the checkpoint does not fit the variant or cannot be read.
-    """
+    """The ``sam2`` tracker on ``variant`` filled from ``checkpoint``, on ``device`` (``"cpu"``,
+    ``"cuda:0"``); ConfigError: no ``sam2``; WeightsError: the checkpoint is unreadable or does
+    not fit."""
 
     name = "sam2"
 
@@ -69,7 +60,6 @@ class Sam2VideoTracker:
         self.weights_sha256: str | None = checkpoint.sha256
 
     def _prompt(self, state: dict[str, Any], start: Prompt | np.ndarray) -> None:
-        """Put ``start`` on frame 0 of ``state`` as object 1."""
         if isinstance(start, np.ndarray):
             self.predictor.add_new_mask(state, frame_idx=0, obj_id=1, mask=start)
             return
@@ -84,11 +74,8 @@ class Sam2VideoTracker:
         """One ``H×W bool`` mask per frame (``H×W×3 uint8 RGB``), from ``start`` on ``frames[0]``
         (a prompt, or its known mask, which is returned as the first mask)."""
         masks: list[np.ndarray] = [np.zeros(frames[0].shape[:2], dtype=bool)] * len(frames)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda"
-            else contextlib.nullcontext()
-        )
+        cuda = self.device.type == "cuda"
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda)
         with tempfile.TemporaryDirectory(prefix="segstyle-sam2-") as folder:
             for index, frame in enumerate(frames):
                 Image.fromarray(frame).save(Path(folder) / f"{index}.jpg", quality=_JPEG_QUALITY)

@@ -1,8 +1,5 @@
-"""SAM 2 on still images: the ``sam2`` package's ``SAM2Base`` (SAM 2.1 configs of
-:data:`segstyle_core.segment.sam2.VARIANTS`) behind a caching ``SAM2ImagePredictor``, sharing
-batching, precision and embedding cache (image embedding and two high-resolution feature maps)
-with SAM (:class:`~segstyle_core.segment.sam.PromptSegmenter`).
-"""
+"""SAM 2 on still images: ``sam2``'s ``SAM2Base`` behind a caching ``SAM2ImagePredictor``,
+sharing batching, precision and embedding cache with SAM (:class:`~.sam.PromptSegmenter`)."""
 
 from __future__ import annotations
 
@@ -13,20 +10,18 @@ import numpy as np
 import torch
 
 from segstyle_core.segment.base import MaskPrediction, Prompt, lookup_variant
-from segstyle_core.segment.sam import ImageEncoding, PromptSegmenter, best_masks
+from segstyle_core.segment.sam import ImageEncoding, PromptSegmenter, best_masks, prompt_arrays
 from segstyle_core.segment.sam2 import VARIANTS, sam2_builder
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
 
 HYDRA_OVERRIDES: dict[str, tuple[str, ...]] = {}
-"""Variant -> extra Hydra overrides of its ``sam2`` config (tests shrink the input; the input
-size is part of the embedding-cache key)."""
+"""Variant -> extra Hydra overrides of its ``sam2`` config (tests shrink the input)."""
 
 
 @functools.cache
 def _predictor_class() -> type:
-    """``SAM2ImagePredictor`` encoding through an :class:`ImageEncoding`."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     class CachingSam2Predictor(SAM2ImagePredictor):  # type: ignore[misc]
@@ -38,8 +33,7 @@ def _predictor_class() -> type:
             super().__init__(model, **kwargs)
             # sam2 1.1.0 fixes these to a 1024-pixel input; Hiera's maps are 1/4, 1/8, 1/16.
             size = model.image_size
-            self._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8)]
-            self._bb_feat_sizes.append((size // 16, size // 16))
+            self._bb_feat_sizes = [(size // scale, size // scale) for scale in (4, 8, 16)]
             self.encoding = encoding
 
         def set_image(self, image: np.ndarray) -> None:
@@ -65,8 +59,8 @@ def _predictor_class() -> type:
 
 
 class Sam2ImageSegmenter(PromptSegmenter):
-    """SAM 2 on a loaded ``SAM2Base``; see :class:`PromptSegmenter` (``multimask`` off: one
-    mask, with SAM 2's fallback to the best of three when it is unstable)."""
+    """SAM 2 on a loaded ``SAM2Base`` (``multimask`` off: one mask, with SAM 2's fallback to the
+    best of three when it is unstable)."""
 
     name = "sam2"
     label = "SAM 2"
@@ -82,7 +76,6 @@ class Sam2ImageSegmenter(PromptSegmenter):
         return model
 
     def _new_predictor(self, **kwargs: Any) -> Any:
-        """A caching ``SAM2ImagePredictor`` on this segmenter's model (``kwargs``: its own)."""
         return _predictor_class()(self.model, self.encoding, **kwargs)
 
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
@@ -90,12 +83,7 @@ class Sam2ImageSegmenter(PromptSegmenter):
         upscaled (the same masks as ``predict`` one prompt at a time)."""
         predictor = self._predictor
         model = self.model
-        coords = labels = boxes = None
-        if prompts[0].points:
-            coords = np.array([p.points for p in prompts], dtype=np.float32)
-            labels = np.array([p.point_labels for p in prompts], dtype=np.int32)
-        if prompts[0].box is not None:
-            boxes = np.array([p.box for p in prompts], dtype=np.float32)
+        coords, labels, boxes = prompt_arrays(prompts)
         _, points, point_labels, box = predictor._prep_prompts(coords, labels, boxes, None, True)
         concat = (points, point_labels) if points is not None else None
         if box is not None:
@@ -129,7 +117,6 @@ class Sam2ImageSegmenter(PromptSegmenter):
         )
 
     def _mask_generator(self) -> Any:
-        """``SAM2AutomaticMaskGenerator`` on a caching predictor with its hole/sprinkle filter."""
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
         generator = SAM2AutomaticMaskGenerator(self.model)

@@ -19,7 +19,7 @@ class CompositeRecord(StageRecord):
     """Output ``composite``: the original with the painting inside/outside the masks (PNG)."""
 
 
-@stage("composite", files=("image",), code=("segstyle_core.composite",))
+@stage("composite", files=("image",), code=("segstyle_core.composite",), version=2)
 def composite(
     out: Path,
     image: str,

@@ -1,9 +1,5 @@
-"""Stage ``gt``: binarize one frame's ground truth by class and derive its prompts.
-
-When the prompts come from ground-truth regions (instances, or connected components of stuff
-classes), it also writes them as an index map and a table for the metrics stage; a prompts
-file needs no regions, so then no instanceIds PNG is read.
-"""
+"""Stage ``gt``: binarize one frame's ground truth by class and derive its prompts; with GT
+prompts, also its regions (instances, or components of stuff classes) for the metrics stage."""
 
 from __future__ import annotations
 
@@ -39,12 +35,10 @@ class GtRecord(StageRecord):
     gt_source: str  # ``labelIds`` or ``color``
 
     def prompt_list(self) -> list[Prompt]:
-        """The prompts as :class:`Prompt` objects."""
         return [Prompt.from_dict(p) for p in self.prompts]
 
     def regions(self) -> list[Instance]:
-        """The frame's GT regions (instances or components), in table order; ``[]`` when the
-        stage wrote none (a prompts file)."""
+        """The frame's GT regions in table order; ``[]`` with a prompts file."""
         if "regions" not in self.outputs:
             return []
         table = json.loads(Path(self.path("instances")).read_text())
@@ -63,7 +57,8 @@ class GtRecord(StageRecord):
 
 
 def _needs_regions(prompts: PromptConfig) -> bool:
-    """GT prompts and automatic-mode scores refer to GT regions; a prompts file does not."""
+    """GT prompts and automatic-mode scores refer to GT regions (a prompts file needs none, so
+    then no instanceIds PNG is read)."""
     return prompts.source in PROMPT_SOURCES
 
 
@@ -94,8 +89,7 @@ def binarize_gt(
     seed: int = 0,
 ) -> GtRecord:
     """Write the binarized GT mask (``H×W`` PNG) and the region table (and map); derive the
-    prompts. ``gt_source``: ``auto`` is labelIds when present; ``seed``: the run's (the box
-    jitter's seed derives from it and the image id)."""
+    prompts (the box jitter's seed derives from ``seed`` and the image id)."""
     regions = _needs_regions(prompts)
     image = read_rgb(frame.image_path)
     truth = cityscapes.load_gt(

@@ -1,8 +1,6 @@
-"""Stage ``metrics``: score one image's masks against its ground truth; write the used mask.
-
-The used mask is the union of the prompt masks, or in automatic mode of each GT instance's
-best-matching automatic mask (compositing every automatic mask would paint the whole frame).
-The GT regions come from the ``gt`` stage, so this stage reads no dataset file.
+"""Stage ``metrics``: score one image's masks against its ground truth (the ``gt`` stage's, no
+dataset file); write the used mask: the union of the prompt masks, or in automatic mode of each
+GT instance's best-matching automatic mask (every automatic mask would paint the whole frame).
 """
 
 from __future__ import annotations
@@ -26,13 +24,16 @@ from segstyle_core.stages.segment import SegmentRecord
 class MetricsRecord(StageRecord):
     """Outputs ``mask`` (the used mask, PNG) and ``masks`` (the used masks, one per score);
     ``scores``: per prompt, the ``prompt`` dict, its result columns (:func:`prompt_scores`),
-    ``image_iou``/``image_dice`` of the used mask and its own mask as COCO RLE (``mask_rle``).
-    """
+    ``image_iou``/``image_dice`` of the used mask and its own mask as COCO RLE (``mask_rle``)."""
 
     scores: list[dict[str, Any]]
 
 
-@stage("metrics", code=("segstyle_core.scoring", "segstyle_core.metrics", "segstyle_core.rle"))
+@stage(
+    "metrics",
+    code=("segstyle_core.scoring", "segstyle_core.metrics", "segstyle_core.rle"),
+    version=2,
+)
 def score_frame(out: Path, gt: GtRecord, masks: SegmentRecord, automatic: bool) -> MetricsRecord:
     """Score every prompt's mask (every GT instance's best automatic mask) against the GT."""
     class_mask = read_mask(gt.path("gt_mask"))

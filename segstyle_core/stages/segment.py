@@ -23,8 +23,7 @@ class SegmentRecord(StageRecord):
 
 
 def segmenter_key(segmenter: SegmenterConfig) -> dict[str, Any]:
-    """What of a segmenter changes its masks: its identity and its settings (not where it runs
-    or where its weights live)."""
+    """What of a segmenter changes its masks: its identity and settings (not device or weights)."""
     exclude = {"device", "weights_dir", "checkpoint"}
     return backend_key(segmenter, segmenter.model_dump(mode="json", exclude=exclude))
 

@@ -25,8 +25,7 @@ class StylizeRecord(StageRecord):
 
 
 def stylizer_key(stylizer: StylizerConfig) -> dict[str, Any]:
-    """What of a stylizer changes its painting: its identity and settings (the style image is
-    an input file of its own)."""
+    """What of a stylizer changes its painting: its identity and settings (not the style file)."""
     return backend_key(stylizer, stylizer.settings())
 
 
@@ -47,15 +46,11 @@ def stylize(
     roi_mode: Mode = "object",
     roi_masks: tuple[int, ...] | None = None,
 ) -> StylizeRecord:
-    """Paint ``image`` in the style of the image ``style``; write ``stylized.png``.
-
-    Whole frame by default (the seed's method). With ``roi`` (a record whose ``masks`` output
-    holds per-prompt masks, :func:`segstyle_core.masks.save_masks`) and ``roi_margin_px``, only
-    the bounding box of the region the composite paints in this style plus that margin is
-    stylized: the union of the masks ``roi_masks`` indexes (none: all of them) in ``roi_mode``
-    object, everything outside it in background. The result is full size (see
-    :mod:`segstyle_core.roi`).
-    """
+    """Paint ``image`` in the style of the image ``style``; write ``stylized.png``: the whole
+    frame, or with ``roi`` (a record with per-prompt ``masks``) and ``roi_margin_px`` only the
+    box of the region painted in this style plus that margin (the union of the masks
+    ``roi_masks`` indexes, none: all; in background ``roi_mode`` everything outside it), full
+    size (:mod:`segstyle_core.roi`)."""
 
     def report(progress: Progress) -> None:
         if progress.step in (1, progress.total) or progress.step % 25 == 0:

@@ -1,10 +1,5 @@
-"""Style-transfer backends and their configuration.
-
-A backend is described by a frozen :class:`StylizerConfig` (hashed into cache keys, passed
-between tasks, rendered as a form in the Prefect UI): Gatys on VGG19 with its
-:class:`~segstyle_core.stylize.gatys.GatysConfig`, or the offline feed-forward network with
-its strength. :meth:`~StylizerConfig.build` loads each distinct backend once per process.
-"""
+"""Style-transfer backends and their frozen configuration :class:`StylizerConfig` (hashed into
+cache keys, rendered as a form in the Prefect UI)."""
 
 from __future__ import annotations
 
@@ -15,15 +10,9 @@ from pydantic import Field, field_validator
 from segstyle_core import weights
 from segstyle_core.backends import BackendConfig, BackendIdentity
 from segstyle_core.stylize.base import Progress, ProgressCallback, Stylizer
-from segstyle_core.stylize.gatys_config import SPEED_OPTIONS, GatysConfig
+from segstyle_core.stylize.gatys_config import MIN_SIDE, SPEED_OPTIONS, GatysConfig
 
-__all__ = [
-    "GatysConfig",
-    "Progress",
-    "ProgressCallback",
-    "Stylizer",
-    "StylizerConfig",
-]
+__all__ = ["GatysConfig", "Progress", "ProgressCallback", "Stylizer", "StylizerConfig"]
 
 
 class StylizerConfig(BackendConfig):
@@ -34,10 +23,9 @@ class StylizerConfig(BackendConfig):
     style: str | None = None
     """Style image; none: the project's generated geometric abstraction."""
     class_styles: dict[str, str] = Field(default_factory=dict, title="Per-class styles")
-    """Style image per class name, e.g. {"car": "/data/van_gogh.jpg"} (names are
-    case-insensitive); a class without one gets the style above. Paint order: classes without
-    their own style first, then each class in the order of the run's classes, a later class
-    over an earlier one where their masks overlap."""
+    """Style image per class name (case-insensitive), e.g. {"car": "/data/van_gogh.jpg"}; a class
+    without one gets the style above. Paint order: classes without their own style, then each
+    in the order of the run's classes (a later class over an earlier one)."""
     gatys: GatysConfig = Field(default_factory=GatysConfig, title="Gatys settings")
     """Gatys settings (layers, weights, working height, optimizer, speed options)."""
     strength: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -49,29 +37,23 @@ class StylizerConfig(BackendConfig):
     @field_validator("class_styles")
     @classmethod
     def _class_names(cls, styles: dict[str, str]) -> dict[str, str]:
-        """Class names are matched case-insensitively; a name or an image must not be empty."""
         cleaned = {name.strip().lower(): path.strip() for name, path in styles.items()}
         if "" in cleaned or "" in cleaned.values():
             raise ValueError("give each per-class style as CLASS=IMAGE, neither empty")
         return cleaned
 
     def __hash__(self) -> int:
-        """By value, as for every frozen configuration (pydantic's own hash fails on the
-        ``class_styles`` dict)."""
+        """By value (pydantic's own hash fails on the ``class_styles`` dict)."""
         return hash((type(self).__name__, self.model_dump_json()))
 
     def _vgg_checkpoint(self) -> weights.CheckpointFile:
-        """The VGG19 checkpoint file and its full SHA-256 (the official file: verified)."""
         return weights.resolve_checkpoint(
             self.vgg_checkpoint, "stylizer.vgg_checkpoint", "vgg19", self.weights_dir
         )
 
     def identity(self) -> BackendIdentity:
-        """Name, variant and weights SHA-256, without loading the model.
-
-        Raises:
-            WeightsError: the VGG19 checkpoint is missing or fails its checksum.
-        """
+        """Name, variant and weights SHA-256, without loading the model (:class:`WeightsError`:
+        the VGG19 checkpoint is missing or fails its checksum)."""
         if self.backend == "gatys":
             return BackendIdentity("gatys", "vgg19", self._vgg_checkpoint().sha256)
         from segstyle_core.stylize.feedforward import MODEL_VARIANT, model_sha256
@@ -87,13 +69,13 @@ class StylizerConfig(BackendConfig):
     def min_style_side(self) -> int:
         """The smallest style-image side, in pixels, this backend accepts."""
         if self.backend == "gatys":
-            from segstyle_core.stylize.gatys_config import MIN_SIDE
-        else:
-            from segstyle_core.stylize.feedforward import MIN_SIDE
-        return MIN_SIDE
+            return MIN_SIDE
+        from segstyle_core.stylize.feedforward import MIN_SIDE as FEEDFORWARD_MIN_SIDE
+
+        return FEEDFORWARD_MIN_SIDE
 
     def style_path(self) -> str:
-        """The style image to paint with: the configured one, else the generated default."""
+        """The configured style image, else the generated default."""
         from segstyle_core.styles import default_style_path
 
         return self.style or str(default_style_path())
@@ -108,24 +90,16 @@ class StylizerConfig(BackendConfig):
         return list(dict.fromkeys([self.style_path(), *self.class_styles.values()]))
 
     def build(self, content_size: int | None = None) -> Stylizer:
-        """The stylizer, loaded once per process and reused.
-
-        Args:
-            content_size: feed-forward: largest working height in pixels (none: the image's
-                own, within the network's pixel budget); Gatys works at ``gatys.height``.
-        """
+        """The stylizer, loaded once per process; ``content_size``: the feed-forward network's
+        largest working height (none: the image's own, within its pixel budget)."""
 
         def factory() -> Stylizer:
             if self.backend == "gatys":
                 from segstyle_core.stylize.gatys import GatysStylizer
 
                 path = self._vgg_checkpoint().path
-                return GatysStylizer(
-                    self.gatys,
-                    checkpoint=path,
-                    device=self.device,
-                    verify=self.vgg_checkpoint is None,
-                )
+                verify = self.vgg_checkpoint is None
+                return GatysStylizer(self.gatys, checkpoint=path, device=self.device, verify=verify)
             from segstyle_core.stylize.feedforward import FeedForwardStylizer
 
             return FeedForwardStylizer(strength=self.strength, content_size=content_size)

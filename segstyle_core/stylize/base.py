@@ -31,9 +31,6 @@ class Stylizer(Protocol):
     weights_sha256: str | None
 
     def stylize(self, content: RGB, style: RGB, progress: ProgressCallback | None = None) -> RGB:
-        """Paint ``content`` (``H×W×3 uint8 RGB``) in the manner of ``style`` (``h×w×3 uint8``).
-
-        Returns ``H'×W'×3 uint8 RGB`` at the backend's working resolution (for Gatys, the
-        target height); :func:`segstyle_core.composite.resize_to` brings it back to ``H×W``.
-        """
+        """Paint ``content`` (``H×W×3 uint8 RGB``) in the manner of ``style`` (``h×w×3 uint8``):
+        ``H'×W'×3 uint8 RGB`` at the backend's working size."""
         ...

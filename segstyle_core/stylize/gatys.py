@@ -1,28 +1,11 @@
-"""Gatys et al. neural style transfer on VGG19, optimising the image's pixels.
+"""Gatys et al. neural style transfer on VGG19, optimising the image's pixels (loss terms:
+:mod:`segstyle_core.stylize.objective`).
 
-The defaults reproduce the NST base script the seed paper builds on (Gordić's
-``pytorch-neural-style-transfer``, via Nafis): content layer ``conv4_2`` (before its ReLU),
-style layers ``relu1_1 .. relu5_1`` (the rectified responses that Gatys et al. call
-``conv1_1 .. conv5_1``: Caffe's ReLUs run in place), content/style/TV weights 1e5 / 3e4 / 1,
-L-BFGS for up to 1000 objective evaluations, target height 400, initialised from the content
-image, VGG input as 0..255 pixels minus the ImageNet mean (``normalization="imagenet255"``;
-the weights are calibrated to that scale). The seed paper's own runs used content weight 5000
-and a lower style weight to keep the street's geometry.
-
-The performance options of :class:`GatysConfig` default to what
-``benchmarks/bench_pipeline.py`` measured (see ``benchmarks/README.md``): bfloat16 autocast
-where the device computes it natively, switching to float32 at a loss plateau; coarse-to-fine
-over half the budget; stopping at a float32 plateau; the channels-last layout and torch.compile
-as this machine's calibration chose (:mod:`segstyle_core.stylize.calibration`).
-Together they keep the objective within a few percent of a float32 run (lower, with
-coarse-to-fine) at about half its cost. ``content_scale`` (off) serves ROI stylization.
+:class:`GatysConfig`'s defaults are the NST base script's (Gordić's
+``pytorch-neural-style-transfer``) with the speed options measured in ``benchmarks/README.md``;
 ``GatysConfig(autocast=None, channels_last=False, compile=False, plateau_tol=0,
-coarse_fraction=0)`` is the seed's plain float32 optimisation.
-
-Loss terms: :mod:`segstyle_core.stylize.objective`.
-
-Images are ``H×W×3 uint8 RGB`` numpy arrays at the boundary; inside, ``1×3×h×w`` float tensors
-in ``[0, 1]``.
+coarse_fraction=0)`` is the seed's plain float32 optimisation. Images are ``H×W×3 uint8 RGB``
+at the boundary; inside, ``1×3×h×w`` float tensors in ``[0, 1]``.
 """
 
 from __future__ import annotations
@@ -33,6 +16,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -55,12 +39,8 @@ from segstyle_core.stylize.objective import (
 )
 from segstyle_core.stylize.vgg import IMAGENET_MEAN, VGGFeatures, load_vgg19_features
 
-#: Standard deviation of the ``init="noise"`` image, in ``[0, 1]`` units (90 of 255, as the
-#: base script); the noise is centred on the ImageNet mean colour.
+#: Standard deviation of the ``init="noise"`` image around the ImageNet mean (the base script's).
 NOISE_STD = 90 / 255
-
-
-# --- image <-> tensor helpers -------------------------------------------------------------------
 
 
 def working_size(shape: tuple[int, ...], height: int) -> tuple[int, int]:
@@ -69,14 +49,10 @@ def working_size(shape: tuple[int, ...], height: int) -> tuple[int, int]:
 
 
 def content_working_size(shape: tuple[int, ...], config: GatysConfig) -> tuple[int, int]:
-    """The content's working size ``(h, w)`` for an image of shape ``H×W(×3)``.
-
-    ``config.height`` high with the aspect kept, or ``config.content_scale`` times ``H×W``
-    with the shorter side enlarged to :data:`MIN_SIDE` if it falls below.
-
-    Raises:
-        InputError: at ``config.height``, the width falls under :data:`MIN_SIDE`.
-    """
+    """The content's working size ``(h, w)`` for an image of shape ``H×W(×3)``: at
+    ``config.height`` (aspect kept; :class:`InputError` if the width falls under
+    :data:`MIN_SIDE`), or ``config.content_scale`` times ``H×W``, sides enlarged to
+    :data:`MIN_SIDE`."""
     if config.content_scale is None:
         size = working_size(shape, config.height)
         where = f"content image at working height {config.height}"
@@ -108,13 +84,26 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
 
 
-def _prepare_style(style: np.ndarray, height: int, device: torch.device) -> torch.Tensor:
+def _style_grams(
+    extractor: VGGFeatures, style: np.ndarray, height: int, config: GatysConfig
+) -> dict[str, torch.Tensor]:
+    """Gram matrices ``{style layer: 1×C×C}`` of ``style`` (``h×w×3 uint8``) at ``height``."""
     check_rgb(style, "style image")
     fix = "use a larger style image"
     _check_side(style.shape, "style image", fix)
     size = working_size(style.shape, height)
     _check_side(size, f"style image at working height {height}", fix)
-    return _to_tensor(style, size, device)
+    with torch.no_grad():
+        style_t = _to_tensor(style, size, extractor.device)
+        return grams_of(vgg_features(extractor, style_t, config), config.style_layers)
+
+
+def _content_targets(
+    extractor: VGGFeatures, content: torch.Tensor, config: GatysConfig
+) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        features = vgg_features(extractor, content, config)
+    return {name: features[name] for name in config.content_layers}
 
 
 def gatys_objective(
@@ -124,51 +113,27 @@ def gatys_objective(
     extractor: VGGFeatures,
     config: GatysConfig,
 ) -> dict[str, float]:
-    """Evaluate the Gatys loss terms of ``image`` (e.g. a composite) without optimising.
-
-    ``content`` and ``style`` are prepared as in :meth:`GatysStylizer.stylize` (content at
-    :func:`content_working_size`, style at ``config.height``); ``image`` (``H×W×3 uint8``) is
-    resized to the content's working size first. Autocast and memory format apply as
-    configured: pass ``autocast=None`` for a float32 measurement.
-
-    Returns:
-        ``{"content", "style", "tv", "total"}`` weighted terms as floats (see module doc).
-    """
+    """The weighted loss terms ``{"content", "style", "tv", "total"}`` of ``image``
+    (``H×W×3 uint8``, e.g. a composite, resized to the content's working size), without
+    optimising; content and style are prepared as in :meth:`GatysStylizer.stylize`. Pass
+    ``autocast=None`` for a float32 measurement."""
     device = extractor.device
     config = calibration.resolve(config, device)
     check_rgb(content, "content image")
     check_rgb(image, "image")
     size = content_working_size(content.shape, config)
+    targets = _content_targets(extractor, _to_tensor(content, size, device), config)
+    style_grams = _style_grams(extractor, style, config.height, config)
     with torch.no_grad():
-        content_t = _to_tensor(content, size, device)
-        style_grams = grams_of(
-            vgg_features(extractor, _prepare_style(style, config.height, device), config),
-            config.style_layers,
-        )
-        content_feats = vgg_features(extractor, content_t, config)
         image_t = _to_tensor(image, size, device)
-        terms = total_loss(
-            vgg_features(extractor, image_t, config),
-            image_t,
-            {name: content_feats[name] for name in config.content_layers},
-            style_grams,
-            config,
-        )
+        features = vgg_features(extractor, image_t, config)
+        terms = total_loss(features, image_t, targets, style_grams, config)
     return {name: float(value) for name, value in terms.items()}
 
 
-# --- the stylizer ---------------------------------------------------------------------------
-
-
 class GatysStylizer:
-    """Gatys style transfer on VGG19 (the :class:`~segstyle_core.stylize.base.Stylizer` protocol).
-
-    VGG19 is found with :func:`segstyle_core.weights.find_checkpoint` (a missing file raises
-    its :class:`~segstyle_core.errors.WeightsError` naming ``segstyle weights download vgg19``),
-    checked against the published hash, and shared process-wide through
-    :data:`segstyle_core.devices.MODELS`. Style targets (Gram matrices) are computed once per
-    style image and kept in a small LRU cache of this instance.
-    """
+    """Gatys style transfer on VGG19 (shared through :data:`segstyle_core.devices.MODELS`),
+    keeping the Gram matrices of the last ``style_cache_size`` style images."""
 
     name = "gatys"
     variant = "vgg19"
@@ -179,33 +144,20 @@ class GatysStylizer:
         *,
         device: str = "auto",
         checkpoint: str | os.PathLike[str] | None = None,
-        weights_dir: str | os.PathLike[str] | None = None,
         style_cache_size: int = 8,
         extractor: VGGFeatures | None = None,
         verify: bool = True,
     ) -> None:
-        """Load VGG19 (or use ``extractor``, from :func:`load_vgg19_features`, e.g. in tests).
-
-        Args:
-            config: optimisation settings; ``None`` = :class:`GatysConfig` defaults.
-            device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-            checkpoint: the ``vgg19-dcbb9e9d.pth`` file; ``None`` = find it with
-                :func:`segstyle_core.weights.find_checkpoint`. Verified either way, unless
-                ``verify`` is off.
-            weights_dir: where to look first when ``checkpoint`` is ``None`` (see
-                :func:`segstyle_core.weights.weights_dir`); torch hub's cache is searched too.
-            style_cache_size: how many styles' Gram matrices to keep.
-            extractor: a loaded feature extractor to use instead of the checkpoint search;
-                ``weights_sha256`` is then ``None``. It must provide the config's layers.
-            verify: check ``checkpoint`` against the official file's published hash; off for a
-                VGG19 file of your own (``stylizer.vgg_checkpoint``), identified by its full
-                SHA-256 alone.
-        """
+        """Load VGG19 from ``checkpoint`` (``None``: :func:`segstyle_core.weights.find_checkpoint`,
+        whose :class:`~segstyle_core.errors.WeightsError` names the download command), checked
+        against the official file's hash unless ``verify`` is off (a file of your own, identified
+        by its SHA-256); or use ``extractor`` (with the config's layers; ``weights_sha256`` is
+        then ``None``)."""
         self.device = devices.resolve_device(device)
         self.config = config or GatysConfig()
         self.weights_sha256: str | None = None
         if extractor is None:
-            path = checkpoint or weights.find_checkpoint("vgg19", weights_dir)
+            path = checkpoint or weights.find_checkpoint("vgg19")
             extractor, self.weights_sha256 = self._load_extractor(path, verify)
         else:
             missing = set(self.config.layers) - set(extractor.layers)
@@ -232,53 +184,34 @@ class GatysStylizer:
             self._network = self._compiled()
 
     def _compiled(self) -> Network:
-        """The extractor, through torch.compile (fixed shapes) if the config asks for it."""
         if self.config.compile:
             return torch.compile(self.extractor, dynamic=False)
         return self.extractor
 
     def _load_extractor(
-        self, path: str | os.PathLike[str], verify: bool = True
+        self, path: str | os.PathLike[str], verify: bool
     ) -> tuple[VGGFeatures, str]:
-        """Verify the VGG19 checkpoint; return the process-wide extractor and its SHA-256."""
         if verify:
             sha256 = weights.verify_checkpoint(path, "vgg19")
         else:
             sha256 = weights.own_checkpoint(path, "checkpoint")[1]
         cfg = self.config
-        key = (
-            "gatys",
-            self.variant,
-            str(self.device),
-            sha256,
-            tuple(sorted(cfg.layers)),
-            cfg.pooling,
-            cfg.normalization,
-            cfg.channels_last,
-        )
-        extractor = devices.MODELS.get_or_create(
-            key,
-            lambda: self._place(
-                load_vgg19_features(path, cfg.layers, cfg.pooling, cfg.normalization)
-            ),
-        )
-        return extractor, sha256
+        vgg = (tuple(sorted(cfg.layers)), cfg.pooling, cfg.normalization, cfg.channels_last)
+        key = ("gatys", self.variant, str(self.device), sha256, *vgg)
+
+        def load() -> VGGFeatures:
+            features = load_vgg19_features(path, cfg.layers, cfg.pooling, cfg.normalization)
+            return self._place(features)
+
+        return devices.MODELS.get_or_create(key, load), sha256
 
     def _place(self, extractor: VGGFeatures) -> VGGFeatures:
-        """Move ``extractor`` (in place) to the device and memory format of this stylizer."""
         placed = extractor.to(self.device)
         return placed.to(memory_format=torch.channels_last) if self.config.channels_last else placed
 
-    def style_targets(
-        self, style: np.ndarray, height: int | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Gram matrices ``{style layer: 1×C×C}`` of ``style`` (``h×w×3 uint8``), cached.
-
-        ``style`` is resized to ``height`` (``None`` = the config's) with its aspect kept. The
-        cache key is the style's SHA-256 and shape, its working size, the style layers and the
-        device; the least recently used entry is dropped beyond ``style_cache_size``.
-        """
-        height = height or self.config.height
+    def style_targets(self, style: np.ndarray, height: int) -> dict[str, torch.Tensor]:
+        """Gram matrices ``{style layer: 1×C×C}`` of ``style`` (``h×w×3 uint8``) at ``height``,
+        cached by the style's bytes, working size and layers."""
         key = (
             sha256_bytes(np.ascontiguousarray(style).tobytes()),
             style.shape,
@@ -290,11 +223,7 @@ class GatysStylizer:
             if key in self._style_cache:
                 self._style_cache.move_to_end(key)
                 return self._style_cache[key]
-        with torch.no_grad():
-            features = vgg_features(
-                self.extractor, _prepare_style(style, height, self.device), self.config
-            )
-            grams = grams_of(features, self.config.style_layers)
+        grams = _style_grams(self.extractor, style, height, self.config)
         with self._lock:
             self._style_cache[key] = grams
             while len(self._style_cache) > self._style_cache_size:
@@ -302,16 +231,10 @@ class GatysStylizer:
         return grams
 
     def stylize(self, content: RGB, style: RGB, progress: ProgressCallback | None = None) -> RGB:
-        """Paint ``content`` (``H×W×3 uint8``) like ``style`` (``h×w×3 uint8``).
-
-        Returns ``h×w×3 uint8`` at :func:`content_working_size` (by default the config's
-        working height, ``round(W * height / H)`` wide). ``progress`` gets a :class:`Progress`
-        after every objective evaluation (coarse stage first, if any), with the weighted
-        ``content``/``style``/``tv``/``total`` terms of that stage's size.
-
-        Raises:
-            InputError: not ``H×W×3 uint8``; style image under 32 px on a side.
-        """
+        """Paint ``content`` (``H×W×3 uint8``) like ``style`` (``h×w×3 uint8``); ``h×w×3 uint8``
+        at :func:`content_working_size`. ``progress`` gets the weighted loss terms after every
+        objective evaluation (coarse stage first). Raises :class:`InputError` for a style image
+        under :data:`MIN_SIDE` px a side."""
         cfg = self.config
         check_rgb(content, "content image")
         size = content_working_size(content.shape, cfg)
@@ -342,22 +265,15 @@ class GatysStylizer:
         init: torch.Tensor | None,
         run: _Run,
     ) -> torch.Tensor:
-        """Optimise a ``1×3×h×w`` image at ``size = (h, w)`` within ``run``'s budget.
-
-        ``init`` starts it (``None`` = the config's ``init``); the style is taken at
-        ``style_height``. Returns the optimised image, detached; if the objective becomes NaN
-        or infinite (a diverging line search), the run stops and returns the best image it
-        evaluated.
-        """
+        """Optimise a ``1×3×h×w`` image at ``size = (h, w)`` from ``init`` (``None``: the
+        config's ``init``) within ``run``'s budget; detached. If the objective becomes NaN or
+        infinite, the best image evaluated."""
         cfg = self.config
         content_t = _to_tensor(content, size, self.device)
         style_grams = self.style_targets(style, style_height)
-        with torch.no_grad():
-            content_feats = vgg_features(self.extractor, content_t, cfg)
-        content_targets: dict[str, torch.Tensor] = {n: content_feats[n] for n in cfg.content_layers}
+        content_targets = _content_targets(self.extractor, content_t, cfg)
         start = self._initial_image(content_t, style) if init is None else init
-        # The pixels stay contiguous (L-BFGS flattens their gradient with view(-1));
-        # _features hands VGG a channels-last copy when configured.
+        # contiguous: L-BFGS flattens the gradient with view(-1); VGG gets a channels-last copy
         image = start.contiguous().requires_grad_(True)
 
         def objective() -> float:
@@ -391,7 +307,6 @@ class GatysStylizer:
         return image.detach()
 
     def _initial_image(self, content_t: torch.Tensor, style: np.ndarray) -> torch.Tensor:
-        """The starting ``1×3×h×w`` image for ``config.init`` (a fresh tensor, no grad)."""
         cfg = self.config
         if cfg.init == "content":
             return content_t.clone()
@@ -403,43 +318,29 @@ class GatysStylizer:
 
 
 class _Diverged(Exception):
-    """The objective became NaN or infinite: the optimisation stops."""
+    """The objective became NaN or infinite."""
 
 
+@dataclass
 class _Run:
-    """Evaluation counter, progress reports, best image and plateau test of one stage.
+    """Evaluation counter, progress reports, best image and plateau test of one stage of at
+    most ``budget`` evaluations; progress steps count on from ``first_step`` to ``total``.
+    :attr:`config` gets ``autocast=None`` once a plateau under autocast switched to float32."""
 
-    ``budget`` evaluations at most; progress steps count on from ``first_step`` up to
-    ``total`` (the budget of every stage together). :attr:`config` is the stage's config,
-    with ``autocast=None`` once a plateau under autocast switched it to float32.
-    """
-
-    def __init__(
-        self,
-        config: GatysConfig,
-        device: torch.device,
-        budget: int,
-        progress: ProgressCallback | None,
-        first_step: int = 0,
-        total: int | None = None,
-    ) -> None:
-        self.config = config
-        self.device = device
-        self.budget = budget
-        self.progress = progress
-        self.first_step = first_step
-        self.total = budget if total is None else total
-        self.step = 0
-        self.best: list[float] = []
-        self.best_image: torch.Tensor | None = None
-        self.diverged = False
+    config: GatysConfig
+    device: torch.device
+    budget: int
+    progress: ProgressCallback | None
+    first_step: int
+    total: int
+    step: int = 0
+    best: list[float] = field(default_factory=list)  # the best total after each evaluation
+    best_image: torch.Tensor | None = None
+    diverged: bool = False
 
     def record(self, terms: Mapping[str, torch.Tensor], image: torch.Tensor) -> float:
         """Count one evaluation of ``image``, keep the best, report progress; return the total.
-
-        Raises:
-            _Diverged: the total is NaN or infinite (not counted, not reported).
-        """
+        Raises :class:`_Diverged` (not counted, not reported) for a NaN or infinite total."""
         losses = {name: value.item() for name, value in terms.items()}
         if not math.isfinite(losses["total"]):
             self.diverged = True
@@ -453,8 +354,7 @@ class _Run:
         return losses["total"]
 
     def done(self) -> bool:
-        """Budget spent, or a plateau in float32; a plateau under autocast switches to float32
-        (and restarts the plateau window) instead."""
+        """Budget spent, or a plateau in float32 (under autocast: switch to float32 instead)."""
         if self.step >= self.budget:
             return True
         if not self._plateau():
@@ -466,7 +366,6 @@ class _Run:
         return False
 
     def _plateau(self) -> bool:
-        """The best loss improved by under ``plateau_tol`` over the last ``plateau_patience``."""
         cfg = self.config
         if cfg.plateau_tol <= 0 or len(self.best) <= cfg.plateau_patience:
             return False

@@ -32,28 +32,19 @@ def _vgg19_layer(name: str) -> str:
     return name
 
 
-#: A :data:`VGG19Layer` in settings. Checked by a validator rather than typed as the Literal, so
-#: that the Prefect UI's form shows a list of layer names (it shows no default for a list of
-#: choices).
+#: A :data:`VGG19Layer` in settings, checked by a validator: for a Literal, the Prefect UI's form
+#: would show no default list.
 LayerName = Annotated[str, AfterValidator(_vgg19_layer)]
-#: Reduced-precision types VGG may run in under ``torch.autocast``.
-AutocastDtype = Literal["bfloat16", "float16"]
-#: ``auto``: bfloat16 where the device computes it natively, else float32.
-Autocast = Literal["auto", AutocastDtype]
 #: Options that change speed only, not the painting: kept out of stage cache keys and rows;
 #: ``auto`` takes the machine's calibration (:mod:`segstyle_core.stylize.calibration`).
 SPEED_OPTIONS = ("channels_last", "compile")
-#: VGG pooling: ``max`` (torchvision) or ``avg`` (Gatys et al.'s suggestion).
 Pooling = Literal["max", "avg"]
-#: VGG input scaling (see :data:`segstyle_core.stylize.vgg.NORMALIZATION_STD`).
 Normalization = Literal["imagenet", "imagenet255"]
 
 
 class GatysConfig(ConfigModel):
-    """Settings of one Gatys optimisation (defaults: the NST base script, see module doc).
-
-    Each field's docstring is its description in the Prefect UI and the CLI's help.
-    """
+    """Settings of one Gatys optimisation (defaults: the NST base script). Each field's
+    docstring is its description in the Prefect UI and the CLI's help."""
 
     content_layers: tuple[LayerName, ...] = Field(default=("conv4_2",), min_length=1)
     """VGG19 layers matched to the content image (conv4_2, relu4_2, ...)."""
@@ -70,16 +61,14 @@ class GatysConfig(ConfigModel):
     tv_weight: float = Field(default=1.0, ge=0)
     """Weight of the total-variation (smoothness) loss."""
     height: int = Field(default=400, ge=MIN_SIDE)
-    """Working height in pixels: the content is resized to it (aspect kept), the style to the
-    same height (its own aspect); the output has the content's working size."""
+    """Working height in pixels of the content and the output, and of the style (aspects kept)."""
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     """lbfgs (torch L-BFGS, strong-Wolfe line search) or adam."""
     iterations: int = Field(default=1000, ge=1)
     """Budget of objective evaluations (one VGG forward + backward each), never exceeded;
     L-BFGS line-search evaluations count, and L-BFGS needs at least 2 to move."""
     learning_rate: float = Field(default=10 / 255, gt=0)
-    """Adam step size in [0, 1] pixel units (10 of 255, as the base script); L-BFGS uses its
-    own line search."""
+    """Adam step size in [0, 1] pixel units (10 of 255, as the base script)."""
     init: Literal["content", "noise", "style"] = "content"
     """Start from the content image, noise, or the style image resized to the content's size."""
     seed: int = 0
@@ -87,15 +76,14 @@ class GatysConfig(ConfigModel):
     pooling: Pooling = "max"
     """VGG pooling: max (torchvision) or avg (Gatys et al.'s suggestion)."""
     normalization: Normalization = "imagenet255"
-    """VGG input scaling (see segstyle_core.stylize.vgg.NORMALIZATION_STD)."""
+    """VGG input: imagenet (torchvision's) or imagenet255 (0..255 minus the ImageNet mean)."""
     plateau_tol: float = Field(default=1e-3, ge=0)
-    """A plateau is a best total loss that improved by less than this (relative) over the last
-    plateau_patience evaluations; 0 disables the test. Under autocast a plateau switches the
-    rest of the stage to float32; in float32 it ends the stage (its unused budget goes to the
-    next). Checked after every Adam step and every L-BFGS step() call."""
+    """A plateau: the best total loss improved by less than this (relative) over the last
+    plateau_patience evaluations (0: never). Under autocast it switches the rest of the stage to
+    float32; in float32 it ends the stage (its unused budget goes to the next)."""
     plateau_patience: int = Field(default=20, ge=1)
     """Evaluations over which a plateau is measured."""
-    autocast: Autocast | None = "auto"
+    autocast: Literal["auto", "bfloat16", "float16"] | None = "auto"
     """Run VGG under torch.autocast in bfloat16 or float16; auto: bfloat16 where the device
     computes it natively, else float32; none: float32. Gram matrices and losses stay float32."""
     channels_last: bool | Literal["auto"] = "auto"
@@ -105,9 +93,8 @@ class GatysConfig(ConfigModel):
     """Run VGG through torch.compile (inductor, fixed shapes: one compilation per crop size);
     auto: as this machine's calibration chose (speed only: not part of a stage's cache key)."""
     content_scale: float | None = Field(default=None, gt=0)
-    """Resize the content by this factor instead of to height (the style still goes to
-    height): an ROI crop is then painted at the whole frame's scale. Sides under 32 px are
-    enlarged to 32 px."""
+    """Resize the content by this factor instead of to height (sides at least 32 px; the style
+    still goes to height): an ROI crop is then painted at the whole frame's scale."""
     coarse_fraction: float = Field(default=0.5, ge=0, lt=1)
     """Coarse-to-fine: this fraction of the evaluations runs first at half the working size;
     its result, upsampled, starts the full-size run of the rest. 0: off."""
@@ -117,7 +104,6 @@ class GatysConfig(ConfigModel):
     def _one_weight_per_style_layer(
         cls, weights: tuple[float, ...] | None, info: ValidationInfo
     ) -> tuple[float, ...] | None:
-        """As many weights as style layers (when the style layers themselves are valid)."""
         layers = info.data.get("style_layers")
         if weights is not None and layers is not None and len(weights) != len(layers):
             raise ValueError(

@@ -1,14 +1,11 @@
-"""The Gatys objective on tensors: VGG features under the configured precision, Gram matrices,
-the loss terms.
+"""The Gatys objective on tensors: VGG features under the configured precision, the loss terms.
 
-Loss terms (``F`` features of the image being optimised, ``P`` of the content image, ``G``/``A``
-Gram matrices of the image / the style image, see :func:`gram_matrix`):
+Loss terms (``F``/``P`` features of the image / the content image, ``G``/``A`` Gram matrices of
+the image / the style image, see :func:`gram_matrix`):
 
 * content: ``mean((F - P)**2)`` per content layer, summed over content layers;
-* style: ``sum_l w_l * sum((G_l - A_l)**2)`` (sum, not mean, of squared differences);
-  ``w_l = 1 / len(style_layers)`` unless ``style_layer_weights`` is given;
-* TV: ``sum |x[i, j+1] - x[i, j]| + sum |x[i+1, j] - x[i, j]|`` over channels, in 8-bit pixel
-  units (anisotropic, absolute differences);
+* style: ``sum_l w_l * sum((G_l - A_l)**2)``, ``w_l`` from ``style_layer_weights`` (or equal);
+* TV: ``sum |x[i, j+1] - x[i, j]| + sum |x[i+1, j] - x[i, j]|`` over channels, in 8-bit units;
 * total: ``content_weight * content + style_weight * style + tv_weight * TV``.
 
 Images are ``1×3×h×w`` float tensors in ``[0, 1]``.
@@ -17,26 +14,21 @@ Images are ``1×3×h×w`` float tensors in ``[0, 1]``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, get_args
+from typing import Any
 
 import torch
 
 from segstyle_core.devices import native_bfloat16
-from segstyle_core.stylize.gatys_config import AutocastDtype, GatysConfig
+from segstyle_core.stylize.gatys_config import GatysConfig
 from segstyle_core.stylize.vgg import VGGFeatures
 
-#: VGG19's features as called: ``1×3×h×w`` image -> ``{layer: 1×C×h'×w'}`` (a
-#: :class:`VGGFeatures` or its torch.compile wrapper).
+#: A :class:`VGGFeatures` or its torch.compile wrapper: ``1×3×h×w`` -> ``{layer: 1×C×h'×w'}``.
 Network = Callable[[torch.Tensor], dict[str, torch.Tensor]]
-_AUTOCAST_DTYPES = {name: getattr(torch, name) for name in get_args(AutocastDtype)}
 
 
 class _Gram(torch.autograd.Function):
-    """``F Fᵀ / (C*H*W)`` with a one-product backward, ``(dG + dGᵀ) F / (C*H*W)``.
-
-    Autograd's own backward of ``bmm(F, Fᵀ)`` does two products and adds them. Channels-last
-    features are multiplied as their ``B×HW×C`` view, so no layout copy is made either way.
-    """
+    """``F Fᵀ / (C*H*W)`` with a one-product backward, ``(dG + dGᵀ) F / (C*H*W)`` (autograd's
+    does two); channels-last features are multiplied as their ``B×HW×C`` view, without a copy."""
 
     @staticmethod
     def forward(ctx: Any, features: torch.Tensor) -> torch.Tensor:
@@ -106,14 +98,8 @@ def total_loss(
     style_grams: Mapping[str, torch.Tensor],
     config: GatysConfig,
 ) -> dict[str, torch.Tensor]:
-    """Weighted loss terms ``{"content", "style", "tv", "total"}``; ``total`` is their sum.
-
-    Args:
-        features: VGG features of ``image`` (float32), at least the config's layers.
-        image: ``1×3×h×w`` in ``[0, 1]`` (for the TV term).
-        content_targets: content-image features of the content layers.
-        style_grams: :func:`gram_matrix` of the style image's features per style layer.
-    """
+    """Weighted loss terms ``{"content", "style", "tv", "total"}`` (``total`` their sum) of
+    ``image`` (``1×3×h×w`` in ``[0, 1]``) and its float32 VGG ``features``."""
     terms = {
         "content": config.content_weight * content_loss(features, content_targets),
         "style": config.style_weight * style_loss(features, style_grams, config.layer_weights()),
@@ -127,16 +113,15 @@ def autocast_dtype(config: GatysConfig, device: torch.device) -> torch.dtype | N
     """The dtype VGG runs in under ``config.autocast`` on ``device``; ``None`` = float32."""
     if config.autocast == "auto":
         return torch.bfloat16 if native_bfloat16(device) else None
-    return None if config.autocast is None else _AUTOCAST_DTYPES[config.autocast]
+    return None if config.autocast is None else getattr(torch, config.autocast)
 
 
 def vgg_features(
     extractor: Network, image: torch.Tensor, config: GatysConfig
 ) -> dict[str, torch.Tensor]:
     """Float32 features of ``image`` (autocast and memory format as configured). Under
-    autocast a :class:`VGGFeatures` runs as its copy with weights in the autocast dtype
-    (:meth:`VGGFeatures.in_dtype`): autocast would otherwise cast every weight on every call
-    (it caches casts only of weights that require grad)."""
+    autocast a :class:`VGGFeatures` runs as :meth:`VGGFeatures.in_dtype`: autocast would cast
+    every weight on every call (it caches casts only of weights that require grad)."""
     if config.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     dtype = autocast_dtype(config, image.device)
@@ -151,5 +136,4 @@ def vgg_features(
 def grams_of(
     features: Mapping[str, torch.Tensor], layers: tuple[str, ...]
 ) -> dict[str, torch.Tensor]:
-    """:func:`gram_matrix` of ``features`` per layer of ``layers``."""
     return {name: gram_matrix(features[name]) for name in layers}

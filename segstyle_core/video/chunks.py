@@ -1,6 +1,5 @@
-"""One chunk of a video run: track, stylize, composite. Chunks are cached and retried on their
-own; chunk ``k+1`` starts from what chunk ``k`` ended with (a :class:`Carry`), so the result is
-that of one pass over the video. The first chunk starts from the box prompt.
+"""One chunk of a video run: track, stylize, composite. Chunk ``k+1`` starts from what chunk
+``k`` ended with (a :class:`Carry`), so the result is that of one pass over the video.
 """
 
 from __future__ import annotations
@@ -43,13 +42,9 @@ def _identity(backend: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True, kw_only=True)
 class ChunkRecord(StageRecord):
-    """What one chunk wrote and measured.
-
-    Outputs ``output_{i:06d}`` (composited frame ``i``) and ``mask_{i:06d}`` (PNG 0/255) per
-    frame, and ``painting`` (the last frame's). ``frames``: per frame ``index`` (in the video),
-    ``flicker`` (:func:`~segstyle_core.video.temporal.flicker`; ``None`` on the first) and
-    ``mask_area`` (pixels); ``tracker``/``stylizer``: their name, variant and weights.
-    """
+    """What one chunk wrote and measured: outputs ``output_{i:06d}`` (composited frame ``i``),
+    ``mask_{i:06d}`` (PNG 0/255) and ``painting`` (the last frame's); per frame ``index``,
+    ``flicker`` (``None`` on the first) and ``mask_area`` (pixels)."""
 
     frames: list[dict[str, Any]]
     last_frame: str
@@ -81,8 +76,8 @@ def stylize_chunk(
     options: TemporalOptions,
     out_dir: str | os.PathLike[str],
 ) -> ChunkRecord:
-    """Track, stylize and composite the frames ``frame_paths`` (video indices from
-    ``first_index``) from ``start`` with ``style`` (``h×w×3 uint8``); write into ``out_dir``.
+    """Track, stylize and composite ``frame_paths`` (video indices from ``first_index``) from
+    ``start`` with ``style`` (``h×w×3 uint8``) into ``out_dir``.
 
     Raises:
         ConfigError: no frames.

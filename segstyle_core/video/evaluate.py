@@ -1,9 +1,4 @@
-"""Scoring a tracked mask against per-frame Cityscapes ground truth.
-
-Instance ids are numbered per frame, so one object's id can change. :func:`gt_track` follows
-it through the ground truth alone: first the instance whose box best overlaps the prompt box,
-then on each frame the one that best overlaps the previous frame's GT mask.
-"""
+"""Scoring a tracked mask against per-frame Cityscapes ground truth."""
 
 from __future__ import annotations
 
@@ -38,10 +33,9 @@ def gt_track(
 ) -> list[np.ndarray]:
     """The boxed object's ``H×W bool`` GT mask on every frame (empty from when it is gone).
 
-    ``box``: XYXY on ``frames[0]``; ``classes``: what the object may be.
-
-    Raises:
-        InputError: a missing or unreadable instanceIds PNG (the message names it).
+    Instance ids are numbered per frame, so it follows the object through the GT alone: the
+    instance whose box best overlaps ``box`` (XYXY on ``frames[0]``), then on each frame the one
+    that best overlaps the previous GT mask. InputError: a missing or unreadable instanceIds PNG.
     """
     classes = tuple(classes)
     masks: list[np.ndarray] = []

@@ -24,11 +24,8 @@ PRESETS = {
 
 
 def optical_flow(source: np.ndarray, target: np.ndarray, preset: str = "medium") -> np.ndarray:
-    """Dense flow from ``source`` to ``target`` (both ``H×W×3 uint8 RGB``): ``H×W×2 float32``.
-
-    Raises:
-        InputError: the frames are not RGB or differ in size.
-    """
+    """Dense flow from ``source`` to ``target`` (both ``H×W×3 uint8 RGB``): ``H×W×2 float32``
+    (InputError: the frames are not RGB or differ in size)."""
     check_rgb(source, "flow source frame")
     check_rgb(target, "flow target frame")
     if source.shape != target.shape:
@@ -43,7 +40,7 @@ def optical_flow(source: np.ndarray, target: np.ndarray, preset: str = "medium")
 
 
 def _sample_grid(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ``(x, y)`` float32 maps ``p + flow[p]`` that :func:`cv2.remap` samples at."""
+    """The ``(x, y)`` float32 maps ``p + flow[p]``."""
     height, width = flow.shape[:2]
     xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     return xs + flow[..., 0], ys + flow[..., 1]

@@ -51,11 +51,7 @@ def is_container(path: str | os.PathLike[str]) -> bool:
 
 def check_video_output(video: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
     """Check, before any work, that the result can go to ``output`` (not the input, inside it or
-    holding it; a writable folder); return its path.
-
-    Raises:
-        ConfigError: one line naming the output and the fix.
-    """
+    holding it; a writable folder); return its path (ConfigError: one line naming the fix)."""
     source = Path(video).expanduser().resolve()
     target = Path(output).expanduser().resolve()
     if target == source or target.is_relative_to(source) or source.is_relative_to(target):
@@ -68,11 +64,7 @@ def check_video_output(video: str | os.PathLike[str], output: str | os.PathLike[
 
 
 def frame_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """A frame folder's PNG files, sorted by name.
-
-    Raises:
-        InputError: ``folder`` is not a directory or holds no PNG file.
-    """
+    """A frame folder's PNG files, sorted by name (InputError: no folder or no PNG file)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(
@@ -85,11 +77,8 @@ def frame_files(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def folder_fps(folder: str | os.PathLike[str]) -> float:
-    """The frame rate in a frame folder's ``video.json``, else :data:`DEFAULT_FPS`.
-
-    Raises:
-        InputError: the sidecar exists but holds no positive ``fps`` number.
-    """
+    """The frame rate in a frame folder's ``video.json``, else :data:`DEFAULT_FPS` (InputError:
+    the sidecar holds no positive ``fps`` number)."""
     sidecar = Path(folder) / SIDECAR
     if not sidecar.is_file():
         return DEFAULT_FPS
@@ -105,7 +94,6 @@ def folder_fps(folder: str | os.PathLike[str]) -> float:
 
 
 def _open_input(path: Path) -> Any:
-    """Open a container for reading, as an :class:`InputError` naming the file if it fails."""
     if not path.is_file():
         raise InputError(f"{path}: no such video file; check the path")
     try:
@@ -119,11 +107,8 @@ def _open_input(path: Path) -> Any:
 
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
-    """Frame rate, size (a folder's: its first frame's) and frame count, without decoding all.
-
-    Raises:
-        InputError: missing or unreadable file or folder.
-    """
+    """Frame rate, size (a folder's: its first frame's) and frame count, without decoding all
+    (InputError: missing or unreadable file or folder)."""
     path = Path(path)
     if not is_container(path):
         files = frame_files(path)
@@ -142,11 +127,8 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
 
 
 def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
-    """The frames of a video file or frame folder in order, one at a time.
-
-    Raises:
-        InputError: missing, unreadable or corrupt input (the message names the file).
-    """
+    """The frames of a video file or frame folder in order, one at a time (InputError: missing,
+    unreadable or corrupt input)."""
     path = Path(path)
     if not is_container(path):
         for file in frame_files(path):

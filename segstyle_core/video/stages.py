@@ -1,6 +1,5 @@
-"""The cached stages of a video run: decode, stylize a chunk, encode, score. Each is keyed on its
-input files' content; a chunk's key holds the previous chunk's carried files, so an early change
-invalidates every later chunk and nothing else.
+"""The cached stages of a video run: decode, stylize a chunk, encode, score. A chunk's key holds
+the previous chunk's carried files, so an early change invalidates every later chunk only.
 """
 
 from __future__ import annotations
@@ -13,13 +12,20 @@ from segstyle_core.cityscapes import frame_from_image_path
 from segstyle_core.config import CompositeConfig
 from segstyle_core.errors import ConfigError
 from segstyle_core.images import read_mask, read_rgb
+from segstyle_core.preflight import check_style
 from segstyle_core.segment.base import Prompt
 from segstyle_core.stagecache import StageRecord, backend_key, files_key, stage
 from segstyle_core.stylize import StylizerConfig
 from segstyle_core.video.chunks import Carry, ChunkRecord, stylize_chunk
 from segstyle_core.video.config import VideoOptions
 from segstyle_core.video.evaluate import gt_track, track_scores
-from segstyle_core.video.io import frame_files, iter_frames, probe, write_video
+from segstyle_core.video.io import (
+    check_video_output,
+    frame_files,
+    iter_frames,
+    probe,
+    write_video,
+)
 from segstyle_core.video.temporal import TemporalOptions
 from segstyle_core.video.track import TrackerConfig
 
@@ -53,11 +59,8 @@ def extract_frames(out: Path, video: str) -> FramesRecord:
 
 
 def temporal_options(composite: CompositeConfig, options: VideoOptions) -> TemporalOptions:
-    """A video run's blend, and the composite's mode and feather.
-
-    Raises:
-        ConfigError: a composite setting video does not support (colour preservation, ROI).
-    """
+    """A video run's blend, and the composite's mode and feather (ConfigError: a composite
+    setting video does not support, colour preservation or ROI)."""
     unsupported = [
         name for name in ("preserve_color", "roi_margin_px") if getattr(composite, name) is not None
     ]
@@ -71,14 +74,12 @@ def temporal_options(composite: CompositeConfig, options: VideoOptions) -> Tempo
 
 
 def _carry_key(previous: ChunkRecord | None) -> dict[str, Any] | None:
-    """The previous chunk by the content of the files it hands on."""
     if previous is None:
         return None
     return {name: files_key(path) for name, path in previous.carry().files().items()}
 
 
 def _stylizer_key(stylizer: StylizerConfig) -> dict[str, Any]:
-    """The painter: its identity, settings and style image's content."""
     return {**backend_key(stylizer, stylizer.settings()), "style": files_key(stylizer.style_path())}
 
 
@@ -113,11 +114,7 @@ def stylize_video_chunk(
     options: VideoOptions,
 ) -> ChunkRecord:
     """:func:`~segstyle_core.video.chunks.stylize_chunk` from ``prompt`` (the first chunk's box,
-    :meth:`Prompt.as_dict`) or ``previous`` (the chunk before's record).
-
-    Raises:
-        ConfigError: neither ``prompt`` nor ``previous``.
-    """
+    :meth:`Prompt.as_dict`) or ``previous`` (the chunk before's record; ConfigError: neither)."""
     start: Prompt | Carry
     if previous is not None:
         start = previous.carry()
@@ -160,7 +157,6 @@ class ScoreRecord(StageRecord):
 
 
 def _images_key(image_paths: list[str]) -> list[dict[str, Any]]:
-    """Each image's content and that of its instance ground truth."""
     return [
         {"image": files_key(path), "gt": files_key(frame_from_image_path(path).instance_ids_path)}
         for path in image_paths
@@ -187,3 +183,43 @@ def score_video(
         mean_iou=float(scores["mean_iou"]),
         mean_dice=float(scores["mean_dice"]),
     )
+
+
+def mean_of(values: list[float | None]) -> float | None:
+    """The mean of the values that are not ``None``."""
+    given = [v for v in values if v is not None]
+    return sum(given) / len(given) if given else None
+
+
+def check_video_job(
+    video: str,
+    output: str,
+    tracker: TrackerConfig,
+    stylizer: StylizerConfig,
+    composite: CompositeConfig,
+    options: VideoOptions,
+) -> None:
+    """Fail before any frame on unsupported composite settings, a missing checkpoint or style
+    image, or an output that would overwrite the input."""
+    temporal_options(composite, options)
+    tracker.identity()
+    stylizer.identity()
+    check_style(stylizer)
+    check_video_output(video, output)
+
+
+def video_metrics(
+    chunks: list[ChunkRecord], scores: ScoreRecord | None, output: Path
+) -> dict[str, Any]:
+    """Per-frame rows (``index``, ``flicker``, ``mask_area``, ``iou``, ``dice``) and means."""
+    rows = [dict(row) for chunk in chunks for row in chunk.frames]
+    for position, row in enumerate(rows):
+        row["iou"] = scores.iou[position] if scores else None
+        row["dice"] = scores.dice[position] if scores else None
+    return {
+        "output": str(output),
+        "frames": rows,
+        "mean_flicker": mean_of([row["flicker"] for row in rows]),
+        "mean_iou": scores.mean_iou if scores else None,
+        "mean_dice": scores.mean_dice if scores else None,
+    }

@@ -26,7 +26,7 @@ from segstyle_core.video.flow import Motion, motion, warp
 class TemporalOptions:
     """Settings of :func:`stylize_frame`: ``blend`` (``w`` above), ``consistency_px`` (flow
     disagreement above which a pixel was hidden), the composite's ``mode`` and ``feather_px``,
-    and the DIS ``flow_preset`` (ranges checked by the run's configuration models)."""
+    and the DIS ``flow_preset``."""
 
     blend: float = 0.6
     consistency_px: float = 1.0
@@ -73,12 +73,6 @@ def flicker(
     return float(np.abs(output.astype(np.float32) - carried)[where].mean())
 
 
-def _composite(
-    frame: np.ndarray, painting: np.ndarray, mask: np.ndarray, options: TemporalOptions
-) -> np.ndarray:
-    return composite(frame, painting, mask, options.mode, options.feather_px)
-
-
 def stylize_frame(
     stylizer: Stylizer,
     style: np.ndarray,
@@ -96,12 +90,14 @@ def stylize_frame(
     check_mask(mask, frame.shape[:2], "tracked mask")
     fresh = resize_to(stylizer.stylize(frame, style), frame.shape[:2])
     if previous is None:
-        return StylizedFrame(_composite(frame, fresh, mask, options), fresh, None)
+        return StylizedFrame(
+            composite(frame, fresh, mask, options.mode, options.feather_px), fresh, None
+        )
     step = motion(previous.frame, frame, options.consistency_px, options.flow_preset)
     carried = warp(previous.painting, step.backward).astype(np.float32)
     weight = (options.blend * step.valid)[..., None]
     mixed = (1.0 - weight) * fresh.astype(np.float32) + weight * carried
     painting = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-    output = _composite(frame, painting, mask, options)
+    output = composite(frame, painting, mask, options.mode, options.feather_px)
     region = stylized_region(mask, options.mode, options.feather_px)
     return StylizedFrame(output, painting, flicker(output, previous.output, step, region))

@@ -1,17 +1,13 @@
-"""One object's mask through a run of frames.
-
-A :class:`MaskTracker` gets a run of frames and the object on the first one (a box prompt, or
-the previous run's last mask) and returns one mask per frame. Backends: ``flow`` (offline,
-default; :class:`FlowTracker`) carries the mask along dense optical flow and refines it with an
-image segmenter; ``sam2`` is SAM 2's video predictor. :class:`TrackerConfig` names the masks
-without loading a model (:meth:`~TrackerConfig.identity`) and builds the tracker.
+"""One object's mask through a run of frames: ``flow`` (offline, :class:`FlowTracker`) carries
+it along dense optical flow and refines it with an image segmenter; ``sam2`` is SAM 2's video
+predictor. :class:`TrackerConfig` names the masks without loading a model and builds the tracker.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import cv2
@@ -30,6 +26,16 @@ from segstyle_core.video.flow import motion, optical_flow, warp_mask
 MotionModel = Literal["similarity", "dense"]
 #: Most flow vectors the similarity fit samples from a mask.
 _FIT_POINTS = 2000
+#: The settings of the ``flow`` backend.
+_FLOW_OPTIONS = (
+    "refine",
+    "motion_model",
+    "margin_px",
+    "points",
+    "core_depth",
+    "min_agreement",
+    "flow_preset",
+)
 
 #: A run's start: a box prompt on its first frame, or the first frame's known ``H×W bool`` mask.
 Start = Prompt | np.ndarray
@@ -46,6 +52,13 @@ class MaskTracker(Protocol):
         """One ``H×W bool`` mask per frame (``H×W×3 uint8 RGB``) from ``start`` on ``frames[0]``
         (a prompt, or its known mask, returned as the first mask)."""
         ...
+
+
+def _flow_variant(
+    model: str, preset: str, refine: bool, segmenter: Segmenter | BackendIdentity
+) -> str:
+    """The flow tracker's variant: motion model, flow preset and refining segmenter."""
+    return f"{model}-{preset}-{segmenter.name if refine else 'none'}"
 
 
 def _box_of(mask: np.ndarray, margin: int) -> tuple[float, float, float, float]:
@@ -81,10 +94,9 @@ def carry_mask(
 ) -> np.ndarray:
     """``mask`` (``H×W bool``) of frame ``previous`` moved into ``current`` (``H×W×3 uint8``).
 
-    ``similarity`` (rigid objects): rotation, scale and shift fitted with RANSAC (1 px) to the
-    flow at up to 2000 mask pixels, so the mask keeps its shape; ``dense`` if the fit fails.
-    ``dense`` (objects that change shape): each pixel pulled along the backward flow, pixels
-    hidden in ``previous`` dropped (:func:`~segstyle_core.video.flow.motion`).
+    ``similarity``: rotation, scale and shift fitted with RANSAC (1 px) to the flow at up to
+    2000 mask pixels (the mask keeps its shape); ``dense`` if the fit fails. ``dense``: each
+    pixel pulled along the backward flow, pixels hidden in ``previous`` dropped.
     """
     if model == "similarity" and mask.any():
         ys, xs = np.nonzero(mask)
@@ -101,69 +113,6 @@ def carry_mask(
             return moved >= 0.5
     step = motion(previous, current, preset=preset)
     return warp_mask(mask, step.backward) & step.valid
-
-
-@dataclass(eq=False)
-class FlowTracker:
-    """The ``flow`` backend (options: the :class:`TrackerConfig` fields of the same names, which
-    check their ranges).
-
-    Each mask is carried into the next frame (:func:`carry_mask`) and re-segmented there by
-    ``segmenter``, prompted with its box (grown by ``margin_px``) and ``points`` core points.
-    The refined mask wins only if it agrees with the carried one (IoU >= ``min_agreement``) and
-    the segmenter did not fall back (score 0), so one bad segmentation cannot jump objects.
-
-    On the generated clip (seeds 0-3) GrabCut's first mask scores IoU 0.64-0.81; carried alone
-    the track keeps 0.68-0.81, refining with 30 core points at ``min_agreement=0.75`` lifts the
-    mean from 0.73 to 0.76 (a box alone, or looser agreement, accumulates GrabCut's shadow and
-    side-view errors); reusing the first mask scores 0.25-0.29.
-    """
-
-    segmenter: Segmenter
-    refine: bool = True
-    motion_model: MotionModel = "similarity"
-    margin_px: int = 4
-    points: int = 30
-    core_depth: float = 0.5
-    min_agreement: float = 0.75
-    flow_preset: str = "medium"
-    name: str = field(default="flow", init=False)
-
-    def __post_init__(self) -> None:
-        refiner = self.segmenter.name if self.refine else "none"
-        self.variant = f"{self.motion_model}-{self.flow_preset}-{refiner}"
-        self.weights_sha256: str | None = self.segmenter.weights_sha256
-
-    def first_mask(self, frame: np.ndarray, start: Start) -> np.ndarray:
-        """The ``H×W bool`` mask of the run's first frame: ``start`` itself, or segmented."""
-        if isinstance(start, np.ndarray):
-            return start
-        return self.segmenter.segment(frame, [start])[0].mask
-
-    def follow(self, previous: np.ndarray, mask: np.ndarray, current: np.ndarray) -> np.ndarray:
-        """``mask`` of frame ``previous`` carried into frame ``current`` and refined there."""
-        carried = carry_mask(mask, previous, current, self.motion_model, self.flow_preset)
-        if not self.refine or not carried.any():
-            return carried
-        points = _interior_points(carried, self.points, self.core_depth)
-        prompt = Prompt(
-            box=_box_of(carried, self.margin_px), points=points, point_labels=(1,) * len(points)
-        )
-        refined = self.segmenter.segment(current, [prompt])[0]
-        if refined.score > 0 and iou(refined.mask, carried) >= self.min_agreement:
-            return refined.mask
-        return carried
-
-    def track(self, frames: Sequence[np.ndarray], start: Start) -> list[np.ndarray]:
-        """One ``H×W bool`` mask per frame (see :class:`MaskTracker`)."""
-        masks = [self.first_mask(frames[0], start)]
-        for previous, current in itertools.pairwise(frames):
-            masks.append(self.follow(previous, masks[-1], current))
-        return masks
-
-
-#: The options of :class:`FlowTracker`, fields of :class:`TrackerConfig` of the same names.
-FLOW_OPTIONS = tuple(f.name for f in fields(FlowTracker) if f.init and f.name != "segmenter")
 
 
 def _grabcut() -> SegmenterConfig:
@@ -204,15 +153,14 @@ class TrackerConfig(BackendConfig):
     weights folder)."""
 
     def _sam2_checkpoint(self) -> weights.CheckpointFile:
-        """SAM 2's checkpoint: :attr:`checkpoint`, else the variant's official file."""
         official = f"sam2.1_{self.sam2_variant}"
         return weights.resolve_checkpoint(
             self.checkpoint, "tracker.checkpoint", official, self.weights_dir
         )
 
     def identity(self) -> BackendIdentity:
-        """Name, variant and weights SHA-256, without loading a model (``flow``: the variant
-        names motion model, flow preset and refiner; the weights are the segmenter's).
+        """Name, variant and weights SHA-256, without loading a model (``flow``: the
+        segmenter's weights).
 
         Raises:
             WeightsError: a checkpoint is missing or fails its checksum.
@@ -220,8 +168,7 @@ class TrackerConfig(BackendConfig):
         if self.backend == "sam2":
             return BackendIdentity("sam2", self.sam2_variant, self._sam2_checkpoint().sha256)
         segmenter = self.segmenter.identity()
-        refiner = segmenter.name if self.refine else "none"
-        variant = f"{self.motion_model}-{self.flow_preset}-{refiner}"
+        variant = _flow_variant(self.motion_model, self.flow_preset, self.refine, segmenter)
         return BackendIdentity("flow", variant, segmenter.weights_sha256)
 
     def settings(self) -> dict[str, Any]:
@@ -231,7 +178,8 @@ class TrackerConfig(BackendConfig):
         segmenter = self.segmenter.model_dump(
             mode="json", exclude={"device", "weights_dir", "checkpoint"}
         )
-        return {**self.model_dump(mode="json", include=set(FLOW_OPTIONS)), "segmenter": segmenter}
+        flow = self.model_dump(mode="json", include=set(_FLOW_OPTIONS))
+        return {**flow, "segmenter": segmenter}
 
     def build(self) -> MaskTracker:
         """The tracker; SAM 2 (and the flow tracker's segmenter) loaded once per process."""
@@ -243,5 +191,53 @@ class TrackerConfig(BackendConfig):
                 return Sam2VideoTracker(self.sam2_variant, self._sam2_checkpoint(), device)
 
             return self.load_once(factory)
-        options = {name: getattr(self, name) for name in FLOW_OPTIONS}
-        return FlowTracker(self.segmenter.build(), **options)
+        return FlowTracker(self.segmenter.build(), self)
+
+
+@dataclass(eq=False)
+class FlowTracker:
+    """The ``flow`` backend, with the flow settings of ``options``.
+
+    Each mask is carried into the next frame (:func:`carry_mask`) and re-segmented there by
+    ``segmenter``, prompted with its box (grown by ``margin_px``) and ``points`` core points.
+    The refined mask wins only if it agrees with the carried one (IoU >= ``min_agreement``) and
+    the segmenter did not fall back (score 0), so one bad segmentation cannot jump objects.
+    """
+
+    segmenter: Segmenter
+    options: TrackerConfig = field(default_factory=TrackerConfig)
+    name: str = field(default="flow", init=False)
+
+    def __post_init__(self) -> None:
+        options = self.options
+        self.variant = _flow_variant(
+            options.motion_model, options.flow_preset, options.refine, self.segmenter
+        )
+        self.weights_sha256: str | None = self.segmenter.weights_sha256
+
+    def first_mask(self, frame: np.ndarray, start: Start) -> np.ndarray:
+        """The ``H×W bool`` mask of the run's first frame: ``start`` itself, or segmented."""
+        if isinstance(start, np.ndarray):
+            return start
+        return self.segmenter.segment(frame, [start])[0].mask
+
+    def follow(self, previous: np.ndarray, mask: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """``mask`` of frame ``previous`` carried into frame ``current`` and refined there."""
+        options = self.options
+        carried = carry_mask(mask, previous, current, options.motion_model, options.flow_preset)
+        if not options.refine or not carried.any():
+            return carried
+        points = _interior_points(carried, options.points, options.core_depth)
+        box = _box_of(carried, options.margin_px)
+        prompt = Prompt(box=box, points=points, point_labels=(1,) * len(points))
+        refined = self.segmenter.segment(current, [prompt])[0]
+        if refined.score > 0 and iou(refined.mask, carried) >= options.min_agreement:
+            return refined.mask
+        return carried
+
+    def track(self, frames: Sequence[np.ndarray], start: Start) -> list[np.ndarray]:
+        """One ``H×W bool`` mask per frame (see :class:`MaskTracker`)."""
+        masks = [self.first_mask(frames[0], start)]
+        for previous, current in itertools.pairwise(frames):
+            masks.append(self.follow(previous, masks[-1], current))
+        return masks

@@ -1,17 +1,16 @@
-"""``segstyle serve``: the run outputs over HTTP on 127.0.0.1, so the Prefect UI can show them.
+"""The run outputs over HTTP on 127.0.0.1 (``segstyle serve``), so the Prefect UI can show them.
 
-Served: the regular files under ``runs/`` and ``metrics/`` of each ``--out``, under its
-prefix (:func:`root_prefixes`). Roots are resolved once at start; a ``runs`` or ``metrics``
-that is a symlink is refused (``runs -> /`` would serve the disk). A request is resolved
-(symlinks, ``..``, escapes) and served only inside its folder's real path, as a regular file by
-``lstat`` (a FIFO is never opened); else 404. Nothing is listed; ``/`` is a fixed page and
-:data:`~segstyle_core.outputs.ROOTS_PATH` says which roots are served, so flows link only served
-files. Loopback only, no authentication; a ``Host`` other than a loopback name or the bound
-host answers 400 (DNS rebinding). ``Cache-Control: no-cache``: retries rewrite their PNGs.
+Served: the regular files (by ``lstat``: a FIFO is never opened) under ``runs/`` and ``metrics/``
+of each root (a flows' out folder), under its prefix, inside the folder's real path once a
+request is resolved (symlinks, ``..``); else 404. A symlinked ``runs`` or ``metrics`` is refused
+at start. Nothing is listed; :data:`~segstyle_core.outputs.ROOTS_PATH` names the roots.
+Loopback only, without authentication; a ``Host`` other than a loopback name or the bound host
+gets 400 (DNS rebinding). ``Cache-Control: no-cache``: retries rewrite their PNGs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import ipaddress
 import os
@@ -24,7 +23,6 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -39,25 +37,24 @@ from segstyle_core.outputs import (
     SERVED_FOLDERS,
 )
 
-#: ``Host`` header names (without the port) always accepted, beside the bound host.
+#: ``Host`` names (without the port) accepted beside the bound host.
 TRUSTED_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 class _ConfinedFiles(StaticFiles):
-    """The regular files under ``folder``, a real folder resolved at start, not cached."""
+    """The regular files under ``folder`` (a real folder, resolved at start), not cached."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__(directory=folder)
         self.folder = folder
 
     async def check_config(self) -> None:
-        """Nothing: checked at start; a folder removed later answers 404, not an error."""
+        """Checked at start; a folder removed later answers 404, not an error."""
 
     def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
-        """``(resolved path, its lstat)`` when ``path`` resolves inside the folder and exists;
-        ``("", None)`` otherwise."""
+        """``(real path, lstat)`` of a file inside the folder, else ``("", None)``."""
         target = Path(os.path.realpath(self.folder / path))
         if not target.is_relative_to(self.folder):
             return "", None
@@ -66,36 +63,22 @@ class _ConfinedFiles(StaticFiles):
         except (FileNotFoundError, NotADirectoryError):
             return "", None
 
-    def file_response(
-        self,
-        full_path: str | os.PathLike[str],
-        stat_result: os.stat_result,
-        scope: Scope,
-        status_code: int = 200,
-    ) -> Response:
-        response = super().file_response(full_path, stat_result, scope, status_code)
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
         response.headers.update(NO_CACHE)
         return response
 
 
 def check_loopback(host: str) -> str:
-    """``host`` when it is a loopback address (127.0.0.0/8, ::1) or ``localhost``.
-
-    Raises:
-        ConfigError: any other host; the server has no authentication.
-    """
-    if host.lower() == "localhost":
-        return host
-    try:
-        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ConfigError(
-            f"host {host!r}: segstyle serve binds loopback addresses only (127.0.0.1, ::1); "
-            "reach it from another machine through an SSH tunnel (ssh -L 4201:127.0.0.1:4201)"
-        )
-    return host
+    """``host`` when it is a loopback address (127.0.0.0/8, ::1) or ``localhost``, else
+    :class:`ConfigError` (the server has no authentication)."""
+    with contextlib.suppress(ValueError):  # neither localhost nor an address
+        if host.lower() == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return host
+    raise ConfigError(
+        f"host {host!r}: segstyle serve binds loopback addresses only (127.0.0.1, ::1); "
+        "reach it from another machine through an SSH tunnel (ssh -L 4201:127.0.0.1:4201)"
+    )
 
 
 def url_host(host: str) -> str:
@@ -104,16 +87,14 @@ def url_host(host: str) -> str:
 
 
 def served_folder(root: Path, name: str) -> Path:
-    """``root/name`` (``root`` resolved) as a real folder, created when missing.
-
-    Raises:
-        ConfigError: it is a symlink, not a folder, or cannot be created.
-    """
+    """``root/name`` as a real folder, created when missing; :class:`ConfigError` if it is a
+    symlink, not a folder, or cannot be created."""
     folder = root / name
     if folder.is_symlink():
         raise ConfigError(
             f"{folder}: a symlink (to {os.readlink(folder)}); segstyle serve serves only real "
-            "folders inside --out: replace it with a folder, or serve the --out it belongs to"
+            "folders inside an out folder: replace it with a folder, or serve the out folder it "
+            "belongs to"
         )
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -124,10 +105,11 @@ def served_folder(root: Path, name: str) -> Path:
     return folder
 
 
-def root_prefixes(roots: Sequence[Path]) -> dict[str, Path]:
+def root_prefixes(roots: Path | Sequence[Path]) -> dict[str, Path]:
     """URL prefix -> resolved root: ``""`` for a single root; else ``/<folder name>`` made
     URL-safe, with ``-2``, ``-3`` … where names repeat."""
-    unique = list(dict.fromkeys(Path(root).resolve() for root in roots))
+    listed = [roots] if isinstance(roots, Path) else roots
+    unique = list(dict.fromkeys(Path(root).resolve() for root in listed))
     if len(unique) == 1:
         return {"": unique[0]}
     prefixes: dict[str, Path] = {}
@@ -157,13 +139,8 @@ def _front_page(prefixes: dict[str, Path]) -> str:
 
 
 def make_app(roots: Path | Sequence[Path], host: str = "127.0.0.1") -> Starlette:
-    """The ASGI app serving the :data:`~segstyle_core.outputs.SERVED_FOLDERS` of each root
-    under its prefix, to requests addressed to ``host`` or a loopback name.
-
-    Raises:
-        ConfigError: a served folder is a symlink, not a folder, or cannot be created.
-    """
-    prefixes = root_prefixes([roots] if isinstance(roots, Path) else roots)
+    """The app serving each root's ``SERVED_FOLDERS`` under its prefix, to ``host`` or loopback."""
+    prefixes = root_prefixes(roots)
     mounts = [
         Mount(f"{prefix}/{name}", _ConfinedFiles(served_folder(root, name)))
         for prefix, root in prefixes.items()
@@ -171,16 +148,9 @@ def make_app(roots: Path | Sequence[Path], host: str = "127.0.0.1") -> Starlette
     ]
     front_page = _front_page(prefixes)
     listed = {"roots": [{"prefix": p, "root": str(r)} for p, r in prefixes.items()]}
-
-    async def index(request: Request) -> HTMLResponse:
-        return HTMLResponse(front_page, headers=NO_CACHE)
-
-    async def served_roots(request: Request) -> JSONResponse:
-        return JSONResponse(listed, headers=NO_CACHE)
-
     routes: list[Route | Mount] = [
-        Route("/", index, methods=["GET", "HEAD"]),
-        Route(ROOTS_PATH, served_roots, methods=["GET"]),
+        Route("/", lambda _: HTMLResponse(front_page, headers=NO_CACHE), methods=["GET", "HEAD"]),
+        Route(ROOTS_PATH, lambda _: JSONResponse(listed, headers=NO_CACHE), methods=["GET"]),
         *mounts,
     ]
     hosts = [*TRUSTED_HOSTS, url_host(host).lower()]
@@ -193,21 +163,17 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host.strip("[]"), port), family=family)
     except OSError as exc:  # its strerror names the address again
-        why = f"({os.strerror(exc.errno or 0)}); pick another with --port"
+        why = f"({os.strerror(exc.errno or 0)}); pick another port"
         raise ConfigError(f"cannot listen on {host}:{port} {why}") from None
 
 
 def serve(roots: Path | Sequence[Path], host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-    """Serve each root (``--out``) at ``http://host:port<prefix>`` until interrupted; port 0
-    picks a free one.
-
-    Raises:
-        ConfigError: a non-loopback host, a bad served folder, or the port is taken.
-    """
+    """Serve each root (an out folder) at ``http://host:port<prefix>`` until interrupted (port 0: a
+    free one); :class:`ConfigError` for a non-loopback host, a bad folder or a taken port."""
     import uvicorn
 
     check_loopback(host)
-    prefixes = root_prefixes([roots] if isinstance(roots, Path) else roots)
+    prefixes = root_prefixes(roots)
     app = make_app(list(prefixes.values()), host)
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
@@ -220,9 +186,5 @@ def serve(roots: Path | Sequence[Path], host: str = "127.0.0.1", port: int = DEF
     tell = f"(Ctrl-C stops) for the flows: {setting} (or export {OUTPUTS_URL_ENV}={address})"
     print(f"{served}\n{tell}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=host, port=bound, log_level="warning", access_log=False)
-    try:
+    with sock, contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
         uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled
-        pass
-    finally:
-        sock.close()

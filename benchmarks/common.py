@@ -1,0 +1,98 @@
+"""What the benchmark scripts share (they run as ``python benchmarks/<script>.py``, so this
+folder is first on the path): sizes, torch options, interleaved timing, untrained models and
+timed ``segstyle`` subprocesses with the rows of a ``segstyle run``."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+import pandas as pd
+import torch
+
+from segstyle_core.segment.sam import SAM_BUILDERS
+from segstyle_core.testing import build_sam_tiny
+
+Model = TypeVar("Model", bound=torch.nn.Module)
+SAM_BUILDERS.setdefault("tiny", build_sam_tiny)  # SAM variant "tiny": the tests' tiny SAM
+
+RANDOM = "random-weights"
+SEGSTYLE = str(Path(sys.executable).with_name("segstyle"))
+OFFLINE = ["--segmenter", "grabcut", "--stylizer", "feedforward"]
+#: ``segstyle run`` on a demo dataset: zurich's cars, a prompt per GT instance, offline backends.
+RUN = ["--city", "zurich", "--classes", "car", "--prompts", "gt-instances", *OFFLINE]
+RUN += ["--feather", "2"]
+
+
+def size_pair(text: str) -> tuple[int, int]:
+    """``"1024x512"`` -> ``(1024, 512)``."""
+    first, second = (int(v) for v in text.lower().split("x"))
+    return first, second
+
+
+def add_torch_options(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--threads`` (apply the latter with :func:`set_threads`)."""
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def interleaved(
+    repeats: int, calls: Mapping[str, Callable[[], object]], device: torch.device
+) -> dict[str, list[tuple[float, float]]]:
+    """``{name: [(wall s, CPU s) per round]}`` of ``repeats`` rounds of every call in turn (a
+    load change on a shared machine hits every call alike); CUDA is synchronised per call."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start, cpu_start = time.perf_counter(), time.process_time()
+            call()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append((time.perf_counter() - start, time.process_time() - cpu_start))
+    return times
+
+
+def untrained(build: Callable[[], Model]) -> Model:
+    """``build()`` (e.g. an architecture) with weights drawn from seed 0; the global RNG is
+    left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build()
+
+
+def timed(
+    command: list[str], env: dict[str, str], cwd: Path
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Wall seconds (start to exit) and the finished ``command``; exits with its output when
+    it fails."""
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(
+            f"{' '.join(command)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+        )
+    return seconds, done
+
+
+def run_rows(stdout: str) -> pd.DataFrame:
+    """The rows of a ``segstyle run``, whose last stdout line is its Parquet file."""
+    return pd.read_parquet(stdout.strip().splitlines()[-1])
+
+
+def flow_seconds(rows: pd.DataFrame) -> tuple[float, float]:
+    """A run's flow body (first row's start to last row's finish) and its stages' own seconds
+    (each image's ``seconds_*`` summed: compute and slot waits)."""
+    body = (rows["finished_at"].max() - rows["started_at"].min()).total_seconds()
+    stages = rows.groupby("image_id")[[c for c in rows if c.startswith("seconds_")]].first()
+    return body, float(stages.to_numpy().sum())
