@@ -464,13 +464,33 @@ def test_a_diverging_objective_stops_the_run_with_the_best_image(
     np.testing.assert_array_equal(out, gatys._to_uint8(images[best]))
 
 
-def test_first_convolution_stays_float32_under_autocast(vgg_path: Path) -> None:
+def test_bfloat16_gram_products_give_float32_grams_and_bfloat16_gradients() -> None:
+    """Under bfloat16 autocast the Gram products run on the bfloat16 features: the Gram is
+    float32 (within bfloat16 rounding of the float32 product) and the gradient is bfloat16."""
+    torch.manual_seed(0)
+    features = torch.rand(1, 8, 12, 10).to(torch.bfloat16)
+    features = features.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    wide = features.detach().float().requires_grad_(True)
+    gram, reference = gram_matrix(features), gram_matrix(wide)
+    assert gram.dtype == torch.float32
+    torch.testing.assert_close(gram, reference, rtol=1e-2, atol=0)
+    weight = torch.rand(8, 8)
+    (gram * weight).sum().backward()
+    (reference * weight).sum().backward()
+    assert features.grad is not None and features.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(features.grad.float(), wide.grad, rtol=2e-2, atol=1e-4)
+
+
+def test_first_convolution_runs_in_float32_under_autocast(vgg_path: Path) -> None:
+    """conv1_1 computes in float32 (bfloat16 pixels would hide L-BFGS's small steps); only its
+    output is rounded to bfloat16, exactly as the float32 result rounds."""
     extractor = load_vgg19_features(vgg_path, ["conv1_1", "relu2_1"])
     image = torch.rand(1, 3, 32, 40)
     with torch.no_grad():
         reference = extractor(image)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             mixed = extractor(image)
-    assert mixed["conv1_1"].dtype == torch.float32
-    torch.testing.assert_close(mixed["conv1_1"], reference["conv1_1"])
+    assert mixed["conv1_1"].dtype == torch.bfloat16
+    rounded = reference["conv1_1"].to(torch.bfloat16)
+    torch.testing.assert_close(mixed["conv1_1"], rounded, rtol=0, atol=0)
     assert mixed["relu2_1"].dtype == torch.bfloat16

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from torch.nn.functional import mse_loss
 
 from segstyle_core.devices import native_bfloat16
 from segstyle_core.stylize.gatys_config import GatysConfig
@@ -24,6 +25,10 @@ from segstyle_core.stylize.vgg import VGGFeatures
 
 #: A :class:`VGGFeatures` or its torch.compile wrapper: ``1×3×h×w`` -> ``{layer: 1×C×h'×w'}``.
 Network = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 class _Gram(torch.autograd.Function):
@@ -43,21 +48,22 @@ class _Gram(torch.autograd.Function):
             flat = features.reshape(b, c, h * w)
             gram = torch.bmm(flat, flat.transpose(1, 2))
         ctx.save_for_backward(flat)
-        return gram / (c * h * w)
+        return _at_least_float32(gram) / (c * h * w)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (flat,) = ctx.saved_tensors
         b, c, h, w = ctx.shape
-        sym = (grad + grad.transpose(1, 2)) / (c * h * w)
+        sym = ((grad + grad.transpose(1, 2)) / (c * h * w)).to(flat.dtype)
         if ctx.nhwc:
             return torch.bmm(flat, sym).reshape(b, h, w, c).permute(0, 3, 1, 2)
         return torch.bmm(sym, flat).reshape(b, c, h, w)
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """Gram matrices ``B×C×C`` of ``B×C×H×W`` features, divided by ``C*H*W``."""
+    """Float32 Gram matrices ``B×C×C`` of ``B×C×H×W`` features, divided by ``C*H*W``: the
+    product runs in the features' dtype (bfloat16 products accumulate in float32)."""
     return _Gram.apply(features)
 
 
@@ -66,7 +72,10 @@ def content_loss(
 ) -> torch.Tensor:
     """Sum over the layers in ``targets`` of the mean squared feature difference."""
     return torch.stack(
-        [torch.mean((features[name] - target) ** 2) for name, target in targets.items()]
+        [
+            mse_loss(_at_least_float32(features[name]), _at_least_float32(target))
+            for name, target in targets.items()
+        ]
     ).sum()
 
 
@@ -99,7 +108,7 @@ def total_loss(
     config: GatysConfig,
 ) -> dict[str, torch.Tensor]:
     """Weighted loss terms ``{"content", "style", "tv", "total"}`` (``total`` their sum) of
-    ``image`` (``1×3×h×w`` in ``[0, 1]``) and its float32 VGG ``features``."""
+    ``image`` (``1×3×h×w`` in ``[0, 1]``) and its VGG ``features`` (:func:`vgg_features`)."""
     terms = {
         "content": config.content_weight * content_loss(features, content_targets),
         "style": config.style_weight * style_loss(features, style_grams, config.layer_weights()),
@@ -119,9 +128,11 @@ def autocast_dtype(config: GatysConfig, device: torch.device) -> torch.dtype | N
 def vgg_features(
     extractor: Network, image: torch.Tensor, config: GatysConfig
 ) -> dict[str, torch.Tensor]:
-    """Float32 features of ``image`` (autocast and memory format as configured). Under
-    autocast a :class:`VGGFeatures` runs as :meth:`VGGFeatures.in_dtype`: autocast would cast
-    every weight on every call (it caches casts only of weights that require grad)."""
+    """Features of ``image`` (autocast and memory format as configured): float32, or bfloat16
+    under bfloat16 autocast (the losses cast what needs float32; float16 Gram sums would
+    overflow). Under autocast a :class:`VGGFeatures` runs as :meth:`VGGFeatures.in_dtype`:
+    autocast would cast every weight on every call (it caches casts only of weights that
+    require grad)."""
     if config.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     dtype = autocast_dtype(config, image.device)
@@ -130,7 +141,10 @@ def vgg_features(
     if isinstance(extractor, VGGFeatures):
         extractor = extractor.in_dtype(dtype)
     with torch.autocast(image.device.type, dtype=dtype):
-        return {name: value.float() for name, value in extractor(image).items()}
+        features = extractor(image)
+    if dtype == torch.bfloat16:
+        return features
+    return {name: value.float() for name, value in features.items()}
 
 
 def grams_of(

@@ -73,14 +73,19 @@ class VGGFeatures(nn.Module):
 
         ``conv1_1`` runs in float32 also under autocast: bfloat16 would round the normalised
         pixels (about ±128) to steps of up to half a grey level, hiding L-BFGS's small line-search
-        steps (it stalls or diverges); ``conv1_1`` is 0.5 % of the FLOPs.
+        steps (it stalls or diverges); ``conv1_1`` is 0.5 % of the FLOPs. Its output is then cast
+        to the autocast dtype at once, as ``conv1_2`` would: the largest maps (ReLU, Gram,
+        gradient sums) are not kept in float32.
         """
         x = (image - self.mean) / self.std
         out: dict[str, torch.Tensor] = {}
+        device = x.device.type
         for index, (name, module) in enumerate(zip(self._names, self.features, strict=True)):
             if index == 0:
-                with torch.autocast(x.device.type, enabled=False):
+                with torch.autocast(device, enabled=False):
                     x = module(x.float())
+                if torch.is_autocast_enabled(device):
+                    x = x.to(torch.get_autocast_dtype(device))
             else:
                 x = module(x)
             if name in self._wanted:
