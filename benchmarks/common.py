@@ -95,4 +95,4 @@ def flow_seconds(rows: pd.DataFrame) -> tuple[float, float]:
     (each image's ``seconds_*`` summed: compute and slot waits)."""
     body = (rows["finished_at"].max() - rows["started_at"].min()).total_seconds()
     stages = rows.groupby("image_id")[[c for c in rows if c.startswith("seconds_")]].first()
-    return body, float(stages.to_numpy().sum())
+    return body, float(stages.sum().sum())  # pandas skips a failed image's missing seconds

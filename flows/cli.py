@@ -232,7 +232,7 @@ class Video(RunCommand):
     def cli_cmd(self) -> int:
         from segstyle.flows.video import stylize_video
         from segstyle_core.video.config import VIDEO_STYLIZER as STYLIZER_DEFAULTS
-        from segstyle_core.video.stages import check_video_job
+        from segstyle_core.video.job import check_video_job
         from segstyle_core.video.track import TrackerConfig
 
         shared = {name: getattr(self, name) for name in SHARED}
@@ -303,6 +303,7 @@ class Demo(RunCommand):
         from segstyle.flows.dataset import run_folder, segment_and_stylize
         from segstyle_core import config, results
         from segstyle_core.demo.dataset import ensure_demo_dataset
+        from segstyle_core.preflight import check_run_inputs
 
         if not Path(self.data, "leftImg8bit").is_dir():
             print(f"writing the demo dataset to {self.data} ...", file=sys.stderr)
@@ -315,6 +316,7 @@ class Demo(RunCommand):
             config.StylizerConfig(backend="feedforward"),
             config.CompositeConfig(feather_px=2.0),
         )
+        check_run_inputs(*settings[:4], outputs, settings[4])
         backends = "GrabCut segmenter, feed-forward stylizer, generated style"
         doing = f"running segment_and_stylize on {self.data} (city {self.city})"
         print(f"{doing} with the offline backends: {backends}", file=sys.stderr)

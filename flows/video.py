@@ -23,7 +23,7 @@ from segstyle_core.prompts.validation import parse_box, validate_prompt
 from segstyle_core.segment.base import Prompt
 from segstyle_core.stylize import StylizerConfig
 from segstyle_core.video import io as video_io
-from segstyle_core.video import stages
+from segstyle_core.video import job, stages
 from segstyle_core.video.config import VIDEO_STYLIZER, VideoOptions
 from segstyle_core.video.evaluate import has_instance_gt
 from segstyle_core.video.track import TrackerConfig
@@ -72,7 +72,7 @@ def stylize_video(
         outputs: the output folder (cache and ``runs/video/<name>/metrics.json``).
     """
     logger = get_run_logger()
-    stages.check_video_job(video, output, tracker, stylizer, composite, video_options)
+    job.check_video_job(video, output, tracker, stylizer, composite, video_options)
     name = Path(video).stem
     run = PrefectRunner(Path(outputs.out) / "cache")
     paths, fps = _input_frames(video, name, run)
@@ -98,7 +98,7 @@ def stylize_video(
             composite=composite,
             options=video_options,
         ).result()
-        flicker = stages.mean_of([row["flicker"] for row in chunk.frames])
+        flicker = job.mean_of([row["flicker"] for row in chunk.frames])
         shown = "n/a" if flicker is None else f"{flicker:.2f}"
         last, cached = first + len(chunk.frames) - 1, " (cached)" if chunk.cached else ""
         logger.info("frames %d-%d: mean flicker %s%s", first, last, shown, cached)
@@ -122,7 +122,7 @@ def stylize_video(
             mask_paths=masks,
             box=list(prompt.box or ()),
         ).result()
-    metrics = stages.video_metrics(chunks, scores, target)
+    metrics = job.video_metrics(chunks, scores, target)
     write_json_atomic(Path(outputs.out) / "runs" / "video" / name / "metrics.json", metrics)
     done = "wrote %s (%d frames at %.3g fps); mean flicker %s, mean IoU %s"
     logger.info(done, target, len(paths), fps, metrics["mean_flicker"], metrics["mean_iou"])

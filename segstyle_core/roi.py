@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from segstyle_core.composite import Mode, resize_to
-from segstyle_core.errors import InputError
+from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.images import check_mask, check_rgb
 from segstyle_core.stylize.base import ProgressCallback, Stylizer
 
@@ -39,6 +39,8 @@ def roi_box(
     """Box ``(x0, y0, x1, y1)`` (ends exclusive) of the painted region of ``mask`` (``H×W
     bool``), each side grown by ``margin_px + margin_pct * (box width or height)`` pixels
     (rounded up), clipped to the image."""
+    if margin_px < 0 or margin_pct < 0:
+        raise ConfigError(f"margin_px={margin_px}, margin_pct={margin_pct}: must be >= 0")
     check_mask(mask, mask.shape[:2])
     region = mask if mode == "object" else ~mask
     if not region.any():

@@ -494,3 +494,7 @@ def test_first_convolution_runs_in_float32_under_autocast(vgg_path: Path) -> Non
     rounded = reference["conv1_1"].to(torch.bfloat16)
     torch.testing.assert_close(mixed["conv1_1"], rounded, rtol=0, atol=0)
     assert mixed["relu2_1"].dtype == torch.bfloat16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        half = extractor(image)  # float16 keeps conv1_1's output float32 (Gram sums overflow)
+    assert half["conv1_1"].dtype == torch.float32
+    torch.testing.assert_close(half["conv1_1"], reference["conv1_1"], rtol=0, atol=0)

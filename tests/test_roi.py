@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segstyle_core.composite import composite, resize_to
-from segstyle_core.errors import InputError
+from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.roi import bucket_box, roi_box, stylize_roi
 from segstyle_core.styles import make_geometric_abstraction
 from segstyle_core.stylize.base import ProgressCallback
@@ -52,6 +52,8 @@ def test_roi_box_adds_margins_and_clips(mask: np.ndarray) -> None:
     assert roi_box(mask, margin_pct=0.5) == (17, 10, 61, 50)
     assert roi_box(mask, margin_px=2, margin_pct=0.1) == (23, 16, 55, 44)
     assert roi_box(mask, margin_px=100) == (0, 0, W, H)
+    with pytest.raises(ConfigError, match="must be >= 0"):  # would shrink into the mask
+        roi_box(mask, margin_px=-1)
 
 
 def test_empty_mask_is_an_input_error(content: np.ndarray) -> None:

@@ -62,8 +62,9 @@ class _Gram(torch.autograd.Function):
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """Float32 Gram matrices ``B×C×C`` of ``B×C×H×W`` features, divided by ``C*H*W``: the
-    product runs in the features' dtype (bfloat16 products accumulate in float32)."""
+    """Float32 Gram matrices ``B×C×C`` of ``B×C×H×W`` features, divided by ``C*H*W``. The
+    product runs in the features' dtype (bfloat16 products accumulate in float32, then round
+    to bfloat16 before they are widened)."""
     return _Gram.apply(features)
 
 

@@ -73,9 +73,9 @@ class VGGFeatures(nn.Module):
 
         ``conv1_1`` runs in float32 also under autocast: bfloat16 would round the normalised
         pixels (about ±128) to steps of up to half a grey level, hiding L-BFGS's small line-search
-        steps (it stalls or diverges); ``conv1_1`` is 0.5 % of the FLOPs. Its output is then cast
-        to the autocast dtype at once, as ``conv1_2`` would: the largest maps (ReLU, Gram,
-        gradient sums) are not kept in float32.
+        steps (it stalls or diverges); ``conv1_1`` is 0.5 % of the FLOPs. Under bfloat16 its output
+        is then rounded to bfloat16 at once, as ``conv1_2`` would: the largest maps (ReLU, Gram,
+        gradient sums) are not kept in float32 (float16 keeps it: its Gram sums would overflow).
         """
         x = (image - self.mean) / self.std
         out: dict[str, torch.Tensor] = {}
@@ -84,8 +84,10 @@ class VGGFeatures(nn.Module):
             if index == 0:
                 with torch.autocast(device, enabled=False):
                     x = module(x.float())
-                if torch.is_autocast_enabled(device):
-                    x = x.to(torch.get_autocast_dtype(device))
+                if torch.is_autocast_enabled(device) and (
+                    torch.get_autocast_dtype(device) == torch.bfloat16
+                ):
+                    x = x.to(torch.bfloat16)
             else:
                 x = module(x)
             if name in self._wanted:

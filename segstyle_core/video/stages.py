@@ -12,20 +12,13 @@ from segstyle_core.cityscapes import frame_from_image_path
 from segstyle_core.config import CompositeConfig
 from segstyle_core.errors import ConfigError
 from segstyle_core.images import read_mask, read_rgb
-from segstyle_core.preflight import check_style
 from segstyle_core.segment.base import Prompt
 from segstyle_core.stagecache import StageRecord, backend_key, files_key, stage
 from segstyle_core.stylize import StylizerConfig
 from segstyle_core.video.chunks import Carry, ChunkRecord, stylize_chunk
 from segstyle_core.video.config import VideoOptions
 from segstyle_core.video.evaluate import gt_track, track_scores
-from segstyle_core.video.io import (
-    check_video_output,
-    frame_files,
-    iter_frames,
-    probe,
-    write_video,
-)
+from segstyle_core.video.io import frame_files, iter_frames, probe, write_video
 from segstyle_core.video.temporal import TemporalOptions
 from segstyle_core.video.track import TrackerConfig
 
@@ -183,43 +176,3 @@ def score_video(
         mean_iou=float(scores["mean_iou"]),
         mean_dice=float(scores["mean_dice"]),
     )
-
-
-def mean_of(values: list[float | None]) -> float | None:
-    """The mean of the values that are not ``None``."""
-    given = [v for v in values if v is not None]
-    return sum(given) / len(given) if given else None
-
-
-def check_video_job(
-    video: str,
-    output: str,
-    tracker: TrackerConfig,
-    stylizer: StylizerConfig,
-    composite: CompositeConfig,
-    options: VideoOptions,
-) -> None:
-    """Fail before any frame on unsupported composite settings, a missing checkpoint or style
-    image, or an output that would overwrite the input."""
-    temporal_options(composite, options)
-    tracker.identity()
-    stylizer.identity()
-    check_style(stylizer)
-    check_video_output(video, output)
-
-
-def video_metrics(
-    chunks: list[ChunkRecord], scores: ScoreRecord | None, output: Path
-) -> dict[str, Any]:
-    """Per-frame rows (``index``, ``flicker``, ``mask_area``, ``iou``, ``dice``) and means."""
-    rows = [dict(row) for chunk in chunks for row in chunk.frames]
-    for position, row in enumerate(rows):
-        row["iou"] = scores.iou[position] if scores else None
-        row["dice"] = scores.dice[position] if scores else None
-    return {
-        "output": str(output),
-        "frames": rows,
-        "mean_flicker": mean_of([row["flicker"] for row in rows]),
-        "mean_iou": scores.mean_iou if scores else None,
-        "mean_dice": scores.mean_dice if scores else None,
-    }

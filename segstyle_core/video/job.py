@@ -1,0 +1,56 @@
+"""A video run's checks before any frame, and its per-frame metrics file; apart from
+:mod:`segstyle_core.video.stages`, whose source is part of every video stage's cache key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from segstyle_core.config import CompositeConfig
+from segstyle_core.preflight import check_style
+from segstyle_core.stylize import StylizerConfig
+from segstyle_core.video.chunks import ChunkRecord
+from segstyle_core.video.config import VideoOptions
+from segstyle_core.video.io import check_video_output
+from segstyle_core.video.stages import ScoreRecord, temporal_options
+from segstyle_core.video.track import TrackerConfig
+
+
+def mean_of(values: list[float | None]) -> float | None:
+    """The mean of the values that are not ``None``."""
+    given = [v for v in values if v is not None]
+    return sum(given) / len(given) if given else None
+
+
+def check_video_job(
+    video: str,
+    output: str,
+    tracker: TrackerConfig,
+    stylizer: StylizerConfig,
+    composite: CompositeConfig,
+    options: VideoOptions,
+) -> None:
+    """Fail before any frame on unsupported composite settings, a missing checkpoint or style
+    image, or an output that would overwrite the input."""
+    temporal_options(composite, options)
+    tracker.identity()
+    stylizer.identity()
+    check_style(stylizer)
+    check_video_output(video, output)
+
+
+def video_metrics(
+    chunks: list[ChunkRecord], scores: ScoreRecord | None, output: Path
+) -> dict[str, Any]:
+    """Per-frame rows (``index``, ``flicker``, ``mask_area``, ``iou``, ``dice``) and means."""
+    rows = [dict(row) for chunk in chunks for row in chunk.frames]
+    for position, row in enumerate(rows):
+        row["iou"] = scores.iou[position] if scores else None
+        row["dice"] = scores.dice[position] if scores else None
+    return {
+        "output": str(output),
+        "frames": rows,
+        "mean_flicker": mean_of([row["flicker"] for row in rows]),
+        "mean_iou": scores.mean_iou if scores else None,
+        "mean_dice": scores.mean_dice if scores else None,
+    }
