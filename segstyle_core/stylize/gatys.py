@@ -103,7 +103,7 @@ def _content_targets(
 ) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         features = vgg_features(extractor, content, config)
-    return {name: features[name] for name in config.content_layers}
+    return {name: features[name].float() for name in config.content_layers}  # cast once
 
 
 def gatys_objective(
