@@ -300,9 +300,10 @@ class Demo(RunCommand):
     def cli_cmd(self) -> int:
         """Generate the dataset when missing, run ``segment_and_stylize`` on it offline, and
         print where the results are."""
-        from segstyle.flows.dataset import run_folder, segment_and_stylize
+        from segstyle.flows.dataset import segment_and_stylize
         from segstyle_core import config, results
         from segstyle_core.demo.dataset import ensure_demo_dataset
+        from segstyle_core.outputs import run_folder
         from segstyle_core.preflight import check_run_inputs
 
         if not Path(self.data, "leftImg8bit").is_dir():

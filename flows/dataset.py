@@ -24,11 +24,10 @@ from segstyle.flows.artifacts import publish_artifacts
 from segstyle.flows.cluster import task_runner
 from segstyle.flows.runs import (
     DATASET_TIMEOUT_S,
-    city_part,
+    STATE_MESSAGE_CHARS,
     run_name,
     segstyle_flow,
     setting,
-    state_message,
 )
 from segstyle.tasks.publish import publish
 from segstyle.tasks.sample import sample_city
@@ -41,9 +40,11 @@ from segstyle_core.config import (
     PromptConfig,
     SegmenterConfig,
     StylizerConfig,
+    city_part,
 )
 from segstyle_core.demo.dataset import ensure_demo_dataset
-from segstyle_core.errors import SegstyleError, error_line
+from segstyle_core.errors import SegstyleError, error_line, one_line
+from segstyle_core.outputs import run_folder
 from segstyle_core.pipeline import Handle, RunSettings, run_frames
 from segstyle_core.preflight import check_run_inputs
 from segstyle_core.report import write_report
@@ -60,11 +61,6 @@ class RunFailed(SegstyleError):
     """Some images failed; their rows are in the Parquet file with their errors."""
 
 
-def run_folder(out: str | Path, name: str, flow_run_id: str) -> Path:
-    """``<out>/runs/<name>-<first 8 of the flow run id>``: a run's pictures and report."""
-    return Path(out) / "runs" / f"{name}-{flow_run_id[:8]}"
-
-
 def _dataset_run_name(styled: bool) -> str:
     """The current run's name: ``<city>-<segmenter>[-<stylizer>]-<date>``."""
     parameters = flow_run.get_parameters()
@@ -77,7 +73,7 @@ def _dataset_run_name(styled: bool) -> str:
 
 def _failed(error: SegstyleError, summary: str) -> State[str]:
     """A run's expected failure: ``summary`` (cut) for the UI, the whole error as its data."""
-    return Failed(message=state_message(summary), data=error)
+    return Failed(message=one_line(summary, STATE_MESSAGE_CHARS), data=error)
 
 
 def _error_of(future: PrefectFuture[Any]) -> str | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Scheduled, State
 
-from segstyle_core.errors import SegstyleError, error_line
+from segstyle_core.errors import SegstyleError, error_line, one_line
+from segstyle_core.fileio import file_name_part
 
 #: Time limits: a nightly dataset run ends before the next night's is due.
 DATASET_TIMEOUT_S = 23 * 3600
@@ -58,7 +58,9 @@ def retry_crashed(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:
             idempotency_key=f"{CRASH_RETRY_TAG}{flow_run.id}",
             state=Scheduled(
                 scheduled_time=retry_at,
-                message=state_message(f"crash retry {retries + 1} of {flow_run.name}"),
+                message=one_line(
+                    f"crash retry {retries + 1} of {flow_run.name}", STATE_MESSAGE_CHARS
+                ),
             ),
         )
     shown = (state.message, retries + 1, CRASH_RETRIES, retry.id, CRASH_RETRY_DELAY_S)
@@ -78,21 +80,6 @@ def segstyle_flow(name: str, run_namer: Callable[[], str], timeout_s: int, **opt
     )
 
 
-def state_message(text: str, limit: int = STATE_MESSAGE_CHARS) -> str:
-    """``text`` on one line, cut at a word before ``limit`` characters (then ending in ``…``)."""
-    text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1]
-    space = cut.rfind(" ")
-    return (cut[:space] if space > 0 else cut).rstrip(" ,;:(") + "…"
-
-
-def _slug(text: str) -> str:
-    """``text`` as part of a file name: runs of other characters than ``\\w.+-`` become ``_``."""
-    return re.sub(r"[^\w.+-]+", "_", text, flags=re.ASCII).strip("_.") or "x"
-
-
 def setting(parameters: Mapping[str, Any], group: str, field: str, default: Any) -> Any:
     """A group's field, of a model (a direct call) or dict (a deployment run), else ``default``."""
     value = parameters.get(group)
@@ -101,21 +88,11 @@ def setting(parameters: Mapping[str, Any], group: str, field: str, default: Any)
     return getattr(value, field, default)
 
 
-def city_part(city: Any) -> str:
-    """A city selection in a run name: ``zurich``, ``aachen+zurich``, ``5-cities``, ``random``."""
-    if city is None:
-        return "random"
-    names = sorted(
-        {str(name).strip() for name in (city.split(",") if isinstance(city, str) else city)}
-    )
-    return "+".join(names) if len(names) <= 3 else f"{len(names)}-cities"
-
-
 def run_name(subject: str, *backends: Any) -> str:
     """``<subject>-<backends>-<scheduled start's local date>`` (as its retries'), file-name safe."""
     started = flow_run.get_scheduled_start_time()
     day = started.astimezone().date().isoformat()
-    return "-".join(_slug(str(part)) for part in (subject, *backends, day))
+    return "-".join(file_name_part(str(part)) for part in (subject, *backends, day))
 
 
 def file_run_name(parameter: str, **backends: str) -> Callable[[], str]:

@@ -7,8 +7,6 @@ flicker (and IoU) go to ``<out>/runs/video/<name>/metrics.json``.
 
 from __future__ import annotations
 
-import functools
-import shutil
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -16,11 +14,7 @@ from prefect import get_run_logger
 from segstyle.flows.runs import VIDEO_TIMEOUT_S, file_run_name, segstyle_flow
 from segstyle.tasks.stage import PrefectRunner
 from segstyle_core.config import CompositeConfig, OutputConfig
-from segstyle_core.errors import ConfigError
-from segstyle_core.fileio import atomic_write_with, write_json_atomic
-from segstyle_core.images import read_rgb
-from segstyle_core.prompts.validation import parse_box, validate_prompt
-from segstyle_core.segment.base import Prompt
+from segstyle_core.fileio import write_json_atomic
 from segstyle_core.stylize import StylizerConfig
 from segstyle_core.video import io as video_io
 from segstyle_core.video import job, stages
@@ -35,13 +29,6 @@ def _input_frames(video: str, name: str, run: PrefectRunner) -> tuple[list[str],
         record = run(stages.extract_frames, f"video-frames-{name}", video=video).result()
         return record.frame_paths(), record.fps
     return [str(p) for p in video_io.frame_files(video)], video_io.folder_fps(video)
-
-
-def _publish(encoded: str, output: str, fps: float) -> Path:
-    """Put the encoded result at ``output``: a file is copied atomically, a folder rewritten."""
-    if not video_io.is_container(output):
-        return video_io.write_video(output, video_io.iter_frames(encoded), fps)
-    return atomic_write_with(output, functools.partial(shutil.copyfile, encoded))
 
 
 BACKENDS = {"tracker": TrackerConfig().backend, "stylizer": VIDEO_STYLIZER.backend}
@@ -77,12 +64,7 @@ def stylize_video(
     run = PrefectRunner(Path(outputs.out) / "cache")
     paths, fps = _input_frames(video, name, run)
     start_frame, chunk_size = video_options.start_frame, video_options.chunk_size
-    if start_frame >= len(paths):
-        raise ConfigError(
-            f"start_frame={start_frame}: {video} has {len(paths)} frames; give a smaller index"
-        )
-    height_px, width_px = read_rgb(paths[start_frame]).shape[:2]
-    prompt = validate_prompt(Prompt(box=parse_box(box)), width_px, height_px, f"{video} --box")
+    prompt = job.start_prompt(video, paths, start_frame, box)
 
     chunks: list[stages.ChunkRecord] = []
     for first in range(start_frame, len(paths), chunk_size):
@@ -110,7 +92,7 @@ def stylize_video(
     encoded = run(
         stages.encode_video, f"video-encode-{name}", frame_paths=frames, fps=fps, suffix=suffix
     ).result()
-    target = _publish(encoded.path("video"), output, fps)
+    target = video_io.publish_encoded(encoded.path("video"), output, fps)
 
     scored = paths[start_frame:]
     scores = None

@@ -21,6 +21,16 @@ _PromptMethod = Annotated[Literal["gt-instances", "largest", "auto"], Field(titl
 _ColorMethod = Annotated[Literal["luminance", "histogram"], Field(title="method")]
 
 
+def city_part(city: str | tuple[str, ...] | list[str] | None) -> str:
+    """A city selection in a run name: ``zurich``, ``aachen+zurich``, ``5-cities``, ``random``."""
+    if city is None:
+        return "random"
+    names = sorted(
+        {str(name).strip() for name in (city.split(",") if isinstance(city, str) else city)}
+    )
+    return "+".join(names) if len(names) <= 3 else f"{len(names)}-cities"
+
+
 class DatasetSelection(ConfigModel):
     """Which frames of a Cityscapes-layout dataset a run covers."""
 

@@ -89,3 +89,13 @@ def error_line(exc: BaseException) -> str:
     text = os_error_message(exc) if isinstance(exc, OSError) else str(exc)
     first = text.splitlines()[0] if text else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` on one line, cut at a word before ``limit`` characters (then ending in ``…``)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > 0 else cut).rstrip(" ,;:(") + "…"

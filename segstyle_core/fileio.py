@@ -161,3 +161,8 @@ def write_json_atomic(path: str | os.PathLike[str], value: Any) -> Path:
     with atomic_write(path, "w") as handle:
         json.dump(value, handle, indent=1, default=str)
     return Path(path)
+
+
+def file_name_part(text: str) -> str:
+    """``text`` as part of a file name: runs of other characters than ``\\w.+-`` become ``_``."""
+    return re.sub(r"[^\w.+-]+", "_", text, flags=re.ASCII).strip("_.") or "x"

@@ -1,4 +1,5 @@
-"""Links to run outputs that a browser opens from the Prefect UI.
+"""Where a run's outputs go (its folder, its published pictures) and the links to them that a
+browser opens from the Prefect UI.
 
 Chromium refuses ``file://`` links on an ``http://`` page, so ``segstyle serve --out DIR``
 serves them over HTTP on 127.0.0.1. The flows find it through the Prefect Variable
@@ -27,6 +28,8 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from segstyle_core.errors import ConfigError
+from segstyle_core.fileio import copy_atomic
+from segstyle_core.stagecache import StageRecord
 
 #: Base URL of ``segstyle serve`` as the browser reaches it: the environment variable, and
 #: the Prefect Variable.
@@ -38,6 +41,34 @@ SERVED_FOLDERS = ("runs", "metrics")  # of each ``out`` root
 ROOTS_PATH = "/segstyle-roots"
 #: How the setting is named in the hint line of an artifact without links.
 SETTING = f"the Prefect Variable {OUTPUTS_URL_VARIABLE} (or {OUTPUTS_URL_ENV})"
+
+
+def run_folder(out: str | os.PathLike[str], name: str, flow_run_id: str) -> Path:
+    """``<out>/runs/<name>-<first 8 of the flow run id>``: a run's pictures and report."""
+    return Path(out) / "runs" / f"{name}-{flow_run_id[:8]}"
+
+
+#: Parquet path column -> (stage, output) that :func:`publish_pictures` copies.
+PUBLISHED = {
+    "mask_path": ("metrics", "mask"),
+    "stylized_path": ("stylize", "stylized"),
+    "composite_path": ("composite", "composite"),
+    "panel_path": ("figures", "panel"),
+}
+
+
+def publish_pictures(
+    image_id: str, run_dir: str | os.PathLike[str], records: Mapping[str, StageRecord]
+) -> dict[str, str]:
+    """Copy each stage's output PNG to ``<run_dir>/<image_id>/<output>.png`` (copies: the run
+    folder survives the cache's cleanup); return column -> path of :data:`PUBLISHED`."""
+    folder = Path(run_dir) / image_id
+    placed = {}
+    for column, (stage, output) in PUBLISHED.items():
+        record = records.get(stage)
+        if record is not None and output in record.outputs:
+            placed[column] = str(copy_atomic(record.path(output), folder / f"{output}.png"))
+    return placed
 
 
 def check_outputs_url(value: str, source: str) -> str | None:

@@ -78,7 +78,11 @@ def test_every_flow_has_a_timeout_a_crash_retry_and_no_pickled_result(entrypoint
 
 
 def test_state_message_keeps_short_text_and_cuts_long_text_at_a_word() -> None:
-    from segstyle.flows.runs import STATE_MESSAGE_CHARS, state_message
+    from segstyle.flows.runs import STATE_MESSAGE_CHARS
+    from segstyle_core.errors import one_line
+
+    def state_message(text: str) -> str:
+        return one_line(text, STATE_MESSAGE_CHARS)
 
     assert state_message("1 of 3 images failed;\n first: x") == "1 of 3 images failed; first: x"
     words = " ".join(f"word{i}" for i in range(100))
@@ -93,8 +97,8 @@ def test_state_message_keeps_short_text_and_cuts_long_text_at_a_word() -> None:
 def test_run_names_are_readable_and_safe_as_folder_names() -> None:
     import datetime as dt
 
-    from segstyle.flows.runs import city_part, run_name, setting
-    from segstyle_core.config import SegmenterConfig
+    from segstyle.flows.runs import run_name, setting
+    from segstyle_core.config import SegmenterConfig, city_part
 
     today = dt.date.today().isoformat()
     assert run_name("zurich", "grabcut", "feedforward") == f"zurich-grabcut-feedforward-{today}"
@@ -110,7 +114,7 @@ def test_run_names_are_readable_and_safe_as_folder_names() -> None:
 
 
 def test_run_folder_is_the_name_and_the_start_of_the_id() -> None:
-    from segstyle.flows.dataset import run_folder
+    from segstyle_core.outputs import run_folder
 
     folder = run_folder("out", "zurich-grabcut-feedforward-2026-12-02", "0123456789abcdef")
     assert folder == Path("out/runs/zurich-grabcut-feedforward-2026-12-02-01234567")

@@ -8,9 +8,11 @@ reads; a size with an odd side cannot be 4:2:0-subsampled and is written ``yuv44
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -209,3 +211,13 @@ def write_video(
         _write_folder(target, frames, fps)
         return target
     return atomic_write_with(target, lambda tmp: _encode(tmp, frames, fps, crf, target))
+
+
+def publish_encoded(
+    encoded: str | os.PathLike[str], output: str | os.PathLike[str], fps: float
+) -> Path:
+    """Put an encoded result at ``output``: a container file is copied atomically, a frame
+    folder rewritten from its frames."""
+    if not is_container(output):
+        return write_video(output, iter_frames(encoded), fps)
+    return atomic_write_with(output, functools.partial(shutil.copyfile, encoded))

@@ -7,7 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from segstyle_core.config import CompositeConfig
+from segstyle_core.errors import ConfigError
+from segstyle_core.images import read_rgb
 from segstyle_core.preflight import check_style
+from segstyle_core.prompts.validation import parse_box, validate_prompt
+from segstyle_core.segment.base import Prompt
 from segstyle_core.stylize import StylizerConfig
 from segstyle_core.video.chunks import ChunkRecord
 from segstyle_core.video.config import VideoOptions
@@ -54,3 +58,15 @@ def video_metrics(
         "mean_iou": scores.mean_iou if scores else None,
         "mean_dice": scores.mean_dice if scores else None,
     }
+
+
+def start_prompt(video: str, frame_paths: list[str], start_frame: int, box: str) -> Prompt:
+    """The box prompt (``"x0,y0,x1,y1"``) on frame ``start_frame`` of ``frame_paths``, checked
+    against that frame's size; :class:`ConfigError` for a start frame past the end."""
+    if start_frame >= len(frame_paths):
+        raise ConfigError(
+            f"start_frame={start_frame}: {video} has {len(frame_paths)} frames; give a smaller "
+            "index"
+        )
+    height_px, width_px = read_rgb(frame_paths[start_frame]).shape[:2]
+    return validate_prompt(Prompt(box=parse_box(box)), width_px, height_px, f"{video} --box")
