@@ -498,3 +498,62 @@ def test_first_convolution_runs_in_float32_under_autocast(vgg_path: Path) -> Non
         half = extractor(image)  # float16 keeps conv1_1's output float32 (Gram sums overflow)
     assert half["conv1_1"].dtype == torch.float32
     torch.testing.assert_close(half["conv1_1"], reference["conv1_1"], rtol=0, atol=0)
+
+
+def test_first_convolution_gradient_is_computed_in_bfloat16_under_bfloat16(
+    vgg_path: Path,
+) -> None:
+    """Under bfloat16 the pixels' gradient through conv1_1 is computed in bfloat16: a float32
+    tensor within bfloat16 rounding of the float32 computation's gradient."""
+    extractor = load_vgg19_features(vgg_path, ["conv1_1"])
+    image = torch.rand(1, 3, 32, 40, generator=torch.Generator().manual_seed(5))
+    weights = torch.rand(1, 64, 32, 40, generator=torch.Generator().manual_seed(6))
+    grads = []
+    for dtype in (torch.bfloat16, None):
+        pixels = image.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            output = extractor(pixels)["conv1_1"]
+        (output.float() * weights).sum().backward()
+        grads.append(pixels.grad)
+    assert grads[0] is not None and grads[0].dtype == torch.float32
+    assert not torch.equal(grads[0], grads[1])  # not the float32 computation
+    torch.testing.assert_close(grads[0], grads[1], rtol=2e-2, atol=2e-2 * grads[1].abs().max())
+
+
+@pytest.mark.parametrize("autocast", [None, "bfloat16"])
+def test_relu_after_max_pool_gives_the_layer_order_maps_and_gradients(
+    vgg_path: Path, autocast: str | None
+) -> None:
+    """A ReLU whose output no loss reads runs after the following max-pool (a quarter of the
+    pixels): the maps and the pixels' gradient equal those of torchvision's layer order bit
+    for bit, also where a pooled maximum is at or below zero."""
+    layers = ["relu1_1", "pool2", "conv4_2", "relu5_1"]
+    config = GatysConfig(autocast=autocast, channels_last=True)
+    extractor = load_vgg19_features(vgg_path, layers)
+    assert [type(m).__name__ for m, _ in extractor._plan[2:5]] == ["Conv2d", "MaxPool2d", "ReLU"]
+    names = list(get_args(VGG19Layer))
+    network = extractor.in_dtype(torch.bfloat16) if autocast else extractor
+
+    first = load_vgg19_features(vgg_path, ["conv1_1"])
+
+    def layer_order(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, out = objective.vgg_features(first, image, config)["conv1_1"], {}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast is not None):
+            for name, module in zip(names[1:], network.features[1:], strict=False):
+                x = module(x)
+                if name in layers:
+                    out[name] = x
+        return out
+
+    image = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(3))
+    maps, grads = [], []
+    for forward in (lambda x: objective.vgg_features(extractor, x, config), layer_order):
+        pixels = image.clone().requires_grad_(True)
+        features = forward(pixels)
+        sum(f.float().sin().sum() for f in features.values()).backward()
+        maps.append(features)
+        grads.append(pixels.grad)
+    assert (maps[0]["pool2"] <= 0).any() and (maps[0]["pool2"] > 0).any()
+    for name in layers:
+        torch.testing.assert_close(maps[0][name], maps[1][name], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)

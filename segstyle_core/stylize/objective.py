@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch.nn.functional import mse_loss
 
 from segstyle_core.devices import native_bfloat16
 from segstyle_core.stylize.gatys_config import GatysConfig
@@ -68,13 +67,19 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     return _Gram.apply(features)
 
 
+def _mean_square(difference: torch.Tensor) -> torch.Tensor:
+    # not mse_loss nor square().mean(): on CPU their backward takes 4x as long (conv4_2 at
+    # 400x800: 13 ms against 3 ms, forward and backward)
+    return (difference * difference).sum() / difference.numel()
+
+
 def content_loss(
     features: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
 ) -> torch.Tensor:
     """Sum over the layers in ``targets`` of the mean squared feature difference."""
     return torch.stack(
         [
-            mse_loss(_at_least_float32(features[name]), _at_least_float32(target))
+            _mean_square(_at_least_float32(features[name]) - _at_least_float32(target))
             for name, target in targets.items()
         ]
     ).sum()
