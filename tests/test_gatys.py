@@ -389,6 +389,29 @@ def test_gram_gradient_is_exact_in_both_layouts(layout: torch.memory_format) -> 
     assert features.grad.is_contiguous(memory_format=layout)  # no layout change on the way back
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_style_term_matches_autograd_through_the_gram_matrix(layout: torch.memory_format) -> None:
+    """The style loss's one-product term: its value and gradient equal autograd's through
+    ``gram_matrix`` (float64), and gradcheck passes in both layouts."""
+    generator = torch.Generator().manual_seed(4)
+    features = torch.randn(1, 6, 5, 7, dtype=torch.float64, generator=generator)
+    features = features.contiguous(memory_format=layout).requires_grad_(True)
+    target = torch.randn(1, 6, 6, dtype=torch.float64, generator=generator)  # not symmetric
+    weights = {"relu1_1": 0.3}
+    term = style_loss({"relu1_1": features}, {"relu1_1": target}, weights)
+    (gradient,) = torch.autograd.grad(term, features)
+    plain = 0.3 * torch.sum((gram_matrix(features) - target) ** 2)
+    (expected,) = torch.autograd.grad(plain, features)
+    torch.testing.assert_close(term, plain, rtol=1e-12, atol=0)
+    torch.testing.assert_close(gradient, expected, rtol=1e-12, atol=1e-15)
+    assert gradient.is_contiguous(memory_format=layout)
+
+    def term_of(f: torch.Tensor) -> torch.Tensor:
+        return style_loss({"relu1_1": f}, {"relu1_1": target}, weights)
+
+    assert torch.autograd.gradcheck(term_of, (features,))
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_autocast_follows_native_bfloat16(
     monkeypatch: pytest.MonkeyPatch, native: bool

@@ -30,41 +30,53 @@ def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
-class _Gram(torch.autograd.Function):
-    """``F Fᵀ / (C*H*W)`` with a one-product backward, ``(dG + dGᵀ) F / (C*H*W)`` (autograd's
-    does two); channels-last features are multiplied as their ``B×HW×C`` view, without a copy."""
+def _flat(features: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``B×C×H×W`` features as a matrix without a copy: ``B×HW×C`` for channels-last ones
+    (then ``True``), else ``B×C×HW``."""
+    b, c, h, w = features.shape
+    if features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous():
+        return features.permute(0, 2, 3, 1).reshape(b, h * w, c), True
+    return features.reshape(b, c, h * w), False
 
-    @staticmethod
-    def forward(ctx: Any, features: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = features.shape
-        nhwc = features.is_contiguous(memory_format=torch.channels_last)
-        ctx.nhwc = nhwc and not features.is_contiguous()
-        ctx.shape = (b, c, h, w)
-        if ctx.nhwc:
-            flat = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
-            gram = torch.bmm(flat.transpose(1, 2), flat)
-        else:
-            flat = features.reshape(b, c, h * w)
-            gram = torch.bmm(flat, flat.transpose(1, 2))
-        ctx.save_for_backward(flat)
-        return _at_least_float32(gram) / (c * h * w)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (flat,) = ctx.saved_tensors
-        b, c, h, w = ctx.shape
-        sym = ((grad + grad.transpose(1, 2)) / (c * h * w)).to(flat.dtype)
-        if ctx.nhwc:
-            return torch.bmm(flat, sym).reshape(b, h, w, c).permute(0, 3, 1, 2)
-        return torch.bmm(sym, flat).reshape(b, c, h, w)
+def _gram_product(flat: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    return torch.bmm(flat.transpose(1, 2), flat) if nhwc else torch.bmm(flat, flat.transpose(1, 2))
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """Float32 Gram matrices ``B×C×C`` of ``B×C×H×W`` features, divided by ``C*H*W``. The
     product runs in the features' dtype (bfloat16 products accumulate in float32, then round
     to bfloat16 before they are widened)."""
-    return _Gram.apply(features)
+    b, c, h, w = features.shape
+    return _at_least_float32(_gram_product(*_flat(features))) / (c * h * w)
+
+
+class _StyleTerm(torch.autograd.Function):
+    """``weight * sum((gram_matrix(F) - A)**2)`` with a one-product backward,
+    ``dF = 2 * weight * (D + Dᵀ) F / (C*H*W)`` for ``D = gram_matrix(F) - A`` (autograd's
+    does two, and more passes over the ``C×C`` matrices, which dominate small crops)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, features: torch.Tensor, target: torch.Tensor, weight: float
+    ) -> torch.Tensor:
+        b, c, h, w = features.shape
+        flat, nhwc = _flat(features)
+        difference = _at_least_float32(_gram_product(flat, nhwc)).div_(c * h * w).sub_(target)
+        ctx.save_for_backward(flat, difference)
+        ctx.nhwc, ctx.shape, ctx.scale = nhwc, (b, c, h, w), 2 * weight / (c * h * w)
+        return weight * torch.vdot(difference.view(-1), difference.view(-1))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        flat, difference = ctx.saved_tensors
+        b, c, h, w = ctx.shape
+        sym = torch.add(difference, difference.transpose(1, 2)).mul_(grad * ctx.scale)
+        sym = sym.to(flat.dtype)
+        if ctx.nhwc:
+            return torch.bmm(flat, sym).reshape(b, h, w, c).permute(0, 3, 1, 2), None, None
+        return torch.bmm(sym, flat).reshape(b, c, h, w), None, None
 
 
 def _mean_square(difference: torch.Tensor) -> torch.Tensor:
@@ -93,7 +105,7 @@ def style_loss(
     """``sum_l w_l * sum((gram(F_l) - A_l)**2)`` over the layers in ``layer_weights``."""
     return torch.stack(
         [
-            weight * torch.sum((gram_matrix(features[name]) - target_grams[name]) ** 2)
+            _StyleTerm.apply(features[name], target_grams[name], weight)
             for name, weight in layer_weights.items()
         ]
     ).sum()
