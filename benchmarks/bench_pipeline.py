@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -604,18 +604,9 @@ def frame_times(
     print(f"frame_times: frames={len(frames)} bucket_px={args.bucket_px} {' '.join(summary)}")
 
 
-def seed_style_loss(
-    features: Mapping[str, torch.Tensor],
-    target_grams: Mapping[str, torch.Tensor],
-    layer_weights: Mapping[str, float],
-) -> torch.Tensor:
-    """The seed's style term: ``gram_matrix`` with autograd's backward (two products)."""
-    return torch.stack(
-        [
-            weight * torch.sum((objective.gram_matrix(features[name]) - target_grams[name]) ** 2)
-            for name, weight in layer_weights.items()
-        ]
-    ).sum()
+def seed_style_term(features: torch.Tensor, target: torch.Tensor, weight: float) -> torch.Tensor:
+    """The seed's style term of one layer: ``gram_matrix`` with autograd's backward."""
+    return weight * torch.sum((objective.gram_matrix(features) - target) ** 2)
 
 
 def gemm_rate(dtype: torch.dtype, device: torch.device, n: int = 4096) -> float:
@@ -662,7 +653,7 @@ def make_evaluation(
 
     def evaluate() -> tuple[float, torch.Tensor]:
         image.grad = None
-        seed = mock.patch.object(objective, "style_loss", seed_style_loss)
+        seed = mock.patch.object(objective._StyleTerm, "apply", seed_style_term)
         with seed if seed_gram else contextlib.nullcontext():
             terms = objective.total_loss(
                 objective.vgg_features(network, image, config), image, targets, grams, config
