@@ -86,7 +86,8 @@ class GatysConfig(ConfigModel):
     autocast: Literal["auto", "bfloat16", "float16"] | None = "auto"
     """Run VGG under torch.autocast in bfloat16 or float16; auto: bfloat16 where the device
     computes it natively, else float32; none: float32. Under bfloat16 the style Gram products
-    run in bfloat16 too (their results float32); the losses are float32."""
+    and the gradient through conv1_1 run in bfloat16 too (the Grams are float32); the losses
+    are float32."""
     channels_last: bool | Literal["auto"] = "auto"
     """Use the channels-last memory format for VGG and the image; auto: as this machine's
     calibration chose (speed only: not part of a stage's cache key)."""
