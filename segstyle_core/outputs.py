@@ -25,11 +25,14 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from segstyle_core.errors import ConfigError
 from segstyle_core.fileio import copy_atomic
-from segstyle_core.stagecache import StageRecord
+
+if TYPE_CHECKING:
+    from segstyle_core.stagecache import StageRecord
 
 #: Base URL of ``segstyle serve`` as the browser reaches it: the environment variable, and
 #: the Prefect Variable.

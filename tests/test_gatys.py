@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.nn.grad import conv2d_input
 from torchvision.models.vgg import cfgs, make_layers
 
 from segstyle_core.composite import resize_to
@@ -526,8 +527,9 @@ def test_first_convolution_runs_in_float32_under_autocast(vgg_path: Path) -> Non
 def test_first_convolution_gradient_is_computed_in_bfloat16_under_bfloat16(
     vgg_path: Path,
 ) -> None:
-    """Under bfloat16 the pixels' gradient through conv1_1 is computed in bfloat16: a float32
-    tensor within bfloat16 rounding of the float32 computation's gradient."""
+    """Under bfloat16 the pixels' gradient through conv1_1 is the bfloat16 product of the
+    bfloat16 incoming gradient and weights, widened to float32 (not the float32 product), and
+    within bfloat16 rounding of the float32 computation's gradient."""
     extractor = load_vgg19_features(vgg_path, ["conv1_1"])
     image = torch.rand(1, 3, 32, 40, generator=torch.Generator().manual_seed(5))
     weights = torch.rand(1, 64, 32, 40, generator=torch.Generator().manual_seed(6))
@@ -538,8 +540,14 @@ def test_first_convolution_gradient_is_computed_in_bfloat16_under_bfloat16(
             output = extractor(pixels)["conv1_1"]
         (output.float() * weights).sum().backward()
         grads.append(pixels.grad)
+    conv = extractor.features[0]
+    incoming = weights.to(torch.bfloat16)
+    options = (conv.stride, conv.padding)
+    in_bfloat16 = conv2d_input(image.shape, conv.weight.to(torch.bfloat16), incoming, *options)
+    in_float32 = conv2d_input(image.shape, conv.weight, incoming.float(), *options)
     assert grads[0] is not None and grads[0].dtype == torch.float32
-    assert not torch.equal(grads[0], grads[1])  # not the float32 computation
+    torch.testing.assert_close(grads[0], in_bfloat16.float() / extractor.std, rtol=0, atol=0)
+    assert not torch.equal(grads[0], in_float32 / extractor.std)
     torch.testing.assert_close(grads[0], grads[1], rtol=2e-2, atol=2e-2 * grads[1].abs().max())
 
 
@@ -550,10 +558,14 @@ def test_relu_after_max_pool_gives_the_layer_order_maps_and_gradients(
     """A ReLU whose output no loss reads runs after the following max-pool (a quarter of the
     pixels): the maps and the pixels' gradient equal those of torchvision's layer order bit
     for bit, also where a pooled maximum is at or below zero."""
-    layers = ["relu1_1", "pool2", "conv4_2", "relu5_1"]
+    layers = ["relu1_1", "pool2", "relu3_4", "conv4_2", "relu5_1"]
     config = GatysConfig(autocast=autocast, channels_last=True)
     extractor = load_vgg19_features(vgg_path, layers)
-    assert [type(m).__name__ for m, _ in extractor._plan[2:5]] == ["Conv2d", "MaxPool2d", "ReLU"]
+    order = [(type(m).__name__, n) for m, n in extractor._plan]
+    assert order[2:5] == [("Conv2d", ()), ("MaxPool2d", ()), ("ReLU", ())]  # relu1_2 moved
+    assert order[16:19] == [("Conv2d", ()), ("ReLU", ("relu3_4",)), ("MaxPool2d", ())]  # kept
+    averaged = load_vgg19_features(vgg_path, ["relu3_1"], pooling="avg")._plan
+    assert [type(m).__name__ for m, _ in averaged[2:5]] == ["Conv2d", "ReLU", "AvgPool2d"]
     names = list(get_args(VGG19Layer))
     network = extractor.in_dtype(torch.bfloat16) if autocast else extractor
 

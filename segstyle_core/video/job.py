@@ -69,4 +69,4 @@ def start_prompt(video: str, frame_paths: list[str], start_frame: int, box: str)
             "index"
         )
     height_px, width_px = read_rgb(frame_paths[start_frame]).shape[:2]
-    return validate_prompt(Prompt(box=parse_box(box)), width_px, height_px, f"{video} box")
+    return validate_prompt(Prompt(box=parse_box(box)), width_px, height_px, f"{video} start frame")
