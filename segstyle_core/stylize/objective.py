@@ -39,16 +39,16 @@ def _flat(features: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return features.reshape(b, c, h * w), False
 
 
-def _gram_product(flat: torch.Tensor, nhwc: bool) -> torch.Tensor:
-    return torch.bmm(flat.transpose(1, 2), flat) if nhwc else torch.bmm(flat, flat.transpose(1, 2))
-
-
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """Float32 Gram matrices ``B×C×C`` of ``B×C×H×W`` features, divided by ``C*H*W``. The
     product runs in the features' dtype (bfloat16 products accumulate in float32, then round
     to bfloat16 before they are widened)."""
     b, c, h, w = features.shape
-    return _at_least_float32(_gram_product(*_flat(features))) / (c * h * w)
+    flat, nhwc = _flat(features)
+    product = (
+        torch.bmm(flat.transpose(1, 2), flat) if nhwc else torch.bmm(flat, flat.transpose(1, 2))
+    )
+    return _at_least_float32(product) / (c * h * w)
 
 
 class _StyleTerm(torch.autograd.Function):
@@ -62,7 +62,7 @@ class _StyleTerm(torch.autograd.Function):
     ) -> torch.Tensor:
         b, c, h, w = features.shape
         flat, nhwc = _flat(features)
-        difference = _at_least_float32(_gram_product(flat, nhwc)).div_(c * h * w).sub_(target)
+        difference = gram_matrix(features).sub_(target)
         ctx.save_for_backward(flat, difference)
         ctx.nhwc, ctx.shape, ctx.scale = nhwc, (b, c, h, w), 2 * weight / (c * h * w)
         return weight * torch.vdot(difference.view(-1), difference.view(-1))
