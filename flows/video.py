@@ -1,9 +1,6 @@
-"""The ``stylize_video`` flow: one object of a clip, tracked and stylized with stable strokes.
-
-Frames -> chunks (in order, each starting from the previous one's last frame) -> encode ->
-``output``; masks are scored on a Cityscapes sequence with instance ground truth. Per-frame
-flicker (and IoU) go to ``<out>/runs/video/<name>/metrics.json``.
-"""
+"""The ``stylize_video`` flow: frames -> chunks (each starting from the one before) -> encode ->
+``output``; per-frame flicker (and IoU on a Cityscapes sequence with instance GT) go to
+``<out>/runs/video/<name>/metrics.json``."""
 
 from __future__ import annotations
 
@@ -23,12 +20,13 @@ from segstyle_core.video.evaluate import has_instance_gt
 from segstyle_core.video.track import TrackerConfig
 
 
-def _input_frames(video: str, name: str, run: PrefectRunner) -> tuple[list[str], float]:
-    """The input's frame files and frame rate (a video file is decoded into the cache first)."""
+def _input_frames(video: str, name: str, run: PrefectRunner) -> list[str]:
+    """The input's frame files (a video file is decoded into the cache first)."""
+    folder = video
     if video_io.is_container(video):
         record = run(stages.extract_frames, f"video-frames-{name}", video=video).result()
-        return record.frame_paths(), record.fps
-    return [str(p) for p in video_io.frame_files(video)], video_io.folder_fps(video)
+        folder = record.path("frames")
+    return [str(p) for p in video_io.frame_files(folder)]
 
 
 BACKENDS = {"tracker": TrackerConfig().backend, "stylizer": VIDEO_STYLIZER.backend}
@@ -62,7 +60,7 @@ def stylize_video(
     job.check_video_job(video, output, tracker, stylizer, composite, video_options)
     name = Path(video).stem
     run = PrefectRunner(Path(outputs.out) / "cache")
-    paths, fps = _input_frames(video, name, run)
+    paths, fps = _input_frames(video, name, run), video_io.video_fps(video)
     start_frame, chunk_size = video_options.start_frame, video_options.chunk_size
     prompt = job.start_prompt(video, paths, start_frame, box)
 
@@ -85,10 +83,9 @@ def stylize_video(
         last, cached = first + len(chunk.frames) - 1, " (cached)" if chunk.cached else ""
         logger.info("frames %d-%d: mean flicker %s%s", first, last, shown, cached)
         chunks.append(chunk)
-    painted = [path for chunk in chunks for path in chunk.paths("output")]
+    frames = paths[:start_frame] + [path for chunk in chunks for path in chunk.paths("output")]
     masks = [path for chunk in chunks for path in chunk.paths("mask")]
     suffix = Path(output).suffix if video_io.is_container(output) else ""
-    frames = paths[:start_frame] + painted
     encoded = run(
         stages.encode_video, f"video-encode-{name}", frame_paths=frames, fps=fps, suffix=suffix
     ).result()

@@ -1,14 +1,12 @@
 """Put a stylized image back into the original, only inside (or only outside) a mask.
 
 Images are ``H×W×3 uint8 RGB`` (the stylized one resized to ``H×W`` first), masks ``H×W bool``.
-With a hard edge the unpainted side is bit-identical to the original; a feathered edge blends
-only pixels closer than ``feather_px`` to the edge.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -20,9 +18,6 @@ from segstyle_core.images import check_mask, check_rgb
 
 Mode = Literal["object", "background"]
 ColorPreservation = Literal["luminance", "histogram"]
-
-MODES: tuple[str, ...] = ("object", "background")
-COLOR_PRESERVATIONS: tuple[str, ...] = ("luminance", "histogram")
 
 
 def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -52,39 +47,32 @@ def alpha_from_mask(mask: np.ndarray, feather_px: float = 0.0) -> np.ndarray:
 
 
 def preserve_colors(
-    stylized: np.ndarray,
-    original: np.ndarray,
-    method: ColorPreservation,
-    region: np.ndarray | None = None,
+    stylized: np.ndarray, original: np.ndarray, method: ColorPreservation, region: np.ndarray
 ) -> np.ndarray:
-    """``stylized`` with the original's colours over ``region`` (``H×W bool``; ``None``: all),
-    all ``H×W×3 uint8``: ``luminance`` keeps the painting's luma (Y of YCrCb) and the original's
-    chroma, per pixel; ``histogram`` matches each channel's histogram over ``region``."""
-    if method not in COLOR_PRESERVATIONS:
+    """``stylized`` with the original's colours over ``region`` (``H×W bool``): ``luminance``
+    keeps the painting's luma (Y of YCrCb) and the original's chroma per pixel; ``histogram``
+    matches each channel's histogram over ``region``."""
+    if method not in get_args(ColorPreservation):
         raise ConfigError(
-            f"preserve_color={method!r}: unknown; use one of {COLOR_PRESERVATIONS} or None"
+            f"preserve_color={method!r}: unknown; use one of {get_args(ColorPreservation)} or None"
         )
-    if region is None:
-        region = np.ones(stylized.shape[:2], dtype=bool)
     result = stylized.copy()
-    if not region.any():
-        return result
-    if method == "histogram":
+    if method == "histogram" and region.any():  # match_histograms needs a pixel
         matched = match_histograms(stylized[region], original[region], channel_axis=-1)
         result[region] = np.clip(np.rint(matched), 0, 255).astype(np.uint8)
-        return result
-    luma = cv2.cvtColor(stylized.astype(np.float32) / 255.0, cv2.COLOR_RGB2YCrCb)
-    chroma = cv2.cvtColor(original.astype(np.float32) / 255.0, cv2.COLOR_RGB2YCrCb)
-    chroma[:, :, 0] = luma[:, :, 0]
-    rgb = cv2.cvtColor(chroma, cv2.COLOR_YCrCb2RGB)
-    result[region] = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)[region]
+    elif method == "luminance":
+        luma = cv2.cvtColor(stylized.astype(np.float32) / 255.0, cv2.COLOR_RGB2YCrCb)
+        chroma = cv2.cvtColor(original.astype(np.float32) / 255.0, cv2.COLOR_RGB2YCrCb)
+        chroma[:, :, 0] = luma[:, :, 0]
+        rgb = cv2.cvtColor(chroma, cv2.COLOR_YCrCb2RGB)
+        result[region] = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)[region]
     return result
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One stylized region for :func:`composite_regions`: ``stylized`` (``h×w×3 uint8``, any
-    size) painted inside (``object``) or outside its ``H×W bool`` ``mask``."""
+    """``stylized`` (``h×w×3 uint8``, any size) painted inside (``object``) or outside its
+    ``H×W bool`` ``mask``."""
 
     stylized: np.ndarray
     mask: np.ndarray
@@ -94,16 +82,16 @@ class Layer:
 
 
 def composite_regions(original: np.ndarray, layers: list[Layer]) -> np.ndarray:
-    """Alpha-composite ``layers`` over ``original`` (``H×W×3 uint8``) in order (a later layer
-    covers earlier ones); where every alpha is 0 the output is bit-identical to ``original``."""
+    """Alpha-composite ``layers`` over ``original`` in order (a later layer covers earlier
+    ones); where every alpha is 0 the output is bit-identical to ``original``."""
     check_rgb(original, "original image")
     size = original.shape[:2]
     result = original.astype(np.float32)
     for index, layer in enumerate(layers):
         check_rgb(layer.stylized, f"stylized image of layer {index}")
         check_mask(layer.mask, size, f"mask of layer {index}")
-        if layer.mode not in MODES:
-            raise ConfigError(f"mode={layer.mode!r}: unknown; use one of {MODES}")
+        if layer.mode not in get_args(Mode):
+            raise ConfigError(f"mode={layer.mode!r}: unknown; use one of {get_args(Mode)}")
         stylized = resize_to(layer.stylized, size)
         alpha = alpha_from_mask(layer.mask, layer.feather_px)
         if layer.mode == "background":
@@ -124,5 +112,4 @@ def composite(
     preserve_color: ColorPreservation | None = None,
 ) -> np.ndarray:
     """One :class:`Layer` composited over ``original`` (InputError: mask of another size)."""
-    layer = Layer(stylized, mask, mode, feather_px, preserve_color)
-    return composite_regions(original, [layer])
+    return composite_regions(original, [Layer(stylized, mask, mode, feather_px, preserve_color)])

@@ -1,6 +1,5 @@
-"""The paper's pictures as ``H×W×3 uint8 RGB`` arrays (masks ``H×W bool``, boxes XYXY in
-image pixels), drawn with Pillow: prompts on masks, mask overlays, panels (figures 4–7).
-"""
+"""The paper's figures 4–7 as ``H×W×3 uint8 RGB`` arrays, drawn with Pillow (masks ``H×W bool``,
+boxes XYXY in image pixels): prompts on masks, mask overlays, panels."""
 
 from __future__ import annotations
 
@@ -41,16 +40,16 @@ for _label in labels:
         _LABEL_COLORS[_label.id] = _label.color
 
 
-def mask_to_rgb(mask: np.ndarray, color: RGB = (255, 255, 255)) -> np.ndarray:
-    """``H×W bool`` mask -> ``H×W×3 uint8``: ``color`` inside, black outside."""
+def mask_to_rgb(mask: np.ndarray) -> np.ndarray:
+    """``H×W bool`` mask -> ``H×W×3 uint8``: white inside, black outside."""
     out = np.zeros((*mask.shape, 3), dtype=np.uint8)
-    out[mask.astype(bool)] = color
+    out[mask.astype(bool)] = 255
     return out
 
 
 def label_ids_to_rgb(label_ids: np.ndarray) -> np.ndarray:
-    """``H×W`` Cityscapes labelIds map -> ``H×W×3 uint8`` in the label table's colours (as a
-    ``*_gtFine_color.png``); ids not in the table are black.
+    """``H×W`` Cityscapes labelIds map -> ``H×W×3 uint8`` as a ``*_gtFine_color.png`` (ids not
+    in the label table: black).
 
     Raises:
         InputError: the map is not 2-D integer or holds values outside 0..255.
@@ -80,32 +79,17 @@ def draw_prompts(image: np.ndarray, prompts: Sequence[Prompt]) -> np.ndarray:
             draw.rectangle(prompt.box, outline=BOX_COLOR, width=width)
         for (x, y), label in zip(prompt.points, prompt.point_labels, strict=True):
             fill = FOREGROUND_COLOR if label == 1 else BACKGROUND_COLOR
-            draw.ellipse(
-                (x - radius, y - radius, x + radius, y + radius),
-                fill=fill,
-                outline=_OUTLINE,
-                width=max(1, width // 2),
-            )
+            dot = (x - radius, y - radius, x + radius, y + radius)
+            draw.ellipse(dot, fill=fill, outline=_OUTLINE, width=max(1, width // 2))
     return np.asarray(canvas, dtype=np.uint8)
-
-
-def distinct_colors(count: int, seed: int = 0) -> list[RGB]:
-    """``count`` saturated colours whose hues are spread by the golden ratio from a seeded start."""
-    start = float(np.random.default_rng(seed).random())
-    golden = (math.sqrt(5) - 1) / 2
-    result: list[RGB] = []
-    for index in range(count):
-        r, g, b = colorsys.hsv_to_rgb((start + index * golden) % 1.0, 0.8, 0.95)
-        result.append((round(r * 255), round(g * 255), round(b * 255)))
-    return result
 
 
 def overlay_masks(
     image: np.ndarray, masks: Sequence[np.ndarray], alpha: float = 0.5, seed: int = 0
 ) -> np.ndarray:
-    """Automatic masks (``H×W bool``) over ``image`` (``H×W×3 uint8``), mask ``i`` in
-    ``distinct_colors(len(masks), seed)[i]``, larger masks first (figure 5); covered pixels
-    become ``(1 - alpha) * image + alpha * colour``.
+    """Automatic masks (``H×W bool``) over ``image`` (``H×W×3 uint8``), larger masks first
+    (figure 5), each in a saturated colour whose hue steps by the golden ratio from a ``seed``ed
+    start; covered pixels become ``(1 - alpha) * image + alpha * colour``.
 
     Raises:
         InputError: a mask's size differs from the image's, or ``alpha`` is outside [0, 1].
@@ -114,7 +98,10 @@ def overlay_masks(
         raise InputError(f"alpha={alpha}: must be in [0, 1]; 0.5 shows image and colour equally")
     layer = np.zeros(image.shape, dtype=np.float32)
     covered = np.zeros(image.shape[:2], dtype=bool)
-    colors = distinct_colors(len(masks), seed)
+    start = float(np.random.default_rng(seed).random())
+    golden = (math.sqrt(5) - 1) / 2
+    hsv = [colorsys.hsv_to_rgb((start + i * golden) % 1.0, 0.8, 0.95) for i in range(len(masks))]
+    colors = [(round(r * 255), round(g * 255), round(b * 255)) for r, g, b in hsv]
     for index in sorted(range(len(masks)), key=lambda i: -int(np.count_nonzero(masks[i]))):
         mask = masks[index].astype(bool)
         check_same_size(image, mask, f"automatic mask {index}", "overlay_masks")
@@ -155,17 +142,11 @@ def panel(
             f"panel of {len(tiles)} tiles, columns={columns}, tile_height={tile_height}: "
             "pass at least one tile and positive sizes"
         )
+    scaled = []
     for title, tile in tiles:
         check_rgb(tile, f"panel tile {title!r}", "render masks with mask_to_rgb")
-    scaled = [
-        (
-            title,
-            resize_to(
-                tile, (tile_height, max(1, round(tile.shape[1] * tile_height / tile.shape[0])))
-            ),
-        )
-        for title, tile in tiles
-    ]
+        tile_width = max(1, round(tile.shape[1] * tile_height / tile.shape[0]))
+        scaled.append((title, resize_to(tile, (tile_height, tile_width))))
     font = ImageFont.load_default(size=max(10, tile_height // 16))
     line = round(font.size * 1.4) if isinstance(font, ImageFont.FreeTypeFont) else 14
     gap = max(4, tile_height // 32)

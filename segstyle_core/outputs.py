@@ -1,19 +1,11 @@
-"""Where a run's outputs go (its folder, its published pictures) and the links to them that a
-browser opens from the Prefect UI.
+"""Where a run's outputs go, and the HTTP links to them that the Prefect UI shows.
 
 Chromium refuses ``file://`` links on an ``http://`` page, so ``segstyle serve --out DIR``
-serves them over HTTP on 127.0.0.1. The flows find it through the Prefect Variable
-:data:`OUTPUTS_URL_VARIABLE` (set by ``make deploy``) or, winning, the environment variable
-:data:`OUTPUTS_URL_ENV`; without either, 127.0.0.1 at :data:`DEFAULT_PORT` is asked.
-
-One server serves one or several ``out`` folders, each under its own URL prefix (empty for a
-single folder), and of each only its :data:`SERVED_FOLDERS`::
-
-    <out>/runs/<run>/<image_id>/panel.png  ->  $URL<prefix>/runs/<run>/<image_id>/panel.png
-    <out>/metrics/flow=<flow>/<id>.parquet ->  $URL<prefix>/metrics/flow%3D<flow>/<id>.parquet
-
-A flow links its files only when the server says (:data:`ROOTS_PATH`) it serves its ``out``;
-otherwise its artifacts show absolute file paths and one line saying how to get links.
+serves the :data:`SERVED_FOLDERS` of one or several ``out`` folders, each under its own URL
+prefix (``<out>/runs/r/panel.png -> $URL<prefix>/runs/r/panel.png``). The flows find it through
+:data:`OUTPUTS_URL_ENV` or else the Prefect Variable :data:`OUTPUTS_URL_VARIABLE` (without
+either: 127.0.0.1 at :data:`DEFAULT_PORT`), and link only when it serves their ``out``; else
+their artifacts show file paths and a line saying how to get links.
 """
 
 from __future__ import annotations
@@ -34,15 +26,12 @@ from segstyle_core.fileio import copy_atomic
 if TYPE_CHECKING:
     from segstyle_core.stagecache import StageRecord
 
-#: Base URL of ``segstyle serve`` as the browser reaches it: the environment variable, and
-#: the Prefect Variable.
 OUTPUTS_URL_ENV = "SEGSTYLE_OUTPUTS_URL"
 OUTPUTS_URL_VARIABLE = "segstyle-outputs-url"
 DEFAULT_PORT = 4201  # the Prefect UI is on 4200
 SERVED_FOLDERS = ("runs", "metrics")  # of each ``out`` root
 #: Where ``segstyle serve`` lists its roots: ``{"roots": [{"prefix": "", "root": "/abs/out"}]}``
 ROOTS_PATH = "/segstyle-roots"
-#: How the setting is named in the hint line of an artifact without links.
 SETTING = f"the Prefect Variable {OUTPUTS_URL_VARIABLE} (or {OUTPUTS_URL_ENV})"
 
 
@@ -63,8 +52,8 @@ PUBLISHED = {
 def publish_pictures(
     image_id: str, run_dir: str | os.PathLike[str], records: Mapping[str, StageRecord]
 ) -> dict[str, str]:
-    """Copy each stage's output PNG to ``<run_dir>/<image_id>/<output>.png`` (copies: the run
-    folder survives the cache's cleanup); return column -> path of :data:`PUBLISHED`."""
+    """Copy each stage's output PNG to ``<run_dir>/<image_id>/<output>.png``; return column ->
+    path of :data:`PUBLISHED`."""
     folder = Path(run_dir) / image_id
     placed = {}
     for column, (stage, output) in PUBLISHED.items():
@@ -75,12 +64,8 @@ def publish_pictures(
 
 
 def check_outputs_url(value: str, source: str) -> str | None:
-    """``value`` (of the setting ``source``) stripped of blanks and a trailing slash; ``None``
-    when empty.
-
-    Raises:
-        ConfigError: the value is not an ``http(s)://host[:port][/prefix]`` URL.
-    """
+    """``value`` (of the setting ``source``) stripped of blanks and a trailing slash, or
+    ``None`` (ConfigError: not an ``http(s)://host[:port][/prefix]`` URL)."""
     value = value.strip()
     if not value:
         return None
@@ -99,30 +84,22 @@ def outputs_url(environ: Mapping[str, str] | None = None) -> str | None:
     return check_outputs_url(value, OUTPUTS_URL_ENV)
 
 
-@dataclass(frozen=True)
-class ServedRoot:
-    """One ``out`` folder a ``segstyle serve`` serves: its URL prefix and resolved path."""
-
-    prefix: str
-    root: Path
-
-
-def served_roots(base_url: str, timeout: float = 2.0) -> list[ServedRoot] | None:
-    """What the ``segstyle serve`` at ``base_url`` serves (its :data:`ROOTS_PATH`); ``None``
-    when nothing answers there within ``timeout`` seconds or the answer is not that list."""
+def served_roots(base_url: str, timeout: float = 2.0) -> list[tuple[str, Path]] | None:
+    """The ``(prefix, root)`` pairs the ``segstyle serve`` at ``base_url`` lists at
+    :data:`ROOTS_PATH`; ``None`` when nothing answers that list within ``timeout`` seconds."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
     try:
         with opener.open(base_url + ROOTS_PATH, timeout=timeout) as response:
             listed = json.loads(response.read())["roots"]
-        return [ServedRoot(str(entry["prefix"]), Path(entry["root"])) for entry in listed]
+        return [(str(entry["prefix"]), Path(entry["root"])) for entry in listed]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 @dataclass(frozen=True)
 class LinkTarget:
-    """Where a run's artifacts link: ``base_url`` (server address plus the ``out``'s prefix)
-    when its ``out`` is served; else ``None`` and ``hint``, the line saying how to get links."""
+    """``base_url`` (server address plus prefix) of a served ``out``; else ``None`` and the
+    ``hint`` line saying how to get links."""
 
     base_url: str | None
     hint: str | None = None
@@ -132,16 +109,16 @@ def link_target(
     out_root: str | os.PathLike[str], configured: str | None, timeout: float = 2.0
 ) -> LinkTarget:
     """Ask the outputs server at ``configured`` (``None``: 127.0.0.1 at :data:`DEFAULT_PORT`)
-    whether it serves the run's ``out_root``, waiting ``timeout`` seconds at most."""
+    whether it serves ``out_root``."""
     url = configured or f"http://127.0.0.1:{DEFAULT_PORT}"
     out = Path(out_root).resolve()
     roots = served_roots(url, timeout)
-    for served in roots or []:
-        if served.root == out:
-            return LinkTarget(url + served.prefix)
+    for prefix, root in roots or []:
+        if root == out:
+            return LinkTarget(url + prefix)
     command = f"segstyle serve --out {shlex.quote(str(out))}"
     if roots:
-        listed = ", ".join(str(served.root) for served in roots)
+        listed = ", ".join(str(root) for _, root in roots)
         return LinkTarget(
             None,
             f"no links: the segstyle serve at {url} serves {listed}, not {out}; add "
@@ -156,13 +133,12 @@ def link_target(
 
 
 def is_url(link: str) -> bool:
-    """True for the ``http(s)://`` links :func:`output_link` makes, False for file paths."""
+    """Whether ``link`` is an ``http(s)://`` link of :func:`output_link`, not a file path."""
     return link.startswith(("http://", "https://"))
 
 
 def served_path(path: str | os.PathLike[str], out_root: str | os.PathLike[str]) -> str | None:
-    """``path`` (relative: from the current directory) relative to ``out_root`` in POSIX form
-    when the server serves it, else ``None``."""
+    """``path`` relative to ``out_root`` in POSIX form when the server serves it, else ``None``."""
     absolute, root = Path(path).resolve(), Path(out_root).resolve()
     if not absolute.is_relative_to(root):
         return None
@@ -176,13 +152,9 @@ def output_link(
     out_root: str | os.PathLike[str],
     base_url: str | None = None,
 ) -> str:
-    """The link to an output file: ``<base_url>/<path relative to out_root>`` (percent-encoded)
-    when the file is served and ``base_url`` or else ``SEGSTYLE_OUTPUTS_URL`` is set; otherwise
-    the absolute file path.
-
-    Raises:
-        ConfigError: ``SEGSTYLE_OUTPUTS_URL`` is set but is not an http(s) URL.
-    """
+    """``<base_url>/<path relative to out_root>`` (percent-encoded) when the file is served and
+    ``base_url`` or else ``SEGSTYLE_OUTPUTS_URL`` (ConfigError: not a URL) is set; otherwise the
+    absolute file path."""
     base = base_url.rstrip("/") if base_url else outputs_url()
     relative = served_path(path, out_root)
     if base is None or relative is None:

@@ -1,10 +1,7 @@
-"""Which style paints which mask, and in what order: the paint plan of one image.
+"""The paint plan of one image: which style paints which mask, in which order.
 
-Each distinct style is stylized once per image; the composite paints the plan's layers over the
-original in order, a later layer over an earlier one. Orders (documented in the README): by
-class (:func:`plan_by_class`), first every mask whose class has no style of its own (the plain
-style), then each class with its own style in the order of the run's classes; on a photo
-(:func:`plan_by_region`), the regions in the order their boxes were given.
+Each distinct style is stylized once per image; the composite paints the plan's layers in
+order, a later one over an earlier one (orders: :func:`plan_by_class`, :func:`plan_by_region`).
 """
 
 from __future__ import annotations
@@ -21,8 +18,7 @@ from segstyle_core.stylize import StylizerConfig
 
 @dataclass(frozen=True)
 class PaintLayer:
-    """One layer: the masks (indices into the image's per-prompt masks) painted with one style
-    (an index into :attr:`PaintPlan.styles`)."""
+    """The masks (indices into the image's per-prompt masks) painted in ``styles[style]``."""
 
     style: int
     masks: tuple[int, ...]
@@ -30,17 +26,14 @@ class PaintLayer:
 
 @dataclass(frozen=True)
 class PaintPlan:
-    """The distinct style images of one image (each stylized once) and the layers, in paint
-    order."""
+    """The distinct style images of one image and its layers, in paint order."""
 
     styles: tuple[str, ...]
     layers: tuple[PaintLayer, ...]
 
     def roi_options(self, style: int, settings: CompositeConfig, masks: Any) -> dict[str, Any]:
-        """The ROI keywords of the stylize stage for ``styles[style]``: with
-        ``settings.roi_margin_px``, the box of the masks painted in it (sorted indices into
-        ``masks``, a record with per-prompt ``masks`` or a handle of one) plus that margin;
-        else none (the whole frame)."""
+        """The stylize stage's ROI keywords for ``styles[style]`` with ``roi_margin_px``: its
+        masks (sorted indices into ``masks``, a record or handle); else none (whole frame)."""
         if settings.roi_margin_px is None:
             return {}
         own = sorted({k for layer in self.layers if layer.style == style for k in layer.masks})
@@ -53,10 +46,9 @@ class PaintPlan:
 
 
 def _plan(assigned: Sequence[tuple[str, tuple[int, ...]]], mode: Mode = "object") -> PaintPlan:
-    """A plan from ``(style image, mask indices)`` pairs in paint order. Consecutive pairs of
-    one style become one layer (one soft edge around the union; background mode paints outside
-    every mask). Layers without a mask are dropped, except that an image without masks keeps
-    its first, empty, layer in background mode (painted everywhere)."""
+    """A plan from ``(style image, mask indices)`` pairs in paint order: consecutive pairs of
+    one style become one layer, layers without a mask are dropped (background mode keeps the
+    first one of an image without masks: painted everywhere)."""
     kept = [pair for pair in assigned if pair[1]]
     if not kept and mode == "background":
         kept = list(assigned[:1])
@@ -76,9 +68,9 @@ def plan_by_class(
     stylizer: StylizerConfig,
     mode: Mode = "object",
 ) -> PaintPlan:
-    """The plan of a dataset image whose ``k``-th mask belongs to class ``labels[k]``
-    (``None``: a prompt without a class); ``classes``: the run's, in paint order. With no
-    per-class style this is one layer: every mask in the plain style."""
+    """The plan of a dataset image whose ``k``-th mask is of class ``labels[k]`` (``None``: no
+    class): first every mask without a style of its own (the plain style), then each class
+    with its own style in the order of ``classes``."""
     names = [(label or "").lower() for label in labels]
     own = [c.lower() for c in classes if c.lower() in stylizer.class_styles]
     plain = tuple(k for k, name in enumerate(names) if name not in own)
@@ -99,12 +91,8 @@ def region_styles(
     given: PhotoPrompts, regions: int, stylizer: StylizerConfig, mode: Mode
 ) -> list[str]:
     """The style of each of a photo's ``regions``: ``given.styles`` paired with its boxes in
-    order (a region of points alone takes the first), or else the stylizer's plain style.
-
-    Raises:
-        ConfigError: the styles are not one per box, several styles in background mode, or
-            per-class styles (a photo has no classes).
-    """
+    order (a region of points alone takes the first), or else the stylizer's plain style
+    (ConfigError: not one per box, several in background mode, or per-class styles)."""
     if stylizer.class_styles:
         raise ConfigError(
             "stylizer.class_styles needs classes; a photo's regions have none: give a single "
@@ -130,12 +118,7 @@ def region_styles(
 def check_paint_settings(
     stylizer: StylizerConfig, mode: Mode, classes: Sequence[str] | None = None
 ) -> None:
-    """Refuse per-class styles that cannot apply, in one line each.
-
-    Raises:
-        ConfigError: per-class styles in background mode (the background has no class), or a
-            per-class style for a class the run does not select.
-    """
+    """ConfigError for per-class styles in background mode or for a class not in ``classes``."""
     if not stylizer.class_styles:
         return
     if mode == "background":

@@ -1,21 +1,15 @@
-"""What an image goes through, declared once: the stage graphs of a dataset frame and a photo.
+"""The stage graphs of a dataset frame and of a photo, declared once.
 
-A dataset frame (flows ``segment_and_stylize`` and ``evaluate_segmentation``, without stylize
-and composite)::
+A dataset frame (``evaluate_segmentation``: without stylize and composite)::
 
     gt ──► segment ──► metrics ──► stylize, once per distinct style ──► composite ──► figures
-    (GT mask,          (scores, the   of the frame's paint plan         (the used masks
-     prompts)           used masks)   (the metrics' classes)             in each style)
 
-A photo (``segstyle stylize`` and the flow ``stylize_image``)::
+A photo (``segstyle stylize``, the flow ``stylize_image``)::
 
     segment ──► stylize, once per distinct region style ──► composite
 
-Each stage is a cached :class:`~segstyle_core.stagecache.Stage`, started through a
-:class:`Runner` that binds the cache folder: ``run(stage, run_name, **inputs)`` returns a
+A :class:`Runner` binds the cache folder: ``run(stage, run_name, **inputs)`` returns a
 :class:`Handle`; an input may be an earlier stage's handle (or a list of them).
-:class:`InProcess` runs each stage at once (``segstyle stylize``); the flows'
-:class:`segstyle.tasks.stage.PrefectRunner` submits each as a Prefect task named ``run_name``.
 """
 
 from __future__ import annotations
@@ -45,21 +39,21 @@ R_co = TypeVar("R_co", covariant=True)
 
 
 class Handle(Protocol[R_co]):
-    """A started stage: ``result()`` waits for its record, or raises the stage's error."""
+    """A started stage: ``result()`` waits for its record or raises the stage's error."""
 
     def result(self) -> R_co: ...
 
 
 class Runner(Protocol):
-    """Starts a stage with its inputs (records, or handles of earlier stages) in the runner's
-    cache folder; ``run_name``: ``segment-<image id>``, ..."""
+    """Starts a stage with its inputs (records or handles) in the runner's cache folder;
+    ``run_name``: ``segment-<image id>``, ..."""
 
     def __call__(self, stage: Stage[..., R], run_name: str, /, **inputs: Any) -> Handle[R]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
-    """What a dataset run applies to each of its frames: the flows' parameters."""
+    """The flows' parameters that a dataset run applies to each frame."""
 
     dataset: DatasetSelection
     prompts: PromptConfig  # ``auto``: automatic masks
@@ -69,18 +63,15 @@ class RunSettings:
 
     @property
     def automatic(self) -> bool:
-        """Automatic masks (every mask the segmenter finds), not one mask per prompt."""
         return self.prompts.source == "auto"
 
 
 def frame_stages(
     run: Runner, frame: Frame, settings: RunSettings, stages: dict[str, Handle[StageRecord]]
 ) -> Iterator[None]:
-    """Start the stages of one dataset frame, entering each into ``stages`` as it starts:
-    ``gt``, ``segment``, ``metrics``, ``stylize`` (``stylize_2``, ... for further styles),
-    ``composite``, ``figures``. A frame without a prompt, or whose ``gt`` (in automatic mode:
-    ``metrics``) failed, stops there. It yields before each wait for a stage's result, so that
-    :func:`run_frames` starts the stages of every frame up to that point first.
+    """Start the stages of one dataset frame into ``stages`` (``stylize_2``, ... for further
+    styles); a frame without a prompt, or whose ``gt`` (automatic: ``metrics``) failed, stops
+    there. It yields before each wait, so :func:`run_frames` starts every frame's stages first.
     """
     image_id, image, dataset = frame.image_id, str(frame.image_path), settings.dataset
     stages["gt"] = gt = run(
@@ -116,15 +107,11 @@ def frame_stages(
         labels = [score["prompt"].get("class_name") for score in scored.scores]
     else:  # the prompts' classes are known: paint without waiting
         labels = [prompt.get("class_name") for prompt in truth.prompts]
-    stylized: list[Handle[StylizeRecord]] = []
-    painted = None
     if (stylizer := settings.stylizer) is not None:
         plan = plan_by_class(labels, dataset.classes, stylizer, settings.composite.mode)
         stylized, painted = paint(run, image, image_id, plan, scores, stylizer, settings.composite)
         # "stylize" is the first style's (published, and shown in the figures)
-        stages.update(
-            {"stylize" if k == 0 else f"stylize_{k + 1}": h for k, h in enumerate(stylized)}
-        )
+        stages.update({f"stylize_{k + 1}" if k else "stylize": h for k, h in enumerate(stylized)})
         stages["composite"] = painted
     panel = run(
         figures,
@@ -134,8 +121,8 @@ def frame_stages(
         masks=masks,
         scores=scores,
         automatic=settings.automatic,
-        stylized=stylized[0] if stylized else None,
-        painted=painted,
+        stylized=stages.get("stylize"),
+        painted=stages.get("composite"),
     )
     stages["figures"] = panel
 
@@ -146,10 +133,8 @@ _DONE = object()
 def run_frames(
     run: Runner, frames: Sequence[Frame], settings: RunSettings
 ) -> list[dict[str, Handle[StageRecord]]]:
-    """Start the stages of every frame (:func:`frame_stages`) round by round: every ``gt``, then
-    each frame's masks and metrics (and, unless automatic, its painting) as its ``gt`` is done;
-    in automatic mode the painting comes in a third round. Returns each frame's stages (stage
-    name -> handle, in pipeline order)."""
+    """Start the stages of every frame round by round (every ``gt``, then each frame's masks,
+    metrics and painting); return each frame's stage name -> handle, in pipeline order."""
     stages: list[dict[str, Handle[StageRecord]]] = [{} for _ in frames]
     pending = [frame_stages(run, f, settings, s) for f, s in zip(frames, stages, strict=True)]
     while pending:
@@ -189,8 +174,8 @@ def paint(
     stylizer: StylizerConfig,
     settings: CompositeConfig,
 ) -> tuple[list[Handle[StylizeRecord]], Handle[CompositeRecord]]:
-    """Start ``stylize`` once per style of ``plan`` (with an ROI margin, only its own masks'
-    box), then ``composite`` of the plan's layers over ``masks`` (per-prompt masks)."""
+    """Start ``stylize`` once per style of ``plan``, then ``composite`` of its layers over
+    ``masks`` (a record or handle with per-prompt masks)."""
     stylized = [
         run(
             stylize,
@@ -216,8 +201,8 @@ def paint(
 
 @dataclass(frozen=True)
 class InProcess:
-    """A runner of each stage at once, in this process, with its results in ``cache_dir``; its
-    handles are finished futures, and a failing stage raises its error from the call."""
+    """A runner of each stage at once in this process (``segstyle stylize``); a failing stage
+    raises from the call."""
 
     cache_dir: Path
 
@@ -237,8 +222,7 @@ def _resolved(value: Any) -> Any:
 
 
 def _finished(handle: Handle[R]) -> R | None:
-    """The handle's record, or ``None`` when its stage failed or could not start (the flow
-    reports it as the image's error)."""
+    """The handle's record, or ``None`` when its stage failed (the flow reports it)."""
     try:
         return handle.result()
     except Exception:  # noqa: BLE001 - any failure of the stage: the frame stops here

@@ -1,9 +1,6 @@
-"""The static HTML report of one dataset run: ``<run_dir>/report.html``.
-
-Self-contained (inline CSS and SVG histograms; panels linked relative to the report), so the
-run folder can be opened from disk, served by ``segstyle serve``, zipped or moved. Everything
-taken from the rows or the configuration is HTML-escaped.
-"""
+"""The static HTML report of one dataset run, ``<run_dir>/report.html``: inline CSS and SVG,
+panels linked relative to it (the run folder can be opened from disk, served or moved); every
+value from the rows or the configuration is HTML-escaped."""
 
 from __future__ import annotations
 
@@ -70,15 +67,12 @@ def number(value: Any, digits: int = 3) -> str:
     return "—" if _missing(value) or not math.isfinite(float(value)) else f"{value:.{digits}f}"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[tuple[str, str]]]) -> str:
-    """An HTML table; each cell is ``(already-escaped html, css class or "")``."""
+def _table(header: Sequence[str], css: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """An HTML table of already-escaped cells; ``css``: each column's class ("": none)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    tds = [f'<td class="{c}">' if c else "<td>" for c in css]
     body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="{css}">{cell}</td>' if css else f"<td>{cell}</td>" for cell, css in row
-        )
-        + "</tr>"
+        "<tr>" + "".join(f"{td}{cell}</td>" for td, cell in zip(tds, row, strict=True)) + "</tr>"
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -126,15 +120,12 @@ def _summary(rows: pd.DataFrame) -> str:
     )
     lines = [
         [
-            (_e(cls), ""),
-            (_e(segmenter), ""),
-            (str(len(group)), "num"),
-            (str(int(group["_failed"].sum())), "num"),
-            (number(image_mean(group, "image_iou")), "num"),
-            (number(group["iou_instance"].mean()), "num"),
-            (number(group["dice_instance"].mean()), "num"),
-            (number(group["iou"].mean()), "num"),
-            (number(group["dice"].mean()), "num"),
+            _e(cls),
+            _e(segmenter),
+            str(len(group)),
+            str(int(group["_failed"].sum())),
+            number(image_mean(group, "image_iou")),
+            *(number(group[c].mean()) for c in ("iou_instance", "dice_instance", "iou", "dice")),
         ]
         for (cls, segmenter), group in grouped
     ]
@@ -142,7 +133,7 @@ def _summary(rows: pd.DataFrame) -> str:
     header += ["instance Dice", "IoU vs all GT of the class", "Dice vs all GT of the class"]
     return (
         f'<div class="stats">{cards}</div>\n<p class="note">{_SUMMARY_NOTE}</p>\n'
-        f"{_table(header, lines)}"
+        f"{_table(header, ['', ''] + ['num'] * 7, lines)}"
     )
 
 
@@ -152,14 +143,15 @@ def _timing(rows: pd.DataFrame) -> str:
     per_image = rows.groupby("image_id")[stages].first()
     lines = [
         [
-            (_e(column.removeprefix("seconds_")), ""),
-            (str(int(per_image[column].notna().sum())), "num"),
-            (number(per_image[column].sum(min_count=1), 1), "num"),
-            (number(per_image[column].mean(), 2), "num"),
+            _e(column.removeprefix("seconds_")),
+            str(int(per_image[column].notna().sum())),
+            number(per_image[column].sum(min_count=1), 1),
+            number(per_image[column].mean(), 2),
         ]
         for column in stages
     ]
-    table = _table(["stage", "images timed", "total s", "mean s per image"], lines)
+    header = ["stage", "images timed", "total s", "mean s per image"]
+    table = _table(header, ["", "num", "num", "num"], lines)
     started, finished = rows["started_at"].min(), rows["finished_at"].max()
     if _missing(started) or _missing(finished):
         return table
@@ -167,15 +159,14 @@ def _timing(rows: pd.DataFrame) -> str:
     return f"<p>Wall time from first start to last finish: {wall:.1f} s.</p>\n{table}"
 
 
-def iou_histogram_svg(
-    values: Sequence[float], title: str, label: str = "IoU", width: int = 320
-) -> str:
-    """An inline SVG bar chart of scores in [0, 1] in :data:`HISTOGRAM_BINS` bins; NaN values
-    are counted in the caption, each bar shows its count (tooltip ``"<label> 0.8–0.9: <n>"``)."""
+def iou_histogram_svg(values: Sequence[float], title: str, label: str = "IoU") -> str:
+    """An inline 320×150 px SVG bar chart of scores in [0, 1] in :data:`HISTOGRAM_BINS` bins;
+    NaN values are counted in the caption, each bar shows its count (tooltip
+    ``"<label> 0.8–0.9: <n>"``)."""
     array = np.asarray(values, dtype=np.float64)
     finite = array[np.isfinite(array)]
     counts, edges = np.histogram(finite, bins=HISTOGRAM_BINS, range=(0.0, 1.0))
-    height, left, bottom, top = 150, 28, 22, 16
+    width, height, left, bottom, top = 320, 150, 28, 22, 16
     plot_w, plot_h = width - left - 8, height - bottom - top
     peak = max(int(counts.max()), 1)
     bar_w = plot_w / HISTOGRAM_BINS
@@ -265,13 +256,13 @@ def _failures(rows: pd.DataFrame) -> str:
         return "<p>No failures.</p>"
     lines = [
         [
-            (_e(r["image_id"]), ""),
-            ("—" if _missing(r["prompt_index"]) else str(int(r["prompt_index"])), "num"),
-            (_e(r["error"]), "error"),
+            _e(r["image_id"]),
+            "—" if _missing(r["prompt_index"]) else str(int(r["prompt_index"])),
+            _e(r["error"]),
         ]
         for r in failed.to_dict(orient="records")
     ]
-    return _table(["image", "prompt", "error"], lines)
+    return _table(["image", "prompt", "error"], ["", "num", "error"], lines)
 
 
 def write_report(
@@ -282,11 +273,9 @@ def write_report(
     examples: int = 6,
     metric: str = "iou",
 ) -> Path:
-    """Write ``run_dir/report.html`` atomically and return its path.
-
-    ``rows``: the run's results (:data:`segstyle_core.results.SCHEMA`); panels are linked
-    relative to ``run_dir``; ``examples`` worst and best images are shown (each once), ranked
-    by ``metric`` (:data:`METRICS`), which the histograms plot too.
+    """Write ``run_dir/report.html`` atomically and return its path: the run's ``rows``
+    (:data:`segstyle_core.results.SCHEMA`), the ``examples`` worst and best images (each once)
+    by ``metric`` (:data:`METRICS`, also the histograms' score).
 
     Raises:
         ConfigError: unknown ``metric`` or negative ``examples``.

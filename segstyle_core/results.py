@@ -1,17 +1,12 @@
 """The per-image results table: its Parquet schema, durable per-image parts, one file per run.
 
-Layout under ``<metrics_dir>/flow=<flow name>/``, for a flow run ``<id>``:
-
-- ``<id>.parquet``: the run's rows; a Parquet file once finished, else a symbolic link to its
-  parts folder.
-- ``.<id>.parts-<host>-<random>/``: one ``<image>.parquet`` per finished image
-  (:func:`part_name`), ``_run.json`` (id, ``resume_key``, start), and once every image is
-  done ``_sealed`` and ``_compacted.parquet``. ``<host>``: 8 hex digits of the SHA-256 of
-  the host name.
-- ``.<id>.lock`` (``flock``-ed by the writer) and ``.<id>.trash-<random>/`` (a retired folder).
-
-pyarrow's discovery skips names starting with ``.`` or ``_``, so ``pandas.read_parquet(
-metrics_dir)`` reads each finished image of every run exactly once (plus a ``flow`` column).
+Under ``<metrics_dir>/flow=<flow name>/`` a flow run ``<id>`` has ``<id>.parquet`` (its rows;
+until it finishes, a link to its parts folder), ``.<id>.lock`` (``flock``-ed by the writer),
+``.<id>.trash-<random>/`` (a retired folder) and ``.<id>.parts-<host>-<random>/`` (``<host>``:
+8 hex digits of the host name's SHA-256): one :func:`part_name` file per finished image,
+``_run.json`` (id, ``resume_key``, start), then ``_sealed`` and ``_compacted.parquet``.
+pyarrow skips names starting with ``.`` or ``_``, so ``pandas.read_parquet(metrics_dir)`` reads
+each finished image of every run exactly once (plus a ``flow`` column).
 
 The protocol, one atomic step at a time (a kill after any step loses and doubles nothing):
 1. *open*: lock; make a parts folder (a finished run's file is first split into parts), link
@@ -46,7 +41,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,10 +75,7 @@ SCHEMA = pa.schema(
     [
         ("schema_version", pa.int16()),
         ("run_id", pa.string()),  # human-readable flow run name
-        ("flow_run_id", pa.string()),
-        ("image_id", pa.string()),
-        ("city", pa.string()),
-        ("split", pa.string()),
+        *[(name, pa.string()) for name in ("flow_run_id", "image_id", "city", "split")],
         ("classes", pa.string()),  # comma-joined, lower case: "car,person"
         ("prompt_index", pa.int32()),
         ("prompt_kind", pa.string()),  # box | points | box+points | auto
@@ -91,13 +83,9 @@ SCHEMA = pa.schema(
         ("prompt_points", pa.list_(pa.list_(pa.float64()))),  # [[x, y, label], ...]
         ("instance_id", pa.int64()),
         ("instance_class", pa.string()),
-        ("segmenter", pa.string()),
-        ("segmenter_variant", pa.string()),
-        ("segmenter_weights_sha256", pa.string()),
+        *[(f"segmenter{part}", pa.string()) for part in ("", "_variant", "_weights_sha256")],
         ("segment_notes", pa.string()),
-        ("stylizer", pa.string()),
-        ("stylizer_variant", pa.string()),
-        ("stylizer_weights_sha256", pa.string()),
+        *[(f"stylizer{part}", pa.string()) for part in ("", "_variant", "_weights_sha256")],
         ("style_name", pa.string()),  # the style of this row's class (per-class styles)
         ("style_sha256", pa.string()),
         ("mode", pa.string()),
@@ -111,18 +99,13 @@ SCHEMA = pa.schema(
         *[(f"seconds_{stage}", pa.float64()) for stage in TIMED_STAGES],
         *[(f"cached_{stage}", pa.bool_()) for stage in TIMED_STAGES],
         ("status", pa.string()),  # ok | failed
-        ("error", pa.string()),
-        ("image_path", pa.string()),
-        ("mask_path", pa.string()),
+        *[(name, pa.string()) for name in ("error", "image_path", "mask_path")],
         # the prompt's own mask as COCO RLE JSON ({"size": [H, W], "counts": str}; SAM's
         # coco_rle format): segstyle_core.rle.decode_mask or pycocotools.mask.decode reads it
         ("mask_rle", pa.string()),
         ("stylized_path", pa.string()),  # the image's first style's painting
-        ("composite_path", pa.string()),
-        ("panel_path", pa.string()),
-        ("config_sha256", pa.string()),
-        ("started_at", pa.timestamp("us", tz="UTC")),
-        ("finished_at", pa.timestamp("us", tz="UTC")),
+        *[(name, pa.string()) for name in ("composite_path", "panel_path", "config_sha256")],
+        *[(name, pa.timestamp("us", tz="UTC")) for name in ("started_at", "finished_at")],
     ]
 )
 
@@ -138,6 +121,8 @@ _HIDDEN = re.compile(
     r"\.(?P<run>.+)\.(?:parts-(?P<host>[0-9a-f]{8})-[^.]+|(?P<trash>trash)-[^.]+|(?P<lock>lock)"
     r"|(?P<legacy>parts)|(?P<compacted>compacted)-[^.]+\.parquet)"
 )
+#: The ``flow=<flow name>`` folders of a metrics folder, as ``pandas.read_parquet`` reads them.
+_FLOWS = ds.partitioning(pa.schema([("flow", pa.string())]), flavor="hive")
 #: errnos of a file or folder another process finished and removed first
 _GONE = (errno.ENOENT, errno.ENOTDIR)
 
@@ -147,9 +132,7 @@ def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(row) - set(COLUMNS)
     if unknown:
         raise ValueError(f"unknown result columns {sorted(unknown)}; add them to results.SCHEMA")
-    full = {name: row.get(name) for name in COLUMNS}
-    full["schema_version"] = SCHEMA_VERSION
-    return full
+    return {name: row.get(name) for name in COLUMNS} | {"schema_version": SCHEMA_VERSION}
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
@@ -195,11 +178,8 @@ def _printable(line: str) -> str:
 
 
 def _skip(file: Path, folder: Path, exc: BaseException, skipped: list[str]) -> None:
-    """Add a line naming the unreadable ``file`` and the fix to ``skipped``.
-
-    Raises:
-        FileNotFoundError: the file is gone (a run published its parts): list the folder again.
-    """
+    """Add a line naming the unreadable ``file`` and the fix to ``skipped``; raise
+    FileNotFoundError when it is gone (a run published its parts: list the folder again)."""
     if not file.is_file():
         raise FileNotFoundError(errno.ENOENT, "vanished while reading", str(file)) from exc
     first = (str(exc).splitlines() or [type(exc).__name__])[0]
@@ -232,17 +212,29 @@ def _usable(files: Sequence[Path], folder: Path, skipped: list[str]) -> list[Pat
     return usable
 
 
-def _read_files(usable: Sequence[Path], folder: Path, skipped: list[str]) -> pa.Table:
-    """The rows of :func:`_usable` files as one table of :data:`SCHEMA`, in the files' order;
-    a file whose data fails to read (behind a good footer) is skipped."""
+def _read_files(
+    usable: Sequence[Path], folder: Path, skipped: list[str], flows_under: Path | None = None
+) -> pa.Table:
+    """The rows of :func:`_usable` files as one table of :data:`SCHEMA`, in the files' order,
+    plus (with ``flows_under``) the ``flow`` of each file's hive folder below that one; a file
+    whose data fails to read (behind a good footer) is skipped."""
+    schema, hive, base = SCHEMA, None, None
+    if flows_under is not None:
+        schema, hive, base = SCHEMA.append(pa.field("flow", pa.string())), _FLOWS, str(flows_under)
+
+    def read(files: Sequence[Path]) -> pa.Table:
+        paths = [str(file) for file in files]
+        dataset = ds.dataset(paths, schema, "parquet", partitioning=hive, partition_base_dir=base)
+        return dataset.to_table()
+
     try:
-        return ds.dataset([str(f) for f in usable], schema=SCHEMA, format="parquet").to_table()
+        return read(usable)
     except (pa.ArrowException, OSError):
         pass
-    tables = [SCHEMA.empty_table()]
+    tables = [schema.empty_table()]
     for file in usable:
         try:
-            tables.append(ds.dataset(str(file), schema=SCHEMA, format="parquet").to_table())
+            tables.append(read([file]))
         except (pa.ArrowException, OSError) as exc:
             _skip(file, folder, exc, skipped)
     return pa.concat_tables(tables)
@@ -267,16 +259,11 @@ def _read_parts(parts: Path) -> pa.Table:
     return table
 
 
-def _lock(path: Path, create: bool) -> int | None:
-    """An fd holding an exclusive ``flock`` on ``path``; ``None`` when a live process holds it
-    (or, without ``create``, there is none)."""
+def _lock(path: Path) -> int | None:
+    """An fd holding an exclusive ``flock`` on ``path`` (created); ``None`` when a live process
+    holds it."""
     for _ in range(5):
-        try:
-            fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), FILE_MODE)
-        except FileNotFoundError:
-            if create:
-                raise
-            return None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.path.samestat(os.fstat(fd), os.stat(path)):
@@ -318,11 +305,8 @@ def _manifest(parts: Path) -> tuple[str, str | None, str]:
     except (OSError, ValueError):
         value = {}
     value = value if isinstance(value, dict) else {}
-    return (
-        str(value.get("flow_run_id", "")),
-        value.get("resume_key"),
-        str(value.get("opened_at", "")),
-    )
+    opened_at = str(value.get("opened_at", ""))
+    return str(value.get("flow_run_id", "")), value.get("resume_key"), opened_at
 
 
 @dataclass(frozen=True)
@@ -351,10 +335,6 @@ class _Run:
             return None
         return self.folder / target
 
-    def new_parts(self) -> Path:
-        """A new, empty parts folder (hidden: no link names it yet)."""
-        return Path(tempfile.mkdtemp(prefix=f".{self.run_id}.parts-{HOST_TAG}-", dir=self.folder))
-
     def show(self, parts: Path) -> None:
         """Put a link to ``parts`` in place of ``<id>.parquet``, in one step."""
         link = parts / _LINK
@@ -363,11 +343,8 @@ class _Run:
         os.replace(link, self.entry)
 
     def finish(self, parts: Path) -> None:
-        """Steps 5 to 7 for the sealed ``parts``, from wherever they stopped.
-
-        Raises:
-            StorageError: a step failed; any later run or reader finishes the parts.
-        """
+        """Steps 5 to 7 for the sealed ``parts``, from wherever they stopped; a StorageError
+        leaves them for any later run or reader to finish."""
         try:
             if self.linked() == parts:
                 staged = parts / _STAGED
@@ -408,7 +385,7 @@ class _Run:
                 path.unlink(missing_ok=True)
         if not all(map(_made_here, unsealed)):  # another host's run: its lock is not ours
             return
-        fd = None if _held(self.lock) else _lock(self.lock, create=True)
+        fd = None if _held(self.lock) else _lock(self.lock)
         if fd is None:  # the run is live
             return
         try:
@@ -457,6 +434,15 @@ def finish_ended_runs(metrics_dir: str | os.PathLike[str]) -> None:
                 _log.warning("%s", _printable(line))
 
 
+def _unsealed(entries: Iterable[Path]) -> Iterator[tuple[_Run, Path]]:
+    """The runs of the ``<id>.parquet`` ``entries`` that link to an unsealed parts folder."""
+    for entry in entries:
+        run = _Run(entry.parent, entry.name.removesuffix(".parquet"))
+        parts = run.linked()
+        if entry.name[0] not in "._" and parts is not None and not (parts / _SEAL).exists():
+            yield run, parts
+
+
 class RunRows:
     """The durable rows of one flow run: a part per image as it finishes (:meth:`write_image`),
     one file at the end (:meth:`compact`). A context manager; opening does steps 1 and 2 of the
@@ -493,7 +479,7 @@ class RunRows:
             self._run.folder.mkdir(parents=True, exist_ok=True)
         finish_ended_runs(self.metrics_dir)
         with _naming(self._run.lock):
-            self._lock_fd = _lock(self._run.lock, create=True)
+            self._lock_fd = _lock(self._run.lock)
         if self._lock_fd is None:
             raise StorageError(
                 f"{self.final}: another process is writing the rows of flow run "
@@ -530,13 +516,12 @@ class RunRows:
                 f"{self.final}: not a results file of segstyle; move it out of the metrics "
                 "folder and rerun"
             )
-        parts = self._run.new_parts()
+        folder = self._run.folder
+        parts = Path(tempfile.mkdtemp(prefix=f".{self.flow_run_id}.parts-{HOST_TAG}-", dir=folder))
         self._write_manifest(parts)
         if self.final.exists():  # a finished attempt: its rows become parts
             skipped: list[str] = []
-            table = _read_files(
-                _usable([self.final], self._run.folder, skipped), self._run.folder, skipped
-            )
+            table = _read_files(_usable([self.final], folder, skipped), folder, skipped)
             if skipped:
                 raise InputError(skipped[0])
             for image_id in pc.unique(table["image_id"]).to_pylist():
@@ -547,28 +532,19 @@ class RunRows:
         return parts
 
     def _write_manifest(self, parts: Path) -> None:
-        write_json_atomic(
-            parts / _MANIFEST,
-            {
-                "flow_run_id": self.flow_run_id,
-                "resume_key": self.resume_key,
-                "opened_at": dt.datetime.now(dt.UTC).isoformat(),
-            },
-        )
+        opened_at = dt.datetime.now(dt.UTC).isoformat()
+        manifest = {"flow_run_id": self.flow_run_id, "resume_key": self.resume_key}
+        write_json_atomic(parts / _MANIFEST, {**manifest, "opened_at": opened_at})
 
     def _take_over_killed_runs(self) -> None:
         """Step 2, newest killed run first, never over a part this folder has."""
         candidates = []
-        for entry in self._run.folder.glob("*.parquet"):
-            other = _Run(self._run.folder, entry.name.removesuffix(".parquet"))
-            parts = other.linked()
-            if entry.name[0] in "._" or parts is None or other.run_id == self.flow_run_id:
-                continue
+        for other, parts in _unsealed(self._run.folder.glob("*.parquet")):
             run_id, key, opened_at = _manifest(parts)
-            if key == self.resume_key and _made_here(parts) and not (parts / _SEAL).exists():
+            if other.run_id != self.flow_run_id and key == self.resume_key and _made_here(parts):
                 candidates.append((opened_at, other, parts, run_id or other.run_id))
         for _, other, parts, run_id in sorted(candidates, key=lambda c: c[0], reverse=True):
-            fd = _lock(other.lock, create=True)
+            fd = _lock(other.lock)
             if fd is None:  # a live run
                 continue
             try:
@@ -596,11 +572,7 @@ class RunRows:
 
     def compact(self) -> Path:
         """Steps 4 to 7: the rows of every part become the run's one file (returned); unlock.
-
-        Raises:
-            StorageError: a step failed; the rows stay readable as parts, and the next run or
-                ``segstyle results`` finishes the file.
-        """
+        After a StorageError the rows stay readable as parts; the next run or reader finishes."""
         if self._lock_fd is None:
             self.open()
         seal = self.parts / _SEAL
@@ -612,21 +584,17 @@ class RunRows:
         return self.final
 
 
-def _result_files(root: Path, skipped: list[str]) -> list[tuple[Path, str | None]]:
-    """The files ``pandas.read_parquet(root)`` reads, with the ``flow`` of their hive folder.
-    A link out of ``root``, a link loop or an unreadable subfolder adds a line to ``skipped``.
-
-    Raises:
-        FileNotFoundError: a folder vanished while being listed: list again.
-    """
+def _result_files(root: Path, skipped: list[str]) -> list[Path]:
+    """The files ``pandas.read_parquet(root)`` reads; a link out of ``root``, a link loop or an
+    unreadable subfolder adds a line to ``skipped``. FileNotFoundError: a folder vanished."""
     if not root.is_dir():
-        return [(root, None)]
+        return [root]
     inside = Path(os.path.realpath(root))
-    found: list[tuple[Path, str | None]] = []
+    found: list[Path] = []
     seen: set[str] = set()
-    stack: list[tuple[Path, str | None]] = [(root, None)]
+    stack = [root]
     while stack:
-        folder, flow = stack.pop()
+        folder = stack.pop()
         real = os.path.realpath(folder)
         if real in seen:
             continue
@@ -646,43 +614,30 @@ def _result_files(root: Path, skipped: list[str]) -> list[tuple[Path, str | None
                 if entry.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(inside):
                     skipped.append(f"{path}: a link out of {root}; remove it")
                 elif entry.is_dir():
-                    key, equals, value = entry.name.partition("=")
-                    named = urllib.parse.unquote(value) if equals and key == "flow" else flow
-                    stack.append((path, named))
+                    stack.append(path)
                 elif entry.is_file():
-                    found.append((path, flow))
+                    found.append(path)
             except OSError as exc:  # a link loop
                 skipped.append(os_error_message(exc, path))
-    return sorted(found, key=lambda item: str(item[0]))
+    return sorted(found, key=str)
 
 
 def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read one run file or a whole metrics directory (after :func:`finish_ended_runs`) into a
-    DataFrame of :data:`SCHEMA` (missing columns empty) plus the hive column ``flow``.
-
-    Unreadable or foreign files and links out of the folder are skipped with one warning line
-    each (``skipped: <path>: <what>; <fix>``). Parts of running or killed runs are read too.
-
-    Raises:
-        InputError: nothing there yet.
-    """
+    DataFrame of :data:`SCHEMA` (missing columns empty) plus the hive column ``flow``; parts
+    of running or killed runs too. Unreadable or foreign files and links out of the folder are
+    skipped with a warning line each (``skipped: <path>: <what>; <fix>``). InputError: no
+    results there yet."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no Parquet results here yet; run `segstyle run` first")
     if path.is_dir():
         finish_ended_runs(path)
     for attempt in range(5):
-        tables: list[pa.Table] = []
         skipped: list[str] = []
         try:
-            by_flow: dict[str | None, list[Path]] = {}
-            for file, flow in _result_files(path, skipped):
-                by_flow.setdefault(flow, []).append(file)
-            usable = {flow: _usable(files, path, skipped) for flow, files in by_flow.items()}
-            for flow, files in usable.items():
-                table = _read_files(files, path, skipped)
-                flows = pa.array([flow] * len(table), pa.string())
-                tables.append(table.append_column("flow", flows))
+            usable = _usable(_result_files(path, skipped), path, skipped)
+            table = _read_files(usable, path, skipped, flows_under=path)
             break
         except FileNotFoundError:  # a run published or retired its parts meanwhile
             if attempt == 4:
@@ -690,9 +645,9 @@ def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
             time.sleep(0.05)
     for line in skipped:
         _log.warning("skipped: %s", _printable(line))
-    if not any(usable.values()):
+    if not usable:
         raise InputError(f"{path}: no Parquet results here yet; run `segstyle run` first")
-    return pa.concat_tables(tables).to_pandas()
+    return table.to_pandas()
 
 
 @dataclass(frozen=True)
@@ -709,21 +664,12 @@ class PartialRun:
 def partial_runs(metrics_dir: str | os.PathLike[str]) -> list[PartialRun]:
     """The runs under ``metrics_dir`` whose rows are parts (unsealed), not a file yet."""
     runs = []
-    for entry in sorted(Path(metrics_dir).glob("flow=*/*.parquet")):
-        run = _Run(entry.parent, entry.name.removesuffix(".parquet"))
-        parts = run.linked()
-        if entry.name[0] in "._" or parts is None or (parts / _SEAL).exists():
-            continue
+    for run, parts in _unsealed(sorted(Path(metrics_dir).glob("flow=*/*.parquet"))):
         with contextlib.suppress(FileNotFoundError):  # it finished meanwhile
-            runs.append(
-                PartialRun(
-                    flow=entry.parent.name.removeprefix("flow="),
-                    flow_run_id=run.run_id,
-                    parts=entry,
-                    images=len(_parts_in(parts)),
-                    writing=not _made_here(parts) or _held(run.lock),
-                )
-            )
+            images = len(_parts_in(parts))
+            writing = not _made_here(parts) or _held(run.lock)
+            flow = run.folder.name.removeprefix("flow=")
+            runs.append(PartialRun(flow, run.run_id, run.entry, images, writing))
     return runs
 
 
@@ -755,18 +701,12 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
 def select_run(frame: pd.DataFrame, run: str | None = None) -> tuple[str, pd.DataFrame]:
     """The rows of one run of ``frame`` and its key (the flow run id, else the run name of old
     files): ``run`` (a name or flow run id; the latest of several) or the run started last.
-
-    Raises:
-        SegstyleError: ``frame`` is empty, or no run is ``run`` (naming the latest five).
-    """
+    SegstyleError: ``frame`` is empty, or no run is ``run`` (naming the latest five)."""
     if frame.empty:
         raise SegstyleError("the results hold no rows; run `segstyle run` first")
     key = frame["flow_run_id"].fillna(frame["run_id"]).fillna("(unnamed)").astype(str)
-    order = list(
-        key.loc[
-            frame.sort_values("started_at", na_position="first", kind="stable").index
-        ].drop_duplicates(keep="last")
-    )
+    started = frame.sort_values("started_at", na_position="first", kind="stable")
+    order = list(key[started.index].drop_duplicates(keep="last"))
     chosen = frame if run is None else frame[(frame["run_id"] == run) | (key == run)]
     if chosen.empty:
         names = frame.assign(_key=key).drop_duplicates("_key").set_index("_key")["run_id"]

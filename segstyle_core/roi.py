@@ -1,9 +1,8 @@
-"""Region-of-interest stylization: stylize only a crop around the region the composite paints.
+"""Stylize only a crop around the region the composite paints (the mask in object mode,
+everything outside it in background mode; keep the margin at least the ``feather_px``).
 
-The region is the mask in object mode, everything outside it in background mode; keep the
-margin at least the composite's ``feather_px``. Crop buckets (``bucket_px``, off by default: no
-gain measured on CPUs) let a backend that builds kernels per input shape build them once per
-bucket.
+Crop buckets (``bucket_px``, off by default: no gain measured on CPUs) let a backend that builds
+kernels per input shape build them once per bucket.
 """
 
 from __future__ import annotations
@@ -17,10 +16,8 @@ from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.images import check_mask, check_rgb
 from segstyle_core.stylize.base import ProgressCallback, Stylizer
 
-#: Default context margin: each side of the mask's box grows by 10 % of the box's size.
-DEFAULT_MARGIN_PCT = 0.1
-#: Default crop bucket (0: off).
-DEFAULT_BUCKET_PX = 0
+DEFAULT_MARGIN_PCT = 0.1  # each side of the mask's box grows by 10 % of the box's size
+DEFAULT_BUCKET_PX = 0  # off
 
 
 def _grown_span(hits: np.ndarray, margin_px: int, margin_pct: float, size: int) -> tuple[int, int]:
@@ -37,8 +34,7 @@ def roi_box(
     mode: Mode = "object",
 ) -> tuple[int, int, int, int]:
     """Box ``(x0, y0, x1, y1)`` (ends exclusive) of the painted region of ``mask`` (``H×W
-    bool``), each side grown by ``margin_px + margin_pct * (box width or height)`` pixels
-    (rounded up), clipped to the image."""
+    bool``), each side grown by ``margin_px + margin_pct * (box side)`` (rounded up), clipped."""
     if margin_px < 0 or margin_pct < 0:
         raise ConfigError(f"margin_px={margin_px}, margin_pct={margin_pct}: must be >= 0")
     check_mask(mask, mask.shape[:2])
@@ -66,8 +62,8 @@ def _bucket_span(start: int, stop: int, size: int, bucket: int) -> tuple[int, in
 def bucket_box(
     box: tuple[int, int, int, int], shape: tuple[int, ...], bucket_px: int = DEFAULT_BUCKET_PX
 ) -> tuple[int, int, int, int]:
-    """``box`` (XYXY, ends exclusive) grown to sides that are multiples of ``bucket_px`` (at most
-    the image's, of shape ``H×W(×3)``); ``bucket_px <= 1``: ``box`` unchanged."""
+    """``box`` (XYXY) grown to sides that are multiples of ``bucket_px`` (at most the image's,
+    of shape ``H×W(×3)``); ``bucket_px <= 1``: ``box`` unchanged."""
     if bucket_px <= 1:
         return box
     x0, y0, x1, y1 = box
@@ -87,9 +83,8 @@ def stylize_roi(
     mode: Mode = "object",
     bucket_px: int = DEFAULT_BUCKET_PX,
 ) -> np.ndarray:
-    """Stylize the :func:`bucket_box` of the :func:`roi_box` of ``mask`` (``H×W bool``) in
-    ``content`` (``H×W×3 uint8``) like ``style`` (``h×w×3 uint8``): ``H×W×3 uint8``, the
-    stylized :func:`roi_box` pasted into a copy of ``content``."""
+    """``content`` (``H×W×3 uint8``) with the :func:`roi_box` of ``mask`` (``H×W bool``)
+    stylized like ``style`` (``h×w×3 uint8``; the :func:`bucket_box` stylized, the box pasted)."""
     check_rgb(content, "content image")
     check_mask(mask, content.shape[:2])
     box = roi_box(mask, margin_px, margin_pct, mode)

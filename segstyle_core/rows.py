@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,19 +36,15 @@ def run_columns(
         "flow_run_id": flow_run_id,
         "split": dataset.split,
         "classes": ",".join(sorted(c.lower() for c in dataset.classes)),
-        "segmenter": segmenter.name,
-        "segmenter_variant": segmenter.variant,
-        "segmenter_weights_sha256": segmenter.weights_sha256,
         "mode": mode if stylizer else None,
         "config_sha256": sha256_json(config),
         "started_at": started,
     }
-    if stylizer is not None:
-        columns.update(
-            stylizer=stylizer.name,
-            stylizer_variant=stylizer.variant,
-            stylizer_weights_sha256=stylizer.weights_sha256,
-        )
+    for role, backend in (("segmenter", segmenter), ("stylizer", stylizer)):
+        if backend is not None:
+            columns[role] = backend.name
+            columns[f"{role}_variant"] = backend.variant
+            columns[f"{role}_weights_sha256"] = backend.weights_sha256
     return columns
 
 
@@ -57,20 +54,17 @@ StyleColumns = Callable[[str | None], dict[str, Any]]
 def style_columns(stylizer: StylizerConfig) -> StyleColumns:
     """``class name (None: none) -> {"style_name", "style_sha256"}`` of the style that paints
     that class (:meth:`StylizerConfig.style_for`); each distinct file is hashed once."""
-    hashed: dict[str, dict[str, Any]] = {}
 
-    def columns(class_name: str | None) -> dict[str, Any]:
-        style = stylizer.style_for(class_name)
-        if style not in hashed:
-            hashed[style] = {"style_name": Path(style).stem, "style_sha256": file_sha256(style)}
-        return hashed[style]
+    @functools.cache
+    def columns(style: str) -> dict[str, Any]:
+        return {"style_name": Path(style).stem, "style_sha256": file_sha256(style)}
 
-    return columns
+    return lambda class_name: columns(stylizer.style_for(class_name))
 
 
 def _timing(records: Mapping[str, StageRecord], stage: str) -> dict[str, Any]:
     """``seconds_<stage>`` (summed over the stage's runs, e.g. every style) and ``cached_<stage>``
-    (all were cache hits); empty when the stage did not complete."""
+    (all were hits); empty when the stage did not complete."""
     runs = [r for name, r in records.items() if name == stage or name.startswith(f"{stage}_")]
     if not runs:
         return {}
@@ -103,12 +97,9 @@ def frame_rows(
     published: Mapping[str, str] | None = None,
     style_of: StyleColumns | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of one image: one per scored prompt, or a single row when there is none.
-
-    ``common``: run-wide columns (:func:`run_columns`, plus timestamps); ``records``: stage name
-    -> record of each completed stage; ``error`` (the first failing stage's) makes the rows
-    ``failed``; ``published``: path columns; ``style_of``: :func:`style_columns` (none: no style).
-    """
+    """Rows of one image: one per scored prompt, else one. ``common``: :func:`run_columns` plus
+    timestamps; ``records``: stage name -> record of each completed stage; ``error`` (the first
+    failing stage's) makes the rows ``failed``; ``published``: path columns."""
     base = {
         **common,
         "city": frame.city,

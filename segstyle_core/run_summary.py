@@ -1,9 +1,6 @@
-"""A run's results as the markdown and table rows the flows publish as Prefect artifacts, and
-as the text ``segstyle results`` prints (:func:`run_text`).
-
-Links are URLs of ``segstyle serve`` when a ``base_url`` is given and the file is served
-(:func:`segstyle_core.outputs.output_link`); otherwise file paths as code (no ``file://``).
-"""
+"""A run's results as the Prefect artifacts' markdown and table rows, and as the text of
+``segstyle results`` (:func:`run_text`). Links are ``segstyle serve`` URLs with a ``base_url``
+(:func:`segstyle_core.outputs.output_link`), else file paths as code (no ``file://``)."""
 
 from __future__ import annotations
 
@@ -16,9 +13,9 @@ from typing import Any
 import pandas as pd
 
 from segstyle_core import results
-from segstyle_core.errors import SegstyleError
+from segstyle_core.errors import SegstyleError, one_line
 from segstyle_core.outputs import is_url, output_link
-from segstyle_core.report import CLASS_IOU_LABEL, METRICS, image_mean, number, rank_images
+from segstyle_core.report import CLASS_IOU_LABEL, image_mean, number, rank_images
 from segstyle_core.results import COLUMNS
 
 #: Table artifact column -> results column.
@@ -60,11 +57,6 @@ def _code(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _link(label: str, target: str) -> str:
-    """``[label](url)`` for an http(s) link; the file path as code otherwise (no file://)."""
-    return f"[{_md(label)}]({target})" if is_url(target) else _code(target)
-
-
 def headline_metric(frame: pd.DataFrame) -> str:
     """The score images are ranked by: instance IoU when any ``ok`` row has one, else image
     IoU, else the per-prompt class IoU."""
@@ -78,8 +70,8 @@ def headline_metric(frame: pd.DataFrame) -> str:
 def short_error(text: str) -> str:
     """An error for a table cell: file paths by their name only, at most :data:`ERROR_CHARS`."""
     parts = " ".join(text.split()).split(": ")
-    text = ": ".join(Path(part).name if part.startswith("/") else part for part in parts)
-    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+    named = ": ".join(Path(part).name if part.startswith("/") else part for part in parts)
+    return one_line(named, ERROR_CHARS)
 
 
 def table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -112,6 +104,12 @@ def _target(path: str | Path, out_root: Path | None, base_url: str | None) -> st
     return str(Path(path).resolve())
 
 
+def _link(label: str, path: str | Path, out_root: Path | None, base_url: str | None) -> str:
+    """``[label](url)`` for a served ``path``; the file path as code otherwise (no file://)."""
+    target = _target(path, out_root, base_url)
+    return f"[{_md(label)}]({target})" if is_url(target) else _code(target)
+
+
 def _thumbnail(image_id: str, row: pd.Series, out_root: Path | None, base_url: str | None) -> str:
     """A clickable markdown image of the image's panel (else composite), or its file path."""
     for column in ("panel_path", "composite_path"):
@@ -134,11 +132,10 @@ def summary_markdown(
     report: str | Path | None = None,
     base_url: str | None = None,
     link_hint: str | None = None,
-    thumbnails: int = THUMBNAILS,
 ) -> str:
     """The run summary: headline scores (image IoU over images, instance IoU over prompts),
-    counts, links, the worst ``thumbnails`` images by :func:`headline_metric` (clickable images
-    when served, else file paths plus the ``link_hint`` line), failures."""
+    counts, links, the :data:`THUMBNAILS` worst images by :func:`headline_metric` (clickable
+    images when served, else file paths plus the ``link_hint`` line), failures."""
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *COLUMNS])))
     images = frame["image_id"].nunique()
     ok = frame[frame["status"].eq("ok")]
@@ -149,9 +146,6 @@ def summary_markdown(
     instance_label, instance_means = LABELS["iou_instance"]
     class_label, class_means = LABELS["iou"]
     root = Path(out_root) if out_root is not None else None
-
-    def link(label: str, path: str | Path) -> str:
-        return _link(label, _target(path, root, base_url))
 
     lines = [
         f"# {_md(title)}",
@@ -167,16 +161,15 @@ def summary_markdown(
         "an image holds several instances, since each prompt covers one of them)",
     ]
     if report is not None:
-        lines.append(f"- report: {link('report.html', report)}")
-    lines.append(f"- results: {link(Path(parquet_path).name, parquet_path)}")
+        lines.append(f"- report: {_link('report.html', report, root, base_url)}")
+    lines.append(f"- results: {_link(Path(parquet_path).name, parquet_path, root, base_url)}")
     if link_hint:
         lines.append(f"- {_md(link_hint)}")
 
     metric = headline_metric(frame)
-    ranked = rank_images(frame, metric) if metric in METRICS else pd.DataFrame()
-    if thumbnails and not ranked.empty:
+    worst = rank_images(frame, metric).head(THUMBNAILS)
+    if not worst.empty:
         label = LABELS[metric][0]
-        worst = ranked.head(thumbnails)
         per_image = ok.drop_duplicates("image_id").set_index("image_id")
         lines += [
             "",
@@ -219,7 +212,7 @@ def outputs_markdown(frame: pd.DataFrame, out_root: str | Path, base_url: str | 
         present = {n: p for n, p in paths.items() if isinstance(p, str) and p}
         if linked:
             cells = [
-                _link(n, _target(present[n], Path(out_root), base_url)) if n in present else "—"
+                _link(n, present[n], Path(out_root), base_url) if n in present else "—"
                 for n in names
             ]
         else:
@@ -240,9 +233,9 @@ def report_markdown(report: Path, out_root: Path, run_name: str, base_url: str |
 
 
 def run_text(metrics_dir: str | Path, run: str | None = None) -> str:
-    """One run (a name or flow run id, the latest of that name; ``None``: the latest run) of
-    the Parquet folder ``metrics_dir`` as text: its name, whether it is partial,
-    :func:`~segstyle_core.results.summarize`'s table, its failed images.
+    """One run of the Parquet folder ``metrics_dir`` (:func:`~segstyle_core.results.select_run`)
+    as text: its name, whether it is partial, :func:`~segstyle_core.results.summarize`'s table,
+    its failed images.
 
     Raises:
         SegstyleError: no readable results, or no run ``run`` (naming the folder).

@@ -1,21 +1,17 @@
 """Content-addressed, verified stage results on disk, and the :class:`Stage` that computes one.
 
-A result lives in ``<cache_dir>/<stage>/<key[:2]>/<key>/``: its output files and a JSON
-``record.json`` written last (atomically), naming each file relative to the cache folder with
-its SHA-256 and size. The key (:meth:`Stage.key`) is the SHA-256 of the stage name and
-version, the source of the modules that compute it, and every argument.
+A result lives in ``<cache_dir>/<stage>/<key[:2]>/<key>/``: its output files and ``record.json``
+(written last, atomically) naming each file relative to ``cache_dir`` with its SHA-256 and size.
+The key (:meth:`Stage.key`) is the SHA-256 of the stage name and version, the source of the
+modules that compute it, and every argument.
 
-A cache folder may be shared, copied in or edited, so a record is used only when it parses
-strictly as its stage's record type, names its own key and holds no per-run facts; the folders
-from ``cache_dir`` down to it are real folders; and every output resolves inside its own folder
-and is a regular file (or a folder of them) of the recorded size and SHA-256, read no further.
-Otherwise it is a miss, logged in one line naming the rule, and computed again into real
-folders (links or files in the way removed first) by one process of a machine at a time (a
-``flock`` on ``<key>.lock``). Across machines nothing relies on that lock: every file is written
-under a temporary name naming its writer (host, pid) and renamed into place, and a hidden file
-is removed only when its writer was a process of this host that is gone, or once it is
-:data:`LEFTOVER_AGE_S` old. Nothing outside ``cache_dir`` is read or written; a cache that cannot
-be written when a result must be computed again is a :class:`~segstyle_core.errors.StorageError`.
+A record is used only when it parses strictly as its stage's record type, names its own key and
+holds no per-run facts, the folders down to it are real folders, and every output resolves
+inside its folder and is a regular file (or folder of them) of the recorded size and SHA-256.
+Otherwise it is a miss, logged in one line naming the rule, and computed again by one process
+of a machine at a time (a ``flock`` on ``<key>.lock``); every file is written under a temporary
+name naming its writer and renamed into place. Nothing outside ``cache_dir`` is read or
+written; an unwritable cache that must be written is a :class:`~segstyle_core.errors.StorageError`.
 """
 
 from __future__ import annotations
@@ -50,7 +46,6 @@ from segstyle_core.fileio import (
     write_json_atomic,
 )
 
-#: Modules every stage's result depends on (how images are read and written).
 SHARED_CODE = ("segstyle_core.images",)
 
 RECORD = "record.json"
@@ -63,9 +58,7 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class StageRecord:
-    """What a stage leaves behind: its output files and the facts later stages need (stages
-    subclass it with typed fields). Stored records parse strictly: a wrong type or an unknown
-    field is a cache miss."""
+    """A stage's output files and the facts later stages need (subclasses add typed fields)."""
 
     __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid", strict=True)
 
@@ -78,13 +71,11 @@ class StageRecord:
     cached: bool = False
 
     def path(self, name: str) -> str:
-        """Absolute path of output ``name``."""
         return str(Path(self.cache_root) / self.outputs[name])
 
 
-#: Fields of :class:`StageRecord` that describe one run's use of a record, never stored.
 _PER_RUN = ("cache_root", "seconds", "cached")
-#: Fields a later stage's key leaves out (it keys the outputs' contents, not where they lie).
+#: Fields a later stage's key leaves out (it keys the outputs' contents, not where they lie)
 _NOT_KEYED = ("outputs", "sha256", "sizes", "cache_key", *_PER_RUN)
 
 R = TypeVar("R", bound=StageRecord)
@@ -124,24 +115,12 @@ def files_key(value: Any) -> Any:
 
 
 def key_value(value: Any) -> Any:
-    """The JSON form of a stage input in its key: a record by its outputs' SHA-256 and facts
-    (never where its files lie), a model by its JSON, a dataclass, mapping or sequence by its
-    items. A path is only a string here (declare it in ``files`` for its content to count).
-
-    Raises:
-        TypeError: a value with no JSON form (declare a ``keys`` function for it).
-    """
+    """The JSON form of a stage input in its key: a record by its outputs' SHA-256 and facts, a
+    model by its JSON, a dataclass, mapping or sequence by its items (else TypeError)."""
     if isinstance(value, StageRecord):
-        facts = {
-            f.name: key_value(getattr(value, f.name))
-            for f in dataclasses.fields(value)
-            if f.name not in _NOT_KEYED
-        }
-        contents = {
-            name: value.sha256.get(name) or content_sha256(value.path(name))
-            for name in value.outputs
-        }
-        return {"outputs": contents, **facts}
+        kept = [f.name for f in dataclasses.fields(value) if f.name not in _NOT_KEYED]
+        contents = {n: value.sha256.get(n) or content_sha256(value.path(n)) for n in value.outputs}
+        return {"outputs": contents, **key_value({name: getattr(value, name) for name in kept})}
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -156,26 +135,23 @@ def key_value(value: Any) -> Any:
 
 
 def backend_key(config: BackendConfig, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The key of a model backend: its identity and the ``settings`` that change its output
-    (never where it runs or where its weights lie)."""
+    """The key of a model backend: its identity and the ``settings`` that change its output."""
     return {"identity": dataclasses.asdict(config.identity()), "settings": dict(settings)}
 
 
 def stage_dir(cache_dir: str | os.PathLike[str], stage: str, key: str) -> Path:
-    """Directory of one stage result."""
     return Path(cache_dir) / stage / key[:2] / key
 
 
 def cache_of(directory: Path) -> Path:
-    """The cache folder that holds the stage directory ``directory`` (see :func:`stage_dir`)."""
+    """The ``cache_dir`` of a :func:`stage_dir`."""
     return directory.parents[2]
 
 
 class _Broken(Exception):
-    """A stored record breaks a rule of the module docstring; the message says which."""
+    """A stored record breaks a rule of the module docstring (the message says which)."""
 
 
-#: ``open`` flags for a cache file: never through a symbolic link, never waiting on a FIFO.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 _CHUNK = 1 << 20
 #: SHA-256 of the files hashed in this process, by (device, inode, size, mtime, ctime).
@@ -184,14 +160,10 @@ _digests: dict[tuple[int, ...], str] = {}
 
 @contextlib.contextmanager
 def _open_regular(path: Path, most: int | None) -> Iterator[tuple[Iterator[bytes], os.stat_result]]:
-    """The bytes of ``path`` in chunks, and its status, when it is a regular file (not a link)
-    of at most ``most`` bytes (``None``: any size); else :class:`_Broken`, also when it shrinks
-    or grows while being read."""
-    mode = os.lstat(path).st_mode
-    if stat.S_ISLNK(mode):
-        raise _Broken(f"{path} is a symbolic link")
-    if not stat.S_ISREG(mode):
-        raise _Broken(f"{path} is not a regular file")
+    """The bytes of ``path`` in chunks and its status when it is a regular file (not a link) of
+    at most ``most`` bytes (``None``: any); else, or when its size changes, :class:`_Broken`."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise _Broken(f"{path} is not a regular file (a link, a folder, a FIFO ...)")
     # O_NOFOLLOW and fstat: a link or FIFO swapped in since the lstat is refused too
     with open(os.open(path, _READ_FLAGS), "rb") as handle:
         info = os.fstat(handle.fileno())
@@ -215,8 +187,7 @@ def _open_regular(path: Path, most: int | None) -> Iterator[tuple[Iterator[bytes
 
 
 def _file_digest(path: Path, most: int | None) -> tuple[str, int]:
-    """SHA-256 and size of the regular file ``path`` of at most ``most`` bytes; a file hashed
-    before and unchanged since is not read again."""
+    """SHA-256 and size of the regular file ``path`` (read once while unchanged)."""
     with _open_regular(path, most) as (chunks, info):
         identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         if identity not in _digests:
@@ -228,9 +199,8 @@ def _file_digest(path: Path, most: int | None) -> tuple[str, int]:
 
 
 def _stored_content(path: Path, most: int | None) -> tuple[str, int]:
-    """:func:`content_sha256` and size in bytes of an output, a regular file or a real folder
-    of them, reading no more than ``most`` bytes in all (``None``: no limit); a link or special
-    file anywhere in it is :class:`_Broken`."""
+    """:func:`content_sha256` and size of an output, a regular file or a real folder of them,
+    reading at most ``most`` bytes; a link or special file in it is :class:`_Broken`."""
     if not stat.S_ISDIR(os.lstat(path).st_mode):
         return _file_digest(path, most)
     files: dict[str, str] = {}
@@ -245,7 +215,7 @@ def _stored_content(path: Path, most: int | None) -> tuple[str, int]:
 
 
 def _entries(folder: Path) -> Iterator[os.DirEntry[str]]:
-    """Every entry under ``folder``, never descending through a symbolic link."""
+    """Every entry under ``folder``, not descending through links."""
     folders = [folder]
     while folders:
         with os.scandir(folders.pop()) as entries:
@@ -265,23 +235,21 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _folders(cache_dir: Path, directory: Path) -> Iterator[Path]:
-    """``<stage>``, ``<stage>/<xx>`` and ``<stage>/<xx>/<key>`` of ``cache_dir``."""
+    """``<stage>``, ``<stage>/<xx>`` and ``<stage>/<xx>/<key>``."""
     parts = directory.relative_to(cache_dir).parts
     return (cache_dir.joinpath(*parts[: depth + 1]) for depth in range(len(parts)))
 
 
 def _not_a_folder(path: Path) -> bool:
-    """Whether ``path`` exists as something other than a real folder (a link, a file, ...)."""
     return os.path.lexists(path) and not stat.S_ISDIR(os.lstat(path).st_mode)
 
 
-#: The strict JSON parser of each record type, built once.
 _parsers: dict[type[Any], TypeAdapter[Any]] = {}
 
 
 def load_record(cache_dir: Path, directory: Path, record_type: type[R]) -> R | None:
-    """The record in the stage directory ``directory`` of ``cache_dir`` when it keeps every
-    rule of the module docstring, else ``None`` (a broken one logged in one line)."""
+    """The record in ``directory`` when it keeps every rule of the module docstring, else
+    ``None`` (a broken one logged in one line)."""
     try:
         return _verified(cache_dir, directory, record_type)
     except _Broken as broken:
@@ -330,9 +298,8 @@ def _verified(cache_dir: Path, directory: Path, record_type: type[R]) -> R | Non
 
 @dataclass(frozen=True, eq=False)
 class Stage(Generic[P, R]):
-    """One cached step of the pipeline (declared with :func:`stage`): ``compute(out, *args)``
-    writes its files into the fresh folder ``out`` and returns its record (absolute paths);
-    all its arguments make up its key, and the cache folder is the runner's."""
+    """One cached step (declared with :func:`stage`): ``compute(out, *args)`` writes its files
+    into the fresh folder ``out`` and returns its record (absolute paths)."""
 
     name: str
     compute: Callable[Concatenate[Path, P], R]
@@ -345,14 +312,12 @@ class Stage(Generic[P, R]):
 
     @property
     def signature(self) -> inspect.Signature:
-        """The stage's parameters: the compute function's, without ``out``."""
         parameters = list(inspect.signature(self.compute).parameters.values())[1:]
         return inspect.Signature(parameters, return_annotation=self.record_type)
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """The cache key of these arguments (module docstring): declared ``files`` by content,
-        an earlier stage's record by its outputs' contents and facts, anything else by its JSON
-        (or the stage's ``keys`` function of it)."""
+        """The cache key of these arguments: ``files`` by content, others by the stage's ``keys``
+        function of them or else :func:`key_value`."""
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         inputs = {
@@ -380,9 +345,8 @@ class Stage(Generic[P, R]):
         return self.run_in(lambda device: contextlib.nullcontext(), cache_dir, *args, **kwargs)
 
     def run_in(self, slot: DeviceSlot, cache_dir: Path, *args: P.args, **kwargs: P.kwargs) -> R:
-        """The verified record of this stage for these arguments in ``cache_dir``, from the
-        cache or computed now, a heavy stage inside ``slot(device)`` (a hit takes no slot);
-        ``seconds`` is the time spent in this call."""
+        """The verified record for these arguments in ``cache_dir``, from the cache or computed
+        now (a heavy stage inside ``slot(device)``); ``seconds``: the time of this call."""
         start = time.perf_counter()
         cache, key = Path(cache_dir), self.key(*args, **kwargs)
         directory = stage_dir(cache, self.name, key)
@@ -393,7 +357,7 @@ class Stage(Generic[P, R]):
             with _only_writer(cache, directory):
                 if _stamp(directory / RECORD) != seen:  # a run sharing the cache stored it
                     record = load_record(cache, directory, self.record_type)
-                    cached = record is not None
+                cached = record is not None
                 if record is None:
                     _clear_leftovers(cache, directory)
                     device = self.device(*args, **kwargs)
@@ -407,7 +371,7 @@ class Stage(Generic[P, R]):
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
-    """``(inode, modification ns)`` of ``path`` (not followed), or ``None`` when it is missing."""
+    """``(inode, mtime ns)`` of ``path`` (not followed), or ``None``."""
     try:
         info = os.lstat(path)
     except OSError:
@@ -416,7 +380,6 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 
 def _storage_error(cache_dir: Path, exc: OSError) -> StorageError:
-    """The one-line error of a cache folder that cannot be written."""
     reason = (exc.strerror or str(exc)).lower()
     return StorageError(
         f"{cache_dir}: cannot write to this cache folder ({reason}) and a result in it must be "
@@ -430,13 +393,8 @@ def _storage_error(cache_dir: Path, exc: OSError) -> StorageError:
 def _only_writer(cache_dir: Path, directory: Path) -> Iterator[None]:
     """Make ``directory`` a real folder (a link or file in the way is replaced, its target left
     alone) and hold an exclusive ``flock`` on ``<key>.lock`` beside it for the block, so that a
-    run computing the same result on this machine waits (saying so), then finds its record.
-    Correctness never depends on it (other machines, file systems that refuse locks); the
-    kernel drops a killed holder's lock.
-
-    Raises:
-        StorageError: the cache folder cannot be written (one line naming it and the fix).
-    """
+    run computing the same result on this machine waits (saying so), then finds its record
+    (StorageError: the cache cannot be written)."""
     import fcntl  # POSIX, as every cache writer
 
     lock = directory.with_name(f"{directory.name}.lock")
@@ -468,14 +426,10 @@ def _only_writer(cache_dir: Path, directory: Path) -> Iterator[None]:
 
 
 def _clear_leftovers(cache_dir: Path, directory: Path) -> None:
-    """Ready ``directory`` to compute into: remove links, special files, a folder in place of
-    the record and a dead writer's hidden files: by a process of this host that is gone
-    (:func:`~segstyle_core.fileio.dead_writer_here`), or older than :data:`LEFTOVER_AGE_S` (a
-    live writer's temporary file lives for one file's write; another machine's is kept).
-
-    Raises:
-        StorageError: the cache folder cannot be written (one line naming it and the fix).
-    """
+    """Remove links, special files, a folder in place of the record and a dead writer's hidden
+    files from ``directory``: of a gone process of this host
+    (:func:`~segstyle_core.fileio.dead_writer_here`), or older than :data:`LEFTOVER_AGE_S`
+    (StorageError: the cache cannot be written)."""
     try:
         if (directory / RECORD).is_dir() and not (directory / RECORD).is_symlink():
             shutil.rmtree(directory / RECORD)
@@ -497,30 +451,20 @@ def _clear_leftovers(cache_dir: Path, directory: Path) -> None:
 
 def _store_in(record: R, cache_dir: Path, directory: Path, key: str) -> R:
     """Make ``record``'s output paths relative to ``cache_dir``, hash and size them, and write
-    the record.
-
-    Raises:
-        ValueError: an output outside ``directory``, a link or special file (a stage's bug).
-    """
-    own = directory.resolve()
-    contents: dict[str, tuple[str, int]] = {}
+    the record (ValueError: an output outside ``directory``, a link or special file)."""
+    own, root = directory.resolve(), cache_dir.resolve()
+    outputs: dict[str, str] = {}
+    sha256: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     for name, path in record.outputs.items():
         if not _inside(Path(path), own):
             raise ValueError(f"stage output {name!r} ({path}) is outside its folder {directory}")
         try:
-            contents[name] = _stored_content(Path(path), None)
+            sha256[name], sizes[name] = _stored_content(Path(path), None)
         except _Broken as broken:
             raise ValueError(f"stage output {name!r}: {broken}") from None
-    stored = dataclasses.replace(
-        record,
-        outputs={
-            name: os.path.relpath(Path(path).resolve(), cache_dir.resolve())
-            for name, path in record.outputs.items()
-        },
-        sha256={name: digest for name, (digest, _) in contents.items()},
-        sizes={name: size for name, (_, size) in contents.items()},
-        cache_key=key,
-    )
+        outputs[name] = os.path.relpath(Path(path).resolve(), root)
+    stored = dataclasses.replace(record, outputs=outputs, sha256=sha256, sizes=sizes, cache_key=key)
     document = {k: v for k, v in dataclasses.asdict(stored).items() if k not in _PER_RUN}
     write_json_atomic(directory / RECORD, document)
     return stored
@@ -535,20 +479,11 @@ def stage(
     heavy: bool = False,
     version: int = 1,
 ) -> Callable[[Callable[Concatenate[Path, P], R]], Stage[P, R]]:
-    """Declare a compute function as the stage ``name`` (see :class:`Stage`).
-
-    Args:
-        files: parameters naming input files (a path, a list of paths, or ``None``): their
-            content is in the key, not their path.
-        keys: parameter -> the part of its value that changes the output (e.g. a backend's
-            identity and settings, not its device); others count whole (:func:`key_value`).
-        code: modules (or packages) besides the compute function's own whose source is keyed.
-        heavy: a model stage: computes inside the slot of its backend configuration's device.
-        version: bump when the output format changes in a way the code hash would not show.
-
-    Raises:
-        TypeError: ``files`` or ``keys`` name a parameter the compute function lacks.
-    """
+    """Declare a compute function as the stage ``name`` (TypeError: ``files`` or ``keys`` name
+    a parameter it lacks): ``files`` name input files (a path, list of paths or ``None``) keyed
+    by content; ``keys`` map a parameter to the part of its value that changes the output;
+    ``code`` names other modules (or packages) whose source is keyed; a ``heavy`` stage computes
+    in its backend's device slot; bump ``version`` for a format change the code hash misses."""
 
     def declare(compute: Callable[Concatenate[Path, P], R]) -> Stage[P, R]:
         parameters = list(inspect.signature(compute).parameters)[1:]

@@ -82,7 +82,8 @@ def test_table_rounds_and_puts_image_status_error_first(tmp_path: Path) -> None:
     assert all(list(r) == list(TABLE_COLUMNS) for r in records)
     # The failed image comes first, its error cut to one short line.
     assert records[0]["status"] == "failed" and records[0]["image_id"] == "zurich_000006_000019"
-    assert len(records[0]["error"]) == ERROR_CHARS and records[0]["error"].endswith("…")
+    error = records[0]["error"]
+    assert len(error) <= ERROR_CHARS and error.endswith(("very…", "long…"))  # cut at a word
     assert records[0]["prompt"] is None and records[0]["instance_iou"] is None
     ok = records[1:]
     assert [r["image_id"] for r in ok] == sorted(r["image_id"] for r in ok)

@@ -28,9 +28,8 @@ def composite(
     layers: tuple[PaintLayer, ...],
     settings: CompositeConfig,
 ) -> CompositeRecord:
-    """Write ``composite.png`` (``image``'s size, ``H×W×3`` RGB): each layer's painting
-    (``stylized[layer.style]``, resized back) kept inside or outside the union of its masks
-    (indices into ``masks``' ``N×H×W`` output: the segment or metrics stage's), in order."""
+    """Write ``composite.png`` (``image``'s size, ``H×W×3`` RGB): each layer's painting kept
+    inside or outside the union of its masks (indices into ``masks``' output), in order."""
     original = read_rgb(image)
     predictions = load_masks(masks.path("masks"))
     paintings = [read_rgb(record.path("stylized")) for record in stylized]

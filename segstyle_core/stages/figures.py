@@ -34,9 +34,8 @@ def figures(
     stylized: StylizeRecord | None = None,
     painted: CompositeRecord | None = None,
 ) -> FiguresRecord:
-    """Write ``panel.png``. The "predicted mask" tile and the caption's scores are for the mask
-    the run uses (``scores``'s), against the class ground truth; automatic mode adds every
-    automatic mask."""
+    """Write ``panel.png``; its mask tile and scores are of the used mask (``scores``'s) against
+    the class GT; automatic mode adds every automatic mask."""
     class_mask = read_mask(gt.path("gt_mask"))
     union = read_mask(scores.path("mask"))
     image_scores = score_masks(union, class_mask)

@@ -3,7 +3,6 @@ prompts, also its regions (instances, or components of stuff classes) for the me
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,34 +44,28 @@ class GtRecord(StageRecord):
         index = read_label_map(self.path("regions"))
         return [
             Instance(
-                int(row["instance_id"]),
-                str(row["class"]),
-                index == position + 1,
-                (int(row["box"][0]), int(row["box"][1]), int(row["box"][2]), int(row["box"][3])),
-                int(row["area"]),
-                row.get("kind", "instance"),
+                row["instance_id"],
+                row["class"],
+                index == k + 1,
+                tuple(row["box"]),
+                row["area"],
+                row["kind"],
             )
-            for position, row in enumerate(table)
+            for k, row in enumerate(table)
         ]
-
-
-def _needs_regions(prompts: PromptConfig) -> bool:
-    """GT prompts and automatic-mode scores refer to GT regions (a prompts file needs none, so
-    then no instanceIds PNG is read)."""
-    return prompts.source in PROMPT_SOURCES
 
 
 def frame_key(frame: cityscapes.Frame) -> dict[str, Any]:
     """A frame in a stage key: its image id and the content of each of its files."""
-    paths = {f.name: getattr(frame, f.name) for f in dataclasses.fields(frame)}
-    files = {name: files_key(path) for name, path in paths.items() if isinstance(path, Path)}
+    files = {name: files_key(path) for name, path in vars(frame).items() if isinstance(path, Path)}
     return {"image_id": frame.image_id, "files": files}
 
 
 def _prompts_key(prompts: PromptConfig) -> dict[str, Any]:
     """The prompt settings, and the content of a prompts file."""
     settings = prompts.model_dump(mode="json")
-    return {**settings, "file": None if _needs_regions(prompts) else files_key(prompts.source)}
+    file = None if prompts.source in PROMPT_SOURCES else files_key(prompts.source)
+    return {**settings, "file": file}
 
 
 @stage(
@@ -89,8 +82,8 @@ def binarize_gt(
     seed: int = 0,
 ) -> GtRecord:
     """Write the binarized GT mask (``H×W`` PNG) and the region table (and map); derive the
-    prompts (the box jitter's seed derives from ``seed`` and the image id)."""
-    regions = _needs_regions(prompts)
+    prompts (box jitter seeded by ``seed`` and the image id)."""
+    regions = prompts.source in PROMPT_SOURCES  # a prompts file reads no instanceIds PNG
     image = read_rgb(frame.image_path)
     truth = cityscapes.load_gt(
         frame, list(classes), gt_source, image, regions=regions, min_area=prompts.min_area

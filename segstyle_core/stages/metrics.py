@@ -1,7 +1,4 @@
-"""Stage ``metrics``: score one image's masks against its ground truth (the ``gt`` stage's, no
-dataset file); write the used mask: the union of the prompt masks, or in automatic mode of each
-GT instance's best-matching automatic mask (every automatic mask would paint the whole frame).
-"""
+"""Stage ``metrics``: score one image's masks against the ``gt`` stage's ground truth."""
 
 from __future__ import annotations
 
@@ -22,9 +19,9 @@ from segstyle_core.stages.segment import SegmentRecord
 
 @dataclass(frozen=True, kw_only=True)
 class MetricsRecord(StageRecord):
-    """Outputs ``mask`` (the used mask, PNG) and ``masks`` (the used masks, one per score);
-    ``scores``: per prompt, the ``prompt`` dict, its result columns (:func:`prompt_scores`),
-    ``image_iou``/``image_dice`` of the used mask and its own mask as COCO RLE (``mask_rle``)."""
+    """Outputs ``mask`` (the union of the used masks, PNG) and ``masks`` (one per score);
+    ``scores``: per prompt, the ``prompt`` dict, its :func:`prompt_scores` columns, the used
+    mask's ``image_iou``/``image_dice`` and its own mask as COCO RLE (``mask_rle``)."""
 
     scores: list[dict[str, Any]]
 
@@ -35,7 +32,8 @@ class MetricsRecord(StageRecord):
     version=2,
 )
 def score_frame(out: Path, gt: GtRecord, masks: SegmentRecord, automatic: bool) -> MetricsRecord:
-    """Score every prompt's mask (every GT instance's best automatic mask) against the GT."""
+    """Score every prompt's mask (automatic: every GT instance's best-matching automatic mask,
+    not all, which would paint the whole frame) against the GT."""
     class_mask = read_mask(gt.path("gt_mask"))
     instances = gt.regions()
     predictions = load_masks(masks.path("masks"))

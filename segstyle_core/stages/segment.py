@@ -16,14 +16,13 @@ from segstyle_core.stagecache import StageRecord, backend_key, cache_of, stage
 
 @dataclass(frozen=True, kw_only=True)
 class SegmentRecord(StageRecord):
-    """Outputs ``masks`` (``masks.npz``, see :func:`segstyle_core.masks.save_masks`) and
-    ``mask`` (their union as PNG); ``count`` masks."""
+    """Outputs ``masks`` (:func:`segstyle_core.masks.save_masks`) and ``mask`` (their union,
+    PNG)."""
 
     count: int
 
 
 def segmenter_key(segmenter: SegmenterConfig) -> dict[str, Any]:
-    """What of a segmenter changes its masks: its identity and settings (not device or weights)."""
     exclude = {"device", "weights_dir", "checkpoint"}
     return backend_key(segmenter, segmenter.model_dump(mode="json", exclude=exclude))
 
@@ -42,9 +41,8 @@ def segment(
     automatic: bool,
     segmenter: SegmenterConfig,
 ) -> SegmentRecord:
-    """Segment ``image``: one mask per prompt (each :meth:`Prompt.as_dict`), or every automatic
-    mask when ``automatic`` (their scores: the generator's ``predicted_iou``). SAM's image
-    embeddings are cached beside the stage results (``<cache>/embeddings``)."""
+    """Segment ``image``: one mask per prompt (:meth:`Prompt.as_dict`), or every automatic mask
+    (scored by ``predicted_iou``); SAM's image embeddings are cached in ``<cache>/embeddings``."""
     pixels = read_rgb(image)
     model = segmenter.build(embedding_cache_dir=str(cache_of(out) / "embeddings"))
     what = f"{image}: segmenting {pixels.shape[1]}x{pixels.shape[0]} ({len(prompts)} prompts)"

@@ -20,12 +20,10 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class StylizeRecord(StageRecord):
-    """Output ``stylized``: the painted image (PNG), full size with an ROI, else the
-    stylizer's working size."""
+    """Output ``stylized``: the painted image (PNG; full size with an ROI, else working size)."""
 
 
 def stylizer_key(stylizer: StylizerConfig) -> dict[str, Any]:
-    """What of a stylizer changes its painting: its identity and settings (not the style file)."""
     return backend_key(stylizer, stylizer.settings())
 
 
@@ -46,11 +44,9 @@ def stylize(
     roi_mode: Mode = "object",
     roi_masks: tuple[int, ...] | None = None,
 ) -> StylizeRecord:
-    """Paint ``image`` in the style of the image ``style``; write ``stylized.png``: the whole
-    frame, or with ``roi`` (a record with per-prompt ``masks``) and ``roi_margin_px`` only the
-    box of the region painted in this style plus that margin (the union of the masks
-    ``roi_masks`` indexes, none: all; in background ``roi_mode`` everything outside it), full
-    size (:mod:`segstyle_core.roi`)."""
+    """Write ``stylized.png``: ``image`` painted like ``style``, the whole frame, or with ``roi``
+    (a record with per-prompt ``masks``) and ``roi_margin_px`` the box of the union of its
+    ``roi_masks`` (none: all) plus that margin, full size (:mod:`segstyle_core.roi`)."""
 
     def report(progress: Progress) -> None:
         if progress.step in (1, progress.total) or progress.step % 25 == 0:

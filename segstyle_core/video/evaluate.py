@@ -27,9 +27,7 @@ def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 def gt_track(
-    frames: Sequence[cityscapes.Frame],
-    box: tuple[float, float, float, float],
-    classes: Iterable[str] = INSTANCE_CLASSES,
+    frames: Sequence[cityscapes.Frame], box: tuple[float, float, float, float]
 ) -> list[np.ndarray]:
     """The boxed object's ``H×W bool`` GT mask on every frame (empty from when it is gone).
 
@@ -37,10 +35,9 @@ def gt_track(
     instance whose box best overlaps ``box`` (XYXY on ``frames[0]``), then on each frame the one
     that best overlaps the previous GT mask. InputError: a missing or unreadable instanceIds PNG.
     """
-    classes = tuple(classes)
     masks: list[np.ndarray] = []
     for frame in frames:
-        instances = cityscapes.load_instances(frame, classes)
+        instances = cityscapes.load_instances(frame, INSTANCE_CLASSES)
         if not masks:
             overlap = [_box_iou(inst.box, box) for inst in instances]
         elif masks[-1].any():

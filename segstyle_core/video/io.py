@@ -1,20 +1,15 @@
 """Streamed video I/O of ``H×W×3 uint8 RGB`` frames: container files (by suffix, MP4 ...) with
 PyAV, and frame folders (PNG files in sorted-name order, e.g. one Cityscapes sequence) whose
 frame rate lives in a ``video.json`` sidecar (``{"fps": 17.0}``; default :data:`DEFAULT_FPS`).
-
-MP4 output is H.264 (``libx264``, constant quality ``crf``) in ``yuv420p``, which every player
-reads; a size with an odd side cannot be 4:2:0-subsampled and is written ``yuv444p``.
-"""
+Video files are H.264 at :data:`CRF` in ``yuv420p`` (``yuv444p`` for a side of odd length)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Final
@@ -30,20 +25,10 @@ from segstyle_core.images import check_rgb, read_rgb, write_png
 DEFAULT_FPS = 17.0
 SIDECAR = "video.json"
 CONTAINER_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
-#: ``crf``: 0 lossless .. 51 worst; 18 is about visually lossless.
 CODEC: Final = "libx264"
-DEFAULT_CRF = 18
+#: Constant quality: 0 lossless .. 51 worst; 18 is about visually lossless.
+CRF: Final = 18
 _FRAME_NAME = re.compile(r"frame_(\d+)")
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """A video's ``fps``, frame size in pixels and ``frame_count`` (``None``: not in the header)."""
-
-    fps: float
-    width: int
-    height: int
-    frame_count: int | None
 
 
 def is_container(path: str | os.PathLike[str]) -> bool:
@@ -78,23 +63,6 @@ def frame_files(folder: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-def folder_fps(folder: str | os.PathLike[str]) -> float:
-    """The frame rate in a frame folder's ``video.json``, else :data:`DEFAULT_FPS` (InputError:
-    the sidecar holds no positive ``fps`` number)."""
-    sidecar = Path(folder) / SIDECAR
-    if not sidecar.is_file():
-        return DEFAULT_FPS
-    try:
-        fps = json.loads(sidecar.read_text())["fps"]
-        if not isinstance(fps, int | float) or fps <= 0:
-            raise ValueError(f"fps={fps!r}")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(
-            f'{sidecar}: unreadable ({exc}); write {{"fps": 17.0}} into it or delete it'
-        ) from None
-    return float(fps)
-
-
 def _open_input(path: Path) -> Any:
     if not path.is_file():
         raise InputError(f"{path}: no such video file; check the path")
@@ -108,24 +76,28 @@ def _open_input(path: Path) -> Any:
     return container
 
 
-def probe(path: str | os.PathLike[str]) -> VideoInfo:
-    """Frame rate, size (a folder's: its first frame's) and frame count, without decoding all
-    (InputError: missing or unreadable file or folder)."""
+def video_fps(path: str | os.PathLike[str]) -> float:
+    """The frame rate in a video file's header or a frame folder's ``video.json``, else
+    :data:`DEFAULT_FPS` (InputError: an unreadable file, or a sidecar without a positive ``fps``
+    number)."""
     path = Path(path)
-    if not is_container(path):
-        files = frame_files(path)
-        height, width = read_rgb(files[0]).shape[:2]
-        return VideoInfo(folder_fps(path), width, height, len(files))
-    container = _open_input(path)
-    with container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        return VideoInfo(
-            fps=float(rate) if rate else DEFAULT_FPS,
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
-            frame_count=stream.frames or None,
-        )
+    if is_container(path):
+        with _open_input(path) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            return float(rate) if rate else DEFAULT_FPS
+    sidecar = path / SIDECAR
+    if not sidecar.is_file():
+        return DEFAULT_FPS
+    try:
+        fps = json.loads(sidecar.read_text())["fps"]
+        if not isinstance(fps, int | float) or fps <= 0:
+            raise ValueError(f"fps={fps!r}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f'{sidecar}: unreadable ({exc}); write {{"fps": 17.0}} into it or delete it'
+        ) from None
+    return float(fps)
 
 
 def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
@@ -136,8 +108,7 @@ def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
         for file in frame_files(path):
             yield read_rgb(file)
         return
-    container = _open_input(path)
-    with container:
+    with _open_input(path) as container:
         try:
             for frame in container.decode(video=0):
                 yield frame.to_ndarray(format="rgb24")
@@ -161,11 +132,11 @@ def _checked(frames: Iterable[np.ndarray], name: Path) -> Iterator[np.ndarray]:
         raise InputError(f"{name}: no frames to write; the input video is empty")
 
 
-def _encode(target: Path, frames: Iterable[np.ndarray], fps: float, crf: int, name: Path) -> None:
+def _encode(target: Path, frames: Iterable[np.ndarray], fps: float, name: Path) -> None:
     """Encode ``frames`` into ``target``, a temporary stand-in for the file ``name``."""
     with av.open(str(target), mode="w") as container:
         rate = Fraction(fps).limit_denominator(1001)
-        stream = container.add_stream(CODEC, rate=rate, options={"crf": str(crf)})
+        stream = container.add_stream(CODEC, rate=rate, options={"crf": str(CRF)})
         for index, frame in enumerate(_checked(frames, name)):
             if index == 0:
                 height, width = frame.shape[:2]
@@ -188,29 +159,18 @@ def _write_folder(folder: Path, frames: Iterable[np.ndarray], fps: float) -> Non
     write_json_atomic(folder / SIDECAR, {"fps": float(fps)})
 
 
-def write_video(
-    path: str | os.PathLike[str],
-    frames: Iterable[np.ndarray],
-    fps: float,
-    crf: int = DEFAULT_CRF,
-) -> Path:
+def write_video(path: str | os.PathLike[str], frames: Iterable[np.ndarray], fps: float) -> Path:
     """Write ``frames`` (one size, consumed one at a time) as a container file (encoded into a
-    temporary sibling, renamed into place when complete) or a frame folder
-    (``frame_000000.png``, ... each atomic, and ``video.json``); return ``path``.
-
-    Raises:
-        ConfigError: ``fps`` not positive or ``crf`` outside 0..51.
-        InputError: no frames, a frame that is not RGB, or frames of different sizes.
-    """
+    temporary sibling, renamed into place when complete) or a frame folder (``frame_000000.png``,
+    ... each atomic, and ``video.json``); return ``path``. ConfigError: ``fps`` not positive;
+    InputError: no frames, a frame that is not RGB, or frames of different sizes."""
     if fps <= 0:
         raise ConfigError(f"fps={fps}: must be > 0")
-    if not 0 <= crf <= 51:
-        raise ConfigError(f"crf={crf}: must be between 0 (lossless) and 51")
     target = Path(path)
     if not is_container(target):
         _write_folder(target, frames, fps)
         return target
-    return atomic_write_with(target, lambda tmp: _encode(tmp, frames, fps, crf, target))
+    return atomic_write_with(target, lambda tmp: _encode(tmp, frames, fps, target))
 
 
 def publish_encoded(
@@ -218,6 +178,6 @@ def publish_encoded(
 ) -> Path:
     """Put an encoded result at ``output``: a container file is copied atomically, a frame
     folder rewritten from its frames."""
-    if not is_container(output):
-        return write_video(output, iter_frames(encoded), fps)
-    return atomic_write_with(output, functools.partial(shutil.copyfile, encoded))
+    if is_container(output):
+        return atomic_write_with(output, lambda tmp: shutil.copyfile(encoded, tmp))
+    return write_video(output, iter_frames(encoded), fps)

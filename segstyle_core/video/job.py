@@ -13,10 +13,10 @@ from segstyle_core.preflight import check_style
 from segstyle_core.prompts.validation import parse_box, validate_prompt
 from segstyle_core.segment.base import Prompt
 from segstyle_core.stylize import StylizerConfig
-from segstyle_core.video.chunks import ChunkRecord
 from segstyle_core.video.config import VideoOptions
 from segstyle_core.video.io import check_video_output
 from segstyle_core.video.stages import ScoreRecord, temporal_options
+from segstyle_core.video.temporal import ChunkRecord
 from segstyle_core.video.track import TrackerConfig
 
 

@@ -4,7 +4,7 @@ the previous chunk's carried files, so an early change invalidates every later c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,61 +15,34 @@ from segstyle_core.images import read_mask, read_rgb
 from segstyle_core.segment.base import Prompt
 from segstyle_core.stagecache import StageRecord, backend_key, files_key, stage
 from segstyle_core.stylize import StylizerConfig
-from segstyle_core.video.chunks import Carry, ChunkRecord, stylize_chunk
 from segstyle_core.video.config import VideoOptions
 from segstyle_core.video.evaluate import gt_track, track_scores
-from segstyle_core.video.io import frame_files, iter_frames, probe, write_video
-from segstyle_core.video.temporal import TemporalOptions
+from segstyle_core.video.io import iter_frames, video_fps, write_video
+from segstyle_core.video.temporal import Carry, ChunkRecord, TemporalOptions, stylize_chunk
 from segstyle_core.video.track import TrackerConfig
 
 
-@dataclass(frozen=True, kw_only=True)
-class FramesRecord(StageRecord):
-    """Output ``frames``: the decoded frame folder; the video's fps, size and frame count."""
-
-    fps: float
-    width: int
-    height: int
-    frame_count: int
-
-    def frame_paths(self) -> list[str]:
-        """The decoded frame files, in order."""
-        return [str(path) for path in frame_files(self.path("frames"))]
-
-
 @stage("video_frames", files=("video",), code=("segstyle_core.video.io",))
-def extract_frames(out: Path, video: str) -> FramesRecord:
-    """Decode the video file ``video`` into ``frames/frame_000000.png``, ... (streamed)."""
-    folder = write_video(out / "frames", iter_frames(video), probe(video).fps)
-    info = probe(folder)
-    return FramesRecord(
-        outputs={"frames": str(folder)},
-        fps=info.fps,
-        width=info.width,
-        height=info.height,
-        frame_count=len(frame_files(folder)),
-    )
+def extract_frames(out: Path, video: str) -> StageRecord:
+    """Decode the video file ``video`` into output ``frames``: ``frame_000000.png``, ..."""
+    frames = write_video(out / "frames", iter_frames(video), video_fps(video))
+    return StageRecord(outputs={"frames": str(frames)})
 
 
 def temporal_options(composite: CompositeConfig, options: VideoOptions) -> TemporalOptions:
     """A video run's blend, and the composite's mode and feather (ConfigError: a composite
     setting video does not support, colour preservation or ROI)."""
-    unsupported = [
-        name for name in ("preserve_color", "roi_margin_px") if getattr(composite, name) is not None
-    ]
-    if unsupported:
-        raise ConfigError(
-            f"composite {', '.join(unsupported)}: not supported for video; leave them none"
-        )
-    return TemporalOptions(
-        blend=options.blend, mode=composite.mode, feather_px=composite.feather_px
-    )
+    unsupported = ("preserve_color", "roi_margin_px")
+    given = [name for name in unsupported if getattr(composite, name) is not None]
+    if given:
+        raise ConfigError(f"composite {', '.join(given)}: not supported for video; leave them none")
+    return TemporalOptions(options.blend, composite.mode, composite.feather_px)
 
 
 def _carry_key(previous: ChunkRecord | None) -> dict[str, Any] | None:
     if previous is None:
         return None
-    return {name: files_key(path) for name, path in previous.carry().files().items()}
+    return {f"carry_{name}": files_key(path) for name, path in asdict(previous.carry()).items()}
 
 
 def _stylizer_key(stylizer: StylizerConfig) -> dict[str, Any]:
@@ -85,10 +58,8 @@ def _tracker_key(tracker: TrackerConfig) -> dict[str, Any]:
     files=("frame_paths",),
     keys={"previous": _carry_key, "stylizer": _stylizer_key, "tracker": _tracker_key},
     code=(
-        "segstyle_core.video.chunks",
         "segstyle_core.video.temporal",
         "segstyle_core.video.track",
-        "segstyle_core.video.flow",
         "segstyle_core.composite",
         "segstyle_core.segment",
         "segstyle_core.stylize",
@@ -106,7 +77,7 @@ def stylize_video_chunk(
     composite: CompositeConfig,
     options: VideoOptions,
 ) -> ChunkRecord:
-    """:func:`~segstyle_core.video.chunks.stylize_chunk` from ``prompt`` (the first chunk's box,
+    """:func:`~segstyle_core.video.temporal.stylize_chunk` from ``prompt`` (the first chunk's box,
     :meth:`Prompt.as_dict`) or ``previous`` (the chunk before's record; ConfigError: neither)."""
     start: Prompt | Carry
     if previous is not None:
@@ -127,16 +98,12 @@ def stylize_video_chunk(
     )
 
 
-@dataclass(frozen=True, kw_only=True)
-class EncodeRecord(StageRecord):
-    """Output ``video``: the encoded video file, or a frame folder."""
-
-
 @stage("video_encode", files=("frame_paths",), code=("segstyle_core.video.io",))
-def encode_video(out: Path, frame_paths: list[str], fps: float, suffix: str) -> EncodeRecord:
-    """Encode PNG frames as ``video{suffix}`` (``suffix=""``: a frame folder) at ``fps``."""
+def encode_video(out: Path, frame_paths: list[str], fps: float, suffix: str) -> StageRecord:
+    """Encode PNG frames as output ``video``: ``video{suffix}`` (``suffix=""``: a frame folder)
+    at ``fps``."""
     frames = (read_rgb(path) for path in frame_paths)
-    return EncodeRecord(outputs={"video": str(write_video(out / f"video{suffix}", frames, fps))})
+    return StageRecord(outputs={"video": str(write_video(out / f"video{suffix}", frames, fps))})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,11 +135,4 @@ def score_video(
     """Score tracked masks against the boxed object's instance GT (:func:`gt_track`)."""
     frames = [frame_from_image_path(path) for path in image_paths]
     truth = gt_track(frames, (box[0], box[1], box[2], box[3]))
-    scores = track_scores([read_mask(path) for path in mask_paths], truth)
-    return ScoreRecord(
-        outputs={},
-        iou=[float(v) for v in scores["iou"]],
-        dice=[float(v) for v in scores["dice"]],
-        mean_iou=float(scores["mean_iou"]),
-        mean_dice=float(scores["mean_dice"]),
-    )
+    return ScoreRecord(outputs={}, **track_scores([read_mask(path) for path in mask_paths], truth))

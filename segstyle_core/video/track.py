@@ -1,6 +1,9 @@
-"""One object's mask through a run of frames: ``flow`` (offline, :class:`FlowTracker`) carries
-it along dense optical flow and refines it with an image segmenter; ``sam2`` is SAM 2's video
-predictor. :class:`TrackerConfig` names the masks without loading a model and builds the tracker.
+"""One object's mask through a run of frames: ``flow`` (:class:`FlowTracker`, offline: dense
+optical flow, OpenCV's DIS on grey levels) or SAM 2's video predictor; :class:`TrackerConfig`
+names the masks without loading a model.
+
+Flows are ``H×W×2 float32`` ``(dx, dy)`` pixels: ``flow(a, b)[p]`` takes pixel ``p`` of ``a``
+to ``p + flow[p]`` in ``b`` (so :func:`warp` along flow(current, previous) pulls in previous).
 """
 
 from __future__ import annotations
@@ -17,28 +20,85 @@ from pydantic import Field
 from segstyle_core import weights
 from segstyle_core.backends import BackendConfig, BackendIdentity
 from segstyle_core.devices import resolve_device
+from segstyle_core.errors import InputError
+from segstyle_core.images import check_rgb
 from segstyle_core.metrics import iou
 from segstyle_core.segment import SegmenterConfig
 from segstyle_core.segment.base import Prompt, Sam2Variant, Segmenter
-from segstyle_core.video.flow import motion, optical_flow, warp_mask
+
+#: DIS presets by name: speed against accuracy.
+PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+def optical_flow(source: np.ndarray, target: np.ndarray, preset: str = "medium") -> np.ndarray:
+    """Dense flow from ``source`` to ``target`` (both ``H×W×3 uint8 RGB``): ``H×W×2 float32``
+    (InputError: the frames are not RGB or differ in size)."""
+    check_rgb(source, "flow source frame")
+    check_rgb(target, "flow target frame")
+    if source.shape != target.shape:
+        raise InputError(
+            f"frames of {source.shape[1]}x{source.shape[0]} and {target.shape[1]}x"
+            f"{target.shape[0]} px: every frame of a video must have the same size"
+        )
+    dis = cv2.DISOpticalFlow.create(PRESETS[preset])
+    grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in (source, target)]
+    flow = np.zeros((*grey[0].shape, 2), dtype=np.float32)
+    return dis.calc(grey[0], grey[1], flow)
+
+
+def _sample_grid(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(x, y)`` float32 maps ``p + flow[p]``."""
+    height, width = flow.shape[:2]
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    return xs + flow[..., 0], ys + flow[..., 1]
+
+
+def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """``out[p] = image[p + flow[p]]`` (bilinear, edges repeated) for ``H×W[×C]`` arrays of any
+    numeric dtype; same shape and dtype back (uint8 rounded)."""
+    map_x, map_y = _sample_grid(flow)
+    source = image.astype(np.float32)
+    out = cv2.remap(source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if image.dtype == np.uint8:
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return out.astype(image.dtype)
+
+
+@dataclass(frozen=True)
+class Motion:
+    """How frame ``t-1`` moved to ``t``: the ``backward`` flow (``t`` to ``t-1``, for
+    :func:`warp`) and ``valid`` (``H×W bool``: pixels of ``t`` visible in ``t-1``)."""
+
+    backward: np.ndarray
+    valid: np.ndarray
+
+
+def motion(previous: np.ndarray, current: np.ndarray, preset: str = "medium") -> Motion:
+    """The :class:`Motion` from ``previous`` to ``current`` (both ``H×W×3 uint8 RGB``).
+
+    Forward-backward check (Sundaram et al. 2010): ``p`` is valid when ``p + b(p)`` is inside
+    the frame and ``|b(p) + f(p + b(p))| <= 1 px + 0.05 * (|b(p)| + |f(p + b(p))|)``.
+    """
+    backward = optical_flow(current, previous, preset)
+    forward_there = warp(optical_flow(previous, current, preset), backward)
+    error = np.linalg.norm(backward + forward_there, axis=2)
+    speed = np.linalg.norm(backward, axis=2) + np.linalg.norm(forward_there, axis=2)
+    map_x, map_y = _sample_grid(backward)
+    height, width = backward.shape[:2]
+    inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
+    return Motion(backward, inside & (error <= 1.0 + 0.05 * speed))
+
 
 #: How :class:`FlowTracker` carries a mask (see :func:`carry_mask`).
 MotionModel = Literal["similarity", "dense"]
 #: Most flow vectors the similarity fit samples from a mask.
 _FIT_POINTS = 2000
-#: The settings of the ``flow`` backend.
-_FLOW_OPTIONS = (
-    "refine",
-    "motion_model",
-    "margin_px",
-    "points",
-    "core_depth",
-    "min_agreement",
-    "flow_preset",
-)
-
-#: A run's start: a box prompt on its first frame, or the first frame's known ``H×W bool`` mask.
-Start = Prompt | np.ndarray
+#: Fields that do not change the masks: where a backend runs and where its weights lie.
+_WHERE = {"device", "weights_dir", "checkpoint"}
 
 
 class MaskTracker(Protocol):
@@ -48,17 +108,15 @@ class MaskTracker(Protocol):
     variant: str
     weights_sha256: str | None
 
-    def track(self, frames: Sequence[np.ndarray], start: Start) -> list[np.ndarray]:
+    def track(self, frames: Sequence[np.ndarray], start: Prompt | np.ndarray) -> list[np.ndarray]:
         """One ``H×W bool`` mask per frame (``H×W×3 uint8 RGB``) from ``start`` on ``frames[0]``
         (a prompt, or its known mask, returned as the first mask)."""
         ...
 
 
-def _flow_variant(
-    model: str, preset: str, refine: bool, segmenter: Segmenter | BackendIdentity
-) -> str:
+def _flow_variant(options: TrackerConfig, segmenter: str) -> str:
     """The flow tracker's variant: motion model, flow preset and refining segmenter."""
-    return f"{model}-{preset}-{segmenter.name if refine else 'none'}"
+    return f"{options.motion_model}-{options.flow_preset}-{segmenter if options.refine else 'none'}"
 
 
 def _box_of(mask: np.ndarray, margin: int) -> tuple[float, float, float, float]:
@@ -73,6 +131,11 @@ def _box_of(mask: np.ndarray, margin: int) -> tuple[float, float, float, float]:
     )
 
 
+def _spread(size: int, count: int) -> np.ndarray:
+    """Up to ``count`` evenly spread indices into ``size`` items."""
+    return np.linspace(0, size - 1, min(count, size)).round().astype(int)
+
+
 def _interior_points(mask: np.ndarray, count: int, depth: float) -> tuple[tuple[float, float], ...]:
     """Up to ``count`` evenly spread ``(x, y)`` points of ``mask`` at least ``depth`` of its
     thickness from its edge (where a carried mask is surely right)."""
@@ -81,8 +144,7 @@ def _interior_points(mask: np.ndarray, count: int, depth: float) -> tuple[tuple[
     ys, xs = np.nonzero(core)
     if xs.size == 0:
         return ()
-    picks = np.linspace(0, xs.size - 1, min(count, xs.size)).round().astype(int)
-    return tuple((float(xs[i]), float(ys[i])) for i in picks)
+    return tuple((float(xs[i]), float(ys[i])) for i in _spread(xs.size, count))
 
 
 def carry_mask(
@@ -100,7 +162,7 @@ def carry_mask(
     """
     if model == "similarity" and mask.any():
         ys, xs = np.nonzero(mask)
-        picks = np.linspace(0, xs.size - 1, min(_FIT_POINTS, xs.size)).round().astype(int)
+        picks = _spread(xs.size, _FIT_POINTS)
         ys, xs = ys[picks], xs[picks]
         source = np.stack([xs, ys], axis=1).astype(np.float32)
         target = source + optical_flow(previous, current, preset)[ys, xs]
@@ -111,12 +173,8 @@ def carry_mask(
             height, width = mask.shape
             moved = cv2.warpAffine(mask.astype(np.float32), matrix, (width, height))
             return moved >= 0.5
-    step = motion(previous, current, preset=preset)
-    return warp_mask(mask, step.backward) & step.valid
-
-
-def _grabcut() -> SegmenterConfig:
-    return SegmenterConfig(backend="grabcut")
+    step = motion(previous, current, preset)
+    return (warp(mask.astype(np.float32), step.backward) >= 0.5) & step.valid
 
 
 class TrackerConfig(BackendConfig):
@@ -148,7 +206,7 @@ class TrackerConfig(BackendConfig):
     """Flow: smallest IoU between refined and carried mask for the refined one to be kept."""
     flow_preset: Literal["ultrafast", "fast", "medium"] = "medium"
     """Flow: DIS optical flow preset, speed against accuracy."""
-    segmenter: SegmenterConfig = Field(default_factory=_grabcut)
+    segmenter: SegmenterConfig = Field(default_factory=lambda: SegmenterConfig(backend="grabcut"))
     """Flow: the image segmenter of the first frame and of the refinement (its own device and
     weights folder)."""
 
@@ -159,27 +217,21 @@ class TrackerConfig(BackendConfig):
         )
 
     def identity(self) -> BackendIdentity:
-        """Name, variant and weights SHA-256, without loading a model (``flow``: the
-        segmenter's weights).
-
-        Raises:
-            WeightsError: a checkpoint is missing or fails its checksum.
-        """
+        """Name, variant and weights SHA-256 (``flow``: the segmenter's), without loading a
+        model (WeightsError: a checkpoint is missing or fails its checksum)."""
         if self.backend == "sam2":
             return BackendIdentity("sam2", self.sam2_variant, self._sam2_checkpoint().sha256)
         segmenter = self.segmenter.identity()
-        variant = _flow_variant(self.motion_model, self.flow_preset, self.refine, segmenter)
+        variant = _flow_variant(self, segmenter.name)
         return BackendIdentity("flow", variant, segmenter.weights_sha256)
 
     def settings(self) -> dict[str, Any]:
         """The settings that change the masks (cache key beside :meth:`identity`)."""
         if self.backend == "sam2":
             return {"sam2_variant": self.sam2_variant}
-        segmenter = self.segmenter.model_dump(
-            mode="json", exclude={"device", "weights_dir", "checkpoint"}
-        )
-        flow = self.model_dump(mode="json", include=set(_FLOW_OPTIONS))
-        return {**flow, "segmenter": segmenter}
+        flow = self.model_dump(mode="json", exclude={"backend", "sam2_variant", *_WHERE})
+        flow["segmenter"] = self.segmenter.model_dump(mode="json", exclude=_WHERE)
+        return flow
 
     def build(self) -> MaskTracker:
         """The tracker; SAM 2 (and the flow tracker's segmenter) loaded once per process."""
@@ -196,30 +248,17 @@ class TrackerConfig(BackendConfig):
 
 @dataclass(eq=False)
 class FlowTracker:
-    """The ``flow`` backend, with the flow settings of ``options``.
-
-    Each mask is carried into the next frame (:func:`carry_mask`) and re-segmented there by
-    ``segmenter``, prompted with its box (grown by ``margin_px``) and ``points`` core points.
-    The refined mask wins only if it agrees with the carried one (IoU >= ``min_agreement``) and
-    the segmenter did not fall back (score 0), so one bad segmentation cannot jump objects.
-    """
+    """The ``flow`` backend: each mask is carried into the next frame (:func:`carry_mask`) and
+    re-segmented there; the refined mask wins only if it agrees with the carried one and the
+    segmenter did not fall back (score 0), so one bad segmentation cannot jump objects."""
 
     segmenter: Segmenter
     options: TrackerConfig = field(default_factory=TrackerConfig)
     name: str = field(default="flow", init=False)
 
     def __post_init__(self) -> None:
-        options = self.options
-        self.variant = _flow_variant(
-            options.motion_model, options.flow_preset, options.refine, self.segmenter
-        )
+        self.variant = _flow_variant(self.options, self.segmenter.name)
         self.weights_sha256: str | None = self.segmenter.weights_sha256
-
-    def first_mask(self, frame: np.ndarray, start: Start) -> np.ndarray:
-        """The ``H×W bool`` mask of the run's first frame: ``start`` itself, or segmented."""
-        if isinstance(start, np.ndarray):
-            return start
-        return self.segmenter.segment(frame, [start])[0].mask
 
     def follow(self, previous: np.ndarray, mask: np.ndarray, current: np.ndarray) -> np.ndarray:
         """``mask`` of frame ``previous`` carried into frame ``current`` and refined there."""
@@ -235,9 +274,12 @@ class FlowTracker:
             return refined.mask
         return carried
 
-    def track(self, frames: Sequence[np.ndarray], start: Start) -> list[np.ndarray]:
+    def track(self, frames: Sequence[np.ndarray], start: Prompt | np.ndarray) -> list[np.ndarray]:
         """One ``H×W bool`` mask per frame (see :class:`MaskTracker`)."""
-        masks = [self.first_mask(frames[0], start)]
+        if isinstance(start, np.ndarray):
+            masks = [start]
+        else:
+            masks = [self.segmenter.segment(frames[0], [start])[0].mask]
         for previous, current in itertools.pairwise(frames):
             masks.append(self.follow(previous, masks[-1], current))
         return masks
