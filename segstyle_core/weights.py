@@ -1,10 +1,8 @@
 """Model checkpoints: where they live, how they are fetched, checked and safely loaded.
 
-Official file names carry the start of the file's SHA-256 (``01ec64`` in
-``sam_vit_b_01ec64.pth``; none for SAM 2.1); :func:`download` records the full one in
-``<file>.sha256`` (``sha256sum -c`` format). Only :func:`download` uses the network; loading
-never runs pickled code (``weights_only=True``).
-"""
+Official file names carry the start of the file's SHA-256 (none for SAM 2.1); :func:`download`
+records the full one in ``<file>.sha256`` (``sha256sum -c`` format). Loading never runs pickled
+code (``weights_only=True``)."""
 
 from __future__ import annotations
 
@@ -19,7 +17,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -80,8 +78,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
 
 
 def get_checkpoint(checkpoint: str | Checkpoint) -> Checkpoint:
-    """The registry entry for a name (a :class:`Checkpoint` as is); ConfigError listing the
-    known names if unknown."""
+    """The registry entry for a name (ConfigError listing the known names if unknown)."""
     if isinstance(checkpoint, Checkpoint):
         return checkpoint
     try:
@@ -94,8 +91,7 @@ def get_checkpoint(checkpoint: str | Checkpoint) -> Checkpoint:
 
 def weights_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """Where checkpoints are downloaded to and looked up: ``override`` (a backend's
-    ``weights_dir``), else ``$SEGSTYLE_WEIGHTS_DIR``, else ``<user cache dir>/segstyle/weights``.
-    """
+    ``weights_dir``), else ``$SEGSTYLE_WEIGHTS_DIR``, else ``<user cache dir>/segstyle/weights``."""
     if override is not None:
         return Path(override).expanduser()
     if os.environ.get(ENV_WEIGHTS_DIR):
@@ -103,27 +99,19 @@ def weights_dir(override: str | os.PathLike[str] | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("segstyle")) / "weights"
 
 
-_weights_dir = weights_dir  # for functions whose parameter is called ``weights_dir``
-
-
 def find_checkpoint(
-    checkpoint: str | Checkpoint, weights_dir: str | os.PathLike[str] | None = None
+    checkpoint: str | Checkpoint, folder: str | os.PathLike[str] | None = None
 ) -> Path:
-    """The first copy of ``checkpoint`` in :func:`weights_dir`, then (``torch_hub`` ones) in
-    ``torch.hub.get_dir()/checkpoints``.
-
-    Raises:
-        WeightsError: not found; names the file, every folder searched and the fetch command.
-        ConfigError: unknown checkpoint name.
-    """
+    """The first copy of ``checkpoint`` in :func:`weights_dir` (``folder``), then (``torch_hub``
+    ones) in ``torch.hub.get_dir()/checkpoints`` (WeightsError naming the file, every folder
+    searched and the fetch command if none; ConfigError: unknown checkpoint name)."""
     entry = get_checkpoint(checkpoint)
-    dirs = [_weights_dir(weights_dir)]
+    dirs = [weights_dir(folder)]
     if entry.torch_hub:
         import torch
 
         dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
-    for directory in dirs:
-        candidate = directory / entry.filename
+    for candidate in (directory / entry.filename for directory in dirs):
         if candidate.is_file():
             return candidate
     searched = ", ".join(str(d) for d in dirs)
@@ -149,7 +137,7 @@ def read_sidecar(path: str | os.PathLike[str]) -> str | None:
         return None
     except OSError as exc:
         raise WeightsError(f"{sidecar}: cannot read ({exc.strerror}); delete it") from None
-    digest = text.split()[0].lower() if text.split() else ""
+    digest = (text.split() or [""])[0].lower()
     if not _HEX64.fullmatch(digest):
         raise WeightsError(
             f"{sidecar}: not a SHA-256 record; delete it (verification then uses the "
@@ -175,13 +163,11 @@ class CheckpointFile(NamedTuple):
 
 def own_checkpoint(path: str | os.PathLike[str], field: str) -> CheckpointFile:
     """A checkpoint file of your own, set in the configuration field ``field`` (e.g.
-    ``segmenter.checkpoint``), and its full SHA-256.
-
-    WeightsError naming ``field`` if the file does not exist, is empty or carries pickled code.
-    """
+    ``segmenter.checkpoint``), and its full SHA-256 (WeightsError naming ``field`` if the file
+    does not exist, is empty or carries pickled code)."""
     path = Path(path).expanduser()
-    problem = "does not exist" if not path.is_file() else "is empty (0 bytes)"
     if not path.is_file() or path.stat().st_size == 0:
+        problem = "is empty (0 bytes)" if path.is_file() else "does not exist"
         raise WeightsError(
             f"checkpoint {path} {problem}: fix {field}, or leave it unset to use the "
             "downloaded official checkpoint"
@@ -203,14 +189,14 @@ def resolve_checkpoint(
     own: str | None,
     field: str,
     official: str | Checkpoint,
-    weights_dir: str | os.PathLike[str] | None = None,
+    folder: str | os.PathLike[str] | None = None,
 ) -> CheckpointFile:
     """The checkpoint a backend loads: ``own`` (set in ``field``) if given, else the
     ``official`` one, found and verified (WeightsError if missing or failing; ConfigError: an
     unknown official name)."""
     if own:
         return own_checkpoint(own, field)
-    path = find_checkpoint(official, weights_dir)
+    path = find_checkpoint(official, folder)
     return CheckpointFile(path, verify_checkpoint(path, official))
 
 
@@ -244,20 +230,15 @@ def download(
     """Download ``checkpoint`` (from ``url``, a mirror, if given) into :func:`weights_dir`
     (``dest_dir`` overrides), with a tqdm ``progress`` bar on stderr, and verify it.
 
-    Data streams to ``<file>.part``, resumed with an HTTP ``Range`` request (a 200 answer
-    restarts it); renamed into place once its SHA-256 prefix matches, with its full SHA-256 in
-    the sidecar. A file already there that verifies is returned offline (gaining a sidecar).
-
-    Raises:
-        WeightsError: network failure (the ``.part`` is kept for a resume) or checksum mismatch
-            (the download is deleted).
+    Data streams to ``<file>.part``, resumed with an HTTP ``Range`` request; renamed into place
+    once its SHA-256 prefix matches, with its full SHA-256 in the sidecar. A file already there
+    that verifies is returned offline (gaining a sidecar). WeightsError: network failure (the
+    ``.part`` is kept for a resume) or checksum mismatch (the download is deleted).
     """
     entry = get_checkpoint(checkpoint)
     target = weights_dir(dest_dir) / entry.filename
     if target.is_file():
-        digest = verify_checkpoint(target, entry)
-        if read_sidecar(target) is None:
-            write_sidecar(target, digest)
+        write_sidecar(target, verify_checkpoint(target, entry))
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
@@ -367,17 +348,13 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str], architect
 
 @dataclass(frozen=True)
 class CheckpointStatus:
-    """What :func:`status` found for one checkpoint: the copy (``path``, ``size`` in bytes)
-    and, once checked, whether it ``verified`` (``None``: missing or not checked), its
-    ``sha256``, whether a sidecar's full hash was compared, the ``problem`` (one line)."""
+    """What :func:`status` found for one checkpoint: its copy (``path``; ``None``: missing) and,
+    once checked, whether it ``verified`` (``None``: not checked) and how (``detail``)."""
 
     checkpoint: Checkpoint
     path: Path | None = None
-    size: int | None = None
     verified: bool | None = None
-    sha256: str | None = None
-    full_hash_checked: bool = False
-    problem: str | None = None
+    detail: str = ""
 
     @property
     def name(self) -> str:
@@ -389,63 +366,54 @@ class CheckpointStatus:
         return self.path is not None and self.verified is not False
 
     def line(self) -> str:
-        """``NAME  FILENAME  PATH|missing`` then, once checked, ``sha256 ok (HASH12..., full
-        hash|prefix only)``, ``sha256 HASH12... (unchecked: ...)`` or ``FAILED: <problem>``."""
+        """``NAME  FILENAME  PATH|missing``, then the ``detail`` once checked."""
         head = f"{self.name:<22} {self.checkpoint.filename:<26} {self.path or 'missing'}"
-        if self.verified is True:
-            digest = (self.sha256 or "")[:12]
-            if self.full_hash_checked:
-                return f"{head} sha256 ok ({digest}..., full hash)"
-            if self.checkpoint.sha256_prefix:
-                return f"{head} sha256 ok ({digest}..., prefix only)"
-            return f"{head} sha256 {digest}... (unchecked: no published hash)"
-        if self.verified is False:
-            return f"{head} FAILED: {self.problem}"
-        return head
+        return f"{head} {self.detail}" if self.detail else head
 
 
 def check_status(
     checkpoint: str | Checkpoint,
-    weights_dir: str | os.PathLike[str] | None = None,
+    folder: str | os.PathLike[str] | None = None,
     verify: bool = False,
 ) -> CheckpointStatus:
-    """Find ``checkpoint`` and, with ``verify``, hash and check it (ConfigError: unknown name)."""
+    """Find ``checkpoint`` and, with ``verify``, hash and check it: ``sha256 ok (HASH12...,
+    full hash|prefix only)``, ``sha256 HASH12... (unchecked: no published hash)`` or ``FAILED:
+    <problem>`` (ConfigError: unknown name)."""
     entry = get_checkpoint(checkpoint)
     try:
-        path = find_checkpoint(entry, weights_dir)
+        path = find_checkpoint(entry, folder)
     except WeightsError:
         return CheckpointStatus(entry)
-    found = CheckpointStatus(entry, path=path, size=path.stat().st_size)
     if not verify:
-        return found
+        return CheckpointStatus(entry, path)
     try:
-        digest = verify_checkpoint(path, entry)
+        digest = verify_checkpoint(path, entry)[:12]
     except WeightsError as exc:
-        return replace(found, verified=False, sha256=file_sha256(path), problem=str(exc))
-    full = read_sidecar(path) is not None
-    return replace(found, verified=True, sha256=digest, full_hash_checked=full)
+        return CheckpointStatus(entry, path, False, f"FAILED: {exc}")
+    if read_sidecar(path) is not None:
+        return CheckpointStatus(entry, path, True, f"sha256 ok ({digest}..., full hash)")
+    if entry.sha256_prefix:
+        return CheckpointStatus(entry, path, True, f"sha256 ok ({digest}..., prefix only)")
+    return CheckpointStatus(entry, path, True, f"sha256 {digest}... (unchecked: no published hash)")
 
 
 def status(
-    weights_dir: str | os.PathLike[str] | None = None,
+    folder: str | os.PathLike[str] | None = None,
     verify: bool = False,
     names: Sequence[str] | None = None,
 ) -> list[CheckpointStatus]:
-    """One :class:`CheckpointStatus` per registered checkpoint (or per name in ``names``;
+    """One :class:`CheckpointStatus` per name in ``names`` (default: every registered one;
     ConfigError listing the known ones if unknown); ``verify`` hashes each file."""
-    entries = [get_checkpoint(n) for n in names] if names else list(CHECKPOINTS.values())
-    return [check_status(entry, weights_dir, verify) for entry in entries]
+    return [check_status(name, folder, verify) for name in names or CHECKPOINTS]
 
 
 def status_report(
-    records: Iterable[CheckpointStatus], weights_dir: str | os.PathLike[str] | None = None
+    records: Iterable[CheckpointStatus], folder: str | os.PathLike[str] | None = None
 ) -> list[str]:
     """The lines ``segstyle weights status|verify`` prints: one per record, then how to fetch
     what is missing."""
     records = list(records)
     lines = [record.line() for record in records]
     if any(record.path is None for record in records):
-        lines.append(
-            f"fetch with: segstyle weights download NAME (into {_weights_dir(weights_dir)})"
-        )
+        lines.append(f"fetch with: segstyle weights download NAME (into {weights_dir(folder)})")
     return lines

@@ -3,10 +3,9 @@ real loader (:func:`segstyle_core.segment.load_segmenter`); own checkpoints (SAM
 and their hashes in result rows.
 
 The model is sam2's own ``configs/sam2.1/sam2.1_hiera_t.yaml`` (the smallest official config)
-with its input shrunk to 128 pixels by a Hydra override (registered as the variant's override
-in :data:`segstyle_core.segment.sam2_image.HYDRA_OVERRIDES`, so the loader builds the same
-architecture). The reference for every mask is sam2's own ``SAM2ImagePredictor.predict``, one
-call per prompt, keeping the best-scoring mask.
+with its input shrunk to 128 pixels by a Hydra override (added to every variant's architecture
+while the tests run, so the loader builds the same architecture). The reference for every mask
+is sam2's own ``SAM2ImagePredictor.predict``, one call per prompt, keeping the best-scoring mask.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ from segstyle_core.backends import BackendIdentity
 from segstyle_core.errors import ConfigError, WeightsError
 from segstyle_core.fileio import sha256_file
 from segstyle_core.segment import SegmenterConfig, load_segmenter
-from segstyle_core.segment import sam2_image as sam2_image_module
 from segstyle_core.segment.base import Prompt
+from segstyle_core.segment.sam2 import sam2_model
 from segstyle_core.segment.sam2_image import Sam2ImageSegmenter
 from segstyle_core.stylize import StylizerConfig
 from segstyle_core.weights import CheckpointFile
@@ -66,7 +65,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]
     from sam2.build_sam import build_sam2
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sam2_image_module.HYDRA_OVERRIDES, "hiera_tiny", OVERRIDES)
+        small = functools.partial(sam2_model, hydra_overrides_extra=list(OVERRIDES))
+        patch.setattr(Sam2ImageSegmenter, "architecture", staticmethod(small))
         patch.setattr(devices, "MODELS", devices.ModelCache())
         patch.setattr(backends, "MODELS", devices.ModelCache())
         torch.manual_seed(1)

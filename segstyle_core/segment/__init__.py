@@ -49,11 +49,8 @@ class SegmenterConfig(BackendConfig):
 
     def _weights(self) -> tuple[str, weights.CheckpointFile]:
         """SAM's or SAM 2's variant and checkpoint."""
-        variant: str
-        if self.backend == "sam":
-            variant, official = self.sam_variant, f"sam_{self.sam_variant}"
-        else:
-            variant, official = self.sam2_variant, f"sam2.1_{self.sam2_variant}"
+        variant: str = self.sam_variant if self.backend == "sam" else self.sam2_variant
+        official = f"{'sam' if self.backend == 'sam' else 'sam2.1'}_{variant}"
         file = weights.resolve_checkpoint(
             self.checkpoint, "segmenter.checkpoint", official, self.weights_dir
         )
@@ -94,7 +91,7 @@ def load_segmenter(
 ) -> PromptSegmenter:
     """SAM's or SAM 2's segmenter on ``variant``'s model filled from ``checkpoint``, the model
     shared per backend, variant, device and weights (:data:`segstyle_core.devices.MODELS`);
-    ``device``: ``auto``, ``cpu``, ``cuda[:N]``; the rest: :class:`~.sam.PromptSegmenter`'s.
+    the options: :class:`~.sam.PromptSegmenter`'s.
 
     Raises:
         ConfigError: unknown variant, device or precision; the ``sam2`` package missing.

@@ -78,13 +78,11 @@ class Segmenter(Protocol):
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
         """One mask per prompt for ``image`` (``H×W×3 uint8 RGB``), in prompt order."""
-        ...
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Automatic masks in SamAutomaticMaskGenerator's records: ``segmentation`` (``H×W
         bool``), ``area``, ``bbox`` and ``crop_box`` (XYWH), ``predicted_iou``,
         ``stability_score``, ``point_coords`` (``[[x, y]]``)."""
-        ...
 
 
 def grabcut_variant(iterations: int) -> str:

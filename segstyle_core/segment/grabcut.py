@@ -1,28 +1,20 @@
-"""Offline segmentation without weights: OpenCV GrabCut for prompts, an over-segmentation
-(scikit-image Felzenszwalb) for automatic masks.
+"""Offline segmentation without weights: OpenCV GrabCut for prompts, scikit-image Felzenszwalb
+regions for automatic masks.
 
-Prompted masks (:meth:`GrabCutSegmenter.segment`), crop-local for speed:
+A box prompt runs GrabCut on the box (and points) grown by :data:`MARGIN_PX`: the box probable
+foreground, the margin background, an ellipse of ``center_prior`` times the box definite
+foreground (or the hull of three or more foreground points, where it covers :data:`POINTS_SPAN`
+of it), point disks of :data:`POINT_RADIUS_PX` definite foreground (label 1) or background
+(label 0); a background point also vetoes its Felzenszwalb region. GrabCut runs one iteration at
+a time and keeps the last mask that leaves ``min_box_fill`` of the box foreground. A points-only
+prompt is a box prompt around its anchor: the regions holding its foreground points, less those
+holding a background point, within :data:`POINT_CONTEXT` of the image's shorter side, grown by
+:data:`POINT_BOX_GROW`. The mask keeps the components touching a definite-foreground seed (else
+the largest), holes filled except those holding a background point; it scores 1.0.
 
-* box: GrabCut runs on the box (and points) grown by :data:`MARGIN_PX`; inside the box is
-  probable foreground, the margin background. GrabCut runs one iteration at a time and keeps the
-  last mask that leaves at least ``min_box_fill`` of the box foreground.
-* centre prior: an ellipse of ``center_prior`` times the box is definite foreground (without it
-  GrabCut often collapses onto a small distinctive part). Three or more foreground points whose
-  convex hull covers :data:`POINTS_SPAN` of the ellipse replace it by that hull.
-* points refine the box: disks of :data:`POINT_RADIUS_PX` are definite foreground (label 1) or
-  background (label 0). A background point also vetoes its Felzenszwalb region: probable
-  background inside the box, cut out of the centre prior.
-* points only: the Felzenszwalb regions holding the foreground points, less those holding a
-  background point, within the points' box grown by :data:`POINT_CONTEXT` of the image's
-  shorter side, are the anchor (definite foreground); their box grown by
-  :data:`POINT_BOX_GROW` runs as a box prompt.
-* post-processing: keep the components touching a definite-foreground seed (else the largest)
-  and fill holes, except holes holding a background point.
-
-Fallback (:attr:`MaskPrediction.notes` ``("fallback:box" | "fallback:points", reason)``, score
-0.0): a box under :data:`MIN_BOX_SIDE_PX` on a side, a GrabCut failure or no foreground give
-the box (or the foreground points' disks), with foreground disks added and background disks cut
-out. GrabCut masks score 1.0 (it has no confidence).
+Fallback (score 0.0, :attr:`MaskPrediction.notes` ``("fallback:box" | "fallback:points",
+reason)``): a box under :data:`MIN_BOX_SIDE_PX` on a side, a GrabCut failure or no foreground
+give the box (or the foreground points' disks), foreground disks added, background disks cut.
 """
 
 from __future__ import annotations
@@ -43,21 +35,16 @@ from segstyle_core.images import check_rgb
 from segstyle_core.prompts.validation import validate_prompt
 from segstyle_core.segment.base import MaskPrediction, Prompt, grabcut_variant
 
-#: Boxes narrower or shorter than this (pixels) skip GrabCut and use the box fallback.
+#: Pixels and fractions of the steps in the module docstring.
 MIN_BOX_SIDE_PX = 12
-#: Background margin (pixels) around a box that GrabCut learns background colours from.
 MARGIN_PX = 16
-#: Radius (pixels) of the definite disk around each point.
 POINT_RADIUS_PX = 3
-#: How far (fraction of the image's shorter side) a points-only prompt looks for its regions.
 POINT_CONTEXT = 0.25
-#: A points-only prompt's box is its regions' box grown by this fraction.
 POINT_BOX_GROW = 0.25
+POINTS_SPAN = 0.15
 #: Felzenszwalb scale and smallest region (pixels) of the regions points grow or veto.
 REGION_SCALE = 30.0
 REGION_MIN_SIZE = 20
-#: Fraction of the centre prior that the foreground points' hull must cover to replace it.
-POINTS_SPAN = 0.15
 
 #: Pixels around a background point's region also cut out of the centre prior (its blurred edge).
 _VETO_GUARD_PX = 3
@@ -193,7 +180,7 @@ class GrabCutSegmenter:
         ]
 
     def _regions(self, crop: np.ndarray) -> np.ndarray:
-        """``h×w int`` Felzenszwalb colour regions of ``crop`` (the regions points grow/veto)."""
+        """``h×w int`` Felzenszwalb colour regions of ``crop``."""
         return felzenszwalb(crop, scale=REGION_SCALE, sigma=0.8, min_size=REGION_MIN_SIZE)
 
     def _points_region(
@@ -219,9 +206,8 @@ class GrabCutSegmenter:
     def _box_anchor(
         self, shape: tuple[int, int], in_box: tuple[slice, slice], positives: list[tuple[int, int]]
     ) -> np.ndarray:
-        """``h×w bool`` definite foreground of a box prompt: the centre prior (an ellipse of
-        ``center_prior`` times the box), replaced by the foreground points' convex hull where that
-        covers :data:`POINTS_SPAN` of the prior."""
+        """``h×w bool`` definite foreground of a box prompt: the centre prior, or the foreground
+        points' convex hull."""
         prior = np.zeros(shape, dtype=np.uint8)
         if self.center_prior > 0:
             rows, cols = in_box
@@ -299,16 +285,14 @@ class GrabCutSegmenter:
         fgd_model: MatLike = np.zeros((1, 65), np.float64)
         cv2.setNumThreads(compute_threads())  # a one-thread Dask worker computes on one core
         unused_rect = (0, 0, 0, 0)  # GrabCut reads the rectangle only in GC_INIT_WITH_RECT mode
-        classes, bgd_model, fgd_model = cv2.grabCut(
-            crop, seed, unused_rect, bgd_model, fgd_model, 1, cv2.GC_INIT_WITH_MASK
-        )
-        accepted = np.isin(classes, _FOREGROUND)
-        for _ in range(self.iterations - 1):
+        classes, accepted = seed, np.zeros(seed.shape, dtype=bool)
+        for iteration in range(self.iterations):
+            mode = cv2.GC_EVAL if iteration else cv2.GC_INIT_WITH_MASK
             classes, bgd_model, fgd_model = cv2.grabCut(
-                crop, classes, unused_rect, bgd_model, fgd_model, 1, cv2.GC_EVAL
+                crop, classes, unused_rect, bgd_model, fgd_model, 1, mode
             )
             foreground = np.isin(classes, _FOREGROUND)
-            if foreground[in_box].mean() < self.min_box_fill:
+            if iteration and foreground[in_box].mean() < self.min_box_fill:
                 break
             accepted = foreground
         return accepted

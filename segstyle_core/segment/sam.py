@@ -10,7 +10,6 @@ import pickle
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, get_args
 
@@ -50,17 +49,14 @@ def encoder_dtype(precision: SamPrecision, device: torch.device) -> torch.dtype 
         raise ConfigError(
             f"SAM precision {precision!r} is unknown: use one of {get_args(SamPrecision)}"
         )
-    if precision == "auto":
-        return torch.bfloat16 if native_bfloat16(device) else None
-    return torch.bfloat16 if precision == "bfloat16" else None
+    bfloat16 = precision == "bfloat16" or (precision == "auto" and native_bfloat16(device))
+    return torch.bfloat16 if bfloat16 else None
 
 
 class ImageStatePredictor(Protocol):
     """A predictor whose image state (encoder output, image sizes) reads and restores as a
     ``{name: tensor, list of tensors or list of ints}`` mapping (``KeyError``/``TypeError``
     before any change if malformed)."""
-
-    device: torch.device
 
     def image_state(self) -> dict[str, Any]: ...
 
@@ -75,55 +71,6 @@ def _map_tensors(value: Any, function: Callable[[torch.Tensor], torch.Tensor]) -
     if isinstance(value, list | tuple):
         return [_map_tensors(item, function) for item in value]
     return value
-
-
-@dataclass(frozen=True)
-class ImageEncoding:
-    """How a predictor encodes an image: the encoder's autocast ``dtype`` (``None``: float32;
-    the state comes back float32 either way) and the cache ``cache_dir`` (``None``: none) of
-    ``<key>.pt`` image states, the key hashing ``salt``, the image and what the predictor adds."""
-
-    dtype: torch.dtype | None
-    cache_dir: Path | None
-    salt: dict[str, Any]
-
-    def set_image(
-        self,
-        predictor: ImageStatePredictor,
-        image: np.ndarray,
-        encode: Callable[[], None],
-        **salt: Any,
-    ) -> None:
-        """Give ``predictor`` the state of ``image``: from the cache, else by ``encode()`` (its
-        own ``set_image``), then saved. An unreadable entry is recomputed and overwritten."""
-        path = None
-        if self.cache_dir is not None:
-            key = sha256_json(
-                {
-                    **self.salt,
-                    **salt,
-                    "image": sha256_bytes(np.ascontiguousarray(image).tobytes()),
-                    "shape": list(image.shape),
-                    "dtype": str(image.dtype),
-                }
-            )
-            path = self.cache_dir / f"{key}.pt"
-            if path.is_file():
-                try:
-                    entry = torch.load(path, map_location=predictor.device, weights_only=True)
-                    predictor.set_image_state(entry)
-                    return
-                except (RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError):
-                    pass
-        if self.dtype is None:
-            encode()
-        else:
-            with torch.autocast(predictor.device.type, dtype=self.dtype):
-                encode()
-            predictor.set_image_state(_map_tensors(predictor.image_state(), torch.Tensor.float))
-        if path is not None:
-            with atomic_write(path) as handle:
-                torch.save(_map_tensors(predictor.image_state(), torch.Tensor.cpu), handle)
 
 
 class PromptSegmenter(abc.ABC):
@@ -150,14 +97,7 @@ class PromptSegmenter(abc.ABC):
         self.device = next(model.parameters()).device
         self.multimask = multimask
         self.encoder_dtype = encoder_dtype(precision, self.device)
-        salt = {
-            "variant": variant,
-            "weights": weights_sha256,
-            "format": _EMBEDDING_FORMAT,
-            "encoder_dtype": str(self.encoder_dtype or torch.float32).removeprefix("torch."),
-        }
-        cache_dir = Path(embedding_cache_dir) if embedding_cache_dir is not None else None
-        self.encoding = ImageEncoding(self.encoder_dtype, cache_dir, salt)
+        self.cache_dir = Path(embedding_cache_dir) if embedding_cache_dir is not None else None
         self._predictor = self._new_predictor()
         self._lock = threading.Lock()
 
@@ -168,7 +108,7 @@ class PromptSegmenter(abc.ABC):
 
     @abc.abstractmethod
     def _new_predictor(self) -> Any:
-        """A predictor on :attr:`model` whose ``set_image`` goes through :attr:`encoding`."""
+        """A predictor on :attr:`model` whose ``set_image`` goes through :meth:`set_image`."""
 
     @abc.abstractmethod
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
@@ -176,16 +116,53 @@ class PromptSegmenter(abc.ABC):
 
     @abc.abstractmethod
     def _mask_generator(self) -> Any:
-        """The model's automatic mask generator, encoding through :attr:`encoding`."""
+        """The model's automatic mask generator, encoding through :meth:`set_image`."""
+
+    def set_image(
+        self,
+        predictor: ImageStatePredictor,
+        image: np.ndarray,
+        encode: Callable[[], None],
+        **salt: Any,
+    ) -> None:
+        """Give ``predictor`` the state of ``image``: from the embedding cache, else by
+        ``encode()`` (its own ``set_image``, under :attr:`encoder_dtype` autocast, the state
+        back in float32), then saved. An unreadable entry is recomputed and overwritten."""
+        path = self._cache_path(image, salt)
+        if path is not None and path.is_file():
+            try:
+                state = torch.load(path, map_location=self.device, weights_only=True)
+                predictor.set_image_state(state)
+                return
+            except (RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError):
+                pass
+        if self.encoder_dtype is None:
+            encode()
+        else:
+            with torch.autocast(self.device.type, dtype=self.encoder_dtype):
+                encode()
+            predictor.set_image_state(_map_tensors(predictor.image_state(), torch.Tensor.float))
+        if path is not None:
+            with atomic_write(path) as handle:
+                torch.save(_map_tensors(predictor.image_state(), torch.Tensor.cpu), handle)
+
+    def _cache_path(self, image: np.ndarray, salt: dict[str, Any]) -> Path | None:
+        """``<cache_dir>/<key>.pt``, the key hashing the model, encoder dtype, ``salt`` (what
+        the predictor adds) and the image; ``None`` without a cache."""
+        if self.cache_dir is None:
+            return None
+        dtype = str(self.encoder_dtype or torch.float32).removeprefix("torch.")
+        model = {"variant": self.variant, "weights": self.weights_sha256, "encoder_dtype": dtype}
+        pixels = sha256_bytes(np.ascontiguousarray(image).tobytes())
+        shape = {"image": pixels, "shape": list(image.shape), "dtype": str(image.dtype)}
+        key = sha256_json({**model, "format": _EMBEDDING_FORMAT, **salt, **shape})
+        return self.cache_dir / f"{key}.pt"
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
         """One ``H×W bool`` mask per prompt for ``image`` (``H×W×3 uint8 RGB``), in order,
         scored by the predicted IoU; prompts of one kind and point count are decoded together,
-        :data:`DECODE_BATCH` at a time.
-
-        Raises:
-            InputError: bad image, or a prompt that is empty, inverted or outside the image.
-        """
+        :data:`DECODE_BATCH` at a time (InputError: bad image, or a prompt that is empty,
+        inverted or outside the image)."""
         check_rgb(image, f"image for {self.label}")
         height, width = image.shape[:2]
         groups: dict[tuple[bool, int], list[int]] = defaultdict(list)
@@ -214,17 +191,17 @@ class PromptSegmenter(abc.ABC):
 
 
 class _CachingPredictor(SamPredictor):
-    """A ``SamPredictor`` whose ``set_image`` goes through an :class:`ImageEncoding`."""
+    """A ``SamPredictor`` whose ``set_image`` goes through :meth:`PromptSegmenter.set_image`."""
 
     features: torch.Tensor  # set by SamPredictor.set_torch_image: the encoder's output
 
-    def __init__(self, model: Sam, encoding: ImageEncoding) -> None:
-        super().__init__(model)
-        self.encoding = encoding
+    def __init__(self, segmenter: SamSegmenter) -> None:
+        super().__init__(segmenter.model)
+        self.segmenter = segmenter
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         encode = functools.partial(super().set_image, image, image_format)
-        self.encoding.set_image(self, image, encode, image_format=image_format)
+        self.segmenter.set_image(self, image, encode, image_format=image_format)
 
     def image_state(self) -> dict[str, Any]:
         """The encoder's features (``1×C×h×w``) and the original/input sizes."""
@@ -254,7 +231,7 @@ class SamSegmenter(PromptSegmenter):
         return lookup_variant(SAM_BUILDERS, variant, "SAM")()
 
     def _new_predictor(self) -> _CachingPredictor:
-        return _CachingPredictor(self.model, self.encoding)
+        return _CachingPredictor(self)
 
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
         """``SamPredictor.predict_torch``, but only the best candidate is upscaled (same

@@ -1,14 +1,14 @@
 """SAM 2's video predictor as a :class:`~segstyle_core.video.track.MaskTracker`, and the SAM 2.1
-variants and builder it shares with :mod:`.sam2_image`. SAM 2 reads a video as a folder of JPEG
-frames: each run of frames is written to a temporary folder, prompted on its first frame and
-propagated forward from a fresh memory."""
+builder it shares with :mod:`.sam2_image`. SAM 2 reads a video as a folder of JPEG frames: each
+run of frames is written to a temporary folder, prompted on its first frame and propagated
+forward from a fresh memory."""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -16,21 +16,14 @@ from PIL import Image
 
 from segstyle_core import weights
 from segstyle_core.errors import ConfigError
-from segstyle_core.segment.base import Prompt, lookup_variant
+from segstyle_core.segment.base import Prompt, Sam2Variant, lookup_variant
 
 _JPEG_QUALITY = 95
 
-VARIANTS: dict[str, str] = {
-    "hiera_tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
-    "hiera_small": "configs/sam2.1/sam2.1_hiera_s.yaml",
-    "hiera_base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
-    "hiera_large": "configs/sam2.1/sam2.1_hiera_l.yaml",
-}
-"""Variant -> the ``sam2`` package's config."""
 
-
-def sam2_builder(name: str = "build_sam2") -> Callable[..., Any]:
-    """``sam2.build_sam``'s builder ``name`` (ConfigError if ``sam2`` is not installed)."""
+def sam2_model(variant: str, builder: str = "build_sam2", **options: Any) -> Any:
+    """``variant``'s untrained SAM 2.1 model on the CPU, made by ``sam2.build_sam``'s ``builder``
+    from the package's config (ConfigError: no ``sam2`` package, or an unknown variant)."""
     try:
         from sam2 import build_sam
     except ImportError as exc:
@@ -38,8 +31,12 @@ def sam2_builder(name: str = "build_sam2") -> Callable[..., Any]:
             f"SAM 2 needs the sam2 package ({exc}): run `pip install sam2`, or use another "
             "backend (segmenter.backend: grabcut; tracker.backend: flow)"
         ) from None
-    builder: Callable[..., Any] = getattr(build_sam, name)
-    return builder
+    configs = {  # hiera_base_plus: facebook/sam2.1-hiera-base-plus
+        name: build_sam.HF_MODEL_ID_TO_FILENAMES[f"facebook/sam2.1-{name.replace('_', '-')}"][0]
+        for name in get_args(Sam2Variant)
+    }
+    config = lookup_variant(configs, variant, "SAM 2")
+    return getattr(build_sam, builder)(config, None, device="cpu", **options)
 
 
 class Sam2VideoTracker:
@@ -50,9 +47,7 @@ class Sam2VideoTracker:
     name = "sam2"
 
     def __init__(self, variant: str, checkpoint: weights.CheckpointFile, device: str) -> None:
-        config = lookup_variant(VARIANTS, variant, "SAM 2")
-        build = sam2_builder("build_sam2_video_predictor")
-        self.predictor = build(config, None, device="cpu")
+        self.predictor = sam2_model(variant, "build_sam2_video_predictor")
         weights.load_weights(self.predictor, checkpoint.path, f"SAM 2 {variant}")
         self.predictor.to(device)
         self.variant = variant

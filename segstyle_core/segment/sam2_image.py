@@ -9,15 +9,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from segstyle_core.segment.base import MaskPrediction, Prompt, lookup_variant
-from segstyle_core.segment.sam import ImageEncoding, PromptSegmenter, best_masks, prompt_arrays
-from segstyle_core.segment.sam2 import VARIANTS, sam2_builder
+from segstyle_core.segment.base import MaskPrediction, Prompt
+from segstyle_core.segment.sam import PromptSegmenter, best_masks, prompt_arrays
+from segstyle_core.segment.sam2 import sam2_model
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
-
-HYDRA_OVERRIDES: dict[str, tuple[str, ...]] = {}
-"""Variant -> extra Hydra overrides of its ``sam2`` config (tests shrink the input)."""
 
 
 @functools.cache
@@ -29,17 +26,17 @@ def _predictor_class() -> type:
         _features: Any
         _orig_hw: Any
 
-        def __init__(self, model: SAM2Base, encoding: ImageEncoding, **kwargs: Any) -> None:
-            super().__init__(model, **kwargs)
+        def __init__(self, segmenter: Sam2ImageSegmenter, **kwargs: Any) -> None:
+            super().__init__(segmenter.model, **kwargs)
             # sam2 1.1.0 fixes these to a 1024-pixel input; Hiera's maps are 1/4, 1/8, 1/16.
-            size = model.image_size
+            size = segmenter.model.image_size
             self._bb_feat_sizes = [(size // scale, size // scale) for scale in (4, 8, 16)]
-            self.encoding = encoding
+            self.segmenter = segmenter
 
         def set_image(self, image: np.ndarray) -> None:
             encode = functools.partial(super().set_image, image)
             size = self.model.image_size
-            self.encoding.set_image(self, image, encode, backend="sam2", image_size=size)
+            self.segmenter.set_image(self, image, encode, backend="sam2", image_size=size)
 
         def image_state(self) -> dict[str, Any]:
             """``image_embed``, ``high_res_feats`` (two maps) and ``orig_hw``."""
@@ -66,17 +63,10 @@ class Sam2ImageSegmenter(PromptSegmenter):
     label = "SAM 2"
     model: SAM2Base
 
-    @staticmethod
-    def architecture(variant: str) -> SAM2Base:
-        """``variant``'s untrained model (``build_sam2`` with :data:`HYDRA_OVERRIDES`)."""
-        config = lookup_variant(VARIANTS, variant, "SAM 2")
-        overrides = list(HYDRA_OVERRIDES.get(variant, ()))
-        build = sam2_builder("build_sam2")
-        model: SAM2Base = build(config, None, device="cpu", hydra_overrides_extra=overrides)
-        return model
+    architecture = staticmethod(sam2_model)
 
     def _new_predictor(self, **kwargs: Any) -> Any:
-        return _predictor_class()(self.model, self.encoding, **kwargs)
+        return _predictor_class()(self, **kwargs)
 
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
         """``SAM2ImagePredictor._predict`` for a batch, but only the best candidate is
@@ -85,19 +75,16 @@ class Sam2ImageSegmenter(PromptSegmenter):
         model = self.model
         coords, labels, boxes = prompt_arrays(prompts)
         _, points, point_labels, box = predictor._prep_prompts(coords, labels, boxes, None, True)
-        concat = (points, point_labels) if points is not None else None
+        coords_parts, label_parts = [], []
         if box is not None:
             # SAM 2 prompts a box as its two corners, labelled 2 and 3, ahead of the points.
-            corners = box.reshape(-1, 2, 2)
+            coords_parts.append(box.reshape(-1, 2, 2))
             corner_labels = torch.tensor([[2, 3]], dtype=torch.int, device=box.device)
-            corner_labels = corner_labels.repeat(len(prompts), 1)
-            if concat is None:
-                concat = (corners, corner_labels)
-            else:
-                concat = (
-                    torch.cat([corners, concat[0]], dim=1),
-                    torch.cat([corner_labels, concat[1]], dim=1),
-                )
+            label_parts.append(corner_labels.repeat(len(prompts), 1))
+        if points is not None:
+            coords_parts.append(points)
+            label_parts.append(point_labels)
+        concat = (torch.cat(coords_parts, dim=1), torch.cat(label_parts, dim=1))
         sparse, dense = model.sam_prompt_encoder(points=concat, boxes=None, masks=None)
         features = predictor._features
         low_res, scores, _, _ = model.sam_mask_decoder(
