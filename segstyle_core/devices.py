@@ -20,9 +20,8 @@ T = TypeVar("T")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """Turn ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a usable
-    :class:`torch.device`, CUDA with its index (equal devices, equal registry keys). Raises
-    :class:`ConfigError` for an unknown device or CUDA on a machine without it."""
+    """``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a usable device,
+    CUDA with its index (equal devices, equal registry keys); :class:`ConfigError` otherwise."""
     import torch
 
     if device == "auto":
@@ -84,8 +83,7 @@ def keep_freed_memory() -> bool:
         return False
     os.environ.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES)
     options = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, KEPT_FREE_BYTES), (_M_ARENA_MAX, 1))
-    applied = [mallopt(option, value) == 1 for option, value in options]
-    return all(applied)
+    return all([mallopt(option, value) == 1 for option, value in options])  # all applied
 
 
 @functools.cache
@@ -102,7 +100,7 @@ def native_bfloat16(device: torch.device) -> bool:
 
 class ModelCache:
     """A thread-safe registry where each key's factory runs at most once (different keys load in
-    parallel)."""
+    parallel; an exception propagates and stores nothing)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -110,22 +108,13 @@ class ModelCache:
         self._items: dict[Hashable, Any] = {}
 
     def get_or_create(self, key: Hashable, factory: Callable[[], T]) -> T:
-        """The object under ``key`` (e.g. ``(backend, variant, str(device), weights_sha256)``),
-        made by ``factory()`` if absent (an exception propagates, nothing is stored)."""
+        """The object under ``key``, made by ``factory()`` if absent."""
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
-            with self._lock:
-                if key in self._items:
-                    return self._items[key]
-            value = factory()
-            with self._lock:
-                self._items[key] = value
-            return value
-
-    def __contains__(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._items
+            if key not in self._items:
+                self._items[key] = factory()
+            return self._items[key]
 
     def clear(self) -> None:
         """Drop every stored object (frees their memory once no caller holds them)."""

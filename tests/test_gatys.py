@@ -32,6 +32,7 @@ from segstyle_core.stylize.objective import (
     autocast_dtype,
     content_loss,
     gram_matrix,
+    loss_terms,
     style_loss,
     total_loss,
     tv_loss,
@@ -143,7 +144,8 @@ def test_gram_and_losses_match_a_direct_computation() -> None:
         style_weight=5.0,
         tv_weight=0.5,
     )
-    terms = {k: float(v) for k, v in total_loss(tfeats, t(image), tcontent, tgrams, config).items()}
+    style = style_loss(tfeats, tgrams, config.layer_weights())
+    terms = {k: float(v) for k, v in total_loss(tfeats, t(image), tcontent, style, config).items()}
     assert terms["content"] == pytest.approx(3.0 * expected_content, rel=1e-10)
     assert terms["style"] == pytest.approx(5.0 * expected_style, rel=1e-10)
     assert terms["tv"] == pytest.approx(0.5 * expected_tv, rel=1e-10)
@@ -413,6 +415,75 @@ def test_style_term_matches_autograd_through_the_gram_matrix(layout: torch.memor
     assert torch.autograd.gradcheck(term_of, (features,))
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_styled_relu_matches_autograd_through_the_relu_and_the_gram_matrix(
+    layout: torch.memory_format,
+) -> None:
+    """A ReLU with its style term fused: the map, the term and the input's gradient (the term's
+    and a downstream consumer's, summed inside the product) equal autograd's through
+    ``torch.relu`` and ``gram_matrix`` (float64), and gradcheck passes in both layouts."""
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 6, 5, 7, dtype=torch.float64, generator=generator)
+    x = x.contiguous(memory_format=layout).requires_grad_(True)
+    target = torch.randn(1, 6, 6, dtype=torch.float64, generator=generator)  # not symmetric
+    probe = torch.randn(1, 6, 5, 7, dtype=torch.float64, generator=generator)  # the next layer
+
+    def fused(x: torch.Tensor) -> torch.Tensor:
+        features, term = objective._StyledReLU.apply(x, target, 0.3)
+        return term + (features * probe).sum()
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(x)
+        return 0.3 * torch.sum((gram_matrix(features) - target) ** 2) + (features * probe).sum()
+
+    (gradient,) = torch.autograd.grad(fused(x), x)
+    (expected,) = torch.autograd.grad(plain(x), x)
+    torch.testing.assert_close(fused(x), plain(x), rtol=1e-12, atol=0)
+    torch.testing.assert_close(gradient, expected, rtol=1e-12, atol=1e-15)
+    assert (x < 0).any() and gradient[x < 0].eq(0).all()
+    assert gradient.is_contiguous(memory_format=layout)
+    assert torch.autograd.gradcheck(fused, (x,))
+
+
+@pytest.mark.parametrize("autocast", [None, "bfloat16", "float16"])
+def test_style_terms_fused_into_their_relus_give_the_objective_of_the_features(
+    vgg_path: Path, autocast: str | None
+) -> None:
+    """``loss_terms`` (style terms fused into their ReLUs; not under float16) gives the
+    objective and pixel gradient of the features' own ``total_loss``: equal in float32 and
+    float16, within bfloat16 rounding under bfloat16; a content layer that is also a style
+    layer is read from the fused ReLU."""
+    config = _config(autocast=autocast, channels_last=True, content_layers=("relu2_1", "conv4_2"))
+    extractor = load_vgg19_features(vgg_path, config.layers).to(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(6)
+    content, style = (torch.rand(1, 3, 48, 64, generator=generator) for _ in range(2))
+    with torch.no_grad():
+        grams = objective.grams_of(
+            objective.vgg_features(extractor, style, config), config.style_layers
+        )
+        features = objective.vgg_features(extractor, content, config)
+    targets = {name: features[name] for name in config.content_layers}
+    image = (content * 0.8 + 0.1).requires_grad_(True)
+    fused = loss_terms(extractor, image, targets, grams, config)
+    (fused_gradient,) = torch.autograd.grad(fused["total"], image)
+    features = objective.vgg_features(extractor, image, config)
+    style = style_loss(features, grams, config.layer_weights())
+    plain = total_loss(features, image, targets, style, config)
+    (plain_gradient,) = torch.autograd.grad(plain["total"], image)
+    exact = autocast != "bfloat16"
+    for name in ("content", "style", "total"):
+        torch.testing.assert_close(fused[name], plain[name], rtol=0 if exact else 1e-4, atol=0)
+    cosine = torch.nn.functional.cosine_similarity(
+        fused_gradient.flatten(), plain_gradient.flatten(), dim=0
+    )
+    if exact:
+        torch.testing.assert_close(
+            fused_gradient, plain_gradient, rtol=1e-5, atol=1e-6 * plain_gradient.abs().max()
+        )
+    else:
+        assert cosine > 0.999
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_autocast_follows_native_bfloat16(
     monkeypatch: pytest.MonkeyPatch, native: bool
@@ -468,17 +539,17 @@ def test_a_diverging_objective_stops_the_run_with_the_best_image(
     stylizer.extractor.register_forward_pre_hook(
         lambda _m, args: evaluated.append(args[0].detach().clone())
     )
-    real_total_loss = gatys.total_loss
+    real_loss_terms = gatys.loss_terms
     calls: list[int] = []
 
     def nan_on_the_fourth_call(*args: object) -> dict[str, torch.Tensor]:
-        terms = real_total_loss(*args)
+        terms = real_loss_terms(*args)
         calls.append(1)
         if len(calls) == 4:
             terms["total"] = terms["total"] * float("nan")
         return terms
 
-    monkeypatch.setattr(gatys, "total_loss", nan_on_the_fourth_call)
+    monkeypatch.setattr(gatys, "loss_terms", nan_on_the_fourth_call)
     reports: list[Progress] = []
     out = stylizer.stylize(_content(), _style(), progress=reports.append)
 

@@ -328,7 +328,8 @@ def test_model_cache_runs_factory_once_under_threads() -> None:
     for thread in threads:
         thread.join()
     assert len(made) == 1 and len({id(r) for r in results}) == 1
-    assert ("m", 1) in cache and cache.get_or_create(("m", 2), factory) is not results[0]
+    assert cache.get_or_create(("m", 1), factory) is results[0] and len(made) == 1
+    assert cache.get_or_create(("m", 2), factory) is not results[0]
 
 
 def test_bfloat16_encoder_gives_masks_close_to_float32(

@@ -82,8 +82,7 @@ class StylizerConfig(BackendConfig):
 
     def style_for(self, class_name: str | None) -> str:
         """The style image of a class: its own (:attr:`class_styles`), else :meth:`style_path`."""
-        own = self.class_styles.get((class_name or "").lower())
-        return own if own is not None else self.style_path()
+        return self.class_styles.get((class_name or "").lower()) or self.style_path()
 
     def style_paths(self) -> list[str]:
         """Every distinct style image this configuration may paint with, the plain one first."""

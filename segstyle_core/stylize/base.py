@@ -8,6 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+from segstyle_core.errors import InputError
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -21,6 +23,16 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 #: An ``H×W×3 uint8 RGB`` image.
 RGB = np.ndarray
+
+
+def check_side(size: tuple[int, ...], minimum: int, what: str, fix: str) -> None:
+    """Raise :class:`InputError` naming ``what`` and ``fix`` if ``size`` (``(h, w, ...)``) has a
+    side under ``minimum`` px."""
+    if min(size[:2]) < minimum:
+        raise InputError(
+            f"{what} is {size[1]}x{size[0]} px, under the stylizer's minimum of {minimum} px a "
+            f"side; {fix}"
+        )
 
 
 class Stylizer(Protocol):

@@ -19,7 +19,7 @@ from torchvision.models.vgg import cfgs, make_layers
 from segstyle_core import devices
 from segstyle_core.fileio import write_json_atomic
 from segstyle_core.stylize.gatys_config import SPEED_OPTIONS, GatysConfig
-from segstyle_core.stylize.objective import grams_of, total_loss, vgg_features
+from segstyle_core.stylize.objective import grams_of, loss_terms, vgg_features
 from segstyle_core.stylize.vgg import VGGFeatures
 
 #: The working size ``(h, w)`` of the calibration image: a typical ROI crop's.
@@ -96,7 +96,7 @@ def _trial(
     for _ in range(repeats + 1):
         image.grad = None
         start = time.perf_counter()
-        terms = total_loss(vgg_features(network, image, cfg), image, targets, grams, cfg)
+        terms = loss_terms(network, image, targets, grams, cfg)
         terms["total"].backward()
         total = terms["total"].item()
         times.append(time.perf_counter() - start)

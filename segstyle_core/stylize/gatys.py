@@ -1,12 +1,6 @@
 """Gatys et al. neural style transfer on VGG19, optimising the image's pixels (loss terms:
-:mod:`segstyle_core.stylize.objective`).
-
-:class:`GatysConfig`'s defaults are the NST base script's (Gordić's
-``pytorch-neural-style-transfer``) with the speed options measured in ``benchmarks/README.md``;
-``GatysConfig(autocast=None, channels_last=False, compile=False, plateau_tol=0,
-coarse_fraction=0)`` is the seed's plain float32 optimisation. Images are ``H×W×3 uint8 RGB``
-at the boundary; inside, ``1×3×h×w`` float tensors in ``[0, 1]``.
-"""
+:mod:`segstyle_core.stylize.objective`). Images are ``H×W×3 uint8 RGB`` at the boundary; inside,
+``1×3×h×w`` float tensors in ``[0, 1]``."""
 
 from __future__ import annotations
 
@@ -14,7 +8,6 @@ import contextlib
 import math
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -24,17 +17,17 @@ import torch.nn.functional as F
 
 from segstyle_core import devices, weights
 from segstyle_core.composite import resize_to
-from segstyle_core.errors import ConfigError, InputError
+from segstyle_core.errors import ConfigError
 from segstyle_core.fileio import sha256_bytes
 from segstyle_core.images import check_rgb
 from segstyle_core.stylize import calibration
-from segstyle_core.stylize.base import RGB, Progress, ProgressCallback
+from segstyle_core.stylize.base import RGB, Progress, ProgressCallback, check_side
 from segstyle_core.stylize.gatys_config import MIN_SIDE, GatysConfig
 from segstyle_core.stylize.objective import (
     Network,
     autocast_dtype,
     grams_of,
-    total_loss,
+    loss_terms,
     vgg_features,
 )
 from segstyle_core.stylize.vgg import IMAGENET_MEAN, VGGFeatures, load_vgg19_features
@@ -51,24 +44,16 @@ def working_size(shape: tuple[int, ...], height: int) -> tuple[int, int]:
 def content_working_size(shape: tuple[int, ...], config: GatysConfig) -> tuple[int, int]:
     """The content's working size ``(h, w)`` for an image of shape ``H×W(×3)``: at
     ``config.height`` (aspect kept; :class:`InputError` if the width falls under
-    :data:`MIN_SIDE`), or ``config.content_scale`` times ``H×W``, sides enlarged to
-    :data:`MIN_SIDE`."""
+    :data:`MIN_SIDE`), or ``config.content_scale`` times ``H×W`` (sides at least
+    :data:`MIN_SIDE`)."""
     if config.content_scale is None:
         size = working_size(shape, config.height)
         where = f"content image at working height {config.height}"
-        _check_side(size, where, "use a less narrow image")
+        check_side(size, MIN_SIDE, where, "use a less narrow image")
         return size
     height, width = shape[:2]
     scale = max(config.content_scale, MIN_SIDE / min(height, width))
     return max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale))
-
-
-def _check_side(size: tuple[int, ...], what: str, fix: str) -> None:
-    if min(size[:2]) < MIN_SIDE:
-        raise InputError(
-            f"{what} is {size[1]}x{size[0]} px, under VGG19's minimum of {MIN_SIDE} px a side; "
-            f"{fix}"
-        )
 
 
 def _to_tensor(image: np.ndarray, size: tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -90,9 +75,9 @@ def _style_grams(
     """Gram matrices ``{style layer: 1×C×C}`` of ``style`` (``h×w×3 uint8``) at ``height``."""
     check_rgb(style, "style image")
     fix = "use a larger style image"
-    _check_side(style.shape, "style image", fix)
+    check_side(style.shape, MIN_SIDE, "style image", fix)
     size = working_size(style.shape, height)
-    _check_side(size, f"style image at working height {height}", fix)
+    check_side(size, MIN_SIDE, f"style image at working height {height}", fix)
     with torch.no_grad():
         style_t = _to_tensor(style, size, extractor.device)
         return grams_of(vgg_features(extractor, style_t, config), config.style_layers)
@@ -114,9 +99,8 @@ def gatys_objective(
     config: GatysConfig,
 ) -> dict[str, float]:
     """The weighted loss terms ``{"content", "style", "tv", "total"}`` of ``image``
-    (``H×W×3 uint8``, e.g. a composite, resized to the content's working size), without
-    optimising; content and style are prepared as in :meth:`GatysStylizer.stylize`. Pass
-    ``autocast=None`` for a float32 measurement."""
+    (``H×W×3 uint8``, e.g. a composite, resized to the content's working size) against content
+    and style prepared as :meth:`GatysStylizer.stylize` does; ``autocast=None``: float32."""
     device = extractor.device
     config = calibration.resolve(config, device)
     check_rgb(content, "content image")
@@ -126,8 +110,7 @@ def gatys_objective(
     style_grams = _style_grams(extractor, style, config.height, config)
     with torch.no_grad():
         image_t = _to_tensor(image, size, device)
-        features = vgg_features(extractor, image_t, config)
-        terms = total_loss(features, image_t, targets, style_grams, config)
+        terms = loss_terms(extractor, image_t, targets, style_grams, config)
     return {name: float(value) for name, value in terms.items()}
 
 
@@ -148,27 +131,24 @@ class GatysStylizer:
         extractor: VGGFeatures | None = None,
         verify: bool = True,
     ) -> None:
-        """Load VGG19 from ``checkpoint`` (``None``: :func:`segstyle_core.weights.find_checkpoint`,
-        whose :class:`~segstyle_core.errors.WeightsError` names the download command), checked
-        against the official file's hash unless ``verify`` is off (a file of your own, identified
-        by its SHA-256); or use ``extractor`` (with the config's layers; ``weights_sha256`` is
-        then ``None``)."""
+        """Load VGG19 from ``checkpoint`` (``None``: :func:`segstyle_core.weights.find_checkpoint`),
+        checked against the official file's hash unless ``verify`` is off (a file of your own);
+        or use ``extractor`` (with the config's layers; ``weights_sha256`` is then ``None``)."""
         self.device = devices.resolve_device(device)
-        self.config = config or GatysConfig()
+        self._config = calibration.resolve(config or GatysConfig(), self.device)
         self.weights_sha256: str | None = None
         if extractor is None:
             path = checkpoint or weights.find_checkpoint("vgg19")
             extractor, self.weights_sha256 = self._load_extractor(path, verify)
+        elif missing := set(self._config.layers) - set(extractor.layers):
+            raise ConfigError(
+                f"extractor lacks layers {sorted(missing)}: load it with the config's layers"
+            )
         else:
-            missing = set(self.config.layers) - set(extractor.layers)
-            if missing:
-                raise ConfigError(
-                    f"extractor lacks layers {sorted(missing)}: load it with the config's layers"
-                )
             extractor = self._place(extractor)
         self.extractor = extractor
-        self._network = self._compiled()
-        self._style_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self.config = self._config  # compiles VGG if configured
+        self._style_cache: dict[tuple, dict[str, torch.Tensor]] = {}  # least recent first
         self._style_cache_size = style_cache_size
         self._lock = threading.Lock()
 
@@ -180,13 +160,10 @@ class GatysStylizer:
     @config.setter
     def config(self, config: GatysConfig) -> None:
         self._config = calibration.resolve(config, self.device)
-        if hasattr(self, "extractor"):
-            self._network = self._compiled()
-
-    def _compiled(self) -> Network:
-        if self.config.compile:
-            return torch.compile(self.extractor, dynamic=False)
-        return self.extractor
+        compiled = self._config.compile
+        self._network: Network = (
+            torch.compile(self.extractor, dynamic=False) if compiled else self.extractor
+        )
 
     def _load_extractor(
         self, path: str | os.PathLike[str], verify: bool
@@ -211,50 +188,34 @@ class GatysStylizer:
 
     def style_targets(self, style: np.ndarray, height: int) -> dict[str, torch.Tensor]:
         """Gram matrices ``{style layer: 1×C×C}`` of ``style`` (``h×w×3 uint8``) at ``height``,
-        cached by the style's bytes, working size and layers."""
-        key = (
-            sha256_bytes(np.ascontiguousarray(style).tobytes()),
-            style.shape,
-            working_size(style.shape, height),
-            self.config.style_layers,
-            str(self.device),
-        )
+        cached by the style's bytes, height and layers."""
+        digest = sha256_bytes(np.ascontiguousarray(style).tobytes())
+        key = (digest, style.shape, height, self.config.style_layers)
         with self._lock:
-            if key in self._style_cache:
-                self._style_cache.move_to_end(key)
-                return self._style_cache[key]
-        grams = _style_grams(self.extractor, style, height, self.config)
-        with self._lock:
+            grams = self._style_cache.pop(key, None)
+            if grams is None:
+                grams = _style_grams(self.extractor, style, height, self.config)
             self._style_cache[key] = grams
             while len(self._style_cache) > self._style_cache_size:
-                self._style_cache.popitem(last=False)
+                del self._style_cache[next(iter(self._style_cache))]
         return grams
 
     def stylize(self, content: RGB, style: RGB, progress: ProgressCallback | None = None) -> RGB:
         """Paint ``content`` (``H×W×3 uint8``) like ``style`` (``h×w×3 uint8``); ``h×w×3 uint8``
         at :func:`content_working_size`. ``progress`` gets the weighted loss terms after every
-        objective evaluation (coarse stage first). Raises :class:`InputError` for a style image
-        under :data:`MIN_SIDE` px a side."""
+        objective evaluation (coarse stage first). :class:`InputError`: an image too small."""
         cfg = self.config
         check_rgb(content, "content image")
         size = content_working_size(content.shape, cfg)
-        # (working size, style height, budget); None = what the stages before left over
-        stages: list[tuple[tuple[int, int], int, int | None]] = [(size, cfg.height, None)]
-        half = (size[0] // 2, size[1] // 2)
-        coarse = round(cfg.iterations * cfg.coarse_fraction)
+        half, coarse = (size[0] // 2, size[1] // 2), round(cfg.iterations * cfg.coarse_fraction)
+        image, done = None, 0
         if coarse and min(*half, cfg.height // 2) >= MIN_SIDE:
-            stages.insert(0, (half, cfg.height // 2, coarse))
-        image: torch.Tensor | None = None
-        done = 0
-        for stage_size, style_height, budget in stages:
-            if image is not None:  # coarse result, upsampled, starts the full-size stage
-                image = F.interpolate(image, size=stage_size, mode="bilinear", align_corners=False)
-            budget = cfg.iterations - done if budget is None else budget
-            run = _Run(cfg, self.device, budget, progress, first_step=done, total=cfg.iterations)
-            image = self._optimise(content, style, stage_size, style_height, image, run)
-            done += run.step
-        assert image is not None
-        return _to_uint8(image)
+            run = _Run(cfg, self.device, coarse, progress, first_step=0)
+            coarse_image = self._optimise(content, style, half, cfg.height // 2, None, run)
+            image = F.interpolate(coarse_image, size=size, mode="bilinear", align_corners=False)
+            done = run.step  # the full-size stage gets what the coarse one left over
+        run = _Run(cfg, self.device, cfg.iterations - done, progress, first_step=done)
+        return _to_uint8(self._optimise(content, style, size, cfg.height, image, run))
 
     def _optimise(
         self,
@@ -278,8 +239,8 @@ class GatysStylizer:
 
         def objective() -> float:
             optimizer.zero_grad()
-            features = vgg_features(self._network, image, run.config)  # run.config may switch
-            terms = total_loss(features, image, content_targets, style_grams, cfg)
+            # run.config: cfg, or its float32 switch (same weights)
+            terms = loss_terms(self._network, image, content_targets, style_grams, run.config)
             terms["total"].backward()
             return run.record(terms, image)
 
@@ -323,16 +284,15 @@ class _Diverged(Exception):
 
 @dataclass
 class _Run:
-    """Evaluation counter, progress reports, best image and plateau test of one stage of at
-    most ``budget`` evaluations; progress steps count on from ``first_step`` to ``total``.
-    :attr:`config` gets ``autocast=None`` once a plateau under autocast switched to float32."""
+    """Evaluation counter, progress reports (steps from ``first_step`` on), best image and
+    plateau test of one stage of at most ``budget`` evaluations; :attr:`config` gets
+    ``autocast=None`` once a plateau under autocast switched to float32."""
 
     config: GatysConfig
     device: torch.device
     budget: int
     progress: ProgressCallback | None
     first_step: int
-    total: int
     step: int = 0
     best: list[float] = field(default_factory=list)  # the best total after each evaluation
     best_image: torch.Tensor | None = None
@@ -350,24 +310,21 @@ class _Run:
             self.best_image = image.detach().clone()
         self.best.append(min(losses["total"], self.best[-1]) if self.best else losses["total"])
         if self.progress is not None:
-            self.progress(Progress(self.first_step + self.step, self.total, losses))
+            self.progress(Progress(self.first_step + self.step, self.config.iterations, losses))
         return losses["total"]
 
     def done(self) -> bool:
         """Budget spent, or a plateau in float32 (under autocast: switch to float32 instead)."""
+        cfg = self.config
         if self.step >= self.budget:
             return True
-        if not self._plateau():
-            return False
-        if autocast_dtype(self.config, self.device) is None:
-            return True
-        self.config = self.config.changed(autocast=None)
-        self.best = []
-        return False
-
-    def _plateau(self) -> bool:
-        cfg = self.config
         if cfg.plateau_tol <= 0 or len(self.best) <= cfg.plateau_patience:
             return False
         old = self.best[-1 - cfg.plateau_patience]
-        return old - self.best[-1] <= cfg.plateau_tol * abs(old)
+        if old - self.best[-1] > cfg.plateau_tol * abs(old):
+            return False
+        if autocast_dtype(cfg, self.device) is None:
+            return True
+        self.config = cfg.changed(autocast=None)
+        self.best = []
+        return False

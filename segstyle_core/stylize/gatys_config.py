@@ -1,5 +1,4 @@
-"""The settings of a Gatys optimisation: a typed model free of torch (the CLI and the flows'
-forms read it without loading torch; :mod:`segstyle_core.stylize.gatys` runs it)."""
+"""The settings of a Gatys optimisation, free of torch (:mod:`segstyle_core.stylize.gatys`)."""
 
 from __future__ import annotations
 
@@ -11,9 +10,8 @@ from segstyle_core.backends import ConfigModel
 
 #: VGG19 pools four times before ``conv5_1``; below this a side has no room left.
 MIN_SIDE = 32
-#: The names of VGG19's 37 ``features`` modules, in order: ``convB_I`` is the I-th convolution
-#: of block B (before its ReLU), ``reluB_I`` its rectified output, ``poolB`` the pooling that
-#: ends block B (index ``k`` is module ``k`` of torchvision's ``vgg19().features``).
+#: The names of torchvision's ``vgg19().features`` modules in order: ``convB_I`` is the I-th
+#: convolution of block B, ``reluB_I`` its ReLU, ``poolB`` the pooling that ends block B.
 VGG19Layer = Literal[
     "conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1",
     "conv2_1", "relu2_1", "conv2_2", "relu2_2", "pool2",
@@ -32,8 +30,7 @@ def _vgg19_layer(name: str) -> str:
     return name
 
 
-#: A :data:`VGG19Layer` in settings, checked by a validator: for a Literal, the Prefect UI's form
-#: would show no default list.
+#: A :data:`VGG19Layer` checked by a validator (as a Literal the Prefect form shows no default).
 LayerName = Annotated[str, AfterValidator(_vgg19_layer)]
 #: Options that change speed only, not the painting: kept out of stage cache keys and rows;
 #: ``auto`` takes the machine's calibration (:mod:`segstyle_core.stylize.calibration`).
@@ -43,8 +40,10 @@ Normalization = Literal["imagenet", "imagenet255"]
 
 
 class GatysConfig(ConfigModel):
-    """Settings of one Gatys optimisation (defaults: the NST base script). Each field's
-    docstring is its description in the Prefect UI and the CLI's help."""
+    """Settings of one Gatys optimisation (defaults: the NST base script, Gordić's
+    ``pytorch-neural-style-transfer``, with the speed options of ``benchmarks/README.md``;
+    ``autocast=None, channels_last=False, compile=False, plateau_tol=0, coarse_fraction=0``: the
+    seed's plain float32 optimisation)."""
 
     content_layers: tuple[LayerName, ...] = Field(default=("conv4_2",), min_length=1)
     """VGG19 layers matched to the content image (conv4_2, relu4_2, ...)."""

@@ -1,11 +1,10 @@
-"""VGG19 feature extractor for Gatys style transfer, its layers named as
-:data:`~segstyle_core.stylize.gatys_config.VGG19Layer`. Weights come from a checkpoint file
-(:func:`load_vgg19_features`): this module never downloads nor initialises them."""
+"""VGG19 feature extractor for Gatys style transfer, layers named as in
+:data:`~segstyle_core.stylize.gatys_config.VGG19Layer`; weights only from a checkpoint file."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from copy import deepcopy as copy_module
 from typing import Any, get_args
 
@@ -27,6 +26,10 @@ NORMALIZATION_STD: dict[Normalization, tuple[float, float, float]] = {
     "imagenet": IMAGENET_STD,
     "imagenet255": (1 / 255, 1 / 255, 1 / 255),
 }
+
+
+#: A ReLU of wanted layers: ``(their names, B×C×h×w input) -> B×C×h×w output``.
+ReLU = Callable[[tuple[str, ...], torch.Tensor], torch.Tensor]
 
 
 class VGGFeatures(nn.Module):
@@ -68,16 +71,14 @@ class VGGFeatures(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Map ``B×3×H×W`` RGB in ``[0, 1]`` to ``{layer: B×C×h×w}`` for :attr:`layers`.
+    def forward(self, image: torch.Tensor, relu: ReLU | None = None) -> dict[str, torch.Tensor]:
+        """Map ``B×3×H×W`` RGB in ``[0, 1]`` to ``{layer: B×C×h×w}`` for :attr:`layers`;
+        ``relu(layers, x)``, when given, computes each ReLU whose output is wanted (the
+        objective fuses its style terms into them).
 
-        ``conv1_1`` runs in float32 also under autocast: bfloat16 would round the normalised
-        pixels (about ±128) to steps of up to half a grey level, hiding L-BFGS's small line-search
-        steps (it stalls or diverges); ``conv1_1`` is 0.5 % of the FLOPs. Under bfloat16 its output
-        is then rounded to bfloat16 at once, as ``conv1_2`` would: the largest maps (ReLU, Gram,
-        gradient sums) are not kept in float32 (float16 keeps it: its Gram sums would overflow),
-        and its gradient to the pixels is computed in bfloat16.
-        """
+        ``conv1_1`` runs in float32 also under autocast (bfloat16 pixels would hide L-BFGS's
+        small line-search steps; it is 0.5 % of the FLOPs); under bfloat16 its output is rounded
+        to bfloat16 at once (float16 keeps float32: its Gram sums would overflow)."""
         x = (image - self.mean) / self.std
         out: dict[str, torch.Tensor] = {}
         device = x.device.type
@@ -91,6 +92,8 @@ class VGGFeatures(nn.Module):
                 else:
                     with torch.autocast(device, enabled=False):
                         x = module(x.float())
+            elif relu is not None and names and isinstance(module, nn.ReLU):
+                x = relu(names, x)
             else:
                 x = module(x)
             out |= dict.fromkeys(names, x)
@@ -121,9 +124,8 @@ def _plan(
     names: list[str], modules: list[nn.Module], wanted: frozenset[str]
 ) -> list[tuple[nn.Module, tuple[str, ...]]]:
     """``(module, wanted layers its output is)`` in the order they run: a ReLU whose output is
-    not wanted runs after the max-pool that follows it, on a quarter of the pixels. Max and
-    ReLU commute, so the maps and gradients are bit-identical (a pooled maximum at or below zero
-    gets a zero gradient either way)."""
+    not wanted runs after the max-pool that follows it, on a quarter of the pixels (max and ReLU
+    commute: maps and gradients are bit-identical)."""
     plan: list[tuple[nn.Module, tuple[str, ...]]] = [
         (module, (name,) if name in wanted else ())
         for name, module in zip(names, modules, strict=True)
@@ -150,9 +152,8 @@ def load_vgg19_features(
     pooling: Pooling = "max",
     normalization: Normalization = "imagenet",
 ) -> VGGFeatures:
-    """The ``features.*`` weights of a torchvision VGG19 state dict as a :class:`VGGFeatures`
-    (unverified: the caller checks the checksum). Raises :class:`WeightsError` for a file
-    without them."""
+    """The ``features.*`` weights of a torchvision VGG19 state dict (checksum unchecked) as a
+    :class:`VGGFeatures`; :class:`WeightsError` for a file without them."""
     state = weights.load_state_dict(path)
     prefix = "features."
     feature_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
