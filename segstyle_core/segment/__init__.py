@@ -1,8 +1,10 @@
 """Segmentation backends: :class:`SegmenterConfig` names results without loading and builds
-each backend once per process; SAM and SAM 2 load through :func:`load_segmenter`."""
+each backend once per process; SAM and SAM 2 models load through :func:`load_model` (image
+segmenters: :func:`load_segmenter`; SAM 2's video tracker: :func:`load_video_tracker`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from segstyle_core.segment.sam import PromptSegmenter
+    from segstyle_core.segment.sam2 import Sam2VideoTracker
 
 
 class SegmenterConfig(BackendConfig):
@@ -107,12 +110,43 @@ def load_segmenter(
 
         segmenter = Sam2ImageSegmenter
     resolved = devices.resolve_device(device)
+    model = load_model(
+        backend, segmenter.architecture, segmenter.label, variant, checkpoint, resolved
+    )
+    return segmenter(model, variant, checkpoint.sha256, embedding_cache_dir, multimask, precision)
+
+
+def load_video_tracker(
+    variant: str, checkpoint: weights.CheckpointFile, device: str = "auto"
+) -> Sam2VideoTracker:
+    """SAM 2's video tracker on ``variant``'s predictor filled from ``checkpoint`` (raises as
+    :func:`load_segmenter`)."""
+    from segstyle_core.segment.sam2 import Sam2VideoTracker, sam2_model
+
+    def architecture(variant: str) -> torch.nn.Module:
+        return sam2_model(variant, "build_sam2_video_predictor")
+
+    resolved = devices.resolve_device(device)
+    predictor = load_model("sam2-video", architecture, "SAM 2", variant, checkpoint, resolved)
+    return Sam2VideoTracker(predictor, variant, checkpoint.sha256, resolved)
+
+
+def load_model(
+    kind: str,
+    architecture: Callable[[str], torch.nn.Module],
+    label: str,
+    variant: str,
+    checkpoint: weights.CheckpointFile,
+    device: torch.device,
+) -> torch.nn.Module:
+    """``architecture(variant)`` filled from ``checkpoint`` (WeightsError: unsafe, corrupt or
+    for another architecture; ``label`` names it) in eval mode on ``device``, loaded once per
+    ``kind``, variant, device and weights (:data:`segstyle_core.devices.MODELS`)."""
 
     def load() -> torch.nn.Module:
-        model = segmenter.architecture(variant)
-        weights.load_weights(model, checkpoint.path, f"{segmenter.label} {variant}")
-        return model.eval().to(resolved)
+        model = architecture(variant)
+        weights.load_weights(model, checkpoint.path, f"{label} {variant}")
+        return model.eval().to(device)
 
-    key = (backend, variant, str(resolved), checkpoint.sha256)
-    model = devices.MODELS.get_or_create(key, load)
-    return segmenter(model, variant, checkpoint.sha256, embedding_cache_dir, multimask, precision)
+    key = (kind, variant, str(device), checkpoint.sha256)
+    return devices.MODELS.get_or_create(key, load)

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segstyle_core import weights
 from segstyle_core.errors import ConfigError
 from segstyle_core.segment.base import Prompt, Sam2Variant, lookup_variant
 
@@ -40,19 +39,18 @@ def sam2_model(variant: str, builder: str = "build_sam2", **options: Any) -> Any
 
 
 class Sam2VideoTracker:
-    """The ``sam2`` tracker on ``variant`` filled from ``checkpoint``, on ``device`` (``"cpu"``,
-    ``"cuda:0"``); ConfigError: no ``sam2``; WeightsError: the checkpoint is unreadable or does
-    not fit."""
+    """The ``sam2`` video ``predictor`` (loaded: :func:`~segstyle_core.segment.load_video_tracker`)
+    of ``variant`` with weights ``weights_sha256``, on ``device``."""
 
     name = "sam2"
 
-    def __init__(self, variant: str, checkpoint: weights.CheckpointFile, device: str) -> None:
-        self.predictor = sam2_model(variant, "build_sam2_video_predictor")
-        weights.load_weights(self.predictor, checkpoint.path, f"SAM 2 {variant}")
-        self.predictor.to(device)
+    def __init__(
+        self, predictor: Any, variant: str, weights_sha256: str | None, device: torch.device
+    ) -> None:
+        self.predictor = predictor
         self.variant = variant
-        self.device = torch.device(device)
-        self.weights_sha256: str | None = checkpoint.sha256
+        self.weights_sha256 = weights_sha256
+        self.device = device
 
     def _prompt(self, state: dict[str, Any], start: Prompt | np.ndarray) -> None:
         if isinstance(start, np.ndarray):

@@ -19,7 +19,6 @@ from pydantic import Field
 
 from segstyle_core import weights
 from segstyle_core.backends import BackendConfig, BackendIdentity
-from segstyle_core.devices import resolve_device
 from segstyle_core.errors import InputError
 from segstyle_core.images import check_rgb
 from segstyle_core.metrics import iou
@@ -236,11 +235,10 @@ class TrackerConfig(BackendConfig):
     def build(self) -> MaskTracker:
         """The tracker; SAM 2 (and the flow tracker's segmenter) loaded once per process."""
         if self.backend == "sam2":
-            from segstyle_core.segment.sam2 import Sam2VideoTracker
+            from segstyle_core.segment import load_video_tracker
 
             def factory() -> MaskTracker:
-                device = str(resolve_device(self.device))
-                return Sam2VideoTracker(self.sam2_variant, self._sam2_checkpoint(), device)
+                return load_video_tracker(self.sam2_variant, self._sam2_checkpoint(), self.device)
 
             return self.load_once(factory)
         return FlowTracker(self.segmenter.build(), self)
