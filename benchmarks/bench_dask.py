@@ -1,13 +1,9 @@
-"""Throughput of one dataset run on 1 and on 2 Dask worker processes (issue #24).
+"""Throughput of one dataset run on 1 and on 2 Dask worker processes.
 
-``segstyle run --workers N`` (one-thread worker processes: BLAS, OpenMP and torch at one thread,
-a worker is one core) over the same generated dataset, each into a fresh ``--out``, offline
-backends; timed whole and by its flow body (from the Parquet rows: no server or cluster start).
-Last line: ``images_per_min_1=<..> images_per_min_2=<..> speedup=<flow body on 1 / on 2>
-efficiency=<speedup / 2>``.
-
-    python benchmarks/bench_dask.py            # 8 frames at 2048x1024, about 3 minutes
-    python benchmarks/bench_dask.py --smoke    # 2 frames at 256x128, the same path
+``segstyle run --workers N`` (one-thread workers) over one generated dataset, each into a fresh
+``--out``, offline backends; timed whole and by its flow body (from the Parquet rows). Last
+line: ``images_per_min_1=<..> images_per_min_2=<..> speedup=<flow body on 1 / on 2>
+efficiency=<speedup / 2>``. ``benchmarks/README.md`` gives command lines and results.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from common import RUN, SEGSTYLE, flow_seconds, run_rows, size_pair, timed
+from common import RUN, SEGSTYLE, flow_seconds, parse, run_rows, size_pair, timed
 
 from segstyle_core.demo.dataset import generate_demo_dataset
 
@@ -25,8 +21,7 @@ ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPEN
 
 
 def timed_run(dataset: Path, out: Path, workers: int) -> tuple[float, float, int, float]:
-    """Wall seconds of ``segstyle run --workers N``, its flow body's seconds, its images and
-    its stages' own seconds."""
+    """Wall and flow body seconds of ``segstyle run --workers N``, images, stage seconds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     command = [SEGSTYLE, "run", "--dataset", str(dataset), *RUN, "--out", str(out)]
     wall, done = timed([*command, "--workers", str(workers)], {**env, **ONE_THREAD}, out.parent)
@@ -40,9 +35,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8, help="annotated demo frames")
     parser.add_argument("--size", default="2048x1024", help="demo frame WxH (Cityscapes')")
     parser.add_argument("--smoke", action="store_true", help="2 frames at 256x128")
-    args = parser.parse_args()
-    if args.smoke:
-        args.frames, args.size = 2, "256x128"
+    args = parse(parser, frames=2, size="256x128")
     with tempfile.TemporaryDirectory(prefix="segstyle-bench-dask-") as tmp:
         dataset = generate_demo_dataset(
             Path(tmp) / "data",
@@ -51,12 +44,12 @@ def main() -> None:
             cities=("zurich",),
         )
         results = {n: timed_run(dataset, Path(tmp) / f"out-{n}", n) for n in (1, 2)}
+    rate = {n: 60 * images / body for n, (_, body, images, _) in results.items()}
     for workers, (wall, body, images, stages) in results.items():
         print(
             f"workers={workers}: {images} images, wall {wall:.1f} s, flow body {body:.1f} s, "
-            f"{60 * images / body:.2f} images/min, stage seconds {stages:.1f}"
+            f"{rate[workers]:.2f} images/min, stage seconds {stages:.1f}"
         )
-    rate = {n: 60 * images / body for n, (_, body, images, _) in results.items()}
     speedup = results[1][1] / results[2][1]
     print(f"cpus={os.cpu_count()} frames={args.frames} size={args.size}")
     print(

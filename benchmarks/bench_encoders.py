@@ -1,18 +1,11 @@
 """SAM's image encoder in float32 vs bfloat16 autocast: time, embedding and mask agreement.
 
-Per SAM variant (default ViT-B) and, where ``sam2`` imports, SAM 2 variant (default Hiera-B+,
-measured first), on one demo frame (1024×1024) with a box and a point prompt on each of its
-largest objects, one model through ``SamSegmenter`` / ``Sam2ImageSegmenter`` at
-``precision="float32"`` and ``"bfloat16"``: the encoder's (``set_image``) and a whole
-``segment`` call's minimum wall and CPU seconds over interleaved repeats; cosine and largest
-relative difference of the embeddings (SAM 2: also its high-resolution maps); every prompt's
-mask IoU and predicted-score difference. Without ``--sam`` the weights are RANDOM (seed 0);
-SAM 2's always are. Last line, of the last SAM variant:
-``encoder=<variant> time_ratio=<bf16/f32 encoder wall> cosine=<..> mask_iou=<mean>``.
-
-    python benchmarks/bench_encoders.py                        # Hiera-B+, then ViT-B
-    python benchmarks/bench_encoders.py --variants vit_l,vit_b --sam2-variants none
-    python benchmarks/bench_encoders.py --smoke                # the same path in seconds
+Per SAM 2 variant (where ``sam2`` imports), then SAM variant, on one demo frame with a box and a
+point prompt on each of its largest objects: the encoder's and a whole ``segment`` call's
+minimum seconds over interleaved repeats, embedding cosine and relative difference, each mask's
+IoU and score difference. Weights are RANDOM (seed 0) unless ``--sam`` gives SAM's. Last line,
+of the last SAM variant: ``encoder=<variant> time_ratio=<bf16/f32 encoder wall> cosine=<..>
+mask_iou=<mean>``. ``benchmarks/README.md`` gives command lines and results.
 """
 
 from __future__ import annotations
@@ -28,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from common import RANDOM, add_torch_options, interleaved, set_threads, size_pair, untrained
+from common import RANDOM, add_torch_options, interleaved, parse, size_pair, untrained
 
 from segstyle_core import cityscapes, weights
 from segstyle_core.demo.dataset import generate_demo_dataset
@@ -94,33 +87,27 @@ def encode(segmenter: Segmenter, image: np.ndarray) -> None:
 
 
 def measure(
-    family: str,
-    variant: str,
-    segmenters: dict[str, Segmenter],
-    label: str,
-    image: np.ndarray,
-    prompts: list[Prompt],
-    device: torch.device,
-    repeats: int,
+    family: str, variant: str, image: np.ndarray, prompts: list[Prompt], args: argparse.Namespace
 ) -> str:
     """Print one variant's figures; return its summary line."""
-    for segmenter in segmenters.values():  # warm-up: oneDNN primitives for both dtypes
+    device = resolve_device(args.device)
+    pair, label = segmenters(family, variant, args.sam, device)
+    for segmenter in pair.values():  # warm-up: oneDNN primitives for both dtypes
         segmenter.segment(image, prompts[:1])
 
     calls: dict[str, Callable[[], object]] = {}
-    for precision, segmenter in segmenters.items():
+    for precision, segmenter in pair.items():
         calls[f"encoder {precision}"] = partial(encode, segmenter, image)
         calls[f"segment {precision}"] = partial(segmenter.segment, image, prompts)
-    times = {
-        name: (min(wall for wall, _ in runs), min(cpu for _, cpu in runs))
-        for name, runs in interleaved(repeats, calls, device).items()
+    times = {  # name -> the minimum (wall, CPU) seconds
+        name: np.array(runs).min(axis=0)
+        for name, runs in interleaved(args.repeats, calls, device).items()
     }
 
-    high, low = (segmenters[p].segment(image, prompts) for p in PRECISIONS)
-    pairs = list(zip(*(embeddings(segmenters[p]) for p in PRECISIONS), strict=True))
-    cosines = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in pairs]
-    max_rels = [float((a - b).abs().max() / a.abs().max()) for a, b in pairs]
-    cosine, max_rel = cosines[0], max_rels[0]
+    high, low = (pair[p].segment(image, prompts) for p in PRECISIONS)
+    maps = list(zip(*(embeddings(pair[p]) for p in PRECISIONS), strict=True))
+    cosines = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in maps]
+    max_rels = [float((a - b).abs().max() / a.abs().max()) for a, b in maps]
     masks = list(zip(high, low, strict=True))
     ious = [iou(a.mask, b.mask) for a, b in masks]
     scores = max(abs(a.score - b.score) for a, b in masks)
@@ -133,14 +120,13 @@ def measure(
     )
     for name, (wall, cpu) in times.items():
         print(f"  {name:<18} wall {wall:7.3f} s   CPU {cpu:7.3f} s")
-    ratio = times["encoder bfloat16"][0] / times["encoder float32"][0]
-    cpu_ratio = times["encoder bfloat16"][1] / times["encoder float32"][1]
+    ratio, cpu_ratio = times["encoder bfloat16"] / times["encoder float32"]
     call_ratio = times["segment bfloat16"][0] / times["segment float32"][0]
     print(
         f"  encoder bf16/f32: wall {ratio:.3f} CPU {cpu_ratio:.3f}; whole segment call "
         f"{call_ratio:.3f}"
     )
-    print(f"  embedding: cosine {cosine:.6f}, max |diff| / max |f32| {max_rel:.4f}")
+    print(f"  embedding: cosine {cosines[0]:.6f}, max |diff| / max |f32| {max_rels[0]:.4f}")
     if len(cosines) > 1:
         print(
             f"  high-resolution features: worst cosine {min(cosines[1:]):.6f}, worst max |diff| "
@@ -153,7 +139,7 @@ def measure(
         f"pixels differing {min(differing)}..{max(differing)}"
     )
     return (
-        f"encoder={variant} time_ratio={ratio:.3f} cosine={cosine:.5f} "
+        f"encoder={variant} time_ratio={ratio:.3f} cosine={cosines[0]:.5f} "
         f"mask_iou={statistics.mean(ious):.4f}"
     )
 
@@ -176,11 +162,8 @@ def main() -> None:
         action="store_true",
         help="the tiny SAM and SAM 2 Hiera-T on a 256x256 frame, 2 objects, 1 repeat",
     )
-    args = parser.parse_args()
-    if args.smoke:
-        args.variants, args.sam2_variants, args.frame_size = "tiny", "hiera_tiny", "256x256"
-        args.objects, args.repeats = 2, 1
-    set_threads(args)
+    smoke = {"variants": "tiny", "sam2_variants": "hiera_tiny", "frame_size": "256x256"}
+    args = parse(parser, **smoke, objects=2, repeats=1)
     variants, sam2_variants = (
         [v for v in text.split(",") if v and v != "none"]
         for text in (args.variants, args.sam2_variants)
@@ -201,11 +184,9 @@ def main() -> None:
         sam2_variants = []
     summary = ""
     for family, variant in [("SAM 2", v) for v in sam2_variants] + [("SAM", v) for v in variants]:
-        pair, label = segmenters(family, variant, args.sam, device)
-        summary = measure(family, variant, pair, label, image, prompts, device, args.repeats)
+        summary = measure(family, variant, image, prompts, args)
         if family == "SAM 2":
             print(summary)
-        del pair
     print(summary)
 
 

@@ -5,12 +5,7 @@ settings, no cache), then the optimised path (models loaded once, caches, ROI at
 scale, :data:`PERFORMANCE_OPTIONS`), both warm, then the budget chosen by quality. Last line:
 ``speedup=<naive/optimised s> objective_ratio=<optimised/naive> seam_ratio=<optimised/naive>``.
 Other modes: ``--ablation``, ``--frame-times``, ``--rss 4,16``, ``--step [--compile]``;
-``benchmarks/README.md`` describes each, and what quality and seam measure. Without
-checkpoints both models have RANDOM weights (the composite then uses the GT mask).
-
-    python benchmarks/bench_pipeline.py [--ablation | --rss 4,16 | --step | --frame-times]
-    python benchmarks/bench_pipeline.py --seed-settings     # 2048×1024, 400 px, 1000 its, ViT-L
-    python benchmarks/bench_pipeline.py --smoke             # any mode, the smallest settings
+``benchmarks/README.md`` describes each with its command line, and what quality and seam measure.
 """
 
 from __future__ import annotations
@@ -21,10 +16,9 @@ import ctypes
 import gc
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,7 +26,7 @@ from unittest import mock
 
 import numpy as np
 import torch
-from common import RANDOM, add_torch_options, interleaved, set_threads, size_pair, untrained
+from common import RANDOM, add_torch_options, interleaved, parse, size_pair, stopwatch, untrained
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import vgg19
 
@@ -71,17 +65,13 @@ class Settings:
         return self.height / self.frame_size[1]
 
     def seed(self) -> GatysConfig:
-        """The seed's Gatys settings (:data:`SEED_OPTIONS`)."""
         return GatysConfig(height=self.height, iterations=self.iterations, **SEED_OPTIONS)
 
     def optimised(self) -> GatysConfig:
         """The performance options, the crop painted at the whole frame's scale."""
-        return GatysConfig(
-            height=self.height,
-            iterations=self.opt_iterations or self.iterations,
-            content_scale=self.scale,
-            **PERFORMANCE_OPTIONS,
-        )
+        options = PERFORMANCE_OPTIONS | {"content_scale": self.scale}
+        iterations = self.opt_iterations or self.iterations
+        return GatysConfig(height=self.height, iterations=iterations, **options)
 
 
 SMALL = Settings(frame_size=(1024, 512), height=200, iterations=100, sam_variant="tiny")
@@ -90,8 +80,7 @@ SEED = Settings(frame_size=(2048, 1024), height=400, iterations=1000, sam_varian
 SMOKE = Settings(frame_size=(256, 128), height=48, iterations=4, sam_variant="tiny")
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """One demo frame: ``H×W×3 uint8`` image, the box prompt of its largest car and that
     car's ground-truth ``H×W bool`` mask."""
 
@@ -101,9 +90,12 @@ class Frame:
     gt_mask: np.ndarray
 
 
-class Checkpoints(NamedTuple):
-    """Both models' weight files (``sha256 == RANDOM``: generated random weights)."""
+class Inputs(NamedTuple):
+    """The frames, the default style (``H×W×3 uint8``) and both models' weight files
+    (``sha256 == RANDOM``: generated random weights)."""
 
+    frames: list[Frame]
+    style: np.ndarray
     vgg: weights.CheckpointFile
     sam: weights.CheckpointFile
     sam_variant: str
@@ -144,17 +136,17 @@ class PathResult:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Add the block's wall seconds to ``stages[name]`` (stylize: also ``frame_stylize``)."""
-        start, cpu_start = time.perf_counter(), time.process_time()
+        elapsed = stopwatch()
         yield
-        wall = time.perf_counter() - start
+        wall, cpu = elapsed()
         self.stages[name] += wall
         if name == "stylize":
-            self.frame_stylize.append((wall, time.process_time() - cpu_start))
+            self.frame_stylize.append((wall, cpu))
 
 
 def reset_peak_rss() -> float:
-    """Give freed heap back to the OS (glibc keeps it otherwise), reset this process's peak-RSS
-    mark (Linux ``clear_refs`` code 5) and return the resident set size now, in MiB."""
+    """Give freed heap back to the OS, reset the peak-RSS mark (Linux ``clear_refs`` 5) and
+    return the resident set size now, in MiB."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -164,8 +156,7 @@ def reset_peak_rss() -> float:
 
 
 def status_mib(key: str) -> float:
-    """``key`` of ``/proc/self/status`` in MiB: ``VmRSS`` now, ``VmHWM`` the peak since
-    :func:`reset_peak_rss`."""
+    """``key`` of ``/proc/self/status`` in MiB (``VmHWM``: the peak since the reset)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
@@ -188,15 +179,12 @@ def checkpoint(
 
 
 def vgg_checkpoint(args: argparse.Namespace, out: Path) -> weights.CheckpointFile:
-    """``--vgg``, the downloaded VGG19, or torchvision's full ``vgg19()`` with random weights
-    (classifier included, as in the official file, so that reloading costs the same)."""
+    """``--vgg``, the downloaded VGG19, or a random full ``vgg19()`` (as costly to reload)."""
     return checkpoint(args.vgg, "--vgg", "vgg19", vgg19, out / "vgg19-random.pth")
 
 
-def inputs(
-    args: argparse.Namespace, settings: Settings, count: int, tmp: Path
-) -> tuple[list[Frame], np.ndarray, Checkpoints]:
-    """``count`` demo frames, the default style (``H×W×3 uint8``) and the checkpoints."""
+def inputs(args: argparse.Namespace, settings: Settings, count: int, tmp: Path) -> Inputs:
+    """``count`` demo frames, the default style and the checkpoints."""
     root = generate_demo_dataset(
         tmp / "demo", size=settings.frame_size, frames_per_city=count, cities=["zurich"]
     )
@@ -209,12 +197,9 @@ def inputs(
         frames.append(Frame(frame.image_id, image, prompt, mask))
     variant = settings.sam_variant
     sam = partial(SamSegmenter.architecture, variant)
-    ckpt = Checkpoints(
-        vgg_checkpoint(args, tmp),
-        checkpoint(args.sam, "--sam", f"sam_{variant}", sam, tmp / f"sam-{variant}-random.pth"),
-        variant,
-    )
-    return frames, read_rgb(style_path()), ckpt
+    random_sam = tmp / f"sam-{variant}-random.pth"
+    sam_file = checkpoint(args.sam, "--sam", f"sam_{variant}", sam, random_sam)
+    return Inputs(frames, read_rgb(style_path()), vgg_checkpoint(args, tmp), sam_file, variant)
 
 
 def load_extractor(vgg: weights.CheckpointFile, config: GatysConfig) -> VGGFeatures:
@@ -238,9 +223,7 @@ WARMUP_EVALUATIONS = 4
 
 
 def run_path(
-    frames: list[Frame],
-    style: np.ndarray,
-    ckpt: Checkpoints,
+    data: Inputs,
     options: PathOptions,
     device: torch.device,
     cache_dir: Path,
@@ -250,46 +233,44 @@ def run_path(
 ) -> PathResult:
     """Segment, stylize and composite every frame; time every stage, track peak memory.
 
-    ``warm_up``: two short passes run first; ``one_time`` = (first - second) per image.
-    ``options.reload`` loads both models inside every image's timing (the naive method), else
-    once (counted in the total). ``keep`` keeps composites, stylized frames and masks;
-    ``after_image(n)`` runs after the n-th image.
+    ``warm_up``: two short passes first, ``one_time`` = (first - second) per image.
+    ``options.reload``: load both models in every image's timing, else once (timed too).
+    ``keep``: keep composites, stylized frames and masks; ``after_image(n)`` after image n.
     """
     one_time = 0.0
     if warm_up:
         short = replace(options, config=options.config.changed(iterations=WARMUP_EVALUATIONS))
         cold, warm = (
-            run_path(frames, style, ckpt, short, device, cache_dir / f"short{n}", keep=False)
-            for n in range(2)
+            run_path(data, short, device, cache_dir / f"short{n}", keep=False) for n in range(2)
         )
-        one_time = (cold.seconds - warm.seconds) / len(frames)
+        one_time = (cold.seconds - warm.seconds) / len(data.frames)
     result = PathResult(start_rss_mb=reset_peak_rss(), one_time=one_time)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
+    elapsed = stopwatch()
 
     def load() -> tuple[PromptSegmenter, GatysStylizer]:
         with result.stage("load"):
             devices.MODELS.clear()  # load_segmenter would reuse the model loaded before
             cache = cache_dir if options.embedding_cache else None
-            segmenter = load_segmenter("sam", ckpt.sam_variant, ckpt.sam, str(device), cache)
-            extractor = load_extractor(ckpt.vgg, options.config)
-            return segmenter, GatysStylizer(options.config, device=device, extractor=extractor)
+            segmenter = load_segmenter("sam", data.sam_variant, data.sam, str(device), cache)
+            extractor = load_extractor(data.vgg, options.config)
+            return segmenter, GatysStylizer(options.config, device=str(device), extractor=extractor)
 
     models = None if options.reload else load()
-    for index, frame in enumerate(frames, start=1):
+    for index, frame in enumerate(data.frames, start=1):
         segmenter, stylizer = load() if models is None else models
         with result.stage("segment"):
             (prediction,) = segmenter.segment(frame.image, [frame.prompt])
-        mask = frame.gt_mask if ckpt.sam.sha256 == RANDOM else prediction.mask
+        mask = frame.gt_mask if data.sam.sha256 == RANDOM else prediction.mask
         with result.stage("stylize"):
             if options.roi:
                 bucket = options.bucket_px
                 stylized = stylize_roi(
-                    stylizer, frame.image, style, mask, progress=result.count, bucket_px=bucket
+                    stylizer, frame.image, data.style, mask, progress=result.count, bucket_px=bucket
                 )
             else:
-                stylized = stylizer.stylize(frame.image, style, progress=result.count)
+                stylized = stylizer.stylize(frame.image, data.style, progress=result.count)
         with result.stage("composite"):
             final = composite(frame.image, stylized, mask)
         if keep:
@@ -298,16 +279,14 @@ def run_path(
             result.masks.append(mask)
         if after_image is not None:
             after_image(index)
-    result.seconds = time.perf_counter() - start
-    result.cpu_seconds = time.process_time() - cpu_start
+    result.seconds, result.cpu_seconds = elapsed()
     result.peak_rss_mb = status_mib("VmHWM")
     if device.type == "cuda":
         result.peak_cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20
     return result
 
 
-@dataclass(frozen=True)
-class Measured:
+class Measured(NamedTuple):
     """Quality of one path's composites: objective totals and seam scores, per image."""
 
     totals: list[float]
@@ -340,26 +319,24 @@ HEADER = (
 
 def row(
     name: str, result: PathResult, naive: PathResult, quality: Measured, naive_quality: Measured
-) -> tuple[str, float, float, float]:
-    """One table line, and the speedup, objective ratio and seam ratio (of the means)."""
-    totals, naive_totals = quality.totals, naive_quality.totals
-    count = len(totals)
-    speedup = naive.seconds / result.seconds
-    ratio = statistics.mean(totals) / statistics.mean(naive_totals)
-    cpu_speedup = naive.cpu_seconds / result.cpu_seconds
-    worst = max(t / n for t, n in zip(totals, naive_totals, strict=True))
-    seam = statistics.mean(quality.seams)
-    seam_ratio = seam / statistics.mean(naive_quality.seams)
+) -> tuple[str, str]:
+    """One table line, and ``speedup=.. objective_ratio=.. seam_ratio=..`` (of the means)."""
+    total, seam = (statistics.mean(values) for values in quality)
+    naive_total, naive_seam = (statistics.mean(values) for values in naive_quality)
+    ratio, seam_ratio = total / naive_total, seam / naive_seam
+    worst = max(np.divide(quality.totals, naive_quality.totals))
+    speedup, cpu_speedup = naive.seconds / result.seconds, naive.cpu_seconds / result.cpu_seconds
+    count = len(quality.totals)
+    warm = result.seconds / count
     line = (
-        f"{name:<26}{result.seconds / count:9.2f}{result.seconds / count + result.one_time:8.2f}"
-        f"{result.cpu_seconds / count:10.2f}"
+        f"{name:<26}{warm:9.2f}{warm + result.one_time:8.2f}{result.cpu_seconds / count:10.2f}"
         f"{result.evaluations / count:10.1f}{result.peak_rss_mb:14.0f}{result.start_rss_mb:9.0f}"
-        f"{statistics.mean(totals):12.4g}{speedup:9.2f}{cpu_speedup:7.2f}{ratio:10.4f}{worst:8.4f}"
+        f"{total:12.4g}{speedup:9.2f}{cpu_speedup:7.2f}{ratio:10.4f}{worst:8.4f}"
         f"{seam:7.2f}{seam_ratio:11.4f}"
     )
     if result.peak_cuda_mb is not None:
         line += f"  peak CUDA {result.peak_cuda_mb:.0f} MiB"
-    return line, speedup, ratio, seam_ratio
+    return line, f"speedup={speedup:.3f} objective_ratio={ratio:.4f} seam_ratio={seam_ratio:.4f}"
 
 
 def stages(name: str, result: PathResult, count: int) -> str:
@@ -372,9 +349,9 @@ def stages(name: str, result: PathResult, count: int) -> str:
     )
 
 
-def banner(ckpt: Checkpoints) -> None:
+def banner(data: Inputs) -> None:
     """A warning when either model has random weights."""
-    kinds = [n for n, file in (("VGG19", ckpt.vgg), ("SAM", ckpt.sam)) if file.sha256 == RANDOM]
+    kinds = [n for n, file in (("VGG19", data.vgg), ("SAM", data.sam)) if file.sha256 == RANDOM]
     if kinds:
         print(
             f"{'!' * 100}\n!!! RANDOM WEIGHTS for {' and '.join(kinds)}: timings are real; SAM "
@@ -386,8 +363,9 @@ def banner(ckpt: Checkpoints) -> None:
 
 def compare(args: argparse.Namespace, settings: Settings, device: torch.device, tmp: Path) -> None:
     """Naive path, then the optimised path (and ablation variants); the table and last line."""
-    frames, style, ckpt = inputs(args, settings, args.frames, tmp)
-    banner(ckpt)
+    data = inputs(args, settings, args.frames, tmp)
+    frames, style = data.frames, data.style
+    banner(data)
     print(
         f"device={device} threads={torch.get_num_threads()} frames={len(frames)} "
         f"frame={settings.frame_size[0]}x{settings.frame_size[1]} height={settings.height} "
@@ -400,8 +378,8 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
         variants.update(ablation_variants(config))
     # the quality measure: seed weights, float32, at the whole-frame run's scale
     measure = settings.seed().changed(content_scale=settings.scale)
-    extractor = load_extractor(ckpt.vgg, measure).to(device)
-    naive = run_path(frames, style, ckpt, naive_options, device, tmp / "cache-naive", warm_up=True)
+    extractor = load_extractor(data.vgg, measure).to(device)
+    naive = run_path(data, naive_options, device, tmp / "cache-naive", warm_up=True)
     masks = naive.masks  # the measurement region of both paths
 
     def measured(result: PathResult) -> Measured:
@@ -416,61 +394,44 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
     details, results, summary = [stages("naive", naive, len(frames))], {}, ""
     for name, options in variants.items():
         cache = tmp / f"cache-{name}"
-        result = results[name] = run_path(frames, style, ckpt, options, device, cache, warm_up=True)
-        line, speedup, ratio, seam_ratio = row(name, result, naive, measured(result), naive_quality)
+        result = results[name] = run_path(data, options, device, cache, warm_up=True)
+        line, ratios = row(name, result, naive, measured(result), naive_quality)
         print(line, flush=True)
         details.append(stages(name, result, len(frames)))
         if min(iou(a, b) for a, b in zip(result.masks, masks, strict=True)) < 1:
             details.append(f"  {name}: its SAM masks differ from the naive path's")
-        summary = summary or (
-            f"speedup={speedup:.3f} objective_ratio={ratio:.4f} seam_ratio={seam_ratio:.4f}"
-        )
+        summary = summary or ratios
     print("\n".join(details))
     print(
         f"objective of the unstylized crops (the start of both paths): "
         f"{statistics.mean(unstylized):.4g}"
     )
     if args.quality_budget:
-        own = load_extractor(ckpt.vgg, config).to(device)
-        optimised = results["optimised"], GatysStylizer(config, device=device, extractor=own)
-        quality_budget(frames, style, (naive, naive_quality), optimised, (extractor, measure))
-    banner(ckpt)
+        own = load_extractor(data.vgg, config).to(device)
+        optimised = results["optimised"], GatysStylizer(config, device=str(device), extractor=own)
+        quality_budget(data, (naive, naive_quality), optimised, (extractor, measure))
+    banner(data)
     print(summary)
 
 
 def ablation_variants(base: GatysConfig) -> dict[str, PathOptions]:
-    """The optimised path with one thing changed each, relative to ``base`` (its defaults)."""
-
-    def flip(name: str, on: object, off: object) -> tuple[str, PathOptions]:
-        enabled = getattr(base, name) != off
-        label = f"{name} {'off' if enabled else on}"
-        return label, PathOptions(base.changed(**{name: off if enabled else on}))
-
+    """The optimised path ``base`` with one thing changed each (an option off: the seed's)."""
+    offs = ("autocast", "channels_last", "coarse_fraction", "plateau_tol")
     return {
         "ROI off (whole frame)": PathOptions(base.changed(content_scale=None), roi=False),
         "models reloaded": PathOptions(base, reload=True),
         "crop buckets 64 px": PathOptions(base, bucket_px=64),  # default: off
-        **dict(
-            flip(*change)
-            for change in (
-                ("autocast", "bfloat16", None),
-                ("channels_last", True, False),
-                ("coarse_fraction", 0.5, 0.0),
-                ("plateau_tol", 1e-3, 0.0),
-            )
-        ),
+        **{f"{name} off": PathOptions(base.changed(**{name: SEED_OPTIONS[name]})) for name in offs},
         "half budget": PathOptions(base.changed(iterations=base.iterations // 2)),
     }
 
 
 #: Budgets (objective evaluations) tried by the quality budget, smallest first, about 25 %
-#: apart; the optimised path's own budget ends the list.
-QUALITY_BUDGETS: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96)
-QUALITY_BUDGETS += (128, 160, 192, 256, 320, 384, 512, 640, 768)
+#: apart (2, 4, 6, 8, 10, 12, 16, 20, 24, 32 ... 768); the optimised budget ends the list.
+QUALITY_BUDGETS = (2, 4, 6, *(m * 2**e for e in range(1, 8) for m in (4, 5, 6)))
 
 
-@dataclass(frozen=True)
-class Chosen:
+class Chosen(NamedTuple):
     """A frame's budget chosen by quality: its evaluations, stylize seconds, objective, seam."""
 
     budget: int
@@ -482,8 +443,7 @@ class Chosen:
 
 
 def quality_budget(
-    frames: list[Frame],
-    style: np.ndarray,
+    data: Inputs,
     naive: tuple[PathResult, Measured],
     optimised: tuple[PathResult, GatysStylizer],
     measurement: tuple[VGGFeatures, GatysConfig],
@@ -494,6 +454,7 @@ def quality_budget(
     (``path_speedup``: naive s/image over the optimised path's with its stylize stage at the
     chosen budget, composed from this run's stages)."""
     (naive_path, naive_quality), (optimised_path, stylizer) = naive, optimised
+    frames, style = data.frames, data.style
     count, base, naive_totals = len(frames), stylizer.config, naive_quality.totals
     naive_s, optimised_s = (p.stages["stylize"] / count for p in (naive_path, optimised_path))
     budgets = [b for b in QUALITY_BUDGETS if b < base.iterations] + [base.iterations]
@@ -503,9 +464,9 @@ def quality_budget(
             # One stylizer, its config swapped: the style's Gram matrices stay cached.
             stylizer.config = base.changed(iterations=budget)
             counter = PathResult()
-            start = time.perf_counter()
-            stylized = stylize_roi(stylizer, frame.image, style, mask, progress=counter.count)
-            seconds = time.perf_counter() - start
+            with counter.stage("stylize"):
+                stylized = stylize_roi(stylizer, frame.image, style, mask, progress=counter.count)
+            seconds = counter.stages["stylize"]
             final = composite(frame.image, stylized, mask)
             (total,) = objectives([frame], [final], [mask], style, *measurement)
             if total <= target or budget == budgets[-1]:
@@ -542,8 +503,8 @@ def rss(args: argparse.Namespace, settings: Settings, device: torch.device, tmp:
     the peak RSS of the whole run (loading the models included), the peak since the first
     image was done (processing only) and the current RSS (what stays)."""
     counts = sorted(int(n) for n in args.rss.split(","))
-    frames, style, ckpt = inputs(args, settings, counts[-1], tmp)
-    banner(ckpt)
+    data = inputs(args, settings, counts[-1], tmp)
+    banner(data)
     options = PathOptions(settings.optimised())
     first_image_peak = 0.0
     marks: dict[int, tuple[float, float, float]] = {}
@@ -562,12 +523,10 @@ def rss(args: argparse.Namespace, settings: Settings, device: torch.device, tmp:
                 flush=True,
             )
 
-    result = run_path(
-        frames, style, ckpt, options, device, tmp / "cache", keep=False, after_image=record
-    )
+    result = run_path(data, options, device, tmp / "cache", keep=False, after_image=record)
     print(f"rss before loading the models: {result.start_rss_mb:.0f}MiB")
     first, last = counts[0], counts[-1]
-    ratios = [b / a for a, b in zip(marks[first], marks[last], strict=True)]
+    ratios = np.divide(marks[last], marks[first])
     print(
         f"rss_ratio_{last}_vs_{first}: peak={ratios[0]:.4f} processing_peak={ratios[1]:.4f} "
         f"current={ratios[2]:.4f}"
@@ -581,13 +540,13 @@ def frame_times(
     their kernels), then the same frames again (steady). Last line: how many of frames 2..N
     of the first pass are within 10 % of their steady seconds, and the worst ratio, in CPU
     and in wall seconds."""
-    frames, style, ckpt = inputs(args, settings, args.frames, tmp)
+    data = inputs(args, settings, args.frames, tmp)
     options = PathOptions(settings.optimised(), bucket_px=args.bucket_px)
     first, steady = (
-        run_path(frames, style, ckpt, options, device, tmp / f"cache{n}", keep=False).frame_stylize
+        run_path(data, options, device, tmp / f"cache{n}", keep=False).frame_stylize
         for n in range(2)
     )
-    for frame, cold, warm in zip(frames, first, steady, strict=True):
+    for frame, cold, warm in zip(data.frames, first, steady, strict=True):
         print(
             f"  {frame.image_id}: first={cold[0]:.2f}s (CPU {cold[1]:.2f}s) "
             f"steady={warm[0]:.2f}s (CPU {warm[1]:.2f}s)"
@@ -601,12 +560,15 @@ def frame_times(
             f"{clock}_first_s={sum(a[index] for a in first):.2f} "
             f"{clock}_steady_s={sum(b[index] for b in steady):.2f}"
         )
-    print(f"frame_times: frames={len(frames)} bucket_px={args.bucket_px} {' '.join(summary)}")
+    print(f"frame_times: frames={len(data.frames)} bucket_px={args.bucket_px} {' '.join(summary)}")
 
 
-def seed_style_term(features: torch.Tensor, target: torch.Tensor, weight: float) -> torch.Tensor:
-    """The seed's style term of one layer: ``gram_matrix`` with autograd's backward."""
-    return weight * torch.sum((objective.gram_matrix(features) - target) ** 2)
+def seed_styled_relu(
+    x: torch.Tensor, target: torch.Tensor, weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's ReLU and style term of one layer: ``gram_matrix`` with autograd's backward."""
+    features = torch.relu(x)
+    return features, weight * torch.sum((objective.gram_matrix(features) - target) ** 2)
 
 
 def gemm_rate(dtype: torch.dtype, device: torch.device, n: int = 4096) -> float:
@@ -653,12 +615,11 @@ def make_evaluation(
 
     def evaluate() -> tuple[float, torch.Tensor]:
         image.grad = None
-        seed = mock.patch.object(objective._StyleTerm, "apply", seed_style_term)
+        seed = mock.patch.object(objective._StyledReLU, "apply", seed_styled_relu)
         with seed if seed_gram else contextlib.nullcontext():
-            terms = objective.total_loss(
-                objective.vgg_features(network, image, config), image, targets, grams, config
-            )
+            terms = objective.loss_terms(network, image, targets, grams, config)
             terms["total"].backward()
+        assert image.grad is not None  # set by backward() (FlopCounterMode: no autograd.grad)
         return terms["total"].item(), image.grad.clone()
 
     return evaluate
@@ -678,9 +639,9 @@ def step(args: argparse.Namespace, _settings: Settings, device: torch.device, tm
     for name, (config, seed_gram, compiled) in step_variants(args.compile).items():
         extractor = load_extractor(vgg, config).to(device)
         runs[name] = make_evaluation(extractor, config, content, style, seed_gram, compiled)
-        start = time.perf_counter()
+        elapsed = stopwatch()
         last[name] = runs[name]()  # warm-up (oneDNN primitives, compilation); deterministic
-        print(f"{name:<34} first call {time.perf_counter() - start:.2f}s", flush=True)
+        print(f"{name:<34} first call {elapsed()[0]:.2f}s", flush=True)
     with FlopCounterMode(display=False) as counter:
         runs["float32"]()
     gflop = counter.get_total_flops() / 1e9
@@ -749,20 +710,13 @@ def main() -> None:
     parser.add_argument("--step-size", default="400x800", help="HxW of --step")
     parser.add_argument("--repeats", type=int, default=5, help="--step repeats")
     parser.add_argument("--compile", action="store_true", help="--step: also torch.compile")
-    args = parser.parse_args()
-    set_threads(args)
+    args = parse(parser, frames=1, repeats=1, step_size="64x128")
     base = SEED if args.seed_settings else SMOKE if args.smoke else SMALL
-    if args.smoke:
-        args.frames, args.repeats, args.step_size = 1, 1, "64x128"
-    fields = ("frame_size", "height", "iterations", "sam_variant", "opt_iterations")
-    given = {k: getattr(args, k) for k in fields}
+    given = {f.name: getattr(args, f.name) for f in fields(Settings)}  # the options given
     settings = replace(base, **{k: v for k, v in given.items() if v})
-    device = resolve_device(args.device)
+    run = step if args.step else frame_times if args.frame_times else rss if args.rss else compare
     with tempfile.TemporaryDirectory(prefix="segstyle-bench-") as tmp:
-        run = (
-            step if args.step else frame_times if args.frame_times else rss if args.rss else compare
-        )
-        run(args, settings, device, Path(tmp))
+        run(args, settings, resolve_device(args.device), Path(tmp))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from common import RANDOM, add_torch_options, interleaved, set_threads, untrained
+from common import RANDOM, add_torch_options, interleaved, parse, untrained
 
 from segstyle_core import weights
 from segstyle_core.devices import resolve_device
@@ -30,8 +30,7 @@ from segstyle_core.segment.sam import PromptSegmenter, SamSegmenter
 
 def make_segmenters(args: argparse.Namespace, cache_dir: Path) -> list[PromptSegmenter]:
     """Two segmenters over one model, without and with an embedding cache in ``cache_dir``:
-    the tiny SAM or an untrained official architecture (``--random-weights``), else the variant
-    loaded from ``--checkpoint`` (or the downloaded one)."""
+    untrained (the tiny SAM, ``--random-weights``), else from ``--checkpoint`` or downloaded."""
     caches = (None, cache_dir)
     if args.variant != "tiny" and not args.random_weights:
         file = weights.resolve_checkpoint(args.checkpoint, "--checkpoint", f"sam_{args.variant}")
@@ -63,10 +62,7 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="tiny SAM, 256x128, 1 repeat: the path in seconds"
     )
-    args = parser.parse_args()
-    if args.smoke:
-        args.variant, args.height, args.width, args.repeats = "tiny", 128, 256, 1
-    set_threads(args)
+    args = parse(parser, variant="tiny", height=128, width=256, repeats=1)
     with tempfile.TemporaryDirectory() as cache_dir:
         segmenter, cached = make_segmenters(args, Path(cache_dir))
         image = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), np.uint8)

@@ -1,19 +1,13 @@
-"""The command line's own cost (issue #13): ``segstyle stylize`` and a cached ``segstyle run``.
+"""The command line's own cost: ``segstyle stylize`` and a cached ``segstyle run``.
 
-Whole ``segstyle`` commands run as subprocesses (wall seconds, interpreter start and imports
-included) with the offline backends (GrabCut, feed-forward, the default style):
-
-(a) ``segstyle stylize`` on a generated street (751×563; a box around its largest car) against
-    :func:`segstyle_core.photo.stylize_photo` timed after its imports in a fresh interpreter,
-    each with a fresh cache; medians of ``--repeats`` interleaved pairs. Target:
-    ``stylize_ratio = command / in-process <= 1.5``.
-(b) ``segstyle run`` over the demo dataset (1024×512, 6 frames of zurich), a prompt per car,
-    against a running Prefect server, twice into one ``--out``: the second finds every stage
-    cached. Target: ``rerun_speedup = first / second >= 10``.
-
-The commands run a frozen copy of the sources (``--no-snapshot``: the checkout), so edits to a
-shared checkout cannot change the stage cache keys between the runs; (b) says so when the
-sources changed. Last line: ``stylize_ratio=<..> rerun_speedup=<..>``.
+Whole ``segstyle`` commands run as subprocesses (wall seconds) with the offline backends:
+(a) ``segstyle stylize`` on a generated street (a box around its largest car) against
+:func:`segstyle_core.photo.stylize_photo` timed after its imports, each with a fresh cache;
+target ``stylize_ratio = command / in-process <= 1.5`` (medians). (b) ``segstyle run`` over the
+demo dataset against a running Prefect server, twice into one ``--out``; target
+``rerun_speedup = first / second >= 10``. The commands run a frozen copy of the sources
+(``--no-snapshot``: the checkout), so that edits to a shared checkout cannot change the stage
+cache keys between the runs. Last line: ``stylize_ratio=<..> rerun_speedup=<..>``.
 
     python benchmarks/bench_service.py                  # about 3 minutes on 2 cores
     python benchmarks/bench_service.py --repeats 5 --size 512x256
@@ -32,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import OFFLINE, RUN, SEGSTYLE, flow_seconds, run_rows, size_pair, timed
+from common import OFFLINE, RUN, SEGSTYLE, flow_seconds, parse, run_rows, size_pair, timed
 
 from segstyle_core.cityscapes import instances_from_ids
 from segstyle_core.demo.dataset import generate_demo_dataset, render_scene
@@ -85,8 +79,8 @@ def _environment(work: Path, **extra: str) -> dict[str, str]:
 
 
 def _timed(command: list[str], env: dict[str, str], log: Path) -> tuple[float, str]:
-    """Wall seconds and stdout of ``command``, run in the log's folder (not the checkout:
-    ``python -c`` puts its working directory first on the path) and appended to ``log``."""
+    """Wall seconds and stdout of ``command``, run in the log's folder (``python -c`` puts it
+    first on the path) and appended to ``log``."""
     seconds, done = timed(command, env, log.parent)
     with open(log, "a") as handle:
         handle.write(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}\n")
@@ -94,8 +88,7 @@ def _timed(command: list[str], env: dict[str, str], log: Path) -> tuple[float, s
 
 
 def snapshot(work: Path) -> None:
-    """A frozen copy of the packages in ``work/src`` for the subprocesses (``PYTHONPATH``
-    puts it before the editable install)."""
+    """A frozen copy of the packages in ``work/src`` (before the editable install on the path)."""
     for source, target in SNAPSHOT_LAYOUT.items():
         shutil.copytree(
             REPO_ROOT / source, work / "src" / target, ignore=shutil.ignore_patterns("__pycache__")
@@ -203,9 +196,7 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="1 repeat, 256x192 photo, 256x128 demo, 1 frame"
     )
-    args = parser.parse_args()
-    if args.smoke:
-        args.repeats, args.photo_size, args.size, args.frames = 1, (256, 192), (256, 128), 1
+    args = parse(parser, repeats=1, photo_size=(256, 192), size=(256, 128), frames=1)
     work = Path(tempfile.mkdtemp(prefix="segstyle-bench-service-"))
     try:
         if args.snapshot:

@@ -1,6 +1,6 @@
 """What the benchmark scripts share (they run as ``python benchmarks/<script>.py``, so this
-folder is first on the path): sizes, torch options, interleaved timing, untrained models and
-timed ``segstyle`` subprocesses with the rows of a ``segstyle run``."""
+folder is first on the path): sizes, options, timing, untrained models and timed ``segstyle``
+subprocesses with the rows of a ``segstyle run``."""
 
 from __future__ import annotations
 
@@ -36,14 +36,25 @@ def size_pair(text: str) -> tuple[int, int]:
 
 
 def add_torch_options(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--threads`` (apply the latter with :func:`set_threads`)."""
+    """``--device`` and ``--threads`` (applied by :func:`parse`)."""
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
 
 
-def set_threads(args: argparse.Namespace) -> None:
-    if args.threads:
+def parse(parser: argparse.ArgumentParser, **smoke: object) -> argparse.Namespace:
+    """The command line, with ``smoke``'s values under ``--smoke``; sets ``--threads``."""
+    args = parser.parse_args()
+    if args.smoke:
+        vars(args).update(smoke)
+    if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
+    return args
+
+
+def stopwatch() -> Callable[[], tuple[float, float]]:
+    """Started now: returns the wall and (this process's) CPU seconds since, when called."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    return lambda: (time.perf_counter() - start, time.process_time() - cpu_start)
 
 
 def interleaved(
@@ -54,17 +65,16 @@ def interleaved(
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
-            start, cpu_start = time.perf_counter(), time.process_time()
+            elapsed = stopwatch()
             call()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            times[name].append((time.perf_counter() - start, time.process_time() - cpu_start))
+            times[name].append(elapsed())
     return times
 
 
 def untrained(build: Callable[[], Model]) -> Model:
-    """``build()`` (e.g. an architecture) with weights drawn from seed 0; the global RNG is
-    left as it was."""
+    """``build()`` with weights drawn from seed 0; the global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return build()
@@ -73,16 +83,14 @@ def untrained(build: Callable[[], Model]) -> Model:
 def timed(
     command: list[str], env: dict[str, str], cwd: Path
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Wall seconds (start to exit) and the finished ``command``; exits with its output when
-    it fails."""
-    start = time.perf_counter()
+    """Wall seconds and the finished ``command``; exits with its output when it fails."""
+    elapsed = stopwatch()
     done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)
-    seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(
             f"{' '.join(command)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
         )
-    return seconds, done
+    return elapsed()[0], done
 
 
 def run_rows(stdout: str) -> pd.DataFrame:
