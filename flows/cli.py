@@ -43,12 +43,11 @@ from segstyle.flows.options import (
     Options,
     build_stylizer,
     flag_names,
-    split_styles,
     with_flags,
     with_options,
 )
 from segstyle_core.devices import keep_freed_memory
-from segstyle_core.errors import ConfigError, SegstyleError
+from segstyle_core.errors import ConfigError, SegstyleError, error_line, os_error_message
 from segstyle_core.outputs import DEFAULT_PORT
 from segstyle_core.weights import CHECKPOINTS
 
@@ -96,8 +95,8 @@ def _quiet_prefect(verbose: bool) -> None:
 
 def _run_flow(flow: Any, *parameters: Any) -> int:
     """Run ``flow(*parameters)`` (the last: its ``OutputConfig``) against a local API and
-    print its result: 0, or 1 when some images failed; :class:`SegstyleError` when it failed
-    before writing its Parquet file."""
+    print its result: 0, or 1 when some images failed; :class:`SegstyleError` (its error's
+    first line) when it failed before writing its Parquet file."""
     from segstyle.flows.server import local_api
     from segstyle_core import results
 
@@ -113,17 +112,11 @@ def _run_flow(flow: Any, *parameters: Any) -> int:
         print(f"segstyle: {error}", file=sys.stderr)
         print(parquet)
         return EXIT_FAILED_IMAGES
-    raise SegstyleError(_error_text(error, state.message))
-
-
-def _error_text(error: object, fallback: str | None) -> str:
-    """One line of a failed run's exception, or of its state message."""
-    from segstyle_core.errors import error_line
-
-    text = str(fallback or error)
     if isinstance(error, BaseException):
         text = str(error) if isinstance(error, SegstyleError) else error_line(error)
-    return (text.splitlines() or [type(error).__name__])[0]
+    else:
+        text = str(state.message or error)
+    raise SegstyleError((text.splitlines() or [type(error).__name__])[0])
 
 
 class DatasetCommand(RunCommand):
@@ -140,8 +133,8 @@ class DatasetCommand(RunCommand):
     )
 
     def run(self, flow: Any, *styling: Any) -> int:
-        """Check the inputs, then run ``flow`` on this command's task runner; ``styling``:
-        the stylizer and composite of a styled run."""
+        """Check the inputs, run ``flow`` on this command's task runner; ``styling``: the
+        stylizer and composite of a styled run."""
         from segstyle.flows.cluster import task_runner
         from segstyle_core.preflight import check_run_inputs
 
@@ -195,15 +188,14 @@ class Stylize(RunCommand):
     style: list[str] = STYLE
 
     def cli_cmd(self) -> int:
-        """One photo, without Prefect: the stages run in this process, after every check."""
+        """One photo, without Prefect: the stages run in this process."""
         from segstyle_core.images import read_rgb, write_image
         from segstyle_core.photo import check_photo_job, stylize_photo
 
         segmenter = SEGMENTER.build(self)
         stylizer = build_stylizer(self, self.style, segmenter, several=True)
         composite, outputs = COMPOSITE.build(self), OUTPUTS.build(self)
-        plain, _ = split_styles(self.style)
-        styles = tuple(plain) if len(plain) > 1 else ()
+        styles = tuple(self.style) if len(self.style) > 1 else ()  # all plain: several=True
         given = PHOTO_PROMPTS.build(self, boxes=(*self.box,), points=(*self.point,), styles=styles)
         job = check_photo_job(self.image, self.output, given, segmenter, stylizer, composite)
         cache = str(Path(outputs.out) / "cache")
@@ -298,8 +290,6 @@ class Demo(RunCommand):
     frames: int = Field(default=6, description="annotated frames per city")
 
     def cli_cmd(self) -> int:
-        """Generate the dataset when missing, run ``segment_and_stylize`` on it offline, and
-        print where the results are."""
         from segstyle.flows.dataset import segment_and_stylize
         from segstyle_core import config, results
         from segstyle_core.demo.dataset import ensure_demo_dataset
@@ -511,13 +501,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_prefect(getattr(command, "verbose", False))  # before anything imports Prefect
         flags = flag_names(command.groups)
         return command.cli_cmd()
-    except SegstyleError as exc:
-        print(f"segstyle: error: {with_flags(str(exc), flags)}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:
-        from segstyle_core.errors import os_error_message
-
-        print(f"segstyle: error: {os_error_message(exc)}", file=sys.stderr)
+    except (SegstyleError, OSError) as exc:  # a StorageError is both
+        if isinstance(exc, SegstyleError):
+            text = with_flags(str(exc), flags)
+        else:
+            text = os_error_message(exc)
+        print(f"segstyle: error: {text}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("segstyle: interrupted; finished stages are cached, rerun to resume", file=sys.stderr)

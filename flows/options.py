@@ -1,7 +1,5 @@
-"""The command line's options: a ``--flag`` per field of the flows' configuration models, so
-the CLI, the flows and the Prefect UI share one default per setting; :func:`flag_names` maps an
-error's field (``stylizer.style``) back to the flag a user typed (``--style``).
-"""
+"""The command line's options: a ``--flag`` per field of the flows' configuration models (one
+default per setting), and the flag of an error's field (``stylizer.style`` -> ``--style``)."""
 
 from __future__ import annotations
 

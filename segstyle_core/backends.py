@@ -10,53 +10,36 @@ from typing import Self, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from segstyle_core.devices import MODELS
-from segstyle_core.errors import ConfigError
+from segstyle_core.errors import ConfigError, one_line
 
 T = TypeVar("T")
-
-#: Every configuration model: frozen (hashable), field docstrings as descriptions (Prefect's
-#: forms, the CLI's help), unknown fields refused (a typo in prefect.yaml fails at once), every
-#: float finite (NaN or infinity would silently paint black or never stop).
-MODEL_CONFIG = ConfigDict(
-    frozen=True, use_attribute_docstrings=True, extra="forbid", allow_inf_nan=False
-)
 
 
 def config_error(model: str, error: ValidationError) -> ConfigError:
     """One line naming each invalid field as ``<model>.<field>`` (the CLI maps those to its
-    flags), what it must be and what it got; a tuple's "too short" caused by its items' errors
-    is left out."""
+    flags), what it must be and what it got; leaves out a tuple's "too short" that its items'
+    errors cause."""
     errors = error.errors()
-    own = [
-        e
-        for e in errors
-        if not (
-            e["type"] == "too_short"
-            and any(
-                len(o["loc"]) > len(e["loc"]) and o["loc"][: len(e["loc"])] == e["loc"]
-                for o in errors
-            )
-        )
-    ]
+    parents = {e["loc"][:end] for e in errors for end in range(len(e["loc"]))}
+    own = [e for e in errors if e["type"] != "too_short" or e["loc"] not in parents]
     problems = "; ".join(
         f"{'.'.join((model, *(str(part) for part in e['loc'])))}: {e['msg']} "
-        f"(got {_short(e.get('input'))})"
+        f"(got {one_line(repr(e.get('input')), 80)})"
         for e in own
     )
     return ConfigError(problems)
 
 
-def _short(value: object, limit: int = 80) -> str:
-    """``repr(value)`` on one line, cut to ``limit`` characters."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 class ConfigModel(BaseModel):
-    """A configuration model: frozen, described field by field; building one with invalid
-    values raises one :class:`ConfigError` line (Prefect validates flow parameters itself)."""
+    """A configuration model whose invalid values raise one :class:`ConfigError` line (Prefect
+    validates flow parameters itself)."""
 
-    model_config = MODEL_CONFIG
+    #: Frozen (hashable), field docstrings as descriptions (Prefect's forms, the CLI's help),
+    #: unknown fields refused (a typo in prefect.yaml fails at once), every float finite (NaN or
+    #: infinity would silently paint black or never stop).
+    model_config = ConfigDict(
+        frozen=True, use_attribute_docstrings=True, extra="forbid", allow_inf_nan=False
+    )
 
     def __init__(self, **data: object) -> None:
         try:
@@ -90,8 +73,7 @@ class BackendConfig(ConfigModel):
         raise NotImplementedError
 
     def load_once(self, factory: Callable[[], T], *extra: Hashable) -> T:
-        """The model of this configuration, built by ``factory`` at most once per process, keyed
-        by the configuration's type and JSON (the device as given: resolving ``auto`` would load
-        torch), its identity and ``extra``."""
+        """``factory()``, built at most once per process for this configuration's type, JSON (the
+        device as given: resolving ``auto`` would load torch), identity and ``extra``."""
         key = (type(self).__name__, self.model_dump_json(), self.identity(), *extra)
         return MODELS.get_or_create(key, factory)

@@ -60,12 +60,10 @@ class DatasetSelection(ConfigModel):
     def _cities(cls, city: Any) -> Any:
         """See the field: ``random`` is None, ``a,b`` or a list a sorted tuple."""
         if isinstance(city, str):
-            names = [name.strip() for name in city.split(",")]
-        elif isinstance(city, list | tuple):
-            names = [str(name).strip() for name in city]
-        else:
+            city = city.split(",")
+        if not isinstance(city, list | tuple):
             return city  # None, or a type pydantic refuses
-        names = sorted({name for name in names if name})
+        names = sorted({str(name).strip() for name in city} - {""})
         if not names:
             raise ValueError("give a city name, several, 'all' or 'random'")
         if len(names) == 1:

@@ -58,11 +58,10 @@ _OS_ERROR_FIXES: dict[int, str] = {
 
 
 def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
-    """One line for an :class:`OSError`: ``"<path>: <what happened>; <what to do>"`` (``path``
-    defaults to ``exc.filename``)."""
-    where = path if path is not None else exc.filename
+    """``"<path, else exc.filename>: <what happened>; <what to do>"`` for an :class:`OSError`."""
     if isinstance(exc, StorageError):
         return str(exc)
+    where = path if path is not None else exc.filename
     fix = _OS_ERROR_FIXES.get(exc.errno or 0)
     if fix is None:
         what = (exc.strerror or str(exc) or type(exc).__name__).splitlines()[0]
@@ -71,8 +70,7 @@ def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None) -
 
 
 def is_transient_os_error(exc: OSError) -> bool:
-    """Whether retrying may help: ``False`` for the lasting errors this module words, ``True``
-    for the rest (timeouts, connection resets, EIO, EAGAIN, no errno)."""
+    """Whether retrying may help: not for the lasting errors this module words."""
     return not isinstance(exc, StorageError) and exc.errno not in _OS_ERROR_FIXES
 
 
@@ -84,8 +82,8 @@ def storage_error(exc: OSError, path: str | os.PathLike[str] | None = None) -> S
 
 
 def error_line(exc: BaseException) -> str:
-    """One line describing any exception for users and the ``error`` result column:
-    ``"<Type>: <message>"``, with OSErrors as :func:`os_error_message` words them."""
+    """``"<Type>: <first line>"`` of any exception (OSErrors worded by :func:`os_error_message`),
+    for users and the ``error`` result column."""
     text = os_error_message(exc) if isinstance(exc, OSError) else str(exc)
     first = text.splitlines()[0] if text else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

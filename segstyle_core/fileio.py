@@ -33,8 +33,7 @@ _memo: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file, computed once per ``(path, size, mtime_ns)`` in this process (cache
-    keys hash the same inputs and checkpoints again and again)."""
+    """:func:`sha256_file`, computed once per ``(path, size, mtime_ns)`` in this process."""
     resolved = Path(path).resolve()
     stat = resolved.stat()
     key = (str(resolved), stat.st_size, stat.st_mtime_ns)
@@ -59,14 +58,9 @@ def sha256_json(value: Any) -> str:
 HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
-def writer_tag() -> str:
-    """``<HOST_TAG>-<pid>``: who writes a temporary file, in its name (:func:`dead_writer_here`)."""
-    return f"{HOST_TAG}-{os.getpid()}"
-
-
 def dead_writer_here(name: str) -> bool:
-    """Whether the temporary file ``name`` (``.<stem>.<writer_tag>.<random><suffix>``) was being
-    written by a process of this host that is gone: a killed writer's leftover."""
+    """Whether the temporary file ``name`` (``.<stem>.<HOST_TAG>-<pid>.<random><suffix>``) is
+    the leftover of a killed writer process of this host."""
     found = re.match(r"\.(?:.*\.)?([0-9a-f]{8})-(\d+)\.", name)
     if found is None or found.group(1) != HOST_TAG or int(found.group(2)) == os.getpid():
         return False
@@ -81,15 +75,16 @@ def dead_writer_here(name: str) -> bool:
 
 @contextlib.contextmanager
 def _temporary_sibling(target: Path) -> Iterator[Path]:
-    """A temporary file beside ``target`` (same suffix), renamed over it if the block succeeds;
-    else removed. A lasting OS error (full disk, permissions, ...) is raised as a
-    :class:`StorageError` naming ``target``, not the hidden file; a transient one unchanged, so
-    that retries still see a plain :class:`OSError`."""
+    """A temporary file beside ``target`` (same suffix), renamed over it if the block succeeds,
+    else removed. A lasting OS error is raised as a :class:`StorageError` naming ``target``; a
+    transient one unchanged, so that retries still see a plain :class:`OSError`."""
     tmp_name = ""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.stem}.{writer_tag()}.", suffix=target.suffix, dir=target.parent
+            prefix=f".{target.stem}.{HOST_TAG}-{os.getpid()}.",
+            suffix=target.suffix,
+            dir=target.parent,
         )
         os.close(fd)
         yield Path(tmp_name)
@@ -109,8 +104,8 @@ def _temporary_sibling(target: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; flush it to disk and rename it over
-    ``path`` on success (on an exception ``path`` is left as it was)."""
+    """A temporary sibling of ``path`` open for writing, fsynced and renamed over ``path`` on
+    success."""
     with _temporary_sibling(Path(path)) as tmp, open(tmp, mode) as handle:
         yield handle
         handle.flush()
@@ -118,8 +113,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
 
 
 def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
-    """Call ``writer(tmp_path)`` (same suffix as ``path``) to produce a file, then rename it
-    over ``path`` atomically: for libraries that write to a path themselves (Pillow, pyarrow)."""
+    """``writer(tmp_path)`` (same suffix as ``path``), renamed over ``path``: for libraries that
+    write to a path themselves (Pillow, pyarrow)."""
     target = Path(path)
     with _temporary_sibling(target) as tmp:
         writer(tmp)
@@ -127,13 +122,8 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], obj
 
 
 def check_writable_folder(folder: str | os.PathLike[str], what: str) -> Path:
-    """Check, before any work, that ``folder`` is (or can be created as) a writable folder;
-    ``what`` names the option's value in the message.
-
-    Raises:
-        ConfigError: a part of the path is a file, or the nearest existing folder is not
-            writable (one line naming it and the fix).
-    """
+    """``folder``, checked to be (or be creatable as) a writable folder: ConfigError naming
+    ``what`` when a part of it is a file or its nearest existing folder is not writable."""
     existing = Path(folder).absolute()
     while not existing.exists():
         existing = existing.parent
@@ -157,7 +147,7 @@ def copy_atomic(source: str | os.PathLike[str], target: str | os.PathLike[str]) 
 
 
 def write_json_atomic(path: str | os.PathLike[str], value: Any) -> Path:
-    """Write ``value`` as indented JSON to ``path`` atomically; return the path."""
+    """Write ``value`` as indented JSON to ``path`` atomically."""
     with atomic_write(path, "w") as handle:
         json.dump(value, handle, indent=1, default=str)
     return Path(path)

@@ -1,8 +1,4 @@
-"""Predicted masks on disk, and their union.
-
-An image's masks are one compressed ``.npz``: ``masks`` ``N×H×W bool`` at the image's size,
-``scores`` and ``;``-joined ``notes`` per mask.
-"""
+"""Predicted masks on disk (one compressed ``.npz`` per image), and their union."""
 
 from __future__ import annotations
 
@@ -11,21 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
-from segstyle_core.fileio import atomic_write_with
+from segstyle_core.fileio import atomic_write
 from segstyle_core.segment.base import MaskPrediction
 
 
 def save_masks(path: str | os.PathLike[str], predictions: list[MaskPrediction]) -> Path:
-    """Store masks as one compressed ``.npz``: ``masks`` ``N×H×W bool``, ``scores``, ``notes``."""
+    """Store masks as one compressed ``.npz``: ``masks`` ``N×H×W bool`` at the image's size,
+    ``scores`` ``float64`` and ``;``-joined ``notes`` per mask."""
     masks = np.stack([p.mask for p in predictions]) if predictions else np.zeros((0, 0, 0), bool)
     scores = np.array([p.score for p in predictions], dtype=np.float64)
     notes = np.array([";".join(p.notes) for p in predictions], dtype=str)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, masks=masks, scores=scores, notes=notes)
-
-    return atomic_write_with(path, write)
+    with atomic_write(path) as handle:
+        np.savez_compressed(handle, masks=masks, scores=scores, notes=notes)
+    return Path(path)
 
 
 def load_masks(path: str | os.PathLike[str]) -> list[MaskPrediction]:
@@ -39,7 +33,4 @@ def load_masks(path: str | os.PathLike[str]) -> list[MaskPrediction]:
 
 def union_mask(predictions: list[MaskPrediction], shape: tuple[int, int]) -> np.ndarray:
     """Union of the predicted masks as ``H×W bool`` (all False when there are none)."""
-    out = np.zeros(shape, dtype=bool)
-    for prediction in predictions:
-        out |= prediction.mask
-    return out
+    return np.zeros(shape, dtype=bool) | np.any([p.mask for p in predictions], axis=0)

@@ -1,12 +1,7 @@
-"""Mask agreement scores: IoU, Dice, precision and recall of two boolean masks.
+"""IoU, Dice, precision and recall of two ``H×W bool`` masks.
 
-Empty-mask conventions (documented and tested):
-
-* both masks empty: every score is 1.0 (perfect agreement on "nothing there");
-* prediction empty, ground truth not: IoU = Dice = recall = 0.0, precision = 1.0
-  (no false positives were predicted);
-* ground truth empty, prediction not: IoU = Dice = precision = 0.0, recall = 1.0
-  (there was nothing to miss).
+Empty masks: both empty, every score is 1.0; an empty prediction has precision 1.0 and the rest
+0.0 (no false positive); an empty ground truth has recall 1.0 and the rest 0.0.
 """
 
 from __future__ import annotations
@@ -31,11 +26,7 @@ class MaskScores:
 
 
 def score_masks(pred: np.ndarray, gt: np.ndarray) -> MaskScores:
-    """Score ``pred`` (``H×W bool``) against ``gt`` (``H×W bool``).
-
-    Raises:
-        InputError: the shapes differ.
-    """
+    """Score ``pred`` against ``gt`` (``H×W bool`` each); :class:`InputError` if shapes differ."""
     if pred.shape != gt.shape:
         raise InputError(
             f"mask shapes differ: prediction {pred.shape} vs ground truth {gt.shape}; "

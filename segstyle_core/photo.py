@@ -21,19 +21,17 @@ from segstyle_core.stylize import StylizerConfig
 
 
 def photo_prompts(image_path: str, given: PhotoPrompts) -> list[Prompt]:
-    """Prompts from command-line strings, validated against the image's displayed size: each
-    box is one prompt; points join a single box, else form one more prompt. Boxes are then
-    grown and jittered as ``given`` says; points never move (InputError: no prompt, or one that
-    does not fit the image)."""
+    """Prompts of ``given``'s strings, validated against the image's displayed size: a prompt per
+    box, points joining a single box or else forming one more; boxes then grown and jittered
+    (InputError: no prompt, or one outside the image)."""
     height, width = read_rgb(image_path).shape[:2]
     parsed_points = [parse_point(p) for p in given.points]
     coords = tuple((x, y) for x, y, _ in parsed_points)
     labels = tuple(label for _, _, label in parsed_points)
     prompts = [Prompt(box=parse_box(b)) for b in given.boxes]
-    if len(prompts) == 1 and coords:
-        prompts = [Prompt(box=prompts[0].box, points=coords, point_labels=labels)]
-    elif coords:
-        prompts.append(Prompt(points=coords, point_labels=labels))
+    if coords:
+        joined = prompts.pop() if len(prompts) == 1 else Prompt()
+        prompts.append(Prompt(box=joined.box, points=coords, point_labels=labels))
     if not prompts:
         raise InputError(f"{image_path}: no prompt given; add a box (x0,y0,x1,y1) or a point (x,y)")
     validated = [
@@ -45,8 +43,7 @@ def photo_prompts(image_path: str, given: PhotoPrompts) -> list[Prompt]:
 
 @dataclass(frozen=True)
 class PhotoJob:
-    """One photo's checked work: its prompts, the style of each (``styles[k]`` for
-    ``prompts[k]``) and the output file."""
+    """One photo's checked work: its prompts, the style of each and the output file."""
 
     prompts: list[Prompt]
     styles: list[str]
@@ -61,9 +58,8 @@ def check_photo_job(
     stylizer: StylizerConfig,
     settings: CompositeConfig,
 ) -> PhotoJob:
-    """Check, before the work, the prompts against the image, each region's style, the output
-    path, the checkpoints and the style images (SegstyleError: the first problem, one line
-    naming its file or setting)."""
+    """Check the prompts, each region's style, the output path, the checkpoints and the style
+    images before any work (SegstyleError: the first problem, naming its file or setting)."""
     prompts = photo_prompts(image_path, given)
     styles = region_styles(given, len(prompts), stylizer, settings.mode)
     target = check_output_path(output, [image_path, *styles])
@@ -82,7 +78,6 @@ def stylize_photo(
     settings: CompositeConfig,
     cache_dir: str,
 ) -> CompositeRecord:
-    """Run the photo's stages in this process with their results in ``cache_dir``
-    (:func:`~segstyle_core.pipeline.photo_stages`); return the record of ``composite.png``."""
+    """Run the photo's stages in this process, cached in ``cache_dir``: composite's record."""
     run = InProcess(Path(cache_dir))
     return photo_stages(run, image_path, prompts, styles, segmenter, stylizer, settings).result()

@@ -20,7 +20,7 @@ from segstyle_core.stylize import StylizerConfig
 
 def check_style(stylizer: StylizerConfig, styles: Sequence[str] = ()) -> None:
     """Check that each of ``styles`` (empty: the configuration's) reads and is large enough
-    for the stylizer (InputError: one line naming the file and the fix)."""
+    for the stylizer (InputError naming the file)."""
     minimum = stylizer.min_style_side()
     for style in dict.fromkeys(styles or stylizer.style_paths()):  # each file read once
         height, width = read_rgb(style).shape[:2]
@@ -32,17 +32,12 @@ def check_style(stylizer: StylizerConfig, styles: Sequence[str] = ()) -> None:
 
 
 def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
-    """Sample the run's frames and refuse an empty sample (an empty table reported as success).
-
-    Raises:
-        ConfigError: a limit below 1, an unknown split or city (listing the valid ones).
-        InputError: no frame with fine annotations (names the folder and the fix).
-    """
-    place = f"{dataset.split}/{dataset.city_label()}"
+    """The run's frames; ConfigError for a limit below 1, an unknown split or city, InputError
+    for no frame with fine annotations (an empty table would read as a success)."""
     if dataset.limit is not None and dataset.limit < 1:
         raise ConfigError(
-            f"limit={dataset.limit} selects no frame of {place}; use a limit of at least 1, "
-            "or none for every annotated frame"
+            f"limit={dataset.limit} selects no frame of {dataset.split}/{dataset.city_label()}; "
+            "use a limit of at least 1, or none for every annotated frame"
         )
     sample = dataset.sample()
     if not sample.frames:
@@ -70,8 +65,7 @@ def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
 def check_prompt_ids(
     path: str, prompt_ids: Iterable[str], sample: cityscapes.Sample, limit: int | None = None
 ) -> None:
-    """Refuse a prompts file none of whose image ids is a frame of the run (a typo, another
-    city): InputError naming the file, a few unknown ids and the fix."""
+    """InputError (naming a few unknown ids) when none of a prompts file's ids is a run frame."""
     ids = list(prompt_ids)
     frames = [frame.image_id for frame in sample.frames]
     if not ids or not set(frames).isdisjoint(ids):
@@ -95,9 +89,8 @@ def check_run_inputs(
     outputs: OutputConfig,
     composite: CompositeConfig | None = None,
 ) -> tuple[BackendIdentity, BackendIdentity | None]:
-    """Check the output folder, dataset root, class names, sample, prompts file, checkpoints,
-    style images and per-class styles; return the backends' identities (for every row).
-    Raises the first problem as a one-line SegstyleError naming the file and the fix."""
+    """Check the output folder, dataset, prompts file, checkpoints and styles; return the
+    backends' identities. Raises the first problem as a one-line SegstyleError."""
     check_writable_folder(outputs.out, f"outputs.out {outputs.out}")
     cityscapes.resolve_root(dataset.root)
     cityscapes.class_ids(list(dataset.classes))

@@ -16,39 +16,30 @@ import pandas as pd
 
 from segstyle_core import results
 from segstyle_core.errors import ConfigError
-
-#: The row columns that name a run's pictures (``<out>/runs/<run>/<image>/<file>``).
-_PICTURES = ("mask_path", "stylized_path", "composite_path", "panel_path")
+from segstyle_core.outputs import PUBLISHED
 
 
 @dataclass
 class Pruned:
     """What :func:`prune` removed (or, with ``dry_run``, would remove)."""
 
-    runs: list[str] = field(default_factory=list)  # "<run name> (<flow run id>)"
+    runs: list[str] = field(default_factory=list)  # "<run name> (<flow run id>, <flow>)"
     files: list[Path] = field(default_factory=list)
     folders: list[Path] = field(default_factory=list)
 
 
 def _run_folders(rows: pd.DataFrame, runs_dir: Path) -> set[Path]:
     """The folders directly inside ``runs_dir`` that hold the rows' pictures."""
-    folders = set()
-    for column in _PICTURES:
-        for text in rows[column].dropna().unique():
-            path = Path(str(text)).resolve()
-            if path.is_relative_to(runs_dir) and len(path.relative_to(runs_dir).parts) >= 2:
-                folders.add(runs_dir / path.relative_to(runs_dir).parts[0])
-    return folders
+    texts = rows[list(PUBLISHED)].melt()["value"].dropna().unique()  # the pictures' columns
+    paths = (Path(str(text)).resolve() for text in texts)
+    parts = [path.relative_to(runs_dir).parts for path in paths if path.is_relative_to(runs_dir)]
+    return {runs_dir / part[0] for part in parts if len(part) >= 2}
 
 
 def prune(out: str | os.PathLike[str], keep: int, *, dry_run: bool = False) -> Pruned:
     """Keep the ``keep`` runs of each flow under ``out`` started last; remove the older runs'
-    Parquet files and run folders. Returns what was (or would be) removed.
-
-    Raises:
-        ConfigError: ``keep`` below 1.
-        SegstyleError: ``out`` holds no metrics folder (:func:`results.read_metrics`).
-    """
+    Parquet files and run folders. :class:`ConfigError` for ``keep`` below 1;
+    :class:`SegstyleError` when ``out`` holds no metrics folder."""
     if keep < 1:
         raise ConfigError(f"keep={keep}: keep at least the latest run (1)")
     root = Path(out)

@@ -1,9 +1,5 @@
-"""Scores of predicted masks (``H×W bool``) against ground truth.
-
-A prompted segmenter isolates one object, while class-level ground truth merges every object of
-the class, so each mask is scored against the whole class mask and against the GT instance its
-prompt came from.
-"""
+"""Scores of predicted masks (``H×W bool``) against the whole class's GT mask and against the GT
+instance each prompt came from (a prompted segmenter isolates one object of the class)."""
 
 from __future__ import annotations
 
@@ -19,8 +15,7 @@ if TYPE_CHECKING:
 
 
 def _columns(scores: MaskScores | None, suffix: str, area: str) -> dict[str, float | int | None]:
-    """``iou<suffix>`` ... ``recall<suffix>`` and ``area`` (the reference's); ``None`` without
-    ``scores``."""
+    """``iou<suffix>`` ... ``recall<suffix>`` and ``area`` (the reference's); ``None``s without."""
     values: dict[str, float | int | None] = {
         f"{key}{suffix}": getattr(scores, key) if scores else None
         for key in ("iou", "dice", "precision", "recall")
@@ -32,9 +27,8 @@ def _columns(scores: MaskScores | None, suffix: str, area: str) -> dict[str, flo
 def match_auto_masks(
     predictions: list[MaskPrediction], instances: list[Instance]
 ) -> list[tuple[Instance, MaskPrediction]]:
-    """For each GT instance, the automatic mask with the highest IoU against it (``[]``
-    without predictions): an oracle matching, telling how good the best available automatic
-    mask is, not whether a user would pick it."""
+    """For each GT instance, the automatic mask of highest IoU against it (an oracle matching:
+    how good the best automatic mask is); ``[]`` without predictions."""
     if not predictions:
         return []
     return [
@@ -49,13 +43,9 @@ def prompt_scores(
     class_mask: np.ndarray,
     instances: list[Instance],
 ) -> list[dict[str, Any]]:
-    """One score dict per prompt (``predictions`` in prompt order), keyed by result columns:
-    ``iou`` ... ``gt_area`` against the whole class, ``pred_area``, ``*_instance`` and
-    ``instance_area`` against the prompt's own instance (``None`` without one).
-
-    Raises:
-        InputError: the masks' shapes differ.
-    """
+    """One dict of result columns per prompt (``predictions`` in prompt order): ``iou`` ...
+    ``gt_area`` against the class, ``pred_area``, ``*_instance`` and ``instance_area`` against
+    the prompt's instance (``None`` without one); :class:`InputError` if mask shapes differ."""
     by_id = {inst.instance_id: inst for inst in instances}
     rows = []
     for prediction, prompt in zip(predictions, prompts, strict=True):

@@ -1,12 +1,8 @@
-"""How visible the seam of a composite is along its mask's edge.
+"""How visible a composite's seam is along its mask's edge (:func:`seam_score`).
 
-Where the stylized frame (inside the mask) and the original (outside) differ at the mask's
-edge, the composite has an edge neither image has. :func:`seam_score` is the mean absolute
-difference between the composite's and the stylized frame's gradient magnitudes over a band
-around the edge; 0 means no jump beyond the stylized frame's own. The band's outer pixels also
-compare the original's texture with the stylized frame's, so compare scores of composites of the
-same frame, and keep the band narrow (a feathered edge lowers the score only where its ramp is
-wider than the band).
+Compare scores of composites of the same frame: the band's outer pixels also compare the
+original's texture with the stylized frame's, and a feathered edge lowers the score only where
+its ramp is wider than the band.
 """
 
 from __future__ import annotations
@@ -34,9 +30,8 @@ def gradient_magnitude(image: np.ndarray) -> np.ndarray:
 
 
 def edge_band(mask: np.ndarray, width: int = SEAM_BAND_PX) -> np.ndarray:
-    """``H×W bool``: pixels of ``mask`` (``H×W bool``) within ``width`` px of a pixel on the
-    other side of its edge, on both sides (Euclidean distance between pixel centres, so the
-    pixels touching the edge are at distance 1). Empty when the mask is empty or full."""
+    """``H×W bool``: pixels within ``width`` px (Euclidean, 1 for those touching the edge) of a
+    pixel on the other side of ``mask``'s edge (``H×W bool``); empty for an empty or full mask."""
     if width < 1:
         raise ConfigError(f"seam band width={width}: use at least 1 pixel")
     if mask.all() or not mask.any():
@@ -46,23 +41,15 @@ def edge_band(mask: np.ndarray, width: int = SEAM_BAND_PX) -> np.ndarray:
     return np.where(mask, inside, outside) <= width
 
 
-def seam_score(
-    composite: np.ndarray, stylized: np.ndarray, mask: np.ndarray, width: int = SEAM_BAND_PX
-) -> float:
-    """Mean ``|grad(composite)| - |grad(stylized)|`` (absolute) over :func:`edge_band`.
-
-    ``composite``: ``H×W×3 uint8``; ``stylized``: ``h×w×3 uint8``, the frame it was made from
-    (resized to ``H×W`` as the composite does); ``mask``: ``H×W bool``. Returns grey levels per
-    pixel (luma); 0.0 for a mask without edge (empty or full).
-
-    Raises:
-        InputError: not ``H×W×3 uint8`` images, or a mask of another size.
-        ConfigError: ``width < 1``.
-    """
+def seam_score(composite: np.ndarray, stylized: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute ``|grad(composite)| - |grad(stylized)|`` over :func:`edge_band`, in luma
+    grey levels per pixel; 0.0 for a mask without edge; 0 means no jump beyond the stylized
+    frame's own. ``composite`` ``H×W×3 uint8``, ``stylized`` ``h×w×3 uint8`` (the frame it was
+    made from, resized to ``H×W``), ``mask`` ``H×W bool``; :class:`InputError` for others."""
     check_rgb(composite, "composite")
     check_rgb(stylized, "stylized image")
     check_mask(mask, composite.shape[:2], "composite's mask")
-    band = edge_band(mask, width)
+    band = edge_band(mask)
     if not band.any():
         return 0.0
     stylized = resize_to(stylized, composite.shape[:2])

@@ -1,11 +1,9 @@
-"""The run outputs over HTTP on 127.0.0.1 (``segstyle serve``), so the Prefect UI can show them.
+"""The run outputs over HTTP on loopback (``segstyle serve``), so the Prefect UI can show them.
 
-Served: the regular files (by ``lstat``: a FIFO is never opened) under ``runs/`` and ``metrics/``
-of each root (a flows' out folder), under its prefix, inside the folder's real path once a
-request is resolved (symlinks, ``..``); else 404. A symlinked ``runs`` or ``metrics`` is refused
-at start. Nothing is listed; :data:`~segstyle_core.outputs.ROOTS_PATH` names the roots.
-Loopback only, without authentication; a ``Host`` other than a loopback name or the bound host
-gets 400 (DNS rebinding). ``Cache-Control: no-cache``: retries rewrite their PNGs.
+Served, under each root's prefix: the regular files (by ``lstat``: a FIFO is never opened) whose
+resolved path stays inside the real ``runs/`` or ``metrics/`` folder of the root; else 404.
+Nothing is listed. A ``Host`` other than a loopback name or the bound host gets 400 (DNS
+rebinding). ``Cache-Control: no-cache``: retries rewrite their PNGs.
 """
 
 from __future__ import annotations
@@ -44,24 +42,19 @@ NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 class _ConfinedFiles(StaticFiles):
-    """The regular files under ``folder`` (a real folder, resolved at start), not cached."""
-
-    def __init__(self, folder: Path) -> None:
-        super().__init__(directory=folder)
-        self.folder = folder
+    """The regular files under ``directory`` (a real folder, resolved at start), not cached."""
 
     async def check_config(self) -> None:
         """Checked at start; a folder removed later answers 404, not an error."""
 
     def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
         """``(real path, lstat)`` of a file inside the folder, else ``("", None)``."""
-        target = Path(os.path.realpath(self.folder / path))
-        if not target.is_relative_to(self.folder):
-            return "", None
-        try:
-            return str(target), os.lstat(target)
-        except (FileNotFoundError, NotADirectoryError):
-            return "", None
+        folder = Path(str(self.directory))
+        target = Path(os.path.realpath(folder / path))
+        if target.is_relative_to(folder):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                return str(target), os.lstat(target)
+        return "", None
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
@@ -70,8 +63,7 @@ class _ConfinedFiles(StaticFiles):
 
 
 def check_loopback(host: str) -> str:
-    """``host`` when it is a loopback address (127.0.0.0/8, ::1) or ``localhost``, else
-    :class:`ConfigError` (the server has no authentication)."""
+    """``host`` if it is a loopback address or ``localhost``, else :class:`ConfigError`."""
     with contextlib.suppress(ValueError):  # neither localhost nor an address
         if host.lower() == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback:
             return host
@@ -87,8 +79,7 @@ def url_host(host: str) -> str:
 
 
 def served_folder(root: Path, name: str) -> Path:
-    """``root/name`` as a real folder, created when missing; :class:`ConfigError` if it is a
-    symlink, not a folder, or cannot be created."""
+    """``root/name`` as a real folder, created when missing, else :class:`ConfigError`."""
     folder = root / name
     if folder.is_symlink():
         raise ConfigError(
@@ -106,8 +97,8 @@ def served_folder(root: Path, name: str) -> Path:
 
 
 def root_prefixes(roots: Path | Sequence[Path]) -> dict[str, Path]:
-    """URL prefix -> resolved root: ``""`` for a single root; else ``/<folder name>`` made
-    URL-safe, with ``-2``, ``-3`` … where names repeat."""
+    """URL prefix -> resolved root: ``""`` for one root, else ``/<folder name>`` made URL-safe,
+    with ``-2``, ``-3`` … where names repeat."""
     listed = [roots] if isinstance(roots, Path) else roots
     unique = list(dict.fromkeys(Path(root).resolve() for root in listed))
     if len(unique) == 1:
@@ -142,7 +133,7 @@ def make_app(roots: Path | Sequence[Path], host: str = "127.0.0.1") -> Starlette
     """The app serving each root's ``SERVED_FOLDERS`` under its prefix, to ``host`` or loopback."""
     prefixes = root_prefixes(roots)
     mounts = [
-        Mount(f"{prefix}/{name}", _ConfinedFiles(served_folder(root, name)))
+        Mount(f"{prefix}/{name}", _ConfinedFiles(directory=served_folder(root, name)))
         for prefix, root in prefixes.items()
         for name in SERVED_FOLDERS
     ]
@@ -157,25 +148,20 @@ def make_app(roots: Path | Sequence[Path], host: str = "127.0.0.1") -> Starlette
     return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, hosts)])
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening socket, or a one-line error naming the port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host.strip("[]"), port), family=family)
-    except OSError as exc:  # its strerror names the address again
-        why = f"({os.strerror(exc.errno or 0)}); pick another port"
-        raise ConfigError(f"cannot listen on {host}:{port} {why}") from None
-
-
 def serve(roots: Path | Sequence[Path], host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-    """Serve each root (an out folder) at ``http://host:port<prefix>`` until interrupted (port 0: a
-    free one); :class:`ConfigError` for a non-loopback host, a bad folder or a taken port."""
+    """Serve each out folder at ``http://host:port<prefix>`` until interrupted (port 0: a free
+    one); :class:`ConfigError` for a non-loopback host, a bad folder or a taken port."""
     import uvicorn
 
     check_loopback(host)
     prefixes = root_prefixes(roots)
     app = make_app(list(prefixes.values()), host)
-    sock = _bind(host, port)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host.strip("[]"), port), family=family)
+    except OSError as exc:  # its strerror names the address again
+        why = f"({os.strerror(exc.errno or 0)}); pick another port"
+        raise ConfigError(f"cannot listen on {host}:{port} {why}") from None
     bound = sock.getsockname()[1]
     address = f"http://{url_host(host)}:{bound}"
     served = "\n".join(

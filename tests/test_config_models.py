@@ -83,3 +83,17 @@ def test_a_finite_float_setting_is_kept() -> None:
 
 def test_classes_are_kept_once_each_in_order() -> None:
     assert DatasetSelection(classes=("car", "person", "Car", " car ")).classes == ("car", "person")
+
+
+def test_an_invalid_item_is_named_without_its_tuples_too_short() -> None:
+    """A tuple of at least one item whose only item is invalid names the item, not also the
+    emptied tuple; an empty tuple names the tuple."""
+    with pytest.raises(ConfigError) as bad_item:
+        GatysConfig(content_layers=("conv4_2", "nope"))
+    assert str(bad_item.value).startswith("GatysConfig.content_layers.1: ")
+    with pytest.raises(ConfigError) as only_bad:
+        GatysConfig(content_layers=("nope",))
+    assert str(only_bad.value).startswith("GatysConfig.content_layers.0: ")
+    assert "at least 1 item" not in str(only_bad.value)
+    with pytest.raises(ConfigError, match=r"^GatysConfig\.content_layers: .*at least 1 item"):
+        GatysConfig(content_layers=())

@@ -248,7 +248,7 @@ def test_only_a_dead_writers_hidden_files_are_cleared(tmp_path: Path) -> None:
     import sys
     import time
 
-    from segstyle_core.fileio import HOST_TAG, writer_tag
+    from segstyle_core.fileio import HOST_TAG
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
                           capture_output=True, check=True).stdout.strip()  # fmt: skip
@@ -257,7 +257,9 @@ def test_only_a_dead_writers_hidden_files_are_cleared(tmp_path: Path) -> None:
     directory = stage_dir(cache, "segment", segment.key(str(tmp_path / "a.png"), 1))
     directory.mkdir(parents=True)
     (directory / ".live.png.tmp").write_bytes(b"being written elsewhere")
-    (directory / f".panel.{writer_tag()}.x1.png").write_bytes(b"this process is writing it")
+    (directory / f".panel.{HOST_TAG}-{os.getpid()}.x1.png").write_bytes(
+        b"this process is writing it"
+    )
     killed = directory / f".panel.{HOST_TAG}-{gone}.x2.png"
     killed.write_bytes(b"half")
     old = directory / ".dead.png.tmp"
@@ -266,4 +268,4 @@ def test_only_a_dead_writers_hidden_files_are_cleared(tmp_path: Path) -> None:
     os.utime(old, (an_hour_ago, an_hour_ago))
     assert segment.run(cache, str(tmp_path / "a.png"), 1).value == 42
     assert (directory / ".live.png.tmp").exists() and not old.exists() and not killed.exists()
-    assert (directory / f".panel.{writer_tag()}.x1.png").exists()
+    assert (directory / f".panel.{HOST_TAG}-{os.getpid()}.x1.png").exists()
