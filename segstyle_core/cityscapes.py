@@ -1,13 +1,11 @@
 """Cityscapes layout, city sampling, the label table, and ground truth as masks.
 
 A root holds ``leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png`` and, for
-annotated frames, ``gtFine/{split}/{city}/{city}_{seq}_{frame}`` + :data:`GT_SUFFIXES`. The label
-table is ``cityscapesscripts.helpers.labels``. Label maps are ``H×W`` int, colour GT ``H×W×3
-uint8 RGB``, masks ``H×W bool``, boxes XYXY pixels with an exclusive end (``x1 = xmax + 1``).
-
-Regions (what prompts and scores use): classes with instances come from the instanceIds PNG when
-the frame has one; other classes, and all on a frame without it, are the 8-connected components
-of the class's binarized GT.
+annotated frames, ``gtFine/{split}/{city}/{city}_{seq}_{frame}`` + :data:`GT_SUFFIXES`. Label
+maps are ``H×W`` int, colour GT ``H×W×3 uint8 RGB``, masks ``H×W bool``, boxes XYXY pixels with
+an exclusive end. Regions (what prompts and scores use): classes with instances come from the
+instanceIds PNG when the frame has one; other classes, and all on a frame without it, are the
+8-connected components of the class's binarized GT.
 """
 
 from __future__ import annotations
@@ -82,14 +80,9 @@ class Frame:
     color_path: Path | None
     polygons_path: Path | None
 
-    @property
-    def has_fine(self) -> bool:
-        """True when the frame has a fine label map (labelIds or colour PNG)."""
-        return self.label_ids_path is not None or self.color_path is not None
-
     def gt_path(self, kind: str) -> Path | None:
-        """The frame's gtFine file of ``kind`` (a :data:`GT_SUFFIXES` key; ``auto``: labelIds,
-        else colour), or None."""
+        """The gtFine file of ``kind`` (a :data:`GT_SUFFIXES` key; ``auto``: labelIds, else
+        colour), or None."""
         if kind == "auto":
             return self.label_ids_path or self.color_path
         paths = (self.label_ids_path, self.instance_ids_path, self.color_path, self.polygons_path)
@@ -99,10 +92,8 @@ class Frame:
 @dataclass
 class Sample:
     """The fine-annotated frames of some cities of a split, sorted by city and image id.
-
     ``city`` names the selection (a city, ``all``, or cities joined by commas); ``skipped`` is
-    ``(path, reason)`` per file left out; ``unannotated`` the well-formed images among them.
-    """
+    ``(path, reason)`` per file left out; ``unannotated`` the well-formed images among them."""
 
     city: str
     split: str
@@ -157,11 +148,8 @@ def frame_from_image_path(path: str | os.PathLike[str]) -> Frame:
     if not image_path.is_file():
         raise InputError(f"{image_path}: no such image file; check the path")
     parents = image_path.parents
-    if (
-        not image_path.name.endswith(IMAGE_SUFFIX)
-        or len(parents) < 4
-        or parents[2].name != "leftImg8bit"
-    ):
+    in_layout = len(parents) >= 4 and parents[2].name == "leftImg8bit"
+    if not (in_layout and image_path.name.endswith(IMAGE_SUFFIX)):
         raise InputError(
             f"{image_path}: not in the Cityscapes layout; expected "
             "<root>/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png"
@@ -217,11 +205,8 @@ def sample_city(
     ``city=None`` (or ``"random"``) picks one with ``random.Random(seed).choice`` over the
     sorted cities. Frames without the ``source`` ground truth go to ``skipped``. With ``limit``
     below the frame count, a fresh ``random.Random(seed).sample`` draws ``limit`` frames over
-    all selected cities, returned sorted.
-
-    Raises:
-        ConfigError: unknown split, city or ``source`` (listing the valid ones), limit below 1.
-        InputError: the root is not a Cityscapes root.
+    all selected cities, returned sorted. ConfigError: unknown split, city or ``source`` (listing
+    the valid ones), limit below 1; InputError: the root is not a Cityscapes root.
     """
     base = resolve_root(root)
     cities = list_cities(base, split)
@@ -232,19 +217,13 @@ def sample_city(
     label, chosen = _choose_cities(city, cities, split, seed)
     if limit is not None and limit < 1:
         raise ConfigError(f"limit={limit}: must be at least 1, or None for every frame")
-    frames: list[Frame] = []
-    skipped: list[tuple[str, str]] = []
-    for name in chosen:
-        city_frames, city_skipped = _scan_city(base, split, name)
-        frames += city_frames
-        skipped += city_skipped
+    scans = [_scan_city(base, split, name) for name in chosen]
+    frames = [frame for city_frames, _ in scans for frame in city_frames]
     fine = [f for f in frames if f.gt_path(source) is not None]
-    missing = (
-        "no gtFine labelIds or color PNG beside it"
-        if source == "auto"
-        else f"no gtFine {source} PNG beside it (gt={source})"
-    )
     unannotated = [str(f.image_path) for f in frames if f.gt_path(source) is None]
+    wanted = "labelIds or color" if source == "auto" else source
+    missing = f"no gtFine {wanted} PNG beside it (gt={source})"
+    skipped = [odd for _, city_skipped in scans for odd in city_skipped]
     skipped += [(path, missing) for path in unannotated]
     if limit is not None and limit < len(fine):
         drawn = random.Random(seed).sample(fine, limit)
@@ -255,13 +234,13 @@ def sample_city(
 def _label_names(names: Iterable[str]) -> list[str]:
     """Canonical table names for ``names`` (case-insensitive), in order, without repeats."""
     lookup = {name.lower(): name for name in _DRAWN}
-    result: list[str] = []
-    for raw in [names] if isinstance(names, str) else names:
-        name = lookup.get(str(raw).strip().lower())
-        if name is None:
-            raise ConfigError(f"unknown Cityscapes class {raw!r}; valid names: {', '.join(_DRAWN)}")
-        if name not in result:
-            result.append(name)
+    given = [names] if isinstance(names, str) else list(names)
+    unknown = [raw for raw in given if str(raw).strip().lower() not in lookup]
+    if unknown:
+        raise ConfigError(
+            f"unknown Cityscapes class {unknown[0]!r}; valid names: {', '.join(_DRAWN)}"
+        )
+    result = list(dict.fromkeys(lookup[str(raw).strip().lower()] for raw in given))
     if not result:
         raise ConfigError(f"no class names given; pass one or more of: {', '.join(_DRAWN)}")
     return result
@@ -302,13 +281,9 @@ def binarize_label_ids(
 def binarize_color(
     color: np.ndarray, classes: Iterable[str], path: str | os.PathLike[str] | None = None
 ) -> np.ndarray:
-    """``H×W bool``: pixels of a colour GT (``H×W×3 uint8``) with a class colour (the seed's way).
-
-    Raises:
-        ConfigError: a requested class shares its colour with one not requested (``pole`` and
-            ``polegroup``, the black void classes): a colour PNG cannot tell them apart.
-        InputError: not ``H×W×3``, or colours outside the table (resized or lossy file).
-    """
+    """``H×W bool``: pixels of a colour GT (``H×W×3 uint8``) with a class colour. ConfigError:
+    a class shares its colour with one not requested (``pole`` and ``polegroup``, the black void
+    classes); InputError: not ``H×W×3``, or colours outside the table (resized or lossy file)."""
     names = _label_names(classes)
     for name in names:
         color_of = _DRAWN[name].color
@@ -333,13 +308,13 @@ def binarize_color(
 
 
 def _read_checked(frame: Frame, kind: str, image: np.ndarray | None) -> tuple[np.ndarray, Path]:
-    """Read the gtFine PNG of ``kind`` of ``frame``, checking its size against the image's
-    (``image`` if already read)."""
+    """The frame's gtFine PNG of ``kind`` and its path, checked against the image's size
+    (``image``: the frame's image if already read)."""
     path = frame.gt_path(kind)
     if path is None:
         raise InputError(
             f"{frame.image_path}: no gtFine {kind} file ({frame.image_id}{GT_SUFFIXES[kind]}) "
-            "for this frame; add it or use frames with has_fine (sample_city keeps only those)"
+            "for this frame; add it or use the frames sample_city keeps"
         )
     gt = read_rgb(path) if kind == "color" else read_label_map(path)
     reference = read_rgb(frame.image_path) if image is None else image
@@ -361,9 +336,20 @@ class Instance:
     kind: Literal["instance", "component"] = "instance"
 
 
-def _decode_instance_ids(instance_ids: np.ndarray, where: str) -> np.ndarray:
-    """The sorted instance ids (values >= 1000) of a map; check every value against the table."""
-    fix = "a *_gtFine_instanceIds.png"
+def instances_from_ids(
+    instance_ids: np.ndarray, classes: Iterable[str], path: str | os.PathLike[str] | None = None
+) -> list[Instance]:
+    """The instances of ``classes`` in an instanceIds map (``H×W`` int), sorted by id; values
+    below 1000 are plain label ids (stuff, groups such as ``cargroup``) and yield none.
+    ConfigError: a class unknown or without instances; InputError: values outside the table."""
+    wanted = class_ids(classes)
+    flat = [name for name in wanted if not _DRAWN[name].hasInstances]
+    if flat:
+        instanced = ", ".join(name for name, label in _DRAWN.items() if label.hasInstances)
+        raise ConfigError(
+            f"classes {flat} have no instances in Cityscapes; choose from {instanced}"
+        )
+    where, fix = str(path or "instance map"), "a *_gtFine_instanceIds.png"
     present = _check_int_map(instance_ids, where, "instance map", fix)
     ids = present[present >= INSTANCE_OFFSET]
     plain = present[present < INSTANCE_OFFSET]
@@ -375,34 +361,12 @@ def _decode_instance_ids(instance_ids: np.ndarray, where: str) -> np.ndarray:
             f"{where}: values {bad[:8]} are neither Cityscapes label ids nor id*1000+n of a class "
             f"with instances; use {fix}"
         )
-    return ids
-
-
-def instances_from_ids(
-    instance_ids: np.ndarray, classes: Iterable[str], path: str | os.PathLike[str] | None = None
-) -> list[Instance]:
-    """The instances of ``classes`` in an instanceIds map (``H×W`` int), sorted by id; values
-    below 1000 are plain label ids (stuff, groups such as ``cargroup``) and yield none.
-
-    Raises:
-        ConfigError: an unknown class or one without instances.
-        InputError: values neither label ids nor instance ids of the table.
-    """
-    wanted = class_ids(classes)
-    flat = [name for name in wanted if not _DRAWN[name].hasInstances]
-    if flat:
-        instanced = ", ".join(name for name, label in _DRAWN.items() if label.hasInstances)
-        raise ConfigError(
-            f"classes {flat} have no instances in Cityscapes; choose from {instanced}"
-        )
     result: list[Instance] = []
-    for value in _decode_instance_ids(instance_ids, str(path or "instance map")):
-        class_id = int(value) // INSTANCE_OFFSET
-        if class_id in wanted.values():
-            mask = instance_ids == value
-            x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
-            name = id2label[class_id].name
-            result.append(Instance(int(value), name, mask, (x, y, x + w, y + h), int(mask.sum())))
+    for value in ids[np.isin(ids // INSTANCE_OFFSET, list(wanted.values()))].tolist():
+        mask = instance_ids == value
+        x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
+        name = id2label[value // INSTANCE_OFFSET].name
+        result.append(Instance(value, name, mask, (x, y, x + w, y + h), int(mask.sum())))
     return result
 
 
@@ -415,24 +379,19 @@ def load_instances(
     return instances_from_ids(instance_ids, classes, path)
 
 
-def connected_regions(mask: np.ndarray, class_name: str, min_area: int = 0) -> list[Instance]:
-    """The 8-connected components of ``mask`` (``H×W bool``) of at least ``min_area`` pixels, as
-    :class:`Instance` s of kind ``component`` (``n`` by decreasing area, ties in raster order; at
-    most 1000, so ids stay within the class)."""
-    class_id = _DRAWN[class_name].id
-    count, labels_map, stats, _ = cv2.connectedComponentsWithStats(
-        mask.astype(np.uint8), connectivity=8
-    )
-    areas = stats[:, cv2.CC_STAT_AREA]
-    order = sorted(range(1, count), key=lambda k: (-int(areas[k]), k))
+def _components(mask: np.ndarray, class_name: str, min_area: int) -> list[Instance]:
+    """The 8-connected components of ``mask`` (``H×W bool``) of at least ``min_area`` pixels
+    (``n`` by decreasing area, ties in raster order; at most 1000, so ids stay in the class)."""
+    count, index, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    areas = stats[:, cv2.CC_STAT_AREA].tolist()
+    order = sorted(range(1, count), key=lambda k: (-areas[k], k))
     kept = [k for k in order if areas[k] >= max(min_area, 1)][:INSTANCE_OFFSET]
+    first_id = _DRAWN[class_name].id * INSTANCE_OFFSET
     regions = []
     for n, k in enumerate(kept):
-        x, y, w, h = (int(v) for v in stats[k, :4])
+        x, y, w, h = stats[k, :4].tolist()
         box = (x, y, x + w, y + h)
-        region_id = class_id * INSTANCE_OFFSET + n
-        mask_k = labels_map == k
-        regions.append(Instance(region_id, class_name, mask_k, box, int(areas[k]), "component"))
+        regions.append(Instance(first_id + n, class_name, index == k, box, areas[k], "component"))
     return regions
 
 
@@ -456,12 +415,9 @@ def load_gt(
     min_area: int = 0,
 ) -> GroundTruth:
     """Read a frame's ground truth once: the binarized mask and, with ``regions``, its regions
-    (module docstring; components of at least ``min_area`` pixels).
-
-    Raises:
-        InputError: missing, unreadable or wrongly sized files, values outside the table.
-        ConfigError: unknown class names, or classes a colour PNG cannot tell apart.
-    """
+    (module docstring; components of at least ``min_area`` pixels). InputError: missing,
+    unreadable or wrongly sized files, values outside the table; ConfigError: unknown classes, or
+    classes a colour PNG cannot tell apart."""
     names = _label_names(classes)
     if source not in GT_SOURCES:
         raise ConfigError(f"source={source!r}: choose 'auto', 'labelIds' or 'color'")
@@ -474,15 +430,14 @@ def load_gt(
     mask = binarize(gt, names, path)
     if not regions:
         return GroundTruth(kind, path, mask)
-    things = [n for n in names if _DRAWN[n].hasInstances]
-    found: list[Instance] = []
     components = names
+    found: list[Instance] = []
+    things = [n for n in names if _DRAWN[n].hasInstances]
     if things and frame.instance_ids_path is not None:
         ids, ids_path = _read_checked(frame, "instanceIds", image)
         found += instances_from_ids(ids, things, ids_path)
         components = [n for n in names if n not in things]
-    if components:
-        gt_ids = gt if kind == "labelIds" else _color_ids(gt)  # shared colours: the lowest id
-        for name in components:
-            found += connected_regions(gt_ids == _DRAWN[name].id, name, min_area)
+    gt_ids = gt if kind == "labelIds" else _color_ids(gt)  # shared colours: the lowest id
+    for name in components:
+        found += _components(gt_ids == _DRAWN[name].id, name, min_area)
     return GroundTruth(kind, path, mask, sorted(found, key=lambda r: r.instance_id))

@@ -1,9 +1,6 @@
 """Reading and writing images: ``H×W×3 uint8 RGB``, label maps ``H×W`` int, masks ``H×W bool``.
-
-Readers convert grayscale, RGBA, palette and 16-bit files, raise an
-:class:`~segstyle_core.errors.InputError` naming the file for the rest, and apply the EXIF
-``Orientation`` tag (boxes and outputs are in the orientation a viewer displays).
-"""
+Readers convert grayscale, RGBA, palette and 16-bit files, apply the EXIF ``Orientation`` tag,
+and raise an :class:`~segstyle_core.errors.InputError` naming the file for the rest."""
 
 from __future__ import annotations
 
@@ -19,8 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from segstyle_core.errors import ConfigError, InputError, storage_error
 from segstyle_core.fileio import atomic_write_with, check_writable_folder
 
-#: Images above this many pixels are refused before decoding (decompression-bomb guard);
-#: override per call or with ``$SEGSTYLE_MAX_PIXELS``.
+#: Images above this many pixels are refused before decoding; override per call or with
+#: ``$SEGSTYLE_MAX_PIXELS``.
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
@@ -41,25 +38,14 @@ def max_pixels_default() -> int:
 def check_rgb(
     array: np.ndarray, what: str, fix: str = "read it with segstyle_core.images.read_rgb"
 ) -> np.ndarray:
-    """Return ``array`` if it is an ``H×W×3 uint8 RGB`` image with ``H, W >= 1``.
-
-    Raises:
-        InputError: ``"{what}: expected an H×W×3 uint8 RGB array, got ...; {fix}"``.
-    """
-    if not (
-        isinstance(array, np.ndarray)
-        and array.ndim == 3
-        and array.shape[2] == 3
-        and array.dtype == np.uint8
-        and array.size > 0
-    ):
-        got = (
-            f"shape {array.shape} dtype {array.dtype}"
-            if isinstance(array, np.ndarray)
-            else f"a {type(array).__name__}"
-        )
-        raise InputError(f"{what}: expected an H×W×3 uint8 RGB array, got {got}; {fix}")
-    return array
+    """Return ``array`` if it is an ``H×W×3 uint8 RGB`` image with ``H, W >= 1``, else an
+    InputError naming ``what`` and ``fix``."""
+    got = f"a {type(array).__name__}"
+    if isinstance(array, np.ndarray):
+        if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8 and array.size:
+            return array
+        got = f"shape {array.shape} dtype {array.dtype}"
+    raise InputError(f"{what}: expected an H×W×3 uint8 RGB array, got {got}; {fix}")
 
 
 def check_mask(mask: np.ndarray, size: tuple[int, int], what: str = "mask") -> np.ndarray:
@@ -79,7 +65,7 @@ def check_mask(mask: np.ndarray, size: tuple[int, int], what: str = "mask") -> n
 
 
 def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
-    """Open ``path`` lazily, check its size against the limit, decode it fully, turn it upright."""
+    """Open ``path``, check its size against the limit before decoding, turn it upright."""
     import cv2  # lazily: OpenCV is slow to import
 
     limit = max_pixels_default() if max_pixels is None else max_pixels
@@ -107,8 +93,6 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
                 )
             with contextlib.suppress(Exception):  # Pillow raises many kinds on malformed EXIF
                 image = ImageOps.exif_transpose(image)
-    except InputError:
-        raise
     except (
         UnidentifiedImageError,
         Image.DecompressionBombError,
@@ -124,11 +108,8 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
 
 def read_rgb(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as ``H×W×3 uint8 RGB``: 16/32-bit single-channel images are scaled
-    by their maximum to 0..255; alpha is dropped.
-
-    Raises:
-        InputError: missing, empty, corrupt, non-image or over-limit file (message names it).
-    """
+    by their maximum to 0..255; alpha is dropped (InputError: missing, empty, corrupt, non-image
+    or over-limit file)."""
     image = _open_checked(Path(path), max_pixels)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
@@ -140,8 +121,7 @@ def read_rgb(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.
 
 def read_label_map(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """Read a single-channel label PNG (labelIds uint8, instanceIds uint16) as ``H×W int32``."""
-    path = Path(path)
-    image = _open_checked(path, max_pixels)
+    image = _open_checked(Path(path), max_pixels)
     array = np.asarray(image)
     if array.ndim != 2:
         raise InputError(
@@ -168,8 +148,7 @@ def check_same_size(a: np.ndarray, b: np.ndarray, what: str, path: str | os.Path
 
 def read_mask(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """Read a mask image (0 = outside, anything else = inside; colour masks by luminance)."""
-    image = _open_checked(Path(path), max_pixels)
-    return np.asarray(image.convert("L")) > 127 if image.mode != "1" else np.asarray(image)
+    return np.asarray(_open_checked(Path(path), max_pixels).convert("L")) > 127
 
 
 #: Output suffix (lower case) -> Pillow format name.
@@ -181,24 +160,19 @@ DEFAULT_QUALITY = 95
 def output_format(path: str | os.PathLike[str]) -> str:
     """The Pillow format that ``path``'s suffix names (ConfigError: any other suffix)."""
     suffix = Path(path).suffix.lower()
-    try:
-        return OUTPUT_FORMATS[suffix]
-    except KeyError:
+    if suffix not in OUTPUT_FORMATS:
         what = f"suffix {suffix!r}" if suffix else "no suffix"
         raise ConfigError(
             f"{path}: output has {what}; name it with one of {', '.join(OUTPUT_FORMATS)}"
-        ) from None
+        )
+    return OUTPUT_FORMATS[suffix]
 
 
 def check_output_path(
     output: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str] | None] = ()
 ) -> Path:
-    """Check, before any work, that an image can be written to ``output``; return its path.
-
-    Raises:
-        ConfigError: an unknown suffix, an existing directory, one of ``inputs`` (same resolved
-            path or inode), or a parent that is a file or not writable (one line).
-    """
+    """``output``'s path, checked before any work (ConfigError: an unknown suffix, a directory,
+    one of ``inputs`` (same path or inode), or a parent that is a file or not writable)."""
     path = Path(output).expanduser()
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory; give an image file name such as out.png")
@@ -238,20 +212,15 @@ def write_image(
     path: str | os.PathLike[str], rgb: np.ndarray, quality: int = DEFAULT_QUALITY
 ) -> Path:
     """Write ``rgb`` (``H×W×3 uint8``; ``H×W uint8``/``bool`` masks too) atomically as PNG,
-    JPEG or WebP by suffix, without EXIF. ``quality`` (1..100): JPEG at 90+ keeps 4:4:4 chroma
-    (stylized edges do not bleed); WebP at 100 is lossless.
-
-    Raises:
-        ConfigError: unknown suffix, or ``quality`` outside 1..100.
-        InputError: an array that is not an image.
+    JPEG or WebP by suffix, without EXIF. ``quality`` (1..100): JPEG at 90+ keeps 4:4:4 chroma;
+    WebP at 100 is lossless. ConfigError: unknown suffix or quality; InputError: not an image.
     """
     image_format = output_format(path)
     if not 1 <= quality <= 100:
         raise ConfigError(f"quality={quality}: must be between 1 and 100")
     image = _as_image(rgb, image_format, path)
-    options: dict[str, object] = {}
-    if image_format == "JPEG":
-        options = {"quality": quality, "subsampling": 0 if quality >= 90 else 2}
-    elif image_format == "WEBP":
-        options = {"quality": quality, "lossless": quality == 100}
+    options = {
+        "JPEG": {"quality": quality, "subsampling": 0 if quality >= 90 else 2},
+        "WEBP": {"quality": quality, "lossless": quality == 100},
+    }.get(image_format, {})
     return atomic_write_with(path, lambda tmp: image.save(tmp, format=image_format, **options))

@@ -1,9 +1,6 @@
-"""Masks as COCO run-length encoding (RLE) text, so a result row carries its own mask.
-
-The format of SAM's ``output_mode="coco_rle"`` and COCO's annotation files: a JSON object
-``{"size": [H, W], "counts": "<compressed RLE>"}`` (column-major), which any COCO tool reads
-back: ``pycocotools.mask.decode(json.loads(text)).astype(bool)``.
-"""
+"""Masks as COCO run-length encoding (RLE) text, so a result row carries its own mask: the JSON
+object ``{"size": [H, W], "counts": "<compressed RLE>"}`` (column-major) of SAM's
+``output_mode="coco_rle"``, which ``pycocotools.mask.decode`` reads back."""
 
 from __future__ import annotations
 
@@ -18,21 +15,15 @@ from segstyle_core.errors import InputError
 
 
 def encode_mask(mask: np.ndarray) -> str:
-    """Encode an ``H×W`` mask (non-zero = inside) as COCO RLE JSON text.
-
-    Raises:
-        InputError: ``mask`` is not 2-D.
-    """
+    """Encode an ``H×W`` mask (non-zero = inside) as COCO RLE JSON text (InputError: not 2-D)."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise InputError(
             f"mask of shape {mask.shape} cannot be RLE-encoded; pass one H×W bool mask"
         )
     rle = mask_utils.encode(np.asfortranarray(mask != 0, dtype=np.uint8))
-    size = [int(v) for v in rle["size"]]
-    return json.dumps(
-        {"size": size, "counts": rle["counts"].decode("ascii")}, separators=(",", ":")
-    )
+    text = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return json.dumps(text, separators=(",", ":"))
 
 
 def _parse(value: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
@@ -48,11 +39,8 @@ def _parse(value: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
             'mask RLE needs "size" and "counts" keys (COCO RLE); got ' + repr(rle)[:80]
         )
     size = rle["size"]
-    if (
-        not isinstance(size, list | tuple)
-        or len(size) != 2
-        or not all(isinstance(v, int) and v >= 0 for v in size)
-    ):
+    pair = isinstance(size, list | tuple) and len(size) == 2
+    if not (pair and all(isinstance(v, int) and v >= 0 for v in size)):
         raise InputError(f"mask RLE size {size!r} must be [height, width]")
     return rle
 
@@ -79,12 +67,9 @@ def _runs(counts: bytes) -> list[int]:
 
 
 def decode_mask(text: str | bytes | Mapping[str, Any]) -> np.ndarray:
-    """Decode COCO RLE (JSON text as written by :func:`encode_mask`, or the parsed object) to an
-    ``H×W bool`` mask. Uncompressed RLE (``counts`` as a list of run lengths) is accepted too.
-
-    Raises:
-        InputError: not COCO RLE, or its runs do not add up to ``H×W`` pixels.
-    """
+    """Decode COCO RLE (JSON text as written by :func:`encode_mask`, or the parsed object; also
+    uncompressed, ``counts`` a list of run lengths) to an ``H×W bool`` mask (InputError: not
+    COCO RLE, or its runs do not add up to ``H×W`` pixels)."""
     rle = _parse(text)
     height, width = rle["size"]
     runs = rle["counts"]

@@ -76,7 +76,7 @@ def test_named_city_keeps_fine_frames_and_reports_the_bare_image(demo_root: Path
     assert sample.city == "zurich" and sample.split == "train"
     assert [f.image_id for f in sample.frames] == [f"zurich_{n:06d}_000019" for n in range(FRAMES)]
     for frame in sample.frames:
-        assert frame.has_fine and frame.city == "zurich"
+        assert frame.gt_path("auto") is not None and frame.city == "zurich"
         paths = (frame.image_path, frame.label_ids_path, frame.instance_ids_path, frame.color_path)
         assert all(p is not None and p.is_file() for p in (*paths, frame.polygons_path))
     bare = demo_root / "leftImg8bit/train/zurich/zurich_000003_000019_leftImg8bit.png"

@@ -167,7 +167,6 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path: Path) -> None:
         {"cities": ("bad_city",)},
         {"cities": ("Zurich",)},
         {"cities": ()},
-        {"split": "a/b"},
         {"seed": -1},
     ],
 )

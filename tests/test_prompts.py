@@ -148,8 +148,9 @@ def test_load_csv_prompts_groups_rows(tmp_path: Path) -> None:
         ("p.json", '{"a": [{"box": [1, 2, 3, ' + "9" * 400 + "]}]}", "400 digits"),
         ("p.json", '{"a": [{"box": [1, 2, 3, ' + "9" * 5000 + "]}]}", "5000 digits"),
         ("p.json", "[" * 100_000, "nested too deeply"),
-        ("p.json", '{"a": [{"box": [1, 2, 3, 1e999]}]}', "'1e999' is not finite"),
-        ("p.json", '{"a": [{"box": [1, 2, 3, NaN]}]}', "NaN is not a number"),
+        ("p.json", '{"a": [{"box": [1, 2, 3, 1e999]}]}', r"box \(1.0, 2.0, 3.0, inf\) is not"),
+        ("p.json", '{"a": [{"points": [[1, NaN]]}]}', r"point \(1.0, nan\) is not two finite"),
+        ("p.json", '{"a": [{"box": [1, 2, 3, 4], "labels": [NaN]}]}', "labels must be"),
         ("p.csv", "image_id,x0,y0,x1,y1\na,1,2,3,1e999\n", "finite"),
     ],
 )

@@ -1,2 +1,1 @@
-"""Generated demo data (``segstyle demo*``, tests, benchmarks): street scenes as polygons
-(``scene``), a Cityscapes-layout dataset (``dataset``) and a video clip with GT (``clip``)."""
+"""Generated demo data: street scenes (``scene``), a Cityscapes ``dataset`` and a video ``clip``."""

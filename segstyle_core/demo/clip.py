@@ -1,9 +1,9 @@
 """A generated test clip: a car changing lanes in a still street, with per-frame Cityscapes GT.
 
-One scene seen by a parked camera; one more car, in front of every other, drives sideways at a
-constant image speed. Frames ``<city>_000000_<frame:06d>`` are written in the Cityscapes layout
-with the same texture noise (a still background) plus fresh sensor noise (``noise``), and a
-``video.json`` with the frame rate, so the image folder reads as a video.
+One scene seen by a parked camera; one more car, in front of every other, drives sideways at
+:data:`SPEED_PX` per frame. Frames ``clip_000000_<frame:06d>`` are written in the Cityscapes
+layout (``train`` split, city ``clip``) with the same texture noise (a still background) plus
+fresh sensor noise, and a ``video.json`` with the frame rate, so the image folder reads as a video.
 """
 
 from __future__ import annotations
@@ -18,16 +18,8 @@ import numpy as np
 from cityscapesscripts.helpers.labels import name2label
 
 from segstyle_core.cityscapes import IMAGE_SUFFIX, INSTANCE_OFFSET
+from segstyle_core.demo import scene
 from segstyle_core.demo.dataset import RenderedFrame, render_scene, write_frame
-from segstyle_core.demo.scene import (
-    STREET,
-    Camera,
-    SceneObject,
-    build_scene,
-    car,
-    drawing_order,
-    street_camera,
-)
 from segstyle_core.errors import ConfigError
 from segstyle_core.fileio import write_json_atomic
 from segstyle_core.video.io import DEFAULT_FPS, SIDECAR
@@ -36,6 +28,10 @@ from segstyle_core.video.io import DEFAULT_FPS, SIDECAR
 CAR_DEPTH = 8.0
 #: Where the moving car's centre starts, in metres left of the camera's axis.
 CAR_START_X = -2.4
+#: How far the moving car's rear moves right per frame, in pixels.
+SPEED_PX = 4.0
+#: Standard deviation of the per-frame sensor noise, in grey levels.
+NOISE = 2.0
 _CAR_ID = name2label["car"].id
 
 
@@ -68,16 +64,16 @@ def _shifted(image: np.ndarray, shift: float, interpolation: int) -> np.ndarray:
 
 
 def _moving_car(
-    cam: Camera, index: int, speed_px: float, size: tuple[int, int], seed: int
-) -> tuple[SceneObject, np.ndarray, np.ndarray]:
+    cam: scene.Camera, index: int, size: tuple[int, int], seed: int
+) -> tuple[scene.SceneObject, np.ndarray, np.ndarray]:
     """The moving car on frame ``index``: its scene object, paint (``H×W×3 uint8``) and
     silhouette (``H×W bool``), drawn by a camera panned along (so with frame 0's texture) and
     shifted back by the pan: its texture moves with it."""
-    shift = index * speed_px
+    shift = index * SPEED_PX
     x = CAR_START_X + shift * CAR_DEPTH / cam.focal
-    moving = car(cam, x, CAR_DEPTH, np.random.default_rng([seed, 1]), STREET)
+    moving = scene.car(cam, x, CAR_DEPTH, np.random.default_rng([seed, 1]), scene.STREET)
     panned = dataclasses.replace(cam, cx=cam.cx - shift)
-    held = car(panned, x, CAR_DEPTH, np.random.default_rng([seed, 1]), STREET)
+    held = scene.car(panned, x, CAR_DEPTH, np.random.default_rng([seed, 1]), scene.STREET)
     alone = render_scene([held], *size, np.random.default_rng([seed, 2]))
     paint = _shifted(alone.image, shift, cv2.INTER_LINEAR)
     silhouette = _shifted((alone.label_ids == _CAR_ID).astype(np.uint8), shift, cv2.INTER_NEAREST)
@@ -85,58 +81,39 @@ def _moving_car(
 
 
 def generate_clip(
-    out: str | os.PathLike[str],
-    frames: int = 24,
-    size: tuple[int, int] = (256, 128),
-    speed_px: float = 4.0,
-    noise: float = 2.0,
-    fps: float = DEFAULT_FPS,
-    seed: int = 0,
-    city: str = "clip",
-    split: str = "train",
+    out: str | os.PathLike[str], frames: int = 24, size: tuple[int, int] = (256, 128), seed: int = 0
 ) -> Clip:
-    """Write the clip under ``out``: ``frames`` of ``size`` (width, height); the car moves
-    ``speed_px`` right per frame (at its rear); sensor ``noise`` std in grey levels; ``seed``
-    fixes street, car and noise.
-
-    Raises:
-        ConfigError: fewer than 2 frames, a side under 64 px, negative noise or a
-            non-positive fps.
-    """
+    """Write the clip under ``out``: ``frames`` of ``size`` (width, height) at
+    :data:`~segstyle_core.video.io.DEFAULT_FPS`; ``seed`` fixes street, car and noise
+    (ConfigError: fewer than 2 frames, a side under 64 px)."""
     width, height = size
-    if frames < 2 or min(width, height) < 64 or noise < 0 or fps <= 0:
+    if frames < 2 or min(width, height) < 64:
         raise ConfigError(
-            f"frames={frames}, size={size}, noise={noise}, fps={fps}: use at least 2 frames, "
-            "sides of 64 px or more, noise >= 0 and fps > 0"
+            f"frames={frames}, size={size}: use at least 2 frames and sides of 64 px or more"
         )
     root = Path(out)
-    image_dir = root / "leftImg8bit" / split / city
-    gt_dir = root / "gtFine" / split / city
+    image_dir = root / "leftImg8bit" / "train" / "clip"
+    gt_dir = root / "gtFine" / "train" / "clip"
     scene_rng = np.random.default_rng([seed, 0])
-    cam = street_camera(width, height, scene_rng)
-    street = build_scene(width, height, scene_rng, cam)
+    cam = scene.street_camera(width, height, scene_rng)
+    street = scene.build_scene(width, height, scene_rng, cam)
     paths: list[Path] = []
     instance_ids: list[int] = []
     boxes: list[tuple[int, int, int, int]] = []
     for index in range(frames):
-        moving, paint, silhouette = _moving_car(cam, index, speed_px, size, seed)
+        moving, paint, silhouette = _moving_car(cam, index, size, seed)
         # The same texture noise on every frame: the street stands still.
-        frame = render_scene(
-            drawing_order([*street, moving]), width, height, np.random.default_rng([seed, 2])
-        )
+        objects = scene.drawing_order([*street, moving])
+        frame = render_scene(objects, width, height, np.random.default_rng([seed, 2]))
         instance_ids.append(_moving_car_instance(frame, silhouette))
         visible = frame.instance_ids == instance_ids[-1]
         image = np.where(visible[..., None], paint, frame.image).astype(np.float64)
-        image += np.random.default_rng([seed, 3, index]).normal(0.0, noise, image.shape)
-        image_id = f"{city}_000000_{index:06d}"
-        write_frame(
-            dataclasses.replace(frame, image=np.clip(np.rint(image), 0, 255).astype(np.uint8)),
-            image_dir,
-            gt_dir,
-            image_id,
-        )
+        image += np.random.default_rng([seed, 3, index]).normal(0.0, NOISE, image.shape)
+        image_id = f"clip_000000_{index:06d}"
+        pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        write_frame(dataclasses.replace(frame, image=pixels), image_dir, gt_dir, image_id)
         paths.append(image_dir / f"{image_id}{IMAGE_SUFFIX}")
         x, y, w, h = cv2.boundingRect(visible.astype(np.uint8))
         boxes.append((x, y, x + w, y + h))
-    write_json_atomic(image_dir / SIDECAR, {"fps": float(fps)})
-    return Clip(root, image_dir, tuple(paths), tuple(boxes), tuple(instance_ids), float(fps))
+    write_json_atomic(image_dir / SIDECAR, {"fps": DEFAULT_FPS})
+    return Clip(root, image_dir, tuple(paths), tuple(boxes), tuple(instance_ids), DEFAULT_FPS)

@@ -1,9 +1,6 @@
-"""The demo dataset: procedurally drawn street scenes written in the Cityscapes layout.
-
-Each object's silhouette becomes one Cityscapes polygon, rasterised as ``json2labelImg`` does
-(so it reproduces the labelIds PNG pixel for pixel) into an object-index map, from which come
-``labelIds``, ``instanceIds`` (as ``json2instanceImg``), the colour PNG and the painted image.
-"""
+"""The demo dataset: procedurally drawn street scenes written in the Cityscapes layout. Each
+object's silhouette becomes one polygon; cityscapesscripts draws the gtFine PNGs from them, and
+the image is painted where the same drawing leaves each object visible."""
 
 from __future__ import annotations
 
@@ -13,17 +10,19 @@ import re
 import shutil
 import uuid
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from cityscapesscripts.helpers.labels import name2label
+from cityscapesscripts.helpers.annotation import Annotation
+from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+from cityscapesscripts.preparation.json2labelImg import createLabelImage
 from PIL import Image, ImageDraw
 
-from segstyle_core.cityscapes import GT_SUFFIXES, IMAGE_SUFFIX, INSTANCE_OFFSET
+from segstyle_core.cityscapes import GT_SUFFIXES, IMAGE_SUFFIX
 from segstyle_core.demo.scene import GROUND, SceneObject, Surface, build_scene
 from segstyle_core.errors import ConfigError
 from segstyle_core.fileio import atomic_write
@@ -31,6 +30,7 @@ from segstyle_core.images import write_png
 
 _SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point precision: 1/16 pixel
 _CITY_NAME = re.compile(r"[a-z][a-z0-9]*")
+Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -46,33 +46,31 @@ class RenderedFrame:
     polygons: dict[str, Any]
 
 
-def _window(points: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
-    """The pixel box ``(x0, y0, x1, y1)`` (exclusive end) of ``points`` inside the image."""
-    x0, y0 = np.maximum(np.floor(points.min(axis=0)).astype(int), 0)
+def _fill(polygons: Sequence[np.ndarray], width: int, height: int) -> tuple[Box, np.ndarray] | None:
+    """The pixel box ``(x0, y0, x1, y1)`` (exclusive end) of image polygons (``K×2``) inside the
+    image and their union in it (``h×w bool``, at 1/16-pixel precision); None if outside."""
+    points = np.concatenate(polygons)
+    x0, y0 = np.maximum(np.floor(points.min(axis=0)).astype(int), 0).tolist()
     x1 = min(int(np.ceil(points[:, 0].max())) + 1, width)
     y1 = min(int(np.ceil(points[:, 1].max())) + 1, height)
-    return (int(x0), int(y0), x1, y1) if x1 > x0 and y1 > y0 else None
-
-
-def _fill(polygons: Iterable[np.ndarray], box: tuple[int, int, int, int]) -> np.ndarray:
-    """``h×w bool`` union of image polygons (``K×2``) inside ``box``, at 1/16-pixel precision."""
-    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        return None
     mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
     for polygon in polygons:  # one call each: a single fillPoly call XORs overlapping polygons
         fixed = np.round((polygon - (x0, y0)) * (1 << _SUBPIXEL_BITS)).astype(np.int32)
         cv2.fillPoly(mask, [fixed], 1, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
-    return mask.astype(bool)
+    return (x0, y0, x1, y1), mask.astype(bool)
 
 
 def _outline(obj: SceneObject, width: int, height: int) -> list[list[int]] | None:
     """The object's in-frame silhouette as one integer polygon (None if degenerate): the
     largest outer contour of its pieces' union, simplified to 0.7 px, hugging the image border
     where the object leaves the frame, as Cityscapes polygons do."""
-    box = _window(np.concatenate([p.polygon for p in obj.pieces]), width, height)
-    if box is None:
+    filled = _fill([p.polygon for p in obj.pieces], width, height)
+    if filled is None:
         return None
-    mask = _fill([p.polygon for p in obj.pieces], box).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    (x0, y0, _, _), mask = filled
+    contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return None
     contour = max(contours, key=cv2.contourArea)
@@ -80,7 +78,7 @@ def _outline(obj: SceneObject, width: int, height: int) -> list[list[int]] | Non
     polygon = simple if len(simple) >= 3 else contour
     if len(polygon) < 3:
         return None
-    return (polygon[:, 0, :] + (box[0], box[1])).tolist()
+    return (polygon[:, 0, :] + (x0, y0)).tolist()
 
 
 def _rasterize(polygons: Sequence[list[list[int]]], width: int, height: int) -> np.ndarray:
@@ -101,14 +99,10 @@ class _Noise:
 
     def __init__(self, height: int, width: int, rng: np.random.Generator) -> None:
         self.white = rng.standard_normal((height, width), dtype=np.float32)
-        self._smooth = {
-            px: cv2.resize(
-                rng.standard_normal((height // px + 2, width // px + 2), dtype=np.float32),
-                (width, height),
-                interpolation=cv2.INTER_CUBIC,
-            )
-            for px in self.OCTAVES
-        }
+        self._smooth: dict[int, np.ndarray] = {}
+        for px in self.OCTAVES:
+            coarse = rng.standard_normal((height // px + 2, width // px + 2), dtype=np.float32)
+            self._smooth[px] = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
 
     def smooth(self, px: float) -> np.ndarray:
         """The smooth field whose octave is nearest to ``px`` (on a log scale)."""
@@ -116,10 +110,7 @@ class _Noise:
 
 
 def _texture(
-    surface: Surface,
-    box: tuple[int, int, int, int],
-    extent: tuple[float, float, float, float],
-    noise: _Noise,
+    surface: Surface, box: Box, extent: tuple[float, float, float, float], noise: _Noise
 ) -> np.ndarray:
     """``h×w×3 float32`` paint of ``surface`` over ``box``; gradients span ``extent``, the
     piece's unclipped ``(x0, y0, x1, y1)``."""
@@ -146,11 +137,12 @@ def _paint(objects: Sequence[SceneObject], index: np.ndarray, noise: _Noise) -> 
     canvas = np.repeat(60.0 + 6.0 * noise.white[..., None], 3, axis=2)
     for k, obj in enumerate(objects, start=1):
         for piece in obj.pieces:
-            box = _window(piece.polygon, width, height)
-            if box is None:
+            filled = _fill([piece.polygon], width, height)
+            if filled is None:
                 continue
+            box, inside = filled
             x0, y0, x1, y1 = box
-            here = (index[y0:y1, x0:x1] == k) & _fill([piece.polygon], box)
+            here = (index[y0:y1, x0:x1] == k) & inside
             if here.any():
                 extent = (*piece.polygon.min(axis=0), *piece.polygon.max(axis=0))
                 canvas[y0:y1, x0:x1][here] = _texture(piece.surface, box, extent, noise)[here]
@@ -164,26 +156,22 @@ def _cast_shadows(canvas: np.ndarray, objects: Sequence[SceneObject], index: np.
     height, width = index.shape
     covered = np.zeros((height, width), dtype=bool)
     for shadow in (obj.shadow for obj in objects if obj.shadow is not None):
-        box = _window(shadow, width, height)
-        if box is not None:
-            x0, y0, x1, y1 = box
-            covered[y0:y1, x0:x1] |= _fill([shadow], box)
+        filled = _fill([shadow], width, height)
+        if filled is not None:
+            (x0, y0, x1, y1), inside = filled
+            covered[y0:y1, x0:x1] |= inside
     shade = cv2.GaussianBlur(covered.astype(np.float32), (0, 0), sigmaX=max(1.0, width / 400))
     canvas *= (1.0 - 0.45 * shade * ground[index])[..., None]
 
 
-def _label_tables(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per polygon index (0 = none): label id, instance id (as json2instanceImg), RGB colour."""
-    unlabeled = name2label["unlabeled"]
-    ids, instances, colors = [unlabeled.id], [unlabeled.id], [unlabeled.color]
-    counts: dict[str, int] = {}
-    for name in labels:
-        label = name2label[name]
-        number = counts[name] = counts.get(name, -1) + 1
-        ids.append(label.id)
-        colors.append(label.color)
-        instances.append(label.id * INSTANCE_OFFSET + number if label.hasInstances else label.id)
-    return np.array(ids, np.uint8), np.array(instances, np.uint16), np.array(colors, np.uint8)
+def _gt_maps(polygons: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """labelIds (``H×W uint8``), instanceIds (``H×W uint16``) and colour (``H×W×3 uint8``) of a
+    polygons document, drawn by cityscapesscripts as ``json2labelImg``/``json2instanceImg`` do."""
+    annotation = Annotation()
+    annotation.fromJsonText(json.dumps(polygons))
+    label_ids = np.asarray(createLabelImage(annotation, "ids"))
+    instance_ids = np.asarray(createInstanceImage(annotation, "ids"), dtype=np.uint16)
+    return label_ids, instance_ids, np.asarray(createLabelImage(annotation, "color"))[..., :3]
 
 
 def render_scene(
@@ -200,7 +188,6 @@ def render_scene(
         kept = [item for item, count in zip(kept, visible, strict=True) if count >= min_pixels]
         index = _rasterize([poly for _, poly in kept], width, height)
     objects = [obj for obj, _ in kept]
-    label_lut, instance_lut, color_lut = _label_tables([obj.label for obj in objects])
     canvas = _paint(objects, index, _Noise(height, width, rng))
     _cast_shadows(canvas, objects, index)
     canvas = cv2.GaussianBlur(canvas, (0, 0), sigmaX=0.6)
@@ -210,17 +197,11 @@ def render_scene(
         "imgWidth": width,
         "objects": [{"label": obj.label, "polygon": poly} for obj, poly in kept],
     }
-    return RenderedFrame(
-        image=np.clip(canvas, 0, 255).astype(np.uint8),
-        label_ids=label_lut[index],
-        instance_ids=instance_lut[index],
-        color=color_lut[index],
-        polygons=polygons,
-    )
+    return RenderedFrame(np.clip(canvas, 0, 255).astype(np.uint8), *_gt_maps(polygons), polygons)
 
 
 def _check_options(
-    size: tuple[int, int], frames_per_city: int, cities: Sequence[str], split: str, seed: int
+    size: tuple[int, int], frames_per_city: int, cities: Sequence[str], seed: int
 ) -> None:
     width, height = size
     if width < 32 or height < 32:
@@ -232,8 +213,6 @@ def _check_options(
             f"cities={list(cities)}: give one or more lower-case names of letters and digits "
             "(no '_', which separates the parts of a Cityscapes file name)"
         )
-    if not split or os.sep in split or split.startswith("."):
-        raise ConfigError(f"split={split!r}: give a plain folder name such as 'train'")
     if seed < 0:
         raise ConfigError(f"seed={seed}: must be 0 or greater")
 
@@ -255,25 +234,22 @@ def generate_demo_dataset(
     size: tuple[int, int] = (1024, 512),
     frames_per_city: int = 6,
     cities: Sequence[str] = ("zurich", "aachen"),
-    split: str = "train",
     seed: int = 0,
 ) -> Path:
-    """Write a Cityscapes-layout dataset of drawn street scenes under ``out``; return it.
+    """Write a Cityscapes-layout ``train`` split of drawn street scenes under ``out``; return it.
 
     Per city: ``frames_per_city`` frames ``{city}_{nnnnnn}_000019`` with all four gtFine files,
     plus ONE more image without any (for "keep only fine-annotated frames" to skip). ``size``
     is (width, height). Each frame is seeded from ``(seed, crc32(city), frame number)``.
-
-    Raises:
-        ConfigError: a side below 32 px, ``frames_per_city < 1``, a city name that is not
-            lower-case letters and digits, a split that is not a folder name, a negative seed.
+    ConfigError: a side below 32 px, ``frames_per_city < 1``, a city name that is not lower-case
+    letters and digits, a negative seed.
     """
-    _check_options(size, frames_per_city, cities, split, seed)
+    _check_options(size, frames_per_city, cities, seed)
     width, height = size
     root = Path(out)
     for city in cities:
-        image_dir = root / "leftImg8bit" / split / city
-        gt_dir = root / "gtFine" / split / city
+        image_dir = root / "leftImg8bit" / "train" / city
+        gt_dir = root / "gtFine" / "train" / city
         for number in range(frames_per_city + 1):
             rng = np.random.default_rng([seed, zlib.crc32(city.encode()), number])
             frame = render_scene(build_scene(width, height, rng), width, height, rng)
@@ -287,18 +263,13 @@ def ensure_demo_dataset(
     *,
     size: tuple[int, int] | None = None,
     frames_per_city: int | None = None,
-    cities: Sequence[str] | None = None,
-    seed: int = 0,
 ) -> str:
     """``root``, first writing the demo dataset there if it is missing.
 
     A folder holding ``leftImg8bit/`` is left untouched. A missing or empty one gets the dataset
     via a temporary sibling renamed into place, so an interrupted run leaves no half dataset and
     two concurrent runs end with one. Options left None take the generator's defaults.
-
-    Raises:
-        ConfigError: ``root`` exists and holds something other than a dataset (never
-            overwritten), or is a file.
+    ConfigError: ``root`` is a file or holds something other than a dataset (never overwritten).
     """
     path = Path(root)
     if (path / "leftImg8bit").is_dir():
@@ -308,13 +279,13 @@ def ensure_demo_dataset(
             f"{root} exists but holds no leftImg8bit/ folder; it is not a Cityscapes-layout "
             "dataset and is left alone (point the run at another folder, or empty this one)"
         )
-    chosen = {"size": size, "frames_per_city": frames_per_city, "cities": cities}
+    chosen = {"size": size, "frames_per_city": frames_per_city}
     options: dict[str, Any] = {k: v for k, v in chosen.items() if v is not None}
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:12]}"
     staging.mkdir()  # the umask's permissions, unlike tempfile.mkdtemp's 0700
     try:
-        generate_demo_dataset(staging, seed=seed, **options)
+        generate_demo_dataset(staging, **options)
         try:
             os.rename(staging, path)  # replaces a missing or empty folder, atomically
         except OSError:

@@ -1,11 +1,7 @@
-"""Procedural street scenes for the demo dataset, as image-space polygons.
-
-A pinhole camera 1.5 m above a flat, straight street (world X right, Y up, Z ahead, metres).
-Each object is a Cityscapes label and :class:`Piece` s: ``K×2`` float image polygons (x, y)
-with their :class:`Surface`; their union is its silhouette, later pieces (windows) paint over
-earlier ones (the body), and objects draw in ``(layer, -depth)`` order. One
-``numpy.random.Generator`` draws everything, so a seed fixes the scene.
-"""
+"""Procedural street scenes for the demo dataset, as image-space polygons, seen by a pinhole
+camera 1.5 m above a flat, straight street (world X right, Y up, Z ahead, metres). An object is a
+Cityscapes label and :class:`Piece` s (their union is its silhouette; later pieces paint over
+earlier ones); objects draw in ``(layer, -depth)`` order. One generator draws everything."""
 
 from __future__ import annotations
 
@@ -106,7 +102,6 @@ class Camera:
         return self.project(x, sv[:, 1], z + sv[:, 0])
 
     def ground(self, xz: np.ndarray) -> np.ndarray:
-        """Points ``(x, z)`` on the street surface."""
         return self.project(xz[:, 0], 0.0, xz[:, 1])
 
 
@@ -208,20 +203,16 @@ def pole(cam: Camera, x: float, z: float, rng: np.random.Generator) -> list[Scen
     objects = [SceneObject("pole", (Piece(place(rect(-0.06, 0, 0.06, height)), metal),), STREET, z)]
     kind = rng.integers(4)
     white = Surface((236, 236, 232), noise=5.0)
-    if kind == 0:
+    if kind == 0:  # round, red rim
         ring = Surface((196, 28, 30), noise=5.0)
-        sign = (
-            Piece(place(circle(0, height - 0.4, 0.32)), ring),
-            Piece(place(circle(0, height - 0.4, 0.24)), white),
-        )
-        objects.append(SceneObject("traffic sign", sign, STREET, z - 0.05))
-    elif kind == 1:
+        sign = [(circle(0, height - 0.4, 0.32), ring), (circle(0, height - 0.4, 0.24), white)]
+    elif kind == 1:  # square, blue
         blue = Surface((30, 80, 170), noise=5.0, shade=(1.1, 0.9))
-        sign = (
-            Piece(place(rect(-0.3, height - 0.75, 0.3, height - 0.1)), blue),
-            Piece(place(rect(-0.06, height - 0.6, 0.06, height - 0.25)), white),
-        )
-        objects.append(SceneObject("traffic sign", sign, STREET, z - 0.05))
+        square = rect(-0.3, height - 0.75, 0.3, height - 0.1)
+        sign = [(square, blue), (rect(-0.06, height - 0.6, 0.06, height - 0.25), white)]
+    if kind < 2:
+        parts = tuple(Piece(place(shape), surface) for shape, surface in sign)
+        objects.append(SceneObject("traffic sign", parts, STREET, z - 0.05))
     elif kind == 2:
         housing = Surface((34, 36, 34), noise=4.0)
         lit = int(rng.integers(3))
@@ -268,7 +259,7 @@ Placer = Callable[[np.ndarray], np.ndarray]
 
 def _windows(place: Placer, length: float, height: float, rng: np.random.Generator) -> list[Piece]:
     """Shop fronts and framed windows of a ``length``×``height`` m facade; ``place`` maps
-    facade points (metres along, up; ``K×2``) to image points."""
+    ``K×2`` facade points (metres along, up) to image points."""
     glass = Surface((48, 58, 70), noise=5.0, grain=14.0, grain_px=8.0, shade=(1.4, 0.8))
     frame = Surface((230, 228, 220), noise=4.0)
     spacing = rng.uniform(2.6, 3.4)
@@ -290,15 +281,8 @@ def side_buildings(
     while z < z_far:
         length = rng.uniform(12.0, 30.0)
         height = rng.uniform(7.0, 18.0)
-        wall = Surface(
-            _pick(rng, WALL_COLORS),
-            noise=5.0,
-            grain=10.0,
-            grain_px=40.0,
-            shade=(1.05, 0.85 if x < 0 else 0.7),
-            stripes=3.0,
-            stripe_px=4.0,
-        )
+        color, shade = _pick(rng, WALL_COLORS), (1.05, 0.85 if x < 0 else 0.7)
+        wall = Surface(color, grain=10.0, grain_px=40.0, shade=shade, stripes=3.0, stripe_px=4.0)
         place = partial(cam.side, x, z)
         cornice = Surface(_tint(wall.color, 0.7), noise=4.0)
         pieces = [
@@ -329,13 +313,7 @@ def far_buildings(cam: Camera, z: float, rng: np.random.Generator) -> list[Scene
 
 
 def _ground_strip(
-    cam: Camera,
-    label: str,
-    x0: float,
-    x1: float,
-    z_far: float,
-    surface: Surface,
-    extra: tuple[Piece, ...] = (),
+    cam: Camera, label: str, x0: float, x1: float, z_far: float, surface: Surface, *extra: Piece
 ) -> SceneObject:
     """A strip of street between ``x0`` and ``x1`` (either order) plus pieces on it, reaching
     0.25 m past both edges and 5 m past ``z_far`` (under its neighbours: no unlabelled seams)."""
@@ -348,8 +326,8 @@ def _road(cam: Camera, left: float, right: float, z_far: float) -> SceneObject:
     paint = Surface((214, 214, 206), noise=8.0)
     dashes = [rect(-1.68, z, -1.52, z + 3.0) for z in np.arange(2.0, z_far, 9.0)]
     lines = [rect(e - 0.08, 0.5, e + 0.08, z_far) for e in (left + 0.3, right - 0.3)]
-    marks = tuple(Piece(cam.ground(mark), paint) for mark in dashes + lines)
-    return _ground_strip(cam, "road", left, right, z_far, asphalt, marks)
+    marks = [Piece(cam.ground(mark), paint) for mark in dashes + lines]
+    return _ground_strip(cam, "road", left, right, z_far, asphalt, *marks)
 
 
 def _sidewalk(cam: Camera, x0: float, x1: float, z_far: float) -> SceneObject:
@@ -359,7 +337,7 @@ def _sidewalk(cam: Camera, x0: float, x1: float, z_far: float) -> SceneObject:
     kerb = Surface((182, 180, 176), noise=5.0)
     edge = x0 if abs(x0) < abs(x1) else x1
     curb = Piece(cam.ground(rect(edge - 0.15, 0.5, edge + 0.15, z_far)), kerb)
-    return _ground_strip(cam, "sidewalk", x0, x1, z_far, paving, (curb,))
+    return _ground_strip(cam, "sidewalk", x0, x1, z_far, paving, curb)
 
 
 def _depth_in_view(x: float, far: float, rng: np.random.Generator) -> float:
@@ -427,11 +405,9 @@ def _ego_vehicle(width: int, height: int) -> SceneObject:
 
 def street_camera(width: int, height: int, rng: np.random.Generator) -> Camera:
     """The camera of a random ``width``×``height`` street scene (about 50° wide, level)."""
-    return Camera(
-        focal=1.1 * width * rng.uniform(0.95, 1.05),
-        cx=width * rng.uniform(0.46, 0.54),
-        horizon=height * rng.uniform(0.40, 0.47),
-    )
+    focal = 1.1 * width * rng.uniform(0.95, 1.05)
+    cx = width * rng.uniform(0.46, 0.54)
+    return Camera(focal, cx, horizon=height * rng.uniform(0.40, 0.47))
 
 
 def drawing_order(objects: list[SceneObject]) -> list[SceneObject]:

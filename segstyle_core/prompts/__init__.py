@@ -1,2 +1,1 @@
-"""Prompts: :mod:`.validation` (against an image; text values), :mod:`.from_gt` (from ground
-truth, per frame), :mod:`.files` (JSON and CSV prompt files)."""
+"""Prompts: checks and text values (``validation``), from GT (``from_gt``), files (``files``)."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,12 +67,9 @@ def load_prompts_file(path: str | os.PathLike[str]) -> dict[str, list[Prompt]]:
     return prompts
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _json_numbers(value: Any, count: int, where: str, what: str) -> tuple[float, ...]:
-    if not isinstance(value, list) or len(value) != count or not all(map(_is_number, value)):
+    numbers = isinstance(value, list) and all(type(v) in (int, float) for v in value)
+    if not numbers or len(value) != count:
         raise InputError(f"{where}: {what} must be a list of {count} numbers, got {value!r}")
     return tuple(float(v) for v in value)
 
@@ -90,14 +86,10 @@ def _json_prompt(entry: Any, where: str) -> Prompt:
     raw_points = entry.get("points", [])
     if not isinstance(raw_points, list):
         raise InputError(f"{where}: points must be a list of [x, y] pairs, got {raw_points!r}")
-    points = tuple(
-        (pair[0], pair[1])
-        for pair in (_json_numbers(point, 2, where, "each point") for point in raw_points)
-    )
+    pairs = [_json_numbers(point, 2, where, "each point") for point in raw_points]
+    points = tuple((x, y) for x, y in pairs)
     labels = entry.get("labels", [1] * len(points))
-    if not isinstance(labels, list) or not all(
-        isinstance(label, int) and not isinstance(label, bool) for label in labels
-    ):
+    if not isinstance(labels, list) or not all(type(label) is int for label in labels):
         raise InputError(f"{where}: labels must be a list of 0/1 integers, got {labels!r}")
     prompt = Prompt(box=box, points=points, point_labels=tuple(labels))
     check_structure(prompt, where)
@@ -110,7 +102,8 @@ MAX_INT_DIGITS = 9
 
 def _strict_json(text: str, path: Path) -> Any:
     """``json.loads`` refusing (InputError naming ``path``) a repeated key, an integer of over
-    :data:`MAX_INT_DIGITS` digits, a non-finite float and nesting too deep for the parser."""
+    :data:`MAX_INT_DIGITS` digits and nesting too deep for the parser (non-finite numbers are
+    refused where a prompt holds numbers)."""
 
     def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: dict[str, Any] = {}
@@ -128,23 +121,8 @@ def _strict_json(text: str, path: Path) -> Any:
             )
         return int(digits)
 
-    def finite_float(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value):
-            raise InputError(f"{path}: number {text[:20]!r} is not finite; use pixel coordinates")
-        return value
-
-    def no_constant(name: str) -> float:
-        raise InputError(f"{path}: {name} is not a number; use pixel coordinates")
-
     try:
-        return json.loads(
-            text,
-            object_pairs_hook=unique_keys,
-            parse_int=bounded_int,
-            parse_float=finite_float,
-            parse_constant=no_constant,
-        )
+        return json.loads(text, object_pairs_hook=unique_keys, parse_int=bounded_int)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: invalid JSON ({exc}); fix the syntax") from exc
     except RecursionError:

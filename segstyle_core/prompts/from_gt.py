@@ -38,12 +38,7 @@ def prompts_from_instances(
     if mode == "largest" and kept:
         kept = [max(kept, key=lambda instance: instance.area)]
     return [
-        Prompt(
-            box=as_box(instance.box),
-            instance_id=instance.instance_id,
-            class_name=instance.class_name,
-        )
-        for instance in kept
+        Prompt(box=as_box(i.box), instance_id=i.instance_id, class_name=i.class_name) for i in kept
     ]
 
 
@@ -64,11 +59,8 @@ def jitter_boxes(
     below one pixel keeps its un-jittered coordinates. Points never move. ConfigError: a
     negative option; InputError: a box does not fit the image.
     """
-    for option, value in (
-        ("expand_px", expand_px),
-        ("expand_pct", expand_pct),
-        ("jitter_px", jitter_px),
-    ):
+    options = {"expand_px": expand_px, "expand_pct": expand_pct, "jitter_px": jitter_px}
+    for option, value in options.items():
         if value < 0:
             raise ConfigError(f"{option}={value} is negative; use a value >= 0")
     rng = np.random.default_rng(seed)
@@ -126,11 +118,5 @@ def frame_prompts(
             validate_prompt(prompt, width, height, f"{source}: {frame.image_id} prompt {index}")
             for index, prompt in enumerate(file_prompts.get(frame.image_id, []))
         ]
-    return jitter_boxes(
-        prompts,
-        width,
-        height,
-        expand_px,
-        jitter_px=jitter_px,
-        seed=frame_seed(seed, frame.image_id),
-    )
+    frame_rng_seed = frame_seed(seed, frame.image_id)
+    return jitter_boxes(prompts, width, height, expand_px, jitter_px=jitter_px, seed=frame_rng_seed)

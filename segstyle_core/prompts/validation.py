@@ -23,14 +23,13 @@ def as_box(values: Iterable[float]) -> Box:
 def check_structure(prompt: Prompt, source: str) -> None:
     """Check what needs no image: not empty, finite numbers, one 0/1 label per point
     (one-line InputError naming ``source``)."""
-    if prompt.box is None and not prompt.points:
+    box = prompt.box
+    if box is None and not prompt.points:
         raise InputError(f"{source}: prompt has neither a box nor points; give a box or points")
-    if prompt.box is not None and (
-        len(prompt.box) != 4 or not all(math.isfinite(v) for v in prompt.box)
-    ):
-        raise InputError(f"{source}: box {prompt.box} is not four finite numbers x0,y0,x1,y1")
+    if box is not None and (len(box) != 4 or not all(map(math.isfinite, box))):
+        raise InputError(f"{source}: box {box} is not four finite numbers x0,y0,x1,y1")
     for point in prompt.points:
-        if len(point) != 2 or not all(math.isfinite(v) for v in point):
+        if len(point) != 2 or not all(map(math.isfinite, point)):
             raise InputError(f"{source}: point {point} is not two finite numbers x,y")
     if len(prompt.point_labels) != len(prompt.points):
         raise InputError(
@@ -45,12 +44,9 @@ def check_structure(prompt: Prompt, source: str) -> None:
 
 
 def validate_prompt(prompt: Prompt, width: int, height: int, source: str) -> Prompt:
-    """``prompt`` checked against a ``width``×``height`` image, a box sticking out clipped.
-
-    Raises:
-        InputError: malformed, an inverted, empty or wholly outside box, or a point outside
-            the image (one line, names ``source``: file and entry, or option).
-    """
+    """``prompt`` checked against a ``width``×``height`` image, a box sticking out clipped
+    (InputError naming ``source``: malformed, a box inverted, empty or wholly outside, or a
+    point outside the image)."""
     check_structure(prompt, source)
     for x, y in prompt.points:
         if not (0 <= x < width and 0 <= y < height):
@@ -58,9 +54,8 @@ def validate_prompt(prompt: Prompt, width: int, height: int, source: str) -> Pro
                 f"{source}: point ({x:g}, {y:g}) is outside the {width}x{height} image; "
                 f"use 0 <= x < {width} and 0 <= y < {height}"
             )
-    if prompt.box is None:
-        return prompt
-    return replace(prompt, box=clip_box(prompt.box, width, height, source))
+    box = prompt.box
+    return prompt if box is None else replace(prompt, box=clip_box(box, width, height, source))
 
 
 def clip_box(box: Box, width: int, height: int, source: str) -> Box:
@@ -87,7 +82,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
         raise InputError(
             f"box {text!r}: expected four comma-separated numbers x0,y0,x1,y1 (e.g. 10,20,200,120)"
         )
-    return values[0], values[1], values[2], values[3]
+    return as_box(values)
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
