@@ -18,7 +18,7 @@ from torchvision.models.vgg import cfgs, make_layers
 from segstyle_core.composite import resize_to
 from segstyle_core.errors import ConfigError, InputError, WeightsError
 from segstyle_core.images import read_rgb
-from segstyle_core.stylize import gatys, objective
+from segstyle_core.stylize import gatys, objective, vgg
 from segstyle_core.stylize.base import Progress
 from segstyle_core.stylize.gatys import (
     MIN_SIDE,
@@ -663,3 +663,65 @@ def test_relu_after_max_pool_gives_the_layer_order_maps_and_gradients(
     for name in layers:
         torch.testing.assert_close(maps[0][name], maps[1][name], rtol=0, atol=0)
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_packed_convolution_gives_the_convolution_and_its_input_gradient(
+    layout: torch.memory_format,
+) -> None:
+    """A bfloat16 3×3 convolution on weights packed once: the map and the gradient to the
+    input equal ``nn.Conv2d``'s and autograd's (bfloat16 tolerance), on maps of any size."""
+    torch.manual_seed(7)
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1).to(torch.bfloat16).requires_grad_(False)
+    packed = vgg._PackedConv2d(conv)
+    for height, width in ((3, 5), (17, 29), (70, 96)):
+        x = torch.randn(1, 8, height, width).to(torch.bfloat16).contiguous(memory_format=layout)
+        incoming = torch.randn(1, 16, height, width).to(torch.bfloat16)
+        grads = []
+        for module in (packed, conv):
+            pixels = x.clone().requires_grad_(True)
+            output = module(pixels)
+            output.backward(incoming)
+            grads.append((output, pixels.grad))
+        (output, grad), (expected, expected_grad) = grads
+        assert output.shape == expected.shape and grad is not None
+        torch.testing.assert_close(output, expected)
+        torch.testing.assert_close(grad, expected_grad)
+    with pytest.raises(ValueError, match="not a 3x3 convolution"):
+        vgg._PackedConv2d(torch.nn.Conv2d(8, 16, 3, stride=2, padding=1))
+
+
+def test_bfloat16_copy_runs_its_convolutions_on_packed_weights(
+    vgg_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU's bfloat16 copy packs every convolution after ``conv1_1`` (float16 copies do
+    not); its objective and pixel gradient equal those of ``nn.Conv2d`` layers."""
+    style_layers = ("relu1_1", "relu3_1", "relu5_1")
+    config = GatysConfig(autocast="bfloat16", channels_last=True, style_layers=style_layers)
+    layers = config.layers
+    packed = load_vgg19_features(vgg_path, layers).to(memory_format=torch.channels_last)
+    kinds = [type(m).__name__ for m, _ in packed.in_dtype(torch.bfloat16)._plan]
+    assert kinds[0] == "Conv2d" and kinds.count("_PackedConv2d") == 12  # conv1_2 .. conv5_1
+    float16 = [type(m).__name__ for m, _ in packed.in_dtype(torch.float16)._plan]
+    assert "_PackedConv2d" not in float16
+    monkeypatch.setattr(vgg._PackedConv2d, "available", staticmethod(lambda device: False))
+    plain = load_vgg19_features(vgg_path, layers).to(memory_format=torch.channels_last)
+    assert "_PackedConv2d" not in [
+        type(m).__name__ for m, _ in plain.in_dtype(torch.bfloat16)._plan
+    ]
+    generator = torch.Generator().manual_seed(8)
+    content, style = (torch.rand(1, 3, 48, 64, generator=generator) for _ in range(2))
+    results = []
+    for extractor in (packed, plain):
+        with torch.no_grad():
+            grams = objective.grams_of(
+                objective.vgg_features(extractor, style, config), config.style_layers
+            )
+            targets = {"conv4_2": objective.vgg_features(extractor, content, config)["conv4_2"]}
+        image = (content * 0.8 + 0.1).requires_grad_(True)
+        total = loss_terms(extractor, image, targets, grams, config)["total"]
+        results.append((total, torch.autograd.grad(total, image)[0]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-3, atol=0)
+    torch.testing.assert_close(
+        results[0][1], results[1][1], rtol=2e-2, atol=2e-2 * results[1][1].abs().max()
+    )

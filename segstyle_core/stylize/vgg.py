@@ -59,11 +59,17 @@ class VGGFeatures(nn.Module):
 
     def in_dtype(self, dtype: torch.dtype) -> VGGFeatures:
         """A copy with every weight after ``conv1_1`` in ``dtype``, made once per dtype (device
-        and memory format as this extractor's then)."""
+        and memory format as this extractor's then); in bfloat16 on a CPU, those convolutions
+        run on weights packed once (:class:`_PackedConv2d`)."""
         copy = self._copies.get(dtype)
         if copy is None:
-            copy = copy_module(self)
+            copy = copy_module(self, memo={id(self._copies): {}})  # not the other copies
             copy.features[1:].to(dtype)
+            if dtype == torch.bfloat16 and _PackedConv2d.available(self.device):
+                copy._plan[1:] = [
+                    (_PackedConv2d(m) if isinstance(m, nn.Conv2d) else m, names)
+                    for m, names in copy._plan[1:]
+                ]
             self._copies[dtype] = copy
         return copy
 
@@ -118,6 +124,57 @@ class _Float32ConvolutionToBfloat16(torch.autograd.Function):
         weight = conv.weight.to(grad.dtype)
         options = (conv.stride, conv.padding, conv.dilation, conv.groups)
         return conv2d_input(ctx.input_shape, weight, grad, *options).float(), None
+
+
+class _PackedConv2d(nn.Module):
+    """A frozen 3×3 ``conv`` (stride 1, padding 1) on oneDNN weights packed once, for the CPU:
+    ``nn.Conv2d`` reorders its weights on every call, forward and backward (0.4 ms for
+    512×512×3×3, most of a call on small maps). The gradient to the input is the convolution
+    of the incoming gradient with the flipped, transposed kernel, packed too. Same bfloat16
+    results as ``conv``; ``torch.ops.mkldnn`` is what inductor packs weights with."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1):
+            raise ValueError(f"not a 3x3 convolution of stride and padding 1: {conv}")
+        self.bias = conv.bias
+        flipped = conv.weight.transpose(0, 1).flip(2, 3).contiguous()
+        self.packed = _pack(conv.weight)
+        self.packed_transposed = _pack(flipped)
+
+    @staticmethod
+    def available(device: torch.device) -> bool:
+        return device.type == "cpu" and torch.backends.mkldnn.is_available()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _PackedConvolution.apply(x, self)
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    """``O×I×3×3`` weights in oneDNN's blocked layout (chosen for a 64×64 map; any size runs)."""
+    ones = [1, 1]
+    shape = [1, weight.shape[1], 64, 64]
+    return torch.ops.mkldnn._reorder_convolution_weight(weight, ones, ones, ones, 1, shape)
+
+
+def _convolve(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``B×I×H×W`` -> ``B×O×H×W`` (channels-last) with weights from :func:`_pack`."""
+    ones = [1, 1]
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, packed, bias, ones, ones, ones, 1, "none", [], ""
+    )
+
+
+class _PackedConvolution(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, conv: _PackedConv2d) -> torch.Tensor:
+        ctx.conv = conv
+        return _convolve(x, conv.packed, conv.bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _convolve(grad, ctx.conv.packed_transposed, None), None
 
 
 def _plan(
