@@ -33,4 +33,7 @@ def load_masks(path: str | os.PathLike[str]) -> list[MaskPrediction]:
 
 def union_mask(predictions: list[MaskPrediction], shape: tuple[int, int]) -> np.ndarray:
     """Union of the predicted masks as ``H×W bool`` (all False when there are none)."""
-    return np.zeros(shape, dtype=bool) | np.any([p.mask for p in predictions], axis=0)
+    out = np.zeros(shape, dtype=bool)
+    for prediction in predictions:  # one H×W buffer, not a stack of hundreds of masks
+        out |= prediction.mask
+    return out

@@ -238,7 +238,9 @@ def download(
     entry = get_checkpoint(checkpoint)
     target = weights_dir(dest_dir) / entry.filename
     if target.is_file():
-        write_sidecar(target, verify_checkpoint(target, entry))
+        digest = verify_checkpoint(target, entry)
+        if read_sidecar(target) is None:  # a read-only folder with its sidecar stays unwritten
+            write_sidecar(target, digest)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")

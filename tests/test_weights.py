@@ -93,9 +93,14 @@ def test_download_verifies_and_renames(tmp_path: Path, checkpoint: Checkpoint, s
     assert not (tmp_path / "test_ckpt.pth.part").exists()
     assert weights.verify_checkpoint(path, checkpoint) == PAYLOAD_SHA
     assert server.ranges == [None]
-    # Already present and valid: no second request.
+    # Already present and valid: no second request, and its sidecar is not written again
+    # (a shared, read-only weights folder).
+    sidecar = weights.sidecar_path(path)
+    before = sidecar.stat()
     assert weights.download(checkpoint, dest_dir=tmp_path, progress=False) == path
     assert len(server.ranges) == 1
+    after = sidecar.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
 def test_download_resumes_partial_file(tmp_path: Path, checkpoint: Checkpoint, server: FileServer):

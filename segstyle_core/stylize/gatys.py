@@ -188,7 +188,8 @@ class GatysStylizer:
 
     def style_targets(self, style: np.ndarray, height: int) -> dict[str, torch.Tensor]:
         """Gram matrices ``{style layer: 1×C×C}`` of ``style`` (``h×w×3 uint8``) at ``height``,
-        cached by the style's bytes, height and layers."""
+        cached by the style's bytes, height and layers (computed under the cache's lock: a
+        style is computed once, and other threads wait for it)."""
         digest = sha256_bytes(np.ascontiguousarray(style).tobytes())
         key = (digest, style.shape, height, self.config.style_layers)
         with self._lock:

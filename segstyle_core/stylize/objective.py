@@ -83,7 +83,11 @@ class _StyleTerm(torch.autograd.Function):
 class _StyledReLU(torch.autograd.Function):
     """``relu(x)`` and its :class:`_StyleTerm` in one node. The backward adds the term's
     gradient to the map's inside the product, then applies the ReLU's mask: autograd would sum
-    the two gradients in a pass over the whole map (relu1_1 at 400×800: 64×400×800 values)."""
+    the two gradients in a pass over the whole map (relu1_1 at 400×800: 64×400×800 values).
+    The sum lands in the incoming gradient's own buffer: the map may reach the loss only
+    through layers whose backward makes a fresh gradient (VGG's convolutions and pools, the
+    content term: what :func:`loss_terms` builds), never through one that hands the same
+    gradient to another input (an ``add`` with a tensor that requires grad)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, weight: float) -> Any:
@@ -174,8 +178,8 @@ def loss_terms(
     config: GatysConfig,
 ) -> dict[str, torch.Tensor]:
     """:func:`total_loss` of ``image`` (``1×3×h×w`` in ``[0, 1]``): its VGG features with the
-    style term of each ReLU style layer fused into that ReLU (:class:`_StyledReLU`; not under
-    float16, whose Gram sums would overflow)."""
+    style term of each ReLU style layer fused into that ReLU (:class:`_StyledReLU`), except
+    where the ReLU's input is float16 (its Gram sums would overflow)."""
     weights = config.layer_weights()
     fused: dict[str, torch.Tensor] = {}
 

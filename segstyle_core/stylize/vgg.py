@@ -144,7 +144,14 @@ class _PackedConv2d(nn.Module):
 
     @staticmethod
     def available(device: torch.device) -> bool:
-        return device.type == "cpu" and torch.backends.mkldnn.is_available()
+        """Whether ``device`` is a CPU whose oneDNN computes bfloat16 (inductor's check: CPUs
+        without AVX512 or AVX-NE-CONVERT keep ``nn.Conv2d``, which has another kernel)."""
+        return (
+            device.type == "cpu"
+            and torch.backends.mkldnn.is_available()
+            and bool(torch.backends.mkldnn.enabled)
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _PackedConvolution.apply(x, self)
@@ -166,6 +173,8 @@ def _convolve(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) 
 
 
 class _PackedConvolution(torch.autograd.Function):
+    """:class:`_PackedConv2d`'s convolution; its backward, the gradient to the input only."""
+
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, conv: _PackedConv2d) -> torch.Tensor:
         ctx.conv = conv
