@@ -9,7 +9,12 @@
    artifact (its thumbnails load), the report artifact and its link to report.html (every image
    there loads); no response from ``segstyle serve`` is an error, no artifact holds ``file://``.
 
-Both drive the Prefect 3.8.8 server's default UI (the React "V2" UI under ``/v2``). Requests to
+3. Retry from the UI: a deployment run with one truncated image fails; the image is put
+   right, and the run page's menu → Retry → the dialog's Retry puts the run in AwaitingRetry.
+   The worker reruns it: it completes, its one Parquet file holds every image once, all
+   ``ok``, and only the image that failed is computed again (the others' stages are Cached).
+
+All drive the Prefect 3.8.8 server's default UI (the React "V2" UI under ``/v2``). Requests to
 hosts other than 127.0.0.1 (the UI's telemetry) are aborted. Screenshots go to the test's tmp
 folder and are copied to ``/tmp/ui-*.png`` for a person to look at.
 
@@ -40,6 +45,8 @@ from tests.prefect_service import (
     free_port,
     stop_process_group,
 )
+from tests.test_service import _final, _small_offline_params, _trigger, _wait
+from tests.test_service import worker as worker  # the fixture: `prefect worker start`
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +75,7 @@ ARTIFACTS_SHOT = Path("/tmp/ui-artifacts.png")
 ARTIFACTS_TAB_SHOT = Path("/tmp/ui-artifacts-tab.png")
 TABLE_SHOT = Path("/tmp/ui-artifacts-table.png")
 REPORT_SHOT = Path("/tmp/ui-report.png")
+RETRY_SHOT = Path("/tmp/ui-retry.png")
 
 
 # -- the browser ----------------------------------------------------------------------------
@@ -546,3 +554,72 @@ def test_failed_run_artifacts_show_pictures_in_the_ui(
     assert served_errors == [], f"segstyle serve answered errors: {served_errors}"
     assert [u for u in failed_requests if outputs_origin in u] == [], failed_requests
     assert other_not_found == [], f"404s: {other_not_found}"
+
+
+def test_retry_from_the_ui_reruns_a_failed_run_computing_only_the_failed_image(
+    prefect_server: PrefectService,
+    deployed: dict[str, Any],
+    worker: Path,
+    tmp_path: Path,
+) -> None:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from segstyle_core.demo.dataset import generate_demo_dataset
+
+    dataset = generate_demo_dataset(
+        tmp_path / "cityscapes", size=(256, 128), frames_per_city=3, cities=("zurich",)
+    )
+    images = sorted((dataset / "leftImg8bit" / "train" / "zurich").glob("*.png"))
+    victim = images[1]
+    victim_id = victim.name.removesuffix("_leftImg8bit.png")
+    intact = victim.read_bytes()
+    victim.write_bytes(intact[:200])  # a truncated PNG
+    out = tmp_path / "out"
+    params = _small_offline_params(deployed[DEPLOYMENT], dataset, out, limit=None)
+    flow_run_id = _trigger(prefect_server, params)
+    failed = _wait(prefect_server, flow_run_id, _final)
+    worker_log = worker.read_text(errors="replace")
+    assert failed.state is not None and failed.state.is_failed(), (failed.state, worker_log)
+    victim.write_bytes(intact)  # the user puts the input right, then retries from the UI
+
+    blocked: list[str] = []
+    with _browser_page(blocked) as page:
+        page.goto(f"{_v2_base(prefect_server)}/runs/flow-run/{flow_run_id}")
+        page.get_by_text("Failed", exact=True).first.wait_for()
+        page.get_by_role("button", name="Open menu").last.click()
+        page.get_by_role("menuitem", name="Retry").click()
+        dialog = page.get_by_role("alertdialog")  # the confirmation
+        dialog.get_by_role("button", name="Retry").wait_for()
+        assert "AwaitingRetry" in dialog.inner_text(), dialog.inner_text()
+        _screenshot(page, tmp_path / "retry-dialog.png", RETRY_SHOT)
+        dialog.get_by_role("button", name="Retry").click()
+        dialog.wait_for(state="hidden")
+
+    def retried(flow_run: Any) -> bool:
+        return flow_run.run_count > 1 and _final(flow_run)
+
+    done = _wait(prefect_server, flow_run_id, retried)
+    worker_log = worker.read_text(errors="replace")
+    assert done.run_count == 2 and done.state is not None, (done.state, worker_log[-6000:])
+    assert done.state.is_completed(), (done.state, worker_log[-6000:])
+
+    import pandas as pd
+
+    parquet = sorted((out / "metrics").rglob("*.parquet"))
+    assert [p.stem for p in parquet] == [flow_run_id], parquet  # one file: no double count
+    frame = pd.read_parquet(parquet[0])
+    assert set(frame["status"]) == {"ok"}, frame[["image_id", "status", "error"]]
+    ids = set(frame["image_id"])
+    assert victim_id in ids and len(ids) > 1, ids
+    assert not frame.duplicated(subset=["image_id", "prompt_index"]).any()  # each row once
+    segmented_again = frame.groupby("image_id")["cached_segment"].all().eq(False)
+    assert set(segmented_again[segmented_again].index) == {victim_id}, segmented_again
+
+    with prefect_server.client() as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[done.id]))
+        )
+    cached = {t.name for t in task_runs if t.state is not None and t.state.name == "Cached"}
+    assert cached and not any(victim_id in name for name in cached), sorted(cached)
+    for image_id in ids - {victim_id}:
+        assert any(image_id in name for name in cached), (image_id, sorted(cached))
