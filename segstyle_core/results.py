@@ -75,7 +75,10 @@ SCHEMA = pa.schema(
     [
         ("schema_version", pa.int16()),
         ("run_id", pa.string()),  # human-readable flow run name
-        *[(name, pa.string()) for name in ("flow_run_id", "image_id", "city", "split")],
+        ("flow_run_id", pa.string()),
+        ("image_id", pa.string()),
+        ("city", pa.string()),
+        ("split", pa.string()),
         ("classes", pa.string()),  # comma-joined, lower case: "car,person"
         ("prompt_index", pa.int32()),
         ("prompt_kind", pa.string()),  # box | points | box+points | auto
@@ -83,9 +86,13 @@ SCHEMA = pa.schema(
         ("prompt_points", pa.list_(pa.list_(pa.float64()))),  # [[x, y, label], ...]
         ("instance_id", pa.int64()),
         ("instance_class", pa.string()),
-        *[(f"segmenter{part}", pa.string()) for part in ("", "_variant", "_weights_sha256")],
+        ("segmenter", pa.string()),
+        ("segmenter_variant", pa.string()),
+        ("segmenter_weights_sha256", pa.string()),
         ("segment_notes", pa.string()),
-        *[(f"stylizer{part}", pa.string()) for part in ("", "_variant", "_weights_sha256")],
+        ("stylizer", pa.string()),
+        ("stylizer_variant", pa.string()),
+        ("stylizer_weights_sha256", pa.string()),
         ("style_name", pa.string()),  # the style of this row's class (per-class styles)
         ("style_sha256", pa.string()),
         ("mode", pa.string()),
@@ -99,13 +106,18 @@ SCHEMA = pa.schema(
         *[(f"seconds_{stage}", pa.float64()) for stage in TIMED_STAGES],
         *[(f"cached_{stage}", pa.bool_()) for stage in TIMED_STAGES],
         ("status", pa.string()),  # ok | failed
-        *[(name, pa.string()) for name in ("error", "image_path", "mask_path")],
+        ("error", pa.string()),
+        ("image_path", pa.string()),
+        ("mask_path", pa.string()),
         # the prompt's own mask as COCO RLE JSON ({"size": [H, W], "counts": str}; SAM's
         # coco_rle format): segstyle_core.rle.decode_mask or pycocotools.mask.decode reads it
         ("mask_rle", pa.string()),
         ("stylized_path", pa.string()),  # the image's first style's painting
-        *[(name, pa.string()) for name in ("composite_path", "panel_path", "config_sha256")],
-        *[(name, pa.timestamp("us", tz="UTC")) for name in ("started_at", "finished_at")],
+        ("composite_path", pa.string()),
+        ("panel_path", pa.string()),
+        ("config_sha256", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 
