@@ -1,11 +1,9 @@
 """Naive seed method vs segstyle's optimised path: time, peak memory and Gatys objective.
 
-Default: the naive method (models reloaded per image, whole-frame float32 Gatys at the seed's
-settings, no cache), then the optimised path (models loaded once, caches, ROI at the frame's
-scale, :data:`PERFORMANCE_OPTIONS`), both warm, then the budget chosen by quality. Last line:
-``speedup=<naive/optimised s> objective_ratio=<optimised/naive> seam_ratio=<optimised/naive>``.
-Other modes: ``--ablation``, ``--frame-times``, ``--rss 4,16``, ``--step [--compile]``;
-``benchmarks/README.md`` describes each with its command line, and what quality and seam measure.
+Both paths warm, then the budget chosen by quality. Last line: ``speedup=<naive/optimised s>
+objective_ratio=<optimised/naive> seam_ratio=<optimised/naive>``. Other modes: ``--ablation``,
+``--frame-times``, ``--rss 4,16``, ``--step [--compile]``; ``benchmarks/README.md`` describes
+both paths, each mode with its command line, and what quality and seam measure.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import vgg19
 
 from segstyle_core import cityscapes, devices, weights
-from segstyle_core.composite import composite
+from segstyle_core.composite import Layer, composite_regions
 from segstyle_core.demo.dataset import generate_demo_dataset
 from segstyle_core.devices import resolve_device
 from segstyle_core.errors import ConfigError, WeightsError
@@ -203,7 +201,6 @@ def inputs(args: argparse.Namespace, settings: Settings, count: int, tmp: Path) 
 
 
 def load_extractor(vgg: weights.CheckpointFile, config: GatysConfig) -> VGGFeatures:
-    """VGG19's features from ``vgg`` for ``config``'s layers, pooling and normalization."""
     return load_vgg19_features(vgg.path, config.layers, config.pooling, config.normalization)
 
 
@@ -272,7 +269,7 @@ def run_path(
             else:
                 stylized = stylizer.stylize(frame.image, data.style, progress=result.count)
         with result.stage("composite"):
-            final = composite(frame.image, stylized, mask)
+            final = composite_regions(frame.image, [Layer(stylized, mask)])
         if keep:
             result.composites.append(final)
             result.stylized.append(stylized)
@@ -291,23 +288,6 @@ class Measured(NamedTuple):
 
     totals: list[float]
     seams: list[float]
-
-
-def objectives(
-    frames: list[Frame],
-    images: list[np.ndarray],
-    masks: list[np.ndarray],
-    style: np.ndarray,
-    extractor: VGGFeatures,
-    config: GatysConfig,
-) -> list[float]:
-    """Total Gatys objective of each image on its mask's bounding box (see the module doc)."""
-    boxes = [roi_box(mask, margin_pct=0.0) for mask in masks]
-    crops = [(slice(y0, y1), slice(x0, x1)) for x0, y0, x1, y1 in boxes]
-    return [
-        gatys_objective(image[crop], frame.image[crop], style, extractor, config)["total"]
-        for frame, image, crop in zip(frames, images, crops, strict=True)
-    ]
 
 
 HEADER = (
@@ -379,16 +359,23 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
     # the quality measure: seed weights, float32, at the whole-frame run's scale
     measure = settings.seed().changed(content_scale=settings.scale)
     extractor = load_extractor(data.vgg, measure).to(device)
+
+    def box_total(frame: Frame, image: np.ndarray, mask: np.ndarray) -> float:
+        """Total objective of ``image`` on ``mask``'s bounding box, ``frame``'s the content."""
+        x0, y0, x1, y1 = roi_box(mask, margin_pct=0.0)
+        crop = (slice(y0, y1), slice(x0, x1))
+        return gatys_objective(image[crop], frame.image[crop], style, extractor, measure)["total"]
+
     naive = run_path(data, naive_options, device, tmp / "cache-naive", warm_up=True)
     masks = naive.masks  # the measurement region of both paths
 
     def measured(result: PathResult) -> Measured:
-        totals = objectives(frames, result.composites, masks, style, extractor, measure)
+        totals = [box_total(*each) for each in zip(frames, result.composites, masks, strict=True)]
         parts = zip(result.composites, result.stylized, result.masks, strict=True)
         return Measured(totals, [seam_score(*part) for part in parts])
 
     naive_quality = measured(naive)
-    unstylized = objectives(frames, [f.image for f in frames], masks, style, extractor, measure)
+    unstylized = [box_total(f, f.image, mask) for f, mask in zip(frames, masks, strict=True)]
     print(HEADER)
     print(row("naive (seed method)", naive, naive, naive_quality, naive_quality)[0], flush=True)
     details, results, summary = [stages("naive", naive, len(frames))], {}, ""
@@ -409,7 +396,7 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
     if args.quality_budget:
         own = load_extractor(data.vgg, config).to(device)
         optimised = results["optimised"], GatysStylizer(config, device=str(device), extractor=own)
-        quality_budget(data, (naive, naive_quality), optimised, (extractor, measure))
+        quality_budget(data, (naive, naive_quality), optimised, box_total)
     banner(data)
     print(summary)
 
@@ -446,7 +433,7 @@ def quality_budget(
     data: Inputs,
     naive: tuple[PathResult, Measured],
     optimised: tuple[PathResult, GatysStylizer],
-    measurement: tuple[VGGFeatures, GatysConfig],
+    objective: Callable[[Frame, np.ndarray, np.ndarray], float],
 ) -> None:
     """Per frame, the smallest budget of :data:`QUALITY_BUDGETS` (then the optimised budget)
     whose composite's objective (on the naive path's mask) is at most the naive path's, each a
@@ -466,16 +453,13 @@ def quality_budget(
             counter = PathResult()
             with counter.stage("stylize"):
                 stylized = stylize_roi(stylizer, frame.image, style, mask, progress=counter.count)
-            seconds = counter.stages["stylize"]
-            final = composite(frame.image, stylized, mask)
-            (total,) = objectives([frame], [final], [mask], style, *measurement)
-            if total <= target or budget == budgets[-1]:
-                seam = seam_score(final, stylized, mask)
-                chosen.append(
-                    Chosen(budget, counter.evaluations, seconds, total, total <= target, seam)
-                )
+            final = composite_regions(frame.image, [Layer(stylized, mask)])
+            total = objective(frame, final, mask)
+            if total <= target:
                 break
-        last = chosen[-1]
+        seconds, seam = counter.stages["stylize"], seam_score(final, stylized, mask)
+        last = Chosen(budget, counter.evaluations, seconds, total, total <= target, seam)
+        chosen.append(last)
         print(
             f"  quality budget, {frame.image_id}: {'reached' if last.reached else 'NOT reached'} "
             f"at budget {last.budget} ({last.evaluations} evaluations, {last.seconds:.2f} s "
@@ -697,9 +681,7 @@ def main() -> None:
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--ablation", action="store_true", help="also run one-change variants")
-    mode.add_argument(
-        "--rss", metavar="N,M", help="peak RSS of the optimised path after N, M images"
-    )
+    mode.add_argument("--rss", metavar="N,M", help="optimised path's peak RSS after N, M images")
     mode.add_argument("--step", action="store_true", help="time one VGG19 forward+backward")
     mode.add_argument(
         "--frame-times", action="store_true", help="stylize seconds per frame, cold vs steady"

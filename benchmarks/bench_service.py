@@ -1,13 +1,12 @@
 """The command line's own cost: ``segstyle stylize`` and a cached ``segstyle run``.
 
-Whole ``segstyle`` commands run as subprocesses (wall seconds) with the offline backends:
-(a) ``segstyle stylize`` on a generated street (a box around its largest car) against
-:func:`segstyle_core.photo.stylize_photo` timed after its imports, each with a fresh cache;
-target ``stylize_ratio = command / in-process <= 1.5`` (medians). (b) ``segstyle run`` over the
-demo dataset against a running Prefect server, twice into one ``--out``; target
-``rerun_speedup = first / second >= 10``. The commands run a frozen copy of the sources
-(``--no-snapshot``: the checkout), so that edits to a shared checkout cannot change the stage
-cache keys between the runs. Last line: ``stylize_ratio=<..> rerun_speedup=<..>``.
+Subprocesses, offline backends, wall seconds: (a) ``segstyle stylize`` on a generated street
+against :func:`segstyle_core.photo.stylize_photo` after its imports, fresh caches:
+``stylize_ratio`` = command / in-process (medians, target <= 1.5); (b) ``segstyle run`` over the
+demo dataset twice into one ``--out`` against a running Prefect server: ``rerun_speedup`` =
+first / second (target >= 10). The commands run a frozen copy of the sources (``--no-snapshot``:
+the checkout, whose edits may change the stage cache keys between the runs). Last line:
+``stylize_ratio=<..> rerun_speedup=<..>``.
 
     python benchmarks/bench_service.py                  # about 3 minutes on 2 cores
     python benchmarks/bench_service.py --repeats 5 --size 512x256
@@ -23,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -78,21 +78,11 @@ def _environment(work: Path, **extra: str) -> dict[str, str]:
     return env | extra
 
 
-def _timed(command: list[str], env: dict[str, str], log: Path) -> tuple[float, str]:
-    """Wall seconds and stdout of ``command``, run in the log's folder (``python -c`` puts it
-    first on the path) and appended to ``log``."""
-    seconds, done = timed(command, env, log.parent)
-    with open(log, "a") as handle:
-        handle.write(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}\n")
-    return seconds, done.stdout
-
-
 def snapshot(work: Path) -> None:
     """A frozen copy of the packages in ``work/src`` (before the editable install on the path)."""
+    ignore = shutil.ignore_patterns("__pycache__")
     for source, target in SNAPSHOT_LAYOUT.items():
-        shutil.copytree(
-            REPO_ROOT / source, work / "src" / target, ignore=shutil.ignore_patterns("__pycache__")
-        )
+        shutil.copytree(REPO_ROOT / source, work / "src" / target, ignore=ignore)
 
 
 def _sources(root: Path) -> dict[str, int]:
@@ -111,20 +101,19 @@ def photo(work: Path, size: tuple[int, int]) -> tuple[Path, str]:
 def bench_stylize(work: Path, size: tuple[int, int], repeats: int) -> float:
     """(a): median command seconds / median in-process seconds."""
     image, box = photo(work, size)
-    env = _environment(work)
-    log = work / "stylize.log"
-    bare, _ = _timed([sys.executable, "-c", "pass"], env, log)
-    warm_up = [sys.executable, "-c", "import segstyle.flows.cli, segstyle_core.photo"]
-    _timed(warm_up, env, log)  # untimed: writes the snapshot's .pyc files, fills the page cache
-    imports, _ = _timed([sys.executable, "-c", "import segstyle.flows.cli"], env, log)
+    # every command runs in ``work``, which ``python -c`` puts first on the path
+    run = partial(timed, env=_environment(work), cwd=work, log=work / "stylize.log")
+    bare, _ = run([sys.executable, "-c", "pass"])
+    run([sys.executable, "-c", "import segstyle.flows.cli, segstyle_core.photo"])  # untimed: .pyc
+    imports, _ = run([sys.executable, "-c", "import segstyle.flows.cli"])
     command_s, inside_s = [], []
     for i in range(repeats):
         command = [SEGSTYLE, "stylize", str(image), "--box", box, *OFFLINE]
         command += ["-o", str(work / f"cli-{i}" / "out.png"), "--out", str(work / f"cli-{i}")]
-        command_s.append(_timed(command, env, log)[0])
+        command_s.append(run(command)[0])
         cache = str(work / f"inproc-{i}" / "cache")
-        _, stdout = _timed([sys.executable, "-c", IN_PROCESS, str(image), box, cache], env, log)
-        inside_s.append(float(stdout.strip().splitlines()[-1]))
+        _, done = run([sys.executable, "-c", IN_PROCESS, str(image), box, cache])
+        inside_s.append(float(done.stdout.strip().splitlines()[-1]))
     command_med, inside_med = statistics.median(command_s), statistics.median(inside_s)
     print(f"(a) segstyle stylize, {size[0]}x{size[1]} photo, box {box}, {repeats} repeats")
     print(f"    command wall s:          {' '.join(f'{s:.2f}' for s in command_s)}")
@@ -149,11 +138,11 @@ def bench_rerun(work: Path, size: tuple[int, int], frames: int) -> float:
         env = _environment(work, PREFECT_HOME=str(server.home), PREFECT_API_URL=server.api_url)
         watched = Path(env.get("PYTHONPATH") or REPO_ROOT)
         sources = _sources(watched)
-        first, first_out = _timed(command, env, log)
-        second, second_out = _timed(command, env, log)
+        first, first_run = timed(command, env, work, log)
+        second, second_run = timed(command, env, work, log)
         changed = sorted(set(sources.items()) ^ set(_sources(watched).items()))
         problems = tracebacks(server.log_text())
-    runs = [run_rows(text) for text in (first_out, second_out)]
+    runs = [run_rows(done.stdout) for done in (first_run, second_run)]
     print(
         f"(b) segstyle run, demo data {size[0]}x{size[1]}, {frames} frames of zurich, "
         f"{len(runs[0])} prompt rows; server {server.api_url} (up in {started_in:.1f} s)"
@@ -186,11 +175,9 @@ def main() -> None:
     parser.add_argument("--photo-size", type=size_pair, default=(751, 563), help="(a): WxH")
     parser.add_argument("--size", type=size_pair, default=(1024, 512), help="(b): demo WxH")
     parser.add_argument("--frames", type=int, default=6, help="(b): annotated demo frames")
+    frozen = "run a frozen copy of the sources (a shared checkout may change meanwhile)"
     parser.add_argument(
-        "--snapshot",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run a frozen copy of the sources (a shared checkout may change meanwhile)",
+        "--snapshot", action=argparse.BooleanOptionalAction, default=True, help=frozen
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
     parser.add_argument(

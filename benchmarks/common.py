@@ -81,11 +81,15 @@ def untrained(build: Callable[[], Model]) -> Model:
 
 
 def timed(
-    command: list[str], env: dict[str, str], cwd: Path
+    command: list[str], env: dict[str, str], cwd: Path, log: Path | None = None
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Wall seconds and the finished ``command``; exits with its output when it fails."""
+    """Wall seconds and the finished ``command`` (its output appended to ``log``); exits with
+    its output when it fails."""
     elapsed = stopwatch()
     done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)
+    if log is not None:
+        with open(log, "a") as handle:
+            handle.write(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}\n")
     if done.returncode != 0:
         raise SystemExit(
             f"{' '.join(command)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"

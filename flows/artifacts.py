@@ -1,6 +1,5 @@
-"""Prefect artifacts of a dataset run (rendered by :mod:`segstyle_core.run_summary`), linking
-to ``segstyle serve`` when it serves the run's ``out``, else showing file paths. A retry updates
-them in place (the Artifacts tab would list each new version once per attempt).
+"""Prefect artifacts of a dataset run (:mod:`segstyle_core.run_summary`), linking to ``segstyle
+serve`` when it serves the run's ``out``, else showing file paths; a retry updates them in place.
 """
 
 from __future__ import annotations
@@ -96,29 +95,26 @@ def publish_artifacts(
 ) -> dict[str, str]:
     """Create or update the flow run's artifacts (:data:`DESCRIPTIONS`) from ``rows`` (of
     :data:`segstyle_core.results.COLUMNS`); return key -> artifact id."""
-    report, root = Path(report), Path(out_root)
     flow_run_id = flow_run.get_id() or None
     run_id = UUID(flow_run_id) if flow_run_id else None
-    links = links_for(root)
-    url = links.base_url
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    links = links_for(out_root)
+    url, frame = links.base_url, pd.DataFrame(rows, columns=list(COLUMNS))
     title, hint = f"segstyle run {run_name}", links.hint
     summary = run_summary.summary_markdown(
-        frame, parquet_path, title, out_root=root, report=report, base_url=url, link_hint=hint
+        frame, parquet_path, title, out_root=out_root, report=report, base_url=url, link_hint=hint
     )
-    artifacts = {
+    artifacts = {  # kind -> (artifact type, data)
         "metrics": ("table", json.dumps(run_summary.table_records(frame))),
         "summary": ("markdown", summary),
-        "report": ("markdown", run_summary.report_markdown(report, root, run_name, url)),
-        "outputs": ("markdown", run_summary.outputs_markdown(frame, root, url)),
+        "report": ("markdown", run_summary.report_markdown(report, out_root, run_name, url)),
+        "outputs": ("markdown", run_summary.outputs_markdown(frame, out_root, url)),
     }
     ids = {}
     with get_client(sync_client=True) as client:
-        for kind, (artifact_type, data) in artifacts.items():
+        for kind, (form, data) in artifacts.items():
             key = artifact_key(run_name, flow_run_id, kind)
-            description = DESCRIPTIONS[kind]
             artifact = ArtifactCreate(
-                key=key, type=artifact_type, data=data, description=description, flow_run_id=run_id
+                key=key, type=form, data=data, description=DESCRIPTIONS[kind], flow_run_id=run_id
             )
             ids[key] = _upsert(client, artifact)
     return ids

@@ -1,8 +1,6 @@
-"""The ``segstyle`` command line: a pydantic model per command, parsed by pydantic-settings.
-
-A command's fields are its own arguments plus a flag per field of the configuration models it
-builds (:mod:`segstyle.flows.options`); ``cli_cmd`` calls one flow or core function and prints.
-Errors print one line naming the flag: exit status 2 (1: a run with failed images).
+"""The ``segstyle`` command line: a pydantic model per command (its arguments and the flags of
+:mod:`segstyle.flows.options`), parsed by pydantic-settings. An error prints one line naming the
+flag: exit status 2 (1: a run with failed images).
 """
 
 from __future__ import annotations
@@ -94,9 +92,8 @@ def _quiet_prefect(verbose: bool) -> None:
 
 
 def _run_flow(flow: Any, *parameters: Any) -> int:
-    """Run ``flow(*parameters)`` (the last: its ``OutputConfig``) against a local API and
-    print its result: 0, or 1 when some images failed; :class:`SegstyleError` (its error's
-    first line) when it failed before writing its Parquet file."""
+    """Run ``flow(*parameters)`` (the last: its ``OutputConfig``) against a local API, print its
+    result: 0, 1 (some images failed), or :class:`SegstyleError` (failed before its Parquet)."""
     from segstyle.flows.server import local_api
     from segstyle_core import results
 
@@ -133,8 +130,8 @@ class DatasetCommand(RunCommand):
     )
 
     def run(self, flow: Any, *styling: Any) -> int:
-        """Check the inputs, run ``flow`` on this command's task runner; ``styling``: the
-        stylizer and composite of a styled run."""
+        """Check the inputs, run ``flow`` on this command's task runner (``styling``: stylizer,
+        composite)."""
         from segstyle.flows.cluster import task_runner
         from segstyle_core.preflight import check_run_inputs
 
@@ -194,11 +191,10 @@ class Stylize(RunCommand):
 
         segmenter = SEGMENTER.build(self)
         stylizer = build_stylizer(self, self.style, segmenter, several=True)
-        composite, outputs = COMPOSITE.build(self), OUTPUTS.build(self)
+        composite, cache = COMPOSITE.build(self), str(Path(OUTPUTS.build(self).out) / "cache")
         styles = tuple(self.style) if len(self.style) > 1 else ()  # all plain: several=True
         given = PHOTO_PROMPTS.build(self, boxes=(*self.box,), points=(*self.point,), styles=styles)
         job = check_photo_job(self.image, self.output, given, segmenter, stylizer, composite)
-        cache = str(Path(outputs.out) / "cache")
         record = stylize_photo(
             self.image, job.prompts, job.styles, segmenter, stylizer, composite, cache
         )
@@ -234,9 +230,8 @@ class Video(RunCommand):
             self, backend=STYLIZER_DEFAULTS.backend, gatys=STYLIZER_DEFAULTS.gatys, **shared
         )
         composite, options = VIDEO_COMPOSITE.build(self), VIDEO_OPTIONS.build(self)
-        outputs = OUTPUTS.build(self)
         check_video_job(self.video, self.output, tracker, stylizer, composite, options)
-        configs = (tracker, stylizer, composite, options, outputs)
+        configs = (tracker, stylizer, composite, options, OUTPUTS.build(self))
         return _run_flow(stylize_video, self.video, self.output, self.box, *configs)
 
 
@@ -425,9 +420,8 @@ COMMANDS: dict[str, type[Command]] = {
 
 
 def _add_argument(parser: Any, *names: str, **options: Any) -> Any:
-    """pydantic-settings' ``add_argument``, keeping each value of :data:`WHOLE_VALUES` whole
-    (the CLI source splits list values at commas unless a value is a JSON string), and an
-    option's value shown as its name (``--limit LIMIT``) where the source shows a type."""
+    """pydantic-settings' ``add_argument``: each value of :data:`WHOLE_VALUES` kept whole (a JSON
+    string is not split at commas), an option's value shown as its name (``--limit LIMIT``)."""
     if "dest" not in options:  # -h, or a positional argument (already shown by its name)
         return parser.add_argument(*names, **options)
     name = str(options["dest"]).rsplit(".", 1)[-1]
@@ -441,8 +435,7 @@ def _add_argument(parser: Any, *names: str, **options: Any) -> Any:
 
 
 def cli_source() -> CliSettingsSource[Any]:
-    """pydantic-settings' CLI source of every command: a subcommand per :data:`COMMANDS` entry
-    (its ``root_parser`` is the :class:`argparse.ArgumentParser`)."""
+    """pydantic-settings' CLI source: a subcommand per :data:`COMMANDS` entry."""
     subcommand: Any = CliSubCommand  # of a model made here, not a type mypy can see
     commands: dict[str, Any] = {
         name.replace("-", "_"): (

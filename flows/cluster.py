@@ -1,7 +1,5 @@
-"""Where a dataset run's tasks execute (:func:`task_runner`). Workers on other machines must
-see the same ``--out``; a worker that dies loses nothing (Dask reruns its tasks elsewhere,
-finished stages are cache hits, and each image gets its rows once).
-"""
+"""Where a dataset run's tasks execute (:func:`task_runner`); Dask workers must see the same
+``--out`` (a dead worker's tasks rerun elsewhere: finished stages are cache hits)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""The dataset-wide flows: ``segment_and_stylize`` and ``evaluate_segmentation``.
-
-Each frame goes through :mod:`segstyle_core.pipeline`'s stage graph as Prefect tasks; then its
-pictures are published and its rows written. A failed image gets a ``failed`` row and never
-stops the others; the run then ends as a returned Failed state (no traceback; its message names
-the count and the first error), and a Retry recomputes only what failed.
+"""The dataset-wide flows ``segment_and_stylize`` and ``evaluate_segmentation``: each frame's
+stages (:mod:`segstyle_core.pipeline`) as Prefect tasks. A failed image gets a ``failed`` row
+and never stops the others; the run then ends Failed (its message: the count and first error).
 """
 
 from __future__ import annotations
@@ -25,13 +22,11 @@ from segstyle.flows.cluster import task_runner
 from segstyle.flows.runs import (
     DATASET_TIMEOUT_S,
     STATE_MESSAGE_CHARS,
-    run_name,
+    run_namer,
     segstyle_flow,
     setting,
 )
-from segstyle.tasks.publish import publish
-from segstyle.tasks.sample import sample_city
-from segstyle.tasks.stage import PrefectRunner
+from segstyle.tasks.stage import PrefectRunner, publish, sample_city
 from segstyle_core import results
 from segstyle_core.config import (
     CompositeConfig,
@@ -42,7 +37,6 @@ from segstyle_core.config import (
     StylizerConfig,
     city_part,
 )
-from segstyle_core.demo.dataset import ensure_demo_dataset
 from segstyle_core.errors import SegstyleError, error_line, one_line
 from segstyle_core.outputs import run_folder
 from segstyle_core.pipeline import Handle, RunSettings, run_frames
@@ -53,22 +47,16 @@ from segstyle_core.run_summary import short_error
 from segstyle_core.stagecache import StageRecord
 
 #: Threads, or the Dask cluster of ``SEGSTYLE_DASK_ADDRESS`` (the CLI picks its own).
-TASK_RUNNER = task_runner()
-DATASET_FLOW: dict[str, Any] = {"timeout_s": DATASET_TIMEOUT_S, "task_runner": TASK_RUNNER}
+DATASET_FLOW: dict[str, Any] = {"timeout_s": DATASET_TIMEOUT_S, "task_runner": task_runner()}
+SEGMENTER = {"segmenter": SegmenterConfig().backend}
 
 
 class RunFailed(SegstyleError):
     """Some images failed; their rows are in the Parquet file with their errors."""
 
 
-def _dataset_run_name(styled: bool) -> str:
-    """The current run's name: ``<city>-<segmenter>[-<stylizer>]-<date>``."""
-    parameters = flow_run.get_parameters()
-    city = setting(parameters, "dataset", "city", DatasetSelection().city)
-    backends = [setting(parameters, "segmenter", "backend", SegmenterConfig().backend)]
-    if styled:
-        backends.append(setting(parameters, "stylizer", "backend", StylizerConfig().backend))
-    return run_name(city_part(city), *backends)
+def _cities(parameters: Mapping[str, Any]) -> str:
+    return city_part(setting(parameters, "dataset", "city", DatasetSelection().city))
 
 
 def _failed(error: SegstyleError, summary: str) -> State[str]:
@@ -123,11 +111,12 @@ def run_dataset(
 
 
 def _run_dataset(settings: RunSettings, outputs: OutputConfig) -> State[str]:
-    """:func:`run_dataset`, raising :class:`SegstyleError` on bad settings or inputs."""
     logger = get_run_logger()
     started = dt.datetime.now(dt.UTC)
     dataset, stylizer = settings.dataset, settings.stylizer
     if dataset.generate_demo and dataset.root:
+        from segstyle_core.demo.dataset import ensure_demo_dataset  # a fully cached run skips it
+
         ensure_demo_dataset(dataset.root)
     identities = check_run_inputs(
         dataset, settings.prompts, settings.segmenter, stylizer, outputs, settings.composite
@@ -154,8 +143,7 @@ def _run_dataset(settings: RunSettings, outputs: OutputConfig) -> State[str]:
     rows: list[dict[str, Any]] = []
     failed = []
     flow_name = flow_run.get_flow_name() or "segment_and_stylize"
-    # Each image's rows go to disk as it finishes (a part), compacted into one file at the
-    # end: a kill or a full disk loses only the images still in flight.
+    # Each image's rows go to disk as it finishes: a kill loses only the images in flight.
     with results.RunRows(
         out / "metrics", flow_name, flow_run_id, resume_key=common["config_sha256"]
     ) as durable:
@@ -188,7 +176,10 @@ def _run_dataset(settings: RunSettings, outputs: OutputConfig) -> State[str]:
     return _failed(RunFailed(f"{count} ({first}); {advice}"), f"{count}; {first}")
 
 
-@segstyle_flow("segment_and_stylize", lambda: _dataset_run_name(styled=True), **DATASET_FLOW)
+STYLED_NAMER = run_namer(_cities, **SEGMENTER, stylizer=StylizerConfig().backend)
+
+
+@segstyle_flow("segment_and_stylize", STYLED_NAMER, **DATASET_FLOW)
 def segment_and_stylize(
     dataset: DatasetSelection = DatasetSelection(),
     prompts: PromptConfig = PromptConfig(),
@@ -212,7 +203,7 @@ def segment_and_stylize(
     return run_dataset(outputs, dataset, prompts, segmenter, (stylizer, composite))
 
 
-@segstyle_flow("evaluate_segmentation", lambda: _dataset_run_name(styled=False), **DATASET_FLOW)
+@segstyle_flow("evaluate_segmentation", run_namer(_cities, **SEGMENTER), **DATASET_FLOW)
 def evaluate_segmentation(
     dataset: DatasetSelection = DatasetSelection(),
     prompts: PromptConfig = PromptConfig(),

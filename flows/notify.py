@@ -1,9 +1,7 @@
-"""Failure notifications: a Prefect automation that POSTs :data:`PAYLOAD` to a webhook when a
-run tagged :data:`NIGHTLY_TAG` ends Failed (``TimedOut`` included) or Crashed.
-
-``make deploy`` runs ``python -m segstyle.flows.notify``, which saves ``$SEGSTYLE_NOTIFY_WEBHOOK``
-as the Webhook block and creates or updates the automation, both :data:`AUTOMATION_NAME`; unset,
-it changes nothing and says how to turn notifications on.
+"""Failure notifications: a Prefect automation POSTs :data:`PAYLOAD` to a webhook when a run
+tagged :data:`NIGHTLY_TAG` ends Failed (``TimedOut`` included) or Crashed. ``make deploy`` runs
+``python -m segstyle.flows.notify``: it saves ``$SEGSTYLE_NOTIFY_WEBHOOK`` as the Webhook block and
+creates or updates the automation (unset: changes nothing, says how to turn them on).
 """
 
 from __future__ import annotations
@@ -26,8 +24,7 @@ WEBHOOK_ENV = "SEGSTYLE_NOTIFY_WEBHOOK"
 AUTOMATION_NAME = "segstyle-nightly-failure"
 NIGHTLY_TAG = "nightly"  # prefect.yaml's nightly deployments tag their runs with it
 FAILED_STATE_TYPES = ("FAILED", "CRASHED")
-#: The webhook's JSON body, a Jinja template of the triggering run; Slack and Mattermost show
-#: ``text``.
+#: The webhook's JSON body, a Jinja template of the triggering run (Slack shows ``text``).
 PAYLOAD = """{
   "text": {{ ("segstyle: " ~ flow_run.name ~ " (" ~ deployment.name ~ ") ended "
       ~ flow_run.state.name ~ ": " ~ flow_run.state.message) | tojson }},

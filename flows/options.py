@@ -32,13 +32,9 @@ C = TypeVar("C", bound=BaseModel)
 
 @dataclass(frozen=True)
 class Options(Generic[M]):
-    """The options of one flow parameter (``parameter``, a ``model``): a flag per field.
-
-    ``flags`` renames fields (snake case); ``skip`` fields get no option (a skipped field named
-    in ``flags`` is set from that flag); ``nested`` flattens a nested model's options into the
-    command; ``cli_types`` gives the type parsed instead of the field's (e.g. a string that
-    the model's validator splits itself).
-    """
+    """A flag per field of one flow parameter's ``model``: ``flags`` renames fields, ``skip``
+    fields get none (one named in ``flags`` is set from that flag), ``nested`` models' flags are
+    flattened in, ``cli_types`` are parsed instead of the field's type."""
 
     parameter: str
     model: type[M]

@@ -1,15 +1,12 @@
-"""What every segstyle flow gets (:func:`segstyle_flow`): a readable run name, a time limit (then
-``TimedOut``), no stored result, a retry after a crash (Prefect's ``retries`` skip Crashed runs;
-Failed ones failed on their input), short state messages, and expected failures logged on one
-line without a traceback (:class:`QuietExpectedFailures`).
-"""
+"""What every segstyle flow gets (:func:`segstyle_flow`): a readable run name, a time limit, no
+stored result, a new run after a crash, short state messages, and expected failures logged on one
+line without a traceback (:class:`QuietExpectedFailures`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -35,11 +32,9 @@ STATE_MESSAGE_CHARS = 200
 
 
 def retry_crashed(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:
-    """``on_crashed`` hook: start a deployment's crashed run again as a new run (same parameters,
-    tagged ``crash-retry-<n>``, in :data:`CRASH_RETRY_DELAY_S`), at most :data:`CRASH_RETRIES`
-    times in a row. A new run, since the worker reports the crash after its hooks (undoing a
-    rescheduling); the idempotency key makes the worker's and the flow process's call one retry.
-    """
+    """``on_crashed`` hook: start a deployment's crashed run again as a new run tagged
+    ``crash-retry-<n>`` (a rescheduling would be undone by the worker's crash report), at most
+    :data:`CRASH_RETRIES` times in a row; the idempotency key makes the hook's two calls one."""
     if flow_run.deployment_id is None:
         return
     logger = flow_run_logger(flow_run)
@@ -49,6 +44,7 @@ def retry_crashed(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:
         logger.error("crashed after %d crash retries: not retried again", retries)
         return
     retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=CRASH_RETRY_DELAY_S)
+    message = one_line(f"crash retry {retries + 1} of {flow_run.name}", STATE_MESSAGE_CHARS)
     with get_client(sync_client=True) as client:
         retry = client.create_flow_run_from_deployment(
             flow_run.deployment_id,
@@ -56,22 +52,17 @@ def retry_crashed(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:
             job_variables=flow_run.job_variables,
             tags=[f"{CRASH_RETRY_TAG}{retries + 1}"],
             idempotency_key=f"{CRASH_RETRY_TAG}{flow_run.id}",
-            state=Scheduled(
-                scheduled_time=retry_at,
-                message=one_line(
-                    f"crash retry {retries + 1} of {flow_run.name}", STATE_MESSAGE_CHARS
-                ),
-            ),
+            state=Scheduled(scheduled_time=retry_at, message=message),
         )
     shown = (state.message, retries + 1, CRASH_RETRIES, retry.id, CRASH_RETRY_DELAY_S)
     logger.warning("crashed (%s); crash retry %d of %d: flow run %s starts in %d s", *shown)
 
 
-def segstyle_flow(name: str, run_namer: Callable[[], str], timeout_s: int, **options: Any) -> Any:
+def segstyle_flow(name: str, namer: Callable[[], str], timeout_s: int, **options: Any) -> Any:
     """Prefect's ``@flow`` with what every segstyle flow gets (see the module docstring)."""
     return flow(
         name=name,
-        flow_run_name=run_namer,
+        flow_run_name=namer,
         timeout_seconds=timeout_s,
         persist_result=False,
         result_serializer="json",
@@ -95,15 +86,14 @@ def run_name(subject: str, *backends: Any) -> str:
     return "-".join(file_name_part(str(part)) for part in (subject, *backends, day))
 
 
-def file_run_name(parameter: str, **backends: str) -> Callable[[], str]:
-    """A run namer ``<file parameter's stem>-<backends>-<date>`` (``backends``: group: default)."""
+def run_namer(subject: Callable[[Mapping[str, Any]], str], **backends: str) -> Callable[[], str]:
+    """A flow's run namer: :func:`run_name` of ``subject(parameters)`` and the chosen backends
+    (``backends``: parameter group -> its default backend)."""
 
     def name() -> str:
         parameters = flow_run.get_parameters()
-        subject = Path(str(parameters.get(parameter, parameter))).stem
-        return run_name(
-            subject, *(setting(parameters, g, "backend", d) for g, d in backends.items())
-        )
+        chosen = (setting(parameters, group, "backend", d) for group, d in backends.items())
+        return run_name(subject(parameters), *chosen)
 
     return name
 

@@ -50,9 +50,8 @@ def api_is_up(api_url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
 def local_api(
     log_path: Path, announce: Callable[[str], None] | None = None
 ) -> Iterator[str | None]:
-    """Run the block against the module docstring's API; yield its URL (``None``: a configured
-    one). A temporary server logs to ``log_path``; ``announce`` (default: stderr) gets the line
-    naming a local server."""
+    """Run the block against the module docstring's API; yield its URL (``None``: configured).
+    A temporary server logs to ``log_path``; ``announce`` (default: stderr) names a local one."""
     from prefect.settings import (
         PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
         PREFECT_API_URL,

@@ -1,9 +1,5 @@
-"""The ``stylize_image`` flow: one photo, prompted by boxes and/or points, no ground truth.
-
-The photo's stage graph (:func:`segstyle_core.pipeline.photo_stages`) as Prefect tasks, for
-deployments and the UI; ``segstyle stylize`` runs it without Prefect. Runs are named
-``<photo>-<segmenter>-<stylizer>-<date>``.
-"""
+"""The ``stylize_image`` flow: one photo's stage graph (:func:`segstyle_core.pipeline.photo_stages`)
+as Prefect tasks, for deployments and the UI; ``segstyle stylize`` runs it without Prefect."""
 
 from __future__ import annotations
 
@@ -11,7 +7,7 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
-from segstyle.flows.runs import PHOTO_TIMEOUT_S, file_run_name, segstyle_flow
+from segstyle.flows.runs import PHOTO_TIMEOUT_S, run_namer, segstyle_flow
 from segstyle.tasks.stage import PrefectRunner
 from segstyle_core.config import (
     CompositeConfig,
@@ -27,7 +23,10 @@ from segstyle_core.pipeline import photo_stages
 BACKENDS = {"segmenter": SegmenterConfig().backend, "stylizer": StylizerConfig().backend}
 
 
-@segstyle_flow("stylize_image", file_run_name("image", **BACKENDS), PHOTO_TIMEOUT_S)
+NAMER = run_namer(lambda parameters: Path(parameters["image"]).stem, **BACKENDS)
+
+
+@segstyle_flow("stylize_image", NAMER, PHOTO_TIMEOUT_S)
 def stylize_image(
     image: str,
     output: str,

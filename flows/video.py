@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
-from segstyle.flows.runs import VIDEO_TIMEOUT_S, file_run_name, segstyle_flow
+from segstyle.flows.runs import VIDEO_TIMEOUT_S, run_namer, segstyle_flow
 from segstyle.tasks.stage import PrefectRunner
 from segstyle_core.config import CompositeConfig, OutputConfig
 from segstyle_core.fileio import write_json_atomic
@@ -32,7 +32,10 @@ def _input_frames(video: str, name: str, run: PrefectRunner) -> list[str]:
 BACKENDS = {"tracker": TrackerConfig().backend, "stylizer": VIDEO_STYLIZER.backend}
 
 
-@segstyle_flow("stylize_video", file_run_name("video", **BACKENDS), VIDEO_TIMEOUT_S)
+NAMER = run_namer(lambda parameters: Path(parameters["video"]).stem, **BACKENDS)
+
+
+@segstyle_flow("stylize_video", NAMER, VIDEO_TIMEOUT_S)
 def stylize_video(
     video: str,
     output: str,

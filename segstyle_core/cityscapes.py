@@ -1,11 +1,9 @@
 """Cityscapes layout, city sampling, the label table, and ground truth as masks.
 
-A root holds ``leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png`` and, for
-annotated frames, ``gtFine/{split}/{city}/{city}_{seq}_{frame}`` + :data:`GT_SUFFIXES`. Label
-maps are ``H×W`` int, colour GT ``H×W×3 uint8 RGB``, masks ``H×W bool``, boxes XYXY pixels with
-an exclusive end. Regions (what prompts and scores use): classes with instances come from the
-instanceIds PNG when the frame has one; other classes, and all on a frame without it, are the
-8-connected components of the class's binarized GT.
+Layout: ``leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png``, GT beside it in
+``gtFine/`` (:data:`GT_SUFFIXES`). Label maps ``H×W`` int, colour GT ``H×W×3 uint8 RGB``, masks
+``H×W bool``, boxes XYXY pixels (exclusive end). Regions: instances from the instanceIds PNG for
+classes with instances (when the frame has it), else 8-connected components of the class's GT.
 """
 
 from __future__ import annotations
@@ -81,8 +79,7 @@ class Frame:
     polygons_path: Path | None
 
     def gt_path(self, kind: str) -> Path | None:
-        """The gtFine file of ``kind`` (a :data:`GT_SUFFIXES` key; ``auto``: labelIds, else
-        colour), or None."""
+        """The gtFine file of ``kind`` (:data:`GT_SUFFIXES` key; ``auto``: labelIds or colour)."""
         if kind == "auto":
             return self.label_ids_path or self.color_path
         paths = (self.label_ids_path, self.instance_ids_path, self.color_path, self.polygons_path)
@@ -91,9 +88,7 @@ class Frame:
 
 @dataclass
 class Sample:
-    """The fine-annotated frames of some cities of a split, sorted by city and image id.
-    ``city`` names the selection (a city, ``all``, or cities joined by commas); ``skipped`` is
-    ``(path, reason)`` per file left out; ``unannotated`` the well-formed images among them."""
+    """Fine-annotated frames by city and image id; ``skipped``: ``(path, reason)`` per file."""
 
     city: str
     split: str
@@ -104,13 +99,10 @@ class Sample:
 
 
 def resolve_root(root: str | os.PathLike[str] | None) -> Path:
-    """``root``, else ``$CITYSCAPES_DATASET`` (ConfigError: neither; InputError: no
-    ``leftImg8bit/`` in it)."""
+    """``root``, else ``$CITYSCAPES_DATASET`` (ConfigError: neither; InputError: no leftImg8bit)."""
     root = root or os.environ.get(ROOT_ENV)
     if not root:
-        raise ConfigError(
-            f"no Cityscapes root given; pass the dataset folder or set {ROOT_ENV} to it"
-        )
+        raise ConfigError(f"no Cityscapes root given; pass the dataset folder or set {ROOT_ENV}")
     path = Path(root).expanduser()
     if not (path / "leftImg8bit").is_dir():
         raise InputError(
@@ -142,8 +134,7 @@ def _frame(root: Path, split: str, city: str, image_path: Path) -> Frame:
 
 
 def frame_from_image_path(path: str | os.PathLike[str]) -> Frame:
-    """The :class:`Frame` of a ``.../leftImg8bit/{split}/{city}/*_leftImg8bit.png`` file
-    (InputError: missing, or not in the layout)."""
+    """The :class:`Frame` of a ``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` (InputError)."""
     image_path = Path(path).expanduser().absolute()
     if not image_path.is_file():
         raise InputError(f"{image_path}: no such image file; check the path")
@@ -158,7 +149,6 @@ def frame_from_image_path(path: str | os.PathLike[str]) -> Frame:
 
 
 def _scan_city(root: Path, split: str, city: str) -> tuple[list[Frame], list[tuple[str, str]]]:
-    """Every image of a city as a sorted frame list, plus ``(path, reason)`` for odd files."""
     pattern = re.compile(rf"{re.escape(city)}_\d+_\d+")
     frames: list[Frame] = []
     skipped: list[tuple[str, str]] = []
@@ -201,13 +191,9 @@ def sample_city(
     source: GtSource = "auto",
 ) -> Sample:
     """The fine-annotated frames of one city, several cities or the whole split (``"all"``).
-
-    ``city=None`` (or ``"random"``) picks one with ``random.Random(seed).choice`` over the
-    sorted cities. Frames without the ``source`` ground truth go to ``skipped``. With ``limit``
-    below the frame count, a fresh ``random.Random(seed).sample`` draws ``limit`` frames over
-    all selected cities, returned sorted. ConfigError: unknown split, city or ``source`` (listing
-    the valid ones), limit below 1; InputError: the root is not a Cityscapes root.
-    """
+    ``city=None``/``"random"``: ``random.Random(seed).choice`` of the sorted cities. Frames
+    without ``source`` GT go to ``skipped``. ``limit``: ``random.Random(seed).sample`` of the
+    frames, sorted. ConfigError: unknown split, city or ``source``, limit below 1."""
     base = resolve_root(root)
     cities = list_cities(base, split)
     if not cities:
@@ -247,8 +233,7 @@ def _label_names(names: Iterable[str]) -> list[str]:
 
 
 def class_ids(names: Iterable[str]) -> dict[str, int]:
-    """Label id of each class name (case-insensitive), keyed by the table's spelling
-    (ConfigError listing the valid names: an unknown name, or none)."""
+    """Label id per class name (case-insensitive; ConfigError: unknown name, or none)."""
     return {name: _DRAWN[name].id for name in _label_names(names)}
 
 
@@ -261,55 +246,43 @@ def _check_int_map(array: np.ndarray, where: str, what: str, fix: str) -> np.nda
     return np.unique(array)
 
 
-def binarize_label_ids(
-    label_ids: np.ndarray, classes: Iterable[str], path: str | os.PathLike[str] | None = None
-) -> np.ndarray:
-    """``H×W bool``: pixels of a labelIds map (``H×W`` int) whose id is one of ``classes``
-    (InputError naming ``path``: values outside the table)."""
-    wanted = list(class_ids(classes).values())
-    where, fix = str(path or "label map"), "a *_gtFine_labelIds.png"
-    present = _check_int_map(label_ids, where, "label map", fix)
-    unknown = present[~np.isin(present, _VALID_IDS)]
-    if unknown.size:
-        raise InputError(
-            f"{where}: label ids {unknown[:8].tolist()} are not in the Cityscapes label table; "
-            f"use {fix} (not trainIds or instanceIds)"
-        )
-    return np.isin(label_ids, wanted)
-
-
-def binarize_color(
-    color: np.ndarray, classes: Iterable[str], path: str | os.PathLike[str] | None = None
-) -> np.ndarray:
-    """``H×W bool``: pixels of a colour GT (``H×W×3 uint8``) with a class colour. ConfigError:
-    a class shares its colour with one not requested (``pole`` and ``polegroup``, the black void
-    classes); InputError: not ``H×W×3``, or colours outside the table (resized or lossy file)."""
-    names = _label_names(classes)
-    for name in names:
-        color_of = _DRAWN[name].color
-        twins = [o for o, label in _DRAWN.items() if label.color == color_of and o not in names]
-        if twins:
-            raise ConfigError(
-                f"class {name!r} shares colour {color_of} with {twins} in colour PNGs; "
-                "request those classes too or binarize the labelIds PNG instead"
+def gt_label_ids(gt: np.ndarray, kind: GtKind, names: list[str], where: str) -> np.ndarray:
+    """``H×W`` label ids of a labelIds map (``H×W`` int) or colour GT (``H×W×3 uint8``; a shared
+    colour reads as its lowest id) for the table's class ``names``. ConfigError: a class shares
+    its colour with one not requested (``pole``/``polegroup``, void classes); InputError naming
+    ``where``: values outside the table."""
+    if kind == "labelIds":
+        fix = "a *_gtFine_labelIds.png"
+        present = _check_int_map(gt, where, "label map", fix)
+        unknown = present[~np.isin(present, _VALID_IDS)]
+        if unknown.size:
+            raise InputError(
+                f"{where}: label ids {unknown[:8].tolist()} are not in the Cityscapes label "
+                f"table; use {fix} (not trainIds or instanceIds)"
             )
-    where = str(path or "colour image")
-    check_rgb(color, where, "use a *_gtFine_color.png")
-    ids = _color_ids(color)
+        return gt
+    colors = {_DRAWN[name].color for name in names}
+    twins = [o for o, label in _DRAWN.items() if label.color in colors and o not in names]
+    if twins:
+        raise ConfigError(
+            f"classes {names} share colours with {twins} in colour PNGs; "
+            "request those classes too or binarize the labelIds PNG instead"
+        )
+    check_rgb(gt, where, "use a *_gtFine_color.png")
+    ids = _color_ids(gt)
     off_table = ids < 0
     if off_table.any():
         y, x = np.argwhere(off_table)[0]
         raise InputError(
             f"{where}: {int(off_table.sum())} pixels have colours outside the Cityscapes table "
-            f"(first {tuple(int(v) for v in color[y, x])} at x={x}, y={y}); the file was resized "
+            f"(first {tuple(int(v) for v in gt[y, x])} at x={x}, y={y}); the file was resized "
             "or lossy-compressed: use the original colour PNG or the labelIds PNG"
         )
-    return np.isin(ids, [_DRAWN[name].id for name in names])
+    return ids
 
 
 def _read_checked(frame: Frame, kind: str, image: np.ndarray | None) -> tuple[np.ndarray, Path]:
-    """The frame's gtFine PNG of ``kind`` and its path, checked against the image's size
-    (``image``: the frame's image if already read)."""
+    """The frame's gtFine PNG of ``kind`` and its path, checked against the image's size."""
     path = frame.gt_path(kind)
     if path is None:
         raise InputError(
@@ -324,9 +297,8 @@ def _read_checked(frame: Frame, kind: str, image: np.ndarray | None) -> tuple[np
 
 @dataclass(frozen=True, eq=False)
 class Instance:
-    """One object instance or region of a frame: id ``class_id * 1000 + n``, ``H×W bool`` mask,
-    XYXY box, area in pixels; ``kind`` ``instance`` (from an instanceIds map) or ``component``
-    (a connected component of a class's binarized GT, ``n`` counting by decreasing area)."""
+    """An instance (from an instanceIds map) or a component of a class's GT: id ``class_id *
+    1000 + n``, ``H×W bool`` mask, XYXY box, area in pixels."""
 
     instance_id: int
     class_name: str
@@ -334,6 +306,10 @@ class Instance:
     box: tuple[int, int, int, int]
     area: int
     kind: Literal["instance", "component"] = "instance"
+
+
+def _xyxy(x: int, y: int, w: int, h: int) -> tuple[int, int, int, int]:
+    return int(x), int(y), int(x + w), int(y + h)
 
 
 def instances_from_ids(
@@ -364,41 +340,37 @@ def instances_from_ids(
     result: list[Instance] = []
     for value in ids[np.isin(ids // INSTANCE_OFFSET, list(wanted.values()))].tolist():
         mask = instance_ids == value
-        x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
+        box = _xyxy(*cv2.boundingRect(mask.astype(np.uint8)))
         name = id2label[value // INSTANCE_OFFSET].name
-        result.append(Instance(value, name, mask, (x, y, x + w, y + h), int(mask.sum())))
+        result.append(Instance(value, name, mask, box, int(mask.sum())))
     return result
 
 
 def load_instances(
     frame: Frame, classes: Iterable[str], image: np.ndarray | None = None
 ) -> list[Instance]:
-    """:func:`instances_from_ids` of the frame's instanceIds PNG (InputError: missing,
-    unreadable or wrongly sized); ``image``: the frame's image if already read."""
+    """:func:`instances_from_ids` of the frame's instanceIds PNG (InputError: missing or bad)."""
     instance_ids, path = _read_checked(frame, "instanceIds", image)
     return instances_from_ids(instance_ids, classes, path)
 
 
 def _components(mask: np.ndarray, class_name: str, min_area: int) -> list[Instance]:
-    """The 8-connected components of ``mask`` (``H×W bool``) of at least ``min_area`` pixels
-    (``n`` by decreasing area, ties in raster order; at most 1000, so ids stay in the class)."""
+    """The 8-connected components of ``mask`` of at least ``min_area`` pixels, ``n`` by
+    decreasing area (ties in raster order), at most 1000 so ids stay in the class."""
     count, index, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     areas = stats[:, cv2.CC_STAT_AREA].tolist()
     order = sorted(range(1, count), key=lambda k: (-areas[k], k))
     kept = [k for k in order if areas[k] >= max(min_area, 1)][:INSTANCE_OFFSET]
     first_id = _DRAWN[class_name].id * INSTANCE_OFFSET
-    regions = []
-    for n, k in enumerate(kept):
-        x, y, w, h = stats[k, :4].tolist()
-        box = (x, y, x + w, y + h)
-        regions.append(Instance(first_id + n, class_name, index == k, box, areas[k], "component"))
-    return regions
+    return [
+        Instance(first_id + n, class_name, index == k, _xyxy(*stats[k, :4]), areas[k], "component")
+        for n, k in enumerate(kept)
+    ]
 
 
 @dataclass(frozen=True, eq=False)
 class GroundTruth:
-    """One frame's ground truth, read once: its ``kind`` and ``path``, the ``H×W bool`` mask of
-    the requested classes, and its regions sorted by id (empty unless asked for)."""
+    """A frame's GT file ``kind`` and ``path``, ``H×W bool`` class mask, regions sorted by id."""
 
     kind: GtKind
     path: Path
@@ -414,10 +386,9 @@ def load_gt(
     regions: bool = False,
     min_area: int = 0,
 ) -> GroundTruth:
-    """Read a frame's ground truth once: the binarized mask and, with ``regions``, its regions
-    (module docstring; components of at least ``min_area`` pixels). InputError: missing,
-    unreadable or wrongly sized files, values outside the table; ConfigError: unknown classes, or
-    classes a colour PNG cannot tell apart."""
+    """Read a frame's GT once: the class mask and, with ``regions``, its regions (components of
+    at least ``min_area`` pixels). InputError: missing, unreadable or wrongly sized files, values
+    outside the table; ConfigError: unknown classes, or ones a colour PNG cannot tell apart."""
     names = _label_names(classes)
     if source not in GT_SOURCES:
         raise ConfigError(f"source={source!r}: choose 'auto', 'labelIds' or 'color'")
@@ -426,8 +397,8 @@ def load_gt(
     auto: GtKind = "labelIds" if frame.label_ids_path is not None else "color"
     kind: GtKind = auto if source == "auto" else source
     gt, path = _read_checked(frame, kind, image)
-    binarize = binarize_label_ids if kind == "labelIds" else binarize_color
-    mask = binarize(gt, names, path)
+    gt_ids = gt_label_ids(gt, kind, names, str(path))
+    mask = np.isin(gt_ids, [_DRAWN[name].id for name in names])
     if not regions:
         return GroundTruth(kind, path, mask)
     components = names
@@ -437,7 +408,6 @@ def load_gt(
         ids, ids_path = _read_checked(frame, "instanceIds", image)
         found += instances_from_ids(ids, things, ids_path)
         components = [n for n in names if n not in things]
-    gt_ids = gt if kind == "labelIds" else _color_ids(gt)  # shared colours: the lowest id
     for name in components:
         found += _components(gt_ids == _DRAWN[name].id, name, min_area)
     return GroundTruth(kind, path, mask, sorted(found, key=lambda r: r.instance_id))

@@ -1,7 +1,5 @@
-"""Put a stylized image back into the original, only inside (or only outside) a mask.
-
-Images are ``H×W×3 uint8 RGB`` (the stylized one resized to ``H×W`` first), masks ``H×W bool``.
-"""
+"""Put a stylized image back into the original, only inside (or only outside) a mask. Images
+are ``H×W×3 uint8 RGB`` (the stylized one resized to ``H×W`` first), masks ``H×W bool``."""
 
 from __future__ import annotations
 
@@ -22,20 +20,15 @@ ColorPreservation = Literal["luminance", "histogram"]
 
 def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``image`` (``h×w×3 uint8``) Lanczos-resampled to ``size = (H, W)`` (itself if it fits)."""
-    height, width = size
-    if image.shape[:2] == (height, width):
+    if image.shape[:2] == size:
         return image
-    resized = Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS)
+    resized = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.LANCZOS)
     return np.asarray(resized, dtype=np.uint8)
 
 
 def alpha_from_mask(mask: np.ndarray, feather_px: float = 0.0) -> np.ndarray:
-    """Blend weight of the stylized image: ``H×W bool`` mask -> ``H×W float32`` in ``[0, 1]``.
-
-    ``feather_px = 0``: the mask as 0/1. Else ``clip(0.5 + d / (2 * feather_px), 0, 1)`` with
-    ``d`` the signed distance (``+`` inside) to the nearest pixel across the edge: pixels at
-    least ``feather_px`` away are exactly 0 or 1, and ``alpha(~m) == 1 - alpha(m)``.
-    """
+    """``H×W float32`` stylized-image weight: ``mask`` (``H×W bool``) as 0/1, or if ``feather_px``
+    > 0 ``clip(0.5 + d / (2 * feather_px), 0, 1)``, ``d`` the px to the edge (+ inside)."""
     if feather_px < 0:
         raise ConfigError(f"feather_px={feather_px}: must be >= 0; use 0 for a hard edge")
     if feather_px == 0 or mask.all() or not mask.any():
@@ -49,9 +42,8 @@ def alpha_from_mask(mask: np.ndarray, feather_px: float = 0.0) -> np.ndarray:
 def preserve_colors(
     stylized: np.ndarray, original: np.ndarray, method: ColorPreservation, region: np.ndarray
 ) -> np.ndarray:
-    """``stylized`` with the original's colours over ``region`` (``H×W bool``): ``luminance``
-    keeps the painting's luma (Y of YCrCb) and the original's chroma per pixel; ``histogram``
-    matches each channel's histogram over ``region``."""
+    """``stylized`` with the original's colours over ``region`` (``H×W bool``): ``luminance`` keeps
+    its luma (Y of YCrCb) with the original's chroma; ``histogram`` matches channel histograms."""
     if method not in get_args(ColorPreservation):
         raise ConfigError(
             f"preserve_color={method!r}: unknown; use one of {get_args(ColorPreservation)} or None"
@@ -101,15 +93,3 @@ def composite_regions(original: np.ndarray, layers: list[Layer]) -> np.ndarray:
         alpha = alpha[:, :, None]
         result = result * (1.0 - alpha) + stylized.astype(np.float32) * alpha
     return np.rint(result).astype(np.uint8)
-
-
-def composite(
-    original: np.ndarray,
-    stylized: np.ndarray,
-    mask: np.ndarray,
-    mode: Mode = "object",
-    feather_px: float = 0.0,
-    preserve_color: ColorPreservation | None = None,
-) -> np.ndarray:
-    """One :class:`Layer` composited over ``original`` (InputError: mask of another size)."""
-    return composite_regions(original, [Layer(stylized, mask, mode, feather_px, preserve_color)])

@@ -1,8 +1,5 @@
-"""The typed configuration of a run: what the flows take, what the CLI builds, one default each.
-
-Prefect renders each model as a form and the CLI derives its options from the same fields: the
-field docstrings are their descriptions, every default is written once (here or in a backend's).
-"""
+"""The typed configuration of a run: the flows' parameters (Prefect's forms) and the CLI's
+options, both from these fields, their docstrings the descriptions, each default written once."""
 
 from __future__ import annotations
 
@@ -58,7 +55,6 @@ class DatasetSelection(ConfigModel):
     @field_validator("city", mode="before")
     @classmethod
     def _cities(cls, city: Any) -> Any:
-        """See the field: ``random`` is None, ``a,b`` or a list a sorted tuple."""
         if isinstance(city, str):
             city = city.split(",")
         if not isinstance(city, list | tuple):
@@ -75,7 +71,7 @@ class DatasetSelection(ConfigModel):
     @field_validator("classes", mode="after")
     @classmethod
     def _distinct_classes(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
-        """Class names stripped, in order, each once (``car,Car`` is ``car``)."""
+        """Stripped, in order, each once (``car,Car`` is ``car``)."""
         first: dict[str, str] = {}
         for name in classes:
             first.setdefault(name.strip().lower(), name.strip())

@@ -20,8 +20,8 @@ T = TypeVar("T")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a usable device,
-    CUDA with its index (equal devices, equal registry keys); :class:`ConfigError` otherwise."""
+    """``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a usable device
+    (CUDA with its index); :class:`ConfigError` otherwise."""
     import torch
 
     if device == "auto":
@@ -54,8 +54,7 @@ def compute_threads() -> int:
     return int(text) if text.isdigit() and int(text) > 0 else len(os.sched_getaffinity(0))
 
 
-#: glibc's ``mallopt`` parameters (``malloc.h``) and the free heap kept (``M_TRIM_THRESHOLD``'s
-#: largest value, about 2 GiB).
+#: glibc's ``mallopt`` parameters (``malloc.h``); the free heap kept (the largest threshold).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 KEPT_FREE_BYTES = 2**31 - 1
 #: The same settings as glibc tunables, read at process start (children, ``dask worker``, the
@@ -70,10 +69,9 @@ KEEP_FREED_MEMORY_ENV = "SEGSTYLE_KEEP_FREED_MEMORY"
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Have glibc's ``malloc`` keep freed memory (no ``mmap`` per large block, one arena, up to
-    :data:`KEPT_FREE_BYTES` free) instead of page-faulting each VGG19 feature map in again, and
-    set ``GLIBC_TUNABLES`` (unless set) for child processes; whether it did (not on other C
-    libraries, nor with ``SEGSTYLE_KEEP_FREED_MEMORY=0``). Call it before starting threads."""
+    """Have glibc's ``malloc`` keep freed memory (:data:`GLIBC_TUNABLES`, also set for child
+    processes) instead of page-faulting each VGG19 feature map in again; whether it did (not on
+    other C libraries, nor with ``SEGSTYLE_KEEP_FREED_MEMORY=0``). Call it before any thread."""
     off = os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0"
     if off or not sys.platform.startswith("linux"):
         return False
@@ -88,8 +86,7 @@ def keep_freed_memory() -> bool:
 
 @functools.cache
 def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 in hardware (a CUDA GPU of compute capability 8.0+, a
-    CPU with AVX512-BF16 or AMX): the rule of every ``"auto"`` precision setting."""
+    """Whether ``device`` computes bfloat16 in hardware (CUDA 8.0+, AVX512-BF16 or AMX)."""
     import torch
 
     if device.type == "cuda":
@@ -99,8 +96,8 @@ def native_bfloat16(device: torch.device) -> bool:
 
 
 class ModelCache:
-    """A thread-safe registry where each key's factory runs at most once (different keys load in
-    parallel; an exception propagates and stores nothing)."""
+    """A thread-safe registry where each key's factory runs at most once (keys load in parallel;
+    an exception stores nothing)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -117,7 +114,7 @@ class ModelCache:
             return self._items[key]
 
     def clear(self) -> None:
-        """Drop every stored object (frees their memory once no caller holds them)."""
+        """Drop every stored object."""
         with self._lock:
             self._items.clear()
             self._key_locks.clear()
@@ -132,9 +129,8 @@ _OOM_TEXTS = ("out of memory", "failed to allocate", "bad allocation", "cannot a
 
 @contextlib.contextmanager
 def memory_guard(what: str) -> Iterator[None]:
-    """Turn running out of memory inside the block (``MemoryError``, CUDA's, or a torch or
-    onnxruntime ``RuntimeError``) into one :class:`ResourceError` that starts with ``what``
-    (``"img.png: stylizing 2048x1024"``); other errors pass through."""
+    """Turn running out of memory in the block (``MemoryError``, CUDA's, torch's or onnxruntime's)
+    into a :class:`ResourceError` starting with ``what``; other errors pass through."""
     try:
         yield
     except Exception as exc:

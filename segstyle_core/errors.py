@@ -82,8 +82,7 @@ def storage_error(exc: OSError, path: str | os.PathLike[str] | None = None) -> S
 
 
 def error_line(exc: BaseException) -> str:
-    """``"<Type>: <first line>"`` of any exception (OSErrors worded by :func:`os_error_message`),
-    for users and the ``error`` result column."""
+    """``"<Type>: <first line>"`` of any exception (OSErrors by :func:`os_error_message`)."""
     text = os_error_message(exc) if isinstance(exc, OSError) else str(exc)
     first = text.splitlines()[0] if text else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -21,47 +21,29 @@ RGB = tuple[int, int, int]
 BOX_COLOR: RGB = (30, 144, 255)
 FOREGROUND_COLOR: RGB = (0, 200, 0)
 BACKGROUND_COLOR: RGB = (230, 0, 0)
-_OUTLINE: RGB = (255, 255, 255)
-_PAPER: RGB = (255, 255, 255)
+_WHITE: RGB = (255, 255, 255)  # the dots' rims and the paper
 _INK: RGB = (20, 20, 20)
 
-#: Caption labels of the score keys :func:`image_panel` knows; other keys are shown as named.
-SCORE_LABELS = {
-    "iou": "IoU",
-    "dice": "Dice",
-    "iou_instance": "instance IoU",
-    "dice_instance": "instance Dice",
-}
+SCORE_LABELS = {"iou": "IoU", "dice": "Dice"}  # caption labels; other keys show as named
 
 # Label id -> table colour; ids not in the table (and license plate, id -1) stay black (void).
 _LABEL_COLORS = np.zeros((256, 3), dtype=np.uint8)
-for _label in labels:
-    if _label.id >= 0:
-        _LABEL_COLORS[_label.id] = _label.color
+_TABLE_COLORS = {label.id: label.color for label in labels if label.id >= 0}
+_LABEL_COLORS[list(_TABLE_COLORS)] = list(_TABLE_COLORS.values())
 
 
 def mask_to_rgb(mask: np.ndarray) -> np.ndarray:
     """``H×W bool`` mask -> ``H×W×3 uint8``: white inside, black outside."""
-    out = np.zeros((*mask.shape, 3), dtype=np.uint8)
-    out[mask.astype(bool)] = 255
-    return out
+    return np.repeat(np.where(mask, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def label_ids_to_rgb(label_ids: np.ndarray) -> np.ndarray:
-    """``H×W`` Cityscapes labelIds map -> ``H×W×3 uint8`` as a ``*_gtFine_color.png`` (ids not
-    in the label table: black).
-
-    Raises:
-        InputError: the map is not 2-D integer or holds values outside 0..255.
-    """
-    if label_ids.ndim != 2 or not np.issubdtype(label_ids.dtype, np.integer):
+    """``H×W`` integer labelIds map -> ``H×W×3 uint8`` as a ``*_gtFine_color.png`` (ids not in
+    the label table: black); InputError for another array or values outside 0..255."""
+    integers = label_ids.ndim == 2 and np.issubdtype(label_ids.dtype, np.integer)
+    if not integers or (label_ids.size and not 0 <= label_ids.min() <= label_ids.max() <= 255):
         raise InputError(
-            f"label map of shape {label_ids.shape} and dtype {label_ids.dtype} is not H×W "
-            "integer; pass the array of a *_gtFine_labelIds.png"
-        )
-    if label_ids.size and (label_ids.min() < 0 or label_ids.max() > 255):
-        raise InputError(
-            f"label map holds values {int(label_ids.min())}..{int(label_ids.max())}, outside the "
+            f"label map of shape {label_ids.shape}, dtype {label_ids.dtype} is not an H×W map of "
             "label ids 0..255; pass a *_gtFine_labelIds.png, not an instanceIds map"
         )
     return _LABEL_COLORS[label_ids]
@@ -79,29 +61,23 @@ def draw_prompts(image: np.ndarray, prompts: Sequence[Prompt]) -> np.ndarray:
             draw.rectangle(prompt.box, outline=BOX_COLOR, width=width)
         for (x, y), label in zip(prompt.points, prompt.point_labels, strict=True):
             fill = FOREGROUND_COLOR if label == 1 else BACKGROUND_COLOR
-            dot = (x - radius, y - radius, x + radius, y + radius)
-            draw.ellipse(dot, fill=fill, outline=_OUTLINE, width=max(1, width // 2))
+            draw.circle((x, y), radius, fill=fill, outline=_WHITE, width=max(1, width // 2))
     return np.asarray(canvas, dtype=np.uint8)
 
 
 def overlay_masks(
     image: np.ndarray, masks: Sequence[np.ndarray], alpha: float = 0.5, seed: int = 0
 ) -> np.ndarray:
-    """Automatic masks (``H×W bool``) over ``image`` (``H×W×3 uint8``), larger masks first
-    (figure 5), each in a saturated colour whose hue steps by the golden ratio from a ``seed``ed
-    start; covered pixels become ``(1 - alpha) * image + alpha * colour``.
-
-    Raises:
-        InputError: a mask's size differs from the image's, or ``alpha`` is outside [0, 1].
-    """
+    """Automatic masks (``H×W bool``) over ``image`` (``H×W×3 uint8``), larger first, in hues a
+    golden ratio apart from a ``seed``ed start: covered pixels are ``(1 - alpha) * image + alpha *
+    colour``. InputError: a mask's size differs from the image's, or ``alpha`` is outside [0, 1]."""
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha={alpha}: must be in [0, 1]; 0.5 shows image and colour equally")
     layer = np.zeros(image.shape, dtype=np.float32)
     covered = np.zeros(image.shape[:2], dtype=bool)
-    start = float(np.random.default_rng(seed).random())
-    golden = (math.sqrt(5) - 1) / 2
-    hsv = [colorsys.hsv_to_rgb((start + i * golden) % 1.0, 0.8, 0.95) for i in range(len(masks))]
-    colors = [(round(r * 255), round(g * 255), round(b * 255)) for r, g, b in hsv]
+    hues = np.random.default_rng(seed).random() + np.arange(len(masks)) * ((math.sqrt(5) - 1) / 2)
+    hsv = [colorsys.hsv_to_rgb(hue, 0.8, 0.95) for hue in (hues % 1.0).tolist()]
+    colors = [tuple(round(c * 255) for c in rgb) for rgb in hsv]
     for index in sorted(range(len(masks)), key=lambda i: -int(np.count_nonzero(masks[i]))):
         mask = masks[index].astype(bool)
         check_same_size(image, mask, f"automatic mask {index}", "overlay_masks")
@@ -130,13 +106,9 @@ def panel(
     columns: int = 3,
     tile_height: int = 256,
 ) -> np.ndarray:
-    """A grid of titled tiles (``h×w×3 uint8``, each scaled to ``tile_height`` rows and centred
-    in a cell as wide as the widest), ``columns`` per row, with the caption wrapped underneath,
-    as one ``H×W×3 uint8`` image.
-
-    Raises:
-        InputError: no tiles, a tile not ``h×w×3 uint8``, or ``columns``/``tile_height`` < 1.
-    """
+    """``H×W×3 uint8``: titled tiles (``h×w×3 uint8``) scaled to ``tile_height`` rows, centred in
+    cells as wide as the widest, ``columns`` per row, the caption wrapped underneath. InputError:
+    no tiles, a tile not ``h×w×3 uint8``, or ``columns``/``tile_height`` < 1."""
     if not tiles or columns < 1 or tile_height < 1:
         raise InputError(
             f"panel of {len(tiles)} tiles, columns={columns}, tile_height={tile_height}: "
@@ -157,7 +129,7 @@ def panel(
     width = cols * cell_w + (cols + 1) * gap
     caption_lines = _wrap(caption, font, width - 2 * gap) if caption else []
     height = rows * (cell_h + gap) + gap + len(caption_lines) * line + (gap if caption else 0)
-    canvas = Image.new("RGB", (width, height), _PAPER)
+    canvas = Image.new("RGB", (width, height), _WHITE)
     draw = ImageDraw.Draw(canvas)
     for index, (title, tile) in enumerate(scaled):
         row, col = divmod(index, cols)
@@ -173,11 +145,10 @@ def panel(
 
 def format_scores(scores: Mapping[str, float | None]) -> str:
     """``{"iou": 0.8351, "dice": 0.91}`` -> ``"IoU 0.835 · Dice 0.910"``; missing/NaN -> ``n/a``."""
-    parts = []
-    for key, value in scores.items():
-        shown = "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
-        parts.append(f"{SCORE_LABELS.get(key, key)} {shown}")
-    return " · ".join(parts)
+    shown = {
+        k: "n/a" if v is None or not math.isfinite(v) else f"{v:.3f}" for k, v in scores.items()
+    }
+    return " · ".join(f"{SCORE_LABELS.get(key, key)} {text}" for key, text in shown.items())
 
 
 def image_panel(
@@ -194,15 +165,11 @@ def image_panel(
     columns: int = 3,
     tile_height: int = 256,
 ) -> np.ndarray:
-    """One image's figures in one ``uint8`` RGB picture (:func:`panel`); a ``None`` tile is
-    left out. ``original``/``composite``: ``H×W×3 uint8``; ``gt_color``: ``H×W×3 uint8`` or
-    ``H×W`` integer labelIds; ``gt_binary``, ``pred_mask`` (``prompts`` drawn on it) and each
-    of ``auto_masks``: ``H×W bool``; ``stylized``: any size. The caption is ``title`` and
-    ``scores`` (:func:`format_scores`).
-
-    Raises:
-        InputError: a ground truth or mask whose size differs from ``original``'s.
-    """
+    """One image's figures as one :func:`panel` (a ``None`` tile left out) captioned ``title``
+    and ``scores``. ``original``/``composite``: ``H×W×3 uint8``; ``gt_color``: ``H×W×3 uint8``
+    or ``H×W`` integer labelIds; ``gt_binary``, ``pred_mask`` (``prompts`` drawn on it) and
+    ``auto_masks``: ``H×W bool``; ``stylized``: any size. InputError: a ground truth or mask
+    whose size differs from ``original``'s."""
     tiles: list[tuple[str, np.ndarray]] = [("original", original)]
     if gt_color is not None:
         check_same_size(original, gt_color, "colour ground truth", "image_panel")

@@ -4,6 +4,7 @@ a reader never sees a half-written file, even after SIGKILL) and content hashes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -29,18 +30,16 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-_memo: dict[tuple[str, int, int], str] = {}
+@functools.cache
+def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """:func:`sha256_file`, computed once per ``(path, size, mtime_ns)`` in this process."""
     resolved = Path(path).resolve()
     stat = resolved.stat()
-    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
-    cached = _memo.get(key)  # a dict's get and set are atomic: threads may share the memo
-    if cached is None:
-        cached = _memo[key] = sha256_file(resolved)
-    return cached
+    return _sha256_of_version(str(resolved), stat.st_size, stat.st_mtime_ns)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -81,11 +80,8 @@ def _temporary_sibling(target: Path) -> Iterator[Path]:
     tmp_name = ""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.stem}.{HOST_TAG}-{os.getpid()}.",
-            suffix=target.suffix,
-            dir=target.parent,
-        )
+        prefix = f".{target.stem}.{HOST_TAG}-{os.getpid()}."
+        fd, tmp_name = tempfile.mkstemp(suffix=target.suffix, prefix=prefix, dir=target.parent)
         os.close(fd)
         yield Path(tmp_name)
         os.chmod(tmp_name, FILE_MODE)
@@ -104,8 +100,7 @@ def _temporary_sibling(target: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """A temporary sibling of ``path`` open for writing, fsynced and renamed over ``path`` on
-    success."""
+    """A temporary sibling of ``path`` open for writing, fsynced and renamed over it on success."""
     with _temporary_sibling(Path(path)) as tmp, open(tmp, mode) as handle:
         yield handle
         handle.flush()

@@ -1,6 +1,5 @@
 """Reading and writing images: ``H×W×3 uint8 RGB``, label maps ``H×W`` int, masks ``H×W bool``.
-Readers convert grayscale, RGBA, palette and 16-bit files, apply the EXIF ``Orientation`` tag,
-and raise an :class:`~segstyle_core.errors.InputError` naming the file for the rest."""
+Readers convert grayscale, RGBA, palette and 16-bit files and apply the EXIF ``Orientation``."""
 
 from __future__ import annotations
 
@@ -16,14 +15,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from segstyle_core.errors import ConfigError, InputError, storage_error
 from segstyle_core.fileio import atomic_write_with, check_writable_folder
 
-#: Images above this many pixels are refused before decoding; override per call or with
-#: ``$SEGSTYLE_MAX_PIXELS``.
+#: Images above this many pixels are refused before decoding (``$SEGSTYLE_MAX_PIXELS``).
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
 def max_pixels_default() -> int:
-    """The pixel limit from ``SEGSTYLE_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`
-    (ConfigError: not a positive whole number)."""
+    """``$SEGSTYLE_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS` (ConfigError: not a number)."""
     text = os.environ.get("SEGSTYLE_MAX_PIXELS", "").strip()
     if not text:
         return DEFAULT_MAX_PIXELS
@@ -38,8 +35,7 @@ def max_pixels_default() -> int:
 def check_rgb(
     array: np.ndarray, what: str, fix: str = "read it with segstyle_core.images.read_rgb"
 ) -> np.ndarray:
-    """Return ``array`` if it is an ``H×W×3 uint8 RGB`` image with ``H, W >= 1``, else an
-    InputError naming ``what`` and ``fix``."""
+    """``array`` if it is a non-empty ``H×W×3 uint8 RGB`` image, else InputError naming ``what``."""
     got = f"a {type(array).__name__}"
     if isinstance(array, np.ndarray):
         if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8 and array.size:
@@ -49,8 +45,7 @@ def check_rgb(
 
 
 def check_mask(mask: np.ndarray, size: tuple[int, int], what: str = "mask") -> np.ndarray:
-    """Return ``mask`` if it is an ``H×W bool`` array with ``(H, W) == size``, else an
-    InputError naming ``what``."""
+    """``mask`` if it is an ``H×W bool`` array with ``(H, W) == size``, else InputError."""
     if mask.dtype != bool or mask.ndim != 2:
         raise InputError(
             f"{what}: expected an H×W bool array, got shape {mask.shape} dtype {mask.dtype}; "
@@ -107,9 +102,8 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
 
 
 def read_rgb(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
-    """Read an image file as ``H×W×3 uint8 RGB``: 16/32-bit single-channel images are scaled
-    by their maximum to 0..255; alpha is dropped (InputError: missing, empty, corrupt, non-image
-    or over-limit file)."""
+    """An image file as ``H×W×3 uint8 RGB`` (16/32-bit gray scaled by its maximum to 0..255,
+    alpha dropped; InputError: missing, empty, corrupt, non-image or over-limit file)."""
     image = _open_checked(Path(path), max_pixels)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
@@ -138,7 +132,7 @@ def write_png(path: str | os.PathLike[str], array: np.ndarray) -> Path:
 
 
 def check_same_size(a: np.ndarray, b: np.ndarray, what: str, path: str | os.PathLike[str]) -> None:
-    """Raise :class:`InputError` naming ``path`` unless ``a`` and ``b`` share height and width."""
+    """InputError naming ``path`` unless ``a`` and ``b`` share height and width."""
     if a.shape[:2] != b.shape[:2]:
         raise InputError(
             f"{path}: {what} is {b.shape[1]}x{b.shape[0]} but the image is "
@@ -153,8 +147,7 @@ def read_mask(path: str | os.PathLike[str], max_pixels: int | None = None) -> np
 
 #: Output suffix (lower case) -> Pillow format name.
 OUTPUT_FORMATS: dict[str, str] = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
-#: JPEG/WebP quality used when none is given (1..100).
-DEFAULT_QUALITY = 95
+DEFAULT_QUALITY = 95  # JPEG/WebP, 1..100
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
@@ -171,8 +164,8 @@ def output_format(path: str | os.PathLike[str]) -> str:
 def check_output_path(
     output: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str] | None] = ()
 ) -> Path:
-    """``output``'s path, checked before any work (ConfigError: an unknown suffix, a directory,
-    one of ``inputs`` (same path or inode), or a parent that is a file or not writable)."""
+    """``output``'s path (ConfigError: unknown suffix, a directory, one of ``inputs`` (same path
+    or inode), or a parent that is a file or not writable)."""
     path = Path(output).expanduser()
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory; give an image file name such as out.png")
@@ -211,10 +204,9 @@ def _as_image(array: np.ndarray, image_format: str, path: str | os.PathLike[str]
 def write_image(
     path: str | os.PathLike[str], rgb: np.ndarray, quality: int = DEFAULT_QUALITY
 ) -> Path:
-    """Write ``rgb`` (``H×W×3 uint8``; ``H×W uint8``/``bool`` masks too) atomically as PNG,
-    JPEG or WebP by suffix, without EXIF. ``quality`` (1..100): JPEG at 90+ keeps 4:4:4 chroma;
-    WebP at 100 is lossless. ConfigError: unknown suffix or quality; InputError: not an image.
-    """
+    """Write ``rgb`` (``H×W×3 uint8``, or an ``H×W`` mask) atomically as PNG, JPEG or WebP by
+    suffix, without EXIF; JPEG at ``quality`` 90+ keeps 4:4:4 chroma, WebP at 100 is lossless.
+    ConfigError: unknown suffix or quality; InputError: not an image."""
     image_format = output_format(path)
     if not 1 <= quality <= 100:
         raise ConfigError(f"quality={quality}: must be between 1 and 100")

@@ -12,8 +12,7 @@ from segstyle_core.segment.base import MaskPrediction
 
 
 def save_masks(path: str | os.PathLike[str], predictions: list[MaskPrediction]) -> Path:
-    """Store masks as one compressed ``.npz``: ``masks`` ``N×H×W bool`` at the image's size,
-    ``scores`` ``float64`` and ``;``-joined ``notes`` per mask."""
+    """Masks as one compressed ``.npz``: ``masks`` ``N×H×W bool``, ``scores`` float64, ``notes``."""
     masks = np.stack([p.mask for p in predictions]) if predictions else np.zeros((0, 0, 0), bool)
     scores = np.array([p.score for p in predictions], dtype=np.float64)
     notes = np.array([";".join(p.notes) for p in predictions], dtype=str)

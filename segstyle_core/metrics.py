@@ -1,8 +1,5 @@
-"""IoU, Dice, precision and recall of two ``H×W bool`` masks.
-
-Empty masks: both empty, every score is 1.0; an empty prediction has precision 1.0 and the rest
-0.0 (no false positive); an empty ground truth has recall 1.0 and the rest 0.0.
-"""
+"""IoU, Dice, precision and recall of two ``H×W bool`` masks. Both empty: every score 1.0; an
+empty prediction has precision 1.0, an empty ground truth recall 1.0, the other scores 0.0."""
 
 from __future__ import annotations
 

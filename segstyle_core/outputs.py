@@ -1,12 +1,7 @@
-"""Where a run's outputs go, and the HTTP links to them that the Prefect UI shows.
-
-Chromium refuses ``file://`` links on an ``http://`` page, so ``segstyle serve --out DIR``
-serves the :data:`SERVED_FOLDERS` of one or several ``out`` folders, each under its own URL
-prefix (``<out>/runs/r/panel.png -> $URL<prefix>/runs/r/panel.png``). The flows find it through
-:data:`OUTPUTS_URL_ENV` or else the Prefect Variable :data:`OUTPUTS_URL_VARIABLE` (without
-either: 127.0.0.1 at :data:`DEFAULT_PORT`), and link only when it serves their ``out``; else
-their artifacts show file paths and a line saying how to get links.
-"""
+"""Where a run's outputs go, and the HTTP links to them that the Prefect UI shows (it refuses
+``file://`` links): ``segstyle serve`` serves the :data:`SERVED_FOLDERS` of each ``out`` under its
+URL prefix; the flows link only when the server at :data:`OUTPUTS_URL_ENV`, else the Prefect
+Variable :data:`OUTPUTS_URL_VARIABLE`, else 127.0.0.1 at :data:`DEFAULT_PORT`, serves ``out``."""
 
 from __future__ import annotations
 
@@ -78,10 +73,9 @@ def check_outputs_url(value: str, source: str) -> str | None:
     return value.rstrip("/")
 
 
-def outputs_url(environ: Mapping[str, str] | None = None) -> str | None:
+def outputs_url() -> str | None:
     """The checked value of ``SEGSTYLE_OUTPUTS_URL``; ``None`` when unset or empty."""
-    value = (os.environ if environ is None else environ).get(OUTPUTS_URL_ENV, "")
-    return check_outputs_url(value, OUTPUTS_URL_ENV)
+    return check_outputs_url(os.environ.get(OUTPUTS_URL_ENV, ""), OUTPUTS_URL_ENV)
 
 
 def served_roots(base_url: str, timeout: float = 2.0) -> list[tuple[str, Path]] | None:
@@ -105,31 +99,23 @@ class LinkTarget:
     hint: str | None = None
 
 
-def link_target(
-    out_root: str | os.PathLike[str], configured: str | None, timeout: float = 2.0
-) -> LinkTarget:
+def link_target(out_root: str | os.PathLike[str], configured: str | None) -> LinkTarget:
     """Ask the outputs server at ``configured`` (``None``: 127.0.0.1 at :data:`DEFAULT_PORT`)
     whether it serves ``out_root``."""
     url = configured or f"http://127.0.0.1:{DEFAULT_PORT}"
     out = Path(out_root).resolve()
-    roots = served_roots(url, timeout)
+    roots = served_roots(url)
     for prefix, root in roots or []:
         if root == out:
             return LinkTarget(url + prefix)
-    command = f"segstyle serve --out {shlex.quote(str(out))}"
+    flag = f"--out {shlex.quote(str(out))}"
+    run = f"run segstyle serve {flag} and set {SETTING} to its address"
     if roots:
         listed = ", ".join(str(root) for _, root in roots)
-        return LinkTarget(
-            None,
-            f"no links: the segstyle serve at {url} serves {listed}, not {out}; add "
-            f"--out {shlex.quote(str(out))} to it (or run {command} and set {SETTING} to its "
-            "address)",
-        )
-    return LinkTarget(
-        None,
-        f"no links: no segstyle serve answers at {url}; run {command} and set {SETTING} to "
-        "its address",
-    )
+        why = f"the segstyle serve at {url} serves {listed}, not {out}; add {flag} to it (or {run})"
+    else:
+        why = f"no segstyle serve answers at {url}; {run}"
+    return LinkTarget(None, f"no links: {why}")
 
 
 def is_url(link: str) -> bool:
@@ -137,26 +123,15 @@ def is_url(link: str) -> bool:
     return link.startswith(("http://", "https://"))
 
 
-def served_path(path: str | os.PathLike[str], out_root: str | os.PathLike[str]) -> str | None:
-    """``path`` relative to ``out_root`` in POSIX form when the server serves it, else ``None``."""
-    absolute, root = Path(path).resolve(), Path(out_root).resolve()
-    if not absolute.is_relative_to(root):
-        return None
-    relative = absolute.relative_to(root)
-    served = len(relative.parts) >= 2 and relative.parts[0] in SERVED_FOLDERS
-    return relative.as_posix() if served else None
-
-
 def output_link(
-    path: str | os.PathLike[str],
-    out_root: str | os.PathLike[str],
-    base_url: str | None = None,
+    path: str | os.PathLike[str], out_root: str | os.PathLike[str], base_url: str | None = None
 ) -> str:
-    """``<base_url>/<path relative to out_root>`` (percent-encoded) when the file is served and
-    ``base_url`` or else ``SEGSTYLE_OUTPUTS_URL`` (ConfigError: not a URL) is set; otherwise the
-    absolute file path."""
+    """``<base_url or SEGSTYLE_OUTPUTS_URL>/<path relative to out_root>`` (percent-encoded) when
+    the file is inside a :data:`SERVED_FOLDERS` folder of ``out_root`` and a URL is set
+    (ConfigError: not a URL), else the absolute path."""
     base = base_url.rstrip("/") if base_url else outputs_url()
-    relative = served_path(path, out_root)
-    if base is None or relative is None:
-        return str(Path(path).resolve())
-    return f"{base}/{quote(relative, safe='/')}"
+    absolute, root = Path(path).resolve(), Path(out_root).resolve()
+    relative = absolute.relative_to(root).parts if absolute.is_relative_to(root) else ()
+    if base is None or len(relative) < 2 or relative[0] not in SERVED_FOLDERS:
+        return str(absolute)
+    return f"{base}/{quote('/'.join(relative), safe='/')}"

@@ -1,8 +1,5 @@
-"""The paint plan of one image: which style paints which mask, in which order.
-
-Each distinct style is stylized once per image; the composite paints the plan's layers in
-order, a later one over an earlier one (orders: :func:`plan_by_class`, :func:`plan_by_region`).
-"""
+"""The paint plan of one image: which style paints which mask, in which order (each distinct
+style is stylized once; the composite paints the layers in order, a later over an earlier)."""
 
 from __future__ import annotations
 
@@ -47,8 +44,7 @@ class PaintPlan:
 
 def _plan(assigned: Sequence[tuple[str, tuple[int, ...]]], mode: Mode = "object") -> PaintPlan:
     """A plan from ``(style image, mask indices)`` pairs in paint order: consecutive pairs of
-    one style become one layer, layers without a mask are dropped (background mode keeps the
-    first one of an image without masks: painted everywhere)."""
+    one style merge, maskless ones are dropped (background mode keeps a maskless image's first)."""
     kept = [pair for pair in assigned if pair[1]]
     if not kept and mode == "background":
         kept = list(assigned[:1])
@@ -128,9 +124,7 @@ def check_paint_settings(
             "composite.mode=object"
         )
     if classes is not None:
-        selected = {c.lower() for c in classes}
-        unknown = sorted(set(stylizer.class_styles) - selected)
-        if unknown:
+        if unknown := sorted(set(stylizer.class_styles) - {c.lower() for c in classes}):
             raise ConfigError(
                 f"stylizer.class_styles: {unknown[0]!r} is not among the run's classes "
                 f"({','.join(classes)}); add it to dataset.classes or drop its style"

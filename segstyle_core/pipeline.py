@@ -87,7 +87,7 @@ def frame_stages(
     truth = _finished(gt)
     if truth is None or not (settings.automatic or truth.prompts):
         return
-    masks = run(
+    stages["segment"] = masks = run(
         segment,
         f"segment-{image_id}",
         image=image,
@@ -95,10 +95,9 @@ def frame_stages(
         automatic=settings.automatic,
         segmenter=settings.segmenter,
     )
-    scores = run(
+    stages["metrics"] = scores = run(
         score_frame, f"metrics-{image_id}", gt=gt, masks=masks, automatic=settings.automatic
     )
-    stages.update(segment=masks, metrics=scores)
     if settings.automatic:  # the masks' classes are known once matched to the GT regions
         yield  # every frame's masks start before any wait
         scored = _finished(scores)

@@ -1,5 +1,4 @@
-"""Preflight of a dataset run: what would fail every image is checked once, before any image,
-and raised as one line that names the file and the fix."""
+"""Preflight of a dataset run: what would fail every image, checked once before any image."""
 
 from __future__ import annotations
 
@@ -16,19 +15,15 @@ from segstyle_core.prompts.files import load_prompts_file
 from segstyle_core.prompts.from_gt import PROMPT_SOURCES
 from segstyle_core.segment import SegmenterConfig
 from segstyle_core.stylize import StylizerConfig
+from segstyle_core.stylize.base import check_side
 
 
 def check_style(stylizer: StylizerConfig, styles: Sequence[str] = ()) -> None:
     """Check that each of ``styles`` (empty: the configuration's) reads and is large enough
     for the stylizer (InputError naming the file)."""
-    minimum = stylizer.min_style_side()
     for style in dict.fromkeys(styles or stylizer.style_paths()):  # each file read once
-        height, width = read_rgb(style).shape[:2]
-        if min(height, width) < minimum:
-            raise InputError(
-                f"{style}: style image is {width}x{height} px, under the {stylizer.backend} "
-                f"stylizer's minimum of {minimum} px a side; use a larger image"
-            )
+        shape = read_rgb(style).shape
+        check_side(shape, stylizer.min_style_side(), f"{style}: style image", "use a larger image")
 
 
 def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
@@ -89,8 +84,8 @@ def check_run_inputs(
     outputs: OutputConfig,
     composite: CompositeConfig | None = None,
 ) -> tuple[BackendIdentity, BackendIdentity | None]:
-    """Check the output folder, dataset, prompts file, checkpoints and styles; return the
-    backends' identities. Raises the first problem as a one-line SegstyleError."""
+    """Check the output folder, dataset, prompts file, checkpoints and styles (SegstyleError:
+    the first problem); the backends' identities."""
     check_writable_folder(outputs.out, f"outputs.out {outputs.out}")
     cityscapes.resolve_root(dataset.root)
     cityscapes.class_ids(list(dataset.classes))

@@ -210,11 +210,9 @@ def _histograms(rows: pd.DataFrame, metric: str) -> str:
 
 
 def rank_images(rows: pd.DataFrame, metric: str = "iou") -> pd.DataFrame:
-    """One line per image with a score (``ok`` rows), worst mean ``metric`` first, then by id.
-
-    Columns: ``image_id``, ``classes`` (comma-joined), ``prompts``, ``score`` (mean ``metric``),
-    ``dice`` (mean of the matching Dice column) and ``panel_path`` (the first row's).
-    """
+    """One line per image with a score (``ok`` rows), worst mean ``metric`` first, then by id:
+    ``image_id``, ``classes`` (comma-joined), ``prompts``, ``score`` (mean ``metric``), ``dice``
+    (mean of the matching Dice column) and ``panel_path`` (the first row's)."""
     dice = METRICS[metric][1]
     scored = rows[rows["status"].eq("ok") & rows[metric].notna()]
     grouped = scored.assign(_class=class_of(scored)).groupby("image_id", sort=True)
@@ -255,11 +253,7 @@ def _failures(rows: pd.DataFrame) -> str:
     if failed.empty:
         return "<p>No failures.</p>"
     lines = [
-        [
-            _e(r["image_id"]),
-            "—" if _missing(r["prompt_index"]) else str(int(r["prompt_index"])),
-            _e(r["error"]),
-        ]
+        [_e(r["image_id"]), number(r["prompt_index"], 0), _e(r["error"])]
         for r in failed.to_dict(orient="records")
     ]
     return _table(["image", "prompt", "error"], ["", "num", "error"], lines)
@@ -275,16 +269,12 @@ def write_report(
 ) -> Path:
     """Write ``run_dir/report.html`` atomically and return its path: the run's ``rows``
     (:data:`segstyle_core.results.SCHEMA`), the ``examples`` worst and best images (each once)
-    by ``metric`` (:data:`METRICS`, also the histograms' score).
-
-    Raises:
-        ConfigError: unknown ``metric`` or negative ``examples``.
-    """
+    by ``metric`` (:data:`METRICS`, also the histograms' score). ConfigError: unknown ``metric``
+    or negative ``examples``."""
     if metric not in METRICS:
         raise ConfigError(f"metric={metric!r}: choose one of {', '.join(METRICS)}")
     if examples < 0:
         raise ConfigError(f"examples={examples}: must be 0 or more")
-    run_dir = Path(run_dir)
     rows = rows.reindex(columns=list(dict.fromkeys([*rows.columns, *COLUMNS])))
     rows = rows.assign(_class=class_of(rows)).reset_index(drop=True)
     label = METRICS[metric][0]

@@ -41,6 +41,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,6 @@ def _naming(path: Path) -> Iterator[None]:
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` through a hidden temporary file renamed into place."""
     atomic_write_with(path, lambda tmp: write_parquet(table, tmp))
 
 
@@ -210,13 +210,11 @@ def _usable(files: Sequence[Path], folder: Path, skipped: list[str]) -> list[Pat
             _skip(file, folder, exc, skipped)
             continue
         names = schema.names
-        try:
-            if "schema_version" in names and "image_id" in names and set(names) <= set(COLUMNS):
+        with contextlib.suppress(pa.ArrowException):
+            if {"schema_version", "image_id"} <= set(names) <= set(COLUMNS):
                 schema.empty_table().cast(pa.schema([SCHEMA.field(name) for name in names]))
                 usable.append(file)
                 continue
-        except pa.ArrowException:
-            pass
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         skipped.append(
             f"{file}: not a segstyle results file (columns {shown}); move it out of {folder}"
@@ -230,19 +228,15 @@ def _read_files(
     """The rows of :func:`_usable` files as one table of :data:`SCHEMA`, in the files' order,
     plus (with ``flows_under``) the ``flow`` of each file's hive folder below that one; a file
     whose data fails to read (behind a good footer) is skipped."""
-    schema, hive, base = SCHEMA, None, None
-    if flows_under is not None:
-        schema, hive, base = SCHEMA.append(pa.field("flow", pa.string())), _FLOWS, str(flows_under)
+    hive = flows_under is not None
+    schema = SCHEMA.append(pa.field("flow", pa.string())) if hive else SCHEMA
+    options = {"partitioning": _FLOWS, "partition_base_dir": str(flows_under)} if hive else {}
 
     def read(files: Sequence[Path]) -> pa.Table:
-        paths = [str(file) for file in files]
-        dataset = ds.dataset(paths, schema, "parquet", partitioning=hive, partition_base_dir=base)
-        return dataset.to_table()
+        return ds.dataset([str(file) for file in files], schema, "parquet", **options).to_table()
 
-    try:
+    with contextlib.suppress(pa.ArrowException, OSError):
         return read(usable)
-    except (pa.ArrowException, OSError):
-        pass
     tables = [schema.empty_table()]
     for file in usable:
         try:
@@ -310,15 +304,13 @@ def _made_here(parts: Path) -> bool:
     return match is not None and match["host"] == HOST_TAG
 
 
-def _manifest(parts: Path) -> tuple[str, str | None, str]:
-    """``(flow_run_id, resume_key, opened_at)`` from a parts folder's ``_run.json``."""
+def _manifest(parts: Path) -> dict[str, Any]:
+    """A parts folder's ``_run.json``; empty when it is unreadable."""
     try:
         value = json.loads((parts / _MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        value = {}
-    value = value if isinstance(value, dict) else {}
-    opened_at = str(value.get("opened_at", ""))
-    return str(value.get("flow_run_id", "")), value.get("resume_key"), opened_at
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -358,16 +350,15 @@ class _Run:
         """Steps 5 to 7 for the sealed ``parts``, from wherever they stopped; a StorageError
         leaves them for any later run or reader to finish."""
         try:
-            if self.linked() == parts:
-                staged = parts / _STAGED
-                if not staged.exists():
-                    _write_atomic(_read_parts(parts), staged)
-                os.replace(staged, self.entry)
+            with _naming(self.entry):
+                if self.linked() == parts:
+                    staged = parts / _STAGED
+                    if not staged.exists():
+                        _write_atomic(_read_parts(parts), staged)
+                    os.replace(staged, self.entry)
         except OSError as exc:
             if exc.errno not in _GONE:
-                if isinstance(exc, StorageError):
-                    raise
-                raise storage_error(exc, self.entry) from exc
+                raise
         self.retire(parts)
 
     def retire(self, parts: Path) -> None:
@@ -381,14 +372,10 @@ class _Run:
 
     def recover(self, leftovers: Sequence[tuple[Path, str | None]]) -> None:
         """Recovery for this run's hidden ``leftovers``: ``(path, :data:`_HIDDEN` lastgroup)``."""
-        linked = self.linked()
         unsealed = []
         for path, kind in leftovers:
             if kind == "host" and (path / _SEAL).exists():
-                if path == linked:
-                    self.finish(path)
-                else:
-                    self.retire(path)
+                self.finish(path)  # retires it when no link names it
             elif kind == "host":
                 unsealed.append(path)
             elif kind == "trash":
@@ -427,15 +414,13 @@ def finish_ended_runs(metrics_dir: str | os.PathLike[str]) -> None:
     root = Path(metrics_dir)
     folders = [root] if root.name.startswith("flow=") else sorted(root.glob("flow=*"))
     for folder in folders:
-        found: dict[str, list[tuple[Path, str | None]]] = {}
+        found: defaultdict[str, list[tuple[Path, str | None]]] = defaultdict(list)
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
                     match = _HIDDEN.fullmatch(entry.name)
                     if match and not entry.is_symlink():
-                        found.setdefault(match["run"], []).append(
-                            (Path(entry.path), match.lastgroup)
-                        )
+                        found[match["run"]].append((Path(entry.path), match.lastgroup))
         except OSError:  # not a folder, or gone
             continue
         for run_id, leftovers in sorted(found.items()):
@@ -477,8 +462,7 @@ class RunRows:
         self._lock_fd: int | None = None
 
     def __enter__(self) -> RunRows:
-        self.open()
-        return self
+        return self.open()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -517,12 +501,11 @@ class RunRows:
     def _attach(self) -> Path:
         """This attempt's parts folder, linked in place of ``<id>.parquet`` (step 1)."""
         linked = self._run.linked()
-        if linked is not None and (linked / _SEAL).exists():  # the recovery failed just now
-            self._run.finish(linked)
-            linked = None
-        if linked is not None:  # a killed attempt's parts: go on with them
+        if linked is not None and not (linked / _SEAL).exists():  # a killed attempt's: go on
             self._write_manifest(linked)
             return linked
+        if linked is not None:  # sealed: the recovery failed just now
+            self._run.finish(linked)
         if os.path.lexists(self.final) and (self.final.is_symlink() or not self.final.is_file()):
             raise StorageError(
                 f"{self.final}: not a results file of segstyle; move it out of the metrics "
@@ -536,10 +519,9 @@ class RunRows:
             table = _read_files(_usable([self.final], folder, skipped), folder, skipped)
             if skipped:
                 raise InputError(skipped[0])
-            for image_id in pc.unique(table["image_id"]).to_pylist():
-                if image_id:
-                    image_rows = table.filter(pc.equal(table["image_id"], image_id))
-                    write_parquet(image_rows, parts / part_name(image_id))
+            for image_id in filter(None, pc.unique(table["image_id"]).to_pylist()):
+                image_rows = table.filter(pc.equal(table["image_id"], image_id))
+                write_parquet(image_rows, parts / part_name(image_id))
         self._run.show(parts)
         return parts
 
@@ -552,9 +534,11 @@ class RunRows:
         """Step 2, newest killed run first, never over a part this folder has."""
         candidates = []
         for other, parts in _unsealed(self._run.folder.glob("*.parquet")):
-            run_id, key, opened_at = _manifest(parts)
-            if other.run_id != self.flow_run_id and key == self.resume_key and _made_here(parts):
-                candidates.append((opened_at, other, parts, run_id or other.run_id))
+            found = _manifest(parts)
+            same_key = found.get("resume_key") == self.resume_key
+            if other.run_id != self.flow_run_id and same_key and _made_here(parts):
+                run_id = str(found.get("flow_run_id") or other.run_id)
+                candidates.append((str(found.get("opened_at", "")), other, parts, run_id))
         for _, other, parts, run_id in sorted(candidates, key=lambda c: c[0], reverse=True):
             fd = _lock(other.lock)
             if fd is None:  # a live run
@@ -574,8 +558,7 @@ class RunRows:
 
     def write_image(self, image_id: str, rows: Sequence[Mapping[str, Any]]) -> Path:
         """Write (or atomically replace) one image's rows as its part; return the part."""
-        if self._lock_fd is None:
-            self.open()
+        self.open()
         table = pa.Table.from_pylist([normalise_row(r) for r in rows], schema=SCHEMA)
         part = self.parts / part_name(image_id)
         with _naming(part):
@@ -585,8 +568,7 @@ class RunRows:
     def compact(self) -> Path:
         """Steps 4 to 7: the rows of every part become the run's one file (returned); unlock.
         After a StorageError the rows stay readable as parts; the next run or reader finishes."""
-        if self._lock_fd is None:
-            self.open()
+        self.open()
         seal = self.parts / _SEAL
         with _naming(seal):
             os.close(os.open(seal, os.O_WRONLY | os.O_CREAT, FILE_MODE))
@@ -729,8 +711,7 @@ def select_run(frame: pd.DataFrame, run: str | None = None) -> tuple[str, pd.Dat
 
 
 def latest(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each result once: the latest run's row per ``config_sha256``, ``image_id`` and
-    ``prompt_index``."""
+    """Each result once: the latest run's row per config_sha256, image_id and prompt_index."""
     keys = ["config_sha256", "image_id", "prompt_index"]
     ordered = frame.sort_values("started_at", na_position="first", kind="stable")
     return ordered.drop_duplicates(keys, keep="last").sort_index()

@@ -1,6 +1,5 @@
-"""Masks as COCO run-length encoding (RLE) text, so a result row carries its own mask: the JSON
-object ``{"size": [H, W], "counts": "<compressed RLE>"}`` (column-major) of SAM's
-``output_mode="coco_rle"``, which ``pycocotools.mask.decode`` reads back."""
+"""Masks as COCO RLE JSON text ``{"size": [H, W], "counts": "<compressed RLE>"}`` (column-major,
+as SAM's ``output_mode="coco_rle"``), so a result row carries its own mask."""
 
 from __future__ import annotations
 
@@ -27,13 +26,10 @@ def encode_mask(mask: np.ndarray) -> str:
 
 
 def _parse(value: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        rle = dict(value)
-    else:
-        try:
-            rle = json.loads(value)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"mask RLE is not JSON ({exc}); expected a COCO RLE object") from None
+    try:
+        rle = dict(value) if isinstance(value, Mapping) else json.loads(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"mask RLE is not JSON ({exc}); expected a COCO RLE object") from None
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise InputError(
             'mask RLE needs "size" and "counts" keys (COCO RLE); got ' + repr(rle)[:80]
@@ -46,8 +42,7 @@ def _parse(value: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _runs(counts: bytes) -> list[int]:
-    """The run lengths of COCO's compressed ``counts`` (pycocotools' ``rleFrString``), checked
-    here since pycocotools decodes damaged strings into garbage without complaint."""
+    """Compressed ``counts`` as run lengths (``rleFrString``), checked: pycocotools is not."""
     runs: list[int] = []
     value = shift = 0
     for byte in counts:
@@ -67,9 +62,8 @@ def _runs(counts: bytes) -> list[int]:
 
 
 def decode_mask(text: str | bytes | Mapping[str, Any]) -> np.ndarray:
-    """Decode COCO RLE (JSON text as written by :func:`encode_mask`, or the parsed object; also
-    uncompressed, ``counts`` a list of run lengths) to an ``H×W bool`` mask (InputError: not
-    COCO RLE, or its runs do not add up to ``H×W`` pixels)."""
+    """COCO RLE (:func:`encode_mask` text or its parsed object; ``counts`` compressed or a list
+    of run lengths) as an ``H×W bool`` mask (InputError: not COCO RLE, or runs not ``H×W``)."""
     rle = _parse(text)
     height, width = rle["size"]
     runs = rle["counts"]

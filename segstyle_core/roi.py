@@ -1,14 +1,11 @@
-"""Stylize only a crop around the region the composite paints (the mask in object mode,
-everything outside it in background mode; keep the margin at least the ``feather_px``).
-
-Crop buckets (``bucket_px``, off by default: no gain measured on CPUs) let a backend that builds
-kernels per input shape build them once per bucket.
-"""
+"""Stylize only a crop around the region the composite paints (margin at least ``feather_px``);
+crop buckets (``bucket_px``) let a backend build its kernels once per bucket of shapes."""
 
 from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from segstyle_core.composite import Mode, resize_to
@@ -18,13 +15,6 @@ from segstyle_core.stylize.base import ProgressCallback, Stylizer
 
 DEFAULT_MARGIN_PCT = 0.1  # each side of the mask's box grows by 10 % of the box's size
 DEFAULT_BUCKET_PX = 0  # off
-
-
-def _grown_span(hits: np.ndarray, margin_px: int, margin_pct: float, size: int) -> tuple[int, int]:
-    """``[first hit, last hit + 1)`` grown at both ends by the margin, clipped to ``[0, size)``."""
-    start, stop = int(hits[0]), int(hits[-1]) + 1
-    grow = margin_px + math.ceil(round(margin_pct * (stop - start), 6))  # 0.1 * 30 is 3, not 4
-    return max(0, start - grow), min(size, stop + grow)
 
 
 def roi_box(
@@ -45,30 +35,24 @@ def roi_box(
             f"mask of {mask.shape[1]}x{mask.shape[0]} {inside}; there is no region to "
             f"crop in {mode} mode, use whole-frame stylization or check the segmentation"
         )
-    height, width = mask.shape
-    x0, x1 = _grown_span(np.flatnonzero(region.any(axis=0)), margin_px, margin_pct, width)
-    y0, y1 = _grown_span(np.flatnonzero(region.any(axis=1)), margin_px, margin_pct, height)
-    return x0, y0, x1, y1
-
-
-def _bucket_span(start: int, stop: int, size: int, bucket: int) -> tuple[int, int]:
-    """``[start, stop)`` grown to the next multiple of ``bucket`` (at most ``size``), the extra
-    split over both ends and shifted to stay within ``[0, size)``."""
-    length = min(size, -(-(stop - start) // bucket) * bucket)
-    start = min(max(0, start - (length - (stop - start)) // 2), size - length)
-    return start, start + length
+    x, y, w, h = cv2.boundingRect(region.astype(np.uint8))
+    # round first: 0.1 * 30 is 3.0000000000000004 in floats, which ceil would make 4
+    dx, dy = (margin_px + math.ceil(round(margin_pct * side, 6)) for side in (w, h))
+    x0, y0 = max(0, x - dx), max(0, y - dy)
+    return x0, y0, min(mask.shape[1], x + w + dx), min(mask.shape[0], y + h + dy)
 
 
 def bucket_box(
     box: tuple[int, int, int, int], shape: tuple[int, ...], bucket_px: int = DEFAULT_BUCKET_PX
 ) -> tuple[int, int, int, int]:
-    """``box`` (XYXY) grown to sides that are multiples of ``bucket_px`` (at most the image's,
-    of shape ``H×W(×3)``); ``bucket_px <= 1``: ``box`` unchanged."""
+    """``box`` (XYXY) grown evenly to sides that are multiples of ``bucket_px``, kept within the
+    image (``shape`` ``H×W(×3)``); ``bucket_px <= 1``: unchanged."""
     if bucket_px <= 1:
         return box
-    x0, y0, x1, y1 = box
-    x0, x1 = _bucket_span(x0, x1, shape[1], bucket_px)
-    y0, y1 = _bucket_span(y0, y1, shape[0], bucket_px)
+    start, stop, size = np.array(box[:2]), np.array(box[2:]), np.array([shape[1], shape[0]])
+    length = np.minimum(size, -(-(stop - start) // bucket_px) * bucket_px)
+    start = np.minimum(np.maximum(0, start - (length - (stop - start)) // 2), size - length)
+    x0, y0, x1, y1 = np.concatenate([start, start + length]).tolist()
     return x0, y0, x1, y1
 
 

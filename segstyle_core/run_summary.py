@@ -45,8 +45,7 @@ LABELS = {
 
 def _md(value: Any) -> str:
     """Text for a markdown cell or line: no HTML, no table breaks, no link syntax."""
-    text = " ".join(str(value).split())
-    text = html.escape(text, quote=False)
+    text = html.escape(" ".join(str(value).split()), quote=False)
     return re.sub(r"([\\`*_\[\]|#])", r"\\\1", text)
 
 
@@ -97,20 +96,18 @@ def table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def _target(path: str | Path, out_root: Path | None, base_url: str | None) -> str:
+def _target(path: str | Path, out_root: Path, base_url: str | None) -> str:
     """The served URL of ``path`` (with a ``base_url``); else its absolute file path."""
-    if base_url and out_root is not None:
-        return output_link(path, out_root, base_url)
-    return str(Path(path).resolve())
+    return output_link(path, out_root, base_url) if base_url else str(Path(path).resolve())
 
 
-def _link(label: str, path: str | Path, out_root: Path | None, base_url: str | None) -> str:
+def _link(label: str, path: str | Path, out_root: Path, base_url: str | None) -> str:
     """``[label](url)`` for a served ``path``; the file path as code otherwise (no file://)."""
     target = _target(path, out_root, base_url)
     return f"[{_md(label)}]({target})" if is_url(target) else _code(target)
 
 
-def _thumbnail(image_id: str, row: pd.Series, out_root: Path | None, base_url: str | None) -> str:
+def _thumbnail(image_id: str, row: pd.Series, out_root: Path, base_url: str | None) -> str:
     """A clickable markdown image of the image's panel (else composite), or its file path."""
     for column in ("panel_path", "composite_path"):
         path = row.get(column)
@@ -128,7 +125,7 @@ def summary_markdown(
     parquet_path: str,
     title: str,
     *,
-    out_root: str | Path | None = None,
+    out_root: str | Path,
     report: str | Path | None = None,
     base_url: str | None = None,
     link_hint: str | None = None,
@@ -139,13 +136,11 @@ def summary_markdown(
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *COLUMNS])))
     images = frame["image_id"].nunique()
     ok = frame[frame["status"].eq("ok")]
-    failed = frame.loc[frame["status"].eq("failed"), ["image_id", "error"]].drop_duplicates(
-        "image_id"
-    )
+    failed = frame[frame["status"].eq("failed")].drop_duplicates("image_id")
     image_label, image_means = LABELS["image_iou"]
     instance_label, instance_means = LABELS["iou_instance"]
     class_label, class_means = LABELS["iou"]
-    root = Path(out_root) if out_root is not None else None
+    root = Path(out_root)
 
     lines = [
         f"# {_md(title)}",
@@ -181,12 +176,8 @@ def summary_markdown(
         for entry in worst.itertuples():
             first = per_image.loc[entry.image_id]
             instance = ok.loc[ok["image_id"].eq(entry.image_id), "iou_instance"].astype(float)
-            cells = [
-                _md(entry.image_id),
-                number(instance.mean()),
-                number(first["image_iou"]),
-                _thumbnail(entry.image_id, first, root, base_url),
-            ]
+            cells = [_md(entry.image_id), number(instance.mean()), number(first["image_iou"])]
+            cells.append(_thumbnail(entry.image_id, first, root, base_url))
             lines.append("| " + " | ".join(cells) + " |")
     if len(failed):
         lines += ["", "## Failures", "", "| image | error |", "|---|---|"]
@@ -203,14 +194,13 @@ def outputs_markdown(frame: pd.DataFrame, out_root: str | Path, base_url: str | 
         if c in frame and frame[c].notna().any()
     ]
     names = [c.removesuffix("_path") for c in columns]
-    linked = bool(base_url)
-    header = ["image", *names] if linked else ["image", "folder", "files"]
+    header = ["image", *names] if base_url else ["image", "folder", "files"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for image_id, group in frame.groupby("image_id", sort=True):
         first = group.iloc[0]
         paths = {n: first[c] for n, c in zip(names, columns, strict=True)}
         present = {n: p for n, p in paths.items() if isinstance(p, str) and p}
-        if linked:
+        if base_url:
             cells = [
                 _link(n, present[n], Path(out_root), base_url) if n in present else "—"
                 for n in names
@@ -235,10 +225,7 @@ def report_markdown(report: Path, out_root: Path, run_name: str, base_url: str |
 def run_text(metrics_dir: str | Path, run: str | None = None) -> str:
     """One run of the Parquet folder ``metrics_dir`` (:func:`~segstyle_core.results.select_run`)
     as text: its name, whether it is partial, :func:`~segstyle_core.results.summarize`'s table,
-    its failed images.
-
-    Raises:
-        SegstyleError: no readable results, or no run ``run`` (naming the folder).
+    its failed images. SegstyleError: no readable results, or no run ``run`` (naming the folder).
     """
     everything = results.read_metrics(metrics_dir)  # its errors name the folder
     try:
@@ -248,11 +235,10 @@ def run_text(metrics_dir: str | Path, run: str | None = None) -> str:
     lines = [f"run {rows['run_id'].iloc[0]} ({key})"]
     for partial in results.partial_runs(metrics_dir):
         if partial.flow_run_id == key:
-            how = "still running" if partial.writing else "interrupted before it finished"
-            resume = "" if partial.writing else "; rerun the same command to resume it"
-            lines.append(
-                f"partial: {partial.images} images so far ({partial.parts}), {how}{resume}"
-            )
+            how = "still running"
+            if not partial.writing:
+                how = "interrupted before it finished; rerun the same command to resume it"
+            lines.append(f"partial: {partial.images} images so far ({partial.parts}), {how}")
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         lines.append(results.summarize(rows).to_string(index=False))
     failed = rows.loc[rows["status"] == "failed", ["image_id", "error"]].drop_duplicates()

@@ -1,5 +1,4 @@
-"""Scores of predicted masks (``H×W bool``) against the whole class's GT mask and against the GT
-instance each prompt came from (a prompted segmenter isolates one object of the class)."""
+"""Scores of predicted ``H×W bool`` masks against the class's GT mask and the prompt's instance."""
 
 from __future__ import annotations
 
@@ -27,13 +26,11 @@ def _columns(scores: MaskScores | None, suffix: str, area: str) -> dict[str, flo
 def match_auto_masks(
     predictions: list[MaskPrediction], instances: list[Instance]
 ) -> list[tuple[Instance, MaskPrediction]]:
-    """For each GT instance, the automatic mask of highest IoU against it (an oracle matching:
-    how good the best automatic mask is); ``[]`` without predictions."""
-    if not predictions:
-        return []
+    """For each GT instance, the automatic mask of highest IoU against it (oracle matching)."""
     return [
         (instance, max(predictions, key=lambda p: score_masks(p.mask, instance.mask).iou))
         for instance in instances
+        if predictions
     ]
 
 
@@ -43,13 +40,12 @@ def prompt_scores(
     class_mask: np.ndarray,
     instances: list[Instance],
 ) -> list[dict[str, Any]]:
-    """One dict of result columns per prompt (``predictions`` in prompt order): ``iou`` ...
-    ``gt_area`` against the class, ``pred_area``, ``*_instance`` and ``instance_area`` against
-    the prompt's instance (``None`` without one); :class:`InputError` if mask shapes differ."""
-    by_id = {inst.instance_id: inst for inst in instances}
+    """Result columns per prompt (``predictions`` in prompt order): ``iou`` ... ``gt_area`` against
+    the class, ``pred_area``, ``*_instance``/``instance_area`` against the prompt's instance."""
+    by_id: dict[int | None, Instance] = {inst.instance_id: inst for inst in instances}
     rows = []
     for prediction, prompt in zip(predictions, prompts, strict=True):
-        instance = by_id.get(prompt.instance_id) if prompt.instance_id is not None else None
+        instance = by_id.get(prompt.instance_id)
         whole = score_masks(prediction.mask, class_mask)
         own = score_masks(prediction.mask, instance.mask) if instance is not None else None
         rows.append(

@@ -1,10 +1,8 @@
-"""The run outputs over HTTP on loopback (``segstyle serve``), so the Prefect UI can show them.
-
-Served, under each root's prefix: the regular files (by ``lstat``: a FIFO is never opened) whose
-resolved path stays inside the real ``runs/`` or ``metrics/`` folder of the root; else 404.
-Nothing is listed. A ``Host`` other than a loopback name or the bound host gets 400 (DNS
-rebinding). ``Cache-Control: no-cache``: retries rewrite their PNGs.
-"""
+"""The run outputs over HTTP on loopback (``segstyle serve``), so the Prefect UI can show them:
+under each root's prefix, the regular files (by ``lstat``: a FIFO is never opened) whose resolved
+path stays inside its real ``runs/`` or ``metrics/`` folder, else 404; nothing is listed. A
+``Host`` other than a loopback name or the bound host gets 400 (DNS rebinding). ``Cache-Control:
+no-cache``: retries rewrite their PNGs."""
 
 from __future__ import annotations
 
@@ -35,8 +33,7 @@ from segstyle_core.outputs import (
     SERVED_FOLDERS,
 )
 
-#: ``Host`` names (without the port) accepted beside the bound host.
-TRUSTED_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+TRUSTED_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # Host names accepted beside the bound host
 
 NO_CACHE = {"Cache-Control": "no-cache"}
 
@@ -96,11 +93,10 @@ def served_folder(root: Path, name: str) -> Path:
     return folder
 
 
-def root_prefixes(roots: Path | Sequence[Path]) -> dict[str, Path]:
+def root_prefixes(roots: Sequence[Path]) -> dict[str, Path]:
     """URL prefix -> resolved root: ``""`` for one root, else ``/<folder name>`` made URL-safe,
     with ``-2``, ``-3`` … where names repeat."""
-    listed = [roots] if isinstance(roots, Path) else roots
-    unique = list(dict.fromkeys(Path(root).resolve() for root in listed))
+    unique = list(dict.fromkeys(Path(root).resolve() for root in roots))
     if len(unique) == 1:
         return {"": unique[0]}
     prefixes: dict[str, Path] = {}
@@ -114,30 +110,26 @@ def root_prefixes(roots: Path | Sequence[Path]) -> dict[str, Path]:
     return prefixes
 
 
-def _front_page(prefixes: dict[str, Path]) -> str:
-    """The fixed ``/`` page: what is served, without listing any folder."""
-    items = "".join(
-        f"<li>{html.escape(str(root))}: {html.escape(prefix)}/runs/&lt;run&gt;/report.html, "
-        "…/&lt;run&gt;/&lt;image_id&gt;/&lt;file&gt;, "
-        f"{html.escape(prefix)}/metrics/flow=&lt;flow&gt;/&lt;id&gt;.parquet</li>"
-        for prefix, root in prefixes.items()
-    )
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>segstyle outputs'
-        f"</title></head><body><p>Run outputs for the Prefect UI's links (folders are not "
-        f"listed):</p><ul>{items}</ul></body></html>"
-    )
-
-
-def make_app(roots: Path | Sequence[Path], host: str = "127.0.0.1") -> Starlette:
-    """The app serving each root's ``SERVED_FOLDERS`` under its prefix, to ``host`` or loopback."""
+def make_app(roots: Sequence[Path], host: str = "127.0.0.1") -> Starlette:
+    """The app serving each root's ``SERVED_FOLDERS`` under its prefix, to ``host`` or loopback;
+    ``/`` is a fixed page saying what is served, without listing any folder."""
     prefixes = root_prefixes(roots)
     mounts = [
         Mount(f"{prefix}/{name}", _ConfinedFiles(directory=served_folder(root, name)))
         for prefix, root in prefixes.items()
         for name in SERVED_FOLDERS
     ]
-    front_page = _front_page(prefixes)
+    items = "".join(
+        f"<li>{html.escape(str(root))}: {html.escape(prefix)}/runs/&lt;run&gt;/report.html, "
+        "…/&lt;run&gt;/&lt;image_id&gt;/&lt;file&gt;, "
+        f"{html.escape(prefix)}/metrics/flow=&lt;flow&gt;/&lt;id&gt;.parquet</li>"
+        for prefix, root in prefixes.items()
+    )
+    front_page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>segstyle outputs'
+        f"</title></head><body><p>Run outputs for the Prefect UI's links (folders are not "
+        f"listed):</p><ul>{items}</ul></body></html>"
+    )
     listed = {"roots": [{"prefix": p, "root": str(r)} for p, r in prefixes.items()]}
     routes: list[Route | Mount] = [
         Route("/", lambda _: HTMLResponse(front_page, headers=NO_CACHE), methods=["GET", "HEAD"]),
@@ -148,7 +140,7 @@ def make_app(roots: Path | Sequence[Path], host: str = "127.0.0.1") -> Starlette
     return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, hosts)])
 
 
-def serve(roots: Path | Sequence[Path], host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+def serve(roots: Sequence[Path], host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
     """Serve each out folder at ``http://host:port<prefix>`` until interrupted (port 0: a free
     one); :class:`ConfigError` for a non-loopback host, a bad folder or a taken port."""
     import uvicorn

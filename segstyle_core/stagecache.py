@@ -12,6 +12,11 @@ Otherwise it is a miss, logged in one line naming the rule, and computed again b
 of a machine at a time (a ``flock`` on ``<key>.lock``); every file is written under a temporary
 name naming its writer and renamed into place. Nothing outside ``cache_dir`` is read or
 written; an unwritable cache that must be written is a :class:`~segstyle_core.errors.StorageError`.
+
+Machines sharing a cache (one ``--out`` on a network file system) need not share that lock: a
+reader uses only a whole verified result; a hidden file goes only when its writer was a gone
+process of this host or is :data:`LEFTOVER_AGE_S` old, so another machine's live writer keeps its
+files; two machines may compute one result at once (a mismatch is a miss, never an error).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from io import BufferedReader
 from pathlib import Path
 from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, TypeVar, get_type_hints
 
@@ -38,13 +44,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from segstyle_core.backends import BackendConfig
 from segstyle_core.errors import StorageError
-from segstyle_core.fileio import (
-    dead_writer_here,
-    file_sha256,
-    sha256_bytes,
-    sha256_json,
-    write_json_atomic,
-)
+from segstyle_core.fileio import dead_writer_here, file_sha256, sha256_json, write_json_atomic
 
 SHARED_CODE = ("segstyle_core.images",)
 
@@ -93,7 +93,7 @@ def code_sha256(modules: tuple[str, ...]) -> str:
         origin = Path(inspect.getfile(importlib.import_module(name)))
         files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
         digests.extend(f"{name}:{file.name}:{file_sha256(file)}" for file in files)
-    return sha256_bytes("\n".join(digests).encode())
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 def content_sha256(path: str | os.PathLike[str]) -> str:
@@ -101,17 +101,15 @@ def content_sha256(path: str | os.PathLike[str]) -> str:
     root = Path(path)
     if not root.is_dir():
         return file_sha256(root)
-    entries = sorted(p for p in root.rglob("*") if p.is_file())
-    return sha256_json({str(p.relative_to(root)): file_sha256(p) for p in entries})
+    files = {str(p.relative_to(root)): file_sha256(p) for p in root.rglob("*") if p.is_file()}
+    return sha256_json(files)  # sorted by name
 
 
 def files_key(value: Any) -> Any:
     """The key of a file input: the content SHA-256 of a path, of each path of a list, or None."""
-    if value is None:
-        return None
     if isinstance(value, list | tuple):
         return [files_key(item) for item in value]
-    return content_sha256(value)
+    return None if value is None else content_sha256(value)
 
 
 def key_value(value: Any) -> Any:
@@ -143,25 +141,19 @@ def stage_dir(cache_dir: str | os.PathLike[str], stage: str, key: str) -> Path:
     return Path(cache_dir) / stage / key[:2] / key
 
 
-def cache_of(directory: Path) -> Path:
-    """The ``cache_dir`` of a :func:`stage_dir`."""
-    return directory.parents[2]
-
-
 class _Broken(Exception):
     """A stored record breaks a rule of the module docstring (the message says which)."""
 
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-_CHUNK = 1 << 20
 #: SHA-256 of the files hashed in this process, by (device, inode, size, mtime, ctime).
 _digests: dict[tuple[int, ...], str] = {}
 
 
 @contextlib.contextmanager
-def _open_regular(path: Path, most: int | None) -> Iterator[tuple[Iterator[bytes], os.stat_result]]:
-    """The bytes of ``path`` in chunks and its status when it is a regular file (not a link) of
-    at most ``most`` bytes (``None``: any); else, or when its size changes, :class:`_Broken`."""
+def _open_regular(path: Path, most: int | None) -> Iterator[tuple[BufferedReader, os.stat_result]]:
+    """``path`` open for reading and its status when it is a regular file (not a link) of at most
+    ``most`` bytes (``None``: any), else :class:`_Broken`."""
     if not stat.S_ISREG(os.lstat(path).st_mode):
         raise _Broken(f"{path} is not a regular file (a link, a folder, a FIFO ...)")
     # O_NOFOLLOW and fstat: a link or FIFO swapped in since the lstat is refused too
@@ -171,36 +163,21 @@ def _open_regular(path: Path, most: int | None) -> Iterator[tuple[Iterator[bytes
             raise _Broken(f"{path} is not a regular file")
         if most is not None and info.st_size > most:
             raise _Broken(f"{path} holds {info.st_size} bytes, more than the {most} recorded")
-
-        def chunks() -> Iterator[bytes]:
-            left = info.st_size
-            while left:
-                chunk = handle.read(min(_CHUNK, left))
-                if not chunk:
-                    raise _Broken(f"{path} shrank while being read")
-                left -= len(chunk)
-                yield chunk
-            if handle.read(1):
-                raise _Broken(f"{path} grew while being read")
-
-        yield chunks(), info
+        yield handle, info
 
 
 def _file_digest(path: Path, most: int | None) -> tuple[str, int]:
-    """SHA-256 and size of the regular file ``path`` (read once while unchanged)."""
-    with _open_regular(path, most) as (chunks, info):
+    """SHA-256 and size of the regular file ``path``, hashed once while unchanged."""
+    with _open_regular(path, most) as (handle, info):
         identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         if identity not in _digests:
-            digest = hashlib.sha256()
-            for chunk in chunks:
-                digest.update(chunk)
-            _digests[identity] = digest.hexdigest()
+            _digests[identity] = hashlib.file_digest(handle, "sha256").hexdigest()
         return _digests[identity], info.st_size
 
 
 def _stored_content(path: Path, most: int | None) -> tuple[str, int]:
     """:func:`content_sha256` and size of an output, a regular file or a real folder of them,
-    reading at most ``most`` bytes; a link or special file in it is :class:`_Broken`."""
+    of at most ``most`` bytes; a link or special file in it is :class:`_Broken`."""
     if not stat.S_ISDIR(os.lstat(path).st_mode):
         return _file_digest(path, most)
     files: dict[str, str] = {}
@@ -215,14 +192,15 @@ def _stored_content(path: Path, most: int | None) -> tuple[str, int]:
 
 
 def _entries(folder: Path) -> Iterator[os.DirEntry[str]]:
-    """Every entry under ``folder``, not descending through links."""
+    """Every entry under ``folder``, not descending through links nor into one removed when
+    it was yielded."""
     folders = [folder]
     while folders:
         with os.scandir(folders.pop()) as entries:
             for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    folders.append(Path(entry.path))
                 yield entry
+                if entry.is_dir(follow_symlinks=False) and os.path.lexists(entry.path):
+                    folders.append(Path(entry.path))
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -264,10 +242,10 @@ def _verified(cache_dir: Path, directory: Path, record_type: type[R]) -> R | Non
         if _not_a_folder(folder):
             raise _Broken(f"{folder} is a symbolic link or a file, not a folder of the cache")
     try:
-        with _open_regular(directory / RECORD, RECORD_LIMIT) as (chunks, _):
+        with _open_regular(directory / RECORD, RECORD_LIMIT) as (handle, _):
             if record_type not in _parsers:
                 _parsers[record_type] = TypeAdapter(record_type)
-            record: R = _parsers[record_type].validate_json(b"".join(chunks))
+            record: R = _parsers[record_type].validate_json(handle.read(RECORD_LIMIT))
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -324,14 +302,9 @@ class Stage(Generic[P, R]):
             name: files_key(value) if name in self.files else self.keys.get(name, key_value)(value)
             for name, value in bound.arguments.items()
         }
-        return sha256_json(
-            {
-                "stage": self.name,
-                "stage_version": self.version,
-                "code": code_sha256((self.compute.__module__, *SHARED_CODE, *self.code)),
-                "inputs": inputs,
-            }
-        )
+        code = code_sha256((self.compute.__module__, *SHARED_CODE, *self.code))
+        recipe = {"stage": self.name, "stage_version": self.version, "code": code, "inputs": inputs}
+        return sha256_json(recipe)
 
     def device(self, *args: P.args, **kwargs: P.kwargs) -> str | None:
         """The device a heavy stage runs on (its backend configuration's), else ``None``."""
@@ -365,9 +338,7 @@ class Stage(Generic[P, R]):
                         record = self.compute(directory, *args, **kwargs)
                     record = _store_in(record, cache, directory, key)
         seconds = time.perf_counter() - start
-        return dataclasses.replace(
-            record, cache_root=str(cache_dir), seconds=seconds, cached=cached
-        )
+        return dataclasses.replace(record, cache_root=str(cache), seconds=seconds, cached=cached)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -399,11 +370,10 @@ def _only_writer(cache_dir: Path, directory: Path) -> Iterator[None]:
 
     lock = directory.with_name(f"{directory.name}.lock")
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
         for folder in _folders(cache_dir, directory):
             if _not_a_folder(folder):
                 folder.unlink(missing_ok=True)
-            folder.mkdir(exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         if os.path.lexists(lock) and not stat.S_ISREG(os.lstat(lock).st_mode):
             with contextlib.suppress(IsADirectoryError):  # a link, a special file
                 lock.unlink()
@@ -431,15 +401,13 @@ def _clear_leftovers(cache_dir: Path, directory: Path) -> None:
     (:func:`~segstyle_core.fileio.dead_writer_here`), or older than :data:`LEFTOVER_AGE_S`
     (StorageError: the cache cannot be written)."""
     try:
-        if (directory / RECORD).is_dir() and not (directory / RECORD).is_symlink():
-            shutil.rmtree(directory / RECORD)
         stale = time.time() - LEFTOVER_AGE_S
         for entry in _entries(directory):
             folder = entry.is_dir(follow_symlinks=False)
             temporary = entry.name.startswith(".") and (
                 dead_writer_here(entry.name) or entry.stat(follow_symlinks=False).st_mtime < stale
             )
-            if folder and temporary:
+            if folder and (temporary or entry.path == str(directory / RECORD)):
                 shutil.rmtree(entry.path)
             elif temporary or not (folder or entry.is_file(follow_symlinks=False)):
                 os.unlink(entry.path)

@@ -1,5 +1,4 @@
-"""Tiny random-weight models for tests and benchmarks (register one under a test variant,
-e.g. ``monkeypatch.setitem(SAM_BUILDERS, "tiny", build_sam_tiny)``)."""
+"""Tiny random-weight models for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -29,7 +28,6 @@ def build_sam_tiny(img_size: int = 64, seed: int = 0) -> Sam:
                 depth=1,
                 num_heads=1,
                 norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                qkv_bias=True,
                 use_rel_pos=True,
                 global_attn_indexes=(0,),
                 out_chans=dim,
@@ -41,7 +39,6 @@ def build_sam_tiny(img_size: int = 64, seed: int = 0) -> Sam:
                 mask_in_chans=4,
             ),
             mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
                 transformer=TwoWayTransformer(
                     depth=1, embedding_dim=dim, mlp_dim=2 * dim, num_heads=2
                 ),

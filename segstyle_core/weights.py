@@ -90,8 +90,7 @@ def get_checkpoint(checkpoint: str | Checkpoint) -> Checkpoint:
 
 
 def weights_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """Where checkpoints are downloaded to and looked up: ``override`` (a backend's
-    ``weights_dir``), else ``$SEGSTYLE_WEIGHTS_DIR``, else ``<user cache dir>/segstyle/weights``."""
+    """The checkpoints folder: ``override``, else ``$SEGSTYLE_WEIGHTS_DIR``, else user cache's."""
     if override is not None:
         return Path(override).expanduser()
     if os.environ.get(ENV_WEIGHTS_DIR):
@@ -102,9 +101,8 @@ def weights_dir(override: str | os.PathLike[str] | None = None) -> Path:
 def find_checkpoint(
     checkpoint: str | Checkpoint, folder: str | os.PathLike[str] | None = None
 ) -> Path:
-    """The first copy of ``checkpoint`` in :func:`weights_dir` (``folder``), then (``torch_hub``
-    ones) in ``torch.hub.get_dir()/checkpoints`` (WeightsError naming the file, every folder
-    searched and the fetch command if none; ConfigError: unknown checkpoint name)."""
+    """``checkpoint``'s file in :func:`weights_dir`, else (``torch_hub`` ones) torch's hub cache
+    (WeightsError naming the file, the folders and the fetch command; ConfigError: unknown name)."""
     entry = get_checkpoint(checkpoint)
     dirs = [weights_dir(folder)]
     if entry.torch_hub:
@@ -162,25 +160,23 @@ class CheckpointFile(NamedTuple):
 
 
 def own_checkpoint(path: str | os.PathLike[str], field: str) -> CheckpointFile:
-    """A checkpoint file of your own, set in the configuration field ``field`` (e.g.
-    ``segmenter.checkpoint``), and its full SHA-256 (WeightsError naming ``field`` if the file
-    does not exist, is empty or carries pickled code)."""
+    """Your own checkpoint file, set in the setting ``field``, and its SHA-256 (WeightsError
+    naming ``field``: missing, empty or carrying pickled code)."""
     path = Path(path).expanduser()
-    if not path.is_file() or path.stat().st_size == 0:
-        problem = "is empty (0 bytes)" if path.is_file() else "does not exist"
+    version = path.stat() if path.is_file() else None
+    if version is None or version.st_size == 0:
+        problem = "does not exist" if version is None else "is empty (0 bytes)"
         raise WeightsError(
             f"checkpoint {path} {problem}: fix {field}, or leave it unset to use the "
             "downloaded official checkpoint"
         )
-    version = path.stat()
     _refuse_pickled_code(path.resolve(), version.st_size, version.st_mtime_ns)
     return CheckpointFile(path, file_sha256(path))
 
 
 @functools.lru_cache(maxsize=64)
 def _refuse_pickled_code(path: Path, size: int, mtime_ns: int) -> None:
-    """Refuse a ``torch.save`` file whose pickle carries code (tensors only mapped), once per
-    file version."""
+    """Load a ``torch.save`` file's tensors mapped (WeightsError: pickled code), once a version."""
     if zipfile.is_zipfile(path):
         load_state_dict(path, mmap=True)
 
@@ -191,9 +187,8 @@ def resolve_checkpoint(
     official: str | Checkpoint,
     folder: str | os.PathLike[str] | None = None,
 ) -> CheckpointFile:
-    """The checkpoint a backend loads: ``own`` (set in ``field``) if given, else the
-    ``official`` one, found and verified (WeightsError if missing or failing; ConfigError: an
-    unknown official name)."""
+    """``own`` (set in ``field``) if given, else the ``official`` checkpoint, found and verified
+    (WeightsError: missing or failing; ConfigError: unknown official name)."""
     if own:
         return own_checkpoint(own, field)
     path = find_checkpoint(official, folder)
@@ -201,9 +196,8 @@ def resolve_checkpoint(
 
 
 def verify_checkpoint(path: str | os.PathLike[str], checkpoint: str | Checkpoint) -> str:
-    """Check ``path`` against ``checkpoint``'s SHA-256 prefix and its sidecar's full hash, if
-    any; the full hash (memoised per file version). WeightsError naming the file and the fix if
-    a check fails or the sidecar is unreadable."""
+    """``path``'s SHA-256 (memoised per file version), checked against ``checkpoint``'s prefix and
+    the sidecar's full hash (WeightsError naming the file and the fix)."""
     entry = get_checkpoint(checkpoint)
     digest = file_sha256(path)
     if not digest.startswith(entry.sha256_prefix):
@@ -230,10 +224,10 @@ def download(
     """Download ``checkpoint`` (from ``url``, a mirror, if given) into :func:`weights_dir`
     (``dest_dir`` overrides), with a tqdm ``progress`` bar on stderr, and verify it.
 
-    Data streams to ``<file>.part``, resumed with an HTTP ``Range`` request; renamed into place
-    once its SHA-256 prefix matches, with its full SHA-256 in the sidecar. A file already there
-    that verifies is returned offline (gaining a sidecar). WeightsError: network failure (the
-    ``.part`` is kept for a resume) or checksum mismatch (the download is deleted).
+    Data streams to ``<file>.part`` (resumed with an HTTP ``Range`` request), renamed into place
+    once its SHA-256 prefix matches, the full SHA-256 in the sidecar. A file already there that
+    verifies is returned offline. WeightsError: network failure (the ``.part`` kept for a resume)
+    or checksum mismatch (the download deleted).
     """
     entry = get_checkpoint(checkpoint)
     target = weights_dir(dest_dir) / entry.filename
@@ -269,22 +263,19 @@ def download(
 def _fetch(url: str, part: Path, progress: bool, desc: str) -> None:
     """Append the rest of ``url`` to ``part`` (resuming with ``Range``), or restart it."""
     offset = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url)
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
         response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
     except urllib.error.HTTPError as exc:
         if exc.code != 416 or not offset:
             raise
-        # The .part is at least as long as the file: it cannot be resumed, start over.
-        part.unlink()
+        part.unlink()  # at least as long as the file: it cannot be resumed, start over
         _fetch(url, part, progress, desc)
         return
-    with response, open(part, "ab" if response.status == 206 else "wb") as handle:
-        offset = offset if response.status == 206 else 0
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else None
+    offset = offset if response.status == 206 else 0
+    length = response.headers.get("Content-Length")
+    total = offset + int(length) if length is not None else None
+    with response, open(part, "ab" if offset else "wb") as handle:
         bar = {"initial": offset, "desc": desc, "disable": not progress}
         with tqdm.wrapattr(handle, "write", total=total, **bar) as out:
             shutil.copyfileobj(response, out, _CHUNK)
@@ -297,10 +288,8 @@ def _fetch(url: str, part: Path, progress: bool, desc: str) -> None:
 
 def load_state_dict(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, torch.Tensor]:
     """A checkpoint's ``{parameter name: tensor}`` on the CPU, no pickled code run (``mmap``:
-    tensors stay mapped); a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped.
-
-    WeightsError: unreadable/corrupt file, a pickle that carries code, or no tensors inside.
-    """
+    tensors stay mapped), a ``{"state_dict"|"model": ...}`` wrapper unwrapped (WeightsError:
+    unreadable/corrupt, a pickle that carries code, or no tensors inside)."""
     import torch
 
     try:
@@ -350,8 +339,8 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str], architect
 
 @dataclass(frozen=True)
 class CheckpointStatus:
-    """What :func:`status` found for one checkpoint: its copy (``path``; ``None``: missing) and,
-    once checked, whether it ``verified`` (``None``: not checked) and how (``detail``)."""
+    """One checkpoint's copy (``path``; ``None``: missing) and, once checked, whether it
+    ``verified`` (``None``: not checked) and how (``detail``)."""
 
     checkpoint: Checkpoint
     path: Path | None = None
@@ -404,16 +393,14 @@ def status(
     verify: bool = False,
     names: Sequence[str] | None = None,
 ) -> list[CheckpointStatus]:
-    """One :class:`CheckpointStatus` per name in ``names`` (default: every registered one;
-    ConfigError listing the known ones if unknown); ``verify`` hashes each file."""
+    """:func:`check_status` of each of ``names`` (default: every registered checkpoint)."""
     return [check_status(name, folder, verify) for name in names or CHECKPOINTS]
 
 
 def status_report(
     records: Iterable[CheckpointStatus], folder: str | os.PathLike[str] | None = None
 ) -> list[str]:
-    """The lines ``segstyle weights status|verify`` prints: one per record, then how to fetch
-    what is missing."""
+    """``segstyle weights status|verify``'s lines: one a record, then how to fetch the missing."""
     records = list(records)
     lines = [record.line() for record in records]
     if any(record.path is None for record in records):

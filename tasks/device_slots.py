@@ -1,13 +1,9 @@
 """Device slots: how many heavy model stages (segment, stylize) run at once per device.
 
-A GPU has one slot; a CPU one per core, of which a stage takes its compute threads
-(:func:`slot_size`). With an API (:func:`slot_mode` ``prefect``) the slots are Prefect's
-``concurrency()`` on the global limit :func:`slot_name` (``prefect gcl update NAME --limit N``
-resizes it), leased for :data:`LEASE_SECONDS`: a killed holder's slots are freed 60-75 s later,
-when the server's repossessor (every 15 s) sees the lease ended. In ``host`` mode (no API, or
-``SEGSTYLE_DEVICE_SLOTS=host`` as on the CLI's temporary server, which runs no repossessor), a
-slot is a ``flock`` on ``<SEGSTYLE_DEVICE_SLOT_DIR>/<name>.<i>.lock`` (default
-``$TMPDIR/segstyle-device-slots``), dropped when its holder dies.
+A GPU has one slot, a CPU one per core (a stage takes its compute threads). ``prefect`` mode: a
+global concurrency limit :func:`slot_name` (``prefect gcl update NAME --limit N`` resizes it),
+leased for :data:`LEASE_SECONDS`. ``host`` mode (no API, or the CLI's temporary server): a
+``flock`` per slot in ``$SEGSTYLE_DEVICE_SLOT_DIR`` (default ``$TMPDIR/segstyle-device-slots``).
 """
 
 from __future__ import annotations
@@ -111,27 +107,30 @@ def _lock_file(name: str) -> int:
 def _host_slots(name: str, limit: int, occupy: int) -> Iterator[None]:
     """``occupy`` of the ``limit`` locks ``<name>.<i>.lock``, all at once (retried every
     0.05 s, holding none in between, so that two waiters never hold part each)."""
-    import fcntl  # POSIX: only host mode needs it
-
     fds = [_lock_file(f"{name}.{i}") for i in range(limit)]
     try:
-        while True:
-            held = []
-            for fd in fds:
-                with contextlib.suppress(BlockingIOError):
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    held.append(fd)
-                if len(held) == occupy:
-                    break
-            if len(held) == occupy:
-                break
-            for fd in held:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        while not _lock_some(fds, occupy):
             time.sleep(0.05)
         yield
     finally:
         for fd in fds:
             os.close(fd)  # drops the locks
+
+
+def _lock_some(fds: list[int], occupy: int) -> bool:
+    """Whether ``occupy`` of ``fds`` got locked without waiting (else none stays locked)."""
+    import fcntl  # POSIX: only host mode needs it
+
+    held = []
+    for fd in fds:
+        with contextlib.suppress(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(fd)
+            if len(held) == occupy:
+                return True
+    for fd in held:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 def _ensure_limit(name: str, slots: int) -> int:

@@ -1,7 +1,6 @@
-"""The flows' runner of the stage graphs (:mod:`segstyle_core.pipeline`): each stage a Prefect
-task, adding a run name, transient-only retries, heavy stages' device slots and Dask resources,
-and the ``Cached`` state; results stay in the stage cache under ``out``, not Prefect's store.
-"""
+"""The flows' Prefect tasks: the stages of :mod:`segstyle_core.pipeline`'s graphs, through
+:class:`PrefectRunner` (transient-only retries, device slots, Dask resources, a ``Cached`` state;
+results stay in the stage cache, not Prefect's store), and the dataset flow's own two tasks."""
 
 from __future__ import annotations
 
@@ -12,14 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prefect import Task, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.states import Completed, State
 
 from segstyle.tasks.device_slots import SlotMode, dask_annotations, device_slot, slot_mode
+from segstyle_core import cityscapes
+from segstyle_core.config import DatasetSelection
 from segstyle_core.devices import keep_freed_memory
 from segstyle_core.errors import SegstyleError
+from segstyle_core.outputs import publish_pictures
 from segstyle_core.stagecache import Stage, StageRecord
 
 R = TypeVar("R", bound=StageRecord)
@@ -78,3 +80,27 @@ class PrefectRunner:
         named = stage_task(stage).with_options(task_run_name=lambda: run_name)
         with dask_annotations(stage.device(**inputs)):
             return named.submit(cache_dir=self.cache_dir, device_slots=self.device_slots, **inputs)
+
+
+#: The dataset flow's own tasks: retried twice, their results not stored.
+LIGHT_TASK: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 1, "persist_result": False}
+
+
+@task(name="sample-city", task_run_name="sample-{dataset.split}-{dataset.city}", **LIGHT_TASK)
+def sample_city(dataset: DatasetSelection) -> cityscapes.Sample:
+    """Sample the selected cities; log their frames, the count of images without fine
+    annotations, and a warning per malformed file."""
+    sample = dataset.sample()
+    logger = get_run_logger()
+    noun, cities = "city" if len(sample.cities) == 1 else "cities", ", ".join(sample.cities)
+    logger.info("%s %s: %d frames with fine annotations", noun, cities, len(sample.frames))
+    if sample.unannotated:
+        logger.info("left out %d images without fine annotations", len(sample.unannotated))
+    for path, reason in sample.skipped:
+        if path not in sample.unannotated:
+            logger.warning("skipped %s: %s", path, reason)
+    return sample
+
+
+#: Copy an image's output pictures from the run's cache into the run directory.
+publish = task(name="publish", task_run_name="publish-{image_id}", **LIGHT_TASK)(publish_pictures)

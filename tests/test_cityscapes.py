@@ -153,7 +153,7 @@ def test_label_ids_outside_the_table_are_refused() -> None:
     label_ids = np.full((4, 5), name2label["road"].id, dtype=np.int32)
     label_ids[1, 2] = 255  # a trainIds "ignore" value
     with pytest.raises(InputError, match=r"gt\.png.*255"):
-        cityscapes.binarize_label_ids(label_ids, ["car"], "gt.png")
+        cityscapes.gt_label_ids(label_ids, "labelIds", ["car"], "gt.png")
 
 
 def test_colour_binarization_matches_label_ids_and_refuses_ambiguity() -> None:
@@ -165,18 +165,20 @@ def test_colour_binarization_matches_label_ids_and_refuses_ambiguity() -> None:
         palette[name2label[name].id] = name2label[name].color
     colour = palette[label_ids]
     both = ["pole", "polegroup"]
-    np.testing.assert_array_equal(
-        cityscapes.binarize_color(colour, both), cityscapes.binarize_label_ids(label_ids, both)
-    )
+    ids = [name2label[n].id for n in both]
+    by_colour = cityscapes.gt_label_ids(colour, "color", both, "colour.png")
+    np.testing.assert_array_equal(np.isin(by_colour, ids), np.isin(label_ids, ids))
+    shared = label_ids == name2label["polegroup"].id  # same colour: the lower id, pole's
+    np.testing.assert_array_equal(by_colour, np.where(shared, name2label["pole"].id, label_ids))
     with pytest.raises(ConfigError, match="polegroup"):
-        cityscapes.binarize_color(colour, ["pole"])
+        cityscapes.gt_label_ids(colour, "color", ["pole"], "colour.png")
 
 
 def test_resized_colour_png_is_refused(demo_root: Path) -> None:
     frame = cityscapes.sample_city(demo_root, city="zurich").frames[0]
     blurred = Image.fromarray(read_rgb(frame.color_path)).resize((64, 32), Image.BILINEAR)
     with pytest.raises(InputError, match="outside the Cityscapes table"):
-        cityscapes.binarize_color(np.asarray(blurred), ["car"], frame.color_path)
+        cityscapes.gt_label_ids(np.asarray(blurred), "color", ["car"], str(frame.color_path))
 
 
 # ----------------------------------------------------------------------------- reading GT

@@ -8,16 +8,28 @@ import pytest
 from scipy.ndimage import distance_transform_edt
 
 from segstyle_core.composite import (
+    ColorPreservation,
     Layer,
     Mode,
     alpha_from_mask,
-    composite,
     composite_regions,
     resize_to,
 )
 from segstyle_core.errors import ConfigError, InputError
 
 H, W = 48, 64
+
+
+def composite(
+    original: np.ndarray,
+    stylized: np.ndarray,
+    mask: np.ndarray,
+    mode: Mode = "object",
+    feather_px: float = 0.0,
+    preserve_color: ColorPreservation | None = None,
+) -> np.ndarray:
+    """One :class:`Layer` composited over ``original``."""
+    return composite_regions(original, [Layer(stylized, mask, mode, feather_px, preserve_color)])
 
 
 @pytest.fixture()

@@ -132,11 +132,11 @@ def test_geometric_abstraction_is_deterministic_and_colourful() -> None:
 def test_default_style_is_shipped_and_regenerated_when_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shipped = styles.default_style_path()
+    shipped = styles.style_path()
     assert shipped.is_file() and read_rgb(shipped).shape == (512, 512, 3)
     monkeypatch.setattr(styles, "REPO_STYLE_DIR", tmp_path / "no-repo")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    cached = styles.default_style_path()
+    cached = styles.style_path()
     assert cached.is_relative_to(tmp_path / "cache")
     assert np.array_equal(read_rgb(cached), styles.make_geometric_abstraction())
 

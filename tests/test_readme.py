@@ -144,13 +144,13 @@ def _workspace(root: Path) -> dict[str, str]:
     from PIL import Image
 
     from segstyle_core.demo.dataset import generate_demo_dataset
-    from segstyle_core.styles import default_style_path
+    from segstyle_core.styles import style_path
 
     demo = generate_demo_dataset(root / "data" / "demo", size=(256, 128), frames_per_city=2)
     photo = generate_demo_dataset(root / "photo", frames_per_city=1, cities=("street",))
     frame = next((photo / "leftImg8bit" / "train" / "street").glob("*.png"))
     Image.open(frame).convert("RGB").save(root / "street.jpg", quality=92)
-    style = Image.open(default_style_path()).convert("RGB")
+    style = Image.open(style_path()).convert("RGB")
     for name in ("painting.jpg", "starry_night.jpg"):
         style.save(root / name, quality=92)
     return {"CITYSCAPES_DATASET": str(demo.resolve())}

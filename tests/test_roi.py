@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segstyle_core.composite import composite, resize_to
+from segstyle_core.composite import resize_to
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.roi import bucket_box, roi_box, stylize_roi
 from segstyle_core.styles import make_geometric_abstraction
 from segstyle_core.stylize.base import ProgressCallback
 from segstyle_core.stylize.feedforward import FeedForwardStylizer
+from tests.test_composite import composite
 
 H, W = 64, 80
 

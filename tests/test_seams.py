@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segstyle_core.composite import composite
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.seams import edge_band, gradient_magnitude, seam_score
+from tests.test_composite import composite
 
 
 def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

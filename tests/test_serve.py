@@ -30,7 +30,6 @@ from segstyle_core.outputs import (
     link_target,
     output_link,
     outputs_url,
-    served_path,
 )
 from segstyle_core.report import write_report
 from segstyle_core.results import COLUMNS, normalise_row
@@ -80,7 +79,7 @@ def test_output_link_without_a_url_is_the_plain_path(
         out / "runs" / ".." / ".." / "secret.png",
     ):
         assert output_link(path, out, BASE) == str(path.resolve()), path
-    assert served_path(out / "runs" / "r" / "x.png", out) == "runs/r/x.png"
+    assert output_link(out / "runs" / "r" / "x.png", out, BASE) == f"{BASE}/runs/r/x.png"
 
 
 def test_the_url_comes_from_the_environment(
@@ -90,11 +89,14 @@ def test_the_url_comes_from_the_environment(
     monkeypatch.setenv(OUTPUTS_URL_ENV, " http://127.0.0.1:4300/ ")
     assert outputs_url() == "http://127.0.0.1:4300"
     assert output_link(out / "runs" / "r" / "p.png", out) == "http://127.0.0.1:4300/runs/r/p.png"
-    assert outputs_url({OUTPUTS_URL_ENV: ""}) is None
-    assert outputs_url({}) is None
+    monkeypatch.setenv(OUTPUTS_URL_ENV, "")
+    assert outputs_url() is None
+    monkeypatch.delenv(OUTPUTS_URL_ENV)
+    assert outputs_url() is None
     for bad in ("127.0.0.1:4201", "file:///tmp/out", "http://", "http://h/?q=1"):
+        monkeypatch.setenv(OUTPUTS_URL_ENV, bad)
         with pytest.raises(ConfigError, match=OUTPUTS_URL_ENV):
-            outputs_url({OUTPUTS_URL_ENV: bad})
+            outputs_url()
 
 
 # --- the server --------------------------------------------------------------------------------
@@ -178,12 +180,12 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _serving(root: Path, host: str = "127.0.0.1") -> Iterator[str]:
-    """``segstyle_core.serve.serve(root, host)`` in a subprocess on a free port; yields its
+    """``segstyle_core.serve.serve([root], host)`` in a subprocess on a free port; yields its
     base URL."""
     port = _free_port()
     code = (
         "import sys; from pathlib import Path; from segstyle_core.serve import serve; "
-        "serve(Path(sys.argv[1]), host=sys.argv[2], port=int(sys.argv[3]))"
+        "serve([Path(sys.argv[1])], host=sys.argv[2], port=int(sys.argv[3]))"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", code, str(root), host, str(port)],
@@ -379,7 +381,7 @@ def test_symlinked_served_folders_are_refused_at_start(
     out.mkdir()
     (out / "runs").symlink_to("/")
     with pytest.raises(ConfigError, match="runs: a symlink"):
-        make_app(out)
+        make_app([out])
     status = main(["serve", "--out", str(out), "--port", "0"])
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert status == EXIT_ERROR and line.startswith("segstyle: error: ")
@@ -388,11 +390,11 @@ def test_symlinked_served_folders_are_refused_at_start(
     (out / "runs").mkdir()
     (out / "metrics").symlink_to(tmp_path)
     with pytest.raises(ConfigError, match="metrics: a symlink"):
-        make_app(out)
+        make_app([out])
     (out / "metrics").unlink()
     (out / "metrics").write_bytes(b"")
     with pytest.raises(ConfigError, match="metrics: not a folder"):
-        make_app(out)
+        make_app([out])
 
 
 def test_a_symlinked_out_is_resolved_once(out_root: Path, tmp_path: Path) -> None:
@@ -452,7 +454,7 @@ def test_served_report_links_resolve(server: str, out_root: Path) -> None:
 
 
 def test_make_app_creates_the_served_folders(tmp_path: Path) -> None:
-    make_app(tmp_path / "fresh")
+    make_app([tmp_path / "fresh"])
     assert (tmp_path / "fresh" / "runs").is_dir() and (tmp_path / "fresh" / "metrics").is_dir()
 
 

@@ -266,6 +266,10 @@ def test_only_a_dead_writers_hidden_files_are_cleared(tmp_path: Path) -> None:
     old.write_bytes(b"half")
     an_hour_ago = time.time() - stagecache.LEFTOVER_AGE_S - 3600
     os.utime(old, (an_hour_ago, an_hour_ago))
+    old_folder = directory / ".frames.tmp"  # a folder with content: removed, not walked into
+    (old_folder / "inner").mkdir(parents=True)
+    os.utime(old_folder, (an_hour_ago, an_hour_ago))
     assert segment.run(cache, str(tmp_path / "a.png"), 1).value == 42
     assert (directory / ".live.png.tmp").exists() and not old.exists() and not killed.exists()
+    assert not old_folder.exists()
     assert (directory / f".panel.{HOST_TAG}-{os.getpid()}.x1.png").exists()

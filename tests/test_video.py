@@ -23,7 +23,7 @@ from segstyle_core.images import read_label_map, read_rgb
 from segstyle_core.metrics import iou
 from segstyle_core.segment.base import Prompt
 from segstyle_core.segment.grabcut import GrabCutSegmenter
-from segstyle_core.styles import default_style_path
+from segstyle_core.styles import style_path
 from segstyle_core.stylize.feedforward import FeedForwardStylizer
 from segstyle_core.video.evaluate import gt_track, track_scores
 from segstyle_core.video.io import iter_frames, video_fps, write_video
@@ -192,7 +192,7 @@ def _run(
     masks: list[np.ndarray],
     options: TemporalOptions,
 ) -> tuple[list[np.ndarray], list[float]]:
-    style = read_rgb(default_style_path())
+    style = read_rgb(style_path())
     previous = None
     outputs, flickers = [], []
     for frame, mask in zip(frames, masks, strict=True):
@@ -220,7 +220,7 @@ def test_chunks_chained_by_their_carry_equal_one_pass(
 ) -> None:
     paths = clip.image_paths[:5]
     tracker = FlowTracker(GrabCutSegmenter())
-    style = read_rgb(default_style_path())
+    style = read_rgb(style_path())
     options = TemporalOptions(blend=0.5, feather_px=1.0)
     start = Prompt(box=clip.boxes[0])
     whole = stylize_chunk(paths, 0, start, tracker, stylizer, style, options, tmp_path / "a")

@@ -1,10 +1,7 @@
-"""A generated test clip: a car changing lanes in a still street, with per-frame Cityscapes GT.
-
-One scene seen by a parked camera; one more car, in front of every other, drives sideways at
-:data:`SPEED_PX` per frame. Frames ``clip_000000_<frame:06d>`` are written in the Cityscapes
-layout (``train`` split, city ``clip``) with the same texture noise (a still background) plus
-fresh sensor noise, and a ``video.json`` with the frame rate, so the image folder reads as a video.
-"""
+"""A generated clip: a parked camera's street in which one more car, in front of every other,
+drives sideways. Frames ``clip_000000_<frame:06d>`` in the Cityscapes layout (``train`` split,
+city ``clip``) with per-frame GT and fresh sensor noise, and a ``video.json`` with the frame rate,
+so the image folder reads as a video."""
 
 from __future__ import annotations
 
@@ -19,28 +16,23 @@ from cityscapesscripts.helpers.labels import name2label
 
 from segstyle_core.cityscapes import IMAGE_SUFFIX, INSTANCE_OFFSET
 from segstyle_core.demo import scene
-from segstyle_core.demo.dataset import RenderedFrame, render_scene, write_frame
+from segstyle_core.demo.dataset import render_scene, write_frame
 from segstyle_core.errors import ConfigError
 from segstyle_core.fileio import write_json_atomic
 from segstyle_core.video.io import DEFAULT_FPS, SIDECAR
 
-#: Depth of the moving car's rear (metres): nearer than every other car on the road.
-CAR_DEPTH = 8.0
-#: Where the moving car's centre starts, in metres left of the camera's axis.
-CAR_START_X = -2.4
-#: How far the moving car's rear moves right per frame, in pixels.
-SPEED_PX = 4.0
-#: Standard deviation of the per-frame sensor noise, in grey levels.
-NOISE = 2.0
+CAR_DEPTH = 8.0  # metres to the moving car's rear: nearer than every other car
+CAR_START_X = -2.4  # metres: the moving car's centre on frame 0 (minus: left of the axis)
+SPEED_PX = 4.0  # pixels the moving car's rear moves right per frame
+NOISE = 2.0  # standard deviation of the per-frame sensor noise, in grey levels
 _CAR_ID = name2label["car"].id
 
 
 @dataclass(frozen=True)
 class Clip:
-    """A generated clip: its root, frame folder (a video) and frame PNGs in order, and per
-    frame the moving car's GT box (XYXY, exclusive end) and instanceIds id (``26000 + n``)."""
+    """A generated clip: its frame folder (a video) and frame PNGs in order, and per frame the
+    moving car's GT box (XYXY, exclusive end) and instanceIds id (``26000 + n``)."""
 
-    root: Path
     frames_dir: Path
     image_paths: tuple[Path, ...]
     boxes: tuple[tuple[int, int, int, int], ...]
@@ -48,16 +40,7 @@ class Clip:
     fps: float
 
 
-def _moving_car_instance(frame: RenderedFrame, silhouette: np.ndarray) -> int:
-    """The car id covering most of the moving car's ``silhouette`` (``H×W bool``)."""
-    ids = frame.instance_ids[silhouette]
-    cars = ids[ids // INSTANCE_OFFSET == _CAR_ID]
-    values, counts = np.unique(cars, return_counts=True)
-    return int(values[np.argmax(counts)])
-
-
 def _shifted(image: np.ndarray, shift: float, interpolation: int) -> np.ndarray:
-    """``image`` moved ``shift`` pixels to the right (uncovered pixels are 0)."""
     height, width = image.shape[:2]
     matrix = np.array([[1.0, 0.0, shift], [0.0, 1.0, 0.0]])
     return cv2.warpAffine(image, matrix, (width, height), flags=interpolation)
@@ -66,9 +49,8 @@ def _shifted(image: np.ndarray, shift: float, interpolation: int) -> np.ndarray:
 def _moving_car(
     cam: scene.Camera, index: int, size: tuple[int, int], seed: int
 ) -> tuple[scene.SceneObject, np.ndarray, np.ndarray]:
-    """The moving car on frame ``index``: its scene object, paint (``H×W×3 uint8``) and
-    silhouette (``H×W bool``), drawn by a camera panned along (so with frame 0's texture) and
-    shifted back by the pan: its texture moves with it."""
+    """The moving car on frame ``index``: its scene object, and its paint (``H×W×3 uint8``) and
+    silhouette (``H×W bool``) drawn by a camera panned along, shifted back: the texture moves."""
     shift = index * SPEED_PX
     x = CAR_START_X + shift * CAR_DEPTH / cam.focal
     moving = scene.car(cam, x, CAR_DEPTH, np.random.default_rng([seed, 1]), scene.STREET)
@@ -83,9 +65,8 @@ def _moving_car(
 def generate_clip(
     out: str | os.PathLike[str], frames: int = 24, size: tuple[int, int] = (256, 128), seed: int = 0
 ) -> Clip:
-    """Write the clip under ``out``: ``frames`` of ``size`` (width, height) at
-    :data:`~segstyle_core.video.io.DEFAULT_FPS`; ``seed`` fixes street, car and noise
-    (ConfigError: fewer than 2 frames, a side under 64 px)."""
+    """Write the clip under ``out``: ``frames`` of ``size`` (width, height) at ``DEFAULT_FPS``;
+    ``seed`` fixes street, car and noise (ConfigError: fewer than 2 frames, a side under 64 px)."""
     width, height = size
     if frames < 2 or min(width, height) < 64:
         raise ConfigError(
@@ -105,7 +86,8 @@ def generate_clip(
         # The same texture noise on every frame: the street stands still.
         objects = scene.drawing_order([*street, moving])
         frame = render_scene(objects, width, height, np.random.default_rng([seed, 2]))
-        instance_ids.append(_moving_car_instance(frame, silhouette))
+        ids = frame.instance_ids[silhouette]  # the car id covering most of the moving car
+        instance_ids.append(int(np.bincount(ids[ids // INSTANCE_OFFSET == _CAR_ID]).argmax()))
         visible = frame.instance_ids == instance_ids[-1]
         image = np.where(visible[..., None], paint, frame.image).astype(np.float64)
         image += np.random.default_rng([seed, 3, index]).normal(0.0, NOISE, image.shape)
@@ -116,4 +98,4 @@ def generate_clip(
         x, y, w, h = cv2.boundingRect(visible.astype(np.uint8))
         boxes.append((x, y, x + w, y + h))
     write_json_atomic(image_dir / SIDECAR, {"fps": DEFAULT_FPS})
-    return Clip(root, image_dir, tuple(paths), tuple(boxes), tuple(instance_ids), DEFAULT_FPS)
+    return Clip(image_dir, tuple(paths), tuple(boxes), tuple(instance_ids), DEFAULT_FPS)

@@ -1,6 +1,6 @@
-"""The demo dataset: procedurally drawn street scenes written in the Cityscapes layout. Each
-object's silhouette becomes one polygon; cityscapesscripts draws the gtFine PNGs from them, and
-the image is painted where the same drawing leaves each object visible."""
+"""The demo dataset: drawn street scenes in the Cityscapes layout. Each object's silhouette is
+one polygon; cityscapesscripts draws the gtFine PNGs from them, and the image is painted where
+the same drawing leaves each object visible."""
 
 from __future__ import annotations
 
@@ -35,9 +35,8 @@ Box = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class RenderedFrame:
-    """One frame: ``image`` and ``color`` (``H×W×3 uint8 RGB``), ``label_ids`` (``H×W uint8``),
-    ``instance_ids`` (``H×W uint16``: label id, or ``id*1000+n`` for instances), and the
-    ``polygons`` JSON document (``imgHeight``, ``imgWidth``, ``objects`` in drawing order)."""
+    """One frame: ``image``, ``color`` (``H×W×3 uint8 RGB``), ``label_ids`` (``H×W uint8``),
+    ``instance_ids`` (``H×W uint16``: id, or ``id*1000+n``) and the gtFine ``polygons`` document."""
 
     image: np.ndarray
     label_ids: np.ndarray
@@ -63,9 +62,8 @@ def _fill(polygons: Sequence[np.ndarray], width: int, height: int) -> tuple[Box,
 
 
 def _outline(obj: SceneObject, width: int, height: int) -> list[list[int]] | None:
-    """The object's in-frame silhouette as one integer polygon (None if degenerate): the
-    largest outer contour of its pieces' union, simplified to 0.7 px, hugging the image border
-    where the object leaves the frame, as Cityscapes polygons do."""
+    """The object's in-frame silhouette as one integer polygon (None if degenerate): the largest
+    outer contour of its pieces' union, simplified to 0.7 px, hugging the image border."""
     filled = _fill([p.polygon for p in obj.pieces], width, height)
     if filled is None:
         return None
@@ -151,10 +149,9 @@ def _paint(objects: Sequence[SceneObject], index: np.ndarray, noise: _Noise) -> 
 
 def _cast_shadows(canvas: np.ndarray, objects: Sequence[SceneObject], index: np.ndarray) -> None:
     """Darken the street surface (ground-layer objects) under objects that cast a shadow."""
-    ground = np.zeros(len(objects) + 1, dtype=bool)
-    ground[1:] = [obj.layer == GROUND for obj in objects]
+    ground = np.array([False] + [obj.layer == GROUND for obj in objects])  # index 0: no object
     height, width = index.shape
-    covered = np.zeros((height, width), dtype=bool)
+    covered = np.zeros(index.shape, dtype=bool)
     for shadow in (obj.shadow for obj in objects if obj.shadow is not None):
         filled = _fill([shadow], width, height)
         if filled is not None:
@@ -162,16 +159,6 @@ def _cast_shadows(canvas: np.ndarray, objects: Sequence[SceneObject], index: np.
             covered[y0:y1, x0:x1] |= inside
     shade = cv2.GaussianBlur(covered.astype(np.float32), (0, 0), sigmaX=max(1.0, width / 400))
     canvas *= (1.0 - 0.45 * shade * ground[index])[..., None]
-
-
-def _gt_maps(polygons: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """labelIds (``H×W uint8``), instanceIds (``H×W uint16``) and colour (``H×W×3 uint8``) of a
-    polygons document, drawn by cityscapesscripts as ``json2labelImg``/``json2instanceImg`` do."""
-    annotation = Annotation()
-    annotation.fromJsonText(json.dumps(polygons))
-    label_ids = np.asarray(createLabelImage(annotation, "ids"))
-    instance_ids = np.asarray(createInstanceImage(annotation, "ids"), dtype=np.uint16)
-    return label_ids, instance_ids, np.asarray(createLabelImage(annotation, "color"))[..., :3]
 
 
 def render_scene(
@@ -192,17 +179,41 @@ def render_scene(
     _cast_shadows(canvas, objects, index)
     canvas = cv2.GaussianBlur(canvas, (0, 0), sigmaX=0.6)
     canvas += rng.normal(0.0, 1.5, canvas.shape).astype(np.float32)
-    polygons = {
-        "imgHeight": height,
-        "imgWidth": width,
-        "objects": [{"label": obj.label, "polygon": poly} for obj, poly in kept],
-    }
-    return RenderedFrame(np.clip(canvas, 0, 255).astype(np.uint8), *_gt_maps(polygons), polygons)
+    outlines = [{"label": obj.label, "polygon": poly} for obj, poly in kept]
+    polygons = {"imgHeight": height, "imgWidth": width, "objects": outlines}
+    annotation = Annotation()  # the GT maps drawn as json2labelImg and json2instanceImg draw them
+    annotation.fromJsonText(json.dumps(polygons))
+    image = np.clip(canvas, 0, 255).astype(np.uint8)
+    label_ids = np.asarray(createLabelImage(annotation, "ids"))
+    instance_ids = np.asarray(createInstanceImage(annotation, "ids"), dtype=np.uint16)
+    color = np.asarray(createLabelImage(annotation, "color"))[..., :3]
+    return RenderedFrame(image, label_ids, instance_ids, color, polygons)
 
 
-def _check_options(
-    size: tuple[int, int], frames_per_city: int, cities: Sequence[str], seed: int
-) -> None:
+def write_frame(frame: RenderedFrame, image_dir: Path, gt_dir: Path | None, image_id: str) -> None:
+    """Write the frame's image and, unless ``gt_dir`` is None, its four gtFine files."""
+    write_png(image_dir / f"{image_id}{IMAGE_SUFFIX}", frame.image)
+    if gt_dir is None:
+        return
+    maps = {"labelIds": frame.label_ids, "instanceIds": frame.instance_ids, "color": frame.color}
+    for kind, array in maps.items():
+        write_png(gt_dir / f"{image_id}{GT_SUFFIXES[kind]}", array)
+    with atomic_write(gt_dir / f"{image_id}{GT_SUFFIXES['polygons']}", "w") as handle:
+        json.dump(frame.polygons, handle)
+
+
+def generate_demo_dataset(
+    out: str | os.PathLike[str],
+    size: tuple[int, int] = (1024, 512),
+    frames_per_city: int = 6,
+    cities: Sequence[str] = ("zurich", "aachen"),
+    seed: int = 0,
+) -> Path:
+    """Write a Cityscapes ``train`` split of drawn street scenes of ``size`` (width, height) under
+    ``out``; return it. Per city: ``frames_per_city`` frames ``{city}_{nnnnnn}_000019`` with all
+    four gtFine files, plus ONE more image without any (for "keep only fine-annotated frames" to
+    skip). Each frame is seeded from ``(seed, crc32(city), frame number)``. ConfigError: a side
+    under 32 px, no frames, a city name not of lower-case letters and digits, a negative seed."""
     width, height = size
     if width < 32 or height < 32:
         raise ConfigError(f"size={size}: width and height must be at least 32 pixels")
@@ -215,37 +226,6 @@ def _check_options(
         )
     if seed < 0:
         raise ConfigError(f"seed={seed}: must be 0 or greater")
-
-
-def write_frame(frame: RenderedFrame, image_dir: Path, gt_dir: Path | None, image_id: str) -> None:
-    """Write the frame's image and, unless ``gt_dir`` is None, its four gtFine files."""
-    write_png(image_dir / f"{image_id}{IMAGE_SUFFIX}", frame.image)
-    if gt_dir is None:
-        return
-    write_png(gt_dir / f"{image_id}{GT_SUFFIXES['labelIds']}", frame.label_ids)
-    write_png(gt_dir / f"{image_id}{GT_SUFFIXES['instanceIds']}", frame.instance_ids)
-    write_png(gt_dir / f"{image_id}{GT_SUFFIXES['color']}", frame.color)
-    with atomic_write(gt_dir / f"{image_id}{GT_SUFFIXES['polygons']}", "w") as handle:
-        json.dump(frame.polygons, handle)
-
-
-def generate_demo_dataset(
-    out: str | os.PathLike[str],
-    size: tuple[int, int] = (1024, 512),
-    frames_per_city: int = 6,
-    cities: Sequence[str] = ("zurich", "aachen"),
-    seed: int = 0,
-) -> Path:
-    """Write a Cityscapes-layout ``train`` split of drawn street scenes under ``out``; return it.
-
-    Per city: ``frames_per_city`` frames ``{city}_{nnnnnn}_000019`` with all four gtFine files,
-    plus ONE more image without any (for "keep only fine-annotated frames" to skip). ``size``
-    is (width, height). Each frame is seeded from ``(seed, crc32(city), frame number)``.
-    ConfigError: a side below 32 px, ``frames_per_city < 1``, a city name that is not lower-case
-    letters and digits, a negative seed.
-    """
-    _check_options(size, frames_per_city, cities, seed)
-    width, height = size
     root = Path(out)
     for city in cities:
         image_dir = root / "leftImg8bit" / "train" / city
@@ -264,13 +244,9 @@ def ensure_demo_dataset(
     size: tuple[int, int] | None = None,
     frames_per_city: int | None = None,
 ) -> str:
-    """``root``, first writing the demo dataset there if it is missing.
-
-    A folder holding ``leftImg8bit/`` is left untouched. A missing or empty one gets the dataset
-    via a temporary sibling renamed into place, so an interrupted run leaves no half dataset and
-    two concurrent runs end with one. Options left None take the generator's defaults.
-    ConfigError: ``root`` is a file or holds something other than a dataset (never overwritten).
-    """
+    """``root``, first writing the demo dataset there (options left None: the defaults) unless it
+    holds ``leftImg8bit/``, via a temporary sibling renamed into place (no half dataset; concurrent
+    runs end with one). ConfigError: ``root`` is a file or holds something else (left alone)."""
     path = Path(root)
     if (path / "leftImg8bit").is_dir():
         return root

@@ -189,9 +189,7 @@ def person(cam: Camera, x: float, z: float, rng: np.random.Generator, layer: int
         (circle(0.0, 1.64, 0.11), skin),
     ]
     pieces = tuple(Piece(cam.facing(x, z, uv * (1.0, s)), surface) for uv, surface in shapes)
-    shadow = cam.ground(
-        np.array([(x - 0.35, z - 0.1), (x + 0.35, z - 0.1), (x + 0.5, z + 0.6), (x - 0.2, z + 0.6)])
-    )
+    shadow = cam.ground(np.array([(-0.35, -0.1), (0.35, -0.1), (0.5, 0.6), (-0.2, 0.6)]) + (x, z))
     return SceneObject("person", pieces, layer, z, shadow)
 
 
@@ -246,9 +244,8 @@ def tree(cam: Camera, x: float, z: float, rng: np.random.Generator) -> SceneObje
 def hedge(cam: Camera, x: float, z0: float, z1: float, rng: np.random.Generator) -> SceneObject:
     """A hedge along the street: a bumpy band in the plane ``X = x`` from depth ``z0`` to ``z1``."""
     s = np.arange(0.0, z1 - z0, 0.5)
-    tops = rng.uniform(1.0, 1.3) + np.convolve(
-        rng.normal(0, 0.08, s.size + 2), np.ones(3) / 3, "valid"
-    )
+    base = rng.uniform(1.0, 1.3)
+    tops = base + np.convolve(rng.normal(0, 0.08, s.size + 2), np.ones(3) / 3, "valid")
     outline = np.concatenate([np.stack([s, tops], -1), np.stack([s[::-1], 0 * s], -1)])
     leaves = Surface((58, 92, 40), noise=18.0, grain=28.0, grain_px=4.0, shade=(1.2, 0.65))
     return SceneObject("vegetation", (Piece(cam.side(x, z0, outline), leaves),), HEDGE, z0)
@@ -426,12 +423,11 @@ def build_scene(
     horizon_band = rect(0, 0, width, cam.horizon + 2)
     objects = [SceneObject("sky", (Piece(horizon_band, sky),), SKY)]
     objects += far_buildings(cam, z_far, rng)
-    kinds = ["curb" if rng.random() < 0.7 else "hedge" for _ in range(2)]
-    if kinds == ["hedge", "hedge"]:
-        kinds[1] = "curb"
+    builders = [_curb_side if rng.random() < 0.7 else _hedge_side for _ in range(2)]
+    if builders == [_hedge_side, _hedge_side]:
+        builders[1] = _curb_side
     edges = []
-    for side, kind in zip((-1, 1), kinds, strict=True):
-        build = _curb_side if kind == "curb" else _hedge_side
+    for side, build in zip((-1, 1), builders, strict=True):
         edge, side_objects = build(cam, side, z_far, rng)
         edges.append(edge)
         objects += side_objects

@@ -1,19 +1,15 @@
-"""Prompt files (JSON or CSV) read into ``{image_id: [Prompt, ...]}``: boxes are XYXY pixels
-with an exclusive maximum, points ``(x, y)`` pixels with label 1 (foreground) or 0.
+"""Prompt files (JSON or CSV) read into ``{image_id: [Prompt, ...]}``: boxes XYXY pixels
+(exclusive maximum), points ``(x, y)`` pixels with label 1 (foreground, the default) or 0.
 
-JSON: an object keyed by image id, each value a non-empty list of prompts::
+JSON: an object keyed by image id, each value a non-empty list of prompts (no other keys)::
 
     {"aachen_000000_000019": [
-        {"box": [10, 20, 200, 120]},
-        {"points": [[50, 60], [80, 90]], "labels": [1, 0]},
-        {"box": [300, 40, 380, 100], "points": [[340, 70]]}
-    ]}
+        {"box": [10, 20, 200, 120]}, {"points": [[50, 60], [80, 90]], "labels": [1, 0]},
+        {"box": [300, 40, 380, 100], "points": [[340, 70]]}]}
 
-``labels`` defaults to all 1; no other keys are allowed.
-
-CSV: a header, then one row per box and/or point: ``image_id``, ``x0,y0,x1,y1`` and/or
-``px,py`` with optional ``label`` (default 1), optional ``prompt``. Rows of one image sharing
-a non-empty ``prompt`` form one prompt (at most one box); every other row is its own::
+CSV: a header, then one row per box and/or point: ``image_id``, ``x0,y0,x1,y1`` and/or ``px,py``,
+optional ``label`` and ``prompt``. Rows of one image sharing a non-empty ``prompt`` form one
+prompt (at most one box); every other row is its own::
 
     image_id,prompt,x0,y0,x1,y1,px,py,label
     aachen_000000_000019,car,10,20,200,120,,,
@@ -29,12 +25,12 @@ import io
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from segstyle_core.errors import InputError
-from segstyle_core.prompts.validation import Box, as_box, check_structure
+from segstyle_core.prompts.validation import as_box, check_structure
 from segstyle_core.segment.base import Prompt
 
 _JSON_KEYS = ("box", "points", "labels")
@@ -44,8 +40,7 @@ _CSV_COLUMNS = ("image_id", "prompt", *_BOX_COLUMNS, *_POINT_COLUMNS, "label")
 
 
 def load_prompts_file(path: str | os.PathLike[str]) -> dict[str, list[Prompt]]:
-    """``{image_id: [Prompt, ...]}`` in file order from a ``.json`` or ``.csv`` prompts file,
-    types and structure checked (InputError naming the file, the entry and the fix)."""
+    """``{image_id: [Prompt, ...]}`` in file order from a ``.json`` or ``.csv`` prompts file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such prompts file; check the path")
@@ -55,13 +50,10 @@ def load_prompts_file(path: str | os.PathLike[str]) -> dict[str, list[Prompt]]:
         raise InputError(f"{path}: not UTF-8 text ({exc}); save the file as UTF-8") from exc
     if not text.strip():
         raise InputError(f"{path}: prompts file is empty; add prompts (JSON or CSV format)")
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        prompts = _parse_json(text, path)
-    elif suffix == ".csv":
-        prompts = _parse_csv(text, path)
-    else:
-        raise InputError(f"{path}: unknown prompts file type {suffix!r}; use a .json or .csv file")
+    parse = {".json": _parse_json, ".csv": _parse_csv}.get(path.suffix.lower())
+    if parse is None:
+        raise InputError(f"{path}: unknown prompts file type {path.suffix!r}; use a .json or .csv")
+    prompts = parse(text, path)
     if not prompts:
         raise InputError(f"{path}: no prompts found; add at least one image with prompts")
     return prompts
@@ -101,9 +93,7 @@ MAX_INT_DIGITS = 9
 
 
 def _strict_json(text: str, path: Path) -> Any:
-    """``json.loads`` refusing (InputError naming ``path``) a repeated key, an integer of over
-    :data:`MAX_INT_DIGITS` digits and nesting too deep for the parser (non-finite numbers are
-    refused where a prompt holds numbers)."""
+    """``json.loads`` refusing repeated keys, over-long integers and too deep nesting."""
 
     def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: dict[str, Any] = {}
@@ -114,11 +104,9 @@ def _strict_json(text: str, path: Path) -> Any:
         return seen
 
     def bounded_int(digits: str) -> int:
-        if len(digits.lstrip("-")) > MAX_INT_DIGITS:
-            raise InputError(
-                f"{path}: integer {digits[:12]}… has {len(digits.lstrip('-'))} digits; "
-                "prompt coordinates are pixels"
-            )
+        count = len(digits.lstrip("-"))
+        if count > MAX_INT_DIGITS:
+            raise InputError(f"{path}: integer {digits[:12]}… has {count} digits; use pixels")
         return int(digits)
 
     try:
@@ -150,14 +138,6 @@ def _parse_json(text: str, path: Path) -> dict[str, list[Prompt]]:
     return prompts
 
 
-@dataclass
-class _CsvPrompt:
-    where: str
-    box: Box | None = None
-    points: list[tuple[float, float]] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-
-
 def _csv_values(
     row: dict[str, str], columns: Sequence[str], where: str
 ) -> tuple[float, ...] | None:
@@ -170,12 +150,11 @@ def _csv_values(
     try:
         return tuple(float(value) for value in raw)
     except ValueError as exc:
-        raise InputError(
-            f"{where}: {','.join(raw)} are not all numbers ({exc}); fix the row"
-        ) from exc
+        raise InputError(f"{where}: {','.join(raw)} are not all numbers; fix the row") from exc
 
 
-def _csv_row(row: dict[str, str], draft: _CsvPrompt, where: str) -> None:
+def _csv_row(row: dict[str, str], draft: Prompt, where: str, first: str) -> Prompt:
+    """``draft`` (the prompt begun at ``first``) with the row's box and/or point added."""
     box = _csv_values(row, _BOX_COLUMNS, where)
     point = _csv_values(row, _POINT_COLUMNS, where)
     label_text = (row.get("label") or "").strip()
@@ -184,18 +163,17 @@ def _csv_row(row: dict[str, str], draft: _CsvPrompt, where: str) -> None:
     if box is not None:
         if draft.box is not None:
             raise InputError(
-                f"{where}: second box for prompt {draft.where}; give each box its own prompt"
+                f"{where}: second box for prompt {first}; give each box its own prompt"
             )
-        draft.box = as_box(box)
-    if point is not None:
-        if label_text not in ("", "0", "1"):
-            raise InputError(
-                f"{where}: label {label_text!r} must be 1 (foreground) or 0 (background)"
-            )
-        draft.points.append((point[0], point[1]))
-        draft.labels.append(int(label_text or 1))
-    elif label_text:
-        raise InputError(f"{where}: label without a point; fill px,py or clear the label")
+        draft = replace(draft, box=as_box(box))
+    if point is None:
+        if label_text:
+            raise InputError(f"{where}: label without a point; fill px,py or clear the label")
+        return draft
+    if label_text not in ("", "0", "1"):
+        raise InputError(f"{where}: label {label_text!r} must be 1 (foreground) or 0 (background)")
+    labels = (*draft.point_labels, int(label_text or 1))
+    return replace(draft, points=(*draft.points, (point[0], point[1])), point_labels=labels)
 
 
 def _parse_csv(text: str, path: Path) -> dict[str, list[Prompt]]:
@@ -209,7 +187,7 @@ def _parse_csv(text: str, path: Path) -> dict[str, list[Prompt]]:
             f"{path}: CSV header is {','.join(columns)!r}; it needs image_id plus x0,y0,x1,y1 "
             "and/or px,py (optional: label, prompt)"
         )
-    drafts: dict[tuple[str, str], _CsvPrompt] = {}
+    drafts: dict[tuple[str, str], tuple[str, Prompt]] = {}
     for row in reader:
         where = f"{path}: line {reader.line_num}"
         if None in row:
@@ -219,10 +197,10 @@ def _parse_csv(text: str, path: Path) -> dict[str, list[Prompt]]:
             raise InputError(f"{where}: image_id is empty; fill it in")
         group = (row.get("prompt") or "").strip()
         key = (image_id, f"prompt:{group}" if group else f"line:{reader.line_num}")
-        _csv_row(row, drafts.setdefault(key, _CsvPrompt(where=where)), where)
+        first, draft = drafts.get(key, (where, Prompt()))
+        drafts[key] = first, _csv_row(row, draft, where, first)
     prompts: dict[str, list[Prompt]] = {}
-    for (image_id, _), draft in drafts.items():
-        prompt = Prompt(box=draft.box, points=tuple(draft.points), point_labels=tuple(draft.labels))
-        check_structure(prompt, draft.where)
+    for (image_id, _), (first, prompt) in drafts.items():
+        check_structure(prompt, first)
         prompts.setdefault(image_id, []).append(prompt)
     return prompts

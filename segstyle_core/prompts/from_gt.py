@@ -1,5 +1,4 @@
-"""A frame's prompts for a run's source: box prompts from ground-truth instances (XYXY pixels,
-exclusive maximum), expanded and jittered with a per-frame seed to imitate a less careful user."""
+"""A frame's prompts: boxes (XYXY pixels) from GT instances or a file, grown and jittered."""
 
 from __future__ import annotations
 
@@ -29,9 +28,7 @@ def prompts_from_instances(
     mode: Literal["all", "largest"] = "all",
     min_area: int = DEFAULT_MIN_AREA,
 ) -> list[Prompt]:
-    """Box prompts (``instance_id``, ``class_name`` filled) of the instances of at least
-    ``min_area`` pixels: all, in order, or (``largest``) the largest one (ConfigError: unknown
-    ``mode``)."""
+    """Box prompts of the instances of at least ``min_area`` pixels: ``all`` or the largest."""
     if mode not in ("all", "largest"):
         raise ConfigError(f"prompt mode {mode!r} is unknown; use 'all' or 'largest'")
     kept = [instance for instance in instances if instance.area >= min_area]
@@ -51,14 +48,11 @@ def jitter_boxes(
     jitter_px: int = 0,
     seed: int = 0,
 ) -> list[Prompt]:
-    """Expand and randomly shift the boxes of ``prompts`` on a ``width``×``height`` image.
-
-    Each side moves out by ``expand_px`` plus ``expand_pct`` percent of the box's width or
-    height; then each coordinate by an integer uniform in ``[-jitter_px, jitter_px]``
-    (``default_rng(seed)``, in prompt order), clipped to the image; an axis the jitter collapses
-    below one pixel keeps its un-jittered coordinates. Points never move. ConfigError: a
-    negative option; InputError: a box does not fit the image.
-    """
+    """Expand and randomly shift the boxes of ``prompts`` on a ``width``×``height`` image: each
+    side out by ``expand_px`` plus ``expand_pct`` % of the box's side, then each coordinate by an
+    integer uniform in ``[-jitter_px, jitter_px]`` (``default_rng(seed)``, in prompt order),
+    clipped; an axis the jitter collapses below one pixel keeps its un-jittered coordinates.
+    Points never move. ConfigError: a negative option; InputError: a box off the image."""
     options = {"expand_px": expand_px, "expand_pct": expand_pct, "jitter_px": jitter_px}
     for option, value in options.items():
         if value < 0:
@@ -72,22 +66,14 @@ def jitter_boxes(
             continue
         source = f"jitter_boxes prompt {index}"
         check_structure(prompt, source)
-        x0, y0, x1, y1 = clip_box(prompt.box, width, height, source)
-        dx = expand_px + expand_pct / 100.0 * (x1 - x0)
-        dy = expand_px + expand_pct / 100.0 * (y1 - y0)
-        base = np.clip(np.array([x0 - dx, y0 - dy, x1 + dx, y1 + dy]), 0, limits)
+        box = np.array(clip_box(prompt.box, width, height, source))
+        grow = expand_px + expand_pct / 100.0 * (box[2:] - box[:2])
+        base = np.clip(box + np.concatenate([-grow, grow]), 0, limits)
         moved = np.clip(base + rng.integers(-jitter_px, jitter_px + 1, size=4), 0, limits)
-        for axis in (0, 1):
-            if moved[axis + 2] - moved[axis] < 1:
-                moved[[axis, axis + 2]] = base[[axis, axis + 2]]
+        collapsed = np.tile(moved[2:] - moved[:2] < 1, 2)  # an axis under one pixel: un-jittered
+        moved[collapsed] = base[collapsed]
         jittered.append(replace(prompt, box=as_box(moved)))
     return jittered
-
-
-def frame_seed(seed: int, image_id: str) -> int:
-    """A frame's box-jitter seed: the first 8 bytes of SHA-256(``"{seed}:{image_id}"``)."""
-    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big")
 
 
 def frame_prompts(
@@ -101,10 +87,10 @@ def frame_prompts(
     jitter_px: int = 0,
     seed: int = 0,
 ) -> list[Prompt]:
-    """One frame's prompts for ``source``, boxes jittered with :func:`frame_seed`:
-    ``gt-instances``, ``largest``, ``auto`` (none: automatic masks) or a prompts-file path whose
-    parsed content is ``file_prompts`` (validated against ``size``, the frame's ``(height,
-    width)``; InputError naming the file, image and entry if one does not fit)."""
+    """One frame's prompts for ``source``: ``gt-instances``, ``largest``, ``auto`` (none) or a
+    prompts file parsed as ``file_prompts``, validated against ``size`` ``(height, width)``
+    (InputError naming the file, image and entry). Boxes are jittered with the seed of the
+    first 8 bytes (big-endian) of SHA-256(``"{seed}:{image_id}"``)."""
     if source == "auto":
         return []
     height, width = size
@@ -118,5 +104,6 @@ def frame_prompts(
             validate_prompt(prompt, width, height, f"{source}: {frame.image_id} prompt {index}")
             for index, prompt in enumerate(file_prompts.get(frame.image_id, []))
         ]
-    frame_rng_seed = frame_seed(seed, frame.image_id)
-    return jitter_boxes(prompts, width, height, expand_px, jitter_px=jitter_px, seed=frame_rng_seed)
+    digest = hashlib.sha256(f"{seed}:{frame.image_id}".encode()).digest()
+    frame_seed = int.from_bytes(digest[:8], "big")
+    return jitter_boxes(prompts, width, height, expand_px, jitter_px=jitter_px, seed=frame_seed)

@@ -1,6 +1,5 @@
-"""Checking prompts against an image, and parsing box and point values given as text: boxes
-cover the pixels ``x0 <= x < x1``, ``y0 <= y < y1``; points are ``(x, y)`` pixels with label 1
-(foreground) or 0 (background)."""
+"""Checking prompts against an image, and parsing boxes and points given as text: boxes cover
+``x0 <= x < x1``, ``y0 <= y < y1`` pixels; points are ``(x, y)`` pixels labelled 1 or 0."""
 
 from __future__ import annotations
 
@@ -21,8 +20,7 @@ def as_box(values: Iterable[float]) -> Box:
 
 
 def check_structure(prompt: Prompt, source: str) -> None:
-    """Check what needs no image: not empty, finite numbers, one 0/1 label per point
-    (one-line InputError naming ``source``)."""
+    """Check what needs no image: not empty, finite numbers, one 0/1 label per point."""
     box = prompt.box
     if box is None and not prompt.points:
         raise InputError(f"{source}: prompt has neither a box nor points; give a box or points")
@@ -32,21 +30,15 @@ def check_structure(prompt: Prompt, source: str) -> None:
         if len(point) != 2 or not all(map(math.isfinite, point)):
             raise InputError(f"{source}: point {point} is not two finite numbers x,y")
     if len(prompt.point_labels) != len(prompt.points):
-        raise InputError(
-            f"{source}: {len(prompt.points)} points but {len(prompt.point_labels)} labels; "
-            "give one label (1 = foreground, 0 = background) per point"
-        )
+        labels = f"{len(prompt.points)} points but {len(prompt.point_labels)} labels"
+        raise InputError(f"{source}: {labels}; give one label (1 or 0) per point")
     if any(label not in (0, 1) for label in prompt.point_labels):
-        raise InputError(
-            f"{source}: point labels {list(prompt.point_labels)} must each be 1 (foreground) "
-            "or 0 (background)"
-        )
+        raise InputError(f"{source}: point labels {list(prompt.point_labels)} must each be 1 or 0")
 
 
 def validate_prompt(prompt: Prompt, width: int, height: int, source: str) -> Prompt:
     """``prompt`` checked against a ``width``×``height`` image, a box sticking out clipped
-    (InputError naming ``source``: malformed, a box inverted, empty or wholly outside, or a
-    point outside the image)."""
+    (InputError naming ``source``: malformed, a box off the image, a point outside it)."""
     check_structure(prompt, source)
     for x, y in prompt.points:
         if not (0 <= x < width and 0 <= y < height):
@@ -59,51 +51,36 @@ def validate_prompt(prompt: Prompt, width: int, height: int, source: str) -> Pro
 
 
 def clip_box(box: Box, width: int, height: int, source: str) -> Box:
-    """``box`` clipped to a ``width``×``height`` image (InputError naming ``source`` if it is
-    inverted, empty or wholly outside)."""
+    """``box`` clipped to a ``width``×``height`` image (InputError: inverted, empty, outside)."""
     x0, y0, x1, y1 = box
+    shown = f"{source}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g})"
     if x1 <= x0 or y1 <= y0:
-        raise InputError(
-            f"{source}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is inverted or empty; "
-            "give it as x0,y0,x1,y1 with x0 < x1 and y0 < y1"
-        )
+        raise InputError(f"{shown} is inverted or empty; give x0,y0,x1,y1 with x0 < x1 and y0 < y1")
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-        raise InputError(
-            f"{source}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the "
-            f"{width}x{height} image; use coordinates of this image"
-        )
+        raise InputError(f"{shown} lies outside the {width}x{height} image; use its coordinates")
     return as_box((max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)))
 
 
-def parse_box(text: str) -> tuple[float, float, float, float]:
+def parse_box(text: str) -> Box:
     """``"x0,y0,x1,y1"`` (pixels, XYXY) as four floats (InputError if not four numbers)."""
-    values = _parse_numbers(text, "box", "10,20,200,120")
-    if len(values) != 4:
-        raise InputError(
-            f"box {text!r}: expected four comma-separated numbers x0,y0,x1,y1 (e.g. 10,20,200,120)"
-        )
-    return as_box(values)
+    return as_box(_parse_numbers(text, "box", (4,), "x0,y0,x1,y1, e.g. 10,20,200,120"))
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
-    """``"x,y"`` or ``"x,y,label"`` (label 1 foreground, the default, or 0) as ``(x, y, label)``
-    (InputError otherwise)."""
-    values = _parse_numbers(text, "point", "120,80,1")
-    if len(values) not in (2, 3) or (len(values) == 3 and values[2] not in (0.0, 1.0)):
-        raise InputError(
-            f"point {text!r}: expected x,y or x,y,label with label 1 (foreground) or "
-            "0 (background), e.g. 120,80,1"
-        )
-    label = int(values[2]) if len(values) == 3 else 1
-    return values[0], values[1], label
+    """``"x,y"`` or ``"x,y,label"`` (label 1, the default, or 0) as ``(x, y, label)``."""
+    form = "x,y or x,y,label with label 1 (foreground) or 0 (background), e.g. 120,80,1"
+    values = _parse_numbers(text, "point", (2, 3), form)
+    label = values[2] if len(values) == 3 else 1.0
+    if label not in (0.0, 1.0):
+        raise InputError(f"point {text!r}: expected {form}")
+    return values[0], values[1], int(label)
 
 
-def _parse_numbers(text: str, what: str, example: str) -> list[float]:
-    message = f"{what} {text!r}: not comma-separated numbers; write e.g. {example}"
+def _parse_numbers(text: str, what: str, counts: tuple[int, ...], form: str) -> list[float]:
     try:
         values = [float(part) for part in text.split(",")]
-    except ValueError as exc:
-        raise InputError(message) from exc
-    if not all(math.isfinite(v) for v in values):
-        raise InputError(message)
+    except ValueError:
+        values = []
+    if len(values) not in counts or not all(map(math.isfinite, values)):
+        raise InputError(f"{what} {text!r}: expected comma-separated numbers {form}")
     return values

@@ -4,6 +4,7 @@ segmenters: :func:`load_segmenter`; SAM 2's video tracker: :func:`load_video_tra
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -53,11 +54,8 @@ class SegmenterConfig(BackendConfig):
     def _weights(self) -> tuple[str, weights.CheckpointFile]:
         """SAM's or SAM 2's variant and checkpoint."""
         variant: str = self.sam_variant if self.backend == "sam" else self.sam2_variant
-        official = f"{'sam' if self.backend == 'sam' else 'sam2.1'}_{variant}"
-        file = weights.resolve_checkpoint(
-            self.checkpoint, "segmenter.checkpoint", official, self.weights_dir
-        )
-        return variant, file
+        own, folder = self.checkpoint, self.weights_dir
+        return variant, sam_checkpoint(self.backend, variant, own, "segmenter.checkpoint", folder)
 
     def identity(self) -> BackendIdentity:
         """Name, variant and weights SHA-256, without loading the model (WeightsError: a
@@ -83,6 +81,15 @@ class SegmenterConfig(BackendConfig):
         return self.load_once(factory, embedding_cache_dir)
 
 
+def sam_checkpoint(
+    backend: str, variant: str, own: str | None, field: str, folder: str | None
+) -> weights.CheckpointFile:
+    """SAM's or SAM 2.1's (``backend``) checkpoint: ``own`` (from the setting ``field``), else
+    ``variant``'s official one in ``folder`` (raises as :func:`.weights.resolve_checkpoint`)."""
+    official = f"{'sam' if backend == 'sam' else 'sam2.1'}_{variant}"
+    return weights.resolve_checkpoint(own, field, official, folder)
+
+
 def load_segmenter(
     backend: Literal["sam", "sam2"],
     variant: str,
@@ -92,14 +99,10 @@ def load_segmenter(
     multimask: bool = True,
     precision: SamPrecision = "auto",
 ) -> PromptSegmenter:
-    """SAM's or SAM 2's segmenter on ``variant``'s model filled from ``checkpoint``, the model
-    shared per backend, variant, device and weights (:data:`segstyle_core.devices.MODELS`);
-    the options: :class:`~.sam.PromptSegmenter`'s.
-
-    Raises:
-        ConfigError: unknown variant, device or precision; the ``sam2`` package missing.
-        WeightsError: unsafe/corrupt checkpoint, or one made for another architecture.
-    """
+    """SAM's or SAM 2's segmenter on ``variant``'s model filled from ``checkpoint`` (shared as
+    :func:`load_model`); the options: :class:`~.sam.PromptSegmenter`'s (ConfigError: unknown
+    variant, device or precision, no ``sam2`` package; WeightsError: unsafe, corrupt or for
+    another architecture)."""
     segmenter: type[PromptSegmenter]
     if backend == "sam":
         from segstyle_core.segment.sam import SamSegmenter
@@ -123,9 +126,7 @@ def load_video_tracker(
     :func:`load_segmenter`)."""
     from segstyle_core.segment.sam2 import Sam2VideoTracker, sam2_model
 
-    def architecture(variant: str) -> torch.nn.Module:
-        return sam2_model(variant, "build_sam2_video_predictor")
-
+    architecture = functools.partial(sam2_model, builder="build_sam2_video_predictor")
     resolved = devices.resolve_device(device)
     predictor = load_model("sam2-video", architecture, "SAM 2", variant, checkpoint, resolved)
     return Sam2VideoTracker(predictor, variant, checkpoint.sha256, resolved)
@@ -139,9 +140,8 @@ def load_model(
     checkpoint: weights.CheckpointFile,
     device: torch.device,
 ) -> torch.nn.Module:
-    """``architecture(variant)`` filled from ``checkpoint`` (WeightsError: unsafe, corrupt or
-    for another architecture; ``label`` names it) in eval mode on ``device``, loaded once per
-    ``kind``, variant, device and weights (:data:`segstyle_core.devices.MODELS`)."""
+    """``architecture(variant)`` (named ``label`` in errors) filled from ``checkpoint``, in eval
+    mode on ``device``, loaded once per ``kind``, variant, device and weights (WeightsError)."""
 
     def load() -> torch.nn.Module:
         model = architecture(variant)

@@ -10,12 +10,10 @@ a time and keeps the last mask that leaves ``min_box_fill`` of the box foregroun
 prompt is a box prompt around its anchor: the regions holding its foreground points, less those
 holding a background point, within :data:`POINT_CONTEXT` of the image's shorter side, grown by
 :data:`POINT_BOX_GROW`. The mask keeps the components touching a definite-foreground seed (else
-the largest), holes filled except those holding a background point; it scores 1.0.
-
-Fallback (score 0.0, :attr:`MaskPrediction.notes` ``("fallback:box" | "fallback:points",
-reason)``): a box under :data:`MIN_BOX_SIDE_PX` on a side, a GrabCut failure or no foreground
-give the box (or the foreground points' disks), foreground disks added, background disks cut.
-"""
+the largest), holes filled except those holding a background point; it scores 1.0. A box under
+:data:`MIN_BOX_SIDE_PX` a side, a GrabCut failure or no foreground fall back to the box (or the
+foreground points' disks) plus foreground disks, less background disks: score 0.0, ``notes``
+``("fallback:box"|"fallback:points", reason)``."""
 
 from __future__ import annotations
 
@@ -51,63 +49,66 @@ _VETO_GUARD_PX = 3
 
 _FOREGROUND = (cv2.GC_FGD, cv2.GC_PR_FGD)
 
+#: ``(x, y)`` pixels; an integer XYXY box (exclusive end).
+Pixels = list[tuple[int, int]]
+PixelBox = tuple[int, int, int, int]
+
 #: Felzenszwalb settings of the automatic masks, and the most masks kept, largest first.
 AUTO_SEGMENTS: dict[str, Any] = {"scale": 300.0, "sigma": 0.8, "min_size": 200}
 MAX_AUTO_MASKS = 100
 
 
-def _pixel_box(box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
-    """The pixels a float XYXY box (exclusive max) touches, as an integer XYXY box."""
+def _pixel_box(box: tuple[float, float, float, float]) -> PixelBox:
+    """The pixels a float XYXY box (exclusive max) touches."""
     x0, y0, x1, y1 = box
     return int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))
 
 
 def _grown_box(
     xs: ArrayLike, ys: ArrayLike, grow_x: int, grow_y: int, width: int, height: int
-) -> tuple[int, int, int, int]:
-    """The XYXY box (exclusive end) of pixels ``xs``, ``ys`` grown by ``grow_x``/``grow_y`` on
-    each side, clipped to a ``width``×``height`` image."""
+) -> PixelBox:
+    """The box of pixels ``xs``, ``ys`` grown by ``grow_x``/``grow_y`` on each side, clipped to
+    a ``width``×``height`` image."""
     x0, x1 = int(np.min(xs)) - grow_x, int(np.max(xs)) + 1 + grow_x
     y0, y1 = int(np.min(ys)) - grow_y, int(np.max(ys)) + 1 + grow_y
     return max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
 
 
-def _inside(points: list[tuple[int, int]], box: tuple[int, int, int, int]) -> list[tuple[int, int]]:
+def _inside(points: Pixels, box: PixelBox) -> Pixels:
     x0, y0, x1, y1 = box
     return [(x - x0, y - y0) for x, y in points if x0 <= x < x1 and y0 <= y < y1]
 
 
-def _disk_mask(shape: tuple[int, int], points: list[tuple[int, int]], radius: int) -> np.ndarray:
-    """``H×W bool`` filled disks of ``radius`` around ``points`` (``(x, y)`` pixels)."""
+def _disk_mask(shape: tuple[int, int], points: Pixels) -> np.ndarray:
+    """``H×W bool`` filled disks of :data:`POINT_RADIUS_PX` around ``points``."""
     canvas = np.zeros(shape, dtype=np.uint8)
     for x, y in points:
-        cv2.circle(canvas, (x, y), radius, 1, thickness=-1)
+        cv2.circle(canvas, (x, y), POINT_RADIUS_PX, 1, thickness=-1)
     return canvas.astype(bool)
 
 
-def _point_seeds(
-    seed: np.ndarray,
-    positives: list[tuple[int, int]],
-    negatives: list[tuple[int, int]],
-    radius: int,
-) -> None:
-    """Mark disks of ``radius`` around the points ``GC_FGD``/``GC_BGD`` in place; each point's own
-    pixel keeps its own label even where another point's disk covers it."""
-    seed[_disk_mask(seed.shape, positives, radius)] = cv2.GC_FGD
-    seed[_disk_mask(seed.shape, negatives, radius)] = cv2.GC_BGD
-    for (x, y), label in [
-        *((p, cv2.GC_FGD) for p in positives),
-        *((n, cv2.GC_BGD) for n in negatives),
-    ]:
-        seed[y, x] = label
+def _point_seeds(seed: np.ndarray, positives: Pixels, negatives: Pixels) -> None:
+    """Mark the points' disks ``GC_FGD``/``GC_BGD`` in place; each point's own pixel keeps its
+    own label even where another point's disk covers it."""
+    marks = ((positives, cv2.GC_FGD), (negatives, cv2.GC_BGD))
+    for points, label in marks:
+        seed[_disk_mask(seed.shape, points)] = label
+    for points, label in marks:
+        for x, y in points:
+            seed[y, x] = label
 
 
-def _regions_at(labels: np.ndarray, points: list[tuple[int, int]]) -> np.ndarray:
+def _regions(crop: np.ndarray) -> np.ndarray:
+    """``h×w int`` Felzenszwalb colour regions of ``crop``."""
+    return felzenszwalb(crop, scale=REGION_SCALE, sigma=0.8, min_size=REGION_MIN_SIZE)
+
+
+def _regions_at(labels: np.ndarray, points: Pixels) -> np.ndarray:
     return np.isin(labels, [labels[y, x] for x, y in points])
 
 
-def _split_points(prompt: Prompt) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    split: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])
+def _split_points(prompt: Prompt) -> tuple[Pixels, Pixels]:
+    split: tuple[Pixels, Pixels] = ([], [])
     for (x, y), label in zip(prompt.points, prompt.point_labels, strict=True):
         split[0 if label else 1].append((int(x), int(y)))
     return split
@@ -124,7 +125,7 @@ def _keep_components(mask: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     return np.isin(labels, list(keep))
 
 
-def _fill_holes(mask: np.ndarray, negatives: list[tuple[int, int]]) -> np.ndarray:
+def _fill_holes(mask: np.ndarray, negatives: Pixels) -> np.ndarray:
     filled = ndimage.binary_fill_holes(mask)
     if negatives:
         holes, _ = ndimage.label(filled & ~mask)
@@ -142,10 +143,9 @@ def _segment_point(mask: np.ndarray) -> list[int]:
 
 @dataclass(eq=False)
 class GrabCutSegmenter:
-    """The ``grabcut`` backend (see the module docstring): at most ``iterations`` per prompt;
-    ``center_prior``: the centre ellipse's size as a fraction of the box (0: none);
-    ``keep_largest_component``, ``fill_holes``: the post-processing; ``seed``: OpenCV's RNG
-    seed before every GrabCut call (its k-means init is random). ConfigError: out of range."""
+    """The ``grabcut`` backend; ``center_prior``: the centre ellipse's size as a fraction of the
+    box (0: none); ``seed``: OpenCV's RNG seed before every GrabCut call (its k-means init is
+    random). ConfigError: an option out of range."""
 
     iterations: int = 5
     center_prior: float = 0.7
@@ -179,32 +179,27 @@ class GrabCutSegmenter:
             for index, prompt in enumerate(prompts)
         ]
 
-    def _regions(self, crop: np.ndarray) -> np.ndarray:
-        """``h×w int`` Felzenszwalb colour regions of ``crop``."""
-        return felzenszwalb(crop, scale=REGION_SCALE, sigma=0.8, min_size=REGION_MIN_SIZE)
-
     def _points_region(
-        self, image: np.ndarray, positives: list[tuple[int, int]], negatives: list[tuple[int, int]]
-    ) -> tuple[tuple[int, int, int, int], np.ndarray]:
-        """A points-only prompt's box (integer XYXY: the anchor's, grown) and anchor (``H×W
-        bool``: its regions plus the foreground disks)."""
+        self, image: np.ndarray, positives: Pixels, negatives: Pixels
+    ) -> tuple[PixelBox, np.ndarray]:
+        """A points-only prompt's box (the anchor's, grown) and anchor (``H×W bool``: its
+        regions plus the foreground disks)."""
         height, width = image.shape[:2]
         margin = max(MARGIN_PX, int(POINT_CONTEXT * min(width, height)))
         xs, ys = zip(*positives, strict=True)
         near = x0, y0, x1, y1 = _grown_box(xs, ys, margin, margin, width, height)
-        labels = self._regions(np.ascontiguousarray(image[y0:y1, x0:x1]))
+        labels = _regions(np.ascontiguousarray(image[y0:y1, x0:x1]))
         local_pos, local_neg = _inside(positives, near), _inside(negatives, near)
         region = _regions_at(labels, local_pos) & ~_regions_at(labels, local_neg)
-        region |= _disk_mask(labels.shape, local_pos, POINT_RADIUS_PX)
+        region |= _disk_mask(labels.shape, local_pos)
         anchor = np.zeros((height, width), dtype=bool)
         anchor[y0:y1, x0:x1] = region
-        rows, cols = np.nonzero(anchor)
-        grow_x = round(POINT_BOX_GROW * (cols.max() + 1 - cols.min())) + 1
-        grow_y = round(POINT_BOX_GROW * (rows.max() + 1 - rows.min())) + 1
-        return _grown_box(cols, rows, grow_x, grow_y, width, height), anchor
+        x, y, w, h = cv2.boundingRect(anchor.astype(np.uint8))
+        grow_x, grow_y = round(POINT_BOX_GROW * w) + 1, round(POINT_BOX_GROW * h) + 1
+        return _grown_box((x, x + w - 1), (y, y + h - 1), grow_x, grow_y, width, height), anchor
 
     def _box_anchor(
-        self, shape: tuple[int, int], in_box: tuple[slice, slice], positives: list[tuple[int, int]]
+        self, shape: tuple[int, int], in_box: tuple[slice, slice], positives: Pixels
     ) -> np.ndarray:
         """``h×w bool`` definite foreground of a box prompt: the centre prior, or the foreground
         points' convex hull."""
@@ -252,13 +247,11 @@ class GrabCutSegmenter:
         else:  # a box: the centre prior, or the foreground points' hull where it spans the prior
             definite = self._box_anchor(shape, in_box, local_pos)
         if local_neg:  # each background point vetoes its colour region
-            veto = _regions_at(self._regions(crop), local_neg)
+            veto = _regions_at(_regions(crop), local_neg)
             definite &= ~ndimage.binary_dilation(veto, iterations=_VETO_GUARD_PX)
-            inside = np.zeros(shape, dtype=bool)
-            inside[in_box] = True
-            seed[veto & inside] = cv2.GC_PR_BGD
+            seed[in_box][veto[in_box]] = cv2.GC_PR_BGD  # through the view of the box
         seed[definite] = cv2.GC_FGD
-        _point_seeds(seed, local_pos, local_neg, POINT_RADIUS_PX)
+        _point_seeds(seed, local_pos, local_neg)
 
         try:
             local = self._grabcut(crop, seed, in_box)
@@ -279,7 +272,7 @@ class GrabCutSegmenter:
         self, crop: np.ndarray, seed: np.ndarray, in_box: tuple[slice, slice]
     ) -> np.ndarray:
         """``h×w bool`` foreground of the last GrabCut iteration on ``crop`` (from the ``seed``
-        class mask) that kept ``min_box_fill`` of ``in_box`` (cv2.error: GrabCut failed)."""
+        classes) that kept ``min_box_fill`` of ``in_box`` (cv2.error: GrabCut failed)."""
         cv2.setRNGSeed(self.seed)
         bgd_model: MatLike = np.zeros((1, 65), np.float64)
         fgd_model: MatLike = np.zeros((1, 65), np.float64)
@@ -304,14 +297,14 @@ class GrabCutSegmenter:
             x0, y0, x1, y1 = _pixel_box(prompt.box)
             seed[y0:y1, x0:x1] = cv2.GC_PR_FGD
             kind = "fallback:box"
-        _point_seeds(seed, *_split_points(prompt), POINT_RADIUS_PX)
+        _point_seeds(seed, *_split_points(prompt))
         mask = np.isin(seed, _FOREGROUND)
         return MaskPrediction(mask=mask, score=0.0, notes=(kind, reason))
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Automatic masks of ``image`` (``H×W×3 uint8 RGB``): its Felzenszwalb segments as
-        SamAutomaticMaskGenerator's records, the :data:`MAX_AUTO_MASKS` largest first; scores
-        1.0, ``point_coords`` the pixel farthest from the segment's edge."""
+        """``image``'s (``H×W×3 uint8 RGB``) :data:`MAX_AUTO_MASKS` largest Felzenszwalb segments,
+        largest first, as SamAutomaticMaskGenerator's records (scores 1.0, ``point_coords``: the
+        pixel farthest from the segment's edge)."""
         check_rgb(image, "image for GrabCut")
         height, width = image.shape[:2]
         labels = felzenszwalb(image, **AUTO_SEGMENTS)

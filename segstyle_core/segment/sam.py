@@ -43,8 +43,8 @@ _EMBEDDING_FORMAT = 1
 
 
 def encoder_dtype(precision: SamPrecision, device: torch.device) -> torch.dtype | None:
-    """The image encoder's autocast dtype on ``device`` (``None``: float32); ``"auto"`` is
-    bfloat16 where :func:`~segstyle_core.devices.native_bfloat16` (ConfigError: unknown)."""
+    """The image encoder's autocast dtype on ``device`` (``None``: float32; ``auto``: bfloat16
+    where :func:`~segstyle_core.devices.native_bfloat16`). ConfigError: unknown precision."""
     if precision not in get_args(SamPrecision):
         raise ConfigError(
             f"SAM precision {precision!r} is unknown: use one of {get_args(SamPrecision)}"
@@ -55,8 +55,7 @@ def encoder_dtype(precision: SamPrecision, device: torch.device) -> torch.dtype 
 
 class ImageStatePredictor(Protocol):
     """A predictor whose image state (encoder output, image sizes) reads and restores as a
-    ``{name: tensor, list of tensors or list of ints}`` mapping (``KeyError``/``TypeError``
-    before any change if malformed)."""
+    ``{name: tensor, list of tensors or of ints}`` (KeyError/TypeError before any change)."""
 
     def image_state(self) -> dict[str, Any]: ...
 
@@ -74,10 +73,9 @@ def _map_tensors(value: Any, function: Callable[[torch.Tensor], torch.Tensor]) -
 
 
 class PromptSegmenter(abc.ABC):
-    """SAM or SAM 2 on a loaded ``model`` of architecture ``variant`` and weights
-    ``weights_sha256``, as a thread-safe :class:`~segstyle_core.segment.base.Segmenter`;
-    ``multimask``: keep the best of three candidates per prompt; ``precision``:
-    :func:`encoder_dtype` (ConfigError: unknown)."""
+    """SAM or SAM 2 on a loaded ``model`` (``variant``, weights ``weights_sha256``) as a
+    thread-safe :class:`~.base.Segmenter`; ``multimask``: keep the best of three candidates per
+    prompt; ``precision``: :func:`encoder_dtype`."""
 
     name: str
     label: str
@@ -112,7 +110,7 @@ class PromptSegmenter(abc.ABC):
 
     @abc.abstractmethod
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
-        """Decode prompts of one shape (kind, point count) against the image set, in a batch."""
+        """Decode prompts of one kind and point count against the image set, in a batch."""
 
     @abc.abstractmethod
     def _mask_generator(self) -> Any:
@@ -125,9 +123,9 @@ class PromptSegmenter(abc.ABC):
         encode: Callable[[], None],
         **salt: Any,
     ) -> None:
-        """Give ``predictor`` the state of ``image``: from the embedding cache, else by
-        ``encode()`` (its own ``set_image``, under :attr:`encoder_dtype` autocast, the state
-        back in float32), then saved. An unreadable entry is recomputed and overwritten."""
+        """Give ``predictor`` the state of ``image`` from the embedding cache, else by ``encode()``
+        (its own ``set_image``, under :attr:`encoder_dtype` autocast, the state back in float32)
+        and save it (an unreadable entry is recomputed and overwritten)."""
         path = self._cache_path(image, salt)
         if path is not None and path.is_file():
             try:
@@ -147,8 +145,8 @@ class PromptSegmenter(abc.ABC):
                 torch.save(_map_tensors(predictor.image_state(), torch.Tensor.cpu), handle)
 
     def _cache_path(self, image: np.ndarray, salt: dict[str, Any]) -> Path | None:
-        """``<cache_dir>/<key>.pt``, the key hashing the model, encoder dtype, ``salt`` (what
-        the predictor adds) and the image; ``None`` without a cache."""
+        """``<cache_dir>/<key>.pt`` (``None``: no cache), the key hashing the model, encoder
+        dtype, the predictor's ``salt`` and the image."""
         if self.cache_dir is None:
             return None
         dtype = str(self.encoder_dtype or torch.float32).removeprefix("torch.")
@@ -160,9 +158,8 @@ class PromptSegmenter(abc.ABC):
 
     def segment(self, image: np.ndarray, prompts: list[Prompt]) -> list[MaskPrediction]:
         """One ``H×W bool`` mask per prompt for ``image`` (``H×W×3 uint8 RGB``), in order,
-        scored by the predicted IoU; prompts of one kind and point count are decoded together,
-        :data:`DECODE_BATCH` at a time (InputError: bad image, or a prompt that is empty,
-        inverted or outside the image)."""
+        scored by the predicted IoU; prompts of one kind and point count decoded together,
+        :data:`DECODE_BATCH` at a time (InputError: bad image or prompt)."""
         check_rgb(image, f"image for {self.label}")
         height, width = image.shape[:2]
         groups: dict[tuple[bool, int], list[int]] = defaultdict(list)
@@ -181,8 +178,7 @@ class PromptSegmenter(abc.ABC):
         return [results[i] for i in range(len(prompts))]
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Automatic mask records for ``image`` (``H×W×3 uint8 RGB``) by the model's own
-        generator with default options."""
+        """The model's own automatic masks (default options) for ``image`` (``H×W×3 uint8``)."""
         check_rgb(image, f"image for {self.label}")
         generator = self._mask_generator()
         with self._lock, torch.inference_mode():
@@ -240,14 +236,13 @@ class SamSegmenter(PromptSegmenter):
         model = self.model
         size = predictor.original_size
         coords, labels, box_array = prompt_arrays(prompts)
+        tensor = functools.partial(torch.as_tensor, device=self.device)
         points = boxes = None
         if coords is not None and labels is not None:
-            points = (
-                self._tensor(predictor.transform.apply_coords(coords, size), torch.float),
-                self._tensor(labels, torch.int),
-            )
+            coords = predictor.transform.apply_coords(coords, size)
+            points = (tensor(coords, dtype=torch.float), tensor(labels, dtype=torch.int))
         if box_array is not None:
-            boxes = self._tensor(predictor.transform.apply_boxes(box_array, size), torch.float)
+            boxes = tensor(predictor.transform.apply_boxes(box_array, size), dtype=torch.float)
         sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
         low_res, scores = model.mask_decoder(
             image_embeddings=predictor.features,
@@ -262,9 +257,6 @@ class SamSegmenter(PromptSegmenter):
             lambda best: model.postprocess_masks(best, predictor.input_size, size),
             model.mask_threshold,
         )
-
-    def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        return torch.as_tensor(array, dtype=dtype, device=self.device)
 
     def _mask_generator(self) -> SamAutomaticMaskGenerator:
         generator = SamAutomaticMaskGenerator(self.model)
@@ -304,8 +296,8 @@ def best_masks(
 
 
 def _check_prompt(index: int, prompt: Prompt, width: int, height: int) -> None:
-    """Raise InputError unless ``prompt`` is well-formed and inside a ``width×height`` image (a
-    box sticking out is refused, not clipped as :func:`validate_prompt` does)."""
+    """InputError unless ``prompt`` is well-formed and inside a ``width×height`` image (a box
+    sticking out is refused, not clipped)."""
     where = f"prompt #{index} ({prompt.as_dict()}) for the {width}×{height} image"
     check_structure(prompt, where)
     if prompt.box is not None and clip_box(prompt.box, width, height, where) != prompt.box:

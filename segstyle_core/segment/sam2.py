@@ -1,12 +1,12 @@
-"""SAM 2's video predictor as a :class:`~segstyle_core.video.track.MaskTracker`, and the SAM 2.1
-builder it shares with :mod:`.sam2_image`. SAM 2 reads a video as a folder of JPEG frames: each
-run of frames is written to a temporary folder, prompted on its first frame and propagated
-forward from a fresh memory."""
+"""SAM 2.1's builder, and its video predictor as a :class:`~segstyle_core.video.track.MaskTracker`:
+each run of frames is written to a temporary folder of JPEG frames (what SAM 2 reads), prompted on
+its first frame and propagated forward from a fresh memory."""
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
@@ -21,8 +21,8 @@ _JPEG_QUALITY = 95
 
 
 def sam2_model(variant: str, builder: str = "build_sam2", **options: Any) -> Any:
-    """``variant``'s untrained SAM 2.1 model on the CPU, made by ``sam2.build_sam``'s ``builder``
-    from the package's config (ConfigError: no ``sam2`` package, or an unknown variant)."""
+    """``variant``'s untrained SAM 2.1 model on the CPU by ``sam2.build_sam``'s ``builder`` from
+    the package's config (ConfigError: no ``sam2`` package, an unknown variant)."""
     try:
         from sam2 import build_sam
     except ImportError as exc:
@@ -38,19 +38,16 @@ def sam2_model(variant: str, builder: str = "build_sam2", **options: Any) -> Any
     return getattr(build_sam, builder)(config, None, device="cpu", **options)
 
 
+@dataclass(eq=False)
 class Sam2VideoTracker:
     """The ``sam2`` video ``predictor`` (loaded: :func:`~segstyle_core.segment.load_video_tracker`)
     of ``variant`` with weights ``weights_sha256``, on ``device``."""
 
-    name = "sam2"
-
-    def __init__(
-        self, predictor: Any, variant: str, weights_sha256: str | None, device: torch.device
-    ) -> None:
-        self.predictor = predictor
-        self.variant = variant
-        self.weights_sha256 = weights_sha256
-        self.device = device
+    predictor: Any
+    variant: str
+    weights_sha256: str | None
+    device: torch.device
+    name: str = field(default="sam2", init=False)
 
     def _prompt(self, state: dict[str, Any], start: Prompt | np.ndarray) -> None:
         if isinstance(start, np.ndarray):

@@ -22,8 +22,7 @@ def _predictor_class() -> type:
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     class CachingSam2Predictor(SAM2ImagePredictor):  # type: ignore[misc]
-        # SAM2ImagePredictor's image state (untyped there).
-        _features: Any
+        _features: Any  # SAM2ImagePredictor's image state (untyped there)
         _orig_hw: Any
 
         def __init__(self, segmenter: Sam2ImageSegmenter, **kwargs: Any) -> None:

@@ -19,7 +19,12 @@ class CompositeRecord(StageRecord):
     """Output ``composite``: the original with the painting inside/outside the masks (PNG)."""
 
 
-@stage("composite", files=("image",), code=("segstyle_core.composite",), version=2)
+@stage(
+    "composite",
+    files=("image",),
+    code=("segstyle_core.composite", "segstyle_core.masks"),
+    version=2,
+)
 def composite(
     out: Path,
     image: str,

@@ -23,7 +23,7 @@ class FiguresRecord(StageRecord):
     """Output ``panel``: original, GT, binarized GT, mask with prompts, stylized, composite."""
 
 
-@stage("figures", keys={"frame": frame_key}, code=("segstyle_core.figures",))
+@stage("figures", keys={"frame": frame_key}, code=("segstyle_core.figures", "segstyle_core.masks"))
 def figures(
     out: Path,
     frame: cityscapes.Frame,
@@ -39,14 +39,11 @@ def figures(
     class_mask = read_mask(gt.path("gt_mask"))
     union = read_mask(scores.path("mask"))
     image_scores = score_masks(union, class_mask)
-    gt_color = (
-        read_rgb(frame.color_path)
-        if frame.color_path is not None
-        else read_label_map(str(frame.label_ids_path))
-    )
     panel = image_panel(
         read_rgb(frame.image_path),
-        gt_color,
+        read_rgb(frame.color_path)
+        if frame.color_path
+        else read_label_map(str(frame.label_ids_path)),
         class_mask,
         union,
         [] if automatic else gt.prompt_list(),

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from segstyle_core import cityscapes
-from segstyle_core.cityscapes import GtSource, Instance
+from segstyle_core.cityscapes import GtSource, Instance, load_gt
 from segstyle_core.config import PromptConfig
 from segstyle_core.fileio import write_json_atomic
-from segstyle_core.images import read_label_map, read_rgb, write_png
+from segstyle_core.images import read_label_map, write_png
 from segstyle_core.prompts.files import load_prompts_file
 from segstyle_core.prompts.from_gt import PROMPT_SOURCES, frame_prompts
 from segstyle_core.segment.base import Prompt
@@ -24,8 +24,7 @@ from segstyle_core.stagecache import StageRecord, files_key, stage
 @dataclass(frozen=True, kw_only=True)
 class GtRecord(StageRecord):
     """Outputs ``gt_mask`` (binarized GT PNG), ``instances`` (JSON table of the regions) and,
-    with GT prompts, ``regions`` (``H×W uint16`` PNG: ``k + 1`` on the table's ``k``-th region,
-    else 0)."""
+    with GT prompts, ``regions`` (``H×W uint16`` PNG: ``k`` on the table's ``k``-th, else 0)."""
 
     prompts: list[dict[str, Any]]  # each :meth:`Prompt.as_dict`, boxes expanded and jittered
     height: int
@@ -40,18 +39,11 @@ class GtRecord(StageRecord):
         """The frame's GT regions in table order; ``[]`` with a prompts file."""
         if "regions" not in self.outputs:
             return []
-        table = json.loads(Path(self.path("instances")).read_text())
-        index = read_label_map(self.path("regions"))
+        rows = json.loads(Path(self.path("instances")).read_text())
+        ids = read_label_map(self.path("regions"))
         return [
-            Instance(
-                row["instance_id"],
-                row["class"],
-                index == k + 1,
-                tuple(row["box"]),
-                row["area"],
-                row["kind"],
-            )
-            for k, row in enumerate(table)
+            Instance(r["instance_id"], r["class"], ids == k, tuple(r["box"]), r["area"], r["kind"])
+            for k, r in enumerate(rows, start=1)
         ]
 
 
@@ -63,9 +55,8 @@ def frame_key(frame: cityscapes.Frame) -> dict[str, Any]:
 
 def _prompts_key(prompts: PromptConfig) -> dict[str, Any]:
     """The prompt settings, and the content of a prompts file."""
-    settings = prompts.model_dump(mode="json")
     file = None if prompts.source in PROMPT_SOURCES else files_key(prompts.source)
-    return {**settings, "file": file}
+    return {**prompts.model_dump(mode="json"), "file": file}
 
 
 @stage(
@@ -84,18 +75,14 @@ def binarize_gt(
     """Write the binarized GT mask (``H×W`` PNG) and the region table (and map); derive the
     prompts (box jitter seeded by ``seed`` and the image id)."""
     regions = prompts.source in PROMPT_SOURCES  # a prompts file reads no instanceIds PNG
-    image = read_rgb(frame.image_path)
-    truth = cityscapes.load_gt(
-        frame, list(classes), gt_source, image, regions=regions, min_area=prompts.min_area
-    )
+    truth = load_gt(frame, classes, gt_source, regions=regions, min_area=prompts.min_area)
     class_mask = truth.mask
-    file_prompts = None if regions else load_prompts_file(prompts.source)
     frame_prompt_list = frame_prompts(
         frame,
         truth.regions,
         prompts.source,
         class_mask.shape,
-        file_prompts,
+        None if regions else load_prompts_file(prompts.source),
         prompts.min_area,
         expand_px=prompts.box_expand_px,
         jitter_px=prompts.box_jitter_px,
@@ -117,8 +104,8 @@ def binarize_gt(
     }
     if regions:
         index = np.zeros(class_mask.shape, dtype=np.uint16)
-        for position, region in enumerate(truth.regions):
-            index[region.mask] = position + 1
+        for k, region in enumerate(truth.regions, start=1):
+            index[region.mask] = k
         outputs["regions"] = str(write_png(out / "regions.png", index))
     return GtRecord(
         outputs=outputs,

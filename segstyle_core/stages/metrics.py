@@ -28,7 +28,12 @@ class MetricsRecord(StageRecord):
 
 @stage(
     "metrics",
-    code=("segstyle_core.scoring", "segstyle_core.metrics", "segstyle_core.rle"),
+    code=(
+        "segstyle_core.scoring",
+        "segstyle_core.metrics",
+        "segstyle_core.rle",
+        "segstyle_core.masks",
+    ),
     version=2,
 )
 def score_frame(out: Path, gt: GtRecord, masks: SegmentRecord, automatic: bool) -> MetricsRecord:

@@ -11,13 +11,12 @@ from segstyle_core.images import read_rgb, write_png
 from segstyle_core.masks import save_masks, union_mask
 from segstyle_core.segment import SegmenterConfig
 from segstyle_core.segment.base import MaskPrediction, Prompt
-from segstyle_core.stagecache import StageRecord, backend_key, cache_of, stage
+from segstyle_core.stagecache import StageRecord, backend_key, stage
 
 
 @dataclass(frozen=True, kw_only=True)
 class SegmentRecord(StageRecord):
-    """Outputs ``masks`` (:func:`segstyle_core.masks.save_masks`) and ``mask`` (their union,
-    PNG)."""
+    """Outputs ``masks`` (:func:`~segstyle_core.masks.save_masks`) and their union, ``mask`` PNG."""
 
     count: int
 
@@ -44,7 +43,8 @@ def segment(
     """Segment ``image``: one mask per prompt (:meth:`Prompt.as_dict`), or every automatic mask
     (scored by ``predicted_iou``); SAM's image embeddings are cached in ``<cache>/embeddings``."""
     pixels = read_rgb(image)
-    model = segmenter.build(embedding_cache_dir=str(cache_of(out) / "embeddings"))
+    cache = out.parents[2]  # out: <cache>/segment/<key[:2]>/<key>
+    model = segmenter.build(embedding_cache_dir=str(cache / "embeddings"))
     what = f"{image}: segmenting {pixels.shape[1]}x{pixels.shape[0]} ({len(prompts)} prompts)"
     with memory_guard(what):
         if automatic:

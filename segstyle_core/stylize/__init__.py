@@ -76,9 +76,9 @@ class StylizerConfig(BackendConfig):
 
     def style_path(self) -> str:
         """The configured style image, else the generated default."""
-        from segstyle_core.styles import default_style_path
+        from segstyle_core import styles
 
-        return self.style or str(default_style_path())
+        return self.style or str(styles.style_path())
 
     def style_for(self, class_name: str | None) -> str:
         """The style image of a class: its own (:attr:`class_styles`), else :meth:`style_path`."""

@@ -1,6 +1,5 @@
-"""Per-machine choice of the Gatys speed options set to ``"auto"`` (channels-last, compile):
-the fastest combination whose objective evaluation of a crop-sized image matches the plain
-eager run's, cached per device model and torch version (:func:`cache_path`)."""
+"""Per-machine choice of the ``"auto"`` Gatys speed options: the fastest combination whose
+objective matches the plain eager run's, cached per device model and torch version."""
 
 from __future__ import annotations
 
@@ -106,8 +105,7 @@ def _trial(
 def calibrate(
     config: GatysConfig, device: torch.device, compile_: bool = True, repeats: int = 10
 ) -> list[Trial]:
-    """Time eager runs with channels-last off and on, then (with ``compile_``) torch.compile
-    with the faster layout."""
+    """Time eager runs, channels-last off and on, then (``compile_``) compiled, faster layout."""
     results = {(cl, False): _trial(config, device, cl, False, repeats) for cl in (False, True)}
     if compile_:
         layout = results[(True, False)][1] < results[(False, False)][1]
@@ -139,21 +137,19 @@ def _load() -> dict[str, dict]:
 
 
 def _cached(key: str) -> dict | None:
-    """The entry for ``key`` made or read in this process, else the file's if well formed;
-    ``None`` otherwise, so it is remade."""
-    if key in _ENTRIES:
-        return _ENTRIES[key]
-    entry = _load().get(key)
-    if not isinstance(entry, dict) or not all(
-        isinstance(entry.get(name), bool) for name in SPEED_OPTIONS
-    ):
-        return None
-    try:
-        [Trial(**trial) for trial in entry.get("trials", [])]
-    except TypeError:
-        return None
-    _ENTRIES[key] = entry
-    return entry
+    """The entry for ``key`` made or read in this process, else the file's if well formed."""
+    if key not in _ENTRIES:
+        entry = _load().get(key)
+        if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(name), bool) for name in SPEED_OPTIONS
+        ):
+            return None
+        try:
+            [Trial(**trial) for trial in entry.get("trials", [])]
+        except TypeError:
+            return None
+        _ENTRIES[key] = entry
+    return _ENTRIES[key]
 
 
 def run_and_cache(device: torch.device, compile_: bool = True) -> dict:

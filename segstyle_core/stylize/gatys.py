@@ -1,6 +1,5 @@
-"""Gatys et al. neural style transfer on VGG19, optimising the image's pixels (loss terms:
-:mod:`segstyle_core.stylize.objective`). Images are ``H×W×3 uint8 RGB`` at the boundary; inside,
-``1×3×h×w`` float tensors in ``[0, 1]``."""
+"""Gatys et al. style transfer on VGG19, optimising the pixels: ``H×W×3 uint8 RGB`` images at
+the boundary, ``1×3×h×w`` float tensors in ``[0, 1]`` inside (losses: ``objective``)."""
 
 from __future__ import annotations
 
@@ -42,10 +41,8 @@ def working_size(shape: tuple[int, ...], height: int) -> tuple[int, int]:
 
 
 def content_working_size(shape: tuple[int, ...], config: GatysConfig) -> tuple[int, int]:
-    """The content's working size ``(h, w)`` for an image of shape ``H×W(×3)``: at
-    ``config.height`` (aspect kept; :class:`InputError` if the width falls under
-    :data:`MIN_SIDE`), or ``config.content_scale`` times ``H×W`` (sides at least
-    :data:`MIN_SIDE`)."""
+    """``(h, w)`` of content of shape ``H×W(×3)``: at ``config.height`` (:class:`InputError`:
+    width under :data:`MIN_SIDE`), or ``content_scale`` times ``H×W`` (sides >= MIN_SIDE)."""
     if config.content_scale is None:
         size = working_size(shape, config.height)
         where = f"content image at working height {config.height}"
@@ -92,15 +89,10 @@ def _content_targets(
 
 
 def gatys_objective(
-    image: np.ndarray,
-    content: np.ndarray,
-    style: np.ndarray,
-    extractor: VGGFeatures,
-    config: GatysConfig,
+    image: RGB, content: RGB, style: RGB, extractor: VGGFeatures, config: GatysConfig
 ) -> dict[str, float]:
-    """The weighted loss terms ``{"content", "style", "tv", "total"}`` of ``image``
-    (``H×W×3 uint8``, e.g. a composite, resized to the content's working size) against content
-    and style prepared as :meth:`GatysStylizer.stylize` does; ``autocast=None``: float32."""
+    """Weighted loss terms ``{"content", "style", "tv", "total"}`` of ``image`` (``H×W×3 uint8``)
+    at the content's working size, targets as :meth:`GatysStylizer.stylize` prepares them."""
     device = extractor.device
     config = calibration.resolve(config, device)
     check_rgb(content, "content image")
@@ -115,8 +107,7 @@ def gatys_objective(
 
 
 class GatysStylizer:
-    """Gatys style transfer on VGG19 (shared through :data:`segstyle_core.devices.MODELS`),
-    keeping the Gram matrices of the last ``style_cache_size`` style images."""
+    """Gatys style transfer on VGG19, keeping the Grams of the last ``style_cache_size`` styles."""
 
     name = "gatys"
     variant = "vgg19"
@@ -138,8 +129,7 @@ class GatysStylizer:
         self._config = calibration.resolve(config or GatysConfig(), self.device)
         self.weights_sha256: str | None = None
         if extractor is None:
-            path = checkpoint or weights.find_checkpoint("vgg19")
-            extractor, self.weights_sha256 = self._load_extractor(path, verify)
+            extractor = self._load_extractor(checkpoint or weights.find_checkpoint("vgg19"), verify)
         elif missing := set(self._config.layers) - set(extractor.layers):
             raise ConfigError(
                 f"extractor lacks layers {sorted(missing)}: load it with the config's layers"
@@ -165,13 +155,12 @@ class GatysStylizer:
             torch.compile(self.extractor, dynamic=False) if compiled else self.extractor
         )
 
-    def _load_extractor(
-        self, path: str | os.PathLike[str], verify: bool
-    ) -> tuple[VGGFeatures, str]:
+    def _load_extractor(self, path: str | os.PathLike[str], verify: bool) -> VGGFeatures:
         if verify:
             sha256 = weights.verify_checkpoint(path, "vgg19")
         else:
             sha256 = weights.own_checkpoint(path, "checkpoint")[1]
+        self.weights_sha256 = sha256
         cfg = self.config
         vgg = (tuple(sorted(cfg.layers)), cfg.pooling, cfg.normalization, cfg.channels_last)
         key = ("gatys", self.variant, str(self.device), sha256, *vgg)
@@ -180,16 +169,15 @@ class GatysStylizer:
             features = load_vgg19_features(path, cfg.layers, cfg.pooling, cfg.normalization)
             return self._place(features)
 
-        return devices.MODELS.get_or_create(key, load), sha256
+        return devices.MODELS.get_or_create(key, load)
 
     def _place(self, extractor: VGGFeatures) -> VGGFeatures:
         placed = extractor.to(self.device)
         return placed.to(memory_format=torch.channels_last) if self.config.channels_last else placed
 
     def style_targets(self, style: np.ndarray, height: int) -> dict[str, torch.Tensor]:
-        """Gram matrices ``{style layer: 1×C×C}`` of ``style`` (``h×w×3 uint8``) at ``height``,
-        cached by the style's bytes, height and layers (computed under the cache's lock: a
-        style is computed once, and other threads wait for it)."""
+        """:func:`_style_grams`, cached by the style's bytes, height and layers (computed once,
+        under the lock)."""
         digest = sha256_bytes(np.ascontiguousarray(style).tobytes())
         key = (digest, style.shape, height, self.config.style_layers)
         with self._lock:
@@ -227,9 +215,8 @@ class GatysStylizer:
         init: torch.Tensor | None,
         run: _Run,
     ) -> torch.Tensor:
-        """Optimise a ``1×3×h×w`` image at ``size = (h, w)`` from ``init`` (``None``: the
-        config's ``init``) within ``run``'s budget; detached. If the objective becomes NaN or
-        infinite, the best image evaluated."""
+        """The ``1×3×h×w`` image at ``size`` optimised from ``init`` (``None``: the config's)
+        within ``run``'s budget, detached; the best one evaluated if the objective diverged."""
         cfg = self.config
         content_t = _to_tensor(content, size, self.device)
         style_grams = self.style_targets(style, style_height)
@@ -240,7 +227,6 @@ class GatysStylizer:
 
         def objective() -> float:
             optimizer.zero_grad()
-            # run.config: cfg, or its float32 switch (same weights)
             terms = loss_terms(self._network, image, content_targets, style_grams, run.config)
             terms["total"].backward()
             return run.record(terms, image)
@@ -285,9 +271,8 @@ class _Diverged(Exception):
 
 @dataclass
 class _Run:
-    """Evaluation counter, progress reports (steps from ``first_step`` on), best image and
-    plateau test of one stage of at most ``budget`` evaluations; :attr:`config` gets
-    ``autocast=None`` once a plateau under autocast switched to float32."""
+    """One stage of at most ``budget`` evaluations: counter, progress, best image, plateau test;
+    :attr:`config` gets ``autocast=None`` once a plateau under autocast switched to float32."""
 
     config: GatysConfig
     device: torch.device
@@ -300,8 +285,7 @@ class _Run:
     diverged: bool = False
 
     def record(self, terms: Mapping[str, torch.Tensor], image: torch.Tensor) -> float:
-        """Count one evaluation of ``image``, keep the best, report progress; return the total.
-        Raises :class:`_Diverged` (not counted, not reported) for a NaN or infinite total."""
+        """Count, keep the best, report; the total. :class:`_Diverged` for a NaN or inf total."""
         losses = {name: value.item() for name, value in terms.items()}
         if not math.isfinite(losses["total"]):
             self.diverged = True

@@ -40,10 +40,9 @@ Normalization = Literal["imagenet", "imagenet255"]
 
 
 class GatysConfig(ConfigModel):
-    """Settings of one Gatys optimisation (defaults: the NST base script, Gordić's
-    ``pytorch-neural-style-transfer``, with the speed options of ``benchmarks/README.md``;
-    ``autocast=None, channels_last=False, compile=False, plateau_tol=0, coarse_fraction=0``: the
-    seed's plain float32 optimisation)."""
+    """Settings of one Gatys optimisation (defaults: Gordić's ``pytorch-neural-style-transfer``
+    with the speed options of ``benchmarks/README.md``; its plain float32 run: ``autocast=None,
+    channels_last=False, compile=False, plateau_tol=0, coarse_fraction=0``)."""
 
     content_layers: tuple[LayerName, ...] = Field(default=("conv4_2",), min_length=1)
     """VGG19 layers matched to the content image (conv4_2, relu4_2, ...)."""
@@ -83,10 +82,8 @@ class GatysConfig(ConfigModel):
     plateau_patience: int = Field(default=20, ge=1)
     """Evaluations over which a plateau is measured."""
     autocast: Literal["auto", "bfloat16", "float16"] | None = "auto"
-    """Run VGG under torch.autocast in bfloat16 or float16; auto: bfloat16 where the device
-    computes it natively, else float32; none: float32. Under bfloat16 the style Gram products
-    and the gradient through conv1_1 run in bfloat16 too (the Grams are float32); the losses
-    are float32."""
+    """Run VGG under torch.autocast in bfloat16 or float16 (the losses stay float32); auto:
+    bfloat16 where the device computes it natively, else float32; none: float32."""
     channels_last: bool | Literal["auto"] = "auto"
     """Use the channels-last memory format for VGG and the image; auto: as this machine's
     calibration chose (speed only: not part of a stage's cache key)."""
@@ -120,6 +117,5 @@ class GatysConfig(ConfigModel):
 
     def layer_weights(self) -> dict[str, float]:
         """``{style layer: weight}`` with the ``1 / len(style_layers)`` default filled in."""
-        given = self.style_layer_weights
         equal = (1.0 / len(self.style_layers),) * len(self.style_layers)
-        return dict(zip(self.style_layers, given or equal, strict=True))
+        return dict(zip(self.style_layers, self.style_layer_weights or equal, strict=True))

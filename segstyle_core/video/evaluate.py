@@ -55,14 +55,8 @@ def gt_track(
 def track_scores(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> dict[str, Any]:
     """``{"iou": [...], "dice": [...], "mean_iou", "mean_dice"}`` of ``H×W bool`` masks."""
     scores = [score_masks(p, t) for p, t in zip(predicted, truth, strict=True)]
-    ious = [s.iou for s in scores]
-    dices = [s.dice for s in scores]
-    return {
-        "iou": ious,
-        "dice": dices,
-        "mean_iou": float(np.mean(ious)),
-        "mean_dice": float(np.mean(dices)),
-    }
+    columns = {"iou": [s.iou for s in scores], "dice": [s.dice for s in scores]}
+    return {**columns, **{f"mean_{name}": float(np.mean(v)) for name, v in columns.items()}}
 
 
 def has_instance_gt(image_paths: Iterable[str]) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from segstyle_core.composite import Mode, alpha_from_mask, composite, resize_to
+from segstyle_core.composite import Layer, Mode, alpha_from_mask, composite_regions, resize_to
 from segstyle_core.errors import ConfigError
 from segstyle_core.images import check_mask, read_mask, read_rgb, write_png
 from segstyle_core.segment.base import Prompt
@@ -70,21 +70,18 @@ def stylize_frame(
 ) -> tuple[Painted, float | None]:
     """Stylize ``frame`` (``H×W×3 uint8``) inside/outside ``mask`` (``H×W bool``), blended with
     ``previous`` (module docstring); the :func:`flicker` against it (``None`` on a first frame).
-
-    Raises:
-        InputError: a mask of another size than the frame.
-    """
+    InputError: a mask of another size than the frame."""
     check_mask(mask, frame.shape[:2], "tracked mask")
     fresh = resize_to(stylizer.stylize(frame, style), frame.shape[:2])
     if previous is None:
-        output = composite(frame, fresh, mask, options.mode, options.feather_px)
+        output = composite_regions(frame, [Layer(fresh, mask, options.mode, options.feather_px)])
         return Painted(frame, fresh, output), None
     step = motion(previous.frame, frame)
     carried = warp(previous.painting, step.backward).astype(np.float32)
     weight = (options.blend * step.valid)[..., None]
     mixed = (1.0 - weight) * fresh.astype(np.float32) + weight * carried
     painting = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-    output = composite(frame, painting, mask, options.mode, options.feather_px)
+    output = composite_regions(frame, [Layer(painting, mask, options.mode, options.feather_px)])
     alpha = alpha_from_mask(mask, options.feather_px)
     region = alpha > 0 if options.mode == "object" else alpha < 1  # shows any of the painting
     return Painted(frame, painting, output), flicker(output, previous.output, step, region)
@@ -101,7 +98,6 @@ class Carry:
 
 
 def _identity(backend: Any) -> dict[str, Any]:
-    """``name``, ``variant`` and ``weights_sha256`` of a built tracker or stylizer."""
     return {name: getattr(backend, name) for name in ("name", "variant", "weights_sha256")}
 
 

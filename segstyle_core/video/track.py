@@ -22,18 +22,14 @@ from segstyle_core.backends import BackendConfig, BackendIdentity
 from segstyle_core.errors import InputError
 from segstyle_core.images import check_rgb
 from segstyle_core.metrics import iou
-from segstyle_core.segment import SegmenterConfig
+from segstyle_core.segment import SegmenterConfig, sam_checkpoint
 from segstyle_core.segment.base import Prompt, Sam2Variant, Segmenter
 
-#: DIS presets by name: speed against accuracy.
-PRESETS = {
-    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-}
+#: DIS optical flow presets, speed against accuracy (OpenCV's ``DISOPTICAL_FLOW_PRESET_*``).
+FlowPreset = Literal["ultrafast", "fast", "medium"]
 
 
-def optical_flow(source: np.ndarray, target: np.ndarray, preset: str = "medium") -> np.ndarray:
+def optical_flow(source: np.ndarray, target: np.ndarray, preset: FlowPreset) -> np.ndarray:
     """Dense flow from ``source`` to ``target`` (both ``H×W×3 uint8 RGB``): ``H×W×2 float32``
     (InputError: the frames are not RGB or differ in size)."""
     check_rgb(source, "flow source frame")
@@ -43,16 +39,14 @@ def optical_flow(source: np.ndarray, target: np.ndarray, preset: str = "medium")
             f"frames of {source.shape[1]}x{source.shape[0]} and {target.shape[1]}x"
             f"{target.shape[0]} px: every frame of a video must have the same size"
         )
-    dis = cv2.DISOpticalFlow.create(PRESETS[preset])
+    dis = cv2.DISOpticalFlow.create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{preset.upper()}"))
     grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in (source, target)]
-    flow = np.zeros((*grey[0].shape, 2), dtype=np.float32)
-    return dis.calc(grey[0], grey[1], flow)
+    return dis.calc(grey[0], grey[1], np.zeros((*grey[0].shape, 2), np.float32))
 
 
 def _sample_grid(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The ``(x, y)`` float32 maps ``p + flow[p]``."""
-    height, width = flow.shape[:2]
-    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    ys, xs = np.indices(flow.shape[:2], dtype=np.float32)
     return xs + flow[..., 0], ys + flow[..., 1]
 
 
@@ -76,7 +70,7 @@ class Motion:
     valid: np.ndarray
 
 
-def motion(previous: np.ndarray, current: np.ndarray, preset: str = "medium") -> Motion:
+def motion(previous: np.ndarray, current: np.ndarray, preset: FlowPreset = "medium") -> Motion:
     """The :class:`Motion` from ``previous`` to ``current`` (both ``H×W×3 uint8 RGB``).
 
     Forward-backward check (Sundaram et al. 2010): ``p`` is valid when ``p + b(p)`` is inside
@@ -121,13 +115,9 @@ def _flow_variant(options: TrackerConfig, segmenter: str) -> str:
 def _box_of(mask: np.ndarray, margin: int) -> tuple[float, float, float, float]:
     """XYXY box (exclusive end) of an ``H×W bool`` mask, grown by ``margin`` px, in the frame."""
     x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
-    height, width = mask.shape
-    return (
-        float(max(x - margin, 0)),
-        float(max(y - margin, 0)),
-        float(min(x + w + margin, width)),
-        float(min(y + h + margin, height)),
-    )
+    grown = [x - margin, y - margin, x + w + margin, y + h + margin]
+    x0, y0, x1, y1 = np.clip(grown, 0, [*mask.shape[::-1]] * 2).astype(float).tolist()
+    return x0, y0, x1, y1
 
 
 def _spread(size: int, count: int) -> np.ndarray:
@@ -139,10 +129,7 @@ def _interior_points(mask: np.ndarray, count: int, depth: float) -> tuple[tuple[
     """Up to ``count`` evenly spread ``(x, y)`` points of ``mask`` at least ``depth`` of its
     thickness from its edge (where a carried mask is surely right)."""
     distance = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    core = distance >= depth * distance.max()
-    ys, xs = np.nonzero(core)
-    if xs.size == 0:
-        return ()
+    ys, xs = np.nonzero(distance >= depth * distance.max())
     return tuple((float(xs[i]), float(ys[i])) for i in _spread(xs.size, count))
 
 
@@ -151,7 +138,7 @@ def carry_mask(
     previous: np.ndarray,
     current: np.ndarray,
     model: MotionModel = "similarity",
-    preset: str = "medium",
+    preset: FlowPreset = "medium",
 ) -> np.ndarray:
     """``mask`` (``H×W bool``) of frame ``previous`` moved into ``current`` (``H×W×3 uint8``).
 
@@ -203,17 +190,15 @@ class TrackerConfig(BackendConfig):
     inner distance to the edge."""
     min_agreement: float = Field(default=0.75, ge=0.0, le=1.0)
     """Flow: smallest IoU between refined and carried mask for the refined one to be kept."""
-    flow_preset: Literal["ultrafast", "fast", "medium"] = "medium"
+    flow_preset: FlowPreset = "medium"
     """Flow: DIS optical flow preset, speed against accuracy."""
     segmenter: SegmenterConfig = Field(default_factory=lambda: SegmenterConfig(backend="grabcut"))
     """Flow: the image segmenter of the first frame and of the refinement (its own device and
     weights folder)."""
 
     def _sam2_checkpoint(self) -> weights.CheckpointFile:
-        official = f"sam2.1_{self.sam2_variant}"
-        return weights.resolve_checkpoint(
-            self.checkpoint, "tracker.checkpoint", official, self.weights_dir
-        )
+        field = "tracker.checkpoint"
+        return sam_checkpoint("sam2", self.sam2_variant, self.checkpoint, field, self.weights_dir)
 
     def identity(self) -> BackendIdentity:
         """Name, variant and weights SHA-256 (``flow``: the segmenter's), without loading a
@@ -273,7 +258,6 @@ class FlowTracker:
         return carried
 
     def track(self, frames: Sequence[np.ndarray], start: Prompt | np.ndarray) -> list[np.ndarray]:
-        """One ``H×W bool`` mask per frame (see :class:`MaskTracker`)."""
         if isinstance(start, np.ndarray):
             masks = [start]
         else:
