@@ -20,14 +20,13 @@ from segstyle_core.demo.dataset import generate_demo_dataset
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 
 
-def timed_run(dataset: Path, out: Path, workers: int) -> tuple[float, float, int, float]:
-    """Wall and flow body seconds of ``segstyle run --workers N``, images, stage seconds."""
+def timed_run(dataset: Path, out: Path, workers: int) -> tuple[float, float, float, int]:
+    """Wall, flow body and stage seconds of ``segstyle run --workers N``, and its images."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     command = [SEGSTYLE, "run", "--dataset", str(dataset), *RUN, "--out", str(out)]
     wall, done = timed([*command, "--workers", str(workers)], {**env, **ONE_THREAD}, out.parent)
     rows = run_rows(done.stdout)
-    body, stages = flow_seconds(rows)
-    return wall, body, int(rows["image_id"].nunique()), stages
+    return wall, *flow_seconds(rows), int(rows["image_id"].nunique())
 
 
 def main() -> None:
@@ -44,8 +43,8 @@ def main() -> None:
             cities=("zurich",),
         )
         results = {n: timed_run(dataset, Path(tmp) / f"out-{n}", n) for n in (1, 2)}
-    rate = {n: 60 * images / body for n, (_, body, images, _) in results.items()}
-    for workers, (wall, body, images, stages) in results.items():
+    rate = {n: 60 * images / body for n, (_, body, _, images) in results.items()}
+    for workers, (wall, body, stages, images) in results.items():
         print(
             f"workers={workers}: {images} images, wall {wall:.1f} s, flow body {body:.1f} s, "
             f"{rate[workers]:.2f} images/min, stage seconds {stages:.1f}"

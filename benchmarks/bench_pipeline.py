@@ -112,7 +112,7 @@ class PathOptions:
 
 @dataclass
 class PathResult:
-    """Per-image composites and masks, stage seconds, peak memory of one path."""
+    """Per-image composites and masks, stage seconds, peak memory and quality of one path."""
 
     composites: list[np.ndarray] = field(default_factory=list)
     stylized: list[np.ndarray] = field(default_factory=list)  # what each composite was made of
@@ -126,6 +126,8 @@ class PathResult:
     start_rss_mb: float = 0.0
     peak_rss_mb: float = 0.0
     peak_cuda_mb: float | None = None
+    totals: list[float] = field(default_factory=list)  # quality: objective total per image
+    seams: list[float] = field(default_factory=list)  # and seam score per image
 
     def count(self, _progress: Progress) -> None:
         """Progress callback: count Gatys objective evaluations."""
@@ -162,23 +164,20 @@ def status_mib(key: str) -> float:
 
 
 def checkpoint(
-    given: Path | None, flag: str, name: str, build: Callable[[], torch.nn.Module], random: Path
+    given: Path | None, flag: str, name: str, build: Callable[[], torch.nn.Module], folder: Path
 ) -> weights.CheckpointFile:
     """``given`` (the option ``flag``), else the downloaded official ``name``; else
-    ``build()``'s random weights (seed 0) saved to ``random``."""
+    ``build()``'s random weights (seed 0) saved in ``folder`` (VGG19: a full ``vgg19()``, as
+    costly to reload as the real one)."""
     if given is not None:
         return weights.own_checkpoint(given, flag)
     try:
         path = weights.find_checkpoint(name)
     except (WeightsError, ConfigError):  # not downloaded; ConfigError: none official (tiny SAM)
+        random = folder / f"{name}-random.pth"
         torch.save(untrained(build).state_dict(), random)
         return weights.CheckpointFile(random, RANDOM)
     return weights.CheckpointFile(path, weights.verify_checkpoint(path, name))
-
-
-def vgg_checkpoint(args: argparse.Namespace, out: Path) -> weights.CheckpointFile:
-    """``--vgg``, the downloaded VGG19, or a random full ``vgg19()`` (as costly to reload)."""
-    return checkpoint(args.vgg, "--vgg", "vgg19", vgg19, out / "vgg19-random.pth")
 
 
 def inputs(args: argparse.Namespace, settings: Settings, count: int, tmp: Path) -> Inputs:
@@ -195,9 +194,9 @@ def inputs(args: argparse.Namespace, settings: Settings, count: int, tmp: Path) 
         frames.append(Frame(frame.image_id, image, prompt, mask))
     variant = settings.sam_variant
     sam = partial(SamSegmenter.architecture, variant)
-    random_sam = tmp / f"sam-{variant}-random.pth"
-    sam_file = checkpoint(args.sam, "--sam", f"sam_{variant}", sam, random_sam)
-    return Inputs(frames, read_rgb(style_path()), vgg_checkpoint(args, tmp), sam_file, variant)
+    sam_file = checkpoint(args.sam, "--sam", f"sam_{variant}", sam, tmp)
+    vgg = checkpoint(args.vgg, "--vgg", "vgg19", vgg19, tmp)
+    return Inputs(frames, read_rgb(style_path()), vgg, sam_file, variant)
 
 
 def load_extractor(vgg: weights.CheckpointFile, config: GatysConfig) -> VGGFeatures:
@@ -209,9 +208,8 @@ SEED_OPTIONS: dict[str, Any] = {"autocast": None, "channels_last": False, "compi
 SEED_OPTIONS |= {"plateau_tol": 0.0, "coarse_fraction": 0.0}
 #: The optimised path's options (GatysConfig's defaults, spelled out so that the comparison
 #: stays fixed if a default changes; channels_last and compile: this machine's calibration).
-PERFORMANCE_OPTIONS: dict[str, Any] = {"autocast": "auto", "channels_last": "auto"}
-PERFORMANCE_OPTIONS |= {"compile": "auto", "plateau_tol": 1e-3, "plateau_patience": 20}
-PERFORMANCE_OPTIONS |= {"coarse_fraction": 0.5}
+PERFORMANCE_OPTIONS: dict[str, Any] = dict(autocast="auto", channels_last="auto", compile="auto")
+PERFORMANCE_OPTIONS |= dict(plateau_tol=1e-3, plateau_patience=20, coarse_fraction=0.5)
 
 
 #: Budget of the two short passes that measure a path's one-time cost (its coarse and fine
@@ -260,14 +258,10 @@ def run_path(
         with result.stage("segment"):
             (prediction,) = segmenter.segment(frame.image, [frame.prompt])
         mask = frame.gt_mask if data.sam.sha256 == RANDOM else prediction.mask
+        roi = partial(stylize_roi, stylizer, mask=mask, bucket_px=options.bucket_px)
+        stylize = roi if options.roi else stylizer.stylize
         with result.stage("stylize"):
-            if options.roi:
-                bucket = options.bucket_px
-                stylized = stylize_roi(
-                    stylizer, frame.image, data.style, mask, progress=result.count, bucket_px=bucket
-                )
-            else:
-                stylized = stylizer.stylize(frame.image, data.style, progress=result.count)
+            stylized = stylize(frame.image, data.style, progress=result.count)
         with result.stage("composite"):
             final = composite_regions(frame.image, [Layer(stylized, mask)])
         if keep:
@@ -283,13 +277,6 @@ def run_path(
     return result
 
 
-class Measured(NamedTuple):
-    """Quality of one path's composites: objective totals and seam scores, per image."""
-
-    totals: list[float]
-    seams: list[float]
-
-
 HEADER = (
     f"{'path':<26}{'s/image':>9}{'cold s':>8}{'cpu s/img':>10}{'evals/img':>10}{'peak RSS MiB':>14}"
     f"{'(start)':>9}{'objective':>12}{'speedup':>9}{'cpu x':>7}{'obj ratio':>10}{'worst':>8}"
@@ -297,16 +284,14 @@ HEADER = (
 )
 
 
-def row(
-    name: str, result: PathResult, naive: PathResult, quality: Measured, naive_quality: Measured
-) -> tuple[str, str]:
+def row(name: str, result: PathResult, naive: PathResult) -> tuple[str, str]:
     """One table line, and ``speedup=.. objective_ratio=.. seam_ratio=..`` (of the means)."""
-    total, seam = (statistics.mean(values) for values in quality)
-    naive_total, naive_seam = (statistics.mean(values) for values in naive_quality)
+    total, seam = statistics.mean(result.totals), statistics.mean(result.seams)
+    naive_total, naive_seam = statistics.mean(naive.totals), statistics.mean(naive.seams)
     ratio, seam_ratio = total / naive_total, seam / naive_seam
-    worst = max(np.divide(quality.totals, naive_quality.totals))
+    worst = max(np.divide(result.totals, naive.totals))
     speedup, cpu_speedup = naive.seconds / result.seconds, naive.cpu_seconds / result.cpu_seconds
-    count = len(quality.totals)
+    count = len(result.totals)
     warm = result.seconds / count
     line = (
         f"{name:<26}{warm:9.2f}{warm + result.one_time:8.2f}{result.cpu_seconds / count:10.2f}"
@@ -369,20 +354,22 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
     naive = run_path(data, naive_options, device, tmp / "cache-naive", warm_up=True)
     masks = naive.masks  # the measurement region of both paths
 
-    def measured(result: PathResult) -> Measured:
+    def measured(result: PathResult) -> PathResult:
+        """``result`` with its quality: objective totals on ``masks``, seams on its own masks."""
         totals = [box_total(*each) for each in zip(frames, result.composites, masks, strict=True)]
         parts = zip(result.composites, result.stylized, result.masks, strict=True)
-        return Measured(totals, [seam_score(*part) for part in parts])
+        result.totals, result.seams = totals, [seam_score(*part) for part in parts]
+        return result
 
-    naive_quality = measured(naive)
+    measured(naive)
     unstylized = [box_total(f, f.image, mask) for f, mask in zip(frames, masks, strict=True)]
     print(HEADER)
-    print(row("naive (seed method)", naive, naive, naive_quality, naive_quality)[0], flush=True)
+    print(row("naive (seed method)", naive, naive)[0], flush=True)
     details, results, summary = [stages("naive", naive, len(frames))], {}, ""
     for name, options in variants.items():
         cache = tmp / f"cache-{name}"
         result = results[name] = run_path(data, options, device, cache, warm_up=True)
-        line, ratios = row(name, result, naive, measured(result), naive_quality)
+        line, ratios = row(name, measured(result), naive)
         print(line, flush=True)
         details.append(stages(name, result, len(frames)))
         if min(iou(a, b) for a, b in zip(result.masks, masks, strict=True)) < 1:
@@ -396,7 +383,7 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
     if args.quality_budget:
         own = load_extractor(data.vgg, config).to(device)
         optimised = results["optimised"], GatysStylizer(config, device=str(device), extractor=own)
-        quality_budget(data, (naive, naive_quality), optimised, box_total)
+        quality_budget(data, naive, optimised, box_total)
     banner(data)
     print(summary)
 
@@ -431,7 +418,7 @@ class Chosen(NamedTuple):
 
 def quality_budget(
     data: Inputs,
-    naive: tuple[PathResult, Measured],
+    naive: PathResult,
     optimised: tuple[PathResult, GatysStylizer],
     objective: Callable[[Frame, np.ndarray, np.ndarray], float],
 ) -> None:
@@ -440,13 +427,13 @@ def quality_budget(
     fresh ROI run of the optimised config. Prints each frame's, then ``quality_budget: ...``
     (``path_speedup``: naive s/image over the optimised path's with its stylize stage at the
     chosen budget, composed from this run's stages)."""
-    (naive_path, naive_quality), (optimised_path, stylizer) = naive, optimised
+    optimised_path, stylizer = optimised
     frames, style = data.frames, data.style
-    count, base, naive_totals = len(frames), stylizer.config, naive_quality.totals
-    naive_s, optimised_s = (p.stages["stylize"] / count for p in (naive_path, optimised_path))
+    count, base, naive_totals = len(frames), stylizer.config, naive.totals
+    naive_s, optimised_s = (p.stages["stylize"] / count for p in (naive, optimised_path))
     budgets = [b for b in QUALITY_BUDGETS if b < base.iterations] + [base.iterations]
     chosen: list[Chosen] = []
-    for frame, mask, target in zip(frames, naive_path.masks, naive_totals, strict=True):
+    for frame, mask, target in zip(frames, naive.masks, naive_totals, strict=True):
         for budget in budgets:
             # One stylizer, its config swapped: the style's Gram matrices stay cached.
             stylizer.config = base.changed(iterations=budget)
@@ -468,7 +455,7 @@ def quality_budget(
         )
     seconds = statistics.mean(c.seconds for c in chosen)
     ratio = statistics.mean(c.total for c in chosen) / statistics.mean(naive_totals)
-    seam_ratio = statistics.mean(c.seam for c in chosen) / statistics.mean(naive_quality.seams)
+    seam_ratio = statistics.mean(c.seam for c in chosen) / statistics.mean(naive.seams)
     path_seconds = optimised_path.seconds / count - optimised_s + seconds
     print(
         f"quality_budget: reached={sum(c.reached for c in chosen)}/{len(chosen)} "
@@ -476,7 +463,7 @@ def quality_budget(
         f"(budgets {[c.budget for c in chosen]}) stylize_s/image={seconds:.2f} "
         f"stylize_speedup_vs_naive={naive_s / seconds:.2f} "
         f"vs_optimised={optimised_s / seconds:.2f} path_s/image={path_seconds:.2f} "
-        f"path_speedup={naive_path.seconds / count / path_seconds:.2f} "
+        f"path_speedup={naive.seconds / count / path_seconds:.2f} "
         f"objective_ratio={ratio:.4f} seam_ratio={seam_ratio:.4f}",
         flush=True,
     )
@@ -589,9 +576,8 @@ def make_evaluation(
     if config.channels_last:
         extractor = extractor.to(memory_format=torch.channels_last)
     with torch.no_grad():
-        grams = objective.grams_of(
-            objective.vgg_features(extractor, style, config), config.style_layers
-        )
+        style_features = objective.vgg_features(extractor, style, config)
+        grams = objective.grams_of(style_features, config.style_layers)
         features = objective.vgg_features(extractor, content, config)
     targets = {name: features[name] for name in config.content_layers}
     network = torch.compile(extractor) if compiled else extractor
@@ -613,7 +599,7 @@ def step(args: argparse.Namespace, _settings: Settings, device: torch.device, tm
     """Time one objective evaluation per variant (interleaved repeats) against the floor (the
     problem size is ``--step-size``, not the settings)."""
     height, width = size_pair(args.step_size)
-    vgg = vgg_checkpoint(args, tmp)
+    vgg = checkpoint(args.vgg, "--vgg", "vgg19", vgg19, tmp)
     if vgg.sha256 == RANDOM:
         print("!!! RANDOM WEIGHTS for VGG19: timings are real; objectives are under random VGG19")
     generator = torch.Generator().manual_seed(0)

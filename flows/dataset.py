@@ -71,9 +71,8 @@ def _error_of(future: PrefectFuture[Any]) -> str | None:
     if state.is_completed():
         return None
     exc = state.result(raise_on_failure=False) if state.is_failed() or state.is_crashed() else None
-    if isinstance(exc, BaseException):
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return f"{state.name}: {state.message}".splitlines()[0]  # NotReady: an upstream failed
+    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else None
+    return (text or f"{state.name}: {state.message}").splitlines()[0]  # NotReady: upstream failed
 
 
 def _outcome(stages: Mapping[str, Handle[Any]]) -> tuple[dict[str, StageRecord], str | None]:
@@ -150,9 +149,8 @@ def _run_dataset(settings: RunSettings, outputs: OutputConfig) -> State[str]:
         if durable.resumed:
             logger.info("took over the rows of killed run(s) %s", ", ".join(durable.resumed))
         frames = zip(sample.frames, per_frame, strict=True)
-        for frame, stages in tqdm(
-            frames, total=len(per_frame), desc="images", unit="img", disable=None
-        ):
+        progress = tqdm(frames, total=len(per_frame), desc="images", unit="img", disable=None)
+        for frame, stages in progress:
             records, error = _outcome(stages)
             published = publish(frame.image_id, run_dir, records) if records else None
             if error:

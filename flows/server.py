@@ -22,6 +22,9 @@ from segstyle.tasks.device_slots import MODE_ENV as DEVICE_SLOTS_ENV
 
 #: How long the local server gets to answer ``/api/health`` before a temporary one is started.
 PROBE_TIMEOUT_SECONDS = 0.3
+#: The least a temporary server gets to start: Prefect's default (20 s) is too short for its first
+#: start (the database migrations) on a busy machine, and the run would fail for nothing.
+STARTUP_TIMEOUT_SECONDS = 120
 
 
 def local_server_api_url() -> str:
@@ -80,8 +83,11 @@ def local_api(
 @contextlib.contextmanager
 def temporary_server(log_path: Path) -> Iterator[str]:
     """Prefect's ``SubprocessASGIServer`` for the block, logging to ``log_path``; yields its API
-    URL. In its own session (this process stops it after a Ctrl-C), it dies with its thread."""
+    URL. In its own session (this process stops it after a Ctrl-C), it dies with its thread.
+    It gets ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` to answer, at least
+    :data:`STARTUP_TIMEOUT_SECONDS`."""
     from prefect.server.api import server as prefect_server
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as TIMEOUT
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with socket.socket() as sock:  # a port of our own (port None: Prefect's shared instance)
@@ -100,7 +106,7 @@ def temporary_server(log_path: Path) -> Iterator[str]:
             )
             with mock.patch.object(prefect_server, "subprocess", SimpleNamespace(Popen=popen)):
                 try:
-                    server.start()
+                    server.start(timeout=max(TIMEOUT.value(), STARTUP_TIMEOUT_SECONDS))
                 except RuntimeError as error:  # it timed out: the reason is in the log
                     raise RuntimeError(f"{error} The server's output: {log_path}") from error
         yield server.api_url

@@ -21,8 +21,6 @@ from segstyle_core.photo import check_photo_job
 from segstyle_core.pipeline import photo_stages
 
 BACKENDS = {"segmenter": SegmenterConfig().backend, "stylizer": StylizerConfig().backend}
-
-
 NAMER = run_namer(lambda parameters: Path(parameters["image"]).stem, **BACKENDS)
 
 

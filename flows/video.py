@@ -30,8 +30,6 @@ def _input_frames(video: str, name: str, run: PrefectRunner) -> list[str]:
 
 
 BACKENDS = {"tracker": TrackerConfig().backend, "stylizer": VIDEO_STYLIZER.backend}
-
-
 NAMER = run_namer(lambda parameters: Path(parameters["video"]).stem, **BACKENDS)
 
 

@@ -3,8 +3,7 @@
 Layout: ``leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png``, GT beside it in
 ``gtFine/`` (:data:`GT_SUFFIXES`). Label maps ``H×W`` int, colour GT ``H×W×3 uint8 RGB``, masks
 ``H×W bool``, boxes XYXY pixels (exclusive end). Regions: instances from the instanceIds PNG for
-classes with instances (when the frame has it), else 8-connected components of the class's GT.
-"""
+classes with instances (when the frame has it), else 8-connected components of the class's GT."""
 
 from __future__ import annotations
 
@@ -212,8 +211,7 @@ def sample_city(
     skipped = [odd for _, city_skipped in scans for odd in city_skipped]
     skipped += [(path, missing) for path in unannotated]
     if limit is not None and limit < len(fine):
-        drawn = random.Random(seed).sample(fine, limit)
-        fine = sorted(drawn, key=lambda f: (f.city, f.image_id))
+        fine = sorted(random.Random(seed).sample(fine, limit), key=lambda f: (f.city, f.image_id))
     return Sample(label, split, fine, skipped, tuple(chosen), unannotated)
 
 
@@ -221,11 +219,9 @@ def _label_names(names: Iterable[str]) -> list[str]:
     """Canonical table names for ``names`` (case-insensitive), in order, without repeats."""
     lookup = {name.lower(): name for name in _DRAWN}
     given = [names] if isinstance(names, str) else list(names)
-    unknown = [raw for raw in given if str(raw).strip().lower() not in lookup]
-    if unknown:
-        raise ConfigError(
-            f"unknown Cityscapes class {unknown[0]!r}; valid names: {', '.join(_DRAWN)}"
-        )
+    bad = [raw for raw in given if str(raw).strip().lower() not in lookup]
+    if bad:
+        raise ConfigError(f"unknown Cityscapes class {bad[0]!r}; valid names: {', '.join(_DRAWN)}")
     result = list(dict.fromkeys(lookup[str(raw).strip().lower()] for raw in given))
     if not result:
         raise ConfigError(f"no class names given; pass one or more of: {', '.join(_DRAWN)}")
@@ -321,10 +317,8 @@ def instances_from_ids(
     wanted = class_ids(classes)
     flat = [name for name in wanted if not _DRAWN[name].hasInstances]
     if flat:
-        instanced = ", ".join(name for name, label in _DRAWN.items() if label.hasInstances)
-        raise ConfigError(
-            f"classes {flat} have no instances in Cityscapes; choose from {instanced}"
-        )
+        choices = ", ".join(name for name, label in _DRAWN.items() if label.hasInstances)
+        raise ConfigError(f"classes {flat} have no instances in Cityscapes; choose from {choices}")
     where, fix = str(path or "instance map"), "a *_gtFine_instanceIds.png"
     present = _check_int_map(instance_ids, where, "instance map", fix)
     ids = present[present >= INSTANCE_OFFSET]
@@ -401,13 +395,9 @@ def load_gt(
     mask = np.isin(gt_ids, [_DRAWN[name].id for name in names])
     if not regions:
         return GroundTruth(kind, path, mask)
-    components = names
-    found: list[Instance] = []
-    things = [n for n in names if _DRAWN[n].hasInstances]
-    if things and frame.instance_ids_path is not None:
-        ids, ids_path = _read_checked(frame, "instanceIds", image)
-        found += instances_from_ids(ids, things, ids_path)
-        components = [n for n in names if n not in things]
-    for name in components:
-        found += _components(gt_ids == _DRAWN[name].id, name, min_area)
+    things = [n for n in names if frame.instance_ids_path is not None and _DRAWN[n].hasInstances]
+    found = load_instances(frame, things, image) if things else []
+    for name in names:
+        if name not in things:
+            found += _components(gt_ids == _DRAWN[name].id, name, min_area)
     return GroundTruth(kind, path, mask, sorted(found, key=lambda r: r.instance_id))

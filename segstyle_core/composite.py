@@ -90,6 +90,5 @@ def composite_regions(original: np.ndarray, layers: list[Layer]) -> np.ndarray:
             alpha = 1.0 - alpha
         if layer.preserve_color is not None:  # over the painted region only
             stylized = preserve_colors(stylized, original, layer.preserve_color, alpha > 0)
-        alpha = alpha[:, :, None]
-        result = result * (1.0 - alpha) + stylized.astype(np.float32) * alpha
+        result = result * (1.0 - alpha[..., None]) + stylized.astype(np.float32) * alpha[..., None]
     return np.rint(result).astype(np.uint8)

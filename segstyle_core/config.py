@@ -22,9 +22,8 @@ def city_part(city: str | tuple[str, ...] | list[str] | None) -> str:
     """A city selection in a run name: ``zurich``, ``aachen+zurich``, ``5-cities``, ``random``."""
     if city is None:
         return "random"
-    names = sorted(
-        {str(name).strip() for name in (city.split(",") if isinstance(city, str) else city)}
-    )
+    parts = city.split(",") if isinstance(city, str) else city
+    names = sorted({str(name).strip() for name in parts})
     return "+".join(names) if len(names) <= 3 else f"{len(names)}-cities"
 
 

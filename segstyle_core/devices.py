@@ -54,15 +54,13 @@ def compute_threads() -> int:
     return int(text) if text.isdigit() and int(text) > 0 else len(os.sched_getaffinity(0))
 
 
-#: glibc's ``mallopt`` parameters (``malloc.h``); the free heap kept (the largest threshold).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+#: The free heap kept (the largest threshold).
 KEPT_FREE_BYTES = 2**31 - 1
+#: ``{glibc tunable: (its mallopt parameter in malloc.h, value)}``: no mmap, heap kept, one arena.
+_MALLOPT = {"mmap_max": (-4, 0), "trim_threshold": (-1, KEPT_FREE_BYTES), "arena_max": (-8, 1)}
 #: The same settings as glibc tunables, read at process start (children, ``dask worker``, the
 #: deployments' runs in ``prefect.yaml``).
-GLIBC_TUNABLES = (
-    f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={KEPT_FREE_BYTES}:"
-    "glibc.malloc.arena_max=1"
-)
+GLIBC_TUNABLES = ":".join(f"glibc.malloc.{name}={value}" for name, (_, value) in _MALLOPT.items())
 #: ``0`` leaves the C allocator as it is (:func:`keep_freed_memory`).
 KEEP_FREED_MEMORY_ENV = "SEGSTYLE_KEEP_FREED_MEMORY"
 
@@ -80,8 +78,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and others: no glibc, no mallopt
         return False
     os.environ.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES)
-    options = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, KEPT_FREE_BYTES), (_M_ARENA_MAX, 1))
-    return all([mallopt(option, value) == 1 for option, value in options])  # all applied
+    return all([mallopt(option, value) == 1 for option, value in _MALLOPT.values()])  # all applied
 
 
 @functools.cache

@@ -38,6 +38,10 @@ class StorageError(SegstyleError, OSError):
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
+    def __reduce__(self) -> tuple[type[StorageError], tuple[str, int | None, str | None]]:
+        """Pickled whole (a Dask worker's error reaches the flow with its errno and path)."""
+        return type(self), (str(self), self.errno, self.filename)
+
 
 #: errno -> what happened and what to do (after ``"<path>: "``); these do not go away on a retry.
 _OS_ERROR_FIXES: dict[int, str] = {
@@ -94,5 +98,4 @@ def one_line(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     cut = text[: limit - 1]
-    space = cut.rfind(" ")
-    return (cut[:space] if space > 0 else cut).rstrip(" ,;:(") + "…"
+    return (cut.rpartition(" ")[0] or cut).rstrip(" ,;:(") + "…"

@@ -84,9 +84,7 @@ def overlay_masks(
         layer[mask] = colors[index]
         covered |= mask
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * layer
-    out = image.copy()
-    out[covered] = np.rint(blended[covered]).astype(np.uint8)
-    return out
+    return np.where(covered[..., None], np.rint(blended), image).astype(np.uint8)
 
 
 def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> list[str]:
@@ -145,10 +143,8 @@ def panel(
 
 def format_scores(scores: Mapping[str, float | None]) -> str:
     """``{"iou": 0.8351, "dice": 0.91}`` -> ``"IoU 0.835 · Dice 0.910"``; missing/NaN -> ``n/a``."""
-    shown = {
-        k: "n/a" if v is None or not math.isfinite(v) else f"{v:.3f}" for k, v in scores.items()
-    }
-    return " · ".join(f"{SCORE_LABELS.get(key, key)} {text}" for key, text in shown.items())
+    texts = ("n/a" if v is None or not math.isfinite(v) else f"{v:.3f}" for v in scores.values())
+    return " · ".join(f"{SCORE_LABELS.get(k, k)} {t}" for k, t in zip(scores, texts, strict=True))
 
 
 def image_panel(
@@ -182,9 +178,8 @@ def image_panel(
     tiles.append(("predicted mask + prompt", draw_prompts(mask_to_rgb(pred_mask), prompts)))
     if auto_masks is not None:
         tiles.append(("automatic masks", overlay_masks(original, auto_masks)))
-    if stylized is not None:
-        tiles.append(("stylized", stylized))
-    if composite is not None:
-        tiles.append(("composite", composite))
+    for name, tile in (("stylized", stylized), ("composite", composite)):
+        if tile is not None:
+            tiles.append((name, tile))
     caption = " · ".join(part for part in (title, format_scores(scores or {})) if part)
     return panel(tiles, caption, columns=columns, tile_height=tile_height)

@@ -65,10 +65,8 @@ def dead_writer_here(name: str) -> bool:
         return False
     try:
         os.kill(int(found.group(2)), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # alive, another user's
-        pass
+    except OSError as exc:  # else (EPERM) alive, another user's
+        return isinstance(exc, ProcessLookupError)
     return False
 
 
@@ -110,10 +108,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
 def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
     """``writer(tmp_path)`` (same suffix as ``path``), renamed over ``path``: for libraries that
     write to a path themselves (Pillow, pyarrow)."""
-    target = Path(path)
-    with _temporary_sibling(target) as tmp:
+    with _temporary_sibling(Path(path)) as tmp:
         writer(tmp)
-    return target
+    return Path(path)
 
 
 def check_writable_folder(folder: str | os.PathLike[str], what: str) -> Path:

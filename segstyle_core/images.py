@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.Image import DecompressionBombError, DecompressionBombWarning
 
 from segstyle_core.errors import ConfigError, InputError, storage_error
 from segstyle_core.fileio import atomic_write_with, check_writable_folder
@@ -70,7 +71,7 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
         raise InputError(f"{path}: file is empty (0 bytes); re-export or re-download it")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("error", DecompressionBombWarning)
             image: Image.Image = Image.open(path)
             width, height = image.size
             if width * height > limit:
@@ -79,8 +80,7 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
                     f"{limit}; downscale the image or raise SEGSTYLE_MAX_PIXELS"
                 )
             image.load()
-            # Pillow fills the missing rows of a short PNG with black without a word; libpng
-            # (through OpenCV) refuses the file
+            # Pillow silently pads a short PNG's missing rows with black; libpng (OpenCV) refuses it
             if image.format == "PNG" and cv2.imdecode(np.fromfile(path, np.uint8), -1) is None:
                 raise InputError(
                     f"{path}: truncated image data (the header promises more rows than the "
@@ -88,11 +88,7 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
                 )
             with contextlib.suppress(Exception):  # Pillow raises many kinds on malformed EXIF
                 image = ImageOps.exif_transpose(image)
-    except (
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except (UnidentifiedImageError, DecompressionBombError, DecompressionBombWarning) as exc:
         raise InputError(f"{path}: not a readable image ({exc}); replace the file") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:  # the OS's error, not Pillow's

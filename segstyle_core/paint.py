@@ -31,15 +31,10 @@ class PaintPlan:
     def roi_options(self, style: int, settings: CompositeConfig, masks: Any) -> dict[str, Any]:
         """The stylize stage's ROI keywords for ``styles[style]`` with ``roi_margin_px``: its
         masks (sorted indices into ``masks``, a record or handle); else none (whole frame)."""
-        if settings.roi_margin_px is None:
+        if (margin := settings.roi_margin_px) is None:
             return {}
         own = sorted({k for layer in self.layers if layer.style == style for k in layer.masks})
-        return {
-            "roi": masks,
-            "roi_margin_px": settings.roi_margin_px,
-            "roi_mode": settings.mode,
-            "roi_masks": tuple(own),
-        }
+        return dict(roi=masks, roi_margin_px=margin, roi_mode=settings.mode, roi_masks=tuple(own))
 
 
 def _plan(assigned: Sequence[tuple[str, tuple[int, ...]]], mode: Mode = "object") -> PaintPlan:
@@ -123,9 +118,8 @@ def check_paint_settings(
             "outside every mask: give a single stylizer.style instead, or set "
             "composite.mode=object"
         )
-    if classes is not None:
-        if unknown := sorted(set(stylizer.class_styles) - {c.lower() for c in classes}):
-            raise ConfigError(
-                f"stylizer.class_styles: {unknown[0]!r} is not among the run's classes "
-                f"({','.join(classes)}); add it to dataset.classes or drop its style"
-            )
+    if classes is not None and (unknown := stylizer.class_styles.keys() - map(str.lower, classes)):
+        raise ConfigError(
+            f"stylizer.class_styles: {min(unknown)!r} is not among the run's classes "
+            f"({','.join(classes)}); add it to dataset.classes or drop its style"
+        )

@@ -25,13 +25,12 @@ def photo_prompts(image_path: str, given: PhotoPrompts) -> list[Prompt]:
     box, points joining a single box or else forming one more; boxes then grown and jittered
     (InputError: no prompt, or one outside the image)."""
     height, width = read_rgb(image_path).shape[:2]
-    parsed_points = [parse_point(p) for p in given.points]
-    coords = tuple((x, y) for x, y, _ in parsed_points)
-    labels = tuple(label for _, _, label in parsed_points)
+    points = [parse_point(p) for p in given.points]
     prompts = [Prompt(box=parse_box(b)) for b in given.boxes]
-    if coords:
-        joined = prompts.pop() if len(prompts) == 1 else Prompt()
-        prompts.append(Prompt(box=joined.box, points=coords, point_labels=labels))
+    if points:
+        box = prompts.pop().box if len(prompts) == 1 else None
+        labels = tuple(label for _, _, label in points)
+        prompts.append(Prompt(box, tuple((x, y) for x, y, _ in points), point_labels=labels))
     if not prompts:
         raise InputError(f"{image_path}: no prompt given; add a box (x0,y0,x1,y1) or a point (x,y)")
     validated = [

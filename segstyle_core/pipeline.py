@@ -71,8 +71,7 @@ def frame_stages(
 ) -> Iterator[None]:
     """Start the stages of one dataset frame into ``stages`` (``stylize_2``, ... for further
     styles); a frame without a prompt, or whose ``gt`` (automatic: ``metrics``) failed, stops
-    there. It yields before each wait, so :func:`run_frames` starts every frame's stages first.
-    """
+    there. It yields before each wait: :func:`run_frames` starts every frame's stages first."""
     image_id, image, dataset = frame.image_id, str(frame.image_path), settings.dataset
     stages["gt"] = gt = run(
         binarize_gt,
@@ -126,9 +125,6 @@ def frame_stages(
     stages["figures"] = panel
 
 
-_DONE = object()
-
-
 def run_frames(
     run: Runner, frames: Sequence[Frame], settings: RunSettings
 ) -> list[dict[str, Handle[StageRecord]]]:
@@ -137,7 +133,7 @@ def run_frames(
     stages: list[dict[str, Handle[StageRecord]]] = [{} for _ in frames]
     pending = [frame_stages(run, f, settings, s) for f, s in zip(frames, stages, strict=True)]
     while pending:
-        pending = [graph for graph in pending if next(graph, _DONE) is not _DONE]
+        pending = [graph for graph in pending if next(graph, False) is None]  # None: it yielded
     return stages
 
 

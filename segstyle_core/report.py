@@ -99,34 +99,23 @@ _SUMMARY_NOTE = (
 
 def _summary(rows: pd.DataFrame) -> str:
     failed = rows["status"].eq("failed")
-    headlines = [
-        ("image IoU", number(image_mean(rows, "image_iou"))),
-        ("instance IoU", number(rows["iou_instance"].mean())),
+    stats = [  # (CSS class, label, value)
+        (" headline", "image IoU", number(image_mean(rows, "image_iou"))),
+        (" headline", "instance IoU", number(rows["iou_instance"].mean())),
+        ("", "images", str(rows["image_id"].nunique())),
+        ("", "rows", str(len(rows))),
+        ("", "failed rows", str(int(failed.sum()))),
+        ("", "failed images", str(rows.loc[failed, "image_id"].nunique())),
+        ("", CLASS_IOU_LABEL, number(rows["iou"].mean())),
     ]
-    stats = [
-        ("images", str(rows["image_id"].nunique())),
-        ("rows", str(len(rows))),
-        ("failed rows", str(int(failed.sum()))),
-        ("failed images", str(rows.loc[failed, "image_id"].nunique())),
-        (CLASS_IOU_LABEL, number(rows["iou"].mean())),
-    ]
-    cards = "".join(
-        f'<div class="stat{css}">{html.escape(k)}<b>{v}</b></div>'
-        for css, items in ((" headline", headlines), ("", stats))
-        for k, v in items
-    )
+    cards = "".join(f'<div class="stat{c}">{html.escape(k)}<b>{v}</b></div>' for c, k, v in stats)
     grouped = rows.assign(_failed=failed, segmenter=rows["segmenter"].fillna("(none)")).groupby(
         ["_class", "segmenter"], sort=True
     )
     lines = [
-        [
-            _e(cls),
-            _e(segmenter),
-            str(len(group)),
-            str(int(group["_failed"].sum())),
-            number(image_mean(group, "image_iou")),
-            *(number(group[c].mean()) for c in ("iou_instance", "dice_instance", "iou", "dice")),
-        ]
+        [_e(cls), _e(segmenter), str(len(group)), str(int(group["_failed"].sum()))]
+        + [number(image_mean(group, "image_iou"))]
+        + [number(group[c].mean()) for c in ("iou_instance", "dice_instance", "iou", "dice")]
         for (cls, segmenter), group in grouped
     ]
     header = ["class", "segmenter", "rows", "failed", "image IoU", "instance IoU"]
@@ -139,16 +128,11 @@ def _summary(rows: pd.DataFrame) -> str:
 
 def _timing(rows: pd.DataFrame) -> str:
     """Seconds per stage, counted once per image (an image's prompt rows repeat its times)."""
-    stages = [c for c in rows.columns if c.startswith("seconds_")]
-    per_image = rows.groupby("image_id")[stages].first()
+    per_image = rows.filter(regex="^seconds_").groupby(rows["image_id"]).first()
     lines = [
-        [
-            _e(column.removeprefix("seconds_")),
-            str(int(per_image[column].notna().sum())),
-            number(per_image[column].sum(min_count=1), 1),
-            number(per_image[column].mean(), 2),
-        ]
-        for column in stages
+        [_e(column.removeprefix("seconds_")), str(int(seconds.notna().sum()))]
+        + [number(seconds.sum(min_count=1), 1), number(seconds.mean(), 2)]
+        for column, seconds in per_image.items()
     ]
     header = ["stage", "images timed", "total s", "mean s per image"]
     table = _table(header, ["", "num", "num", "num"], lines)
@@ -166,15 +150,13 @@ def iou_histogram_svg(values: Sequence[float], title: str, label: str = "IoU") -
     array = np.asarray(values, dtype=np.float64)
     finite = array[np.isfinite(array)]
     counts, edges = np.histogram(finite, bins=HISTOGRAM_BINS, range=(0.0, 1.0))
-    width, height, left, bottom, top = 320, 150, 28, 22, 16
-    plot_w, plot_h = width - left - 8, height - bottom - top
-    peak = max(int(counts.max()), 1)
+    width, height, left, top, axis_y = 320, 150, 28, 16, 128  # tick labels below axis_y
+    plot_w, plot_h, peak = width - left - 8, axis_y - top, max(int(counts.max()), 1)
     bar_w = plot_w / HISTOGRAM_BINS
     parts = []
     for index, (count, lo, hi) in enumerate(zip(counts, edges[:-1], edges[1:], strict=True)):
         bar_h = plot_h * count / peak
-        x = left + index * bar_w
-        y = top + plot_h - bar_h
+        x, y = left + index * bar_w, axis_y - bar_h
         parts.append(
             f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{bar_w - 2:.1f}" height="{bar_h:.1f}" '
             f'fill="#4a7bd0"><title>{html.escape(label)} {lo:.1f}–{hi:.1f}: {count}</title></rect>'
@@ -183,7 +165,6 @@ def iou_histogram_svg(values: Sequence[float], title: str, label: str = "IoU") -
             parts.append(
                 f'<text x="{x + bar_w / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle">{count}</text>'
             )
-    axis_y = top + plot_h
     for tick in (0.0, 0.5, 1.0):
         parts.append(
             f'<text x="{left + tick * plot_w:.1f}" y="{axis_y + 14}" '
@@ -213,21 +194,19 @@ def rank_images(rows: pd.DataFrame, metric: str = "iou") -> pd.DataFrame:
     """One line per image with a score (``ok`` rows), worst mean ``metric`` first, then by id:
     ``image_id``, ``classes`` (comma-joined), ``prompts``, ``score`` (mean ``metric``), ``dice``
     (mean of the matching Dice column) and ``panel_path`` (the first row's)."""
-    dice = METRICS[metric][1]
     scored = rows[rows["status"].eq("ok") & rows[metric].notna()]
     grouped = scored.assign(_class=class_of(scored)).groupby("image_id", sort=True)
     ranked = grouped.agg(
         classes=("_class", lambda v: ", ".join(sorted(set(v)))),
         prompts=("image_id", "size"),
         score=(metric, "mean"),
-        dice=(dice, "mean"),
+        dice=(METRICS[metric][1], "mean"),
         panel_path=("panel_path", "first"),
     ).reset_index()
     return ranked.sort_values(["score", "image_id"], kind="stable").reset_index(drop=True)
 
 
-def _examples(images: pd.DataFrame, run_dir: Path, metric: str, empty: str) -> str:
-    label, _ = METRICS[metric]
+def _examples(images: pd.DataFrame, run_dir: Path, label: str, empty: str) -> str:
     if images.empty:
         return f'<p class="missing">{html.escape(empty)}</p>'
     figures = []
@@ -286,10 +265,10 @@ def write_report(
         ("Summary", _summary(rows)),
         ("Run time per stage", _timing(rows)),
         (f"{label} distribution per class", _histograms(rows, metric)),
-        (f"Worst images by mean {label}", _examples(worst, run_dir, metric, "No scored images.")),
+        (f"Worst images by mean {label}", _examples(worst, run_dir, label, "No scored images.")),
         (
             f"Best images by mean {label}",
-            _examples(best, run_dir, metric, "No more scored images: all are shown above."),
+            _examples(best, run_dir, label, "No more scored images: all are shown above."),
         ),
         ("Failures", _failures(rows)),
         ("Configuration", f"<pre>{html.escape(config_json)}</pre>"),

@@ -142,8 +142,7 @@ _GONE = (errno.ENOENT, errno.ENOTDIR)
 
 def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """Fill missing columns with nulls and reject unknown ones (a typo must not vanish)."""
-    unknown = set(row) - set(COLUMNS)
-    if unknown:
+    if unknown := set(row) - set(COLUMNS):
         raise ValueError(f"unknown result columns {sorted(unknown)}; add them to results.SCHEMA")
     return {name: row.get(name) for name in COLUMNS} | {"schema_version": SCHEMA_VERSION}
 
@@ -364,11 +363,9 @@ class _Run:
     def retire(self, parts: Path) -> None:
         """Rename ``parts`` to a trash name (one step), then remove it."""
         trash = self.folder / f".{self.run_id}.trash-{secrets.token_hex(6)}"
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.rename(parts, trash)
-        except FileNotFoundError:
-            return
-        shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(trash, ignore_errors=True)
 
     def recover(self, leftovers: Sequence[tuple[Path, str | None]]) -> None:
         """Recovery for this run's hidden ``leftovers``: ``(path, :data:`_HIDDEN` lastgroup)``."""
@@ -398,11 +395,10 @@ class _Run:
                 if path == linked:  # a killed run without rows
                     self.entry.unlink(missing_ok=True)
                 self.retire(path)
-            for path, kind in leftovers:
-                if kind == "legacy":
-                    if not os.path.lexists(self.entry):
-                        _write_atomic(_read_parts(path), self.entry)
-                    shutil.rmtree(path, ignore_errors=True)
+            for path in (path for path, kind in leftovers if kind == "legacy"):
+                if not os.path.lexists(self.entry):
+                    _write_atomic(_read_parts(path), self.entry)
+                shutil.rmtree(path, ignore_errors=True)
         finally:
             self.lock.unlink(missing_ok=True)
             os.close(fd)
@@ -418,8 +414,7 @@ def finish_ended_runs(metrics_dir: str | os.PathLike[str]) -> None:
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
-                    match = _HIDDEN.fullmatch(entry.name)
-                    if match and not entry.is_symlink():
+                    if (match := _HIDDEN.fullmatch(entry.name)) and not entry.is_symlink():
                         found[match["run"]].append((Path(entry.path), match.lastgroup))
         except OSError:  # not a folder, or gone
             continue
@@ -537,9 +532,8 @@ class RunRows:
             found = _manifest(parts)
             same_key = found.get("resume_key") == self.resume_key
             if other.run_id != self.flow_run_id and same_key and _made_here(parts):
-                run_id = str(found.get("flow_run_id") or other.run_id)
-                candidates.append((str(found.get("opened_at", "")), other, parts, run_id))
-        for _, other, parts, run_id in sorted(candidates, key=lambda c: c[0], reverse=True):
+                candidates.append((str(found.get("opened_at", "")), other, parts))
+        for _, other, parts in sorted(candidates, key=lambda c: c[0], reverse=True):
             fd = _lock(other.lock)
             if fd is None:  # a live run
                 continue
@@ -551,7 +545,7 @@ class RunRows:
                         os.replace(part, self.parts / part.name)
                 os.unlink(other.entry)
                 other.retire(parts)
-                self.resumed.append(run_id)
+                self.resumed.append(other.run_id)
             finally:
                 other.lock.unlink(missing_ok=True)
                 os.close(fd)
@@ -589,8 +583,7 @@ def _result_files(root: Path, skipped: list[str]) -> list[Path]:
     stack = [root]
     while stack:
         folder = stack.pop()
-        real = os.path.realpath(folder)
-        if real in seen:
+        if (real := os.path.realpath(folder)) in seen:
             continue
         seen.add(real)
         try:
@@ -680,16 +673,9 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         mean_dice=("dice", "mean"),
         mean_iou_instance=("iou_instance", "mean"),
     )
-    per_image = (
-        rows.drop_duplicates(["flow_run_id", "image_id"])
-        .groupby(keys, dropna=False)
-        .agg(
-            mean_image_iou=("image_iou", "mean"),
-            seconds_segment=("seconds_segment", "mean"),
-            seconds_stylize=("seconds_stylize", "mean"),
-        )
-    )
-    return scores.join(per_image).reset_index()
+    per_image = rows.drop_duplicates(["flow_run_id", "image_id"]).groupby(keys, dropna=False)
+    means = per_image[["image_iou", "seconds_segment", "seconds_stylize"]].mean()
+    return scores.join(means.rename(columns={"image_iou": "mean_image_iou"})).reset_index()
 
 
 def select_run(frame: pd.DataFrame, run: str | None = None) -> tuple[str, pd.DataFrame]:

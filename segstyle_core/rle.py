@@ -31,9 +31,7 @@ def _parse(value: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise InputError(f"mask RLE is not JSON ({exc}); expected a COCO RLE object") from None
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-        raise InputError(
-            'mask RLE needs "size" and "counts" keys (COCO RLE); got ' + repr(rle)[:80]
-        )
+        raise InputError(f'mask RLE needs "size" and "counts" keys (COCO RLE); got {rle!r:.80}')
     size = rle["size"]
     pair = isinstance(size, list | tuple) and len(size) == 2
     if not (pair and all(isinstance(v, int) and v >= 0 for v in size)):

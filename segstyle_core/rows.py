@@ -74,9 +74,7 @@ def _timing(records: Mapping[str, StageRecord], stage: str) -> dict[str, Any]:
     }
 
 
-def _prompt_columns(prompt: Mapping[str, Any] | None) -> dict[str, Any]:
-    if prompt is None:
-        return {}
+def _prompt_columns(prompt: Mapping[str, Any]) -> dict[str, Any]:
     labels = prompt.get("point_labels") or []
     return {
         "prompt_kind": prompt["kind"] if prompt.get("box") or prompt.get("points") else "auto",
@@ -113,8 +111,7 @@ def frame_rows(
         base.update(_timing(records, stage))
     if style_of is not None:
         base.update(style_of(None))
-    gt = records.get("gt")
-    if isinstance(gt, GtRecord):
+    if isinstance(gt := records.get("gt"), GtRecord):
         base["gt_area"] = gt.gt_area
     metrics = records.get("metrics")
     if error is not None or not isinstance(metrics, MetricsRecord) or not metrics.scores:
@@ -123,7 +120,7 @@ def frame_rows(
         {
             **base,
             "prompt_index": index,
-            **_prompt_columns(score.get("prompt")),
+            **_prompt_columns(score["prompt"]),
             **(style_of(score["prompt"].get("class_name")) if style_of is not None else {}),
             **{k: v for k, v in score.items() if k != "prompt"},
         }

@@ -60,10 +60,8 @@ def headline_metric(frame: pd.DataFrame) -> str:
     """The score images are ranked by: instance IoU when any ``ok`` row has one, else image
     IoU, else the per-prompt class IoU."""
     ok = frame[frame["status"].eq("ok")]
-    for column in ("iou_instance", "image_iou", "iou"):
-        if ok[column].notna().any():
-            return column
-    return "iou_instance"
+    scored = (column for column in ("iou_instance", "image_iou", "iou") if ok[column].notna().any())
+    return next(scored, "iou_instance")
 
 
 def short_error(text: str) -> str:
@@ -110,8 +108,7 @@ def _link(label: str, path: str | Path, out_root: Path, base_url: str | None) ->
 def _thumbnail(image_id: str, row: pd.Series, out_root: Path, base_url: str | None) -> str:
     """A clickable markdown image of the image's panel (else composite), or its file path."""
     for column in ("panel_path", "composite_path"):
-        path = row.get(column)
-        if isinstance(path, str) and path:
+        if isinstance(path := row.get(column), str) and path:
             target = _target(path, out_root, base_url)
             if is_url(target):
                 alt = f"{column.removesuffix('_path')} of {image_id}"
@@ -164,11 +161,10 @@ def summary_markdown(
     metric = headline_metric(frame)
     worst = rank_images(frame, metric).head(THUMBNAILS)
     if not worst.empty:
-        label = LABELS[metric][0]
         per_image = ok.drop_duplicates("image_id").set_index("image_id")
         lines += [
             "",
-            f"## Worst {len(worst)} images by {label}",
+            f"## Worst {len(worst)} images by {LABELS[metric][0]}",
             "",
             f"| image | {instance_label} | {image_label} | panel |",
             "|---|---|---|---|",
@@ -188,22 +184,21 @@ def summary_markdown(
 def outputs_markdown(frame: pd.DataFrame, out_root: str | Path, base_url: str | None) -> str:
     """One line per image: links to its composite, stylized image, mask and panel, or (without
     a served URL) the image's folder as a path and the names of its files."""
-    columns = [
-        c
+    columns = {  # name -> path column
+        c.removesuffix("_path"): c
         for c in ("composite_path", "stylized_path", "mask_path", "panel_path")
         if c in frame and frame[c].notna().any()
-    ]
-    names = [c.removesuffix("_path") for c in columns]
-    header = ["image", *names] if base_url else ["image", "folder", "files"]
+    }
+    header = ["image", *columns] if base_url else ["image", "folder", "files"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for image_id, group in frame.groupby("image_id", sort=True):
         first = group.iloc[0]
-        paths = {n: first[c] for n, c in zip(names, columns, strict=True)}
+        paths = {n: first[c] for n, c in columns.items()}
         present = {n: p for n, p in paths.items() if isinstance(p, str) and p}
         if base_url:
             cells = [
                 _link(n, present[n], Path(out_root), base_url) if n in present else "—"
-                for n in names
+                for n in columns
             ]
         else:
             folders = {str(Path(p).resolve().parent) for p in present.values()}
@@ -225,19 +220,17 @@ def report_markdown(report: Path, out_root: Path, run_name: str, base_url: str |
 def run_text(metrics_dir: str | Path, run: str | None = None) -> str:
     """One run of the Parquet folder ``metrics_dir`` (:func:`~segstyle_core.results.select_run`)
     as text: its name, whether it is partial, :func:`~segstyle_core.results.summarize`'s table,
-    its failed images. SegstyleError: no readable results, or no run ``run`` (naming the folder).
-    """
+    its failed images. SegstyleError: no readable results, or no run ``run`` (naming the folder)."""
     everything = results.read_metrics(metrics_dir)  # its errors name the folder
     try:
         key, rows = results.select_run(everything, run)
     except SegstyleError as exc:
         raise SegstyleError(f"{metrics_dir}: {exc}") from None
     lines = [f"run {rows['run_id'].iloc[0]} ({key})"]
+    interrupted = "interrupted before it finished; rerun the same command to resume it"
     for partial in results.partial_runs(metrics_dir):
         if partial.flow_run_id == key:
-            how = "still running"
-            if not partial.writing:
-                how = "interrupted before it finished; rerun the same command to resume it"
+            how = "still running" if partial.writing else interrupted
             lines.append(f"partial: {partial.images} images so far ({partial.parts}), {how}")
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         lines.append(results.summarize(rows).to_string(index=False))

@@ -15,12 +15,9 @@ if TYPE_CHECKING:
 
 def _columns(scores: MaskScores | None, suffix: str, area: str) -> dict[str, float | int | None]:
     """``iou<suffix>`` ... ``recall<suffix>`` and ``area`` (the reference's); ``None``s without."""
-    values: dict[str, float | int | None] = {
-        f"{key}{suffix}": getattr(scores, key) if scores else None
-        for key in ("iou", "dice", "precision", "recall")
-    }
-    values[area] = scores.gt_area if scores else None
-    return values
+    keys = {f"{key}{suffix}": key for key in ("iou", "dice", "precision", "recall")}
+    keys[area] = "gt_area"
+    return {column: getattr(scores, key) if scores else None for column, key in keys.items()}
 
 
 def match_auto_masks(

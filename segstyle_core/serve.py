@@ -114,11 +114,6 @@ def make_app(roots: Sequence[Path], host: str = "127.0.0.1") -> Starlette:
     """The app serving each root's ``SERVED_FOLDERS`` under its prefix, to ``host`` or loopback;
     ``/`` is a fixed page saying what is served, without listing any folder."""
     prefixes = root_prefixes(roots)
-    mounts = [
-        Mount(f"{prefix}/{name}", _ConfinedFiles(directory=served_folder(root, name)))
-        for prefix, root in prefixes.items()
-        for name in SERVED_FOLDERS
-    ]
     items = "".join(
         f"<li>{html.escape(str(root))}: {html.escape(prefix)}/runs/&lt;run&gt;/report.html, "
         "…/&lt;run&gt;/&lt;image_id&gt;/&lt;file&gt;, "
@@ -134,7 +129,11 @@ def make_app(roots: Sequence[Path], host: str = "127.0.0.1") -> Starlette:
     routes: list[Route | Mount] = [
         Route("/", lambda _: HTMLResponse(front_page, headers=NO_CACHE), methods=["GET", "HEAD"]),
         Route(ROOTS_PATH, lambda _: JSONResponse(listed, headers=NO_CACHE), methods=["GET"]),
-        *mounts,
+        *(
+            Mount(f"{prefix}/{name}", _ConfinedFiles(directory=served_folder(root, name)))
+            for prefix, root in prefixes.items()
+            for name in SERVED_FOLDERS
+        ),
     ]
     hosts = [*TRUSTED_HOSTS, url_host(host).lower()]
     return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, hosts)])

@@ -343,11 +343,10 @@ class Stage(Generic[P, R]):
 
 def _stamp(path: Path) -> tuple[int, int] | None:
     """``(inode, mtime ns)`` of ``path`` (not followed), or ``None``."""
-    try:
+    with contextlib.suppress(OSError):
         info = os.lstat(path)
-    except OSError:
-        return None
-    return info.st_ino, info.st_mtime_ns
+        return info.st_ino, info.st_mtime_ns
+    return None
 
 
 def _storage_error(cache_dir: Path, exc: OSError) -> StorageError:
@@ -362,10 +361,9 @@ def _storage_error(cache_dir: Path, exc: OSError) -> StorageError:
 
 @contextlib.contextmanager
 def _only_writer(cache_dir: Path, directory: Path) -> Iterator[None]:
-    """Make ``directory`` a real folder (a link or file in the way is replaced, its target left
-    alone) and hold an exclusive ``flock`` on ``<key>.lock`` beside it for the block, so that a
-    run computing the same result on this machine waits (saying so), then finds its record
-    (StorageError: the cache cannot be written)."""
+    """Make ``directory`` a real folder (replacing a link or file in the way, not its target) and
+    hold an exclusive ``flock`` on ``<key>.lock`` beside it for the block: a run computing the
+    same result on this host waits (saying so), then finds its record (StorageError: unwritable)."""
     import fcntl  # POSIX, as every cache writer
 
     lock = directory.with_name(f"{directory.name}.lock")
@@ -381,25 +379,22 @@ def _only_writer(cache_dir: Path, directory: Path) -> Iterator[None]:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
         raise _storage_error(cache_dir, exc) from exc
-    try:
+    with open(fd, "rb"):  # closing it drops the lock
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _log.info("%s: another run is computing it; waiting for it", directory)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError as exc:  # ENOLCK, EOPNOTSUPP...: a file system without locks
-        _log.warning("%s: no lock (%s); computing it unlocked", lock, exc.strerror or exc)
-    try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _log.info("%s: another run is computing it; waiting for it", directory)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP...: a file system without locks
+            _log.warning("%s: no lock (%s); computing it unlocked", lock, exc.strerror or exc)
         yield
-    finally:
-        os.close(fd)  # drops the lock
 
 
 def _clear_leftovers(cache_dir: Path, directory: Path) -> None:
-    """Remove links, special files, a folder in place of the record and a dead writer's hidden
-    files from ``directory``: of a gone process of this host
-    (:func:`~segstyle_core.fileio.dead_writer_here`), or older than :data:`LEFTOVER_AGE_S`
-    (StorageError: the cache cannot be written)."""
+    """Remove from ``directory`` links, special files, a folder in place of the record, and
+    hidden files of a gone writer of this host (:func:`~segstyle_core.fileio.dead_writer_here`)
+    or older than :data:`LEFTOVER_AGE_S` (StorageError: the cache cannot be written)."""
     try:
         stale = time.time() - LEFTOVER_AGE_S
         for entry in _entries(directory):

@@ -16,10 +16,10 @@ import textwrap
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import platformdirs
 from tqdm import tqdm
@@ -35,6 +35,16 @@ _CHUNK = 1 << 20
 _TIMEOUT_S = 60
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
+T = TypeVar("T")
+
+
+def lookup(registry: Mapping[str, T], key: str, what: str) -> T:
+    """``registry[key]`` (ConfigError naming ``what`` and the known keys if absent)."""
+    try:
+        return registry[key]
+    except KeyError:
+        raise ConfigError(f"unknown {what} {key!r}: use one of {', '.join(registry)}") from None
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -49,6 +59,7 @@ class Checkpoint:
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_"
 _SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_"
+_VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 
 #: Segment Anything ViT-B/L/H, torchvision's VGG19 (ImageNet, for Gatys) and SAM 2.1 Hiera.
 CHECKPOINTS: dict[str, Checkpoint] = {
@@ -60,13 +71,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             )
             for size, sha in (("b", "01ec64"), ("l", "0b3195"), ("h", "4b8939"))
         ),
-        Checkpoint(
-            "vgg19",
-            "vgg19-dcbb9e9d.pth",
-            "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-            "dcbb9e9d",
-            torch_hub=True,
-        ),
+        Checkpoint("vgg19", "vgg19-dcbb9e9d.pth", _VGG19_URL, "dcbb9e9d", torch_hub=True),
         *(
             Checkpoint(
                 f"sam2.1_hiera_{size}", f"sam2.1_hiera_{size}.pt", f"{_SAM2_URL}{size}.pt", ""
@@ -81,12 +86,7 @@ def get_checkpoint(checkpoint: str | Checkpoint) -> Checkpoint:
     """The registry entry for a name (ConfigError listing the known names if unknown)."""
     if isinstance(checkpoint, Checkpoint):
         return checkpoint
-    try:
-        return CHECKPOINTS[checkpoint]
-    except KeyError:
-        raise ConfigError(
-            f"unknown checkpoint {checkpoint!r}: use one of {', '.join(CHECKPOINTS)}"
-        ) from None
+    return lookup(CHECKPOINTS, checkpoint, "checkpoint")
 
 
 def weights_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -112,11 +112,10 @@ def find_checkpoint(
     for candidate in (directory / entry.filename for directory in dirs):
         if candidate.is_file():
             return candidate
-    searched = ", ".join(str(d) for d in dirs)
     raise WeightsError(
-        f"checkpoint {entry.filename} not found in {searched}: run `segstyle weights download "
-        f"{entry.name}` (from {entry.url}; the weights_dir setting or ${ENV_WEIGHTS_DIR} picks "
-        "the folder)"
+        f"checkpoint {entry.filename} not found in {', '.join(map(str, dirs))}: run `segstyle "
+        f"weights download {entry.name}` (from {entry.url}; the weights_dir setting or "
+        f"${ENV_WEIGHTS_DIR} picks the folder)"
     )
 
 
@@ -222,13 +221,11 @@ def download(
     progress: bool = True,
 ) -> Path:
     """Download ``checkpoint`` (from ``url``, a mirror, if given) into :func:`weights_dir`
-    (``dest_dir`` overrides), with a tqdm ``progress`` bar on stderr, and verify it.
-
-    Data streams to ``<file>.part`` (resumed with an HTTP ``Range`` request), renamed into place
-    once its SHA-256 prefix matches, the full SHA-256 in the sidecar. A file already there that
-    verifies is returned offline. WeightsError: network failure (the ``.part`` kept for a resume)
-    or checksum mismatch (the download deleted).
-    """
+    (``dest_dir`` overrides), with a tqdm ``progress`` bar on stderr, and verify it: data streams
+    to ``<file>.part`` (resumed with an HTTP ``Range`` request), renamed into place once its
+    SHA-256 prefix matches, the full SHA-256 in the sidecar. A file already there that verifies
+    is returned offline. WeightsError: network failure (the ``.part`` kept for a resume) or
+    checksum mismatch (the download deleted)."""
     entry = get_checkpoint(checkpoint)
     target = weights_dir(dest_dir) / entry.filename
     if target.is_file():

@@ -141,14 +141,13 @@ def _ensure_limit(name: str, slots: int) -> int:
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client, _host_slots(f"{name}.create", 1, 1):
-        try:
+        with contextlib.suppress(ObjectNotFound):
             return client.read_global_concurrency_limit_by_name(name).limit
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):  # another machine was first
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=slots)
-                )
-            return client.read_global_concurrency_limit_by_name(name).limit
+        with contextlib.suppress(ObjectAlreadyExists):  # another machine was first
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=name, limit=slots)
+            )
+        return client.read_global_concurrency_limit_by_name(name).limit
 
 
 def dask_resources(device: Any) -> dict[str, float]:

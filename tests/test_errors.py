@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,16 @@ def test_path_argument_wins_and_unknown_errors_keep_the_system_words() -> None:
     assert is_transient_os_error(odd) and is_transient_os_error(TimeoutError("slow"))
     assert error_line(_os_error(errno.EROFS)).startswith("OSError: /data/out.png: read-only")
     assert error_line(ValueError("a\nb")) == "ValueError: a"
+
+
+def test_a_storage_error_crosses_a_process_boundary_whole() -> None:
+    """Pickled (as a Dask worker's task error is), it keeps its message, errno and path, and
+    stays a lasting error: a retry would not help."""
+    error = storage_error(_os_error(errno.ENOSPC))
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, StorageError) and isinstance(copy, OSError)
+    assert (str(copy), copy.errno, copy.filename) == (str(error), errno.ENOSPC, "/data/out.png")
+    assert not is_transient_os_error(copy)
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])

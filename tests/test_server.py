@@ -166,7 +166,8 @@ def test_flow_runs_on_a_temporary_server_that_stops_with_the_block(
     with temporary_settings(
         {
             PREFECT_SERVER_API_PORT: nothing_there,
-            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: _STARTUP_TIMEOUT_S,
+            # far too short for a start: the server still gets STARTUP_TIMEOUT_SECONDS
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 1,
         },
         restore_defaults={PREFECT_API_URL},
     ):

@@ -72,9 +72,7 @@ def generate_clip(
         raise ConfigError(
             f"frames={frames}, size={size}: use at least 2 frames and sides of 64 px or more"
         )
-    root = Path(out)
-    image_dir = root / "leftImg8bit" / "train" / "clip"
-    gt_dir = root / "gtFine" / "train" / "clip"
+    image_dir, gt_dir = (Path(out) / kind / "train" / "clip" for kind in ("leftImg8bit", "gtFine"))
     scene_rng = np.random.default_rng([seed, 0])
     cam = scene.street_camera(width, height, scene_rng)
     street = scene.build_scene(width, height, scene_rng, cam)

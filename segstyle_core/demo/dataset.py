@@ -64,8 +64,7 @@ def _fill(polygons: Sequence[np.ndarray], width: int, height: int) -> tuple[Box,
 def _outline(obj: SceneObject, width: int, height: int) -> list[list[int]] | None:
     """The object's in-frame silhouette as one integer polygon (None if degenerate): the largest
     outer contour of its pieces' union, simplified to 0.7 px, hugging the image border."""
-    filled = _fill([p.polygon for p in obj.pieces], width, height)
-    if filled is None:
+    if (filled := _fill([p.polygon for p in obj.pieces], width, height)) is None:
         return None
     (x0, y0, _, _), mask = filled
     contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -74,9 +73,7 @@ def _outline(obj: SceneObject, width: int, height: int) -> list[list[int]] | Non
     contour = max(contours, key=cv2.contourArea)
     simple = cv2.approxPolyDP(contour, 0.7, closed=True)
     polygon = simple if len(simple) >= 3 else contour
-    if len(polygon) < 3:
-        return None
-    return (polygon[:, 0, :] + (x0, y0)).tolist()
+    return (polygon[:, 0, :] + (x0, y0)).tolist() if len(polygon) >= 3 else None
 
 
 def _rasterize(polygons: Sequence[list[list[int]]], width: int, height: int) -> np.ndarray:
@@ -135,8 +132,7 @@ def _paint(objects: Sequence[SceneObject], index: np.ndarray, noise: _Noise) -> 
     canvas = np.repeat(60.0 + 6.0 * noise.white[..., None], 3, axis=2)
     for k, obj in enumerate(objects, start=1):
         for piece in obj.pieces:
-            filled = _fill([piece.polygon], width, height)
-            if filled is None:
+            if (filled := _fill([piece.polygon], width, height)) is None:
                 continue
             box, inside = filled
             x0, y0, x1, y1 = box
@@ -152,11 +148,9 @@ def _cast_shadows(canvas: np.ndarray, objects: Sequence[SceneObject], index: np.
     ground = np.array([False] + [obj.layer == GROUND for obj in objects])  # index 0: no object
     height, width = index.shape
     covered = np.zeros(index.shape, dtype=bool)
-    for shadow in (obj.shadow for obj in objects if obj.shadow is not None):
-        filled = _fill([shadow], width, height)
-        if filled is not None:
-            (x0, y0, x1, y1), inside = filled
-            covered[y0:y1, x0:x1] |= inside
+    shadows = (_fill([obj.shadow], width, height) for obj in objects if obj.shadow is not None)
+    for (x0, y0, x1, y1), inside in filter(None, shadows):  # None: outside the image
+        covered[y0:y1, x0:x1] |= inside
     shade = cv2.GaussianBlur(covered.astype(np.float32), (0, 0), sigmaX=max(1.0, width / 400))
     canvas *= (1.0 - 0.45 * shade * ground[index])[..., None]
 
@@ -166,8 +160,7 @@ def render_scene(
 ) -> RenderedFrame:
     """Rasterise a scene into an image and its Cityscapes annotations, leaving out objects
     with a degenerate silhouette or under ``max(3, width*height // 40000)`` visible pixels."""
-    outlined = [(obj, _outline(obj, width, height)) for obj in scene]
-    kept = [(obj, poly) for obj, poly in outlined if poly is not None]
+    kept = [(obj, poly) for obj in scene if (poly := _outline(obj, width, height)) is not None]
     index = _rasterize([poly for _, poly in kept], width, height)
     visible = np.bincount(index.ravel(), minlength=len(kept) + 1)[1:]
     min_pixels = max(3, width * height // 40_000)
@@ -228,8 +221,7 @@ def generate_demo_dataset(
         raise ConfigError(f"seed={seed}: must be 0 or greater")
     root = Path(out)
     for city in cities:
-        image_dir = root / "leftImg8bit" / "train" / city
-        gt_dir = root / "gtFine" / "train" / city
+        image_dir, gt_dir = (root / kind / "train" / city for kind in ("leftImg8bit", "gtFine"))
         for number in range(frames_per_city + 1):
             rng = np.random.default_rng([seed, zlib.crc32(city.encode()), number])
             frame = render_scene(build_scene(width, height, rng), width, height, rng)
@@ -255,13 +247,12 @@ def ensure_demo_dataset(
             f"{root} exists but holds no leftImg8bit/ folder; it is not a Cityscapes-layout "
             "dataset and is left alone (point the run at another folder, or empty this one)"
         )
-    chosen = {"size": size, "frames_per_city": frames_per_city}
-    options: dict[str, Any] = {k: v for k, v in chosen.items() if v is not None}
+    options: dict[str, Any] = {"size": size, "frames_per_city": frames_per_city}
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:12]}"
     staging.mkdir()  # the umask's permissions, unlike tempfile.mkdtemp's 0700
     try:
-        generate_demo_dataset(staging, **options)
+        generate_demo_dataset(staging, **{k: v for k, v in options.items() if v is not None})
         try:
             os.rename(staging, path)  # replaces a missing or empty folder, atomically
         except OSError:

@@ -127,8 +127,7 @@ def _tint(color: RGB, factor: float) -> RGB:
 def car(cam: Camera, x: float, z: float, rng: np.random.Generator, layer: int) -> SceneObject:
     """A car seen from behind (or the front: white lamps) at lateral ``x``, rear at ``z``; off
     the camera's axis its inner side shows too (profile, windows, two wheels)."""
-    color = _pick(rng, CAR_COLORS)
-    paint = Surface(color, noise=3.0, grain=6.0, grain_px=30.0, shade=(1.15, 0.72))
+    paint = Surface(_pick(rng, CAR_COLORS), noise=3.0, grain=6.0, grain_px=30.0, shade=(1.15, 0.72))
     glass = Surface((38, 46, 58), noise=4.0, grain=10.0, shade=(1.5, 0.8))
     rubber = Surface((24, 24, 26), noise=3.0)
     metal = Surface((150, 152, 156), noise=6.0, shade=(1.2, 0.8))
@@ -148,15 +147,14 @@ def car(cam: Camera, x: float, z: float, rng: np.random.Generator, layer: int) -
         for s in (0.8 * k, length - 0.85 * k):
             pieces += [Piece(side(circle(s, 0.33, 0.33)), rubber)]
             pieces += [Piece(side(circle(s, 0.33, 0.17, 12)), metal)]
+    outer = ((-0.88, -0.6), (0.6, 0.88))  # the tyres' and the lamps' spans across the rear
     rear = [
-        (rect(-0.88, 0.0, -0.6, 0.34), rubber),
-        (rect(0.6, 0.0, 0.88, 0.34), rubber),
+        *((rect(u0, 0.0, u1, 0.34), rubber) for u0, u1 in outer),
         (np.array(_CAR_BODY), paint),
         (np.array([(-0.8, 0.96), (0.8, 0.96), (0.62, 1.45), (-0.62, 1.45)]), paint),
         (np.array([(-0.68, 1.02), (0.68, 1.02), (0.56, 1.38), (-0.56, 1.38)]), glass),
         (rect(-0.93, 0.28, 0.93, 0.42), Surface((36, 36, 40), noise=4.0)),
-        (rect(-0.88, 0.7, -0.6, 0.82), lamp),
-        (rect(0.6, 0.7, 0.88, 0.82), lamp),
+        *((rect(u0, 0.7, u1, 0.82), lamp) for u0, u1 in outer),
         (rect(-0.26, 0.46, 0.26, 0.58), Surface((226, 226, 220), noise=6.0)),
     ]
     pieces += [Piece(cam.facing(x, z, uv), surface) for uv, surface in rear]
@@ -181,8 +179,7 @@ def person(cam: Camera, x: float, z: float, rng: np.random.Generator, layer: int
         (rect(0.03, 0.0, 0.2 + stride, 0.07), shoes),
         (np.array([(-0.3, 0.86), (-0.24, 0.86), (-0.2, 1.42), (-0.27, 1.42)]), sleeve),
         (np.array([(0.24, 0.86), (0.3, 0.86), (0.27, 1.42), (0.2, 1.42)]), sleeve),
-        (circle(-0.27, 0.84, 0.045, 8), skin),
-        (circle(0.27, 0.84, 0.045, 8), skin),
+        *((circle(hand * 0.27, 0.84, 0.045, 8), skin) for hand in (-1, 1)),
         (np.array(_TORSO), shirt),
         (rect(-0.05, 1.46, 0.05, 1.56), skin),
         (circle(0.0, 1.69, 0.115), hair),
@@ -426,12 +423,9 @@ def build_scene(
     builders = [_curb_side if rng.random() < 0.7 else _hedge_side for _ in range(2)]
     if builders == [_hedge_side, _hedge_side]:
         builders[1] = _curb_side
-    edges = []
-    for side, build in zip((-1, 1), builders, strict=True):
-        edge, side_objects = build(cam, side, z_far, rng)
-        edges.append(edge)
-        objects += side_objects
-    objects.append(_road(cam, -edges[0], edges[1], z_far))
+    left, west = builders[0](cam, -1, z_far, rng)
+    right, east = builders[1](cam, 1, z_far, rng)
+    objects += [*west, *east, _road(cam, -left, right, z_far)]
     for _ in range(int(rng.integers(1, 4))):
         lane = rng.choice([rng.uniform(-0.4, 0.4), rng.uniform(-3.6, -2.8)])
         objects.append(car(cam, float(lane), rng.uniform(9.0, 45.0), rng, STREET))

@@ -160,12 +160,9 @@ def _csv_row(row: dict[str, str], draft: Prompt, where: str, first: str) -> Prom
     label_text = (row.get("label") or "").strip()
     if box is None and point is None:
         raise InputError(f"{where}: row has neither a box (x0,y0,x1,y1) nor a point (px,py)")
-    if box is not None:
-        if draft.box is not None:
-            raise InputError(
-                f"{where}: second box for prompt {first}; give each box its own prompt"
-            )
-        draft = replace(draft, box=as_box(box))
+    if box is not None and draft.box is not None:
+        raise InputError(f"{where}: second box for prompt {first}; give each box its own prompt")
+    draft = draft if box is None else replace(draft, box=as_box(box))
     if point is None:
         if label_text:
             raise InputError(f"{where}: label without a point; fill px,py or clear the label")

@@ -103,15 +103,10 @@ def load_segmenter(
     :func:`load_model`); the options: :class:`~.sam.PromptSegmenter`'s (ConfigError: unknown
     variant, device or precision, no ``sam2`` package; WeightsError: unsafe, corrupt or for
     another architecture)."""
-    segmenter: type[PromptSegmenter]
-    if backend == "sam":
-        from segstyle_core.segment.sam import SamSegmenter
+    from segstyle_core.segment.sam import SamSegmenter
+    from segstyle_core.segment.sam2_image import Sam2ImageSegmenter  # imports no sam2 package
 
-        segmenter = SamSegmenter
-    else:
-        from segstyle_core.segment.sam2_image import Sam2ImageSegmenter
-
-        segmenter = Sam2ImageSegmenter
+    segmenter: type[PromptSegmenter] = SamSegmenter if backend == "sam" else Sam2ImageSegmenter
     resolved = devices.resolve_device(device)
     model = load_model(
         backend, segmenter.architecture, segmenter.label, variant, checkpoint, resolved

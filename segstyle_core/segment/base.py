@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol
 
 import numpy as np
-
-from segstyle_core.errors import ConfigError
-
-T = TypeVar("T")
 
 SamVariant = Literal["vit_b", "vit_l", "vit_h"]
 """SAM's image encoders."""
@@ -88,13 +83,3 @@ class Segmenter(Protocol):
 def grabcut_variant(iterations: int) -> str:
     """The variant name GrabCut's rows and cache keys carry (``opencv-iter5``)."""
     return f"opencv-iter{iterations}"
-
-
-def lookup_variant(registry: Mapping[str, T], variant: str, model: str) -> T:
-    """``registry[variant]`` (ConfigError naming ``model`` and the known variants if absent)."""
-    try:
-        return registry[variant]
-    except KeyError:
-        raise ConfigError(
-            f"unknown {model} variant {variant!r}: use one of {', '.join(registry)}"
-        ) from None

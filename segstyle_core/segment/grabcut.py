@@ -313,20 +313,16 @@ class GrabCutSegmenter:
         records = []
         for label in np.argsort(-areas, kind="stable")[:MAX_AUTO_MASKS]:
             rows, cols = boxes[label]
-            local = labels[rows, cols] == label
-            mask = np.zeros((height, width), dtype=bool)
-            mask[rows, cols] = local
-            x, y = _segment_point(local)
+            x, y = _segment_point(labels[rows, cols] == label)
             x0, y0, w, h = cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start
-            records.append(
-                {
-                    "segmentation": mask,
-                    "area": int(areas[label]),
-                    "bbox": [x0, y0, w, h],
-                    "predicted_iou": 1.0,
-                    "stability_score": 1.0,
-                    "point_coords": [[x + x0, y + y0]],
-                    "crop_box": [0, 0, width, height],
-                }
-            )
+            record = {
+                "segmentation": labels == label,
+                "area": int(areas[label]),
+                "bbox": [x0, y0, w, h],
+                "predicted_iou": 1.0,
+                "stability_score": 1.0,
+                "point_coords": [[x + x0, y + y0]],
+                "crop_box": [0, 0, width, height],
+            }
+            records.append(record)
         return records

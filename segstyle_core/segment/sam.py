@@ -23,13 +23,8 @@ from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.fileio import atomic_write, sha256_bytes, sha256_json
 from segstyle_core.images import check_rgb
 from segstyle_core.prompts.validation import check_structure, clip_box
-from segstyle_core.segment.base import (
-    MaskPrediction,
-    Prompt,
-    SamPrecision,
-    SamVariant,
-    lookup_variant,
-)
+from segstyle_core.segment.base import MaskPrediction, Prompt, SamPrecision, SamVariant
+from segstyle_core.weights import lookup
 
 SAM_BUILDERS: dict[str, Callable[[], Sam]] = {
     variant: sam_model_registry[variant] for variant in get_args(SamVariant)
@@ -134,12 +129,10 @@ class PromptSegmenter(abc.ABC):
                 return
             except (RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError):
                 pass
-        if self.encoder_dtype is None:
+        dtype = self.encoder_dtype
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             encode()
-        else:
-            with torch.autocast(self.device.type, dtype=self.encoder_dtype):
-                encode()
-            predictor.set_image_state(_map_tensors(predictor.image_state(), torch.Tensor.float))
+        predictor.set_image_state(_map_tensors(predictor.image_state(), torch.Tensor.float))
         if path is not None:
             with atomic_write(path) as handle:
                 torch.save(_map_tensors(predictor.image_state(), torch.Tensor.cpu), handle)
@@ -182,8 +175,7 @@ class PromptSegmenter(abc.ABC):
         check_rgb(image, f"image for {self.label}")
         generator = self._mask_generator()
         with self._lock, torch.inference_mode():
-            records: list[dict[str, Any]] = generator.generate(image)
-        return records
+            return generator.generate(image)
 
 
 class _CachingPredictor(SamPredictor):
@@ -201,11 +193,8 @@ class _CachingPredictor(SamPredictor):
 
     def image_state(self) -> dict[str, Any]:
         """The encoder's features (``1×C×h×w``) and the original/input sizes."""
-        return {
-            "features": self.features,
-            "original_size": list(self.original_size),
-            "input_size": list(self.input_size),
-        }
+        sizes = {"original_size": list(self.original_size), "input_size": list(self.input_size)}
+        return {"features": self.features, **sizes}
 
     def set_image_state(self, state: dict[str, Any]) -> None:
         features = state["features"]
@@ -224,7 +213,7 @@ class SamSegmenter(PromptSegmenter):
 
     @staticmethod
     def architecture(variant: str) -> Sam:
-        return lookup_variant(SAM_BUILDERS, variant, "SAM")()
+        return lookup(SAM_BUILDERS, variant, "SAM variant")()
 
     def _new_predictor(self) -> _CachingPredictor:
         return _CachingPredictor(self)
@@ -232,8 +221,7 @@ class SamSegmenter(PromptSegmenter):
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
         """``SamPredictor.predict_torch``, but only the best candidate is upscaled (same
         masks, a third of the upscaling time and memory with ``multimask``)."""
-        predictor = self._predictor
-        model = self.model
+        predictor, model = self._predictor, self.model
         size = predictor.original_size
         coords, labels, box_array = prompt_arrays(prompts)
         tensor = functools.partial(torch.as_tensor, device=self.device)
@@ -290,21 +278,16 @@ def best_masks(
     rows = torch.arange(len(scores), device=scores.device)
     masks = (upscale(low_res[rows, best, None])[:, 0] > threshold).cpu().numpy()
     best_scores = scores[rows, best].float().cpu().tolist()
-    return [
-        MaskPrediction(mask, float(score)) for mask, score in zip(masks, best_scores, strict=True)
-    ]
+    return list(map(MaskPrediction, masks, best_scores))
 
 
 def _check_prompt(index: int, prompt: Prompt, width: int, height: int) -> None:
     """InputError unless ``prompt`` is well-formed and inside a ``width×height`` image (a box
     sticking out is refused, not clipped)."""
     where = f"prompt #{index} ({prompt.as_dict()}) for the {width}×{height} image"
+    bounds = f"0..{width} × 0..{height}"
     check_structure(prompt, where)
     if prompt.box is not None and clip_box(prompt.box, width, height, where) != prompt.box:
-        raise InputError(
-            f"{where} has a box outside the image: clip it to 0..{width} × 0..{height}"
-        )
+        raise InputError(f"{where} has a box outside the image: clip it to {bounds}")
     if any(not (0 <= x <= width and 0 <= y <= height) for x, y in prompt.points):
-        raise InputError(
-            f"{where} has a point outside the image: keep points within 0..{width} × 0..{height}"
-        )
+        raise InputError(f"{where} has a point outside the image: keep points within {bounds}")

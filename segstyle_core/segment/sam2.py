@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from segstyle_core.errors import ConfigError
-from segstyle_core.segment.base import Prompt, Sam2Variant, lookup_variant
+from segstyle_core.segment.base import Prompt, Sam2Variant
+from segstyle_core.weights import lookup
 
 _JPEG_QUALITY = 95
 
@@ -34,7 +35,7 @@ def sam2_model(variant: str, builder: str = "build_sam2", **options: Any) -> Any
         name: build_sam.HF_MODEL_ID_TO_FILENAMES[f"facebook/sam2.1-{name.replace('_', '-')}"][0]
         for name in get_args(Sam2Variant)
     }
-    config = lookup_variant(configs, variant, "SAM 2")
+    config = lookup(configs, variant, "SAM 2 variant")
     return getattr(build_sam, builder)(config, None, device="cpu", **options)
 
 

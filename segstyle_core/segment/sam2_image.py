@@ -42,13 +42,11 @@ def _predictor_class() -> type:
             return {**self._features, "orig_hw": list(self._orig_hw[0])}
 
         def set_image_state(self, state: dict[str, Any]) -> None:
-            features = {
-                "image_embed": state["image_embed"],
-                "high_res_feats": list(state["high_res_feats"]),
-            }
+            embed, high_res = state["image_embed"], list(state["high_res_feats"])
             orig_hw = tuple(int(v) for v in state["orig_hw"])
             self.reset_predictor()
-            self._features, self._orig_hw = features, [orig_hw]
+            self._features = {"image_embed": embed, "high_res_feats": high_res}
+            self._orig_hw = [orig_hw]
             self._is_image_set = True
 
     return CachingSam2Predictor
@@ -70,8 +68,7 @@ class Sam2ImageSegmenter(PromptSegmenter):
     def _decode(self, prompts: list[Prompt]) -> list[MaskPrediction]:
         """``SAM2ImagePredictor._predict`` for a batch, but only the best candidate is
         upscaled (the same masks as ``predict`` one prompt at a time)."""
-        predictor = self._predictor
-        model = self.model
+        predictor, model = self._predictor, self.model
         coords, labels, boxes = prompt_arrays(prompts)
         _, points, point_labels, box = predictor._prep_prompts(coords, labels, boxes, None, True)
         coords_parts, label_parts = [], []

@@ -55,8 +55,7 @@ def content_working_size(shape: tuple[int, ...], config: GatysConfig) -> tuple[i
 
 def _to_tensor(image: np.ndarray, size: tuple[int, int], device: torch.device) -> torch.Tensor:
     """``H×W×3 uint8`` -> ``1×3×h×w`` float in ``[0, 1]`` at ``size = (h, w)`` on ``device``."""
-    resized = resize_to(image, size)
-    chw = torch.tensor(resized, device=device).permute(2, 0, 1).unsqueeze(0)
+    chw = torch.tensor(resize_to(image, size), device=device).permute(2, 0, 1).unsqueeze(0)
     return chw.float().contiguous() / 255.0
 
 
@@ -101,8 +100,7 @@ def gatys_objective(
     targets = _content_targets(extractor, _to_tensor(content, size, device), config)
     style_grams = _style_grams(extractor, style, config.height, config)
     with torch.no_grad():
-        image_t = _to_tensor(image, size, device)
-        terms = loss_terms(extractor, image_t, targets, style_grams, config)
+        terms = loss_terms(extractor, _to_tensor(image, size, device), targets, style_grams, config)
     return {name: float(value) for name, value in terms.items()}
 
 
@@ -150,17 +148,15 @@ class GatysStylizer:
     @config.setter
     def config(self, config: GatysConfig) -> None:
         self._config = calibration.resolve(config, self.device)
-        compiled = self._config.compile
-        self._network: Network = (
-            torch.compile(self.extractor, dynamic=False) if compiled else self.extractor
-        )
+        self._network: Network = self.extractor
+        if self._config.compile:
+            self._network = torch.compile(self.extractor, dynamic=False)
 
     def _load_extractor(self, path: str | os.PathLike[str], verify: bool) -> VGGFeatures:
         if verify:
-            sha256 = weights.verify_checkpoint(path, "vgg19")
+            self.weights_sha256 = sha256 = weights.verify_checkpoint(path, "vgg19")
         else:
-            sha256 = weights.own_checkpoint(path, "checkpoint")[1]
-        self.weights_sha256 = sha256
+            self.weights_sha256 = sha256 = weights.own_checkpoint(path, "checkpoint")[1]
         cfg = self.config
         vgg = (tuple(sorted(cfg.layers)), cfg.pooling, cfg.normalization, cfg.channels_last)
         key = ("gatys", self.variant, str(self.device), sha256, *vgg)

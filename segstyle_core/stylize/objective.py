@@ -35,19 +35,8 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     product runs in the features' dtype."""
     b, c, h, w = features.shape
     flat, nhwc = _flat(features)
-    product = (
-        torch.bmm(flat.transpose(1, 2), flat) if nhwc else torch.bmm(flat, flat.transpose(1, 2))
-    )
-    return _at_least_float32(product) / (c * h * w)
-
-
-def _style_term(ctx: Any, features: torch.Tensor, target: torch.Tensor, weight: float) -> Any:
-    """``weight * sum(D**2)`` for ``D = gram_matrix(F) - A`` (``B×C×C``, float32), saving ``F``
-    and ``D`` for :func:`_style_gradient`."""
-    difference = gram_matrix(features).sub_(target)
-    ctx.save_for_backward(features, difference)
-    ctx.scale = 2 * weight / features[0].numel()
-    return weight * torch.vdot(difference.view(-1), difference.view(-1))
+    left, right = (flat.transpose(1, 2), flat) if nhwc else (flat, flat.transpose(1, 2))
+    return _at_least_float32(torch.bmm(left, right)) / (c * h * w)
 
 
 def _style_gradient(ctx: Any, grad: torch.Tensor, out: torch.Tensor | None = None) -> Any:
@@ -72,7 +61,12 @@ class _StyleTerm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, features: torch.Tensor, target: torch.Tensor, weight: float) -> Any:
-        return _style_term(ctx, features, target, weight)
+        """``weight * sum(D**2)`` for ``D = gram_matrix(F) - A`` (``B×C×C``, float32), saving
+        ``F`` and ``D`` for :func:`_style_gradient` (also into :class:`_StyledReLU`'s ``ctx``)."""
+        difference = gram_matrix(features).sub_(target)
+        ctx.save_for_backward(features, difference)
+        ctx.scale = 2 * weight / features[0].numel()
+        return weight * torch.vdot(difference.view(-1), difference.view(-1))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -93,7 +87,7 @@ class _StyledReLU(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, weight: float) -> Any:
         features = torch.relu(x)
         with torch.autocast(x.device.type, enabled=False):  # the Gram in the maps' dtype
-            return features, _style_term(ctx, features, target, weight)
+            return features, _StyleTerm.forward(ctx, features, target, weight)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -158,9 +152,8 @@ def total_loss(
     style: torch.Tensor,
     config: GatysConfig,
 ) -> dict[str, torch.Tensor]:
-    """Weighted loss terms ``{"content", "style", "tv", "total"}`` (``total`` their sum) of
-    ``image`` (``1×3×h×w`` in ``[0, 1]``), its VGG ``features`` (:func:`vgg_features`) and its
-    unweighted ``style`` loss (:func:`style_loss`)."""
+    """Weighted terms ``{"content", "style", "tv", "total"}`` (total: their sum) of ``image``
+    (``1×3×h×w`` in ``[0, 1]``), its :func:`vgg_features` and unweighted :func:`style_loss`."""
     terms = {
         "content": config.content_weight * content_loss(features, content_targets),
         "style": config.style_weight * style,
@@ -214,11 +207,9 @@ def vgg_features(
     if config.channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     dtype = autocast_dtype(config, image.device)
-    if dtype is None:
-        return {name: value.float() for name, value in extractor(image, relu).items()}
-    if isinstance(extractor, VGGFeatures):
+    if dtype is not None and isinstance(extractor, VGGFeatures):
         extractor = extractor.in_dtype(dtype)
-    with torch.autocast(image.device.type, dtype=dtype):
+    with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
         features = extractor(image, relu)
     if dtype == torch.bfloat16:
         return features

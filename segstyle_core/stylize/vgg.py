@@ -53,8 +53,7 @@ class VGGFeatures(nn.Module):
         self._plan = _plan(names[: deepest + 1], list(self.features), frozenset(self.layers))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(NORMALIZATION_STD[normalization]).view(1, 3, 1, 1))
-        self.requires_grad_(False)
-        self.eval()
+        self.requires_grad_(False).eval()
         self._copies: dict[torch.dtype, VGGFeatures] = {}  # in_dtype's, not submodules
 
     def in_dtype(self, dtype: torch.dtype) -> VGGFeatures:
@@ -79,25 +78,22 @@ class VGGFeatures(nn.Module):
 
     def forward(self, image: torch.Tensor, relu: ReLU | None = None) -> dict[str, torch.Tensor]:
         """Map ``B×3×H×W`` RGB in ``[0, 1]`` to ``{layer: B×C×h×w}`` for :attr:`layers`;
-        ``relu(layers, x)``, when given, computes each ReLU whose output is wanted (the
-        objective fuses its style terms into them).
-
-        ``conv1_1`` runs in float32 also under autocast (bfloat16 pixels would hide L-BFGS's
-        small line-search steps; it is 0.5 % of the FLOPs); under bfloat16 its output is rounded
-        to bfloat16 at once (float16 keeps float32: its Gram sums would overflow)."""
+        ``relu(layers, x)``, when given, computes each wanted ReLU (the objective fuses its style
+        terms into them). ``conv1_1`` runs in float32 also under autocast (bfloat16 pixels would
+        hide L-BFGS's small line-search steps; it is 0.5 % of the FLOPs); under bfloat16 its
+        output is rounded to bfloat16 at once (float16 keeps float32: its Gram sums overflow)."""
         x = (image - self.mean) / self.std
         out: dict[str, torch.Tensor] = {}
         device = x.device.type
+        bfloat16 = torch.is_autocast_enabled(device) and (
+            torch.get_autocast_dtype(device) == torch.bfloat16
+        )
         for index, (module, names) in enumerate(self._plan):
-            if index == 0:
-                bfloat16 = torch.is_autocast_enabled(device) and (
-                    torch.get_autocast_dtype(device) == torch.bfloat16
-                )
-                if bfloat16:
-                    x = _Float32ConvolutionToBfloat16.apply(x, module)
-                else:
-                    with torch.autocast(device, enabled=False):
-                        x = module(x.float())
+            if index == 0 and bfloat16:
+                x = _Float32ConvolutionToBfloat16.apply(x, module)
+            elif index == 0:
+                with torch.autocast(device, enabled=False):
+                    x = module(x.float())
             elif relu is not None and names and isinstance(module, nn.ReLU):
                 x = relu(names, x)
             else:
@@ -138,9 +134,8 @@ class _PackedConv2d(nn.Module):
         if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1):
             raise ValueError(f"not a 3x3 convolution of stride and padding 1: {conv}")
         self.bias = conv.bias
-        flipped = conv.weight.transpose(0, 1).flip(2, 3).contiguous()
         self.packed = _pack(conv.weight)
-        self.packed_transposed = _pack(flipped)
+        self.packed_transposed = _pack(conv.weight.transpose(0, 1).flip(2, 3).contiguous())
 
     @staticmethod
     def available(device: torch.device) -> bool:

@@ -33,17 +33,12 @@ def gt_track(
 
     Instance ids are numbered per frame, so it follows the object through the GT alone: the
     instance whose box best overlaps ``box`` (XYXY on ``frames[0]``), then on each frame the one
-    that best overlaps the previous GT mask. InputError: a missing or unreadable instanceIds PNG.
-    """
+    that best overlaps the previous GT mask. InputError: a missing or unreadable instanceIds PNG."""
     masks: list[np.ndarray] = []
     for frame in frames:
         instances = cityscapes.load_instances(frame, INSTANCE_CLASSES)
-        if not masks:
-            overlap = [_box_iou(inst.box, box) for inst in instances]
-        elif masks[-1].any():
-            overlap = [iou(inst.mask, masks[-1]) for inst in instances]
-        else:
-            overlap = []
+        # an instance mask is never empty: none overlaps an empty previous mask
+        overlap = [iou(i.mask, masks[-1]) if masks else _box_iou(i.box, box) for i in instances]
         if overlap and max(overlap) > 0:
             masks.append(instances[int(np.argmax(overlap))].mask)
         else:
@@ -62,8 +57,6 @@ def track_scores(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -
 def has_instance_gt(image_paths: Iterable[str]) -> bool:
     """True when every frame is a Cityscapes ``leftImg8bit`` image with an instanceIds PNG."""
     try:
-        return all(
-            cityscapes.frame_from_image_path(p).instance_ids_path is not None for p in image_paths
-        )
+        return all(cityscapes.frame_from_image_path(p).instance_ids_path for p in image_paths)
     except InputError:  # a frame outside the Cityscapes layout: no ground truth
         return False

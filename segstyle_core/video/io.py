@@ -105,8 +105,7 @@ def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
     unreadable or corrupt input)."""
     path = Path(path)
     if not is_container(path):
-        for file in frame_files(path):
-            yield read_rgb(file)
+        yield from map(read_rgb, frame_files(path))
         return
     with _open_input(path) as container:
         try:

@@ -1,6 +1,5 @@
 """The cached stages of a video run: decode, stylize a chunk, encode, score. A chunk's key holds
-the previous chunk's carried files, so an early change invalidates every later chunk only.
-"""
+the previous chunk's carried files, so an early change invalidates every later chunk only."""
 
 from __future__ import annotations
 

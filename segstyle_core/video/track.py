@@ -3,8 +3,7 @@ optical flow, OpenCV's DIS on grey levels) or SAM 2's video predictor; :class:`T
 names the masks without loading a model.
 
 Flows are ``H×W×2 float32`` ``(dx, dy)`` pixels: ``flow(a, b)[p]`` takes pixel ``p`` of ``a``
-to ``p + flow[p]`` in ``b`` (so :func:`warp` along flow(current, previous) pulls in previous).
-"""
+to ``p + flow[p]`` in ``b`` (so :func:`warp` along flow(current, previous) pulls in previous)."""
 
 from __future__ import annotations
 
@@ -74,8 +73,7 @@ def motion(previous: np.ndarray, current: np.ndarray, preset: FlowPreset = "medi
     """The :class:`Motion` from ``previous`` to ``current`` (both ``H×W×3 uint8 RGB``).
 
     Forward-backward check (Sundaram et al. 2010): ``p`` is valid when ``p + b(p)`` is inside
-    the frame and ``|b(p) + f(p + b(p))| <= 1 px + 0.05 * (|b(p)| + |f(p + b(p))|)``.
-    """
+    the frame and ``|b(p) + f(p + b(p))| <= 1 px + 0.05 * (|b(p)| + |f(p + b(p))|)``."""
     backward = optical_flow(current, previous, preset)
     forward_there = warp(optical_flow(previous, current, preset), backward)
     error = np.linalg.norm(backward + forward_there, axis=2)
@@ -144,8 +142,7 @@ def carry_mask(
 
     ``similarity``: rotation, scale and shift fitted with RANSAC (1 px) to the flow at up to
     2000 mask pixels (the mask keeps its shape); ``dense`` if the fit fails. ``dense``: each
-    pixel pulled along the backward flow, pixels hidden in ``previous`` dropped.
-    """
+    pixel pulled along the backward flow, pixels hidden in ``previous`` dropped."""
     if model == "similarity" and mask.any():
         ys, xs = np.nonzero(mask)
         picks = _spread(xs.size, _FIT_POINTS)
@@ -156,9 +153,7 @@ def carry_mask(
             source, target, method=cv2.RANSAC, ransacReprojThreshold=1.0
         )
         if matrix is not None:
-            height, width = mask.shape
-            moved = cv2.warpAffine(mask.astype(np.float32), matrix, (width, height))
-            return moved >= 0.5
+            return cv2.warpAffine(mask.astype(np.float32), matrix, mask.shape[::-1]) >= 0.5
     step = motion(previous, current, preset)
     return (warp(mask.astype(np.float32), step.backward) >= 0.5) & step.valid
 
@@ -214,18 +209,16 @@ class TrackerConfig(BackendConfig):
         if self.backend == "sam2":
             return {"sam2_variant": self.sam2_variant}
         flow = self.model_dump(mode="json", exclude={"backend", "sam2_variant", *_WHERE})
-        flow["segmenter"] = self.segmenter.model_dump(mode="json", exclude=_WHERE)
-        return flow
+        return {**flow, "segmenter": self.segmenter.model_dump(mode="json", exclude=_WHERE)}
 
     def build(self) -> MaskTracker:
         """The tracker; SAM 2 (and the flow tracker's segmenter) loaded once per process."""
         if self.backend == "sam2":
             from segstyle_core.segment import load_video_tracker
 
-            def factory() -> MaskTracker:
-                return load_video_tracker(self.sam2_variant, self._sam2_checkpoint(), self.device)
-
-            return self.load_once(factory)
+            return self.load_once(
+                lambda: load_video_tracker(self.sam2_variant, self._sam2_checkpoint(), self.device)
+            )
         return FlowTracker(self.segmenter.build(), self)
 
 
