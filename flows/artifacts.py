@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -26,6 +27,7 @@ from prefect.variables import Variable
 from segstyle_core import run_summary
 from segstyle_core.errors import ConfigError
 from segstyle_core.outputs import (
+    OUTPUTS_URL_ENV,
     OUTPUTS_URL_VARIABLE,
     LinkTarget,
     check_outputs_url,
@@ -63,9 +65,23 @@ def links_for(out_root: Path) -> LinkTarget:
     except ConfigError as exc:
         get_run_logger().warning("%s; the artifacts show file paths instead of links", exc)
         return LinkTarget(None)
-    if target.hint:
-        get_run_logger().info("%s", target.hint)
+    if hint := link_hint(target, out_root):
+        get_run_logger().info("%s", hint)
     return target
+
+
+def link_hint(target: LinkTarget, out_root: Path) -> str | None:
+    """The line saying how to get links to ``out_root``'s files; ``None``: they are linked."""
+    if target.base_url is not None or target.asked is None:
+        return None
+    out, setting = out_root.resolve(), f"the Prefect Variable {OUTPUTS_URL_VARIABLE}"
+    flag = f"--out {shlex.quote(str(out))}"
+    run = f"run segstyle serve {flag} and set {setting} (or {OUTPUTS_URL_ENV}) to its address"
+    if target.served:
+        listed = ", ".join(map(str, target.served))
+        why = f"the segstyle serve at {target.asked} serves {listed}, not {out}; add {flag} to it"
+        return f"no links: {why} (or {run})"
+    return f"no links: no segstyle serve answers at {target.asked}; {run}"
 
 
 def _upsert(client: SyncPrefectClient, artifact: ArtifactCreate) -> str:
@@ -99,7 +115,7 @@ def publish_artifacts(
     run_id = UUID(flow_run_id) if flow_run_id else None
     links = links_for(out_root)
     url, frame = links.base_url, pd.DataFrame(rows, columns=list(COLUMNS))
-    title, hint = f"segstyle run {run_name}", links.hint
+    title, hint = f"segstyle run {run_name}", link_hint(links, out_root)
     summary = run_summary.summary_markdown(
         frame, parquet_path, title, out_root=out_root, report=report, base_url=url, link_hint=hint
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ DEFAULT_PORT = 4201  # the Prefect UI is on 4200
 SERVED_FOLDERS = ("runs", "metrics")  # of each ``out`` root
 #: Where ``segstyle serve`` lists its roots: ``{"roots": [{"prefix": "", "root": "/abs/out"}]}``
 ROOTS_PATH = "/segstyle-roots"
-SETTING = f"the Prefect Variable {OUTPUTS_URL_VARIABLE} (or {OUTPUTS_URL_ENV})"
 
 
 def run_folder(out: str | os.PathLike[str], name: str, flow_run_id: str) -> Path:
@@ -92,11 +90,12 @@ def served_roots(base_url: str, timeout: float = 2.0) -> list[tuple[str, Path]] 
 
 @dataclass(frozen=True)
 class LinkTarget:
-    """``base_url`` (server address plus prefix) of a served ``out``; else ``None`` and the
-    ``hint`` line saying how to get links."""
+    """``base_url`` (server address plus prefix) of a served ``out``; else ``None``, with the
+    server asked (``asked``) and the folders it serves (``served``; ``None``: no answer)."""
 
     base_url: str | None
-    hint: str | None = None
+    asked: str | None = None
+    served: tuple[Path, ...] | None = None
 
 
 def link_target(out_root: str | os.PathLike[str], configured: str | None) -> LinkTarget:
@@ -108,14 +107,7 @@ def link_target(out_root: str | os.PathLike[str], configured: str | None) -> Lin
     for prefix, root in roots or []:
         if root == out:
             return LinkTarget(url + prefix)
-    flag = f"--out {shlex.quote(str(out))}"
-    run = f"run segstyle serve {flag} and set {SETTING} to its address"
-    if roots:
-        listed = ", ".join(str(root) for _, root in roots)
-        why = f"the segstyle serve at {url} serves {listed}, not {out}; add {flag} to it (or {run})"
-    else:
-        why = f"no segstyle serve answers at {url}; {run}"
-    return LinkTarget(None, f"no links: {why}")
+    return LinkTarget(None, url, tuple(root for _, root in roots) if roots else None)
 
 
 def is_url(link: str) -> bool:

@@ -179,6 +179,8 @@ def outputs_variable(prefect_api: None, monkeypatch: pytest.MonkeyPatch) -> Iter
 def test_the_server_lists_what_it_serves(tmp_path: Path) -> None:
     """One ``--out``: the empty prefix (the old URLs); several: one prefix each, names that
     repeat made distinct; ``link_target`` adds the prefix of the run's ``out`` only."""
+    from segstyle.flows.artifacts import link_hint
+
     single = tmp_path / "single"
     with _segstyle_serve(single) as base:
         assert served_roots(base) == [("", single.resolve())]
@@ -193,13 +195,15 @@ def test_the_server_lists_what_it_serves(tmp_path: Path) -> None:
         assert link_target(second, base) == LinkTarget(base + "/out-2")
         assert link_target(twin / "runs", base).base_url is None  # a folder inside is not out
         elsewhere = link_target(tmp_path / "elsewhere", base)
-        assert elsewhere.base_url is None and elsewhere.hint is not None
-        assert f"--out {tmp_path / 'elsewhere'}" in elsewhere.hint
-        assert OUTPUTS_URL_VARIABLE in elsewhere.hint and OUTPUTS_URL_ENV in elsewhere.hint
+        assert elsewhere.base_url is None and elsewhere.asked == base
+        hint = link_hint(elsewhere, tmp_path / "elsewhere") or ""
+        assert f"serves {first.resolve()}, {second.resolve()}, {twin.resolve()}, not" in hint
+        assert f"add --out {tmp_path / 'elsewhere'} to it" in hint
+        assert OUTPUTS_URL_VARIABLE in hint and OUTPUTS_URL_ENV in hint
+        assert link_hint(link_target(second, base), second) is None  # linked
     unanswered = link_target(first, base)  # the server has stopped
-    assert unanswered.base_url is None and f"no segstyle serve answers at {base}" in (
-        unanswered.hint or ""
-    )
+    assert unanswered.base_url is None and unanswered.served is None
+    assert f"no segstyle serve answers at {base}" in (link_hint(unanswered, first) or "")
 
 
 @pytest.mark.slow
