@@ -13,7 +13,7 @@ of a machine at a time (a ``flock`` on ``<key>.lock``); every file is written un
 name naming its writer and renamed into place. Nothing outside ``cache_dir`` is read or
 written; an unwritable cache that must be written is a :class:`~segstyle_core.errors.StorageError`.
 
-Machines sharing a cache (one ``--out`` on a network file system) need not share that lock: a
+Machines sharing a cache (one output folder on a network file system) need not share that lock: a
 reader uses only a whole verified result; a hidden file goes only when its writer was a gone
 process of this host or is :data:`LEFTOVER_AGE_S` old, so another machine's live writer keeps its
 files; two machines may compute one result at once (a mismatch is a miss, never an error).
