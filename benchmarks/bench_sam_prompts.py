@@ -40,6 +40,12 @@ def make_segmenters(args: argparse.Namespace, cache_dir: Path) -> list[PromptSeg
     return [SamSegmenter(model, args.variant, RANDOM, embedding_cache_dir=c) for c in caches]
 
 
+def random_boxes(count: int, width: int, height: int) -> list[Prompt]:
+    """``count`` XYXY box prompts inside a ``width×height`` image (seed 0)."""
+    corners = np.random.default_rng(0).uniform(0, 1, (count, 2, 2)) * (width, height)
+    return [Prompt(box=(*pair.min(axis=0), *pair.max(axis=0))) for pair in corners]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="tiny", help="tiny, vit_b, vit_l or vit_h")
@@ -60,10 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         segmenter, cached = make_segmenters(args, Path(cache_dir))
         image = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), np.uint8)
-        # 16 random XYXY boxes (seed 0); the single prompt is the first of them
-        corners = np.random.default_rng(0).uniform(0, 1, (16, 2, 2)) * (args.width, args.height)
-        boxes = [Prompt(box=(*pair.min(axis=0), *pair.max(axis=0))) for pair in corners]
-        prompts = {n: boxes[:n] for n in (1, 16)}
+        prompts = {n: random_boxes(n, args.width, args.height) for n in (1, 16)}
         cached.segment(image, prompts[1])  # warm-up, fills the embedding cache
         calls = {
             f"{name} {n}": partial(s.segment, image, p)  # with the encoder, then decode only

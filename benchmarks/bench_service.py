@@ -131,14 +131,15 @@ def bench_rerun(work: Path, size: tuple[int, int], frames: int) -> float:
 
     dataset = generate_demo_dataset(work / "demo", size=size, frames_per_city=frames)
     command = [SEGSTYLE, "run", "--dataset", str(dataset), *RUN, "--out", str(work / "run-out")]
+    log = work / "run.log"
     server_start = time.perf_counter()
     with prefect_service(work / "server", check_log=False) as server:
         started_in = time.perf_counter() - server_start
         env = _environment(work, PREFECT_HOME=str(server.home), PREFECT_API_URL=server.api_url)
         watched = Path(env.get("PYTHONPATH") or REPO_ROOT)
         sources = _sources(watched)
-        first, first_run = timed(command, env, work, work / "run.log")
-        second, second_run = timed(command, env, work, work / "run.log")
+        first, first_run = timed(command, env, work, log)
+        second, second_run = timed(command, env, work, log)
         changed = sorted(set(sources.items()) ^ set(_sources(watched).items()))
         problems = tracebacks(server.log_text())
     runs = [run_rows(done.stdout) for done in (first_run, second_run)]

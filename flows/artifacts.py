@@ -61,13 +61,10 @@ def links_for(out_root: Path) -> LinkTarget:
         configured = outputs_url() or check_outputs_url(
             str(Variable.get(OUTPUTS_URL_VARIABLE, default=None) or ""), variable
         )
-        target = link_target(out_root, configured)
+        return link_target(out_root, configured)
     except ConfigError as exc:
         get_run_logger().warning("%s; the artifacts show file paths instead of links", exc)
         return LinkTarget(None)
-    if hint := link_hint(target, out_root):
-        get_run_logger().info("%s", hint)
-    return target
 
 
 def link_hint(target: LinkTarget, out_root: Path) -> str | None:
@@ -116,6 +113,8 @@ def publish_artifacts(
     links = links_for(out_root)
     url, frame = links.base_url, pd.DataFrame(rows, columns=list(COLUMNS))
     title, hint = f"segstyle run {run_name}", link_hint(links, out_root)
+    if hint:
+        get_run_logger().info("%s", hint)
     summary = run_summary.summary_markdown(
         frame, parquet_path, title, out_root=out_root, report=report, base_url=url, link_hint=hint
     )

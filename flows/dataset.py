@@ -71,8 +71,9 @@ def _error_of(future: PrefectFuture[Any]) -> str | None:
     if state.is_completed():
         return None
     exc = state.result(raise_on_failure=False) if state.is_failed() or state.is_crashed() else None
-    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else None
-    return (text or f"{state.name}: {state.message}").splitlines()[0]  # NotReady: upstream failed
+    if isinstance(exc, BaseException):
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return f"{state.name}: {state.message}".splitlines()[0]  # NotReady: an upstream failed
 
 
 def _outcome(stages: Mapping[str, Handle[Any]]) -> tuple[dict[str, StageRecord], str | None]:

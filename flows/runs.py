@@ -60,8 +60,15 @@ def retry_crashed(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:
 
 def segstyle_flow(name: str, namer: Callable[[], str], timeout_s: int, **options: Any) -> Any:
     """Prefect's ``@flow`` with what every segstyle flow gets (see the module docstring)."""
-    options |= {"persist_result": False, "result_serializer": "json", "on_crashed": [retry_crashed]}
-    return flow(name=name, flow_run_name=namer, timeout_seconds=timeout_s, **options)
+    return flow(
+        name=name,
+        flow_run_name=namer,
+        timeout_seconds=timeout_s,
+        persist_result=False,
+        result_serializer="json",
+        on_crashed=[retry_crashed],
+        **options,
+    )
 
 
 def setting(parameters: Mapping[str, Any], group: str, field: str, default: Any) -> Any:

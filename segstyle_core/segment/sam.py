@@ -129,10 +129,12 @@ class PromptSegmenter(abc.ABC):
                 return
             except (RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError):
                 pass
-        dtype = self.encoder_dtype
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+        if self.encoder_dtype is None:
             encode()
-        predictor.set_image_state(_map_tensors(predictor.image_state(), torch.Tensor.float))
+        else:
+            with torch.autocast(self.device.type, dtype=self.encoder_dtype):
+                encode()
+            predictor.set_image_state(_map_tensors(predictor.image_state(), torch.Tensor.float))
         if path is not None:
             with atomic_write(path) as handle:
                 torch.save(_map_tensors(predictor.image_state(), torch.Tensor.cpu), handle)

@@ -52,8 +52,10 @@ class Trial:
 
 def machine_key(device: torch.device) -> str:
     """The device's model (CPU model name and thread count, or GPU name) and torch's version."""
-    cpu = f"{_cpu_model()} threads={torch.get_num_threads()}"
-    model = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    if device.type == "cuda":
+        model = torch.cuda.get_device_name(device)
+    else:
+        model = f"{_cpu_model()} threads={torch.get_num_threads()}"
     return f"{device.type}: {model}; torch {torch.__version__}"
 
 
@@ -180,7 +182,8 @@ def tune_table(device: str = "auto", refresh: bool = True) -> str:
         f"{key} (cache: {cache_path()})",
         f"{'channels_last':>13} {'compile':>7} {'first s':>8} {'step s':>8} {'objective':>10}",
     ]
-    for t in [Trial(**trial) for trial in entry["trials"]]:
+    for trial in entry["trials"]:
+        t = Trial(**trial)
         flag = "" if t.kept else "  (objective differs: not kept)"
         lines.append(
             f"{t.channels_last!s:>13} {t.compile!s:>7} {t.first_s:8.3f} {t.step_s:8.3f} "
