@@ -209,7 +209,8 @@ SEED_OPTIONS |= {"plateau_tol": 0.0, "coarse_fraction": 0.0}
 #: The optimised path's options (GatysConfig's defaults, spelled out so that the comparison
 #: stays fixed if a default changes; channels_last and compile: this machine's calibration).
 PERFORMANCE_OPTIONS: dict[str, Any] = dict(autocast="auto", channels_last="auto", compile="auto")
-PERFORMANCE_OPTIONS |= dict(plateau_tol=1e-3, plateau_patience=20, coarse_fraction=0.5)
+PERFORMANCE_OPTIONS |= dict(plateau_tol=1e-3, plateau_patience=20, float32_after_plateau=False)
+PERFORMANCE_OPTIONS |= dict(coarse_fraction=0.5)
 
 
 #: Budget of the two short passes that measure a path's one-time cost (its coarse and fine
@@ -396,6 +397,7 @@ def ablation_variants(base: GatysConfig) -> dict[str, PathOptions]:
         "models reloaded": PathOptions(base, reload=True),
         "crop buckets 64 px": PathOptions(base, bucket_px=64),  # default: off
         **{f"{name} off": PathOptions(base.changed(**{name: SEED_OPTIONS[name]})) for name in offs},
+        "float32 after a plateau": PathOptions(base.changed(float32_after_plateau=True)),
         "half budget": PathOptions(base.changed(iterations=base.iterations // 2)),
     }
 

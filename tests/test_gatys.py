@@ -270,9 +270,15 @@ def test_plateau_stops_early(vgg_path: Path) -> None:
     assert len(reports) == 3  # the window is full after 3 evaluations; no 100 % gain in it
 
 
-def test_plateau_under_autocast_switches_to_float32_first(vgg_path: Path) -> None:
+def _plateau_dtypes(vgg_path: Path, float32_after_plateau: bool) -> list[torch.dtype]:
+    """The dtype of every evaluation's features in a bfloat16 run that plateaus at once."""
     config = _config(
-        optimizer="adam", iterations=20, plateau_tol=1.0, plateau_patience=2, autocast="bfloat16"
+        optimizer="adam",
+        iterations=20,
+        plateau_tol=1.0,
+        plateau_patience=2,
+        autocast="bfloat16",
+        float32_after_plateau=float32_after_plateau,
     )
     stylizer = _stylizer(vgg_path, config)
     dtypes: list[torch.dtype] = []
@@ -281,8 +287,18 @@ def test_plateau_under_autocast_switches_to_float32_first(vgg_path: Path) -> Non
     )
     reports: list[Progress] = []
     stylizer.stylize(_content(), _style(), progress=reports.append)
-    assert len(reports) == 6  # 3 evaluations to the first plateau, 3 more in float32
-    assert dtypes[-6:] == [torch.bfloat16] * 3 + [torch.float32] * 3
+    return dtypes[-len(reports) :]  # the evaluations (the content targets' pass comes first)
+
+
+def test_plateau_under_autocast_ends_the_stage(vgg_path: Path) -> None:
+    # the window is full after 3 evaluations; no 100 % gain in it
+    assert _plateau_dtypes(vgg_path, float32_after_plateau=False) == [torch.bfloat16] * 3
+
+
+def test_plateau_under_autocast_can_switch_to_float32_first(vgg_path: Path) -> None:
+    # 3 evaluations to the first plateau, 3 more in float32
+    expected = [torch.bfloat16] * 3 + [torch.float32] * 3
+    assert _plateau_dtypes(vgg_path, float32_after_plateau=True) == expected
 
 
 def test_missing_vgg_weights_name_the_download_command(

@@ -268,7 +268,8 @@ class _Diverged(Exception):
 @dataclass
 class _Run:
     """One stage of at most ``budget`` evaluations: counter, progress, best image, plateau test;
-    :attr:`config` gets ``autocast=None`` once a plateau under autocast switched to float32."""
+    :attr:`config` gets ``autocast=None`` once a plateau switched it to float32
+    (``float32_after_plateau``)."""
 
     config: GatysConfig
     device: torch.device
@@ -295,7 +296,8 @@ class _Run:
         return losses["total"]
 
     def done(self) -> bool:
-        """Budget spent, or a plateau in float32 (under autocast: switch to float32 instead)."""
+        """Budget spent, or a plateau (``float32_after_plateau`` under autocast: switch to
+        float32 instead)."""
         cfg = self.config
         if self.step >= self.budget:
             return True
@@ -304,7 +306,7 @@ class _Run:
         old = self.best[-1 - cfg.plateau_patience]
         if old - self.best[-1] > cfg.plateau_tol * abs(old):
             return False
-        if autocast_dtype(cfg, self.device) is None:
+        if not cfg.float32_after_plateau or autocast_dtype(cfg, self.device) is None:
             return True
         self.config = cfg.changed(autocast=None)
         self.best = []

@@ -77,10 +77,13 @@ class GatysConfig(ConfigModel):
     """VGG input: imagenet (torchvision's) or imagenet255 (0..255 minus the ImageNet mean)."""
     plateau_tol: float = Field(default=1e-3, ge=0)
     """A plateau: the best total loss improved by less than this (relative) over the last
-    plateau_patience evaluations (0: never). Under autocast it switches the rest of the stage to
-    float32; in float32 it ends the stage (its unused budget goes to the next)."""
+    plateau_patience evaluations (0: never). It ends the stage (its unused budget goes to the
+    next), or under autocast switches the stage to float32 with float32_after_plateau."""
     plateau_patience: int = Field(default=20, ge=1)
     """Evaluations over which a plateau is measured."""
+    float32_after_plateau: bool = False
+    """Under autocast, a plateau switches the rest of the stage to float32 instead of ending it:
+    a lower objective (bfloat16's rounding stalls the loss) for twice the cost per evaluation."""
     autocast: Literal["auto", "bfloat16", "float16"] | None = "auto"
     """Run VGG under torch.autocast in bfloat16 or float16 (the losses stay float32); auto:
     bfloat16 where the device computes it natively, else float32; none: float32."""
