@@ -182,12 +182,8 @@ def main() -> None:
     if sam2_variants and importlib.util.find_spec("sam2") is None:
         print("sam2: the package is not importable here; SAM 2's image encoder is not measured")
         sam2_variants = []
-    summary = ""
     for family, variant in [("SAM 2", v) for v in sam2_variants] + [("SAM", v) for v in variants]:
-        summary = measure(family, variant, image, prompts, args)
-        if family == "SAM 2":
-            print(summary)
-    print(summary)
+        print(measure(family, variant, image, prompts, args))
 
 
 if __name__ == "__main__":

@@ -80,23 +80,79 @@ def stop_process_group(process: subprocess.Popen[Any], grace_s: float = 20.0) ->
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def tracebacks(log_text: str, frames: int = 3) -> list[str]:
-    """Each Python traceback in a log, shortened: the log line before it (what logged it), its
-    last ``frames`` frames and its exception line."""
-    lines = log_text.splitlines()
-    found = []
+#: Errors the Prefect server logs with a traceback but recovers from by design, as pairs of (text
+#: of the line that logged it, text of the chain's last exception line). On SQLite a worker's
+#: heartbeat is a read, then a write, in one DEFERRED transaction: when another writer commits in
+#: between, SQLite answers "database is locked" at once (SQLITE_BUSY_SNAPSHOT; no busy timeout
+#: applies). Prefect logs it, closes the worker's channel as retryable (``WorkerChannelCloseReason.
+#: HEARTBEAT_PERSISTENCE_FAILED``: ``terminal=False, retryable=True``) and the worker reconnects.
+HANDLED_BY_PREFECT: tuple[tuple[str, str], ...] = (
+    ("Worker channel heartbeat persistence failed", "database is locked"),
+)
+
+#: The lines that join two tracebacks of one chained exception.
+_CHAIN_LINKS = (
+    "The above exception was the direct cause of the following exception",
+    "During handling of the above exception, another exception occurred",
+)
+
+
+def _traceback_spans(lines: Sequence[str]) -> list[tuple[int, int]]:
+    """``(first, end)`` line indices of each traceback: its ``Traceback`` line, and the line
+    after its frames (the exception line, or ``len(lines)`` when the log ends first)."""
+    spans = []
     for i, line in enumerate(lines):
         if "Traceback" not in line:  # also "  + Exception Group Traceback ..."
             continue
         end = i + 1
         while end < len(lines) and lines[end][:1] in (" ", "\t"):
             end += 1
-        body = lines[i + 1 : end]
-        frame_starts = [n for n, text in enumerate(body) if text.lstrip().startswith("File ")]
-        tail = body[frame_starts[-frames] :] if len(frame_starts) >= frames else body
-        before = [lines[i - 1]] if i > 0 and lines[i - 1].strip() else []
-        exception = lines[end : end + 1]
-        found.append("\n".join([*before, line, *tail, *exception]))
+        spans.append((i, end))
+    return spans
+
+
+def _chains(lines: Sequence[str], spans: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """The spans grouped by exception chain: two tracebacks belong to one chain when only blank
+    lines and a :data:`_CHAIN_LINKS` line stand between them."""
+    chains: list[list[tuple[int, int]]] = []
+    for span in spans:
+        if chains:
+            between = [text.strip() for text in lines[chains[-1][-1][1] + 1 : span[0]]]
+            if any(text.startswith(_CHAIN_LINKS) for text in between) and all(
+                not text or text.startswith(_CHAIN_LINKS) for text in between
+            ):
+                chains[-1].append(span)
+                continue
+        chains.append([span])
+    return chains
+
+
+def _handled_by_prefect(lines: Sequence[str], chain: list[tuple[int, int]]) -> bool:
+    """Whether a chain is one of :data:`HANDLED_BY_PREFECT` (its logging line and its last
+    exception both match)."""
+    first, end = chain[0][0], chain[-1][1]
+    logged_by = lines[first - 1] if first > 0 else ""
+    raised = lines[end] if end < len(lines) else ""
+    return any(
+        logged in logged_by and exception in raised for logged, exception in HANDLED_BY_PREFECT
+    )
+
+
+def tracebacks(log_text: str, frames: int = 3, *, server_log: bool = False) -> list[str]:
+    """Each Python traceback in a log, shortened: the log line before it (what logged it), its
+    last ``frames`` frames and its exception line. A server's log (``server_log``) leaves out
+    the exception chains Prefect recovers from by design (:data:`HANDLED_BY_PREFECT`)."""
+    lines = log_text.splitlines()
+    found = []
+    for chain in _chains(lines, _traceback_spans(lines)):
+        if server_log and _handled_by_prefect(lines, chain):
+            continue
+        for first, end in chain:
+            body = lines[first + 1 : end]
+            frame_starts = [n for n, text in enumerate(body) if text.lstrip().startswith("File ")]
+            tail = body[frame_starts[-frames] :] if len(frame_starts) >= frames else body
+            before = [lines[first - 1]] if first > 0 and lines[first - 1].strip() else []
+            found.append("\n".join([*before, lines[first], *tail, *lines[end : end + 1]]))
     return found
 
 
@@ -186,7 +242,7 @@ class PrefectService:
 
     def assert_log_clean(self) -> None:
         """Fail when the server's log holds a traceback (shown, up to three of them)."""
-        found = tracebacks(self.log_text())
+        found = tracebacks(self.log_text(), server_log=True)
         assert not found, (
             f"the Prefect server's log {self.log_path} holds {len(found)} traceback(s):\n\n"
             + "\n\n".join(found[:3])

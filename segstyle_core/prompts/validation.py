@@ -15,6 +15,11 @@ Box = tuple[float, float, float, float]
 
 
 def as_box(values: Iterable[float]) -> Box:
+    """Four numbers ``x0, y0, x1, y1`` (pixels, any iterable) as a float :data:`Box` tuple.
+
+    Raises:
+        ValueError: there are not exactly four, or one is not a number.
+    """
     x0, y0, x1, y1 = (float(v) for v in values)
     return x0, y0, x1, y1
 
