@@ -384,7 +384,7 @@ def compare(args: argparse.Namespace, settings: Settings, device: torch.device, 
     if args.quality_budget:
         own = load_extractor(data.vgg, config).to(device)
         optimised = results["optimised"], GatysStylizer(config, device=str(device), extractor=own)
-        quality_budget(data, naive, optimised, box_total)
+        quality_budget(data, naive, optimised, box_total, args.bucket_px)
     banner(data)
     print(summary)
 
@@ -423,12 +423,14 @@ def quality_budget(
     naive: PathResult,
     optimised: tuple[PathResult, GatysStylizer],
     objective: Callable[[Frame, np.ndarray, np.ndarray], float],
+    bucket_px: int,
 ) -> None:
     """Per frame, the smallest budget of :data:`QUALITY_BUDGETS` (then the optimised budget)
     whose composite's objective (on the naive path's mask) is at most the naive path's, each a
-    fresh ROI run of the optimised config. Prints each frame's, then ``quality_budget: ...``
-    (``path_speedup``: naive s/image over the optimised path's with its stylize stage at the
-    chosen budget, composed from this run's stages)."""
+    fresh ROI run of the optimised config (its crops rounded up to ``bucket_px``, as the
+    optimised path's). Prints each frame's, then ``quality_budget: ...`` (``path_speedup``:
+    naive s/image over the optimised path's with its stylize stage at the chosen budget,
+    composed from this run's stages)."""
     optimised_path, stylizer = optimised
     frames, style = data.frames, data.style
     count, base, naive_totals = len(frames), stylizer.config, naive.totals
@@ -441,7 +443,9 @@ def quality_budget(
             stylizer.config = base.changed(iterations=budget)
             counter = PathResult()
             with counter.stage("stylize"):
-                stylized = stylize_roi(stylizer, frame.image, style, mask, progress=counter.count)
+                stylized = stylize_roi(
+                    stylizer, frame.image, style, mask, progress=counter.count, bucket_px=bucket_px
+                )
             final = composite_regions(frame.image, [Layer(stylized, mask)])
             total = objective(frame, final, mask)
             if total <= target:
