@@ -18,7 +18,8 @@ def as_box(values: Iterable[float]) -> Box:
     """Four numbers ``x0, y0, x1, y1`` (pixels, any iterable) as a float :data:`Box` tuple.
 
     Raises:
-        ValueError: there are not exactly four, or one is not a number.
+        ValueError: there are not exactly four, or a string that is not a number.
+        TypeError: a value that is neither a number nor a string.
     """
     x0, y0, x1, y1 = (float(v) for v in values)
     return x0, y0, x1, y1
