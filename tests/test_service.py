@@ -114,7 +114,7 @@ def test_scheduler_creates_runs_for_every_active_schedule(
     assert not missing, (
         f"no scheduled run within {SCHEDULE_TIMEOUT_S} s of the deploy for: {missing}; "
         f"server log: {prefect_server.log_path}\n"
-        + "\n".join(tracebacks(prefect_server.log_text())[:1])
+        + "\n".join(tracebacks(prefect_server.log_text(), server_log=True)[:1])
     )
     print(f"scheduled runs for {sorted(active)} appeared {waited:.1f} s after the deploy started")
     # the scheduler has looped several times by now: an inactive schedule must stay silent
