@@ -122,8 +122,8 @@ class DatasetCommand(RunCommand):
     groups: ClassVar[tuple[Options[Any], ...]] = (DATASET, PROMPTS, SEGMENTER, OUTPUTS)
     dask: str | None = Field(
         default=None,
-        description="scheduler address of a Dask cluster to run the tasks on (default: "
-        "$SEGSTYLE_DASK_ADDRESS, else threads)",
+        description="scheduler address of a Dask cluster to run the tasks on (HOST:PORT or "
+        "tcp://HOST:PORT); none: $SEGSTYLE_DASK_ADDRESS, else threads",
     )
     workers: int | None = Field(
         default=None, ge=1, description="start a local Dask cluster of N worker processes"
@@ -132,14 +132,17 @@ class DatasetCommand(RunCommand):
     def run(self, flow: Any, *styling: Any) -> int:
         """Check the inputs, run ``flow`` on this command's task runner (``styling``: stylizer,
         composite)."""
-        from segstyle.flows.cluster import task_runner
+        from segstyle.flows.cluster import check_cluster, scheduler_address, task_runner
         from segstyle_core.preflight import check_run_inputs
 
         if self.dask and self.workers:
             raise ConfigError("--dask and --workers: give one (a cluster, or one to start)")
         configs = (DATASET.build(self), PROMPTS.build(self), SEGMENTER.build(self))
         outputs = OUTPUTS.build(self)
-        check_run_inputs(*configs, styling[0] if styling else None, outputs, *styling[1:])
+        stylizer, composite = styling or (None, None)
+        remote = scheduler_address(self.dask) is not None
+        check_run_inputs(*configs, stylizer, outputs, composite, devices_here=not remote)
+        check_cluster(self.dask, [backend.device for backend in (configs[2], stylizer) if backend])
         runner = task_runner(self.dask, self.workers)
         return _run_flow(flow.with_options(task_runner=runner), *configs, *styling, outputs)
 

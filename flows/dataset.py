@@ -12,13 +12,14 @@ from typing import Any, cast
 
 import pandas as pd
 from prefect import get_run_logger
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from tqdm import tqdm
 
 from segstyle.flows.artifacts import publish_artifacts
-from segstyle.flows.cluster import task_runner
+from segstyle.flows.cluster import computes_here, task_runner
 from segstyle.flows.runs import (
     DATASET_TIMEOUT_S,
     STATE_MESSAGE_CHARS,
@@ -118,8 +119,15 @@ def _run_dataset(settings: RunSettings, outputs: OutputConfig) -> State[str]:
         from segstyle_core.demo.dataset import ensure_demo_dataset  # a fully cached run skips it
 
         ensure_demo_dataset(dataset.root)
+    context = FlowRunContext.get()
     identities = check_run_inputs(
-        dataset, settings.prompts, settings.segmenter, stylizer, outputs, settings.composite
+        dataset,
+        settings.prompts,
+        settings.segmenter,
+        stylizer,
+        outputs,
+        settings.composite,
+        devices_here=context is None or computes_here(context.task_runner),
     )
     out = Path(outputs.out)
     name = flow_run.get_name() or "local"

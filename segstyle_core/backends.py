@@ -67,7 +67,7 @@ class BackendConfig(ConfigModel):
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     weights_dir: str | None = None
-    """Checkpoints folder (default: $SEGSTYLE_WEIGHTS_DIR, else the user cache)."""
+    """Checkpoints folder; none: $SEGSTYLE_WEIGHTS_DIR, else the user cache."""
 
     def identity(self) -> BackendIdentity:
         raise NotImplementedError

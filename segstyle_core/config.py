@@ -31,7 +31,7 @@ class DatasetSelection(ConfigModel):
     """Which frames of a Cityscapes-layout dataset a run covers."""
 
     root: str | None = None
-    """Dataset root holding leftImg8bit/ and gtFine/ (default: $CITYSCAPES_DATASET)."""
+    """Dataset root holding leftImg8bit/ and gtFine/; none: $CITYSCAPES_DATASET."""
     city: str | tuple[str, ...] | None = "zurich"
     """City to sample: a name, several (comma-separated; a list in the flows), 'all' (every
     city of the split, sorted) or 'random' (one drawn with the seed). None is 'random'; several

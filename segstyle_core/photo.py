@@ -11,7 +11,7 @@ from segstyle_core.errors import InputError
 from segstyle_core.images import check_output_path, read_rgb
 from segstyle_core.paint import region_styles
 from segstyle_core.pipeline import InProcess, photo_stages
-from segstyle_core.preflight import check_style
+from segstyle_core.preflight import check_devices, check_style
 from segstyle_core.prompts.from_gt import jitter_boxes
 from segstyle_core.prompts.validation import parse_box, parse_point, validate_prompt
 from segstyle_core.segment import SegmenterConfig
@@ -57,11 +57,13 @@ def check_photo_job(
     stylizer: StylizerConfig,
     settings: CompositeConfig,
 ) -> PhotoJob:
-    """Check the prompts, each region's style, the output path, the checkpoints and the style
-    images before any work (SegstyleError: the first problem, naming its file or setting)."""
+    """Check the prompts, each region's style, the output path, the devices, the checkpoints
+    and the style images before any work (SegstyleError: the first problem, naming its file or
+    setting)."""
     prompts = photo_prompts(image_path, given)
     styles = region_styles(given, len(prompts), stylizer, settings.mode)
     target = check_output_path(output, [image_path, *styles])
+    check_devices(segmenter=segmenter, stylizer=stylizer)
     segmenter.identity()
     stylizer.identity()
     check_style(stylizer, styles)

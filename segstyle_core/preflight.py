@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from segstyle_core import cityscapes
-from segstyle_core.backends import BackendIdentity
+from segstyle_core.backends import BackendConfig, BackendIdentity
 from segstyle_core.config import CompositeConfig, DatasetSelection, OutputConfig, PromptConfig
+from segstyle_core.devices import resolve_device
 from segstyle_core.errors import ConfigError, InputError
 from segstyle_core.fileio import check_writable_folder
 from segstyle_core.images import read_rgb
@@ -16,6 +17,18 @@ from segstyle_core.prompts.from_gt import PROMPT_SOURCES
 from segstyle_core.segment import SegmenterConfig
 from segstyle_core.stylize import StylizerConfig
 from segstyle_core.stylize.base import check_side
+
+
+def check_devices(**backends: BackendConfig | None) -> None:
+    """ConfigError naming ``<backend>.device`` (keywords: ``segmenter=config``, ...) for a
+    device this machine lacks: ``cuda`` without CUDA, ``cuda:N`` beyond its GPUs, an unknown
+    name. ``auto`` and ``cpu`` need no check (torch is imported only for another device)."""
+    for role, backend in backends.items():
+        if backend is not None and backend.device not in ("auto", "cpu"):
+            try:
+                resolve_device(backend.device)
+            except ConfigError as error:
+                raise ConfigError(f"{role}.device: {error}") from None
 
 
 def check_style(stylizer: StylizerConfig, styles: Sequence[str] = ()) -> None:
@@ -83,10 +96,15 @@ def check_run_inputs(
     stylizer: StylizerConfig | None,
     outputs: OutputConfig,
     composite: CompositeConfig | None = None,
+    *,
+    devices_here: bool = True,
 ) -> tuple[BackendIdentity, BackendIdentity | None]:
-    """Check the output folder, dataset, prompts file, checkpoints and styles (SegstyleError:
-    the first problem); the backends' identities."""
+    """Check the output folder, dataset, prompts file, checkpoints, styles and, where the
+    tasks compute on this machine (``devices_here``; not on a remote Dask cluster's workers),
+    the backends' devices (SegstyleError: the first problem); the backends' identities."""
     check_writable_folder(outputs.out, f"outputs.out {outputs.out}")
+    if devices_here:
+        check_devices(segmenter=segmenter, stylizer=stylizer)
     cityscapes.resolve_root(dataset.root)
     cityscapes.class_ids(list(dataset.classes))
     sample = check_sample(dataset)

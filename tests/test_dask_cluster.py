@@ -26,6 +26,7 @@ import pytest
 
 from segstyle.tasks.device_slots import DIR_ENV
 from segstyle_core.demo.dataset import generate_demo_dataset
+from segstyle_core.errors import ConfigError
 from tests.prefect_service import free_port, stop_process_group
 
 BIN = Path(sys.executable).parent
@@ -172,3 +173,32 @@ def test_the_task_runner_follows_the_cli_then_the_environment(
     monkeypatch.setenv(DASK_ADDRESS_ENV, "tcp://10.0.0.1:8786")
     assert task_runner().address == "tcp://10.0.0.1:8786"  # type: ignore[attr-defined]
     assert task_runner("tcp://10.0.0.2:8786").address == "tcp://10.0.0.2:8786"  # type: ignore[attr-defined]
+
+
+def test_only_a_scheduler_by_address_computes_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preflight checks the devices on this machine for threads and a local cluster only."""
+    from segstyle.flows.cluster import DASK_ADDRESS_ENV, computes_here, task_runner
+
+    monkeypatch.delenv(DASK_ADDRESS_ENV, raising=False)
+    assert computes_here(task_runner()) and computes_here(task_runner(workers=2))
+    assert not computes_here(task_runner("tcp://10.0.0.2:8786"))
+    assert computes_here(task_runner().duplicate())  # what a flow run holds
+    assert not computes_here(task_runner("tcp://10.0.0.2:8786").duplicate())
+
+
+@pytest.mark.slow
+def test_a_cuda_run_is_refused_by_a_cluster_without_gpu_workers(
+    dataset: Path, cluster: Cluster, tmp_path: Path
+) -> None:
+    """Dask would hold its stages until a worker with ``GPU=1`` joins; the check says so first
+    (and lets a CPU run through, which the other tests run)."""
+    from segstyle.flows.cluster import check_scheduler
+
+    check_scheduler(cluster.address, "--dask", {})
+    with pytest.raises(ConfigError, match="none of its 2 workers offers GPU=1") as refused:
+        check_scheduler(cluster.address, "--dask", {"GPU": 1})
+    assert f"`dask worker {cluster.address} --resources GPU=1`" in str(refused.value)
+    process = _segstyle(dataset, tmp_path / "out", "--dask", cluster.address, "--device", "cuda")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2 and not (tmp_path / "out" / "metrics").exists()
+    assert stderr.startswith(f"segstyle: error: --dask {cluster.address}: none of its 2 workers")

@@ -217,3 +217,100 @@ def test_an_out_folder_that_is_not_utf8_is_one_line(
     out = tmp_path / "out\udcff"
     line = _refused(capsys, streets, out)
     assert line.startswith("segstyle: error: --out: Input should be a valid string")
+
+
+# --- a device this machine lacks, a Dask scheduler that is not there ----------------------------
+
+#: No machine has 100 GPUs: refused with CUDA (no such index) and without it (no CUDA).
+ABSENT_GPU = "cuda:99"
+
+
+@pytest.mark.parametrize(
+    ("device", "needle"),
+    [(ABSENT_GPU, f"device '{ABSENT_GPU}'"), ("tpu", "unknown device 'tpu'")],
+    ids=["absent-gpu", "unknown"],
+)
+def test_a_device_this_machine_lacks_is_refused_before_any_work(
+    streets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str, needle: str
+) -> None:
+    line = _refused(capsys, streets, tmp_path / "out", "--device", device)
+    assert line.startswith(f"segstyle: error: --device: {needle}")
+    assert "use " in line
+
+
+def test_the_flow_itself_refuses_a_device_its_threads_lack(streets: Path, tmp_path: Path) -> None:
+    """A deployment's run (threads on the worker's machine) fails before any image."""
+    from segstyle.flows.dataset import segment_and_stylize
+    from segstyle_core import config
+
+    out = tmp_path / "out"
+    params = offline_params(streets, out)
+    params["segmenter"] = config.SegmenterConfig(backend="grabcut", device=ABSENT_GPU)
+    state = segment_and_stylize(**params, return_state=True)
+    error = state.result(raise_on_failure=False)
+    assert state.is_failed() and isinstance(error, ConfigError)
+    assert str(error).startswith(f"segmenter.device: device '{ABSENT_GPU}'")
+    assert not (out / "metrics").exists() and not (out / "cache").exists()
+
+
+def test_a_remote_clusters_device_is_not_checked_on_this_machine(
+    streets: Path, tmp_path: Path
+) -> None:
+    """With ``--dask ADDRESS`` the stages compute on the workers: their GPUs count, not ours."""
+    from segstyle_core import config
+    from segstyle_core.preflight import check_run_inputs
+
+    params = offline_params(streets, tmp_path / "out")
+    gpu = {
+        name: params[name].model_copy(update={"device": ABSENT_GPU})
+        for name in ("segmenter", "stylizer")
+    }
+    settings = (params["dataset"], params["prompts"], gpu["segmenter"], gpu["stylizer"])
+    identities = check_run_inputs(*settings, params["outputs"], devices_here=False)
+    assert [identity.name for identity in identities if identity] == ["grabcut", "feedforward"]
+    with pytest.raises(ConfigError, match=r"^segmenter\.device: "):
+        check_run_inputs(*settings, params["outputs"])
+    stylizer_only = (
+        params["dataset"],
+        params["prompts"],
+        config.SegmenterConfig(backend="grabcut"),
+    )
+    with pytest.raises(ConfigError, match=r"^stylizer\.device: "):
+        check_run_inputs(*stylizer_only, gpu["stylizer"], params["outputs"])
+
+
+@pytest.mark.parametrize(
+    ("address", "needle"),
+    [
+        ("local", "missing port number in address 'local'"),
+        ("scheduler:port", "invalid literal for int()"),
+    ],
+    ids=["no-port", "port-not-a-number"],
+)
+def test_a_malformed_dask_address_is_refused_naming_its_form(
+    streets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], address: str, needle: str
+) -> None:
+    line = _refused(capsys, streets, tmp_path / "out", "--dask", address)
+    assert line.startswith(f"segstyle: error: --dask {address}: not a Dask scheduler address")
+    assert needle in line and line.endswith("e.g. tcp://127.0.0.1:8786")
+
+
+def test_a_dask_address_where_no_scheduler_answers_is_refused_within_dasks_timeout(
+    streets: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The variable a deployment sets is named when it gave the address; Dask's own connect
+    timeout (here 1 s) bounds the wait."""
+    import dask
+
+    from segstyle.flows.cluster import DASK_ADDRESS_ENV
+    from tests.prefect_service import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    monkeypatch.setenv(DASK_ADDRESS_ENV, address)
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        line = _refused(capsys, streets, tmp_path / "out")
+    assert line.startswith(f"segstyle: error: ${DASK_ADDRESS_ENV} {address}: no Dask scheduler")
+    assert "after 1 s" in line and "`dask scheduler`" in line

@@ -90,6 +90,22 @@ def test_overwriting_the_photo_is_refused_before_any_work(
     assert photo.read_bytes() == before and not (tmp_path / "work" / "cache").exists()
 
 
+def test_a_device_this_machine_lacks_is_refused_before_any_work(
+    phone_photo: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GrabCut and the feed-forward network compute on the CPU; a GPU asked for is checked all
+    the same, not left unused without a word."""
+    photo, _ = phone_photo
+    output = tmp_path / "out.png"
+    status = _stylize(
+        photo, output, tmp_path / "work", "--box", "10,150,120,250", "--device", "cuda:99"
+    )
+    error = capsys.readouterr().err.strip()
+    assert status == 2 and "\n" not in error
+    assert error.startswith("segstyle: error: --device: device 'cuda:99'")
+    assert not output.exists() and not (tmp_path / "work" / "cache").exists()
+
+
 def test_stylize_needs_neither_prefect_nor_torch(
     phone_photo: tuple[Path, np.ndarray], tmp_path: Path
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from segstyle_core.config import CompositeConfig
 from segstyle_core.errors import ConfigError
 from segstyle_core.images import read_rgb
-from segstyle_core.preflight import check_style
+from segstyle_core.preflight import check_devices, check_style
 from segstyle_core.prompts.validation import parse_box, validate_prompt
 from segstyle_core.segment.base import Prompt
 from segstyle_core.stylize import StylizerConfig
@@ -34,9 +34,10 @@ def check_video_job(
     composite: CompositeConfig,
     options: VideoOptions,
 ) -> None:
-    """Fail before any frame on unsupported composite settings, a missing checkpoint or style
-    image, or an output that would overwrite the input."""
+    """Fail before any frame on unsupported composite settings, a device this machine lacks, a
+    missing checkpoint or style image, or an output that would overwrite the input."""
     temporal_options(composite, options)
+    check_devices(tracker=tracker, stylizer=stylizer)
     tracker.identity()
     stylizer.identity()
     check_style(stylizer)
