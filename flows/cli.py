@@ -44,6 +44,7 @@ from segstyle.flows.options import (
     with_flags,
     with_options,
 )
+from segstyle_core.backends import validation_message
 from segstyle_core.devices import keep_freed_memory
 from segstyle_core.errors import ConfigError, SegstyleError, error_line, os_error_message
 from segstyle_core.outputs import DEFAULT_PORT
@@ -140,10 +141,11 @@ class DatasetCommand(RunCommand):
         configs = (DATASET.build(self), PROMPTS.build(self), SEGMENTER.build(self))
         outputs = OUTPUTS.build(self)
         stylizer, composite = styling or (None, None)
-        remote = scheduler_address(self.dask) is not None
+        devices = [b.device for b in (configs[2], stylizer) if b is not None]
+        remote = scheduler_address(self.dask, self.workers) is not None
         check_run_inputs(*configs, stylizer, outputs, composite, devices_here=not remote)
-        check_cluster(self.dask, [backend.device for backend in (configs[2], stylizer) if backend])
-        runner = task_runner(self.dask, self.workers)
+        check_cluster(self.dask, self.workers, devices)
+        runner = task_runner(self.dask, self.workers, devices)
         return _run_flow(flow.with_options(task_runner=runner), *configs, *styling, outputs)
 
 
@@ -485,7 +487,7 @@ def _invalid(error: ErrorDetails) -> str:
     own = COMMANDS[command.replace("_", "-")].model_fields.get(name)
     positional = own is not None and CliPositionalArg.__metadata__[0] in own.metadata  # type: ignore[attr-defined]
     shown = name.upper() if positional else "--" + name.replace("_", "-")
-    return f"{shown}: {error['msg']} (got {error.get('input')!r})"
+    return f"{shown}: {validation_message(error)} (got {error.get('input')!r})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

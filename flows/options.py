@@ -115,7 +115,7 @@ SHARED = {"device": "device", "weights_dir": "weights_dir"}
 #: ``--style``, an argument of ``run`` and ``stylize``: repeatable; see :func:`split_styles`.
 STYLE: list[str] = Field(
     default=[],
-    description="style image (default: the generated geometric abstraction); run: repeat it as "
+    description="style image; none: the generated geometric abstraction; run: repeat it as "
     "CLASS=IMAGE for a style per class; stylize: give it once per --box, paired in order",
 )
 

@@ -3,16 +3,24 @@ result (in every Parquet row and cache key) without loading the model, and a loa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Self, TypeVar
+from typing import Annotated, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 
 from segstyle_core.devices import MODELS
 from segstyle_core.errors import ConfigError, one_line
 
 T = TypeVar("T")
+
+
+def validation_message(error: ErrorDetails) -> str:
+    """What pydantic says of one invalid value, without its "Value error, " prefix (a
+    validator's own message says what to give)."""
+    return error["msg"].removeprefix("Value error, ")
 
 
 def config_error(model: str, error: ValidationError) -> ConfigError:
@@ -23,7 +31,7 @@ def config_error(model: str, error: ValidationError) -> ConfigError:
     parents = {e["loc"][:end] for e in errors for end in range(len(e["loc"]))}
     own = [e for e in errors if e["type"] != "too_short" or e["loc"] not in parents]
     problems = "; ".join(
-        f"{'.'.join((model, *(str(part) for part in e['loc'])))}: {e['msg']} "
+        f"{'.'.join((model, *(str(part) for part in e['loc'])))}: {validation_message(e)} "
         f"(got {one_line(repr(e.get('input')), 80)})"
         for e in own
     )
@@ -61,10 +69,22 @@ class BackendIdentity:
     weights_sha256: str | None
 
 
+def _device_name(device: str) -> str:
+    """``device`` if it names a device torch computes on here (its presence is checked by
+    :func:`segstyle_core.preflight.check_devices`); ValueError with the accepted forms."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ValueError("not a device: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+#: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked without importing torch.
+DeviceName = Annotated[str, AfterValidator(_device_name)]
+
+
 class BackendConfig(ConfigModel):
     """Settings every model backend has: where it runs and where its checkpoints live."""
 
-    device: str = "auto"
+    device: DeviceName = "auto"
     """auto, cpu, cuda or cuda:N."""
     weights_dir: str | None = None
     """Checkpoints folder; none: $SEGSTYLE_WEIGHTS_DIR, else the user cache."""

@@ -21,8 +21,9 @@ from segstyle_core.stylize.base import check_side
 
 def check_devices(**backends: BackendConfig | None) -> None:
     """ConfigError naming ``<backend>.device`` (keywords: ``segmenter=config``, ...) for a
-    device this machine lacks: ``cuda`` without CUDA, ``cuda:N`` beyond its GPUs, an unknown
-    name. ``auto`` and ``cpu`` need no check (torch is imported only for another device)."""
+    device this machine lacks: ``cuda`` without CUDA, ``cuda:N`` beyond its GPUs (the form of
+    the name is the configuration's own check). ``auto`` and ``cpu`` need no check (torch is
+    imported only for a CUDA device)."""
     for role, backend in backends.items():
         if backend is not None and backend.device not in ("auto", "cpu"):
             try:

@@ -159,8 +159,9 @@ def test_a_killed_worker_loses_no_image_and_duplicates_none(
 def test_the_task_runner_follows_the_cli_then_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``--dask`` wins, then ``$SEGSTYLE_DASK_ADDRESS`` (a deployment's job variable), then
-    ``--workers``; without any, threads."""
+    """``--dask`` wins, then ``--workers`` (a local cluster whose workers offer the GPU that
+    CUDA stages ask for), then ``$SEGSTYLE_DASK_ADDRESS`` (a deployment's job variable);
+    without any, threads."""
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
@@ -170,9 +171,14 @@ def test_the_task_runner_follows_the_cli_then_the_environment(
     assert isinstance(task_runner(), ThreadPoolTaskRunner)
     local = task_runner(workers=3)
     assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] == 3
+    assert "resources" not in local.cluster_kwargs
+    gpu = task_runner(workers=2, devices=["cpu", "cuda:0"])
+    assert gpu.cluster_kwargs["resources"] == {"GPU": 1}  # type: ignore[attr-defined]
     monkeypatch.setenv(DASK_ADDRESS_ENV, "tcp://10.0.0.1:8786")
     assert task_runner().address == "tcp://10.0.0.1:8786"  # type: ignore[attr-defined]
     assert task_runner("tcp://10.0.0.2:8786").address == "tcp://10.0.0.2:8786"  # type: ignore[attr-defined]
+    asked = task_runner(workers=2)  # the flag a user typed beats the machine's variable
+    assert asked.address is None and asked.cluster_kwargs["n_workers"] == 2  # type: ignore[attr-defined]
 
 
 def test_only_a_scheduler_by_address_computes_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,6 +190,28 @@ def test_only_a_scheduler_by_address_computes_elsewhere(monkeypatch: pytest.Monk
     assert not computes_here(task_runner("tcp://10.0.0.2:8786"))
     assert computes_here(task_runner().duplicate())  # what a flow run holds
     assert not computes_here(task_runner("tcp://10.0.0.2:8786").duplicate())
+
+
+def test_a_cuda_run_needs_a_worker_offering_a_gpu_once_the_cluster_has_workers() -> None:
+    """Against real in-process schedulers on 127.0.0.1: no worker yet (Dask waits for one),
+    a worker offering ``GPU=1``, one offering nothing."""
+    from distributed import LocalCluster
+
+    from segstyle.flows.cluster import check_scheduler
+
+    def cluster(workers: int, **resources: float) -> LocalCluster:
+        return LocalCluster(
+            n_workers=workers, processes=False, protocol="tcp://", host="127.0.0.1",
+            dashboard_address=None, resources=resources or None,
+        )  # fmt: skip
+
+    for workers, resources in ((0, {}), (1, {"GPU": 1.0})):
+        with cluster(workers, **resources) as ready:
+            check_scheduler(ready.scheduler_address, "--dask", {"GPU": 1})
+    with cluster(1) as cpu_only:
+        check_scheduler(cpu_only.scheduler_address, "--dask", {})  # a CPU run goes ahead
+        with pytest.raises(ConfigError, match="none of its 1 workers offers GPU=1"):
+            check_scheduler(cpu_only.scheduler_address, "--dask", {"GPU": 1})
 
 
 @pytest.mark.slow
@@ -199,6 +227,9 @@ def test_a_cuda_run_is_refused_by_a_cluster_without_gpu_workers(
         check_scheduler(cluster.address, "--dask", {"GPU": 1})
     assert f"`dask worker {cluster.address} --resources GPU=1`" in str(refused.value)
     process = _segstyle(dataset, tmp_path / "out", "--dask", cluster.address, "--device", "cuda")
-    _, stderr = process.communicate(timeout=120)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        stop_process_group(process, grace_s=5)
     assert process.returncode == 2 and not (tmp_path / "out" / "metrics").exists()
     assert stderr.startswith(f"segstyle: error: --dask {cluster.address}: none of its 2 workers")

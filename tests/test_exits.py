@@ -227,8 +227,12 @@ ABSENT_GPU = "cuda:99"
 
 @pytest.mark.parametrize(
     ("device", "needle"),
-    [(ABSENT_GPU, f"device '{ABSENT_GPU}'"), ("tpu", "unknown device 'tpu'")],
-    ids=["absent-gpu", "unknown"],
+    [
+        (ABSENT_GPU, f"device '{ABSENT_GPU}'"),
+        ("tpu", "not a device: use auto, cpu, cuda or cuda:N (got 'tpu')"),
+        ("CUDA", "not a device: use auto, cpu, cuda or cuda:N (got 'CUDA')"),
+    ],
+    ids=["absent-gpu", "unknown", "upper-case"],
 )
 def test_a_device_this_machine_lacks_is_refused_before_any_work(
     streets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str, needle: str
@@ -284,8 +288,11 @@ def test_a_remote_clusters_device_is_not_checked_on_this_machine(
     [
         ("local", "missing port number in address 'local'"),
         ("scheduler:port", "invalid literal for int()"),
+        ("scheduler:70000", "port 70000 is not between 1 and 65535"),
+        ("http://scheduler:8787", "scheme http:// where segstyle connects over tcp://"),
+        ("tls://scheduler:8786", "scheme tls:// where segstyle connects over tcp://"),
     ],
-    ids=["no-port", "port-not-a-number"],
+    ids=["no-port", "port-not-a-number", "port-too-large", "dashboard-url", "tls"],
 )
 def test_a_malformed_dask_address_is_refused_naming_its_form(
     streets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], address: str, needle: str
@@ -305,6 +312,7 @@ def test_a_dask_address_where_no_scheduler_answers_is_refused_within_dasks_timeo
     timeout (here 1 s) bounds the wait."""
     import dask
 
+    import segstyle.flows.dataset  # noqa: F401  its default task runner reads the variable once
     from segstyle.flows.cluster import DASK_ADDRESS_ENV
     from tests.prefect_service import free_port
 
@@ -314,3 +322,20 @@ def test_a_dask_address_where_no_scheduler_answers_is_refused_within_dasks_timeo
         line = _refused(capsys, streets, tmp_path / "out")
     assert line.startswith(f"segstyle: error: ${DASK_ADDRESS_ENV} {address}: no Dask scheduler")
     assert "after 1 s" in line and "`dask scheduler`" in line
+
+
+def test_a_listener_that_never_answers_dasks_handshake_is_refused_in_bounded_time(
+    streets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Dask's connect timeout covers only the TCP connection; a port that accepts and stays
+    silent (a wrong service) is given twice that for the whole exchange."""
+    import socket
+
+    import dask
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+            line = _refused(capsys, streets, tmp_path / "out", "--dask", address)
+    assert line.startswith(f"segstyle: error: --dask {address}: no Dask scheduler answered")
+    assert "(no answer within 2 s)" in line

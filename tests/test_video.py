@@ -418,3 +418,19 @@ def test_video_output_may_not_be_or_hold_its_input(
         assert "is, holds or lies inside the input" in line, line
     assert sorted(p.name for p in frames.iterdir()) == ["000000.png"]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_refining_segmenters_own_device_is_checked_before_any_frame(tmp_path: Path) -> None:
+    """A flow run's parameters may give the flow tracker's segmenter a device of its own."""
+    from segstyle_core.config import CompositeConfig, SegmenterConfig, StylizerConfig
+    from segstyle_core.video.config import VideoOptions
+    from segstyle_core.video.job import check_video_job
+    from segstyle_core.video.track import TrackerConfig
+
+    refiner = SegmenterConfig(backend="grabcut", device="cuda:99")  # no machine has 100 GPUs
+    tracker = TrackerConfig(segmenter=refiner)
+    stylizer = StylizerConfig(backend="feedforward")
+    args = (stylizer, CompositeConfig(), VideoOptions())
+    with pytest.raises(ConfigError, match=r"^tracker\.segmenter\.device: device 'cuda:99'"):
+        check_video_job(str(tmp_path / "in.mp4"), str(tmp_path / "out.mp4"), tracker, *args)
+    assert not (tmp_path / "out.mp4").exists()

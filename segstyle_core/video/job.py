@@ -37,7 +37,8 @@ def check_video_job(
     """Fail before any frame on unsupported composite settings, a device this machine lacks, a
     missing checkpoint or style image, or an output that would overwrite the input."""
     temporal_options(composite, options)
-    check_devices(tracker=tracker, stylizer=stylizer)
+    refiner = tracker.segmenter if tracker.backend == "flow" else None
+    check_devices(tracker=tracker, **{"tracker.segmenter": refiner}, stylizer=stylizer)
     tracker.identity()
     stylizer.identity()
     check_style(stylizer)
