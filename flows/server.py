@@ -1,6 +1,6 @@
 """The Prefect API of command-line runs (:func:`local_api`): ``PREFECT_API_URL`` when set; else
-the local server (``make server``) if it answers in :data:`PROBE_TIMEOUT_SECONDS`; else Prefect's
-temporary ``SubprocessASGIServer`` (API only, 127.0.0.1) with host device slots.
+the local server (``make server``) if it passes its health check (:func:`api_is_up`); else
+Prefect's temporary ``SubprocessASGIServer`` (API only, 127.0.0.1) with host device slots.
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ from unittest import mock
 
 from segstyle.tasks.device_slots import MODE_ENV as DEVICE_SLOTS_ENV
 
-#: How long the local server gets to answer ``/api/health`` before a temporary one is started.
-PROBE_TIMEOUT_SECONDS = 0.3
+#: How long the local server's port gets to accept the health check: a closed port refuses at
+#: once, and a running server's kernel accepts at once however busy the server is.
+PROBE_CONNECT_SECONDS = 0.3
+#: How long a server that accepted gets to answer ``/api/health`` (a busy one took over 0.3 s
+#: on the 2-core CI machine, and a run then went to a temporary server instead of the UI's).
+PROBE_ANSWER_SECONDS = 10.0
 #: The least a temporary server gets to start: Prefect's default (20 s) is too short for its first
 #: start (the database migrations) on a busy machine, and the run would fail for nothing.
 STARTUP_TIMEOUT_SECONDS = 120
@@ -38,10 +42,12 @@ def local_server_api_url() -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{api.port}/api"
 
 
-def api_is_up(api_url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
-    """True when ``GET {api_url}/health`` answers ``true`` within ``timeout`` (no proxy)."""
+def api_is_up(api_url: str) -> bool:
+    """True when ``GET {api_url}/health`` connects within :data:`PROBE_CONNECT_SECONDS` and
+    answers ``true`` within :data:`PROBE_ANSWER_SECONDS` (no proxy)."""
     import httpx
 
+    timeout = httpx.Timeout(PROBE_ANSWER_SECONDS, connect=PROBE_CONNECT_SECONDS)
     try:
         response = httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout, trust_env=False)
     except (httpx.HTTPError, ValueError):  # refused, timed out, bad URL

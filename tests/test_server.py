@@ -89,6 +89,36 @@ def test_probe_of_a_closed_port_is_quick() -> None:
     assert time.perf_counter() - start < 0.5
 
 
+def test_a_busy_local_server_is_still_found(tmp_path: Path) -> None:
+    """A server that accepts at once but answers its health check after a second (a loaded
+    machine's) is up: a run must not go to a temporary server its UI does not show."""
+    import http.server
+    import threading
+
+    from segstyle.flows.server import api_is_up
+
+    class SlowHealth(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(1.0)
+            healthy = self.path == "/api/health"
+            self.send_response(200 if healthy else 404)
+            self.end_headers()
+            self.wfile.write(b"true" if healthy else b"")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowHealth) as busy:
+        threading.Thread(target=busy.serve_forever, daemon=True).start()
+        try:
+            start = time.perf_counter()
+            assert api_is_up(f"http://127.0.0.1:{busy.server_address[1]}/api")
+            assert time.perf_counter() - start >= 1.0
+            assert not api_is_up(f"http://127.0.0.1:{busy.server_address[1]}/elsewhere")
+        finally:
+            busy.shutdown()
+
+
 def test_configured_api_url_is_used_as_is(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
