@@ -133,7 +133,7 @@ class DatasetCommand(RunCommand):
     def run(self, flow: Any, *styling: Any) -> int:
         """Check the inputs, run ``flow`` on this command's task runner (``styling``: stylizer,
         composite)."""
-        from segstyle.flows.cluster import check_cluster, scheduler_address, task_runner
+        from segstyle.flows.cluster import check_cluster, computes_here, task_runner
         from segstyle_core.preflight import check_run_inputs
 
         if self.dask and self.workers:
@@ -142,10 +142,9 @@ class DatasetCommand(RunCommand):
         outputs = OUTPUTS.build(self)
         stylizer, composite = styling or (None, None)
         devices = [b.device for b in (configs[2], stylizer) if b is not None]
-        remote = scheduler_address(self.dask, self.workers) is not None
-        check_run_inputs(*configs, stylizer, outputs, composite, devices_here=not remote)
+        runner = task_runner(self.dask, self.workers, devices)  # the flow's own rule: computes_here
+        check_run_inputs(*configs, stylizer, outputs, composite, devices_here=computes_here(runner))
         check_cluster(self.dask, self.workers, devices)
-        runner = task_runner(self.dask, self.workers, devices)
         return _run_flow(flow.with_options(task_runner=runner), *configs, *styling, outputs)
 
 
