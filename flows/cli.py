@@ -144,7 +144,8 @@ class DatasetCommand(RunCommand):
         devices = [b.device for b in (configs[2], stylizer) if b is not None]
         runner = task_runner(self.dask, self.workers, devices)  # the flow's own rule: computes_here
         check_run_inputs(*configs, stylizer, outputs, composite, devices_here=computes_here(runner))
-        check_cluster(self.dask, self.workers, devices)
+        if warning := check_cluster(self.dask, self.workers, devices):
+            print(f"segstyle: warning: {warning}", file=sys.stderr)
         return _run_flow(flow.with_options(task_runner=runner), *configs, *styling, outputs)
 
 

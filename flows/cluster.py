@@ -61,21 +61,24 @@ def computes_here(runner: TaskRunner[Any]) -> bool:
     return getattr(runner, "address", None) is None
 
 
-def check_cluster(dask: str | None, workers: int | None, devices: Iterable[str]) -> None:
+def check_cluster(dask: str | None, workers: int | None, devices: Iterable[str]) -> str | None:
     """Before a run that goes to a scheduler by address (:func:`scheduler_address`): that it
-    answers and offers what stages on ``devices`` need (:func:`check_scheduler`)."""
+    answers and offers what stages on ``devices`` need (:func:`check_scheduler`, whose warning
+    line it returns)."""
     address = scheduler_address(dask, workers)
-    if address is not None:
-        source = "--dask" if dask else f"${DASK_ADDRESS_ENV}"
-        check_scheduler(address, source, resources_of(devices))
+    if address is None:
+        return None
+    source = "--dask" if dask else f"${DASK_ADDRESS_ENV}"
+    return check_scheduler(address, source, resources_of(devices))
 
 
-def check_scheduler(address: str, source: str, resources: Mapping[str, float]) -> None:
+def check_scheduler(address: str, source: str, resources: Mapping[str, float]) -> str | None:
     """:class:`ConfigError` naming ``source`` (the flag or variable that gave ``address``)
     unless ``address`` is a TCP address, a Dask scheduler there tells its workers within twice
     Dask's connect timeout (``distributed.comm.timeouts.connect``, 30 s unless configured) and,
     when it has workers and the run's stages need ``resources`` (``{"GPU": 1}`` for CUDA), one
-    of them offers those (Dask would hold such tasks until one joins)."""
+    of them offers those (Dask would hold such tasks until one joins). Returns a warning line
+    when it has no workers yet (the run waits for one), else ``None``."""
     import dask
     from dask.utils import parse_timedelta
     from distributed.comm.addressing import parse_address, parse_host_port
@@ -105,16 +108,29 @@ def check_scheduler(address: str, source: str, resources: Mapping[str, float]) -
             f"(`dask scheduler`), or give the address it prints ({ADDRESS_FORM})"
         )
 
+    if not workers:  # Dask holds the tasks until a worker joins: legitimate, but say so
+        extra = f" --resources {_wanted(resources)}" if resources else ""
+        return (
+            f"{source} {address}: the scheduler has no workers yet; the run waits until one "
+            f"joins (`dask worker {address}{extra}`)"
+        )
+
     def offers(worker: Mapping[str, Any]) -> bool:
         return all(worker.get("resources", {}).get(k, 0) >= v for k, v in resources.items())
 
     if resources and workers and not any(offers(worker) for worker in workers):
-        wanted = " ".join(f"{k}={v:g}" for k, v in resources.items())
+        wanted = _wanted(resources)
         raise ConfigError(
             f"{source} {address}: none of its {len(workers)} workers offers {wanted}, which "
             f"this run's CUDA stages need; start one with `dask worker {address} --resources "
             f"{wanted}`, or run on the CPU (--device cpu)"
         )
+    return None
+
+
+def _wanted(resources: Mapping[str, float]) -> str:
+    """``resources`` as ``dask worker --resources`` takes them: ``GPU=1``."""
+    return " ".join(f"{k}={v:g}" for k, v in resources.items())
 
 
 async def _scheduler_workers(address: str) -> list[Mapping[str, Any]]:

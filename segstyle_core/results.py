@@ -614,7 +614,8 @@ def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
     DataFrame of :data:`SCHEMA` (missing columns empty) plus the hive column ``flow``; parts
     of running or killed runs too. Unreadable or foreign files and links out of the folder are
     skipped with a warning line each (``skipped: <path>: <what>; <fix>``). InputError: no
-    results there yet."""
+    results there yet; a file that is not one, or a folder with files but no ``flow=*`` ones
+    (another folder given), in one line."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no Parquet results here yet; run `segstyle run` first")
@@ -623,13 +624,26 @@ def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
     for attempt in range(5):
         skipped: list[str] = []
         try:
-            usable = _usable(_result_files(path, skipped), path, skipped)
+            files = _result_files(path, skipped)
+            usable = _usable(files, path, skipped)
             table = _read_files(usable, path, skipped, flows_under=path)
             break
         except FileNotFoundError:  # a run published or retired its parts meanwhile
             if attempt == 4:
                 raise
             time.sleep(0.05)
+    if not usable and not path.is_dir() and skipped:  # its fix: give another path
+        raise InputError(
+            f"{_printable(skipped[0].rsplit('; ', 1)[0])}; give a run file "
+            "(<out>/metrics/flow=<flow>/<run>.parquet) or the metrics folder (<out>/metrics)"
+        )
+    if not usable and files and not any(f.parent.name.startswith("flow=") for f in files):
+        # not a metrics folder: one line, not one per foreign file
+        others = f"{len(files)} other file{'s' * (len(files) > 1)}, the first {files[0]}"
+        raise InputError(
+            f"{path}: no segstyle results here ({_printable(others)}); give the metrics folder "
+            "that `segstyle run` writes (<out>/metrics), or run it first"
+        )
     for line in skipped:
         _log.warning("skipped: %s", _printable(line))
     if not usable:

@@ -193,8 +193,8 @@ def test_only_a_scheduler_by_address_computes_elsewhere(monkeypatch: pytest.Monk
 
 
 def test_a_cuda_run_needs_a_worker_offering_a_gpu_once_the_cluster_has_workers() -> None:
-    """Against real in-process schedulers on 127.0.0.1: no worker yet (Dask waits for one),
-    a worker offering ``GPU=1``, one offering nothing."""
+    """Against real in-process schedulers on 127.0.0.1: no worker yet (Dask waits for one: a
+    warning line), a worker offering ``GPU=1``, one offering nothing."""
     from distributed import LocalCluster
 
     from segstyle.flows.cluster import check_scheduler
@@ -205,11 +205,18 @@ def test_a_cuda_run_needs_a_worker_offering_a_gpu_once_the_cluster_has_workers()
             dashboard_address=None, resources=resources or None,
         )  # fmt: skip
 
-    for workers, resources in ((0, {}), (1, {"GPU": 1.0})):
-        with cluster(workers, **resources) as ready:
-            check_scheduler(ready.scheduler_address, "--dask", {"GPU": 1})
+    with cluster(0) as empty:  # the run goes ahead, waiting for a worker: the CLI says so
+        address = empty.scheduler_address
+        assert check_scheduler(address, "--dask", {"GPU": 1}) == (
+            f"--dask {address}: the scheduler has no workers yet; the run waits until one joins "
+            f"(`dask worker {address} --resources GPU=1`)"
+        )
+        warning = check_scheduler(address, "--dask", {})
+        assert warning is not None and warning.endswith(f"(`dask worker {address}`)")
+    with cluster(1, GPU=1.0) as ready:
+        assert check_scheduler(ready.scheduler_address, "--dask", {"GPU": 1}) is None
     with cluster(1) as cpu_only:
-        check_scheduler(cpu_only.scheduler_address, "--dask", {})  # a CPU run goes ahead
+        assert check_scheduler(cpu_only.scheduler_address, "--dask", {}) is None  # CPU run
         with pytest.raises(ConfigError, match="none of its 1 workers offers GPU=1"):
             check_scheduler(cpu_only.scheduler_address, "--dask", {"GPU": 1})
 

@@ -142,6 +142,41 @@ def test_results_of_an_empty_metrics_folder_is_one_line(
     )
 
 
+def test_results_of_a_wrong_path_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder of other files (a user's typo, /etc) or one such file: one line with the fix,
+    not a warning per file telling the user to delete them."""
+    from segstyle.flows.cli import EXIT_ERROR
+
+    config = tmp_path / "config"
+    (config / "sub").mkdir(parents=True)
+    for name in ("a.conf", "sub/b.xml"):
+        (config / name).write_text("key = value\n")
+    status, out, err = _results_cli(capsys, config)
+    assert (status, out) == (EXIT_ERROR, "")
+    assert err.splitlines() == [
+        f"segstyle: error: {config}: no segstyle results here (2 other files, the first "
+        f"{config / 'a.conf'}); give the metrics folder that `segstyle run` writes "
+        "(<out>/metrics), or run it first"
+    ]
+    status, out, err = _results_cli(capsys, config / "a.conf")
+    assert (status, out) == (EXIT_ERROR, "")
+    (line,) = err.splitlines()
+    assert line.startswith(f"segstyle: error: {config / 'a.conf'}: not a readable Parquet file (")
+    assert line.endswith(
+        "; give a run file (<out>/metrics/flow=<flow>/<run>.parquet) or the metrics folder "
+        "(<out>/metrics)"
+    )
+    # inside a metrics folder an unreadable run file is still named with its own fix
+    (tmp_path / "metrics" / "flow=f").mkdir(parents=True)
+    (tmp_path / "metrics" / "flow=f" / "r.parquet").write_text("not parquet")
+    status, _, err = _results_cli(capsys, tmp_path / "metrics")
+    assert status == EXIT_ERROR and "no Parquet results here yet" in err
+    assert "r.parquet: not a readable Parquet file" in caplog.text
+    assert "delete it or move it out of" in caplog.text
+
+
 def test_results_of_a_partial_run_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
