@@ -92,6 +92,17 @@ def native_bfloat16(device: torch.device) -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def autotune_convolutions(device: torch.device) -> None:
+    """On CUDA, have cuDNN time its convolution algorithms once per input shape and keep the
+    fastest (``torch.backends.cudnn.benchmark``, process-wide): the ROI crop buckets and SAM's
+    fixed input size repeat shapes. Speed only, like the calibrated options; nothing on other
+    devices."""
+    import torch
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 class ModelCache:
     """A thread-safe registry where each key's factory runs at most once (keys load in parallel;
     an exception stores nothing)."""

@@ -124,6 +124,7 @@ class GatysStylizer:
         checked against the official file's hash unless ``verify`` is off (a file of your own);
         or use ``extractor`` (with the config's layers; ``weights_sha256`` is then ``None``)."""
         self.device = devices.resolve_device(device)
+        devices.autotune_convolutions(self.device)
         self._config = calibration.resolve(config or GatysConfig(), self.device)
         self.weights_sha256: str | None = None
         if extractor is None:
