@@ -609,6 +609,13 @@ def _result_files(root: Path, skipped: list[str]) -> list[Path]:
     return sorted(found, key=str)
 
 
+#: The fix for a path that holds no results.
+_GIVE_RESULTS = (
+    "give a run file (<out>/metrics/flow=<flow>/<run>.parquet) or the metrics folder "
+    "(<out>/metrics)"
+)
+
+
 def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read one run file or a whole metrics directory (after :func:`finish_ended_runs`) into a
     DataFrame of :data:`SCHEMA` (missing columns empty) plus the hive column ``flow``; parts
@@ -619,6 +626,8 @@ def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no Parquet results here yet; run `segstyle run` first")
+    if not (path.is_dir() or path.is_file()):  # a FIFO or a device would block the read
+        raise InputError(f"{path}: not a regular file or folder; {_GIVE_RESULTS}")
     if path.is_dir():
         finish_ended_runs(path)
     for attempt in range(5):
@@ -633,10 +642,7 @@ def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
                 raise
             time.sleep(0.05)
     if not usable and not path.is_dir() and skipped:  # its fix: give another path
-        raise InputError(
-            f"{_printable(skipped[0].rsplit('; ', 1)[0])}; give a run file "
-            "(<out>/metrics/flow=<flow>/<run>.parquet) or the metrics folder (<out>/metrics)"
-        )
+        raise InputError(f"{_printable(skipped[0].rsplit('; ', 1)[0])}; {_GIVE_RESULTS}")
     if not usable and files and not any(f.parent.name.startswith("flow=") for f in files):
         # not a metrics folder: one line, not one per foreign file
         others = f"{len(files)} other file{'s' * (len(files) > 1)}, the first {files[0]}"

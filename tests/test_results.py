@@ -1,6 +1,7 @@
 """Parquet results: schema, one file per run, atomic replace on retry, pandas reads the folder."""
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -167,6 +168,13 @@ def test_results_of_a_wrong_path_is_one_line_naming_it(
     assert line.endswith(
         "; give a run file (<out>/metrics/flow=<flow>/<run>.parquet) or the metrics folder "
         "(<out>/metrics)"
+    )
+    os.mkfifo(tmp_path / "fifo")  # reading it would block for ever
+    status, out, err = _results_cli(capsys, tmp_path / "fifo")
+    assert (status, out) == (EXIT_ERROR, "")
+    assert err.strip() == (
+        f"segstyle: error: {tmp_path / 'fifo'}: not a regular file or folder; give a run file "
+        "(<out>/metrics/flow=<flow>/<run>.parquet) or the metrics folder (<out>/metrics)"
     )
     # inside a metrics folder an unreadable run file is still named with its own fix
     (tmp_path / "metrics" / "flow=f").mkdir(parents=True)
