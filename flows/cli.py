@@ -75,11 +75,19 @@ class RunCommand(Command):
 
 
 def _size(text: str) -> tuple[int, int]:
-    """``WIDTHxHEIGHT`` -> ``(width, height)``; :class:`ConfigError` for another form."""
+    """``WIDTHxHEIGHT`` -> ``(width, height)``; :class:`ConfigError` for another form, or for
+    more pixels than a run reads (``images.max_pixels_default``)."""
+    from segstyle_core.images import max_pixels_default
+
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ConfigError(f"--size {text!r}: use WIDTHxHEIGHT, e.g. 1024x512") from None
+    if width * height > (limit := max_pixels_default()):
+        raise ConfigError(
+            f"--size {text}: {width * height} pixels, over the {limit} an image may have "
+            "($SEGSTYLE_MAX_PIXELS); use a smaller size, e.g. 2048x1024"
+        )
     return width, height
 
 
@@ -245,8 +253,8 @@ class DemoClip(Command):
 
     out: CliPositionalArg[str]
     size: str = Field(default="256x128", description="WIDTHxHEIGHT")
-    frames: int = 24
-    seed: int = 0
+    frames: int = Field(default=24, ge=1)
+    seed: int = Field(default=0, ge=0)
 
     def cli_cmd(self) -> int:
         from segstyle_core.demo.clip import generate_clip

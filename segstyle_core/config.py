@@ -128,7 +128,7 @@ class PhotoPrompts(ConfigModel):
     box_jitter_px: int = Field(default=0, ge=0)
     """Move each box coordinate, after the expansion, by a random whole number of pixels up
     to this far either way, drawn with the seed."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     """Seed of the box jitter."""
 
 

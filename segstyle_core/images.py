@@ -98,13 +98,18 @@ def _open_checked(path: Path, max_pixels: int | None) -> Image.Image:
 
 
 def read_rgb(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
-    """An image file as ``H×W×3 uint8 RGB`` (16/32-bit gray scaled by its maximum to 0..255,
-    alpha dropped; InputError: missing, empty, corrupt, non-image or over-limit file)."""
+    """An image file as ``H×W×3 uint8 RGB`` (16/32-bit gray scaled by its maximum to 0..255, a
+    float image of 0..1 to 0..255, NaN and inf as 0; alpha dropped; InputError: missing, empty,
+    corrupt, non-image or over-limit file)."""
     image = _open_checked(Path(path), max_pixels)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0, posinf=0, neginf=0)
         peak = values.max(initial=0.0)
-        gray = np.clip(values * (255.0 / peak if peak > 255 else 1.0), 0, 255).astype(np.uint8)
+        if image.mode == "F" and 0 < peak <= 1:
+            scale = 255.0  # a float image in 0..1
+        else:
+            scale = 255.0 / peak if peak > 255 else 1.0
+        gray = np.clip(values * scale, 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     return np.array(image.convert("RGB"), dtype=np.uint8)
 

@@ -175,9 +175,9 @@ def own_checkpoint(path: str | os.PathLike[str], field: str) -> CheckpointFile:
 
 @functools.lru_cache(maxsize=64)
 def _refuse_pickled_code(path: Path, size: int, mtime_ns: int) -> None:
-    """Load a ``torch.save`` file's tensors mapped (WeightsError: pickled code), once a version."""
-    if zipfile.is_zipfile(path):
-        load_state_dict(path, mmap=True)
+    """Load the file's tensors, mapped where it is a zip (``torch.save``'s format), once a
+    version (WeightsError: pickled code, or not a checkpoint at all)."""
+    load_state_dict(path, mmap=zipfile.is_zipfile(path))
 
 
 def resolve_checkpoint(
@@ -297,7 +297,7 @@ def load_state_dict(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
             "weights_only loading never runs; delete it and download the official file with "
             "`segstyle weights download NAME`"
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
+    except Exception as exc:  # a hostile file breaks the unpickler in any way (KeyError, ...)
         raise WeightsError(
             f"cannot read checkpoint {path} ({error_line(exc)}): delete it and "
             "download it again with `segstyle weights download NAME`"

@@ -182,6 +182,30 @@ def test_an_invalid_value_is_one_line_naming_its_flag(
     assert line.startswith(f"segstyle: error: {needle}")
 
 
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["demo-clip", "{tmp}/clip", "--seed", "-1"], "--seed: Input should be greater than"),
+        (
+            ["demo-data", "{tmp}/data", "--size", "100000x100000"],
+            "--size 100000x100000: 10000000000 pixels, over the 64000000 an image may have",
+        ),
+    ],
+    ids=["negative-seed", "size-over-the-pixel-limit"],
+)
+def test_generator_values_that_used_to_crash_or_exhaust_memory_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    """A negative seed reached numpy's generator (a traceback); a 100000×100000 demo frame was
+    drawn until the kernel killed the process. Now one line, before anything is written."""
+    from segstyle.flows.cli import EXIT_ERROR, main
+
+    status = main([arg.format(tmp=tmp_path) for arg in argv])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert status == EXIT_ERROR and line.startswith(f"segstyle: error: {needle}")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_serve_refuses_a_port_beyond_65535(capsys: pytest.CaptureFixture[str]) -> None:
     from segstyle.flows.cli import EXIT_ERROR, main
 

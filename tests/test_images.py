@@ -35,6 +35,19 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path: Path) -> None:
     assert len(np.unique(array[..., 0])) > 200  # the range is kept, not saturated
 
 
+def test_a_float_image_of_zero_to_one_is_scaled_not_black(tmp_path: Path) -> None:
+    """A 32-bit float TIFF in 0..1 (a common export) read as 0 and 1 of 255 before; NaN and
+    inf pixels read as 0."""
+    values = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
+    values[0, 1], values[0, 2] = np.nan, np.inf
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tiff")
+    array = read_rgb(tmp_path / "float.tiff")
+    assert array.max() == 255 and array[8, 0, 0] == round(255 * values[8, 0])
+    assert array[0, 1, 0] == array[0, 2, 0] == 0
+    Image.fromarray(values[2:] * 200, mode="F").save(tmp_path / "wide.tiff")  # 0..200: as is
+    assert read_rgb(tmp_path / "wide.tiff").max() == 200
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [(b"", "empty"), (b"this is text, not a PNG", "not a readable image")],

@@ -165,6 +165,13 @@ def test_bad_prompt_files_name_the_file(
     assert "\n" not in str(info.value)
 
 
+def test_a_csv_saved_by_a_spreadsheet_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with U+FEFF; its header was refused as lacking image_id."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes("image_id,x0,y0,x1,y1\nzurich_1,1,1,50,50\n".encode("utf-8-sig"))
+    assert load_prompts_file(path) == {"zurich_1": [Prompt(box=(1.0, 1.0, 50.0, 50.0))]}
+
+
 def test_missing_prompt_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such prompts file"):
         load_prompts_file(tmp_path / "nope.json")

@@ -81,6 +81,15 @@ def _moving_pattern(count: int, height: int, width: int) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------- I/O
 
 
+@pytest.mark.parametrize("fps", ["NaN", "Infinity", "1e-9", "1e9", "0", '"17"'])
+def test_a_frame_rate_outside_what_a_video_can_store_is_one_line(tmp_path: Path, fps: str) -> None:
+    """NaN and inf broke the encoder's fraction (ValueError, OverflowError), 1e-9 was written
+    as 24 fps and 1e9 kept: each sidecar now gets the sidecar's own message and fix."""
+    (tmp_path / "video.json").write_text(f'{{"fps": {fps}}}')
+    with pytest.raises(InputError, match=r'video.json: unreadable .*write \{"fps": 17.0\}'):
+        video_fps(tmp_path)
+
+
 @pytest.mark.parametrize(("name", "size"), [("clip.mp4", (64, 48)), ("odd.mp4", (63, 47))])
 def test_mp4_round_trip_keeps_rate_size_and_frames(
     tmp_path: Path, name: str, size: tuple[int, int]

@@ -430,3 +430,12 @@ def test_an_own_checkpoint_carrying_code_is_refused_before_any_work(
     good = tmp_path / "good.pth"
     torch.save({"weight": torch.zeros(2)}, good)
     assert weights.own_checkpoint(good, "segmenter.checkpoint").path == good
+    # not a zip, so not mapped: loaded whole, and any unpickler error is one WeightsError (text
+    # starting with "h" made it raise KeyError: 101, a traceback from `segstyle stylize`)
+    for name, content in (("hello.pth", b"hello\n"), ("page.pth", b"<!DOCTYPE html>\n")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(WeightsError, match=f"{name}"):
+            weights.own_checkpoint(tmp_path / name, "stylizer.vgg_checkpoint")
+    legacy = tmp_path / "legacy.pth"  # torch.save's format before the zip one still loads
+    torch.save({"weight": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert weights.own_checkpoint(legacy, "segmenter.checkpoint").path == legacy

@@ -45,7 +45,7 @@ def load_prompts_file(path: str | os.PathLike[str]) -> dict[str, list[Prompt]]:
     if not path.is_file():
         raise InputError(f"{path}: no such prompts file; check the path")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # spreadsheets' UTF-8 CSV starts with a BOM
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text ({exc}); save the file as UTF-8") from exc
     if not text.strip():

@@ -24,6 +24,8 @@ from segstyle_core.images import check_rgb, read_rgb, write_png
 #: Frame rate of a frame folder without a ``video.json``: the Cityscapes camera's 17 Hz.
 DEFAULT_FPS = 17.0
 SIDECAR = "video.json"
+#: The frame rates a sidecar may give (a video's rate is stored in 1/1001 s steps).
+FPS_RANGE = (0.1, 1000.0)
 CONTAINER_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 CODEC: Final = "libx264"
 #: Constant quality: 0 lossless .. 51 worst; 18 is about visually lossless.
@@ -78,8 +80,8 @@ def _open_input(path: Path) -> Any:
 
 def video_fps(path: str | os.PathLike[str]) -> float:
     """The frame rate in a video file's header or a frame folder's ``video.json``, else
-    :data:`DEFAULT_FPS` (InputError: an unreadable file, or a sidecar without a positive ``fps``
-    number)."""
+    :data:`DEFAULT_FPS` (InputError: an unreadable file, or a sidecar without an ``fps`` number
+    in :data:`FPS_RANGE`)."""
     path = Path(path)
     if is_container(path):
         with _open_input(path) as container:
@@ -91,8 +93,8 @@ def video_fps(path: str | os.PathLike[str]) -> float:
         return DEFAULT_FPS
     try:
         fps = json.loads(sidecar.read_text())["fps"]
-        if not isinstance(fps, int | float) or fps <= 0:
-            raise ValueError(f"fps={fps!r}")
+        if not isinstance(fps, int | float) or not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
+            raise ValueError(f"fps={fps!r}, not between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g}")
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(
             f'{sidecar}: unreadable ({exc}); write {{"fps": 17.0}} into it or delete it'
