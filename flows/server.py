@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 from segstyle.tasks.device_slots import MODE_ENV as DEVICE_SLOTS_ENV
+from segstyle_core.errors import ConfigError, error_line
 
 #: How long the local server's port gets to accept the health check: a closed port refuses at
 #: once, and a running server's kernel accepts at once however busy the server is.
@@ -55,6 +56,20 @@ def api_is_up(api_url: str) -> bool:
     return response.status_code == 200 and response.text.strip() == "true"
 
 
+def check_configured_api(api_url: str) -> None:
+    """:class:`ConfigError` unless the API at ``$PREFECT_API_URL`` answers Prefect's health check
+    (Prefect's own client: its TLS, auth and proxy settings apply)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        error = client.api_healthcheck()
+    if error is not None:
+        raise ConfigError(
+            f"$PREFECT_API_URL {api_url}: no Prefect API answers ({error_line(error)}); start "
+            "its server (`make server`), or unset the variable to run on a temporary server"
+        )
+
+
 @contextlib.contextmanager
 def local_api(
     log_path: Path, announce: Callable[[str], None] | None = None
@@ -67,7 +82,8 @@ def local_api(
         temporary_settings,
     )
 
-    if PREFECT_API_URL.value():
+    if configured := PREFECT_API_URL.value():
+        check_configured_api(configured)
         yield None
         return
     with contextlib.ExitStack() as stack:

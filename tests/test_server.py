@@ -7,17 +7,22 @@ dies with its process, SIGKILL included.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from segstyle_core.errors import ConfigError
 from tests.prefect_service import REPO_ROOT, free_port, stop_process_group
 
 #: A fresh database's migrations can take a loaded machine past Prefect's default of 20 s.
@@ -89,17 +94,14 @@ def test_probe_of_a_closed_port_is_quick() -> None:
     assert time.perf_counter() - start < 0.5
 
 
-def test_a_busy_local_server_is_still_found(tmp_path: Path) -> None:
-    """A server that accepts at once but answers its health check after a second (a loaded
-    machine's) is up: a run must not go to a temporary server its UI does not show."""
-    import http.server
-    import threading
+@contextlib.contextmanager
+def _health_server(delay_s: float = 0.0) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 that answers ``GET /api/health`` with ``true`` after
+    ``delay_s`` (404 elsewhere); yields its port."""
 
-    from segstyle.flows.server import api_is_up
-
-    class SlowHealth(http.server.BaseHTTPRequestHandler):
+    class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            time.sleep(1.0)
+            time.sleep(delay_s)
             healthy = self.path == "/api/health"
             self.send_response(200 if healthy else 404)
             self.end_headers()
@@ -108,28 +110,49 @@ def test_a_busy_local_server_is_still_found(tmp_path: Path) -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowHealth) as busy:
-        threading.Thread(target=busy.serve_forever, daemon=True).start()
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
-            start = time.perf_counter()
-            assert api_is_up(f"http://127.0.0.1:{busy.server_address[1]}/api")
-            assert time.perf_counter() - start >= 1.0
-            assert not api_is_up(f"http://127.0.0.1:{busy.server_address[1]}/elsewhere")
+            yield server.server_address[1]
         finally:
-            busy.shutdown()
+            server.shutdown()
 
 
-def test_configured_api_url_is_used_as_is(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_busy_local_server_is_still_found() -> None:
+    """A server that accepts at once but answers its health check after a second (a loaded
+    machine's) is up: a run must not go to a temporary server its UI does not show."""
+    from segstyle.flows.server import api_is_up
+
+    with _health_server(delay_s=1.0) as port:
+        start = time.perf_counter()
+        assert api_is_up(f"http://127.0.0.1:{port}/api")
+        assert time.perf_counter() - start >= 1.0
+        assert not api_is_up(f"http://127.0.0.1:{port}/elsewhere")
+
+
+def test_configured_api_url_is_used_as_is_once_it_answers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``$PREFECT_API_URL`` is used without probing the local server; one where nothing
+    answers (a stopped server, a typo) is one line before the run, not Prefect's traceback."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from segstyle.flows import server
 
     monkeypatch.setattr(server, "temporary_server", _no_server)
     monkeypatch.setattr(server, "api_is_up", lambda *a, **k: pytest.fail("probed"))
-    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        with server.local_api(tmp_path / "server.log") as url:
-            assert url is None
-            assert PREFECT_API_URL.value() == "http://127.0.0.1:9/api"
+    with _health_server() as port:
+        configured = f"http://127.0.0.1:{port}/api"
+        with temporary_settings({PREFECT_API_URL: configured}):
+            with server.local_api(tmp_path / "server.log") as url:
+                assert url is None and PREFECT_API_URL.value() == configured
+    closed = f"http://127.0.0.1:{free_port()}/api"
+    with temporary_settings({PREFECT_API_URL: closed}):
+        with pytest.raises(ConfigError) as refused:
+            with server.local_api(tmp_path / "server.log"):
+                pytest.fail("ran against an API that does not answer")
+    assert str(refused.value).startswith(f"$PREFECT_API_URL {closed}: no Prefect API answers (")
+    assert str(refused.value).endswith("or unset the variable to run on a temporary server")
 
 
 @pytest.mark.slow
