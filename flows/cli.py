@@ -375,7 +375,7 @@ class Results(Command):
     run: CliPositionalArg[str | None] = Field(
         default=None, description="run name or flow run id; none: the latest"
     )
-    metrics: str = "artifacts/metrics"
+    metrics: str = Field(default="artifacts/metrics", min_length=1)
 
     def cli_cmd(self) -> int:
         from segstyle_core.run_summary import run_text

@@ -100,7 +100,7 @@ class PromptConfig(ConfigModel):
     source: _PromptMethod | Annotated[str, Field(title="prompts file")] = "largest"
     """gt-instances (every GT instance's box), largest (the largest one), auto (automatic
     masks) or the path of a JSON/CSV prompts file."""
-    min_area: int = 100
+    min_area: int = Field(default=100, ge=0)
     """Smallest GT instance, in pixels, that gets a prompt."""
     box_expand_px: int = Field(default=0, ge=0)
     """Grow every prompt box by this many pixels on each side (clipped to the image); points

@@ -48,7 +48,7 @@ class SegmenterConfig(BackendConfig):
     bfloat16 natively (GPUs of compute capability 8.0+, CPUs with AVX512-BF16 or AMX), else float32;
     float32; bfloat16 (forced, slow where emulated). The embedding goes back to float32 before
     the mask decoder."""
-    grabcut_iterations: int = Field(default=5, ge=1)
+    grabcut_iterations: int = Field(default=5, ge=1, le=100)
     """GrabCut: iterations of its energy minimisation."""
 
     def _weights(self) -> tuple[str, weights.CheckpointFile]:
