@@ -87,7 +87,8 @@ class Frame:
 
 @dataclass
 class Sample:
-    """Fine-annotated frames by city and image id; ``skipped``: ``(path, reason)`` per file."""
+    """Fine-annotated frames by city and image id; ``skipped``: ``(path, reason)`` per file;
+    ``empty_cities``: the chosen cities without one annotated frame (before any limit)."""
 
     city: str
     split: str
@@ -95,6 +96,7 @@ class Sample:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     cities: tuple[str, ...] = ()
     unannotated: list[str] = field(default_factory=list)
+    empty_cities: tuple[str, ...] = ()
 
 
 def resolve_root(root: str | os.PathLike[str] | None) -> Path:
@@ -210,9 +212,10 @@ def sample_city(
     missing = f"no gtFine {wanted} PNG beside it (gt={source})"
     skipped = [odd for _, city_skipped in scans for odd in city_skipped]
     skipped += [(path, missing) for path in unannotated]
+    empty = tuple(name for name in chosen if all(f.city != name for f in fine))
     if limit is not None and limit < len(fine):
         fine = sorted(random.Random(seed).sample(fine, limit), key=lambda f: (f.city, f.image_id))
-    return Sample(label, split, fine, skipped, tuple(chosen), unannotated)
+    return Sample(label, split, fine, skipped, tuple(chosen), unannotated, empty)
 
 
 def _label_names(names: Iterable[str]) -> list[str]:

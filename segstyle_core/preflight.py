@@ -42,7 +42,8 @@ def check_style(stylizer: StylizerConfig, styles: Sequence[str] = ()) -> None:
 
 def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
     """The run's frames; ConfigError for a limit below 1, an unknown split or city, InputError
-    for no frame with fine annotations (an empty table would read as a success)."""
+    for no frame with fine annotations (an empty table would read as a success) or a named city
+    without one (the run would leave it out silently)."""
     if dataset.limit is not None and dataset.limit < 1:
         raise ConfigError(
             f"limit={dataset.limit} selects no frame of {dataset.split}/{dataset.city_label()}; "
@@ -67,6 +68,14 @@ def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
             f"{root / 'gtFine' / folder}: none of the {len(sample.skipped)} images of {where} "
             f"has fine annotations (e.g. {path}: {reason}), so the run has no frame; {choose}, "
             "or add the gtFine labelIds or color PNGs"
+        )
+    if sample.city != cityscapes.ALL_CITIES and sample.empty_cities:  # cities the user named
+        root = cityscapes.resolve_root(dataset.root)
+        names = ", ".join(sample.empty_cities)
+        raise InputError(
+            f"{root / 'gtFine' / sample.split}: no annotated frame of {names}, named in the "
+            "city selection (no gtFine PNGs beside its images, or no images), so the run would "
+            "leave it out; name only cities with annotations, or add their gtFine PNGs"
         )
     return sample
 

@@ -89,6 +89,22 @@ def test_an_empty_split_is_refused(
     assert str(scratch / "leftImg8bit" / "val") in line and "no city folders" in line
 
 
+def test_a_named_city_without_annotated_frames_is_refused_among_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--city aachen,zurich`` with zurich unannotated ran aachen alone and exited 0; ``all``
+    still runs the annotated cities (a split may hold cities without fine annotations)."""
+    root = generate_demo_dataset(tmp_path / "two", size=(128, 64), frames_per_city=2)
+    shutil.rmtree(root / "gtFine" / "train" / CITY)
+    line = _refused(capsys, root, tmp_path / "out", "--city", f"aachen,{CITY}", "--limit", "1")
+    assert line.startswith(
+        f"segstyle: error: {root / 'gtFine' / 'train'}: no annotated frame of {CITY}, named in "
+    )
+    everything = check_sample(DatasetSelection(root=str(root), city="all"))
+    assert {frame.city for frame in everything.frames} == {"aachen"}
+    assert everything.empty_cities == (CITY,)
+
+
 def test_check_sample_returns_the_frames_the_flow_runs(streets: Path) -> None:
     selection = DatasetSelection(root=str(streets), city=CITY, limit=2)
     sample = check_sample(selection)
