@@ -253,7 +253,7 @@ class DemoClip(Command):
 
     out: CliPositionalArg[str]
     size: str = Field(default="256x128", description="WIDTHxHEIGHT")
-    frames: int = Field(default=24, ge=1)
+    frames: int = Field(default=24, ge=2)
     seed: int = Field(default=0, ge=0)
 
     def cli_cmd(self) -> int:

@@ -118,7 +118,7 @@ def check_scheduler(address: str, source: str, resources: Mapping[str, float]) -
     def offers(worker: Mapping[str, Any]) -> bool:
         return all(worker.get("resources", {}).get(k, 0) >= v for k, v in resources.items())
 
-    if resources and workers and not any(offers(worker) for worker in workers):
+    if resources and not any(offers(worker) for worker in workers):
         wanted = _wanted(resources)
         raise ConfigError(
             f"{source} {address}: none of its {len(workers)} workers offers {wanted}, which "

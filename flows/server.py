@@ -30,6 +30,8 @@ PROBE_ANSWER_SECONDS = 10.0
 #: The least a temporary server gets to start: Prefect's default (20 s) is too short for its first
 #: start (the database migrations) on a busy machine, and the run would fail for nothing.
 STARTUP_TIMEOUT_SECONDS = 120
+#: Seconds a configured (possibly remote) API gets to accept the health check's connection.
+CONFIGURED_CONNECT_SECONDS = 5.0
 
 
 def local_server_api_url() -> str:
@@ -57,17 +59,34 @@ def api_is_up(api_url: str) -> bool:
 
 
 def check_configured_api(api_url: str) -> None:
-    """:class:`ConfigError` unless the API at ``$PREFECT_API_URL`` answers Prefect's health check
-    (Prefect's own client: its TLS, auth and proxy settings apply)."""
+    """:class:`ConfigError` unless the API at the ``PREFECT_API_URL`` setting answers Prefect's
+    health check: Prefect's own client (its TLS, auth and proxy settings apply) without its
+    retries, given :data:`CONFIGURED_CONNECT_SECONDS` to connect and
+    :data:`PROBE_ANSWER_SECONDS` to answer."""
+    import httpx
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-    with get_client(sync_client=True) as client:
-        error = client.api_healthcheck()
-    if error is not None:
+    timeout = httpx.Timeout(PROBE_ANSWER_SECONDS, connect=CONFIGURED_CONNECT_SECONDS)
+    try:
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+            with get_client({"timeout": timeout}, sync_client=True) as client:
+                error = client.api_healthcheck()
+    except Exception as exc:  # a URL httpx cannot parse (a port that is not a number, ...)
+        error = exc
+    if error is None:
+        return
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status in (401, 403):
         raise ConfigError(
-            f"$PREFECT_API_URL {api_url}: no Prefect API answers ({error_line(error)}); start "
-            "its server (`make server`), or unset the variable to run on a temporary server"
+            f"PREFECT_API_URL {api_url}: the API refused access (HTTP {status}); set "
+            "PREFECT_API_KEY for it, or unset PREFECT_API_URL to run on a temporary server"
         )
+    raise ConfigError(
+        f"PREFECT_API_URL {api_url}: no Prefect API answers ({error_line(error)}); start its "
+        "server (`make server`), or unset the setting (`unset PREFECT_API_URL`, or `prefect "
+        "config unset PREFECT_API_URL`) to run on a temporary server"
+    )
 
 
 @contextlib.contextmanager

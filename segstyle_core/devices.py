@@ -95,8 +95,8 @@ def native_bfloat16(device: torch.device) -> bool:
 def autotune_convolutions(device: torch.device) -> None:
     """On CUDA, have cuDNN time its convolution algorithms once per input shape and keep the
     fastest (``torch.backends.cudnn.benchmark``, process-wide): the ROI crop buckets and SAM's
-    fixed input size repeat shapes. Speed only, like the calibrated options; nothing on other
-    devices."""
+    fixed image size repeat shapes. Speed, not settings: the algorithm chosen may differ from
+    process to process, and with it the last bits of a CUDA result; nothing on other devices."""
     import torch
 
     if device.type == "cuda":

@@ -74,8 +74,9 @@ def check_sample(dataset: DatasetSelection) -> cityscapes.Sample:
         names = ", ".join(sample.empty_cities)
         raise InputError(
             f"{root / 'gtFine' / sample.split}: no annotated frame of {names}, named in the "
-            "city selection (no gtFine PNGs beside its images, or no images), so the run would "
-            "leave it out; name only cities with annotations, or add their gtFine PNGs"
+            f"city selection (no gtFine PNGs for gt={dataset.gt} beside its images, or no "
+            "images), so the run would leave it out; name only cities with annotations, or add "
+            "their gtFine PNGs"
         )
     return sample
 

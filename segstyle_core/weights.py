@@ -297,6 +297,8 @@ def load_state_dict(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
             "weights_only loading never runs; delete it and download the official file with "
             "`segstyle weights download NAME`"
         ) from None
+    except MemoryError:
+        raise
     except Exception as exc:  # a hostile file breaks the unpickler in any way (KeyError, ...)
         raise WeightsError(
             f"cannot read checkpoint {path} ({error_line(exc)}): delete it and "

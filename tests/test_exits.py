@@ -177,8 +177,20 @@ def test_the_flow_itself_refuses_an_empty_sample_before_any_work(
         (("--feather", "inf"), "--feather: Input should be a finite number"),
         (("--feather", "-1"), "--feather"),
         (("--classes", "car,car"), None),
+        (("--min-area", "-1"), "--min-area: Input should be greater than or equal to 0"),
+        (("--grabcut-iterations", "101"), "--grabcut-iterations: Input should be less than or"),
     ],
-    ids=["not-a-number", "below-its-bound", "not-a-choice", "nan", "infinite", "negative", "dup"],
+    ids=[
+        "not-a-number",
+        "below-its-bound",
+        "not-a-choice",
+        "nan",
+        "infinite",
+        "negative",
+        "dup",
+        "negative-area",
+        "grabcut-beyond-100",
+    ],  # fmt: skip
 )
 def test_an_invalid_value_is_one_line_naming_its_flag(
     streets: Path,
@@ -202,19 +214,25 @@ def test_an_invalid_value_is_one_line_naming_its_flag(
     ("argv", "needle"),
     [
         (["demo-clip", "{tmp}/clip", "--seed", "-1"], "--seed: Input should be greater than"),
-        (
-            ["demo-data", "{tmp}/data", "--size", "100000x100000"],
-            "--size 100000x100000: 10000000000 pixels, over the 64000000 an image may have",
+        (  # the limit lowered: a regression fails here instead of drawing 10^10 pixels
+            ["demo-data", "{tmp}/data", "--size", "128x64"],
+            "--size 128x64: 8192 pixels, over the 8000 an image may have",
         ),
     ],
     ids=["negative-seed", "size-over-the-pixel-limit"],
 )
 def test_generator_values_that_used_to_crash_or_exhaust_memory_are_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    needle: str,
 ) -> None:
     """A negative seed reached numpy's generator (a traceback); a 100000×100000 demo frame was
     drawn until the kernel killed the process. Now one line, before anything is written."""
     from segstyle.flows.cli import EXIT_ERROR, main
+
+    monkeypatch.setenv("SEGSTYLE_MAX_PIXELS", "8000")
 
     status = main([arg.format(tmp=tmp_path) for arg in argv])
     (line,) = capsys.readouterr().err.splitlines()

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import os
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -169,8 +170,15 @@ def test_results_of_a_wrong_path_is_one_line_naming_it(
         "; give a run file (<out>/metrics/flow=<flow>/<run>.parquet) or the metrics folder "
         "(<out>/metrics)"
     )
-    os.mkfifo(tmp_path / "fifo")  # reading it would block for ever
-    status, out, err = _results_cli(capsys, tmp_path / "fifo")
+    os.mkfifo(tmp_path / "fifo")  # reading it would block for ever: a thread that may hang
+    answer: list[tuple] = []
+    reader = threading.Thread(
+        target=lambda: answer.append(_results_cli(capsys, tmp_path / "fifo")), daemon=True
+    )
+    reader.start()
+    reader.join(timeout=30)
+    assert answer, "segstyle results blocked on a FIFO"
+    status, out, err = answer[0]
     assert (status, out) == (EXIT_ERROR, "")
     assert err.strip() == (
         f"segstyle: error: {tmp_path / 'fifo'}: not a regular file or folder; give a run file "

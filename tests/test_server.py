@@ -146,13 +146,15 @@ def test_configured_api_url_is_used_as_is_once_it_answers(
         with temporary_settings({PREFECT_API_URL: configured}):
             with server.local_api(tmp_path / "server.log") as url:
                 assert url is None and PREFECT_API_URL.value() == configured
-    closed = f"http://127.0.0.1:{free_port()}/api"
-    with temporary_settings({PREFECT_API_URL: closed}):
-        with pytest.raises(ConfigError) as refused:
-            with server.local_api(tmp_path / "server.log"):
-                pytest.fail("ran against an API that does not answer")
-    assert str(refused.value).startswith(f"$PREFECT_API_URL {closed}: no Prefect API answers (")
-    assert str(refused.value).endswith("or unset the variable to run on a temporary server")
+    for wrong in (f"http://127.0.0.1:{free_port()}/api", "http://127.0.0.1:42OO/api"):
+        with temporary_settings({PREFECT_API_URL: wrong}):  # a stopped server, a typo
+            with pytest.raises(ConfigError) as refused:
+                with server.local_api(tmp_path / "server.log"):
+                    pytest.fail("ran against an API that does not answer")
+        assert str(refused.value).startswith(f"PREFECT_API_URL {wrong}: no Prefect API answers (")
+        assert str(refused.value).endswith(
+            "`prefect config unset PREFECT_API_URL`) to run on a temporary server"
+        )
 
 
 @pytest.mark.slow

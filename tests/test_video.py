@@ -88,6 +88,10 @@ def test_a_frame_rate_outside_what_a_video_can_store_is_one_line(tmp_path: Path,
     (tmp_path / "video.json").write_text(f'{{"fps": {fps}}}')
     with pytest.raises(InputError, match=r'video.json: unreadable .*write \{"fps": 17.0\}'):
         video_fps(tmp_path)
+    if fps != '"17"':  # and no video or sidecar is written at such a rate
+        with pytest.raises(ConfigError, match="not between 0.01 and 10000; give a frame rate"):
+            write_video(tmp_path / "out", iter(_moving_pattern(2, 16, 16)), json.loads(fps))
+        assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(("name", "size"), [("clip.mp4", (64, 48)), ("odd.mp4", (63, 47))])

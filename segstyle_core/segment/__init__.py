@@ -143,6 +143,6 @@ def load_model(
         weights.load_weights(model, checkpoint.path, f"{label} {variant}")
         return model.eval().to(device)
 
-    devices.autotune_convolutions(device)  # SAM's input is always 1024 px: one shape
+    devices.autotune_convolutions(device)  # SAM's image encoder always sees 1024 px
     key = (kind, variant, str(device), checkpoint.sha256)
     return devices.MODELS.get_or_create(key, load)

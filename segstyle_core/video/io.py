@@ -24,8 +24,9 @@ from segstyle_core.images import check_rgb, read_rgb, write_png
 #: Frame rate of a frame folder without a ``video.json``: the Cityscapes camera's 17 Hz.
 DEFAULT_FPS = 17.0
 SIDECAR = "video.json"
-#: The frame rates a sidecar may give (a video's rate is stored in 1/1001 s steps).
-FPS_RANGE = (0.1, 1000.0)
+#: The frame rates a sidecar may give and a video be written at (a container stores its rate
+#: as a fraction of denominator at most 1001: far slower rounds to 0).
+FPS_RANGE = (0.01, 10_000.0)
 CONTAINER_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 CODEC: Final = "libx264"
 #: Constant quality: 0 lossless .. 51 worst; 18 is about visually lossless.
@@ -78,6 +79,13 @@ def _open_input(path: Path) -> Any:
     return container
 
 
+def check_fps(fps: object) -> float:
+    """``fps`` as a float if it is a number in :data:`FPS_RANGE`, else ValueError."""
+    if not isinstance(fps, int | float) or not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
+        raise ValueError(f"fps={fps!r}, not between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g}")
+    return float(fps)
+
+
 def video_fps(path: str | os.PathLike[str]) -> float:
     """The frame rate in a video file's header or a frame folder's ``video.json``, else
     :data:`DEFAULT_FPS` (InputError: an unreadable file, or a sidecar without an ``fps`` number
@@ -92,9 +100,7 @@ def video_fps(path: str | os.PathLike[str]) -> float:
     if not sidecar.is_file():
         return DEFAULT_FPS
     try:
-        fps = json.loads(sidecar.read_text())["fps"]
-        if not isinstance(fps, int | float) or not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
-            raise ValueError(f"fps={fps!r}, not between {FPS_RANGE[0]:g} and {FPS_RANGE[1]:g}")
+        fps = check_fps(json.loads(sidecar.read_text())["fps"])
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(
             f'{sidecar}: unreadable ({exc}); write {{"fps": 17.0}} into it or delete it'
@@ -163,10 +169,13 @@ def _write_folder(folder: Path, frames: Iterable[np.ndarray], fps: float) -> Non
 def write_video(path: str | os.PathLike[str], frames: Iterable[np.ndarray], fps: float) -> Path:
     """Write ``frames`` (one size, consumed one at a time) as a container file (encoded into a
     temporary sibling, renamed into place when complete) or a frame folder (``frame_000000.png``,
-    ... each atomic, and ``video.json``); return ``path``. ConfigError: ``fps`` not positive;
-    InputError: no frames, a frame that is not RGB, or frames of different sizes."""
-    if fps <= 0:
-        raise ConfigError(f"fps={fps}: must be > 0")
+    ... each atomic, and ``video.json``); return ``path``. ConfigError: ``fps`` outside
+    :data:`FPS_RANGE`; InputError: no frames, a frame that is not RGB, or frames of different
+    sizes."""
+    try:
+        fps = check_fps(fps)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; give a frame rate in that range") from None
     target = Path(path)
     if not is_container(target):
         _write_folder(target, frames, fps)
