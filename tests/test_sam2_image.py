@@ -258,7 +258,7 @@ def test_sam2_identity_official_file_and_own_file(tmp_path: Path) -> None:
         segmenter.identity()
 
     own = tmp_path / "fine-tuned.pt"
-    own.write_bytes(b"my own SAM 2")
+    torch.save({"weight": torch.zeros(2)}, own)  # a checkpoint of one's own: loadable weights
     mine = segmenter.changed(checkpoint=str(own))
     assert mine.identity().weights_sha256 == sha256_file(own)
     with pytest.raises(WeightsError, match="does not exist: fix segmenter.checkpoint"):
@@ -271,12 +271,12 @@ def test_sam2_identity_official_file_and_own_file(tmp_path: Path) -> None:
 
 def test_own_sam_and_vgg_checkpoints_are_named_by_their_full_hash(tmp_path: Path) -> None:
     sam = tmp_path / "my_sam.pth"
-    sam.write_bytes(b"my own SAM")
+    torch.save({"weight": torch.zeros(2)}, sam)
     assert SegmenterConfig(checkpoint=str(sam)).identity() == BackendIdentity(
         "sam", "vit_l", sha256_file(sam)
     )
     vgg = tmp_path / "my_vgg.pth"
-    vgg.write_bytes(b"my own VGG19")
+    torch.save({"weight": torch.ones(2)}, vgg)
     stylizer = StylizerConfig(vgg_checkpoint=str(vgg), weights_dir=str(tmp_path / "empty"))
     assert stylizer.identity() == BackendIdentity("gatys", "vgg19", sha256_file(vgg))
     for missing in (
@@ -308,8 +308,8 @@ def test_parquet_rows_record_the_full_hashes_of_own_checkpoints(tmp_path: Path) 
     from segstyle_core.rows import run_columns
 
     sam2, vgg, style = tmp_path / "sam2.pt", tmp_path / "vgg.pth", tmp_path / "style.png"
-    sam2.write_bytes(b"SAM 2 weights")
-    vgg.write_bytes(b"VGG19 weights")
+    torch.save({"weight": torch.zeros(2)}, sam2)
+    torch.save({"weight": torch.ones(2)}, vgg)
     style.write_bytes(b"a style image")
     segmenter = SegmenterConfig(backend="sam2", checkpoint=str(sam2))
     stylizer = StylizerConfig(vgg_checkpoint=str(vgg), style=str(style))

@@ -204,9 +204,9 @@ def test_resolve_checkpoint_takes_the_own_file_else_the_verified_official_one(
     found = weights.resolve_checkpoint(None, "segmenter.checkpoint", checkpoint, tmp_path)
     assert found == weights.CheckpointFile(official, PAYLOAD_SHA)
     own = tmp_path / "mine.pth"
-    own.write_bytes(b"my weights")
+    torch.save({"weight": torch.zeros(2)}, own)
     mine = weights.resolve_checkpoint(str(own), "segmenter.checkpoint", checkpoint, tmp_path)
-    assert (mine.path, mine.sha256) == (own, hashlib.sha256(b"my weights").hexdigest())
+    assert (mine.path, mine.sha256) == (own, hashlib.sha256(own.read_bytes()).hexdigest())
     with pytest.raises(WeightsError, match="absent.pth does not exist: fix segmenter.checkpoint"):
         weights.resolve_checkpoint(str(tmp_path / "absent.pth"), "segmenter.checkpoint", checkpoint)
     (tmp_path / "empty.pth").touch()
