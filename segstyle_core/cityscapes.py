@@ -212,7 +212,8 @@ def sample_city(
     missing = f"no gtFine {wanted} PNG beside it (gt={source})"
     skipped = [odd for _, city_skipped in scans for odd in city_skipped]
     skipped += [(path, missing) for path in unannotated]
-    empty = tuple(name for name in chosen if all(f.city != name for f in fine))
+    annotated = {frame.city for frame in fine}
+    empty = tuple(name for name in chosen if name not in annotated)
     if limit is not None and limit < len(fine):
         fine = sorted(random.Random(seed).sample(fine, limit), key=lambda f: (f.city, f.image_id))
     return Sample(label, split, fine, skipped, tuple(chosen), unannotated, empty)
